@@ -1,0 +1,211 @@
+//! Client authentication at the WebSocket handshake: HS256 JWTs, or `?user=` in dev mode.
+//!
+//! Owns turning request credentials into an `Identity`. It must not touch connections or shards;
+//! session policy is decided by the user's home shard, not here.
+
+use std::collections::HashSet;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use serde::Deserialize;
+
+use crate::error::HandshakeError;
+use crate::protocol::{Name, is_valid_name};
+
+/// Who a connection belongs to, as its credentials said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub user: Name,
+    /// The token's `rooms` claim: joined at connect, and the only rooms the user may join.
+    pub rooms: Option<Vec<Name>>,
+    /// The token's `exp`, unix seconds.
+    pub exp: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: Option<u64>,
+    rooms: Option<Vec<String>>,
+}
+
+/// Checks handshake credentials. `None` for the key means dev mode.
+pub struct Authenticator {
+    key: Option<(DecodingKey, Validation)>,
+}
+
+impl Authenticator {
+    pub fn new(secret: Option<&str>) -> Authenticator {
+        let key = secret.map(|s| {
+            let mut v = Validation::new(Algorithm::HS256);
+            v.leeway = 0;
+            v.validate_aud = false;
+            v.required_spec_claims = HashSet::from(["sub".to_owned()]);
+            (DecodingKey::from_secret(s.as_bytes()), v)
+        });
+        Authenticator { key }
+    }
+
+    /// `query` is the request's query string; `bearer` the `Authorization: Bearer` token if any.
+    pub fn authenticate(
+        &self,
+        query: Option<&str>,
+        bearer: Option<&str>,
+        max_rooms: usize,
+    ) -> Result<Identity, HandshakeError> {
+        let unauthorized = |m: &str| HandshakeError::Unauthorized(m.to_owned());
+        let param = |name: &str| query.and_then(|q| query_param(q, name));
+        let Some((key, validation)) = &self.key else {
+            let user = param("user").ok_or_else(|| {
+                unauthorized("dev mode: pass ?user=ID (no jwt_secret is configured)")
+            })?;
+            let user =
+                Name::new(&user).map_err(|_| unauthorized("?user is not a valid user id"))?;
+            return Ok(Identity {
+                user,
+                rooms: None,
+                exp: None,
+            });
+        };
+        let token = param("token")
+            .or_else(|| bearer.map(str::to_owned))
+            .ok_or_else(|| unauthorized("missing token: pass ?token= or Authorization: Bearer"))?;
+        let claims = jsonwebtoken::decode::<Claims>(&token, key, validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => HandshakeError::TokenExpired(
+                    jsonwebtoken::dangerous::insecure_decode::<Claims>(&token)
+                        .ok()
+                        .and_then(|d| d.claims.exp)
+                        .unwrap_or(0),
+                ),
+                ErrorKind::InvalidSignature => unauthorized("token signature does not verify"),
+                _ => HandshakeError::Unauthorized(format!("invalid token: {e}")),
+            })?
+            .claims;
+        if !is_valid_name(claims.sub.as_bytes()) {
+            return Err(unauthorized("token sub is not a valid user id"));
+        }
+        let rooms = match claims.rooms {
+            None => None,
+            Some(rooms) if rooms.len() > max_rooms => {
+                return Err(unauthorized(
+                    "token rooms claim lists more rooms than allowed",
+                ));
+            }
+            Some(rooms) => {
+                let mut names = Vec::with_capacity(rooms.len());
+                for room in rooms {
+                    let name = Name::new(&room)
+                        .map_err(|_| unauthorized("token rooms claim has an invalid room name"))?;
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+                Some(names)
+            }
+        };
+        Ok(Identity {
+            user: Name::new(&claims.sub).expect("validated above"),
+            rooms,
+            exp: claims.exp,
+        })
+    }
+}
+
+/// The percent-decoded value of `name` in a query string.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    fn token(claims: serde_json::Value, secret: &str) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn dev_mode_takes_user_param() {
+        let a = Authenticator::new(None);
+        let id = a.authenticate(Some("x=1&user=al%40ice"), None, 10).unwrap();
+        assert_eq!(&*id.user, "al@ice");
+        assert!(a.authenticate(None, None, 10).is_err());
+        assert!(a.authenticate(Some("user=a%20b"), None, 10).is_err());
+    }
+
+    #[test]
+    fn jwt_claims_are_checked() {
+        let a = Authenticator::new(Some("s3cret"));
+        let t = token(json!({"sub":"bob","rooms":["r1","r2","r1"]}), "s3cret");
+        let id = a
+            .authenticate(Some(&format!("token={t}")), None, 10)
+            .unwrap();
+        assert_eq!(&*id.user, "bob");
+        assert_eq!(id.rooms.unwrap().len(), 2);
+        let id = a.authenticate(None, Some(&t), 10).unwrap();
+        assert_eq!(&*id.user, "bob");
+
+        let bad = token(json!({"sub":"bob"}), "other");
+        assert!(matches!(
+            a.authenticate(Some(&format!("token={bad}")), None, 10),
+            Err(HandshakeError::Unauthorized(_))
+        ));
+        let expired = token(json!({"sub":"bob","exp":now() - 5}), "s3cret");
+        assert!(matches!(
+            a.authenticate(None, Some(&expired), 10),
+            Err(HandshakeError::TokenExpired(_))
+        ));
+        let live = token(json!({"sub":"bob","exp":now() + 60}), "s3cret");
+        assert!(a.authenticate(None, Some(&live), 10).is_ok());
+        assert!(a.authenticate(Some("user=bob"), None, 10).is_err());
+        let bad_sub = token(json!({"sub":"no spaces"}), "s3cret");
+        assert!(a.authenticate(None, Some(&bad_sub), 10).is_err());
+        let too_many = token(json!({"sub":"b","rooms":["a","b","c"]}), "s3cret");
+        assert!(a.authenticate(None, Some(&too_many), 2).is_err());
+    }
+}

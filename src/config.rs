@@ -1,0 +1,324 @@
+//! Configuration: every limit and default in one struct.
+//!
+//! Owns `Config` and how it is loaded: defaults ← TOML file (`--config`) ← `SHARDCAST_*`
+//! environment variables ← command-line flags. It must not touch sockets or shard state; other
+//! modules read the resolved values through the helper methods here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use serde::{Deserialize, Serialize};
+
+/// What happens when a user who is already connected opens another connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionPolicy {
+    /// Many connections per user, up to `max_connections_per_user`.
+    #[default]
+    #[value(name = "multi")]
+    Multi,
+    /// A new connection closes the user's older ones with 4500 (replaced).
+    #[value(name = "kick_old")]
+    KickOld,
+    /// A new connection is refused (HTTP 409) while the user is connected.
+    #[value(name = "reject_new")]
+    RejectNew,
+}
+
+/// The server's configuration. The doc comment of each field is also its `--help` text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on for WebSocket and HTTP. Default 127.0.0.1:8080.
+    #[arg(long, env = "SHARDCAST_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Number of shards (threads, one per core is best). Default 0 = one per available core.
+    #[arg(long, env = "SHARDCAST_SHARDS", default_value_t = 0)]
+    pub shards: usize,
+
+    /// Directory for durable data (used by the message store). Default ./data.
+    #[arg(long, env = "SHARDCAST_DATA", default_value = "./data")]
+    pub data: PathBuf,
+
+    /// HS256 secret for client JWTs. Default none: dev mode, where `?user=ID` is trusted and only
+    /// a loopback bind is allowed.
+    #[arg(long, env = "SHARDCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Interval between server pings, in milliseconds. Default 25000.
+    #[arg(long, env = "SHARDCAST_HEARTBEAT_MS", default_value_t = 25_000)]
+    pub heartbeat_ms: u64,
+
+    /// A connection with no inbound traffic for this long is closed with 1008, in milliseconds.
+    /// Checked at each heartbeat. Default 0 = twice heartbeat_ms.
+    #[arg(long, env = "SHARDCAST_IDLE_TIMEOUT_MS", default_value_t = 0)]
+    pub idle_timeout_ms: u64,
+
+    /// What a second connection of the same user does: multi, kick_old or reject_new.
+    /// Default multi.
+    #[arg(
+        long,
+        env = "SHARDCAST_SESSION_POLICY",
+        value_enum,
+        default_value = "multi"
+    )]
+    pub session_policy: SessionPolicy,
+
+    /// Most connections one user may hold under the multi policy. Default 16.
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
+    pub max_connections_per_user: u32,
+
+    /// Largest client message, in bytes; bigger ones get `too_large` and a frame over 16 times
+    /// this closes the connection with 1009. Default 65536.
+    #[arg(long, env = "SHARDCAST_MAX_MESSAGE_SIZE", default_value_t = 65_536)]
+    pub max_message_size: usize,
+
+    /// Most rooms one connection may be in. Default 256.
+    #[arg(
+        long,
+        env = "SHARDCAST_MAX_ROOMS_PER_CONNECTION",
+        default_value_t = 256
+    )]
+    pub max_rooms_per_connection: usize,
+
+    /// Sustained publishes (publish and send) per second per connection. Default 50.
+    #[arg(long, env = "SHARDCAST_PUBLISH_RATE", default_value_t = 50)]
+    pub publish_rate: u32,
+
+    /// Publishes a connection may make in a burst above the rate. Default 100.
+    #[arg(long, env = "SHARDCAST_PUBLISH_BURST", default_value_t = 100)]
+    pub publish_burst: u32,
+
+    /// Unsent bytes a connection may have queued before it is closed as a slow consumer (4000).
+    /// Default 1048576 (1 MiB).
+    #[arg(long, env = "SHARDCAST_MAX_QUEUE_BYTES", default_value_t = 1 << 20)]
+    pub max_queue_bytes: usize,
+
+    /// Send `joined` / `left` events to room members. Default true.
+    #[arg(long, env = "SHARDCAST_PRESENCE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub presence_events: bool,
+
+    /// How long shutdown waits for connections to take their 1001 close, in milliseconds.
+    /// Default 3000.
+    #[arg(long, env = "SHARDCAST_SHUTDOWN_TIMEOUT_MS", default_value_t = 3_000)]
+    pub shutdown_timeout_ms: u64,
+
+    /// How long a closing connection may take to flush its close frame, in milliseconds.
+    /// Default 2000.
+    #[arg(long, env = "SHARDCAST_CLOSE_TIMEOUT_MS", default_value_t = 2_000)]
+    pub close_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shards: 0,
+            data: PathBuf::from("./data"),
+            jwt_secret: None,
+            heartbeat_ms: 25_000,
+            idle_timeout_ms: 0,
+            session_policy: SessionPolicy::Multi,
+            max_connections_per_user: 16,
+            max_message_size: 65_536,
+            max_rooms_per_connection: 256,
+            publish_rate: 50,
+            publish_burst: 100,
+            max_queue_bytes: 1 << 20,
+            presence_events: true,
+            shutdown_timeout_ms: 3_000,
+            close_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Layers a TOML file (if any) under the flags and environment variables in `matches`.
+    /// `cli` is `matches` already parsed into a `Config`; only values that came from the
+    /// command line or the environment override the file.
+    pub fn load(
+        file: Option<&Path>,
+        cli: &Config,
+        matches: &clap::ArgMatches,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            None => toml::Table::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?
+            }
+        };
+        let given = toml::Table::try_from(cli).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for id in matches.ids() {
+            let explicit = matches!(
+                matches.value_source(id.as_str()),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            );
+            if let (true, Some(value)) = (explicit, given.get(id.as_str())) {
+                table.insert(id.to_string(), value.clone());
+            }
+        }
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: file.map(Path::to_owned).unwrap_or_default(),
+                message: e.to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values that cannot be expressed in types.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.jwt_secret.is_none() && !self.bind.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "no jwt_secret is configured, so the server would run in dev mode (trusting \
+                 ?user=ID), which is only allowed on a loopback address, not {}; set --jwt-secret \
+                 (or SHARDCAST_JWT_SECRET), or bind to 127.0.0.1",
+                self.bind
+            )));
+        }
+        if matches!(&self.jwt_secret, Some(s) if s.is_empty()) {
+            return invalid(
+                "jwt_secret is empty; give a real secret or leave it unset for dev mode",
+            );
+        }
+        if self.heartbeat_ms == 0 {
+            return invalid("heartbeat_ms must be greater than 0");
+        }
+        if self.max_message_size < 128 {
+            return invalid("max_message_size must be at least 128 bytes");
+        }
+        if self.max_queue_bytes < self.max_message_size {
+            return invalid("max_queue_bytes must be at least max_message_size");
+        }
+        if self.publish_rate == 0 || self.publish_burst == 0 {
+            return invalid("publish_rate and publish_burst must be greater than 0");
+        }
+        if self.max_connections_per_user == 0 || self.max_rooms_per_connection == 0 {
+            return invalid("max_connections_per_user and max_rooms_per_connection must be > 0");
+        }
+        if self.shard_count() > u16::MAX as usize {
+            return invalid("too many shards");
+        }
+        Ok(())
+    }
+
+    /// The number of shards to run: `shards`, or one per available core.
+    pub fn shard_count(&self) -> usize {
+        match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// Heartbeats a connection may miss before it counts as idle.
+    pub fn idle_heartbeats(&self) -> u32 {
+        let idle = match self.idle_timeout_ms {
+            0 => 2 * self.heartbeat_ms,
+            ms => ms,
+        };
+        idle.div_ceil(self.heartbeat_ms).max(1) as u32
+    }
+
+    /// A frame over this many bytes closes the connection (1009) instead of being skipped.
+    pub fn hard_frame_limit(&self) -> u64 {
+        self.max_message_size as u64 * 16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{FromArgMatches, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn load(args: &[&str], file: Option<&str>) -> Result<Config, ConfigError> {
+        let matches = <Cli as clap::CommandFactory>::command()
+            .get_matches_from(std::iter::once("shardcast").chain(args.iter().copied()));
+        let cli = Config::from_arg_matches(&matches).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+        }
+        Config::load(file.map(|_| path.as_path()), &cli, &matches)
+    }
+
+    #[test]
+    fn defaults_match_the_default_impl() {
+        assert_eq!(load(&[], None).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let c = load(
+            &["--heartbeat-ms", "500"],
+            Some("heartbeat_ms = 100\nmax_rooms_per_connection = 7\n"),
+        )
+        .unwrap();
+        assert_eq!(c.heartbeat_ms, 500);
+        assert_eq!(c.max_rooms_per_connection, 7);
+        assert_eq!(c.publish_rate, 50);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let err = load(&[], Some("heartbeat = 1\n")).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn dev_mode_refuses_a_public_bind() {
+        let err = load(&["--bind", "0.0.0.0:8080"], None).unwrap_err();
+        assert!(err.to_string().contains("loopback"), "{err}");
+        let ok = load(&["--bind", "0.0.0.0:8080", "--jwt-secret", "s"], None).unwrap();
+        assert_eq!(ok.jwt_secret.as_deref(), Some("s"));
+    }
+
+    #[test]
+    fn idle_timeout_defaults_to_two_heartbeats() {
+        let c = Config::default();
+        assert_eq!(c.idle_heartbeats(), 2);
+        let c = Config {
+            heartbeat_ms: 100,
+            idle_timeout_ms: 250,
+            ..Config::default()
+        };
+        assert_eq!(c.idle_heartbeats(), 3);
+    }
+}

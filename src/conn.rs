@@ -1,0 +1,622 @@
+//! One WebSocket connection's bytes: the bounded outbound queue with coalesced writes, and the
+//! inbound frame decoder.
+//!
+//! Owns the socket and what is buffered for it. It must not know rooms, users or the protocol's
+//! JSON: decoded messages go to the shard through a callback, and frames to send arrive already
+//! encoded. Everything here runs on the connection's shard thread (`Rc`/`Cell`, no locks).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+
+use crate::auth::Identity;
+use crate::error::CloseCode;
+use crate::protocol::Name;
+use crate::router::ConnId;
+use crate::ws::{self, Header};
+
+/// Most frames gathered into one `writev`.
+const MAX_IOV: usize = 64;
+/// Bytes read per `read` call; a connection holds no read buffer between reads unless a frame
+/// is cut in half.
+const READ_CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// The shard thread's read buffer, shared by all its connections.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// A frame queued for one socket. The `Rc` is per shard: the bytes are shared with every other
+/// recipient, and cloning costs one non-atomic increment.
+pub type OutFrame = Rc<Bytes>;
+
+#[derive(Default)]
+struct OutQueue {
+    frames: VecDeque<OutFrame>,
+    /// Unsent bytes in `frames`, counting from `head_sent`.
+    bytes: usize,
+    /// Bytes of the first frame already written.
+    head_sent: usize,
+}
+
+/// A token bucket for publishes.
+#[derive(Clone, Copy)]
+pub struct Bucket {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl Bucket {
+    pub fn full(burst: u32) -> Bucket {
+        Bucket {
+            tokens: burst as f64,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, rate: u32, burst: u32) -> bool {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * rate as f64;
+        self.tokens = (self.tokens + refill).min(burst as f64);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A room the connection asked for: `live` once the room's home has registered the join.
+pub struct RoomEntry {
+    pub room: Name,
+    pub live: bool,
+}
+
+pub struct Conn {
+    pub id: ConnId,
+    pub user: Name,
+    /// The token's `rooms` claim: the only rooms this connection may join.
+    pub allowed_rooms: Option<Box<[Name]>>,
+    /// The token's `exp`, unix seconds.
+    pub exp: Option<u64>,
+    stream: TcpStream,
+    out: RefCell<OutQueue>,
+    read: RefCell<Decoder>,
+    pub rooms: RefCell<Vec<RoomEntry>>,
+    pub rate: Cell<Bucket>,
+    /// Set once the connection is being closed; nothing more is queued after the close frame.
+    closing: Cell<Option<CloseCode>>,
+    /// The socket failed or the peer went away; the task ends without a closing handshake.
+    broken: Cell<bool>,
+    /// Removed from the shard's maps (rooms left, user unregistered).
+    pub detached: Cell<bool>,
+    /// In the shard's list of connections to flush at the end of this batch.
+    pub dirty: Cell<bool>,
+    /// The socket refused bytes; the task waits for it to become writable.
+    want_write: Cell<bool>,
+    /// Auto-joins still in flight. Nothing is written until they are done, so a client that
+    /// has `welcome` is already in its rooms.
+    pub hold: Cell<u32>,
+    /// Inbound traffic since the last heartbeat tick, and ticks missed in a row.
+    pub active: Cell<bool>,
+    pub missed: Cell<u32>,
+    kicked: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+/// What reading found.
+pub enum Event<'a> {
+    /// A complete text or binary message, unmasked.
+    Message {
+        binary: bool,
+        payload: &'a mut [u8],
+    },
+    Ping(&'a [u8]),
+    /// A message over `max_message_size` was discarded.
+    TooLarge,
+    /// The client sent a close frame.
+    Close,
+}
+
+pub enum ReadStatus {
+    /// Read what there was; wait for more.
+    Open,
+    /// The peer closed the TCP connection.
+    Eof,
+}
+
+impl Conn {
+    pub fn new(id: ConnId, stream: TcpStream, identity: &Identity, burst: u32) -> Conn {
+        Conn {
+            id,
+            user: identity.user.clone(),
+            allowed_rooms: identity.rooms.clone().map(Vec::into_boxed_slice),
+            exp: identity.exp,
+            stream,
+            out: RefCell::default(),
+            read: RefCell::default(),
+            rooms: RefCell::default(),
+            rate: Cell::new(Bucket::full(burst)),
+            closing: Cell::new(None),
+            broken: Cell::new(false),
+            detached: Cell::new(false),
+            dirty: Cell::new(false),
+            want_write: Cell::new(false),
+            hold: Cell::new(0),
+            active: Cell::new(true),
+            missed: Cell::new(0),
+            kicked: Cell::new(false),
+            waker: Cell::new(None),
+        }
+    }
+
+    pub fn closing(&self) -> Option<CloseCode> {
+        self.closing.get()
+    }
+
+    /// Queues a frame; returns the unsent bytes now queued.
+    pub fn push(&self, frame: OutFrame) -> usize {
+        let mut out = self.out.borrow_mut();
+        out.bytes += frame.len();
+        out.frames.push_back(frame);
+        out.bytes
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.out.borrow().bytes
+    }
+
+    /// Starts closing: drops unsent frames (keeping a half-written one, so the stream stays
+    /// well-formed), queues the close frame and wakes the task to flush it.
+    pub fn begin_close(&self, code: CloseCode) {
+        if self.closing.get().is_some() {
+            return;
+        }
+        self.closing.set(Some(code));
+        self.hold.set(0);
+        let mut out = self.out.borrow_mut();
+        let keep = usize::from(out.head_sent > 0);
+        out.frames.truncate(keep);
+        out.bytes = out.frames.front().map_or(0, |f| f.len() - out.head_sent);
+        let close = ws::close_frame(code.code(), code.reason());
+        out.bytes += close.len();
+        out.frames.push_back(Rc::new(close));
+        drop(out);
+        self.kick();
+    }
+
+    /// Writes queued frames with as few `writev` calls as the socket allows (one, unless more
+    /// than `MAX_IOV` frames are queued or the socket takes part). Never blocks.
+    pub fn flush(&self) {
+        if self.hold.get() > 0 || self.broken.get() {
+            return;
+        }
+        let mut out = self.out.borrow_mut();
+        while !out.frames.is_empty() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            for (i, frame) in out.frames.iter().take(MAX_IOV).enumerate() {
+                let start = if i == 0 { out.head_sent } else { 0 };
+                iov[i] = IoSlice::new(&frame[start..]);
+                n += 1;
+            }
+            match self.stream.try_write_vectored(&iov[..n]) {
+                Ok(written) => out.advance(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !self.want_write.replace(true) {
+                        self.kick();
+                    }
+                    return;
+                }
+                Err(_) => {
+                    self.broken.set(true);
+                    self.kick();
+                    return;
+                }
+            }
+        }
+        if out.frames.capacity() > 64 {
+            out.frames = VecDeque::new();
+        }
+        self.want_write.set(false);
+    }
+
+    /// Reads what the socket has and hands each complete message to `on`.
+    pub fn read_ready(
+        &self,
+        max_message: usize,
+        hard_limit: u64,
+        on: &mut dyn FnMut(Event<'_>),
+    ) -> Result<ReadStatus, CloseCode> {
+        let mut guard = self.read.borrow_mut();
+        let dec = &mut *guard;
+        dec.max_message = max_message;
+        dec.hard_limit = hard_limit;
+        SCRATCH.with_borrow_mut(|scratch| {
+            if dec.closed {
+                // After the client's close frame, input is only read to see EOF.
+                return match self.stream.try_read(scratch) {
+                    Ok(0) => Ok(ReadStatus::Eof),
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => Ok(ReadStatus::Eof),
+                    _ => Ok(ReadStatus::Open),
+                };
+            }
+            // Bounded so one busy connection cannot starve the rest of the shard.
+            for _ in 0..4 {
+                let n = if dec.partial.is_empty() {
+                    let n = match self.stream.try_read(scratch) {
+                        Ok(0) => return Ok(ReadStatus::Eof),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok(ReadStatus::Open);
+                        }
+                        Err(_) => return Ok(ReadStatus::Eof),
+                    };
+                    self.active.set(true);
+                    let used = dec.decode(&mut scratch[..n], on)?;
+                    dec.partial.extend_from_slice(&scratch[used..n]);
+                    n
+                } else {
+                    dec.partial.reserve(READ_CHUNK.min(dec.max_message + 14));
+                    let n = match self.stream.try_read_buf(&mut dec.partial) {
+                        Ok(0) => return Ok(ReadStatus::Eof),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok(ReadStatus::Open);
+                        }
+                        Err(_) => return Ok(ReadStatus::Eof),
+                    };
+                    self.active.set(true);
+                    let mut partial = std::mem::take(&mut dec.partial);
+                    let used = dec.decode(&mut partial, on)?;
+                    partial.drain(..used);
+                    if !partial.is_empty() {
+                        dec.partial = partial;
+                    }
+                    n
+                };
+                if dec.closed || n < scratch.len() {
+                    break;
+                }
+            }
+            Ok(ReadStatus::Open)
+        })
+    }
+
+    /// Decodes bytes that arrived with the HTTP upgrade request.
+    pub fn preload(&self, bytes: &[u8], on: &mut dyn FnMut(Event<'_>)) -> Result<(), CloseCode> {
+        let mut dec = self.read.borrow_mut();
+        let mut buf = bytes.to_vec();
+        let used = dec.decode(&mut buf, on)?;
+        buf.drain(..used);
+        dec.partial = buf;
+        Ok(())
+    }
+
+    /// Completes when the shard has something for the task to look at (a close, a blocked
+    /// write, a broken socket).
+    pub async fn kicked(&self) {
+        std::future::poll_fn(|cx| {
+            if self.kicked.replace(false) {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn kick(&self) {
+        self.kicked.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// The client has sent its close frame.
+    pub fn peer_closed(&self) -> bool {
+        self.read.borrow().closed
+    }
+
+    /// The task's view: is there anything left to do on this socket?
+    pub fn is_broken(&self) -> bool {
+        self.broken.get()
+    }
+
+    pub fn wants_write(&self) -> bool {
+        self.want_write.get()
+    }
+
+    pub fn has_unsent(&self) -> bool {
+        !self.out.borrow().frames.is_empty()
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+impl OutQueue {
+    fn advance(&mut self, mut written: usize) {
+        self.bytes -= written;
+        while written > 0 {
+            let left = self.frames[0].len() - self.head_sent;
+            if written >= left {
+                written -= left;
+                self.head_sent = 0;
+                self.frames.pop_front();
+            } else {
+                self.head_sent += written;
+                written = 0;
+            }
+        }
+    }
+}
+
+/// Inbound frame state that must survive between reads. Empty for an idle connection.
+#[derive(Default)]
+struct Decoder {
+    /// Bytes of a frame cut by the end of a read.
+    partial: Vec<u8>,
+    /// Payload bytes of a discarded (too large) frame still to skip.
+    skip: u64,
+    /// A fragmented message being assembled.
+    frag: Option<Fragments>,
+    /// A close frame was received; ignore whatever follows.
+    closed: bool,
+    max_message: usize,
+    hard_limit: u64,
+}
+
+struct Fragments {
+    binary: bool,
+    data: Vec<u8>,
+    /// Over the size limit: the remaining fragments are skipped.
+    discard: bool,
+}
+
+impl Decoder {
+    /// Decodes complete frames from `buf`, returning how many bytes were used.
+    fn decode(
+        &mut self,
+        buf: &mut [u8],
+        on: &mut dyn FnMut(Event<'_>),
+    ) -> Result<usize, CloseCode> {
+        let mut pos = 0;
+        while !self.closed {
+            if self.skip > 0 {
+                let n = self.skip.min((buf.len() - pos) as u64);
+                pos += n as usize;
+                self.skip -= n;
+                if self.skip > 0 {
+                    break;
+                }
+                continue;
+            }
+            let h = match ws::parse_header(&buf[pos..]) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(_) => return Err(CloseCode::ProtocolError),
+            };
+            if h.payload_len > self.hard_limit {
+                return Err(CloseCode::TooBig);
+            }
+            if !h.is_control() && self.oversized(&h, on)? {
+                // Skip this frame's payload, whether or not it has all arrived.
+                let avail = (buf.len() - pos - h.header_len) as u64;
+                let n = avail.min(h.payload_len);
+                pos += h.header_len + n as usize;
+                self.skip = h.payload_len - n;
+                continue;
+            }
+            let total = h.header_len + h.payload_len as usize;
+            if buf.len() - pos < total {
+                break;
+            }
+            let payload = &mut buf[pos + h.header_len..pos + total];
+            ws::unmask(payload, h.mask);
+            pos += total;
+            self.dispatch(&h, payload, on);
+        }
+        Ok(pos)
+    }
+
+    /// Checks a data frame against fragmentation rules and the size limit. `true` means the
+    /// frame is to be skipped.
+    fn oversized(&mut self, h: &Header, on: &mut dyn FnMut(Event<'_>)) -> Result<bool, CloseCode> {
+        let so_far = match (&self.frag, h.opcode) {
+            (None, ws::OP_CONTINUATION) | (Some(_), ws::OP_TEXT | ws::OP_BINARY) => {
+                return Err(CloseCode::ProtocolError);
+            }
+            (Some(f), _) if f.discard => {
+                if h.fin {
+                    self.frag = None;
+                }
+                return Ok(true);
+            }
+            (Some(f), _) => f.data.len() as u64,
+            (None, _) => 0,
+        };
+        if so_far + h.payload_len <= self.max_message as u64 {
+            return Ok(false);
+        }
+        on(Event::TooLarge);
+        self.frag = (!h.fin).then(|| Fragments {
+            binary: false,
+            data: Vec::new(),
+            discard: true,
+        });
+        Ok(true)
+    }
+
+    fn dispatch(&mut self, h: &Header, payload: &mut [u8], on: &mut dyn FnMut(Event<'_>)) {
+        match h.opcode {
+            ws::OP_TEXT | ws::OP_BINARY if h.fin => on(Event::Message {
+                binary: h.opcode == ws::OP_BINARY,
+                payload,
+            }),
+            ws::OP_TEXT | ws::OP_BINARY => {
+                self.frag = Some(Fragments {
+                    binary: h.opcode == ws::OP_BINARY,
+                    data: payload.to_vec(),
+                    discard: false,
+                });
+            }
+            ws::OP_CONTINUATION => {
+                let frag = self.frag.as_mut().expect("checked in oversized");
+                frag.data.extend_from_slice(payload);
+                if h.fin {
+                    let mut frag = self.frag.take().expect("present");
+                    on(Event::Message {
+                        binary: frag.binary,
+                        payload: &mut frag.data,
+                    });
+                }
+            }
+            ws::OP_PING => on(Event::Ping(payload)),
+            ws::OP_CLOSE => {
+                self.closed = true;
+                on(Event::Close);
+            }
+            _ => {} // pong: the read itself counted as activity
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [9, 8, 7, 6];
+        let mut v = vec![first];
+        if payload.len() < 126 {
+            v.push(0x80 | payload.len() as u8);
+        } else {
+            v.push(0x80 | 126);
+            v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        v.extend_from_slice(&mask);
+        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        v
+    }
+
+    fn decoder(max: usize) -> Decoder {
+        Decoder {
+            max_message: max,
+            hard_limit: max as u64 * 16,
+            ..Decoder::default()
+        }
+    }
+
+    /// Feeds `wire` in chunks of `step` bytes, the way reads would, and lists what came out.
+    fn run(dec: &mut Decoder, wire: &[u8], step: usize) -> Result<Vec<String>, CloseCode> {
+        let mut seen = Vec::new();
+        let mut buf = Vec::new();
+        for chunk in wire.chunks(step) {
+            buf.extend_from_slice(chunk);
+            let used = dec.decode(&mut buf, &mut |e| {
+                seen.push(match e {
+                    Event::Message { binary, payload } => {
+                        format!(
+                            "{}:{}",
+                            if binary { "bin" } else { "text" },
+                            String::from_utf8_lossy(payload)
+                        )
+                    }
+                    Event::Ping(p) => format!("ping:{}", p.len()),
+                    Event::TooLarge => "too_large".into(),
+                    Event::Close => "close".into(),
+                })
+            })?;
+            buf.drain(..used);
+        }
+        Ok(seen)
+    }
+
+    #[test]
+    fn decodes_across_any_split() {
+        let mut wire = frame(0x81, b"hello");
+        wire.extend(frame(0x01, b"frag"));
+        wire.extend(frame(0x89, b"pp"));
+        wire.extend(frame(0x80, b"ment"));
+        wire.extend(frame(0x82, &[b'z'; 300]));
+        wire.extend(frame(0x88, &[3, 232]));
+        wire.extend(frame(0x81, b"after close"));
+        for step in [1, 2, 3, 7, 64, 10_000] {
+            let seen = run(&mut decoder(1024), &wire, step).unwrap();
+            assert_eq!(
+                seen,
+                vec![
+                    "text:hello".to_string(),
+                    "ping:2".into(),
+                    "text:fragment".into(),
+                    format!("bin:{}", "z".repeat(300)),
+                    "close".into(),
+                ],
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_messages_are_skipped_not_buffered() {
+        let mut wire = frame(0x81, &[b'x'; 600]);
+        wire.extend(frame(0x01, &[b'y'; 300]));
+        wire.extend(frame(0x00, &[b'y'; 300]));
+        wire.extend(frame(0x80, b"tail"));
+        wire.extend(frame(0x81, b"ok"));
+        for step in [1, 5, 100, 10_000] {
+            let mut dec = decoder(500);
+            let seen = run(&mut dec, &wire, step).unwrap();
+            assert_eq!(seen, ["too_large", "too_large", "text:ok"], "step {step}");
+            assert!(dec.partial.capacity() == 0);
+        }
+    }
+
+    #[test]
+    fn framing_violations_close_the_connection() {
+        let unmasked = vec![0x81, 0x01, b'x'];
+        assert_eq!(
+            run(&mut decoder(100), &unmasked, 10),
+            Err(CloseCode::ProtocolError)
+        );
+        let stray_continuation = frame(0x80, b"x");
+        assert_eq!(
+            run(&mut decoder(100), &stray_continuation, 10),
+            Err(CloseCode::ProtocolError)
+        );
+        let huge = frame(0x81, &[0; 2000]);
+        assert_eq!(run(&mut decoder(100), &huge, 10), Err(CloseCode::TooBig));
+    }
+
+    #[test]
+    fn queue_advances_over_partial_writes() {
+        let mut q = OutQueue::default();
+        for s in ["abc", "de", "fghi"] {
+            q.bytes += s.len();
+            q.frames.push_back(Rc::new(Bytes::from(s)));
+        }
+        q.advance(4);
+        assert_eq!((q.frames.len(), q.head_sent, q.bytes), (2, 1, 5));
+        q.advance(5);
+        assert!(q.frames.is_empty());
+        assert_eq!((q.head_sent, q.bytes), (0, 0));
+    }
+
+    #[test]
+    fn bucket_allows_burst_then_rate() {
+        let mut b = Bucket::full(3);
+        assert!((0..3).all(|_| b.take(1, 3)));
+        assert!(!b.take(1, 3));
+    }
+}

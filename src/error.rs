@@ -1,0 +1,143 @@
+//! The protocol's error vocabulary: reply error codes, close codes and handshake refusals.
+//!
+//! This is the one table behind docs/protocol.md's "Error codes and close codes". It owns the
+//! names, numbers and HTTP statuses; it must not decide *when* they are used.
+
+use std::borrow::Cow;
+
+/// A reply error: sent as `{"type":"error",...}`; the connection stays open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownType,
+    InvalidName,
+    NotMember,
+    Forbidden,
+    TooLarge,
+    RateLimited,
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::NotMember => "not_member",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A reply error with its human-readable message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplyError {
+    pub code: ErrorCode,
+    pub message: Cow<'static, str>,
+}
+
+impl ReplyError {
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        ReplyError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Why the server ends a connection. Codes 4000–4499 tell the client to reconnect, 4500–4999
+/// not to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseCode {
+    Normal,
+    GoingAway,
+    ProtocolError,
+    Policy,
+    TooBig,
+    Internal,
+    SlowConsumer,
+    TokenExpired,
+    Replaced,
+    Kicked,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::GoingAway => 1001,
+            CloseCode::ProtocolError => 1002,
+            CloseCode::Policy => 1008,
+            CloseCode::TooBig => 1009,
+            CloseCode::Internal => 1011,
+            CloseCode::SlowConsumer => 4000,
+            CloseCode::TokenExpired => 4001,
+            CloseCode::Replaced => 4500,
+            CloseCode::Kicked => 4501,
+        }
+    }
+
+    /// The close frame's reason text (at most 123 bytes).
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "bye",
+            CloseCode::GoingAway => "server shutting down, reconnect",
+            CloseCode::ProtocolError => "malformed websocket frame",
+            CloseCode::Policy => "idle timeout",
+            CloseCode::TooBig => "frame too big",
+            CloseCode::Internal => "internal error",
+            CloseCode::SlowConsumer => "slow consumer",
+            CloseCode::TokenExpired => "token expired",
+            CloseCode::Replaced => "replaced by a newer session",
+            CloseCode::Kicked => "kicked",
+        }
+    }
+}
+
+/// Why a WebSocket handshake was refused; sent as an HTTP error with `{"code","message"}`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("token expired at {0}; fetch a new token")]
+    TokenExpired(u64),
+    #[error("no such path; connect to /ws")]
+    NotFound,
+    #[error("user is already connected and the session policy is reject_new")]
+    SessionExists,
+    #[error("user already has the most connections allowed ({0})")]
+    ConnectionLimit(u32),
+    #[error("server is shutting down; retry shortly")]
+    Unavailable,
+}
+
+impl HandshakeError {
+    pub fn status(&self) -> u16 {
+        match self {
+            HandshakeError::BadRequest(_) => 400,
+            HandshakeError::Unauthorized(_) | HandshakeError::TokenExpired(_) => 401,
+            HandshakeError::NotFound => 404,
+            HandshakeError::SessionExists => 409,
+            HandshakeError::ConnectionLimit(_) => 429,
+            HandshakeError::Unavailable => 503,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            HandshakeError::BadRequest(_) => "bad_request",
+            HandshakeError::Unauthorized(_) => "unauthorized",
+            HandshakeError::TokenExpired(_) => "token_expired",
+            HandshakeError::NotFound => "not_found",
+            HandshakeError::SessionExists => "session_exists",
+            HandshakeError::ConnectionLimit(_) => "connection_limit",
+            HandshakeError::Unavailable => "unavailable",
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! HTTP on a shard: routing, the WebSocket handshake (auth, admission by the user's home shard,
+//! upgrade) and JSON error responses.
+//!
+//! Owns everything before a connection is a WebSocket. It must not touch connection I/O after
+//! the upgrade: the raw TCP stream is handed to `conn` and the shard runtime.
+
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::auth::Identity;
+use crate::conn::Conn;
+use crate::error::HandshakeError;
+use crate::router::ConnId;
+use crate::shard::runtime::{self, Ctx};
+
+type Body = Full<Bytes>;
+
+/// Serves one TCP connection's HTTP requests until it upgrades or closes.
+pub async fn serve(ctx: Rc<Ctx>, stream: TcpStream) {
+    let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let response = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ws") => websocket(ctx, req).await.unwrap_or_else(|e| error(&e)),
+        (&Method::GET, "/healthz") => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
+        _ => error(&HandshakeError::NotFound),
+    };
+    Ok(response)
+}
+
+/// `{"code":..,"message":..}` with the error's status.
+fn error(e: &HandshakeError) -> Response<Body> {
+    let body = serde_json::json!({"code": e.code(), "message": e.to_string()}).to_string();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() =
+        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Undoes a handshake's reservation if the handshake does not reach the connection task.
+struct Reservation {
+    ctx: Rc<Ctx>,
+    conn: ConnId,
+    /// The user's home counted this connection; undoing must tell it.
+    admitted: bool,
+    done: bool,
+}
+
+impl Reservation {
+    /// The handshake reached the connection task, which now owns the cleanup.
+    fn fulfil(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.done {
+            let (conn, admitted) = (self.conn, self.admitted);
+            self.ctx.with(|s| s.abandon(conn, admitted));
+        }
+    }
+}
+
+async fn websocket(
+    ctx: Rc<Ctx>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, HandshakeError> {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return Err(HandshakeError::BadRequest(
+            "expected a WebSocket upgrade (GET /ws with Upgrade: websocket)".into(),
+        ));
+    }
+    let bearer = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let identity = ctx.auth.authenticate(
+        req.uri().query(),
+        bearer,
+        ctx.config.max_rooms_per_connection,
+    )?;
+
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let user = identity.user.clone();
+    let Some(conn) = ctx.with(|s| {
+        let id = s.register(user, tx);
+        s.flush_dirty();
+        id
+    }) else {
+        return Err(HandshakeError::Unavailable);
+    };
+    let mut reservation = Reservation {
+        ctx: ctx.clone(),
+        conn,
+        admitted: false,
+        done: false,
+    };
+    rx.await.unwrap_or(Err(HandshakeError::Unavailable))?;
+    reservation.admitted = true;
+
+    let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut req)
+        .map_err(|e| HandshakeError::BadRequest(format!("bad upgrade request: {e}")))?;
+    tokio::task::spawn_local(async move {
+        let parts = match upgrade.await {
+            Ok(ws) => ws
+                .into_inner()
+                .into_inner()
+                .downcast::<TokioIo<TcpStream>>(),
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let Ok(parts) = parts else {
+            tracing::error!("upgraded connection is not a TCP stream");
+            return;
+        };
+        reservation.fulfil();
+        start(ctx, conn, identity, parts.io.into_inner(), &parts.read_buf).await;
+    });
+    Ok(response.map(|_| Full::new(Bytes::new())))
+}
+
+/// Attaches the upgraded stream to the shard and runs its task.
+async fn start(ctx: Rc<Ctx>, id: ConnId, identity: Identity, stream: TcpStream, early: &[u8]) {
+    let conn = Rc::new(Conn::new(id, stream, &identity, ctx.config.publish_burst));
+    ctx.with(|s| {
+        s.attach(&conn, &identity);
+        if !early.is_empty()
+            && let Err(code) = conn.preload(early, &mut |ev| s.on_event(&conn, ev))
+        {
+            s.close_conn(&conn, code);
+        }
+        s.flush_dirty();
+    });
+    tracing::debug!(user = %identity.user, conn = ?id, "connected");
+    runtime::drive(ctx, conn).await;
+}

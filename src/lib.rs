@@ -1,0 +1,25 @@
+//! shardcast: a real-time messaging server. Clients speak JSON over WebSocket (see
+//! docs/protocol.md); connections are spread over per-core shards that share nothing and talk
+//! only through the router.
+//!
+//! The module map (ARCHITECTURE.md has the long form):
+//! - `server`: binds and runs one thread per shard; shutdown.
+//! - `shard`: a shard's state and handlers (`Shard`), its home bookkeeping (`shard::home`) and
+//!   its thread, inbox loop and connection tasks (`shard::runtime`).
+//! - `router`: `ShardMsg`, the placement hash (which shard is home to a room or user) and the
+//!   queues between shards.
+//! - `http`: routing and the WebSocket handshake, up to handing over the raw stream.
+//! - `conn`: one connection's bytes: the bounded outbound queue and the frame decoder.
+//! - `ws`: the WebSocket wire format. `protocol`: the JSON protocol (parse, encode once).
+//! - `auth`: JWT and dev-mode identities. `config`: every limit. `error`: every code.
+
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod http;
+pub mod protocol;
+pub mod router;
+pub mod server;
+pub mod shard;
+pub mod ws;

@@ -1,0 +1,238 @@
+//! Server frames, each encoded once into a complete WebSocket text frame (`Bytes`) that can be
+//! written to any number of sockets as it is.
+//!
+//! Names need no escaping (their alphabet is JSON-safe) and bodies are spliced verbatim, so the
+//! only escaping done here is for error messages.
+
+use bytes::Bytes;
+
+use super::{Name, ReqId};
+use crate::error::ReplyError;
+use crate::ws::{FrameBuf, OP_TEXT};
+
+/// Writes one JSON object into a frame buffer.
+struct Json(FrameBuf);
+
+impl Json {
+    fn new(capacity: usize) -> Json {
+        Json(FrameBuf::with_capacity(capacity))
+    }
+    fn raw(&mut self, s: &str) -> &mut Self {
+        self.0.push(s.as_bytes());
+        self
+    }
+    fn name(&mut self, n: &Name) -> &mut Self {
+        self.raw("\"").raw(n).raw("\"")
+    }
+    fn u64(&mut self, n: u64) -> &mut Self {
+        self.raw(itoa::Buffer::new().format(n))
+    }
+    /// `"id":X,` when the request had an id.
+    fn id(&mut self, id: Option<&ReqId>) -> &mut Self {
+        if let Some(id) = id {
+            self.raw("\"id\":").raw(id.as_json()).raw(",");
+        }
+        self
+    }
+    fn escaped(&mut self, s: &str) -> &mut Self {
+        self.raw("\"");
+        let mut start = 0;
+        for (i, c) in s.char_indices() {
+            let esc = match c {
+                '"' => "\\\"",
+                '\\' => "\\\\",
+                '\n' => "\\n",
+                '\r' => "\\r",
+                '\t' => "\\t",
+                c if (c as u32) < 0x20 => "?",
+                _ => continue,
+            };
+            self.raw(&s[start..i]).raw(esc);
+            start = i + c.len_utf8();
+        }
+        self.raw(&s[start..]).raw("\"")
+    }
+    fn finish(self) -> Bytes {
+        self.0.finish(OP_TEXT)
+    }
+}
+
+/// `{"type":"welcome","user":U,"rooms":[..],"heartbeat_ms":N}`
+pub fn welcome(user: &Name, rooms: &[Name], heartbeat_ms: u64) -> Bytes {
+    let mut j = Json::new(64 + user.len() + rooms.iter().map(|r| r.len() + 3).sum::<usize>());
+    j.raw(r#"{"type":"welcome","user":"#)
+        .name(user)
+        .raw(r#","rooms":["#);
+    for (i, room) in rooms.iter().enumerate() {
+        if i > 0 {
+            j.raw(",");
+        }
+        j.name(room);
+    }
+    j.raw(r#"],"heartbeat_ms":"#).u64(heartbeat_ms).raw("}");
+    j.finish()
+}
+
+/// Where a message is addressed: a room, or a user's inbox.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    Room(&'a Name),
+    User(&'a Name),
+}
+
+/// `{"type":"message","room":R|"to":U,"from":F,"seq":N,"ts":T,"body":B}` with `body` spliced.
+pub fn message(target: Target<'_>, from: &Name, seq: u64, ts: u64, body: &[u8]) -> Bytes {
+    let mut j = Json::new(96 + from.len() + body.len());
+    match target {
+        Target::Room(room) => j.raw(r#"{"type":"message","room":"#).name(room),
+        Target::User(to) => j.raw(r#"{"type":"message","to":"#).name(to),
+    };
+    j.raw(r#","from":"#).name(from);
+    j.raw(r#","seq":"#).u64(seq).raw(r#","ts":"#).u64(ts);
+    j.raw(r#","body":"#);
+    j.0.push(body);
+    j.raw("}");
+    j.finish()
+}
+
+/// `{"type":"joined"|"left","room":R,"user":U}`
+pub fn membership(joined: bool, room: &Name, user: &Name) -> Bytes {
+    let mut j = Json::new(48 + room.len() + user.len());
+    j.raw(if joined {
+        r#"{"type":"joined","room":"#
+    } else {
+        r#"{"type":"left","room":"#
+    });
+    j.name(room).raw(r#","user":"#).name(user).raw("}");
+    j.finish()
+}
+
+/// `{"type":"ack","id":I,"room":R[,"seq":N]}` or, for a direct message, `..."to":U,"seq":N}`.
+pub fn ack(id: Option<&ReqId>, target: Target<'_>, seq: Option<u64>) -> Bytes {
+    let mut j = Json::new(128);
+    j.raw(r#"{"type":"ack","#).id(id);
+    match target {
+        Target::Room(room) => j.raw(r#""room":"#).name(room),
+        Target::User(to) => j.raw(r#""to":"#).name(to),
+    };
+    if let Some(seq) = seq {
+        j.raw(r#","seq":"#).u64(seq);
+    }
+    j.raw("}");
+    j.finish()
+}
+
+/// `{"type":"presence","id":I,"room":R,"users":[..]}`
+pub fn presence<'a>(
+    id: Option<&ReqId>,
+    room: &Name,
+    users: impl Iterator<Item = &'a Name>,
+) -> Bytes {
+    let mut j = Json::new(256);
+    j.raw(r#"{"type":"presence","#).id(id);
+    j.raw(r#""room":"#).name(room).raw(r#","users":["#);
+    for (i, user) in users.enumerate() {
+        if i > 0 {
+            j.raw(",");
+        }
+        j.name(user);
+    }
+    j.raw("]}");
+    j.finish()
+}
+
+/// `{"type":"pong","id":I}`
+pub fn pong(id: Option<&ReqId>) -> Bytes {
+    let mut j = Json::new(96);
+    j.raw(r#"{"type":"pong""#);
+    if let Some(id) = id {
+        j.raw(r#","id":"#).raw(id.as_json());
+    }
+    j.raw("}");
+    j.finish()
+}
+
+/// `{"type":"error","id":I,"code":C,"message":M}`
+pub fn error(id: Option<&ReqId>, err: &ReplyError) -> Bytes {
+    let mut j = Json::new(96 + err.message.len());
+    j.raw(r#"{"type":"error","#).id(id);
+    j.raw(r#""code":""#)
+        .raw(err.code.as_str())
+        .raw(r#"","message":"#);
+    j.escaped(&err.message).raw("}");
+    j.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use serde_json::{Value, json};
+
+    /// Strips the server frame header and parses the payload.
+    fn payload(frame: &Bytes) -> Value {
+        let start = match frame[1] {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        serde_json::from_slice(&frame[start..]).expect("valid JSON")
+    }
+
+    fn n(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    #[test]
+    fn frames_are_valid_json_with_the_documented_shape() {
+        let id = crate::protocol::parse(r#"{"type":"ping","id":"a\"b"}"#)
+            .unwrap()
+            .id;
+        assert_eq!(
+            payload(&pong(id.as_ref())),
+            json!({"type":"pong","id":"a\"b"})
+        );
+        assert_eq!(
+            payload(&welcome(&n("u"), &[n("r1"), n("r2")], 25)),
+            json!({"type":"welcome","user":"u","rooms":["r1","r2"],"heartbeat_ms":25})
+        );
+        assert_eq!(
+            payload(&message(
+                Target::Room(&n("r")),
+                &n("u"),
+                3,
+                9,
+                br#"{"x": [1]}"#
+            )),
+            json!({"type":"message","room":"r","from":"u","seq":3,"ts":9,"body":{"x":[1]}})
+        );
+        assert_eq!(
+            payload(&message(Target::User(&n("v")), &n("u"), 1, 2, b"null")),
+            json!({"type":"message","to":"v","from":"u","seq":1,"ts":2,"body":null})
+        );
+        assert_eq!(
+            payload(&ack(None, Target::Room(&n("r")), None)),
+            json!({"type":"ack","room":"r"})
+        );
+        assert_eq!(
+            payload(&presence(None, &n("r"), [n("a"), n("b")].iter())),
+            json!({"type":"presence","room":"r","users":["a","b"]})
+        );
+        let e = ReplyError::new(ErrorCode::BadRequest, "bad \"x\"\n\\ \u{1}");
+        assert_eq!(
+            payload(&error(None, &e)),
+            json!({"type":"error","code":"bad_request","message":"bad \"x\"\n\\ ?"})
+        );
+    }
+
+    #[test]
+    fn body_bytes_pass_through_verbatim() {
+        let body = br#"{ "spaced" :  "\u00e9t\u00e9" }"#;
+        let frame = message(Target::Room(&n("r")), &n("u"), 1, 1, body);
+        let text = std::str::from_utf8(&frame[2..]).unwrap();
+        assert!(
+            text.ends_with(r#""body":{ "spaced" :  "\u00e9t\u00e9" }}"#),
+            "{text}"
+        );
+    }
+}

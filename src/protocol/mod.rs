@@ -1,0 +1,301 @@
+//! The client protocol: names, client frames parsed into `Request`, and (in `encode`) every server
+//! frame, encoded once into a ready-to-write WebSocket frame.
+//!
+//! Owns the JSON shapes of docs/protocol.md. It must not touch sockets, shards or connection
+//! state: parsing is a pure function of the bytes, encoding a pure function of the fields.
+
+pub mod encode;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::{ErrorCode, ReplyError};
+
+/// Most bytes a room name or user id may have.
+pub const MAX_NAME_LEN: usize = 128;
+/// Most bytes the JSON text of a frame's `id` may have.
+pub const MAX_ID_LEN: usize = 64;
+
+/// A validated room name or user id: 1–128 bytes of `[A-Za-z0-9_.:@-]`. Because the alphabet
+/// needs no JSON escaping, encoders splice names into frames as they are.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(Arc<str>);
+
+impl Name {
+    pub fn new(s: &str) -> Result<Name, ReplyError> {
+        if is_valid_name(s.as_bytes()) {
+            Ok(Name(Arc::from(s)))
+        } else {
+            Err(ReplyError::new(
+                ErrorCode::InvalidName,
+                "names are 1-128 bytes of A-Z a-z 0-9 _ . : @ -",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+pub fn is_valid_name(s: &[u8]) -> bool {
+    (1..=MAX_NAME_LEN).contains(&s.len())
+        && s.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'))
+}
+
+/// A client frame's `id`, kept as its JSON text so replies echo it byte for byte.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReqId(Box<str>);
+
+impl ReqId {
+    fn parse(raw: &RawValue) -> Result<ReqId, ReplyError> {
+        let text = raw.get();
+        let scalar = matches!(text.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'));
+        if !scalar {
+            return Err(ReplyError::new(
+                ErrorCode::BadRequest,
+                "id must be a JSON number or string",
+            ));
+        }
+        if text.len() > MAX_ID_LEN {
+            return Err(ReplyError::new(
+                ErrorCode::BadRequest,
+                "id must be at most 64 bytes of JSON",
+            ));
+        }
+        Ok(ReqId(text.into()))
+    }
+
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A parsed client frame.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub id: Option<ReqId>,
+    pub msg: ClientMessage<'a>,
+}
+
+/// What a client asked for. `body` borrows the frame's bytes: it is validated JSON, never parsed
+/// into a tree.
+#[derive(Debug)]
+pub enum ClientMessage<'a> {
+    Join { room: Name },
+    Leave { room: Name },
+    Publish { room: Name, body: &'a RawValue },
+    Send { to: Name, body: &'a RawValue },
+    Presence { room: Name },
+    Ping,
+}
+
+/// A frame that could not be parsed; `id` is set when the frame had a valid one, to echo it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParseError {
+    pub id: Option<ReqId>,
+    pub error: ReplyError,
+}
+
+/// Every field as raw JSON, so a mistyped field is reported by name and the `id` still echoed.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    room: Option<&'a RawValue>,
+    #[serde(borrow)]
+    to: Option<&'a RawValue>,
+    #[serde(borrow)]
+    body: Option<&'a RawValue>,
+}
+
+/// Parses one text frame's payload. The body is checked as JSON by the same pass.
+pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
+    let bad = |message: String| ParseError {
+        id: None,
+        error: ReplyError::new(ErrorCode::BadRequest, message),
+    };
+    if !text.trim_start().starts_with('{') {
+        return Err(bad("a frame must be one JSON object".into()));
+    }
+    let env: Envelope<'_> =
+        serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let id = match env.id {
+        None => None,
+        Some(raw) => Some(ReqId::parse(raw).map_err(|error| ParseError { id: None, error })?),
+    };
+    let with_id = |error: ReplyError| ParseError {
+        id: id.clone(),
+        error,
+    };
+    let ty = env
+        .ty
+        .ok_or_else(|| with_id(missing("type")))
+        .and_then(|raw| string_field("type", raw).map_err(with_id))?;
+    let name = |field: &'static str, raw: Option<&RawValue>| -> Result<Name, ParseError> {
+        let raw = raw.ok_or_else(|| with_id(missing(field)))?;
+        Name::new(&string_field(field, raw).map_err(with_id)?).map_err(with_id)
+    };
+    let body = || env.body.ok_or_else(|| with_id(missing("body")));
+    let msg = match &*ty {
+        "join" => ClientMessage::Join {
+            room: name("room", env.room)?,
+        },
+        "leave" => ClientMessage::Leave {
+            room: name("room", env.room)?,
+        },
+        "publish" => ClientMessage::Publish {
+            room: name("room", env.room)?,
+            body: body()?,
+        },
+        "send" => ClientMessage::Send {
+            to: name("to", env.to)?,
+            body: body()?,
+        },
+        "presence" => ClientMessage::Presence {
+            room: name("room", env.room)?,
+        },
+        "ping" => ClientMessage::Ping,
+        other => {
+            return Err(with_id(ReplyError::new(
+                ErrorCode::UnknownType,
+                format!(
+                    "unknown type {:?}; expected join, leave, publish, send, presence or ping",
+                    truncate(other, 32)
+                ),
+            )));
+        }
+    };
+    Ok(Request { id, msg })
+}
+
+fn missing(field: &str) -> ReplyError {
+    ReplyError::new(ErrorCode::BadRequest, format!("missing field `{field}`"))
+}
+
+fn string_field<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, ReplyError> {
+    serde_json::from_str::<Cow<'a, str>>(raw.get())
+        .map_err(|_| ReplyError::new(ErrorCode::BadRequest, format!("`{field}` must be a string")))
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ParseError {
+        parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn parses_each_type_and_keeps_body_bytes() {
+        let r = parse(r#"{"type":"publish","room":"r1","body":{"a" : [1, 2]},"id":7}"#).unwrap();
+        assert_eq!(r.id.unwrap().as_json(), "7");
+        match r.msg {
+            ClientMessage::Publish { room, body } => {
+                assert_eq!(&*room, "r1");
+                assert_eq!(body.get(), r#"{"a" : [1, 2]}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(r#"{"type":"ping"}"#).unwrap().msg,
+            ClientMessage::Ping
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"send","to":"u@x","body":"hi"}"#)
+                .unwrap()
+                .msg,
+            ClientMessage::Send { .. }
+        ));
+    }
+
+    #[test]
+    fn errors_echo_a_valid_id() {
+        let e = err(r#"{"type":"publish","room":5,"id":"x1","body":1}"#);
+        assert_eq!(e.id.unwrap().as_json(), r#""x1""#);
+        assert_eq!(e.error.code, ErrorCode::BadRequest);
+        assert!(e.error.message.contains("room"));
+
+        let e = err(r#"{"type":"nope","id":1}"#);
+        assert_eq!(e.error.code, ErrorCode::UnknownType);
+        assert_eq!(e.id.unwrap().as_json(), "1");
+
+        let e = err(r#"{"type":"join","room":"bad name","id":2}"#);
+        assert_eq!(e.error.code, ErrorCode::InvalidName);
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        for text in [
+            "not json",
+            "[1,2]",
+            "{\"type\":\"ping\"",
+            r#"{"id":1}"#,
+            r#"{"type":"publish","room":"r"}"#,
+            r#"{"type":"ping","id":{"a":1}}"#,
+            r#"{"type":"ping","id":true}"#,
+        ] {
+            assert_eq!(err(text).error.code, ErrorCode::BadRequest, "{text}");
+        }
+        let long = format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(63));
+        assert!(err(&long).error.message.contains("64"));
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name(b"a"));
+        assert!(is_valid_name(b"room:1.x@y_z-2"));
+        assert!(is_valid_name(&[b'a'; 128]));
+        assert!(!is_valid_name(&[b'a'; 129]));
+        assert!(!is_valid_name(b""));
+        assert!(!is_valid_name(b"a b"));
+        assert!(!is_valid_name("é".as_bytes()));
+    }
+
+    #[test]
+    fn escaped_strings_are_decoded() {
+        let r = parse(r#"{"type":"join","room":"r\u0031"}"#).unwrap();
+        assert!(matches!(r.msg, ClientMessage::Join { room } if &*room == "r1"));
+    }
+}

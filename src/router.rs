@@ -1,0 +1,215 @@
+//! The inter-shard router: which shard is home to a room or a user, and the queues between shards.
+//!
+//! Owns `ShardMsg` (everything one shard can ask of another), the placement hash and the
+//! crossbeam queues with their wake-ups. It must not hold any room, user or connection state:
+//! that belongs to the shards. A cluster mode replaces the placement and carries the cross-node
+//! part of these messages; nothing outside this module knows how a message travels.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::{Notify, oneshot};
+
+use crate::error::{CloseCode, HandshakeError};
+use crate::protocol::{Name, ReqId};
+
+pub type ShardId = usize;
+
+/// A connection's id, unique in the process: its shard in the top 16 bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    pub fn new(shard: ShardId, local: u64) -> ConnId {
+        ConnId(((shard as u64) << 48) | (local & ((1 << 48) - 1)))
+    }
+    pub fn shard(self) -> ShardId {
+        (self.0 >> 48) as ShardId
+    }
+}
+
+/// A message from one shard to another (or to itself, handled in place).
+pub enum ShardMsg {
+    /// A new TCP connection for this shard to serve.
+    Accept(std::net::TcpStream),
+    /// At the user's home: admit a new connection under the session policy.
+    Register {
+        user: Name,
+        conn: ConnId,
+        reply: oneshot::Sender<Result<(), HandshakeError>>,
+    },
+    /// At the user's home: a connection of the user ended (or never started).
+    Unregister { user: Name, conn: ConnId },
+    /// At a shard holding the user's connections: close them all but `except`.
+    CloseUser {
+        user: Name,
+        except: ConnId,
+        code: CloseCode,
+    },
+    /// At the room's home: add a connection to the room. `id` is `Some` when the client asked
+    /// (an ack is owed); `already` when the connection was in the room and wants only the seq.
+    Join {
+        room: Name,
+        user: Name,
+        conn: ConnId,
+        id: Option<ReqId>,
+        ack: bool,
+        already: bool,
+    },
+    /// At the joining connection's shard: the join took effect after `seq`.
+    JoinDone {
+        room: Name,
+        conn: ConnId,
+        ack: Option<Bytes>,
+    },
+    /// At the room's home: a connection left the room.
+    Leave {
+        room: Name,
+        user: Name,
+        conn: ConnId,
+    },
+    /// At the room's home: sequence and fan out a message.
+    Publish {
+        room: Name,
+        from: Name,
+        conn: ConnId,
+        id: Option<ReqId>,
+        body: Bytes,
+    },
+    /// At the recipient's home: sequence a direct message into the inbox and deliver it.
+    Direct {
+        to: Name,
+        from: Name,
+        conn: ConnId,
+        id: Option<ReqId>,
+        body: Bytes,
+    },
+    /// At the room's home: answer a presence query.
+    Presence {
+        room: Name,
+        conn: ConnId,
+        id: Option<ReqId>,
+    },
+    /// At a shard with members in the room: write `frame` to them, except `exclude`.
+    Deliver {
+        room: Name,
+        frame: Bytes,
+        exclude: Option<ConnId>,
+    },
+    /// At a shard with connections of the user: write `frame` to them, except `exclude`.
+    DeliverUser {
+        user: Name,
+        frame: Bytes,
+        exclude: Option<ConnId>,
+    },
+    /// At the user's home: pass `frame` on to every shard holding the user's connections.
+    ForwardUser {
+        user: Name,
+        frame: Bytes,
+        exclude: Option<ConnId>,
+    },
+    /// At the connection's shard: write a reply frame to one connection.
+    ToConn { conn: ConnId, frame: Bytes },
+    /// Close every connection with 1001 and stop.
+    Shutdown,
+}
+
+struct Queue {
+    tx: Sender<ShardMsg>,
+    wake: Arc<Notify>,
+}
+
+/// A shard's receiving end: drain `rx`, then wait on `wake`.
+pub struct Inbox {
+    pub rx: Receiver<ShardMsg>,
+    pub wake: Arc<Notify>,
+}
+
+/// Placement and transport between shards. Cheap to clone; every shard holds one.
+#[derive(Clone)]
+pub struct Router {
+    queues: Arc<[Queue]>,
+    hasher: ahash::RandomState,
+}
+
+impl Router {
+    /// A router for `n` shards and each shard's inbox, in shard order.
+    pub fn new(n: usize) -> (Router, Vec<Inbox>) {
+        let (queues, inboxes) = (0..n)
+            .map(|_| {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                let wake = Arc::new(Notify::new());
+                (
+                    Queue {
+                        tx,
+                        wake: wake.clone(),
+                    },
+                    Inbox { rx, wake },
+                )
+            })
+            .unzip::<_, _, Vec<_>, Vec<_>>();
+        // Fixed seeds: every shard must compute the same home for a name.
+        let hasher = ahash::RandomState::with_seeds(
+            0x5348_4152_4443_4153,
+            0x7368_6172_6463_6173,
+            0x9e37_79b9_7f4a_7c15,
+            0xbf58_476d_1ce4_e5b9,
+        );
+        (
+            Router {
+                queues: queues.into(),
+                hasher,
+            },
+            inboxes,
+        )
+    }
+
+    pub fn shards(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// The shard that sequences `name`'s messages (a room) or inbox and sessions (a user).
+    pub fn home(&self, name: &Name) -> ShardId {
+        (self.hasher.hash_one(name.as_str()) % self.queues.len() as u64) as ShardId
+    }
+
+    /// Queues `msg` for shard `to`. A shard that has stopped drops it.
+    pub fn send(&self, to: ShardId, msg: ShardMsg) {
+        let q = &self.queues[to];
+        if q.tx.send(msg).is_ok() {
+            q.wake.notify_one();
+        }
+    }
+
+    pub fn broadcast(&self, msg: impl Fn() -> ShardMsg) {
+        for to in 0..self.queues.len() {
+            self.send(to, msg());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_ids_carry_their_shard() {
+        let id = ConnId::new(7, 123_456);
+        assert_eq!(id.shard(), 7);
+        assert_ne!(ConnId::new(1, 5), ConnId::new(2, 5));
+    }
+
+    #[test]
+    fn homes_are_stable_and_spread() {
+        let (a, _ia) = Router::new(4);
+        let (b, _ib) = Router::new(4);
+        let mut seen = [0usize; 4];
+        for i in 0..400 {
+            let name = Name::new(&format!("room-{i}")).unwrap();
+            assert_eq!(a.home(&name), b.home(&name));
+            seen[a.home(&name)] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+    }
+}

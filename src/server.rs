@@ -1,0 +1,102 @@
+//! The server as a whole: binding, starting one thread per shard, and shutting them down.
+//!
+//! Owns the process-level lifecycle. It must not handle connections or messages: shards do.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::config::{Config, ConfigError};
+use crate::router::{Router, ShardMsg};
+use crate::shard::runtime;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}; is another process using the port?")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start shard thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running server. Dropping it shuts it down and waits for its threads.
+pub struct Server {
+    addr: SocketAddr,
+    router: Router,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Validates `config`, binds, and starts the shards. Returns once the listener is bound.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        config.validate()?;
+        let bind_err = |source| StartError::Bind {
+            addr: config.bind,
+            source,
+        };
+        let listener = std::net::TcpListener::bind(config.bind).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
+        let shards = config.shard_count();
+        let config = Arc::new(config);
+        let (router, inboxes) = Router::new(shards);
+        let mut listener = Some(listener);
+        let mut threads = Vec::with_capacity(shards);
+        for (id, inbox) in inboxes.into_iter().enumerate() {
+            let (r, c) = (router.clone(), config.clone());
+            let listener = if id == 0 { listener.take() } else { None };
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{id}"))
+                .spawn(move || runtime::run_thread(id, inbox, r, c, listener));
+            match thread {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    router.broadcast(|| ShardMsg::Shutdown);
+                    return Err(StartError::Thread(e));
+                }
+            }
+        }
+        tracing::info!(%addr, shards, "listening on {addr}");
+        Ok(Server {
+            addr,
+            router,
+            threads,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and closes every connection with 1001. Returns at once; `join` waits.
+    pub fn shutdown(&self) {
+        self.router.broadcast(|| ShardMsg::Shutdown);
+    }
+
+    /// Waits until every shard thread has exited.
+    pub fn join(mut self) {
+        self.join_threads();
+    }
+
+    fn join_threads(&mut self) {
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a shard thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.shutdown();
+            self.join_threads();
+        }
+    }
+}

@@ -1,0 +1,719 @@
+//! A shard: one thread's share of the server. It alone owns its connections' write side, its
+//! local user → connections and room → members maps, and the home state (sequence numbers,
+//! membership counts, sessions) of the rooms and users that hash to it.
+//!
+//! Everything here is single-threaded. Shards never share mutable state: they exchange
+//! `ShardMsg`s through the router, and a message to itself is handled in place. This module must
+//! not parse bytes (that is `conn` and `protocol`) or do HTTP (that is `http`).
+
+mod home;
+pub mod runtime;
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use ahash::AHashMap;
+use bytes::Bytes;
+
+use crate::auth::Identity;
+use crate::config::Config;
+use crate::conn::{Conn, Event, OutFrame};
+use crate::error::{CloseCode, ErrorCode, ReplyError};
+use crate::protocol::encode::{self, Target};
+use crate::protocol::{self, ClientMessage, Name, ReqId, Request};
+use crate::router::{ConnId, Router, ShardId, ShardMsg};
+use crate::ws;
+use home::{HomeRooms, HomeUsers};
+
+pub struct Shard {
+    id: ShardId,
+    router: Router,
+    config: Arc<Config>,
+    next_conn: u64,
+    conns: AHashMap<ConnId, Rc<Conn>>,
+    /// Local connections of each user.
+    users: AHashMap<Name, Vec<Rc<Conn>>>,
+    /// Local connections in each room whose join has taken effect.
+    rooms: AHashMap<Name, Vec<Rc<Conn>>>,
+    /// Connections admitted by their user's home but not yet upgraded: a close that arrives for
+    /// them in that window is remembered here and applied at attach.
+    pending: AHashMap<ConnId, (Name, Option<CloseCode>)>,
+    home_rooms: HomeRooms,
+    home_users: HomeUsers,
+    /// Connections with frames queued in this batch; each gets one flush at the end.
+    dirty: Vec<Rc<Conn>>,
+    ping: OutFrame,
+    shutting_down: bool,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Shard {
+    pub fn new(id: ShardId, router: Router, config: Arc<Config>) -> Shard {
+        let n = router.shards();
+        Shard {
+            id,
+            router,
+            config,
+            next_conn: 0,
+            conns: AHashMap::new(),
+            users: AHashMap::new(),
+            rooms: AHashMap::new(),
+            pending: AHashMap::new(),
+            home_rooms: HomeRooms::new(n),
+            home_users: HomeUsers::new(n),
+            dirty: Vec::new(),
+            ping: Rc::new(ws::control_frame(ws::OP_PING, b"")),
+            shutting_down: false,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Sends to another shard, or handles in place when the target is this shard. Handling in
+    /// place keeps the per-pair FIFO order the protocol relies on: this shard's own messages to
+    /// itself are applied in the order they are sent.
+    fn send(&mut self, to: ShardId, msg: ShardMsg) {
+        if to == self.id {
+            self.handle(msg);
+        } else {
+            self.router.send(to, msg);
+        }
+    }
+
+    // ----- connection lifecycle ---------------------------------------------------------------
+
+    /// Reserves an id for a handshake in progress and asks the user's home to admit it.
+    pub fn register(
+        &mut self,
+        user: Name,
+        reply: tokio::sync::oneshot::Sender<Result<(), crate::error::HandshakeError>>,
+    ) -> ConnId {
+        self.next_conn += 1;
+        let conn = ConnId::new(self.id, self.next_conn);
+        self.pending.insert(conn, (user.clone(), None));
+        let home = self.router.home(&user);
+        self.send(home, ShardMsg::Register { user, conn, reply });
+        conn
+    }
+
+    /// A handshake that will not become a connection. If the user's home had `admitted` it,
+    /// the home is told to forget it.
+    pub fn abandon(&mut self, conn: ConnId, admitted: bool) {
+        if let Some((user, _)) = self.pending.remove(&conn)
+            && admitted
+        {
+            let home = self.router.home(&user);
+            self.send(home, ShardMsg::Unregister { user, conn });
+        }
+    }
+
+    /// A new connection after its upgrade: queues `welcome` and joins the token's rooms.
+    pub fn attach(&mut self, conn: &Rc<Conn>, identity: &Identity) {
+        let early_close = self.pending.remove(&conn.id).and_then(|(_, code)| code);
+        self.conns.insert(conn.id, conn.clone());
+        self.users
+            .entry(conn.user.clone())
+            .or_default()
+            .push(conn.clone());
+        let rooms = identity.rooms.as_deref().unwrap_or_default();
+        conn.push(Rc::new(encode::welcome(
+            &conn.user,
+            rooms,
+            self.config.heartbeat_ms,
+        )));
+        for room in rooms {
+            self.start_join(conn, room.clone(), None, false);
+        }
+        self.mark_dirty(conn);
+        if let Some(code) = early_close.or(self.shutting_down.then_some(CloseCode::GoingAway)) {
+            self.close_conn(conn, code);
+        }
+    }
+
+    /// Closes a connection: it leaves everything at once, then its task flushes the close frame.
+    pub fn close_conn(&mut self, conn: &Rc<Conn>, code: CloseCode) {
+        self.detach(conn);
+        conn.begin_close(code);
+        self.mark_dirty(conn);
+    }
+
+    /// Removes a connection from every map and tells the homes. Idempotent.
+    pub fn detach(&mut self, conn: &Rc<Conn>) {
+        if conn.detached.replace(true) {
+            return;
+        }
+        self.conns.remove(&conn.id);
+        remove_member(&mut self.users, &conn.user, conn.id);
+        let rooms = std::mem::take(&mut *conn.rooms.borrow_mut());
+        for entry in rooms {
+            if entry.live {
+                remove_member(&mut self.rooms, &entry.room, conn.id);
+            }
+            let home = self.router.home(&entry.room);
+            let msg = ShardMsg::Leave {
+                room: entry.room,
+                user: conn.user.clone(),
+                conn: conn.id,
+            };
+            self.send(home, msg);
+        }
+        let home = self.router.home(&conn.user);
+        let msg = ShardMsg::Unregister {
+            user: conn.user.clone(),
+            conn: conn.id,
+        };
+        self.send(home, msg);
+    }
+
+    // ----- inbound client traffic -------------------------------------------------------------
+
+    /// Applies one decoded event from a connection.
+    pub fn on_event(&mut self, conn: &Rc<Conn>, event: Event<'_>) {
+        match event {
+            Event::Message { binary: true, .. } => self.reply_error(
+                conn,
+                None,
+                ReplyError::new(
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported; send JSON in text frames",
+                ),
+            ),
+            Event::Message { payload, .. } => match std::str::from_utf8(payload) {
+                Err(_) => self.reply_error(
+                    conn,
+                    None,
+                    ReplyError::new(ErrorCode::BadRequest, "text frame is not valid UTF-8"),
+                ),
+                Ok(text) => match protocol::parse(text) {
+                    Ok(req) => self.on_request(conn, req),
+                    Err(e) => self.reply_error(conn, e.id.as_ref(), e.error),
+                },
+            },
+            Event::TooLarge => {
+                let limit = self.config.max_message_size;
+                self.reply_error(
+                    conn,
+                    None,
+                    ReplyError::new(
+                        ErrorCode::TooLarge,
+                        format!("message is over the {limit}-byte limit; it was discarded"),
+                    ),
+                )
+            }
+            Event::Ping(payload) => {
+                self.enqueue(conn, &Rc::new(ws::control_frame(ws::OP_PONG, payload)))
+            }
+            Event::Close => self.close_conn(conn, CloseCode::Normal),
+        }
+    }
+
+    fn on_request(&mut self, conn: &Rc<Conn>, req: Request<'_>) {
+        let id = req.id;
+        if self.shutting_down {
+            let err = ReplyError::new(ErrorCode::Unavailable, "server is shutting down");
+            return self.reply_error(conn, id.as_ref(), err);
+        }
+        let result = match req.msg {
+            ClientMessage::Ping => {
+                self.enqueue(conn, &Rc::new(encode::pong(id.as_ref())));
+                Ok(())
+            }
+            ClientMessage::Join { room } => self.join(conn, room, &id),
+            ClientMessage::Leave { room } => self.leave(conn, room, &id),
+            ClientMessage::Publish { room, body } => {
+                self.member(conn, &room, "publishing to").and_then(|()| {
+                    self.take_token(conn)?;
+                    let home = self.router.home(&room);
+                    let msg = ShardMsg::Publish {
+                        room,
+                        from: conn.user.clone(),
+                        conn: conn.id,
+                        id: id.clone(),
+                        body: Bytes::copy_from_slice(body.get().as_bytes()),
+                    };
+                    self.send(home, msg);
+                    Ok(())
+                })
+            }
+            ClientMessage::Send { to, body } => self.take_token(conn).map(|()| {
+                let home = self.router.home(&to);
+                let msg = ShardMsg::Direct {
+                    to,
+                    from: conn.user.clone(),
+                    conn: conn.id,
+                    id: id.clone(),
+                    body: Bytes::copy_from_slice(body.get().as_bytes()),
+                };
+                self.send(home, msg);
+            }),
+            ClientMessage::Presence { room } => {
+                self.member(conn, &room, "asking who is in").map(|()| {
+                    let home = self.router.home(&room);
+                    let msg = ShardMsg::Presence {
+                        room,
+                        conn: conn.id,
+                        id: id.clone(),
+                    };
+                    self.send(home, msg);
+                })
+            }
+        };
+        if let Err(e) = result {
+            self.reply_error(conn, id.as_ref(), e);
+        }
+    }
+
+    fn join(&mut self, conn: &Rc<Conn>, room: Name, id: &Option<ReqId>) -> Result<(), ReplyError> {
+        if let Some(allowed) = &conn.allowed_rooms
+            && !allowed.contains(&room)
+        {
+            return Err(ReplyError::new(
+                ErrorCode::Forbidden,
+                format!("your token does not allow joining {room}"),
+            ));
+        }
+        let already = conn.rooms.borrow().iter().any(|e| e.room == room);
+        if !already && conn.rooms.borrow().len() >= self.config.max_rooms_per_connection {
+            return Err(ReplyError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "a connection may be in at most {} rooms",
+                    self.config.max_rooms_per_connection
+                ),
+            ));
+        }
+        if already {
+            let home = self.router.home(&room);
+            let msg = ShardMsg::Join {
+                room,
+                user: conn.user.clone(),
+                conn: conn.id,
+                id: id.clone(),
+                ack: true,
+                already: true,
+            };
+            self.send(home, msg);
+        } else {
+            self.start_join(conn, room, id.clone(), true);
+        }
+        Ok(())
+    }
+
+    /// Records a pending join and asks the room's home to register it. The connection receives
+    /// the room's messages from `JoinDone` on, which the home sends after the join's seq.
+    fn start_join(&mut self, conn: &Rc<Conn>, room: Name, id: Option<ReqId>, ack: bool) {
+        conn.rooms.borrow_mut().push(crate::conn::RoomEntry {
+            room: room.clone(),
+            live: false,
+        });
+        if !ack {
+            conn.hold.set(conn.hold.get() + 1);
+        }
+        let home = self.router.home(&room);
+        let msg = ShardMsg::Join {
+            room,
+            user: conn.user.clone(),
+            conn: conn.id,
+            id,
+            ack,
+            already: false,
+        };
+        self.send(home, msg);
+    }
+
+    fn leave(&mut self, conn: &Rc<Conn>, room: Name, id: &Option<ReqId>) -> Result<(), ReplyError> {
+        let entry = {
+            let mut rooms = conn.rooms.borrow_mut();
+            let i = rooms.iter().position(|e| e.room == room);
+            i.map(|i| rooms.swap_remove(i))
+        };
+        let Some(entry) = entry else {
+            return Err(not_member(&room, "leaving"));
+        };
+        if entry.live {
+            remove_member(&mut self.rooms, &room, conn.id);
+        }
+        self.enqueue(
+            conn,
+            &Rc::new(encode::ack(id.as_ref(), Target::Room(&room), None)),
+        );
+        let home = self.router.home(&room);
+        let msg = ShardMsg::Leave {
+            room,
+            user: conn.user.clone(),
+            conn: conn.id,
+        };
+        self.send(home, msg);
+        Ok(())
+    }
+
+    fn member(&self, conn: &Conn, room: &Name, doing: &str) -> Result<(), ReplyError> {
+        if conn.rooms.borrow().iter().any(|e| &e.room == room) {
+            Ok(())
+        } else {
+            Err(not_member(room, doing))
+        }
+    }
+
+    fn take_token(&self, conn: &Conn) -> Result<(), ReplyError> {
+        let mut bucket = conn.rate.get();
+        let ok = bucket.take(self.config.publish_rate, self.config.publish_burst);
+        conn.rate.set(bucket);
+        if ok {
+            Ok(())
+        } else {
+            Err(ReplyError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "over {} publishes per second; the message was dropped",
+                    self.config.publish_rate
+                ),
+            ))
+        }
+    }
+
+    fn reply_error(&mut self, conn: &Rc<Conn>, id: Option<&ReqId>, err: ReplyError) {
+        self.enqueue(conn, &Rc::new(encode::error(id, &err)));
+    }
+
+    // ----- messages from shards ---------------------------------------------------------------
+
+    /// Applies one message from a shard (possibly this one).
+    pub fn handle(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Accept(_) => unreachable!("accepts are handled by the runtime"),
+            ShardMsg::Register { user, conn, reply } => {
+                let verdict = if self.shutting_down {
+                    Err(crate::error::HandshakeError::Unavailable)
+                } else {
+                    self.home_users.admit(&self.config, &user, conn)
+                };
+                let kick = match &verdict {
+                    Ok(kick) => kick.clone(),
+                    Err(_) => Vec::new(),
+                };
+                if reply.send(verdict.map(|_| ())).is_err() {
+                    self.home_users.release(&user, conn);
+                    return;
+                }
+                for shard in kick {
+                    let msg = ShardMsg::CloseUser {
+                        user: user.clone(),
+                        except: conn,
+                        code: CloseCode::Replaced,
+                    };
+                    self.send(shard, msg);
+                }
+            }
+            ShardMsg::Unregister { user, conn } => self.home_users.release(&user, conn),
+            ShardMsg::CloseUser { user, except, code } => {
+                let victims: Vec<_> = self
+                    .users
+                    .get(&user)
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c.id != except)
+                    .cloned()
+                    .collect();
+                for c in victims {
+                    self.close_conn(&c, code);
+                }
+                for (id, (u, pending_code)) in &mut self.pending {
+                    if *u == user && *id != except {
+                        *pending_code = Some(code);
+                    }
+                }
+            }
+            ShardMsg::Join {
+                room,
+                user,
+                conn,
+                id,
+                ack,
+                already,
+            } => {
+                let events = self.config.presence_events;
+                let (seq, event) = self.home_rooms.join(&room, &user, conn.shard(), already);
+                if let (true, Some(event)) = (events, event) {
+                    self.fan_out(&room, event, None);
+                }
+                let ack = ack.then(|| encode::ack(id.as_ref(), Target::Room(&room), Some(seq)));
+                self.send(conn.shard(), ShardMsg::JoinDone { room, conn, ack });
+            }
+            ShardMsg::JoinDone { room, conn, ack } => self.join_done(room, conn, ack),
+            ShardMsg::Leave { room, user, conn } => {
+                let event = self.home_rooms.leave(&room, &user, conn.shard());
+                if let (true, Some(event)) = (self.config.presence_events, event) {
+                    self.fan_out(&room, event, None);
+                }
+            }
+            ShardMsg::Publish {
+                room,
+                from,
+                conn,
+                id,
+                body,
+            } => {
+                let reply = match self.home_rooms.next_seq(&room) {
+                    Some(seq) => {
+                        let frame =
+                            encode::message(Target::Room(&room), &from, seq, now_ms(), &body);
+                        self.fan_out(&room, frame, Some(conn));
+                        encode::ack(id.as_ref(), Target::Room(&room), Some(seq))
+                    }
+                    None => encode::error(
+                        id.as_ref(),
+                        &ReplyError::new(ErrorCode::Unavailable, "room is not available"),
+                    ),
+                };
+                self.send(conn.shard(), ShardMsg::ToConn { conn, frame: reply });
+            }
+            ShardMsg::Direct {
+                to,
+                from,
+                conn,
+                id,
+                body,
+            } => {
+                let seq = self.home_users.next_inbox_seq(&to);
+                let frame = encode::message(Target::User(&to), &from, seq, now_ms(), &body);
+                self.deliver_to_user(&to, frame.clone(), Some(conn));
+                if from != to {
+                    let home = self.router.home(&from);
+                    let msg = ShardMsg::ForwardUser {
+                        user: from,
+                        frame,
+                        exclude: Some(conn),
+                    };
+                    self.send(home, msg);
+                }
+                let ack = encode::ack(id.as_ref(), Target::User(&to), Some(seq));
+                self.send(conn.shard(), ShardMsg::ToConn { conn, frame: ack });
+            }
+            ShardMsg::Presence { room, conn, id } => {
+                let users = self.home_rooms.users(&room);
+                let frame = encode::presence(id.as_ref(), &room, users.iter());
+                self.send(conn.shard(), ShardMsg::ToConn { conn, frame });
+            }
+            ShardMsg::Deliver {
+                room,
+                frame,
+                exclude,
+            } => self.deliver_local(LocalTarget::Room(&room), frame, exclude),
+            ShardMsg::DeliverUser {
+                user,
+                frame,
+                exclude,
+            } => self.deliver_local(LocalTarget::User(&user), frame, exclude),
+            ShardMsg::ForwardUser {
+                user,
+                frame,
+                exclude,
+            } => self.deliver_to_user(&user, frame, exclude),
+            ShardMsg::ToConn { conn, frame } => {
+                if let Some(c) = self.conns.get(&conn).cloned() {
+                    self.enqueue(&c, &Rc::new(frame));
+                }
+            }
+            ShardMsg::Shutdown => {
+                self.shutting_down = true;
+                let all: Vec<_> = self.conns.values().cloned().collect();
+                for c in all {
+                    self.close_conn(&c, CloseCode::GoingAway);
+                }
+                for (_, code) in self.pending.values_mut() {
+                    *code = Some(CloseCode::GoingAway);
+                }
+            }
+        }
+    }
+
+    fn join_done(&mut self, room: Name, conn: ConnId, ack: Option<Bytes>) {
+        let Some(c) = self.conns.get(&conn).cloned() else {
+            return;
+        };
+        let became_live = {
+            let mut rooms = c.rooms.borrow_mut();
+            match rooms.iter_mut().find(|e| e.room == room) {
+                Some(e) if !e.live => {
+                    e.live = true;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if became_live {
+            self.rooms.entry(room).or_default().push(c.clone());
+        }
+        match ack {
+            Some(frame) => self.enqueue(&c, &Rc::new(frame)),
+            None => {
+                c.hold.set(c.hold.get().saturating_sub(1));
+                self.mark_dirty(&c);
+            }
+        }
+    }
+
+    /// At a room's home: sends `frame` to every shard with members in the room.
+    fn fan_out(&mut self, room: &Name, frame: Bytes, exclude: Option<ConnId>) {
+        let mut local = false;
+        for shard in self.home_rooms.shards_of(room) {
+            if shard == self.id {
+                local = true;
+            } else {
+                let msg = ShardMsg::Deliver {
+                    room: room.clone(),
+                    frame: frame.clone(),
+                    exclude,
+                };
+                self.router.send(shard, msg);
+            }
+        }
+        if local {
+            self.deliver_local(LocalTarget::Room(room), frame, exclude);
+        }
+    }
+
+    /// At a user's home: sends `frame` to every shard with connections of the user.
+    fn deliver_to_user(&mut self, user: &Name, frame: Bytes, exclude: Option<ConnId>) {
+        let mut local = false;
+        for shard in self.home_users.shards_of(user) {
+            if shard == self.id {
+                local = true;
+            } else {
+                let msg = ShardMsg::DeliverUser {
+                    user: user.clone(),
+                    frame: frame.clone(),
+                    exclude,
+                };
+                self.router.send(shard, msg);
+            }
+        }
+        if local {
+            self.deliver_local(LocalTarget::User(user), frame, exclude);
+        }
+    }
+
+    // ----- output -----------------------------------------------------------------------------
+
+    /// Writes `frame` to this shard's members of a room, or connections of a user.
+    fn deliver_local(&mut self, target: LocalTarget<'_>, frame: Bytes, exclude: Option<ConnId>) {
+        let frame = Rc::new(frame);
+        let max = self.config.max_queue_bytes;
+        let members = match target {
+            LocalTarget::Room(room) => self.rooms.get(room),
+            LocalTarget::User(user) => self.users.get(user),
+        };
+        let mut slow = Vec::new();
+        // Per recipient: one non-atomic Rc increment and a queue push. No allocation (queue
+        // capacity is reused), no copy, no syscall: each socket touched gets one writev for the
+        // whole batch, in `flush_dirty`.
+        for c in members.into_iter().flatten() {
+            if Some(c.id) != exclude && !queue_frame(&mut self.dirty, c, &frame, max) {
+                slow.push(c.clone());
+            }
+        }
+        for c in slow {
+            self.close_conn(&c, CloseCode::SlowConsumer);
+        }
+    }
+
+    /// Queues a frame for one connection (see `queue_frame`).
+    fn enqueue(&mut self, conn: &Rc<Conn>, frame: &OutFrame) {
+        if !queue_frame(&mut self.dirty, conn, frame, self.config.max_queue_bytes) {
+            self.close_conn(conn, CloseCode::SlowConsumer);
+        }
+    }
+
+    fn mark_dirty(&mut self, conn: &Rc<Conn>) {
+        mark_dirty(&mut self.dirty, conn);
+    }
+
+    /// Writes every connection touched since the last flush: one writev each.
+    pub fn flush_dirty(&mut self) {
+        for conn in self.dirty.drain(..) {
+            conn.dirty.set(false);
+            conn.flush();
+        }
+    }
+
+    /// The heartbeat: pings every connection, and closes the idle and the expired.
+    pub fn tick(&mut self) {
+        let idle_limit = self.config.idle_heartbeats();
+        let now_s = now_ms() / 1000;
+        let all: Vec<_> = self.conns.values().cloned().collect();
+        for c in all {
+            if c.active.replace(false) {
+                c.missed.set(0);
+            } else {
+                c.missed.set(c.missed.get() + 1);
+            }
+            if c.missed.get() >= idle_limit {
+                self.close_conn(&c, CloseCode::Policy);
+            } else if c.exp.is_some_and(|exp| exp <= now_s) {
+                self.close_conn(&c, CloseCode::TokenExpired);
+            } else {
+                let ping = self.ping.clone();
+                self.enqueue(&c, &ping);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum LocalTarget<'a> {
+    Room(&'a Name),
+    User(&'a Name),
+}
+
+/// Queues `frame` for `conn` and marks it for the end-of-batch flush. Returns `false` for a slow
+/// consumer: over `max` unsent bytes even after trying to write them now.
+fn queue_frame(dirty: &mut Vec<Rc<Conn>>, conn: &Rc<Conn>, frame: &OutFrame, max: usize) -> bool {
+    if conn.closing().is_some() {
+        return true;
+    }
+    if conn.push(frame.clone()) > max {
+        conn.flush();
+        if conn.queued_bytes() > max {
+            return false;
+        }
+    }
+    mark_dirty(dirty, conn);
+    true
+}
+
+fn mark_dirty(dirty: &mut Vec<Rc<Conn>>, conn: &Rc<Conn>) {
+    if !conn.dirty.replace(true) {
+        dirty.push(conn.clone());
+    }
+}
+
+fn not_member(room: &Name, doing: &str) -> ReplyError {
+    ReplyError::new(
+        ErrorCode::NotMember,
+        format!("join room {room} before {doing} it"),
+    )
+}
+
+/// Removes connection `id` from `map[key]`, dropping the key when it empties.
+fn remove_member(map: &mut AHashMap<Name, Vec<Rc<Conn>>>, key: &Name, id: ConnId) {
+    if let Some(list) = map.get_mut(key) {
+        if let Some(i) = list.iter().position(|c| c.id == id) {
+            list.swap_remove(i);
+        }
+        if list.is_empty() {
+            map.remove(key);
+        }
+    }
+}

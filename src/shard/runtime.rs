@@ -1,0 +1,285 @@
+//! A shard's thread: its tokio runtime, the inbox loop, the heartbeat, the acceptor (shard 0) and
+//! each connection's task.
+//!
+//! Owns scheduling: when the shard's state is touched and when batches are flushed. It must not
+//! decide what a message means (that is `Shard::handle` / `Shard::on_event`).
+
+use std::cell::{Cell, RefCell};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::Shard;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::conn::{Conn, Event, ReadStatus};
+use crate::error::CloseCode;
+use crate::router::{Inbox, Router, ShardId, ShardMsg};
+
+/// Messages handled before the shard flushes and yields to its connections.
+const INBOX_BATCH: usize = 256;
+
+/// What the tasks of one shard share. Lives on the shard's thread only.
+pub struct Ctx {
+    pub id: ShardId,
+    pub shard: RefCell<Shard>,
+    pub auth: Authenticator,
+    pub config: Arc<Config>,
+    /// Connection tasks still running; shutdown waits for them.
+    tasks: Cell<usize>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Ctx {
+    /// Runs `f` on the shard state. A panic is contained: logged, and `None` returned, so one
+    /// bad message or connection cannot take the shard down.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Shard) -> R) -> Option<R> {
+        match catch_unwind(AssertUnwindSafe(|| f(&mut self.shard.borrow_mut()))) {
+            Ok(r) => Some(r),
+            Err(_) => {
+                tracing::error!(shard = self.id, "panic while handling a message; contained");
+                None
+            }
+        }
+    }
+}
+
+/// Runs shard `id` on the current thread until it has shut down.
+pub fn run_thread(
+    id: ShardId,
+    inbox: Inbox,
+    router: Router,
+    config: Arc<Config>,
+    listener: Option<std::net::TcpListener>,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building a current-thread runtime only fails if the OS refuses timers or epoll");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, run(id, inbox, router, config, listener));
+}
+
+async fn run(
+    id: ShardId,
+    inbox: Inbox,
+    router: Router,
+    config: Arc<Config>,
+    listener: Option<std::net::TcpListener>,
+) {
+    let ctx = Rc::new(Ctx {
+        id,
+        shard: RefCell::new(Shard::new(id, router.clone(), config.clone())),
+        auth: Authenticator::new(config.jwt_secret.as_deref()),
+        config: config.clone(),
+        tasks: Cell::new(0),
+        shutdown: watch::channel(false).0,
+    });
+    if let Some(listener) = listener {
+        tokio::task::spawn_local(accept_loop(ctx.clone(), listener, router));
+    }
+    tokio::task::spawn_local(heartbeat(ctx.clone()));
+    inbox_loop(&ctx, inbox).await;
+
+    // Every connection has been sent its 1001; give them time to take it.
+    let deadline = Instant::now() + Duration::from_millis(config.shutdown_timeout_ms);
+    while ctx.tasks.get() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::debug!(shard = id, left = ctx.tasks.get(), "shard stopped");
+}
+
+/// Drains the shard's queue in batches until `Shutdown`.
+async fn inbox_loop(ctx: &Rc<Ctx>, inbox: Inbox) {
+    loop {
+        let mut handled = 0;
+        let mut stop = false;
+        while let Ok(msg) = inbox.rx.try_recv() {
+            match msg {
+                ShardMsg::Accept(stream) => match accepted(stream) {
+                    Ok(stream) => spawn_http(ctx, stream),
+                    Err(e) => tracing::warn!(error = %e, "dropping a handed-over connection"),
+                },
+                ShardMsg::Shutdown => {
+                    ctx.shutdown.send_replace(true);
+                    ctx.with(|s| s.handle(ShardMsg::Shutdown));
+                    stop = true;
+                }
+                msg => {
+                    ctx.with(|s| s.handle(msg));
+                }
+            }
+            handled += 1;
+            if handled % INBOX_BATCH == 0 {
+                ctx.with(Shard::flush_dirty);
+                tokio::task::yield_now().await;
+            }
+        }
+        ctx.with(Shard::flush_dirty);
+        if stop {
+            return;
+        }
+        inbox.wake.notified().await;
+    }
+}
+
+fn accepted(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
+    stream.set_nonblocking(true)?;
+    TcpStream::from_std(stream)
+}
+
+fn spawn_http(ctx: &Rc<Ctx>, stream: TcpStream) {
+    tokio::task::spawn_local(crate::http::serve(ctx.clone(), stream));
+}
+
+/// Shard 0 accepts and deals connections round-robin to all shards.
+async fn accept_loop(ctx: Rc<Ctx>, listener: std::net::TcpListener, router: Router) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register the listener");
+            return;
+        }
+    };
+    let mut stop = ctx.shutdown.subscribe();
+    let mut next = 0usize;
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                // Latency matters more than packet count: frames are already coalesced.
+                let _ = stream.set_nodelay(true);
+                let target = next % router.shards();
+                next = next.wrapping_add(1);
+                if target == ctx.id {
+                    spawn_http(&ctx, stream);
+                } else {
+                    match stream.into_std() {
+                        Ok(s) => router.send(target, ShardMsg::Accept(s)),
+                        Err(e) => tracing::warn!(error = %e, "cannot hand over a connection"),
+                    }
+                }
+            }
+            Err(e) => {
+                // Usually EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn heartbeat(ctx: Rc<Ctx>) {
+    let mut every = tokio::time::interval(ctx.config.heartbeat());
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    let mut stop = ctx.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = every.tick() => {}
+        }
+        ctx.with(|s| {
+            s.tick();
+            s.flush_dirty();
+        });
+    }
+}
+
+/// Counts a connection task for shutdown, and detaches the connection however the task ends.
+struct TaskGuard<'a> {
+    ctx: &'a Ctx,
+    conn: &'a Rc<Conn>,
+}
+
+impl Drop for TaskGuard<'_> {
+    fn drop(&mut self) {
+        self.ctx.tasks.set(self.ctx.tasks.get() - 1);
+        self.ctx.with(|s| s.detach(self.conn));
+    }
+}
+
+/// A connection's task: reads and hands messages to the shard, waits for the socket when the
+/// shard's writes were refused, and performs the closing handshake.
+pub async fn drive(ctx: Rc<Ctx>, conn: Rc<Conn>) {
+    ctx.tasks.set(ctx.tasks.get() + 1);
+    let _guard = TaskGuard {
+        ctx: &ctx,
+        conn: &conn,
+    };
+    let (max, hard) = (ctx.config.max_message_size, ctx.config.hard_frame_limit());
+    loop {
+        if conn.closing().is_some() || conn.is_broken() {
+            break;
+        }
+        let want_write = conn.wants_write();
+        tokio::select! {
+            biased;
+            _ = conn.kicked() => {}
+            r = conn.stream().writable(), if want_write => {
+                if r.is_err() {
+                    break;
+                }
+                conn.flush();
+            }
+            r = conn.stream().readable() => {
+                if r.is_err() {
+                    break;
+                }
+                let status = ctx.with(|s| {
+                    let status = conn.read_ready(max, hard, &mut |ev| s.on_event(&conn, ev));
+                    if let Err(code) = status {
+                        s.close_conn(&conn, code);
+                    }
+                    s.flush_dirty();
+                    status
+                });
+                match status {
+                    None => {
+                        ctx.with(|s| {
+                            s.close_conn(&conn, CloseCode::Internal);
+                            s.flush_dirty();
+                        });
+                    }
+                    Some(Ok(ReadStatus::Eof)) => break,
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    if conn.closing().is_some() && !conn.is_broken() {
+        let timeout = Duration::from_millis(ctx.config.close_timeout_ms);
+        let _ = tokio::time::timeout(timeout, finish_close(&conn, max, hard)).await;
+    }
+}
+
+/// Flushes the close frame, then waits for the client's close (or EOF) so the frame is not lost
+/// to a reset.
+async fn finish_close(conn: &Conn, max: usize, hard: u64) {
+    while conn.has_unsent() && !conn.is_broken() {
+        if conn.stream().writable().await.is_err() {
+            return;
+        }
+        conn.flush();
+    }
+    let mut peer_closed = conn.peer_closed();
+    while !peer_closed {
+        if conn.stream().readable().await.is_err() {
+            return;
+        }
+        match conn.read_ready(max, hard, &mut |ev| {
+            peer_closed |= matches!(ev, Event::Close)
+        }) {
+            Ok(ReadStatus::Open) => {}
+            Ok(ReadStatus::Eof) | Err(_) => return,
+        }
+    }
+}
