@@ -128,18 +128,23 @@ pub struct ParseError {
 }
 
 /// Every field as raw JSON, so a mistyped field is reported by name and the `id` still echoed.
+/// `present` keeps an explicit `null` as a value (a `null` body is a valid body).
 #[derive(Deserialize)]
 struct Envelope<'a> {
-    #[serde(rename = "type", borrow)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "present")]
     ty: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     room: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     to: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     body: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Parses one text frame's payload. The body is checked as JSON by the same pass.
@@ -242,6 +247,13 @@ mod tests {
             parse(r#"{"type":"ping"}"#).unwrap().msg,
             ClientMessage::Ping
         ));
+        match parse(r#"{"type":"publish","room":"r","body":null}"#)
+            .unwrap()
+            .msg
+        {
+            ClientMessage::Publish { body, .. } => assert_eq!(body.get(), "null"),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             parse(r#"{"type":"send","to":"u@x","body":"hi"}"#)
                 .unwrap()
@@ -275,6 +287,7 @@ mod tests {
             r#"{"type":"publish","room":"r"}"#,
             r#"{"type":"ping","id":{"a":1}}"#,
             r#"{"type":"ping","id":true}"#,
+            r#"{"type":"ping","id":null}"#,
         ] {
             assert_eq!(err(text).error.code, ErrorCode::BadRequest, "{text}");
         }
