@@ -1,0 +1,822 @@
+//! Shared helpers for the integration tests.
+//!
+//! - [`TestServer`]: a real shardcast server on `127.0.0.1:0`, its `data` in a temp dir.
+//! - [`Client`]: a WebSocket client built on tokio-tungstenite (never the server's own code),
+//!   with helpers that read one frame at a time and let the test assert on it.
+//! - [`connect`] / [`Refusal`]: the handshake, and the HTTP response of a refused one.
+//! - [`mint`]: HS256 tokens for JWT mode.
+//! - [`BinaryServer`]: the `shardcast` binary as a child process.
+//!
+//! Every test that uses [`TestServer`] must run on a multi-thread runtime
+//! (`#[tokio::test(flavor = "multi_thread")]`): starting and stopping the server blocks, and is
+//! done inside `block_in_place`.
+#![allow(dead_code)]
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use shardcast::config::Config;
+use shardcast::server::Server;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for a frame it expects before failing.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The secret used by tests that run in JWT mode.
+pub const SECRET: &str = "integration-test-secret";
+
+// ---------------------------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------------------------
+
+/// A shardcast server started in this process for one test. Dropping it shuts it down.
+pub struct TestServer {
+    server: Option<Server>,
+    addr: SocketAddr,
+    _data: TempDir,
+}
+
+impl TestServer {
+    /// Starts a server with the documented defaults, changed by `tweak`. The bind address is
+    /// always `127.0.0.1:0` and `data` a fresh temp dir, whatever `tweak` sets.
+    pub fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let data = tempfile::tempdir().expect("create a temp dir for the server's data");
+        let mut config = Config::default();
+        tweak(&mut config);
+        config.bind = "127.0.0.1:0".parse().unwrap();
+        config.data = data.path().to_path_buf();
+        let server = tokio::task::block_in_place(|| Server::start(config))
+            .unwrap_or_else(|e| panic!("the server failed to start: {e}"));
+        let addr = server.local_addr();
+        assert!(addr.ip().is_loopback(), "server bound {addr}, not loopback");
+        assert_ne!(addr.port(), 0, "server reports port 0 after binding");
+        TestServer {
+            server: Some(server),
+            addr,
+            _data: data,
+        }
+    }
+
+    /// A server with every default.
+    pub fn default_config() -> TestServer {
+        TestServer::start(|_| {})
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts graceful shutdown (returns at once).
+    pub fn shutdown(&mut self) {
+        self.server
+            .as_mut()
+            .expect("server already joined")
+            .shutdown();
+    }
+
+    /// Blocks until every server thread has exited.
+    pub fn join(mut self) {
+        let server = self.server.take().expect("server already joined");
+        tokio::task::block_in_place(move || { server }.join());
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            tokio::task::block_in_place(move || drop(server));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handshake
+// ---------------------------------------------------------------------------------------------
+
+/// A refused handshake: the HTTP status and the JSON body.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Value,
+    pub raw_body: String,
+}
+
+impl Refusal {
+    /// Asserts the documented refusal shape: `status`, a JSON content type, and a body
+    /// `{"code":code,"message":<non-empty string>}`.
+    pub fn assert(&self, status: u16, code: &str) {
+        assert_eq!(
+            self.status, status,
+            "refused handshake status (body {})",
+            self.raw_body
+        );
+        assert_eq!(
+            self.body["code"], code,
+            "refused handshake code (body {})",
+            self.raw_body
+        );
+        let message = self.body["message"].as_str();
+        assert!(
+            message.is_some_and(|m| !m.is_empty()),
+            "refused handshake body needs a non-empty string `message`: {}",
+            self.raw_body
+        );
+        let ct = self.content_type.as_deref().unwrap_or("");
+        assert!(
+            ct.starts_with("application/json"),
+            "refused handshake content-type is {ct:?}, expected application/json"
+        );
+    }
+}
+
+/// Opens a WebSocket to `ws://addr{path}` with extra request headers. On success the first frame
+/// is read and must be a `welcome`; on an HTTP refusal the response is returned; any other error
+/// panics.
+pub async fn connect(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Client, Refusal> {
+    connect_with(addr, path, headers, None).await
+}
+
+/// [`connect`] with a tungstenite config (e.g. smaller buffers for thousands of clients).
+pub async fn connect_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    config: Option<WebSocketConfig>,
+) -> Result<Client, Refusal> {
+    let url = format!("ws://{addr}{path}");
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .unwrap_or_else(|e| panic!("bad request url {url}: {e}"));
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    let result = tokio::time::timeout(
+        TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(request, config, true),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("handshake to {url} timed out after {TIMEOUT:?}"));
+    match result {
+        Ok((ws, _response)) => {
+            let mut client = Client {
+                ws,
+                name: path.to_string(),
+                pings: 0,
+                next_id: 0,
+                welcome: Value::Null,
+            };
+            let welcome = client.recv_json().await;
+            assert_eq!(
+                welcome["type"], "welcome",
+                "the first frame must be a welcome, got {welcome}"
+            );
+            if let Some(user) = welcome["user"].as_str() {
+                client.name = user.to_string();
+            }
+            client.welcome = welcome;
+            Ok(client)
+        }
+        Err(tungstenite::Error::Http(response)) => {
+            let status = response.status().as_u16();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let raw = response.body().clone().unwrap_or_default();
+            let raw_body = String::from_utf8_lossy(&raw).into_owned();
+            let body = serde_json::from_slice(&raw).unwrap_or_else(|e| {
+                panic!("refused handshake ({status}) body is not JSON ({e}): {raw_body:?}")
+            });
+            Err(Refusal {
+                status,
+                content_type,
+                body,
+                raw_body,
+            })
+        }
+        Err(e) => panic!("handshake to {url} failed without an HTTP response: {e}"),
+    }
+}
+
+/// Percent-encodes a query value (every byte outside `[A-Za-z0-9_.-]`).
+pub fn enc(value: &str) -> String {
+    let mut out = String::new();
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Connects in dev mode as `user`; panics if refused.
+pub async fn dev(addr: SocketAddr, user: &str) -> Client {
+    Client::connect_dev(addr, user).await
+}
+
+/// Retries a dev-mode connection for up to `within` while it is refused (e.g. while a
+/// disconnect propagates); returns the last refusal if it never succeeds.
+pub async fn retry_dev(addr: SocketAddr, user: &str, within: Duration) -> Result<Client, Refusal> {
+    let deadline = Instant::now() + within;
+    loop {
+        match connect(addr, &format!("/ws?user={}", enc(user)), &[]).await {
+            Ok(c) => return Ok(c),
+            Err(r) if Instant::now() >= deadline => return Err(r),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------------------------
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// One thing read from the server (WebSocket pings and pongs are counted, never returned).
+#[derive(Debug)]
+pub enum Incoming {
+    Text(String),
+    Binary(Vec<u8>),
+    /// A close frame: its code and reason (`None` for a close frame without a code).
+    Close(Option<(u16, String)>),
+    /// The stream ended without a close frame (EOF, reset, protocol error).
+    Ended(String),
+}
+
+impl fmt::Display for Incoming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Incoming::Text(t) if t.len() > 300 => write!(f, "text frame {}...", &t[..300]),
+            Incoming::Text(t) => write!(f, "text frame {t}"),
+            Incoming::Binary(b) => write!(f, "binary frame of {} bytes", b.len()),
+            Incoming::Close(c) => write!(f, "close frame {c:?}"),
+            Incoming::Ended(e) => write!(f, "end of stream ({e})"),
+        }
+    }
+}
+
+/// A WebSocket client over tokio-tungstenite.
+pub struct Client {
+    ws: Ws,
+    /// Who this is, for failure messages (the welcome's user once connected).
+    pub name: String,
+    /// WebSocket pings received from the server so far (tungstenite answers them while we read).
+    pub pings: usize,
+    next_id: u64,
+    /// The `welcome` frame.
+    pub welcome: Value,
+}
+
+impl Client {
+    /// `GET /ws?user=USER` (dev mode).
+    pub async fn connect_dev(addr: SocketAddr, user: &str) -> Client {
+        connect(addr, &format!("/ws?user={}", enc(user)), &[])
+            .await
+            .unwrap_or_else(|r| panic!("dev connect as {user:?} refused: {r:?}"))
+    }
+
+    /// `GET /ws?token=TOKEN`.
+    pub async fn connect_token(addr: SocketAddr, token: &str) -> Client {
+        connect(addr, &format!("/ws?token={}", enc(token)), &[])
+            .await
+            .unwrap_or_else(|r| panic!("token connect refused: {r:?}"))
+    }
+
+    /// `GET /ws` with `Authorization: Bearer TOKEN`.
+    pub async fn connect_bearer(addr: SocketAddr, token: &str) -> Client {
+        let auth = format!("Bearer {token}");
+        connect(addr, "/ws", &[("authorization", &auth)])
+            .await
+            .unwrap_or_else(|r| panic!("bearer connect refused: {r:?}"))
+    }
+
+    // --- sending ---------------------------------------------------------------------------
+
+    pub async fn send_msg(&mut self, msg: Message) {
+        let name = self.name.clone();
+        tokio::time::timeout(TIMEOUT, self.ws.send(msg))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: send timed out"))
+            .unwrap_or_else(|e| panic!("{name}: send failed: {e}"));
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.send_msg(Message::text(text.into())).await;
+    }
+
+    pub async fn send_json(&mut self, value: &Value) {
+        self.send_text(value.to_string()).await;
+    }
+
+    /// A fresh id for a request (numbers, unique per client).
+    pub fn fresh_id(&mut self) -> Value {
+        self.next_id += 1;
+        json!(self.next_id)
+    }
+
+    // --- receiving -------------------------------------------------------------------------
+
+    /// The next data or close frame within `wait`, or `None` if nothing came.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Incoming> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(next) => next,
+            };
+            return Some(match next {
+                Some(Ok(Message::Ping(_))) => {
+                    self.pings += 1;
+                    continue;
+                }
+                Some(Ok(Message::Pong(_))) => continue,
+                Some(Ok(Message::Text(t))) => Incoming::Text(t.to_string()),
+                Some(Ok(Message::Binary(b))) => Incoming::Binary(b.to_vec()),
+                Some(Ok(Message::Close(frame))) => {
+                    // Let tungstenite send its close reply.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.next()).await;
+                    Incoming::Close(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+                }
+                Some(Ok(Message::Frame(_))) => unreachable!("tungstenite never yields raw frames"),
+                Some(Err(e)) => Incoming::Ended(e.to_string()),
+                None => Incoming::Ended("stream ended".into()),
+            });
+        }
+    }
+
+    /// The next frame, which must be a text frame; returns its raw text.
+    pub async fn recv_text(&mut self) -> String {
+        match self.next_within(TIMEOUT).await {
+            Some(Incoming::Text(t)) => t,
+            Some(other) => panic!("{}: expected a text frame, got {other}", self.name),
+            None => panic!(
+                "{}: expected a text frame, nothing arrived within {TIMEOUT:?}",
+                self.name
+            ),
+        }
+    }
+
+    /// The next frame, which must be a JSON text frame.
+    pub async fn recv_json(&mut self) -> Value {
+        let text = self.recv_text().await;
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{}: frame is not JSON ({e}): {text}", self.name))
+    }
+
+    /// The next frame, which must be a JSON frame of type `ty`.
+    pub async fn recv_type(&mut self, ty: &str) -> Value {
+        let frame = self.recv_json().await;
+        assert_eq!(
+            frame["type"], ty,
+            "{}: expected a {ty:?} frame, got {frame}",
+            self.name
+        );
+        frame
+    }
+
+    /// The next frame must be a close frame with `code`.
+    pub async fn expect_close(&mut self, code: u16) {
+        self.expect_close_within(code, TIMEOUT).await;
+    }
+
+    pub async fn expect_close_within(&mut self, code: u16, wait: Duration) {
+        match self.next_within(wait).await {
+            Some(Incoming::Close(Some((got, reason)))) => assert_eq!(
+                got, code,
+                "{}: closed with {got} ({reason:?}), expected {code}",
+                self.name
+            ),
+            Some(other) => panic!("{}: expected close {code}, got {other}", self.name),
+            None => panic!(
+                "{}: expected close {code}, nothing arrived within {wait:?}",
+                self.name
+            ),
+        }
+    }
+
+    /// Nothing but WebSocket pings arrives for `wait`.
+    pub async fn assert_silent(&mut self, wait: Duration) {
+        if let Some(frame) = self.next_within(wait).await {
+            panic!("{}: expected silence for {wait:?}, got {frame}", self.name);
+        }
+    }
+
+    // --- requests --------------------------------------------------------------------------
+
+    /// Sends `frame` (adding a fresh `id` if it has none) and returns the next frame, which
+    /// must echo that id.
+    pub async fn call(&mut self, mut frame: Value) -> Value {
+        let id = match frame.get("id") {
+            Some(id) => id.clone(),
+            None => {
+                let id = self.fresh_id();
+                frame["id"] = id.clone();
+                id
+            }
+        };
+        self.send_json(&frame).await;
+        let reply = self.recv_json().await;
+        assert_eq!(
+            reply["id"], id,
+            "{}: the reply to {frame} must echo its id, got {reply}",
+            self.name
+        );
+        reply
+    }
+
+    /// Joins `room`; returns the ack's seq.
+    pub async fn join(&mut self, room: &str) -> u64 {
+        let reply = self.call(json!({"type": "join", "room": room})).await;
+        assert_ack_room(&reply, room, &self.name)
+    }
+
+    /// Leaves `room`.
+    pub async fn leave(&mut self, room: &str) {
+        let reply = self.call(json!({"type": "leave", "room": room})).await;
+        assert_eq!(reply["type"], "ack", "{}: leave reply {reply}", self.name);
+        assert_eq!(reply["room"], room, "{}: leave reply {reply}", self.name);
+    }
+
+    /// Publishes `body` to `room`; returns the ack's seq.
+    pub async fn publish(&mut self, room: &str, body: Value) -> u64 {
+        let reply = self
+            .call(json!({"type": "publish", "room": room, "body": body}))
+            .await;
+        assert_ack_room(&reply, room, &self.name)
+    }
+
+    /// Sends a direct message; returns the ack's seq (the recipient's inbox seq).
+    pub async fn dm(&mut self, to: &str, body: Value) -> u64 {
+        let reply = self
+            .call(json!({"type": "send", "to": to, "body": body}))
+            .await;
+        assert_eq!(reply["type"], "ack", "{}: send reply {reply}", self.name);
+        assert_eq!(reply["to"], to, "{}: send reply {reply}", self.name);
+        reply["seq"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{}: send ack without a seq: {reply}", self.name))
+    }
+
+    /// A JSON ping must get its pong.
+    pub async fn ping(&mut self) {
+        let reply = self.call(json!({"type": "ping"})).await;
+        assert_eq!(reply["type"], "pong", "{}: ping reply {reply}", self.name);
+    }
+
+    /// The `presence` query; returns the users, sorted.
+    pub async fn presence(&mut self, room: &str) -> Vec<String> {
+        let reply = self.call(json!({"type": "presence", "room": room})).await;
+        assert_eq!(reply["type"], "presence", "{}: reply {reply}", self.name);
+        assert_eq!(reply["room"], room, "{}: reply {reply}", self.name);
+        let mut users: Vec<String> = reply["users"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: presence without users: {reply}", self.name))
+            .iter()
+            .map(|u| u.as_str().expect("user ids are strings").to_string())
+            .collect();
+        users.sort();
+        users
+    }
+
+    /// Writes raw bytes to the TCP socket under the WebSocket (for malformed framing).
+    pub async fn write_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        match self.ws.get_mut() {
+            MaybeTlsStream::Plain(tcp) => {
+                tcp.write_all(bytes).await.expect("raw write");
+                tcp.flush().await.expect("raw flush");
+            }
+            _ => unreachable!("tests use plain ws://"),
+        }
+    }
+
+    /// Sends a close frame with `code` and returns the server's close frame (code, reason).
+    pub async fn close_with(&mut self, code: u16) -> Incoming {
+        let frame = CloseFrame {
+            code: code.into(),
+            reason: "bye".into(),
+        };
+        self.send_msg(Message::Close(Some(frame))).await;
+        self.next_within(TIMEOUT)
+            .await
+            .unwrap_or_else(|| panic!("{}: no answer to our close", self.name))
+    }
+
+    /// Sends a close frame and waits for the server's answer (or the end of the stream).
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            match tokio::time::timeout(TIMEOUT, self.ws.next()).await {
+                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => break,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frame assertions
+// ---------------------------------------------------------------------------------------------
+
+fn assert_ack_room(reply: &Value, room: &str, who: &str) -> u64 {
+    assert_eq!(reply["type"], "ack", "{who}: expected an ack, got {reply}");
+    assert_eq!(
+        reply["room"], room,
+        "{who}: ack for the wrong room: {reply}"
+    );
+    reply["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{who}: ack without a numeric seq: {reply}"))
+}
+
+/// An `error` frame with `code` and a non-empty message. `id`: `Some(id)` the id must be echoed;
+/// `None` no valid id was sent, so the id must be absent or null.
+pub fn assert_error(frame: &Value, code: &str, id: Option<&Value>) {
+    assert_eq!(
+        frame["type"], "error",
+        "expected an error frame, got {frame}"
+    );
+    assert_eq!(frame["code"], code, "error code in {frame}");
+    assert!(
+        frame["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error frame needs a non-empty message: {frame}"
+    );
+    match id {
+        Some(id) => assert_eq!(&frame["id"], id, "error must echo the id: {frame}"),
+        None => assert!(
+            frame.get("id").is_none_or(Value::is_null),
+            "no valid id was sent, yet the error carries one: {frame}"
+        ),
+    }
+}
+
+fn assert_ts(frame: &Value) {
+    let ts = frame["ts"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("message without a numeric ts: {frame}"));
+    let now = now_millis();
+    assert!(
+        ts.abs_diff(now) < 60_000,
+        "ts {ts} is not unix milliseconds near now ({now}): {frame}"
+    );
+}
+
+/// A room message in `room` from `from` with `body`; returns its seq.
+pub fn assert_room_msg(frame: &Value, room: &str, from: &str, body: &Value) -> u64 {
+    assert_eq!(frame["type"], "message", "expected a message, got {frame}");
+    assert_eq!(frame["room"], room, "message room in {frame}");
+    assert!(
+        frame.get("to").is_none(),
+        "room message with a `to`: {frame}"
+    );
+    assert_eq!(frame["from"], from, "message sender in {frame}");
+    assert_eq!(&frame["body"], body, "message body in {frame}");
+    assert_ts(frame);
+    frame["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("message without a numeric seq: {frame}"))
+}
+
+/// A direct message to `to` from `from` with `body`; returns its seq.
+pub fn assert_dm(frame: &Value, to: &str, from: &str, body: &Value) -> u64 {
+    assert_eq!(frame["type"], "message", "expected a message, got {frame}");
+    assert_eq!(frame["to"], to, "direct message recipient in {frame}");
+    assert!(
+        frame.get("room").is_none(),
+        "direct message with a `room`: {frame}"
+    );
+    assert_eq!(frame["from"], from, "message sender in {frame}");
+    assert_eq!(&frame["body"], body, "message body in {frame}");
+    assert_ts(frame);
+    frame["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("message without a numeric seq: {frame}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens and time
+// ---------------------------------------------------------------------------------------------
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// An HS256 token over `claims`, signed with `secret`.
+pub fn mint(secret: &str, claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode a JWT")
+}
+
+/// A token for `sub` valid for an hour, signed with [`SECRET`].
+pub fn token_for(sub: &str) -> String {
+    mint(SECRET, &json!({"sub": sub, "exp": now_secs() + 3600}))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary
+// ---------------------------------------------------------------------------------------------
+
+/// A `shardcast serve` child process. Killed on drop if still running.
+pub struct BinaryServer {
+    pub child: tokio::process::Child,
+    /// Everything it printed so far, stdout and stderr interleaved.
+    output: Arc<Mutex<String>>,
+    /// What it printed on stderr.
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    _data: TempDir,
+}
+
+impl BinaryServer {
+    /// Spawns `shardcast serve --data <tempdir> ARGS...` with no `SHARDCAST_*` variables from
+    /// the test's environment, logs at info level and without colours.
+    pub fn spawn(args: &[&str]) -> BinaryServer {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardcast"));
+        cmd.arg("serve")
+            .arg("--data")
+            .arg(data.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
+        for (key, _) in std::env::vars() {
+            if key.starts_with("SHARDCAST_") {
+                cmd.env_remove(key);
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn the shardcast binary");
+        let output = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            collect_lines(child.stdout.take().unwrap(), vec![output.clone()]),
+            collect_lines(
+                child.stderr.take().unwrap(),
+                vec![output.clone(), stderr.clone()],
+            ),
+        ];
+        BinaryServer {
+            child,
+            output,
+            stderr,
+            readers,
+            _data: data,
+        }
+    }
+
+    /// stdout and stderr so far, interleaved.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// After the process exited: waits (briefly) until its output has been read to the end.
+    pub async fn finish_output(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
+        }
+    }
+
+    /// Waits (up to 20 s) for the `listening on ADDR` line and returns ADDR.
+    pub async fn listening_addr(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.output();
+            if let Some(addr) = parse_listening(&out) {
+                return addr;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the binary exited with {status} before listening; output:\n{out}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `listening on ADDR` line within 20 s; output:\n{out}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits up to `wait` for the process to exit.
+    pub async fn wait_exit(&mut self, wait: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(wait, self.child.wait()).await {
+            Ok(status) => status.expect("wait for the child"),
+            Err(_) => panic!(
+                "the binary did not exit within {wait:?}; output:\n{}",
+                self.output()
+            ),
+        }
+    }
+
+    /// Sends a signal (`TERM`, `INT`) with the `kill` command.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("child still running").to_string();
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(&pid)
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} {pid} failed: {status}");
+    }
+}
+
+fn collect_lines(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    outs: Vec<Arc<Mutex<String>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let line = strip_ansi(&line);
+            for out in &outs {
+                let mut out = out.lock().unwrap();
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+    })
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Finds the address in a `listening on ADDR` line (ADDR may be written `addr=ADDR`, quoted...).
+pub fn parse_listening(output: &str) -> Option<SocketAddr> {
+    for line in output.lines() {
+        let Some(at) = line.find("listening on") else {
+            continue;
+        };
+        let rest = &line[at + "listening on".len()..];
+        for token in rest.split(|c: char| c.is_whitespace() || c == '=' || c == ',') {
+            let token = token.trim_matches(|c: char| c == '"' || c == '\'' || c == '`');
+            if let Ok(addr) = token.parse::<SocketAddr>() {
+                return Some(addr);
+            }
+        }
+    }
+    None
+}

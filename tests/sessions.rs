@@ -1,0 +1,122 @@
+//! Session policies: `multi` up to `max_connections_per_user` (then HTTP 429
+//! `connection_limit`), `kick_old` (older connections closed with 4500), and `reject_new`
+//! (HTTP 409 `session_exists` while the user is connected, accepted again once gone).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use shardcast::config::SessionPolicy;
+
+const PROPAGATE: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multi_allows_up_to_the_per_user_limit() {
+    let server = TestServer::start(|c| {
+        c.session_policy = SessionPolicy::Multi;
+        c.max_connections_per_user = 3;
+        c.presence_events = false;
+    });
+    let addr = server.addr();
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(dev(addr, "a").await);
+    }
+    match connect(addr, "/ws?user=a", &[]).await {
+        Ok(c) => panic!("a 4th connection must be refused, got {}", c.welcome),
+        Err(r) => r.assert(429, "connection_limit"),
+    }
+
+    // The limit is per user: b is fine, and all three of a's connections work.
+    let mut b = dev(addr, "b").await;
+    let seq = b.dm("a", json!("to every device")).await;
+    for a in &mut conns {
+        let got = a.recv_json().await;
+        assert_eq!(assert_dm(&got, "a", "b", &json!("to every device")), seq);
+        a.ping().await;
+    }
+
+    // Once one disconnects, a new one is accepted.
+    conns.pop().unwrap().close().await;
+    let mut again = retry_dev(addr, "a", PROPAGATE)
+        .await
+        .unwrap_or_else(|r| panic!("a connection must be accepted again after a close: {r:?}"));
+    again.ping().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multi_default_limit_is_16() {
+    let server = TestServer::start(|c| c.presence_events = false);
+    let addr = server.addr();
+    let mut conns = Vec::new();
+    for _ in 0..16 {
+        conns.push(dev(addr, "a").await);
+    }
+    match connect(addr, "/ws?user=a", &[]).await {
+        Ok(c) => panic!("a 17th connection must be refused, got {}", c.welcome),
+        Err(r) => r.assert(429, "connection_limit"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kick_old_closes_older_connections_with_4500() {
+    let server = TestServer::start(|c| {
+        c.session_policy = SessionPolicy::KickOld;
+        c.presence_events = false;
+    });
+    let addr = server.addr();
+    let mut old = dev(addr, "a").await;
+    old.join("r").await;
+
+    let mut new = dev(addr, "a").await;
+    old.expect_close(4500).await;
+    new.ping().await;
+
+    // The new connection is the user's only one: it gets a's direct messages.
+    let mut b = dev(addr, "b").await;
+    let seq = b.dm("a", json!("hello new")).await;
+    let got = new.recv_json().await;
+    assert_eq!(assert_dm(&got, "a", "b", &json!("hello new")), seq);
+
+    // And it is replaced in turn.
+    let mut newest = dev(addr, "a").await;
+    new.expect_close(4500).await;
+    newest.ping().await;
+    // Other users are not affected.
+    b.ping().await;
+    b.assert_silent(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reject_new_refuses_while_connected() {
+    let server = TestServer::start(|c| {
+        c.session_policy = SessionPolicy::RejectNew;
+        c.presence_events = false;
+    });
+    let addr = server.addr();
+    let mut first = dev(addr, "a").await;
+    match connect(addr, "/ws?user=a", &[]).await {
+        Ok(c) => panic!("a second connection must be refused, got {}", c.welcome),
+        Err(r) => r.assert(409, "session_exists"),
+    }
+    // The first one is untouched, and other users are not affected.
+    first.ping().await;
+    let mut b = dev(addr, "b").await;
+    b.ping().await;
+
+    // After a clean close, a new connection is accepted again.
+    first.close().await;
+    let mut second = retry_dev(addr, "a", PROPAGATE)
+        .await
+        .unwrap_or_else(|r| panic!("must be accepted once the first is gone: {r:?}"));
+    second.ping().await;
+
+    // After an abrupt disconnect (TCP dropped, no close frame) too.
+    drop(second);
+    let mut third = retry_dev(addr, "a", PROPAGATE)
+        .await
+        .unwrap_or_else(|r| panic!("must be accepted once the second is gone: {r:?}"));
+    third.ping().await;
+}
