@@ -80,6 +80,57 @@ pub struct RoomEntry {
     pub live: bool,
 }
 
+/// Where a connection's bytes go: a TCP socket, or memory (benchmarks and unit tests drive the
+/// shard's real fan-out and coalescing path through it).
+enum Io {
+    Tcp(TcpStream),
+    Memory(MemorySink),
+}
+
+/// Counts what a connection would have written, and keeps the bytes if asked to.
+#[derive(Default)]
+pub struct MemorySink {
+    pub writes: Cell<usize>,
+    pub bytes: Cell<usize>,
+    pub kept: Option<RefCell<Vec<u8>>>,
+}
+
+impl MemorySink {
+    fn write_vectored(&self, iov: &[IoSlice<'_>]) -> usize {
+        let n: usize = iov.iter().map(|s| s.len()).sum();
+        self.writes.set(self.writes.get() + 1);
+        self.bytes.set(self.bytes.get() + n);
+        if let Some(kept) = &self.kept {
+            let mut kept = kept.borrow_mut();
+            iov.iter().for_each(|s| kept.extend_from_slice(s));
+        }
+        n
+    }
+}
+
+impl Io {
+    fn try_write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Io::Tcp(s) => s.try_write_vectored(iov),
+            Io::Memory(m) => Ok(m.write_vectored(iov)),
+        }
+    }
+
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Io::Tcp(s) => s.try_read(buf),
+            Io::Memory(_) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn try_read_buf(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        match self {
+            Io::Tcp(s) => s.try_read_buf(buf),
+            Io::Memory(_) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
 pub struct Conn {
     pub id: ConnId,
     pub user: Name,
@@ -87,7 +138,7 @@ pub struct Conn {
     pub allowed_rooms: Option<Box<[Name]>>,
     /// The token's `exp`, unix seconds.
     pub exp: Option<u64>,
-    stream: TcpStream,
+    io: Io,
     out: RefCell<OutQueue>,
     read: RefCell<Decoder>,
     pub rooms: RefCell<Vec<RoomEntry>>,
@@ -135,12 +186,21 @@ pub enum ReadStatus {
 
 impl Conn {
     pub fn new(id: ConnId, stream: TcpStream, identity: &Identity, burst: u32) -> Conn {
+        Conn::with_io(id, Io::Tcp(stream), identity, burst)
+    }
+
+    /// A connection whose output goes to `sink` and which never has input.
+    pub fn in_memory(id: ConnId, sink: MemorySink, identity: &Identity, burst: u32) -> Conn {
+        Conn::with_io(id, Io::Memory(sink), identity, burst)
+    }
+
+    fn with_io(id: ConnId, io: Io, identity: &Identity, burst: u32) -> Conn {
         Conn {
             id,
             user: identity.user.clone(),
             allowed_rooms: identity.rooms.clone().map(Vec::into_boxed_slice),
             exp: identity.exp,
-            stream,
+            io,
             out: RefCell::default(),
             read: RefCell::default(),
             rooms: RefCell::default(),
@@ -208,7 +268,7 @@ impl Conn {
                 iov[i] = IoSlice::new(&frame[start..]);
                 n += 1;
             }
-            match self.stream.try_write_vectored(&iov[..n]) {
+            match self.io.try_write_vectored(&iov[..n]) {
                 Ok(written) => out.advance(written),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !self.want_write.replace(true) {
@@ -243,7 +303,7 @@ impl Conn {
         SCRATCH.with_borrow_mut(|scratch| {
             if dec.closed {
                 // After the client's close frame, input is only read to see EOF.
-                return match self.stream.try_read(scratch) {
+                return match self.io.try_read(scratch) {
                     Ok(0) => Ok(ReadStatus::Eof),
                     Err(e) if e.kind() != io::ErrorKind::WouldBlock => Ok(ReadStatus::Eof),
                     _ => Ok(ReadStatus::Open),
@@ -252,7 +312,7 @@ impl Conn {
             // Bounded so one busy connection cannot starve the rest of the shard.
             for _ in 0..4 {
                 let n = if dec.partial.is_empty() {
-                    let n = match self.stream.try_read(scratch) {
+                    let n = match self.io.try_read(scratch) {
                         Ok(0) => return Ok(ReadStatus::Eof),
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -266,7 +326,7 @@ impl Conn {
                     n
                 } else {
                     dec.partial.reserve(READ_CHUNK.min(dec.max_message + 14));
-                    let n = match self.stream.try_read_buf(&mut dec.partial) {
+                    let n = match self.io.try_read_buf(&mut dec.partial) {
                         Ok(0) => return Ok(ReadStatus::Eof),
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -340,8 +400,20 @@ impl Conn {
         !self.out.borrow().frames.is_empty()
     }
 
-    pub fn stream(&self) -> &TcpStream {
-        &self.stream
+    /// The TCP socket, for waiting on readiness; `None` for an in-memory connection.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match &self.io {
+            Io::Tcp(s) => Some(s),
+            Io::Memory(_) => None,
+        }
+    }
+
+    /// The in-memory sink, for a connection made with `in_memory`.
+    pub fn memory(&self) -> Option<&MemorySink> {
+        match &self.io {
+            Io::Memory(m) => Some(m),
+            Io::Tcp(_) => None,
+        }
     }
 }
 

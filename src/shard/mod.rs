@@ -8,6 +8,8 @@
 
 mod home;
 pub mod runtime;
+#[cfg(test)]
+mod tests;
 
 use std::rc::Rc;
 use std::sync::Arc;

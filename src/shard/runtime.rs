@@ -216,6 +216,9 @@ pub async fn drive(ctx: Rc<Ctx>, conn: Rc<Conn>) {
         conn: &conn,
     };
     let (max, hard) = (ctx.config.max_message_size, ctx.config.hard_frame_limit());
+    let Some(stream) = conn.tcp() else {
+        return;
+    };
     loop {
         if conn.closing().is_some() || conn.is_broken() {
             break;
@@ -224,13 +227,13 @@ pub async fn drive(ctx: Rc<Ctx>, conn: Rc<Conn>) {
         tokio::select! {
             biased;
             _ = conn.kicked() => {}
-            r = conn.stream().writable(), if want_write => {
+            r = stream.writable(), if want_write => {
                 if r.is_err() {
                     break;
                 }
                 conn.flush();
             }
-            r = conn.stream().readable() => {
+            r = stream.readable() => {
                 if r.is_err() {
                     break;
                 }
@@ -257,22 +260,22 @@ pub async fn drive(ctx: Rc<Ctx>, conn: Rc<Conn>) {
     }
     if conn.closing().is_some() && !conn.is_broken() {
         let timeout = Duration::from_millis(ctx.config.close_timeout_ms);
-        let _ = tokio::time::timeout(timeout, finish_close(&conn, max, hard)).await;
+        let _ = tokio::time::timeout(timeout, finish_close(&conn, stream, max, hard)).await;
     }
 }
 
 /// Flushes the close frame, then waits for the client's close (or EOF) so the frame is not lost
 /// to a reset.
-async fn finish_close(conn: &Conn, max: usize, hard: u64) {
+async fn finish_close(conn: &Conn, stream: &TcpStream, max: usize, hard: u64) {
     while conn.has_unsent() && !conn.is_broken() {
-        if conn.stream().writable().await.is_err() {
+        if stream.writable().await.is_err() {
             return;
         }
         conn.flush();
     }
     let mut peer_closed = conn.peer_closed();
     while !peer_closed {
-        if conn.stream().readable().await.is_err() {
+        if stream.readable().await.is_err() {
             return;
         }
         match conn.read_ready(max, hard, &mut |ev| {
