@@ -105,13 +105,10 @@ async fn websocket(
 
     let (tx, rx) = tokio::sync::oneshot::channel();
     let user = identity.user.clone();
-    let Some(conn) = ctx.with(|s| {
-        let id = s.register(user, tx);
-        s.flush_dirty();
-        id
-    }) else {
+    let Some(conn) = ctx.with(|s| s.register(user, tx)) else {
         return Err(HandshakeError::Unavailable);
     };
+    ctx.schedule_flush();
     let mut reservation = Reservation {
         ctx: ctx.clone(),
         conn,
@@ -154,8 +151,8 @@ async fn start(ctx: Rc<Ctx>, id: ConnId, identity: Identity, stream: TcpStream, 
         {
             s.close_conn(&conn, code);
         }
-        s.flush_dirty();
     });
+    ctx.schedule_flush();
     tracing::debug!(user = %identity.user, conn = ?id, "connected");
     runtime::drive(ctx, conn).await;
 }

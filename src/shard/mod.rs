@@ -620,7 +620,7 @@ impl Shard {
         let mut slow = Vec::new();
         // Per recipient: one non-atomic Rc increment and a queue push. No allocation (queue
         // capacity is reused), no copy, no syscall: each socket touched gets one writev for the
-        // whole batch, in `flush_dirty`.
+        // whole scheduler pass, in `flush_dirty`.
         for c in members.into_iter().flatten() {
             if Some(c.id) != exclude && !queue_frame(&mut self.dirty, c, &frame, max) {
                 slow.push(c.clone());

@@ -8,6 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -33,9 +34,22 @@ pub struct Ctx {
     /// Connection tasks still running; shutdown waits for them.
     tasks: Cell<usize>,
     shutdown: watch::Sender<bool>,
+    /// A flush is due; the flusher task runs after the tasks already woken in this pass.
+    flush_due: Cell<bool>,
+    flusher: Cell<Option<Waker>>,
 }
 
 impl Ctx {
+    /// Asks for the dirty connections to be written once every task already runnable has run,
+    /// so frames produced by several connections' input in one pass share each socket's writev.
+    pub fn schedule_flush(&self) {
+        if !self.flush_due.replace(true)
+            && let Some(w) = self.flusher.take()
+        {
+            w.wake();
+        }
+    }
+
     /// Runs `f` on the shard state. A panic is contained: logged, and `None` returned, so one
     /// bad message or connection cannot take the shard down.
     pub fn with<R>(&self, f: impl FnOnce(&mut Shard) -> R) -> Option<R> {
@@ -79,11 +93,14 @@ async fn run(
         config: config.clone(),
         tasks: Cell::new(0),
         shutdown: watch::channel(false).0,
+        flush_due: Cell::new(false),
+        flusher: Cell::new(None),
     });
     if let Some(listener) = listener {
         tokio::task::spawn_local(accept_loop(ctx.clone(), listener, router));
     }
     tokio::task::spawn_local(heartbeat(ctx.clone()));
+    tokio::task::spawn_local(flusher(ctx.clone()));
     inbox_loop(&ctx, inbox).await;
 
     // Every connection has been sent its 1001; give them time to take it.
@@ -120,7 +137,7 @@ async fn inbox_loop(ctx: &Rc<Ctx>, inbox: Inbox) {
                 tokio::task::yield_now().await;
             }
         }
-        ctx.with(Shard::flush_dirty);
+        ctx.schedule_flush();
         if stop {
             return;
         }
@@ -177,6 +194,23 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: std::net::TcpListener, router: Rout
     }
 }
 
+/// Writes the dirty connections whenever a flush is due (see `Ctx::schedule_flush`).
+async fn flusher(ctx: Rc<Ctx>) {
+    loop {
+        std::future::poll_fn(|cx| {
+            if ctx.flush_due.get() {
+                Poll::Ready(())
+            } else {
+                ctx.flusher.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+        ctx.flush_due.set(false);
+        ctx.with(Shard::flush_dirty);
+    }
+}
+
 async fn heartbeat(ctx: Rc<Ctx>) {
     let mut every = tokio::time::interval(ctx.config.heartbeat());
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -187,10 +221,8 @@ async fn heartbeat(ctx: Rc<Ctx>) {
             _ = stop.wait_for(|s| *s) => return,
             _ = every.tick() => {}
         }
-        ctx.with(|s| {
-            s.tick();
-            s.flush_dirty();
-        });
+        ctx.with(Shard::tick);
+        ctx.schedule_flush();
     }
 }
 
@@ -242,15 +274,12 @@ pub async fn drive(ctx: Rc<Ctx>, conn: Rc<Conn>) {
                     if let Err(code) = status {
                         s.close_conn(&conn, code);
                     }
-                    s.flush_dirty();
                     status
                 });
+                ctx.schedule_flush();
                 match status {
                     None => {
-                        ctx.with(|s| {
-                            s.close_conn(&conn, CloseCode::Internal);
-                            s.flush_dirty();
-                        });
+                        ctx.with(|s| s.close_conn(&conn, CloseCode::Internal));
                     }
                     Some(Ok(ReadStatus::Eof)) => break,
                     Some(_) => {}
