@@ -1,8 +1,36 @@
-//! shardcast-loadtest: the bot that spawns thousands of real WebSocket clients against a
-//! shardcast server. This crate is a placeholder in the workspace so the layout is fixed; the
-//! scenarios (fanout, chat, dm, idle, churn) arrive with the load-test issue.
+//! The `shardcast-loadtest` binary: parse the command line, run the scenario, print the summary
+//! (or `--json`), and exit non-zero when delivery was not exact (1) or the run failed (2).
 
-fn main() {
-    eprintln!("shardcast-loadtest: no scenarios yet; see the load-test issue");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+use clap::Parser;
+use shardcast_loadtest::{Cli, run};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.scenario.common().json;
+    match run(&cli) {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("shardcast-loadtest: cannot encode the report: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                print!("{}", report.human());
+            }
+            if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("shardcast-loadtest: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

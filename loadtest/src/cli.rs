@@ -1,0 +1,269 @@
+//! The command line: scenarios as subcommands, and the options shared by all of them.
+//!
+//! Owns option names, defaults and help text. These structs are also the library's options
+//! (`crate::run` takes a [`Cli`]), so a test builds them with `Cli::try_parse_from` and gets the
+//! same defaults as a person. It must not act on the options.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand};
+
+/// Load-test bot for shardcast: real WebSocket clients, exact delivery checks, latency and the
+/// server's CPU and memory cost.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "shardcast-loadtest", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Scenario {
+    /// S subscribers and P publishers in one room; every publisher sends R msg/s.
+    Fanout {
+        #[command(flatten)]
+        args: FanoutArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// N users in rooms of K members; every user publishes r msg/s to its room.
+    Chat {
+        #[command(flatten)]
+        args: ChatArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Users in pairs, each sending direct messages to the other at r msg/s.
+    Dm {
+        #[command(flatten)]
+        args: DmArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// N connections, each joined to a room, held for --duration; reports the server's RSS per
+    /// connection and idle CPU.
+    Idle {
+        #[command(flatten)]
+        args: IdleArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// C connect-join-close cycles per second for --duration.
+    Churn {
+        #[command(flatten)]
+        args: ChurnArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+impl Scenario {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::Fanout { .. } => "fanout",
+            Scenario::Chat { .. } => "chat",
+            Scenario::Dm { .. } => "dm",
+            Scenario::Idle { .. } => "idle",
+            Scenario::Churn { .. } => "churn",
+        }
+    }
+
+    pub fn common(&self) -> &CommonArgs {
+        match self {
+            Scenario::Fanout { common, .. }
+            | Scenario::Chat { common, .. }
+            | Scenario::Dm { common, .. }
+            | Scenario::Idle { common, .. }
+            | Scenario::Churn { common, .. } => common,
+        }
+    }
+
+    pub fn load(&self) -> Option<&LoadArgs> {
+        match self {
+            Scenario::Fanout { load, .. }
+            | Scenario::Chat { load, .. }
+            | Scenario::Dm { load, .. } => Some(load),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FanoutArgs {
+    /// Subscribers (connections that only receive).
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Publishers (they are room members too, so they also receive each other's messages).
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// Messages per second per publisher (open loop).
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ChatArgs {
+    /// Users (one connection each).
+    #[arg(long, default_value_t = 10_000)]
+    pub users: usize,
+    /// Members per room; the last room takes the remainder.
+    #[arg(long, default_value_t = 10)]
+    pub room_size: usize,
+    /// Messages per second per user (open loop).
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DmArgs {
+    /// Users (one connection each), paired 0-1, 2-3, …; must be even.
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// Direct messages per second per user (open loop).
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct IdleArgs {
+    /// Connections to open and hold.
+    #[arg(long, default_value_t = 15_000)]
+    pub connections: usize,
+    /// Members per room; every connection joins one room.
+    #[arg(long, default_value_t = 10)]
+    pub room_size: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ChurnArgs {
+    /// Connect-join-close cycles started per second (open loop).
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// How long each connection stays open after its join is acked, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub hold_ms: u64,
+    /// Rooms the cycles join, round robin.
+    #[arg(long, default_value_t = 10)]
+    pub rooms: usize,
+    /// Most cycles in progress at once; a cycle past it waits (and its latency shows it).
+    #[arg(long, default_value_t = 2000)]
+    pub max_concurrent: usize,
+}
+
+/// Options of the scenarios that publish (fanout, chat, dm).
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Message body size in bytes (a JSON string holding the send stamp, padded with `x`).
+    #[arg(long, default_value_t = 64)]
+    pub body_size: usize,
+    /// Closed loop: every publisher sends as fast as its acks return (at most --window unacked),
+    /// to find the peak throughput; delivery is still checked exactly. Latency is then measured
+    /// from the actual send time.
+    #[arg(long = "max", default_value_t = false)]
+    pub max: bool,
+    /// With --max: unacked messages per publisher.
+    #[arg(long, default_value_t = 32)]
+    pub window: u64,
+    /// With --max: deliveries owed but not yet received (all connections) before publishers
+    /// pause; bounds the queues so the server is not closing slow consumers.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_in_flight: u64,
+}
+
+/// Target, pinning, timing and output options, the same for every scenario.
+#[derive(Args, Debug, Clone)]
+#[command(group(ArgGroup::new("target").required(true).args(["url", "spawn_server"])))]
+pub struct CommonArgs {
+    /// A running server, e.g. ws://127.0.0.1:8080 (127.0.0.0/8 only; dev mode, no jwt_secret).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Start the release server binary on a free port with a temp data dir; stop it at the end.
+    #[arg(long)]
+    pub spawn_server: bool,
+    /// With --spawn-server: the server binary. Default: `shardcast` next to this binary, else
+    /// ./target/release/shardcast.
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// With --spawn-server: pin the server to these CPUs (taskset syntax, e.g. `0` or `0-1`).
+    #[arg(long)]
+    pub server_cpus: Option<String>,
+    /// Pin the bot to these CPUs; the bot runs one worker thread per CPU listed.
+    #[arg(long)]
+    pub client_cpus: Option<String>,
+    /// With --url: the server's process id, to measure its CPU and memory.
+    #[arg(long, conflicts_with = "spawn_server")]
+    pub server_pid: Option<u32>,
+    /// With --spawn-server: the server's --shards (default: the server's own default).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// With --spawn-server: the server's --max-queue-bytes (default: the server's, 1 MiB; 64 MiB
+    /// with --max).
+    #[arg(long)]
+    pub max_queue_bytes: Option<usize>,
+    /// With --spawn-server: the server's --presence-events. Off by default so joins do not
+    /// flood rooms with `joined` events; the bot tolerates them either way.
+    #[arg(long, default_value_t = false, action = ArgAction::Set)]
+    pub presence_events: bool,
+    /// With --spawn-server: one more argument for `shardcast serve` (repeatable).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+    /// With --spawn-server: RUST_LOG for the server (its log goes to a file in its temp dir).
+    #[arg(long, default_value = "warn")]
+    pub server_log: String,
+    /// Length of the measured window, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Load before the measured window, in seconds (delivery is still checked, but latency,
+    /// CPU and rates leave it out).
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// How long to wait after the last send for outstanding acks and deliveries, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_timeout: f64,
+    /// Spread client sockets over source addresses 127.0.0.1 … 127.0.0.N.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub source_ips: u8,
+    /// Handshakes in progress at once while connecting.
+    #[arg(long, default_value_t = 128)]
+    pub connect_concurrency: usize,
+    /// Bot worker threads when --client-cpus is not given (default: one per available CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print one JSON object with the results to stdout instead of the summary table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar (it is also hidden when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn needs_a_target() {
+        assert!(Cli::try_parse_from(["lt", "fanout"]).is_err());
+        assert!(Cli::try_parse_from(["lt", "fanout", "--spawn-server"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["lt", "idle", "--url", "ws://127.0.0.1:1", "--spawn-server"])
+                .is_err()
+        );
+        let cli =
+            Cli::try_parse_from(["lt", "chat", "--url", "ws://127.0.0.1:1", "--max"]).unwrap();
+        assert!(cli.scenario.load().unwrap().max);
+        assert_eq!(cli.scenario.common().duration, 10.0);
+    }
+}

@@ -1,0 +1,421 @@
+//! shardcast-loadtest: a bot that opens thousands of real WebSocket clients against a shardcast
+//! server, drives one of five scenarios (fanout, chat, dm, idle, churn), checks delivery
+//! exactly, measures latency with HDR histograms and reads the server's CPU and RSS from
+//! `/proc`.
+//!
+//! [`run`] is the whole thing: options in, [`Report`] out. From the workspace root:
+//!
+//! ```text
+//! cargo build --release
+//! cargo run --release -p shardcast-loadtest -- fanout --spawn-server --server-cpus 0 --client-cpus 1
+//! cargo run --release -p shardcast-loadtest -- chat --users 10000 --room-size 10 --rate 1 --spawn-server
+//! cargo run --release -p shardcast-loadtest -- idle --connections 15000 --duration 30 --spawn-server
+//! cargo run --release -p shardcast-loadtest -- dm --users 2000 --rate 5 --url ws://127.0.0.1:8080
+//! cargo run --release -p shardcast-loadtest -- churn --rate 500 --spawn-server --json
+//! ```
+//!
+//! The modules:
+//! - `cli`: the options (also the library's input).
+//! - `target`: the server under test, given or spawned.
+//! - `client`: one WebSocket client and the frames it speaks.
+//! - `scenario`: the plans and the run phases (`pubsub` engine, `churn`, and the `pacer` thread
+//!   that wakes open-loop senders on time).
+//! - `stats`: counters, histograms and the exact delivery check.
+//! - `procfs`: CPU and RSS samples. `sys`: rlimits and CPU affinity.
+//! - `report`: the results, the summary table and the JSON. `progress`: the progress bar.
+
+pub mod cli;
+pub mod client;
+pub mod procfs;
+pub mod progress;
+pub mod report;
+pub mod scenario;
+pub mod stats;
+pub mod sys;
+pub mod target;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+pub use cli::Cli;
+use cli::{CommonArgs, Scenario};
+pub use report::Report;
+use report::{BotCost, ChurnReport, ServerCost};
+use scenario::RunCtx;
+use scenario::churn::ChurnResult;
+use scenario::pubsub::PubsubResult;
+use stats::Shared;
+use target::Target;
+
+/// File descriptors the bot keeps for itself besides one per connection.
+const SPARE_FDS: u64 = 64;
+
+/// Runs the scenario `cli` describes against its target and returns what it measured. Blocks;
+/// must not be called from inside a tokio runtime (it builds its own, with one worker per
+/// `--client-cpus` CPU).
+pub fn run(cli: &Cli) -> anyhow::Result<Report> {
+    let scenario = &cli.scenario;
+    let common = scenario.common();
+    validate(scenario)?;
+
+    let nofile = sys::raise_nofile_limit().context("raise RLIMIT_NOFILE")?;
+    let conns = connections_needed(scenario);
+    if conns + SPARE_FDS > nofile {
+        bail!(
+            "{conns} connections need about {} open files, but this process may open {nofile} \
+             (RLIMIT_NOFILE). Use fewer connections per bot process.",
+            conns + SPARE_FDS
+        );
+    }
+    let client_cpus = common
+        .client_cpus
+        .as_deref()
+        .map(sys::parse_cpu_list)
+        .transpose()
+        .context("--client-cpus")?;
+    let threads = match &client_cpus {
+        Some(c) => c.len(),
+        None => common
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+    .max(1);
+
+    let max_mode = scenario.load().is_some_and(|l| l.max);
+    let mut target = Target::open(common, max_mode)?;
+    let progress = Arc::new(progress::Progress::new(!common.no_progress));
+    if let Some(bin) = &target.info.server_bin {
+        progress.println(format!("spawned {bin} at {}", target.info.url));
+    }
+
+    // Pin this thread before the runtime exists, so its workers inherit the CPU set.
+    let previous_affinity = match &client_cpus {
+        Some(cpus) => {
+            let prev = sys::current_affinity().ok();
+            sys::pin_current_thread(cpus).context("pin the bot to --client-cpus")?;
+            prev
+        }
+        None => None,
+    };
+    let result = run_in_runtime(cli, &target, progress, threads);
+    if let Some(prev) = previous_affinity {
+        let _ = sys::pin_current_thread(&prev);
+    }
+
+    let log_problems = target.log_problems(20);
+    let alive = target.check_alive();
+    let outcome = result.and_then(|r| alive.map(|()| r));
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            let tail = target.log_tail();
+            let _ = target.stop();
+            return Err(anyhow::anyhow!("{e:#}{tail}"));
+        }
+    };
+    let info = target.info.clone();
+    let stop = target.stop();
+
+    let mut report = match outcome {
+        Outcome::Pubsub(r) => pubsub_report(scenario, common, r, info.pid),
+        Outcome::Churn(r) => churn_report(scenario, common, r, info.pid),
+    };
+    report.target = info;
+    report.client_cpus = common.client_cpus.clone();
+    report.client_threads = threads;
+    report.server_log_problems = log_problems;
+    if let Some(bot) = &report.bot {
+        let capacity = 100.0 * threads as f64;
+        if bot.cpu_percent > 0.9 * capacity {
+            report.notes.push(format!(
+                "the bot used {:.0}% of its {threads} core(s): it may have been the bottleneck, so \
+                 latency and throughput may understate the server",
+                bot.cpu_percent
+            ));
+        }
+    }
+    if let Err(e) = stop {
+        report.notes.push(format!("stopping the server: {e:#}"));
+        report.passed = false;
+    }
+    Ok(report)
+}
+
+enum Outcome {
+    Pubsub(PubsubResult),
+    Churn(ChurnResult),
+}
+
+fn run_in_runtime(
+    cli: &Cli,
+    target: &Target,
+    progress: Arc<progress::Progress>,
+    threads: usize,
+) -> anyhow::Result<Outcome> {
+    let scenario = &cli.scenario;
+    let common = scenario.common();
+    // One thread: a current-thread runtime on this (pinned) thread, with no work stealing and no
+    // cross-thread wake-ups. More: a multi-thread runtime with that many workers.
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .context("start the tokio runtime")?;
+    let ctx = RunCtx {
+        shared: Arc::new(Shared::new(Instant::now())),
+        endpoint: target.endpoint.clone(),
+        common: common.clone(),
+        tag: format!("lt{:06x}", fastrand::u32(..) & 0xff_ffff),
+        progress,
+        server_pid: target.info.pid,
+    };
+    let outcome = rt.block_on(async {
+        let plan = match scenario {
+            Scenario::Fanout { args, .. } => scenario::fanout_plan(&ctx, args),
+            Scenario::Chat { args, .. } => scenario::chat_plan(&ctx, args),
+            Scenario::Dm { args, .. } => scenario::dm_plan(&ctx, args),
+            Scenario::Idle { args, .. } => scenario::idle_plan(&ctx, args),
+            Scenario::Churn { args, .. } => {
+                return scenario::churn::run(&ctx, args).await.map(Outcome::Churn);
+            }
+        };
+        scenario::pubsub::run(&ctx, plan, scenario.load())
+            .await
+            .map(Outcome::Pubsub)
+    });
+    ctx.progress.finish();
+    rt.shutdown_timeout(Duration::from_secs(2));
+    outcome
+}
+
+fn validate(scenario: &Scenario) -> anyhow::Result<()> {
+    let c = scenario.common();
+    if !(c.duration > 0.0 && c.duration.is_finite()) {
+        bail!("--duration must be positive");
+    }
+    if !(c.warmup >= 0.0 && c.warmup.is_finite()) {
+        bail!("--warmup must not be negative");
+    }
+    let positive = |rate: f64| {
+        if rate > 0.0 && rate.is_finite() {
+            Ok(())
+        } else {
+            bail!("--rate must be positive")
+        }
+    };
+    match scenario {
+        Scenario::Fanout { args, .. } => {
+            positive(args.rate)?;
+            if args.publishers == 0 {
+                bail!("fanout needs at least one publisher");
+            }
+        }
+        Scenario::Chat { args, .. } => {
+            positive(args.rate)?;
+            if args.users == 0 || args.room_size < 2 {
+                bail!("chat needs users and rooms of at least 2");
+            }
+        }
+        Scenario::Dm { args, .. } => {
+            positive(args.rate)?;
+            if args.users == 0 || !args.users.is_multiple_of(2) {
+                bail!("dm needs an even, non-zero number of users (they are paired)");
+            }
+        }
+        Scenario::Idle { .. } => {}
+        Scenario::Churn { args, .. } => positive(args.rate)?,
+    }
+    Ok(())
+}
+
+/// Connections open at once.
+fn connections_needed(scenario: &Scenario) -> u64 {
+    match scenario {
+        Scenario::Fanout { args, .. } => (args.subscribers + args.publishers) as u64,
+        Scenario::Chat { args, .. } => args.users as u64,
+        Scenario::Dm { args, .. } => args.users as u64,
+        Scenario::Idle { args, .. } => args.connections as u64,
+        Scenario::Churn { args, .. } => args.max_concurrent as u64,
+    }
+}
+
+fn params(scenario: &Scenario) -> serde_json::Map<String, serde_json::Value> {
+    let v = match scenario {
+        Scenario::Fanout { args, .. } => json!({
+            "subscribers": args.subscribers, "publishers": args.publishers, "rate": args.rate,
+        }),
+        Scenario::Chat { args, .. } => json!({
+            "users": args.users, "room_size": args.room_size, "rate": args.rate,
+        }),
+        Scenario::Dm { args, .. } => json!({ "users": args.users, "rate": args.rate }),
+        Scenario::Idle { args, .. } => json!({
+            "connections": args.connections, "room_size": args.room_size,
+        }),
+        Scenario::Churn { args, .. } => json!({
+            "rate": args.rate, "hold_ms": args.hold_ms, "rooms": args.rooms,
+            "max_concurrent": args.max_concurrent,
+        }),
+    };
+    let mut map = match v {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!("params are objects"),
+    };
+    if let Some(l) = scenario.load() {
+        map.insert("body_size".into(), json!(l.body_size));
+        if l.max {
+            map.insert("window".into(), json!(l.window));
+            map.insert("max_in_flight".into(), json!(l.max_in_flight));
+        }
+    }
+    map
+}
+
+fn empty_report(scenario: &Scenario, common: &CommonArgs) -> Report {
+    Report {
+        scenario: scenario.name().to_string(),
+        mode: match scenario {
+            Scenario::Idle { .. } => "hold".into(),
+            _ if scenario.load().is_some_and(|l| l.max) => "closed-loop".into(),
+            _ => "open-loop".into(),
+        },
+        params: params(scenario),
+        target: target::TargetInfo {
+            url: String::new(),
+            spawned: false,
+            pid: None,
+            server_bin: None,
+            server_cpus: None,
+            server_args: Vec::new(),
+        },
+        client_cpus: None,
+        client_threads: 0,
+        connections: 0,
+        connect_seconds: 0.0,
+        warmup_seconds: common.warmup,
+        window_seconds: 0.0,
+        deliveries_in_window: 0,
+        deliveries_per_sec: 0.0,
+        publishes_per_sec: 0.0,
+        delivery: None,
+        latency: None,
+        ack_latency: None,
+        send_lag: None,
+        server: None,
+        bot: None,
+        churn: None,
+        server_log_problems: Vec::new(),
+        notes: Vec::new(),
+        passed: false,
+    }
+}
+
+fn pubsub_report(
+    scenario: &Scenario,
+    common: &CommonArgs,
+    r: PubsubResult,
+    pid: Option<u32>,
+) -> Report {
+    let mut rep = empty_report(scenario, common);
+    let wall = r
+        .window_end
+        .at
+        .saturating_duration_since(r.window_start.at)
+        .as_secs_f64();
+    rep.connections = r.connections;
+    rep.connect_seconds = r.connect_seconds;
+    rep.window_seconds = wall;
+    rep.deliveries_in_window = r.delivered_in_window;
+    if wall > 0.0 {
+        rep.deliveries_per_sec = r.delivered_in_window as f64 / wall;
+        rep.publishes_per_sec = r.sent_in_window as f64 / wall;
+    }
+    if let (Some(pid), Some(b), Some(c), Some(w0), Some(w1)) = (
+        pid,
+        r.baseline.server,
+        r.connected.server,
+        r.window_start.server,
+        r.window_end.server,
+    ) {
+        rep.server = Some(ServerCost::compute(
+            pid,
+            &b,
+            &c,
+            (&w0, &w1),
+            r.delivered_in_window,
+            r.connections,
+        ));
+    }
+    if let (Some(b0), Some(b1)) = (r.window_start.bot, r.window_end.bot) {
+        rep.bot = Some(BotCost::compute(&b0, &b1));
+    }
+    rep.latency = r.latency;
+    rep.ack_latency = r.ack_latency;
+    rep.send_lag = r.send_lag;
+    rep.passed = r.delivery.passed;
+    rep.delivery = Some(r.delivery);
+    rep.notes = r.notes;
+    rep
+}
+
+fn churn_report(
+    scenario: &Scenario,
+    common: &CommonArgs,
+    r: ChurnResult,
+    pid: Option<u32>,
+) -> Report {
+    let mut rep = empty_report(scenario, common);
+    let wall = r
+        .window_end
+        .at
+        .saturating_duration_since(r.window_start.at)
+        .as_secs_f64();
+    rep.connections = r.attempted;
+    rep.window_seconds = wall;
+    let mut churn = ChurnReport {
+        attempted: r.attempted,
+        completed: r.completed,
+        failed: r.failed,
+        cycles_per_sec: if wall > 0.0 {
+            r.completed_in_window as f64 / wall
+        } else {
+            0.0
+        },
+        connect_latency: r.connect_latency,
+        join_latency: r.join_latency,
+        close_latency: r.close_latency,
+        server_cpu_us_per_cycle: None,
+        server_rss_retained_bytes: None,
+    };
+    if let (Some(pid), Some(b), Some(w0), Some(w1)) = (
+        pid,
+        r.baseline.server,
+        r.window_start.server,
+        r.window_end.server,
+    ) {
+        let cost = ServerCost::compute(pid, &b, &w1, (&w0, &w1), 0, 0);
+        if r.completed_in_window > 0 {
+            churn.server_cpu_us_per_cycle =
+                Some(cost.cpu_seconds * 1e6 / r.completed_in_window as f64);
+        }
+        if let Some(after) = r.after.server {
+            churn.server_rss_retained_bytes = Some(after.rss_bytes as i64 - b.rss_bytes as i64);
+        }
+        rep.server = Some(cost);
+    }
+    if let (Some(b0), Some(b1)) = (r.window_start.bot, r.window_end.bot) {
+        rep.bot = Some(BotCost::compute(&b0, &b1));
+    }
+    rep.passed = r.failed == 0 && r.completed == r.attempted;
+    rep.notes = r.problems.into_iter().chain(r.notes).collect();
+    rep.churn = Some(churn);
+    rep
+}

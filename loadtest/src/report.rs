@@ -1,0 +1,377 @@
+//! The result of a run: the `Report` struct (serialized as-is for `--json`), the server-cost
+//! arithmetic (CPU µs per delivery, RSS per connection) and the human summary table.
+//!
+//! Owns how figures are derived from samples and how they are shown. It must not measure
+//! anything itself.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::procfs::ProcSample;
+use crate::stats::{DeliveryReport, LatencySummary};
+use crate::target::TargetInfo;
+
+/// Everything a run found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    /// "open-loop" or "closed-loop".
+    pub mode: String,
+    /// The scenario's own parameters.
+    pub params: serde_json::Map<String, serde_json::Value>,
+    pub target: TargetInfo,
+    pub client_cpus: Option<String>,
+    pub client_threads: usize,
+    /// Connections held during the window (churn: cycles attempted).
+    pub connections: u64,
+    /// Time to open and join all connections.
+    pub connect_seconds: f64,
+    pub warmup_seconds: f64,
+    pub window_seconds: f64,
+    /// Message frames received during the window.
+    pub deliveries_in_window: u64,
+    pub deliveries_per_sec: f64,
+    pub publishes_per_sec: f64,
+    /// The exact delivery check (not for churn).
+    pub delivery: Option<DeliveryReport>,
+    /// Scheduled send → received, over messages scheduled in the window.
+    pub latency: Option<LatencySummary>,
+    /// Scheduled send → ack.
+    pub ack_latency: Option<LatencySummary>,
+    /// Scheduled send → the bot actually wrote it (the bot's own timer lateness).
+    pub send_lag: Option<LatencySummary>,
+    /// The server's cost, when its pid is known.
+    pub server: Option<ServerCost>,
+    /// The bot's own CPU over the window.
+    pub bot: Option<BotCost>,
+    pub churn: Option<ChurnReport>,
+    /// WARN/ERROR lines from a spawned server's log.
+    pub server_log_problems: Vec<String>,
+    pub notes: Vec<String>,
+    /// No loss, duplicate, disorder, error frame or failed connection.
+    pub passed: bool,
+}
+
+/// The server's CPU and memory, from `/proc`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerCost {
+    pub pid: u32,
+    /// CPU seconds (user + system) during the window.
+    pub cpu_seconds: f64,
+    /// The same, as a percentage of one core.
+    pub cpu_percent: f64,
+    /// Server CPU per delivered message in the window, in microseconds.
+    pub cpu_us_per_delivery: Option<f64>,
+    /// Server CPU per connection per second in the window, in microseconds (idle cost).
+    pub cpu_us_per_connection_second: Option<f64>,
+    /// RSS before the bot connected.
+    pub rss_baseline_bytes: u64,
+    /// RSS once every connection was open and joined.
+    pub rss_connected_bytes: u64,
+    /// RSS at the end of the window.
+    pub rss_end_bytes: u64,
+    /// (RSS at the end of the window − baseline) / connections.
+    pub rss_per_connection_bytes: Option<f64>,
+}
+
+impl ServerCost {
+    pub fn compute(
+        pid: u32,
+        baseline: &ProcSample,
+        connected: &ProcSample,
+        window: (&ProcSample, &ProcSample),
+        deliveries: u64,
+        connections: u64,
+    ) -> ServerCost {
+        let (w0, w1) = window;
+        let cpu = w1.cpu_since(w0);
+        let wall = w1.wall_since(w0);
+        ServerCost {
+            pid,
+            cpu_seconds: cpu,
+            cpu_percent: if wall > 0.0 { 100.0 * cpu / wall } else { 0.0 },
+            cpu_us_per_delivery: (deliveries > 0).then(|| cpu * 1e6 / deliveries as f64),
+            cpu_us_per_connection_second: (connections > 0 && wall > 0.0)
+                .then(|| cpu * 1e6 / connections as f64 / wall),
+            rss_baseline_bytes: baseline.rss_bytes,
+            rss_connected_bytes: connected.rss_bytes,
+            rss_end_bytes: w1.rss_bytes,
+            rss_per_connection_bytes: (connections > 0)
+                .then(|| (w1.rss_bytes as f64 - baseline.rss_bytes as f64) / connections as f64),
+        }
+    }
+}
+
+/// The bot's own CPU during the window: a bot near 100% of its cores is the bottleneck.
+#[derive(Clone, Debug, Serialize)]
+pub struct BotCost {
+    pub cpu_seconds: f64,
+    /// Percentage of one core.
+    pub cpu_percent: f64,
+}
+
+impl BotCost {
+    pub fn compute(w0: &ProcSample, w1: &ProcSample) -> BotCost {
+        let cpu = w1.cpu_since(w0);
+        let wall = w1.wall_since(w0);
+        BotCost {
+            cpu_seconds: cpu,
+            cpu_percent: if wall > 0.0 { 100.0 * cpu / wall } else { 0.0 },
+        }
+    }
+}
+
+/// What the churn scenario measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChurnReport {
+    /// Cycles started (connect, join, close).
+    pub attempted: u64,
+    pub completed: u64,
+    pub failed: u64,
+    /// Cycles completed per second during the window.
+    pub cycles_per_sec: f64,
+    /// Scheduled start → `welcome` received.
+    pub connect_latency: Option<LatencySummary>,
+    /// Join sent → ack.
+    pub join_latency: Option<LatencySummary>,
+    /// Close sent → the server's close frame.
+    pub close_latency: Option<LatencySummary>,
+    /// Server CPU per completed cycle in the window, in microseconds.
+    pub server_cpu_us_per_cycle: Option<f64>,
+    /// Server RSS a second after the last cycle, minus the baseline (growth here hints at a
+    /// leak).
+    pub server_rss_retained_bytes: Option<i64>,
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn latency_row(out: &mut String, name: &str, l: &Option<LatencySummary>) {
+    if let Some(l) = l {
+        let _ = writeln!(
+            out,
+            "  {name:<18}{:>9.3}{:>9.3}{:>9.3}{:>9.3}{:>9.3}{:>12}",
+            l.p50_ms,
+            l.p90_ms,
+            l.p99_ms,
+            l.p999_ms,
+            l.max_ms,
+            thousands(l.count)
+        );
+    }
+}
+
+impl Report {
+    /// The summary table for a person.
+    pub fn human(&self) -> String {
+        let mut o = String::new();
+        let verdict = if self.passed { "PASSED" } else { "FAILED" };
+        let _ = writeln!(
+            o,
+            "shardcast-loadtest {} ({})  {verdict}",
+            self.scenario, self.mode
+        );
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = writeln!(o, "  params            {}", params.join(" "));
+        let t = &self.target;
+        let mut where_ = t.url.clone();
+        if t.spawned {
+            where_ += " (spawned";
+            if let Some(c) = &t.server_cpus {
+                where_ += &format!(", server cpus {c}");
+            }
+            where_ += ")";
+        }
+        if let Some(pid) = t.pid {
+            where_ += &format!(" pid {pid}");
+        }
+        let _ = writeln!(o, "  target            {where_}");
+        let _ = writeln!(
+            o,
+            "  bot               {} worker thread(s){}",
+            self.client_threads,
+            self.client_cpus
+                .as_ref()
+                .map(|c| format!(", cpus {c}"))
+                .unwrap_or_default()
+        );
+        if self.churn.is_none() {
+            let _ = writeln!(
+                o,
+                "  connections       {} (opened in {:.2} s)",
+                thousands(self.connections),
+                self.connect_seconds
+            );
+        }
+        let _ = writeln!(
+            o,
+            "  window            {:.1} s after {:.1} s warm-up",
+            self.window_seconds, self.warmup_seconds
+        );
+
+        if let Some(d) = self
+            .delivery
+            .as_ref()
+            .filter(|d| d.published > 0 || !d.passed)
+        {
+            let _ = writeln!(o, "delivery");
+            let _ = writeln!(
+                o,
+                "  published         {}  (acked {}, unacked {})",
+                thousands(d.published),
+                thousands(d.acked),
+                d.unacked
+            );
+            let _ = writeln!(
+                o,
+                "  deliveries        {} received of {} owed",
+                thousands(d.delivered),
+                thousands(d.expected)
+            );
+            let _ = writeln!(
+                o,
+                "  lost {}  duplicates {}  out of order {}  unexpected {}  wrong content {}",
+                d.lost, d.duplicates, d.out_of_order, d.unexpected, d.content_mismatches
+            );
+            let _ = writeln!(
+                o,
+                "  ack errors {}  server error frames {}  disconnects {}",
+                d.ack_errors, d.server_errors, d.disconnects
+            );
+        }
+        if self.deliveries_in_window > 0 || self.publishes_per_sec > 0.0 {
+            let _ = writeln!(o, "throughput (window)");
+            let _ = writeln!(
+                o,
+                "  deliveries/s      {}",
+                thousands(self.deliveries_per_sec.round() as u64)
+            );
+            let _ = writeln!(o, "  publishes/s       {:.1}", self.publishes_per_sec);
+        }
+        if let Some(c) = &self.churn {
+            let _ = writeln!(o, "churn");
+            let _ = writeln!(
+                o,
+                "  cycles            {} started, {} completed, {} failed; {:.1}/s in the window",
+                c.attempted, c.completed, c.failed, c.cycles_per_sec
+            );
+            if let Some(us) = c.server_cpu_us_per_cycle {
+                let _ = writeln!(o, "  server CPU/cycle  {us:.1} µs");
+            }
+            if let Some(b) = c.server_rss_retained_bytes {
+                let _ = writeln!(o, "  RSS retained      {:+.1} KiB", b as f64 / 1024.0);
+            }
+        }
+        let lat = [
+            ("publish→deliver", &self.latency),
+            ("publish→ack", &self.ack_latency),
+            ("send lag (bot)", &self.send_lag),
+        ];
+        let churn_lat = self.churn.as_ref().map(|c| {
+            [
+                ("connect→welcome", &c.connect_latency),
+                ("join→ack", &c.join_latency),
+                ("close→close", &c.close_latency),
+            ]
+        });
+        let rows: Vec<(&str, &Option<LatencySummary>)> = lat
+            .into_iter()
+            .chain(churn_lat.into_iter().flatten())
+            .filter(|(_, l)| l.is_some())
+            .collect();
+        if !rows.is_empty() {
+            let _ = writeln!(
+                o,
+                "latency (ms)        {:>9}{:>9}{:>9}{:>9}{:>9}{:>12}",
+                "p50", "p90", "p99", "p99.9", "max", "count"
+            );
+            for (name, l) in rows {
+                latency_row(&mut o, name, l);
+            }
+        }
+        if let Some(s) = &self.server {
+            let _ = writeln!(o, "server (pid {})", s.pid);
+            let _ = writeln!(
+                o,
+                "  CPU               {:.3} s in the window = {:.1}% of a core",
+                s.cpu_seconds, s.cpu_percent
+            );
+            if let Some(us) = s.cpu_us_per_delivery {
+                let _ = writeln!(o, "  CPU/delivery      {us:.3} µs");
+            }
+            if self.delivery.as_ref().is_some_and(|d| d.published == 0)
+                && let Some(us) = s.cpu_us_per_connection_second
+            {
+                let _ = writeln!(
+                    o,
+                    "  idle CPU          {us:.3} µs per connection per second"
+                );
+            }
+            let _ = writeln!(
+                o,
+                "  RSS               baseline {}, connected {}, end {}",
+                mib(s.rss_baseline_bytes),
+                mib(s.rss_connected_bytes),
+                mib(s.rss_end_bytes)
+            );
+            if let Some(b) = s.rss_per_connection_bytes {
+                let _ = writeln!(o, "  RSS/connection    {b:.0} bytes");
+            }
+        }
+        if let Some(b) = &self.bot {
+            let _ = writeln!(
+                o,
+                "bot CPU             {:.1}% of a core in the window",
+                b.cpu_percent
+            );
+        }
+        let problems = self.delivery.as_ref().map(|d| &d.problems);
+        if problems.is_some_and(|p| !p.is_empty())
+            || !self.server_log_problems.is_empty()
+            || !self.notes.is_empty()
+        {
+            let _ = writeln!(o, "notes");
+            for p in problems.into_iter().flatten() {
+                let _ = writeln!(o, "  - {p}");
+            }
+            for p in &self.notes {
+                let _ = writeln!(o, "  - {p}");
+            }
+            for p in &self.server_log_problems {
+                let _ = writeln!(o, "  - server log: {p}");
+            }
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+}

@@ -1,0 +1,561 @@
+//! Counting and checking: the run-wide counters and latency histograms every connection task
+//! feeds, each connection's receive state, and the exact delivery check at the end.
+//!
+//! Owns the rules of "delivered exactly": which messages each connection must see (every acked
+//! message of its stream after its join seq, except its own), and how duplicates, disorder, gaps
+//! and wrong content are told apart. It must not do I/O or format output (that is `report`).
+//!
+//! The per-message path is `RecvState::on_message` plus one histogram record and one atomic add:
+//! no allocation. Content is checked without storing messages: each connection keeps a wrapping
+//! sum of a 64-bit mix of (seq, publisher, counter) over what it received, and the check compares
+//! it with the same sum over the acks the publishers got.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::client::BodyStamp;
+
+/// Histograms are split into this many independently locked parts so that worker threads do
+/// not contend; a connection always records into part `index % HIST_PARTS`.
+const HIST_PARTS: usize = 16;
+/// Largest latency a histogram holds (larger values are clamped), in microseconds.
+const HIST_MAX_US: u64 = 600_000_000;
+/// How many problem descriptions a run keeps.
+const MAX_PROBLEMS: usize = 20;
+
+/// A latency histogram in microseconds, recordable from many tasks.
+pub struct Hist {
+    parts: Vec<Mutex<Histogram<u64>>>,
+}
+
+impl Default for Hist {
+    fn default() -> Self {
+        Hist {
+            parts: (0..HIST_PARTS).map(|_| Mutex::new(new_hist())).collect(),
+        }
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds")
+}
+
+impl Hist {
+    /// Records `ns` nanoseconds for connection number `conn`.
+    #[inline]
+    pub fn record(&self, conn: usize, ns: u64) {
+        let us = (ns + 500) / 1000;
+        let mut h = self.parts[conn % HIST_PARTS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        h.saturating_record(us);
+    }
+
+    /// All parts added together.
+    pub fn merged(&self) -> Histogram<u64> {
+        let mut all = new_hist();
+        for part in &self.parts {
+            let part = part.lock().unwrap_or_else(|e| e.into_inner());
+            all.add(&*part).expect("same bounds");
+        }
+        all
+    }
+
+    pub fn summary(&self) -> Option<LatencySummary> {
+        LatencySummary::of(&self.merged())
+    }
+}
+
+/// Percentiles of a latency histogram, in milliseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+impl LatencySummary {
+    pub fn of(h: &Histogram<u64>) -> Option<LatencySummary> {
+        if h.is_empty() {
+            return None;
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Some(LatencySummary {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+            mean_ms: h.mean() / 1000.0,
+        })
+    }
+}
+
+/// State shared by every task of one run.
+pub struct Shared {
+    /// Time zero for the nanosecond stamps in bodies.
+    pub epoch: Instant,
+    /// Message frames received in a connection's stream, all connections.
+    pub delivered: AtomicU64,
+    /// Publishes (`publish`/`send`) written.
+    pub sent: AtomicU64,
+    /// Acks received for them.
+    pub acked: AtomicU64,
+    /// Error replies to them (e.g. `rate_limited`).
+    pub rejected: AtomicU64,
+    /// Deliveries owed for everything written so far (sent × recipients); closed-loop mode uses
+    /// `owed - delivered` as the number of deliveries in flight.
+    pub owed: AtomicU64,
+    /// Messages whose stamp falls in [window_start_ns, window_end_ns) go into the histograms.
+    pub window_start_ns: AtomicU64,
+    pub window_end_ns: AtomicU64,
+    /// Publish (scheduled) → delivery.
+    pub latency: Hist,
+    /// Publish (scheduled) → ack.
+    pub ack_latency: Hist,
+    /// Scheduled send time → the moment the bot wrote the frame: the bot's own lateness.
+    pub send_lag: Hist,
+    /// `error` frames from the server.
+    pub server_errors: AtomicU64,
+    /// Connections that ended before the run told them to.
+    pub disconnects: AtomicU64,
+    problems: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    pub fn new(epoch: Instant) -> Shared {
+        Shared {
+            epoch,
+            delivered: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            owed: AtomicU64::new(0),
+            window_start_ns: AtomicU64::new(u64::MAX),
+            window_end_ns: AtomicU64::new(u64::MAX),
+            latency: Hist::default(),
+            ack_latency: Hist::default(),
+            send_lag: Hist::default(),
+            server_errors: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            problems: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Nanoseconds since the epoch.
+    #[inline]
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Whether a message stamped `ns` belongs to the measured window.
+    #[inline]
+    pub fn in_window(&self, ns: u64) -> bool {
+        ns >= self.window_start_ns.load(Relaxed) && ns < self.window_end_ns.load(Relaxed)
+    }
+
+    /// Notes a problem for the report (the first few are kept).
+    pub fn problem(&self, what: String) {
+        let mut p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() < MAX_PROBLEMS {
+            p.push(what);
+        }
+    }
+
+    pub fn problems(&self) -> Vec<String> {
+        self.problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// splitmix64's finaliser over a message's identity.
+#[inline]
+pub fn mix(seq: u64, publisher: u32, counter: u64) -> u64 {
+    let mut z = seq
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add((publisher as u64) << 40 ^ counter);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// What one connection has seen of its stream (its room, or its own inbox for direct messages).
+#[derive(Clone, Debug, Default)]
+pub struct RecvState {
+    /// Message frames received.
+    pub count: u64,
+    /// Those whose seq was above the previous one (the rest are duplicates or out of order).
+    pub in_order: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: u64,
+    /// Wrapping sum of `mix` over the in-order messages.
+    pub hash: u64,
+    /// Seq equal to the previous one.
+    pub duplicates: u64,
+    /// Seq below the previous one.
+    pub out_of_order: u64,
+    /// Message frames without a seq or without a bot body.
+    pub foreign: u64,
+}
+
+impl RecvState {
+    #[inline]
+    pub fn on_message(&mut self, seq: u64, stamp: BodyStamp) {
+        self.count += 1;
+        if self.first_seq.is_some() && seq <= self.last_seq {
+            if seq == self.last_seq {
+                self.duplicates += 1;
+            } else {
+                self.out_of_order += 1;
+            }
+            return;
+        }
+        if self.first_seq.is_none() {
+            self.first_seq = Some(seq);
+        }
+        self.last_seq = seq;
+        self.in_order += 1;
+        self.hash = self
+            .hash
+            .wrapping_add(mix(seq, stamp.publisher, stamp.counter));
+    }
+}
+
+/// Everything a connection task hands back when the run ends.
+#[derive(Clone, Debug, Default)]
+pub struct ConnOutcome {
+    pub index: u32,
+    /// The stream it receives.
+    pub recv_stream: u32,
+    /// The stream it publishes to, if it publishes.
+    pub pub_stream: Option<u32>,
+    /// Its join ack's seq (rooms); `None` for inboxes, whose start is taken from the acks.
+    pub start_seq: Option<u64>,
+    pub recv: RecvState,
+    /// The seq acked for each of its messages, by counter; 0 = no ack.
+    pub acks: Vec<u64>,
+    /// Acks for a counter already acked, or for an id it never sent.
+    pub bad_acks: u64,
+    /// Messages it wrote.
+    pub sent: u64,
+    pub server_errors: u64,
+    /// Why the connection ended early, if it did.
+    pub ended: Option<String>,
+}
+
+/// The verdict on delivery.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DeliveryReport {
+    /// Messages written by publishers.
+    pub published: u64,
+    /// Acks received for them.
+    pub acked: u64,
+    /// Deliveries owed: for every acked message, each member of its stream that had joined
+    /// before it, except the publishing connection.
+    pub expected: u64,
+    /// Message frames received.
+    pub delivered: u64,
+    /// Owed deliveries that never arrived.
+    pub lost: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    /// Deliveries beyond those owed (including frames that were not the bot's messages).
+    pub unexpected: u64,
+    /// Connections that received the right number of messages but not the right ones.
+    pub content_mismatches: u64,
+    /// Published messages that got no ack.
+    pub unacked: u64,
+    /// Bad acks: duplicated or unknown ids, the same seq acked twice in a stream, or a hole in a
+    /// stream's acked seqs.
+    pub ack_errors: u64,
+    /// `error` frames from the server.
+    pub server_errors: u64,
+    /// Connections the server (or the network) ended before the bot did.
+    pub disconnects: u64,
+    pub passed: bool,
+    /// The first few problems, in words.
+    pub problems: Vec<String>,
+}
+
+impl DeliveryReport {
+    fn finish(mut self) -> DeliveryReport {
+        self.passed = self.lost == 0
+            && self.duplicates == 0
+            && self.out_of_order == 0
+            && self.unexpected == 0
+            && self.content_mismatches == 0
+            && self.unacked == 0
+            && self.ack_errors == 0
+            && self.server_errors == 0
+            && self.disconnects == 0;
+        self
+    }
+}
+
+struct Entry {
+    seq: u64,
+    mix: u64,
+}
+
+/// Checks every connection's stream against the acks. `streams` is the number of streams.
+pub fn verify(
+    outcomes: &[ConnOutcome],
+    streams: usize,
+    mut problems: Vec<String>,
+) -> DeliveryReport {
+    let mut r = DeliveryReport::default();
+    let mut note = |p: String| {
+        if problems.len() < MAX_PROBLEMS {
+            problems.push(p);
+        }
+    };
+
+    // Acked messages per stream.
+    let mut entries: Vec<Vec<Entry>> = (0..streams).map(|_| Vec::new()).collect();
+    for c in outcomes {
+        r.published += c.sent;
+        r.server_errors += c.server_errors;
+        r.ack_errors += c.bad_acks;
+        if c.ended.is_some() {
+            r.disconnects += 1;
+        }
+        let acked = c.acks.iter().filter(|&&s| s != 0).count() as u64;
+        r.acked += acked;
+        if acked < c.sent {
+            r.unacked += c.sent - acked;
+            note(format!(
+                "connection {} sent {} messages but got {} acks",
+                c.index, c.sent, acked
+            ));
+        }
+        if let Some(s) = c.pub_stream {
+            for (k, &seq) in c.acks.iter().enumerate() {
+                if seq != 0 {
+                    entries[s as usize].push(Entry {
+                        seq,
+                        mix: mix(seq, c.index, k as u64),
+                    });
+                }
+            }
+        }
+        if let Some(why) = &c.ended {
+            note(format!("connection {} ended early: {why}", c.index));
+        }
+    }
+
+    // Each stream's acked seqs must be distinct and contiguous.
+    let mut suffix: Vec<Vec<u64>> = Vec::with_capacity(streams);
+    for (s, list) in entries.iter_mut().enumerate() {
+        list.sort_unstable_by_key(|e| e.seq);
+        for w in list.windows(2) {
+            if w[1].seq == w[0].seq {
+                r.ack_errors += 1;
+                note(format!("stream {s}: seq {} acked twice", w[0].seq));
+            } else if w[1].seq != w[0].seq + 1 {
+                r.ack_errors += 1;
+                note(format!(
+                    "stream {s}: acked seqs jump from {} to {}",
+                    w[0].seq, w[1].seq
+                ));
+            }
+        }
+        let mut sums = vec![0u64; list.len() + 1];
+        for i in (0..list.len()).rev() {
+            sums[i] = sums[i + 1].wrapping_add(list[i].mix);
+        }
+        suffix.push(sums);
+    }
+
+    for c in outcomes {
+        let s = c.recv_stream as usize;
+        let list = &entries[s];
+        let start = c
+            .start_seq
+            .unwrap_or_else(|| list.first().map_or(0, |e| e.seq - 1));
+        let from = list.partition_point(|e| e.seq <= start);
+        let mut exp_count = (list.len() - from) as u64;
+        let mut exp_hash = suffix[s][from];
+        if c.pub_stream == Some(c.recv_stream) {
+            for (k, &seq) in c.acks.iter().enumerate() {
+                if seq > start {
+                    exp_count -= 1;
+                    exp_hash = exp_hash.wrapping_sub(mix(seq, c.index, k as u64));
+                }
+            }
+        }
+        let got = &c.recv;
+        r.expected += exp_count;
+        r.delivered += got.count;
+        r.duplicates += got.duplicates;
+        r.out_of_order += got.out_of_order;
+        r.unexpected += got.foreign;
+        if got.duplicates + got.out_of_order + got.foreign > 0 {
+            note(format!(
+                "connection {}: {} duplicates, {} out of order, {} foreign frames",
+                c.index, got.duplicates, got.out_of_order, got.foreign
+            ));
+        }
+        if got.in_order < exp_count {
+            r.lost += exp_count - got.in_order;
+            note(format!(
+                "connection {} (stream {s}): got {} of {} messages (seqs {:?}..={} seen, join seq {start})",
+                c.index, got.in_order, exp_count, got.first_seq, got.last_seq
+            ));
+        } else if got.in_order > exp_count {
+            r.unexpected += got.in_order - exp_count;
+            note(format!(
+                "connection {} (stream {s}): got {} messages, {} expected",
+                c.index, got.in_order, exp_count
+            ));
+        } else if got.hash != exp_hash {
+            r.content_mismatches += 1;
+            note(format!(
+                "connection {} (stream {s}): right count ({exp_count}) but wrong messages",
+                c.index
+            ));
+        }
+    }
+    r.problems = problems;
+    r.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(publisher: u32, counter: u64) -> BodyStamp {
+        BodyStamp {
+            sched_ns: 0,
+            publisher,
+            counter,
+        }
+    }
+
+    /// One room (stream 0): connection 0 publishes seqs 1..=3, connections 1 and 2 receive.
+    fn room() -> Vec<ConnOutcome> {
+        let publisher = ConnOutcome {
+            index: 0,
+            recv_stream: 0,
+            pub_stream: Some(0),
+            start_seq: Some(0),
+            acks: vec![1, 2, 3],
+            sent: 3,
+            ..Default::default()
+        };
+        let mut sub = ConnOutcome {
+            index: 1,
+            recv_stream: 0,
+            start_seq: Some(0),
+            ..Default::default()
+        };
+        for k in 0..3 {
+            sub.recv.on_message(k + 1, stamp(0, k));
+        }
+        let mut sub2 = sub.clone();
+        sub2.index = 2;
+        vec![publisher, sub, sub2]
+    }
+
+    #[test]
+    fn exact_delivery_passes() {
+        let r = verify(&room(), 1, vec![]);
+        assert!(r.passed, "{r:?}");
+        assert_eq!(
+            (r.expected, r.delivered, r.published, r.acked),
+            (6, 6, 3, 3)
+        );
+    }
+
+    #[test]
+    fn loss_duplicate_disorder_and_content_are_caught() {
+        let mut c = room();
+        c[1].recv = RecvState::default();
+        c[1].recv.on_message(1, stamp(0, 0));
+        c[1].recv.on_message(3, stamp(0, 2));
+        let r = verify(&c, 1, vec![]);
+        assert_eq!(r.lost, 1);
+        assert!(!r.passed);
+
+        let mut c = room();
+        c[2].recv.on_message(3, stamp(0, 2));
+        c[2].recv.on_message(2, stamp(0, 1));
+        let r = verify(&c, 1, vec![]);
+        assert_eq!((r.duplicates, r.out_of_order), (1, 1));
+        assert!(!r.passed);
+
+        let mut c = room();
+        c[1].recv = RecvState::default();
+        for k in 0..3 {
+            c[1].recv.on_message(k + 1, stamp(0, (k + 1) % 3));
+        }
+        let r = verify(&c, 1, vec![]);
+        assert_eq!(r.content_mismatches, 1);
+        assert!(!r.passed);
+
+        let mut c = room();
+        c[0].acks[2] = 0;
+        let r = verify(&c, 1, vec![]);
+        assert_eq!(r.unacked, 1);
+        assert!(!r.passed);
+    }
+
+    #[test]
+    fn own_messages_are_not_owed_and_inbox_start_comes_from_acks() {
+        // Two publishers in one room, each also a receiver: 0 sends seqs 1 and 3, 1 sends 2.
+        let mut a = ConnOutcome {
+            index: 0,
+            recv_stream: 0,
+            pub_stream: Some(0),
+            start_seq: Some(0),
+            acks: vec![1, 3],
+            sent: 2,
+            ..Default::default()
+        };
+        let mut b = ConnOutcome {
+            index: 1,
+            recv_stream: 0,
+            pub_stream: Some(0),
+            start_seq: Some(0),
+            acks: vec![2],
+            sent: 1,
+            ..Default::default()
+        };
+        a.recv.on_message(2, stamp(1, 0));
+        b.recv.on_message(1, stamp(0, 0));
+        b.recv.on_message(3, stamp(0, 1));
+        let r = verify(&[a.clone(), b.clone()], 1, vec![]);
+        assert!(r.passed, "{r:?}");
+        assert_eq!(r.expected, 3);
+
+        // Direct messages: 0 sends to 1's inbox (stream 1), whose seqs start at 5.
+        let dm_sender = ConnOutcome {
+            index: 0,
+            recv_stream: 0,
+            pub_stream: Some(1),
+            acks: vec![5, 6],
+            sent: 2,
+            ..Default::default()
+        };
+        let mut dm_recv = ConnOutcome {
+            index: 1,
+            recv_stream: 1,
+            ..Default::default()
+        };
+        dm_recv.recv.on_message(5, stamp(0, 0));
+        dm_recv.recv.on_message(6, stamp(0, 1));
+        let r = verify(&[dm_sender, dm_recv], 2, vec![]);
+        assert!(r.passed, "{r:?}");
+        assert_eq!(r.expected, 2);
+    }
+}

@@ -1,0 +1,87 @@
+//! The bot against a real shardcast server started in this process: a few hundred clients for a
+//! few seconds, asserting exact delivery. No timing assertions: this keeps the bot from rotting,
+//! it is not a benchmark.
+
+use clap::Parser;
+use shardcast::config::Config;
+use shardcast::server::Server;
+use shardcast_loadtest::{Cli, Report, run};
+
+/// Starts a server on 127.0.0.1:0 with a publish limit no scenario reaches, runs the bot with
+/// `args` (the scenario and its options; `--url` is added) against it, and stops the server.
+fn run_against_server(args: &[&str]) -> Report {
+    let data = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(Config {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        data: data.path().to_path_buf(),
+        publish_rate: 1_000_000,
+        publish_burst: 1_000_000,
+        ..Default::default()
+    })
+    .expect("start the server");
+    let url = format!("ws://{}", server.local_addr());
+    let mut argv = vec!["shardcast-loadtest"];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&["--url", &url, "--no-progress", "--threads", "2"]);
+    let cli = Cli::try_parse_from(argv).expect("valid arguments");
+    let report = run(&cli).expect("the run completes");
+    server.shutdown();
+    server.join();
+    report
+}
+
+fn assert_exact(report: &Report) {
+    let d = report.delivery.as_ref().expect("a delivery report");
+    assert!(d.delivered > 0, "nothing was delivered: {d:#?}");
+    assert_eq!(d.lost, 0, "lost messages: {d:#?}");
+    assert_eq!(d.duplicates, 0, "duplicates: {d:#?}");
+    assert_eq!(d.out_of_order, 0, "out of order: {d:#?}");
+    assert_eq!(d.unexpected, 0, "unexpected deliveries: {d:#?}");
+    assert_eq!(d.content_mismatches, 0, "wrong content: {d:#?}");
+    assert_eq!(d.delivered, d.expected, "{d:#?}");
+    assert_eq!(d.acked, d.published, "{d:#?}");
+    assert!(d.passed && report.passed, "{}", report.human());
+}
+
+#[test]
+fn fanout_delivers_exactly() {
+    // 300 subscribers + 2 publishers in one room. The server keeps its default presence events,
+    // so the bot also sees (and must ignore) ~45,000 `joined` frames while connecting.
+    let report = run_against_server(&[
+        "fanout",
+        "--subscribers",
+        "300",
+        "--publishers",
+        "2",
+        "--rate",
+        "10",
+        "--duration",
+        "2.5",
+        "--warmup",
+        "0.5",
+    ]);
+    assert_exact(&report);
+    let d = report.delivery.as_ref().unwrap();
+    // Every message goes to the 300 subscribers and the other publisher.
+    assert_eq!(d.expected, d.published * 301);
+    assert!(report.latency.is_some());
+    assert!(report.ack_latency.is_some());
+}
+
+#[test]
+fn dm_delivers_exactly() {
+    let report = run_against_server(&[
+        "dm",
+        "--users",
+        "100",
+        "--rate",
+        "5",
+        "--duration",
+        "1.5",
+        "--warmup",
+        "0.5",
+    ]);
+    assert_exact(&report);
+    let d = report.delivery.as_ref().unwrap();
+    assert_eq!(d.expected, d.published);
+}
