@@ -131,28 +131,30 @@ async fn websocket(
                 return;
             }
         };
-        let Ok(parts) = parts else {
+        let Ok(hyper::upgrade::Parts { io, read_buf, .. }) = parts else {
             tracing::error!("upgraded connection is not a TCP stream");
             return;
         };
         reservation.fulfil();
-        start(ctx, conn, identity, parts.io.into_inner(), &parts.read_buf).await;
+        start(ctx, conn, identity, io.into_inner(), read_buf).await;
     });
     Ok(response.map(|_| Full::new(Bytes::new())))
 }
 
-/// Attaches the upgraded stream to the shard and runs its task.
-async fn start(ctx: Rc<Ctx>, id: ConnId, identity: Identity, stream: TcpStream, early: &[u8]) {
+/// Attaches the upgraded stream to the shard and runs its task. `early` is what hyper read past
+/// the request; it is a slice of hyper's 8 KiB read buffer, so it must not outlive this setup.
+async fn start(ctx: Rc<Ctx>, id: ConnId, identity: Identity, stream: TcpStream, early: Bytes) {
     let conn = Rc::new(Conn::new(id, stream, &identity, ctx.config.publish_burst));
     ctx.with(|s| {
         s.attach(&conn, &identity);
         if !early.is_empty()
-            && let Err(code) = conn.preload(early, &mut |ev| s.on_event(&conn, ev))
+            && let Err(code) = conn.preload(&early, &mut |ev| s.on_event(&conn, ev))
         {
             s.close_conn(&conn, code);
         }
     });
     ctx.schedule_flush();
     tracing::debug!(user = %identity.user, conn = ?id, "connected");
+    drop((early, identity));
     runtime::drive(ctx, conn).await;
 }

@@ -467,19 +467,16 @@ impl Shard {
                 id,
                 body,
             } => {
-                let reply = match self.home_rooms.next_seq(&room) {
-                    Some(seq) => {
-                        let frame =
-                            encode::message(Target::Room(&room), &from, seq, now_ms(), &body);
-                        self.fan_out(&room, frame, Some(conn));
-                        encode::ack(id.as_ref(), Target::Room(&room), Some(seq))
-                    }
-                    None => encode::error(
-                        id.as_ref(),
-                        &ReplyError::new(ErrorCode::Unavailable, "room is not available"),
-                    ),
+                let Some(seq) = self.home_rooms.next_seq(&room) else {
+                    let err = ReplyError::new(ErrorCode::Unavailable, "room is not available");
+                    let frame = encode::error(id.as_ref(), &err);
+                    return self.send(conn.shard(), ShardMsg::ToConn { conn, frame });
                 };
-                self.send(conn.shard(), ShardMsg::ToConn { conn, frame: reply });
+                // The ack goes first: with a large room the fan-out's writes would delay it.
+                let ack = encode::ack(id.as_ref(), Target::Room(&room), Some(seq));
+                self.send(conn.shard(), ShardMsg::ToConn { conn, frame: ack });
+                let frame = encode::message(Target::Room(&room), &from, seq, now_ms(), &body);
+                self.fan_out(&room, frame, Some(conn));
             }
             ShardMsg::Direct {
                 to,
