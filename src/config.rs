@@ -110,6 +110,12 @@ pub struct Config {
     /// Default 2000.
     #[arg(long, env = "SHARDCAST_CLOSE_TIMEOUT_MS", default_value_t = 2_000)]
     pub close_timeout_ms: u64,
+
+    /// Most a shard waits after an expensive flush pass before the next, so that frames pile up
+    /// and leave several per write; the wait is half the last pass's time, so cheap passes add
+    /// none. In milliseconds. Default 4; 0 writes as soon as frames are queued.
+    #[arg(long, env = "SHARDCAST_MAX_BATCH_DELAY_MS", default_value_t = 4)]
+    pub max_batch_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -131,6 +137,7 @@ impl Default for Config {
             presence_events: true,
             shutdown_timeout_ms: 3_000,
             close_timeout_ms: 2_000,
+            max_batch_delay_ms: 4,
         }
     }
 }
