@@ -4,7 +4,7 @@
 //!   in-memory members, then flushed (one write per member). Parse, route, sequence, encode once,
 //!   queue N times, N writes. Throughput is per delivery.
 //! - `coalesce/K`: K frames queued on a real loopback TCP connection, then written, either as
-//!   one `flush` (one writev) or as K flushes of one frame (K syscalls).
+//!   one `flush` (one sendmsg) or as K flushes of one frame (K syscalls).
 //!
 //! Run with `cargo bench --bench fanout`.
 
@@ -107,7 +107,7 @@ fn coalesce(c: &mut Criterion) {
     let mut g = c.benchmark_group("coalesce");
     for k in [1u64, 8, 32] {
         g.throughput(Throughput::Elements(k));
-        g.bench_with_input(BenchmarkId::new("one_writev", k), &k, |b, &k| {
+        g.bench_with_input(BenchmarkId::new("one_write", k), &k, |b, &k| {
             b.iter(|| {
                 for _ in 0..k {
                     conn.push(frame.clone());
