@@ -74,14 +74,6 @@ impl Shard {
         }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    pub fn connection_count(&self) -> usize {
-        self.conns.len()
-    }
-
     /// Sends to another shard, or handles in place when the target is this shard. Handling in
     /// place keeps the per-pair FIFO order the protocol relies on: this shard's own messages to
     /// itself are applied in the order they are sent.
