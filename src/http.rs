@@ -15,6 +15,7 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use crate::auth::Identity;
 use crate::conn::Conn;
@@ -62,6 +63,8 @@ fn error(e: &HandshakeError) -> Response<Body> {
 struct Reservation {
     ctx: Rc<Ctx>,
     conn: ConnId,
+    /// The home's verdict, until it has been read.
+    verdict: Option<oneshot::Receiver<Result<(), HandshakeError>>>,
     /// The user's home counted this connection; undoing must tell it.
     admitted: bool,
     done: bool,
@@ -77,7 +80,11 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.done {
-            let (conn, admitted) = (self.conn, self.admitted);
+            // Dropped while waiting (the client went away): the home may have admitted the
+            // connection already, and must then be told, or it would count it forever.
+            let unread = self.verdict.as_mut().map(|rx| rx.try_recv());
+            let admitted = self.admitted || matches!(unread, Some(Ok(Ok(()))));
+            let conn = self.conn;
             self.ctx.with(|s| s.abandon(conn, admitted));
         }
     }
@@ -103,7 +110,7 @@ async fn websocket(
         ctx.config.max_rooms_per_connection,
     )?;
 
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (tx, rx) = oneshot::channel();
     let user = identity.user.clone();
     let Some(conn) = ctx.with(|s| s.register(user, tx)) else {
         return Err(HandshakeError::Unavailable);
@@ -112,10 +119,13 @@ async fn websocket(
     let mut reservation = Reservation {
         ctx: ctx.clone(),
         conn,
+        verdict: Some(rx),
         admitted: false,
         done: false,
     };
-    rx.await.unwrap_or(Err(HandshakeError::Unavailable))?;
+    let verdict = reservation.verdict.as_mut().expect("just set").await;
+    reservation.verdict = None;
+    verdict.unwrap_or(Err(HandshakeError::Unavailable))?;
     reservation.admitted = true;
 
     let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut req)

@@ -120,3 +120,38 @@ async fn reject_new_refuses_while_connected() {
         .unwrap_or_else(|r| panic!("must be accepted once the second is gone: {r:?}"));
     third.ping().await;
 }
+
+/// Handshakes abandoned at every stage (the client resets the TCP connection right after
+/// sending the upgrade request) must not leave the user counted as connected at their home
+/// shard: under `reject_new` that would lock the user out for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn abandoned_handshakes_do_not_lock_the_user_out() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start(|c| {
+        c.session_policy = SessionPolicy::RejectNew;
+        c.presence_events = false;
+        c.shards = 2;
+    });
+    let addr = server.addr();
+    let request = format!(
+        "GET /ws?user=a HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    for i in 0..300u64 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        // Vary how long the handshake gets before the reset, to land in every stage.
+        if i % 3 > 0 {
+            tokio::time::sleep(Duration::from_micros(50 * (i % 7))).await;
+        }
+        // A reset, not a FIN: the server sees the connection fail, not end.
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+    }
+    let mut a = retry_dev(addr, "a", PROPAGATE)
+        .await
+        .unwrap_or_else(|r| panic!("user a is still counted as connected: {r:?}"));
+    a.ping().await;
+}
