@@ -393,11 +393,11 @@ impl Shard {
                 } else {
                     self.home_users.admit(&self.config, &user, conn)
                 };
-                let kick = match &verdict {
-                    Ok(kick) => kick.clone(),
-                    Err(_) => Vec::new(),
+                let (verdict, kick) = match verdict {
+                    Ok(kick) => (Ok(()), kick),
+                    Err(e) => (Err(e), Vec::new()),
                 };
-                if reply.send(verdict.map(|_| ())).is_err() {
+                if reply.send(verdict).is_err() {
                     self.home_users.release(&user, conn);
                     return;
                 }
