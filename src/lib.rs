@@ -12,6 +12,8 @@
 //! - `conn`: one connection's bytes: the bounded outbound queue and the frame decoder.
 //! - `ws`: the WebSocket wire format. `protocol`: the JSON protocol (parse, encode once).
 //! - `auth`: JWT and dev-mode identities. `config`: every limit. `error`: every code.
+//! - `store`: durable history behind the `Store` trait (fjall on disk, or memory); groundwork,
+//!   not yet called by the shards.
 
 pub mod auth;
 pub mod config;
@@ -22,4 +24,5 @@ pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod shard;
+pub mod store;
 pub mod ws;
