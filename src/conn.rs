@@ -340,11 +340,7 @@ impl Conn {
                 } else {
                     let mut partial = std::mem::take(&mut dec.partial);
                     partial.extend_from_slice(&scratch[..n]);
-                    let used = dec.decode(&mut partial, on)?;
-                    partial.drain(..used);
-                    if !partial.is_empty() {
-                        dec.partial = partial;
-                    }
+                    dec.decode_owned(partial, on)?;
                 }
                 if dec.closed || n < scratch.len() {
                     break;
@@ -356,12 +352,7 @@ impl Conn {
 
     /// Decodes bytes that arrived with the HTTP upgrade request.
     pub fn preload(&self, bytes: &[u8], on: &mut dyn FnMut(Event<'_>)) -> Result<(), CloseCode> {
-        let mut dec = self.read.borrow_mut();
-        let mut buf = bytes.to_vec();
-        let used = dec.decode(&mut buf, on)?;
-        buf.drain(..used);
-        dec.partial = buf;
-        Ok(())
+        self.read.borrow_mut().decode_owned(bytes.to_vec(), on)
     }
 
     /// Completes when the shard has something for the task to look at (a close, a blocked
@@ -503,6 +494,21 @@ impl Decoder {
             self.dispatch(&h, payload, on);
         }
         Ok(pos)
+    }
+
+    /// Decodes `buf` and keeps what is left of a cut frame as `partial`; an empty remainder
+    /// keeps no allocation.
+    fn decode_owned(
+        &mut self,
+        mut buf: Vec<u8>,
+        on: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), CloseCode> {
+        let used = self.decode(&mut buf, on)?;
+        buf.drain(..used);
+        if !buf.is_empty() {
+            self.partial = buf;
+        }
+        Ok(())
     }
 
     /// Checks a data frame against fragmentation rules and the size limit. `true` means the

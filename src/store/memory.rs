@@ -27,6 +27,34 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// Runs `pick` on the stream's messages; a stream never written has none.
+    fn read(
+        &self,
+        stream: Stream<'_>,
+        pick: impl FnOnce(&BTreeMap<u64, Bytes>) -> Vec<StoredMessage>,
+    ) -> Vec<StoredMessage> {
+        self.inner()
+            .messages
+            .get(&stream.prefix())
+            .map(pick)
+            .unwrap_or_default()
+    }
+}
+
+fn collect<'a>(
+    messages: impl Iterator<Item = (&'a u64, &'a Bytes)>,
+    limit: usize,
+) -> Vec<StoredMessage> {
+    messages
+        .take(limit)
+        .map(|(&seq, payload)| StoredMessage {
+            seq,
+            payload: payload.clone(),
+        })
+        .collect()
+}
+
 impl Store for MemoryStore {
     fn append(&self, batch: &[Append<'_>], _durable: bool) -> Result<(), StoreError> {
         let mut inner = self.inner();
@@ -56,18 +84,9 @@ impl Store for MemoryStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        let inner = self.inner();
-        let Some(messages) = inner.messages.get(&stream.prefix()) else {
-            return Ok(Vec::new());
-        };
-        Ok(messages
-            .range(after.saturating_add(1)..)
-            .take(limit)
-            .map(|(&seq, payload)| StoredMessage {
-                seq,
-                payload: payload.clone(),
-            })
-            .collect())
+        Ok(self.read(stream, |m| {
+            collect(m.range(after.saturating_add(1)..), limit)
+        }))
     }
 
     fn before(
@@ -76,19 +95,7 @@ impl Store for MemoryStore {
         before: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        let inner = self.inner();
-        let Some(messages) = inner.messages.get(&stream.prefix()) else {
-            return Ok(Vec::new());
-        };
-        Ok(messages
-            .range(..before)
-            .rev()
-            .take(limit)
-            .map(|(&seq, payload)| StoredMessage {
-                seq,
-                payload: payload.clone(),
-            })
-            .collect())
+        Ok(self.read(stream, |m| collect(m.range(..before).rev(), limit)))
     }
 
     fn trim(&self, stream: Stream<'_>, keep_from: u64) -> Result<usize, StoreError> {
