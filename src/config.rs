@@ -27,6 +27,23 @@ pub enum SessionPolicy {
     RejectNew,
 }
 
+/// How a message is stored before it is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Acknowledge and deliver only once the message is on disk (fsync, shared by every message
+    /// in one group commit).
+    #[default]
+    #[value(name = "sync")]
+    Sync,
+    /// Acknowledge and deliver at once; the message reaches disk within flush_interval_ms.
+    #[value(name = "async")]
+    Async,
+    /// Keep history in memory only; nothing is written to disk.
+    #[value(name = "memory")]
+    Memory,
+}
+
 /// The server's configuration. The doc comment of each field is also its `--help` text.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
@@ -42,6 +59,44 @@ pub struct Config {
     /// Directory for durable data (used by the message store). Default ./data.
     #[arg(long, env = "SHARDCAST_DATA", default_value = "./data")]
     pub data: PathBuf,
+
+    /// How messages are stored before they are acknowledged: sync (on disk first, group
+    /// commit), async (acknowledged at once, on disk within flush_interval_ms) or memory (not on
+    /// disk). Default sync.
+    #[arg(long, env = "SHARDCAST_DURABILITY", value_enum, default_value = "sync")]
+    pub durability: Durability,
+
+    /// With async durability, the longest an acknowledged message waits to reach disk, in
+    /// milliseconds. Default 100.
+    #[arg(long, env = "SHARDCAST_FLUSH_INTERVAL_MS", default_value_t = 100)]
+    pub flush_interval_ms: u64,
+
+    /// Most messages one recovery replays: a `join` with `since`, the offline direct messages at
+    /// connect, one `sync` reply. Default 1000.
+    #[arg(long, env = "SHARDCAST_REPLAY_LIMIT", default_value_t = 1_000)]
+    pub replay_limit: usize,
+
+    /// Messages kept per room; older ones are trimmed. Default 10000; 0 = no limit.
+    #[arg(long, env = "SHARDCAST_ROOM_RETENTION_MESSAGES", default_value_t = 10_000)]
+    pub room_retention_messages: u64,
+
+    /// Age after which room messages are trimmed, in seconds. Default 604800 (7 days); 0 = no
+    /// limit.
+    #[arg(long, env = "SHARDCAST_ROOM_RETENTION_SECS", default_value_t = 604_800)]
+    pub room_retention_secs: u64,
+
+    /// Messages kept per user inbox; older ones are trimmed. Default 10000; 0 = no limit.
+    #[arg(long, env = "SHARDCAST_INBOX_RETENTION_MESSAGES", default_value_t = 10_000)]
+    pub inbox_retention_messages: u64,
+
+    /// Age after which inbox messages are trimmed, in seconds. Default 2592000 (30 days); 0 =
+    /// no limit.
+    #[arg(long, env = "SHARDCAST_INBOX_RETENTION_SECS", default_value_t = 2_592_000)]
+    pub inbox_retention_secs: u64,
+
+    /// How often the background trimmer applies retention, in milliseconds. Default 60000.
+    #[arg(long, env = "SHARDCAST_RETENTION_INTERVAL_MS", default_value_t = 60_000)]
+    pub retention_interval_ms: u64,
 
     /// HS256 secret for client JWTs. Default none: dev mode, where `?user=ID` is trusted and only
     /// a loopback bind is allowed.
@@ -124,6 +179,14 @@ impl Default for Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shards: 0,
             data: PathBuf::from("./data"),
+            durability: Durability::Sync,
+            flush_interval_ms: 100,
+            replay_limit: 1_000,
+            room_retention_messages: 10_000,
+            room_retention_secs: 604_800,
+            inbox_retention_messages: 10_000,
+            inbox_retention_secs: 2_592_000,
+            retention_interval_ms: 60_000,
             jwt_secret: None,
             heartbeat_ms: 25_000,
             idle_timeout_ms: 0,
@@ -229,6 +292,12 @@ impl Config {
         }
         if self.max_connections_per_user == 0 || self.max_rooms_per_connection == 0 {
             return invalid("max_connections_per_user and max_rooms_per_connection must be > 0");
+        }
+        if self.replay_limit == 0 {
+            return invalid("replay_limit must be greater than 0");
+        }
+        if self.flush_interval_ms == 0 || self.retention_interval_ms == 0 {
+            return invalid("flush_interval_ms and retention_interval_ms must be greater than 0");
         }
         if self.shard_count() > u16::MAX as usize {
             return invalid("too many shards");
