@@ -295,6 +295,7 @@ fn empty_report(scenario: &Scenario, common: &CommonArgs) -> Report {
             server_bin: None,
             server_cpus: None,
             server_args: Vec::new(),
+            durability: None,
         },
         client_cpus: None,
         client_threads: 0,

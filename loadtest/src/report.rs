@@ -204,6 +204,7 @@ impl Report {
             where_ += &format!(" pid {pid}");
         }
         let _ = writeln!(o, "  target            {where_}");
+        let _ = writeln!(o, "  durability        {}", t.durability_words());
         let _ = writeln!(
             o,
             "  bot               {} worker thread(s){}",

@@ -2,31 +2,37 @@
 //! few seconds, asserting exact delivery. No timing assertions: this keeps the bot from rotting,
 //! it is not a benchmark.
 
-use clap::Parser;
-use shardcast::config::Config;
+use clap::{Parser, ValueEnum};
+use shardcast::config::{Config, Durability};
 use shardcast::server::Server;
 use shardcast_loadtest::{Cli, Report, run};
 
-/// Starts a server on 127.0.0.1:0 with a publish limit no scenario reaches, runs the bot with
-/// `args` (the scenario and its options; `--url` is added) against it, and stops the server.
-fn run_against_server(args: &[&str]) -> Report {
+/// Starts a server on 127.0.0.1:0 with `durability` and a publish limit no scenario reaches,
+/// runs the bot with `args` (the scenario and its options; `--url` and the same `--durability`
+/// are added) against it, and stops the server.
+fn run_against_server(durability: Durability, args: &[&str]) -> Report {
     let data = tempfile::tempdir().expect("temp dir");
     let server = Server::start(Config {
         bind: "127.0.0.1:0".parse().unwrap(),
         data: data.path().to_path_buf(),
+        durability,
         publish_rate: 1_000_000,
         publish_burst: 1_000_000,
         ..Default::default()
     })
     .expect("start the server");
     let url = format!("ws://{}", server.local_addr());
+    let mode = durability.to_possible_value().expect("a named mode");
     let mut argv = vec!["shardcast-loadtest"];
     argv.extend_from_slice(args);
     argv.extend_from_slice(&["--url", &url, "--no-progress", "--threads", "2"]);
+    argv.extend_from_slice(&["--durability", mode.get_name()]);
     let cli = Cli::try_parse_from(argv).expect("valid arguments");
     let report = run(&cli).expect("the run completes");
     server.shutdown();
     server.join();
+    let declared = report.target.durability.map(|d| d.as_str());
+    assert_eq!(declared, Some(mode.get_name()), "the report names the mode");
     report
 }
 
@@ -47,19 +53,22 @@ fn assert_exact(report: &Report) {
 fn fanout_delivers_exactly() {
     // 300 subscribers + 2 publishers in one room. The server keeps its default presence events,
     // so the bot also sees (and must ignore) ~45,000 `joined` frames while connecting.
-    let report = run_against_server(&[
-        "fanout",
-        "--subscribers",
-        "300",
-        "--publishers",
-        "2",
-        "--rate",
-        "10",
-        "--duration",
-        "2.5",
-        "--warmup",
-        "0.5",
-    ]);
+    let report = run_against_server(
+        Durability::Sync,
+        &[
+            "fanout",
+            "--subscribers",
+            "300",
+            "--publishers",
+            "2",
+            "--rate",
+            "10",
+            "--duration",
+            "2.5",
+            "--warmup",
+            "0.5",
+        ],
+    );
     assert_exact(&report);
     let d = report.delivery.as_ref().unwrap();
     // Every message goes to the 300 subscribers and the other publisher.
@@ -70,17 +79,20 @@ fn fanout_delivers_exactly() {
 
 #[test]
 fn dm_delivers_exactly() {
-    let report = run_against_server(&[
-        "dm",
-        "--users",
-        "100",
-        "--rate",
-        "5",
-        "--duration",
-        "1.5",
-        "--warmup",
-        "0.5",
-    ]);
+    let report = run_against_server(
+        Durability::Sync,
+        &[
+            "dm",
+            "--users",
+            "100",
+            "--rate",
+            "5",
+            "--duration",
+            "1.5",
+            "--warmup",
+            "0.5",
+        ],
+    );
     assert_exact(&report);
     let d = report.delivery.as_ref().unwrap();
     assert_eq!(d.expected, d.published);
