@@ -43,7 +43,7 @@ use serde_json::json;
 pub use cli::Cli;
 use cli::{CommonArgs, Scenario};
 pub use report::Report;
-use report::{BotCost, ChurnReport, ServerCost};
+use report::{BotCost, ChurnReport, ServerCost, WindowWork};
 use scenario::RunCtx;
 use scenario::churn::ChurnResult;
 use scenario::pubsub::PubsubResult;
@@ -306,6 +306,7 @@ fn empty_report(scenario: &Scenario, common: &CommonArgs) -> Report {
         deliveries_in_window: 0,
         deliveries_per_sec: 0.0,
         publishes_per_sec: 0.0,
+        acks_per_sec: 0.0,
         delivery: None,
         latency: None,
         ack_latency: None,
@@ -338,6 +339,7 @@ fn pubsub_report(
     if wall > 0.0 {
         rep.deliveries_per_sec = r.delivered_in_window as f64 / wall;
         rep.publishes_per_sec = r.sent_in_window as f64 / wall;
+        rep.acks_per_sec = r.acked_in_window as f64 / wall;
     }
     if let (Some(pid), Some(b), Some(c), Some(w0), Some(w1)) = (
         pid,
@@ -351,8 +353,11 @@ fn pubsub_report(
             &b,
             &c,
             (&w0, &w1),
-            r.delivered_in_window,
-            r.connections,
+            WindowWork {
+                deliveries: r.delivered_in_window,
+                publishes: r.acked_in_window,
+                connections: r.connections,
+            },
         ));
     }
     if let (Some(b0), Some(b1)) = (r.window_start.bot, r.window_end.bot) {
@@ -402,7 +407,7 @@ fn churn_report(
         r.window_start.server,
         r.window_end.server,
     ) {
-        let cost = ServerCost::compute(pid, &b, &w1, (&w0, &w1), 0, 0);
+        let cost = ServerCost::compute(pid, &b, &w1, (&w0, &w1), WindowWork::default());
         if r.completed_in_window > 0 {
             churn.server_cpu_us_per_cycle =
                 Some(cost.cpu_seconds * 1e6 / r.completed_in_window as f64);

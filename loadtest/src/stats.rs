@@ -163,6 +163,15 @@ impl Shared {
         ns >= self.window_start_ns.load(Relaxed) && ns < self.window_end_ns.load(Relaxed)
     }
 
+    /// The run's counters at this moment.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            delivered: self.delivered.load(Relaxed),
+            sent: self.sent.load(Relaxed),
+            acked: self.acked.load(Relaxed),
+        }
+    }
+
     /// Notes a problem for the report (the first few are kept).
     pub fn problem(&self, what: String) {
         let mut p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
@@ -177,6 +186,14 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
+
+/// A snapshot of [`Shared`]'s running counters.
+#[derive(Clone, Copy, Debug)]
+pub struct Counts {
+    pub delivered: u64,
+    pub sent: u64,
+    pub acked: u64,
 }
 
 /// splitmix64's finaliser over a message's identity.
