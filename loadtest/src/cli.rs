@@ -113,7 +113,9 @@ pub struct ChatArgs {
     /// Users (one connection each).
     #[arg(long, default_value_t = 10_000)]
     pub users: usize,
-    /// Members per room; the last room takes the remainder.
+    /// Members per room; the last room takes the remainder. 1 leaves every user alone in its
+    /// room: each publish is stored and acked but delivered to nobody, so the server's store
+    /// path, not its socket writes, is what the run measures.
     #[arg(long, default_value_t = 10)]
     pub room_size: usize,
     /// Messages per second per user (open loop).
