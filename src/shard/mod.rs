@@ -499,7 +499,7 @@ impl Shard {
             Err(ReplyError::new(
                 ErrorCode::RateLimited,
                 format!(
-                    "over {} publishes per second; the message was dropped",
+                    "over {} requests per second (publish, send, history, sync); this one was dropped",
                     self.config.publish_rate
                 ),
             ))
