@@ -243,6 +243,17 @@ impl Conn {
         out.bytes
     }
 
+    /// Queues `frame` right behind the first frame (the `welcome`). Only while writes are held
+    /// (`hold`), so the first frame has not been written.
+    pub fn push_after_first(&self, frame: OutFrame) {
+        let mut out = self.out.borrow_mut();
+        if out.head_sent > 0 || out.frames.is_empty() {
+            return;
+        }
+        out.bytes += frame.len();
+        out.frames.insert(1, frame);
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.out.borrow().bytes
     }

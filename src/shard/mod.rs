@@ -47,9 +47,9 @@ pub struct Shard {
     persist: Persist,
     /// Store operations of this scheduler pass, sent together by `flush_persist`.
     store_ops: Vec<Op>,
-    /// Connections catching up on a stream (a room joined with `since`, or the inbox right after
-    /// connecting): the stream's live frames are held for them until their `Replay` arrives.
-    catch_up: AHashMap<Stream, Vec<CatchUp>>,
+    /// Connections catching up on a room (joined with `since`): the room's live frames are held
+    /// for them until their `Replay` arrives.
+    catch_up: AHashMap<Name, Vec<CatchUp>>,
     /// Connections with frames queued in this batch; each gets one flush at the end.
     dirty: Vec<Rc<Conn>>,
     ping: OutFrame,
@@ -145,7 +145,8 @@ impl Shard {
     }
 
     /// A new connection after its upgrade: queues `welcome`, asks the user's home for the
-    /// undelivered direct messages, and joins the token's rooms.
+    /// undelivered direct messages, and joins the token's rooms. Nothing is written until the
+    /// undelivered messages (placed right behind `welcome`) and the joins are in.
     pub fn attach(&mut self, conn: &Rc<Conn>, identity: &Identity, inbox_seq: u64) {
         let early_close = self.pending.remove(&conn.id).and_then(|(_, code)| code);
         self.conns.insert(conn.id, conn.clone());
@@ -160,7 +161,7 @@ impl Shard {
             self.config.heartbeat_ms,
             inbox_seq,
         )));
-        self.start_catch_up(conn, Stream::Inbox(conn.user.clone()));
+        conn.hold.set(conn.hold.get() + 1);
         let home = self.router.home(&conn.user);
         let msg = ShardMsg::Online {
             user: conn.user.clone(),
@@ -413,36 +414,31 @@ impl Shard {
     }
 
     /// From now on, holds the stream's live frames for `conn` until its `Replay`.
-    fn start_catch_up(&mut self, conn: &Rc<Conn>, stream: Stream) {
-        self.catch_up.entry(stream).or_default().push(CatchUp {
+    fn start_catch_up(&mut self, conn: &Rc<Conn>, room: Name) {
+        self.catch_up.entry(room).or_default().push(CatchUp {
             conn: conn.clone(),
             held: Vec::new(),
             held_bytes: 0,
         });
     }
 
-    fn cancel_catch_up(&mut self, stream: &Stream, conn: ConnId) {
-        if let Some(list) = self.catch_up.get_mut(stream) {
+    fn cancel_catch_up(&mut self, room: &Name, conn: ConnId) {
+        if let Some(list) = self.catch_up.get_mut(room) {
             list.retain(|cu| cu.conn.id != conn);
             if list.is_empty() {
-                self.catch_up.remove(stream);
+                self.catch_up.remove(room);
             }
         }
     }
 
     /// Ends a catch-up: writes the replayed `frames`, then the held live ones. Returns the
     /// connection, or `None` if it has gone or left.
-    fn finish_catch_up(
-        &mut self,
-        stream: &Stream,
-        conn: ConnId,
-        frames: Bytes,
-    ) -> Option<Rc<Conn>> {
-        let list = self.catch_up.get_mut(stream)?;
+    fn finish_catch_up(&mut self, room: &Name, conn: ConnId, frames: Bytes) -> Option<Rc<Conn>> {
+        let list = self.catch_up.get_mut(room)?;
         let i = list.iter().position(|cu| cu.conn.id == conn)?;
         let cu = list.swap_remove(i);
         if list.is_empty() {
-            self.catch_up.remove(stream);
+            self.catch_up.remove(room);
         }
         if !frames.is_empty() {
             self.enqueue(&cu.conn, &Rc::new(frames));
@@ -465,7 +461,7 @@ impl Shard {
         if entry.live {
             remove_member(&mut self.rooms, &room, conn.id);
         } else {
-            self.cancel_catch_up(&Stream::Room(room.clone()), conn.id);
+            self.cancel_catch_up(&room, conn.id);
         }
         self.enqueue(
             conn,
@@ -643,13 +639,14 @@ impl Shard {
                 stream,
                 conn,
                 frames,
-            } => {
-                if let (Some(c), Stream::Room(room)) =
-                    (self.finish_catch_up(&stream, conn, frames), &stream)
-                {
-                    self.go_live(&c, room);
+            } => match stream {
+                Stream::Room(room) => {
+                    if let Some(c) = self.finish_catch_up(&room, conn, frames) {
+                        self.go_live(&c, &room);
+                    }
                 }
-            }
+                Stream::Inbox(_) => self.inbox_ready(conn, frames),
+            },
             ShardMsg::Stored { writes, ok } => {
                 for w in writes {
                     if ok {
@@ -827,7 +824,7 @@ impl Shard {
             return;
         };
         if replay {
-            return self.start_catch_up(&c, Stream::Room(room));
+            return self.start_catch_up(&c, room);
         }
         self.go_live(&c, &room);
         match ack {
@@ -837,6 +834,26 @@ impl Shard {
                 self.mark_dirty(&c);
             }
         }
+    }
+
+    /// A new connection's undelivered direct messages: they go right behind `welcome`, ahead of
+    /// everything queued since (replies, live messages, which are all newer), and the writes the
+    /// connection held for them may start.
+    fn inbox_ready(&mut self, conn: ConnId, frames: Bytes) {
+        let Some(c) = self.conns.get(&conn).cloned() else {
+            return;
+        };
+        if c.closing().is_some() {
+            return;
+        }
+        if !frames.is_empty() {
+            c.push_after_first(Rc::new(frames));
+        }
+        c.hold.set(c.hold.get().saturating_sub(1));
+        if c.queued_bytes() > self.config.max_queue_bytes {
+            return self.close_conn(&c, CloseCode::SlowConsumer);
+        }
+        self.mark_dirty(&c);
     }
 
     /// The connection receives the room's messages from now on (unless it has left meanwhile).
@@ -903,11 +920,9 @@ impl Shard {
         let frame = Rc::new(frame);
         let max = self.config.max_queue_bytes;
         let mut slow = Vec::new();
-        let catching_up = match self.catch_up.is_empty() {
-            true => None,
-            false => self.catch_up.get_mut(&target.stream()),
-        };
-        let catching_up = catching_up.map(|list| {
+        if let (LocalTarget::Room(room), false) = (target, self.catch_up.is_empty())
+            && let Some(list) = self.catch_up.get_mut(room)
+        {
             for cu in list.iter_mut().filter(|cu| Some(cu.conn.id) != exclude) {
                 cu.held_bytes += frame.len();
                 cu.held.push(frame.clone());
@@ -915,8 +930,7 @@ impl Shard {
                     slow.push(cu.conn.clone());
                 }
             }
-            list.iter().map(|cu| cu.conn.id).collect::<Vec<_>>()
-        });
+        }
         let members = match target {
             LocalTarget::Room(room) => self.rooms.get(room),
             LocalTarget::User(user) => self.users.get(user),
@@ -925,11 +939,7 @@ impl Shard {
         // capacity is reused), no copy, no syscall: each socket touched gets one writev for the
         // whole scheduler pass, in `flush_dirty`.
         for c in members.into_iter().flatten() {
-            if Some(c.id) == exclude || catching_up.as_ref().is_some_and(|ids| ids.contains(&c.id))
-            {
-                continue;
-            }
-            if !queue_frame(&mut self.dirty, c, &frame, max) {
+            if Some(c.id) != exclude && !queue_frame(&mut self.dirty, c, &frame, max) {
                 slow.push(c.clone());
             }
         }
@@ -997,14 +1007,6 @@ enum LocalTarget<'a> {
     User(&'a Name),
 }
 
-impl LocalTarget<'_> {
-    fn stream(self) -> Stream {
-        match self {
-            LocalTarget::Room(room) => Stream::Room(room.clone()),
-            LocalTarget::User(user) => Stream::Inbox(user.clone()),
-        }
-    }
-}
 
 /// Queues `frame` for `conn` and marks it for the end-of-batch flush. Returns `false` for a slow
 /// consumer: over `max` unsent bytes even after trying to write them now.
