@@ -15,8 +15,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use shardcast::auth::Identity;
-use shardcast::config::Config;
+use shardcast::config::{Config, Durability};
 use shardcast::conn::{Conn, Event, MemorySink};
+use shardcast::persist::Persist;
 use shardcast::protocol::Name;
 use shardcast::router::{ConnId, Router};
 use shardcast::shard::Shard;
@@ -48,9 +49,17 @@ fn fanout(c: &mut Criterion) {
             presence_events: false,
             publish_rate: u32::MAX,
             publish_burst: u32::MAX,
+            // The shard path alone: the store's cost is measured by the loadtest.
+            durability: Durability::Memory,
             ..Config::default()
         };
-        let mut shard = Shard::new(0, router, Arc::new(config));
+        let mut shard = Shard::new(
+            0,
+            router,
+            Arc::new(config),
+            Persist::discarding(),
+            Vec::new(),
+        );
         let conns: Vec<_> = (0..=members)
             .map(|i| {
                 let id = identity(&format!("u{i}"));
@@ -62,7 +71,7 @@ fn fanout(c: &mut Criterion) {
                     &id,
                     u32::MAX,
                 ));
-                shard.attach(&conn, &id);
+                shard.attach(&conn, &id, 0);
                 message(&mut shard, &conn, r#"{"type":"join","room":"bench"}"#);
                 conn
             })

@@ -77,7 +77,11 @@ pub struct Config {
     pub replay_limit: usize,
 
     /// Messages kept per room; older ones are trimmed. Default 10000; 0 = no limit.
-    #[arg(long, env = "SHARDCAST_ROOM_RETENTION_MESSAGES", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "SHARDCAST_ROOM_RETENTION_MESSAGES",
+        default_value_t = 10_000
+    )]
     pub room_retention_messages: u64,
 
     /// Age after which room messages are trimmed, in seconds. Default 604800 (7 days); 0 = no
@@ -86,16 +90,28 @@ pub struct Config {
     pub room_retention_secs: u64,
 
     /// Messages kept per user inbox; older ones are trimmed. Default 10000; 0 = no limit.
-    #[arg(long, env = "SHARDCAST_INBOX_RETENTION_MESSAGES", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "SHARDCAST_INBOX_RETENTION_MESSAGES",
+        default_value_t = 10_000
+    )]
     pub inbox_retention_messages: u64,
 
     /// Age after which inbox messages are trimmed, in seconds. Default 2592000 (30 days); 0 =
     /// no limit.
-    #[arg(long, env = "SHARDCAST_INBOX_RETENTION_SECS", default_value_t = 2_592_000)]
+    #[arg(
+        long,
+        env = "SHARDCAST_INBOX_RETENTION_SECS",
+        default_value_t = 2_592_000
+    )]
     pub inbox_retention_secs: u64,
 
     /// How often the background trimmer applies retention, in milliseconds. Default 60000.
-    #[arg(long, env = "SHARDCAST_RETENTION_INTERVAL_MS", default_value_t = 60_000)]
+    #[arg(
+        long,
+        env = "SHARDCAST_RETENTION_INTERVAL_MS",
+        default_value_t = 60_000
+    )]
     pub retention_interval_ms: u64,
 
     /// HS256 secret for client JWTs. Default none: dev mode, where `?user=ID` is trusted and only

@@ -64,7 +64,7 @@ struct Reservation {
     ctx: Rc<Ctx>,
     conn: ConnId,
     /// The home's verdict, until it has been read.
-    verdict: Option<oneshot::Receiver<Result<(), HandshakeError>>>,
+    verdict: Option<oneshot::Receiver<Result<u64, HandshakeError>>>,
     /// The user's home counted this connection; undoing must tell it.
     admitted: bool,
     done: bool,
@@ -83,7 +83,7 @@ impl Drop for Reservation {
             // Dropped while waiting (the client went away): the home may have admitted the
             // connection already, and must then be told, or it would count it forever.
             let unread = self.verdict.as_mut().map(|rx| rx.try_recv());
-            let admitted = self.admitted || matches!(unread, Some(Ok(Ok(()))));
+            let admitted = self.admitted || matches!(unread, Some(Ok(Ok(_))));
             let conn = self.conn;
             self.ctx.with(|s| s.abandon(conn, admitted));
         }
@@ -125,7 +125,7 @@ async fn websocket(
     };
     let verdict = reservation.verdict.as_mut().expect("just set").await;
     reservation.verdict = None;
-    verdict.unwrap_or(Err(HandshakeError::Unavailable))?;
+    let inbox_seq = verdict.unwrap_or(Err(HandshakeError::Unavailable))?;
     reservation.admitted = true;
 
     let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut req)
@@ -146,17 +146,24 @@ async fn websocket(
             return;
         };
         reservation.fulfil();
-        start(ctx, conn, identity, io.into_inner(), read_buf).await;
+        start(ctx, conn, identity, inbox_seq, io.into_inner(), read_buf).await;
     });
     Ok(response.map(|_| Full::new(Bytes::new())))
 }
 
 /// Attaches the upgraded stream to the shard and runs its task. `early` is what hyper read past
 /// the request; it is a slice of hyper's 8 KiB read buffer, so it must not outlive this setup.
-async fn start(ctx: Rc<Ctx>, id: ConnId, identity: Identity, stream: TcpStream, early: Bytes) {
+async fn start(
+    ctx: Rc<Ctx>,
+    id: ConnId,
+    identity: Identity,
+    inbox_seq: u64,
+    stream: TcpStream,
+    early: Bytes,
+) {
     let conn = Rc::new(Conn::new(id, stream, &identity, ctx.config.publish_burst));
     ctx.with(|s| {
-        s.attach(&conn, &identity);
+        s.attach(&conn, &identity, inbox_seq);
         if !early.is_empty()
             && let Err(code) = conn.preload(&early, &mut |ev| s.on_event(&conn, ev))
         {

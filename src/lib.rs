@@ -12,14 +12,16 @@
 //! - `conn`: one connection's bytes: the bounded outbound queue and the frame decoder.
 //! - `ws`: the WebSocket wire format. `protocol`: the JSON protocol (parse, encode once).
 //! - `auth`: JWT and dev-mode identities. `config`: every limit. `error`: every code.
-//! - `store`: durable history behind the `Store` trait (fjall on disk, or memory); groundwork,
-//!   not yet called by the shards.
+//! - `store`: durable history behind the `Store` trait (fjall on disk, or memory).
+//! - `persist`: the store threads (group commit, replays and history reads, retention) between
+//!   the shards and the `Store`.
 
 pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod error;
 pub mod http;
+pub mod persist;
 pub mod protocol;
 pub mod router;
 pub mod server;

@@ -13,6 +13,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::error::{CloseCode, HandshakeError};
 use crate::protocol::{Name, ReqId};
+use crate::store::Stream;
 
 pub type ShardId = usize;
 
@@ -33,22 +34,27 @@ impl ConnId {
 pub enum ShardMsg {
     /// A new TCP connection for this shard to serve.
     Accept(std::net::TcpStream),
-    /// At the user's home: admit a new connection under the session policy.
+    /// At the user's home: admit a new connection under the session policy. The reply carries
+    /// the user's inbox seq.
     Register {
         user: Name,
         conn: ConnId,
-        reply: oneshot::Sender<Result<(), HandshakeError>>,
+        reply: oneshot::Sender<Result<u64, HandshakeError>>,
     },
     /// At the user's home: a connection of the user ended (or never started).
     Unregister { user: Name, conn: ConnId },
+    /// At the user's home: a connection is attached and holds its live direct messages until
+    /// the home sends it the undelivered ones (`Replay`).
+    Online { user: Name, conn: ConnId },
     /// At a shard holding the user's connections: close them all but `except`.
     CloseUser {
         user: Name,
         except: ConnId,
         code: CloseCode,
     },
-    /// At the room's home: add a connection to the room. `id` is `Some` when the client asked
-    /// (an ack is owed); `already` when the connection was in the room and wants only the seq.
+    /// At the room's home: add a connection to the room. `ack` when the client asked (an ack is
+    /// owed); `already` when the connection was in the room and wants only the seq; `since` to
+    /// replay the stored messages after it.
     Join {
         room: Name,
         user: Name,
@@ -56,13 +62,25 @@ pub enum ShardMsg {
         id: Option<ReqId>,
         ack: bool,
         already: bool,
+        since: Option<u64>,
     },
-    /// At the joining connection's shard: the join took effect after `seq`.
+    /// At the joining connection's shard: the join took effect. With `replay`, the connection
+    /// holds the room's live messages until its `Replay` arrives.
     JoinDone {
         room: Name,
         conn: ConnId,
         ack: Option<Bytes>,
+        replay: bool,
     },
+    /// At a catching-up connection's shard: `frames` (replayed messages, and for a room the join
+    /// ack first), then the live messages held meanwhile, then live delivery.
+    Replay {
+        stream: Stream,
+        conn: ConnId,
+        frames: Bytes,
+    },
+    /// At the home: the store wrote (`ok`) or failed to write these messages (sync durability).
+    Stored { writes: Vec<Written>, ok: bool },
     /// At the room's home: a connection left the room.
     Leave {
         room: Name,
@@ -113,6 +131,22 @@ pub enum ShardMsg {
     ToConn { conn: ConnId, frame: Bytes },
     /// Close every connection with 1001 and stop.
     Shutdown,
+}
+
+/// A message sequenced at its home and waiting for the store (sync durability).
+pub struct Written {
+    pub target: WriteTarget,
+    pub seq: u64,
+    /// The message frame, encoded once.
+    pub frame: Bytes,
+    /// The publisher's connection and request id, for the ack.
+    pub conn: ConnId,
+    pub id: Option<ReqId>,
+}
+
+pub enum WriteTarget {
+    Room(Name),
+    Inbox { to: Name, from: Name },
 }
 
 struct Queue {

@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Durability};
+use crate::persist;
 use crate::router::{Router, ShardMsg};
-use crate::shard::runtime;
+use crate::shard::runtime::{self, ShardSetup};
+use crate::store::{FjallStore, MemoryStore, Store, StoreError, Stream};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +22,9 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot start shard thread: {0}")]
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start a server thread: {0}")]
     Thread(std::io::Error),
 }
 
@@ -29,12 +33,20 @@ pub struct Server {
     addr: SocketAddr,
     router: Router,
     threads: Vec<JoinHandle<()>>,
+    /// Stopped after the shards, so every message they handed over is written.
+    store_threads: persist::Threads,
 }
 
 impl Server {
-    /// Validates `config`, binds, and starts the shards. Returns once the listener is bound.
+    /// Validates `config`, opens the store, binds, and starts the shards. Returns once the
+    /// listener is bound.
     pub fn start(config: Config) -> Result<Server, StartError> {
         config.validate()?;
+        let store: Arc<dyn Store> = match config.durability {
+            Durability::Memory => Arc::new(MemoryStore::default()),
+            Durability::Sync | Durability::Async => Arc::new(FjallStore::open(&config.data)?),
+        };
+        let streams = store.streams()?;
         let bind_err = |source| StartError::Bind {
             addr: config.bind,
             source,
@@ -45,14 +57,28 @@ impl Server {
         let shards = config.shard_count();
         let config = Arc::new(config);
         let (router, inboxes) = Router::new(shards);
+        let mut seeds = vec![Vec::new(); shards];
+        for info in streams {
+            let (Stream::Room(name) | Stream::Inbox(name)) = &info.stream;
+            seeds[router.home(name)].push(info);
+        }
+        let store_threads = persist::Threads::start(store, router.clone(), config.clone())
+            .map_err(StartError::Thread)?;
         let mut listener = Some(listener);
         let mut threads = Vec::with_capacity(shards);
-        for (id, inbox) in inboxes.into_iter().enumerate() {
-            let (r, c) = (router.clone(), config.clone());
-            let listener = if id == 0 { listener.take() } else { None };
+        for ((id, inbox), seeds) in inboxes.into_iter().enumerate().zip(seeds) {
+            let setup = ShardSetup {
+                id,
+                inbox,
+                router: router.clone(),
+                config: config.clone(),
+                persist: store_threads.persist(),
+                seeds,
+                listener: if id == 0 { listener.take() } else { None },
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
-                .spawn(move || runtime::run_thread(id, inbox, r, c, listener));
+                .spawn(move || runtime::run_thread(setup));
             match thread {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -66,6 +92,7 @@ impl Server {
             addr,
             router,
             threads,
+            store_threads,
         })
     }
 
@@ -89,6 +116,7 @@ impl Server {
                 tracing::error!("a shard thread panicked");
             }
         }
+        self.store_threads.stop();
     }
 }
 

@@ -37,25 +37,52 @@ impl FrameBuf {
 
     /// Completes an unmasked, final frame with `opcode`.
     pub fn finish(mut self, opcode: u8) -> Bytes {
-        let len = self.buf.len() - MAX_HEADER;
-        let mut header = [0u8; MAX_HEADER];
-        header[0] = 0x80 | opcode;
-        let header_len = if len < 126 {
-            header[1] = len as u8;
-            2
-        } else if len <= u16::MAX as usize {
-            header[1] = 126;
-            header[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-            4
-        } else {
-            header[1] = 127;
-            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-            10
-        };
+        let (header, header_len) = header(opcode, self.buf.len() - MAX_HEADER);
         let start = MAX_HEADER - header_len;
         self.buf[start..MAX_HEADER].copy_from_slice(&header[..header_len]);
         Bytes::from(self.buf).slice(start..)
     }
+}
+
+/// The header of an unmasked, final server frame with a `len`-byte payload, and its length.
+fn header(opcode: u8, len: usize) -> ([u8; MAX_HEADER], usize) {
+    let mut header = [0u8; MAX_HEADER];
+    header[0] = 0x80 | opcode;
+    let header_len = if len < 126 {
+        header[1] = len as u8;
+        2
+    } else if len <= u16::MAX as usize {
+        header[1] = 126;
+        header[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        header[1] = 127;
+        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    (header, header_len)
+}
+
+/// Several text frames back to back in one buffer: written as one, read as many.
+pub fn text_frames<'a>(payloads: impl Iterator<Item = &'a [u8]> + Clone) -> Bytes {
+    let size = payloads.clone().map(|p| p.len() + MAX_HEADER).sum();
+    let mut buf = Vec::with_capacity(size);
+    for p in payloads {
+        let (header, header_len) = header(OP_TEXT, p.len());
+        buf.extend_from_slice(&header[..header_len]);
+        buf.extend_from_slice(p);
+    }
+    Bytes::from(buf)
+}
+
+/// The payload of one server frame built here (unmasked, so the header is 2, 4 or 10 bytes).
+pub fn payload_of(frame: &Bytes) -> Bytes {
+    let start = match frame.get(1) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.slice(start.min(frame.len())..)
 }
 
 /// A server control frame (ping, pong) carrying `payload` (at most 125 bytes).
@@ -167,6 +194,18 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_concatenate_and_payloads_come_back() {
+        let big = vec![b'x'; 300];
+        let both = text_frames([&b"ab"[..], &big[..]].into_iter());
+        assert_eq!(&both[..4], &[0x81, 2, b'a', b'b']);
+        assert_eq!(&both[4..8], &[0x81, 126, 1, 44]);
+        assert_eq!(both.len(), 4 + 4 + 300);
+        let mut one = FrameBuf::with_capacity(300);
+        one.push(&big);
+        assert_eq!(&payload_of(&one.finish(OP_TEXT))[..], &big[..]);
+    }
 
     fn masked(opcode_byte: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
         let mut v = vec![opcode_byte];

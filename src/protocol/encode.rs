@@ -57,8 +57,8 @@ impl Json {
     }
 }
 
-/// `{"type":"welcome","user":U,"rooms":[..],"heartbeat_ms":N}`
-pub fn welcome(user: &Name, rooms: &[Name], heartbeat_ms: u64) -> Bytes {
+/// `{"type":"welcome","user":U,"rooms":[..],"heartbeat_ms":N,"inbox_seq":S}`
+pub fn welcome(user: &Name, rooms: &[Name], heartbeat_ms: u64, inbox_seq: u64) -> Bytes {
     let mut j = Json::new(64 + user.len() + rooms.iter().map(|r| r.len() + 3).sum::<usize>());
     j.raw(r#"{"type":"welcome","user":"#)
         .name(user)
@@ -69,7 +69,8 @@ pub fn welcome(user: &Name, rooms: &[Name], heartbeat_ms: u64) -> Bytes {
         }
         j.name(room);
     }
-    j.raw(r#"],"heartbeat_ms":"#).u64(heartbeat_ms).raw("}");
+    j.raw(r#"],"heartbeat_ms":"#).u64(heartbeat_ms);
+    j.raw(r#","inbox_seq":"#).u64(inbox_seq).raw("}");
     j.finish()
 }
 
@@ -119,6 +120,62 @@ pub fn ack(id: Option<&ReqId>, target: Target<'_>, seq: Option<u64>) -> Bytes {
         j.raw(r#","seq":"#).u64(seq);
     }
     j.raw("}");
+    j.finish()
+}
+
+/// What a `join` with `since` got: the ack's extra fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    pub recovered: bool,
+    pub replayed: usize,
+    pub truncated: bool,
+}
+
+/// `{"type":"ack","id":I,"room":R,"seq":N,"recovered":B,"replayed":K,"truncated":B}`
+pub fn join_ack(id: Option<&ReqId>, room: &Name, seq: u64, r: Recovery) -> Bytes {
+    let mut j = Json::new(160);
+    j.raw(r#"{"type":"ack","#).id(id);
+    j.raw(r#""room":"#).name(room).raw(r#","seq":"#).u64(seq);
+    j.raw(r#","recovered":"#).raw(bool_str(r.recovered));
+    j.raw(r#","replayed":"#).u64(r.replayed as u64);
+    j.raw(r#","truncated":"#)
+        .raw(bool_str(r.truncated))
+        .raw("}");
+    j.finish()
+}
+
+fn bool_str(b: bool) -> &'static str {
+    if b { "true" } else { "false" }
+}
+
+/// `{"type":"history","id":I,"room":R,"messages":[..],"more":B}` or, without a room,
+/// `{"type":"sync","id":I,"messages":[..],"more":B}`. Each of `messages` is a stored message's
+/// JSON, spliced as it is.
+pub fn page<'a>(
+    id: Option<&ReqId>,
+    room: Option<&Name>,
+    messages: impl Iterator<Item = &'a [u8]> + Clone,
+    more: bool,
+) -> Bytes {
+    let size: usize = messages.clone().map(|m| m.len() + 1).sum();
+    let mut j = Json::new(96 + size);
+    match room {
+        Some(room) => j
+            .raw(r#"{"type":"history","#)
+            .id(id)
+            .raw(r#""room":"#)
+            .name(room)
+            .raw(","),
+        None => j.raw(r#"{"type":"sync","#).id(id),
+    };
+    j.raw(r#""messages":["#);
+    for (i, m) in messages.enumerate() {
+        if i > 0 {
+            j.raw(",");
+        }
+        j.0.push(m);
+    }
+    j.raw(r#"],"more":"#).raw(bool_str(more)).raw("}");
     j.finish()
 }
 
@@ -193,8 +250,8 @@ mod tests {
             json!({"type":"pong","id":"a\"b"})
         );
         assert_eq!(
-            payload(&welcome(&n("u"), &[n("r1"), n("r2")], 25)),
-            json!({"type":"welcome","user":"u","rooms":["r1","r2"],"heartbeat_ms":25})
+            payload(&welcome(&n("u"), &[n("r1"), n("r2")], 25, 7)),
+            json!({"type":"welcome","user":"u","rooms":["r1","r2"],"heartbeat_ms":25,"inbox_seq":7})
         );
         assert_eq!(
             payload(&message(
@@ -217,6 +274,24 @@ mod tests {
         assert_eq!(
             payload(&presence(None, &n("r"), [n("a"), n("b")].iter())),
             json!({"type":"presence","room":"r","users":["a","b"]})
+        );
+        let r = Recovery {
+            recovered: false,
+            replayed: 3,
+            truncated: true,
+        };
+        assert_eq!(
+            payload(&join_ack(None, &n("r"), 9, r)),
+            json!({"type":"ack","room":"r","seq":9,"recovered":false,"replayed":3,"truncated":true})
+        );
+        let msgs = [&br#"{"a":1}"#[..], &br#"{"b":2}"#[..]];
+        assert_eq!(
+            payload(&page(None, Some(&n("r")), msgs.into_iter(), true)),
+            json!({"type":"history","room":"r","messages":[{"a":1},{"b":2}],"more":true})
+        );
+        assert_eq!(
+            payload(&page(id.as_ref(), None, [].into_iter(), false)),
+            json!({"type":"sync","id":"a\"b","messages":[],"more":false})
         );
         let e = ReplyError::new(ErrorCode::BadRequest, "bad \"x\"\n\\ \u{1}");
         assert_eq!(

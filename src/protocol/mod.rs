@@ -19,6 +19,10 @@ use crate::error::{ErrorCode, ReplyError};
 pub const MAX_NAME_LEN: usize = 128;
 /// Most bytes the JSON text of a frame's `id` may have.
 pub const MAX_ID_LEN: usize = 64;
+/// Most messages one `history` reply may carry (the contract's limit, not a tunable).
+pub const MAX_HISTORY_LIMIT: usize = 100;
+/// A `history` request's page size when it gives no `limit`.
+pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 
 /// A validated room name or user id: 1–128 bytes of `[A-Za-z0-9_.:@-]`. Because the alphabet
 /// needs no JSON escaping, encoders splice names into frames as they are.
@@ -112,11 +116,35 @@ pub struct Request<'a> {
 /// into a tree.
 #[derive(Debug)]
 pub enum ClientMessage<'a> {
-    Join { room: Name },
-    Leave { room: Name },
-    Publish { room: Name, body: &'a RawValue },
-    Send { to: Name, body: &'a RawValue },
-    Presence { room: Name },
+    /// `since`: replay the stored messages after this seq, then go live.
+    Join {
+        room: Name,
+        since: Option<u64>,
+    },
+    Leave {
+        room: Name,
+    },
+    Publish {
+        room: Name,
+        body: &'a RawValue,
+    },
+    Send {
+        to: Name,
+        body: &'a RawValue,
+    },
+    Presence {
+        room: Name,
+    },
+    /// Stored messages before `before` (all if `None`), newest first, at most `limit`.
+    History {
+        room: Name,
+        before: Option<u64>,
+        limit: usize,
+    },
+    /// The inbox's stored messages after `since`.
+    Sync {
+        since: u64,
+    },
     Ping,
 }
 
@@ -141,6 +169,12 @@ struct Envelope<'a> {
     to: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     body: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    since: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    before: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    limit: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -175,9 +209,21 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
         Name::new(&string_field(field, raw).map_err(with_id)?).map_err(with_id)
     };
     let body = || env.body.ok_or_else(|| with_id(missing("body")));
+    let int = |field: &'static str, raw: Option<&RawValue>| -> Result<Option<u64>, ParseError> {
+        raw.map(|raw| {
+            serde_json::from_str::<u64>(raw.get()).map_err(|_| {
+                with_id(ReplyError::new(
+                    ErrorCode::BadRequest,
+                    format!("`{field}` must be a non-negative integer"),
+                ))
+            })
+        })
+        .transpose()
+    };
     let msg = match &*ty {
         "join" => ClientMessage::Join {
             room: name("room", env.room)?,
+            since: int("since", env.since)?,
         },
         "leave" => ClientMessage::Leave {
             room: name("room", env.room)?,
@@ -193,12 +239,30 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
         "presence" => ClientMessage::Presence {
             room: name("room", env.room)?,
         },
+        "history" => {
+            let limit = int("limit", env.limit)?.unwrap_or(DEFAULT_HISTORY_LIMIT as u64);
+            if !(1..=MAX_HISTORY_LIMIT as u64).contains(&limit) {
+                return Err(with_id(ReplyError::new(
+                    ErrorCode::BadRequest,
+                    format!("`limit` must be 1 to {MAX_HISTORY_LIMIT}"),
+                )));
+            }
+            ClientMessage::History {
+                room: name("room", env.room)?,
+                before: int("before", env.before)?,
+                limit: limit as usize,
+            }
+        }
+        "sync" => ClientMessage::Sync {
+            since: int("since", env.since)?.ok_or_else(|| with_id(missing("since")))?,
+        },
         "ping" => ClientMessage::Ping,
         other => {
             return Err(with_id(ReplyError::new(
                 ErrorCode::UnknownType,
                 format!(
-                    "unknown type {:?}; expected join, leave, publish, send, presence or ping",
+                    "unknown type {:?}; expected join, leave, publish, send, presence, history, \
+                     sync or ping",
                     truncate(other, 32)
                 ),
             )));
@@ -296,6 +360,42 @@ mod tests {
     }
 
     #[test]
+    fn recovery_fields() {
+        match parse(r#"{"type":"join","room":"r","since":41}"#)
+            .unwrap()
+            .msg
+        {
+            ClientMessage::Join { since, .. } => assert_eq!(since, Some(41)),
+            other => panic!("{other:?}"),
+        }
+        match parse(r#"{"type":"history","room":"r","before":9}"#)
+            .unwrap()
+            .msg
+        {
+            ClientMessage::History { before, limit, .. } => {
+                assert_eq!((before, limit), (Some(9), DEFAULT_HISTORY_LIMIT))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(r#"{"type":"sync","since":0}"#).unwrap().msg,
+            ClientMessage::Sync { since: 0 }
+        ));
+        for text in [
+            r#"{"type":"join","room":"r","since":-1,"id":1}"#,
+            r#"{"type":"join","room":"r","since":"4","id":1}"#,
+            r#"{"type":"history","room":"r","limit":101,"id":1}"#,
+            r#"{"type":"history","room":"r","limit":0,"id":1}"#,
+            r#"{"type":"history","room":"r","before":1.5,"id":1}"#,
+            r#"{"type":"sync","id":1}"#,
+        ] {
+            let e = err(text);
+            assert_eq!(e.error.code, ErrorCode::BadRequest, "{text}");
+            assert_eq!(e.id.unwrap().as_json(), "1", "{text}");
+        }
+    }
+
+    #[test]
     fn names() {
         assert!(is_valid_name(b"a"));
         assert!(is_valid_name(b"room:1.x@y_z-2"));
@@ -309,6 +409,6 @@ mod tests {
     #[test]
     fn escaped_strings_are_decoded() {
         let r = parse(r#"{"type":"join","room":"r\u0031"}"#).unwrap();
-        assert!(matches!(r.msg, ClientMessage::Join { room } if &*room == "r1"));
+        assert!(matches!(r.msg, ClientMessage::Join { room, .. } if &*room == "r1"));
     }
 }

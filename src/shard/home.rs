@@ -1,8 +1,13 @@
 //! Home state: what a shard knows about the rooms and users that hash to it, across all shards.
 //!
-//! A room's home holds its sequence number and who is in it (per user, and per shard for
-//! fan-out). A user's home holds the inbox sequence and where the user's connections are, and
-//! applies the session policy. Pure bookkeeping: no I/O, no connections.
+//! A room's home holds its sequence numbers and who is in it (per user, and per shard for
+//! fan-out). A user's home holds the inbox sequence numbers, where the user's connections are
+//! and which of them receive live, and applies the session policy. Pure bookkeeping: no I/O,
+//! no connections.
+//!
+//! Each stream has two seqs: `assigned`, the last given to a message, and `committed`, the last
+//! whose store write finished and which was delivered. They differ only while writes are in
+//! flight (sync durability).
 
 use ahash::AHashMap;
 use bytes::Bytes;
@@ -13,9 +18,13 @@ use crate::protocol::Name;
 use crate::protocol::encode;
 use crate::router::{ConnId, ShardId};
 
+#[derive(Clone, Copy, Default)]
+struct Seqs {
+    assigned: u64,
+    committed: u64,
+}
+
 struct HomeRoom {
-    /// The last sequence number given out.
-    seq: u64,
     /// Connections in the room, per user.
     users: AHashMap<Name, u32>,
     /// Connections in the room, per shard.
@@ -24,7 +33,10 @@ struct HomeRoom {
 
 pub struct HomeRooms {
     shards: usize,
+    /// Rooms with members.
     rooms: AHashMap<Name, HomeRoom>,
+    /// Every room ever written, members or not, so seqs are never reused.
+    seqs: AHashMap<Name, Seqs>,
 }
 
 impl HomeRooms {
@@ -32,11 +44,27 @@ impl HomeRooms {
         HomeRooms {
             shards,
             rooms: AHashMap::new(),
+            seqs: AHashMap::new(),
         }
     }
 
+    /// The room's last stored seq, from the store at start-up.
+    pub fn seed(&mut self, room: Name, last: u64) {
+        self.seqs.insert(
+            room,
+            Seqs {
+                assigned: last,
+                committed: last,
+            },
+        );
+    }
+
+    fn committed_seq(&self, room: &Name) -> u64 {
+        self.seqs.get(room).map_or(0, |s| s.committed)
+    }
+
     /// Registers a connection of `user` on `shard` joining `room` (unless `already` in it).
-    /// Returns the room's current seq, and the `joined` event if this is the user's first
+    /// Returns the room's committed seq, and the `joined` event if this is the user's first
     /// connection in the room.
     pub fn join(
         &mut self,
@@ -45,24 +73,24 @@ impl HomeRooms {
         shard: ShardId,
         already: bool,
     ) -> (u64, Option<Bytes>) {
+        let seq = self.committed_seq(room);
         let shards = self.shards;
         let r = self.rooms.entry(room.clone()).or_insert_with(|| HomeRoom {
-            seq: 0,
             users: AHashMap::new(),
             per_shard: vec![0; shards].into(),
         });
         if already {
-            return (r.seq, None);
+            return (seq, None);
         }
         r.per_shard[shard] += 1;
         let count = r.users.entry(user.clone()).or_insert(0);
         *count += 1;
         let event = (*count == 1).then(|| encode::membership(true, room, user));
-        (r.seq, event)
+        (seq, event)
     }
 
     /// A connection left. Returns the `left` event if it was the user's last one in the room.
-    /// An empty room is forgotten (durable sequences come with the store).
+    /// An empty room's membership is forgotten; its seqs are kept.
     pub fn leave(&mut self, room: &Name, user: &Name, shard: ShardId) -> Option<Bytes> {
         let r = self.rooms.get_mut(room)?;
         r.per_shard[shard] = r.per_shard[shard].saturating_sub(1);
@@ -82,9 +110,18 @@ impl HomeRooms {
 
     /// The next sequence number of a room that has members.
     pub fn next_seq(&mut self, room: &Name) -> Option<u64> {
-        let r = self.rooms.get_mut(room)?;
-        r.seq += 1;
-        Some(r.seq)
+        if !self.rooms.contains_key(room) {
+            return None;
+        }
+        let s = self.seqs.entry(room.clone()).or_default();
+        s.assigned += 1;
+        Some(s.assigned)
+    }
+
+    /// Message `seq` of the room is stored and about to be delivered.
+    pub fn commit(&mut self, room: &Name, seq: u64) {
+        let s = self.seqs.entry(room.clone()).or_default();
+        s.committed = s.committed.max(seq);
     }
 
     /// The room's users, sorted.
@@ -115,9 +152,14 @@ impl HomeRooms {
 
 #[derive(Default)]
 struct HomeUser {
-    inbox_seq: u64,
+    inbox: Seqs,
+    /// Every inbox message up to this one reached a connection (or is on its way to one).
+    delivered: u64,
+    /// Connections admitted (attached or not), in all and per shard.
     conns: u32,
     per_shard: Box<[u32]>,
+    /// Attached connections, which receive direct messages live.
+    online: Vec<ConnId>,
 }
 
 pub struct HomeUsers {
@@ -171,19 +213,57 @@ impl HomeUsers {
         Ok(kick)
     }
 
+    /// The user's inbox, from the store at start-up: its last seq and delivered cursor.
+    pub fn seed(&mut self, user: &Name, last: u64, delivered: u64) {
+        let u = self.entry(user);
+        u.inbox = Seqs {
+            assigned: last,
+            committed: last,
+        };
+        u.delivered = delivered.min(last);
+    }
+
+    /// The last inbox seq stored for the user.
+    pub fn inbox_seq(&self, user: &Name) -> u64 {
+        self.users.get(user).map_or(0, |u| u.inbox.committed)
+    }
+
     /// A connection of `user` ended.
     pub fn release(&mut self, user: &Name, conn: ConnId) {
         if let Some(u) = self.users.get_mut(user) {
             u.conns = u.conns.saturating_sub(1);
             u.per_shard[conn.shard()] = u.per_shard[conn.shard()].saturating_sub(1);
+            u.online.retain(|c| *c != conn);
         }
     }
 
     /// The next inbox sequence number of `user`, online or not.
     pub fn next_inbox_seq(&mut self, user: &Name) -> u64 {
         let u = self.entry(user);
-        u.inbox_seq += 1;
-        u.inbox_seq
+        u.inbox.assigned += 1;
+        u.inbox.assigned
+    }
+
+    /// Inbox message `seq` is stored. Returns whether to deliver it live: when the user has an
+    /// attached connection, which makes it delivered.
+    pub fn commit(&mut self, user: &Name, seq: u64) -> bool {
+        let u = self.entry(user);
+        u.inbox.committed = u.inbox.committed.max(seq);
+        let live = !u.online.is_empty();
+        if live {
+            u.delivered = u.delivered.max(seq);
+        }
+        live
+    }
+
+    /// Connection `conn` of the user is attached. Returns the inbox range (after, upto] it must
+    /// be sent because no connection got it, and counts it as delivered from now on.
+    pub fn online(&mut self, user: &Name, conn: ConnId) -> Option<(u64, u64)> {
+        let u = self.entry(user);
+        u.online.push(conn);
+        let range = (u.delivered < u.inbox.committed).then_some((u.delivered, u.inbox.committed));
+        u.delivered = u.inbox.committed;
+        range
     }
 
     /// Shards with connections of the user.
@@ -217,11 +297,15 @@ mod tests {
         assert!(h.join(&r, &a, 1, false).1.is_none());
         assert_eq!(h.shards_of(&r).collect::<Vec<_>>(), [0, 1]);
         assert_eq!(h.next_seq(&r), Some(1));
+        assert_eq!(h.join(&r, &a, 1, true).0, 0, "not committed yet");
+        h.commit(&r, 1);
         assert_eq!(h.join(&r, &a, 1, true).0, 1);
         assert!(h.leave(&r, &a, 0).is_none());
         assert_eq!(h.shards_of(&r).collect::<Vec<_>>(), [1]);
         assert!(h.leave(&r, &a, 1).is_some());
         assert_eq!(h.next_seq(&r), None);
+        h.join(&r, &a, 0, false);
+        assert_eq!(h.next_seq(&r), Some(2), "seqs outlive the room's members");
     }
 
     #[test]
@@ -263,10 +347,25 @@ mod tests {
     }
 
     #[test]
-    fn inbox_seq_counts_for_offline_users() {
+    fn inbox_delivery_follows_attached_connections() {
+        let (x, c1, c2) = (n("x"), ConnId::new(0, 1), ConnId::new(0, 2));
         let mut h = HomeUsers::new(1);
-        assert_eq!(h.next_inbox_seq(&n("x")), 1);
-        assert_eq!(h.next_inbox_seq(&n("x")), 2);
-        assert_eq!(h.shards_of(&n("x")).count(), 0);
+        h.seed(&x, 4, 2);
+        assert_eq!(h.next_inbox_seq(&x), 5);
+        assert_eq!(h.inbox_seq(&x), 4, "5 is not stored yet");
+        assert!(!h.commit(&x, 5), "offline: stored, not delivered");
+        assert_eq!(h.online(&x, c1), Some((2, 5)));
+        assert_eq!(h.next_inbox_seq(&x), 6);
+        assert!(h.commit(&x, 6), "online: live");
+        assert_eq!(
+            h.online(&x, c2),
+            None,
+            "a second connection gets nothing replayed"
+        );
+        h.release(&x, c1);
+        h.release(&x, c2);
+        h.next_inbox_seq(&x);
+        assert!(!h.commit(&x, 7));
+        assert_eq!(h.online(&x, c1), Some((6, 7)));
     }
 }

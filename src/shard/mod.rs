@@ -18,12 +18,14 @@ use ahash::AHashMap;
 use bytes::Bytes;
 
 use crate::auth::Identity;
-use crate::config::Config;
+use crate::config::{Config, Durability};
 use crate::conn::{Conn, Event, OutFrame};
 use crate::error::{CloseCode, ErrorCode, ReplyError};
-use crate::protocol::encode::{self, Target};
+use crate::persist::{Op, Persist, Read};
+use crate::protocol::encode::{self, Recovery, Target};
 use crate::protocol::{self, ClientMessage, Name, ReqId, Request};
-use crate::router::{ConnId, Router, ShardId, ShardMsg};
+use crate::router::{ConnId, Router, ShardId, ShardMsg, WriteTarget, Written};
+use crate::store::{Append, Stream, StreamInfo};
 use crate::ws;
 use home::{HomeRooms, HomeUsers};
 
@@ -42,21 +44,46 @@ pub struct Shard {
     pending: AHashMap<ConnId, (Name, Option<CloseCode>)>,
     home_rooms: HomeRooms,
     home_users: HomeUsers,
+    persist: Persist,
+    /// Connections catching up on a stream (a room joined with `since`, or the inbox right after
+    /// connecting): the stream's live frames are held for them until their `Replay` arrives.
+    catch_up: AHashMap<Stream, Vec<CatchUp>>,
     /// Connections with frames queued in this batch; each gets one flush at the end.
     dirty: Vec<Rc<Conn>>,
     ping: OutFrame,
     shutting_down: bool,
 }
 
-fn now_ms() -> u64 {
+struct CatchUp {
+    conn: Rc<Conn>,
+    held: Vec<OutFrame>,
+    held_bytes: usize,
+}
+
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Shard {
-    pub fn new(id: ShardId, router: Router, config: Arc<Config>) -> Shard {
+    /// A shard whose homed streams start from `seeds` (what the store holds of them).
+    pub fn new(
+        id: ShardId,
+        router: Router,
+        config: Arc<Config>,
+        persist: Persist,
+        seeds: Vec<StreamInfo>,
+    ) -> Shard {
         let n = router.shards();
+        let mut home_rooms = HomeRooms::new(n);
+        let mut home_users = HomeUsers::new(n);
+        for info in seeds {
+            match info.stream {
+                Stream::Room(room) => home_rooms.seed(room, info.last_seq),
+                Stream::Inbox(user) => home_users.seed(&user, info.last_seq, info.cursor),
+            }
+        }
         Shard {
             id,
             router,
@@ -66,8 +93,10 @@ impl Shard {
             users: AHashMap::new(),
             rooms: AHashMap::new(),
             pending: AHashMap::new(),
-            home_rooms: HomeRooms::new(n),
-            home_users: HomeUsers::new(n),
+            home_rooms,
+            home_users,
+            persist,
+            catch_up: AHashMap::new(),
             dirty: Vec::new(),
             ping: Rc::new(ws::control_frame(ws::OP_PING, b"")),
             shutting_down: false,
@@ -91,7 +120,7 @@ impl Shard {
     pub fn register(
         &mut self,
         user: Name,
-        reply: tokio::sync::oneshot::Sender<Result<(), crate::error::HandshakeError>>,
+        reply: tokio::sync::oneshot::Sender<Result<u64, crate::error::HandshakeError>>,
     ) -> ConnId {
         self.next_conn += 1;
         let conn = ConnId::new(self.id, self.next_conn);
@@ -112,8 +141,9 @@ impl Shard {
         }
     }
 
-    /// A new connection after its upgrade: queues `welcome` and joins the token's rooms.
-    pub fn attach(&mut self, conn: &Rc<Conn>, identity: &Identity) {
+    /// A new connection after its upgrade: queues `welcome`, asks the user's home for the
+    /// undelivered direct messages, and joins the token's rooms.
+    pub fn attach(&mut self, conn: &Rc<Conn>, identity: &Identity, inbox_seq: u64) {
         let early_close = self.pending.remove(&conn.id).and_then(|(_, code)| code);
         self.conns.insert(conn.id, conn.clone());
         self.users
@@ -125,9 +155,17 @@ impl Shard {
             &conn.user,
             rooms,
             self.config.heartbeat_ms,
+            inbox_seq,
         )));
+        self.start_catch_up(conn, Stream::Inbox(conn.user.clone()));
+        let home = self.router.home(&conn.user);
+        let msg = ShardMsg::Online {
+            user: conn.user.clone(),
+            conn: conn.id,
+        };
+        self.send(home, msg);
         for room in rooms {
-            self.start_join(conn, room.clone(), None, false);
+            self.start_join(conn, room.clone(), None, false, None);
         }
         self.mark_dirty(conn);
         if let Some(code) = early_close.or(self.shutting_down.then_some(CloseCode::GoingAway)) {
@@ -149,6 +187,12 @@ impl Shard {
         }
         self.conns.remove(&conn.id);
         remove_member(&mut self.users, &conn.user, conn.id);
+        if !self.catch_up.is_empty() {
+            self.catch_up.retain(|_, list| {
+                list.retain(|cu| cu.conn.id != conn.id);
+                !list.is_empty()
+            });
+        }
         let rooms = std::mem::take(&mut *conn.rooms.borrow_mut());
         for entry in rooms {
             if entry.live {
@@ -223,7 +267,7 @@ impl Shard {
                 self.enqueue(conn, &Rc::new(encode::pong(id.as_ref())));
                 Ok(())
             }
-            ClientMessage::Join { room } => self.join(conn, room, &id),
+            ClientMessage::Join { room, since } => self.join(conn, room, since, &id),
             ClientMessage::Leave { room } => self.leave(conn, room, &id),
             ClientMessage::Publish { room, body } => {
                 self.member(conn, &room, "publishing to").and_then(|()| {
@@ -251,6 +295,30 @@ impl Shard {
                 };
                 self.send(home, msg);
             }),
+            ClientMessage::History {
+                room,
+                before,
+                limit,
+            } => self
+                .member(conn, &room, "reading the history of")
+                .and_then(|()| self.take_token(conn))
+                .map(|()| {
+                    self.persist.send(Op::Read(Read::History {
+                        room,
+                        conn: conn.id,
+                        id: id.clone(),
+                        before,
+                        limit,
+                    }))
+                }),
+            ClientMessage::Sync { since } => self.take_token(conn).map(|()| {
+                self.persist.send(Op::Read(Read::Sync {
+                    user: conn.user.clone(),
+                    conn: conn.id,
+                    id: id.clone(),
+                    since,
+                }))
+            }),
             ClientMessage::Presence { room } => {
                 self.member(conn, &room, "asking who is in").map(|()| {
                     let home = self.router.home(&room);
@@ -268,7 +336,13 @@ impl Shard {
         }
     }
 
-    fn join(&mut self, conn: &Rc<Conn>, room: Name, id: &Option<ReqId>) -> Result<(), ReplyError> {
+    fn join(
+        &mut self,
+        conn: &Rc<Conn>,
+        room: Name,
+        since: Option<u64>,
+        id: &Option<ReqId>,
+    ) -> Result<(), ReplyError> {
         if let Some(allowed) = &conn.allowed_rooms
             && !allowed.contains(&room)
         {
@@ -296,17 +370,25 @@ impl Shard {
                 id: id.clone(),
                 ack: true,
                 already: true,
+                since: None,
             };
             self.send(home, msg);
         } else {
-            self.start_join(conn, room, id.clone(), true);
+            self.start_join(conn, room, id.clone(), true, since);
         }
         Ok(())
     }
 
     /// Records a pending join and asks the room's home to register it. The connection receives
     /// the room's messages from `JoinDone` on, which the home sends after the join's seq.
-    fn start_join(&mut self, conn: &Rc<Conn>, room: Name, id: Option<ReqId>, ack: bool) {
+    fn start_join(
+        &mut self,
+        conn: &Rc<Conn>,
+        room: Name,
+        id: Option<ReqId>,
+        ack: bool,
+        since: Option<u64>,
+    ) {
         conn.rooms.borrow_mut().push(crate::conn::RoomEntry {
             room: room.clone(),
             live: false,
@@ -322,8 +404,50 @@ impl Shard {
             id,
             ack,
             already: false,
+            since,
         };
         self.send(home, msg);
+    }
+
+    /// From now on, holds the stream's live frames for `conn` until its `Replay`.
+    fn start_catch_up(&mut self, conn: &Rc<Conn>, stream: Stream) {
+        self.catch_up.entry(stream).or_default().push(CatchUp {
+            conn: conn.clone(),
+            held: Vec::new(),
+            held_bytes: 0,
+        });
+    }
+
+    fn cancel_catch_up(&mut self, stream: &Stream, conn: ConnId) {
+        if let Some(list) = self.catch_up.get_mut(stream) {
+            list.retain(|cu| cu.conn.id != conn);
+            if list.is_empty() {
+                self.catch_up.remove(stream);
+            }
+        }
+    }
+
+    /// Ends a catch-up: writes the replayed `frames`, then the held live ones. Returns the
+    /// connection, or `None` if it has gone or left.
+    fn finish_catch_up(
+        &mut self,
+        stream: &Stream,
+        conn: ConnId,
+        frames: Bytes,
+    ) -> Option<Rc<Conn>> {
+        let list = self.catch_up.get_mut(stream)?;
+        let i = list.iter().position(|cu| cu.conn.id == conn)?;
+        let cu = list.swap_remove(i);
+        if list.is_empty() {
+            self.catch_up.remove(stream);
+        }
+        if !frames.is_empty() {
+            self.enqueue(&cu.conn, &Rc::new(frames));
+        }
+        for frame in &cu.held {
+            self.enqueue(&cu.conn, frame);
+        }
+        Some(cu.conn)
     }
 
     fn leave(&mut self, conn: &Rc<Conn>, room: Name, id: &Option<ReqId>) -> Result<(), ReplyError> {
@@ -337,6 +461,8 @@ impl Shard {
         };
         if entry.live {
             remove_member(&mut self.rooms, &room, conn.id);
+        } else {
+            self.cancel_catch_up(&Stream::Room(room.clone()), conn.id);
         }
         self.enqueue(
             conn,
@@ -394,7 +520,7 @@ impl Shard {
                     self.home_users.admit(&self.config, &user, conn)
                 };
                 let (verdict, kick) = match verdict {
-                    Ok(kick) => (Ok(()), kick),
+                    Ok(kick) => (Ok(self.home_users.inbox_seq(&user)), kick),
                     Err(e) => (Err(e), Vec::new()),
                 };
                 if reply.send(verdict).is_err() {
@@ -411,6 +537,29 @@ impl Shard {
                 }
             }
             ShardMsg::Unregister { user, conn } => self.home_users.release(&user, conn),
+            ShardMsg::Online { user, conn } => match self.home_users.online(&user, conn) {
+                Some((after, upto)) => {
+                    let stream = Stream::Inbox(user.clone());
+                    self.persist.send(Op::Cursor {
+                        stream,
+                        cursor: upto,
+                    });
+                    self.persist.send(Op::Read(Read::Inbox {
+                        user,
+                        conn,
+                        after,
+                        upto,
+                    }));
+                }
+                None => {
+                    let msg = ShardMsg::Replay {
+                        stream: Stream::Inbox(user),
+                        conn,
+                        frames: Bytes::new(),
+                    };
+                    self.send(conn.shard(), msg);
+                }
+            },
             ShardMsg::CloseUser { user, except, code } => {
                 let victims: Vec<_> = self
                     .users
@@ -436,16 +585,88 @@ impl Shard {
                 id,
                 ack,
                 already,
+                since,
             } => {
                 let events = self.config.presence_events;
                 let (seq, event) = self.home_rooms.join(&room, &user, conn.shard(), already);
                 if let (true, Some(event)) = (events, event) {
                     self.fan_out(&room, event, None);
                 }
-                let ack = ack.then(|| encode::ack(id.as_ref(), Target::Room(&room), Some(seq)));
-                self.send(conn.shard(), ShardMsg::JoinDone { room, conn, ack });
+                let since = since.filter(|_| ack && !already);
+                if let Some(since) = since.filter(|&n| n < seq) {
+                    // The replay ends at `seq`; later messages reach the connection live, held
+                    // on its shard from JoinDone until the replay has been written.
+                    let done = ShardMsg::JoinDone {
+                        room: room.clone(),
+                        conn,
+                        ack: None,
+                        replay: true,
+                    };
+                    self.send(conn.shard(), done);
+                    let read = Read::Join {
+                        room,
+                        conn,
+                        id,
+                        since,
+                        upto: seq,
+                    };
+                    return self.persist.send(Op::Read(read));
+                }
+                let ack = ack.then(|| match since {
+                    Some(since) => {
+                        let recovery = Recovery {
+                            recovered: since == seq,
+                            ..Recovery::default()
+                        };
+                        encode::join_ack(id.as_ref(), &room, seq, recovery)
+                    }
+                    None => encode::ack(id.as_ref(), Target::Room(&room), Some(seq)),
+                });
+                let done = ShardMsg::JoinDone {
+                    room,
+                    conn,
+                    ack,
+                    replay: false,
+                };
+                self.send(conn.shard(), done);
             }
-            ShardMsg::JoinDone { room, conn, ack } => self.join_done(room, conn, ack),
+            ShardMsg::JoinDone {
+                room,
+                conn,
+                ack,
+                replay,
+            } => self.join_done(room, conn, ack, replay),
+            ShardMsg::Replay {
+                stream,
+                conn,
+                frames,
+            } => {
+                if let (Some(c), Stream::Room(room)) =
+                    (self.finish_catch_up(&stream, conn, frames), &stream)
+                {
+                    self.go_live(&c, room);
+                }
+            }
+            ShardMsg::Stored { writes, ok } => {
+                for w in writes {
+                    if ok {
+                        self.delivered(w);
+                    } else {
+                        let err = ReplyError::new(
+                            ErrorCode::Unavailable,
+                            "the message store failed; the message was not stored or delivered",
+                        );
+                        let frame = encode::error(w.id.as_ref(), &err);
+                        self.send(
+                            w.conn.shard(),
+                            ShardMsg::ToConn {
+                                conn: w.conn,
+                                frame,
+                            },
+                        );
+                    }
+                }
+            }
             ShardMsg::Leave { room, user, conn } => {
                 let event = self.home_rooms.leave(&room, &user, conn.shard());
                 if let (true, Some(event)) = (self.config.presence_events, event) {
@@ -464,11 +685,11 @@ impl Shard {
                     let frame = encode::error(id.as_ref(), &err);
                     return self.send(conn.shard(), ShardMsg::ToConn { conn, frame });
                 };
-                // The ack goes first: with a large room the fan-out's writes would delay it.
-                let ack = encode::ack(id.as_ref(), Target::Room(&room), Some(seq));
-                self.send(conn.shard(), ShardMsg::ToConn { conn, frame: ack });
-                let frame = encode::message(Target::Room(&room), &from, seq, now_ms(), &body);
-                self.fan_out(&room, frame, Some(conn));
+                let ts = now_ms();
+                let frame = encode::message(Target::Room(&room), &from, seq, ts, &body);
+                let stream = Stream::Room(room.clone());
+                let target = WriteTarget::Room(room);
+                self.store(stream, target, seq, ts, frame, conn, id);
             }
             ShardMsg::Direct {
                 to,
@@ -478,19 +699,11 @@ impl Shard {
                 body,
             } => {
                 let seq = self.home_users.next_inbox_seq(&to);
-                let frame = encode::message(Target::User(&to), &from, seq, now_ms(), &body);
-                self.deliver_to_user(&to, frame.clone(), Some(conn));
-                if from != to {
-                    let home = self.router.home(&from);
-                    let msg = ShardMsg::ForwardUser {
-                        user: from,
-                        frame,
-                        exclude: Some(conn),
-                    };
-                    self.send(home, msg);
-                }
-                let ack = encode::ack(id.as_ref(), Target::User(&to), Some(seq));
-                self.send(conn.shard(), ShardMsg::ToConn { conn, frame: ack });
+                let ts = now_ms();
+                let frame = encode::message(Target::User(&to), &from, seq, ts, &body);
+                let stream = Stream::Inbox(to.clone());
+                let target = WriteTarget::Inbox { to, from };
+                self.store(stream, target, seq, ts, frame, conn, id);
             }
             ShardMsg::Presence { room, conn, id } => {
                 let users = self.home_rooms.users(&room);
@@ -530,13 +743,104 @@ impl Shard {
         }
     }
 
-    fn join_done(&mut self, room: Name, conn: ConnId, ack: Option<Bytes>) {
+    /// At a message's home: hands a sequenced message to the store. With sync durability it is
+    /// acknowledged and delivered once stored (`Stored`); otherwise at once.
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &mut self,
+        stream: Stream,
+        target: WriteTarget,
+        seq: u64,
+        ts: u64,
+        frame: Bytes,
+        conn: ConnId,
+        id: Option<ReqId>,
+    ) {
+        let append = Append {
+            stream,
+            seq,
+            ts,
+            payload: ws::payload_of(&frame),
+        };
+        let written = Written {
+            target,
+            seq,
+            frame,
+            conn,
+            id,
+        };
+        if self.config.durability == Durability::Sync {
+            let done = Some((self.id, written));
+            self.persist.send(Op::Append { append, done });
+        } else {
+            self.persist.send(Op::Append { append, done: None });
+            self.delivered(written);
+        }
+    }
+
+    /// At a message's home, once it is stored: acks the publisher and delivers the message.
+    fn delivered(&mut self, w: Written) {
+        let Written {
+            target,
+            seq,
+            frame,
+            conn,
+            id,
+        } = w;
+        match target {
+            WriteTarget::Room(room) => {
+                self.home_rooms.commit(&room, seq);
+                // The ack goes first: with a large room the fan-out's writes would delay it.
+                let ack = encode::ack(id.as_ref(), Target::Room(&room), Some(seq));
+                self.send(conn.shard(), ShardMsg::ToConn { conn, frame: ack });
+                self.fan_out(&room, frame, Some(conn));
+            }
+            WriteTarget::Inbox { to, from } => {
+                if self.home_users.commit(&to, seq) {
+                    self.deliver_to_user(&to, frame.clone(), Some(conn));
+                    let cursor = Op::Cursor {
+                        stream: Stream::Inbox(to.clone()),
+                        cursor: seq,
+                    };
+                    self.persist.send(cursor);
+                }
+                if from != to {
+                    let home = self.router.home(&from);
+                    let msg = ShardMsg::ForwardUser {
+                        user: from,
+                        frame,
+                        exclude: Some(conn),
+                    };
+                    self.send(home, msg);
+                }
+                let ack = encode::ack(id.as_ref(), Target::User(&to), Some(seq));
+                self.send(conn.shard(), ShardMsg::ToConn { conn, frame: ack });
+            }
+        }
+    }
+
+    fn join_done(&mut self, room: Name, conn: ConnId, ack: Option<Bytes>, replay: bool) {
         let Some(c) = self.conns.get(&conn).cloned() else {
             return;
         };
+        if replay {
+            return self.start_catch_up(&c, Stream::Room(room));
+        }
+        self.go_live(&c, &room);
+        match ack {
+            Some(frame) => self.enqueue(&c, &Rc::new(frame)),
+            None => {
+                c.hold.set(c.hold.get().saturating_sub(1));
+                self.mark_dirty(&c);
+            }
+        }
+    }
+
+    /// The connection receives the room's messages from now on (unless it has left meanwhile).
+    fn go_live(&mut self, c: &Rc<Conn>, room: &Name) {
         let became_live = {
             let mut rooms = c.rooms.borrow_mut();
-            match rooms.iter_mut().find(|e| e.room == room) {
+            match rooms.iter_mut().find(|e| &e.room == room) {
                 Some(e) if !e.live => {
                     e.live = true;
                     true
@@ -545,14 +849,7 @@ impl Shard {
             }
         };
         if became_live {
-            self.rooms.entry(room).or_default().push(c.clone());
-        }
-        match ack {
-            Some(frame) => self.enqueue(&c, &Rc::new(frame)),
-            None => {
-                c.hold.set(c.hold.get().saturating_sub(1));
-                self.mark_dirty(&c);
-            }
+            self.rooms.entry(room.clone()).or_default().push(c.clone());
         }
     }
 
@@ -602,16 +899,34 @@ impl Shard {
     fn deliver_local(&mut self, target: LocalTarget<'_>, frame: Bytes, exclude: Option<ConnId>) {
         let frame = Rc::new(frame);
         let max = self.config.max_queue_bytes;
+        let mut slow = Vec::new();
+        let catching_up = match self.catch_up.is_empty() {
+            true => None,
+            false => self.catch_up.get_mut(&target.stream()),
+        };
+        let catching_up = catching_up.map(|list| {
+            for cu in list.iter_mut().filter(|cu| Some(cu.conn.id) != exclude) {
+                cu.held_bytes += frame.len();
+                cu.held.push(frame.clone());
+                if cu.held_bytes > max {
+                    slow.push(cu.conn.clone());
+                }
+            }
+            list.iter().map(|cu| cu.conn.id).collect::<Vec<_>>()
+        });
         let members = match target {
             LocalTarget::Room(room) => self.rooms.get(room),
             LocalTarget::User(user) => self.users.get(user),
         };
-        let mut slow = Vec::new();
         // Per recipient: one non-atomic Rc increment and a queue push. No allocation (queue
         // capacity is reused), no copy, no syscall: each socket touched gets one writev for the
         // whole scheduler pass, in `flush_dirty`.
         for c in members.into_iter().flatten() {
-            if Some(c.id) != exclude && !queue_frame(&mut self.dirty, c, &frame, max) {
+            if Some(c.id) == exclude || catching_up.as_ref().is_some_and(|ids| ids.contains(&c.id))
+            {
+                continue;
+            }
+            if !queue_frame(&mut self.dirty, c, &frame, max) {
                 slow.push(c.clone());
             }
         }
@@ -666,6 +981,15 @@ impl Shard {
 enum LocalTarget<'a> {
     Room(&'a Name),
     User(&'a Name),
+}
+
+impl LocalTarget<'_> {
+    fn stream(self) -> Stream {
+        match self {
+            LocalTarget::Room(room) => Stream::Room(room.clone()),
+            LocalTarget::User(user) => Stream::Inbox(user.clone()),
+        }
+    }
 }
 
 /// Queues `frame` for `conn` and marks it for the end-of-batch flush. Returns `false` for a slow

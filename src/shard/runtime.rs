@@ -20,7 +20,9 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::conn::{Conn, Event, ReadStatus};
 use crate::error::CloseCode;
+use crate::persist::Persist;
 use crate::router::{Inbox, Router, ShardId, ShardMsg};
+use crate::store::StreamInfo;
 
 /// Messages handled before the shard flushes and yields to its connections.
 const INBOX_BATCH: usize = 256;
@@ -63,32 +65,43 @@ impl Ctx {
     }
 }
 
-/// Runs shard `id` on the current thread until it has shut down.
-pub fn run_thread(
-    id: ShardId,
-    inbox: Inbox,
-    router: Router,
-    config: Arc<Config>,
-    listener: Option<std::net::TcpListener>,
-) {
+/// What a shard thread starts with.
+pub struct ShardSetup {
+    pub id: ShardId,
+    pub inbox: Inbox,
+    pub router: Router,
+    pub config: Arc<Config>,
+    pub persist: Persist,
+    /// The store's streams homed on this shard.
+    pub seeds: Vec<StreamInfo>,
+    /// The listening socket, for the shard that accepts.
+    pub listener: Option<std::net::TcpListener>,
+}
+
+/// Runs a shard on the current thread until it has shut down.
+pub fn run_thread(setup: ShardSetup) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("building a current-thread runtime only fails if the OS refuses timers or epoll");
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, run(id, inbox, router, config, listener));
+    local.block_on(&rt, run(setup));
 }
 
-async fn run(
-    id: ShardId,
-    inbox: Inbox,
-    router: Router,
-    config: Arc<Config>,
-    listener: Option<std::net::TcpListener>,
-) {
+async fn run(setup: ShardSetup) {
+    let ShardSetup {
+        id,
+        inbox,
+        router,
+        config,
+        persist,
+        seeds,
+        listener,
+    } = setup;
+    let shard = Shard::new(id, router.clone(), config.clone(), persist, seeds);
     let ctx = Rc::new(Ctx {
         id,
-        shard: RefCell::new(Shard::new(id, router.clone(), config.clone())),
+        shard: RefCell::new(shard),
         auth: Authenticator::new(config.jwt_secret.as_deref()),
         config: config.clone(),
         tasks: Cell::new(0),

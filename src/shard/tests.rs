@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use super::Shard;
 use crate::auth::Identity;
-use crate::config::Config;
+use crate::config::{Config, Durability};
 use crate::conn::{Conn, Event, MemorySink};
+use crate::persist::Persist;
 use crate::protocol::Name;
 use crate::router::Router;
 
@@ -15,9 +16,16 @@ fn shard() -> Shard {
     let (router, _inboxes) = Router::new(1);
     let config = Config {
         presence_events: false,
+        durability: Durability::Memory,
         ..Config::default()
     };
-    Shard::new(0, router, Arc::new(config))
+    Shard::new(
+        0,
+        router,
+        Arc::new(config),
+        Persist::discarding(),
+        Vec::new(),
+    )
 }
 
 /// Admits and attaches a connection the way the handshake does.
@@ -33,9 +41,9 @@ fn connect(shard: &mut Shard, user: &str) -> Rc<Conn> {
     };
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     let id = shard.register(identity.user.clone(), tx);
-    assert_eq!(rx.try_recv(), Ok(Ok(())), "admitted");
+    assert_eq!(rx.try_recv(), Ok(Ok(0)), "admitted, with an empty inbox");
     let conn = Rc::new(Conn::in_memory(id, sink, &identity, 1000));
-    shard.attach(&conn, &identity);
+    shard.attach(&conn, &identity, 0);
     shard.flush_dirty();
     conn
 }

@@ -1,81 +1,77 @@
 //! `FjallStore`: the `Store` on fjall, an LSM-tree with a write-ahead journal. A commit appends
-//! to the journal; a durable commit adds one fsync (group commit). Two keyspaces: `messages`
-//! (stream prefix ++ seq → payload) and `last_seq` (stream prefix → highest seq, big-endian),
-//! written in the same atomic batch.
+//! to the journal; a durable commit adds one fsync (group commit). Three keyspaces, written in
+//! one atomic batch: `messages` (stream prefix ++ seq → ts ++ payload), `last_seq` and `cursors`
+//! (stream prefix → u64), all integers big-endian.
+//!
+//! After a failed write fjall refuses every later one ("poisoned": it cannot know what reached
+//! disk). The next write then reopens the database, which recovers from its journal, so a disk
+//! that fills up and is freed again does not need a restart.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::{Append, Store, StoreError, StoredMessage, Stream, last_seqs};
+use super::{Append, Store, StoreError, StoredMessage, Stream, StreamInfo, last_seqs, trimmed};
 
 pub struct FjallStore {
+    dir: PathBuf,
+    /// `None` after a failed reopen; `broken` after a failed write.
+    db: RwLock<Option<Db>>,
+}
+
+struct Db {
     db: Database,
     messages: Keyspace,
     last: Keyspace,
+    cursors: Keyspace,
+    broken: bool,
 }
 
-impl FjallStore {
-    /// Opens (or creates) the store in `dir`.
-    pub fn open(dir: &Path) -> Result<FjallStore, StoreError> {
-        let open_err = |message: String| StoreError::Open {
-            path: dir.display().to_string(),
-            message,
+impl Db {
+    fn open(dir: &Path) -> Result<Db, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let db = Database::builder(dir).open().map_err(|e| e.to_string())?;
+        let ks = |name| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(|e| e.to_string())
         };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = Database::builder(dir)
-            .open()
-            .map_err(|e| open_err(e.to_string()))?;
-        let messages = db
-            .keyspace("messages", KeyspaceCreateOptions::default)
-            .map_err(|e| open_err(e.to_string()))?;
-        let last = db
-            .keyspace("last_seq", KeyspaceCreateOptions::default)
-            .map_err(|e| open_err(e.to_string()))?;
-        Ok(FjallStore { db, messages, last })
+        Ok(Db {
+            messages: ks("messages")?,
+            last: ks("last_seq")?,
+            cursors: ks("cursors")?,
+            db,
+            broken: false,
+        })
     }
 
-    fn read(
+    fn u64_at(ks: &Keyspace, key: &[u8]) -> Result<u64, StoreError> {
+        let value = ks.get(key).map_err(read_err)?;
+        Ok(value.as_deref().map_or(0, be_u64))
+    }
+
+    fn write(
         &self,
-        iter: impl Iterator<Item = fjall::Guard>,
-        limit: usize,
-    ) -> Result<Vec<StoredMessage>, StoreError> {
-        let mut out = Vec::new();
-        for guard in iter.take(limit) {
-            let (key, value) = guard
-                .into_inner()
-                .map_err(|e| StoreError::Read(e.to_string()))?;
-            out.push(StoredMessage {
-                seq: seq_of(&key)?,
-                payload: Bytes::copy_from_slice(&value),
-            });
-        }
-        Ok(out)
-    }
-}
-
-/// The seq in a message key's last 8 bytes.
-fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
-    key.len()
-        .checked_sub(8)
-        .and_then(|at| key[at..].try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| StoreError::Read("corrupt message key".into()))
-}
-
-impl Store for FjallStore {
-    fn append(&self, batch: &[Append<'_>], durable: bool) -> Result<(), StoreError> {
-        let write_err = |e: fjall::Error| StoreError::Write(e.to_string());
+        appends: &[Append],
+        cursors: &[(Stream, u64)],
+        durable: bool,
+    ) -> Result<(), StoreError> {
         let mut tx = self.db.batch();
-        for a in batch {
-            tx.insert(&self.messages, a.stream.key(a.seq), a.payload);
+        for a in appends {
+            let mut value = Vec::with_capacity(8 + a.payload.len());
+            value.extend_from_slice(&a.ts.to_be_bytes());
+            value.extend_from_slice(&a.payload);
+            tx.insert(&self.messages, a.stream.key(a.seq), value);
         }
-        for (stream, seq) in last_seqs(batch) {
+        for (stream, seq) in last_seqs(appends) {
             let prefix = stream.prefix();
             // Never lower it: a batch may carry a seq below one already stored.
-            let current = self.last_seq(stream)?;
+            let current = Db::u64_at(&self.last, &prefix)?;
             tx.insert(&self.last, prefix, seq.max(current).to_be_bytes());
+        }
+        for (stream, cursor) in cursors {
+            tx.insert(&self.cursors, stream.prefix(), cursor.to_be_bytes());
         }
         tx.commit().map_err(write_err)?;
         if durable {
@@ -84,56 +80,195 @@ impl Store for FjallStore {
         Ok(())
     }
 
-    fn last_seq(&self, stream: Stream<'_>) -> Result<u64, StoreError> {
-        let value = self
-            .last
-            .get(stream.prefix())
-            .map_err(|e| StoreError::Read(e.to_string()))?;
-        Ok(value
-            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
-            .map_or(0, u64::from_be_bytes))
+    fn read(
+        iter: impl Iterator<Item = fjall::Guard>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut out = Vec::new();
+        for guard in iter.take(limit) {
+            let (key, value) = guard.into_inner().map_err(read_err)?;
+            let (ts, payload) = split_value(&value)?;
+            out.push(StoredMessage {
+                seq: seq_of(&key)?,
+                ts,
+                payload: Bytes::copy_from_slice(payload),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn read_err(e: fjall::Error) -> StoreError {
+    StoreError::Read(e.to_string())
+}
+
+fn write_err(e: fjall::Error) -> StoreError {
+    StoreError::Write(e.to_string())
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(bytes).map_or(0, u64::from_be_bytes)
+}
+
+/// The seq in a message key's last 8 bytes.
+fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
+    key.len()
+        .checked_sub(8)
+        .map(|at| be_u64(&key[at..]))
+        .ok_or_else(|| StoreError::Read("corrupt message key".into()))
+}
+
+/// A message value: ts, then the payload.
+fn split_value(value: &[u8]) -> Result<(u64, &[u8]), StoreError> {
+    if value.len() < 8 {
+        return Err(StoreError::Read("corrupt message value".into()));
+    }
+    Ok((be_u64(&value[..8]), &value[8..]))
+}
+
+impl FjallStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<FjallStore, StoreError> {
+        let db = Db::open(dir).map_err(|message| StoreError::Open {
+            path: dir.display().to_string(),
+            message,
+        })?;
+        Ok(FjallStore {
+            dir: dir.to_owned(),
+            db: RwLock::new(Some(db)),
+        })
+    }
+
+    fn db(&self) -> Result<RwLockReadGuard<'_, Option<Db>>, StoreError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            return Err(StoreError::Read(format!(
+                "the store in {} could not be reopened after a failure",
+                self.dir.display()
+            )));
+        }
+        Ok(guard)
+    }
+
+    /// Reopens the database if a write failed, so it recovers from its journal.
+    fn heal(&self) -> Result<(), StoreError> {
+        let needs = self.db.read().unwrap_or_else(|p| p.into_inner());
+        if needs.as_ref().is_some_and(|db| !db.broken) {
+            return Ok(());
+        }
+        drop(needs);
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|db| !db.broken) {
+            return Ok(());
+        }
+        // The old instance must be gone before the new one takes the directory's lock.
+        drop(slot.take());
+        match Db::open(&self.dir) {
+            Ok(db) => {
+                tracing::warn!(dir = %self.dir.display(), "message store reopened after a failure");
+                *slot = Some(db);
+                Ok(())
+            }
+            Err(e) => Err(StoreError::Write(format!("cannot reopen the store: {e}"))),
+        }
+    }
+}
+
+impl Store for FjallStore {
+    fn write(
+        &self,
+        appends: &[Append],
+        cursors: &[(Stream, u64)],
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        self.heal()?;
+        let result = self
+            .db()?
+            .as_ref()
+            .expect("checked")
+            .write(appends, cursors, durable);
+        if result.is_err() {
+            let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(db) = slot.as_mut() {
+                db.broken = true;
+            }
+        }
+        result
+    }
+
+    fn streams(&self) -> Result<Vec<StreamInfo>, StoreError> {
+        let guard = self.db()?;
+        let db = guard.as_ref().expect("checked");
+        let mut out = Vec::new();
+        for guard in db.last.iter() {
+            let (key, value) = guard.into_inner().map_err(read_err)?;
+            let Some(stream) = Stream::from_prefix(&key) else {
+                return Err(StoreError::Read("corrupt stream key".into()));
+            };
+            out.push(StreamInfo {
+                cursor: Db::u64_at(&db.cursors, &key)?,
+                stream,
+                last_seq: be_u64(&value),
+            });
+        }
+        Ok(out)
     }
 
     fn after(
         &self,
-        stream: Stream<'_>,
+        stream: &Stream,
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let Some(from) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
+        let guard = self.db()?;
+        let db = guard.as_ref().expect("checked");
         let range = stream.key(from)..=stream.key(u64::MAX);
-        self.read(self.messages.range(range), limit)
+        Db::read(db.messages.range(range), limit)
     }
 
     fn before(
         &self,
-        stream: Stream<'_>,
+        stream: &Stream,
         before: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
+        let guard = self.db()?;
+        let db = guard.as_ref().expect("checked");
         let range = stream.key(0)..stream.key(before);
-        self.read(self.messages.range(range).rev(), limit)
+        Db::read(db.messages.range(range).rev(), limit)
     }
 
-    fn trim(&self, stream: Stream<'_>, keep_from: u64) -> Result<usize, StoreError> {
-        let range = stream.key(0)..stream.key(keep_from);
-        let mut tx = self.db.batch();
+    fn trim(&self, stream: &Stream, keep_from: u64, min_ts: u64) -> Result<usize, StoreError> {
+        let guard = self.db()?;
+        let db = guard.as_ref().expect("checked");
+        let mut tx = db.db.batch();
         let mut removed = 0;
-        for guard in self.messages.range(range) {
-            let key = guard.key().map_err(|e| StoreError::Read(e.to_string()))?;
-            tx.remove(&self.messages, key);
+        for guard in db.messages.prefix(stream.prefix()) {
+            let (key, value) = guard.into_inner().map_err(read_err)?;
+            let (ts, _) = split_value(&value)?;
+            if !trimmed(seq_of(&key)?, ts, keep_from, min_ts) {
+                break;
+            }
+            tx.remove(&db.messages, key);
             removed += 1;
         }
-        tx.commit().map_err(|e| StoreError::Write(e.to_string()))?;
+        if removed > 0 {
+            tx.commit().map_err(write_err)?;
+        }
         Ok(removed)
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        self.db
+        let guard = self.db()?;
+        guard
+            .as_ref()
+            .expect("checked")
+            .db
             .persist(PersistMode::SyncAll)
-            .map_err(|e| StoreError::Write(e.to_string()))
+            .map_err(write_err)
     }
 }
 
@@ -151,22 +286,26 @@ mod tests {
     #[test]
     fn messages_and_seqs_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let room = Name::new("r").unwrap();
+        let room = Stream::Room(Name::new("r").unwrap());
         {
             let store = FjallStore::open(dir.path()).unwrap();
             let batch: Vec<_> = (1..=3)
                 .map(|seq| Append {
-                    stream: Stream::Room(&room),
+                    stream: room.clone(),
                     seq,
-                    payload: b"x",
+                    ts: 1,
+                    payload: Bytes::from_static(b"x"),
                 })
                 .collect();
-            store.append(&batch, true).unwrap();
-            store.trim(Stream::Room(&room), 4).unwrap();
+            store.write(&batch, &[], true).unwrap();
+            store.trim(&room, 3, 0).unwrap();
         }
         let store = FjallStore::open(dir.path()).unwrap();
-        assert_eq!(store.last_seq(Stream::Room(&room)).unwrap(), 3);
-        assert!(store.after(Stream::Room(&room), 0, 10).unwrap().is_empty());
+        let infos = store.streams().unwrap();
+        assert_eq!(infos.len(), 1);
+        assert_eq!(infos[0].last_seq, 3);
+        let left = store.after(&room, 0, 10).unwrap();
+        assert_eq!(left.iter().map(|m| m.seq).collect::<Vec<_>>(), [3]);
     }
 
     #[test]

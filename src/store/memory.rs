@@ -1,86 +1,96 @@
 //! `MemoryStore`: the `Store` contract with nothing on disk (durability mode `memory`, and
-//! tests). A mutex is fine here: the store is called from the store thread, not from shards.
+//! tests). A mutex is fine here: the store is called from the store threads, not from shards.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use super::{Append, Store, StoreError, StoredMessage, Stream, last_seqs};
+use super::{Append, Store, StoreError, StoredMessage, Stream, StreamInfo, last_seqs, trimmed};
 
 #[derive(Default)]
 pub struct MemoryStore {
-    inner: Mutex<Inner>,
+    inner: Mutex<HashMap<Stream, Entry>>,
 }
 
 #[derive(Default)]
-struct Inner {
-    /// Stream prefix → seq → payload.
-    messages: HashMap<Vec<u8>, BTreeMap<u64, Bytes>>,
-    last: HashMap<Vec<u8>, u64>,
+struct Entry {
+    /// seq → (ts, payload).
+    messages: BTreeMap<u64, (u64, Bytes)>,
+    last_seq: u64,
+    cursor: u64,
 }
 
 impl MemoryStore {
-    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn inner(&self) -> std::sync::MutexGuard<'_, HashMap<Stream, Entry>> {
         // A panic elsewhere cannot leave the maps half-updated: every update is one insert.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
 
-impl MemoryStore {
     /// Runs `pick` on the stream's messages; a stream never written has none.
     fn read(
         &self,
-        stream: Stream<'_>,
-        pick: impl FnOnce(&BTreeMap<u64, Bytes>) -> Vec<StoredMessage>,
+        stream: &Stream,
+        pick: impl FnOnce(&BTreeMap<u64, (u64, Bytes)>) -> Vec<StoredMessage>,
     ) -> Vec<StoredMessage> {
         self.inner()
-            .messages
-            .get(&stream.prefix())
-            .map(pick)
+            .get(stream)
+            .map(|e| pick(&e.messages))
             .unwrap_or_default()
     }
 }
 
 fn collect<'a>(
-    messages: impl Iterator<Item = (&'a u64, &'a Bytes)>,
+    messages: impl Iterator<Item = (&'a u64, &'a (u64, Bytes))>,
     limit: usize,
 ) -> Vec<StoredMessage> {
     messages
         .take(limit)
-        .map(|(&seq, payload)| StoredMessage {
+        .map(|(&seq, (ts, payload))| StoredMessage {
             seq,
+            ts: *ts,
             payload: payload.clone(),
         })
         .collect()
 }
 
 impl Store for MemoryStore {
-    fn append(&self, batch: &[Append<'_>], _durable: bool) -> Result<(), StoreError> {
+    fn write(
+        &self,
+        appends: &[Append],
+        cursors: &[(Stream, u64)],
+        _durable: bool,
+    ) -> Result<(), StoreError> {
         let mut inner = self.inner();
-        for a in batch {
-            let stream = inner.messages.entry(a.stream.prefix()).or_default();
-            stream.insert(a.seq, Bytes::copy_from_slice(a.payload));
+        for a in appends {
+            let e = inner.entry(a.stream.clone()).or_default();
+            e.messages.insert(a.seq, (a.ts, a.payload.clone()));
         }
-        for (stream, seq) in last_seqs(batch) {
-            let last = inner.last.entry(stream.prefix()).or_default();
-            *last = (*last).max(seq);
+        for (stream, seq) in last_seqs(appends) {
+            let e = inner.entry(stream.clone()).or_default();
+            e.last_seq = e.last_seq.max(seq);
+        }
+        for (stream, cursor) in cursors {
+            inner.entry(stream.clone()).or_default().cursor = *cursor;
         }
         Ok(())
     }
 
-    fn last_seq(&self, stream: Stream<'_>) -> Result<u64, StoreError> {
+    fn streams(&self) -> Result<Vec<StreamInfo>, StoreError> {
         Ok(self
             .inner()
-            .last
-            .get(&stream.prefix())
-            .copied()
-            .unwrap_or(0))
+            .iter()
+            .map(|(stream, e)| StreamInfo {
+                stream: stream.clone(),
+                last_seq: e.last_seq,
+                cursor: e.cursor,
+            })
+            .collect())
     }
 
     fn after(
         &self,
-        stream: Stream<'_>,
+        stream: &Stream,
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
@@ -91,21 +101,26 @@ impl Store for MemoryStore {
 
     fn before(
         &self,
-        stream: Stream<'_>,
+        stream: &Stream,
         before: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         Ok(self.read(stream, |m| collect(m.range(..before).rev(), limit)))
     }
 
-    fn trim(&self, stream: Stream<'_>, keep_from: u64) -> Result<usize, StoreError> {
+    fn trim(&self, stream: &Stream, keep_from: u64, min_ts: u64) -> Result<usize, StoreError> {
         let mut inner = self.inner();
-        let Some(messages) = inner.messages.get_mut(&stream.prefix()) else {
+        let Some(e) = inner.get_mut(stream) else {
             return Ok(0);
         };
-        let kept = messages.split_off(&keep_from);
-        let removed = messages.len();
-        *messages = kept;
+        let mut removed = 0;
+        while let Some(entry) = e.messages.first_entry() {
+            if !trimmed(*entry.key(), entry.get().0, keep_from, min_ts) {
+                break;
+            }
+            entry.remove();
+            removed += 1;
+        }
         Ok(removed)
     }
 

@@ -3,10 +3,8 @@
 //! Owns the `Store` trait and its implementations: `FjallStore` on disk (the default; the choice
 //! and its figures are in docs/performance.md) and `MemoryStore`. Nothing outside this module
 //! knows which engine is in use, so a cluster mode can add a Redis-backed `Store`. It must not
-//! know about shards or sockets. Calls block on disk, so they belong on a store thread, never
-//! on a shard's.
-//!
-//! Groundwork for durable history: the shards do not call it yet.
+//! know about shards or sockets. Calls block on disk, so they belong on the store threads
+//! (`persist`), never on a shard's.
 
 mod fjall;
 mod memory;
@@ -19,16 +17,16 @@ use bytes::Bytes;
 use crate::protocol::Name;
 
 /// A sequence of messages: a room's history or a user's inbox.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Stream<'a> {
-    Room(&'a Name),
-    Inbox(&'a Name),
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stream {
+    Room(Name),
+    Inbox(Name),
 }
 
-impl Stream<'_> {
+impl Stream {
     /// `kind ++ name ++ 0x00`: names never contain 0x00, so one stream's keys never share a
     /// prefix with another's ("a" and "ab" included).
-    fn prefix(self) -> Vec<u8> {
+    fn prefix(&self) -> Vec<u8> {
         let (kind, name) = match self {
             Stream::Room(n) => (b'r', n),
             Stream::Inbox(n) => (b'i', n),
@@ -40,27 +38,53 @@ impl Stream<'_> {
         k
     }
 
+    /// The stream whose `prefix` this is.
+    fn from_prefix(prefix: &[u8]) -> Option<Stream> {
+        let (&kind, rest) = prefix.split_first()?;
+        let name = std::str::from_utf8(rest.strip_suffix(&[0])?).ok()?;
+        let name = Name::new(name).ok()?;
+        match kind {
+            b'r' => Some(Stream::Room(name)),
+            b'i' => Some(Stream::Inbox(name)),
+            _ => None,
+        }
+    }
+
     /// The key of message `seq`: the prefix, then seq big-endian so keys sort by seq.
-    fn key(self, seq: u64) -> Vec<u8> {
+    fn key(&self, seq: u64) -> Vec<u8> {
         let mut k = self.prefix();
         k.extend_from_slice(&seq.to_be_bytes());
         k
     }
 }
 
-/// One message to store: its stream, seq, and the message's JSON as sent to clients.
-#[derive(Clone, Copy, Debug)]
-pub struct Append<'a> {
-    pub stream: Stream<'a>,
+/// One message to store: its stream, seq, time (unix ms, for retention by age) and the
+/// message's JSON as sent to clients.
+#[derive(Clone, Debug)]
+pub struct Append {
+    pub stream: Stream,
     pub seq: u64,
-    pub payload: &'a [u8],
+    pub ts: u64,
+    pub payload: Bytes,
 }
 
 /// A stored message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredMessage {
     pub seq: u64,
+    pub ts: u64,
     pub payload: Bytes,
+}
+
+/// What the store knows of a stream without reading its messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamInfo {
+    pub stream: Stream,
+    /// The highest seq ever appended.
+    pub last_seq: u64,
+    /// The stream's cursor (for an inbox: every message up to it reached a connection), 0 if
+    /// never set.
+    pub cursor: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,18 +102,22 @@ pub enum StoreError {
 
 /// The durable store. Every method may block on disk.
 pub trait Store: Send + Sync + 'static {
-    /// Writes `batch` atomically, in one commit. With `durable`, returns only once the batch is
-    /// on disk (one fsync for the whole batch: group commit).
-    fn append(&self, batch: &[Append<'_>], durable: bool) -> Result<(), StoreError>;
+    /// Writes `appends` and sets `cursors` atomically, in one commit. With `durable`, returns
+    /// only once the commit is on disk (one fsync for the whole batch: group commit).
+    fn write(
+        &self,
+        appends: &[Append],
+        cursors: &[(Stream, u64)],
+        durable: bool,
+    ) -> Result<(), StoreError>;
 
-    /// The highest seq ever appended to `stream`, 0 if none. It survives trimming and restarts,
-    /// so seqs are never reused.
-    fn last_seq(&self, stream: Stream<'_>) -> Result<u64, StoreError>;
+    /// Every stream ever written, with its last seq and cursor.
+    fn streams(&self) -> Result<Vec<StreamInfo>, StoreError>;
 
     /// Messages with seq > `after`, oldest first, at most `limit`.
     fn after(
         &self,
-        stream: Stream<'_>,
+        stream: &Stream,
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError>;
@@ -97,28 +125,35 @@ pub trait Store: Send + Sync + 'static {
     /// Messages with seq < `before`, newest first, at most `limit`.
     fn before(
         &self,
-        stream: Stream<'_>,
+        stream: &Stream,
         before: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError>;
 
-    /// Deletes messages with seq < `keep_from`; returns how many were deleted.
-    fn trim(&self, stream: Stream<'_>, keep_from: u64) -> Result<usize, StoreError>;
+    /// Deletes the stream's oldest messages while their seq is below `keep_from` or their ts
+    /// below `min_ts`, stopping at the first message that is neither (history stays one
+    /// unbroken run). Returns how many were deleted. The last seq is kept.
+    fn trim(&self, stream: &Stream, keep_from: u64, min_ts: u64) -> Result<usize, StoreError>;
 
-    /// Makes everything appended so far durable.
+    /// Makes everything written so far durable.
     fn sync(&self) -> Result<(), StoreError>;
 }
 
 /// The highest seq per stream in a batch, for the last-seq records.
-fn last_seqs<'a>(batch: &[Append<'a>]) -> Vec<(Stream<'a>, u64)> {
-    let mut last: Vec<(Stream<'a>, u64)> = Vec::new();
+fn last_seqs(batch: &[Append]) -> Vec<(&Stream, u64)> {
+    let mut last: Vec<(&Stream, u64)> = Vec::new();
     for a in batch {
-        match last.iter_mut().find(|(s, _)| *s == a.stream) {
+        match last.iter_mut().find(|(s, _)| **s == a.stream) {
             Some((_, seq)) => *seq = (*seq).max(a.seq),
-            None => last.push((a.stream, a.seq)),
+            None => last.push((&a.stream, a.seq)),
         }
     }
     last
+}
+
+/// Whether `trim` removes a message.
+fn trimmed(m_seq: u64, m_ts: u64, keep_from: u64, min_ts: u64) -> bool {
+    m_seq < keep_from || m_ts < min_ts
 }
 
 #[cfg(test)]
@@ -133,44 +168,49 @@ mod tests {
         v.iter().map(|m| m.seq).collect()
     }
 
+    fn append(stream: &Stream, seq: u64, ts: u64, payload: &'static [u8]) -> Append {
+        Append {
+            stream: stream.clone(),
+            seq,
+            ts,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
     /// The behaviour every `Store` must have.
     pub(super) fn contract(store: &dyn Store) {
-        let (a, ab) = (n("a"), n("ab"));
-        let batch: Vec<_> = (1..=5)
-            .map(|seq| Append {
-                stream: Stream::Room(&a),
-                seq,
-                payload: b"{\"m\":1}",
-            })
-            .chain([
-                Append {
-                    stream: Stream::Room(&ab),
-                    seq: 1,
-                    payload: b"ab",
-                },
-                Append {
-                    stream: Stream::Inbox(&a),
-                    seq: 7,
-                    payload: b"dm",
-                },
-            ])
+        let (room, ab, inbox) = (
+            Stream::Room(n("a")),
+            Stream::Room(n("ab")),
+            Stream::Inbox(n("a")),
+        );
+        let mut batch: Vec<_> = (1..=5)
+            .map(|seq| append(&room, seq, 100 + seq, b"{\"m\":1}"))
             .collect();
-        store.append(&batch, true).unwrap();
+        batch.push(append(&ab, 1, 1, b"ab"));
+        batch.push(append(&inbox, 7, 1, b"dm"));
+        store.write(&batch, &[(inbox.clone(), 3)], true).unwrap();
 
-        let room = Stream::Room(&a);
-        assert_eq!(store.last_seq(room).unwrap(), 5);
-        assert_eq!(store.last_seq(Stream::Room(&ab)).unwrap(), 1);
-        assert_eq!(store.last_seq(Stream::Inbox(&a)).unwrap(), 7);
-        assert_eq!(store.last_seq(Stream::Inbox(&ab)).unwrap(), 0);
+        let mut infos = store.streams().unwrap();
+        infos.sort_by(|a, b| a.stream.cmp(&b.stream));
+        let info = |stream: &Stream, last_seq, cursor| StreamInfo {
+            stream: stream.clone(),
+            last_seq,
+            cursor,
+        };
+        assert_eq!(
+            infos,
+            [info(&room, 5, 0), info(&ab, 1, 0), info(&inbox, 7, 3)]
+        );
 
-        assert_eq!(seqs(&store.after(room, 0, 100).unwrap()), [1, 2, 3, 4, 5]);
-        assert_eq!(seqs(&store.after(room, 2, 2).unwrap()), [3, 4]);
-        assert_eq!(seqs(&store.after(room, 5, 10).unwrap()), Vec::<u64>::new());
-        assert_eq!(seqs(&store.before(room, 5, 3).unwrap()), [4, 3, 2]);
-        assert_eq!(seqs(&store.before(room, u64::MAX, 2).unwrap()), [5, 4]);
-        let first = &store.after(room, 0, 1).unwrap()[0];
-        assert_eq!(&first.payload[..], b"{\"m\":1}");
-        let ab_msgs = store.after(Stream::Room(&ab), 0, 10).unwrap();
+        assert_eq!(seqs(&store.after(&room, 0, 100).unwrap()), [1, 2, 3, 4, 5]);
+        assert_eq!(seqs(&store.after(&room, 2, 2).unwrap()), [3, 4]);
+        assert_eq!(seqs(&store.after(&room, 5, 10).unwrap()), Vec::<u64>::new());
+        assert_eq!(seqs(&store.before(&room, 5, 3).unwrap()), [4, 3, 2]);
+        assert_eq!(seqs(&store.before(&room, u64::MAX, 2).unwrap()), [5, 4]);
+        let first = &store.after(&room, 0, 1).unwrap()[0];
+        assert_eq!((&first.payload[..], first.ts), (&b"{\"m\":1}"[..], 101));
+        let ab_msgs = store.after(&ab, 0, 10).unwrap();
         assert_eq!(
             ab_msgs.len(),
             1,
@@ -178,13 +218,20 @@ mod tests {
         );
         assert_eq!(&ab_msgs[0].payload[..], b"ab");
 
-        assert_eq!(store.trim(room, 4).unwrap(), 3);
-        assert_eq!(seqs(&store.after(room, 0, 100).unwrap()), [4, 5]);
-        assert_eq!(
-            store.last_seq(room).unwrap(),
-            5,
-            "trimming keeps the last seq"
-        );
+        assert_eq!(store.trim(&room, 3, 0).unwrap(), 2, "by seq");
+        assert_eq!(store.trim(&room, 0, 104).unwrap(), 1, "by age");
+        assert_eq!(seqs(&store.after(&room, 0, 100).unwrap()), [4, 5]);
+        // A cursor write alone keeps the last seq; a lower seq never lowers it.
+        store
+            .write(
+                &[append(&room, 2, 1, b"late")],
+                &[(inbox.clone(), 7)],
+                false,
+            )
+            .unwrap();
+        let infos = store.streams().unwrap();
+        assert!(infos.contains(&info(&room, 5, 0)), "{infos:?}");
+        assert!(infos.contains(&info(&inbox, 7, 7)), "{infos:?}");
         store.sync().unwrap();
     }
 
@@ -194,28 +241,22 @@ mod tests {
     }
 
     #[test]
+    fn prefixes_round_trip() {
+        for s in [Stream::Room(n("r:1")), Stream::Inbox(n("u@x"))] {
+            assert_eq!(Stream::from_prefix(&s.prefix()), Some(s));
+        }
+        assert_eq!(Stream::from_prefix(b"xa\0"), None);
+        assert_eq!(Stream::from_prefix(b"ra"), None);
+    }
+
+    #[test]
     fn batch_last_seqs_take_the_highest_per_stream() {
-        let (a, b) = (n("a"), n("b"));
+        let (a, b) = (Stream::Room(n("a")), Stream::Room(n("b")));
         let batch = [
-            Append {
-                stream: Stream::Room(&a),
-                seq: 3,
-                payload: b"",
-            },
-            Append {
-                stream: Stream::Room(&b),
-                seq: 1,
-                payload: b"",
-            },
-            Append {
-                stream: Stream::Room(&a),
-                seq: 4,
-                payload: b"",
-            },
+            append(&a, 3, 0, b""),
+            append(&b, 1, 0, b""),
+            append(&a, 4, 0, b""),
         ];
-        assert_eq!(
-            last_seqs(&batch),
-            [(Stream::Room(&a), 4), (Stream::Room(&b), 1)]
-        );
+        assert_eq!(last_seqs(&batch), [(&a, 4), (&b, 1)]);
     }
 }

@@ -1,0 +1,582 @@
+//! The store threads: the writer, which owns every call to the `Store` on the message path
+//! (group commit, the durability modes, replays and history reads), and the trimmer, which
+//! applies retention in the background.
+//!
+//! Shards never block on disk: they send `Op`s here and get answers back through the router as
+//! `ShardMsg`s. This module must not hold room, user or connection state (the shards do) and
+//! must not know which database the `Store` is.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::config::{Config, Durability};
+use crate::error::{ErrorCode, ReplyError};
+use crate::protocol::encode::{self, Recovery};
+use crate::protocol::{Name, ReqId};
+use crate::router::{ConnId, Router, ShardId, ShardMsg, Written};
+use crate::store::{Append, Store, StoreError, StoredMessage, Stream};
+
+/// Most queued operations the writer takes into one commit.
+const MAX_BATCH: usize = 4096;
+
+/// Work for the writer thread.
+pub enum Op {
+    /// Store a message. With `done` (sync durability), the home shard is told once it is on
+    /// disk, or that it failed.
+    Append {
+        append: Append,
+        done: Option<(ShardId, Written)>,
+    },
+    /// Set a stream's cursor (an inbox's delivered mark).
+    Cursor {
+        stream: Stream,
+        cursor: u64,
+    },
+    Read(Read),
+    /// Sync and stop, after everything queued before it.
+    Stop,
+}
+
+/// A read, answered to the asking connection's shard. Served after every write queued before
+/// it, so it sees them; bounds that matter for exactness (`upto`) come from the home shard.
+pub enum Read {
+    /// A `join` with `since`: the ack and the stored messages in (since, upto].
+    Join {
+        room: Name,
+        conn: ConnId,
+        id: Option<ReqId>,
+        since: u64,
+        upto: u64,
+    },
+    /// At connect: the inbox messages in (after, upto] that reached no connection.
+    Inbox {
+        user: Name,
+        conn: ConnId,
+        after: u64,
+        upto: u64,
+    },
+    History {
+        room: Name,
+        conn: ConnId,
+        id: Option<ReqId>,
+        before: Option<u64>,
+        limit: usize,
+    },
+    Sync {
+        user: Name,
+        conn: ConnId,
+        id: Option<ReqId>,
+        since: u64,
+    },
+}
+
+/// How shards reach the writer. Cheap to clone.
+#[derive(Clone)]
+pub struct Persist {
+    tx: Sender<Op>,
+}
+
+impl Persist {
+    /// A `Persist` that drops every operation: for driving a shard without a store in unit
+    /// tests and benches (with `memory` or `async` durability, so nothing waits for an answer).
+    pub fn discarding() -> Persist {
+        Persist {
+            tx: crossbeam_channel::unbounded().0,
+        }
+    }
+
+    pub fn send(&self, op: Op) {
+        // The writer outlives the shards; a send can only fail during a failed start-up.
+        let _ = self.tx.send(op);
+    }
+}
+
+/// The running store threads.
+pub struct Threads {
+    persist: Persist,
+    writer: Option<JoinHandle<()>>,
+    trimmer: Option<(Sender<()>, JoinHandle<()>)>,
+}
+
+impl Threads {
+    pub fn start(
+        store: Arc<dyn Store>,
+        router: Router,
+        config: Arc<Config>,
+    ) -> std::io::Result<Threads> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let writer = {
+            let (store, config) = (store.clone(), config.clone());
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || Writer::new(store, router, &config).run(rx))?
+        };
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+        let trimmer = std::thread::Builder::new()
+            .name("store-trimmer".into())
+            .spawn(move || trim_loop(&*store, &config, stop_rx));
+        let mut threads = Threads {
+            persist: Persist { tx },
+            writer: Some(writer),
+            trimmer: None,
+        };
+        threads.trimmer = Some((stop_tx, trimmer?));
+        Ok(threads)
+    }
+
+    pub fn persist(&self) -> Persist {
+        self.persist.clone()
+    }
+
+    /// Writes and syncs everything queued, then stops both threads. Call after the shards have
+    /// stopped, so nothing is queued after the stop.
+    pub fn stop(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            self.persist.send(Op::Stop);
+            if writer.join().is_err() {
+                tracing::error!("the store writer thread panicked");
+            }
+        }
+        if let Some((stop, trimmer)) = self.trimmer.take() {
+            drop(stop);
+            let _ = trimmer.join();
+        }
+    }
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Writer {
+    store: Arc<dyn Store>,
+    router: Router,
+    durability: Durability,
+    flush_every: Duration,
+    replay_limit: usize,
+    /// A reply carrying messages stays under this, so it cannot make its reader a slow consumer.
+    reply_bytes: usize,
+}
+
+impl Writer {
+    fn new(store: Arc<dyn Store>, router: Router, config: &Config) -> Writer {
+        Writer {
+            store,
+            router,
+            durability: config.durability,
+            flush_every: Duration::from_millis(config.flush_interval_ms),
+            replay_limit: config.replay_limit,
+            reply_bytes: config.max_queue_bytes / 2,
+        }
+    }
+
+    fn run(self, rx: Receiver<Op>) {
+        // With async durability: when the oldest write not yet on disk was made.
+        let mut unsynced: Option<Instant> = None;
+        loop {
+            let first = match unsynced {
+                None => rx.recv().ok(),
+                Some(since) => {
+                    match rx.recv_timeout(self.flush_every.saturating_sub(since.elapsed())) {
+                        Ok(op) => Some(op),
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.sync();
+                            unsynced = None;
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => None,
+                    }
+                }
+            };
+            let Some(first) = first else {
+                self.sync();
+                return;
+            };
+            let mut ops = vec![first];
+            ops.extend(rx.try_iter().take(MAX_BATCH - 1));
+            let stop = self.apply(ops);
+            if self.durability == Durability::Async {
+                let since = *unsynced.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.flush_every {
+                    self.sync();
+                    unsynced = None;
+                }
+            }
+            if stop {
+                self.sync();
+                return;
+            }
+        }
+    }
+
+    /// Commits the writes among `ops` as one batch, answers them, then serves the reads.
+    /// Returns whether a `Stop` was among them.
+    fn apply(&self, ops: Vec<Op>) -> bool {
+        let mut appends = Vec::new();
+        let mut cursors: Vec<(Stream, u64)> = Vec::new();
+        let mut done: Vec<(ShardId, Written)> = Vec::new();
+        let mut reads = Vec::new();
+        let mut stop = false;
+        for op in ops {
+            match op {
+                Op::Append { append, done: d } => {
+                    appends.push(append);
+                    done.extend(d);
+                }
+                Op::Cursor { stream, cursor } => {
+                    match cursors.iter_mut().find(|(s, _)| *s == stream) {
+                        Some((_, c)) => *c = (*c).max(cursor),
+                        None => cursors.push((stream, cursor)),
+                    }
+                }
+                Op::Read(r) => reads.push(r),
+                Op::Stop => stop = true,
+            }
+        }
+        if !appends.is_empty() || !cursors.is_empty() {
+            // A cursor alone is not worth an fsync: losing it only repeats a delivery.
+            let durable = self.durability == Durability::Sync && !appends.is_empty();
+            let ok = match self.store.write(&appends, &cursors, durable) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, messages = appends.len(), "store write failed");
+                    false
+                }
+            };
+            self.answer_writes(done, ok);
+        }
+        for r in reads {
+            self.read(r);
+        }
+        stop
+    }
+
+    /// Tells each home shard, in one message, which of its messages were stored.
+    fn answer_writes(&self, mut done: Vec<(ShardId, Written)>, ok: bool) {
+        // Stable: each home must see its messages in the order it sent them.
+        done.sort_by_key(|(home, _)| *home);
+        let mut it = done.into_iter().peekable();
+        while let Some((home, first)) = it.next() {
+            let mut writes = vec![first];
+            while let Some((_, w)) = it.next_if(|(h, _)| *h == home) {
+                writes.push(w);
+            }
+            self.router.send(home, ShardMsg::Stored { writes, ok });
+        }
+    }
+
+    fn sync(&self) {
+        if let Err(e) = self.store.sync() {
+            tracing::error!(error = %e, "store sync failed");
+        }
+    }
+
+    fn read(&self, read: Read) {
+        match read {
+            Read::Join {
+                room,
+                conn,
+                id,
+                since,
+                upto,
+            } => {
+                let stream = Stream::Room(room);
+                let (messages, recovery) = self.replay(&stream, since, upto).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "replay read failed");
+                    (Vec::new(), Recovery::default())
+                });
+                let Stream::Room(room) = &stream else {
+                    unreachable!()
+                };
+                let ack = encode::join_ack(id.as_ref(), room, upto, recovery);
+                let frames = frames(Some(&ack), &messages);
+                self.router.send(
+                    conn.shard(),
+                    ShardMsg::Replay {
+                        stream,
+                        conn,
+                        frames,
+                    },
+                );
+            }
+            Read::Inbox {
+                user,
+                conn,
+                after,
+                upto,
+            } => {
+                let stream = Stream::Inbox(user);
+                let messages = match self.replay(&stream, after, upto) {
+                    Ok((messages, _)) => messages,
+                    Err(e) => {
+                        tracing::error!(error = %e, "inbox read failed");
+                        Vec::new()
+                    }
+                };
+                let frames = frames(None, &messages);
+                self.router.send(
+                    conn.shard(),
+                    ShardMsg::Replay {
+                        stream,
+                        conn,
+                        frames,
+                    },
+                );
+            }
+            Read::History {
+                room,
+                conn,
+                id,
+                before,
+                limit,
+            } => {
+                let stream = Stream::Room(room.clone());
+                let page = self
+                    .store
+                    .before(&stream, before.unwrap_or(u64::MAX), limit + 1)
+                    .map(|m| self.page(m, limit));
+                let frame = match page {
+                    Ok((messages, more)) => {
+                        encode::page(id.as_ref(), Some(&room), payloads(&messages), more)
+                    }
+                    Err(e) => read_failed(id.as_ref(), &e),
+                };
+                self.router
+                    .send(conn.shard(), ShardMsg::ToConn { conn, frame });
+            }
+            Read::Sync {
+                user,
+                conn,
+                id,
+                since,
+            } => {
+                let stream = Stream::Inbox(user);
+                let page = self
+                    .store
+                    .after(&stream, since, self.replay_limit + 1)
+                    .map(|m| self.page(m, self.replay_limit));
+                let frame = match page {
+                    Ok((messages, more)) => {
+                        encode::page(id.as_ref(), None, payloads(&messages), more)
+                    }
+                    Err(e) => read_failed(id.as_ref(), &e),
+                };
+                self.router
+                    .send(conn.shard(), ShardMsg::ToConn { conn, frame });
+            }
+        }
+    }
+
+    /// The stored messages in (after, upto], at most the newest `replay_limit` of them and
+    /// `reply_bytes` of payload, oldest first.
+    fn replay(
+        &self,
+        stream: &Stream,
+        after: u64,
+        upto: u64,
+    ) -> Result<(Vec<StoredMessage>, Recovery), StoreError> {
+        if after >= upto {
+            let recovery = Recovery {
+                recovered: after == upto,
+                ..Recovery::default()
+            };
+            return Ok((Vec::new(), recovery));
+        }
+        let from = after.max(upto - (self.replay_limit as u64).min(upto));
+        let mut messages = self.store.after(stream, from, self.replay_limit)?;
+        messages.retain(|m| m.seq <= upto);
+        let mut bytes = 0;
+        let keep = messages
+            .iter()
+            .rev()
+            .take_while(|m| {
+                bytes += m.payload.len() + 10;
+                bytes <= self.reply_bytes
+            })
+            .count();
+        let cut = messages.len() - keep;
+        messages.drain(..cut);
+        // Every message after `after` is retained if the oldest one is there.
+        let oldest = match (from > after, messages.first()) {
+            (false, Some(m)) if cut == 0 => Some(m.seq),
+            _ => self.store.after(stream, after, 1)?.first().map(|m| m.seq),
+        };
+        let recovery = Recovery {
+            recovered: oldest == Some(after + 1),
+            replayed: messages.len(),
+            truncated: from > after || cut > 0,
+        };
+        Ok((messages, recovery))
+    }
+
+    /// Cuts a read of `limit + 1` to a page of at most `limit` messages and `reply_bytes`, and
+    /// says whether more follow.
+    fn page(&self, mut messages: Vec<StoredMessage>, limit: usize) -> (Vec<StoredMessage>, bool) {
+        let mut more = messages.len() > limit;
+        messages.truncate(limit);
+        let mut bytes = 0;
+        let keep = messages
+            .iter()
+            .take_while(|m| {
+                bytes += m.payload.len() + 1;
+                bytes <= self.reply_bytes
+            })
+            .count();
+        if keep < messages.len() {
+            messages.truncate(keep.max(1));
+            more = true;
+        }
+        (messages, more)
+    }
+}
+
+fn payloads(messages: &[StoredMessage]) -> impl Iterator<Item = &[u8]> + Clone {
+    messages.iter().map(|m| &m.payload[..])
+}
+
+/// `ack` (if any) and then each message, as WebSocket frames in one buffer.
+fn frames(ack: Option<&Bytes>, messages: &[StoredMessage]) -> Bytes {
+    let messages = payloads(messages);
+    match ack {
+        None => crate::ws::text_frames(messages),
+        Some(ack) => {
+            let rest = crate::ws::text_frames(messages);
+            let mut all = Vec::with_capacity(ack.len() + rest.len());
+            all.extend_from_slice(ack);
+            all.extend_from_slice(&rest);
+            Bytes::from(all)
+        }
+    }
+}
+
+fn read_failed(id: Option<&ReqId>, e: &StoreError) -> Bytes {
+    tracing::error!(error = %e, "history read failed");
+    let err = ReplyError::new(
+        ErrorCode::Unavailable,
+        "the message store could not be read; try again",
+    );
+    encode::error(id, &err)
+}
+
+/// The trimmer: every `retention_interval_ms`, trims each stream to its retention, until
+/// `stop` is dropped.
+fn trim_loop(store: &dyn Store, config: &Config, stop: Receiver<()>) {
+    let every = Duration::from_millis(config.retention_interval_ms);
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+        let streams = match store.streams() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "retention: cannot list streams");
+                continue;
+            }
+        };
+        let now = crate::shard::now_ms();
+        let mut removed = 0;
+        for info in streams {
+            let (max, secs) = match info.stream {
+                Stream::Room(_) => (config.room_retention_messages, config.room_retention_secs),
+                Stream::Inbox(_) => (config.inbox_retention_messages, config.inbox_retention_secs),
+            };
+            let keep_from = match max {
+                0 => 0,
+                max => (info.last_seq + 1).saturating_sub(max),
+            };
+            let min_ts = match secs {
+                0 => 0,
+                secs => now.saturating_sub(secs.saturating_mul(1000)),
+            };
+            match store.trim(&info.stream, keep_from, min_ts) {
+                Ok(n) => removed += n,
+                Err(e) => tracing::error!(error = %e, "retention: trim failed"),
+            }
+        }
+        if removed > 0 {
+            tracing::debug!(removed, "retention trimmed messages");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn writer(store: Arc<dyn Store>, replay_limit: usize, reply_bytes: usize) -> Writer {
+        let config = Config {
+            replay_limit,
+            max_queue_bytes: reply_bytes * 2,
+            ..Config::default()
+        };
+        Writer::new(store, Router::new(1).0, &config)
+    }
+
+    fn filled(n: u64, payload: &'static [u8]) -> (Arc<dyn Store>, Stream) {
+        let store = Arc::new(MemoryStore::default());
+        let stream = Stream::Room(Name::new("r").unwrap());
+        let batch: Vec<_> = (1..=n)
+            .map(|seq| Append {
+                stream: stream.clone(),
+                seq,
+                ts: seq,
+                payload: Bytes::from_static(payload),
+            })
+            .collect();
+        store.write(&batch, &[], false).unwrap();
+        (store, stream)
+    }
+
+    fn seqs(m: &[StoredMessage]) -> Vec<u64> {
+        m.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn replay_takes_the_newest_under_the_caps() {
+        let (store, r) = filled(30, b"0123456789");
+        let w = writer(store.clone(), 10, 1 << 20);
+        let (m, rec) = w.replay(&r, 5, 8).unwrap();
+        assert_eq!((seqs(&m), rec), (vec![6, 7, 8], rec_of(true, 3, false)));
+        let (m, rec) = w.replay(&r, 5, 30).unwrap();
+        assert_eq!(
+            (seqs(&m), rec),
+            ((21..=30).collect(), rec_of(true, 10, true))
+        );
+        assert_eq!(w.replay(&r, 30, 30).unwrap().1, rec_of(true, 0, false));
+        assert_eq!(w.replay(&r, 31, 30).unwrap().1, rec_of(false, 0, false));
+        // Bytes: each message costs 20 here, so 50 bytes hold 2.
+        let w = writer(store.clone(), 10, 50);
+        let (m, rec) = w.replay(&r, 5, 8).unwrap();
+        assert_eq!((seqs(&m), rec), (vec![7, 8], rec_of(true, 2, true)));
+        // Trimmed history is not recovered, but what is left is replayed.
+        store.trim(&r, 7, 0).unwrap();
+        let w = writer(store, 10, 1 << 20);
+        let (m, rec) = w.replay(&r, 5, 8).unwrap();
+        assert_eq!((seqs(&m), rec), (vec![7, 8], rec_of(false, 2, false)));
+        let (_, rec) = w.replay(&r, 0, 30).unwrap();
+        assert_eq!(rec, rec_of(false, 10, true));
+    }
+
+    fn rec_of(recovered: bool, replayed: usize, truncated: bool) -> Recovery {
+        Recovery {
+            recovered,
+            replayed,
+            truncated,
+        }
+    }
+
+    #[test]
+    fn pages_say_whether_more_follow() {
+        let (store, r) = filled(5, b"0123456789");
+        let w = writer(store.clone(), 10, 25);
+        let (m, more) = w.page(store.before(&r, u64::MAX, 4).unwrap(), 3);
+        assert_eq!((seqs(&m), more), (vec![5, 4], true), "cut by bytes");
+        let w = writer(store.clone(), 10, 1 << 20);
+        let (m, more) = w.page(store.before(&r, 3, 4).unwrap(), 3);
+        assert_eq!((seqs(&m), more), (vec![2, 1], false));
+    }
+}
