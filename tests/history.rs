@@ -25,16 +25,7 @@ const TRIMMED: Duration = Duration::from_secs(10);
 async fn join_since_replays_what_was_missed_then_goes_live() {
     let server = TestServer::start(fast);
     let addr = server.addr();
-    let mut a = dev(addr, "a").await;
-    let mut b = dev(addr, "b").await;
-    a.join("r").await;
-    b.join("r").await;
-    publish_numbered(&mut b, "r", 1..=3).await;
-    assert_room_msgs(&a.recv_n(3).await, "r", "b", 1..=3);
-    a.close().await;
-
-    publish_numbered(&mut b, "r", 4..=7).await;
-    let mut a = dev(addr, "a").await;
+    let (mut a, mut b) = miss_messages(addr, "r", 3, 7).await;
     let ack = a.join_since("r", 3).await;
     assert_recovery(&ack, 7, true, 4, false);
     assert_room_msgs(&a.recv_n(4).await, "r", "b", 4..=7);
@@ -237,17 +228,7 @@ async fn replay_is_capped_by_replay_limit_and_history_gives_the_rest() {
         fast(c);
         c.replay_limit = 10;
     });
-    let addr = server.addr();
-    let mut a = dev(addr, "a").await;
-    let mut b = dev(addr, "b").await;
-    a.join("r").await;
-    b.join("r").await;
-    publish_numbered(&mut b, "r", 1..=5).await;
-    assert_room_msgs(&a.recv_n(5).await, "r", "b", 1..=5);
-    a.close().await;
-
-    publish_numbered(&mut b, "r", 6..=30).await;
-    let mut a = dev(addr, "a").await;
+    let (mut a, mut b) = miss_messages(server.addr(), "r", 5, 30).await;
     assert_recovery(&a.join_since("r", 5).await, 30, true, 10, true);
     assert_room_msgs(&a.recv_n(10).await, "r", "b", 21..=30);
     a.assert_silent(QUIET).await;
@@ -356,6 +337,45 @@ async fn history_pages_newest_first() {
     assert!(page.is_empty() && !more, "nothing before seq 1");
     let (page, _) = b.history("r", Some(1_000), Some(1)).await;
     assert_room_msgs(&page, "r", "b", 250..=250);
+}
+
+/// With `sync` durability a message is in history no later than its delivery: whatever a
+/// member has received before it asks is in the reply.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_holds_every_message_already_delivered() {
+    const TOTAL: u64 = 300;
+    let server = TestServer::start(|c| {
+        fast(c);
+        c.shards = 2;
+    });
+    let addr = server.addr();
+    let mut p = dev(addr, "p").await;
+    let mut b = dev(addr, "b").await;
+    p.join("r").await;
+    b.join("r").await;
+    // One publish at a time, so that b's requests fall between them.
+    let publisher = tokio::spawn(async move { publish_numbered(&mut p, "r", 1..=TOTAL).await });
+    let mut seen = 0;
+    while seen < TOTAL {
+        let (delivered, reply) = b
+            .request(json!({"type": "history", "room": "r", "limit": 1}))
+            .await;
+        assert_eq!(reply["type"], "history", "{reply}");
+        let newest = seqs(reply["messages"].as_array().expect("messages"))
+            .first()
+            .copied()
+            .unwrap_or(0);
+        assert!(
+            newest >= seen,
+            "seq {seen} was delivered before the history request, whose newest is {newest}"
+        );
+        for m in delivered {
+            let seq = m["seq"].as_u64().unwrap_or_else(|| panic!("{m}"));
+            assert_eq!(assert_room_msg(&m, "r", "p", &numbered(seq)), seen + 1);
+            seen = seq;
+        }
+    }
+    publisher.await.expect("publisher task");
 }
 
 /// `history` needs membership and well-typed `before` / `limit`; `join` a well-typed `since`.

@@ -831,6 +831,20 @@ fn assert_numbered(
     }
 }
 
+/// "a" and "b" join `room`; b publishes 1..=`seen`, which a reads; a disconnects while b
+/// publishes up to `last`, then connects again (not yet in the room). Returns (a, b).
+pub async fn miss_messages(addr: SocketAddr, room: &str, seen: u64, last: u64) -> (Client, Client) {
+    let mut a = dev(addr, "a").await;
+    let mut b = dev(addr, "b").await;
+    a.join(room).await;
+    b.join(room).await;
+    publish_numbered(&mut b, room, 1..=seen).await;
+    assert_room_msgs(&a.recv_n(seen as usize).await, room, "b", 1..=seen);
+    a.close().await;
+    publish_numbered(&mut b, room, seen + 1..=last).await;
+    (dev(addr, "a").await, b)
+}
+
 /// No presence events (they would interleave with messages) and a publish rate no test
 /// reaches.
 pub fn fast(c: &mut Config) {
