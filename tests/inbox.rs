@@ -69,6 +69,25 @@ async fn offline_direct_messages_arrive_after_welcome_exactly_once() {
     alice.assert_silent(QUIET).await;
 }
 
+/// The offline messages come right after `welcome`: before the reply to anything the client
+/// sends once connected.
+#[tokio::test(flavor = "multi_thread")]
+async fn offline_direct_messages_come_before_any_reply() {
+    let server = TestServer::start(fast);
+    let addr = server.addr();
+    let mut alice = dev(addr, "alice").await;
+    dm_numbered(&mut alice, "bob", 1..=20).await;
+    let mut bob = dev(addr, "bob").await;
+    let (before, pong) = bob.request(json!({"type": "ping"})).await;
+    assert_eq!(pong["type"], "pong", "{pong}");
+    assert!(
+        !before.is_empty(),
+        "the pong came before the offline messages: it must follow them"
+    );
+    assert_dms(&before, "bob", "alice", 1..=20);
+    bob.assert_silent(QUIET).await;
+}
+
 /// Messages that reached one of bob's connections are not replayed to his new connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn direct_messages_to_an_online_user_are_not_replayed_to_his_new_connection() {
@@ -119,6 +138,57 @@ async fn offline_replay_is_capped_and_sync_gets_the_rest() {
     assert!(!more, "nothing after seq 12");
 }
 
+/// Large messages: the offline replay does not overflow the connection's queue (it holds the
+/// newest ones), and each `sync` page stays under half of `max_queue_bytes`, saying `more`.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_offline_messages_fit_the_queue_and_sync_pages_them() {
+    const MAX_QUEUE: usize = 64 * 1024;
+    let server = TestServer::start(|c| {
+        fast(c);
+        c.max_message_size = 4096;
+        c.max_queue_bytes = MAX_QUEUE;
+    });
+    let addr = server.addr();
+    let body = |n: u64| json!({"n": n, "pad": "x".repeat(1000)});
+    let mut alice = dev(addr, "alice").await;
+    for n in 1..=100 {
+        assert_eq!(alice.dm("bob", body(n)).await, n);
+    }
+
+    let mut bob = dev(addr, "bob").await;
+    let mut replayed = Vec::new();
+    while let Some(frame) = bob.next_within(QUIET).await {
+        match frame {
+            Incoming::Text(text) => replayed.push(serde_json::from_str::<Value>(&text).unwrap()),
+            other => panic!("bob: the offline replay must not cost the connection: {other}"),
+        }
+    }
+    bob.ping().await;
+    let first = 101 - replayed.len() as u64;
+    assert!(first <= 100, "no offline message arrived");
+    for (m, n) in replayed.iter().zip(first..) {
+        assert_eq!(
+            assert_dm(m, "bob", "alice", &body(n)),
+            n,
+            "the newest, oldest first"
+        );
+    }
+
+    let mut since = 0;
+    while since < 100 {
+        let reply = bob.call(json!({"type": "sync", "since": since})).await;
+        let size = reply.to_string().len();
+        assert!(size < MAX_QUEUE / 2, "a sync reply of {size} bytes");
+        let page = reply["messages"].as_array().expect("messages");
+        assert!(!page.is_empty(), "an empty page after {since}: {reply}");
+        for (m, n) in page.iter().zip(since + 1..) {
+            assert_eq!(assert_dm(m, "bob", "alice", &body(n)), n);
+        }
+        since += page.len() as u64;
+        assert_eq!(reply["more"], since < 100, "more after {since}");
+    }
+}
+
 /// A connection that died before its client processed everything: a new connection's `sync`
 /// from the client's cursor gets the rest, oldest first. What was written to the dead
 /// connection is not replayed at connect, and what is replayed there is replayed once.
@@ -137,16 +207,19 @@ async fn sync_closes_the_window_of_a_dead_connection() {
 
     let mut bob = retry_dev(addr, "bob", TIMEOUT).await.unwrap();
     assert_eq!(bob.welcome["inbox_seq"], 5, "{}", bob.welcome);
-    let (replayed, reply) = bob.request(json!({"type": "sync", "since": 2})).await;
-    assert_eq!(reply["type"], "sync", "{reply}");
+    // The offline replay: what was never written to b1, if anything.
+    let mut replayed = Vec::new();
+    while let Some(Incoming::Text(text)) = bob.next_within(QUIET).await {
+        replayed.push(serde_json::from_str::<Value>(&text).unwrap());
+    }
     let replayed_seqs = seqs(&replayed);
     assert!(
         replayed_seqs.is_sorted() && replayed_seqs.iter().all(|s| (3..=5).contains(s)),
         "only messages never written to a connection are replayed, oldest first: {replayed:?}"
     );
-    let page: Vec<Value> = reply["messages"].as_array().expect("messages").clone();
+    let (page, more) = bob.sync(2).await;
     assert_dms(&page, "bob", "alice", 3..=5);
-    assert_eq!(reply["more"], false, "{reply}");
+    assert!(!more);
 
     let (page, more) = bob.sync(0).await;
     assert_dms(&page, "bob", "alice", 1..=5);
