@@ -246,18 +246,12 @@ async fn replay_is_capped_by_replay_limit_and_history_gives_the_rest() {
 /// the replay holds the newest messages and says `truncated`, the page says `more`.
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_and_history_stay_under_half_the_queue_limit() {
-    const MAX_QUEUE: usize = 64 * 1024;
-    let server = TestServer::start(|c| {
-        fast(c);
-        c.max_message_size = 4096;
-        c.max_queue_bytes = MAX_QUEUE;
-    });
+    let server = TestServer::start(small_queue);
     let addr = server.addr();
     let mut b = dev(addr, "b").await;
     b.join("big").await;
-    let body = |n: u64| json!({"n": n, "pad": "x".repeat(1000)});
     for n in 1..=100 {
-        assert_eq!(b.publish("big", body(n)).await, n);
+        assert_eq!(b.publish("big", padded(n)).await, n);
     }
 
     let mut a = dev(addr, "a").await;
@@ -272,11 +266,11 @@ async fn replay_and_history_stay_under_half_the_queue_limit() {
         let text = a.recv_text().await;
         bytes += text.len();
         let m: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(assert_room_msg(&m, "big", "b", &body(n)), n);
+        assert_eq!(assert_room_msg(&m, "big", "b", &padded(n)), n);
     }
     assert!(
-        bytes <= MAX_QUEUE / 2,
-        "the replay is {bytes} bytes of frames, over half of max_queue_bytes ({MAX_QUEUE})"
+        bytes <= SMALL_QUEUE / 2,
+        "the replay is {bytes} bytes of frames, over half of max_queue_bytes ({SMALL_QUEUE})"
     );
     a.assert_silent(QUIET).await;
 
@@ -285,7 +279,7 @@ async fn replay_and_history_stay_under_half_the_queue_limit() {
         .await;
     let text = reply.to_string();
     assert!(
-        text.len() < MAX_QUEUE / 2,
+        text.len() < SMALL_QUEUE / 2,
         "a history reply of {} bytes, over half of max_queue_bytes",
         text.len()
     );
@@ -297,7 +291,7 @@ async fn replay_and_history_stay_under_half_the_queue_limit() {
     );
     assert_eq!(reply["more"], true, "older messages remain");
     for (m, n) in page.iter().zip((1..=100).rev()) {
-        assert_eq!(assert_room_msg(m, "big", "b", &body(n)), n);
+        assert_eq!(assert_room_msg(m, "big", "b", &padded(n)), n);
     }
 }
 

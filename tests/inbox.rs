@@ -142,17 +142,11 @@ async fn offline_replay_is_capped_and_sync_gets_the_rest() {
 /// newest ones), and each `sync` page stays under half of `max_queue_bytes`, saying `more`.
 #[tokio::test(flavor = "multi_thread")]
 async fn large_offline_messages_fit_the_queue_and_sync_pages_them() {
-    const MAX_QUEUE: usize = 64 * 1024;
-    let server = TestServer::start(|c| {
-        fast(c);
-        c.max_message_size = 4096;
-        c.max_queue_bytes = MAX_QUEUE;
-    });
+    let server = TestServer::start(small_queue);
     let addr = server.addr();
-    let body = |n: u64| json!({"n": n, "pad": "x".repeat(1000)});
     let mut alice = dev(addr, "alice").await;
     for n in 1..=100 {
-        assert_eq!(alice.dm("bob", body(n)).await, n);
+        assert_eq!(alice.dm("bob", padded(n)).await, n);
     }
 
     let mut bob = dev(addr, "bob").await;
@@ -168,7 +162,7 @@ async fn large_offline_messages_fit_the_queue_and_sync_pages_them() {
     assert!(first <= 100, "no offline message arrived");
     for (m, n) in replayed.iter().zip(first..) {
         assert_eq!(
-            assert_dm(m, "bob", "alice", &body(n)),
+            assert_dm(m, "bob", "alice", &padded(n)),
             n,
             "the newest, oldest first"
         );
@@ -178,11 +172,11 @@ async fn large_offline_messages_fit_the_queue_and_sync_pages_them() {
     while since < 100 {
         let reply = bob.call(json!({"type": "sync", "since": since})).await;
         let size = reply.to_string().len();
-        assert!(size < MAX_QUEUE / 2, "a sync reply of {size} bytes");
+        assert!(size < SMALL_QUEUE / 2, "a sync reply of {size} bytes");
         let page = reply["messages"].as_array().expect("messages");
         assert!(!page.is_empty(), "an empty page after {since}: {reply}");
         for (m, n) in page.iter().zip(since + 1..) {
-            assert_eq!(assert_dm(m, "bob", "alice", &body(n)), n);
+            assert_eq!(assert_dm(m, "bob", "alice", &padded(n)), n);
         }
         since += page.len() as u64;
         assert_eq!(reply["more"], since < 100, "more after {since}");

@@ -831,6 +831,22 @@ fn assert_numbered(
     }
 }
 
+/// The `max_queue_bytes` of [`small_queue`].
+pub const SMALL_QUEUE: usize = 64 * 1024;
+
+/// [`fast`], with a queue of [`SMALL_QUEUE`] bytes and messages up to 4 KiB: a few dozen
+/// [`padded`] messages fill half the queue.
+pub fn small_queue(c: &mut Config) {
+    fast(c);
+    c.max_message_size = 4096;
+    c.max_queue_bytes = SMALL_QUEUE;
+}
+
+/// A body of about 1 KB for message number `n`.
+pub fn padded(n: u64) -> Value {
+    json!({"n": n, "pad": "x".repeat(1000)})
+}
+
 /// "a" and "b" join `room`; b publishes 1..=`seen`, which a reads; a disconnects while b
 /// publishes up to `last`, then connects again (not yet in the room). Returns (a, b).
 pub async fn miss_messages(addr: SocketAddr, room: &str, seen: u64, last: u64) -> (Client, Client) {
