@@ -155,7 +155,8 @@ pub struct Config {
     )]
     pub max_rooms_per_connection: usize,
 
-    /// Sustained publishes (publish and send) per second per connection. Default 50.
+    /// Sustained requests that write or read the store (publish, send, history, sync) per second
+    /// per connection. Default 50.
     #[arg(long, env = "SHARDCAST_PUBLISH_RATE", default_value_t = 50)]
     pub publish_rate: u32,
 

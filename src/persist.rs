@@ -77,7 +77,7 @@ pub enum Read {
 /// How shards reach the writer. Cheap to clone.
 #[derive(Clone)]
 pub struct Persist {
-    tx: Sender<Op>,
+    tx: Sender<Vec<Op>>,
 }
 
 impl Persist {
@@ -89,9 +89,11 @@ impl Persist {
         }
     }
 
-    pub fn send(&self, op: Op) {
+    /// Queues `ops` in order. A shard sends what one scheduler pass produced at once: one
+    /// wake-up of the writer per pass, not per message.
+    pub fn send(&self, ops: Vec<Op>) {
         // The writer outlives the shards; a send can only fail during a failed start-up.
-        let _ = self.tx.send(op);
+        let _ = self.tx.send(ops);
     }
 }
 
@@ -136,7 +138,7 @@ impl Threads {
     /// stopped, so nothing is queued after the stop.
     pub fn stop(&mut self) {
         if let Some(writer) = self.writer.take() {
-            self.persist.send(Op::Stop);
+            self.persist.send(vec![Op::Stop]);
             if writer.join().is_err() {
                 tracing::error!("the store writer thread panicked");
             }
@@ -176,7 +178,7 @@ impl Writer {
         }
     }
 
-    fn run(self, rx: Receiver<Op>) {
+    fn run(self, rx: Receiver<Vec<Op>>) {
         // With async durability: when the oldest write not yet on disk was made.
         let mut unsynced: Option<Instant> = None;
         loop {
@@ -198,8 +200,12 @@ impl Writer {
                 self.sync();
                 return;
             };
-            let mut ops = vec![first];
-            ops.extend(rx.try_iter().take(MAX_BATCH - 1));
+            let mut ops = first;
+            while ops.len() < MAX_BATCH
+                && let Ok(more) = rx.try_recv()
+            {
+                ops.extend(more);
+            }
             let stop = self.apply(ops);
             if self.durability == Durability::Async {
                 let since = *unsynced.get_or_insert_with(Instant::now);

@@ -6,7 +6,8 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 
 /// Load-test bot for shardcast: real WebSocket clients, exact delivery checks, latency and the
 /// server's CPU and memory cost.
@@ -112,7 +113,9 @@ pub struct ChatArgs {
     /// Users (one connection each).
     #[arg(long, default_value_t = 10_000)]
     pub users: usize,
-    /// Members per room; the last room takes the remainder.
+    /// Members per room; the last room takes the remainder. 1 leaves every user alone in its
+    /// room: each publish is stored and acked but delivered to nobody, so the server's store
+    /// path, not its socket writes, is what the run measures.
     #[arg(long, default_value_t = 10)]
     pub room_size: usize,
     /// Messages per second per user (open loop).
@@ -210,7 +213,14 @@ pub struct CommonArgs {
     /// flood rooms with `joined` events; the bot tolerates them either way.
     #[arg(long, default_value_t = false, action = ArgAction::Set)]
     pub presence_events: bool,
-    /// With --spawn-server: one more argument for `shardcast serve` (repeatable).
+    /// The server's durability mode. With --spawn-server it is passed to the server as
+    /// `--durability` (default sync, the server's own default). With --url it is what you declare
+    /// the server runs; the bot cannot check it. The report shows it beside every figure.
+    #[arg(long, value_enum)]
+    pub durability: Option<Durability>,
+    /// With --spawn-server: one more argument for `shardcast serve` (repeatable). Flags the bot
+    /// sets itself (--durability, --shards, --publish-rate, …) are refused here: use the bot's
+    /// own option, so the report records what the server ran with.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
     /// With --spawn-server: RUST_LOG for the server (its log goes to a file in its temp dir).
@@ -243,6 +253,32 @@ pub struct CommonArgs {
     pub no_progress: bool,
 }
 
+/// How the server stores a message before acking it: the values of `shardcast serve
+/// --durability`. The bot's own copy, since it talks to the server only over its CLI and the
+/// wire.
+#[derive(ValueEnum, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// On disk (fsync) before the ack.
+    #[default]
+    Sync,
+    /// Acked at once, on disk within the server's --flush-interval-ms.
+    Async,
+    /// Kept in memory only.
+    Memory,
+}
+
+impl Durability {
+    /// The name `shardcast serve --durability` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Sync => "sync",
+            Durability::Async => "async",
+            Durability::Memory => "memory",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +301,18 @@ mod tests {
             Cli::try_parse_from(["lt", "chat", "--url", "ws://127.0.0.1:1", "--max"]).unwrap();
         assert!(cli.scenario.load().unwrap().max);
         assert_eq!(cli.scenario.common().duration, 10.0);
+    }
+
+    #[test]
+    fn durability_is_optional_and_named_like_the_server() {
+        let cli = Cli::try_parse_from(["lt", "fanout", "--spawn-server"]).unwrap();
+        assert_eq!(cli.scenario.common().durability, None);
+        for d in Durability::value_variants() {
+            let cli =
+                Cli::try_parse_from(["lt", "chat", "--spawn-server", "--durability", d.as_str()])
+                    .unwrap();
+            assert_eq!(cli.scenario.common().durability, Some(*d));
+            assert_eq!(serde_json::to_value(d).unwrap(), d.as_str());
+        }
     }
 }

@@ -33,11 +33,15 @@ pub struct Report {
     pub deliveries_in_window: u64,
     pub deliveries_per_sec: f64,
     pub publishes_per_sec: f64,
+    /// Acks received during the window: publishes the server stored (under its durability) and
+    /// confirmed. The throughput figure of a closed-loop (`--max`) run.
+    pub acks_per_sec: f64,
     /// The exact delivery check (not for churn).
     pub delivery: Option<DeliveryReport>,
     /// Scheduled send → received, over messages scheduled in the window.
     pub latency: Option<LatencySummary>,
-    /// Scheduled send → ack.
+    /// Scheduled send → ack (closed loop: actual send → ack), over messages scheduled in the
+    /// window.
     pub ack_latency: Option<LatencySummary>,
     /// Scheduled send → the bot actually wrote it (the bot's own timer lateness).
     pub send_lag: Option<LatencySummary>,
@@ -63,6 +67,9 @@ pub struct ServerCost {
     pub cpu_percent: f64,
     /// Server CPU per delivered message in the window, in microseconds.
     pub cpu_us_per_delivery: Option<f64>,
+    /// Server CPU per acked publish in the window, in microseconds: the cost of storing a
+    /// message, plus its share of delivering it.
+    pub cpu_us_per_publish: Option<f64>,
     /// Server CPU per connection per second in the window, in microseconds (idle cost).
     pub cpu_us_per_connection_second: Option<f64>,
     /// RSS before the bot connected.
@@ -81,9 +88,13 @@ impl ServerCost {
         baseline: &ProcSample,
         connected: &ProcSample,
         window: (&ProcSample, &ProcSample),
-        deliveries: u64,
-        connections: u64,
+        work: WindowWork,
     ) -> ServerCost {
+        let WindowWork {
+            deliveries,
+            publishes,
+            connections,
+        } = work;
         let (w0, w1) = window;
         let cpu = w1.cpu_since(w0);
         let wall = w1.wall_since(w0);
@@ -92,6 +103,7 @@ impl ServerCost {
             cpu_seconds: cpu,
             cpu_percent: if wall > 0.0 { 100.0 * cpu / wall } else { 0.0 },
             cpu_us_per_delivery: (deliveries > 0).then(|| cpu * 1e6 / deliveries as f64),
+            cpu_us_per_publish: (publishes > 0).then(|| cpu * 1e6 / publishes as f64),
             cpu_us_per_connection_second: (connections > 0 && wall > 0.0)
                 .then(|| cpu * 1e6 / connections as f64 / wall),
             rss_baseline_bytes: baseline.rss_bytes,
@@ -101,6 +113,17 @@ impl ServerCost {
                 .then(|| (w1.rss_bytes as f64 - baseline.rss_bytes as f64) / connections as f64),
         }
     }
+}
+
+/// What the server did in the window, to divide its CPU by.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WindowWork {
+    /// Message frames received by the bot.
+    pub deliveries: u64,
+    /// Acks received by the bot.
+    pub publishes: u64,
+    /// Connections held.
+    pub connections: u64,
 }
 
 /// The bot's own CPU during the window: a bot near 100% of its cores is the bottleneck.
@@ -204,6 +227,7 @@ impl Report {
             where_ += &format!(" pid {pid}");
         }
         let _ = writeln!(o, "  target            {where_}");
+        let _ = writeln!(o, "  durability        {}", t.durability_words());
         let _ = writeln!(
             o,
             "  bot               {} worker thread(s){}",
@@ -265,6 +289,16 @@ impl Report {
                 thousands(self.deliveries_per_sec.round() as u64)
             );
             let _ = writeln!(o, "  publishes/s       {:.1}", self.publishes_per_sec);
+            let _ = writeln!(
+                o,
+                "  acks/s            {:.1}{}",
+                self.acks_per_sec,
+                if self.mode == "closed-loop" {
+                    "  (peak: stored publishes/s)"
+                } else {
+                    ""
+                }
+            );
         }
         if let Some(c) = &self.churn {
             let _ = writeln!(o, "churn");
@@ -316,6 +350,9 @@ impl Report {
             );
             if let Some(us) = s.cpu_us_per_delivery {
                 let _ = writeln!(o, "  CPU/delivery      {us:.3} µs");
+            }
+            if let Some(us) = s.cpu_us_per_publish {
+                let _ = writeln!(o, "  CPU/publish       {us:.3} µs");
             }
             if self.delivery.as_ref().is_some_and(|d| d.published == 0)
                 && let Some(us) = s.cpu_us_per_connection_second
@@ -373,5 +410,28 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn cpu_is_divided_by_deliveries_and_by_publishes() {
+        let t0 = std::time::Instant::now();
+        let sample = |secs: u64, cpu: f64| ProcSample {
+            at: t0 + std::time::Duration::from_secs(secs),
+            cpu_seconds: cpu,
+            rss_bytes: 1 << 20,
+        };
+        let (w0, w1) = (sample(1, 1.0), sample(3, 2.0));
+        let work = WindowWork {
+            deliveries: 0,
+            publishes: 100_000,
+            connections: 10,
+        };
+        let c = ServerCost::compute(7, &w0, &w0, (&w0, &w1), work);
+        assert_eq!(c.cpu_percent, 50.0);
+        assert_eq!(
+            c.cpu_us_per_delivery, None,
+            "no deliveries: no per-delivery figure"
+        );
+        assert_eq!(c.cpu_us_per_publish, Some(10.0));
     }
 }

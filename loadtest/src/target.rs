@@ -15,7 +15,7 @@ use anyhow::{Context, anyhow, bail};
 use serde::Serialize;
 use tempfile::TempDir;
 
-use crate::cli::CommonArgs;
+use crate::cli::{CommonArgs, Durability};
 use crate::client::Endpoint;
 
 /// How long a spawned server may take to accept its first connection.
@@ -27,6 +27,23 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// per-connection limiter never drops bot messages.
 const SPAWN_PUBLISH_RATE: &str = "1000000";
 
+const LIFTED_LIMIT: &str = "the bot sets it far above any scenario's rate, so that the server \
+     never drops bot messages; for a lower limit, start the server yourself and give --url";
+
+/// The `shardcast serve` flags a spawned server gets from the bot, and what to do instead of
+/// repeating one with `--server-arg` (the server refuses a flag given twice, and the report must
+/// say what the server ran with).
+const BOT_SET_FLAGS: &[(&str, &str)] = &[
+    ("--bind", "the bot binds a free loopback port"),
+    ("--data", "the bot gives it a temp dir"),
+    ("--publish-rate", LIFTED_LIMIT),
+    ("--publish-burst", LIFTED_LIMIT),
+    ("--presence-events", "use the bot's --presence-events"),
+    ("--max-queue-bytes", "use the bot's --max-queue-bytes"),
+    ("--shards", "use the bot's --shards"),
+    ("--durability", "use the bot's --durability"),
+];
+
 /// Facts about the target, for the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetInfo {
@@ -36,6 +53,20 @@ pub struct TargetInfo {
     pub server_bin: Option<String>,
     pub server_cpus: Option<String>,
     pub server_args: Vec<String>,
+    /// The server's durability mode: passed to a spawned server, declared with `--url`
+    /// (`None`: not declared).
+    pub durability: Option<Durability>,
+}
+
+impl TargetInfo {
+    /// The durability mode and where it came from, for the summary table.
+    pub fn durability_words(&self) -> String {
+        match (self.durability, self.spawned) {
+            (Some(d), true) => format!("{} (passed to the spawned server)", d.as_str()),
+            (Some(d), false) => format!("{} (declared with --durability, not checked)", d.as_str()),
+            (None, _) => "not declared (give --durability with --url)".to_string(),
+        }
+    }
 }
 
 /// The server the run talks to.
@@ -72,6 +103,7 @@ impl Target {
                     server_bin: None,
                     server_cpus: None,
                     server_args: Vec::new(),
+                    durability: common.durability,
                 },
                 endpoint,
                 spawned: None,
@@ -80,6 +112,10 @@ impl Target {
     }
 
     fn spawn(common: &CommonArgs, max_mode: bool) -> anyhow::Result<Target> {
+        check_server_args(&common.server_args)?;
+        // Always passed, so a SHARDCAST_DURABILITY in the bot's environment cannot change it
+        // behind the report's back.
+        let durability = common.durability.unwrap_or_default();
         let bin = server_binary(common.server_bin.as_deref())?;
         let dir = tempfile::Builder::new()
             .prefix("shardcast-loadtest-")
@@ -99,6 +135,8 @@ impl Target {
             SPAWN_PUBLISH_RATE.into(),
             "--presence-events".into(),
             common.presence_events.to_string(),
+            "--durability".into(),
+            durability.as_str().into(),
         ];
         let queue = common
             .max_queue_bytes
@@ -150,6 +188,7 @@ impl Target {
                 server_bin: Some(bin.display().to_string()),
                 server_cpus: common.server_cpus.clone(),
                 server_args: args,
+                durability: Some(durability),
             },
             spawned: Some(Spawned {
                 child,
@@ -257,6 +296,17 @@ impl Drop for Target {
     }
 }
 
+/// Refuses a `--server-arg` that repeats a flag the bot sets itself.
+fn check_server_args(args: &[String]) -> anyhow::Result<()> {
+    for arg in args {
+        let flag = arg.split_once('=').map_or(arg.as_str(), |(f, _)| f);
+        if let Some((_, instead)) = BOT_SET_FLAGS.iter().find(|(f, _)| *f == flag) {
+            bail!("--server-arg {arg}: the bot already passes {flag} to the server; {instead}");
+        }
+    }
+    Ok(())
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("find a free port")?;
@@ -291,4 +341,21 @@ fn server_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
          `cargo build --release` in the workspace root, or pass --server-bin PATH",
         list.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_args_may_not_repeat_the_bots_flags() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(
+            check_server_args(&args(&["--flush-interval-ms=50", "--replay-limit", "9"])).is_ok()
+        );
+        let e = check_server_args(&args(&["--durability=memory"])).unwrap_err();
+        assert!(e.to_string().contains("use the bot's --durability"), "{e}");
+        assert!(check_server_args(&args(&["--publish-rate", "10"])).is_err());
+        assert!(check_server_args(&args(&["--shards=2"])).is_err());
+    }
 }

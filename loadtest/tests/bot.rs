@@ -2,37 +2,50 @@
 //! few seconds, asserting exact delivery. No timing assertions: this keeps the bot from rotting,
 //! it is not a benchmark.
 
-use clap::Parser;
-use shardcast::config::Config;
+use clap::{Parser, ValueEnum};
+use shardcast::config::{Config, Durability};
 use shardcast::server::Server;
 use shardcast_loadtest::{Cli, Report, run};
 
-/// Starts a server on 127.0.0.1:0 with a publish limit no scenario reaches, runs the bot with
-/// `args` (the scenario and its options; `--url` is added) against it, and stops the server.
-fn run_against_server(args: &[&str]) -> Report {
+/// Starts a server on 127.0.0.1:0 with `durability` and a publish limit no scenario reaches,
+/// runs the bot with `args` (the scenario and its options; `--url` and the same `--durability`
+/// are added) against it, and stops the server.
+fn run_against_server(durability: Durability, args: &[&str]) -> Report {
     let data = tempfile::tempdir().expect("temp dir");
     let server = Server::start(Config {
         bind: "127.0.0.1:0".parse().unwrap(),
         data: data.path().to_path_buf(),
+        durability,
         publish_rate: 1_000_000,
         publish_burst: 1_000_000,
         ..Default::default()
     })
     .expect("start the server");
     let url = format!("ws://{}", server.local_addr());
+    let mode = durability.to_possible_value().expect("a named mode");
     let mut argv = vec!["shardcast-loadtest"];
     argv.extend_from_slice(args);
     argv.extend_from_slice(&["--url", &url, "--no-progress", "--threads", "2"]);
+    argv.extend_from_slice(&["--durability", mode.get_name()]);
     let cli = Cli::try_parse_from(argv).expect("valid arguments");
     let report = run(&cli).expect("the run completes");
     server.shutdown();
     server.join();
+    let declared = report.target.durability.map(|d| d.as_str());
+    assert_eq!(declared, Some(mode.get_name()), "the report names the mode");
     report
 }
 
 fn assert_exact(report: &Report) {
     let d = report.delivery.as_ref().expect("a delivery report");
     assert!(d.delivered > 0, "nothing was delivered: {d:#?}");
+    assert_checked(report);
+}
+
+/// Everything published was acked and exactly what was owed arrived (possibly nothing).
+fn assert_checked(report: &Report) {
+    let d = report.delivery.as_ref().expect("a delivery report");
+    assert!(d.published > 0, "nothing was published: {d:#?}");
     assert_eq!(d.lost, 0, "lost messages: {d:#?}");
     assert_eq!(d.duplicates, 0, "duplicates: {d:#?}");
     assert_eq!(d.out_of_order, 0, "out of order: {d:#?}");
@@ -47,19 +60,22 @@ fn assert_exact(report: &Report) {
 fn fanout_delivers_exactly() {
     // 300 subscribers + 2 publishers in one room. The server keeps its default presence events,
     // so the bot also sees (and must ignore) ~45,000 `joined` frames while connecting.
-    let report = run_against_server(&[
-        "fanout",
-        "--subscribers",
-        "300",
-        "--publishers",
-        "2",
-        "--rate",
-        "10",
-        "--duration",
-        "2.5",
-        "--warmup",
-        "0.5",
-    ]);
+    let report = run_against_server(
+        Durability::Sync,
+        &[
+            "fanout",
+            "--subscribers",
+            "300",
+            "--publishers",
+            "2",
+            "--rate",
+            "10",
+            "--duration",
+            "2.5",
+            "--warmup",
+            "0.5",
+        ],
+    );
     assert_exact(&report);
     let d = report.delivery.as_ref().unwrap();
     // Every message goes to the 300 subscribers and the other publisher.
@@ -70,18 +86,49 @@ fn fanout_delivers_exactly() {
 
 #[test]
 fn dm_delivers_exactly() {
-    let report = run_against_server(&[
-        "dm",
-        "--users",
-        "100",
-        "--rate",
-        "5",
-        "--duration",
-        "1.5",
-        "--warmup",
-        "0.5",
-    ]);
+    let report = run_against_server(
+        Durability::Sync,
+        &[
+            "dm",
+            "--users",
+            "100",
+            "--rate",
+            "5",
+            "--duration",
+            "1.5",
+            "--warmup",
+            "0.5",
+        ],
+    );
     assert_exact(&report);
     let d = report.delivery.as_ref().unwrap();
     assert_eq!(d.expected, d.published);
+}
+
+#[test]
+fn chat_alone_in_rooms_stores_and_acks_without_deliveries() {
+    // --room-size 1: every user alone in its room, the store-path shape. Nothing is owed, so the
+    // exact check is about the acks: every publish acked once, seqs contiguous per room.
+    let report = run_against_server(
+        Durability::Memory,
+        &[
+            "chat",
+            "--users",
+            "50",
+            "--room-size",
+            "1",
+            "--rate",
+            "20",
+            "--duration",
+            "1.5",
+            "--warmup",
+            "0.5",
+        ],
+    );
+    assert_checked(&report);
+    let d = report.delivery.as_ref().unwrap();
+    assert_eq!((d.expected, d.delivered), (0, 0), "{d:#?}");
+    assert!(report.latency.is_none());
+    assert!(report.ack_latency.is_some());
+    assert!(report.acks_per_sec > 0.0);
 }

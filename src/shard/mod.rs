@@ -45,6 +45,8 @@ pub struct Shard {
     home_rooms: HomeRooms,
     home_users: HomeUsers,
     persist: Persist,
+    /// Store operations of this scheduler pass, sent together by `flush_persist`.
+    store_ops: Vec<Op>,
     /// Connections catching up on a stream (a room joined with `since`, or the inbox right after
     /// connecting): the stream's live frames are held for them until their `Replay` arrives.
     catch_up: AHashMap<Stream, Vec<CatchUp>>,
@@ -96,6 +98,7 @@ impl Shard {
             home_rooms,
             home_users,
             persist,
+            store_ops: Vec::new(),
             catch_up: AHashMap::new(),
             dirty: Vec::new(),
             ping: Rc::new(ws::control_frame(ws::OP_PING, b"")),
@@ -303,7 +306,7 @@ impl Shard {
                 .member(conn, &room, "reading the history of")
                 .and_then(|()| self.take_token(conn))
                 .map(|()| {
-                    self.persist.send(Op::Read(Read::History {
+                    self.queue_store_op(Op::Read(Read::History {
                         room,
                         conn: conn.id,
                         id: id.clone(),
@@ -312,7 +315,7 @@ impl Shard {
                     }))
                 }),
             ClientMessage::Sync { since } => self.take_token(conn).map(|()| {
-                self.persist.send(Op::Read(Read::Sync {
+                self.queue_store_op(Op::Read(Read::Sync {
                     user: conn.user.clone(),
                     conn: conn.id,
                     id: id.clone(),
@@ -496,7 +499,7 @@ impl Shard {
             Err(ReplyError::new(
                 ErrorCode::RateLimited,
                 format!(
-                    "over {} publishes per second; the message was dropped",
+                    "over {} requests per second (publish, send, history, sync); this one was dropped",
                     self.config.publish_rate
                 ),
             ))
@@ -540,11 +543,11 @@ impl Shard {
             ShardMsg::Online { user, conn } => match self.home_users.online(&user, conn) {
                 Some((after, upto)) => {
                     let stream = Stream::Inbox(user.clone());
-                    self.persist.send(Op::Cursor {
+                    self.queue_store_op(Op::Cursor {
                         stream,
                         cursor: upto,
                     });
-                    self.persist.send(Op::Read(Read::Inbox {
+                    self.queue_store_op(Op::Read(Read::Inbox {
                         user,
                         conn,
                         after,
@@ -610,7 +613,7 @@ impl Shard {
                         since,
                         upto: seq,
                     };
-                    return self.persist.send(Op::Read(read));
+                    return self.queue_store_op(Op::Read(read));
                 }
                 let ack = ack.then(|| match since {
                     Some(since) => {
@@ -771,9 +774,9 @@ impl Shard {
         };
         if self.config.durability == Durability::Sync {
             let done = Some((self.id, written));
-            self.persist.send(Op::Append { append, done });
+            self.queue_store_op(Op::Append { append, done });
         } else {
-            self.persist.send(Op::Append { append, done: None });
+            self.queue_store_op(Op::Append { append, done: None });
             self.delivered(written);
         }
     }
@@ -802,7 +805,7 @@ impl Shard {
                         stream: Stream::Inbox(to.clone()),
                         cursor: seq,
                     };
-                    self.persist.send(cursor);
+                    self.queue_store_op(cursor);
                 }
                 if from != to {
                     let home = self.router.home(&from);
@@ -944,6 +947,17 @@ impl Shard {
 
     fn mark_dirty(&mut self, conn: &Rc<Conn>) {
         mark_dirty(&mut self.dirty, conn);
+    }
+
+    fn queue_store_op(&mut self, op: Op) {
+        self.store_ops.push(op);
+    }
+
+    /// Hands this pass's store operations to the writer, in the order they were made.
+    pub fn flush_persist(&mut self) {
+        if !self.store_ops.is_empty() {
+            self.persist.send(std::mem::take(&mut self.store_ops));
+        }
     }
 
     /// Writes every connection touched since the last flush: one writev each.

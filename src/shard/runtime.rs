@@ -44,7 +44,9 @@ pub struct Ctx {
 impl Ctx {
     /// Asks for the dirty connections to be written once every task already runnable has run,
     /// so frames produced by several connections' input in one pass share each socket's writev.
+    /// Store operations leave at once: they are not paced like socket writes.
     pub fn schedule_flush(&self) {
+        self.with(Shard::flush_persist);
         if !self.flush_due.replace(true)
             && let Some(w) = self.flusher.take()
         {
@@ -146,7 +148,10 @@ async fn inbox_loop(ctx: &Rc<Ctx>, inbox: Inbox) {
             }
             handled += 1;
             if handled % INBOX_BATCH == 0 {
-                ctx.with(Shard::flush_dirty);
+                ctx.with(|s| {
+                    s.flush_persist();
+                    s.flush_dirty();
+                });
                 tokio::task::yield_now().await;
             }
         }

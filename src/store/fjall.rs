@@ -4,11 +4,13 @@
 //! (stream prefix → u64), all integers big-endian.
 //!
 //! After a failed write fjall refuses every later one ("poisoned": it cannot know what reached
-//! disk). The next write then reopens the database, which recovers from its journal, so a disk
-//! that fills up and is freed again does not need a restart.
+//! disk). The next call then reopens the database, which recovers from its journal, so a disk
+//! that fills up and is freed again does not need a restart. Part or all of the failed batch
+//! may still reach the journal (its buffer is flushed when the old instance is dropped), so the
+//! reopen first deletes the failed batch's messages: a write reported failed is never read.
 
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -19,6 +21,8 @@ pub struct FjallStore {
     dir: PathBuf,
     /// `None` after a failed reopen; `broken` after a failed write.
     db: RwLock<Option<Db>>,
+    /// Keys of messages whose write failed, to delete at the reopen.
+    undo: Mutex<Vec<Vec<u8>>>,
 }
 
 struct Db {
@@ -136,10 +140,13 @@ impl FjallStore {
         Ok(FjallStore {
             dir: dir.to_owned(),
             db: RwLock::new(Some(db)),
+            undo: Mutex::new(Vec::new()),
         })
     }
 
+    /// The open database, reopened first if a write failed.
     fn db(&self) -> Result<RwLockReadGuard<'_, Option<Db>>, StoreError> {
+        self.heal()?;
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             return Err(StoreError::Read(format!(
@@ -163,14 +170,23 @@ impl FjallStore {
         }
         // The old instance must be gone before the new one takes the directory's lock.
         drop(slot.take());
-        match Db::open(&self.dir) {
-            Ok(db) => {
-                tracing::warn!(dir = %self.dir.display(), "message store reopened after a failure");
-                *slot = Some(db);
-                Ok(())
+        let db = Db::open(&self.dir)
+            .map_err(|e| StoreError::Write(format!("cannot reopen the store: {e}")))?;
+        let mut undo = self.undo.lock().unwrap_or_else(|p| p.into_inner());
+        if !undo.is_empty() {
+            let mut tx = db.db.batch();
+            for key in undo.iter() {
+                tx.remove(&db.messages, key.clone());
             }
-            Err(e) => Err(StoreError::Write(format!("cannot reopen the store: {e}"))),
+            // On failure `db` is dropped unused and the next call tries again.
+            tx.commit()
+                .and_then(|_| db.db.persist(PersistMode::SyncAll))
+                .map_err(write_err)?;
+            undo.clear();
         }
+        tracing::warn!(dir = %self.dir.display(), "message store reopened after a failure");
+        *slot = Some(db);
+        Ok(())
     }
 }
 
@@ -181,7 +197,6 @@ impl Store for FjallStore {
         cursors: &[(Stream, u64)],
         durable: bool,
     ) -> Result<(), StoreError> {
-        self.heal()?;
         let result = self
             .db()?
             .as_ref()
@@ -192,6 +207,8 @@ impl Store for FjallStore {
             if let Some(db) = slot.as_mut() {
                 db.broken = true;
             }
+            let mut undo = self.undo.lock().unwrap_or_else(|p| p.into_inner());
+            undo.extend(appends.iter().map(|a| a.stream.key(a.seq)));
         }
         result
     }

@@ -74,6 +74,7 @@ pub struct PubsubResult {
     pub window_end: Samples,
     pub delivered_in_window: u64,
     pub sent_in_window: u64,
+    pub acked_in_window: u64,
     pub delivery: DeliveryReport,
     pub latency: Option<LatencySummary>,
     pub ack_latency: Option<LatencySummary>,
@@ -268,17 +269,9 @@ pub async fn run(
     );
     let phase_start = shared.now_ns();
     wait_with_progress(ctx, window_start, phase_start).await;
-    let (w0, d0, s0) = (
-        ctx.sample(),
-        shared.delivered.load(Relaxed),
-        shared.sent.load(Relaxed),
-    );
+    let (w0, c0) = (ctx.sample(), shared.counts());
     wait_with_progress(ctx, window_end, phase_start).await;
-    let (w1, d1, s1) = (
-        ctx.sample(),
-        shared.delivered.load(Relaxed),
-        shared.sent.load(Relaxed),
-    );
+    let (w1, c1) = (ctx.sample(), shared.counts());
 
     // Drain: every publisher has stopped; wait for the acks and deliveries still owed.
     let mut sent_counts = vec![0u64; n];
@@ -306,8 +299,9 @@ pub async fn run(
         connected,
         window_start: w0,
         window_end: w1,
-        delivered_in_window: d1 - d0,
-        sent_in_window: s1 - s0,
+        delivered_in_window: c1.delivered - c0.delivered,
+        sent_in_window: c1.sent - c0.sent,
+        acked_in_window: c1.acked - c0.acked,
         delivery,
         latency: shared.latency.summary(),
         ack_latency: shared.ack_latency.summary(),
@@ -319,7 +313,7 @@ pub async fn run(
 /// Sleeps until `deadline_ns`, updating the progress bar.
 async fn wait_with_progress(ctx: &RunCtx, deadline_ns: u64, phase_start: u64) {
     let shared = &ctx.shared;
-    let mut last = (shared.now_ns(), shared.delivered.load(Relaxed));
+    let mut last = (shared.now_ns(), shared.counts());
     loop {
         let now = shared.now_ns();
         if now >= deadline_ns {
@@ -327,9 +321,11 @@ async fn wait_with_progress(ctx: &RunCtx, deadline_ns: u64, phase_start: u64) {
         }
         let step = (deadline_ns - now).min(200_000_000);
         tokio::time::sleep_until(ctx.at(now + step)).await;
-        let (t, d) = (shared.now_ns(), shared.delivered.load(Relaxed));
-        let rate = (d - last.1) as f64 / ((t - last.0).max(1) as f64 / 1e9);
-        last = (t, d);
+        let (t, c) = (shared.now_ns(), shared.counts());
+        let secs = (t - last.0).max(1) as f64 / 1e9;
+        let rate = (c.delivered - last.1.delivered) as f64 / secs;
+        let acks = (c.acked - last.1.acked) as f64 / secs;
+        last = (t, c);
         let phase = if t < shared.window_start_ns.load(Relaxed) {
             "warm-up"
         } else {
@@ -338,8 +334,8 @@ async fn wait_with_progress(ctx: &RunCtx, deadline_ns: u64, phase_start: u64) {
         ctx.progress.set(
             (t - phase_start) / 100_000_000,
             format!(
-                "{phase}: {rate:.0} deliveries/s, {} sent, {} errors",
-                shared.sent.load(Relaxed),
+                "{phase}: {rate:.0} deliveries/s, {acks:.0} acks/s, {} sent, {} errors",
+                c.sent,
                 shared.server_errors.load(Relaxed) + shared.disconnects.load(Relaxed)
             ),
         );
