@@ -432,6 +432,55 @@ async fn history_errors() {
     b.ping().await;
 }
 
+/// `history` and `sync` count against the publish rate: a fast burst of them gets some
+/// `rate_limited`, each request exactly one reply, and no more answers than the bucket allows.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_and_sync_count_against_the_publish_rate() {
+    const RATE: u32 = 5;
+    const BURST: u32 = 10;
+    const SENT: u64 = 30;
+    let server = TestServer::start(|c| {
+        c.presence_events = false;
+        c.publish_rate = RATE;
+        c.publish_burst = BURST;
+    });
+    let mut v = dev(server.addr(), "v").await;
+    v.join("r").await;
+    let start = std::time::Instant::now();
+    for id in 0..SENT {
+        let frame = match id % 2 {
+            0 => json!({"type": "history", "room": "r", "id": id}),
+            _ => json!({"type": "sync", "since": 0, "id": id}),
+        };
+        v.send_json(&frame).await;
+    }
+    let mut replied = std::collections::BTreeSet::new();
+    let (mut answered, mut limited) = (0, 0);
+    for _ in 0..SENT {
+        let reply = v.recv_json().await;
+        let id = reply["id"].as_u64().unwrap_or_else(|| panic!("{reply}"));
+        assert!(id < SENT && replied.insert(id), "unexpected reply {reply}");
+        match reply["type"].as_str() {
+            Some("error") => {
+                assert_error(&reply, "rate_limited", Some(&json!(id)));
+                limited += 1;
+            }
+            Some(ty) => {
+                assert_eq!(ty, ["history", "sync"][id as usize % 2], "{reply}");
+                answered += 1;
+            }
+            None => panic!("{reply}"),
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    assert!(limited > 0, "{SENT} reads at once must hit the limit");
+    assert!(
+        answered as f64 <= (BURST + 1) as f64 + RATE as f64 * elapsed,
+        "{answered} answered in {elapsed:.2}s with burst {BURST} and rate {RATE}/s"
+    );
+    v.ping().await;
+}
+
 /// `room_retention_secs`: messages older than it leave history in the background; the seq
 /// goes on.
 #[tokio::test(flavor = "multi_thread")]
