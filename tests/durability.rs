@@ -29,7 +29,8 @@ const FLUSHED: Duration = Duration::from_secs(1);
 // ---------------------------------------------------------------------------------------------
 
 /// A graceful restart on the same data dir (with another shard count): room and inbox seqs go
-/// on, history is there, undelivered direct messages arrive at connect, delivered ones do not.
+/// on, history and replay are there, undelivered direct messages arrive at connect, delivered
+/// ones do not.
 #[tokio::test(flavor = "multi_thread")]
 async fn seqs_history_and_inboxes_survive_a_restart() {
     let data = tempfile::tempdir().unwrap();
@@ -55,7 +56,11 @@ async fn seqs_history_and_inboxes_survive_a_restart() {
     assert_eq!(a.welcome["inbox_seq"], 0, "{}", a.welcome);
     assert_eq!(a.join("r").await, 5, "the room's last seq after a restart");
     assert_room_msgs(&a.history_all("r").await, "r", "a", (1..=5).rev());
+    let mut c = dev(addr, "c").await;
+    assert_recovery(&c.join_since("r", 2).await, 5, true, 3, false);
+    assert_room_msgs(&c.recv_n(3).await, "r", "a", 3..=5);
     publish_numbered(&mut a, "r", 6..=6).await;
+    assert_room_msgs(&c.recv_n(1).await, "r", "a", 6..=6);
     dm_numbered(&mut a, "bob", 3..=3).await;
 
     let mut bob = dev(addr, "bob").await;
