@@ -14,6 +14,8 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -45,7 +47,8 @@ pub const SECRET: &str = "integration-test-secret";
 pub struct TestServer {
     server: Option<Server>,
     addr: SocketAddr,
-    _data: TempDir,
+    /// The temp dir behind `data`, when the server made its own (see [`TestServer::start_in`]).
+    _data: Option<TempDir>,
 }
 
 impl TestServer {
@@ -53,10 +56,18 @@ impl TestServer {
     /// always `127.0.0.1:0` and `data` a fresh temp dir, whatever `tweak` sets.
     pub fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let data = tempfile::tempdir().expect("create a temp dir for the server's data");
+        let mut server = TestServer::start_in(data.path(), tweak);
+        server._data = Some(data);
+        server
+    }
+
+    /// [`TestServer::start`] with `data` at `dir`, which the caller keeps: a test restarts a
+    /// server on the same data by calling this again once the first one has been joined.
+    pub fn start_in(dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config::default();
         tweak(&mut config);
         config.bind = "127.0.0.1:0".parse().unwrap();
-        config.data = data.path().to_path_buf();
+        config.data = dir.to_path_buf();
         let server = tokio::task::block_in_place(|| Server::start(config))
             .unwrap_or_else(|e| panic!("the server failed to start: {e}"));
         let addr = server.local_addr();
@@ -65,7 +76,7 @@ impl TestServer {
         TestServer {
             server: Some(server),
             addr,
-            _data: data,
+            _data: None,
         }
     }
 
@@ -399,6 +410,15 @@ impl Client {
         frame
     }
 
+    /// The next `n` frames, which must be JSON.
+    pub async fn recv_n(&mut self, n: usize) -> Vec<Value> {
+        let mut frames = Vec::with_capacity(n);
+        for _ in 0..n {
+            frames.push(self.recv_json().await);
+        }
+        frames
+    }
+
     /// The next frame must be a close frame with `code`.
     pub async fn expect_close(&mut self, code: u16) {
         self.expect_close_within(code, TIMEOUT).await;
@@ -428,17 +448,22 @@ impl Client {
 
     // --- requests --------------------------------------------------------------------------
 
-    /// Sends `frame` (adding a fresh `id` if it has none) and returns the next frame, which
-    /// must echo that id.
-    pub async fn call(&mut self, mut frame: Value) -> Value {
-        let id = match frame.get("id") {
+    /// The `id` of `frame`, after giving it a fresh one if it has none.
+    fn id_of(&mut self, frame: &mut Value) -> Value {
+        match frame.get("id") {
             Some(id) => id.clone(),
             None => {
                 let id = self.fresh_id();
                 frame["id"] = id.clone();
                 id
             }
-        };
+        }
+    }
+
+    /// Sends `frame` (adding a fresh `id` if it has none) and returns the next frame, which
+    /// must echo that id.
+    pub async fn call(&mut self, mut frame: Value) -> Value {
+        let id = self.id_of(&mut frame);
         self.send_json(&frame).await;
         let reply = self.recv_json().await;
         assert_eq!(
@@ -503,6 +528,80 @@ impl Client {
         users
     }
 
+    /// Sends `frame` (adding a fresh `id` if it has none) and reads up to the reply that echoes
+    /// that id, for when other frames (live messages, a replay) may come first. Returns those
+    /// other frames, in order, and the reply.
+    pub async fn request(&mut self, mut frame: Value) -> (Vec<Value>, Value) {
+        let id = self.id_of(&mut frame);
+        self.send_json(&frame).await;
+        let mut before = Vec::new();
+        loop {
+            let got = self.recv_json().await;
+            if got.get("id") == Some(&id) {
+                return (before, got);
+            }
+            before.push(got);
+        }
+    }
+
+    /// Joins `room` with `since`; returns the ack (checked to be an ack for `room` with a seq).
+    pub async fn join_since(&mut self, room: &str, since: u64) -> Value {
+        let reply = self
+            .call(json!({"type": "join", "room": room, "since": since}))
+            .await;
+        assert_ack_room(&reply, room, &self.name);
+        reply
+    }
+
+    /// One `history` page: the messages (newest first) and `more`.
+    pub async fn history(
+        &mut self,
+        room: &str,
+        before: Option<u64>,
+        limit: Option<u64>,
+    ) -> (Vec<Value>, bool) {
+        let mut frame = json!({"type": "history", "room": room});
+        if let Some(before) = before {
+            frame["before"] = json!(before);
+        }
+        if let Some(limit) = limit {
+            frame["limit"] = json!(limit);
+        }
+        let reply = self.call(frame).await;
+        assert_eq!(reply["type"], "history", "{}: reply {reply}", self.name);
+        assert_eq!(reply["room"], room, "{}: reply {reply}", self.name);
+        page_of(&reply, &self.name)
+    }
+
+    /// A room's whole retained history, newest first, paged 100 at a time.
+    pub async fn history_all(&mut self, room: &str) -> Vec<Value> {
+        let (mut all, mut more) = self.history(room, None, Some(100)).await;
+        while more {
+            let last = all.last().map(|m| m["seq"].as_u64().expect("a seq"));
+            let (page, m) = self.history(room, last, Some(100)).await;
+            assert!(
+                !page.is_empty(),
+                "{}: an empty history page with more:true before {last:?}",
+                self.name
+            );
+            all.extend(page);
+            more = m;
+        }
+        all
+    }
+
+    /// One `sync` page: the inbox messages after `since` (oldest first) and `more`.
+    pub async fn sync(&mut self, since: u64) -> (Vec<Value>, bool) {
+        let reply = self.call(json!({"type": "sync", "since": since})).await;
+        assert_eq!(reply["type"], "sync", "{}: reply {reply}", self.name);
+        page_of(&reply, &self.name)
+    }
+
+    /// Sends `value` without panicking: for a test that expects the server may be gone.
+    pub async fn try_send_json(&mut self, value: &Value) -> Result<(), tungstenite::Error> {
+        self.ws.send(Message::text(value.to_string())).await
+    }
+
     /// Writes raw bytes to the TCP socket under the WebSocket (for malformed framing).
     pub async fn write_raw(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;
@@ -553,6 +652,47 @@ fn assert_ack_room(reply: &Value, room: &str, who: &str) -> u64 {
     reply["seq"]
         .as_u64()
         .unwrap_or_else(|| panic!("{who}: ack without a numeric seq: {reply}"))
+}
+
+/// The `messages` and `more` of a `history` or `sync` reply.
+fn page_of(reply: &Value, who: &str) -> (Vec<Value>, bool) {
+    let messages = reply["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{who}: reply without a messages array: {reply}"))
+        .clone();
+    let more = reply["more"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("{who}: reply without a boolean more: {reply}"));
+    (messages, more)
+}
+
+/// The `seq`s of `messages`, in order.
+pub fn seqs(messages: &[Value]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| {
+            m["seq"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("message without a numeric seq: {m}"))
+        })
+        .collect()
+}
+
+/// Calls `probe` every 50 ms until it returns `Some`, for up to `within`; then fails, saying
+/// what was awaited.
+pub async fn eventually<T>(
+    within: Duration,
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// An `error` frame with `code` and a non-empty message. `id`: `Some(id)` the id must be echoed;
@@ -619,6 +759,116 @@ pub fn assert_dm(frame: &Value, to: &str, from: &str, body: &Value) -> u64 {
         .unwrap_or_else(|| panic!("message without a numeric seq: {frame}"))
 }
 
+/// A `join` ack with `since`: the room's last `seq` and the recovery fields.
+pub fn assert_recovery(ack: &Value, seq: u64, recovered: bool, replayed: u64, truncated: bool) {
+    assert_eq!(ack["type"], "ack", "expected a join ack, got {ack}");
+    let got = [
+        &ack["seq"],
+        &ack["recovered"],
+        &ack["replayed"],
+        &ack["truncated"],
+    ];
+    let expected = [
+        &json!(seq),
+        &json!(recovered),
+        &json!(replayed),
+        &json!(truncated),
+    ];
+    assert_eq!(
+        got, expected,
+        "join ack [seq, recovered, replayed, truncated] in {ack}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Numbered messages: the body of the message with seq N is `numbered(N)`
+// ---------------------------------------------------------------------------------------------
+
+/// The body of message number `n`.
+pub fn numbered(n: u64) -> Value {
+    json!({"n": n})
+}
+
+/// Publishes `numbered(n)` to `room` for each n in `seqs`; each ack's seq must be n.
+pub async fn publish_numbered(c: &mut Client, room: &str, seqs: RangeInclusive<u64>) {
+    for n in seqs {
+        assert_eq!(c.publish(room, numbered(n)).await, n, "{}: ack seq", c.name);
+    }
+}
+
+/// Sends `numbered(n)` to `to` for each n in `seqs`; each ack's seq must be n.
+pub async fn dm_numbered(c: &mut Client, to: &str, seqs: RangeInclusive<u64>) {
+    for n in seqs {
+        assert_eq!(c.dm(to, numbered(n)).await, n, "{}: ack seq", c.name);
+    }
+}
+
+/// Room messages `numbered(n)` from `from`, with seq n, for each n in `seqs`, in order.
+pub fn assert_room_msgs(msgs: &[Value], room: &str, from: &str, seqs: impl Iterator<Item = u64>) {
+    assert_numbered(msgs, seqs, |m, body| assert_room_msg(m, room, from, body));
+}
+
+/// Direct messages `numbered(n)` to `to` from `from`, with seq n, for each n in `seqs`.
+pub fn assert_dms(msgs: &[Value], to: &str, from: &str, seqs: impl Iterator<Item = u64>) {
+    assert_numbered(msgs, seqs, |m, body| assert_dm(m, to, from, body));
+}
+
+/// `msgs` are `numbered(n)` with seq n for each n in `seqs`; `check(message, body)` checks
+/// the rest of a message and returns its seq.
+fn assert_numbered(
+    msgs: &[Value],
+    seqs: impl Iterator<Item = u64>,
+    check: impl Fn(&Value, &Value) -> u64,
+) {
+    let seqs: Vec<u64> = seqs.collect();
+    assert_eq!(
+        msgs.len(),
+        seqs.len(),
+        "messages {seqs:?} expected, got {msgs:?}"
+    );
+    for (m, n) in msgs.iter().zip(seqs) {
+        assert_eq!(check(m, &numbered(n)), n, "in {msgs:?}");
+    }
+}
+
+/// The `max_queue_bytes` of [`small_queue`].
+pub const SMALL_QUEUE: usize = 64 * 1024;
+
+/// [`fast`], with a queue of [`SMALL_QUEUE`] bytes and messages up to 4 KiB: a few dozen
+/// [`padded`] messages fill half the queue.
+pub fn small_queue(c: &mut Config) {
+    fast(c);
+    c.max_message_size = 4096;
+    c.max_queue_bytes = SMALL_QUEUE;
+}
+
+/// A body of about 1 KB for message number `n`.
+pub fn padded(n: u64) -> Value {
+    json!({"n": n, "pad": "x".repeat(1000)})
+}
+
+/// "a" and "b" join `room`; b publishes 1..=`seen`, which a reads; a disconnects while b
+/// publishes up to `last`, then connects again (not yet in the room). Returns (a, b).
+pub async fn miss_messages(addr: SocketAddr, room: &str, seen: u64, last: u64) -> (Client, Client) {
+    let mut a = dev(addr, "a").await;
+    let mut b = dev(addr, "b").await;
+    a.join(room).await;
+    b.join(room).await;
+    publish_numbered(&mut b, room, 1..=seen).await;
+    assert_room_msgs(&a.recv_n(seen as usize).await, room, "b", 1..=seen);
+    a.close().await;
+    publish_numbered(&mut b, room, seen + 1..=last).await;
+    (dev(addr, "a").await, b)
+}
+
+/// No presence events (they would interleave with messages) and a publish rate no test
+/// reaches.
+pub fn fast(c: &mut Config) {
+    c.presence_events = false;
+    c.publish_rate = 1_000_000;
+    c.publish_burst = 1_000_000;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tokens and time
 // ---------------------------------------------------------------------------------------------
@@ -664,7 +914,8 @@ pub struct BinaryServer {
     /// What it printed on stderr.
     stderr: Arc<Mutex<String>>,
     readers: Vec<tokio::task::JoinHandle<()>>,
-    _data: TempDir,
+    /// The temp dir behind `--data`, when [`BinaryServer::spawn`] made it.
+    _data: Option<TempDir>,
 }
 
 impl BinaryServer {
@@ -672,10 +923,19 @@ impl BinaryServer {
     /// the test's environment, logs at info level and without colours.
     pub fn spawn(args: &[&str]) -> BinaryServer {
         let data = tempfile::tempdir().expect("temp dir");
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardcast"));
+        let bin = Path::new(env!("CARGO_BIN_EXE_shardcast"));
+        let mut server = BinaryServer::spawn_in(bin, data.path(), args);
+        server._data = Some(data);
+        server
+    }
+
+    /// [`BinaryServer::spawn`] of the binary at `bin` with `--data data`, a directory the
+    /// caller keeps (so that a test can restart the server on it).
+    pub fn spawn_in(bin: &Path, data: &Path, args: &[&str]) -> BinaryServer {
+        let mut cmd = tokio::process::Command::new(bin);
         cmd.arg("serve")
             .arg("--data")
-            .arg(data.path())
+            .arg(data)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -688,7 +948,9 @@ impl BinaryServer {
                 cmd.env_remove(key);
             }
         }
-        let mut child = cmd.spawn().expect("spawn the shardcast binary");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         let output = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let readers = vec![
@@ -703,7 +965,7 @@ impl BinaryServer {
             output,
             stderr,
             readers,
-            _data: data,
+            _data: None,
         }
     }
 
