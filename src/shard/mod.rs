@@ -1007,7 +1007,6 @@ enum LocalTarget<'a> {
     User(&'a Name),
 }
 
-
 /// Queues `frame` for `conn` and marks it for the end-of-batch flush. Returns `false` for a slow
 /// consumer: over `max` unsent bytes even after trying to write them now.
 fn queue_frame(dirty: &mut Vec<Rc<Conn>>, conn: &Rc<Conn>, frame: &OutFrame, max: usize) -> bool {
