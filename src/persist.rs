@@ -292,24 +292,10 @@ impl Writer {
                 since,
                 upto,
             } => {
-                let stream = Stream::Room(room);
-                let (messages, recovery) = self.replay(&stream, since, upto).unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "replay read failed");
-                    (Vec::new(), Recovery::default())
-                });
-                let Stream::Room(room) = &stream else {
-                    unreachable!()
-                };
-                let ack = encode::join_ack(id.as_ref(), room, upto, recovery);
-                let frames = frames(Some(&ack), &messages);
-                self.router.send(
-                    conn.shard(),
-                    ShardMsg::Replay {
-                        stream,
-                        conn,
-                        frames,
-                    },
-                );
+                let stream = Stream::Room(room.clone());
+                let (messages, recovery) = self.replay_or_nothing(&stream, since, upto);
+                let ack = encode::join_ack(id.as_ref(), &room, upto, recovery);
+                self.send_replay(conn, stream, Some(&ack), &messages);
             }
             Read::Inbox {
                 user,
@@ -318,22 +304,8 @@ impl Writer {
                 upto,
             } => {
                 let stream = Stream::Inbox(user);
-                let messages = match self.replay(&stream, after, upto) {
-                    Ok((messages, _)) => messages,
-                    Err(e) => {
-                        tracing::error!(error = %e, "inbox read failed");
-                        Vec::new()
-                    }
-                };
-                let frames = frames(None, &messages);
-                self.router.send(
-                    conn.shard(),
-                    ShardMsg::Replay {
-                        stream,
-                        conn,
-                        frames,
-                    },
-                );
+                let (messages, _) = self.replay_or_nothing(&stream, after, upto);
+                self.send_replay(conn, stream, None, &messages);
             }
             Read::History {
                 room,
@@ -377,6 +349,37 @@ impl Writer {
                     .send(conn.shard(), ShardMsg::ToConn { conn, frame });
             }
         }
+    }
+
+    /// `replay`, or on a read error nothing (and not recovered): the connection goes live
+    /// rather than wait.
+    fn replay_or_nothing(
+        &self,
+        stream: &Stream,
+        after: u64,
+        upto: u64,
+    ) -> (Vec<StoredMessage>, Recovery) {
+        self.replay(stream, after, upto).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "replay read failed");
+            (Vec::new(), Recovery::default())
+        })
+    }
+
+    /// Sends a catching-up connection its replay: `ack` (if any), then `messages`.
+    fn send_replay(
+        &self,
+        conn: ConnId,
+        stream: Stream,
+        ack: Option<&Bytes>,
+        messages: &[StoredMessage],
+    ) {
+        let frames = frames(ack, messages);
+        let msg = ShardMsg::Replay {
+            stream,
+            conn,
+            frames,
+        };
+        self.router.send(conn.shard(), msg);
     }
 
     /// The stored messages in (after, upto], at most the newest `replay_limit` of them and
