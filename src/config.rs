@@ -44,6 +44,19 @@ pub enum Durability {
     Memory,
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    #[value(name = "text")]
+    Text,
+    /// One JSON object per line.
+    #[value(name = "json")]
+    Json,
+}
+
 /// The server's configuration. The doc comment of each field is also its `--help` text.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
@@ -118,6 +131,20 @@ pub struct Config {
     /// a loopback bind is allowed.
     #[arg(long, env = "SHARDCAST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// Serve the HTTP server API under /api/. Default true.
+    #[arg(long, env = "SHARDCAST_API", default_value_t = true, action = clap::ArgAction::Set)]
+    pub api: bool,
+
+    /// Key for the HTTP server API (`Authorization: apikey KEY`). Default none: the API is open
+    /// in loopback dev mode only; with a jwt_secret the server will not start with the API on
+    /// and no key.
+    #[arg(long, env = "SHARDCAST_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Log format: text or json. Default text. The level comes from RUST_LOG (default info).
+    #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 
     /// Interval between server pings, in milliseconds. Default 25000.
     #[arg(long, env = "SHARDCAST_HEARTBEAT_MS", default_value_t = 25_000)]
@@ -205,6 +232,9 @@ impl Default for Config {
             inbox_retention_secs: 2_592_000,
             retention_interval_ms: 60_000,
             jwt_secret: None,
+            api: true,
+            api_key: None,
+            log_format: LogFormat::Text,
             heartbeat_ms: 25_000,
             idle_timeout_ms: 0,
             session_policy: SessionPolicy::Multi,
@@ -293,6 +323,15 @@ impl Config {
         if matches!(&self.jwt_secret, Some(s) if s.is_empty()) {
             return invalid(
                 "jwt_secret is empty; give a real secret or leave it unset for dev mode",
+            );
+        }
+        if matches!(&self.api_key, Some(k) if k.is_empty()) {
+            return invalid("api_key is empty; give a real key or leave it unset");
+        }
+        if self.api && self.api_key.is_none() && self.jwt_secret.is_some() {
+            return invalid(
+                "the HTTP API is on but has no api_key; set --api-key (or SHARDCAST_API_KEY), or \
+                 turn the API off with --api false",
             );
         }
         if self.heartbeat_ms == 0 {
@@ -399,8 +438,13 @@ mod tests {
     fn dev_mode_refuses_a_public_bind() {
         let err = load(&["--bind", "0.0.0.0:8080"], None).unwrap_err();
         assert!(err.to_string().contains("loopback"), "{err}");
-        let ok = load(&["--bind", "0.0.0.0:8080", "--jwt-secret", "s"], None).unwrap();
+        let args = ["--bind", "0.0.0.0:8080", "--jwt-secret", "s"];
+        let err = load(&args, None).unwrap_err();
+        assert!(err.to_string().contains("api_key"), "{err}");
+        let ok = load(&[&args[..], &["--api-key", "k"]].concat(), None).unwrap();
         assert_eq!(ok.jwt_secret.as_deref(), Some("s"));
+        let no_api = load(&[&args[..], &["--api", "false"]].concat(), None).unwrap();
+        assert!(!no_api.api);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde_json::json;
 fn jwt_server() -> TestServer {
     TestServer::start(|c| {
         c.jwt_secret = Some(SECRET.into());
+        c.api_key = Some("test-api-key".into());
         c.presence_events = false;
     })
 }
@@ -200,6 +201,7 @@ async fn rooms_claim_auto_joins_and_forbids_other_joins() {
 async fn token_expiring_on_an_open_connection_closes_4001() {
     let server = TestServer::start(|c| {
         c.jwt_secret = Some(SECRET.into());
+        c.api_key = Some("test-api-key".into());
         c.heartbeat_ms = 1000;
     });
     let token = mint(SECRET, &json!({"sub": "alice", "exp": now_secs() + 2}));
