@@ -261,6 +261,11 @@ impl Conn {
     /// Starts closing: drops unsent frames (keeping a half-written one, so the stream stays
     /// well-formed), queues the close frame and wakes the task to flush it.
     pub fn begin_close(&self, code: CloseCode) {
+        self.begin_close_with(code, None);
+    }
+
+    /// `begin_close` with a reason other than the code's own (at most 123 bytes are sent).
+    pub fn begin_close_with(&self, code: CloseCode, reason: Option<&str>) {
         if self.closing.get().is_some() {
             return;
         }
@@ -270,7 +275,7 @@ impl Conn {
         let keep = usize::from(out.head_sent > 0);
         out.frames.truncate(keep);
         out.bytes = out.frames.front().map_or(0, |f| f.len() - out.head_sent);
-        let close = ws::close_frame(code.code(), code.reason());
+        let close = ws::close_frame(code.code(), reason.unwrap_or(code.reason()));
         out.bytes += close.len();
         out.frames.push_back(Rc::new(close));
         drop(out);

@@ -31,6 +31,17 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
         }
     }
+
+    /// The HTTP status of this error when the server API returns it.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::UnknownType | ErrorCode::InvalidName => 400,
+            ErrorCode::NotMember | ErrorCode::Forbidden => 403,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Unavailable => 503,
+        }
+    }
 }
 
 /// A reply error with its human-readable message.

@@ -42,6 +42,7 @@ async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, 
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => websocket(ctx, req).await.unwrap_or_else(|e| error(&e)),
         (&Method::GET, "/healthz") => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
+        (_, path) if path.starts_with("/api/") => crate::api::handle(ctx, req).await,
         _ => error(&HandshakeError::NotFound),
     };
     Ok(response)

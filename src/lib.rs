@@ -9,6 +9,7 @@
 //! - `router`: `ShardMsg`, the placement hash (which shard is home to a room or user) and the
 //!   queues between shards.
 //! - `http`: routing and the WebSocket handshake, up to handing over the raw stream.
+//! - `api`: the HTTP server API under `/api/` for backends.
 //! - `conn`: one connection's bytes: the bounded outbound queue and the frame decoder.
 //! - `ws`: the WebSocket wire format. `protocol`: the JSON protocol (parse, encode once).
 //! - `auth`: JWT and dev-mode identities. `config`: every limit. `error`: every code.
@@ -16,6 +17,7 @@
 //! - `persist`: the store threads (group commit, replays and history reads, retention) between
 //!   the shards and the `Store`.
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod conn;

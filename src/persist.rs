@@ -17,7 +17,7 @@ use crate::config::{Config, Durability};
 use crate::error::{ErrorCode, ReplyError};
 use crate::protocol::encode::{self, Recovery};
 use crate::protocol::{Name, ReqId};
-use crate::router::{ConnId, Router, ShardId, ShardMsg, Written};
+use crate::router::{ConnId, ReplyTo, Router, ShardId, ShardMsg, Written};
 use crate::store::{Append, Store, StoreError, StoredMessage, Stream};
 
 /// Most queued operations the writer takes into one commit.
@@ -61,15 +61,13 @@ pub enum Read {
     },
     History {
         room: Name,
-        conn: ConnId,
-        id: Option<ReqId>,
+        reply: ReplyTo,
         before: Option<u64>,
         limit: usize,
     },
     Sync {
         user: Name,
-        conn: ConnId,
-        id: Option<ReqId>,
+        reply: ReplyTo,
         since: u64,
     },
 }
@@ -309,8 +307,7 @@ impl Writer {
             }
             Read::History {
                 room,
-                conn,
-                id,
+                reply,
                 before,
                 limit,
             } => {
@@ -319,34 +316,15 @@ impl Writer {
                     .store
                     .before(&stream, before.unwrap_or(u64::MAX), limit + 1)
                     .map(|m| self.page(m, limit));
-                let frame = match page {
-                    Ok((messages, more)) => {
-                        encode::page(id.as_ref(), Some(&room), payloads(&messages), more)
-                    }
-                    Err(e) => read_failed(id.as_ref(), &e),
-                };
-                self.router
-                    .send(conn.shard(), ShardMsg::ToConn { conn, frame });
+                self.answer_page(reply, Some(&room), page);
             }
-            Read::Sync {
-                user,
-                conn,
-                id,
-                since,
-            } => {
+            Read::Sync { user, reply, since } => {
                 let stream = Stream::Inbox(user);
                 let page = self
                     .store
                     .after(&stream, since, self.replay_limit + 1)
                     .map(|m| self.page(m, self.replay_limit));
-                let frame = match page {
-                    Ok((messages, more)) => {
-                        encode::page(id.as_ref(), None, payloads(&messages), more)
-                    }
-                    Err(e) => read_failed(id.as_ref(), &e),
-                };
-                self.router
-                    .send(conn.shard(), ShardMsg::ToConn { conn, frame });
+                self.answer_page(reply, None, page);
             }
         }
     }
@@ -363,6 +341,32 @@ impl Writer {
             tracing::error!(error = %e, "replay read failed");
             (Vec::new(), Recovery::default())
         })
+    }
+
+    /// Answers a `history` (with `room`) or `sync` read: the page frame to a connection, or its
+    /// JSON to an API call.
+    fn answer_page(
+        &self,
+        reply: ReplyTo,
+        room: Option<&Name>,
+        page: Result<(Vec<StoredMessage>, bool), StoreError>,
+    ) {
+        let msg = match page {
+            Ok((messages, more)) => reply.answer(
+                |id| encode::page(id, room, payloads(&messages), more),
+                || crate::ws::payload_of(&encode::page(None, room, payloads(&messages), more)),
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "history read failed");
+                reply.fail(ReplyError::new(
+                    ErrorCode::Unavailable,
+                    "the message store could not be read; try again",
+                ))
+            }
+        };
+        if let Some((shard, msg)) = msg {
+            self.router.send(shard, msg);
+        }
     }
 
     /// Sends a catching-up connection its replay: `ack` (if any), then `messages`.
@@ -462,15 +466,6 @@ fn frames(ack: Option<&Bytes>, messages: &[StoredMessage]) -> Bytes {
             Bytes::from(all)
         }
     }
-}
-
-fn read_failed(id: Option<&ReqId>, e: &StoreError) -> Bytes {
-    tracing::error!(error = %e, "history read failed");
-    let err = ReplyError::new(
-        ErrorCode::Unavailable,
-        "the message store could not be read; try again",
-    );
-    encode::error(id, &err)
 }
 
 /// The trimmer: every `retention_interval_ms`, trims each stream to its retention, until

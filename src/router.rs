@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::{Notify, oneshot};
 
-use crate::error::{CloseCode, HandshakeError};
+use crate::error::{CloseCode, HandshakeError, ReplyError};
 use crate::protocol::{Name, ReqId};
 use crate::store::Stream;
 
@@ -27,6 +27,56 @@ impl ConnId {
     }
     pub fn shard(self) -> ShardId {
         (self.0 >> 48) as ShardId
+    }
+}
+
+/// Where the answer to a request goes: a client connection (a frame echoing the request's id),
+/// or an HTTP API call waiting on a oneshot (the JSON body of its response).
+pub enum ReplyTo {
+    Conn { conn: ConnId, id: Option<ReqId> },
+    Api(oneshot::Sender<Result<Bytes, ReplyError>>),
+}
+
+impl ReplyTo {
+    /// The connection that made the request, if a client did.
+    pub fn conn(&self) -> Option<ConnId> {
+        match self {
+            ReplyTo::Conn { conn, .. } => Some(*conn),
+            ReplyTo::Api(_) => None,
+        }
+    }
+
+    /// Answers with `frame(id)` to a connection, or `json()` to an API call. Returns the message
+    /// to send for a connection (to its shard), since only the caller knows how to send it.
+    pub fn answer(
+        self,
+        frame: impl FnOnce(Option<&ReqId>) -> Bytes,
+        json: impl FnOnce() -> Bytes,
+    ) -> Option<(ShardId, ShardMsg)> {
+        match self {
+            ReplyTo::Conn { conn, id } => {
+                let frame = frame(id.as_ref());
+                Some((conn.shard(), ShardMsg::ToConn { conn, frame }))
+            }
+            ReplyTo::Api(tx) => {
+                let _ = tx.send(Ok(json()));
+                None
+            }
+        }
+    }
+
+    /// Answers with an error: an `error` frame, or the API call's error response.
+    pub fn fail(self, err: ReplyError) -> Option<(ShardId, ShardMsg)> {
+        match self {
+            ReplyTo::Conn { conn, id } => {
+                let frame = crate::protocol::encode::error(id.as_ref(), &err);
+                Some((conn.shard(), ShardMsg::ToConn { conn, frame }))
+            }
+            ReplyTo::Api(tx) => {
+                let _ = tx.send(Err(err));
+                None
+            }
+        }
     }
 }
 
@@ -91,23 +141,33 @@ pub enum ShardMsg {
     Publish {
         room: Name,
         from: Name,
-        conn: ConnId,
-        id: Option<ReqId>,
         body: Bytes,
+        reply: ReplyTo,
     },
     /// At the recipient's home: sequence a direct message into the inbox and deliver it.
     Direct {
         to: Name,
         from: Name,
-        conn: ConnId,
-        id: Option<ReqId>,
         body: Bytes,
+        reply: ReplyTo,
     },
     /// At the room's home: answer a presence query.
-    Presence {
-        room: Name,
-        conn: ConnId,
-        id: Option<ReqId>,
+    Presence { room: Name, reply: ReplyTo },
+    /// At the user's home: whether the user is online, and with how many connections.
+    UserInfo {
+        user: Name,
+        reply: oneshot::Sender<(bool, u32)>,
+    },
+    /// At every shard: write `frame` to every connection; reply how many.
+    Broadcast {
+        frame: Bytes,
+        reply: oneshot::Sender<usize>,
+    },
+    /// At every shard: close the user's connections with 4501 (kicked); reply how many.
+    Kick {
+        user: Name,
+        reason: Option<String>,
+        reply: oneshot::Sender<usize>,
     },
     /// At a shard with members in the room: write `frame` to them, except `exclude`.
     Deliver {
@@ -139,9 +199,8 @@ pub struct Written {
     pub seq: u64,
     /// The message frame, encoded once.
     pub frame: Bytes,
-    /// The publisher's connection and request id, for the ack.
-    pub conn: ConnId,
-    pub id: Option<ReqId>,
+    /// Who gets the ack; a publishing connection does not get its own message.
+    pub reply: ReplyTo,
 }
 
 pub enum WriteTarget {

@@ -94,7 +94,11 @@ pub fn control_frame(opcode: u8, payload: &[u8]) -> Bytes {
 
 /// A close frame with a status code and reason.
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
-    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
     let mut f = FrameBuf::with_capacity(2 + reason.len());
     f.push(&code.to_be_bytes());
     f.push(reason);

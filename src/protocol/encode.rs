@@ -96,6 +96,16 @@ pub fn message(target: Target<'_>, from: &Name, seq: u64, ts: u64, body: &[u8]) 
     j.finish()
 }
 
+/// `{"type":"message","from":F,"ts":T,"body":B}`: a broadcast to every connection.
+pub fn broadcast(from: &Name, ts: u64, body: &[u8]) -> Bytes {
+    let mut j = Json::new(64 + from.len() + body.len());
+    j.raw(r#"{"type":"message","from":"#).name(from);
+    j.raw(r#","ts":"#).u64(ts).raw(r#","body":"#);
+    j.0.push(body);
+    j.raw("}");
+    j.finish()
+}
+
 /// `{"type":"joined"|"left","room":R,"user":U}`
 pub fn membership(joined: bool, room: &Name, user: &Name) -> Bytes {
     let mut j = Json::new(48 + room.len() + user.len());

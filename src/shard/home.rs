@@ -108,14 +108,12 @@ impl HomeRooms {
         event
     }
 
-    /// The next sequence number of a room that has members.
-    pub fn next_seq(&mut self, room: &Name) -> Option<u64> {
-        if !self.rooms.contains_key(room) {
-            return None;
-        }
+    /// The room's next sequence number. A room needs no members to be published to (the
+    /// server API does so), and its messages are stored either way.
+    pub fn next_seq(&mut self, room: &Name) -> u64 {
         let s = self.seqs.entry(room.clone()).or_default();
         s.assigned += 1;
-        Some(s.assigned)
+        s.assigned
     }
 
     /// Message `seq` of the room is stored and about to be delivered.
@@ -266,6 +264,11 @@ impl HomeUsers {
         range
     }
 
+    /// The user's attached connections.
+    pub fn online_count(&self, user: &Name) -> u32 {
+        self.users.get(user).map_or(0, |u| u.online.len() as u32)
+    }
+
     /// Shards with connections of the user.
     pub fn shards_of(&self, user: &Name) -> impl Iterator<Item = ShardId> + '_ {
         let per_shard = self
@@ -296,16 +299,14 @@ mod tests {
         assert!(h.join(&r, &a, 0, false).1.is_some());
         assert!(h.join(&r, &a, 1, false).1.is_none());
         assert_eq!(h.shards_of(&r).collect::<Vec<_>>(), [0, 1]);
-        assert_eq!(h.next_seq(&r), Some(1));
+        assert_eq!(h.next_seq(&r), 1);
         assert_eq!(h.join(&r, &a, 1, true).0, 0, "not committed yet");
         h.commit(&r, 1);
         assert_eq!(h.join(&r, &a, 1, true).0, 1);
         assert!(h.leave(&r, &a, 0).is_none());
         assert_eq!(h.shards_of(&r).collect::<Vec<_>>(), [1]);
         assert!(h.leave(&r, &a, 1).is_some());
-        assert_eq!(h.next_seq(&r), None);
-        h.join(&r, &a, 0, false);
-        assert_eq!(h.next_seq(&r), Some(2), "seqs outlive the room's members");
+        assert_eq!(h.next_seq(&r), 2, "seqs outlive the room's members");
     }
 
     #[test]

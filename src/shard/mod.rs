@@ -24,7 +24,7 @@ use crate::error::{CloseCode, ErrorCode, ReplyError};
 use crate::persist::{Op, Persist, Read};
 use crate::protocol::encode::{self, Recovery, Target};
 use crate::protocol::{self, ClientMessage, Name, ReqId, Request};
-use crate::router::{ConnId, Router, ShardId, ShardMsg, WriteTarget, Written};
+use crate::router::{ConnId, ReplyTo, Router, ShardId, ShardMsg, WriteTarget, Written};
 use crate::store::{Append, Stream, StreamInfo};
 use crate::ws;
 use home::{HomeRooms, HomeUsers};
@@ -179,8 +179,13 @@ impl Shard {
 
     /// Closes a connection: it leaves everything at once, then its task flushes the close frame.
     pub fn close_conn(&mut self, conn: &Rc<Conn>, code: CloseCode) {
+        self.close_conn_with(conn, code, None);
+    }
+
+    /// `close_conn` with a reason other than the code's own.
+    fn close_conn_with(&mut self, conn: &Rc<Conn>, code: CloseCode, reason: Option<&str>) {
         self.detach(conn);
-        conn.begin_close(code);
+        conn.begin_close_with(code, reason);
         self.mark_dirty(conn);
     }
 
@@ -280,9 +285,8 @@ impl Shard {
                     let msg = ShardMsg::Publish {
                         room,
                         from: conn.user.clone(),
-                        conn: conn.id,
-                        id: id.clone(),
                         body: Bytes::copy_from_slice(body.get().as_bytes()),
+                        reply: reply_to(conn, &id),
                     };
                     self.send(home, msg);
                     Ok(())
@@ -293,9 +297,8 @@ impl Shard {
                 let msg = ShardMsg::Direct {
                     to,
                     from: conn.user.clone(),
-                    conn: conn.id,
-                    id: id.clone(),
                     body: Bytes::copy_from_slice(body.get().as_bytes()),
+                    reply: reply_to(conn, &id),
                 };
                 self.send(home, msg);
             }),
@@ -309,8 +312,7 @@ impl Shard {
                 .map(|()| {
                     self.queue_store_op(Op::Read(Read::History {
                         room,
-                        conn: conn.id,
-                        id: id.clone(),
+                        reply: reply_to(conn, &id),
                         before,
                         limit,
                     }))
@@ -318,8 +320,7 @@ impl Shard {
             ClientMessage::Sync { since } => self.take_token(conn).map(|()| {
                 self.queue_store_op(Op::Read(Read::Sync {
                     user: conn.user.clone(),
-                    conn: conn.id,
-                    id: id.clone(),
+                    reply: reply_to(conn, &id),
                     since,
                 }))
             }),
@@ -328,8 +329,7 @@ impl Shard {
                     let home = self.router.home(&room);
                     let msg = ShardMsg::Presence {
                         room,
-                        conn: conn.id,
-                        id: id.clone(),
+                        reply: reply_to(conn, &id),
                     };
                     self.send(home, msg);
                 })
@@ -506,6 +506,26 @@ impl Shard {
         self.enqueue(conn, &Rc::new(encode::error(id, &err)));
     }
 
+    // ----- the server API -------------------------------------------------------------------
+
+    /// Sends `msg` to the home of `name` (a room or a user), on behalf of an API call.
+    pub fn send_home(&mut self, name: &Name, msg: ShardMsg) {
+        let home = self.router.home(name);
+        self.send(home, msg);
+    }
+
+    /// Sends `make()` to every shard, this one included.
+    pub fn send_all(&mut self, mut make: impl FnMut() -> ShardMsg) {
+        for shard in 0..self.router.shards() {
+            self.send(shard, make());
+        }
+    }
+
+    /// Queues a store read on behalf of an API call.
+    pub fn read_store(&mut self, read: Read) {
+        self.queue_store_op(Op::Read(read));
+    }
+
     // ----- messages from shards ---------------------------------------------------------------
 
     /// Applies one message from a shard (possibly this one).
@@ -656,14 +676,8 @@ impl Shard {
                             ErrorCode::Unavailable,
                             "the message store failed; the message was not stored or delivered",
                         );
-                        let frame = encode::error(w.id.as_ref(), &err);
-                        self.send(
-                            w.conn.shard(),
-                            ShardMsg::ToConn {
-                                conn: w.conn,
-                                frame,
-                            },
-                        );
+                        let answer = w.reply.fail(err);
+                        self.send_answer(answer);
                     }
                 }
             }
@@ -676,39 +690,74 @@ impl Shard {
             ShardMsg::Publish {
                 room,
                 from,
-                conn,
-                id,
                 body,
+                reply,
             } => {
-                let Some(seq) = self.home_rooms.next_seq(&room) else {
-                    let err = ReplyError::new(ErrorCode::Unavailable, "room is not available");
-                    let frame = encode::error(id.as_ref(), &err);
-                    return self.send(conn.shard(), ShardMsg::ToConn { conn, frame });
-                };
+                let seq = self.home_rooms.next_seq(&room);
                 let ts = now_ms();
                 let frame = encode::message(Target::Room(&room), &from, seq, ts, &body);
                 let stream = Stream::Room(room.clone());
                 let target = WriteTarget::Room(room);
-                self.store(stream, target, seq, ts, frame, conn, id);
+                self.store(stream, target, seq, ts, frame, reply);
             }
             ShardMsg::Direct {
                 to,
                 from,
-                conn,
-                id,
                 body,
+                reply,
             } => {
                 let seq = self.home_users.next_inbox_seq(&to);
                 let ts = now_ms();
                 let frame = encode::message(Target::User(&to), &from, seq, ts, &body);
                 let stream = Stream::Inbox(to.clone());
                 let target = WriteTarget::Inbox { to, from };
-                self.store(stream, target, seq, ts, frame, conn, id);
+                self.store(stream, target, seq, ts, frame, reply);
             }
-            ShardMsg::Presence { room, conn, id } => {
+            ShardMsg::Presence { room, reply } => {
                 let users = self.home_rooms.users(&room);
-                let frame = encode::presence(id.as_ref(), &room, users.iter());
-                self.send(conn.shard(), ShardMsg::ToConn { conn, frame });
+                let answer = reply.answer(
+                    |id| encode::presence(id, &room, users.iter()),
+                    || serde_json::json!({ "room": &*room, "users": users.iter().map(|u| &**u).collect::<Vec<_>>() }).to_string().into(),
+                );
+                self.send_answer(answer);
+            }
+            ShardMsg::UserInfo { user, reply } => {
+                let n = self.home_users.online_count(&user);
+                let _ = reply.send((n > 0, n));
+            }
+            ShardMsg::Broadcast { frame, reply } => {
+                let frame = Rc::new(frame);
+                let all: Vec<_> = self.conns.values().cloned().collect();
+                let mut sent = 0;
+                for c in &all {
+                    if c.closing().is_none() {
+                        self.enqueue(c, &frame);
+                        sent += 1;
+                    }
+                }
+                let _ = reply.send(sent);
+            }
+            ShardMsg::Kick {
+                user,
+                reason,
+                reply,
+            } => {
+                let victims: Vec<_> = self
+                    .users
+                    .get(&user)
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect();
+                for c in &victims {
+                    self.close_conn_with(c, CloseCode::Kicked, reason.as_deref());
+                }
+                for (u, pending_code) in self.pending.values_mut() {
+                    if *u == user {
+                        *pending_code = Some(CloseCode::Kicked);
+                    }
+                }
+                let _ = reply.send(victims.len());
             }
             ShardMsg::Deliver {
                 room,
@@ -743,9 +792,15 @@ impl Shard {
         }
     }
 
+    /// Sends an answer made by `ReplyTo` (one for a connection; an API call's went already).
+    fn send_answer(&mut self, answer: Option<(ShardId, ShardMsg)>) {
+        if let Some((shard, msg)) = answer {
+            self.send(shard, msg);
+        }
+    }
+
     /// At a message's home: hands a sequenced message to the store. With sync durability it is
     /// acknowledged and delivered once stored (`Stored`); otherwise at once.
-    #[allow(clippy::too_many_arguments)]
     fn store(
         &mut self,
         stream: Stream,
@@ -753,8 +808,7 @@ impl Shard {
         seq: u64,
         ts: u64,
         frame: Bytes,
-        conn: ConnId,
-        id: Option<ReqId>,
+        reply: ReplyTo,
     ) {
         let append = Append {
             stream,
@@ -766,8 +820,7 @@ impl Shard {
             target,
             seq,
             frame,
-            conn,
-            id,
+            reply,
         };
         if self.config.durability == Durability::Sync {
             let done = Some((self.id, written));
@@ -784,20 +837,24 @@ impl Shard {
             target,
             seq,
             frame,
-            conn,
-            id,
+            reply,
         } = w;
+        let publisher = reply.conn();
+        let seq_json = || Bytes::from(format!("{{\"seq\":{seq}}}"));
         match target {
             WriteTarget::Room(room) => {
                 self.home_rooms.commit(&room, seq);
                 // The ack goes first: with a large room the fan-out's writes would delay it.
-                let ack = encode::ack(id.as_ref(), Target::Room(&room), Some(seq));
-                self.send(conn.shard(), ShardMsg::ToConn { conn, frame: ack });
-                self.fan_out(&room, frame, Some(conn));
+                let ack = reply.answer(
+                    |id| encode::ack(id, Target::Room(&room), Some(seq)),
+                    seq_json,
+                );
+                self.send_answer(ack);
+                self.fan_out(&room, frame, publisher);
             }
             WriteTarget::Inbox { to, from } => {
                 if self.home_users.commit(&to, seq) {
-                    self.deliver_to_user(&to, frame.clone(), Some(conn));
+                    self.deliver_to_user(&to, frame.clone(), publisher);
                     let cursor = Op::Cursor {
                         stream: Stream::Inbox(to.clone()),
                         cursor: seq,
@@ -809,12 +866,13 @@ impl Shard {
                     let msg = ShardMsg::ForwardUser {
                         user: from,
                         frame,
-                        exclude: Some(conn),
+                        exclude: publisher,
                     };
                     self.send(home, msg);
                 }
-                let ack = encode::ack(id.as_ref(), Target::User(&to), Some(seq));
-                self.send(conn.shard(), ShardMsg::ToConn { conn, frame: ack });
+                let ack =
+                    reply.answer(|id| encode::ack(id, Target::User(&to), Some(seq)), seq_json);
+                self.send_answer(ack);
             }
         }
     }
@@ -1026,6 +1084,13 @@ fn queue_frame(dirty: &mut Vec<Rc<Conn>>, conn: &Rc<Conn>, frame: &OutFrame, max
 fn mark_dirty(dirty: &mut Vec<Rc<Conn>>, conn: &Rc<Conn>) {
     if !conn.dirty.replace(true) {
         dirty.push(conn.clone());
+    }
+}
+
+fn reply_to(conn: &Conn, id: &Option<ReqId>) -> ReplyTo {
+    ReplyTo::Conn {
+        conn: conn.id,
+        id: id.clone(),
     }
 }
 

@@ -1,0 +1,382 @@
+//! The server API: JSON over HTTP under `/api/`, for an application's backend to publish, send
+//! direct messages, broadcast, disconnect users and look inside (docs/api.md is the contract).
+//!
+//! Owns the routes, the API key check, request parsing and the JSON responses. It validates
+//! with the same rules as the WebSocket protocol (`Name`, the message size limit, JSON bodies)
+//! and hands the work to the shards exactly as a client's frame would be, through the router and
+//! the store writer: it must not touch shard state or the store itself.
+
+use std::borrow::Cow;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::error::{ErrorCode, ReplyError};
+use crate::persist::Read;
+use crate::protocol::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, Name, encode};
+use crate::router::{ReplyTo, ShardMsg};
+use crate::shard::runtime::Ctx;
+
+type Body = Full<Bytes>;
+
+/// The sender a message from the API carries when the request names none.
+const SYSTEM: &str = "system";
+
+/// An API error: its HTTP status and the `{"code","message"}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: u16,
+    code: &'static str,
+    message: Cow<'static, str>,
+}
+
+impl ApiError {
+    fn new(status: u16, code: &'static str, message: impl Into<Cow<'static, str>>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad(message: impl Into<Cow<'static, str>>) -> ApiError {
+        ApiError::new(400, ErrorCode::BadRequest.as_str(), message)
+    }
+
+    fn unavailable() -> ApiError {
+        ApiError::new(
+            503,
+            "unavailable",
+            "the server is shutting down; retry shortly",
+        )
+    }
+
+    pub fn response(&self) -> Response<Body> {
+        let body = serde_json::json!({"code": self.code, "message": self.message}).to_string();
+        json(self.status, Bytes::from(body))
+    }
+}
+
+impl From<ReplyError> for ApiError {
+    fn from(e: ReplyError) -> ApiError {
+        ApiError::new(e.code.http_status(), e.code.as_str(), e.message)
+    }
+}
+
+fn json(status: u16, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Serves one `/api/...` request.
+pub async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Response<Body> {
+    match route(ctx, req).await {
+        Ok(body) => json(200, body),
+        Err(e) => e.response(),
+    }
+}
+
+async fn route(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    if !ctx.config.api {
+        return Err(ApiError::new(
+            404,
+            "not_found",
+            "the server API is turned off",
+        ));
+    }
+    authorize(&ctx.config, req.headers())?;
+    let path = req.uri().path().trim_start_matches("/api/").to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let segments: Vec<&str> = path.split('/').collect();
+    let method = req.method().clone();
+    match (&method, segments.as_slice()) {
+        (&Method::POST, ["publish"]) => publish(&ctx, &read_body(&ctx, req).await?).await,
+        (&Method::POST, ["send"]) => send(&ctx, &read_body(&ctx, req).await?).await,
+        (&Method::POST, ["broadcast"]) => broadcast(&ctx, &read_body(&ctx, req).await?).await,
+        (&Method::POST, ["disconnect"]) => disconnect(&ctx, &read_body(&ctx, req).await?).await,
+        (&Method::GET, ["rooms", room, "presence"]) => presence(&ctx, name("room", room)?).await,
+        (&Method::GET, ["rooms", room, "history"]) => {
+            history(&ctx, name("room", room)?, &query).await
+        }
+        (&Method::GET, ["users", user]) => user_info(&ctx, name("user", user)?).await,
+        (_, ["publish" | "send" | "broadcast" | "disconnect"])
+        | (_, ["rooms", _, "presence" | "history"])
+        | (_, ["users", _]) => Err(ApiError::new(
+            405,
+            "method_not_allowed",
+            format!("{method} is not allowed on /api/{path}"),
+        )),
+        _ => Err(ApiError::new(
+            404,
+            "not_found",
+            format!("no such endpoint: /api/{path}"),
+        )),
+    }
+}
+
+/// `Authorization: apikey KEY`. With no key configured the API is open: `Config::validate`
+/// allows that only in loopback dev mode.
+fn authorize(config: &Config, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &config.api_key else {
+        return Ok(());
+    };
+    let given = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("apikey "));
+    match given {
+        Some(given) if constant_time_eq(given.as_bytes(), key.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(401, "unauthorized", "wrong API key")),
+        None => Err(ApiError::new(
+            401,
+            "unauthorized",
+            "missing API key; send Authorization: apikey KEY",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The request body, at most `max_message_size` bytes plus room for the envelope.
+async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let limit = ctx.config.max_message_size + 1024;
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::from(ReplyError::new(
+                ErrorCode::TooLarge,
+                format!("the request is over the {limit}-byte limit"),
+            )))
+        }
+        Err(e) => Err(ApiError::bad(format!("cannot read the request body: {e}"))),
+    }
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid request: {e}")))
+}
+
+fn name(field: &str, value: &str) -> Result<Name, ApiError> {
+    Name::new(value)
+        .map_err(|e| ApiError::from(ReplyError::new(e.code, format!("`{field}`: {}", e.message))))
+}
+
+/// `from`, or `system` when the request names no sender.
+fn sender(from: Option<&str>) -> Result<Name, ApiError> {
+    name("from", from.unwrap_or(SYSTEM))
+}
+
+/// The body's bytes, within the message size limit.
+fn body_bytes(ctx: &Ctx, body: &RawValue) -> Result<Bytes, ApiError> {
+    let limit = ctx.config.max_message_size;
+    if body.get().len() > limit {
+        return Err(ApiError::from(ReplyError::new(
+            ErrorCode::TooLarge,
+            format!("body is over the {limit}-byte limit"),
+        )));
+    }
+    Ok(Bytes::copy_from_slice(body.get().as_bytes()))
+}
+
+/// Sends `msg` (built around a reply sender) to `home`'s shard and waits for the JSON answer.
+async fn ask_home(
+    ctx: &Ctx,
+    home: &Name,
+    msg: impl FnOnce(ReplyTo) -> ShardMsg,
+) -> Result<Bytes, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    ctx.with(|s| s.send_home(home, msg(ReplyTo::Api(tx))))
+        .ok_or_else(ApiError::unavailable)?;
+    ctx.schedule_flush();
+    match rx.await {
+        Ok(answer) => answer.map_err(ApiError::from),
+        Err(_) => Err(ApiError::unavailable()),
+    }
+}
+
+/// Sends `make(reply)` to every shard and adds up their answers.
+async fn ask_all(
+    ctx: &Ctx,
+    make: impl Fn(oneshot::Sender<usize>) -> ShardMsg,
+) -> Result<usize, ApiError> {
+    let mut answers = Vec::new();
+    ctx.with(|s| {
+        s.send_all(|| {
+            let (tx, rx) = oneshot::channel();
+            answers.push(rx);
+            make(tx)
+        })
+    })
+    .ok_or_else(ApiError::unavailable)?;
+    ctx.schedule_flush();
+    let mut total = 0;
+    for rx in answers {
+        total += rx.await.map_err(|_| ApiError::unavailable())?;
+    }
+    Ok(total)
+}
+
+#[derive(Deserialize)]
+struct PublishRequest<'a> {
+    room: &'a str,
+    #[serde(borrow)]
+    body: &'a RawValue,
+    from: Option<&'a str>,
+}
+
+/// `POST /api/publish {"room","body","from"?}` → `{"seq":N}`: sequenced, stored and delivered
+/// by the room's home exactly like a client's publish.
+async fn publish(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
+    let req: PublishRequest<'_> = parse(body)?;
+    let room = name("room", req.room)?;
+    let (from, body) = (sender(req.from)?, body_bytes(ctx, req.body)?);
+    ask_home(ctx, &room.clone(), |reply| ShardMsg::Publish {
+        room,
+        from,
+        body,
+        reply,
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct SendRequest<'a> {
+    to: &'a str,
+    #[serde(borrow)]
+    body: &'a RawValue,
+    from: Option<&'a str>,
+}
+
+/// `POST /api/send {"to","body","from"?}` → `{"seq":N}`: a direct message, stored in the
+/// recipient's inbox (delivered at the next connect if the recipient is offline).
+async fn send(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
+    let req: SendRequest<'_> = parse(body)?;
+    let to = name("to", req.to)?;
+    let (from, body) = (sender(req.from)?, body_bytes(ctx, req.body)?);
+    ask_home(ctx, &to.clone(), |reply| ShardMsg::Direct {
+        to,
+        from,
+        body,
+        reply,
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct BroadcastRequest<'a> {
+    #[serde(borrow)]
+    body: &'a RawValue,
+    from: Option<&'a str>,
+}
+
+/// `POST /api/broadcast {"body","from"?}` → `{"connections":N}`: one frame, encoded once, to
+/// every connection. Not stored: it is for whoever is connected now.
+async fn broadcast(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
+    let req: BroadcastRequest<'_> = parse(body)?;
+    let from = sender(req.from)?;
+    let frame = encode::broadcast(&from, crate::shard::now_ms(), &body_bytes(ctx, req.body)?);
+    let n = ask_all(ctx, |reply| ShardMsg::Broadcast {
+        frame: frame.clone(),
+        reply,
+    })
+    .await?;
+    Ok(Bytes::from(format!("{{\"connections\":{n}}}")))
+}
+
+#[derive(Deserialize)]
+struct DisconnectRequest<'a> {
+    user: &'a str,
+    reason: Option<String>,
+}
+
+/// `POST /api/disconnect {"user","reason"?}` → `{"connections":N}`: closes every connection of
+/// the user with 4501 (kicked), the reason in the close frame.
+async fn disconnect(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
+    let req: DisconnectRequest<'_> = parse(body)?;
+    let user = name("user", req.user)?;
+    let n = ask_all(ctx, |reply| ShardMsg::Kick {
+        user: user.clone(),
+        reason: req.reason.clone(),
+        reply,
+    })
+    .await?;
+    Ok(Bytes::from(format!("{{\"connections\":{n}}}")))
+}
+
+/// `GET /api/rooms/{room}/presence` → `{"room","users":[..]}`.
+async fn presence(ctx: &Ctx, room: Name) -> Result<Bytes, ApiError> {
+    ask_home(ctx, &room.clone(), |reply| ShardMsg::Presence {
+        room,
+        reply,
+    })
+    .await
+}
+
+/// `GET /api/rooms/{room}/history?before=N&limit=L` → the `history` reply of the protocol
+/// (newest first, `more`), without an `id`.
+async fn history(ctx: &Ctx, room: Name, query: &str) -> Result<Bytes, ApiError> {
+    let mut before = None;
+    let mut limit = DEFAULT_HISTORY_LIMIT;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| ApiError::bad(format!("`{key}` must be a non-negative integer")))
+        };
+        match key {
+            "before" => before = Some(number()?),
+            "limit" => limit = number()? as usize,
+            _ => {}
+        }
+    }
+    if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
+        return Err(ApiError::bad(format!(
+            "`limit` must be 1 to {MAX_HISTORY_LIMIT}"
+        )));
+    }
+    let (tx, rx) = oneshot::channel();
+    ctx.with(|s| {
+        s.read_store(Read::History {
+            room,
+            reply: ReplyTo::Api(tx),
+            before,
+            limit,
+        })
+    })
+    .ok_or_else(ApiError::unavailable)?;
+    ctx.schedule_flush();
+    match rx.await {
+        Ok(answer) => answer.map_err(ApiError::from),
+        Err(_) => Err(ApiError::unavailable()),
+    }
+}
+
+/// `GET /api/users/{user}` → `{"user","online","connections"}`.
+async fn user_info(ctx: &Ctx, user: Name) -> Result<Bytes, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    let msg = ShardMsg::UserInfo {
+        user: user.clone(),
+        reply: tx,
+    };
+    ctx.with(|s| s.send_home(&user, msg))
+        .ok_or_else(ApiError::unavailable)?;
+    ctx.schedule_flush();
+    let (online, connections) = rx.await.map_err(|_| ApiError::unavailable())?;
+    let body = serde_json::json!({"user": &*user, "online": online, "connections": connections});
+    Ok(Bytes::from(body.to_string()))
+}

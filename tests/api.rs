@@ -1,0 +1,331 @@
+//! The HTTP server API (`/api/`), over real HTTP against a real server, with real WebSocket
+//! clients on the receiving end.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const KEY: &str = "api-test-key";
+
+/// An HTTP/1.1 response: status and JSON body.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    body: Value,
+}
+
+/// One request on a fresh connection (`Connection: close`), read to the end.
+async fn http(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: &str) -> Reply {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let auth = key.map_or(String::new(), |k| format!("Authorization: apikey {k}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8(raw).expect("utf-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    Reply { status, body }
+}
+
+async fn post(addr: SocketAddr, path: &str, body: Value) -> Reply {
+    http(addr, "POST", path, Some(KEY), &body.to_string()).await
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Reply {
+    http(addr, "GET", path, Some(KEY), "").await
+}
+
+fn keyed() -> TestServer {
+    TestServer::start(|c| c.api_key = Some(KEY.into()))
+}
+
+fn assert_api_error(reply: &Reply, status: u16, code: &str) {
+    assert_eq!(reply.status, status, "{reply:?}");
+    assert_eq!(reply.body["code"], code, "{reply:?}");
+    assert!(
+        reply.body["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{reply:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_reaches_members_in_the_room_order() {
+    let server = keyed();
+    let mut alice = dev(server.addr(), "alice").await;
+    alice.join("shop").await;
+    assert_eq!(alice.publish("shop", json!("first")).await, 1);
+
+    let reply = post(
+        server.addr(),
+        "/api/publish",
+        json!({"room":"shop","body":{"promo":10}}),
+    )
+    .await;
+    assert_eq!((reply.status, &reply.body), (200, &json!({"seq": 2})));
+    let msg = alice.recv_type("message").await;
+    assert_eq!(
+        assert_room_msg(&msg, "shop", "system", &json!({"promo":10})),
+        2
+    );
+
+    let reply = post(
+        server.addr(),
+        "/api/publish",
+        json!({"room":"shop","body":null,"from":"admin"}),
+    )
+    .await;
+    assert_eq!(reply.body, json!({"seq": 3}));
+    let msg = alice.recv_type("message").await;
+    assert_eq!(assert_room_msg(&msg, "shop", "admin", &Value::Null), 3);
+
+    // A room nobody is in is still stored: its history has the message.
+    let reply = post(
+        server.addr(),
+        "/api/publish",
+        json!({"room":"empty","body":1}),
+    )
+    .await;
+    assert_eq!(reply.body, json!({"seq": 1}));
+    let page = get(server.addr(), "/api/rooms/empty/history").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.body["messages"][0]["body"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_reaches_online_users_and_waits_for_offline_ones() {
+    let server = keyed();
+    let mut bob = dev(server.addr(), "bob").await;
+    let reply = post(
+        server.addr(),
+        "/api/send",
+        json!({"to":"bob","body":"order shipped"}),
+    )
+    .await;
+    assert_eq!(reply.body, json!({"seq": 1}));
+    let msg = bob.recv_type("message").await;
+    assert_eq!(assert_dm(&msg, "bob", "system", &json!("order shipped")), 1);
+
+    let reply = post(
+        server.addr(),
+        "/api/send",
+        json!({"to":"carol","body":{"n":1},"from":"shop"}),
+    )
+    .await;
+    assert_eq!(reply.body, json!({"seq": 1}));
+    let mut carol = dev(server.addr(), "carol").await;
+    assert_eq!(carol.welcome["inbox_seq"], 1);
+    let msg = carol.recv_type("message").await;
+    assert_eq!(assert_dm(&msg, "carol", "shop", &json!({"n":1})), 1);
+    carol.assert_silent(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broadcast_reaches_every_connection_once() {
+    let server = TestServer::start(|c| {
+        c.api_key = Some(KEY.into());
+        c.shards = 3;
+    });
+    let mut clients = Vec::new();
+    for i in 0..7 {
+        clients.push(dev(server.addr(), &format!("u{i}")).await);
+    }
+    let reply = post(
+        server.addr(),
+        "/api/broadcast",
+        json!({"body":{"notice":"maintenance"}}),
+    )
+    .await;
+    assert_eq!(
+        (reply.status, &reply.body),
+        (200, &json!({"connections": 7}))
+    );
+    for c in &mut clients {
+        let msg = c.recv_type("message").await;
+        assert_eq!(msg["from"], "system");
+        assert_eq!(msg["body"], json!({"notice":"maintenance"}));
+        assert!(msg["ts"].as_u64().is_some(), "{msg}");
+        assert!(
+            msg.get("seq").is_none() && msg.get("room").is_none(),
+            "{msg}"
+        );
+        c.assert_silent(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disconnect_closes_every_connection_of_the_user_as_kicked() {
+    let server = TestServer::start(|c| {
+        c.api_key = Some(KEY.into());
+        c.shards = 2;
+    });
+    let mut a1 = dev(server.addr(), "mallory").await;
+    let mut a2 = dev(server.addr(), "mallory").await;
+    let mut other = dev(server.addr(), "alice").await;
+    let reply = post(
+        server.addr(),
+        "/api/disconnect",
+        json!({"user":"mallory","reason":"spam"}),
+    )
+    .await;
+    assert_eq!(reply.body, json!({"connections": 2}));
+    a1.expect_close(4501).await;
+    a2.expect_close(4501).await;
+    other.ping().await;
+    let info = get(server.addr(), "/api/users/mallory").await;
+    assert_eq!(
+        info.body,
+        json!({"user":"mallory","online":false,"connections":0})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_users_and_history() {
+    let server = TestServer::start(|c| {
+        c.api_key = Some(KEY.into());
+        c.presence_events = false;
+    });
+    let mut alice = dev(server.addr(), "alice").await;
+    let _alice2 = dev(server.addr(), "alice").await;
+    let mut bob = dev(server.addr(), "bob").await;
+    alice.join("r").await;
+    bob.join("r").await;
+    for i in 0..5 {
+        alice.publish("r", json!(i)).await;
+    }
+    let p = get(server.addr(), "/api/rooms/r/presence").await;
+    assert_eq!(p.body, json!({"room":"r","users":["alice","bob"]}));
+    let u = get(server.addr(), "/api/users/alice").await;
+    assert_eq!(
+        u.body,
+        json!({"user":"alice","online":true,"connections":2})
+    );
+
+    let h = get(server.addr(), "/api/rooms/r/history?before=5&limit=2").await;
+    assert_eq!(h.status, 200);
+    let seqs: Vec<_> = h.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [4, 3]);
+    assert_eq!(h.body["more"], true);
+    assert_eq!(h.body["messages"][0]["body"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_or_wrong_key_is_refused() {
+    let server = keyed();
+    let body = json!({"room":"r","body":1}).to_string();
+    for key in [None, Some("wrong"), Some("")] {
+        let reply = http(server.addr(), "POST", "/api/publish", key, &body).await;
+        assert_api_error(&reply, 401, "unauthorized");
+        let reply = http(server.addr(), "GET", "/api/users/a", key, "").await;
+        assert_api_error(&reply, 401, "unauthorized");
+    }
+    // Nothing was published by the refused calls.
+    let h = get(server.addr(), "/api/rooms/r/history").await;
+    assert_eq!(h.body["messages"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_mode_without_a_key_is_open_and_the_api_can_be_turned_off() {
+    let server = TestServer::default_config();
+    let reply = http(server.addr(), "GET", "/api/users/a", None, "").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let off = TestServer::start(|c| c.api = false);
+    let reply = http(off.addr(), "GET", "/api/users/a", None, "").await;
+    assert_api_error(&reply, 404, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_input_gets_a_400_with_a_code() {
+    let server = TestServer::start(|c| {
+        c.api_key = Some(KEY.into());
+        c.max_message_size = 256;
+    });
+    let a = server.addr();
+    let cases = [
+        ("/api/publish", "not json", 400, "bad_request"),
+        ("/api/publish", r#"{"room":"r"}"#, 400, "bad_request"),
+        (
+            "/api/publish",
+            r#"{"room":"bad room","body":1}"#,
+            400,
+            "invalid_name",
+        ),
+        (
+            "/api/publish",
+            r#"{"room":"r","body":1,"from":"a b"}"#,
+            400,
+            "invalid_name",
+        ),
+        (
+            "/api/publish",
+            r#"{"room":"r","body":{"a":}}"#,
+            400,
+            "bad_request",
+        ),
+        ("/api/send", r#"{"to":5,"body":1}"#, 400, "bad_request"),
+        ("/api/broadcast", r#"{}"#, 400, "bad_request"),
+        ("/api/disconnect", r#"{"reason":"x"}"#, 400, "bad_request"),
+    ];
+    for (path, body, status, code) in cases {
+        let reply = http(a, "POST", path, Some(KEY), body).await;
+        assert_api_error(&reply, status, code);
+    }
+    let big = json!({"room":"r","body":"x".repeat(300)});
+    assert_api_error(&post(a, "/api/publish", big).await, 413, "too_large");
+    let huge = format!(r#"{{"room":"r","body":"{}"}}"#, "x".repeat(5000));
+    assert_api_error(
+        &http(a, "POST", "/api/publish", Some(KEY), &huge).await,
+        413,
+        "too_large",
+    );
+    assert_api_error(
+        &get(a, "/api/rooms/r/history?limit=101").await,
+        400,
+        "bad_request",
+    );
+    assert_api_error(
+        &get(a, "/api/rooms/r/history?before=-1").await,
+        400,
+        "bad_request",
+    );
+    assert_api_error(
+        &get(a, "/api/rooms/bad%20room/presence").await,
+        400,
+        "invalid_name",
+    );
+    assert_api_error(&get(a, "/api/publish").await, 405, "method_not_allowed");
+    assert_api_error(&get(a, "/api/nothing").await, 404, "not_found");
+    // None of it was stored.
+    let h = get(a, "/api/rooms/r/history").await;
+    assert_eq!(h.body["messages"], json!([]));
+}
