@@ -1,12 +1,13 @@
 //! Client authentication at the WebSocket handshake: HS256 JWTs, or `?user=` in dev mode.
 //!
-//! Owns turning request credentials into an `Identity`. It must not touch connections or shards;
-//! session policy is decided by the user's home shard, not here.
+//! Owns turning request credentials into an `Identity`, and the reverse for operators (`mint`,
+//! behind `shardcast token`). It must not touch connections or shards; session policy is decided
+//! by the user's home shard, not here.
 
 use std::collections::HashSet;
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
-use serde::Deserialize;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
 
 use crate::error::HandshakeError;
 use crate::protocol::{Name, is_valid_name};
@@ -21,11 +22,33 @@ pub struct Identity {
     pub exp: Option<u64>,
 }
 
-#[derive(Deserialize)]
+/// A token's claims, as read at the handshake and written by [`mint`].
+#[derive(Serialize, Deserialize)]
 struct Claims {
     sub: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     exp: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     rooms: Option<Vec<String>>,
+}
+
+/// An HS256 token for `identity` (its user as `sub`, and its `rooms` and `exp` if set), signed
+/// with `secret`: what `shardcast token` prints, and what [`Authenticator`] accepts.
+pub fn mint(secret: &str, identity: &Identity) -> String {
+    let claims = Claims {
+        sub: identity.user.to_string(),
+        exp: identity.exp,
+        rooms: identity
+            .rooms
+            .as_ref()
+            .map(|rooms| rooms.iter().map(|r| r.to_string()).collect()),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing of a serializable struct cannot fail")
 }
 
 /// Checks handshake credentials. `None` for the key means dev mode.
@@ -207,5 +230,26 @@ mod tests {
         assert!(a.authenticate(None, Some(&bad_sub), 10).is_err());
         let too_many = token(json!({"sub":"b","rooms":["a","b","c"]}), "s3cret");
         assert!(a.authenticate(None, Some(&too_many), 2).is_err());
+    }
+
+    #[test]
+    fn minted_tokens_authenticate_as_their_identity() {
+        let a = Authenticator::new(Some("s3cret"));
+        let id = Identity {
+            user: Name::new("bob").unwrap(),
+            rooms: Some(vec![Name::new("r1").unwrap(), Name::new("r2").unwrap()]),
+            exp: Some(now() + 60),
+        };
+        let t = mint("s3cret", &id);
+        assert_eq!(a.authenticate(None, Some(&t), 10).unwrap(), id);
+        let bare = Identity {
+            rooms: None,
+            exp: None,
+            ..id
+        };
+        let t = mint("s3cret", &bare);
+        assert_eq!(a.authenticate(None, Some(&t), 10).unwrap(), bare);
+        let other = Authenticator::new(Some("other"));
+        assert!(other.authenticate(None, Some(&t), 10).is_err());
     }
 }

@@ -267,10 +267,22 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Layers a TOML file (if any) under the flags and environment variables in `matches`.
-    /// `cli` is `matches` already parsed into a `Config`; only values that came from the
-    /// command line or the environment override the file.
+    /// Layers a TOML file (if any) under the flags and environment variables in `matches`, then
+    /// validates the result. `cli` is `matches` already parsed into a `Config`; only values that
+    /// came from the command line or the environment override the file.
     pub fn load(
+        file: Option<&Path>,
+        cli: &Config,
+        matches: &clap::ArgMatches,
+    ) -> Result<Config, ConfigError> {
+        let config = Config::layer(file, cli, matches)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// [`Config::load`] without the validation, for tools that read one value of a server's
+    /// configuration (`shardcast token` reads `jwt_secret`).
+    pub fn layer(
         file: Option<&Path>,
         cli: &Config,
         matches: &clap::ArgMatches,
@@ -299,14 +311,12 @@ impl Config {
                 table.insert(id.to_string(), value.clone());
             }
         }
-        let config: Config = table
+        table
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse {
                 path: file.map(Path::to_owned).unwrap_or_default(),
                 message: e.to_string(),
-            })?;
-        config.validate()?;
-        Ok(config)
+            })
     }
 
     /// Checks the values that cannot be expressed in types.

@@ -172,7 +172,13 @@ async fn start(
         }
     });
     ctx.schedule_flush();
-    tracing::debug!(user = %identity.user, conn = ?id, "connected");
+    // Every line logged for this connection carries who and which. Never the request's URI:
+    // its query may hold the token.
+    let span = tracing::info_span!("conn", user = %identity.user, conn = ?id);
     drop((early, identity));
-    runtime::drive(ctx, conn).await;
+    let task = async {
+        tracing::debug!("connected");
+        runtime::drive(ctx, conn).await;
+    };
+    tracing::Instrument::instrument(task, span).await;
 }

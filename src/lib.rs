@@ -16,9 +16,12 @@
 //! - `store`: durable history behind the `Store` trait (fjall on disk, or memory).
 //! - `persist`: the store threads (group commit, replays and history reads, retention) between
 //!   the shards and the `Store`.
+//! - `cli`: what the operator subcommands print (the default and the effective config file) and
+//!   the token lifetimes they parse; `main.rs` wires them to the command line.
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod error;

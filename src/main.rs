@@ -1,10 +1,17 @@
 //! The `shardcast` binary: command line, logging, signals. Everything else is in the library.
+//!
+//! `serve` runs the server; `token` and `config` are operator tools that read the same
+//! configuration layers (defaults ← `--config` TOML ← `SHARDCAST_*` ← flags) and print.
 
 use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use shardcast::config::Config;
+use anyhow::{Context, bail};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use shardcast::auth::{Identity, mint};
+use shardcast::cli::{Ttl, default_toml, effective_toml, parse_name, parse_ttl};
+use shardcast::config::{Config, LogFormat};
+use shardcast::protocol::Name;
 use shardcast::server::Server;
 
 #[global_allocator]
@@ -24,31 +31,144 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve {
-        /// A TOML file with configuration keys (the flag names with underscores). Flags and
-        /// SHARDCAST_* variables override it.
-        #[arg(long, env = "SHARDCAST_CONFIG")]
-        config: Option<PathBuf>,
-        #[command(flatten)]
-        settings: Config,
-    },
+    Serve(Settings),
+    /// Print an HS256 token for a client, signed with the server's jwt_secret.
+    ///
+    /// Only the token is printed, so that `TOKEN=$(shardcast token --user alice)` works. The
+    /// secret comes from --jwt-secret, SHARDCAST_JWT_SECRET or the jwt_secret of --config FILE,
+    /// in that order.
+    Token(TokenArgs),
+    /// Print the effective configuration as TOML, with jwt_secret and api_key shown as "***".
+    ///
+    /// It layers the same sources as `serve` (defaults, --config FILE, SHARDCAST_* variables,
+    /// flags) and refuses what `serve` would refuse. With --default it prints instead a
+    /// commented file of every key at its default, a starting point for --config.
+    Config(ConfigArgs),
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Print every key at its default, each after its help text as comments, instead of the
+    /// effective configuration. Keys without a default (jwt_secret, api_key) are commented out.
+    /// The other flags and SHARDCAST_* variables do not change this output.
+    #[arg(long)]
+    default: bool,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// The configuration sources `serve` layers.
+#[derive(clap::Args)]
+struct Settings {
+    /// A TOML file with configuration keys (the flag names with underscores). Flags and
+    /// SHARDCAST_* variables override it.
+    #[arg(long, env = "SHARDCAST_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    values: Config,
+}
+
+impl Settings {
+    /// The layered and validated configuration; `matches` are the subcommand's.
+    fn load(&self, matches: &ArgMatches) -> anyhow::Result<Config> {
+        Ok(Config::load(self.config.as_deref(), &self.values, matches)?)
+    }
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The user id the token authenticates (its `sub` claim): 1-128 bytes of A-Z a-z 0-9 _ . :
+    /// @ -.
+    #[arg(long, value_parser = parse_name)]
+    user: Name,
+    /// Comma-separated rooms (the `rooms` claim): the user joins them at connect and may join no
+    /// others. Default: no claim, so any room.
+    #[arg(long, value_delimiter = ',', value_parser = parse_name)]
+    rooms: Option<Vec<Name>>,
+    /// How long the token is valid (its `exp` claim is now plus this): a number with s, m, h or
+    /// d, e.g. 30s, 15m, 24h, 7d. 0 or none: no `exp`, so the token is valid until the secret
+    /// changes.
+    #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+    ttl: Ttl,
+    /// The HS256 secret to sign with: the server's jwt_secret. Overrides the file's.
+    #[arg(long, env = "SHARDCAST_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// A TOML config file (the server's) to read jwt_secret from when it is not given otherwise.
+    /// Its other keys are checked for typos but not used.
+    #[arg(long, env = "SHARDCAST_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches)?;
+    let (_, sub) = matches.subcommand().expect("a subcommand is required");
     match cli.command {
-        Command::Serve { config, settings } => {
-            let (_, sub) = matches.subcommand().expect("serve is the only subcommand");
-            let config = Config::load(config.as_deref(), &settings, sub)?;
+        Command::Serve(settings) => {
+            let config = settings.load(sub)?;
+            init_logging(config.log_format);
             serve(config)
         }
+        Command::Token(args) => {
+            println!("{}", token(args)?);
+            Ok(())
+        }
+        Command::Config(args) if args.default => {
+            print!("{}", default_toml());
+            Ok(())
+        }
+        Command::Config(args) => {
+            print!("{}", effective_toml(&args.settings.load(sub)?));
+            Ok(())
+        }
     }
+}
+
+/// Installs the log subscriber. It comes after the configuration is loaded, so errors before
+/// it are printed plainly by `main`'s error return.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<String> {
+    let secret = match args.jwt_secret {
+        Some(secret) => Some(secret),
+        None => {
+            let file = Config::layer(
+                args.config.as_deref(),
+                &Config::default(),
+                &ArgMatches::default(),
+            )?;
+            file.jwt_secret
+        }
+    };
+    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+        bail!(
+            "no jwt_secret is configured, so there is nothing to sign the token with: pass the \
+             server's secret with --jwt-secret, SHARDCAST_JWT_SECRET, or --config FILE"
+        );
+    };
+    let exp = match args.ttl {
+        Ttl(None) => None,
+        Ttl(Some(ttl)) => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .context("the system clock is before 1970")?;
+            Some((now + ttl).as_secs())
+        }
+    };
+    let identity = Identity {
+        user: args.user,
+        rooms: args.rooms,
+        exp,
+    };
+    Ok(mint(&secret, &identity))
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

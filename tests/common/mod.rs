@@ -929,9 +929,23 @@ impl BinaryServer {
         server
     }
 
+    /// [`BinaryServer::spawn`] with the environment variables `env` set (after the defaults, so
+    /// `RUST_LOG` can be changed).
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> BinaryServer {
+        let data = tempfile::tempdir().expect("temp dir");
+        let bin = Path::new(env!("CARGO_BIN_EXE_shardcast"));
+        let mut server = BinaryServer::start(bin, data.path(), args, env);
+        server._data = Some(data);
+        server
+    }
+
     /// [`BinaryServer::spawn`] of the binary at `bin` with `--data data`, a directory the
     /// caller keeps (so that a test can restart the server on it).
     pub fn spawn_in(bin: &Path, data: &Path, args: &[&str]) -> BinaryServer {
+        BinaryServer::start(bin, data, args, &[])
+    }
+
+    fn start(bin: &Path, data: &Path, args: &[&str], env: &[(&str, &str)]) -> BinaryServer {
         let mut cmd = tokio::process::Command::new(bin);
         cmd.arg("serve")
             .arg("--data")
@@ -943,11 +957,10 @@ impl BinaryServer {
             .kill_on_drop(true)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1");
-        for (key, _) in std::env::vars() {
-            if key.starts_with("SHARDCAST_") {
-                cmd.env_remove(key);
-            }
+        for key in inherited_shardcast_vars() {
+            cmd.env_remove(key);
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
@@ -1026,6 +1039,14 @@ impl BinaryServer {
             .expect("run kill");
         assert!(status.success(), "kill -{sig} {pid} failed: {status}");
     }
+}
+
+/// The `SHARDCAST_*` variables of the test's own environment, which a spawned binary must not
+/// inherit.
+pub fn inherited_shardcast_vars() -> impl Iterator<Item = String> {
+    std::env::vars()
+        .map(|(key, _)| key)
+        .filter(|key| key.starts_with("SHARDCAST_"))
 }
 
 fn collect_lines(

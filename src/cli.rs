@@ -1,0 +1,172 @@
+//! What the operator subcommands print, apart from the server: the commented default config
+//! file (`shardcast config --default`), the effective configuration with its secrets masked
+//! (`shardcast config`), and the token lifetimes of `shardcast token`.
+//!
+//! Owns no state and touches no sockets. The help texts it writes into the default file are
+//! `Config`'s `--help` texts (its field doc comments), so the file and `--help` cannot differ.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::config::Config;
+use crate::protocol::Name;
+
+/// What `shardcast config` prints instead of a secret.
+pub const MASK: &str = "***";
+
+/// Width of the default file's comment lines, `# ` included.
+const WIDTH: usize = 80;
+
+/// The effective configuration as TOML, with `jwt_secret` and `api_key` replaced by [`MASK`]
+/// when set. Unset optional values are left out, as TOML has no null.
+pub fn effective_toml(config: &Config) -> String {
+    let mut shown = config.clone();
+    for secret in [&mut shown.jwt_secret, &mut shown.api_key] {
+        if secret.is_some() {
+            *secret = Some(MASK.to_owned());
+        }
+    }
+    toml::to_string(&shown).expect("a Config serializes to TOML")
+}
+
+/// A TOML file that sets every key to its default, each after its `--help` text as comments.
+/// Keys with no default (the secrets) are commented out. Loading it gives `Config::default()`.
+pub fn default_toml() -> String {
+    let command = Config::augment_args(clap::Command::new("shardcast"));
+    let defaults = toml::Table::try_from(Config::default()).expect("a Config serializes to TOML");
+    let mut out = String::from(
+        "# shardcast configuration: every key with its default. Pass this file with\n\
+         # `shardcast serve --config FILE`; SHARDCAST_* variables and flags override it.\n",
+    );
+    for arg in command.get_arguments() {
+        let key = arg.get_id().as_str();
+        let mut help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        // clap drops the full stop of a one-sentence help text.
+        if !help.ends_with(['.', ')']) {
+            help.push('.');
+        }
+        out.push('\n');
+        for line in wrap(&help, WIDTH - 2) {
+            writeln!(out, "# {line}").expect("writing to a String");
+        }
+        if let (Some(flag), Some(env)) = (arg.get_long(), arg.get_env()) {
+            let env = env.to_string_lossy();
+            writeln!(out, "# --{flag}, {env}").expect("writing to a String");
+        }
+        match defaults.get(key) {
+            Some(value) => writeln!(out, "{key} = {value}"),
+            None => writeln!(out, "# {key} = \"...\""),
+        }
+        .expect("writing to a String");
+    }
+    out
+}
+
+/// Splits `text` into lines of at most `width` characters at spaces (a longer word gets a line
+/// of its own).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+/// How long a minted token is valid; `None` means it has no `exp` claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ttl(pub Option<Duration>);
+
+/// Parses a token lifetime: a number with a unit `s`, `m`, `h` or `d` (`30s`, `15m`, `24h`,
+/// `7d`; a bare number is seconds). `0` or `none` mean no expiry.
+pub fn parse_ttl(text: &str) -> Result<Ttl, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(Ttl(None));
+    }
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let bad = || format!("`{text}` is not a lifetime: use e.g. 30s, 15m, 24h, 7d, or 0 for none");
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    let secs = number.checked_mul(scale).ok_or_else(bad)?;
+    Ok(Ttl((secs > 0).then(|| Duration::from_secs(secs))))
+}
+
+/// Parses a user id or room name as the server validates it.
+pub fn parse_name(text: &str) -> Result<Name, String> {
+    Name::new(text).map_err(|e| format!("`{text}`: {}", e.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_file_loads_as_the_defaults() {
+        let text = default_toml();
+        let loaded: Config = toml::from_str(&text).unwrap();
+        assert_eq!(loaded, Config::default());
+        for line in text.lines() {
+            assert!(line.len() <= WIDTH, "line over {WIDTH} characters: {line}");
+        }
+        assert!(text.contains("\nbind = \"127.0.0.1:8080\"\n"), "{text}");
+        assert!(text.contains("\n# jwt_secret = \"...\"\n"), "{text}");
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let config = Config {
+            jwt_secret: Some("hunter2".into()),
+            api_key: Some("k3y".into()),
+            ..Config::default()
+        };
+        let text = effective_toml(&config);
+        assert!(!text.contains("hunter2") && !text.contains("k3y"), "{text}");
+        let shown: Config = toml::from_str(&text).unwrap();
+        assert_eq!(shown.jwt_secret.as_deref(), Some(MASK));
+        assert_eq!(shown.api_key.as_deref(), Some(MASK));
+        assert_eq!(
+            toml::from_str::<Config>(&effective_toml(&Config::default())).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn lifetimes_take_units() {
+        let secs = |s| parse_ttl(s).map(|t| t.0.map(|d| d.as_secs()));
+        assert_eq!(secs("30s"), Ok(Some(30)));
+        assert_eq!(secs("15m"), Ok(Some(900)));
+        assert_eq!(secs("24h"), Ok(Some(86_400)));
+        assert_eq!(secs("7d"), Ok(Some(604_800)));
+        assert_eq!(secs("90"), Ok(Some(90)));
+        assert_eq!(secs("0"), Ok(None));
+        assert_eq!(secs("none"), Ok(None));
+        for bad in ["", "h", "1w", "-1h", "1.5h", "99999999999999999999d"] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+}
