@@ -42,6 +42,26 @@ async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, 
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => websocket(ctx, req).await.unwrap_or_else(|e| error(&e)),
         (&Method::GET, "/healthz") => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
+        (&Method::GET, "/readyz") => match ctx.health.unready() {
+            None => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
+            Some(why) => json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why),
+        },
+        (&Method::GET, "/metrics") => {
+            let text = crate::metrics::gather(&ctx).await.prometheus();
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            let v = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+            response.headers_mut().insert(CONTENT_TYPE, v);
+            response
+        }
+        // Until the API router lands: the same key check it will make, then the stats.
+        (&Method::GET, "/api/stats") if ctx.config.api => match api_key_ok(&ctx, &req) {
+            true => json(crate::metrics::stats_json(&ctx).await),
+            false => json_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send the API key as `Authorization: apikey KEY`",
+            ),
+        },
         _ => error(&HandshakeError::NotFound),
     };
     Ok(response)
@@ -49,14 +69,41 @@ async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, 
 
 /// `{"code":..,"message":..}` with the error's status.
 fn error(e: &HandshakeError) -> Response<Body> {
-    let body = serde_json::json!({"code": e.code(), "message": e.to_string()}).to_string();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() =
-        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_error(status, e.code(), &e.to_string())
+}
+
+/// `{"code":..,"message":..}` with `status`.
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"code": code, "message": message}).to_string();
+    let mut response = json(Bytes::from(body));
+    *response.status_mut() = status;
+    response
+}
+
+/// A 200 with a JSON body.
+fn json(body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body));
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// `Authorization: apikey KEY` matches `api_key`; with no `api_key` (dev mode) anything goes.
+fn api_key_ok(ctx: &Ctx, req: &Request<Incoming>) -> bool {
+    let Some(key) = &ctx.config.api_key else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("apikey "));
+    // Every byte is compared, so the time taken does not tell how much of a guess was right.
+    given.is_some_and(|g| {
+        g.len() == key.len() && g.bytes().zip(key.bytes()).fold(0, |d, (a, b)| d | (a ^ b)) == 0
+    })
 }
 
 /// Undoes a handshake's reservation if the handshake does not reach the connection task.

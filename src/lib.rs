@@ -15,12 +15,16 @@
 //! - `store`: durable history behind the `Store` trait (fjall on disk, or memory).
 //! - `persist`: the store threads (group commit, replays and history reads, retention) between
 //!   the shards and the `Store`.
+//! - `metrics`: what shards and the writer count, gathered per scrape (`/metrics`, `/api/stats`).
+//!   `health`: the readiness flags behind `/readyz`.
 
 pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod persist;
 pub mod protocol;
 pub mod router;
