@@ -54,14 +54,14 @@ async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, 
             response
         }
         // Until the API router lands: the same key check it will make, then the stats.
-        (&Method::GET, "/api/stats") if ctx.config.api => match api_key_ok(&ctx, &req) {
-            true => json(crate::metrics::stats_json(&ctx).await),
-            false => json_error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "send the API key as `Authorization: apikey KEY`",
-            ),
-        },
+        (&Method::GET, "/api/stats") if ctx.config.api => {
+            if api_key_ok(&ctx, &req) {
+                json(crate::metrics::stats_json(&ctx).await)
+            } else {
+                let why = "send the API key as `Authorization: apikey KEY`";
+                json_error(StatusCode::UNAUTHORIZED, "unauthorized", why)
+            }
+        }
         _ => error(&HandshakeError::NotFound),
     };
     Ok(response)
