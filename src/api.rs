@@ -111,9 +111,10 @@ async fn route(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Bytes, ApiError> 
             history(&ctx, name("room", room)?, &query).await
         }
         (&Method::GET, ["users", user]) => user_info(&ctx, name("user", user)?).await,
+        (&Method::GET, ["stats"]) => Ok(crate::metrics::stats_json(&ctx).await),
         (_, ["publish" | "send" | "broadcast" | "disconnect"])
         | (_, ["rooms", _, "presence" | "history"])
-        | (_, ["users", _]) => Err(ApiError::new(
+        | (_, ["users", _] | ["stats"]) => Err(ApiError::new(
             405,
             "method_not_allowed",
             format!("{method} is not allowed on /api/{path}"),

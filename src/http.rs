@@ -42,6 +42,17 @@ async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, 
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => websocket(ctx, req).await.unwrap_or_else(|e| error(&e)),
         (&Method::GET, "/healthz") => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
+        (&Method::GET, "/readyz") => match ctx.health.unready() {
+            None => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
+            Some(why) => json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why),
+        },
+        (&Method::GET, "/metrics") => {
+            let text = crate::metrics::gather(&ctx).await.prometheus();
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            let v = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+            response.headers_mut().insert(CONTENT_TYPE, v);
+            response
+        }
         (_, path) if path.starts_with("/api/") => crate::api::handle(ctx, req).await,
         _ => error(&HandshakeError::NotFound),
     };
@@ -50,10 +61,15 @@ async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, 
 
 /// `{"code":..,"message":..}` with the error's status.
 fn error(e: &HandshakeError) -> Response<Body> {
-    let body = serde_json::json!({"code": e.code(), "message": e.to_string()}).to_string();
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_error(status, e.code(), &e.to_string())
+}
+
+/// `{"code":..,"message":..}` with `status`.
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"code": code, "message": message}).to_string();
     let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() =
-        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() = status;
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

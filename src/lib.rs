@@ -18,6 +18,8 @@
 //!   the shards and the `Store`.
 //! - `cli`: what the operator subcommands print (the default and the effective config file) and
 //!   the token lifetimes they parse; `main.rs` wires them to the command line.
+//! - `metrics`: what shards and the writer count, gathered per scrape (`/metrics`, `/api/stats`).
+//!   `health`: the readiness flags behind `/readyz`.
 
 pub mod api;
 pub mod auth;
@@ -25,7 +27,9 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod persist;
 pub mod protocol;
 pub mod router;

@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tokio::sync::oneshot;
 
 use crate::config::{Config, Durability};
 use crate::error::{ErrorCode, ReplyError};
+use crate::health::Health;
+use crate::metrics::WriterCounters;
 use crate::protocol::encode::{self, Recovery};
 use crate::protocol::{Name, ReqId};
 use crate::router::{ConnId, ReplyTo, Router, ShardId, ShardMsg, Written};
@@ -39,6 +42,8 @@ pub enum Op {
     Read(Read),
     /// Sync and stop, after everything queued before it.
     Stop,
+    /// Answer a metrics scrape with the writer's counters, after the writes queued before it.
+    Stats(oneshot::Sender<WriterCounters>),
 }
 
 /// A read, answered to the asking connection's shard. Served after every write queued before
@@ -107,13 +112,14 @@ impl Threads {
         store: Arc<dyn Store>,
         router: Router,
         config: Arc<Config>,
+        health: Arc<Health>,
     ) -> std::io::Result<Threads> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let writer = {
             let (store, config) = (store.clone(), config.clone());
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || Writer::new(store, router, &config).run(rx))?
+                .spawn(move || Writer::new(store, router, &config, health).run(rx))?
         };
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let trimmer = std::thread::Builder::new()
@@ -162,10 +168,13 @@ struct Writer {
     replay_limit: usize,
     /// A reply carrying messages stays under this, so it cannot make its reader a slow consumer.
     reply_bytes: usize,
+    /// Told after each batch whether the store wrote it (`/readyz`).
+    health: Arc<Health>,
+    counters: WriterCounters,
 }
 
 impl Writer {
-    fn new(store: Arc<dyn Store>, router: Router, config: &Config) -> Writer {
+    fn new(store: Arc<dyn Store>, router: Router, config: &Config, health: Arc<Health>) -> Writer {
         Writer {
             store,
             router,
@@ -173,10 +182,12 @@ impl Writer {
             flush_every: Duration::from_millis(config.flush_interval_ms),
             replay_limit: config.replay_limit,
             reply_bytes: config.max_queue_bytes / 2,
+            health,
+            counters: WriterCounters::default(),
         }
     }
 
-    fn run(self, rx: Receiver<Vec<Op>>) {
+    fn run(mut self, rx: Receiver<Vec<Op>>) {
         // With async durability: when the oldest write not yet on disk was made.
         let mut unsynced: Option<Instant> = None;
         loop {
@@ -221,11 +232,12 @@ impl Writer {
 
     /// Commits the writes among `ops` as one batch, answers them, then serves the reads.
     /// Returns whether a `Stop` was among them.
-    fn apply(&self, ops: Vec<Op>) -> bool {
+    fn apply(&mut self, ops: Vec<Op>) -> bool {
         let mut appends = Vec::new();
         let mut cursors: Vec<(Stream, u64)> = Vec::new();
         let mut done: Vec<(ShardId, Written)> = Vec::new();
         let mut reads = Vec::new();
+        let mut scrapes = Vec::new();
         let mut stop = false;
         for op in ops {
             match op {
@@ -241,22 +253,30 @@ impl Writer {
                 }
                 Op::Read(r) => reads.push(r),
                 Op::Stop => stop = true,
+                Op::Stats(reply) => scrapes.push(reply),
             }
         }
         if !appends.is_empty() || !cursors.is_empty() {
             // A cursor alone is not worth an fsync: losing it only repeats a delivery.
             let durable = self.durability == Durability::Sync && !appends.is_empty();
+            let started = Instant::now();
             let ok = match self.store.write(&appends, &cursors, durable) {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::error!(error = %e, messages = appends.len(), "store write failed");
+                    self.counters.write_failures += 1;
                     false
                 }
             };
+            self.counters.commit_latency.observe(started.elapsed());
+            self.health.store_written(ok);
             self.answer_writes(done, ok);
         }
         for r in reads {
             self.read(r);
+        }
+        for reply in scrapes {
+            let _ = reply.send(self.counters.clone());
         }
         stop
     }
@@ -281,7 +301,7 @@ impl Writer {
         }
     }
 
-    fn read(&self, read: Read) {
+    fn read(&mut self, read: Read) {
         match read {
             Read::Join {
                 room,
@@ -346,7 +366,7 @@ impl Writer {
     /// Answers a `history` (with `room`) or `sync` read: the page frame to a connection, or its
     /// JSON to an API call.
     fn answer_page(
-        &self,
+        &mut self,
         reply: ReplyTo,
         room: Option<&Name>,
         page: Result<(Vec<StoredMessage>, bool), StoreError>,
@@ -358,6 +378,7 @@ impl Writer {
             ),
             Err(e) => {
                 tracing::error!(error = %e, "history read failed");
+                self.counters.read_errors += 1;
                 reply.fail(ReplyError::new(
                     ErrorCode::Unavailable,
                     "the message store could not be read; try again",
@@ -517,7 +538,7 @@ mod tests {
             max_queue_bytes: reply_bytes * 2,
             ..Config::default()
         };
-        Writer::new(store, Router::new(1).0, &config)
+        Writer::new(store, Router::new(1).0, &config, Arc::default())
     }
 
     fn filled(n: u64, payload: &'static [u8]) -> (Arc<dyn Store>, Stream) {
@@ -571,6 +592,86 @@ mod tests {
             replayed,
             truncated,
         }
+    }
+
+    /// A `MemoryStore` whose writes fail while `failing` is set.
+    #[derive(Default)]
+    struct Flaky {
+        inner: MemoryStore,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl Store for Flaky {
+        fn write(&self, a: &[Append], c: &[(Stream, u64)], d: bool) -> Result<(), StoreError> {
+            if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(StoreError::Write("injected".into()));
+            }
+            self.inner.write(a, c, d)
+        }
+        fn streams(&self) -> Result<Vec<crate::store::StreamInfo>, StoreError> {
+            self.inner.streams()
+        }
+        fn after(&self, s: &Stream, a: u64, l: usize) -> Result<Vec<StoredMessage>, StoreError> {
+            self.inner.after(s, a, l)
+        }
+        fn before(&self, s: &Stream, b: u64, l: usize) -> Result<Vec<StoredMessage>, StoreError> {
+            self.inner.before(s, b, l)
+        }
+        fn trim(&self, s: &Stream, k: u64, t: u64) -> Result<usize, StoreError> {
+            self.inner.trim(s, k, t)
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            self.inner.sync()
+        }
+    }
+
+    #[test]
+    fn a_failed_write_makes_the_server_unready_until_one_succeeds() {
+        let store = Arc::new(Flaky::default());
+        let health = Arc::new(Health::default());
+        let mut w = Writer::new(
+            store.clone(),
+            Router::new(1).0,
+            &Config::default(),
+            health.clone(),
+        );
+        let append = |seq| Op::Append {
+            append: Append {
+                stream: Stream::Room(Name::new("r").unwrap()),
+                seq,
+                ts: seq,
+                payload: Bytes::from_static(b"{}"),
+            },
+            done: None,
+        };
+        let scrape = |w: &mut Writer| {
+            let (tx, mut rx) = oneshot::channel();
+            w.apply(vec![Op::Stats(tx)]);
+            rx.try_recv()
+                .expect("the writer answers a scrape in the same batch")
+        };
+        w.apply(vec![append(1)]);
+        assert_eq!(health.unready(), None);
+
+        store
+            .failing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        w.apply(vec![append(2)]);
+        assert!(health.unready().is_some_and(|why| why.contains("store")));
+        let counters = scrape(&mut w);
+        assert_eq!(counters.write_failures, 1);
+        assert_eq!(
+            counters.commit_latency.count(),
+            2,
+            "failed writes are timed too"
+        );
+
+        store
+            .failing
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        w.apply(vec![append(2)]);
+        assert_eq!(health.unready(), None);
+        assert_eq!(scrape(&mut w).commit_latency.count(), 3);
     }
 
     #[test]

@@ -191,6 +191,10 @@ pub enum ShardMsg {
     ToConn { conn: ConnId, frame: Bytes },
     /// Close every connection with 1001 and stop.
     Shutdown,
+    /// Answer a metrics scrape with this shard's counters and gauges.
+    Stats {
+        reply: oneshot::Sender<crate::metrics::ShardSnapshot>,
+    },
 }
 
 /// A message sequenced at its home and waiting for the store (sync durability).

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::{Config, ConfigError, Durability};
+use crate::health::Health;
 use crate::persist;
 use crate::router::{Router, ShardMsg};
 use crate::shard::runtime::{self, ShardSetup};
@@ -35,6 +36,8 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     /// Stopped after the shards, so every message they handed over is written.
     store_threads: persist::Threads,
+    /// Readiness: marked shutting down as soon as `shutdown` is called.
+    health: Arc<Health>,
 }
 
 impl Server {
@@ -62,8 +65,10 @@ impl Server {
             let (Stream::Room(name) | Stream::Inbox(name)) = &info.stream;
             seeds[router.home(name)].push(info);
         }
-        let store_threads = persist::Threads::start(store, router.clone(), config.clone())
-            .map_err(StartError::Thread)?;
+        let health = Arc::new(Health::default());
+        let store_threads =
+            persist::Threads::start(store, router.clone(), config.clone(), health.clone())
+                .map_err(StartError::Thread)?;
         let mut listener = Some(listener);
         let mut threads = Vec::with_capacity(shards);
         for ((id, inbox), seeds) in inboxes.into_iter().enumerate().zip(seeds) {
@@ -75,6 +80,7 @@ impl Server {
                 persist: store_threads.persist(),
                 seeds,
                 listener: if id == 0 { listener.take() } else { None },
+                health: health.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
@@ -93,6 +99,7 @@ impl Server {
             router,
             threads,
             store_threads,
+            health,
         })
     }
 
@@ -102,6 +109,7 @@ impl Server {
 
     /// Stops accepting and closes every connection with 1001. Returns at once; `join` waits.
     pub fn shutdown(&self) {
+        self.health.start_shutdown();
         self.router.broadcast(|| ShardMsg::Shutdown);
     }
 

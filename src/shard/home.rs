@@ -48,6 +48,11 @@ impl HomeRooms {
         }
     }
 
+    /// Rooms with at least one member, on any shard.
+    pub fn in_use(&self) -> usize {
+        self.rooms.len()
+    }
+
     /// The room's last stored seq, from the store at start-up.
     pub fn seed(&mut self, room: Name, last: u64) {
         self.seqs.insert(

@@ -11,8 +11,10 @@ pub mod runtime;
 #[cfg(test)]
 mod tests;
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ahash::AHashMap;
 use bytes::Bytes;
@@ -21,6 +23,7 @@ use crate::auth::Identity;
 use crate::config::{Config, Durability};
 use crate::conn::{Conn, Event, OutFrame};
 use crate::error::{CloseCode, ErrorCode, ReplyError};
+use crate::metrics::{Disconnect, ShardCounters, ShardSnapshot};
 use crate::persist::{Op, Persist, Read};
 use crate::protocol::encode::{self, Recovery, Target};
 use crate::protocol::{self, ClientMessage, Name, ReqId, Request};
@@ -54,6 +57,11 @@ pub struct Shard {
     dirty: Vec<Rc<Conn>>,
     ping: OutFrame,
     shutting_down: bool,
+    /// Metrics: plain counters, read only by a scrape (`ShardMsg::Stats`).
+    stats: ShardCounters,
+    /// When each message waiting for the store (sync durability) was sequenced, in the order
+    /// handed to the writer. The writer answers a home's writes in that order (`Stored`).
+    store_waits: VecDeque<Instant>,
 }
 
 struct CatchUp {
@@ -103,6 +111,8 @@ impl Shard {
             dirty: Vec::new(),
             ping: Rc::new(ws::control_frame(ws::OP_PING, b"")),
             shutting_down: false,
+            stats: ShardCounters::default(),
+            store_waits: VecDeque::new(),
         }
     }
 
@@ -155,6 +165,7 @@ impl Shard {
             .or_default()
             .push(conn.clone());
         let rooms = identity.rooms.as_deref().unwrap_or_default();
+        self.stats.frames_out += 1;
         conn.push(Rc::new(encode::welcome(
             &conn.user,
             rooms,
@@ -184,9 +195,21 @@ impl Shard {
 
     /// `close_conn` with a reason other than the code's own.
     fn close_conn_with(&mut self, conn: &Rc<Conn>, code: CloseCode, reason: Option<&str>) {
+        if conn.closing().is_none() && !conn.detached.get() {
+            self.stats.disconnect(Disconnect::Closed(code));
+            self.stats.frames_out += 1;
+        }
         self.detach(conn);
         conn.begin_close_with(code, reason);
         self.mark_dirty(conn);
+    }
+
+    /// A connection's task has ended: counts it as lost if nothing had closed it, and detaches it.
+    pub fn conn_ended(&mut self, conn: &Rc<Conn>) {
+        if conn.closing().is_none() && !conn.detached.get() {
+            self.stats.disconnect(Disconnect::Lost);
+        }
+        self.detach(conn);
     }
 
     /// Removes a connection from every map and tells the homes. Idempotent.
@@ -227,6 +250,9 @@ impl Shard {
 
     /// Applies one decoded event from a connection.
     pub fn on_event(&mut self, conn: &Rc<Conn>, event: Event<'_>) {
+        if let Event::Message { .. } | Event::TooLarge = event {
+            self.stats.frames_in += 1;
+        }
         match event {
             Event::Message { binary: true, .. } => self.reply_error(
                 conn,
@@ -503,6 +529,7 @@ impl Shard {
     }
 
     fn reply_error(&mut self, conn: &Rc<Conn>, id: Option<&ReqId>, err: ReplyError) {
+        self.stats.error(err.code);
         self.enqueue(conn, &Rc::new(encode::error(id, &err)));
     }
 
@@ -669,9 +696,14 @@ impl Shard {
             },
             ShardMsg::Stored { writes, ok } => {
                 for w in writes {
+                    let sequenced = self.store_waits.pop_front();
                     if ok {
                         self.delivered(w);
+                        if let Some(at) = sequenced {
+                            self.stats.publish_latency.observe(at.elapsed());
+                        }
                     } else {
+                        self.stats.error(ErrorCode::Unavailable);
                         let err = ReplyError::new(
                             ErrorCode::Unavailable,
                             "the message store failed; the message was not stored or delivered",
@@ -694,6 +726,7 @@ impl Shard {
                 reply,
             } => {
                 let seq = self.home_rooms.next_seq(&room);
+                self.stats.room_publishes += 1;
                 let ts = now_ms();
                 let frame = encode::message(Target::Room(&room), &from, seq, ts, &body);
                 let stream = Stream::Room(room.clone());
@@ -707,6 +740,7 @@ impl Shard {
                 reply,
             } => {
                 let seq = self.home_users.next_inbox_seq(&to);
+                self.stats.direct_publishes += 1;
                 let ts = now_ms();
                 let frame = encode::message(Target::User(&to), &from, seq, ts, &body);
                 let stream = Stream::Inbox(to.clone());
@@ -789,6 +823,21 @@ impl Shard {
                     *code = Some(CloseCode::GoingAway);
                 }
             }
+            ShardMsg::Stats { reply } => {
+                let _ = reply.send(self.snapshot());
+            }
+        }
+    }
+
+    /// This shard's counters, and its gauges read now (O(connections): scrapes only).
+    fn snapshot(&self) -> ShardSnapshot {
+        ShardSnapshot {
+            shard: self.id,
+            connections: self.conns.len() as u64,
+            rooms_local: self.rooms.len() as u64,
+            rooms_homed: self.home_rooms.in_use() as u64,
+            queued_bytes: self.conns.values().map(|c| c.queued_bytes() as u64).sum(),
+            counters: self.stats.clone(),
         }
     }
 
@@ -822,12 +871,16 @@ impl Shard {
             frame,
             reply,
         };
+        // Publish latency starts here; one clock read per message.
+        let sequenced = Instant::now();
         if self.config.durability == Durability::Sync {
             let done = Some((self.id, written));
+            self.store_waits.push_back(sequenced);
             self.queue_store_op(Op::Append { append, done });
         } else {
             self.queue_store_op(Op::Append { append, done: None });
             self.delivered(written);
+            self.stats.publish_latency.observe(sequenced.elapsed());
         }
     }
 
@@ -905,6 +958,7 @@ impl Shard {
             return;
         }
         if !frames.is_empty() {
+            self.stats.frames_out += 1;
             c.push_after_first(Rc::new(frames));
         }
         c.hold.set(c.hold.get().saturating_sub(1));
@@ -982,6 +1036,7 @@ impl Shard {
             && let Some(list) = self.catch_up.get_mut(room)
         {
             for cu in list.iter_mut().filter(|cu| Some(cu.conn.id) != exclude) {
+                self.stats.deliveries += 1;
                 cu.held_bytes += frame.len();
                 cu.held.push(frame.clone());
                 if cu.held_bytes > max {
@@ -993,11 +1048,15 @@ impl Shard {
             LocalTarget::Room(room) => self.rooms.get(room),
             LocalTarget::User(user) => self.users.get(user),
         };
-        // Per recipient: one non-atomic Rc increment and a queue push. No allocation (queue
-        // capacity is reused), no copy, no syscall: each socket touched gets one writev for the
-        // whole scheduler pass, in `flush_dirty`.
+        // Per recipient: one non-atomic Rc increment, a queue push and two counter adds. No
+        // allocation (queue capacity is reused), no copy, no syscall: each socket touched gets
+        // one writev for the whole scheduler pass, in `flush_dirty`.
         for c in members.into_iter().flatten() {
-            if Some(c.id) != exclude && !queue_frame(&mut self.dirty, c, &frame, max) {
+            if Some(c.id) == exclude {
+                continue;
+            }
+            self.stats.deliveries += 1;
+            if !queue_frame(&mut self.dirty, &mut self.stats, c, &frame, max) {
                 slow.push(c.clone());
             }
         }
@@ -1008,7 +1067,8 @@ impl Shard {
 
     /// Queues a frame for one connection (see `queue_frame`).
     fn enqueue(&mut self, conn: &Rc<Conn>, frame: &OutFrame) {
-        if !queue_frame(&mut self.dirty, conn, frame, self.config.max_queue_bytes) {
+        let max = self.config.max_queue_bytes;
+        if !queue_frame(&mut self.dirty, &mut self.stats, conn, frame, max) {
             self.close_conn(conn, CloseCode::SlowConsumer);
         }
     }
@@ -1067,10 +1127,17 @@ enum LocalTarget<'a> {
 
 /// Queues `frame` for `conn` and marks it for the end-of-batch flush. Returns `false` for a slow
 /// consumer: over `max` unsent bytes even after trying to write them now.
-fn queue_frame(dirty: &mut Vec<Rc<Conn>>, conn: &Rc<Conn>, frame: &OutFrame, max: usize) -> bool {
+fn queue_frame(
+    dirty: &mut Vec<Rc<Conn>>,
+    stats: &mut ShardCounters,
+    conn: &Rc<Conn>,
+    frame: &OutFrame,
+    max: usize,
+) -> bool {
     if conn.closing().is_some() {
         return true;
     }
+    stats.frames_out += 1;
     if conn.push(frame.clone()) > max {
         conn.flush();
         if conn.queued_bytes() > max {

@@ -20,6 +20,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::conn::{Conn, Event, ReadStatus};
 use crate::error::CloseCode;
+use crate::health::Health;
 use crate::persist::Persist;
 use crate::router::{Inbox, Router, ShardId, ShardMsg};
 use crate::store::StreamInfo;
@@ -33,6 +34,10 @@ pub struct Ctx {
     pub shard: RefCell<Shard>,
     pub auth: Authenticator,
     pub config: Arc<Config>,
+    /// For a scrape: it asks every shard and the writer (`metrics::gather`).
+    pub router: Router,
+    pub persist: Persist,
+    pub health: Arc<Health>,
     /// Connection tasks still running; shutdown waits for them.
     tasks: Cell<usize>,
     shutdown: watch::Sender<bool>,
@@ -78,6 +83,7 @@ pub struct ShardSetup {
     pub seeds: Vec<StreamInfo>,
     /// The listening socket, for the shard that accepts.
     pub listener: Option<std::net::TcpListener>,
+    pub health: Arc<Health>,
 }
 
 /// Runs a shard on the current thread until it has shut down.
@@ -99,13 +105,17 @@ async fn run(setup: ShardSetup) {
         persist,
         seeds,
         listener,
+        health,
     } = setup;
-    let shard = Shard::new(id, router.clone(), config.clone(), persist, seeds);
+    let shard = Shard::new(id, router.clone(), config.clone(), persist.clone(), seeds);
     let ctx = Rc::new(Ctx {
         id,
         shard: RefCell::new(shard),
         auth: Authenticator::new(config.jwt_secret.as_deref()),
         config: config.clone(),
+        router: router.clone(),
+        persist,
+        health,
         tasks: Cell::new(0),
         shutdown: watch::channel(false).0,
         flush_due: Cell::new(false),
@@ -264,7 +274,7 @@ struct TaskGuard<'a> {
 impl Drop for TaskGuard<'_> {
     fn drop(&mut self) {
         self.ctx.tasks.set(self.ctx.tasks.get() - 1);
-        self.ctx.with(|s| s.detach(self.conn));
+        self.ctx.with(|s| s.conn_ended(self.conn));
     }
 }
 
