@@ -65,6 +65,15 @@ pub fn default_toml() -> String {
         }
         .expect("writing to a String");
     }
+    out.push_str(
+        "\n# Retention by room name prefix (config file only). The first rule whose prefix\n\
+         # starts a room's name replaces room_retention_messages and room_retention_secs\n\
+         # for that room; 0 means no limit. Default none. For example:\n\
+         # [[room_retention]]\n\
+         # prefix = \"support:\"\n\
+         # messages = 100000\n\
+         # secs = 0\n",
+    );
     out
 }
 

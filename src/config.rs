@@ -44,6 +44,19 @@ pub enum Durability {
     Memory,
 }
 
+/// Retention for the rooms whose names start with `prefix` (a `[[room_retention]]` table in the
+/// config file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    /// Rooms whose name starts with this.
+    pub prefix: String,
+    /// Messages kept per room; 0 = no limit.
+    pub messages: u64,
+    /// Age after which messages are trimmed, in seconds; 0 = no limit.
+    pub secs: u64,
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -215,6 +228,13 @@ pub struct Config {
     /// none. In milliseconds. Default 4; 0 writes as soon as frames are queued.
     #[arg(long, env = "SHARDCAST_MAX_BATCH_DELAY_MS", default_value_t = 4)]
     pub max_batch_delay_ms: u64,
+
+    /// Retention by room name prefix, in the config file only: `[[room_retention]]` tables with
+    /// `prefix`, `messages` and `secs`. The first rule whose prefix starts a room's name replaces
+    /// room_retention_messages and room_retention_secs for that room. Default none. (Last: TOML
+    /// writes tables after plain keys.)
+    #[arg(skip)]
+    pub room_retention: Vec<RetentionRule>,
 }
 
 impl Default for Config {
@@ -248,6 +268,7 @@ impl Default for Config {
             shutdown_timeout_ms: 3_000,
             close_timeout_ms: 2_000,
             max_batch_delay_ms: 4,
+            room_retention: Vec::new(),
         }
     }
 }
@@ -365,6 +386,9 @@ impl Config {
         if self.flush_interval_ms == 0 || self.retention_interval_ms == 0 {
             return invalid("flush_interval_ms and retention_interval_ms must be greater than 0");
         }
+        if self.room_retention.iter().any(|r| r.prefix.is_empty()) {
+            return invalid("a room_retention rule needs a non-empty prefix");
+        }
         if self.shard_count() > u16::MAX as usize {
             return invalid("too many shards");
         }
@@ -390,6 +414,18 @@ impl Config {
             ms => ms,
         };
         idle.div_ceil(self.heartbeat_ms).max(1) as u32
+    }
+
+    /// The retention of a room, `(messages, secs)`: its first matching `room_retention` rule, or
+    /// the room defaults. 0 means no limit.
+    pub fn room_retention_of(&self, room: &str) -> (u64, u64) {
+        self.room_retention
+            .iter()
+            .find(|r| room.starts_with(&r.prefix))
+            .map_or(
+                (self.room_retention_messages, self.room_retention_secs),
+                |r| (r.messages, r.secs),
+            )
     }
 
     /// A frame over this many bytes closes the connection (1009) instead of being skipped.
@@ -436,6 +472,27 @@ mod tests {
         assert_eq!(c.heartbeat_ms, 500);
         assert_eq!(c.max_rooms_per_connection, 7);
         assert_eq!(c.publish_rate, 50);
+    }
+
+    #[test]
+    fn room_retention_rules_come_from_the_file_and_match_by_prefix() {
+        let file = "room_retention_messages = 50\n\n[[room_retention]]\nprefix = \"support:\"\n\
+                    messages = 7\nsecs = 0\n\n[[room_retention]]\nprefix = \"s\"\nmessages = 1\nsecs = 2\n";
+        let c = load(&["--room-retention-secs", "9"], Some(file)).unwrap();
+        assert_eq!(
+            c.room_retention_of("support:42"),
+            (7, 0),
+            "the first match wins"
+        );
+        assert_eq!(c.room_retention_of("sales"), (1, 2));
+        assert_eq!(c.room_retention_of("lobby"), (50, 9));
+        let bad = "[[room_retention]]\nprefix = \"\"\nmessages = 1\nsecs = 1\n";
+        assert!(
+            load(&[], Some(bad))
+                .unwrap_err()
+                .to_string()
+                .contains("prefix")
+        );
     }
 
     #[test]

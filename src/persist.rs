@@ -504,8 +504,8 @@ fn trim_loop(store: &dyn Store, config: &Config, stop: Receiver<()>) {
         let now = crate::shard::now_ms();
         let mut removed = 0;
         for info in streams {
-            let (max, secs) = match info.stream {
-                Stream::Room(_) => (config.room_retention_messages, config.room_retention_secs),
+            let (max, secs) = match &info.stream {
+                Stream::Room(room) => config.room_retention_of(room),
                 Stream::Inbox(_) => (config.inbox_retention_messages, config.inbox_retention_secs),
             };
             let keep_from = match max {

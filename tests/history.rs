@@ -516,3 +516,31 @@ async fn room_retention_by_age() {
     publish_numbered(&mut b, "r", 6..=6).await;
     assert_room_msgs(&b.history_all("r").await, "r", "b", 6..=6);
 }
+
+/// A `room_retention` rule replaces the room defaults for the rooms its prefix matches, and
+/// only for them.
+#[tokio::test(flavor = "multi_thread")]
+async fn room_retention_rules_apply_by_name_prefix() {
+    let server = TestServer::start(|c| {
+        fast(c);
+        c.room_retention_messages = 0;
+        c.retention_interval_ms = 50;
+        c.room_retention = vec![shardcast::config::RetentionRule {
+            prefix: "short:".into(),
+            messages: 3,
+            secs: 0,
+        }];
+    });
+    let mut b = dev(server.addr(), "b").await;
+    for room in ["short:a", "long:b"] {
+        b.join(room).await;
+        publish_numbered(&mut b, room, 1..=8).await;
+    }
+    eventually(TRIMMED, "short:a trimmed to its rule's 3", async || {
+        let all = seqs(&b.history_all("short:a").await);
+        (all == [8, 7, 6]).then_some(())
+    })
+    .await;
+    // The trimmer has run since, and the other room keeps everything.
+    assert_room_msgs(&b.history_all("long:b").await, "long:b", "b", (1..=8).rev());
+}
