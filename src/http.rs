@@ -98,8 +98,14 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.done {
             // Dropped while waiting (the client went away): the home may have admitted the
-            // connection already, and must then be told, or it would count it forever.
-            let unread = self.verdict.as_mut().map(|rx| rx.try_recv());
+            // connection already, and must then be told, or it would count it forever. Closing
+            // first makes the answer final: a home that answers later sees its send fail and
+            // releases the connection itself; without the close, an answer landing between the
+            // read and the drop of the receiver was lost and the user stayed counted.
+            let unread = self.verdict.as_mut().map(|rx| {
+                rx.close();
+                rx.try_recv()
+            });
             let admitted = self.admitted || matches!(unread, Some(Ok(Ok(_))));
             let conn = self.conn;
             self.ctx.with(|s| s.abandon(conn, admitted));
