@@ -12,7 +12,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::header::{AUTHORIZATION, HeaderMap};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -20,9 +20,11 @@ use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::error::{ErrorCode, ReplyError};
+use crate::http::{json, json_error};
 use crate::persist::Read;
 use crate::protocol::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, Name, encode};
 use crate::router::{ReplyTo, ShardMsg};
+use crate::shard::Shard;
 use crate::shard::runtime::Ctx;
 
 type Body = Full<Bytes>;
@@ -60,8 +62,8 @@ impl ApiError {
     }
 
     pub fn response(&self) -> Response<Body> {
-        let body = serde_json::json!({"code": self.code, "message": self.message}).to_string();
-        json(self.status, Bytes::from(body))
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        json_error(status, self.code, &self.message)
     }
 }
 
@@ -71,19 +73,10 @@ impl From<ReplyError> for ApiError {
     }
 }
 
-fn json(status: u16, body: Bytes) -> Response<Body> {
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
 /// Serves one `/api/...` request.
 pub async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     match route(ctx, req).await {
-        Ok(body) => json(200, body),
+        Ok(body) => json(StatusCode::OK, body),
         Err(e) => e.response(),
     }
 }
@@ -193,6 +186,18 @@ fn body_bytes(ctx: &Ctx, body: &RawValue) -> Result<Bytes, ApiError> {
     Ok(Bytes::copy_from_slice(body.get().as_bytes()))
 }
 
+/// Hands a request to the shards (`submit`) and waits for its answer on `rx`. A shard that
+/// panicked or stopped (shutdown) makes it `unavailable`.
+async fn ask<T>(
+    ctx: &Ctx,
+    submit: impl FnOnce(&mut Shard),
+    rx: oneshot::Receiver<T>,
+) -> Result<T, ApiError> {
+    ctx.with(submit).ok_or_else(ApiError::unavailable)?;
+    ctx.schedule_flush();
+    rx.await.map_err(|_| ApiError::unavailable())
+}
+
 /// Sends `msg` (built around a reply sender) to `home`'s shard and waits for the JSON answer.
 async fn ask_home(
     ctx: &Ctx,
@@ -200,13 +205,10 @@ async fn ask_home(
     msg: impl FnOnce(ReplyTo) -> ShardMsg,
 ) -> Result<Bytes, ApiError> {
     let (tx, rx) = oneshot::channel();
-    ctx.with(|s| s.send_home(home, msg(ReplyTo::Api(tx))))
-        .ok_or_else(ApiError::unavailable)?;
-    ctx.schedule_flush();
-    match rx.await {
-        Ok(answer) => answer.map_err(ApiError::from),
-        Err(_) => Err(ApiError::unavailable()),
-    }
+    let msg = msg(ReplyTo::Api(tx));
+    ask(ctx, |s| s.send_home(home, msg), rx)
+        .await?
+        .map_err(ApiError::from)
 }
 
 /// Sends `make(reply)` to every shard and adds up their answers.
@@ -351,20 +353,15 @@ async fn history(ctx: &Ctx, room: Name, query: &str) -> Result<Bytes, ApiError> 
         )));
     }
     let (tx, rx) = oneshot::channel();
-    ctx.with(|s| {
-        s.read_store(Read::History {
-            room,
-            reply: ReplyTo::Api(tx),
-            before,
-            limit,
-        })
-    })
-    .ok_or_else(ApiError::unavailable)?;
-    ctx.schedule_flush();
-    match rx.await {
-        Ok(answer) => answer.map_err(ApiError::from),
-        Err(_) => Err(ApiError::unavailable()),
-    }
+    let read = Read::History {
+        room,
+        reply: ReplyTo::Api(tx),
+        before,
+        limit,
+    };
+    ask(ctx, |s| s.read_store(read), rx)
+        .await?
+        .map_err(ApiError::from)
 }
 
 /// `GET /api/users/{user}` → `{"user","online","connections"}`.
@@ -374,10 +371,7 @@ async fn user_info(ctx: &Ctx, user: Name) -> Result<Bytes, ApiError> {
         user: user.clone(),
         reply: tx,
     };
-    ctx.with(|s| s.send_home(&user, msg))
-        .ok_or_else(ApiError::unavailable)?;
-    ctx.schedule_flush();
-    let (online, connections) = rx.await.map_err(|_| ApiError::unavailable())?;
+    let (online, connections) = ask(ctx, |s| s.send_home(&user, msg), rx).await?;
     let body = serde_json::json!({"user": &*user, "online": online, "connections": connections});
     Ok(Bytes::from(body.to_string()))
 }

@@ -66,9 +66,14 @@ fn error(e: &HandshakeError) -> Response<Body> {
 }
 
 /// `{"code":..,"message":..}` with `status`.
-fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+pub(crate) fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let body = serde_json::json!({"code": code, "message": message}).to_string();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    json(status, Bytes::from(body))
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response
         .headers_mut()
