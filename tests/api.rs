@@ -8,47 +8,34 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const KEY: &str = "api-test-key";
 
-/// An HTTP/1.1 response: status and JSON body.
+/// An API response: status and JSON body.
 #[derive(Debug)]
 struct Reply {
     status: u16,
     body: Value,
 }
 
-/// One request on a fresh connection (`Connection: close`), read to the end.
+/// One request on a fresh connection; every API response is JSON.
 async fn http(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: &str) -> Reply {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let auth = key.map_or(String::new(), |k| format!("Authorization: apikey {k}\r\n"));
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut raw))
+    let auth = key.map(|k| format!("apikey {k}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    headers.extend(auth.as_deref().map(|a| ("Authorization", a)));
+    let reply = Http::connect(addr)
         .await
-        .expect("response in time")
-        .expect("read");
-    let text = String::from_utf8(raw).expect("utf-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
+        .request(method, path, &headers, body)
+        .await;
     assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/json"),
-        "{head}"
+        reply.content_type.starts_with("application/json"),
+        "{reply:?}"
     );
-    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
-    Reply { status, body }
+    let json = serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("{e}: {reply:?}"));
+    Reply {
+        status: reply.status,
+        body: json,
+    }
 }
 
 async fn post(addr: SocketAddr, path: &str, body: Value) -> Reply {

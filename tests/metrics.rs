@@ -2,91 +2,22 @@
 //! labels, cumulative histogram buckets) and checked to move by the exact amounts of the traffic
 //! real clients make; `/api/stats` totals and its key check; `/readyz` during shutdown.
 //!
-//! HTTP is a few lines of HTTP/1.1 over a kept-alive `TcpStream`: one TCP connection per test,
-//! so the round-robin dealing of connections to shards stays predictable, and a request can
-//! still be made while the server shuts down (it no longer accepts new connections then).
+//! HTTP is `common::Http`, one kept-alive connection per test.
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
 use shardcast::config::Durability;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 // ---------------------------------------------------------------------------------------------
-// HTTP/1.1 over one kept-alive connection
+// The endpoints under test, over `common::Http`
 // ---------------------------------------------------------------------------------------------
-
-struct Http {
-    stream: BufReader<TcpStream>,
-}
-
-struct Reply {
-    status: u16,
-    content_type: String,
-    body: String,
-}
 
 impl Http {
-    async fn connect(addr: SocketAddr) -> Http {
-        let stream = TcpStream::connect(addr).await.expect("connect for HTTP");
-        Http {
-            stream: BufReader::new(stream),
-        }
-    }
-
-    /// `GET path` with extra headers; the response must carry a Content-Length.
-    async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Reply {
-        tokio::time::timeout(TIMEOUT, self.get_now(path, headers))
-            .await
-            .unwrap_or_else(|_| panic!("GET {path}: no response within {TIMEOUT:?}"))
-    }
-
-    async fn get_now(&mut self, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n");
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        let s = self.stream.get_mut();
-        s.write_all(request.as_bytes()).await.expect("send request");
-        let mut status_line = String::new();
-        self.stream.read_line(&mut status_line).await.expect("read");
-        let status = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("GET {path}: bad status line {status_line:?}"));
-        let (mut length, mut content_type) = (None, String::new());
-        loop {
-            let mut line = String::new();
-            self.stream.read_line(&mut line).await.expect("read header");
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            let (name, value) = line.split_once(':').expect("header line");
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse::<usize>().ok(),
-                "content-type" => content_type = value.trim().to_string(),
-                _ => {}
-            }
-        }
-        let length = length.unwrap_or_else(|| panic!("GET {path}: no Content-Length"));
-        let mut body = vec![0; length];
-        self.stream.read_exact(&mut body).await.expect("read body");
-        Reply {
-            status,
-            content_type,
-            body: String::from_utf8(body).expect("UTF-8 body"),
-        }
-    }
-
     /// `GET /metrics`, parsed and checked.
     async fn scrape(&mut self) -> Metrics {
         let reply = self.get("/metrics", &[]).await;

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use shardcast::config::Config;
 use shardcast::server::Server;
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
@@ -900,6 +900,103 @@ pub fn mint(secret: &str, claims: &Value) -> String {
 /// A token for `sub` valid for an hour, signed with [`SECRET`].
 pub fn token_for(sub: &str) -> String {
     mint(SECRET, &json!({"sub": sub, "exp": now_secs() + 3600}))
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------------
+
+/// HTTP/1.1 over one kept-alive connection: a few lines, so the tests need no HTTP client
+/// crate. One connection per test keeps the round-robin dealing of connections to shards
+/// predictable, and a request can still be made while the server shuts down (it no longer
+/// accepts new connections then).
+pub struct Http {
+    stream: BufReader<TcpStream>,
+}
+
+/// An HTTP response; the body is text.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl Http {
+    pub async fn connect(addr: SocketAddr) -> Http {
+        let stream = TcpStream::connect(addr).await.expect("connect for HTTP");
+        Http {
+            stream: BufReader::new(stream),
+        }
+    }
+
+    /// `GET path` with extra headers.
+    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> HttpReply {
+        self.request("GET", path, headers, "").await
+    }
+
+    /// One request; the response must come within [`TIMEOUT`] and carry a Content-Length.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> HttpReply {
+        tokio::time::timeout(TIMEOUT, self.request_now(method, path, headers, body))
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path}: no response within {TIMEOUT:?}"))
+    }
+
+    async fn request_now(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> HttpReply {
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() {
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        let s = self.stream.get_mut();
+        s.write_all(request.as_bytes()).await.expect("send request");
+        let mut status_line = String::new();
+        self.stream.read_line(&mut status_line).await.expect("read");
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{method} {path}: bad status line {status_line:?}"));
+        let (mut length, mut content_type) = (None, String::new());
+        loop {
+            let mut line = String::new();
+            self.stream.read_line(&mut line).await.expect("read header");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').expect("header line");
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse::<usize>().ok(),
+                "content-type" => content_type = value.trim().to_string(),
+                _ => {}
+            }
+        }
+        let length = length.unwrap_or_else(|| panic!("{method} {path}: no Content-Length"));
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).await.expect("read body");
+        HttpReply {
+            status,
+            content_type,
+            body: String::from_utf8(body).expect("UTF-8 body"),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
