@@ -17,9 +17,10 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use shardcast::auth::Identity;
 use shardcast::config::{Config, Durability};
 use shardcast::conn::{Conn, Event, MemorySink};
+use shardcast::msg::ConnId;
 use shardcast::persist::Persist;
 use shardcast::protocol::Name;
-use shardcast::router::{ConnId, Router};
+use shardcast::router::Router;
 use shardcast::shard::Shard;
 
 fn identity(user: &str) -> Identity {
@@ -110,7 +111,7 @@ fn coalesce(c: &mut Criterion) {
         while matches!(client.read(&mut buf), Ok(n) if n > 0) {}
     });
     let stream = tokio::net::TcpStream::from_std(server).unwrap();
-    let conn = Conn::new(ConnId::new(0, 1), stream, &identity("bench"), 1);
+    let conn = Conn::new(ConnId::new(0, 0, 1), stream, &identity("bench"), 1);
     let frame = Rc::new(Bytes::from(vec![b'x'; 100]));
 
     let mut g = c.benchmark_group("coalesce");

@@ -21,9 +21,9 @@ use tokio::sync::oneshot;
 use crate::config::Config;
 use crate::error::{ErrorCode, ReplyError};
 use crate::http::{json, json_error};
+use crate::msg::{EngineMsg, LocalMsg, ReplyTo};
 use crate::persist::Read;
 use crate::protocol::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, Name, encode};
-use crate::router::{ReplyTo, ShardMsg};
 use crate::shard::Shard;
 use crate::shard::runtime::Ctx;
 
@@ -198,23 +198,26 @@ async fn ask<T>(
     rx.await.map_err(|_| ApiError::unavailable())
 }
 
-/// Sends `msg` (built around a reply sender) to `home`'s shard and waits for the JSON answer.
-async fn ask_home(
-    ctx: &Ctx,
-    home: &Name,
-    msg: impl FnOnce(ReplyTo) -> ShardMsg,
-) -> Result<Bytes, ApiError> {
+/// Sends `msg` (built around the call's reply address) to the engine and waits for the JSON
+/// answer.
+async fn ask_engine(ctx: &Ctx, msg: impl FnOnce(ReplyTo) -> EngineMsg) -> Result<Bytes, ApiError> {
     let (tx, rx) = oneshot::channel();
-    let msg = msg(ReplyTo::Api(tx));
-    ask(ctx, |s| s.send_home(home, msg), rx)
-        .await?
-        .map_err(ApiError::from)
+    ask(
+        ctx,
+        |s| {
+            let reply = s.api_reply(tx);
+            s.to_engine(msg(reply))
+        },
+        rx,
+    )
+    .await?
+    .map_err(ApiError::from)
 }
 
 /// Sends `make(reply)` to every shard and adds up their answers.
 async fn ask_all(
     ctx: &Ctx,
-    make: impl Fn(oneshot::Sender<usize>) -> ShardMsg,
+    make: impl Fn(oneshot::Sender<usize>) -> LocalMsg,
 ) -> Result<usize, ApiError> {
     let mut answers = Vec::new();
     ctx.with(|s| {
@@ -247,7 +250,7 @@ async fn publish(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     let req: PublishRequest<'_> = parse(body)?;
     let room = name("room", req.room)?;
     let (from, body) = (sender(req.from)?, body_bytes(ctx, req.body)?);
-    ask_home(ctx, &room.clone(), |reply| ShardMsg::Publish {
+    ask_engine(ctx, |reply| EngineMsg::Publish {
         room,
         from,
         body,
@@ -270,7 +273,7 @@ async fn send(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     let req: SendRequest<'_> = parse(body)?;
     let to = name("to", req.to)?;
     let (from, body) = (sender(req.from)?, body_bytes(ctx, req.body)?);
-    ask_home(ctx, &to.clone(), |reply| ShardMsg::Direct {
+    ask_engine(ctx, |reply| EngineMsg::Direct {
         to,
         from,
         body,
@@ -292,7 +295,7 @@ async fn broadcast(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     let req: BroadcastRequest<'_> = parse(body)?;
     let from = sender(req.from)?;
     let frame = encode::broadcast(&from, crate::shard::now_ms(), &body_bytes(ctx, req.body)?);
-    let n = ask_all(ctx, |reply| ShardMsg::Broadcast {
+    let n = ask_all(ctx, |reply| LocalMsg::Broadcast {
         frame: frame.clone(),
         reply,
     })
@@ -311,7 +314,7 @@ struct DisconnectRequest<'a> {
 async fn disconnect(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
     let req: DisconnectRequest<'_> = parse(body)?;
     let user = name("user", req.user)?;
-    let n = ask_all(ctx, |reply| ShardMsg::Kick {
+    let n = ask_all(ctx, |reply| LocalMsg::Kick {
         user: user.clone(),
         reason: req.reason.clone(),
         reply,
@@ -322,11 +325,7 @@ async fn disconnect(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
 
 /// `GET /api/rooms/{room}/presence` → `{"room","users":[..]}`.
 async fn presence(ctx: &Ctx, room: Name) -> Result<Bytes, ApiError> {
-    ask_home(ctx, &room.clone(), |reply| ShardMsg::Presence {
-        room,
-        reply,
-    })
-    .await
+    ask_engine(ctx, |reply| EngineMsg::Presence { room, reply }).await
 }
 
 /// `GET /api/rooms/{room}/history?before=N&limit=L` → the `history` reply of the protocol
@@ -353,25 +352,24 @@ async fn history(ctx: &Ctx, room: Name, query: &str) -> Result<Bytes, ApiError> 
         )));
     }
     let (tx, rx) = oneshot::channel();
-    let read = Read::History {
-        room,
-        reply: ReplyTo::Api(tx),
-        before,
-        limit,
-    };
-    ask(ctx, |s| s.read_store(read), rx)
-        .await?
-        .map_err(ApiError::from)
+    ask(
+        ctx,
+        |s| {
+            let reply = s.api_reply(tx);
+            s.read_store(Read::History {
+                room,
+                reply,
+                before,
+                limit,
+            })
+        },
+        rx,
+    )
+    .await?
+    .map_err(ApiError::from)
 }
 
 /// `GET /api/users/{user}` → `{"user","online","connections"}`.
 async fn user_info(ctx: &Ctx, user: Name) -> Result<Bytes, ApiError> {
-    let (tx, rx) = oneshot::channel();
-    let msg = ShardMsg::UserInfo {
-        user: user.clone(),
-        reply: tx,
-    };
-    let (online, connections) = ask(ctx, |s| s.send_home(&user, msg), rx).await?;
-    let body = serde_json::json!({"user": &*user, "online": online, "connections": connections});
-    Ok(Bytes::from(body.to_string()))
+    ask_engine(ctx, |reply| EngineMsg::UserInfo { user, reply }).await
 }

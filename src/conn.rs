@@ -18,8 +18,8 @@ use tokio::net::TcpStream;
 
 use crate::auth::Identity;
 use crate::error::CloseCode;
+use crate::msg::ConnId;
 use crate::protocol::Name;
-use crate::router::ConnId;
 use crate::ws::{self, Header};
 
 /// Most frames gathered into one `writev`.
@@ -74,12 +74,6 @@ impl Bucket {
             false
         }
     }
-}
-
-/// A room the connection asked for: `live` once the room's home has registered the join.
-pub struct RoomEntry {
-    pub room: Name,
-    pub live: bool,
 }
 
 /// Where a connection's bytes go: a TCP socket, or memory (benchmarks and unit tests drive the
@@ -154,7 +148,9 @@ pub struct Conn {
     io: Io,
     out: RefCell<OutQueue>,
     read: RefCell<Decoder>,
-    pub rooms: RefCell<Vec<RoomEntry>>,
+    /// The client side's record of the rooms asked for (`shard::RoomEntry`), kept here for
+    /// locality; this module never reads it.
+    pub rooms: RefCell<Vec<crate::shard::RoomEntry>>,
     pub rate: Cell<Bucket>,
     /// Set once the connection is being closed; nothing more is queued after the close frame.
     closing: Cell<Option<CloseCode>>,

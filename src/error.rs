@@ -5,8 +5,10 @@
 
 use std::borrow::Cow;
 
+use serde::{Deserialize, Serialize};
+
 /// A reply error: sent as `{"type":"error",...}`; the connection stays open.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorCode {
     BadRequest,
     UnknownType,
@@ -16,6 +18,7 @@ pub enum ErrorCode {
     TooLarge,
     RateLimited,
     Unavailable,
+    Cancelled,
 }
 
 impl ErrorCode {
@@ -29,6 +32,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Cancelled => "cancelled",
         }
     }
 
@@ -40,12 +44,13 @@ impl ErrorCode {
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
+            ErrorCode::Cancelled => 409,
         }
     }
 }
 
 /// A reply error with its human-readable message.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplyError {
     pub code: ErrorCode,
     pub message: Cow<'static, str>,
@@ -62,7 +67,7 @@ impl ReplyError {
 
 /// Why the server ends a connection. Codes 4000–4499 tell the client to reconnect, 4500–4999
 /// not to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CloseCode {
     Normal,
     GoingAway,
@@ -110,7 +115,7 @@ impl CloseCode {
 }
 
 /// Why a WebSocket handshake was refused; sent as an HTTP error with `{"code","message"}`.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum HandshakeError {
     #[error("{0}")]
     BadRequest(String),

@@ -1,10 +1,11 @@
 //! Readiness: whether the server should be sent traffic (`GET /readyz`). Liveness is
 //! `GET /healthz`, which answers whenever a shard can run an HTTP handler.
 //!
-//! Owns two flags shared by every thread: shutdown has begun (set by `Server::shutdown`), and
-//! the store writer's last write failed (set and cleared by the writer after each batch). They
-//! are written once per batch or once per process, never per message, so atomics cost nothing
-//! on the message path. It must not hold any other state.
+//! Owns three flags shared by every thread: shutdown has begun (set by `Server::shutdown`), the
+//! store writer's last write failed (set and cleared by the writer after each batch), and a
+//! shard caught a panic (set once, never cleared). They are written once per batch, per panic
+//! or per process, never per message, so atomics cost nothing on the message path. It must not
+//! hold any other state.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Health {
     shutting_down: AtomicBool,
     store_failed: AtomicBool,
+    panicked: AtomicBool,
 }
 
 impl Health {
@@ -24,10 +26,18 @@ impl Health {
         self.store_failed.store(!ok, Ordering::Relaxed);
     }
 
+    /// A shard caught a panic: its state may be half-updated, so the server asks to be
+    /// replaced (restarted) rather than serve on unnoticed.
+    pub fn panicked(&self) {
+        self.panicked.store(true, Ordering::Relaxed);
+    }
+
     /// `None` when ready; otherwise why not, for the 503's message.
     pub fn unready(&self) -> Option<&'static str> {
         if self.shutting_down.load(Ordering::Relaxed) {
             Some("server is shutting down; use another instance")
+        } else if self.panicked.load(Ordering::Relaxed) {
+            Some("a shard caught a panic and its state may be inconsistent; restart this instance")
         } else if self.store_failed.load(Ordering::Relaxed) {
             Some("the message store's last write failed; messages are refused until one succeeds")
         } else {

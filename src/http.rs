@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use crate::auth::Identity;
 use crate::conn::Conn;
 use crate::error::HandshakeError;
-use crate::router::ConnId;
+use crate::msg::ConnId;
 use crate::shard::runtime::{self, Ctx};
 
 type Body = Full<Bytes>;

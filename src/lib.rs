@@ -4,10 +4,13 @@
 //!
 //! The module map (ARCHITECTURE.md has the long form):
 //! - `server`: binds and runs one thread per shard; shutdown.
-//! - `shard`: a shard's state and handlers (`Shard`), its home bookkeeping (`shard::home`) and
-//!   its thread, inbox loop and connection tasks (`shard::runtime`).
-//! - `router`: `ShardMsg`, the placement hash (which shard is home to a room or user) and the
-//!   queues between shards.
+//! - `shard`: a shard's state (`Shard`) in three roles: the client side (`shard::client`), the
+//!   hub (`shard::hub`: local fan-out and catch-up) and the embedded engine (`shard::engine`,
+//!   `shard::home`); and its thread, inbox loop and connection tasks (`shard::runtime`).
+//! - `msg`: what shards say to each other (`EngineMsg`, `NodeMsg`, `LocalMsg`) and the
+//!   addresses in it (`ConnId`, `ReplyTo`).
+//! - `router`: the placement hash (which shard is home to a room or user) and the queues
+//!   between shards.
 //! - `http`: routing and the WebSocket handshake, up to handing over the raw stream.
 //! - `api`: the HTTP server API under `/api/` for backends.
 //! - `conn`: one connection's bytes: the bounded outbound queue and the frame decoder.
@@ -30,6 +33,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod msg;
 pub mod persist;
 pub mod protocol;
 pub mod router;

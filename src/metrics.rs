@@ -5,7 +5,7 @@
 //! Owns the metric names, the histogram buckets and the process figures read from `/proc`. It
 //! must not decide when anything is counted (the shard and the writer do, with plain adds on
 //! state they alone own) and must not hold state between scrapes: a scrape asks every shard
-//! (`ShardMsg::Stats`) and the writer (`Op::Stats`) for a snapshot and merges them.
+//! (`LocalMsg::Stats`) and the writer (`Op::Stats`) for a snapshot and merges them.
 
 use std::fmt::{Display, Write as _};
 use std::time::Duration;
@@ -14,12 +14,12 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::error::{CloseCode, ErrorCode};
+use crate::msg::{LocalMsg, ShardId};
 use crate::persist::Op;
-use crate::router::{ShardId, ShardMsg};
 use crate::shard::runtime::Ctx;
 
 /// Every reply error code, in the order of `ShardCounters::errors`.
-const ERROR_CODES: [ErrorCode; 8] = [
+const ERROR_CODES: [ErrorCode; 9] = [
     ErrorCode::BadRequest,
     ErrorCode::UnknownType,
     ErrorCode::InvalidName,
@@ -28,6 +28,7 @@ const ERROR_CODES: [ErrorCode; 8] = [
     ErrorCode::TooLarge,
     ErrorCode::RateLimited,
     ErrorCode::Unavailable,
+    ErrorCode::Cancelled,
 ];
 
 fn error_index(code: ErrorCode) -> usize {
@@ -40,6 +41,7 @@ fn error_index(code: ErrorCode) -> usize {
         ErrorCode::TooLarge => 5,
         ErrorCode::RateLimited => 6,
         ErrorCode::Unavailable => 7,
+        ErrorCode::Cancelled => 8,
     }
 }
 
@@ -150,6 +152,13 @@ pub struct ShardCounters {
     pub room_publishes: u64,
     /// Direct messages this shard sequenced as the recipient's home.
     pub direct_publishes: u64,
+    /// Gaps in a stream's live frames that the hub asked the engine to read (a live seq above
+    /// the last one handed on, or a catch-up behind the room).
+    pub gaps: u64,
+    /// Live room frames dropped because their seq had been handed on already.
+    pub duplicates_dropped: u64,
+    /// Panics caught while handling a message, a connection's input or a flush.
+    pub panics: u64,
     errors: [u64; ERROR_CODES.len()],
     disconnects: [u64; DISCONNECT_REASONS.len()],
     /// At the home: from sequencing a message to handing it to fan-out (see ARCHITECTURE.md).
@@ -177,6 +186,8 @@ pub struct ShardSnapshot {
     /// Rooms homed on this shard with at least one member anywhere. Summed over shards: the
     /// rooms in use.
     pub rooms_homed: u64,
+    /// Users homed on this shard with a connection (or an inbox replay out) anywhere.
+    pub users_homed: u64,
     /// Bytes queued and not yet written, over this shard's connections.
     pub queued_bytes: u64,
     pub counters: ShardCounters,
@@ -212,7 +223,7 @@ pub async fn gather(ctx: &Ctx) -> Snapshot {
     let asks: Vec<_> = (0..ctx.router.shards())
         .map(|shard| {
             let (reply, rx) = oneshot::channel();
-            ctx.router.send(shard, ShardMsg::Stats { reply });
+            ctx.router.send(shard, LocalMsg::Stats { reply });
             rx
         })
         .collect();
@@ -259,6 +270,34 @@ impl Snapshot {
             "gauge",
             "Rooms homed on the shard with at least one member; the sum is the rooms in use.",
             |s| s.rooms_homed,
+        );
+        per_shard(
+            &mut out,
+            "shardcast_users_homed",
+            "gauge",
+            "Users homed on the shard with a connection anywhere; the sum is the users online.",
+            |s| s.users_homed,
+        );
+        per_shard(
+            &mut out,
+            "shardcast_stream_gaps_total",
+            "counter",
+            "Gaps in a stream's live frames filled by a read from the engine.",
+            |s| s.counters.gaps,
+        );
+        per_shard(
+            &mut out,
+            "shardcast_duplicates_dropped_total",
+            "counter",
+            "Live room frames dropped because their seq was already handed on.",
+            |s| s.counters.duplicates_dropped,
+        );
+        per_shard(
+            &mut out,
+            "shardcast_panics_total",
+            "counter",
+            "Panics caught in a shard; any is a bug (see /readyz).",
+            |s| s.counters.panics,
         );
         per_shard(
             &mut out,

@@ -3,7 +3,7 @@
 //! applies retention in the background.
 //!
 //! Shards never block on disk: they send `Op`s here and get answers back through the router as
-//! `ShardMsg`s. This module must not hold room, user or connection state (the shards do) and
+//! messages (`NodeMsg::Replay`, `NodeMsg::Reply`, `LocalMsg::Stored`). This module must not hold room, user or connection state (the shards do) and
 //! must not know which database the `Store` is.
 
 use std::sync::Arc;
@@ -18,9 +18,10 @@ use crate::config::{Config, Durability};
 use crate::error::{ErrorCode, ReplyError};
 use crate::health::Health;
 use crate::metrics::WriterCounters;
+use crate::msg::{LocalMsg, NodeMsg, ReplayTo, ReplyTo, ShardId, Written};
 use crate::protocol::encode::{self, Recovery};
 use crate::protocol::{Name, ReqId};
-use crate::router::{ConnId, ReplyTo, Router, ShardId, ShardMsg, Written};
+use crate::router::Router;
 use crate::store::{Append, Store, StoreError, StoredMessage, Stream};
 
 /// Most queued operations the writer takes into one commit.
@@ -52,7 +53,7 @@ pub enum Read {
     /// A `join` with `since`: the ack and the stored messages in (since, upto].
     Join {
         room: Name,
-        conn: ConnId,
+        to: ReplayTo,
         id: Option<ReqId>,
         since: u64,
         upto: u64,
@@ -60,9 +61,16 @@ pub enum Read {
     /// At connect: the inbox messages in (after, upto] that reached no connection.
     Inbox {
         user: Name,
-        conn: ConnId,
+        to: ReplayTo,
         after: u64,
         upto: u64,
+    },
+    /// A gap: the oldest stored messages in (after, upto], as many as one reply may carry.
+    Range {
+        stream: Stream,
+        after: u64,
+        upto: u64,
+        to: ReplayTo,
     },
     History {
         room: Name,
@@ -234,7 +242,7 @@ impl Writer {
     /// Returns whether a `Stop` was among them.
     fn apply(&mut self, ops: Vec<Op>) -> bool {
         let mut appends = Vec::new();
-        let mut cursors: Vec<(Stream, u64)> = Vec::new();
+        let mut cursors: ahash::AHashMap<Stream, u64> = ahash::AHashMap::new();
         let mut done: Vec<(ShardId, Written)> = Vec::new();
         let mut reads = Vec::new();
         let mut scrapes = Vec::new();
@@ -246,10 +254,8 @@ impl Writer {
                     done.extend(d);
                 }
                 Op::Cursor { stream, cursor } => {
-                    match cursors.iter_mut().find(|(s, _)| *s == stream) {
-                        Some((_, c)) => *c = (*c).max(cursor),
-                        None => cursors.push((stream, cursor)),
-                    }
+                    let c = cursors.entry(stream).or_default();
+                    *c = (*c).max(cursor);
                 }
                 Op::Read(r) => reads.push(r),
                 Op::Stop => stop = true,
@@ -260,6 +266,7 @@ impl Writer {
             // A cursor alone is not worth an fsync: losing it only repeats a delivery.
             let durable = self.durability == Durability::Sync && !appends.is_empty();
             let started = Instant::now();
+            let cursors: Vec<(Stream, u64)> = cursors.into_iter().collect();
             let ok = match self.store.write(&appends, &cursors, durable) {
                 Ok(()) => true,
                 Err(e) => {
@@ -291,7 +298,7 @@ impl Writer {
             while let Some((_, w)) = it.next_if(|(h, _)| *h == home) {
                 writes.push(w);
             }
-            self.router.send(home, ShardMsg::Stored { writes, ok });
+            self.router.send(home, LocalMsg::Stored { writes, ok });
         }
     }
 
@@ -305,25 +312,44 @@ impl Writer {
         match read {
             Read::Join {
                 room,
-                conn,
+                to,
                 id,
                 since,
                 upto,
             } => {
                 let stream = Stream::Room(room.clone());
-                let (messages, recovery) = self.replay_or_nothing(&stream, since, upto);
+                let (messages, recovery) = self.replay(&stream, since, upto).unwrap_or_else(|e| {
+                    // The join still goes through, with an ack that says what was lost.
+                    tracing::error!(error = %e, "replay read failed");
+                    self.counters.read_errors += 1;
+                    (Vec::new(), Recovery::default())
+                });
                 let ack = encode::join_ack(id.as_ref(), &room, upto, recovery);
-                self.send_replay(conn, stream, Some(&ack), &messages);
+                self.send_replay(stream, to, (since, upto), Some(ack), Ok(messages));
             }
             Read::Inbox {
                 user,
-                conn,
+                to,
                 after,
                 upto,
             } => {
                 let stream = Stream::Inbox(user);
-                let (messages, _) = self.replay_or_nothing(&stream, after, upto);
-                self.send_replay(conn, stream, None, &messages);
+                let messages = self.replay(&stream, after, upto).map(|(m, _)| m);
+                self.send_replay(stream, to, (after, upto), None, messages);
+            }
+            Read::Range {
+                stream,
+                after,
+                upto,
+                to,
+            } => {
+                let read = self.range(&stream, after, upto);
+                let upto = match &read {
+                    Ok((_, end)) => *end,
+                    Err(_) => upto,
+                };
+                let messages = read.map(|(m, _)| m);
+                self.send_replay(stream, to, (after, upto), None, messages);
             }
             Read::History {
                 room,
@@ -349,20 +375,6 @@ impl Writer {
         }
     }
 
-    /// `replay`, or on a read error nothing (and not recovered): the connection goes live
-    /// rather than wait.
-    fn replay_or_nothing(
-        &self,
-        stream: &Stream,
-        after: u64,
-        upto: u64,
-    ) -> (Vec<StoredMessage>, Recovery) {
-        self.replay(stream, after, upto).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "replay read failed");
-            (Vec::new(), Recovery::default())
-        })
-    }
-
     /// Answers a `history` (with `room`) or `sync` read: the page frame to a connection, or its
     /// JSON to an API call.
     fn answer_page(
@@ -371,6 +383,7 @@ impl Writer {
         room: Option<&Name>,
         page: Result<(Vec<StoredMessage>, bool), StoreError>,
     ) {
+        let shard = reply.shard();
         let msg = match page {
             Ok((messages, more)) => reply.answer(
                 |id| encode::page(id, room, payloads(&messages), more),
@@ -385,26 +398,65 @@ impl Writer {
                 ))
             }
         };
-        if let Some((shard, msg)) = msg {
-            self.router.send(shard, msg);
-        }
+        self.router.send(shard, msg);
     }
 
-    /// Sends a catching-up connection its replay: `ack` (if any), then `messages`.
+    /// Sends a replay (or a gap's read) to the shard it is for. A failed read is sent as not
+    /// `ok`: the hub must not skip it silently.
     fn send_replay(
-        &self,
-        conn: ConnId,
+        &mut self,
         stream: Stream,
-        ack: Option<&Bytes>,
-        messages: &[StoredMessage],
+        to: ReplayTo,
+        (after, upto): (u64, u64),
+        ack: Option<Bytes>,
+        messages: Result<Vec<StoredMessage>, StoreError>,
     ) {
-        let frames = frames(ack, messages);
-        let msg = ShardMsg::Replay {
-            stream,
-            conn,
-            frames,
+        let (frames, ok) = match messages {
+            Ok(m) => (crate::ws::text_frames(payloads(&m)), true),
+            Err(e) => {
+                tracing::error!(error = %e, ?stream, "range read failed");
+                self.counters.read_errors += 1;
+                (Bytes::new(), false)
+            }
         };
-        self.router.send(conn.shard(), msg);
+        let msg = NodeMsg::Replay {
+            stream,
+            to,
+            after,
+            upto,
+            ack,
+            frames,
+            ok,
+        };
+        self.router.send(to.shard(), msg);
+    }
+
+    /// The oldest stored messages in (after, upto], under `replay_limit` and `reply_bytes`,
+    /// and the seq they cover up to: `upto` when they are all there is, else the last one.
+    fn range(
+        &self,
+        stream: &Stream,
+        after: u64,
+        upto: u64,
+    ) -> Result<(Vec<StoredMessage>, u64), StoreError> {
+        let mut messages = self.store.after(stream, after, self.replay_limit)?;
+        messages.retain(|m| m.seq <= upto);
+        let mut bytes = 0;
+        let keep = messages
+            .iter()
+            .take_while(|m| {
+                bytes += m.payload.len() + 10;
+                bytes <= self.reply_bytes
+            })
+            .count()
+            .max(messages.len().min(1));
+        let full = keep == self.replay_limit || keep < messages.len();
+        messages.truncate(keep);
+        let end = match messages.last() {
+            Some(m) if full => m.seq,
+            _ => upto,
+        };
+        Ok((messages, end))
     }
 
     /// The stored messages in (after, upto], at most the newest `replay_limit` of them and
@@ -472,21 +524,6 @@ impl Writer {
 
 fn payloads(messages: &[StoredMessage]) -> impl Iterator<Item = &[u8]> + Clone {
     messages.iter().map(|m| &m.payload[..])
-}
-
-/// `ack` (if any) and then each message, as WebSocket frames in one buffer.
-fn frames(ack: Option<&Bytes>, messages: &[StoredMessage]) -> Bytes {
-    let messages = payloads(messages);
-    match ack {
-        None => crate::ws::text_frames(messages),
-        Some(ack) => {
-            let rest = crate::ws::text_frames(messages);
-            let mut all = Vec::with_capacity(ack.len() + rest.len());
-            all.extend_from_slice(ack);
-            all.extend_from_slice(&rest);
-            Bytes::from(all)
-        }
-    }
 }
 
 /// The trimmer: every `retention_interval_ms`, trims each stream to its retention, until

@@ -8,8 +8,9 @@ use std::thread::JoinHandle;
 
 use crate::config::{Config, ConfigError, Durability};
 use crate::health::Health;
+use crate::msg::LocalMsg;
 use crate::persist;
-use crate::router::{Router, ShardMsg};
+use crate::router::Router;
 use crate::shard::runtime::{self, ShardSetup};
 use crate::store::{FjallStore, MemoryStore, Store, StoreError, Stream};
 
@@ -88,7 +89,7 @@ impl Server {
             match thread {
                 Ok(t) => threads.push(t),
                 Err(e) => {
-                    router.broadcast(|| ShardMsg::Shutdown);
+                    router.broadcast(|| LocalMsg::Shutdown);
                     return Err(StartError::Thread(e));
                 }
             }
@@ -110,7 +111,7 @@ impl Server {
     /// Stops accepting and closes every connection with 1001. Returns at once; `join` waits.
     pub fn shutdown(&self) {
         self.health.start_shutdown();
-        self.router.broadcast(|| ShardMsg::Shutdown);
+        self.router.broadcast(|| LocalMsg::Shutdown);
     }
 
     /// Waits until every shard thread has exited.

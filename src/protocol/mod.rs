@@ -46,6 +46,20 @@ impl Name {
     }
 }
 
+impl serde::Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Validated on the way in, as from a client.
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
+        let s = <Cow<'de, str>>::deserialize(d)?;
+        Name::new(&s).map_err(|e| serde::de::Error::custom(e.message))
+    }
+}
+
 impl std::ops::Deref for Name {
     type Target = str;
     fn deref(&self) -> &str {
@@ -78,7 +92,7 @@ pub fn is_valid_name(s: &[u8]) -> bool {
 }
 
 /// A client frame's `id`, kept as its JSON text so replies echo it byte for byte.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct ReqId(Box<str>);
 
 impl ReqId {

@@ -14,9 +14,9 @@ use bytes::Bytes;
 
 use crate::config::{Config, SessionPolicy};
 use crate::error::HandshakeError;
+use crate::msg::{ConnId, ShardId};
 use crate::protocol::Name;
 use crate::protocol::encode;
-use crate::router::{ConnId, ShardId};
 
 #[derive(Clone, Copy, Default)]
 struct Seqs {
@@ -68,25 +68,16 @@ impl HomeRooms {
         self.seqs.get(room).map_or(0, |s| s.committed)
     }
 
-    /// Registers a connection of `user` on `shard` joining `room` (unless `already` in it).
-    /// Returns the room's committed seq, and the `joined` event if this is the user's first
-    /// connection in the room.
-    pub fn join(
-        &mut self,
-        room: &Name,
-        user: &Name,
-        shard: ShardId,
-        already: bool,
-    ) -> (u64, Option<Bytes>) {
+    /// Registers a connection of `user` on `shard` joining `room`. Returns the room's
+    /// committed seq, and the `joined` event if this is the user's first connection in the
+    /// room.
+    pub fn join(&mut self, room: &Name, user: &Name, shard: ShardId) -> (u64, Option<Bytes>) {
         let seq = self.committed_seq(room);
         let shards = self.shards;
         let r = self.rooms.entry(room.clone()).or_insert_with(|| HomeRoom {
             users: AHashMap::new(),
             per_shard: vec![0; shards].into(),
         });
-        if already {
-            return (seq, None);
-        }
         r.per_shard[shard] += 1;
         let count = r.users.entry(user.clone()).or_insert(0);
         *count += 1;
@@ -153,21 +144,37 @@ impl HomeRooms {
     }
 }
 
-#[derive(Default)]
+/// A user with connections (admitted, attached, or with an inbox replay out). Removed when
+/// none is left, so the home's memory follows the users online, not every user ever seen.
 struct HomeUser {
-    inbox: Seqs,
-    /// Every inbox message up to this one reached a connection (or is on its way to one).
-    delivered: u64,
     /// Connections admitted (attached or not), in all and per shard.
     conns: u32,
     per_shard: Box<[u32]>,
     /// Attached connections, which receive direct messages live.
     online: Vec<ConnId>,
+    /// Inbox replays read for a connection and not yet handed to it.
+    replaying: u32,
+}
+
+impl HomeUser {
+    fn is_idle(&self) -> bool {
+        self.conns == 0 && self.online.is_empty() && self.replaying == 0
+    }
+}
+
+/// A user's inbox: kept for every inbox ever written, like a room's seqs, so seqs are never
+/// reused.
+#[derive(Clone, Copy, Default)]
+struct Inbox {
+    seqs: Seqs,
+    /// Every inbox message up to this one reached a connection (or is on its way to one).
+    delivered: u64,
 }
 
 pub struct HomeUsers {
     shards: usize,
     users: AHashMap<Name, HomeUser>,
+    inboxes: AHashMap<Name, Inbox>,
 }
 
 impl HomeUsers {
@@ -175,15 +182,30 @@ impl HomeUsers {
         HomeUsers {
             shards,
             users: AHashMap::new(),
+            inboxes: AHashMap::new(),
         }
+    }
+
+    /// Users with connections or a replay out.
+    pub fn tracked(&self) -> usize {
+        self.users.len()
     }
 
     fn entry(&mut self, user: &Name) -> &mut HomeUser {
         let shards = self.shards;
         self.users.entry(user.clone()).or_insert_with(|| HomeUser {
+            conns: 0,
             per_shard: vec![0; shards].into(),
-            ..HomeUser::default()
+            online: Vec::new(),
+            replaying: 0,
         })
+    }
+
+    /// Forgets the user's connection state if nothing is left of it.
+    fn evict_if_idle(&mut self, user: &Name) {
+        if self.users.get(user).is_some_and(HomeUser::is_idle) {
+            self.users.remove(user);
+        }
     }
 
     /// Admits a new connection under the session policy. On success, returns the shards whose
@@ -195,40 +217,44 @@ impl HomeUsers {
         conn: ConnId,
     ) -> Result<Vec<ShardId>, HandshakeError> {
         let u = self.entry(user);
-        let kick = match config.session_policy {
-            SessionPolicy::Multi if u.conns >= config.max_connections_per_user => {
-                return Err(HandshakeError::ConnectionLimit(
-                    config.max_connections_per_user,
-                ));
-            }
-            SessionPolicy::RejectNew if u.conns > 0 => return Err(HandshakeError::SessionExists),
-            SessionPolicy::KickOld => u
+        let verdict = match config.session_policy {
+            SessionPolicy::Multi if u.conns >= config.max_connections_per_user => Err(
+                HandshakeError::ConnectionLimit(config.max_connections_per_user),
+            ),
+            SessionPolicy::RejectNew if u.conns > 0 => Err(HandshakeError::SessionExists),
+            SessionPolicy::KickOld => Ok(u
                 .per_shard
                 .iter()
                 .enumerate()
                 .filter(|(_, n)| **n > 0)
                 .map(|(s, _)| s)
-                .collect(),
-            _ => Vec::new(),
+                .collect()),
+            _ => Ok(Vec::new()),
         };
-        u.conns += 1;
-        u.per_shard[conn.shard()] += 1;
-        Ok(kick)
+        if verdict.is_ok() {
+            u.conns += 1;
+            u.per_shard[conn.shard()] += 1;
+        } else {
+            self.evict_if_idle(user);
+        }
+        verdict
     }
 
     /// The user's inbox, from the store at start-up: its last seq and delivered cursor.
     pub fn seed(&mut self, user: &Name, last: u64, delivered: u64) {
-        let u = self.entry(user);
-        u.inbox = Seqs {
-            assigned: last,
-            committed: last,
+        let inbox = Inbox {
+            seqs: Seqs {
+                assigned: last,
+                committed: last,
+            },
+            delivered: delivered.min(last),
         };
-        u.delivered = delivered.min(last);
+        self.inboxes.insert(user.clone(), inbox);
     }
 
     /// The last inbox seq stored for the user.
     pub fn inbox_seq(&self, user: &Name) -> u64 {
-        self.users.get(user).map_or(0, |u| u.inbox.committed)
+        self.inboxes.get(user).map_or(0, |i| i.seqs.committed)
     }
 
     /// A connection of `user` ended.
@@ -238,35 +264,61 @@ impl HomeUsers {
             u.per_shard[conn.shard()] = u.per_shard[conn.shard()].saturating_sub(1);
             u.online.retain(|c| *c != conn);
         }
+        self.evict_if_idle(user);
     }
 
     /// The next inbox sequence number of `user`, online or not.
     pub fn next_inbox_seq(&mut self, user: &Name) -> u64 {
-        let u = self.entry(user);
-        u.inbox.assigned += 1;
-        u.inbox.assigned
+        let i = self.inboxes.entry(user.clone()).or_default();
+        i.seqs.assigned += 1;
+        i.seqs.assigned
     }
 
-    /// Inbox message `seq` is stored. Returns whether to deliver it live: when the user has an
-    /// attached connection, which makes it delivered.
-    pub fn commit(&mut self, user: &Name, seq: u64) -> bool {
-        let u = self.entry(user);
-        u.inbox.committed = u.inbox.committed.max(seq);
-        let live = !u.online.is_empty();
-        if live {
-            u.delivered = u.delivered.max(seq);
-        }
-        live
+    /// Inbox message `seq` is stored. Returns whether to deliver it live (the user has an
+    /// attached connection, which makes it delivered), and the delivered cursor to store: none
+    /// while an inbox replay is out, since the cursor may only pass what was handed over.
+    pub fn commit(&mut self, user: &Name, seq: u64) -> (bool, Option<u64>) {
+        let inbox = self.inboxes.entry(user.clone()).or_default();
+        inbox.seqs.committed = inbox.seqs.committed.max(seq);
+        let Some(u) = self.users.get(user).filter(|u| !u.online.is_empty()) else {
+            return (false, None);
+        };
+        inbox.delivered = inbox.delivered.max(seq);
+        (true, (u.replaying == 0).then_some(inbox.delivered))
     }
 
     /// Connection `conn` of the user is attached. Returns the inbox range (after, upto] it must
-    /// be sent because no connection got it, and counts it as delivered from now on.
+    /// be sent because no connection got it; it counts as delivered from now on, and the
+    /// cursor is stored once the connection has it (`handed`).
     pub fn online(&mut self, user: &Name, conn: ConnId) -> Option<(u64, u64)> {
+        let inbox = self.inboxes.get(user).copied().unwrap_or_default();
+        let range = (inbox.delivered < inbox.seqs.committed)
+            .then_some((inbox.delivered, inbox.seqs.committed));
         let u = self.entry(user);
         u.online.push(conn);
-        let range = (u.delivered < u.inbox.committed).then_some((u.delivered, u.inbox.committed));
-        u.delivered = u.inbox.committed;
+        if range.is_some() {
+            u.replaying += 1;
+            if let Some(i) = self.inboxes.get_mut(user) {
+                i.delivered = i.seqs.committed;
+            }
+        }
         range
+    }
+
+    /// The replay of (after, upto] reached its connection (`ok`), or could not be read. Returns
+    /// the delivered cursor to store, if any. A failed read puts the cursor back, so the
+    /// messages go to the next connection; some may then reach the user twice.
+    pub fn handed(&mut self, user: &Name, after: u64, upto: u64, ok: bool) -> Option<u64> {
+        let u = self.users.get_mut(user).filter(|u| u.replaying > 0)?;
+        u.replaying -= 1;
+        let outstanding = u.replaying;
+        let inbox = self.inboxes.get_mut(user)?;
+        if !ok {
+            inbox.delivered = inbox.delivered.min(after);
+        }
+        let cursor = (ok && outstanding == 0).then_some(inbox.delivered.max(upto));
+        self.evict_if_idle(user);
+        cursor
     }
 
     /// The user's attached connections.
@@ -301,13 +353,14 @@ mod tests {
     fn membership_events_follow_the_first_and_last_connection() {
         let mut h = HomeRooms::new(2);
         let (r, a) = (n("r"), n("a"));
-        assert!(h.join(&r, &a, 0, false).1.is_some());
-        assert!(h.join(&r, &a, 1, false).1.is_none());
+        assert!(h.join(&r, &a, 0).1.is_some());
+        assert!(h.join(&r, &a, 1).1.is_none());
         assert_eq!(h.shards_of(&r).collect::<Vec<_>>(), [0, 1]);
         assert_eq!(h.next_seq(&r), 1);
-        assert_eq!(h.join(&r, &a, 1, true).0, 0, "not committed yet");
+        assert_eq!(h.committed_seq(&r), 0, "not committed yet");
         h.commit(&r, 1);
-        assert_eq!(h.join(&r, &a, 1, true).0, 1);
+        assert_eq!(h.join(&r, &n("b"), 1).0, 1);
+        assert!(h.leave(&r, &n("b"), 1).is_some());
         assert!(h.leave(&r, &a, 0).is_none());
         assert_eq!(h.shards_of(&r).collect::<Vec<_>>(), [1]);
         assert!(h.leave(&r, &a, 1).is_some());
@@ -317,7 +370,7 @@ mod tests {
     #[test]
     fn session_policies() {
         let u = n("u");
-        let c = |shard, i| ConnId::new(shard, i);
+        let c = |shard, i| ConnId::new(0, shard, i);
         let multi = Config {
             max_connections_per_user: 2,
             ..Config::default()
@@ -354,24 +407,83 @@ mod tests {
 
     #[test]
     fn inbox_delivery_follows_attached_connections() {
-        let (x, c1, c2) = (n("x"), ConnId::new(0, 1), ConnId::new(0, 2));
+        let (x, c1, c2) = (n("x"), ConnId::new(0, 0, 1), ConnId::new(0, 0, 2));
         let mut h = HomeUsers::new(1);
         h.seed(&x, 4, 2);
         assert_eq!(h.next_inbox_seq(&x), 5);
         assert_eq!(h.inbox_seq(&x), 4, "5 is not stored yet");
-        assert!(!h.commit(&x, 5), "offline: stored, not delivered");
+        assert_eq!(
+            h.commit(&x, 5),
+            (false, None),
+            "offline: stored, not delivered"
+        );
         assert_eq!(h.online(&x, c1), Some((2, 5)));
         assert_eq!(h.next_inbox_seq(&x), 6);
-        assert!(h.commit(&x, 6), "online: live");
+        assert_eq!(h.commit(&x, 6), (true, None), "live, but a replay is out");
+        assert_eq!(
+            h.handed(&x, 2, 5, true),
+            Some(6),
+            "the cursor moves once handed"
+        );
         assert_eq!(
             h.online(&x, c2),
             None,
             "a second connection gets nothing replayed"
         );
+        h.next_inbox_seq(&x);
+        assert_eq!(h.commit(&x, 7), (true, Some(7)));
         h.release(&x, c1);
         h.release(&x, c2);
         h.next_inbox_seq(&x);
-        assert!(!h.commit(&x, 7));
-        assert_eq!(h.online(&x, c1), Some((6, 7)));
+        assert_eq!(h.commit(&x, 8), (false, None));
+        assert_eq!(h.online(&x, c1), Some((7, 8)));
+    }
+
+    #[test]
+    fn a_failed_inbox_read_moves_no_cursor_and_replays_again() {
+        let (x, c1, c2) = (n("x"), ConnId::new(0, 0, 1), ConnId::new(0, 0, 2));
+        let mut h = HomeUsers::new(1);
+        h.seed(&x, 3, 0);
+        assert_eq!(h.online(&x, c1), Some((0, 3)));
+        assert_eq!(h.handed(&x, 0, 3, false), None);
+        h.release(&x, c1);
+        assert_eq!(
+            h.online(&x, c2),
+            Some((0, 3)),
+            "the next connection gets them"
+        );
+    }
+
+    #[test]
+    fn users_are_forgotten_when_their_last_connection_ends() {
+        let mut h = HomeUsers::new(2);
+        let config = Config::default();
+        for i in 0..100_000u64 {
+            let (user, conn) = (n(&format!("user-{i}")), ConnId::new(0, (i % 2) as usize, i));
+            h.admit(&config, &user, conn).unwrap();
+            assert_eq!(h.online(&user, conn), None);
+            if i % 1000 != 0 {
+                h.release(&user, conn);
+            }
+        }
+        assert_eq!(h.tracked(), 100, "only the users still online");
+        assert_eq!(
+            h.inboxes.len(),
+            0,
+            "and no inbox for users never written to"
+        );
+        let refused = Config {
+            session_policy: SessionPolicy::RejectNew,
+            ..Config::default()
+        };
+        let ghost = n("ghost");
+        h.admit(&refused, &ghost, ConnId::new(0, 0, 1)).unwrap();
+        assert!(h.admit(&refused, &ghost, ConnId::new(0, 0, 2)).is_err());
+        h.release(&ghost, ConnId::new(0, 0, 1));
+        assert_eq!(
+            h.tracked(),
+            100,
+            "a refused connection leaves nothing behind"
+        );
     }
 }

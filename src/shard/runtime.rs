@@ -21,8 +21,9 @@ use crate::config::Config;
 use crate::conn::{Conn, Event, ReadStatus};
 use crate::error::CloseCode;
 use crate::health::Health;
+use crate::msg::{LocalMsg, ShardId, ShardMsg};
 use crate::persist::Persist;
-use crate::router::{Inbox, Router, ShardId, ShardMsg};
+use crate::router::{Inbox, Router};
 use crate::store::StreamInfo;
 
 /// Messages handled before the shard flushes and yields to its connections.
@@ -59,13 +60,19 @@ impl Ctx {
         }
     }
 
-    /// Runs `f` on the shard state. A panic is contained: logged, and `None` returned, so one
-    /// bad message or connection cannot take the shard down.
+    /// Runs `f` on the shard state. A panic is contained: one bad message or connection cannot
+    /// take the shard down. It is not hidden either: it is logged, counted
+    /// (`shardcast_panics_total`), and `/readyz` turns 503 for good, since the state it
+    /// interrupted may be half-updated.
     pub fn with<R>(&self, f: impl FnOnce(&mut Shard) -> R) -> Option<R> {
         match catch_unwind(AssertUnwindSafe(|| f(&mut self.shard.borrow_mut()))) {
             Ok(r) => Some(r),
             Err(_) => {
                 tracing::error!(shard = self.id, "panic while handling a message; contained");
+                self.health.panicked();
+                if let Ok(mut shard) = self.shard.try_borrow_mut() {
+                    shard.count_panic();
+                }
                 None
             }
         }
@@ -143,13 +150,13 @@ async fn inbox_loop(ctx: &Rc<Ctx>, inbox: Inbox) {
         let mut stop = false;
         while let Ok(msg) = inbox.rx.try_recv() {
             match msg {
-                ShardMsg::Accept(stream) => match accepted(stream) {
+                ShardMsg::Local(LocalMsg::Accept(stream)) => match accepted(stream) {
                     Ok(stream) => spawn_http(ctx, stream),
                     Err(e) => tracing::warn!(error = %e, "dropping a handed-over connection"),
                 },
-                ShardMsg::Shutdown => {
+                ShardMsg::Local(LocalMsg::Shutdown) => {
                     ctx.shutdown.send_replace(true);
-                    ctx.with(|s| s.handle(ShardMsg::Shutdown));
+                    ctx.with(|s| s.handle(LocalMsg::Shutdown.into()));
                     stop = true;
                 }
                 msg => {
@@ -208,7 +215,7 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: std::net::TcpListener, router: Rout
                     spawn_http(&ctx, stream);
                 } else {
                     match stream.into_std() {
-                        Ok(s) => router.send(target, ShardMsg::Accept(s)),
+                        Ok(s) => router.send(target, LocalMsg::Accept(s)),
                         Err(e) => tracing::warn!(error = %e, "cannot hand over a connection"),
                     }
                 }

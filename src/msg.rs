@@ -1,0 +1,406 @@
+//! What shards say to each other: addresses (`ConnId`, `ReplyTo`) and the three kinds of
+//! message a shard's queue carries.
+//!
+//! - `EngineMsg`: a request to the engine (sequence, store, count presence and sessions, read
+//!   ranges). The embedded engine serves it at the stream's home shard; a cluster engine
+//!   would serve it elsewhere.
+//! - `NodeMsg`: what the engine sends back to the node that holds the connections: live frames
+//!   for the hub to fan out, replays, join results, replies.
+//! - `LocalMsg`: what only makes sense inside one process: a socket, a oneshot, the store
+//!   writer's answers.
+//!
+//! `EngineMsg` and `NodeMsg` are plain data and serializable, so they could cross a node
+//! boundary. This module holds no state and does no I/O.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::error::{CloseCode, HandshakeError, ReplyError};
+use crate::metrics::ShardSnapshot;
+use crate::protocol::{Name, ReqId};
+use crate::store::Stream;
+
+pub type ShardId = usize;
+/// A node of a deployment; a single-node server is node 0.
+pub type NodeId = u16;
+
+/// A connection's id, unique in a deployment: its node (14 bits), its shard (10 bits) and a
+/// counter local to the shard (40 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    pub const MAX_NODES: usize = 1 << 14;
+    pub const MAX_SHARDS: usize = 1 << 10;
+
+    pub fn new(node: NodeId, shard: ShardId, local: u64) -> ConnId {
+        debug_assert!((node as usize) < Self::MAX_NODES && shard < Self::MAX_SHARDS);
+        ConnId(((node as u64) << 50) | ((shard as u64 & 0x3ff) << 40) | (local & ((1 << 40) - 1)))
+    }
+    pub fn node(self) -> NodeId {
+        (self.0 >> 50) as NodeId
+    }
+    pub fn shard(self) -> ShardId {
+        ((self.0 >> 40) & 0x3ff) as ShardId
+    }
+}
+
+/// Where the answer to a request goes: a client connection (a frame echoing the request's id),
+/// or an HTTP API call waiting on the shard that took it (the JSON body of its response). An
+/// address, not a channel, so it can travel with a request to another node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplyTo {
+    Conn {
+        conn: ConnId,
+        id: Option<ReqId>,
+    },
+    Api {
+        node: NodeId,
+        shard: ShardId,
+        call: u64,
+    },
+}
+
+impl ReplyTo {
+    /// The connection that made the request, if a client did.
+    pub fn conn(&self) -> Option<ConnId> {
+        match self {
+            ReplyTo::Conn { conn, .. } => Some(*conn),
+            ReplyTo::Api { .. } => None,
+        }
+    }
+
+    /// The shard the answer goes to.
+    pub fn shard(&self) -> ShardId {
+        match self {
+            ReplyTo::Conn { conn, .. } => conn.shard(),
+            ReplyTo::Api { shard, .. } => *shard,
+        }
+    }
+
+    /// The answer: `frame(id)` for a connection, `json()` for an API call, as the message to
+    /// send to `self.shard()`.
+    pub fn answer(
+        self,
+        frame: impl FnOnce(Option<&ReqId>) -> Bytes,
+        json: impl FnOnce() -> Bytes,
+    ) -> NodeMsg {
+        let body = match &self {
+            ReplyTo::Conn { id, .. } => frame(id.as_ref()),
+            ReplyTo::Api { .. } => json(),
+        };
+        NodeMsg::Reply {
+            to: self,
+            result: Ok(body),
+        }
+    }
+
+    /// The error answer; the receiving shard encodes it for a connection.
+    pub fn fail(self, err: ReplyError) -> NodeMsg {
+        NodeMsg::Reply {
+            to: self,
+            result: Err(err),
+        }
+    }
+}
+
+/// A join's generation: each `join` a connection makes of a room gets a new one, so answers
+/// for an earlier join of the same room (left since) are recognised and dropped.
+pub type JoinGen = u32;
+
+/// A request to the engine. The embedded engine serves it at the home shard of its room or
+/// user (`EngineMsg::key`).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum EngineMsg {
+    /// Admit a new connection under the session policy; answered with `NodeMsg::Admitted`.
+    Register { user: Name, conn: ConnId },
+    /// A connection of the user ended (or never started).
+    Unregister { user: Name, conn: ConnId },
+    /// A connection is attached: it receives direct messages live from now on, and the
+    /// undelivered ones (`NodeMsg::Replay` for its inbox).
+    Online { user: Name, conn: ConnId },
+    /// The inbox replay up to `upto` reached the connection (`ok`) or could not be read: only
+    /// now may the delivered cursor be stored.
+    InboxHanded {
+        user: Name,
+        after: u64,
+        upto: u64,
+        ok: bool,
+    },
+    /// Add a connection to the room. `since`: replay the stored messages after it.
+    Join {
+        room: Name,
+        user: Name,
+        conn: ConnId,
+        jgen: JoinGen,
+        id: Option<ReqId>,
+        ack: bool,
+        since: Option<u64>,
+    },
+    /// A connection left the room.
+    Leave {
+        room: Name,
+        user: Name,
+        conn: ConnId,
+    },
+    /// Sequence, store and fan out a room message.
+    Publish {
+        room: Name,
+        from: Name,
+        body: Bytes,
+        reply: ReplyTo,
+    },
+    /// Sequence, store and deliver a direct message.
+    Direct {
+        to: Name,
+        from: Name,
+        body: Bytes,
+        reply: ReplyTo,
+    },
+    /// Pass a frame to the user's connections (the copy of a direct message the user sent).
+    Forward {
+        user: Name,
+        frame: Bytes,
+        exclude: Option<ConnId>,
+    },
+    /// Who is in the room.
+    Presence { room: Name, reply: ReplyTo },
+    /// Whether the user is online, and with how many connections (JSON, for the API).
+    UserInfo { user: Name, reply: ReplyTo },
+    /// Read the stored messages of `stream` in (after, upto] for a hub's gap or a catching-up
+    /// connection (`NodeMsg::Replay`).
+    Fetch {
+        stream: Stream,
+        after: u64,
+        upto: u64,
+        to: ReplayTo,
+    },
+}
+
+impl EngineMsg {
+    /// The room or user whose home serves this request.
+    pub fn key(&self) -> &Name {
+        match self {
+            EngineMsg::Register { user, .. }
+            | EngineMsg::Unregister { user, .. }
+            | EngineMsg::Online { user, .. }
+            | EngineMsg::InboxHanded { user, .. }
+            | EngineMsg::Forward { user, .. }
+            | EngineMsg::UserInfo { user, .. } => user,
+            EngineMsg::Join { room, .. }
+            | EngineMsg::Leave { room, .. }
+            | EngineMsg::Publish { room, .. }
+            | EngineMsg::Presence { room, .. } => room,
+            EngineMsg::Direct { to, .. } => to,
+            EngineMsg::Fetch { stream, .. } => stream.name(),
+        }
+    }
+}
+
+/// Who a replay is for: one catching-up connection (a join's generation; 0 for the inbox at
+/// connect), or a shard's hub filling a gap in a room's live stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplayTo {
+    Conn { conn: ConnId, jgen: JoinGen },
+    Hub { node: NodeId, shard: ShardId },
+}
+
+impl ReplayTo {
+    pub fn shard(self) -> ShardId {
+        match self {
+            ReplayTo::Conn { conn, .. } => conn.shard(),
+            ReplayTo::Hub { shard, .. } => shard,
+        }
+    }
+}
+
+/// What the engine sends to the node holding the connections.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum NodeMsg {
+    /// The user's home admitted the connection (with the inbox's committed seq) or refused it.
+    Admitted {
+        conn: ConnId,
+        verdict: Result<u64, HandshakeError>,
+    },
+    /// Close the user's connections on this shard, all but `except`.
+    CloseUser {
+        user: Name,
+        except: ConnId,
+        code: CloseCode,
+    },
+    /// The join took effect at `seq`. With `replay`, a `Replay` of (since, seq] follows, and
+    /// carries the ack; otherwise `ack` is the ack to write (if one is owed).
+    JoinDone {
+        room: Name,
+        conn: ConnId,
+        jgen: JoinGen,
+        seq: u64,
+        ack: Option<Bytes>,
+        replay: bool,
+    },
+    /// Stored messages of `stream` in (after, upto], as WebSocket frames in one buffer (`ack`,
+    /// a join's, goes first). `ok` is false when the store could not be read.
+    Replay {
+        stream: Stream,
+        to: ReplayTo,
+        after: u64,
+        upto: u64,
+        ack: Option<Bytes>,
+        frames: Bytes,
+        ok: bool,
+    },
+    /// A room frame for the local members, except `exclude`. `seq` is the room message's, or
+    /// `None` for a presence event (not part of the room's stream).
+    Deliver {
+        room: Name,
+        seq: Option<u64>,
+        frame: Bytes,
+        exclude: Option<ConnId>,
+    },
+    /// A direct-message frame for the user's local connections, except `exclude`. `seq` is
+    /// the user's inbox seq when the message is to this user, `None` for the copy of a message
+    /// the user sent.
+    DeliverUser {
+        user: Name,
+        seq: Option<u64>,
+        frame: Bytes,
+        exclude: Option<ConnId>,
+    },
+    /// The answer to a request.
+    Reply {
+        to: ReplyTo,
+        result: Result<Bytes, ReplyError>,
+    },
+}
+
+/// Messages that stay in the process: they carry a socket, a oneshot, or the writer's state.
+pub enum LocalMsg {
+    /// A new TCP connection for this shard to serve.
+    Accept(std::net::TcpStream),
+    /// The store wrote (`ok`) or failed to write these messages (sync durability).
+    Stored { writes: Vec<Written>, ok: bool },
+    /// Write `frame` to every connection; reply how many.
+    Broadcast {
+        frame: Bytes,
+        reply: oneshot::Sender<usize>,
+    },
+    /// Close the user's connections with 4501 (kicked); reply how many.
+    Kick {
+        user: Name,
+        reason: Option<String>,
+        reply: oneshot::Sender<usize>,
+    },
+    /// Close every connection with 1001 and stop.
+    Shutdown,
+    /// Answer a metrics scrape with this shard's counters and gauges.
+    Stats {
+        reply: oneshot::Sender<ShardSnapshot>,
+    },
+    /// Test-only: panic while handling a message, halfway through a home's bookkeeping.
+    #[cfg(any(test, feature = "fault-injection"))]
+    Panic,
+}
+
+/// Everything a shard's queue carries.
+pub enum ShardMsg {
+    Local(LocalMsg),
+    Engine(EngineMsg),
+    Node(NodeMsg),
+}
+
+impl From<LocalMsg> for ShardMsg {
+    fn from(m: LocalMsg) -> ShardMsg {
+        ShardMsg::Local(m)
+    }
+}
+
+impl From<EngineMsg> for ShardMsg {
+    fn from(m: EngineMsg) -> ShardMsg {
+        ShardMsg::Engine(m)
+    }
+}
+
+impl From<NodeMsg> for ShardMsg {
+    fn from(m: NodeMsg) -> ShardMsg {
+        ShardMsg::Node(m)
+    }
+}
+
+/// A message sequenced at its home and waiting for the store (sync durability).
+pub struct Written {
+    pub target: WriteTarget,
+    pub seq: u64,
+    /// The message frame, encoded once.
+    pub frame: Bytes,
+    /// Who gets the ack; a publishing connection does not get its own message.
+    pub reply: ReplyTo,
+}
+
+pub enum WriteTarget {
+    Room(Name),
+    Inbox { to: Name, from: Name },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_ids_carry_their_node_and_shard() {
+        let id = ConnId::new(3, 7, 123_456);
+        assert_eq!((id.node(), id.shard()), (3, 7));
+        assert_ne!(ConnId::new(0, 1, 5), ConnId::new(0, 2, 5));
+        assert_ne!(ConnId::new(1, 1, 5), ConnId::new(2, 1, 5));
+        let top = ConnId::new(16_383, 1023, u64::MAX);
+        assert_eq!((top.node(), top.shard()), (16_383, 1023));
+    }
+
+    #[test]
+    fn engine_and_node_messages_cross_a_wire() {
+        let reply = ReplyTo::Api {
+            node: 2,
+            shard: 1,
+            call: 9,
+        };
+        let msg = EngineMsg::Publish {
+            room: Name::new("lobby").unwrap(),
+            from: Name::new("alice").unwrap(),
+            body: Bytes::from_static(b"{\"t\":1}"),
+            reply: reply.clone(),
+        };
+        let text = serde_json::to_string(&msg).unwrap();
+        let EngineMsg::Publish {
+            room,
+            body,
+            reply: back,
+            ..
+        } = serde_json::from_str(&text).unwrap()
+        else {
+            panic!("not a publish: {text}");
+        };
+        assert_eq!(
+            (&*room, &body[..], back),
+            ("lobby", &b"{\"t\":1}"[..], reply)
+        );
+
+        let bad = text.replace("lobby", "lob by");
+        assert!(
+            serde_json::from_str::<EngineMsg>(&bad).is_err(),
+            "names are validated on the way in"
+        );
+
+        let msg = NodeMsg::Deliver {
+            room: Name::new("r").unwrap(),
+            seq: Some(4),
+            frame: Bytes::from_static(b"\x81\x02{}"),
+            exclude: Some(ConnId::new(1, 2, 3)),
+        };
+        let NodeMsg::Deliver { seq, exclude, .. } =
+            serde_json::from_str(&serde_json::to_string(&msg).unwrap()).unwrap()
+        else {
+            panic!("not a deliver");
+        };
+        assert_eq!((seq, exclude), (Some(4), Some(ConnId::new(1, 2, 3))));
+    }
+}
