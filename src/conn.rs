@@ -89,10 +89,17 @@ pub struct MemorySink {
     pub writes: Cell<usize>,
     pub bytes: Cell<usize>,
     pub kept: Option<RefCell<Vec<u8>>>,
+    /// Test-only: the next write panics (a bug inside a flush).
+    #[cfg(test)]
+    pub panic_next: Cell<bool>,
 }
 
 impl MemorySink {
     fn write_vectored(&self, iov: &[IoSlice<'_>]) -> usize {
+        #[cfg(test)]
+        if self.panic_next.replace(false) {
+            panic!("injected: a write panics");
+        }
         let n: usize = iov.iter().map(|s| s.len()).sum();
         self.writes.set(self.writes.get() + 1);
         self.bytes.set(self.bytes.get() + n);

@@ -114,6 +114,12 @@ impl Server {
         self.router.broadcast(|| LocalMsg::Shutdown);
     }
 
+    /// Test-only: makes shard `shard` panic halfway through a home's bookkeeping.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_panic(&self, shard: usize) {
+        self.router.send(shard, LocalMsg::Panic);
+    }
+
     /// Waits until every shard thread has exited.
     pub fn join(mut self) {
         self.join_threads();

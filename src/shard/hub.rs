@@ -296,16 +296,21 @@ impl Shard {
                 if !ok {
                     return self.lost_reading(&c);
                 }
+                let acked = ack.is_some();
                 if let Some(ack) = ack {
                     self.enqueue(&c, &Rc::new(ack));
-                    self.join_answered(&c, jgen, upto);
                 }
                 let Some(hr) = self.hub.rooms.get_mut(&room) else {
                     return;
                 };
                 let mut out = Vec::new();
                 let gap = hr.catch_up[i].replayed(upto, frames, &mut out);
+                let written = hr.catch_up[i].written;
                 self.write_all(&c, out);
+                if acked {
+                    // Repeated joins are answered after what the connection was just written.
+                    self.join_answered(&c, jgen, written);
+                }
                 if let Some(gap) = gap {
                     self.fetch(
                         Stream::Room(room.clone()),

@@ -247,13 +247,14 @@ impl Shard {
         }
     }
 
-    /// Writes every connection touched since the last flush: one writev each. A connection is
-    /// taken off the list only as it is written, so a panic in one write leaves the others
-    /// listed (and marked) for the next flush.
+    /// Writes every connection touched since the last flush: one writev each. A connection
+    /// leaves the list only once written, so a panic in a write leaves it and the rest listed
+    /// (and marked) for the next flush, instead of marked and never flushed again.
     pub fn flush_dirty(&mut self) {
-        while let Some(conn) = self.dirty.pop() {
-            conn.dirty.set(false);
+        while let Some(conn) = self.dirty.last() {
             conn.flush();
+            conn.dirty.set(false);
+            self.dirty.pop();
         }
     }
 

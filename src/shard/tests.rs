@@ -8,9 +8,12 @@ use super::Shard;
 use crate::auth::Identity;
 use crate::config::{Config, Durability};
 use crate::conn::{Conn, Event, MemorySink};
+use crate::msg::{NodeMsg, ReplayTo, ShardMsg};
 use crate::persist::Persist;
 use crate::protocol::Name;
 use crate::router::Router;
+use crate::store::Stream;
+use bytes::Bytes;
 
 fn shard() -> Shard {
     let (router, _inboxes) = Router::new(1);
@@ -146,4 +149,88 @@ fn a_direct_message_reaches_the_recipient_and_the_senders_other_devices() {
         ack,
         serde_json::json!({"type":"ack","id":"x","to":"b","seq":1})
     );
+}
+
+fn seqs_of(conn: &Conn) -> Vec<u64> {
+    frames(conn)
+        .into_iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect()
+}
+
+fn room_frame(seq: u64) -> Bytes {
+    crate::protocol::encode::message(
+        crate::protocol::encode::Target::Room(&Name::new("r").unwrap()),
+        &Name::new("p").unwrap(),
+        seq,
+        0,
+        b"{}",
+    )
+}
+
+fn deliver(s: &mut Shard, seq: u64) {
+    let msg = NodeMsg::Deliver {
+        room: Name::new("r").unwrap(),
+        seq: Some(seq),
+        frame: room_frame(seq),
+        exclude: None,
+    };
+    s.handle(ShardMsg::Node(msg));
+}
+
+/// What a transport other than the in-process queues may do (drop, repeat, reorder): the hub
+/// reads a gap before handing on anything newer, and drops what it handed on already.
+#[test]
+fn the_hub_merges_live_frames_by_seq() {
+    let mut s = shard();
+    let m = connect(&mut s, "m");
+    send(&mut s, &m, r#"{"type":"join","room":"r"}"#);
+    deliver(&mut s, 1);
+    deliver(&mut s, 4); // 2 and 3 were lost: a read of (1, 3] is asked for
+    deliver(&mut s, 5);
+    deliver(&mut s, 1); // a repeat
+    s.flush_dirty();
+    assert_eq!(seqs_of(&m), [1], "nothing past the gap before it is filled");
+    let filled = NodeMsg::Replay {
+        stream: Stream::Room(Name::new("r").unwrap()),
+        to: ReplayTo::Hub { node: 0, shard: 0 },
+        after: 1,
+        upto: 3,
+        ack: None,
+        frames: crate::ws::text_frames(
+            [room_frame(2), room_frame(3)]
+                .iter()
+                .map(crate::ws::payload_of)
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|p| &p[..]),
+        ),
+        ok: true,
+    };
+    s.handle(ShardMsg::Node(filled));
+    deliver(&mut s, 5); // a repeat of a frame that waited
+    deliver(&mut s, 6);
+    s.flush_dirty();
+    assert_eq!(seqs_of(&m), [1, 2, 3, 4, 5, 6]);
+    assert_eq!((s.stats.gaps, s.stats.duplicates_dropped), (1, 2));
+}
+
+#[test]
+fn a_panic_inside_a_flush_leaves_the_other_connections_to_the_next_flush() {
+    let mut s = shard();
+    let conns: Vec<_> = (0..3).map(|i| connect(&mut s, &format!("u{i}"))).collect();
+    for c in &conns {
+        send(&mut s, c, r#"{"type":"ping"}"#);
+    }
+    // The list is written from its end: make the second one written panic.
+    conns[1].memory().unwrap().panic_next.set(true);
+    let panicked =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.flush_dirty())).is_err();
+    assert!(panicked);
+    s.flush_dirty();
+    for c in &conns {
+        let pongs = frames(c).iter().filter(|f| f["type"] == "pong").count();
+        assert_eq!(pongs, 1, "every connection is written in the end");
+    }
 }

@@ -97,6 +97,14 @@ impl TestServer {
             .shutdown();
     }
 
+    /// Makes shard `shard` panic in a home's handler (the `fault-injection` feature).
+    pub fn inject_panic(&self, shard: usize) {
+        self.server
+            .as_ref()
+            .expect("server already joined")
+            .inject_panic(shard);
+    }
+
     /// Blocks until every server thread has exited.
     pub fn join(mut self) {
         let server = self.server.take().expect("server already joined");
@@ -612,6 +620,27 @@ impl Client {
             }
             _ => unreachable!("tests use plain ws://"),
         }
+    }
+
+    /// Sends `frames` as masked text frames in one TCP write, so the server reads them together
+    /// (pipelined requests, handled in one pass).
+    pub async fn send_batch(&mut self, frames: &[Value]) {
+        let mut bytes = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            let payload = frame.to_string().into_bytes();
+            bytes.push(0x81);
+            match payload.len() {
+                n if n < 126 => bytes.push(0x80 | n as u8),
+                n => {
+                    bytes.push(0x80 | 126);
+                    bytes.extend_from_slice(&(n as u16).to_be_bytes());
+                }
+            }
+            let mask = [0x5a, 0x17, i as u8, 0xc3];
+            bytes.extend_from_slice(&mask);
+            bytes.extend(payload.iter().enumerate().map(|(j, b)| b ^ mask[j % 4]));
+        }
+        self.write_raw(&bytes).await;
     }
 
     /// Sends a close frame with `code` and returns the server's close frame (code, reason).
