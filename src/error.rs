@@ -123,6 +123,8 @@ pub enum HandshakeError {
     Unauthorized(String),
     #[error("token expired at {0}; fetch a new token")]
     TokenExpired(u64),
+    #[error("origin {0} may not open a WebSocket here; add it to allowed_origins")]
+    OriginNotAllowed(String),
     #[error("no such path; connect to /ws")]
     NotFound,
     #[error("user is already connected and the session policy is reject_new")]
@@ -138,6 +140,7 @@ impl HandshakeError {
         match self {
             HandshakeError::BadRequest(_) => 400,
             HandshakeError::Unauthorized(_) | HandshakeError::TokenExpired(_) => 401,
+            HandshakeError::OriginNotAllowed(_) => 403,
             HandshakeError::NotFound => 404,
             HandshakeError::SessionExists => 409,
             HandshakeError::ConnectionLimit(_) => 429,
@@ -150,6 +153,7 @@ impl HandshakeError {
             HandshakeError::BadRequest(_) => "bad_request",
             HandshakeError::Unauthorized(_) => "unauthorized",
             HandshakeError::TokenExpired(_) => "token_expired",
+            HandshakeError::OriginNotAllowed(_) => "origin_not_allowed",
             HandshakeError::NotFound => "not_found",
             HandshakeError::SessionExists => "session_exists",
             HandshakeError::ConnectionLimit(_) => "connection_limit",

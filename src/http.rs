@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -127,6 +127,8 @@ async fn websocket(
             "expected a WebSocket upgrade (GET /ws with Upgrade: websocket)".into(),
         ));
     }
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    crate::origin::check(&ctx.config, header(ORIGIN), header(HOST))?;
     let bearer = req
         .headers()
         .get(AUTHORIZATION)

@@ -15,7 +15,8 @@
 //! - `api`: the HTTP server API under `/api/` for backends.
 //! - `conn`: one connection's bytes: the bounded outbound queue and the frame decoder.
 //! - `ws`: the WebSocket wire format. `protocol`: the JSON protocol (parse, encode once).
-//! - `auth`: JWT and dev-mode identities. `config`: every limit. `error`: every code.
+//! - `auth`: JWT and dev-mode identities (`auth::jwks`: the key set fetched over HTTP). `origin`:
+//!   which browser origins may upgrade. `config`: every limit. `error`: every code.
 //! - `store`: durable history behind the `Store` trait (fjall on disk, or memory).
 //! - `persist`: the store threads (group commit, replays and history reads, retention) between
 //!   the shards and the `Store`.
@@ -34,6 +35,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod msg;
+pub mod origin;
 pub mod persist;
 pub mod protocol;
 pub mod router;

@@ -4,13 +4,15 @@
 //! - [`Client`]: a WebSocket client built on tokio-tungstenite (never the server's own code),
 //!   with helpers that read one frame at a time and let the test assert on it.
 //! - [`connect`] / [`Refusal`]: the handshake, and the HTTP response of a refused one.
-//! - [`mint`]: HS256 tokens for JWT mode.
+//! - [`mint`]: HS256 tokens for JWT mode; [`keys`]: RS256 / ES256 tokens and a JWKS server.
 //! - [`BinaryServer`]: the `shardcast` binary as a child process.
 //!
 //! Every test that uses [`TestServer`] must run on a multi-thread runtime
 //! (`#[tokio::test(flavor = "multi_thread")]`): starting and stopping the server blocks, and is
 //! done inside `block_in_place`.
 #![allow(dead_code)]
+
+pub mod keys;
 
 use std::fmt;
 use std::net::SocketAddr;
