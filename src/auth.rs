@@ -15,7 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::error::HandshakeError;
+use crate::error::{ErrorCode, HandshakeError, ReplyError};
 use crate::protocol::{Name, is_valid_name};
 use jwks::{Jwks, Key};
 
@@ -151,6 +151,41 @@ impl Authenticator {
             .ok_or_else(|| unauthorized("missing token: pass ?token= or Authorization: Bearer"))?;
         let claims = keys.verify(&token)?;
         identity(claims, max_rooms)
+    }
+
+    /// The identity of a token sent in a `connect` frame (`first_frame_auth`).
+    pub fn verify_token(&self, token: &str, max_rooms: usize) -> Result<Identity, HandshakeError> {
+        let keys = self.keys.as_ref().ok_or_else(|| {
+            HandshakeError::Unauthorized("dev mode takes ?user=, not tokens".into())
+        })?;
+        identity(keys.verify(token)?, max_rooms)
+    }
+
+    /// The request carries credentials: `?token=`, `?user=` or a bearer token.
+    pub fn has_credentials(query: Option<&str>, bearer: Option<&str>) -> bool {
+        bearer.is_some()
+            || query.is_some_and(|q| {
+                query_param(q, "token").is_some() || query_param(q, "user").is_some()
+            })
+    }
+}
+
+impl Authenticator {
+    /// Checks a `refresh` token for a connection of `user`: it must verify like a handshake
+    /// token and name the same `sub`. Returns its `exp`, the connection's new expiry. Its `rooms`
+    /// claim is not applied: the connection keeps the rooms its first token allowed.
+    pub fn refresh(&self, user: &Name, token: &str) -> Result<Option<u64>, ReplyError> {
+        let refused = |m: String| ReplyError::new(ErrorCode::Unauthorized, m);
+        let keys = self.keys.as_ref().ok_or_else(|| {
+            ReplyError::new(ErrorCode::BadRequest, "dev mode has no tokens to refresh")
+        })?;
+        let claims = keys.verify(token).map_err(|e| refused(e.to_string()))?;
+        if claims.sub != **user {
+            return Err(refused(format!(
+                "the token is for another user; this connection is {user}"
+            )));
+        }
+        Ok(claims.exp)
     }
 }
 

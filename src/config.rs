@@ -170,6 +170,27 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
 
+    /// How long a connection stays open after its token's `exp` before it is closed with 4001,
+    /// in seconds: the time a client has to send `refresh` with a new token. Checked at each
+    /// heartbeat. Default 30.
+    #[arg(long, env = "SHARDCAST_TOKEN_GRACE_SECS", default_value_t = 30)]
+    pub token_grace_secs: u64,
+
+    /// Let clients authenticate with a first frame `{"type":"connect","token":..}` instead of a
+    /// token in the URL (which proxies log): an upgrade without credentials is accepted and
+    /// must send that frame within first_frame_timeout_ms. Ignored in dev mode. Default false.
+    #[arg(long, env = "SHARDCAST_FIRST_FRAME_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
+    pub first_frame_auth: bool,
+
+    /// With first_frame_auth, how long an upgraded connection may take to send its `connect`
+    /// frame before it is closed with 4002, in milliseconds. Default 5000.
+    #[arg(
+        long,
+        env = "SHARDCAST_FIRST_FRAME_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub first_frame_timeout_ms: u64,
+
     /// Browser origins allowed to open a WebSocket, comma-separated; `*.` in a host matches any
     /// subdomain (`https://*.example.com`), and `*` alone any origin. Default none: only the
     /// server's own host (Origin host = Host header), or any origin in dev mode. Requests
@@ -289,6 +310,9 @@ impl Default for Config {
             jwks_refresh_secs: 300,
             jwt_audience: None,
             jwt_issuer: None,
+            token_grace_secs: 30,
+            first_frame_auth: false,
+            first_frame_timeout_ms: 5_000,
             allowed_origins: Vec::new(),
             api: true,
             api_key: None,

@@ -19,6 +19,7 @@ pub enum ErrorCode {
     RateLimited,
     Unavailable,
     Cancelled,
+    Unauthorized,
 }
 
 impl ErrorCode {
@@ -33,6 +34,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Cancelled => "cancelled",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 
@@ -41,6 +43,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest | ErrorCode::UnknownType | ErrorCode::InvalidName => 400,
             ErrorCode::NotMember | ErrorCode::Forbidden => 403,
+            ErrorCode::Unauthorized => 401,
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
@@ -136,6 +139,10 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
+    /// The close code of a handshake refused after the upgrade (a bad or missing `connect`
+    /// frame under `first_frame_auth`); the close reason is the refusal's [`code`](Self::code).
+    pub const CLOSE_CODE: u16 = 4002;
+
     pub fn status(&self) -> u16 {
         match self {
             HandshakeError::BadRequest(_) => 400,

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::auth::Identity;
+use crate::auth::{Authenticator, Identity};
 use crate::conn::Conn;
 use crate::error::HandshakeError;
 use crate::msg::ConnId;
@@ -82,7 +82,7 @@ pub(crate) fn json(status: StatusCode, body: Bytes) -> Response<Body> {
 }
 
 /// Undoes a handshake's reservation if the handshake does not reach the connection task.
-struct Reservation {
+pub(crate) struct Reservation {
     ctx: Rc<Ctx>,
     conn: ConnId,
     /// The home's verdict, until it has been read.
@@ -94,8 +94,9 @@ struct Reservation {
 
 impl Reservation {
     /// The handshake reached the connection task, which now owns the cleanup.
-    fn fulfil(mut self) {
+    pub(crate) fn fulfil(mut self) -> ConnId {
         self.done = true;
+        self.conn
     }
 }
 
@@ -129,17 +130,32 @@ async fn websocket(
     }
     let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
     crate::origin::check(&ctx.config, header(ORIGIN), header(HOST))?;
-    let bearer = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let identity = ctx.auth.authenticate(
-        req.uri().query(),
-        bearer,
-        ctx.config.max_rooms_per_connection,
-    )?;
+    let bearer = header(AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer "));
+    let query = req.uri().query();
+    if ctx.config.first_frame_auth
+        && !ctx.config.dev_mode()
+        && !Authenticator::has_credentials(query, bearer)
+    {
+        return upgrade(&mut req, move |stream, early| {
+            crate::first_frame::connect(ctx, stream, early)
+        });
+    }
+    let identity = ctx
+        .auth
+        .authenticate(query, bearer, ctx.config.max_rooms_per_connection)?;
+    let (reservation, inbox_seq) = admit(&ctx, &identity).await?;
+    upgrade(&mut req, move |stream, early| {
+        let conn = reservation.fulfil();
+        start(ctx, conn, identity, inbox_seq, stream, early)
+    })
+}
 
+/// Asks the user's home to admit a connection (session policy, connection limit). Returns the
+/// reservation, which undoes the admission if dropped before `fulfil`, and the inbox seq.
+pub(crate) async fn admit(
+    ctx: &Rc<Ctx>,
+    identity: &Identity,
+) -> Result<(Reservation, u64), HandshakeError> {
     let (tx, rx) = oneshot::channel();
     let user = identity.user.clone();
     let Some(conn) = ctx.with(|s| s.register(user, tx)) else {
@@ -157,8 +173,17 @@ async fn websocket(
     reservation.verdict = None;
     let inbox_seq = verdict.unwrap_or(Err(HandshakeError::Unavailable))?;
     reservation.admitted = true;
+    Ok((reservation, inbox_seq))
+}
 
-    let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut req)
+/// Answers an upgrade request with 101, and once hyper lets go of the TCP stream runs `then`
+/// on it, with what hyper read past the request. If the upgrade fails, `then` is dropped
+/// unrun (a reservation it holds is undone).
+fn upgrade<F: Future<Output = ()> + 'static>(
+    req: &mut Request<Incoming>,
+    then: impl FnOnce(TcpStream, Bytes) -> F + 'static,
+) -> Result<Response<Body>, HandshakeError> {
+    let (response, upgrade) = fastwebsockets::upgrade::upgrade(req)
         .map_err(|e| HandshakeError::BadRequest(format!("bad upgrade request: {e}")))?;
     tokio::task::spawn_local(async move {
         let parts = match upgrade.await {
@@ -175,15 +200,14 @@ async fn websocket(
             tracing::error!("upgraded connection is not a TCP stream");
             return;
         };
-        reservation.fulfil();
-        start(ctx, conn, identity, inbox_seq, io.into_inner(), read_buf).await;
+        then(io.into_inner(), read_buf).await;
     });
     Ok(response.map(|_| Full::new(Bytes::new())))
 }
 
 /// Attaches the upgraded stream to the shard and runs its task. `early` is what hyper read past
 /// the request; it is a slice of hyper's 8 KiB read buffer, so it must not outlive this setup.
-async fn start(
+pub(crate) async fn start(
     ctx: Rc<Ctx>,
     id: ConnId,
     identity: Identity,

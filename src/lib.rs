@@ -11,7 +11,8 @@
 //!   addresses in it (`ConnId`, `ReplyTo`).
 //! - `router`: the placement hash (which shard is home to a room or user) and the queues
 //!   between shards.
-//! - `http`: routing and the WebSocket handshake, up to handing over the raw stream.
+//! - `http`: routing and the WebSocket handshake, up to handing over the raw stream;
+//!   `first_frame`: the handshake's end for connections that authenticate with a `connect` frame.
 //! - `api`: the HTTP server API under `/api/` for backends.
 //! - `conn`: one connection's bytes: the bounded outbound queue and the frame decoder.
 //! - `ws`: the WebSocket wire format. `protocol`: the JSON protocol (parse, encode once).
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod first_frame;
 pub mod health;
 pub mod http;
 pub mod metrics;

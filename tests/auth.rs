@@ -196,19 +196,193 @@ async fn rooms_claim_auto_joins_and_forbids_other_joins() {
     bob.ping().await;
 }
 
-/// `exp` passing on an open connection closes it with 4001.
+/// `exp` passing on an open connection closes it with 4001 (here with no grace period).
 #[tokio::test(flavor = "multi_thread")]
 async fn token_expiring_on_an_open_connection_closes_4001() {
     let server = TestServer::start(|c| {
         c.jwt_secret = Some(SECRET.into());
         c.api_key = Some("test-api-key".into());
         c.heartbeat_ms = 1000;
+        c.token_grace_secs = 0;
     });
     let token = mint(SECRET, &json!({"sub": "alice", "exp": now_secs() + 2}));
     let mut alice = Client::connect_token(server.addr(), &token).await;
     alice.ping().await;
     alice
         .expect_close_within(4001, Duration::from_secs(10))
+        .await;
+}
+
+/// `refresh` with a new token of the same user moves the connection's expiry: it outlives its
+/// first token. A token of another user, or one that does not verify, is refused with a reply
+/// error and changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_extends_the_connection_past_its_first_token() {
+    let server = TestServer::start(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.api = false;
+        c.heartbeat_ms = 200;
+        // The test sleeps without reading, so it answers no pings meanwhile.
+        c.idle_timeout_ms = 60_000;
+        c.token_grace_secs = 0;
+    });
+    let addr = server.addr();
+    let first = mint(SECRET, &json!({"sub": "alice", "exp": now_secs() + 2}));
+    let mut alice = Client::connect_token(addr, &first).await;
+    let later = now_secs() + 3600;
+    let reply = alice
+        .call(json!({"type": "refresh", "id": 1, "token": mint(SECRET, &json!({"sub": "alice", "exp": later}))}))
+        .await;
+    assert_eq!(reply, json!({"type": "refreshed", "id": 1, "exp": later}));
+    for (id, token) in [
+        (2, token_for("bob")),
+        (
+            3,
+            mint("wrong-secret", &json!({"sub": "alice", "exp": later})),
+        ),
+        (
+            4,
+            mint(SECRET, &json!({"sub": "alice", "exp": now_secs() - 10})),
+        ),
+    ] {
+        let reply = alice
+            .call(json!({"type": "refresh", "id": id, "token": token}))
+            .await;
+        assert_error(&reply, "unauthorized", Some(&json!(id)));
+    }
+    // Past the first token's exp (and many heartbeats): still open.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    alice.ping().await;
+
+    // Without a refresh the same kind of connection is closed.
+    let mut bob = Client::connect_token(
+        addr,
+        &mint(SECRET, &json!({"sub": "bob", "exp": now_secs() + 1})),
+    )
+    .await;
+    bob.expect_close_within(4001, Duration::from_secs(10)).await;
+}
+
+/// After `exp` the connection has `token_grace_secs` to refresh before the 4001 close.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_connection_is_closed_after_the_grace_period() {
+    let server = TestServer::start(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.api = false;
+        c.heartbeat_ms = 200;
+        // The test sleeps without reading, so it answers no pings meanwhile.
+        c.idle_timeout_ms = 60_000;
+        c.token_grace_secs = 3;
+    });
+    let exp = now_secs() + 1;
+    let token = mint(SECRET, &json!({"sub": "alice", "exp": exp}));
+    let mut alice = Client::connect_token(server.addr(), &token).await;
+    // Sleep until a moment after exp, inside the grace period.
+    while now_secs() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    alice.ping().await;
+    alice
+        .expect_close_within(4001, Duration::from_secs(10))
+        .await;
+
+    // A refresh inside the grace period keeps the connection.
+    let exp = now_secs() + 1;
+    let token = mint(SECRET, &json!({"sub": "bob", "exp": exp}));
+    let mut bob = Client::connect_token(server.addr(), &token).await;
+    while now_secs() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reply = bob
+        .call(json!({"type": "refresh", "id": 1, "token": token_for("bob")}))
+        .await;
+    assert_eq!(reply["type"], "refreshed", "{reply}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    bob.ping().await;
+}
+
+fn first_frame_server() -> TestServer {
+    TestServer::start(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.api = false;
+        c.presence_events = false;
+        c.first_frame_auth = true;
+        c.first_frame_timeout_ms = 500;
+    })
+}
+
+/// With `first_frame_auth`, an upgrade without credentials is accepted and the first frame
+/// `{"type":"connect","token":..}` authenticates it; requests sent right behind it are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn first_frame_connect_authenticates_without_a_token_in_the_url() {
+    let server = first_frame_server();
+    let addr = server.addr();
+    let mut alice = Client::upgrade_only(addr, "alice").await;
+    alice
+        .send_json(&json!({"type": "connect", "token": token_for("alice")}))
+        .await;
+    alice
+        .send_json(&json!({"type": "join", "room": "r", "id": 1}))
+        .await;
+    let welcome = alice.recv_type("welcome").await;
+    assert_eq!(welcome["user"], "alice", "{welcome}");
+    assert_eq!(alice.recv_type("ack").await["id"], 1);
+
+    // URL tokens still work beside it, and the two connections talk.
+    let mut bob = Client::connect_token(addr, &token_for("bob")).await;
+    bob.join("r").await;
+    let seq = bob.publish("r", json!("hi")).await;
+    assert_eq!(
+        assert_room_msg(&alice.recv_json().await, "r", "bob", &json!("hi")),
+        seq
+    );
+    // A second connect on an authenticated connection is an error, not a new identity.
+    let reply = alice
+        .call(json!({"type": "connect", "token": token_for("bob"), "id": 2}))
+        .await;
+    assert_error(&reply, "bad_request", Some(&json!(2)));
+    alice.ping().await;
+}
+
+/// A missing, bad, expired or late `connect` frame closes the connection with 4002, the reason
+/// being the code an HTTP refusal would carry; the server goes on serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_or_missing_connect_frame_closes_4002() {
+    let server = first_frame_server();
+    let addr = server.addr();
+    let expired = mint(SECRET, &json!({"sub": "alice", "exp": now_secs() - 5}));
+    for (first, reason) in [
+        (
+            Some(json!({"type": "connect", "token": "garbage"})),
+            "unauthorized",
+        ),
+        (
+            Some(json!({"type": "connect", "token": mint("other", &json!({"sub": "a"}))})),
+            "unauthorized",
+        ),
+        (
+            Some(json!({"type": "connect", "token": expired})),
+            "token_expired",
+        ),
+        (Some(json!({"type": "ping"})), "unauthorized"),
+        (Some(json!({"type": "connect"})), "unauthorized"),
+        (None, "unauthorized"),
+    ] {
+        let mut c = Client::upgrade_only(addr, "c").await;
+        if let Some(frame) = &first {
+            c.send_json(frame).await;
+        }
+        match c.next_within(TIMEOUT).await {
+            Some(Incoming::Close(Some((code, got)))) => {
+                assert_eq!((code, got.as_str()), (4002, reason), "after {first:?}")
+            }
+            other => panic!("after {first:?}: expected close 4002, got {other:?}"),
+        }
+    }
+    Client::connect_token(addr, &token_for("alice"))
+        .await
+        .ping()
         .await;
 }
 

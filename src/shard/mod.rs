@@ -30,6 +30,7 @@ use ahash::AHashMap;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::conn::{Conn, OutFrame};
 use crate::error::{CloseCode, HandshakeError, ReplyError};
@@ -72,6 +73,8 @@ pub struct Shard {
     shutting_down: bool,
     /// Metrics: plain counters, read only by a scrape (`LocalMsg::Stats`).
     stats: ShardCounters,
+    /// Checks `refresh` tokens.
+    auth: Authenticator,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -88,6 +91,7 @@ impl Shard {
         config: Arc<Config>,
         persist: Persist,
         seeds: Vec<StreamInfo>,
+        auth: Authenticator,
     ) -> Shard {
         let home = engine::Home::new(router.shards(), seeds);
         Shard {
@@ -109,6 +113,7 @@ impl Shard {
             ping: Rc::new(ws::control_frame(ws::OP_PING, b"")),
             shutting_down: false,
             stats: ShardCounters::default(),
+            auth,
         }
     }
 
@@ -262,6 +267,7 @@ impl Shard {
     pub fn tick(&mut self) {
         let idle_limit = self.config.idle_heartbeats();
         let now_s = now_ms() / 1000;
+        let grace = self.config.token_grace_secs;
         let all: Vec<_> = self.conns.values().cloned().collect();
         for c in all {
             if c.active.replace(false) {
@@ -271,7 +277,7 @@ impl Shard {
             }
             if c.missed.get() >= idle_limit {
                 self.close_conn(&c, CloseCode::Policy);
-            } else if c.exp.is_some_and(|exp| exp <= now_s) {
+            } else if c.exp.get().is_some_and(|exp| exp + grace <= now_s) {
                 self.close_conn(&c, CloseCode::TokenExpired);
             } else {
                 let ping = self.ping.clone();

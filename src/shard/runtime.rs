@@ -116,7 +116,14 @@ async fn run(setup: ShardSetup) {
         health,
         auth,
     } = setup;
-    let shard = Shard::new(id, router.clone(), config.clone(), persist.clone(), seeds);
+    let shard = Shard::new(
+        id,
+        router.clone(),
+        config.clone(),
+        persist.clone(),
+        seeds,
+        auth.clone(),
+    );
     let ctx = Rc::new(Ctx {
         id,
         shard: RefCell::new(shard),

@@ -336,6 +336,23 @@ impl Client {
             .unwrap_or_else(|r| panic!("bearer connect refused: {r:?}"))
     }
 
+    /// `GET /ws` with no credentials; returns once upgraded, without reading anything (for
+    /// `first_frame_auth`, where the client speaks first). Panics if refused.
+    pub async fn upgrade_only(addr: SocketAddr, name: &str) -> Client {
+        let url = format!("ws://{addr}/ws");
+        let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(&url))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: upgrade timed out"))
+            .unwrap_or_else(|e| panic!("{name}: upgrade failed: {e}"));
+        Client {
+            ws,
+            name: name.to_owned(),
+            pings: 0,
+            next_id: 0,
+            welcome: Value::Null,
+        }
+    }
+
     // --- sending ---------------------------------------------------------------------------
 
     pub async fn send_msg(&mut self, msg: Message) {
