@@ -18,9 +18,7 @@ use super::Shard;
 use super::home::{HomeRooms, HomeUsers};
 use crate::config::Durability;
 use crate::error::{ErrorCode, HandshakeError, ReplyError};
-use crate::msg::{
-    ConnId, EngineMsg, JoinGen, NodeMsg, ReplayTo, ReplyTo, ShardId, WriteTarget, Written,
-};
+use crate::msg::{ConnId, EngineMsg, JoinGen, NodeMsg, ReplayTo, ReplyTo, WriteTarget, Written};
 use crate::persist::{Op, Read};
 use crate::protocol::encode::{self, Recovery, Target};
 use crate::protocol::{Name, ReqId};
@@ -365,17 +363,25 @@ impl Shard {
         }
     }
 
-    /// Sends a room frame to every shard with members in the room.
+    /// Sends a room frame to every shard with members in the room; this shard's own hub gets
+    /// it in place, without a copy of the name or the frame.
     fn fan_out(&mut self, room: &Name, seq: Option<u64>, frame: Bytes, exclude: Option<ConnId>) {
-        let shards: Vec<ShardId> = self.home.rooms.shards_of(room).collect();
-        for shard in shards {
+        let mut local = false;
+        for shard in self.home.rooms.shards_of(room) {
+            if shard == self.id {
+                local = true;
+                continue;
+            }
             let msg = NodeMsg::Deliver {
                 room: room.clone(),
                 seq,
                 frame: frame.clone(),
                 exclude,
             };
-            self.send(shard, msg);
+            self.router.send(shard, msg);
+        }
+        if local {
+            self.deliver_room(room, seq, frame, exclude);
         }
     }
 
@@ -387,15 +393,22 @@ impl Shard {
         frame: Bytes,
         exclude: Option<ConnId>,
     ) {
-        let shards: Vec<ShardId> = self.home.users.shards_of(user).collect();
-        for shard in shards {
+        let mut local = false;
+        for shard in self.home.users.shards_of(user) {
+            if shard == self.id {
+                local = true;
+                continue;
+            }
             let msg = NodeMsg::DeliverUser {
                 user: user.clone(),
                 seq,
                 frame: frame.clone(),
                 exclude,
             };
-            self.send(shard, msg);
+            self.router.send(shard, msg);
+        }
+        if local {
+            self.deliver_user(user, seq, frame, exclude);
         }
     }
 

@@ -19,6 +19,7 @@ mod client;
 mod engine;
 mod home;
 mod hub;
+mod merge;
 pub mod runtime;
 #[cfg(test)]
 mod tests;
