@@ -300,23 +300,29 @@ impl Shard {
         );
     }
 
-    /// A room frame from the engine, merged by seq (see the module doc).
-    pub(super) fn deliver_room(
+    /// A live frame from the engine, merged by seq (see the module doc).
+    pub(super) fn deliver(
         &mut self,
-        room: &Name,
+        stream: Stream,
         seq: Option<u64>,
         frame: Bytes,
         exclude: Option<ConnId>,
     ) {
-        let Some(hr) = self.hub.rooms.get_mut(room) else {
+        let pos = match &stream {
+            Stream::Room(room) => self.hub.rooms.get_mut(room).map(|r| &mut r.pos),
+            Stream::Inbox(user) => self.hub.users.get_mut(user).map(|u| &mut u.pos),
+        };
+        let Some(pos) = pos else {
             return;
         };
-        let Some(s) = seq else {
-            return self.hand(room, None, frame, exclude);
+        let range = match seq.map(|s| (s, pos.next(s, &frame, exclude))) {
+            None => None,
+            Some((s, Next::Hand)) => Some((s, s)),
+            Some((_, next)) => return self.not_handed(stream, next),
         };
-        match hr.pos.next(s, &frame, exclude) {
-            Next::Hand => self.hand(room, Some((s, s)), frame, exclude),
-            next => self.not_handed(Stream::Room(room.clone()), next),
+        match &stream {
+            Stream::Room(room) => self.hand_room(room, range, frame, exclude),
+            Stream::Inbox(user) => self.hand_user(user, range, frame, exclude),
         }
     }
 
@@ -362,24 +368,15 @@ impl Shard {
             return;
         }
         let (new, waiting) = pos.filled(upto);
-        let range = Some((after + 1, upto));
-        match &stream {
-            Stream::Room(room) => {
-                if new {
-                    self.hand(room, range, frames, None);
-                }
-                for (seq, frame, exclude) in waiting {
-                    self.deliver_room(room, Some(seq), frame, exclude);
-                }
+        if new {
+            let range = Some((after + 1, upto));
+            match &stream {
+                Stream::Room(room) => self.hand_room(room, range, frames, None),
+                Stream::Inbox(user) => self.hand_user(user, range, frames, None),
             }
-            Stream::Inbox(user) => {
-                if new {
-                    self.hand_user(user, range, frames, None);
-                }
-                for (seq, frame, exclude) in waiting {
-                    self.deliver_user(user, Some(seq), frame, exclude);
-                }
-            }
+        }
+        for (seq, frame, exclude) in waiting {
+            self.deliver(stream.clone(), Some(seq), frame, exclude);
         }
     }
 
@@ -389,7 +386,13 @@ impl Shard {
     /// Per live member: one non-atomic `Rc` increment, a queue push and two counter adds. No
     /// allocation (queue capacity is reused), no copy, no syscall: each socket touched gets
     /// one writev for the whole scheduler pass, in `flush_dirty`.
-    fn hand(&mut self, room: &Name, range: Option<(u64, u64)>, frame: Bytes, ex: Option<ConnId>) {
+    fn hand_room(
+        &mut self,
+        room: &Name,
+        range: Option<(u64, u64)>,
+        frame: Bytes,
+        ex: Option<ConnId>,
+    ) {
         let Shard {
             hub,
             dirty,
@@ -416,24 +419,13 @@ impl Shard {
         }
         let mut gaps = Vec::new();
         for cu in &mut hr.catch_up {
-            let mine = Some(cu.conn.id) == ex;
-            let mut out = Vec::new();
             let held = Held {
                 range,
                 frame: frame.clone(),
-                mine,
+                mine: Some(cu.conn.id) == ex,
             };
-            if let Some(gap) = cu.offer(held, &mut out) {
+            if let Some(gap) = offer(cu, held, dirty, stats, max, &mut slow) {
                 gaps.push((cu.conn.id, cu.jgen, gap));
-            }
-            for f in &out {
-                stats.deliveries += 1;
-                if !queue_frame(dirty, stats, &cu.conn, f, max) {
-                    slow.push(cu.conn.clone());
-                }
-            }
-            if cu.held_bytes > max {
-                slow.push(cu.conn.clone());
             }
         }
         for (conn, jgen, gap) in gaps {
@@ -483,27 +475,6 @@ impl Shard {
         }
     }
 
-    /// A direct-message frame for the user's local connections, merged by seq like a room's
-    /// (once the inbox's position is known); the copy of a message the user sent has no seq.
-    pub(super) fn deliver_user(
-        &mut self,
-        user: &Name,
-        seq: Option<u64>,
-        frame: Bytes,
-        exclude: Option<ConnId>,
-    ) {
-        let Some(u) = self.hub.users.get_mut(user) else {
-            return;
-        };
-        let Some(s) = seq else {
-            return self.hand_user(user, None, frame, exclude);
-        };
-        match u.pos.next(s, &frame, exclude) {
-            Next::Hand => self.hand_user(user, Some((s, s)), frame, exclude),
-            next => self.not_handed(Stream::Inbox(user.clone()), next),
-        }
-    }
-
     /// Writes a frame to the user's local connections; those catching up on their inbox merge
     /// it by seq.
     fn hand_user(
@@ -544,23 +515,13 @@ impl Shard {
                 }
                 continue;
             };
-            let mut out = Vec::new();
             let held = Held {
                 range,
                 frame: frame.clone(),
                 mine: false,
             };
-            if let Some(gap) = cu.offer(held, &mut out) {
+            if let Some(gap) = offer(cu, held, dirty, stats, max, &mut slow) {
                 gaps.push((c.id, gap));
-            }
-            for f in &out {
-                stats.deliveries += 1;
-                if !queue_frame(dirty, stats, c, f, max) {
-                    slow.push(c.clone());
-                }
-            }
-            if cu.held_bytes > max {
-                slow.push(c.clone());
             }
         }
         for (conn, gap) in gaps {
@@ -588,6 +549,30 @@ impl Shard {
             self.enqueue(c, f);
         }
     }
+}
+
+/// Offers a live frame to a catching-up connection and queues what it may write now. Returns
+/// the gap to read, if the frame revealed one; a connection holding too much is `slow`.
+fn offer(
+    cu: &mut CatchUp,
+    held: Held,
+    dirty: &mut Vec<Rc<Conn>>,
+    stats: &mut crate::metrics::ShardCounters,
+    max: usize,
+    slow: &mut Vec<Rc<Conn>>,
+) -> Option<Gap> {
+    let mut out = Vec::new();
+    let gap = cu.offer(held, &mut out);
+    for f in &out {
+        stats.deliveries += 1;
+        if !queue_frame(dirty, stats, &cu.conn, f, max) {
+            slow.push(cu.conn.clone());
+        }
+    }
+    if cu.held_bytes > max {
+        slow.push(cu.conn.clone());
+    }
+    gap
 }
 
 /// Marks the connection's entry for the room (of this join) live.

@@ -145,17 +145,11 @@ impl Shard {
                 ok,
             } => self.replayed(stream, to, after, upto, ack, frames, ok),
             NodeMsg::Deliver {
-                room,
+                stream,
                 seq,
                 frame,
                 exclude,
-            } => self.deliver_room(&room, seq, frame, exclude),
-            NodeMsg::DeliverUser {
-                user,
-                seq,
-                frame,
-                exclude,
-            } => self.deliver_user(&user, seq, frame, exclude),
+            } => self.deliver(stream, seq, frame, exclude),
         }
     }
 

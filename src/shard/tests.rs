@@ -171,7 +171,7 @@ fn room_frame(seq: u64) -> Bytes {
 
 fn deliver(s: &mut Shard, seq: u64) {
     let msg = NodeMsg::Deliver {
-        room: Name::new("r").unwrap(),
+        stream: Stream::Room(Name::new("r").unwrap()),
         seq: Some(seq),
         frame: room_frame(seq),
         exclude: None,
