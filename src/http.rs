@@ -102,11 +102,11 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.done {
-            // Dropped while waiting (the client went away): the home may have admitted the
+            // Dropped while waiting (the client went away): the engine may have admitted the
             // connection already, and must then be told, or it would count it forever. Closing
-            // first makes the answer final: a home that answers later sees its send fail and
-            // releases the connection itself; without the close, an answer landing between the
-            // read and the drop of the receiver was lost and the user stayed counted.
+            // first makes the answer final: either it is here now (and says whether it was
+            // admitted), or it has not reached the shard yet, which then unregisters the
+            // connection itself when it does (`Shard::admitted`).
             let unread = self.verdict.as_mut().map(|rx| {
                 rx.close();
                 rx.try_recv()

@@ -80,28 +80,26 @@ impl ReplyTo {
     }
 
     /// The answer: `frame(id)` for a connection, `json()` for an API call, as the message to
-    /// send to `self.shard()`.
+    /// send and the shard to send it to.
     pub fn answer(
         self,
         frame: impl FnOnce(Option<&ReqId>) -> Bytes,
         json: impl FnOnce() -> Bytes,
-    ) -> NodeMsg {
+    ) -> (ShardId, NodeMsg) {
         let body = match &self {
             ReplyTo::Conn { id, .. } => frame(id.as_ref()),
             ReplyTo::Api { .. } => json(),
         };
-        NodeMsg::Reply {
-            to: self,
-            result: Ok(body),
-        }
+        self.with(Ok(body))
     }
 
     /// The error answer; the receiving shard encodes it for a connection.
-    pub fn fail(self, err: ReplyError) -> NodeMsg {
-        NodeMsg::Reply {
-            to: self,
-            result: Err(err),
-        }
+    pub fn fail(self, err: ReplyError) -> (ShardId, NodeMsg) {
+        self.with(Err(err))
+    }
+
+    fn with(self, result: Result<Bytes, ReplyError>) -> (ShardId, NodeMsg) {
+        (self.shard(), NodeMsg::Reply { to: self, result })
     }
 }
 

@@ -383,8 +383,7 @@ impl Writer {
         room: Option<&Name>,
         page: Result<(Vec<StoredMessage>, bool), StoreError>,
     ) {
-        let shard = reply.shard();
-        let msg = match page {
+        let (shard, msg) = match page {
             Ok((messages, more)) => reply.answer(
                 |id| encode::page(id, room, payloads(&messages), more),
                 || crate::ws::payload_of(&encode::page(None, room, payloads(&messages), more)),

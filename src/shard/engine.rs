@@ -18,7 +18,9 @@ use super::Shard;
 use super::home::{HomeRooms, HomeUsers};
 use crate::config::Durability;
 use crate::error::{ErrorCode, HandshakeError, ReplyError};
-use crate::msg::{ConnId, EngineMsg, JoinGen, NodeMsg, ReplayTo, ReplyTo, WriteTarget, Written};
+use crate::msg::{
+    ConnId, EngineMsg, JoinGen, NodeMsg, ReplayTo, ReplyTo, ShardId, WriteTarget, Written,
+};
 use crate::persist::{Op, Read};
 use crate::protocol::encode::{self, Recovery, Target};
 use crate::protocol::{Name, ReqId};
@@ -156,11 +158,7 @@ impl Shard {
     }
 
     /// Sends an answer to the shard that asked.
-    fn answer(&mut self, msg: NodeMsg) {
-        let NodeMsg::Reply { to, .. } = &msg else {
-            unreachable!("answers are replies");
-        };
-        let shard = to.shard();
+    fn answer(&mut self, (shard, msg): (ShardId, NodeMsg)) {
         self.send(shard, msg);
     }
 
@@ -312,8 +310,7 @@ impl Shard {
                     ErrorCode::Unavailable,
                     "the message store failed; the message was not stored or delivered",
                 );
-                let shard = w.reply.shard();
-                self.send(shard, w.reply.fail(err));
+                self.answer(w.reply.fail(err));
             }
         }
     }
