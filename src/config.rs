@@ -209,6 +209,12 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_MAX_QUEUE_BYTES", default_value_t = 1 << 20)]
     pub max_queue_bytes: usize,
 
+    /// Unsent bytes all connections together may have queued. Each shard holds its equal share:
+    /// over it, its connections with the largest queues are closed as slow consumers (4000)
+    /// until it is back under 90% of the share. Default 1073741824 (1 GiB); 0 = no bound.
+    #[arg(long, env = "SHARDCAST_MAX_TOTAL_QUEUE_BYTES", default_value_t = 1 << 30)]
+    pub max_total_queue_bytes: usize,
+
     /// Send `joined` / `left` events to room members. Default true.
     #[arg(long, env = "SHARDCAST_PRESENCE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub presence_events: bool,
@@ -264,6 +270,7 @@ impl Default for Config {
             publish_rate: 50,
             publish_burst: 100,
             max_queue_bytes: 1 << 20,
+            max_total_queue_bytes: 1 << 30,
             presence_events: true,
             shutdown_timeout_ms: 3_000,
             close_timeout_ms: 2_000,
@@ -389,8 +396,16 @@ impl Config {
         if self.room_retention.iter().any(|r| r.prefix.is_empty()) {
             return invalid("a room_retention rule needs a non-empty prefix");
         }
-        if self.shard_count() > u16::MAX as usize {
-            return invalid("too many shards");
+        if self.shard_count() > crate::msg::ConnId::MAX_SHARDS {
+            return invalid("too many shards (at most 1024)");
+        }
+        if self.max_total_queue_bytes != 0
+            && self.max_total_queue_bytes / self.shard_count() < self.max_queue_bytes
+        {
+            return invalid(
+                "max_total_queue_bytes divided by the shards must be at least max_queue_bytes \
+                 (or 0 for no bound)",
+            );
         }
         Ok(())
     }

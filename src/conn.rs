@@ -31,12 +31,21 @@ const READ_CHUNK: usize = 64 * 1024;
 thread_local! {
     /// The shard thread's read buffer, shared by all its connections.
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+    /// Unsent bytes over every connection of this thread: kept as queues grow and shrink, so
+    /// the shard can hold them to its share of `max_total_queue_bytes` without a scan.
+    static QUEUED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Unsent bytes over every connection of the calling (shard) thread.
+pub fn thread_queued_bytes() -> usize {
+    QUEUED.get()
 }
 
 /// A frame queued for one socket. The `Rc` is per shard: the bytes are shared with every other
 /// recipient, and cloning costs one non-atomic increment.
 pub type OutFrame = Rc<Bytes>;
 
+/// Dropping it gives its unsent bytes back to the thread's tally.
 #[derive(Default)]
 struct OutQueue {
     frames: VecDeque<OutFrame>,
@@ -241,7 +250,7 @@ impl Conn {
     /// Queues a frame; returns the unsent bytes now queued.
     pub fn push(&self, frame: OutFrame) -> usize {
         let mut out = self.out.borrow_mut();
-        out.bytes += frame.len();
+        out.grow(frame.len());
         out.frames.push_back(frame);
         out.bytes
     }
@@ -253,7 +262,7 @@ impl Conn {
         if out.head_sent > 0 || out.frames.is_empty() {
             return;
         }
-        out.bytes += frame.len();
+        out.grow(frame.len());
         out.frames.insert(1, frame);
     }
 
@@ -277,9 +286,11 @@ impl Conn {
         let mut out = self.out.borrow_mut();
         let keep = usize::from(out.head_sent > 0);
         out.frames.truncate(keep);
-        out.bytes = out.frames.front().map_or(0, |f| f.len() - out.head_sent);
+        let kept = out.frames.front().map_or(0, |f| f.len() - out.head_sent);
+        let dropped = out.bytes - kept;
+        out.shrink(dropped);
         let close = ws::close_frame(code.code(), reason.unwrap_or(code.reason()));
-        out.bytes += close.len();
+        out.grow(close.len());
         out.frames.push_back(Rc::new(close));
         drop(out);
         self.kick();
@@ -431,8 +442,18 @@ impl Conn {
 }
 
 impl OutQueue {
+    fn grow(&mut self, n: usize) {
+        self.bytes += n;
+        QUEUED.set(QUEUED.get() + n);
+    }
+
+    fn shrink(&mut self, n: usize) {
+        self.bytes -= n;
+        QUEUED.set(QUEUED.get().saturating_sub(n));
+    }
+
     fn advance(&mut self, mut written: usize) {
-        self.bytes -= written;
+        self.shrink(written);
         while written > 0 {
             let left = self.frames[0].len() - self.head_sent;
             if written >= left {
@@ -444,6 +465,12 @@ impl OutQueue {
                 written = 0;
             }
         }
+    }
+}
+
+impl Drop for OutQueue {
+    fn drop(&mut self) {
+        self.shrink(self.bytes);
     }
 }
 
@@ -702,15 +729,23 @@ mod tests {
     #[test]
     fn queue_advances_over_partial_writes() {
         let mut q = OutQueue::default();
+        let before = thread_queued_bytes();
         for s in ["abc", "de", "fghi"] {
-            q.bytes += s.len();
+            q.grow(s.len());
             q.frames.push_back(Rc::new(Bytes::from(s)));
         }
         q.advance(4);
         assert_eq!((q.frames.len(), q.head_sent, q.bytes), (2, 1, 5));
+        assert_eq!(
+            thread_queued_bytes() - before,
+            5,
+            "the thread's tally follows"
+        );
         q.advance(5);
         assert!(q.frames.is_empty());
         assert_eq!((q.head_sent, q.bytes), (0, 0));
+        drop(q);
+        assert_eq!(thread_queued_bytes(), before);
     }
 
     #[test]
