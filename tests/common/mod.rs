@@ -105,6 +105,14 @@ impl TestServer {
             .inject_panic(shard);
     }
 
+    /// Makes the store's next inbox or range read fail (the `fault-injection` feature).
+    pub fn inject_read_failure(&self) {
+        self.server
+            .as_ref()
+            .expect("server already joined")
+            .inject_read_failure();
+    }
+
     /// Blocks until every server thread has exited.
     pub fn join(mut self) {
         let server = self.server.take().expect("server already joined");
