@@ -52,7 +52,7 @@ pub enum Disconnect {
 }
 
 /// The `reason` label of each `Disconnect`, in the order of `ShardCounters::disconnects`.
-const DISCONNECT_REASONS: [&str; 11] = [
+const DISCONNECT_REASONS: [&str; 12] = [
     "normal",
     "going_away",
     "protocol_error",
@@ -64,6 +64,7 @@ const DISCONNECT_REASONS: [&str; 11] = [
     "replaced",
     "kicked",
     "connection_lost",
+    "invalid_payload",
 ];
 
 fn disconnect_index(d: Disconnect) -> usize {
@@ -79,6 +80,7 @@ fn disconnect_index(d: Disconnect) -> usize {
             CloseCode::TokenExpired => 7,
             CloseCode::Replaced => 8,
             CloseCode::Kicked => 9,
+            CloseCode::InvalidPayload => 11,
         },
         Disconnect::Lost => 10,
     }
@@ -525,6 +527,7 @@ mod tests {
             CloseCode::TokenExpired,
             CloseCode::Replaced,
             CloseCode::Kicked,
+            CloseCode::InvalidPayload,
         ];
         let mut seen: Vec<usize> = codes
             .iter()
