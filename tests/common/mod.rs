@@ -1042,7 +1042,38 @@ impl BinaryServer {
         BinaryServer::start(bin, data, args, &[])
     }
 
+    /// [`BinaryServer::spawn`] with its open-files limit (`RLIMIT_NOFILE`) set to `nofile`.
+    pub fn spawn_with_fd_limit(args: &[&str], nofile: u64) -> BinaryServer {
+        let data = tempfile::tempdir().expect("temp dir");
+        let bin = Path::new(env!("CARGO_BIN_EXE_shardcast"));
+        let mut cmd = BinaryServer::command(bin, data.path(), args, &[]);
+        let limit = libc::rlimit {
+            rlim_cur: nofile,
+            rlim_max: nofile,
+        };
+        // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe and
+        // touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
+        let mut server = BinaryServer::run(cmd, bin);
+        server._data = Some(data);
+        server
+    }
+
     fn start(bin: &Path, data: &Path, args: &[&str], env: &[(&str, &str)]) -> BinaryServer {
+        BinaryServer::run(BinaryServer::command(bin, data, args, env), bin)
+    }
+
+    fn command(
+        bin: &Path,
+        data: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(bin);
         cmd.arg("serve")
             .arg("--data")
@@ -1058,6 +1089,10 @@ impl BinaryServer {
             cmd.env_remove(key);
         }
         cmd.envs(env.iter().copied());
+        cmd
+    }
+
+    fn run(mut cmd: tokio::process::Command, bin: &Path) -> BinaryServer {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
