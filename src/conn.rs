@@ -349,15 +349,7 @@ impl Conn {
                     Err(_) => return Ok(ReadStatus::Eof),
                 };
                 self.active.set(true);
-                if dec.partial.is_empty() {
-                    // The common case: whole frames, decoded in the shared buffer.
-                    let used = dec.guard(|dec| dec.decode(&mut scratch[..n], on))?;
-                    dec.partial.extend_from_slice(&scratch[used..n]);
-                } else {
-                    let mut partial = std::mem::take(&mut dec.partial);
-                    partial.extend_from_slice(&scratch[..n]);
-                    dec.guard(|dec| dec.decode_owned(partial, on))?;
-                }
+                dec.feed(&mut scratch[..n], on)?;
                 if dec.closed || n < scratch.len() {
                     break;
                 }
@@ -452,8 +444,9 @@ impl OutQueue {
 }
 
 /// Inbound frame state that must survive between reads. Empty for an idle connection.
+/// Public for the fuzz targets and property tests, which feed it the way reads would.
 #[derive(Default)]
-struct Decoder {
+pub struct Decoder {
     /// Bytes of a frame cut by the end of a read.
     partial: Vec<u8>,
     /// Payload bytes of a discarded (too large) frame still to skip.
@@ -517,6 +510,44 @@ fn check_close(payload: &[u8]) -> Result<(), CloseCode> {
 }
 
 impl Decoder {
+    pub fn new(max_message: usize, hard_limit: u64) -> Decoder {
+        Decoder {
+            max_message,
+            hard_limit,
+            ..Decoder::default()
+        }
+    }
+
+    /// Decodes one read's bytes, `chunk`. Whole frames are decoded in place, in `chunk`; only
+    /// a frame cut by the end of the read is copied, into `partial`. After a close frame or a
+    /// refusal, input is ignored.
+    pub fn feed(
+        &mut self,
+        chunk: &mut [u8],
+        on: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), CloseCode> {
+        if self.closed || self.failed {
+            return Ok(());
+        }
+        self.guard(|dec| {
+            if dec.partial.is_empty() {
+                // The common case: whole frames, decoded in the shared buffer.
+                let used = dec.decode(chunk, on)?;
+                dec.partial.extend_from_slice(&chunk[used..]);
+                Ok(())
+            } else {
+                let mut partial = std::mem::take(&mut dec.partial);
+                partial.extend_from_slice(chunk);
+                dec.decode_owned(partial, on)
+            }
+        })
+    }
+
+    /// Bytes of memory held between reads: zero when no frame or message is cut.
+    pub fn held(&self) -> usize {
+        self.partial.capacity() + self.frag.as_ref().map_or(0, |f| f.data.capacity())
+    }
+
     /// Runs `f` and remembers a refusal, so nothing after it is decoded.
     fn guard<R>(
         &mut self,
@@ -701,10 +732,8 @@ mod tests {
     /// Feeds `wire` in chunks of `step` bytes, the way reads would, and lists what came out.
     fn run(dec: &mut Decoder, wire: &[u8], step: usize) -> Result<Vec<String>, CloseCode> {
         let mut seen = Vec::new();
-        let mut buf = Vec::new();
         for chunk in wire.chunks(step) {
-            buf.extend_from_slice(chunk);
-            let used = dec.decode(&mut buf, &mut |e| {
+            dec.feed(&mut chunk.to_vec(), &mut |e| {
                 seen.push(match e {
                     Event::Text(text) => format!("text:{text}"),
                     Event::Binary(b) => format!("bin:{}", String::from_utf8_lossy(b)),
@@ -713,7 +742,6 @@ mod tests {
                     Event::Close => "close".into(),
                 })
             })?;
-            buf.drain(..used);
         }
         Ok(seen)
     }
@@ -754,7 +782,7 @@ mod tests {
             let mut dec = decoder(500);
             let seen = run(&mut dec, &wire, step).unwrap();
             assert_eq!(seen, ["too_large", "too_large", "text:ok"], "step {step}");
-            assert!(dec.partial.capacity() == 0);
+            assert_eq!(dec.held(), 0);
         }
     }
 
