@@ -11,7 +11,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{TIMEOUT, TestServer};
+use common::{TIMEOUT, TestServer, client_frame as frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,26 +31,6 @@ fn echo_server(max_message_size: usize) -> TestServer {
         c.max_message_size = max_message_size;
         c.max_queue_bytes = 1 << 22;
     })
-}
-
-/// A masked client frame: `first` is the FIN/RSV/opcode byte.
-fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut v = vec![first];
-    match payload.len() {
-        n if n < 126 => v.push(0x80 | n as u8),
-        n if n <= 0xFFFF => {
-            v.push(0x80 | 126);
-            v.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            v.push(0x80 | 127);
-            v.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    v.extend_from_slice(&mask);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    v
 }
 
 fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
@@ -399,29 +379,15 @@ async fn invalid_close_frames_are_refused() {
 async fn invalid_utf8_text_is_refused_with_1007() {
     let server = echo_server(1024);
     let a = server.addr();
-    refused(a, "one frame", &frame(FIN | TEXT, b"caf\xc3\x28"), 1007).await;
-    refused(
-        a,
-        "a lone continuation byte",
-        &frame(FIN | TEXT, b"\x80"),
-        1007,
-    )
-    .await;
-    refused(
-        a,
-        "an overlong encoding",
-        &frame(FIN | TEXT, b"\xc0\xaf"),
-        1007,
-    )
-    .await;
-    refused(a, "a surrogate", &frame(FIN | TEXT, b"\xed\xa0\x80"), 1007).await;
-    refused(
-        a,
-        "over U+10FFFF",
-        &frame(FIN | TEXT, b"\xf4\x90\x80\x80"),
-        1007,
-    )
-    .await;
+    for (what, text) in [
+        ("a bad byte", &b"caf\xc3\x28"[..]),
+        ("a lone continuation byte", b"\x80"),
+        ("an overlong encoding", b"\xc0\xaf"),
+        ("a surrogate", b"\xed\xa0\x80"),
+        ("over U+10FFFF", b"\xf4\x90\x80\x80"),
+    ] {
+        refused(a, what, &frame(FIN | TEXT, text), 1007).await;
+    }
 
     // A character split across fragments whose second half is wrong.
     let mut wire = frame(TEXT, b"ok \xe2\x82");

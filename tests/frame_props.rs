@@ -3,6 +3,9 @@
 //! into reads: at every single split point, and at random chunkings. Server frames built by
 //! `ws::FrameBuf` carry their payload back out.
 
+mod common;
+
+use common::client_frame;
 use proptest::prelude::*;
 use shardcast::conn::{Decoder, Event};
 use shardcast::error::CloseCode;
@@ -17,7 +20,6 @@ struct Message {
     cuts: Vec<usize>,
     /// A ping payload sent after the first fragment, if any.
     ping: Option<Vec<u8>>,
-    mask: [u8; 4],
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -27,25 +29,6 @@ enum Seen {
     Ping(Vec<u8>),
     TooLarge,
     Close,
-}
-
-/// A masked client frame.
-fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut v = vec![u8::from(fin) << 7 | opcode];
-    match payload.len() {
-        n if n < 126 => v.push(0x80 | n as u8),
-        n if n <= 0xFFFF => {
-            v.push(0x80 | 126);
-            v.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            v.push(0x80 | 127);
-            v.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    v.extend_from_slice(&mask);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    v
 }
 
 fn encode(m: &Message) -> Vec<u8> {
@@ -65,11 +48,11 @@ fn encode(m: &Message) -> Vec<u8> {
             (0, false) => ws::OP_TEXT,
             _ => ws::OP_CONTINUATION,
         };
-        wire.extend(client_frame(i == last, opcode, piece, m.mask));
+        wire.extend(client_frame(u8::from(i == last) << 7 | opcode, piece));
         if i == 0
             && let Some(p) = &m.ping
         {
-            wire.extend(client_frame(true, ws::OP_PING, p, m.mask));
+            wire.extend(client_frame(0x80 | ws::OP_PING, p));
         }
     }
     wire
@@ -122,26 +105,19 @@ fn message() -> impl Strategy<Value = Message> {
         prop_oneof![text, binary],
         proptest::collection::vec(0usize..40, 0..4),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..=125)),
-        any::<[u8; 4]>(),
     )
-        .prop_map(|((binary, data), cuts, ping, mask)| Message {
+        .prop_map(|((binary, data), cuts, ping)| Message {
             binary,
             data,
             ping: ping.filter(|_| !cuts.is_empty()),
             cuts,
-            mask,
         })
 }
 
 fn messages_and_wire() -> impl Strategy<Value = (Vec<Message>, Vec<u8>)> {
     proptest::collection::vec(message(), 1..5).prop_map(|messages| {
         let mut wire: Vec<u8> = messages.iter().flat_map(encode).collect();
-        wire.extend(client_frame(
-            true,
-            ws::OP_CLOSE,
-            &1000u16.to_be_bytes(),
-            [1, 2, 3, 4],
-        ));
+        wire.extend(client_frame(0x80 | ws::OP_CLOSE, &1000u16.to_be_bytes()));
         (messages, wire)
     })
 }
@@ -180,7 +156,7 @@ proptest! {
     ) {
         let wire: Vec<u8> = payloads
             .iter()
-            .flat_map(|p| client_frame(true, ws::OP_BINARY, p, [9, 8, 7, 6]))
+            .flat_map(|p| client_frame(0x80 | ws::OP_BINARY, p))
             .collect();
         let (result, seen, held) = decode(&wire, &[], 1 << 20);
         prop_assert_eq!(result, Ok(()));

@@ -6,6 +6,7 @@
 //! - [`connect`] / [`Refusal`]: the handshake, and the HTTP response of a refused one.
 //! - [`mint`]: HS256 tokens for JWT mode.
 //! - [`BinaryServer`]: the `shardcast` binary as a child process.
+//! - [`client_frame`]: raw masked client frames, for the conformance and property tests.
 //!
 //! Every test that uses [`TestServer`] must run on a multi-thread runtime
 //! (`#[tokio::test(flavor = "multi_thread")]`): starting and stopping the server blocks, and is
@@ -900,6 +901,27 @@ pub fn mint(secret: &str, claims: &Value) -> String {
 /// A token for `sub` valid for an hour, signed with [`SECRET`].
 pub fn token_for(sub: &str) -> String {
     mint(SECRET, &json!({"sub": sub, "exp": now_secs() + 3600}))
+}
+
+/// A masked client WebSocket frame, built here rather than by the server's code: `first` is
+/// the FIN/RSV/opcode byte. For tests that send what a client library would refuse to.
+pub fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut v = vec![first];
+    match payload.len() {
+        n if n < 126 => v.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            v.push(0x80 | 126);
+            v.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            v.push(0x80 | 127);
+            v.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    v.extend_from_slice(&mask);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    v
 }
 
 // ---------------------------------------------------------------------------------------------
