@@ -27,8 +27,9 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing \
 -Cllvm-args=-simplifycfg-branch-fold-threshold=0 -Cllvm-args=-sanitizer-coverage-stack-depth \
 -Cdebug-assertions"
-# --target keeps RUSTFLAGS off build scripts and proc macros, as cargo fuzz does.
-cargo build --locked --profile "$profile" --target "$triple" --bins
+# --target keeps RUSTFLAGS off build scripts and proc macros, as cargo fuzz does. Not --locked:
+# fuzz/Cargo.lock must be able to follow new dependencies of the server crate.
+cargo build --profile "$profile" --target "$triple" --bins
 dir="target/$triple/$([ "$profile" = dev ] && echo debug || echo "$profile")"
 
 mkdir -p artifacts
