@@ -235,6 +235,28 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_MAX_BATCH_DELAY_MS", default_value_t = 4)]
     pub max_batch_delay_ms: u64,
 
+    /// Time a new TCP connection has to send its complete HTTP request headers (the WebSocket
+    /// upgrade or an API call), and an idle keep-alive connection its next request, in
+    /// milliseconds; then it is closed. Default 10000.
+    #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+
+    /// Most connections each shard keeps in their HTTP phase (handshakes not yet upgraded, API
+    /// keep-alive connections); a connection accepted over it is closed at once. Default 1024.
+    #[arg(long, env = "SHARDCAST_MAX_HANDSHAKES", default_value_t = 1_024)]
+    pub max_handshakes: usize,
+
+    /// Largest HTTP request head (request line and headers), in bytes; a bigger one gets 431.
+    /// Default 16384.
+    #[arg(long, env = "SHARDCAST_MAX_HEADER_BYTES", default_value_t = 16_384)]
+    pub max_header_bytes: usize,
+
+    /// Serve /echo, a WebSocket endpoint that echoes text and binary messages through the
+    /// server's own frame layer, for conformance suites. Dev mode only: the server refuses to
+    /// start with it and a jwt_secret. Default false.
+    #[arg(long, env = "SHARDCAST_ECHO", default_value_t = false, action = clap::ArgAction::Set)]
+    pub echo: bool,
+
     /// Retention by room name prefix, in the config file only: `[[room_retention]]` tables with
     /// `prefix`, `messages` and `secs`. The first rule whose prefix starts a room's name replaces
     /// room_retention_messages and room_retention_secs for that room. Default none. (Last: TOML
@@ -275,6 +297,10 @@ impl Default for Config {
             shutdown_timeout_ms: 3_000,
             close_timeout_ms: 2_000,
             max_batch_delay_ms: 4,
+            handshake_timeout_ms: 10_000,
+            max_handshakes: 1_024,
+            max_header_bytes: 16_384,
+            echo: false,
             room_retention: Vec::new(),
         }
     }
@@ -371,6 +397,19 @@ impl Config {
                 "the HTTP API is on but has no api_key; set --api-key (or SHARDCAST_API_KEY), or \
                  turn the API off with --api false",
             );
+        }
+        if self.echo && self.jwt_secret.is_some() {
+            return invalid(
+                "echo is a dev-mode endpoint for conformance tests and cannot be turned on with a \
+                 jwt_secret; remove --echo (or SHARDCAST_ECHO), or run without a jwt_secret on \
+                 loopback",
+            );
+        }
+        if self.handshake_timeout_ms == 0 || self.max_handshakes == 0 {
+            return invalid("handshake_timeout_ms and max_handshakes must be greater than 0");
+        }
+        if self.max_header_bytes < 1024 {
+            return invalid("max_header_bytes must be at least 1024");
         }
         if self.heartbeat_ms == 0 {
             return invalid("heartbeat_ms must be greater than 0");
@@ -527,6 +566,14 @@ mod tests {
         assert_eq!(ok.jwt_secret.as_deref(), Some("s"));
         let no_api = load(&[&args[..], &["--api", "false"]].concat(), None).unwrap();
         assert!(!no_api.api);
+    }
+
+    #[test]
+    fn echo_is_refused_outside_dev_mode() {
+        assert!(load(&["--echo", "true"], None).unwrap().echo);
+        let args = ["--echo", "true", "--jwt-secret", "s", "--api", "false"];
+        let err = load(&args, None).unwrap_err();
+        assert!(err.to_string().contains("echo"), "{err}");
     }
 
     #[test]

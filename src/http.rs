@@ -4,6 +4,7 @@
 //! Owns everything before a connection is a WebSocket. It must not touch connection I/O after
 //! the upgrade: the raw TCP stream is handed to `conn` and the shard runtime.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::rc::Rc;
 use std::time::Duration;
@@ -25,12 +26,41 @@ use crate::shard::runtime::{self, Ctx};
 
 type Body = Full<Bytes>;
 
+thread_local! {
+    /// This shard's connections in their HTTP phase (`max_handshakes`). Each shard is one
+    /// thread, so a thread-local is a per-shard count with no atomics.
+    static IN_HTTP: Cell<usize> = const { Cell::new(0) };
+}
+
+/// One connection counted in `IN_HTTP` until it upgrades or closes.
+struct HttpSlot;
+
+impl Drop for HttpSlot {
+    fn drop(&mut self) {
+        IN_HTTP.set(IN_HTTP.get() - 1);
+    }
+}
+
 /// Serves one TCP connection's HTTP requests until it upgrades or closes.
 pub async fn serve(ctx: Rc<Ctx>, stream: TcpStream) {
+    let config = &ctx.config;
+    if IN_HTTP.get() >= config.max_handshakes {
+        // Slow or stalled handshakes hold every slot: shed this one without reading it.
+        tracing::debug!(
+            limit = config.max_handshakes,
+            "too many handshakes; closing"
+        );
+        return;
+    }
+    IN_HTTP.set(IN_HTTP.get() + 1);
+    let _slot = HttpSlot;
+    let timeout = Duration::from_millis(config.handshake_timeout_ms);
+    let header_limit = config.max_header_bytes;
     let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(timeout)
+        .max_header_size(header_limit)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(e) = conn.await {
@@ -41,6 +71,7 @@ pub async fn serve(ctx: Rc<Ctx>, stream: TcpStream) {
 async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => websocket(ctx, req).await.unwrap_or_else(|e| error(&e)),
+        (&Method::GET, "/echo") if ctx.config.echo => crate::echo::upgrade(ctx, req),
         (&Method::GET, "/healthz") => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
         (&Method::GET, "/readyz") => match ctx.health.unready() {
             None => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
@@ -60,7 +91,7 @@ async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, 
 }
 
 /// `{"code":..,"message":..}` with the error's status.
-fn error(e: &HandshakeError) -> Response<Body> {
+pub(crate) fn error(e: &HandshakeError) -> Response<Body> {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_error(status, e.code(), &e.to_string())
 }
@@ -159,24 +190,33 @@ async fn websocket(
     let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut req)
         .map_err(|e| HandshakeError::BadRequest(format!("bad upgrade request: {e}")))?;
     tokio::task::spawn_local(async move {
-        let parts = match upgrade.await {
-            Ok(ws) => ws
-                .into_inner()
-                .into_inner()
-                .downcast::<TokioIo<TcpStream>>(),
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let Ok(hyper::upgrade::Parts { io, read_buf, .. }) = parts else {
-            tracing::error!("upgraded connection is not a TCP stream");
-            return;
-        };
-        reservation.fulfil();
-        start(ctx, conn, identity, inbox_seq, io.into_inner(), read_buf).await;
+        if let Some((stream, early)) = upgraded(upgrade).await {
+            reservation.fulfil();
+            start(ctx, conn, identity, inbox_seq, stream, early).await;
+        }
     });
     Ok(response.map(|_| Full::new(Bytes::new())))
+}
+
+/// The TCP stream under a completed upgrade, and what hyper read past the request.
+pub(crate) async fn upgraded(
+    upgrade: fastwebsockets::upgrade::UpgradeFut,
+) -> Option<(TcpStream, Bytes)> {
+    let parts = match upgrade.await {
+        Ok(ws) => ws
+            .into_inner()
+            .into_inner()
+            .downcast::<TokioIo<TcpStream>>(),
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return None;
+        }
+    };
+    let Ok(hyper::upgrade::Parts { io, read_buf, .. }) = parts else {
+        tracing::error!("upgraded connection is not a TCP stream");
+        return None;
+    };
+    Some((io.into_inner(), read_buf))
 }
 
 /// Attaches the upgraded stream to the shard and runs its task. `early` is what hyper read past

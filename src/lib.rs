@@ -13,6 +13,8 @@
 //!   between shards.
 //! - `http`: routing and the WebSocket handshake, up to handing over the raw stream.
 //! - `api`: the HTTP server API under `/api/` for backends.
+//! - `echo`: the dev-mode `/echo` endpoint, for conformance suites against the frame layer.
+//! - `accept`: the acceptor's back-off on accept errors (out of file descriptors).
 //! - `conn`: one connection's bytes: the bounded outbound queue and the frame decoder.
 //! - `ws`: the WebSocket wire format. `protocol`: the JSON protocol (parse, encode once).
 //! - `auth`: JWT and dev-mode identities. `config`: every limit. `error`: every code.
@@ -24,11 +26,13 @@
 //! - `metrics`: what shards and the writer count, gathered per scrape (`/metrics`, `/api/stats`).
 //!   `health`: the readiness flags behind `/readyz`.
 
+pub mod accept;
 pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod echo;
 pub mod error;
 pub mod health;
 pub mod http;

@@ -54,7 +54,7 @@ pub enum Disconnect {
 }
 
 /// The `reason` label of each `Disconnect`, in the order of `ShardCounters::disconnects`.
-const DISCONNECT_REASONS: [&str; 11] = [
+const DISCONNECT_REASONS: [&str; 12] = [
     "normal",
     "going_away",
     "protocol_error",
@@ -66,6 +66,7 @@ const DISCONNECT_REASONS: [&str; 11] = [
     "replaced",
     "kicked",
     "connection_lost",
+    "invalid_payload",
 ];
 
 fn disconnect_index(d: Disconnect) -> usize {
@@ -81,6 +82,7 @@ fn disconnect_index(d: Disconnect) -> usize {
             CloseCode::TokenExpired => 7,
             CloseCode::Replaced => 8,
             CloseCode::Kicked => 9,
+            CloseCode::InvalidPayload => 11,
         },
         Disconnect::Lost => 10,
     }
@@ -564,6 +566,7 @@ mod tests {
             CloseCode::TokenExpired,
             CloseCode::Replaced,
             CloseCode::Kicked,
+            CloseCode::InvalidPayload,
         ];
         let mut seen: Vec<usize> = codes
             .iter()

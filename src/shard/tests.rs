@@ -52,14 +52,7 @@ fn connect(shard: &mut Shard, user: &str) -> Rc<Conn> {
 }
 
 fn send(shard: &mut Shard, conn: &Rc<Conn>, json: &str) {
-    let mut payload = json.as_bytes().to_vec();
-    shard.on_event(
-        conn,
-        Event::Message {
-            binary: false,
-            payload: &mut payload,
-        },
-    );
+    shard.on_event(conn, Event::Text(json));
 }
 
 /// The JSON payloads of the server frames a connection was sent (all are short text frames).

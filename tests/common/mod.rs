@@ -6,6 +6,7 @@
 //! - [`connect`] / [`Refusal`]: the handshake, and the HTTP response of a refused one.
 //! - [`mint`]: HS256 tokens for JWT mode.
 //! - [`BinaryServer`]: the `shardcast` binary as a child process.
+//! - [`client_frame`]: raw masked client frames, for the conformance and property tests.
 //!
 //! Every test that uses [`TestServer`] must run on a multi-thread runtime
 //! (`#[tokio::test(flavor = "multi_thread")]`): starting and stopping the server blocks, and is
@@ -939,6 +940,27 @@ pub fn token_for(sub: &str) -> String {
     mint(SECRET, &json!({"sub": sub, "exp": now_secs() + 3600}))
 }
 
+/// A masked client WebSocket frame, built here rather than by the server's code: `first` is
+/// the FIN/RSV/opcode byte. For tests that send what a client library would refuse to.
+pub fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut v = vec![first];
+    match payload.len() {
+        n if n < 126 => v.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            v.push(0x80 | 126);
+            v.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            v.push(0x80 | 127);
+            v.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    v.extend_from_slice(&mask);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    v
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP
 // ---------------------------------------------------------------------------------------------
@@ -1079,7 +1101,38 @@ impl BinaryServer {
         BinaryServer::start(bin, data, args, &[])
     }
 
+    /// [`BinaryServer::spawn`] with its open-files limit (`RLIMIT_NOFILE`) set to `nofile`.
+    pub fn spawn_with_fd_limit(args: &[&str], nofile: u64) -> BinaryServer {
+        let data = tempfile::tempdir().expect("temp dir");
+        let bin = Path::new(env!("CARGO_BIN_EXE_shardcast"));
+        let mut cmd = BinaryServer::command(bin, data.path(), args, &[]);
+        let limit = libc::rlimit {
+            rlim_cur: nofile,
+            rlim_max: nofile,
+        };
+        // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe and
+        // touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
+        let mut server = BinaryServer::run(cmd, bin);
+        server._data = Some(data);
+        server
+    }
+
     fn start(bin: &Path, data: &Path, args: &[&str], env: &[(&str, &str)]) -> BinaryServer {
+        BinaryServer::run(BinaryServer::command(bin, data, args, env), bin)
+    }
+
+    fn command(
+        bin: &Path,
+        data: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(bin);
         cmd.arg("serve")
             .arg("--data")
@@ -1095,6 +1148,10 @@ impl BinaryServer {
             cmd.env_remove(key);
         }
         cmd.envs(env.iter().copied());
+        cmd
+    }
+
+    fn run(mut cmd: tokio::process::Command, bin: &Path) -> BinaryServer {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
