@@ -64,9 +64,14 @@ impl TestServer {
     /// [`TestServer::start`] with `data` at `dir`, which the caller keeps: a test restarts a
     /// server on the same data by calling this again once the first one has been joined.
     pub fn start_in(dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start_at(dir, "127.0.0.1:0".parse().unwrap(), tweak)
+    }
+
+    /// [`TestServer::start_in`] bound to `bind`.
+    fn start_at(dir: &Path, bind: SocketAddr, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config::default();
         tweak(&mut config);
-        config.bind = "127.0.0.1:0".parse().unwrap();
+        config.bind = bind;
         config.data = dir.to_path_buf();
         let server = tokio::task::block_in_place(|| Server::start(config))
             .unwrap_or_else(|e| panic!("the server failed to start: {e}"));
@@ -78,6 +83,21 @@ impl TestServer {
             addr,
             _data: None,
         }
+    }
+
+    /// Shuts this server down (connections get 1001) and starts it again on the same port and
+    /// data, with `tweak` applied to the defaults: what clients see of a restart.
+    pub fn restart(mut self, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let data = self
+            ._data
+            .take()
+            .expect("restart needs a server started by `start`");
+        let addr = self.addr;
+        self.shutdown();
+        self.join();
+        let mut server = TestServer::start_at(data.path(), addr, tweak);
+        server._data = Some(data);
+        server
     }
 
     /// A server with every default.
