@@ -373,6 +373,31 @@ async fn chat_and_operator_pages_in_chromium() {
     click(&bob, "#dms li[data-user=alice]").await;
     wait_texts(&bob, "carol reads it", &["carol, are you there?"]).await;
 
+    // She joins the lobby, which now has 66 messages: the newest 50 come first, and
+    // scrolling to the top brings the rest.
+    for n in 1..=60 {
+        let body = format!(r#"{{"room":"lobby","body":{{"text":"filler {n}"}}}}"#);
+        let r = api
+            .request("POST", "/api/publish", &[("Authorization", &auth)], &body)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    join(&bob, "lobby").await;
+    let count = "return document.querySelectorAll('#list .msg').length";
+    wait_js(&bob, "the first page of history", count, |v| v == 50).await;
+    bob.execute("document.getElementById('messages').scrollTop = 0", vec![])
+        .await
+        .expect("scroll to the top");
+    wait_js(&bob, "the rest of the history", count, |v| v == 66).await;
+    let msgs = messages(&bob).await;
+    let seqs: Vec<u64> = msgs.iter().filter_map(|m| m["seq"].as_u64()).collect();
+    assert_eq!(
+        seqs,
+        (1..=66).collect::<Vec<_>>(),
+        "the whole lobby, in order"
+    );
+    assert_eq!(msgs[0]["text"], "hi bob");
+
     eprintln!("browser test: operator page");
     // The operator page: the connection count moves when a client connects.
     alice

@@ -126,6 +126,8 @@ function bodyText(body) {
 }
 
 async function loadHistory(c) {
+  if (c.loading) return;
+  c.loading = true;
   const before = c.msgs.size ? Math.min(...[...c.msgs.keys()]) : undefined;
   try {
     const page = await client.history(c.name, { before, limit: 50 });
@@ -134,6 +136,8 @@ async function loadHistory(c) {
     if (c.key === active) renderMessages(before === undefined);
   } catch (e) {
     toast(`History: ${e.message}`);
+  } finally {
+    c.loading = false;
   }
 }
 
@@ -216,10 +220,13 @@ $("composer").addEventListener("submit", async (ev) => {
   }
 });
 
-$("older").addEventListener("click", () => {
+// Scrolling to the top, or the button there, pages back through the room's history.
+const older = () => {
   const c = convs.get(active);
-  if (c) loadHistory(c);
-});
+  if (c && c.more) loadHistory(c);
+};
+$("older").addEventListener("click", older);
+$("messages").addEventListener("scroll", () => $("messages").scrollTop < 20 && older());
 
 $("menu").addEventListener("click", () => document.body.classList.toggle("show-sidebar"));
 
@@ -256,6 +263,7 @@ function renderMessages(toBottom) {
   const list = $("list");
   const c = convs.get(active);
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  const fromBottom = box.scrollHeight - box.scrollTop;
   list.replaceChildren();
   $("conv-title").textContent = c ? (c.kind === "room" ? `# ${c.name}` : `@ ${c.name}`) : "No conversation";
   $("leave").hidden = !c || c.kind !== "room";
@@ -273,7 +281,8 @@ function renderMessages(toBottom) {
     li.append(meta, el("div", "text", bodyText(m.body)));
     list.append(li);
   }
-  if (toBottom || atBottom) box.scrollTop = box.scrollHeight;
+  // Older messages arrive above: what the reader looks at stays put.
+  box.scrollTop = toBottom || atBottom ? box.scrollHeight : box.scrollHeight - fromBottom;
 }
 
 function renderPresence() {

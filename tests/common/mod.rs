@@ -939,7 +939,19 @@ pub struct Http {
 pub struct HttpReply {
     pub status: u16,
     pub content_type: String,
+    /// Every header, names in lower case.
+    pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+impl HttpReply {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl Http {
@@ -993,7 +1005,7 @@ impl Http {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("{method} {path}: bad status line {status_line:?}"));
-        let (mut length, mut content_type) = (None, String::new());
+        let (mut length, mut content_type, mut headers) = (None, String::new(), Vec::new());
         loop {
             let mut line = String::new();
             self.stream.read_line(&mut line).await.expect("read header");
@@ -1002,11 +1014,13 @@ impl Http {
                 break;
             }
             let (name, value) = line.split_once(':').expect("header line");
-            match name.to_ascii_lowercase().as_str() {
+            let name = name.to_ascii_lowercase();
+            match name.as_str() {
                 "content-length" => length = value.trim().parse::<usize>().ok(),
                 "content-type" => content_type = value.trim().to_string(),
                 _ => {}
             }
+            headers.push((name, value.trim().to_string()));
         }
         let length = length.unwrap_or_else(|| panic!("{method} {path}: no Content-Length"));
         let mut body = vec![0; length];
@@ -1014,6 +1028,7 @@ impl Http {
         HttpReply {
             status,
             content_type,
+            headers,
             body: String::from_utf8(body).expect("UTF-8 body"),
         }
     }
