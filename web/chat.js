@@ -37,12 +37,15 @@ $("signin-form").addEventListener("submit", (ev) => {
   const token = $("token").value.trim();
   if (!user && !token) return ($("signin-error").textContent = "Enter a user name or a token.");
   $("signin-error").textContent = "";
+  const retrying = client;
+  client = null;
+  retrying?.close();
   start(token ? { token } : { user });
 });
 
 function start(credentials) {
-  client = connect(credentials);
-  client.on("state", onState);
+  const c = (client = connect(credentials));
+  c.on("state", (e) => c === client && onState(e));
   client.on("message", onMessage);
   client.on("joined", (e) => presenceChange(e.room, e.user, true));
   client.on("left", (e) => presenceChange(e.room, e.user, false));

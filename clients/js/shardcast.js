@@ -465,7 +465,9 @@ export class Client {
    * and reopened. */
   startHeartbeat(ms) {
     clearInterval(this.heartbeat);
-    let previous = Date.now();
+    // The first tick only pings; from the second on, the previous ping has had a whole
+    // heartbeat to be answered.
+    let previous = this.lastInbound;
     this.heartbeat = setInterval(() => {
       if (this.lastInbound < previous) return this.abandon("no reply from the server within the heartbeat");
       previous = Date.now();
