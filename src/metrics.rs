@@ -365,7 +365,8 @@ impl Snapshot {
 
     /// The `GET /api/stats` body: connections, rooms and messages in and out, per shard and in
     /// total. `rooms` is `shardcast_rooms_homed` (so the total is the rooms in use),
-    /// `messages_in` / `messages_out` are `shardcast_frames_in_total` / `_out_total`.
+    /// `messages_in` / `messages_out` are `shardcast_frames_in_total` / `_out_total`, and
+    /// `deliveries` is `shardcast_deliveries_total`.
     pub fn stats_json(&self) -> Bytes {
         let (mut connections, mut rooms, mut messages_in, mut messages_out, mut deliveries) =
             (0, 0, 0, 0, 0);

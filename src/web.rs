@@ -65,19 +65,3 @@ pub fn asset(path: &str) -> Option<Response<Full<Bytes>>> {
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Some(response)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_page_has_the_csp_and_unknown_paths_have_nothing() {
-        for (path, content_type, _) in ASSETS {
-            let r = asset(path).unwrap();
-            assert_eq!(r.headers()[CONTENT_TYPE], *content_type, "{path}");
-            assert_eq!(r.headers()[CONTENT_SECURITY_POLICY], CSP, "{path}");
-        }
-        assert!(asset("/nope").is_none());
-        assert!(asset("/ws").is_none());
-    }
-}

@@ -420,6 +420,34 @@ async fn chat_and_operator_pages_in_chromium() {
     tokio::time::sleep(Duration::from_millis(2100)).await; // a few points on the chart
     screenshot(&alice, "admin.png").await;
 
+    // Sign-in by token, on a server in JWT mode: a refused token is reported (the page
+    // cannot see the handshake's 401; the library asks with a plain GET), a good one works.
+    eprintln!("browser test: tokens");
+    let jwt = TestServer::start(|c| {
+        c.jwt_secret = Some(common::SECRET.into());
+        c.api = false;
+    });
+    let bad = common::mint(
+        "wrong",
+        &json!({"sub": "erin", "exp": common::now_secs() + 60}),
+    );
+    for (token, outcome) in [(bad, "refused"), (common::token_for("erin"), "accepted")] {
+        alice
+            .goto(&format!("http://{}/", jwt.addr()))
+            .await
+            .expect("open the chat page");
+        fill(&alice, "#token", &token).await;
+        click(&alice, "#signin-btn").await;
+        let shown = "return [document.getElementById('me').textContent,
+                             document.getElementById('signin-error').textContent]";
+        let v = wait_js(&alice, outcome, shown, |v| v[0] != "" || v[1] != "").await;
+        if outcome == "refused" {
+            assert_eq!(v, json!(["", "Could not sign in: unauthorized"]));
+        } else {
+            assert_eq!(v, json!(["erin", ""]));
+        }
+    }
+
     alice.close().await.expect("close alice's browser");
     bob.close().await.expect("close bob's browser");
     drop(proxy);

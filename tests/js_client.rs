@@ -15,6 +15,12 @@ fn js_client_library_tests_pass_against_the_real_server() {
              (`.ci/run` installs it; or apt-get install nodejs)"
         ),
     };
+    let (major, minor) = node_version(&version);
+    assert!(
+        (major, minor) >= (20, 10),
+        "node {version} is too old: the client library's tests need Node.js 20.10 or newer \
+         (for --experimental-websocket)"
+    );
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/js");
     let out = Command::new("node")
         .args([
@@ -41,4 +47,13 @@ fn js_client_library_tests_pass_against_the_real_server() {
         report.contains("pass 7") && report.contains("fail 0"),
         "expected 7 passing tests:\n{report}"
     );
+}
+
+/// (major, minor) of "v20.10.0".
+fn node_version(v: &str) -> (u32, u32) {
+    let mut parts = v
+        .trim_start_matches('v')
+        .split('.')
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
