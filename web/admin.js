@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 let key = "";
-/** The last minute: { t, connections, rate }. */
+/** The last minute, one point a second: { connections: [total, shard 0, ...], rate: [...] }. */
 const points = [];
 let previous = null;
 
@@ -65,14 +65,27 @@ async function poll() {
     foot.append(th);
   }
   $("shards").replaceChildren(...rows, foot);
-  points.push({ t: now, connections: stats.total.connections, rate: total });
+  points.push({
+    connections: [stats.total.connections, ...stats.shards.map((s) => s.connections)],
+    rate: [total, ...rates],
+  });
   while (points.length > 60) points.shift();
-  draw();
+  draw($("chart-connections"), "connections");
+  draw($("chart-rate"), "rate");
+  const legend = ["total", ...stats.shards.map((s) => `shard ${s.shard}`)].map((name, i) => {
+    const span = document.createElement("span");
+    span.style.color = COLORS[i % COLORS.length];
+    span.textContent = `\u25A0 ${name}  `;
+    return span;
+  });
+  $("legend").replaceChildren(...legend);
 }
 
-/** Two lines on one canvas, each scaled to its own maximum. */
-function draw() {
-  const canvas = $("chart");
+/** Total first, then one per shard. */
+const COLORS = ["#1d2230", "#4f6ef7", "#2fb36d", "#f0a020", "#e0484f", "#9b59b6", "#16a3b8", "#8d6e63"];
+
+/** One line per series (total, then each shard) of `field` over the last minute. */
+function draw(canvas, field) {
   const ratio = window.devicePixelRatio || 1;
   canvas.width = canvas.clientWidth * ratio;
   canvas.height = canvas.clientHeight * ratio;
@@ -80,25 +93,29 @@ function draw() {
   const w = canvas.width;
   const h = canvas.height;
   const pad = 8 * ratio;
+  // A multiple of 4, so that the 4 grid lines have whole labels.
+  const max = Math.ceil(Math.max(1, ...points.flatMap((p) => p[field])) / 4) * 4;
   g.clearRect(0, 0, w, h);
   g.strokeStyle = "#e2e5ec";
   g.lineWidth = ratio;
+  g.fillStyle = "#6b7385";
+  g.font = `${11 * ratio}px system-ui, sans-serif`;
   for (let i = 0; i <= 4; i++) {
     const y = pad + ((h - 2 * pad) * i) / 4;
     g.beginPath();
     g.moveTo(0, y);
     g.lineTo(w, y);
     g.stroke();
+    g.fillText(String((max * (4 - i)) / 4), 2 * ratio, y - 2 * ratio);
   }
-  const css = getComputedStyle(document.documentElement);
-  for (const [field, color] of [["connections", css.getPropertyValue("--accent")], ["rate", css.getPropertyValue("--ok")]]) {
-    const max = Math.max(1, ...points.map((p) => p[field]));
-    g.strokeStyle = color.trim();
-    g.lineWidth = 2 * ratio;
+  const series = points.length ? points[points.length - 1][field].length : 0;
+  for (let k = series - 1; k >= 0; k--) {
+    g.strokeStyle = COLORS[k % COLORS.length];
+    g.lineWidth = (k === 0 ? 2.5 : 1.5) * ratio;
     g.beginPath();
     points.forEach((p, i) => {
       const x = (w * i) / 59;
-      const y = h - pad - ((h - 2 * pad) * p[field]) / max;
+      const y = h - pad - ((h - 2 * pad) * (p[field][k] ?? 0)) / max;
       if (i === 0) g.moveTo(x, y);
       else g.lineTo(x, y);
     });
