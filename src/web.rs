@@ -9,7 +9,9 @@
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
-use hyper::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue};
+use hyper::header::{
+    ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue,
+};
 
 /// Scripts and styles only from this origin, no inline code, and connections (WebSocket,
 /// `fetch`) only back to this origin: an injected `<script>` or `onerror=` would not run.
@@ -63,5 +65,9 @@ pub fn asset(path: &str) -> Option<Response<Full<Bytes>>> {
     headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     // The assets change with the binary: a browser must ask again.
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if path.starts_with("/shardcast.") {
+        // An app on another origin may `import` the library (modules are fetched with CORS).
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    }
     Some(response)
 }

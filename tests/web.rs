@@ -30,9 +30,13 @@ async fn pages_are_served_with_a_csp() {
         );
         assert!(!r.body.is_empty(), "{path} is empty");
     }
-    let lib = http.get("/shardcast.js", &[]).await.body;
+    let lib = http.get("/shardcast.js", &[]).await;
     let source = include_str!("../clients/js/shardcast.js");
-    assert_eq!(lib, source, "/shardcast.js is clients/js/shardcast.js");
+    assert_eq!(lib.body, source, "/shardcast.js is clients/js/shardcast.js");
+    let cors = lib.header("access-control-allow-origin");
+    assert_eq!(cors, Some("*"), "other origins may import the library");
+    let page = http.get("/", &[]).await;
+    assert_eq!(page.header("access-control-allow-origin"), None);
 }
 
 #[tokio::test(flavor = "multi_thread")]
