@@ -142,15 +142,17 @@ test("requests time out, and errors reject with the server's code", async () => 
 });
 
 test("a connection that goes quiet is noticed by the heartbeat and replaced", async () => {
-  const s = await server(["--heartbeat-ms", "200"]);
+  const s = await server(["--heartbeat-ms", "500"]);
   const p = await proxy(s.addr);
   const c = client({ url: p.url, user: "u", backoff: { initial: 20, max: 50 } });
+  const states = record(c, ["state"]);
   await connected(c);
   await c.join("hb");
-  await sleep(700); // pings are answered: still the same connection
+  await sleep(1800); // pings are answered: still the same connection
+  assert.deepEqual(states.map((e) => e.state), ["connecting", "connected"]);
   assert.equal(c.state, "connected");
   p.mode = "freeze";
-  const dropped = await waitFor(c, "state", (e) => e.state === "disconnected", 3000);
+  const dropped = await waitFor(c, "state", (e) => e.state === "disconnected", 5000);
   assert.equal(dropped.reconnecting, true);
   p.mode = "pass";
   const back = await waitFor(c, "state", (e) => e.state === "connected", 5000);
