@@ -7,6 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const API_KEY: &str = "browser-test-key";
 const WAIT: Duration = Duration::from_secs(15);
 
-/// chromedriver on a free port; killed on drop.
+/// chromedriver on a free port; it and its browsers are killed on drop.
 struct Driver {
     child: Child,
     url: String,
@@ -44,8 +45,11 @@ impl Driver {
             .and_then(|l| l.local_addr())
             .expect("find a free port")
             .port();
+        // Its own process group, so that dropping the driver also ends the browsers it
+        // started, even when the test fails before closing them.
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -93,7 +97,8 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: kill(2) on the process group this driver leads; no memory is touched.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
