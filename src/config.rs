@@ -155,6 +155,11 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
+    /// Serve the web pages: the chat page at /, the operator page at /admin and the client
+    /// library at /shardcast.js. Default true.
+    #[arg(long, env = "SHARDCAST_WEB", default_value_t = true, action = clap::ArgAction::Set)]
+    pub web: bool,
+
     /// Log format: text or json. Default text. The level comes from RUST_LOG (default info).
     #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -282,6 +287,7 @@ impl Default for Config {
             jwt_secret: None,
             api: true,
             api_key: None,
+            web: true,
             log_format: LogFormat::Text,
             heartbeat_ms: 25_000,
             idle_timeout_ms: 0,

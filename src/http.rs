@@ -1,5 +1,5 @@
 //! HTTP on a shard: routing, the WebSocket handshake (auth, admission by the user's home shard,
-//! upgrade) and JSON error responses.
+//! upgrade) and JSON error responses. The web pages are `web`'s.
 //!
 //! Owns everything before a connection is a WebSocket. It must not touch connection I/O after
 //! the upgrade: the raw TCP stream is handed to `conn` and the shard runtime.
@@ -85,6 +85,9 @@ async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, 
             response
         }
         (_, path) if path.starts_with("/api/") => crate::api::handle(ctx, req).await,
+        (&Method::GET, path) if ctx.config.web => {
+            crate::web::asset(path).unwrap_or_else(|| error(&HandshakeError::NotFound))
+        }
         _ => error(&HandshakeError::NotFound),
     };
     Ok(response)
@@ -153,21 +156,23 @@ async fn websocket(
     ctx: Rc<Ctx>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, HandshakeError> {
-    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return Err(HandshakeError::BadRequest(
-            "expected a WebSocket upgrade (GET /ws with Upgrade: websocket)".into(),
-        ));
-    }
     let bearer = req
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
+    // Credentials are checked before the upgrade headers: a browser never sees why a handshake
+    // was refused, so its client asks again with a plain GET, which answers 401 if they are bad.
     let identity = ctx.auth.authenticate(
         req.uri().query(),
         bearer,
         ctx.config.max_rooms_per_connection,
     )?;
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return Err(HandshakeError::BadRequest(
+            "expected a WebSocket upgrade (GET /ws with Upgrade: websocket)".into(),
+        ));
+    }
 
     let (tx, rx) = oneshot::channel();
     let user = identity.user.clone();

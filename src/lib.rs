@@ -25,6 +25,7 @@
 //!   the token lifetimes they parse; `main.rs` wires them to the command line.
 //! - `metrics`: what shards and the writer count, gathered per scrape (`/metrics`, `/api/stats`).
 //!   `health`: the readiness flags behind `/readyz`.
+//! - `web`: the embedded chat and operator pages and the JavaScript client library.
 
 pub mod accept;
 pub mod api;
@@ -44,4 +45,5 @@ pub mod router;
 pub mod server;
 pub mod shard;
 pub mod store;
+pub mod web;
 pub mod ws;

@@ -406,9 +406,11 @@ impl Snapshot {
 
     /// The `GET /api/stats` body: connections, rooms and messages in and out, per shard and in
     /// total. `rooms` is `shardcast_rooms_homed` (so the total is the rooms in use),
-    /// `messages_in` / `messages_out` are `shardcast_frames_in_total` / `_out_total`.
+    /// `messages_in` / `messages_out` are `shardcast_frames_in_total` / `_out_total`, and
+    /// `deliveries` is `shardcast_deliveries_total`.
     pub fn stats_json(&self) -> Bytes {
-        let (mut connections, mut rooms, mut messages_in, mut messages_out) = (0, 0, 0, 0);
+        let (mut connections, mut rooms, mut messages_in, mut messages_out, mut deliveries) =
+            (0, 0, 0, 0, 0);
         let shards: Vec<_> = self
             .shards
             .iter()
@@ -417,12 +419,14 @@ impl Snapshot {
                 rooms += s.rooms_homed;
                 messages_in += s.counters.frames_in;
                 messages_out += s.counters.frames_out;
+                deliveries += s.counters.deliveries;
                 serde_json::json!({
                     "shard": s.shard,
                     "connections": s.connections,
                     "rooms": s.rooms_homed,
                     "messages_in": s.counters.frames_in,
                     "messages_out": s.counters.frames_out,
+                    "deliveries": s.counters.deliveries,
                 })
             })
             .collect();
@@ -433,6 +437,7 @@ impl Snapshot {
                 "rooms": rooms,
                 "messages_in": messages_in,
                 "messages_out": messages_out,
+                "deliveries": deliveries,
             },
         });
         Bytes::from(body.to_string())

@@ -65,9 +65,14 @@ impl TestServer {
     /// [`TestServer::start`] with `data` at `dir`, which the caller keeps: a test restarts a
     /// server on the same data by calling this again once the first one has been joined.
     pub fn start_in(dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start_at(dir, "127.0.0.1:0".parse().unwrap(), tweak)
+    }
+
+    /// [`TestServer::start_in`] bound to `bind`.
+    fn start_at(dir: &Path, bind: SocketAddr, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config::default();
         tweak(&mut config);
-        config.bind = "127.0.0.1:0".parse().unwrap();
+        config.bind = bind;
         config.data = dir.to_path_buf();
         let server = tokio::task::block_in_place(|| Server::start(config))
             .unwrap_or_else(|e| panic!("the server failed to start: {e}"));
@@ -79,6 +84,21 @@ impl TestServer {
             addr,
             _data: None,
         }
+    }
+
+    /// Shuts this server down (connections get 1001) and starts it again on the same port and
+    /// data, with `tweak` applied to the defaults: what clients see of a restart.
+    pub fn restart(mut self, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let data = self
+            ._data
+            .take()
+            .expect("restart needs a server started by `start`");
+        let addr = self.addr;
+        self.shutdown();
+        self.join();
+        let mut server = TestServer::start_at(data.path(), addr, tweak);
+        server._data = Some(data);
+        server
     }
 
     /// A server with every default.
@@ -978,7 +998,19 @@ pub struct Http {
 pub struct HttpReply {
     pub status: u16,
     pub content_type: String,
+    /// Every header, names in lower case.
+    pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+impl HttpReply {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl Http {
@@ -1032,7 +1064,7 @@ impl Http {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("{method} {path}: bad status line {status_line:?}"));
-        let (mut length, mut content_type) = (None, String::new());
+        let (mut length, mut content_type, mut headers) = (None, String::new(), Vec::new());
         loop {
             let mut line = String::new();
             self.stream.read_line(&mut line).await.expect("read header");
@@ -1041,11 +1073,13 @@ impl Http {
                 break;
             }
             let (name, value) = line.split_once(':').expect("header line");
-            match name.to_ascii_lowercase().as_str() {
+            let name = name.to_ascii_lowercase();
+            match name.as_str() {
                 "content-length" => length = value.trim().parse::<usize>().ok(),
                 "content-type" => content_type = value.trim().to_string(),
                 _ => {}
             }
+            headers.push((name, value.trim().to_string()));
         }
         let length = length.unwrap_or_else(|| panic!("{method} {path}: no Content-Length"));
         let mut body = vec![0; length];
@@ -1053,6 +1087,7 @@ impl Http {
         HttpReply {
             status,
             content_type,
+            headers,
             body: String::from_utf8(body).expect("UTF-8 body"),
         }
     }
