@@ -32,14 +32,7 @@ fn identity(user: &str) -> Identity {
 }
 
 fn message(shard: &mut Shard, conn: &Rc<Conn>, json: &str) {
-    let mut payload = json.as_bytes().to_vec();
-    shard.on_event(
-        conn,
-        Event::Message {
-            binary: false,
-            payload: &mut payload,
-        },
-    );
+    shard.on_event(conn, Event::Text(json));
 }
 
 fn fanout(c: &mut Criterion) {

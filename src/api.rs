@@ -90,21 +90,107 @@ async fn route(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Bytes, ApiError> 
         ));
     }
     authorize(&ctx.config, req.headers())?;
-    let path = req.uri().path().trim_start_matches("/api/").to_owned();
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let segments: Vec<&str> = path.split('/').collect();
     let method = req.method().clone();
-    match (&method, segments.as_slice()) {
-        (&Method::POST, ["publish"]) => publish(&ctx, &read_body(&ctx, req).await?).await,
-        (&Method::POST, ["send"]) => send(&ctx, &read_body(&ctx, req).await?).await,
-        (&Method::POST, ["broadcast"]) => broadcast(&ctx, &read_body(&ctx, req).await?).await,
-        (&Method::POST, ["disconnect"]) => disconnect(&ctx, &read_body(&ctx, req).await?).await,
-        (&Method::GET, ["rooms", room, "presence"]) => presence(&ctx, name("room", room)?).await,
-        (&Method::GET, ["rooms", room, "history"]) => {
-            history(&ctx, name("room", room)?, &query).await
+    let uri = req.uri().clone();
+    let path = uri.path().trim_start_matches("/api/");
+    let body = match method {
+        Method::POST => read_body(&ctx, req).await?,
+        _ => Bytes::new(),
+    };
+    let call = parse_call(
+        &method,
+        path,
+        uri.query().unwrap_or(""),
+        &body,
+        ctx.config.max_message_size,
+    )?;
+    run(&ctx, call).await
+}
+
+/// One API request, parsed and checked; nothing has been done yet.
+#[derive(Debug)]
+pub enum Call {
+    /// `POST /api/publish {"room","body","from"?}` → `{"seq":N}`: sequenced, stored and
+    /// delivered by the room's home exactly like a client's publish.
+    Publish { room: Name, from: Name, body: Bytes },
+    /// `POST /api/send {"to","body","from"?}` → `{"seq":N}`: a direct message, stored in the
+    /// recipient's inbox (delivered at the next connect if the recipient is offline).
+    Send { to: Name, from: Name, body: Bytes },
+    /// `POST /api/broadcast {"body","from"?}` → `{"connections":N}`: one frame, encoded once,
+    /// to every connection. Not stored: it is for whoever is connected now.
+    Broadcast { from: Name, body: Bytes },
+    /// `POST /api/disconnect {"user","reason"?}` → `{"connections":N}`: closes every
+    /// connection of the user with 4501 (kicked), the reason in the close frame.
+    Disconnect { user: Name, reason: Option<String> },
+    /// `GET /api/rooms/{room}/presence` → `{"room","users":[..]}`.
+    Presence(Name),
+    /// `GET /api/rooms/{room}/history?before=N&limit=L` → the `history` reply of the protocol
+    /// (newest first, `more`), without an `id`.
+    History {
+        room: Name,
+        before: Option<u64>,
+        limit: usize,
+    },
+    /// `GET /api/users/{user}` → `{"user","online","connections"}`.
+    User(Name),
+    /// `GET /api/stats`.
+    Stats,
+}
+
+/// Parses a request: `path` is what follows `/api/`. It checks everything that can be checked
+/// without the shards (names, JSON, sizes, query numbers). Pure, so it is fuzzed on its own
+/// (fuzz/fuzz_targets/api_request.rs).
+pub fn parse_call(
+    method: &Method,
+    path: &str,
+    query: &str,
+    body: &[u8],
+    max_message_size: usize,
+) -> Result<Call, ApiError> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let size = |body: &RawValue| body_bytes(body, max_message_size);
+    match (method, segments.as_slice()) {
+        (&Method::POST, ["publish"]) => {
+            let req: PublishRequest<'_> = parse(body)?;
+            Ok(Call::Publish {
+                room: name("room", req.room)?,
+                from: sender(req.from)?,
+                body: size(req.body)?,
+            })
         }
-        (&Method::GET, ["users", user]) => user_info(&ctx, name("user", user)?).await,
-        (&Method::GET, ["stats"]) => Ok(crate::metrics::stats_json(&ctx).await),
+        (&Method::POST, ["send"]) => {
+            let req: SendRequest<'_> = parse(body)?;
+            Ok(Call::Send {
+                to: name("to", req.to)?,
+                from: sender(req.from)?,
+                body: size(req.body)?,
+            })
+        }
+        (&Method::POST, ["broadcast"]) => {
+            let req: BroadcastRequest<'_> = parse(body)?;
+            Ok(Call::Broadcast {
+                from: sender(req.from)?,
+                body: size(req.body)?,
+            })
+        }
+        (&Method::POST, ["disconnect"]) => {
+            let req: DisconnectRequest<'_> = parse(body)?;
+            Ok(Call::Disconnect {
+                user: name("user", req.user)?,
+                reason: req.reason,
+            })
+        }
+        (&Method::GET, ["rooms", room, "presence"]) => Ok(Call::Presence(name("room", room)?)),
+        (&Method::GET, ["rooms", room, "history"]) => {
+            let (before, limit) = history_query(query)?;
+            Ok(Call::History {
+                room: name("room", room)?,
+                before,
+                limit,
+            })
+        }
+        (&Method::GET, ["users", user]) => Ok(Call::User(name("user", user)?)),
+        (&Method::GET, ["stats"]) => Ok(Call::Stats),
         (_, ["publish" | "send" | "broadcast" | "disconnect"])
         | (_, ["rooms", _, "presence" | "history"])
         | (_, ["users", _] | ["stats"]) => Err(ApiError::new(
@@ -117,6 +203,68 @@ async fn route(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Bytes, ApiError> 
             "not_found",
             format!("no such endpoint: /api/{path}"),
         )),
+    }
+}
+
+/// Does what `call` asks, through the engine, the shards and the store writer.
+async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
+    match call {
+        Call::Publish { room, from, body } => {
+            ask_engine(ctx, |reply| EngineMsg::Publish {
+                room,
+                from,
+                body,
+                reply,
+            })
+            .await
+        }
+        Call::Send { to, from, body } => {
+            ask_engine(ctx, |reply| EngineMsg::Direct {
+                to,
+                from,
+                body,
+                reply,
+            })
+            .await
+        }
+        Call::Broadcast { from, body } => {
+            let frame = encode::broadcast(&from, crate::shard::now_ms(), &body);
+            let n = ask_all(ctx, |reply| LocalMsg::Broadcast {
+                frame: frame.clone(),
+                reply,
+            })
+            .await?;
+            Ok(Bytes::from(format!("{{\"connections\":{n}}}")))
+        }
+        Call::Disconnect { user, reason } => {
+            let n = ask_all(ctx, |reply| LocalMsg::Kick {
+                user: user.clone(),
+                reason: reason.clone(),
+                reply,
+            })
+            .await?;
+            Ok(Bytes::from(format!("{{\"connections\":{n}}}")))
+        }
+        Call::Presence(room) => ask_engine(ctx, |reply| EngineMsg::Presence { room, reply }).await,
+        Call::History {
+            room,
+            before,
+            limit,
+        } => {
+            let (tx, rx) = oneshot::channel();
+            let submit = |s: &mut Shard| {
+                let reply = s.api_reply(tx);
+                s.read_store(Read::History {
+                    room,
+                    reply,
+                    before,
+                    limit,
+                })
+            };
+            ask(ctx, submit, rx).await?.map_err(ApiError::from)
+        }
+        Call::User(user) => ask_engine(ctx, |reply| EngineMsg::UserInfo { user, reply }).await,
+        Call::Stats => Ok(crate::metrics::stats_json(ctx).await),
     }
 }
 
@@ -175,8 +323,7 @@ fn sender(from: Option<&str>) -> Result<Name, ApiError> {
 }
 
 /// The body's bytes, within the message size limit.
-fn body_bytes(ctx: &Ctx, body: &RawValue) -> Result<Bytes, ApiError> {
-    let limit = ctx.config.max_message_size;
+fn body_bytes(body: &RawValue, limit: usize) -> Result<Bytes, ApiError> {
     if body.get().len() > limit {
         return Err(ApiError::from(ReplyError::new(
             ErrorCode::TooLarge,
@@ -244,42 +391,12 @@ struct PublishRequest<'a> {
     from: Option<&'a str>,
 }
 
-/// `POST /api/publish {"room","body","from"?}` → `{"seq":N}`: sequenced, stored and delivered
-/// by the room's home exactly like a client's publish.
-async fn publish(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
-    let req: PublishRequest<'_> = parse(body)?;
-    let room = name("room", req.room)?;
-    let (from, body) = (sender(req.from)?, body_bytes(ctx, req.body)?);
-    ask_engine(ctx, |reply| EngineMsg::Publish {
-        room,
-        from,
-        body,
-        reply,
-    })
-    .await
-}
-
 #[derive(Deserialize)]
 struct SendRequest<'a> {
     to: &'a str,
     #[serde(borrow)]
     body: &'a RawValue,
     from: Option<&'a str>,
-}
-
-/// `POST /api/send {"to","body","from"?}` → `{"seq":N}`: a direct message, stored in the
-/// recipient's inbox (delivered at the next connect if the recipient is offline).
-async fn send(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
-    let req: SendRequest<'_> = parse(body)?;
-    let to = name("to", req.to)?;
-    let (from, body) = (sender(req.from)?, body_bytes(ctx, req.body)?);
-    ask_engine(ctx, |reply| EngineMsg::Direct {
-        to,
-        from,
-        body,
-        reply,
-    })
-    .await
 }
 
 #[derive(Deserialize)]
@@ -289,48 +406,14 @@ struct BroadcastRequest<'a> {
     from: Option<&'a str>,
 }
 
-/// `POST /api/broadcast {"body","from"?}` → `{"connections":N}`: one frame, encoded once, to
-/// every connection. Not stored: it is for whoever is connected now.
-async fn broadcast(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
-    let req: BroadcastRequest<'_> = parse(body)?;
-    let from = sender(req.from)?;
-    let frame = encode::broadcast(&from, crate::shard::now_ms(), &body_bytes(ctx, req.body)?);
-    let n = ask_all(ctx, |reply| LocalMsg::Broadcast {
-        frame: frame.clone(),
-        reply,
-    })
-    .await?;
-    Ok(Bytes::from(format!("{{\"connections\":{n}}}")))
-}
-
 #[derive(Deserialize)]
 struct DisconnectRequest<'a> {
     user: &'a str,
     reason: Option<String>,
 }
 
-/// `POST /api/disconnect {"user","reason"?}` → `{"connections":N}`: closes every connection of
-/// the user with 4501 (kicked), the reason in the close frame.
-async fn disconnect(ctx: &Ctx, body: &[u8]) -> Result<Bytes, ApiError> {
-    let req: DisconnectRequest<'_> = parse(body)?;
-    let user = name("user", req.user)?;
-    let n = ask_all(ctx, |reply| LocalMsg::Kick {
-        user: user.clone(),
-        reason: req.reason.clone(),
-        reply,
-    })
-    .await?;
-    Ok(Bytes::from(format!("{{\"connections\":{n}}}")))
-}
-
-/// `GET /api/rooms/{room}/presence` → `{"room","users":[..]}`.
-async fn presence(ctx: &Ctx, room: Name) -> Result<Bytes, ApiError> {
-    ask_engine(ctx, |reply| EngineMsg::Presence { room, reply }).await
-}
-
-/// `GET /api/rooms/{room}/history?before=N&limit=L` → the `history` reply of the protocol
-/// (newest first, `more`), without an `id`.
-async fn history(ctx: &Ctx, room: Name, query: &str) -> Result<Bytes, ApiError> {
+/// `?before=N&limit=L` of `GET /api/rooms/{room}/history`.
+fn history_query(query: &str) -> Result<(Option<u64>, usize), ApiError> {
     let mut before = None;
     let mut limit = DEFAULT_HISTORY_LIMIT;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -351,25 +434,5 @@ async fn history(ctx: &Ctx, room: Name, query: &str) -> Result<Bytes, ApiError> 
             "`limit` must be 1 to {MAX_HISTORY_LIMIT}"
         )));
     }
-    let (tx, rx) = oneshot::channel();
-    ask(
-        ctx,
-        |s| {
-            let reply = s.api_reply(tx);
-            s.read_store(Read::History {
-                room,
-                reply,
-                before,
-                limit,
-            })
-        },
-        rx,
-    )
-    .await?
-    .map_err(ApiError::from)
-}
-
-/// `GET /api/users/{user}` → `{"user","online","connections"}`.
-async fn user_info(ctx: &Ctx, user: Name) -> Result<Bytes, ApiError> {
-    ask_engine(ctx, |reply| EngineMsg::UserInfo { user, reply }).await
+    Ok((before, limit))
 }

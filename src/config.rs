@@ -208,6 +208,11 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
+    /// Serve the web pages: the chat page at /, the operator page at /admin and the client
+    /// library at /shardcast.js. Default true.
+    #[arg(long, env = "SHARDCAST_WEB", default_value_t = true, action = clap::ArgAction::Set)]
+    pub web: bool,
+
     /// Log format: text or json. Default text. The level comes from RUST_LOG (default info).
     #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -262,6 +267,12 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_MAX_QUEUE_BYTES", default_value_t = 1 << 20)]
     pub max_queue_bytes: usize,
 
+    /// Unsent bytes all connections together may have queued. Each shard holds its equal share:
+    /// over it, its connections with the largest queues are closed as slow consumers (4000)
+    /// until it is back under 90% of the share. Default 1073741824 (1 GiB); 0 = no bound.
+    #[arg(long, env = "SHARDCAST_MAX_TOTAL_QUEUE_BYTES", default_value_t = 1 << 30)]
+    pub max_total_queue_bytes: usize,
+
     /// Send `joined` / `left` events to room members. Default true.
     #[arg(long, env = "SHARDCAST_PRESENCE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub presence_events: bool,
@@ -281,6 +292,28 @@ pub struct Config {
     /// none. In milliseconds. Default 4; 0 writes as soon as frames are queued.
     #[arg(long, env = "SHARDCAST_MAX_BATCH_DELAY_MS", default_value_t = 4)]
     pub max_batch_delay_ms: u64,
+
+    /// Time a new TCP connection has to send its complete HTTP request headers (the WebSocket
+    /// upgrade or an API call), and an idle keep-alive connection its next request, in
+    /// milliseconds; then it is closed. Default 10000.
+    #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+
+    /// Most connections each shard keeps in their HTTP phase (handshakes not yet upgraded, API
+    /// keep-alive connections); a connection accepted over it is closed at once. Default 1024.
+    #[arg(long, env = "SHARDCAST_MAX_HANDSHAKES", default_value_t = 1_024)]
+    pub max_handshakes: usize,
+
+    /// Largest HTTP request head (request line and headers), in bytes; a bigger one gets 431.
+    /// Default 16384.
+    #[arg(long, env = "SHARDCAST_MAX_HEADER_BYTES", default_value_t = 16_384)]
+    pub max_header_bytes: usize,
+
+    /// Serve /echo, a WebSocket endpoint that echoes text and binary messages through the
+    /// server's own frame layer, for conformance suites. Dev mode only: the server refuses to
+    /// start with it and a jwt_secret. Default false.
+    #[arg(long, env = "SHARDCAST_ECHO", default_value_t = false, action = clap::ArgAction::Set)]
+    pub echo: bool,
 
     /// Retention by room name prefix, in the config file only: `[[room_retention]]` tables with
     /// `prefix`, `messages` and `secs`. The first rule whose prefix starts a room's name replaces
@@ -316,6 +349,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             api: true,
             api_key: None,
+            web: true,
             log_format: LogFormat::Text,
             heartbeat_ms: 25_000,
             idle_timeout_ms: 0,
@@ -326,10 +360,15 @@ impl Default for Config {
             publish_rate: 50,
             publish_burst: 100,
             max_queue_bytes: 1 << 20,
+            max_total_queue_bytes: 1 << 30,
             presence_events: true,
             shutdown_timeout_ms: 3_000,
             close_timeout_ms: 2_000,
             max_batch_delay_ms: 4,
+            handshake_timeout_ms: 10_000,
+            max_handshakes: 1_024,
+            max_header_bytes: 16_384,
+            echo: false,
             room_retention: Vec::new(),
         }
     }
@@ -441,6 +480,19 @@ impl Config {
         if self.allowed_origins.iter().any(|o| o.is_empty()) {
             return invalid("allowed_origins has an empty entry");
         }
+        if self.echo && !self.dev_mode() {
+            return invalid(
+                "echo is a dev-mode endpoint for conformance tests and cannot be turned on with a \
+                 JWT key; remove --echo (or SHARDCAST_ECHO), or run without jwt_secret, \
+                 jwt_public_key and jwks_url on loopback",
+            );
+        }
+        if self.handshake_timeout_ms == 0 || self.max_handshakes == 0 {
+            return invalid("handshake_timeout_ms and max_handshakes must be greater than 0");
+        }
+        if self.max_header_bytes < 1024 {
+            return invalid("max_header_bytes must be at least 1024");
+        }
         if self.heartbeat_ms == 0 {
             return invalid("heartbeat_ms must be greater than 0");
         }
@@ -465,8 +517,16 @@ impl Config {
         if self.room_retention.iter().any(|r| r.prefix.is_empty()) {
             return invalid("a room_retention rule needs a non-empty prefix");
         }
-        if self.shard_count() > u16::MAX as usize {
-            return invalid("too many shards");
+        if self.shard_count() > crate::msg::ConnId::MAX_SHARDS {
+            return invalid("too many shards (at most 1024)");
+        }
+        if self.max_total_queue_bytes != 0
+            && self.max_total_queue_bytes / self.shard_count() < self.max_queue_bytes
+        {
+            return invalid(
+                "max_total_queue_bytes divided by the shards must be at least max_queue_bytes \
+                 (or 0 for no bound)",
+            );
         }
         Ok(())
     }
@@ -611,6 +671,14 @@ mod tests {
             c.allowed_origins,
             ["https://a.example", "https://*.b.example"]
         );
+    }
+
+    #[test]
+    fn echo_is_refused_outside_dev_mode() {
+        assert!(load(&["--echo", "true"], None).unwrap().echo);
+        let args = ["--echo", "true", "--jwt-secret", "s", "--api", "false"];
+        let err = load(&args, None).unwrap_err();
+        assert!(err.to_string().contains("echo"), "{err}");
     }
 
     #[test]

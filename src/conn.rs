@@ -31,12 +31,21 @@ const READ_CHUNK: usize = 64 * 1024;
 thread_local! {
     /// The shard thread's read buffer, shared by all its connections.
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+    /// Unsent bytes over every connection of this thread: kept as queues grow and shrink, so
+    /// the shard can hold them to its share of `max_total_queue_bytes` without a scan.
+    static QUEUED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Unsent bytes over every connection of the calling (shard) thread.
+pub fn thread_queued_bytes() -> usize {
+    QUEUED.get()
 }
 
 /// A frame queued for one socket. The `Rc` is per shard: the bytes are shared with every other
 /// recipient, and cloning costs one non-atomic increment.
 pub type OutFrame = Rc<Bytes>;
 
+/// Dropping it gives its unsent bytes back to the thread's tally.
 #[derive(Default)]
 struct OutQueue {
     frames: VecDeque<OutFrame>,
@@ -181,11 +190,10 @@ pub struct Conn {
 
 /// What reading found.
 pub enum Event<'a> {
-    /// A complete text or binary message, unmasked.
-    Message {
-        binary: bool,
-        payload: &'a mut [u8],
-    },
+    /// A complete text message, its UTF-8 checked.
+    Text(&'a str),
+    /// A complete binary message.
+    Binary(&'a [u8]),
     Ping(&'a [u8]),
     /// A message over `max_message_size` was discarded.
     TooLarge,
@@ -241,7 +249,7 @@ impl Conn {
     /// Queues a frame; returns the unsent bytes now queued.
     pub fn push(&self, frame: OutFrame) -> usize {
         let mut out = self.out.borrow_mut();
-        out.bytes += frame.len();
+        out.grow(frame.len());
         out.frames.push_back(frame);
         out.bytes
     }
@@ -253,7 +261,7 @@ impl Conn {
         if out.head_sent > 0 || out.frames.is_empty() {
             return;
         }
-        out.bytes += frame.len();
+        out.grow(frame.len());
         out.frames.insert(1, frame);
     }
 
@@ -277,9 +285,11 @@ impl Conn {
         let mut out = self.out.borrow_mut();
         let keep = usize::from(out.head_sent > 0);
         out.frames.truncate(keep);
-        out.bytes = out.frames.front().map_or(0, |f| f.len() - out.head_sent);
+        let kept = out.frames.front().map_or(0, |f| f.len() - out.head_sent);
+        let dropped = out.bytes - kept;
+        out.shrink(dropped);
         let close = ws::close_frame(code.code(), reason.unwrap_or(code.reason()));
-        out.bytes += close.len();
+        out.grow(close.len());
         out.frames.push_back(Rc::new(close));
         drop(out);
         self.kick();
@@ -333,8 +343,9 @@ impl Conn {
         dec.max_message = max_message;
         dec.hard_limit = hard_limit;
         SCRATCH.with_borrow_mut(|scratch| {
-            if dec.closed {
-                // After the client's close frame, input is only read to see EOF.
+            if dec.closed || dec.failed {
+                // After the client's close frame, or bad framing, input is only read (and
+                // dropped) to see EOF.
                 return match self.io.try_read(scratch) {
                     Ok(0) => Ok(ReadStatus::Eof),
                     Err(e) if e.kind() != io::ErrorKind::WouldBlock => Ok(ReadStatus::Eof),
@@ -352,15 +363,7 @@ impl Conn {
                     Err(_) => return Ok(ReadStatus::Eof),
                 };
                 self.active.set(true);
-                if dec.partial.is_empty() {
-                    // The common case: whole frames, decoded in the shared buffer.
-                    let used = dec.decode(&mut scratch[..n], on)?;
-                    dec.partial.extend_from_slice(&scratch[used..n]);
-                } else {
-                    let mut partial = std::mem::take(&mut dec.partial);
-                    partial.extend_from_slice(&scratch[..n]);
-                    dec.decode_owned(partial, on)?;
-                }
+                dec.feed(&mut scratch[..n], on)?;
                 if dec.closed || n < scratch.len() {
                     break;
                 }
@@ -371,7 +374,9 @@ impl Conn {
 
     /// Decodes bytes that arrived with the HTTP upgrade request.
     pub fn preload(&self, bytes: &[u8], on: &mut dyn FnMut(Event<'_>)) -> Result<(), CloseCode> {
-        self.read.borrow_mut().decode_owned(bytes.to_vec(), on)
+        self.read
+            .borrow_mut()
+            .guard(|dec| dec.decode_owned(bytes.to_vec(), on))
     }
 
     /// Completes when the shard has something for the task to look at (a close, a blocked
@@ -398,6 +403,11 @@ impl Conn {
     /// The client has sent its close frame.
     pub fn peer_closed(&self) -> bool {
         self.read.borrow().closed
+    }
+
+    /// The client's framing was refused: its close frame could not be found in what follows.
+    pub fn read_failed(&self) -> bool {
+        self.read.borrow().failed
     }
 
     /// The task's view: is there anything left to do on this socket?
@@ -431,8 +441,18 @@ impl Conn {
 }
 
 impl OutQueue {
+    fn grow(&mut self, n: usize) {
+        self.bytes += n;
+        QUEUED.set(QUEUED.get() + n);
+    }
+
+    fn shrink(&mut self, n: usize) {
+        self.bytes -= n;
+        QUEUED.set(QUEUED.get().saturating_sub(n));
+    }
+
     fn advance(&mut self, mut written: usize) {
-        self.bytes -= written;
+        self.shrink(written);
         while written > 0 {
             let left = self.frames[0].len() - self.head_sent;
             if written >= left {
@@ -447,9 +467,16 @@ impl OutQueue {
     }
 }
 
+impl Drop for OutQueue {
+    fn drop(&mut self) {
+        self.shrink(self.bytes);
+    }
+}
+
 /// Inbound frame state that must survive between reads. Empty for an idle connection.
+/// Public for the fuzz targets and property tests, which feed it the way reads would.
 #[derive(Default)]
-struct Decoder {
+pub struct Decoder {
     /// Bytes of a frame cut by the end of a read.
     partial: Vec<u8>,
     /// Payload bytes of a discarded (too large) frame still to skip.
@@ -458,6 +485,8 @@ struct Decoder {
     frag: Option<Fragments>,
     /// A close frame was received; ignore whatever follows.
     closed: bool,
+    /// Framing was refused (1002, 1007, 1009); whatever follows is dropped, not decoded.
+    failed: bool,
     max_message: usize,
     hard_limit: u64,
 }
@@ -465,11 +494,104 @@ struct Decoder {
 struct Fragments {
     binary: bool,
     data: Vec<u8>,
+    /// Bytes of `data` known to be valid UTF-8 (text only): each fragment is checked as it
+    /// arrives, so invalid text fails fast, and a character cut between fragments is checked
+    /// once the next one completes it.
+    checked: usize,
     /// Over the size limit: the remaining fragments are skipped.
     discard: bool,
 }
 
+impl Fragments {
+    /// Checks the text received since the last check; `fin` says no more is coming.
+    fn check_utf8(&mut self, fin: bool) -> Result<(), CloseCode> {
+        if self.binary {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.data[self.checked..]) {
+            Ok(_) => self.checked = self.data.len(),
+            // Cut at the end, not wrong (yet): the next fragment must complete it.
+            Err(e) if e.error_len().is_none() && !fin => self.checked += e.valid_up_to(),
+            Err(_) => return Err(CloseCode::InvalidPayload),
+        }
+        Ok(())
+    }
+}
+
+/// Close codes a client may send (RFC 6455 section 7.4 and the IANA registry): 1004-1006 and
+/// 1015 are reserved for reporting and must never be on the wire.
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Checks a client close frame's payload: empty, or a valid code and a UTF-8 reason.
+fn check_close(payload: &[u8]) -> Result<(), CloseCode> {
+    match payload {
+        [] => Ok(()),
+        [_] => Err(CloseCode::ProtocolError),
+        [hi, lo, reason @ ..] => {
+            if !valid_close_code(u16::from_be_bytes([*hi, *lo])) {
+                return Err(CloseCode::ProtocolError);
+            }
+            std::str::from_utf8(reason).map_err(|_| CloseCode::InvalidPayload)?;
+            Ok(())
+        }
+    }
+}
+
 impl Decoder {
+    pub fn new(max_message: usize, hard_limit: u64) -> Decoder {
+        Decoder {
+            max_message,
+            hard_limit,
+            ..Decoder::default()
+        }
+    }
+
+    /// Decodes one read's bytes, `chunk`. Whole frames are decoded in place, in `chunk`; only
+    /// a frame cut by the end of the read is copied, into `partial`. After a close frame or a
+    /// refusal, input is ignored.
+    pub fn feed(
+        &mut self,
+        chunk: &mut [u8],
+        on: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), CloseCode> {
+        if self.closed || self.failed {
+            return Ok(());
+        }
+        self.guard(|dec| {
+            if dec.partial.is_empty() {
+                // The common case: whole frames, decoded in the shared buffer.
+                let used = dec.decode(chunk, on)?;
+                dec.partial.extend_from_slice(&chunk[used..]);
+                Ok(())
+            } else {
+                let mut partial = std::mem::take(&mut dec.partial);
+                partial.extend_from_slice(chunk);
+                dec.decode_owned(partial, on)
+            }
+        })
+    }
+
+    /// Bytes of memory held between reads: zero when no frame or message is cut.
+    pub fn held(&self) -> usize {
+        self.partial.capacity() + self.frag.as_ref().map_or(0, |f| f.data.capacity())
+    }
+
+    /// Runs `f` and remembers a refusal, so nothing after it is decoded.
+    fn guard<R>(
+        &mut self,
+        f: impl FnOnce(&mut Decoder) -> Result<R, CloseCode>,
+    ) -> Result<R, CloseCode> {
+        let r = f(self);
+        if r.is_err() {
+            self.failed = true;
+            self.partial = Vec::new();
+            self.frag = None;
+        }
+        r
+    }
+
     /// Decodes complete frames from `buf`, returning how many bytes were used.
     fn decode(
         &mut self,
@@ -510,7 +632,7 @@ impl Decoder {
             let payload = &mut buf[pos + h.header_len..pos + total];
             ws::unmask(payload, h.mask);
             pos += total;
-            self.dispatch(&h, payload, on);
+            self.dispatch(&h, payload, on)?;
         }
         Ok(pos)
     }
@@ -553,42 +675,61 @@ impl Decoder {
         self.frag = (!h.fin).then(|| Fragments {
             binary: false,
             data: Vec::new(),
+            checked: 0,
             discard: true,
         });
         Ok(true)
     }
 
-    fn dispatch(&mut self, h: &Header, payload: &mut [u8], on: &mut dyn FnMut(Event<'_>)) {
+    fn dispatch(
+        &mut self,
+        h: &Header,
+        payload: &[u8],
+        on: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), CloseCode> {
         match h.opcode {
-            ws::OP_TEXT | ws::OP_BINARY if h.fin => on(Event::Message {
-                binary: h.opcode == ws::OP_BINARY,
-                payload,
-            }),
+            // The common case: a whole message in one frame, passed on without a copy.
+            ws::OP_TEXT if h.fin => match std::str::from_utf8(payload) {
+                Ok(text) => on(Event::Text(text)),
+                Err(_) => return Err(CloseCode::InvalidPayload),
+            },
+            ws::OP_BINARY if h.fin => on(Event::Binary(payload)),
             ws::OP_TEXT | ws::OP_BINARY => {
-                self.frag = Some(Fragments {
+                let mut frag = Fragments {
                     binary: h.opcode == ws::OP_BINARY,
                     data: payload.to_vec(),
+                    checked: 0,
                     discard: false,
-                });
+                };
+                frag.check_utf8(false)?;
+                self.frag = Some(frag);
             }
             ws::OP_CONTINUATION => {
                 let frag = self.frag.as_mut().expect("checked in oversized");
                 frag.data.extend_from_slice(payload);
+                frag.check_utf8(h.fin)?;
                 if h.fin {
-                    let mut frag = self.frag.take().expect("present");
-                    on(Event::Message {
-                        binary: frag.binary,
-                        payload: &mut frag.data,
-                    });
+                    let frag = self.frag.take().expect("present");
+                    match frag.binary {
+                        true => on(Event::Binary(&frag.data)),
+                        // Checked fragment by fragment above; the second pass costs only
+                        // fragmented messages, and keeps this free of `unsafe`.
+                        false => on(Event::Text(
+                            std::str::from_utf8(&frag.data)
+                                .map_err(|_| CloseCode::InvalidPayload)?,
+                        )),
+                    }
                 }
             }
             ws::OP_PING => on(Event::Ping(payload)),
             ws::OP_CLOSE => {
+                check_close(payload)?;
                 self.closed = true;
                 on(Event::Close);
             }
             _ => {} // pong: the read itself counted as activity
         }
+        Ok(())
     }
 }
 
@@ -621,24 +762,16 @@ mod tests {
     /// Feeds `wire` in chunks of `step` bytes, the way reads would, and lists what came out.
     fn run(dec: &mut Decoder, wire: &[u8], step: usize) -> Result<Vec<String>, CloseCode> {
         let mut seen = Vec::new();
-        let mut buf = Vec::new();
         for chunk in wire.chunks(step) {
-            buf.extend_from_slice(chunk);
-            let used = dec.decode(&mut buf, &mut |e| {
+            dec.feed(&mut chunk.to_vec(), &mut |e| {
                 seen.push(match e {
-                    Event::Message { binary, payload } => {
-                        format!(
-                            "{}:{}",
-                            if binary { "bin" } else { "text" },
-                            String::from_utf8_lossy(payload)
-                        )
-                    }
+                    Event::Text(text) => format!("text:{text}"),
+                    Event::Binary(b) => format!("bin:{}", String::from_utf8_lossy(b)),
                     Event::Ping(p) => format!("ping:{}", p.len()),
                     Event::TooLarge => "too_large".into(),
                     Event::Close => "close".into(),
                 })
             })?;
-            buf.drain(..used);
         }
         Ok(seen)
     }
@@ -679,7 +812,7 @@ mod tests {
             let mut dec = decoder(500);
             let seen = run(&mut dec, &wire, step).unwrap();
             assert_eq!(seen, ["too_large", "too_large", "text:ok"], "step {step}");
-            assert!(dec.partial.capacity() == 0);
+            assert_eq!(dec.held(), 0);
         }
     }
 
@@ -700,17 +833,72 @@ mod tests {
     }
 
     #[test]
+    fn utf8_is_checked_per_fragment_and_across_cuts() {
+        // "é" (c3 a9) split between two fragments is fine.
+        let mut wire = frame(0x01, b"caf\xc3");
+        wire.extend(frame(0x80, b"\xa9!"));
+        for step in [1, 3, 100] {
+            let seen = run(&mut decoder(100), &wire, step).unwrap();
+            assert_eq!(seen, ["text:café!"], "step {step}");
+        }
+        // An invalid byte in the first fragment fails before the message ends.
+        let bad_first = frame(0x01, b"ok\xff");
+        assert_eq!(
+            run(&mut decoder(100), &bad_first, 1),
+            Err(CloseCode::InvalidPayload)
+        );
+        // A sequence still cut when the message ends is invalid.
+        let mut cut = frame(0x01, b"x");
+        cut.extend(frame(0x80, b"\xc3"));
+        assert_eq!(
+            run(&mut decoder(100), &cut, 2),
+            Err(CloseCode::InvalidPayload)
+        );
+        // Binary is never checked.
+        let seen = run(&mut decoder(100), &frame(0x82, b"\xff"), 1).unwrap();
+        assert_eq!(seen.len(), 1);
+    }
+
+    #[test]
+    fn close_frames_are_checked() {
+        for (payload, want) in [
+            (&b""[..], Ok(vec!["close".to_string()])),
+            (&[0x03, 0xE8][..], Ok(vec!["close".to_string()])),
+            (&[0x0F, 0xA0, b'o', b'k'][..], Ok(vec!["close".to_string()])), // 4000
+            (&[0x03][..], Err(CloseCode::ProtocolError)),
+            (&[0x03, 0xED][..], Err(CloseCode::ProtocolError)), // 1005
+            (&[0x03, 0xE7][..], Err(CloseCode::ProtocolError)), // 999
+            (&[0x13, 0x88][..], Err(CloseCode::ProtocolError)), // 5000
+            (&[0x03, 0xE8, 0xff][..], Err(CloseCode::InvalidPayload)),
+        ] {
+            assert_eq!(
+                run(&mut decoder(100), &frame(0x88, payload), 1),
+                want,
+                "{payload:?}"
+            );
+        }
+    }
+
+    #[test]
     fn queue_advances_over_partial_writes() {
         let mut q = OutQueue::default();
+        let before = thread_queued_bytes();
         for s in ["abc", "de", "fghi"] {
-            q.bytes += s.len();
+            q.grow(s.len());
             q.frames.push_back(Rc::new(Bytes::from(s)));
         }
         q.advance(4);
         assert_eq!((q.frames.len(), q.head_sent, q.bytes), (2, 1, 5));
+        assert_eq!(
+            thread_queued_bytes() - before,
+            5,
+            "the thread's tally follows"
+        );
         q.advance(5);
         assert!(q.frames.is_empty());
         assert_eq!((q.head_sent, q.bytes), (0, 0));
+        drop(q);
+        assert_eq!(thread_queued_bytes(), before);
     }
 
     #[test]

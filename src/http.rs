@@ -1,9 +1,10 @@
 //! HTTP on a shard: routing, the WebSocket handshake (auth, admission by the user's home shard,
-//! upgrade) and JSON error responses.
+//! upgrade) and JSON error responses. The web pages are `web`'s.
 //!
 //! Owns everything before a connection is a WebSocket. It must not touch connection I/O after
 //! the upgrade: the raw TCP stream is handed to `conn` and the shard runtime.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::rc::Rc;
 use std::time::Duration;
@@ -25,12 +26,41 @@ use crate::shard::runtime::{self, Ctx};
 
 type Body = Full<Bytes>;
 
+thread_local! {
+    /// This shard's connections in their HTTP phase (`max_handshakes`). Each shard is one
+    /// thread, so a thread-local is a per-shard count with no atomics.
+    static IN_HTTP: Cell<usize> = const { Cell::new(0) };
+}
+
+/// One connection counted in `IN_HTTP` until it upgrades or closes.
+struct HttpSlot;
+
+impl Drop for HttpSlot {
+    fn drop(&mut self) {
+        IN_HTTP.set(IN_HTTP.get() - 1);
+    }
+}
+
 /// Serves one TCP connection's HTTP requests until it upgrades or closes.
 pub async fn serve(ctx: Rc<Ctx>, stream: TcpStream) {
+    let config = &ctx.config;
+    if IN_HTTP.get() >= config.max_handshakes {
+        // Slow or stalled handshakes hold every slot: shed this one without reading it.
+        tracing::debug!(
+            limit = config.max_handshakes,
+            "too many handshakes; closing"
+        );
+        return;
+    }
+    IN_HTTP.set(IN_HTTP.get() + 1);
+    let _slot = HttpSlot;
+    let timeout = Duration::from_millis(config.handshake_timeout_ms);
+    let header_limit = config.max_header_bytes;
     let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(timeout)
+        .max_header_size(header_limit)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(e) = conn.await {
@@ -41,6 +71,7 @@ pub async fn serve(ctx: Rc<Ctx>, stream: TcpStream) {
 async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => websocket(ctx, req).await.unwrap_or_else(|e| error(&e)),
+        (&Method::GET, "/echo") if ctx.config.echo => crate::echo::upgrade(ctx, req),
         (&Method::GET, "/healthz") => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
         (&Method::GET, "/readyz") => match ctx.health.unready() {
             None => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
@@ -54,13 +85,16 @@ async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, 
             response
         }
         (_, path) if path.starts_with("/api/") => crate::api::handle(ctx, req).await,
+        (&Method::GET, path) if ctx.config.web => {
+            crate::web::asset(path).unwrap_or_else(|| error(&HandshakeError::NotFound))
+        }
         _ => error(&HandshakeError::NotFound),
     };
     Ok(response)
 }
 
 /// `{"code":..,"message":..}` with the error's status.
-fn error(e: &HandshakeError) -> Response<Body> {
+pub(crate) fn error(e: &HandshakeError) -> Response<Body> {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_error(status, e.code(), &e.to_string())
 }
@@ -103,11 +137,11 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.done {
-            // Dropped while waiting (the client went away): the home may have admitted the
+            // Dropped while waiting (the client went away): the engine may have admitted the
             // connection already, and must then be told, or it would count it forever. Closing
-            // first makes the answer final: a home that answers later sees its send fail and
-            // releases the connection itself; without the close, an answer landing between the
-            // read and the drop of the receiver was lost and the user stayed counted.
+            // first makes the answer final: either it is here now (and says whether it was
+            // admitted), or it has not reached the shard yet, which then unregisters the
+            // connection itself when it does (`Shard::admitted`).
             let unread = self.verdict.as_mut().map(|rx| {
                 rx.close();
                 rx.try_recv()
@@ -123,26 +157,34 @@ async fn websocket(
     ctx: Rc<Ctx>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, HandshakeError> {
-    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return Err(HandshakeError::BadRequest(
-            "expected a WebSocket upgrade (GET /ws with Upgrade: websocket)".into(),
-        ));
-    }
     let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
     crate::origin::check(&ctx.config, header(ORIGIN), header(HOST))?;
     let bearer = header(AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer "));
     let query = req.uri().query();
+    let upgrade_check = |req: &Request<Incoming>| {
+        if fastwebsockets::upgrade::is_upgrade_request(req) {
+            Ok(())
+        } else {
+            Err(HandshakeError::BadRequest(
+                "expected a WebSocket upgrade (GET /ws with Upgrade: websocket)".into(),
+            ))
+        }
+    };
     if ctx.config.first_frame_auth
         && !ctx.config.dev_mode()
         && !Authenticator::has_credentials(query, bearer)
     {
+        upgrade_check(&req)?;
         return upgrade(&mut req, move |stream, early| {
             crate::first_frame::connect(ctx, stream, early)
         });
     }
+    // Credentials are checked before the upgrade headers: a browser never sees why a handshake
+    // was refused, so its client asks again with a plain GET, which answers 401 if they are bad.
     let identity = ctx
         .auth
         .authenticate(query, bearer, ctx.config.max_rooms_per_connection)?;
+    upgrade_check(&req)?;
     let (reservation, inbox_seq) = admit(&ctx, &identity).await?;
     upgrade(&mut req, move |stream, early| {
         let conn = reservation.fulfil();
@@ -186,23 +228,32 @@ fn upgrade<F: Future<Output = ()> + 'static>(
     let (response, upgrade) = fastwebsockets::upgrade::upgrade(req)
         .map_err(|e| HandshakeError::BadRequest(format!("bad upgrade request: {e}")))?;
     tokio::task::spawn_local(async move {
-        let parts = match upgrade.await {
-            Ok(ws) => ws
-                .into_inner()
-                .into_inner()
-                .downcast::<TokioIo<TcpStream>>(),
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let Ok(hyper::upgrade::Parts { io, read_buf, .. }) = parts else {
-            tracing::error!("upgraded connection is not a TCP stream");
-            return;
-        };
-        then(io.into_inner(), read_buf).await;
+        if let Some((stream, early)) = upgraded(upgrade).await {
+            then(stream, early).await;
+        }
     });
     Ok(response.map(|_| Full::new(Bytes::new())))
+}
+
+/// The TCP stream under a completed upgrade, and what hyper read past the request.
+pub(crate) async fn upgraded(
+    upgrade: fastwebsockets::upgrade::UpgradeFut,
+) -> Option<(TcpStream, Bytes)> {
+    let parts = match upgrade.await {
+        Ok(ws) => ws
+            .into_inner()
+            .into_inner()
+            .downcast::<TokioIo<TcpStream>>(),
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return None;
+        }
+    };
+    let Ok(hyper::upgrade::Parts { io, read_buf, .. }) = parts else {
+        tracing::error!("upgraded connection is not a TCP stream");
+        return None;
+    };
+    Some((io.into_inner(), read_buf))
 }
 
 /// Attaches the upgraded stream to the shard and runs its task. `early` is what hyper read past

@@ -14,6 +14,8 @@
 //! - `http`: routing and the WebSocket handshake, up to handing over the raw stream;
 //!   `first_frame`: the handshake's end for connections that authenticate with a `connect` frame.
 //! - `api`: the HTTP server API under `/api/` for backends.
+//! - `echo`: the dev-mode `/echo` endpoint, for conformance suites against the frame layer.
+//! - `accept`: the acceptor's back-off on accept errors (out of file descriptors).
 //! - `conn`: one connection's bytes: the bounded outbound queue and the frame decoder.
 //! - `ws`: the WebSocket wire format. `protocol`: the JSON protocol (parse, encode once).
 //! - `auth`: JWT and dev-mode identities (`auth::jwks`: the key set fetched over HTTP). `origin`:
@@ -25,12 +27,15 @@
 //!   the token lifetimes they parse; `main.rs` wires them to the command line.
 //! - `metrics`: what shards and the writer count, gathered per scrape (`/metrics`, `/api/stats`).
 //!   `health`: the readiness flags behind `/readyz`.
+//! - `web`: the embedded chat and operator pages and the JavaScript client library.
 
+pub mod accept;
 pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod echo;
 pub mod error;
 pub mod first_frame;
 pub mod health;
@@ -44,4 +49,5 @@ pub mod router;
 pub mod server;
 pub mod shard;
 pub mod store;
+pub mod web;
 pub mod ws;

@@ -56,7 +56,7 @@ pub enum Disconnect {
 }
 
 /// The `reason` label of each `Disconnect`, in the order of `ShardCounters::disconnects`.
-const DISCONNECT_REASONS: [&str; 11] = [
+const DISCONNECT_REASONS: [&str; 12] = [
     "normal",
     "going_away",
     "protocol_error",
@@ -68,6 +68,7 @@ const DISCONNECT_REASONS: [&str; 11] = [
     "replaced",
     "kicked",
     "connection_lost",
+    "invalid_payload",
 ];
 
 fn disconnect_index(d: Disconnect) -> usize {
@@ -83,6 +84,7 @@ fn disconnect_index(d: Disconnect) -> usize {
             CloseCode::TokenExpired => 7,
             CloseCode::Replaced => 8,
             CloseCode::Kicked => 9,
+            CloseCode::InvalidPayload => 11,
         },
         Disconnect::Lost => 10,
     }
@@ -406,9 +408,11 @@ impl Snapshot {
 
     /// The `GET /api/stats` body: connections, rooms and messages in and out, per shard and in
     /// total. `rooms` is `shardcast_rooms_homed` (so the total is the rooms in use),
-    /// `messages_in` / `messages_out` are `shardcast_frames_in_total` / `_out_total`.
+    /// `messages_in` / `messages_out` are `shardcast_frames_in_total` / `_out_total`, and
+    /// `deliveries` is `shardcast_deliveries_total`.
     pub fn stats_json(&self) -> Bytes {
-        let (mut connections, mut rooms, mut messages_in, mut messages_out) = (0, 0, 0, 0);
+        let (mut connections, mut rooms, mut messages_in, mut messages_out, mut deliveries) =
+            (0, 0, 0, 0, 0);
         let shards: Vec<_> = self
             .shards
             .iter()
@@ -417,12 +421,14 @@ impl Snapshot {
                 rooms += s.rooms_homed;
                 messages_in += s.counters.frames_in;
                 messages_out += s.counters.frames_out;
+                deliveries += s.counters.deliveries;
                 serde_json::json!({
                     "shard": s.shard,
                     "connections": s.connections,
                     "rooms": s.rooms_homed,
                     "messages_in": s.counters.frames_in,
                     "messages_out": s.counters.frames_out,
+                    "deliveries": s.counters.deliveries,
                 })
             })
             .collect();
@@ -433,6 +439,7 @@ impl Snapshot {
                 "rooms": rooms,
                 "messages_in": messages_in,
                 "messages_out": messages_out,
+                "deliveries": deliveries,
             },
         });
         Bytes::from(body.to_string())
@@ -566,6 +573,7 @@ mod tests {
             CloseCode::TokenExpired,
             CloseCode::Replaced,
             CloseCode::Kicked,
+            CloseCode::InvalidPayload,
         ];
         let mut seen: Vec<usize> = codes
             .iter()

@@ -80,28 +80,26 @@ impl ReplyTo {
     }
 
     /// The answer: `frame(id)` for a connection, `json()` for an API call, as the message to
-    /// send to `self.shard()`.
+    /// send and the shard to send it to.
     pub fn answer(
         self,
         frame: impl FnOnce(Option<&ReqId>) -> Bytes,
         json: impl FnOnce() -> Bytes,
-    ) -> NodeMsg {
+    ) -> (ShardId, NodeMsg) {
         let body = match &self {
             ReplyTo::Conn { id, .. } => frame(id.as_ref()),
             ReplyTo::Api { .. } => json(),
         };
-        NodeMsg::Reply {
-            to: self,
-            result: Ok(body),
-        }
+        self.with(Ok(body))
     }
 
     /// The error answer; the receiving shard encodes it for a connection.
-    pub fn fail(self, err: ReplyError) -> NodeMsg {
-        NodeMsg::Reply {
-            to: self,
-            result: Err(err),
-        }
+    pub fn fail(self, err: ReplyError) -> (ShardId, NodeMsg) {
+        self.with(Err(err))
+    }
+
+    fn with(self, result: Result<Bytes, ReplyError>) -> (ShardId, NodeMsg) {
+        (self.shard(), NodeMsg::Reply { to: self, result })
     }
 }
 
@@ -250,19 +248,11 @@ pub enum NodeMsg {
         frames: Bytes,
         ok: bool,
     },
-    /// A room frame for the local members, except `exclude`. `seq` is the room message's, or
-    /// `None` for a presence event (not part of the room's stream).
+    /// A live frame of `stream` for its local receivers, except `exclude`: a room's members,
+    /// or a user's connections. `seq` is the frame's place in the stream; `None` for a frame
+    /// outside it (a presence event, or the copy of a direct message the user sent).
     Deliver {
-        room: Name,
-        seq: Option<u64>,
-        frame: Bytes,
-        exclude: Option<ConnId>,
-    },
-    /// A direct-message frame for the user's local connections, except `exclude`. `seq` is
-    /// the user's inbox seq when the message is to this user, `None` for the copy of a message
-    /// the user sent.
-    DeliverUser {
-        user: Name,
+        stream: Stream,
         seq: Option<u64>,
         frame: Bytes,
         exclude: Option<ConnId>,
@@ -391,7 +381,7 @@ mod tests {
         );
 
         let msg = NodeMsg::Deliver {
-            room: Name::new("r").unwrap(),
+            stream: Stream::Room(Name::new("r").unwrap()),
             seq: Some(4),
             frame: Bytes::from_static(b"\x81\x02{}"),
             exclude: Some(ConnId::new(1, 2, 3)),

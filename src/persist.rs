@@ -45,6 +45,9 @@ pub enum Op {
     Stop,
     /// Answer a metrics scrape with the writer's counters, after the writes queued before it.
     Stats(oneshot::Sender<WriterCounters>),
+    /// Test-only: the next inbox or range read fails as if the store could not be read.
+    #[cfg(feature = "fault-injection")]
+    FailNextRead,
 }
 
 /// A read, answered to the asking connection's shard. Served after every write queued before
@@ -179,6 +182,8 @@ struct Writer {
     /// Told after each batch whether the store wrote it (`/readyz`).
     health: Arc<Health>,
     counters: WriterCounters,
+    #[cfg(feature = "fault-injection")]
+    fail_next_read: bool,
 }
 
 impl Writer {
@@ -192,6 +197,8 @@ impl Writer {
             reply_bytes: config.max_queue_bytes / 2,
             health,
             counters: WriterCounters::default(),
+            #[cfg(feature = "fault-injection")]
+            fail_next_read: false,
         }
     }
 
@@ -260,6 +267,8 @@ impl Writer {
                 Op::Read(r) => reads.push(r),
                 Op::Stop => stop = true,
                 Op::Stats(reply) => scrapes.push(reply),
+                #[cfg(feature = "fault-injection")]
+                Op::FailNextRead => self.fail_next_read = true,
             }
         }
         if !appends.is_empty() || !cursors.is_empty() {
@@ -335,6 +344,11 @@ impl Writer {
             } => {
                 let stream = Stream::Inbox(user);
                 let messages = self.replay(&stream, after, upto).map(|(m, _)| m);
+                #[cfg(feature = "fault-injection")]
+                let messages = match std::mem::take(&mut self.fail_next_read) {
+                    true => Err(StoreError::Read("fault injection".into())),
+                    false => messages,
+                };
                 self.send_replay(stream, to, (after, upto), None, messages);
             }
             Read::Range {
@@ -383,8 +397,7 @@ impl Writer {
         room: Option<&Name>,
         page: Result<(Vec<StoredMessage>, bool), StoreError>,
     ) {
-        let shard = reply.shard();
-        let msg = match page {
+        let (shard, msg) = match page {
             Ok((messages, more)) => reply.answer(
                 |id| encode::page(id, room, payloads(&messages), more),
                 || crate::ws::payload_of(&encode::page(None, room, payloads(&messages), more)),

@@ -125,6 +125,14 @@ impl Server {
         self.router.send(shard, LocalMsg::Panic);
     }
 
+    /// Test-only: the store's next inbox or range read fails.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_read_failure(&self) {
+        self.store_threads
+            .persist()
+            .send(vec![persist::Op::FailNextRead]);
+    }
+
     /// Waits until every shard thread has exited.
     pub fn join(mut self) {
         self.join_threads();

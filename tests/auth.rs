@@ -793,3 +793,23 @@ async fn jwks_unreachable_at_start_is_retried() {
     assert_eq!(c.welcome["user"], "alice");
     assert!(key_server.hits() >= 1);
 }
+
+/// A plain GET to /ws checks the credentials first: a browser, which never sees why a
+/// handshake was refused, asks this way and gets the 401 (the JS client then stops retrying).
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_get_with_bad_credentials_gets_401() {
+    let server = TestServer::start(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.api = false;
+    });
+    let mut http = Http::connect(server.addr()).await;
+    let bad = mint("other-secret", &json!({"sub": "a", "exp": now_secs() + 60}));
+    for path in [format!("/ws?token={bad}"), "/ws?user=alice".to_string()] {
+        let r = http.get(&path, &[]).await;
+        assert_eq!(r.status, 401, "{path}: {}", r.body);
+        assert!(r.body.contains("\"unauthorized\""), "{path}: {}", r.body);
+    }
+    let good = token_for("a");
+    let r = http.get(&format!("/ws?token={good}"), &[]).await;
+    assert_eq!(r.status, 400, "good credentials, no upgrade: {}", r.body);
+}

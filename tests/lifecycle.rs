@@ -290,3 +290,61 @@ async fn binary_sigterm_closes_1001_and_exits_0() {
 async fn binary_sigint_closes_1001_and_exits_0() {
     binary_exits_cleanly_on("INT").await;
 }
+
+/// Over the bound on all connections' unsent bytes, the largest queues are closed first (4000,
+/// with a reason naming the bound), before any of them reaches its own `max_queue_bytes`; a
+/// member that keeps reading gets every message.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_largest_queues_are_closed_when_all_unsent_bytes_are_over_the_bound() {
+    const PAD: usize = 60 * 1024;
+    const MESSAGES: u64 = 500;
+    let server = TestServer::start(|c| {
+        c.shards = 1;
+        c.max_queue_bytes = 1 << 20;
+        c.max_total_queue_bytes = 1 << 20;
+        c.publish_rate = 1_000_000;
+        c.publish_burst = 1_000_000;
+        c.presence_events = false;
+        c.close_timeout_ms = 30_000;
+    });
+    let addr = server.addr();
+    let mut slow = Vec::new();
+    for i in 0..3 {
+        let mut c = dev(addr, &format!("slow{i}")).await;
+        c.join("room").await;
+        slow.push(c);
+    }
+    let mut fast = dev(addr, "fast").await;
+    let mut publisher = dev(addr, "publisher").await;
+    fast.join("room").await;
+    publisher.join("room").await;
+
+    let pad = "x".repeat(PAD);
+    for i in 1..=MESSAGES {
+        publisher.publish("room", json!({"i": i, "pad": pad})).await;
+        let got = fast.recv_json().await;
+        assert_eq!(got["seq"], i, "fast must get every message, in order");
+    }
+
+    let mut by_the_bound = 0;
+    for c in &mut slow {
+        loop {
+            match c.next_within(Duration::from_secs(10)).await {
+                Some(Incoming::Text(_)) => {}
+                Some(Incoming::Close(Some((code, reason)))) => {
+                    assert_eq!(code, 4000, "{}: {reason:?}", c.name);
+                    by_the_bound += usize::from(reason.contains("bound"));
+                    break;
+                }
+                other => panic!(
+                    "{}: expected messages then a 4000 close, got {other:?}",
+                    c.name
+                ),
+            }
+        }
+    }
+    assert!(
+        by_the_bound >= 2,
+        "at least two slow consumers are closed by the total bound, not their own ({by_the_bound})"
+    );
+}

@@ -480,16 +480,23 @@ async fn api_stats_totals_match_the_traffic() {
 
     let stats = http.stats(&[]).await;
     let total = &stats["total"];
-    // 2 joins and 3 publishes in; 2 welcomes, 2 join acks, 3 acks and 3 messages out.
+    // 2 joins and 3 publishes in; 2 welcomes, 2 join acks, 3 acks and 3 messages out, of
+    // which the 3 messages are deliveries.
     assert_eq!(
         *total,
-        json!({"connections": 2, "rooms": 1, "messages_in": 5, "messages_out": 10}),
+        json!({"connections": 2, "rooms": 1, "messages_in": 5, "messages_out": 10, "deliveries": 3}),
         "{stats}"
     );
     let shards = stats["shards"].as_array().expect("shards array");
     assert_eq!(shards.len(), 2, "{stats}");
     let m = http.scrape().await;
-    for key in ["connections", "rooms", "messages_in", "messages_out"] {
+    for key in [
+        "connections",
+        "rooms",
+        "messages_in",
+        "messages_out",
+        "deliveries",
+    ] {
         let sum: u64 = shards.iter().map(|s| s[key].as_u64().unwrap()).sum();
         assert_eq!(json!(sum), total[key], "{key} per shard sums to the total");
     }

@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 fn server(shards: usize) -> TestServer {
     TestServer::start(|c| {
@@ -293,4 +295,34 @@ async fn a_panic_in_a_shard_is_contained_counted_and_makes_the_server_unready() 
     c.join("r").await;
     let seq = b.publish("r", numbered(2)).await;
     assert_room_msgs(&c.recv_n(1).await, "r", "b", seq..=seq);
+}
+
+/// The inbox's delivered cursor moves only once the replay reached the connection: when the
+/// read fails, the connection is closed with 1011, and the next one gets the messages.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_inbox_read_loses_nothing() {
+    for shards in [2, 4] {
+        let s = server(shards);
+        let mut sender = dev(s.addr(), "s").await;
+        dm_numbered(&mut sender, "carol", 1..=3).await;
+
+        s.inject_read_failure();
+        let url = format!("ws://{}/ws?user=carol", s.addr());
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        match tokio::time::timeout(TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                assert_eq!(u16::from(frame.code), 1011, "{frame:?}");
+                assert!(frame.reason.contains("reconnect"), "{frame:?}");
+            }
+            other => panic!("expected a 1011 close first, got {other:?}"),
+        }
+
+        let mut carol = retry_dev(s.addr(), "carol", TIMEOUT)
+            .await
+            .unwrap_or_else(|r| panic!("carol reconnects: {r:?}"));
+        assert_dms(&carol.recv_n(3).await, "carol", "s", 1..=3);
+        dm_numbered(&mut sender, "carol", 4..=4).await;
+        assert_dms(&carol.recv_n(1).await, "carol", "s", 4..=4);
+        carol.assert_silent(Duration::from_millis(200)).await;
+    }
 }

@@ -155,3 +155,40 @@ async fn abandoned_handshakes_do_not_lock_the_user_out() {
         .unwrap_or_else(|r| panic!("user a is still counted as connected: {r:?}"));
     a.ping().await;
 }
+
+/// The users' homes forget a user once its last connection is gone: after 3,000 distinct users
+/// connect once each (sessions of 8 at a time), the users homed add up to those still online.
+#[tokio::test(flavor = "multi_thread")]
+async fn homes_forget_users_whose_connections_are_gone() {
+    let server = TestServer::start(|c| {
+        c.shards = 4;
+        c.presence_events = false;
+    });
+    let addr = server.addr();
+    let mut kept = Vec::new();
+    for batch in 0..375 {
+        let mut open = Vec::new();
+        for i in 0..8 {
+            open.push(dev(addr, &format!("user-{batch}-{i}")).await);
+        }
+        for (i, c) in open.into_iter().enumerate() {
+            if batch % 25 == 0 && i == 0 {
+                kept.push(c);
+            } else {
+                c.close().await;
+            }
+        }
+    }
+    let homed = |body: &str| -> u64 {
+        body.lines()
+            .filter(|l| l.starts_with("shardcast_users_homed{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    eventually(PROPAGATE, "users homed back to those online", async || {
+        let body = Http::connect(addr).await.get("/metrics", &[]).await.body;
+        (homed(&body) == kept.len() as u64).then_some(())
+    })
+    .await;
+    assert_eq!(kept.len(), 15);
+}

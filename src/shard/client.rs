@@ -248,11 +248,11 @@ impl Shard {
 
     /// Applies one decoded event from a connection.
     pub fn on_event(&mut self, conn: &Rc<Conn>, event: Event<'_>) {
-        if let Event::Message { .. } | Event::TooLarge = event {
+        if let Event::Text(_) | Event::Binary(_) | Event::TooLarge = event {
             self.stats.frames_in += 1;
         }
         match event {
-            Event::Message { binary: true, .. } => self.reply_error(
+            Event::Binary(_) => self.reply_error(
                 conn,
                 None,
                 ReplyError::new(
@@ -260,16 +260,9 @@ impl Shard {
                     "binary frames are not supported; send JSON in text frames",
                 ),
             ),
-            Event::Message { payload, .. } => match std::str::from_utf8(payload) {
-                Err(_) => self.reply_error(
-                    conn,
-                    None,
-                    ReplyError::new(ErrorCode::BadRequest, "text frame is not valid UTF-8"),
-                ),
-                Ok(text) => match protocol::parse(text) {
-                    Ok(req) => self.on_request(conn, req),
-                    Err(e) => self.reply_error(conn, e.id.as_ref(), e.error),
-                },
+            Event::Text(text) => match protocol::parse(text) {
+                Ok(req) => self.on_request(conn, req),
+                Err(e) => self.reply_error(conn, e.id.as_ref(), e.error),
             },
             Event::TooLarge => {
                 let limit = self.config.max_message_size;

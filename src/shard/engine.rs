@@ -83,7 +83,7 @@ impl Shard {
             EngineMsg::Leave { room, user, conn } => {
                 let event = self.home.rooms.leave(&room, &user, conn.shard());
                 if let (true, Some(event)) = (self.config.presence_events, event) {
-                    self.fan_out(&room, None, event, None);
+                    self.spread(Stream::Room(room.clone()), None, event, None);
                 }
             }
             EngineMsg::Publish {
@@ -142,7 +142,7 @@ impl Shard {
                 user,
                 frame,
                 exclude,
-            } => self.deliver_to_user(&user, None, frame, exclude),
+            } => self.spread(Stream::Inbox(user), None, frame, exclude),
             EngineMsg::Fetch {
                 stream,
                 after,
@@ -158,11 +158,7 @@ impl Shard {
     }
 
     /// Sends an answer to the shard that asked.
-    fn answer(&mut self, msg: NodeMsg) {
-        let NodeMsg::Reply { to, .. } = &msg else {
-            unreachable!("answers are replies");
-        };
-        let shard = to.shard();
+    fn answer(&mut self, (shard, msg): (ShardId, NodeMsg)) {
         self.send(shard, msg);
     }
 
@@ -229,7 +225,7 @@ impl Shard {
     ) {
         let (seq, event) = self.home.rooms.join(&room, user, conn.shard());
         if let (true, Some(event)) = (self.config.presence_events, event) {
-            self.fan_out(&room, None, event, None);
+            self.spread(Stream::Room(room.clone()), None, event, None);
         }
         let replay = since.is_some_and(|since| since < seq);
         let ack = (ack && !replay).then(|| match since {
@@ -314,8 +310,7 @@ impl Shard {
                     ErrorCode::Unavailable,
                     "the message store failed; the message was not stored or delivered",
                 );
-                let shard = w.reply.shard();
-                self.send(shard, w.reply.fail(err));
+                self.answer(w.reply.fail(err));
             }
         }
     }
@@ -339,12 +334,17 @@ impl Shard {
                     seq_json,
                 );
                 self.answer(ack);
-                self.fan_out(&room, Some(seq), frame, publisher);
+                self.spread(Stream::Room(room), Some(seq), frame, publisher);
             }
             WriteTarget::Inbox { to, from } => {
                 let (live, cursor) = self.home.users.commit(&to, seq);
                 if live {
-                    self.deliver_to_user(&to, Some(seq), frame.clone(), publisher);
+                    self.spread(
+                        Stream::Inbox(to.clone()),
+                        Some(seq),
+                        frame.clone(),
+                        publisher,
+                    );
                 }
                 if let Some(cursor) = cursor {
                     let stream = Stream::Inbox(to.clone());
@@ -365,37 +365,32 @@ impl Shard {
         }
     }
 
-    /// Sends a room frame to every shard with members in the room.
-    fn fan_out(&mut self, room: &Name, seq: Option<u64>, frame: Bytes, exclude: Option<ConnId>) {
-        let shards: Vec<ShardId> = self.home.rooms.shards_of(room).collect();
-        for shard in shards {
-            let msg = NodeMsg::Deliver {
-                room: room.clone(),
-                seq,
-                frame: frame.clone(),
-                exclude,
+    /// Sends a live frame of `stream` to every shard with its receivers (a room's members, a
+    /// user's connections); this shard's own hub gets it in place, without a copy.
+    fn spread(&mut self, stream: Stream, seq: Option<u64>, frame: Bytes, exclude: Option<ConnId>) {
+        let local = {
+            let shards: &mut dyn Iterator<Item = _> = match &stream {
+                Stream::Room(room) => &mut self.home.rooms.shards_of(room),
+                Stream::Inbox(user) => &mut self.home.users.shards_of(user),
             };
-            self.send(shard, msg);
-        }
-    }
-
-    /// Sends a direct-message frame to every shard with connections of the user.
-    fn deliver_to_user(
-        &mut self,
-        user: &Name,
-        seq: Option<u64>,
-        frame: Bytes,
-        exclude: Option<ConnId>,
-    ) {
-        let shards: Vec<ShardId> = self.home.users.shards_of(user).collect();
-        for shard in shards {
-            let msg = NodeMsg::DeliverUser {
-                user: user.clone(),
-                seq,
-                frame: frame.clone(),
-                exclude,
-            };
-            self.send(shard, msg);
+            let mut local = false;
+            for shard in shards {
+                if shard == self.id {
+                    local = true;
+                    continue;
+                }
+                let msg = NodeMsg::Deliver {
+                    stream: stream.clone(),
+                    seq,
+                    frame: frame.clone(),
+                    exclude,
+                };
+                self.router.send(shard, msg);
+            }
+            local
+        };
+        if local {
+            self.deliver(stream, seq, frame, exclude);
         }
     }
 

@@ -131,16 +131,7 @@ impl HomeRooms {
 
     /// Shards with members in the room.
     pub fn shards_of(&self, room: &Name) -> impl Iterator<Item = ShardId> + '_ {
-        let per_shard = self
-            .rooms
-            .get(room)
-            .map(|r| &r.per_shard[..])
-            .unwrap_or_default();
-        per_shard
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(s, _)| s)
+        shards_with(self.rooms.get(room).map(|r| &r.per_shard[..]))
     }
 }
 
@@ -222,13 +213,7 @@ impl HomeUsers {
                 HandshakeError::ConnectionLimit(config.max_connections_per_user),
             ),
             SessionPolicy::RejectNew if u.conns > 0 => Err(HandshakeError::SessionExists),
-            SessionPolicy::KickOld => Ok(u
-                .per_shard
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| **n > 0)
-                .map(|(s, _)| s)
-                .collect()),
+            SessionPolicy::KickOld => Ok(shards_with(Some(&u.per_shard)).collect()),
             _ => Ok(Vec::new()),
         };
         if verdict.is_ok() {
@@ -328,17 +313,15 @@ impl HomeUsers {
 
     /// Shards with connections of the user.
     pub fn shards_of(&self, user: &Name) -> impl Iterator<Item = ShardId> + '_ {
-        let per_shard = self
-            .users
-            .get(user)
-            .map(|u| &u.per_shard[..])
-            .unwrap_or_default();
-        per_shard
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(s, _)| s)
+        shards_with(self.users.get(user).map(|u| &u.per_shard[..]))
     }
+}
+
+/// The shards whose count is not zero.
+fn shards_with(per_shard: Option<&[u32]>) -> impl Iterator<Item = ShardId> + '_ {
+    (per_shard.unwrap_or_default().iter().enumerate())
+        .filter(|(_, n)| **n > 0)
+        .map(|(s, _)| s)
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! The hub: this shard's local membership, the fan-out of each frame to it, and catch-up.
 //!
 //! Owns the room → members and user → connections maps of this shard, each room's position
-//! in its stream (`HubRoom::last`), and the connections catching up on a stream. Every live
+//! in its stream (`merge::Position`), and the connections catching up on a stream. Every live
 //! frame arrives with its stream's seq, and the hub merges by seq, not by arrival order:
-//! - a room frame at or below `last` is a duplicate and dropped; one above `last + 1` means a
+//! - a frame at or below the position is a duplicate and dropped; one above it + 1 means a
 //!   gap, and the frames after it wait while the engine reads the gap;
 //! - a catching-up connection holds the live frames while its replay is read, then drops what
 //!   the replay covered and writes the rest in seq order (`CatchUp`).
@@ -11,13 +11,13 @@
 //! So the hub is correct over any transport that may drop, repeat or reorder. It must not
 //! sequence or store (the engine does) nor parse client requests (the client side does).
 
-use std::collections::VecDeque;
 use std::rc::Rc;
 
 use ahash::AHashMap;
 use bytes::Bytes;
 
 use super::client::RoomEntry;
+use super::merge::{CatchUp, Gap, Held, Next, Position};
 use super::{Shard, queue_frame, remove_conn};
 use crate::conn::{Conn, OutFrame};
 use crate::error::CloseCode;
@@ -29,7 +29,7 @@ use crate::store::Stream;
 pub(super) struct Hub {
     rooms: AHashMap<Name, HubRoom>,
     /// Attached connections of each user on this shard.
-    users: AHashMap<Name, Vec<Rc<Conn>>>,
+    users: AHashMap<Name, HubUser>,
     /// Connections catching up on their inbox (right after connecting).
     inbox: AHashMap<ConnId, CatchUp>,
 }
@@ -37,120 +37,26 @@ pub(super) struct Hub {
 struct HubRoom {
     /// Members that receive the room's frames as they come.
     members: Vec<Rc<Conn>>,
-    /// The last seq handed to the members.
-    last: u64,
+    /// The room's position on this shard.
+    pos: Position,
     /// Members whose join is still catching up.
     catch_up: Vec<CatchUp>,
-    /// While the engine reads a gap: the live frames after it, in arrival order.
-    waiting: Option<Vec<(u64, Bytes, Option<ConnId>)>>,
+}
+
+#[derive(Default)]
+struct HubUser {
+    conns: Vec<Rc<Conn>>,
+    /// The inbox's position on this shard, known once a connection has caught up.
+    pos: Position,
 }
 
 impl HubRoom {
     fn is_empty(&self) -> bool {
         self.members.is_empty() && self.catch_up.is_empty()
     }
-}
 
-/// One connection catching up on a stream: the frames it has been written cover the stream up
-/// to `written`; live frames wait in `held` while a read is out.
-struct CatchUp {
-    conn: Rc<Conn>,
-    jgen: JoinGen,
-    written: u64,
-    /// A replay or gap read is out.
-    reading: bool,
-    /// The inbox's first replay, which goes right behind `welcome`.
-    first_inbox: bool,
-    held: VecDeque<Held>,
-    held_bytes: usize,
-}
-
-/// A live frame held for a catching-up connection. `range` is the seqs it covers (one message,
-/// or a gap fill), `None` for a frame outside the stream (a presence event, the copy of a
-/// direct message sent). `mine`: the connection's own publish, which it is not sent.
-struct Held {
-    range: Option<(u64, u64)>,
-    frame: OutFrame,
-    mine: bool,
-}
-
-/// A read to ask the engine for: the stream's messages in (after, upto].
-type Gap = (u64, u64);
-
-impl CatchUp {
-    fn new(conn: Rc<Conn>, jgen: JoinGen, written: u64, reading: bool) -> CatchUp {
-        CatchUp {
-            conn,
-            jgen,
-            written,
-            reading,
-            first_inbox: false,
-            held: VecDeque::new(),
-            held_bytes: 0,
-        }
-    }
-
-    /// A live frame: written now (into `out`) if nothing is pending, else held.
-    fn offer(&mut self, h: Held, out: &mut Vec<OutFrame>) -> Option<Gap> {
-        if self.reading || !self.held.is_empty() {
-            self.held_bytes += h.frame.len();
-            self.held.push_back(h);
-            return None;
-        }
-        self.apply(h, out)
-    }
-
-    /// A read's answer: its frames cover the stream up to `upto`; then the held frames.
-    fn replayed(&mut self, upto: u64, frames: Bytes, out: &mut Vec<OutFrame>) -> Option<Gap> {
-        self.reading = false;
-        if !frames.is_empty() {
-            out.push(Rc::new(frames));
-        }
-        self.written = self.written.max(upto);
-        while !self.reading
-            && let Some(h) = self.held.pop_front()
-        {
-            self.held_bytes -= h.frame.len();
-            if let Some(gap) = self.apply(h, out) {
-                return Some(gap);
-            }
-        }
-        None
-    }
-
-    /// Merges one frame by seq: what the connection has is dropped, the next is written, and
-    /// anything past a gap waits for a read of the gap.
-    fn apply(&mut self, h: Held, out: &mut Vec<OutFrame>) -> Option<Gap> {
-        let Some((first, last)) = h.range else {
-            if !h.mine {
-                out.push(h.frame);
-            }
-            return None;
-        };
-        if last <= self.written {
-            return None;
-        }
-        if first == self.written + 1 {
-            if !h.mine && !h.frame.is_empty() {
-                out.push(h.frame);
-            }
-            self.written = last;
-            return None;
-        }
-        self.reading = true;
-        if first > self.written + 1 {
-            let gap = (self.written, first - 1);
-            self.held_bytes += h.frame.len();
-            self.held.push_front(h);
-            Some(gap)
-        } else {
-            // Overlaps what was written: re-read the rest of its range instead.
-            Some((self.written, last))
-        }
-    }
-
-    fn idle(&self) -> bool {
-        !self.reading && self.held.is_empty()
+    fn last(&self) -> u64 {
+        self.pos.last.unwrap_or(0)
     }
 }
 
@@ -165,12 +71,15 @@ impl Hub {
 
     /// The seq this shard's members of the room have been written up to.
     pub fn last_seq(&self, room: &Name) -> u64 {
-        self.rooms.get(room).map_or(0, |r| r.last)
+        self.rooms.get(room).map_or(0, HubRoom::last)
     }
 
     /// The user's attached connections on this shard.
     pub fn conns_of(&self, user: &Name) -> Vec<Rc<Conn>> {
-        self.users.get(user).cloned().unwrap_or_default()
+        self.users
+            .get(user)
+            .map(|u| u.conns.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -181,6 +90,7 @@ impl Shard {
             .users
             .entry(conn.user.clone())
             .or_default()
+            .conns
             .push(conn.clone());
         let mut cu = CatchUp::new(conn.clone(), 0, 0, true);
         cu.first_inbox = true;
@@ -189,8 +99,8 @@ impl Shard {
 
     /// Removes a connection from the hub (before its room entries are dropped).
     pub(super) fn hub_detach(&mut self, conn: &Rc<Conn>) {
-        if let Some(list) = self.hub.users.get_mut(&conn.user)
-            && remove_conn(list, conn.id)
+        if let Some(u) = self.hub.users.get_mut(&conn.user)
+            && remove_conn(&mut u.conns, conn.id)
         {
             self.hub.users.remove(&conn.user);
         }
@@ -251,11 +161,10 @@ impl Shard {
             .entry(room.clone())
             .or_insert_with(|| HubRoom {
                 members: Vec::new(),
-                last: seq,
+                pos: Position::at(seq),
                 catch_up: Vec::new(),
-                waiting: None,
             });
-        if !replay && hr.last == seq {
+        if !replay && hr.last() == seq {
             // The usual case: nothing to merge.
             go_live(&c, &room, jgen);
             hr.members.push(c);
@@ -278,8 +187,8 @@ impl Shard {
         ok: bool,
     ) {
         match (stream, to) {
-            (Stream::Room(room), ReplayTo::Hub { .. }) => {
-                self.filled(&room, after, upto, frames, ok)
+            (stream @ Stream::Room(_), ReplayTo::Hub { .. }) => {
+                self.filled(stream, after, upto, frames, ok)
             }
             (Stream::Room(room), ReplayTo::Conn { conn, jgen }) => {
                 let Some(hr) = self.hub.rooms.get_mut(&room) else {
@@ -362,8 +271,12 @@ impl Shard {
                         self.fetch(Stream::Inbox(user), gap, ReplayTo::Conn { conn, jgen: 0 })
                     }
                     None => {
-                        if self.hub.inbox.get(&conn).is_some_and(CatchUp::idle) {
-                            self.hub.inbox.remove(&conn);
+                        if let Some(cu) = self.hub.inbox.remove(&conn) {
+                            if !cu.idle() {
+                                self.hub.inbox.insert(conn, cu);
+                            } else if let Some(u) = self.hub.users.get_mut(&user) {
+                                u.pos.caught_up(cu.written);
+                            }
                         }
                     }
                 }
@@ -371,7 +284,9 @@ impl Shard {
                     self.close_conn(&c, CloseCode::SlowConsumer);
                 }
             }
-            (Stream::Inbox(_), ReplayTo::Hub { .. }) => {}
+            (Stream::Inbox(user), ReplayTo::Hub { .. }) => {
+                self.filled(Stream::Inbox(user), after, upto, frames, ok)
+            }
         }
     }
 
@@ -385,63 +300,83 @@ impl Shard {
         );
     }
 
-    /// A room frame from the engine, merged by seq (see the module doc).
-    pub(super) fn deliver_room(
+    /// A live frame from the engine, merged by seq (see the module doc).
+    pub(super) fn deliver(
         &mut self,
-        room: &Name,
+        stream: Stream,
         seq: Option<u64>,
         frame: Bytes,
         exclude: Option<ConnId>,
     ) {
-        let Some(hr) = self.hub.rooms.get_mut(room) else {
+        let pos = match &stream {
+            Stream::Room(room) => self.hub.rooms.get_mut(room).map(|r| &mut r.pos),
+            Stream::Inbox(user) => self.hub.users.get_mut(user).map(|u| &mut u.pos),
+        };
+        let Some(pos) = pos else {
             return;
         };
-        let Some(s) = seq else {
-            return self.hand(room, None, frame, exclude);
+        let range = match seq.map(|s| (s, pos.next(s, &frame, exclude))) {
+            None => None,
+            Some((s, Next::Hand)) => Some((s, s)),
+            Some((_, next)) => return self.not_handed(stream, next),
         };
-        if let Some(waiting) = &mut hr.waiting {
-            waiting.push((s, frame, exclude));
-            return;
+        match &stream {
+            Stream::Room(room) => self.hand_room(room, range, frame, exclude),
+            Stream::Inbox(user) => self.hand_user(user, range, frame, exclude),
         }
-        if s <= hr.last {
-            self.stats.duplicates_dropped += 1;
-            return;
+    }
+
+    /// Counts a frame that was not handed on, and asks for the gap it revealed.
+    fn not_handed(&mut self, stream: Stream, next: Next) {
+        match next {
+            Next::Hand | Next::Waits => {}
+            Next::Duplicate => self.stats.duplicates_dropped += 1,
+            Next::Gap(gap) => {
+                self.stats.gaps += 1;
+                let to = ReplayTo::Hub {
+                    node: self.router.node(),
+                    shard: self.id,
+                };
+                self.fetch(stream, gap, to);
+            }
         }
-        if s > hr.last + 1 {
-            let gap = (hr.last, s - 1);
-            hr.waiting = Some(vec![(s, frame, exclude)]);
-            self.stats.gaps += 1;
-            let to = ReplayTo::Hub {
-                node: self.router.node(),
-                shard: self.id,
-            };
-            return self.fetch(Stream::Room(room.clone()), gap, to);
-        }
-        self.hand(room, Some((s, s)), frame, exclude);
     }
 
     /// The engine's read of this hub's gap: hand it on, then the frames that waited for it.
-    fn filled(&mut self, room: &Name, after: u64, upto: u64, frames: Bytes, ok: bool) {
-        let Some(hr) = self.hub.rooms.get_mut(room) else {
-            return;
+    fn filled(&mut self, stream: Stream, after: u64, upto: u64, frames: Bytes, ok: bool) {
+        let (pos, members): (&mut Position, Vec<Rc<Conn>>) = match &stream {
+            Stream::Room(room) => match self.hub.rooms.get_mut(room) {
+                Some(hr) => {
+                    let all = (hr.members.iter())
+                        .chain(hr.catch_up.iter().map(|cu| &cu.conn))
+                        .cloned()
+                        .collect();
+                    (&mut hr.pos, all)
+                }
+                None => return,
+            },
+            Stream::Inbox(user) => match self.hub.users.get_mut(user) {
+                Some(u) => (&mut u.pos, u.conns.clone()),
+                None => return,
+            },
         };
         if !ok {
             // Never skipped silently: every local member is told to reconnect and recover.
-            let all: Vec<_> = (hr.members.iter())
-                .chain(hr.catch_up.iter().map(|cu| &cu.conn))
-                .cloned()
-                .collect();
-            for c in all {
+            for c in members {
                 self.lost_reading(&c);
             }
             return;
         }
-        let waiting = hr.waiting.take().unwrap_or_default();
-        if upto > hr.last {
-            self.hand(room, Some((after + 1, upto)), frames, None);
+        let (new, waiting) = pos.filled(upto);
+        if new {
+            let range = Some((after + 1, upto));
+            match &stream {
+                Stream::Room(room) => self.hand_room(room, range, frames, None),
+                Stream::Inbox(user) => self.hand_user(user, range, frames, None),
+            }
         }
         for (seq, frame, exclude) in waiting {
-            self.deliver_room(room, Some(seq), frame, exclude);
+            self.deliver(stream.clone(), Some(seq), frame, exclude);
         }
     }
 
@@ -451,7 +386,13 @@ impl Shard {
     /// Per live member: one non-atomic `Rc` increment, a queue push and two counter adds. No
     /// allocation (queue capacity is reused), no copy, no syscall: each socket touched gets
     /// one writev for the whole scheduler pass, in `flush_dirty`.
-    fn hand(&mut self, room: &Name, range: Option<(u64, u64)>, frame: Bytes, ex: Option<ConnId>) {
+    fn hand_room(
+        &mut self,
+        room: &Name,
+        range: Option<(u64, u64)>,
+        frame: Bytes,
+        ex: Option<ConnId>,
+    ) {
         let Shard {
             hub,
             dirty,
@@ -462,9 +403,6 @@ impl Shard {
         let Some(hr) = hub.rooms.get_mut(room) else {
             return;
         };
-        if let Some((_, last)) = range {
-            hr.last = last;
-        }
         let max = config.max_queue_bytes;
         let frame = Rc::new(frame);
         let mut slow = Vec::new();
@@ -481,24 +419,13 @@ impl Shard {
         }
         let mut gaps = Vec::new();
         for cu in &mut hr.catch_up {
-            let mine = Some(cu.conn.id) == ex;
-            let mut out = Vec::new();
             let held = Held {
                 range,
                 frame: frame.clone(),
-                mine,
+                mine: Some(cu.conn.id) == ex,
             };
-            if let Some(gap) = cu.offer(held, &mut out) {
+            if let Some(gap) = offer(cu, held, dirty, stats, max, &mut slow) {
                 gaps.push((cu.conn.id, cu.jgen, gap));
-            }
-            for f in &out {
-                stats.deliveries += 1;
-                if !queue_frame(dirty, stats, &cu.conn, f, max) {
-                    slow.push(cu.conn.clone());
-                }
-            }
-            if cu.held_bytes > max {
-                slow.push(cu.conn.clone());
             }
         }
         for (conn, jgen, gap) in gaps {
@@ -526,15 +453,16 @@ impl Shard {
         let mut i = 0;
         while i < hr.catch_up.len() {
             let cu = &mut hr.catch_up[i];
-            if cu.idle() && cu.written == hr.last {
+            if cu.idle() && cu.written == hr.pos.last.unwrap_or(0) {
                 let cu = hr.catch_up.swap_remove(i);
                 go_live(&cu.conn, room, cu.jgen);
                 hr.members.push(cu.conn);
                 continue;
             }
-            if cu.idle() && cu.written < hr.last {
+            let last = hr.pos.last.unwrap_or(0);
+            if cu.idle() && cu.written < last {
                 cu.reading = true;
-                gaps.push((cu.conn.id, cu.jgen, (cu.written, hr.last)));
+                gaps.push((cu.conn.id, cu.jgen, (cu.written, last)));
             }
             i += 1;
         }
@@ -547,12 +475,12 @@ impl Shard {
         }
     }
 
-    /// A direct-message frame for the user's local connections; those catching up on their
-    /// inbox merge it by seq.
-    pub(super) fn deliver_user(
+    /// Writes a frame to the user's local connections; those catching up on their inbox merge
+    /// it by seq.
+    fn hand_user(
         &mut self,
         user: &Name,
-        seq: Option<u64>,
+        range: Option<(u64, u64)>,
         frame: Bytes,
         exclude: Option<ConnId>,
     ) {
@@ -563,14 +491,14 @@ impl Shard {
             config,
             ..
         } = self;
-        let Some(conns) = hub.users.get(user) else {
+        let Some(u) = hub.users.get(user) else {
             return;
         };
         let max = config.max_queue_bytes;
         let frame = Rc::new(frame);
         let mut slow = Vec::new();
         let mut gaps = Vec::new();
-        for c in conns {
+        for c in &u.conns {
             if Some(c.id) == exclude {
                 continue;
             }
@@ -579,29 +507,21 @@ impl Shard {
                 false => hub.inbox.get_mut(&c.id),
             };
             let Some(cu) = catching else {
-                stats.deliveries += 1;
-                if !queue_frame(dirty, stats, c, &frame, max) {
-                    slow.push(c.clone());
+                if !frame.is_empty() {
+                    stats.deliveries += 1;
+                    if !queue_frame(dirty, stats, c, &frame, max) {
+                        slow.push(c.clone());
+                    }
                 }
                 continue;
             };
-            let mut out = Vec::new();
             let held = Held {
-                range: seq.map(|s| (s, s)),
+                range,
                 frame: frame.clone(),
                 mine: false,
             };
-            if let Some(gap) = cu.offer(held, &mut out) {
+            if let Some(gap) = offer(cu, held, dirty, stats, max, &mut slow) {
                 gaps.push((c.id, gap));
-            }
-            for f in &out {
-                stats.deliveries += 1;
-                if !queue_frame(dirty, stats, c, f, max) {
-                    slow.push(c.clone());
-                }
-            }
-            if cu.held_bytes > max {
-                slow.push(c.clone());
             }
         }
         for (conn, gap) in gaps {
@@ -629,6 +549,30 @@ impl Shard {
             self.enqueue(c, f);
         }
     }
+}
+
+/// Offers a live frame to a catching-up connection and queues what it may write now. Returns
+/// the gap to read, if the frame revealed one; a connection holding too much is `slow`.
+fn offer(
+    cu: &mut CatchUp,
+    held: Held,
+    dirty: &mut Vec<Rc<Conn>>,
+    stats: &mut crate::metrics::ShardCounters,
+    max: usize,
+    slow: &mut Vec<Rc<Conn>>,
+) -> Option<Gap> {
+    let mut out = Vec::new();
+    let gap = cu.offer(held, &mut out);
+    for f in &out {
+        stats.deliveries += 1;
+        if !queue_frame(dirty, stats, &cu.conn, f, max) {
+            slow.push(cu.conn.clone());
+        }
+    }
+    if cu.held_bytes > max {
+        slow.push(cu.conn.clone());
+    }
+    gap
 }
 
 /// Marks the connection's entry for the room (of this join) live.

@@ -19,6 +19,7 @@ mod client;
 mod engine;
 mod home;
 mod hub;
+mod merge;
 pub mod runtime;
 #[cfg(test)]
 mod tests;
@@ -149,17 +150,11 @@ impl Shard {
                 ok,
             } => self.replayed(stream, to, after, upto, ack, frames, ok),
             NodeMsg::Deliver {
-                room,
+                stream,
                 seq,
                 frame,
                 exclude,
-            } => self.deliver_room(&room, seq, frame, exclude),
-            NodeMsg::DeliverUser {
-                user,
-                seq,
-                frame,
-                exclude,
-            } => self.deliver_user(&user, seq, frame, exclude),
+            } => self.deliver(stream, seq, frame, exclude),
         }
     }
 
@@ -254,13 +249,49 @@ impl Shard {
 
     /// Writes every connection touched since the last flush: one writev each. A connection
     /// leaves the list only once written, so a panic in a write leaves it and the rest listed
-    /// (and marked) for the next flush, instead of marked and never flushed again.
+    /// (and marked) for the next flush, instead of marked and never flushed again. Then holds
+    /// what is still unsent to this shard's share of `max_total_queue_bytes`.
     pub fn flush_dirty(&mut self) {
         while let Some(conn) = self.dirty.last() {
             conn.flush();
             conn.dirty.set(false);
             self.dirty.pop();
         }
+        let share = self.queue_share();
+        if share > 0 && crate::conn::thread_queued_bytes() > share {
+            self.shed(share);
+        }
+    }
+
+    /// This shard's equal share of `max_total_queue_bytes` (0: no bound).
+    fn queue_share(&self) -> usize {
+        self.config.max_total_queue_bytes / self.router.shards()
+    }
+
+    /// Over the share: closes the connections with the largest queues first, as slow
+    /// consumers, until the shard is back under 90% of it. O(connections), only when over.
+    fn shed(&mut self, share: usize) {
+        let mut by_size: Vec<_> = (self.conns.values())
+            .filter(|c| c.closing().is_none() && c.queued_bytes() > 0)
+            .cloned()
+            .collect();
+        by_size.sort_unstable_by_key(|c| std::cmp::Reverse(c.queued_bytes()));
+        let target = share / 10 * 9;
+        let mut closed = 0;
+        for c in by_size {
+            if crate::conn::thread_queued_bytes() <= target {
+                break;
+            }
+            let reason = "slow consumer: the server's unsent bytes are over their bound";
+            self.close_conn_with(&c, CloseCode::SlowConsumer, Some(reason));
+            closed += 1;
+        }
+        tracing::warn!(
+            shard = self.id,
+            closed,
+            "over this shard's share of max_total_queue_bytes: closed the largest queues"
+        );
+        // Their close frames leave with the next flush.
     }
 
     /// The heartbeat: pings every connection, and closes the idle and the expired.

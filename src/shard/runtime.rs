@@ -209,6 +209,7 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: std::net::TcpListener, router: Rout
     };
     let mut stop = ctx.shutdown.subscribe();
     let mut next = 0usize;
+    let mut backoff = crate::accept::Backoff::default();
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -216,6 +217,7 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: std::net::TcpListener, router: Rout
         };
         match accepted {
             Ok((stream, _)) => {
+                backoff.succeeded();
                 // Latency matters more than packet count: frames are already coalesced.
                 let _ = stream.set_nodelay(true);
                 let target = next % router.shards();
@@ -230,9 +232,11 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: std::net::TcpListener, router: Rout
                 }
             }
             Err(e) => {
-                // Usually EMFILE: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let pause = backoff.failed(&e);
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
             }
         }
     }
@@ -350,12 +354,18 @@ pub async fn drive(ctx: Rc<Ctx>, conn: Rc<Conn>) {
 
 /// Flushes the close frame, then waits for the client's close (or EOF) so the frame is not lost
 /// to a reset.
-async fn finish_close(conn: &Conn, stream: &TcpStream, max: usize, hard: u64) {
+pub(crate) async fn finish_close(conn: &Conn, stream: &TcpStream, max: usize, hard: u64) {
     while conn.has_unsent() && !conn.is_broken() {
         if stream.writable().await.is_err() {
             return;
         }
         conn.flush();
+    }
+    if conn.read_failed() {
+        // Failing the connection (RFC 6455 7.1.7): the client's close cannot be found in input
+        // that is no longer decoded, so send FIN now and drain until its EOF, which keeps
+        // unread input from turning the close into a reset that could lose the close frame.
+        let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
     }
     let mut peer_closed = conn.peer_closed();
     while !peer_closed {

@@ -53,14 +53,7 @@ fn connect(shard: &mut Shard, user: &str) -> Rc<Conn> {
 }
 
 fn send(shard: &mut Shard, conn: &Rc<Conn>, json: &str) {
-    let mut payload = json.as_bytes().to_vec();
-    shard.on_event(
-        conn,
-        Event::Message {
-            binary: false,
-            payload: &mut payload,
-        },
-    );
+    shard.on_event(conn, Event::Text(json));
 }
 
 /// The JSON payloads of the server frames a connection was sent (all are short text frames).
@@ -172,7 +165,7 @@ fn room_frame(seq: u64) -> Bytes {
 
 fn deliver(s: &mut Shard, seq: u64) {
     let msg = NodeMsg::Deliver {
-        room: Name::new("r").unwrap(),
+        stream: Stream::Room(Name::new("r").unwrap()),
         seq: Some(seq),
         frame: room_frame(seq),
         exclude: None,

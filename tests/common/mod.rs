@@ -6,6 +6,7 @@
 //! - [`connect`] / [`Refusal`]: the handshake, and the HTTP response of a refused one.
 //! - [`mint`]: HS256 tokens for JWT mode; [`keys`]: RS256 / ES256 tokens and a JWKS server.
 //! - [`BinaryServer`]: the `shardcast` binary as a child process.
+//! - [`client_frame`]: raw masked client frames, for the conformance and property tests.
 //!
 //! Every test that uses [`TestServer`] must run on a multi-thread runtime
 //! (`#[tokio::test(flavor = "multi_thread")]`): starting and stopping the server blocks, and is
@@ -66,9 +67,14 @@ impl TestServer {
     /// [`TestServer::start`] with `data` at `dir`, which the caller keeps: a test restarts a
     /// server on the same data by calling this again once the first one has been joined.
     pub fn start_in(dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start_at(dir, "127.0.0.1:0".parse().unwrap(), tweak)
+    }
+
+    /// [`TestServer::start_in`] bound to `bind`.
+    fn start_at(dir: &Path, bind: SocketAddr, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config::default();
         tweak(&mut config);
-        config.bind = "127.0.0.1:0".parse().unwrap();
+        config.bind = bind;
         config.data = dir.to_path_buf();
         let server = tokio::task::block_in_place(|| Server::start(config))
             .unwrap_or_else(|e| panic!("the server failed to start: {e}"));
@@ -80,6 +86,21 @@ impl TestServer {
             addr,
             _data: None,
         }
+    }
+
+    /// Shuts this server down (connections get 1001) and starts it again on the same port and
+    /// data, with `tweak` applied to the defaults: what clients see of a restart.
+    pub fn restart(mut self, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let data = self
+            ._data
+            .take()
+            .expect("restart needs a server started by `start`");
+        let addr = self.addr;
+        self.shutdown();
+        self.join();
+        let mut server = TestServer::start_at(data.path(), addr, tweak);
+        server._data = Some(data);
+        server
     }
 
     /// A server with every default.
@@ -105,6 +126,14 @@ impl TestServer {
             .as_ref()
             .expect("server already joined")
             .inject_panic(shard);
+    }
+
+    /// Makes the store's next inbox or range read fail (the `fault-injection` feature).
+    pub fn inject_read_failure(&self) {
+        self.server
+            .as_ref()
+            .expect("server already joined")
+            .inject_read_failure();
     }
 
     /// Blocks until every server thread has exited.
@@ -950,6 +979,27 @@ pub fn token_for(sub: &str) -> String {
     mint(SECRET, &json!({"sub": sub, "exp": now_secs() + 3600}))
 }
 
+/// A masked client WebSocket frame, built here rather than by the server's code: `first` is
+/// the FIN/RSV/opcode byte. For tests that send what a client library would refuse to.
+pub fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut v = vec![first];
+    match payload.len() {
+        n if n < 126 => v.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            v.push(0x80 | 126);
+            v.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            v.push(0x80 | 127);
+            v.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    v.extend_from_slice(&mask);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    v
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP
 // ---------------------------------------------------------------------------------------------
@@ -967,7 +1017,19 @@ pub struct Http {
 pub struct HttpReply {
     pub status: u16,
     pub content_type: String,
+    /// Every header, names in lower case.
+    pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+impl HttpReply {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl Http {
@@ -1021,7 +1083,7 @@ impl Http {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("{method} {path}: bad status line {status_line:?}"));
-        let (mut length, mut content_type) = (None, String::new());
+        let (mut length, mut content_type, mut headers) = (None, String::new(), Vec::new());
         loop {
             let mut line = String::new();
             self.stream.read_line(&mut line).await.expect("read header");
@@ -1030,11 +1092,13 @@ impl Http {
                 break;
             }
             let (name, value) = line.split_once(':').expect("header line");
-            match name.to_ascii_lowercase().as_str() {
+            let name = name.to_ascii_lowercase();
+            match name.as_str() {
                 "content-length" => length = value.trim().parse::<usize>().ok(),
                 "content-type" => content_type = value.trim().to_string(),
                 _ => {}
             }
+            headers.push((name, value.trim().to_string()));
         }
         let length = length.unwrap_or_else(|| panic!("{method} {path}: no Content-Length"));
         let mut body = vec![0; length];
@@ -1042,6 +1106,7 @@ impl Http {
         HttpReply {
             status,
             content_type,
+            headers,
             body: String::from_utf8(body).expect("UTF-8 body"),
         }
     }
@@ -1090,7 +1155,38 @@ impl BinaryServer {
         BinaryServer::start(bin, data, args, &[])
     }
 
+    /// [`BinaryServer::spawn`] with its open-files limit (`RLIMIT_NOFILE`) set to `nofile`.
+    pub fn spawn_with_fd_limit(args: &[&str], nofile: u64) -> BinaryServer {
+        let data = tempfile::tempdir().expect("temp dir");
+        let bin = Path::new(env!("CARGO_BIN_EXE_shardcast"));
+        let mut cmd = BinaryServer::command(bin, data.path(), args, &[]);
+        let limit = libc::rlimit {
+            rlim_cur: nofile,
+            rlim_max: nofile,
+        };
+        // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe and
+        // touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
+        let mut server = BinaryServer::run(cmd, bin);
+        server._data = Some(data);
+        server
+    }
+
     fn start(bin: &Path, data: &Path, args: &[&str], env: &[(&str, &str)]) -> BinaryServer {
+        BinaryServer::run(BinaryServer::command(bin, data, args, env), bin)
+    }
+
+    fn command(
+        bin: &Path,
+        data: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(bin);
         cmd.arg("serve")
             .arg("--data")
@@ -1106,6 +1202,10 @@ impl BinaryServer {
             cmd.env_remove(key);
         }
         cmd.envs(env.iter().copied());
+        cmd
+    }
+
+    fn run(mut cmd: tokio::process::Command, bin: &Path) -> BinaryServer {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));

@@ -1,0 +1,124 @@
+// Type declarations for shardcast.js.
+
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+export interface Backoff {
+  /** First delay, in ms. Default 500. */
+  initial?: number;
+  /** Largest delay, in ms. Default 30000. */
+  max?: number;
+  /** Growth per attempt. Default 2. */
+  factor?: number;
+  /** Fraction of each delay drawn at random. Default 0.5. */
+  jitter?: number;
+}
+
+export interface ConnectOptions {
+  /** ws:// or wss:// URL of /ws. Default: /ws on the page's own host. */
+  url?: string;
+  /** A JWT. */
+  token?: string;
+  /** A user id, for a server in dev mode (no jwt_secret). */
+  user?: string;
+  /** Called for a token before connecting without one, and after an auth failure, 4001 or
+   * a close that forbids reconnecting: a token different from the last one reconnects. */
+  getToken?: () => string | Promise<string>;
+  /** The WebSocket constructor, where the platform has none. */
+  WebSocket?: unknown;
+  /** How long a request waits for its reply, in ms. Default 10000. */
+  requestTimeout?: number;
+  backoff?: Backoff;
+  /** The random source for jitter. Default Math.random. */
+  random?: () => number;
+}
+
+export interface Message {
+  type: "message";
+  /** Set for a room message. */
+  room?: string;
+  /** Set for a direct message. */
+  to?: string;
+  from: string;
+  /** The room's or the recipient's inbox sequence number (absent on a broadcast). */
+  seq?: number;
+  ts: number;
+  body: Json;
+}
+
+export interface RoomRecovery {
+  recovered: boolean;
+  replayed: number;
+  truncated: boolean;
+  since: number;
+  seq?: number;
+  /** The error code when the room could not be rejoined. */
+  error?: string;
+}
+
+export interface Recovery {
+  /** False when a room missed messages it cannot get back or has a truncated replay. */
+  complete: boolean;
+  rooms: Record<string, RoomRecovery>;
+}
+
+export interface StateEvent {
+  state: "connecting" | "connected" | "disconnected";
+  attempt?: number;
+  code?: number;
+  reason?: string;
+  /** On "disconnected": whether the client will reconnect, after `delay` ms. */
+  reconnecting?: boolean;
+  delay?: number;
+  user?: string;
+  /** On "connected" after a reconnect. */
+  recovery?: Recovery | null;
+}
+
+export interface Events {
+  message: Message;
+  joined: { room: string; user: string };
+  left: { room: string; user: string };
+  state: StateEvent;
+  recovery: Recovery;
+  error: { code: string; message: string; room?: string };
+}
+
+export interface Ack {
+  type: "ack";
+  id: number;
+  room?: string;
+  to?: string;
+  seq?: number;
+  recovered?: boolean;
+  replayed?: number;
+  truncated?: boolean;
+}
+
+export interface Page {
+  messages: Message[];
+  more: boolean;
+}
+
+export class ShardcastError extends Error {
+  /** The server's error code, or "timeout", "disconnected", "closed". */
+  code: string;
+}
+
+export class Client {
+  state: "connecting" | "connected" | "disconnected";
+  user: string | null;
+  on<K extends keyof Events>(type: K, fn: (event: Events[K]) => void): () => void;
+  join(room: string): Promise<Ack>;
+  leave(room: string): Promise<Ack>;
+  publish(room: string, body: Json): Promise<Ack>;
+  send(to: string, body: Json): Promise<Ack>;
+  presence(room: string): Promise<string[]>;
+  history(room: string, options?: { before?: number; limit?: number }): Promise<Page>;
+  sync(since: number): Promise<Page>;
+  request(frame: { type: string; [key: string]: Json }): Promise<any>;
+  close(): void;
+}
+
+export function connect(options: ConnectOptions): Client;
+export function closeAction(code: number): "reconnect" | "token" | "stop";
+export function backoffDelay(attempt: number, backoff?: Backoff, random?: () => number): number;

@@ -1,0 +1,233 @@
+// The client library against a real shardcast server (run by tests/js_client.rs with
+// `node --experimental-websocket --test`): recovery across a restart, backoff, request
+// timeouts, dead connections and the close-code rules.
+
+import assert from "node:assert/strict";
+import { after, test } from "node:test";
+
+import { backoffDelay, closeAction, connect } from "../shardcast.js";
+import { API_KEY, SECRET, api, mint, record, sleep, startProxy, startServer, until, waitFor } from "./helpers.mjs";
+
+const cleanups = [];
+after(async () => {
+  for (const c of cleanups.reverse()) await c();
+});
+async function server(args = []) {
+  const s = await startServer(args);
+  cleanups.push(() => s.close());
+  return s;
+}
+async function proxy(target) {
+  const p = await startProxy(target);
+  cleanups.push(() => p.close());
+  return p;
+}
+function client(options) {
+  const c = connect({ WebSocket, requestTimeout: 3000, ...options });
+  cleanups.push(() => c.close());
+  return c;
+}
+const connected = (c) => (c.state === "connected" ? Promise.resolve() : waitFor(c, "state", (e) => e.state === "connected"));
+const noRateLimit = ["--publish-rate", "100000", "--publish-burst", "100000"];
+
+test("a server restart loses and duplicates nothing, in rooms and in the inbox", async () => {
+  const s = await server([...noRateLimit, "--api-key", API_KEY]);
+  const p = await proxy(s.addr);
+  // Alice goes through the proxy, so the test decides when she can reconnect.
+  const alice = client({ url: p.url, user: "alice", backoff: { initial: 50, max: 200 } });
+  const got = record(alice, ["message", "recovery"]);
+  await connected(alice);
+  await alice.join("r");
+  const bob = client({ url: s.url, user: "bob", backoff: { initial: 50, max: 200 } });
+  await connected(bob);
+  await bob.join("r");
+  for (let i = 1; i <= 5; i++) await bob.publish("r", { n: i });
+  const own = await alice.publish("r", { n: 6, mine: true });
+  assert.equal(own.seq, 6);
+  await bob.send("alice", { dm: 1 });
+  await until(() => got.filter((e) => e.type === "message").length === 6, "alice's first 6 messages");
+
+  p.mode = "refuse";
+  await s.restart(); // both get 1001
+  await connected(bob);
+  for (let i = 7; i <= 16; i++) await bob.publish("r", { n: i });
+  for (let i = 2; i <= 4; i++) await bob.send("alice", { dm: i });
+  p.mode = "pass";
+  // Bob keeps publishing while alice recovers.
+  const live = (async () => {
+    for (let i = 17; i <= 30; i++) await bob.publish("r", { n: i });
+    await bob.send("alice", { dm: 5 });
+  })();
+  await waitFor(alice, "recovery");
+  await live;
+  await until(() => got.filter((e) => e.type === "message").length === 6 + 24 + 4, "alice's 34 messages");
+  await sleep(200); // a duplicate would arrive now
+
+  const room = got.filter((e) => e.type === "message" && e.room === "r");
+  const seqs = room.map((m) => m.seq);
+  const expected = [...Array(30).keys()].map((i) => i + 1).filter((n) => n !== 6);
+  assert.deepEqual(seqs, expected, "every room message once, in order, without alice's own");
+  assert.deepEqual(room.map((m) => m.body.n), expected);
+  const dms = got.filter((e) => e.type === "message" && e.to === "alice");
+  assert.deepEqual(dms.map((m) => m.body.dm), [1, 2, 3, 4, 5]);
+  const recovery = got.find((e) => e.type === "recovery");
+  assert.equal(recovery.complete, true);
+  assert.equal(recovery.rooms.r.since, 6);
+  assert.ok(recovery.rooms.r.replayed >= 10, `replayed ${recovery.rooms.r.replayed}`);
+});
+
+test("an incomplete recovery is reported: a truncated replay", async () => {
+  const s = await server([...noRateLimit, "--replay-limit", "3"]);
+  const p = await proxy(s.addr);
+  const alice = client({ url: p.url, user: "alice", backoff: { initial: 50, max: 100 } });
+  await connected(alice);
+  await alice.join("t");
+  const bob = client({ url: s.url, user: "bob" });
+  await connected(bob);
+  await bob.join("t");
+  p.mode = "refuse";
+  p.cut();
+  for (let i = 1; i <= 8; i++) await bob.publish("t", i);
+  const got = record(alice, ["message"]);
+  p.mode = "pass";
+  const recovery = await waitFor(alice, "recovery");
+  assert.equal(recovery.complete, false);
+  assert.deepEqual(recovery.rooms.t, { recovered: true, replayed: 3, truncated: true, since: 0, seq: 8 });
+  await until(() => got.length === 3, "the 3 replayed messages");
+  assert.deepEqual(got.map((m) => m.seq), [6, 7, 8], "the newest ones");
+});
+
+test("backoff grows exponentially with jitter, is capped, and resets after a connection", async () => {
+  for (let a = 0; a < 8; a++) {
+    const ceiling = Math.min(1000, 100 * 2 ** a);
+    assert.equal(backoffDelay(a, { initial: 100, max: 1000 }, () => 0), ceiling / 2);
+    assert.equal(backoffDelay(a, { initial: 100, max: 1000 }, () => 1), ceiling);
+  }
+  const s = await server();
+  const p = await proxy(s.addr);
+  p.mode = "refuse";
+  const c = client({ url: p.url, user: "u", backoff: { initial: 40, max: 200, jitter: 0.5 }, random: () => 0.5 });
+  const states = record(c, ["state"]);
+  await until(() => states.filter((e) => e.delay !== undefined).length >= 5, "5 failed attempts");
+  const delays = states.filter((e) => e.delay !== undefined).map((e) => e.delay);
+  assert.deepEqual(delays.slice(0, 5), [30, 60, 120, 150, 150]);
+  assert.ok(p.accepted >= 5, "each attempt reached the proxy");
+  p.mode = "pass";
+  await connected(c);
+  const before = states.length;
+  p.cut();
+  await until(() => states.slice(before).some((e) => e.delay !== undefined), "a reconnect after the cut");
+  assert.equal(states.slice(before).find((e) => e.delay !== undefined).delay, 30, "backoff starts over");
+  await connected(c);
+});
+
+test("requests time out, and errors reject with the server's code", async () => {
+  const s = await server();
+  const p = await proxy(s.addr);
+  const c = client({ url: p.url, user: "u", requestTimeout: 300, backoff: { initial: 20, max: 50 } });
+  await connected(c);
+  await assert.rejects(c.publish("nowhere", 1), { code: "not_member" });
+  await assert.rejects(c.join("bad room!"), { code: "invalid_name" });
+  p.mode = "freeze";
+  const t0 = Date.now();
+  await assert.rejects(c.presence("x"), { code: "timeout" });
+  assert.ok(Date.now() - t0 >= 290, "not before the timeout");
+  // A request made while disconnected waits for the connection.
+  p.mode = "refuse";
+  p.cut();
+  await waitFor(c, "state", (e) => e.state === "disconnected");
+  const pending = c.request({ type: "ping" });
+  p.mode = "pass";
+  assert.equal((await pending).type, "pong");
+});
+
+test("a connection that goes quiet is noticed by the heartbeat and replaced", async () => {
+  const s = await server(["--heartbeat-ms", "500"]);
+  const p = await proxy(s.addr);
+  const c = client({ url: p.url, user: "u", backoff: { initial: 20, max: 50 } });
+  const states = record(c, ["state"]);
+  await connected(c);
+  await c.join("hb");
+  await sleep(1800); // pings are answered: still the same connection
+  assert.deepEqual(states.map((e) => e.state), ["connecting", "connected"]);
+  assert.equal(c.state, "connected");
+  p.mode = "freeze";
+  const dropped = await waitFor(c, "state", (e) => e.state === "disconnected", 5000);
+  assert.equal(dropped.reconnecting, true);
+  p.mode = "pass";
+  const back = await waitFor(c, "state", (e) => e.state === "connected", 5000);
+  assert.equal(back.recovery.rooms.hb.recovered, true);
+});
+
+test("close codes: 1001 and 4000 reconnect; kicked and replaced stop", async () => {
+  for (const code of [1001, 1002, 1006, 1008, 1009, 1011, 4000]) assert.equal(closeAction(code), "reconnect", `${code}`);
+  assert.equal(closeAction(4001), "token");
+  for (const code of [1000, 4500, 4501]) assert.equal(closeAction(code), "stop", `${code}`);
+
+  const s = await server(["--api-key", API_KEY, "--session-policy", "kick_old"]);
+  const kicked = client({ url: s.url, user: "k", backoff: { initial: 20, max: 20 } });
+  await connected(kicked);
+  const errors = record(kicked, ["error"]);
+  await api(s, "disconnect", { user: "k" });
+  const st = await waitFor(kicked, "state", (e) => e.state === "disconnected");
+  assert.equal(st.code, 4501);
+  assert.equal(st.reconnecting, false);
+  assert.equal(errors[0].code, "kicked");
+  await sleep(300);
+  assert.equal(kicked.state, "disconnected", "no reconnect after kicked");
+
+  const old = client({ url: s.url, user: "r", backoff: { initial: 20, max: 20 } });
+  await connected(old);
+  const fresh = client({ url: s.url, user: "r" });
+  const replaced = await waitFor(old, "state", (e) => e.state === "disconnected");
+  assert.equal(replaced.code, 4500);
+  assert.equal(replaced.reconnecting, false);
+  await connected(fresh);
+  await sleep(300);
+  assert.equal(old.state, "disconnected", "no reconnect after replaced");
+  assert.equal(fresh.state, "connected", "the newer session stays");
+
+  const down = client({ url: s.url, user: "d", backoff: { initial: 20, max: 20 } });
+  await connected(down);
+  await down.join("x");
+  const closing = waitFor(down, "state", (e) => e.state === "disconnected");
+  await s.restart();
+  const bye = await closing;
+  assert.equal(bye.code, 1001);
+  assert.equal(bye.reconnecting, true);
+  await waitFor(down, "state", (e) => e.state === "connected");
+});
+
+test("auth: a refused token stops the client unless getToken gives a fresh one", async () => {
+  const s = await server(["--jwt-secret", SECRET, "--api", "false", "--heartbeat-ms", "200"]);
+  const exp = () => Math.floor(Date.now() / 1000) + 3600;
+
+  const bad = client({ url: s.url, token: mint({ sub: "x", exp: exp() }, "wrong-secret") });
+  const st = await waitFor(bad, "state", (e) => e.state === "disconnected");
+  assert.equal(st.reconnecting, false);
+  assert.equal(st.reason, "unauthorized");
+
+  let calls = 0;
+  const refreshed = client({
+    url: s.url,
+    token: mint({ sub: "y", exp: exp() }, "wrong-secret"),
+    getToken: async () => (calls += 1, mint({ sub: "y", exp: exp() })),
+  });
+  await connected(refreshed);
+  assert.equal(refreshed.user, "y");
+  assert.equal(calls, 1);
+
+  // 4001: the token expires while connected (checked at each heartbeat).
+  const short = () => mint({ sub: "z", exp: Math.floor(Date.now() / 1000) + 1 });
+  const expiring = client({ url: s.url, token: short(), getToken: async () => mint({ sub: "z", exp: exp() }) });
+  await connected(expiring);
+  const expired = await waitFor(expiring, "state", (e) => e.state === "disconnected", 5000);
+  assert.equal(expired.code, 4001);
+  assert.equal(expired.reconnecting, true);
+  await connected(expiring);
+
+  const noRefresh = client({ url: s.url, token: short() });
+  const end = await waitFor(noRefresh, "state", (e) => e.state === "disconnected", 5000);
+  assert.equal(end.code, 4001);
+  assert.equal(end.reconnecting, false);
+});

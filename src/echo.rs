@@ -1,0 +1,115 @@
+//! `/echo`: a WebSocket endpoint that sends every text and binary message back, so a conformance
+//! suite (or tests/conformance.rs) can exercise the server's own frame layer end to end.
+//!
+//! Owns the echo loop only. It reuses `conn` for all framing and must not touch shard state:
+//! an echo connection is in no room, no user's sessions and no metrics. Served only when
+//! `Config::echo` is on, which `Config::validate` allows in dev mode only.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use tokio::net::TcpStream;
+
+use crate::auth::Identity;
+use crate::conn::{Conn, Event, ReadStatus};
+use crate::error::{CloseCode, HandshakeError};
+use crate::http;
+use crate::msg::ConnId;
+use crate::protocol::Name;
+use crate::shard::runtime::{self, Ctx};
+use crate::ws::{self, FrameBuf};
+
+/// Answers the upgrade and starts the echo task.
+pub fn upgrade(ctx: Rc<Ctx>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        let why = "expected a WebSocket upgrade (GET /echo with Upgrade: websocket)";
+        return http::error(&HandshakeError::BadRequest(why.into()));
+    }
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(r) => r,
+        Err(e) => return http::error(&HandshakeError::BadRequest(format!("bad upgrade: {e}"))),
+    };
+    tokio::task::spawn_local(async move {
+        if let Some((stream, early)) = http::upgraded(upgrade).await {
+            run(ctx, stream, early).await;
+        }
+    });
+    response.map(|_| Full::new(Bytes::new()))
+}
+
+/// Queues the echo of one event; a close or an oversized message starts the closing handshake.
+fn echo(conn: &Conn, event: Event<'_>) {
+    let frame = |opcode, payload: &[u8]| {
+        let mut f = FrameBuf::with_capacity(payload.len());
+        f.push(payload);
+        Rc::new(f.finish(opcode))
+    };
+    match event {
+        Event::Text(text) => _ = conn.push(frame(ws::OP_TEXT, text.as_bytes())),
+        Event::Binary(bytes) => _ = conn.push(frame(ws::OP_BINARY, bytes)),
+        Event::Ping(payload) => _ = conn.push(Rc::new(ws::control_frame(ws::OP_PONG, payload))),
+        Event::TooLarge => conn.begin_close(CloseCode::TooBig),
+        Event::Close => {
+            // Echoes of messages that came before the close go out before it.
+            conn.flush();
+            conn.begin_close(CloseCode::Normal);
+        }
+    }
+}
+
+async fn run(ctx: Rc<Ctx>, stream: TcpStream, early: Bytes) {
+    let identity = Identity {
+        user: Name::new("echo").expect("a valid name"),
+        rooms: None,
+        exp: None,
+    };
+    let conn = Conn::new(
+        ConnId::new(ctx.router.node(), ctx.id, 0),
+        stream,
+        &identity,
+        1,
+    );
+    let config = &ctx.config;
+    let (max, hard) = (config.max_message_size, config.hard_frame_limit());
+    if let Err(code) = conn.preload(&early, &mut |ev| echo(&conn, ev)) {
+        conn.begin_close(code);
+    }
+    drop(early);
+    let stream = conn.tcp().expect("built on a TCP stream");
+    loop {
+        conn.flush();
+        if conn.queued_bytes() > config.max_queue_bytes {
+            conn.begin_close(CloseCode::SlowConsumer);
+        }
+        if conn.closing().is_some() || conn.is_broken() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = conn.kicked() => {}
+            r = stream.writable(), if conn.wants_write() => if r.is_err() { break },
+            r = stream.readable() => {
+                if r.is_err() {
+                    break;
+                }
+                match conn.read_ready(max, hard, &mut |ev| echo(&conn, ev)) {
+                    Ok(ReadStatus::Open) => {}
+                    Ok(ReadStatus::Eof) => break,
+                    Err(code) => {
+                        conn.flush();
+                        conn.begin_close(code);
+                    }
+                }
+            }
+        }
+    }
+    if conn.closing().is_some() && !conn.is_broken() {
+        let timeout = Duration::from_millis(config.close_timeout_ms);
+        let _ =
+            tokio::time::timeout(timeout, runtime::finish_close(&conn, stream, max, hard)).await;
+    }
+}

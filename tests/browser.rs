@@ -1,0 +1,460 @@
+//! The chat page (`/`) and the operator page (`/admin`) in a real headless Chromium, driven
+//! over WebDriver (Debian's `chromium` and `chromium-driver`; `.ci/run` installs them):
+//! two users chat and see each other's presence, a page survives a server restart, an offline
+//! user gets a direct message at sign-in, markup in a message stays text, and the operator
+//! page's connection count moves. Screenshots go to `target/screenshots/`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{TestServer, dev};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const API_KEY: &str = "browser-test-key";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// chromedriver on a free port; it and its browsers are killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        for path in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                Path::new(path).exists(),
+                "{path} is missing: the browser tests need Debian's chromium and chromium-driver \
+                 (apt-get install chromium chromium-driver; .ci/run does it)"
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("find a free port")
+            .port();
+        // Its own process group, so that dropping the driver also ends the browsers it
+        // started, even when the test fails before closing them.
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let driver = Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        driver
+    }
+
+    /// A new browser, with its own empty profile.
+    async fn browser(&self, profile: &TempDir) -> Client {
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1200,800",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([format!("--user-data-dir={}", profile.path().display())])
+        .collect::<Vec<_>>();
+        let caps = json!({"goog:chromeOptions": {"binary": CHROMIUM, "args": args}});
+        let Value::Object(caps) = caps else {
+            unreachable!()
+        };
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("start a chromium session: {e}"))
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group this driver leads; no memory is touched.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy in front of the server: while `refuse` is set it drops new connections, and
+/// `cut` drops the open ones, so a test decides when a page can reconnect.
+struct Proxy {
+    addr: SocketAddr,
+    refuse: Arc<AtomicBool>,
+    conns: Arc<std::sync::Mutex<JoinSet<()>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refuse = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(std::sync::Mutex::new(JoinSet::new()));
+        let (r, c) = (refuse.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if r.load(Ordering::SeqCst) {
+                    continue; // dropped: the browser sees a failed connection
+                }
+                c.lock().unwrap().spawn(async move {
+                    if let Ok(mut upstream) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            refuse,
+            conns,
+            accept,
+        }
+    }
+
+    fn refuse(&self, on: bool) {
+        self.refuse.store(on, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.conns.lock().unwrap().abort_all();
+    }
+}
+
+/// Polls `script` (a function body returning a value) until `ok` accepts its result.
+async fn wait_js(b: &Client, what: &str, script: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = b
+            .execute(script, vec![])
+            .await
+            .unwrap_or_else(|e| panic!("{what}: script failed: {e}"));
+        if ok(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: last value {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn fill(b: &Client, css: &str, text: &str) {
+    let e = b.find(Locator::Css(css)).await.expect(css);
+    e.clear().await.expect("clear");
+    e.send_keys(text).await.expect("type");
+}
+
+async fn click(b: &Client, css: &str) {
+    b.find(Locator::Css(css))
+        .await
+        .expect(css)
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+async fn sign_in(b: &Client, base: &str, user: &str) {
+    b.goto(&format!("{base}/"))
+        .await
+        .expect("open the chat page");
+    fill(b, "#user", user).await;
+    click(b, "#signin-btn").await;
+    wait_js(
+        b,
+        "signed in",
+        "return document.getElementById('me').textContent",
+        |v| v == user,
+    )
+    .await;
+}
+
+async fn join(b: &Client, room: &str) {
+    fill(b, "#join-room", room).await;
+    click(b, "#join-btn").await;
+    let script = format!("return !!document.querySelector('#rooms li[data-room=\"{room}\"]')");
+    wait_js(b, "room in the sidebar", &script, |v| v == true).await;
+}
+
+async fn say(b: &Client, text: &str) {
+    fill(b, "#text", text).await;
+    click(b, "#send").await;
+}
+
+/// The open conversation's messages: [{from, text, seq}].
+async fn messages(b: &Client) -> Vec<Value> {
+    let v = b
+        .execute(
+            "return [...document.querySelectorAll('#list .msg')].map(li => ({
+                from: li.querySelector('.from').textContent,
+                text: li.querySelector('.text').textContent,
+                seq: li.dataset.seq === undefined ? null : Number(li.dataset.seq)}))",
+            vec![],
+        )
+        .await
+        .expect("read the messages");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+async fn wait_texts(b: &Client, what: &str, want: &[&str]) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let msgs = messages(b).await;
+        let texts: Vec<&str> = msgs.iter().filter_map(|m| m["text"].as_str()).collect();
+        if texts.ends_with(want) {
+            return msgs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the page shows {texts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn screenshots() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).expect("create target/screenshots");
+    dir
+}
+
+async fn screenshot(b: &Client, name: &str) {
+    let png = b.screenshot().await.expect("screenshot");
+    std::fs::write(screenshots().join(name), png).expect("write the screenshot");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_and_operator_pages_in_chromium() {
+    let server = TestServer::start(|c| c.api_key = Some(API_KEY.into()));
+    let base = format!("http://{}", server.addr());
+    let proxy = Proxy::start(server.addr()).await;
+    let driver = Driver::start().await;
+    let profiles: Vec<TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let alice = driver.browser(&profiles[0]).await;
+    let bob = driver.browser(&profiles[1]).await;
+
+    // Alice and Bob join a room, see each other online and exchange messages. Bob's page
+    // comes through the proxy, so the test decides when it may reconnect.
+    sign_in(&alice, &base, "alice").await;
+    sign_in(&bob, &format!("http://{}", proxy.addr), "bob").await;
+    join(&alice, "lobby").await;
+    join(&bob, "lobby").await;
+    let presence = "return document.getElementById('presence').textContent";
+    wait_js(&alice, "alice sees bob online", presence, |v| {
+        v.as_str().is_some_and(|s| s.contains("bob"))
+    })
+    .await;
+    wait_js(&bob, "bob sees alice online", presence, |v| {
+        v.as_str().is_some_and(|s| s.contains("alice"))
+    })
+    .await;
+    say(&alice, "hi bob").await;
+    wait_texts(&bob, "bob gets alice's message", &["hi bob"]).await;
+    say(&bob, "hello alice").await;
+    wait_texts(&alice, "alice gets bob's reply", &["hi bob", "hello alice"]).await;
+
+    eprintln!("browser test: markup");
+    // Markup in a message is text: no element is made, no script runs.
+    let evil = "<img src=x onerror=alert(1)>";
+    say(&alice, evil).await;
+    let msgs = wait_texts(&bob, "bob gets the markup as text", &[evil]).await;
+    assert_eq!(msgs.last().unwrap()["from"], "alice");
+    let imgs = bob
+        .execute(
+            "return document.querySelectorAll('#list img').length",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(imgs, json!(0), "the message made an <img>");
+    assert!(bob.get_alert_text().await.is_err(), "an alert is open");
+
+    eprintln!("browser test: direct message");
+    // A direct message to Carol, who has never signed in.
+    fill(&alice, "#dm-user", "carol").await;
+    click(&alice, "#dm-btn").await;
+    say(&alice, "carol, are you there?").await;
+    wait_texts(&alice, "alice's direct message", &["carol, are you there?"]).await;
+
+    eprintln!("browser test: restart");
+    // A restart: Bob's page cannot reconnect until the proxy lets it; meanwhile alice
+    // (reconnected on her own) and the API publish.
+    proxy.refuse(true);
+    let server = server.restart(|c| c.api_key = Some(API_KEY.into()));
+    eprintln!("browser test: restarted");
+    let status = "return document.getElementById('status').dataset.state";
+    wait_js(&bob, "bob's page says reconnecting", status, |v| {
+        v == "reconnecting"
+    })
+    .await;
+    click(&alice, "#rooms li[data-room=lobby]").await;
+    wait_js(&alice, "alice is back", status, |v| {
+        v == "recovered" || v == "online"
+    })
+    .await;
+    for text in ["while you were away 1", "while you were away 2"] {
+        say(&alice, text).await;
+        wait_texts(&alice, "alice's message is acknowledged", &[text]).await;
+    }
+    let mut api = common::Http::connect(server.addr()).await;
+    let auth = format!("apikey {API_KEY}");
+    let r = api
+        .request(
+            "POST",
+            "/api/publish",
+            &[("Authorization", auth.as_str())],
+            r#"{"room":"lobby","body":{"text":"from the operator"}}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    eprintln!("browser test: bob may reconnect");
+    proxy.refuse(false);
+    wait_js(&bob, "bob's page says recovered", status, |v| {
+        v == "recovered"
+    })
+    .await;
+    let msgs = wait_texts(
+        &bob,
+        "bob gets what he missed",
+        &[
+            evil,
+            "while you were away 1",
+            "while you were away 2",
+            "from the operator",
+        ],
+    )
+    .await;
+    let seqs: Vec<u64> = msgs.iter().filter_map(|m| m["seq"].as_u64()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "bob's messages are in order, each once: {msgs:?}"
+    );
+    assert_eq!(seqs.len(), msgs.len(), "every room message has its seq");
+    screenshot(&bob, "chat.png").await;
+    bob.set_window_size(390, 844).await.expect("phone size");
+    tokio::time::sleep(Duration::from_millis(300)).await; // the layout settles
+    screenshot(&bob, "chat-phone.png").await;
+    click(&bob, "#menu").await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // the sidebar slides in
+    screenshot(&bob, "chat-phone-rooms.png").await;
+    bob.set_window_size(1200, 800).await.expect("desktop size");
+
+    eprintln!("browser test: carol");
+    // Carol signs in (in Bob's browser) and finds Alice's message waiting.
+    sign_in(&bob, &base, "carol").await;
+    let unread = "return document.querySelector('#dms li[data-user=alice] .unread')?.textContent";
+    wait_js(&bob, "carol has an unread direct message", unread, |v| {
+        v == "1"
+    })
+    .await;
+    click(&bob, "#dms li[data-user=alice]").await;
+    wait_texts(&bob, "carol reads it", &["carol, are you there?"]).await;
+
+    // She joins the lobby, which now has 66 messages: the newest 50 come first, and
+    // scrolling to the top brings the rest.
+    for n in 1..=60 {
+        let body = format!(r#"{{"room":"lobby","body":{{"text":"filler {n}"}}}}"#);
+        let r = api
+            .request("POST", "/api/publish", &[("Authorization", &auth)], &body)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    join(&bob, "lobby").await;
+    let count = "return document.querySelectorAll('#list .msg').length";
+    wait_js(&bob, "the first page of history", count, |v| v == 50).await;
+    bob.execute("document.getElementById('messages').scrollTop = 0", vec![])
+        .await
+        .expect("scroll to the top");
+    wait_js(&bob, "the rest of the history", count, |v| v == 66).await;
+    let msgs = messages(&bob).await;
+    let seqs: Vec<u64> = msgs.iter().filter_map(|m| m["seq"].as_u64()).collect();
+    assert_eq!(
+        seqs,
+        (1..=66).collect::<Vec<_>>(),
+        "the whole lobby, in order"
+    );
+    assert_eq!(msgs[0]["text"], "hi bob");
+
+    eprintln!("browser test: operator page");
+    // The operator page: the connection count moves when a client connects.
+    alice
+        .goto(&format!("{base}/admin"))
+        .await
+        .expect("open /admin");
+    fill(&alice, "#key", API_KEY).await;
+    click(&alice, "#key-btn").await;
+    let count = "return Number(document.getElementById('connections').textContent) || -1";
+    let before = wait_js(&alice, "a connection count", count, |v| {
+        v.as_i64() > Some(0)
+    })
+    .await;
+    let before = before.as_i64().unwrap();
+    let _extra = dev(server.addr(), "dave").await;
+    wait_js(&alice, "the count moves", count, |v| {
+        v.as_i64() == Some(before + 1)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2100)).await; // a few points on the chart
+    screenshot(&alice, "admin.png").await;
+
+    // Sign-in by token, on a server in JWT mode: a refused token is reported (the page
+    // cannot see the handshake's 401; the library asks with a plain GET), a good one works.
+    eprintln!("browser test: tokens");
+    let jwt = TestServer::start(|c| {
+        c.jwt_secret = Some(common::SECRET.into());
+        c.api = false;
+    });
+    let bad = common::mint(
+        "wrong",
+        &json!({"sub": "erin", "exp": common::now_secs() + 60}),
+    );
+    for (token, outcome) in [(bad, "refused"), (common::token_for("erin"), "accepted")] {
+        alice
+            .goto(&format!("http://{}/", jwt.addr()))
+            .await
+            .expect("open the chat page");
+        fill(&alice, "#token", &token).await;
+        click(&alice, "#signin-btn").await;
+        let shown = "return [document.getElementById('me').textContent,
+                             document.getElementById('signin-error').textContent]";
+        let v = wait_js(&alice, outcome, shown, |v| v[0] != "" || v[1] != "").await;
+        if outcome == "refused" {
+            assert_eq!(v, json!(["", "Could not sign in: unauthorized"]));
+        } else {
+            assert_eq!(v, json!(["erin", ""]));
+        }
+    }
+
+    alice.close().await.expect("close alice's browser");
+    bob.close().await.expect("close bob's browser");
+    drop(proxy);
+    drop(server);
+}

@@ -1,0 +1,308 @@
+// The chat page: plain DOM on the client library. Every piece of text from the server goes
+// in with textContent, never as HTML.
+
+import { connect } from "/shardcast.js";
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, cls, text) => {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+};
+
+let client = null;
+let me = null;
+/** key ("#room" or "@user") -> { kind, name, msgs: Map(seq or local id -> message), unread,
+ * users: Set (rooms), more: bool (older history retained) } */
+const convs = new Map();
+let active = null;
+let localId = 0;
+
+function conv(key) {
+  let c = convs.get(key);
+  if (!c) {
+    const kind = key[0] === "#" ? "room" : "dm";
+    c = { key, kind, name: key.slice(1), msgs: new Map(), unread: 0, users: new Set(), more: false };
+    convs.set(key, c);
+  }
+  return c;
+}
+
+// ---- sign-in --------------------------------------------------------------------------
+
+$("signin-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const user = $("user").value.trim();
+  const token = $("token").value.trim();
+  if (!user && !token) return ($("signin-error").textContent = "Enter a user name or a token.");
+  $("signin-error").textContent = "";
+  const retrying = client;
+  client = null;
+  retrying?.close();
+  start(token ? { token } : { user });
+});
+
+function start(credentials) {
+  const c = (client = connect(credentials));
+  c.on("state", (e) => c === client && onState(e));
+  client.on("message", onMessage);
+  client.on("joined", (e) => presenceChange(e.room, e.user, true));
+  client.on("left", (e) => presenceChange(e.room, e.user, false));
+  client.on("error", (e) => toast(e.message || e.code));
+  client.on("recovery", onRecovery);
+}
+
+function setStatus(state, text) {
+  $("status").dataset.state = state;
+  $("status").querySelector("span").textContent = text;
+}
+
+let statusTimer;
+function onState(e) {
+  clearTimeout(statusTimer);
+  if (e.state === "connecting" && !me) return setStatus("connecting", "Connecting…");
+  if (e.state === "disconnected") {
+    if (e.reconnecting) return setStatus("reconnecting", "Reconnecting…");
+    setStatus("offline", "Offline");
+    if (!me) {
+      $("signin-error").textContent = `Could not sign in: ${e.reason || "connection refused"}`;
+      client = null;
+    } else toast(`Disconnected: ${e.reason || e.code}`);
+    return;
+  }
+  if (e.state !== "connected") return;
+  if (!me) {
+    me = e.user;
+    $("me").textContent = me;
+    $("signin").hidden = true;
+    $("app").hidden = false;
+    $("text").disabled = false;
+    $("send").disabled = false;
+  }
+  if (e.recovery) {
+    setStatus("recovered", e.recovery.complete ? "Recovered" : "Recovered, with gaps");
+    statusTimer = setTimeout(() => setStatus("online", "Online"), 4000);
+  } else setStatus("online", "Online");
+  for (const c of convs.values()) if (c.kind === "room") refreshPresence(c);
+}
+
+/** A room whose recovery left a gap starts over from its history. */
+function onRecovery(r) {
+  for (const [room, info] of Object.entries(r.rooms)) {
+    const c = convs.get(`#${room}`);
+    if (!c) continue;
+    if (info.error) {
+      convs.delete(c.key);
+      renderSidebar();
+      continue;
+    }
+    if (!info.recovered || info.truncated) {
+      c.msgs.clear();
+      loadHistory(c);
+    }
+  }
+}
+
+// ---- messages -------------------------------------------------------------------------
+
+function onMessage(m) {
+  let key;
+  if (m.room !== undefined) key = `#${m.room}`;
+  else if (m.to !== undefined) key = `@${m.from === me ? m.to : m.from}`;
+  else return toast(`Broadcast from ${m.from}: ${bodyText(m.body)}`);
+  const c = conv(key);
+  add(c, m);
+  if (key !== active) c.unread += 1;
+  renderSidebar();
+  if (key === active) renderMessages(true);
+}
+
+function add(c, m) {
+  const k = c.kind === "room" ? m.seq : `l${localId++}`;
+  c.msgs.set(k, m);
+}
+
+function bodyText(body) {
+  if (body && typeof body === "object" && typeof body.text === "string") return body.text;
+  return typeof body === "string" ? body : JSON.stringify(body);
+}
+
+async function loadHistory(c) {
+  if (c.loading) return;
+  c.loading = true;
+  const before = c.msgs.size ? Math.min(...[...c.msgs.keys()]) : undefined;
+  try {
+    const page = await client.history(c.name, { before, limit: 50 });
+    for (const m of page.messages) c.msgs.set(m.seq, m);
+    c.more = page.more;
+    if (c.key === active) renderMessages(before === undefined);
+  } catch (e) {
+    toast(`History: ${e.message}`);
+  } finally {
+    c.loading = false;
+  }
+}
+
+async function refreshPresence(c) {
+  try {
+    c.users = new Set(await client.presence(c.name));
+    if (c.key === active) renderPresence();
+  } catch {
+    // Not in the room (any more): nothing to show.
+  }
+}
+
+function presenceChange(room, user, online) {
+  const c = convs.get(`#${room}`);
+  if (!c) return;
+  if (online) c.users.add(user);
+  else c.users.delete(user);
+  if (c.key === active) renderPresence();
+}
+
+// ---- actions --------------------------------------------------------------------------
+
+$("join-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const room = $("join-room").value.trim();
+  if (!room) return;
+  try {
+    await client.join(room);
+  } catch (e) {
+    return toast(`Cannot join ${room}: ${e.message}`);
+  }
+  $("join-room").value = "";
+  const c = conv(`#${room}`);
+  select(c.key);
+  loadHistory(c);
+  refreshPresence(c);
+});
+
+$("dm-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const user = $("dm-user").value.trim();
+  if (!user) return;
+  $("dm-user").value = "";
+  select(conv(`@${user}`).key);
+});
+
+$("leave").addEventListener("click", async () => {
+  const c = convs.get(active);
+  if (!c || c.kind !== "room") return;
+  try {
+    await client.leave(c.name);
+  } catch (e) {
+    toast(`Leave: ${e.message}`);
+  }
+  convs.delete(c.key);
+  active = null;
+  renderSidebar();
+  renderMessages(true);
+});
+
+$("composer").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const c = convs.get(active);
+  const text = $("text").value;
+  if (!c || !text.trim()) return;
+  $("text").value = "";
+  const body = { text };
+  try {
+    if (c.kind === "room") {
+      const ack = await client.publish(c.name, body);
+      add(c, { room: c.name, from: me, seq: ack.seq, ts: Date.now(), body });
+    } else {
+      await client.send(c.name, body);
+      add(c, { to: c.name, from: me, ts: Date.now(), body });
+    }
+    renderMessages(true);
+  } catch (e) {
+    $("text").value = text;
+    toast(`Not sent: ${e.message}`);
+  }
+});
+
+// Scrolling to the top, or the button there, pages back through the room's history.
+const older = () => {
+  const c = convs.get(active);
+  if (c && c.more) loadHistory(c);
+};
+$("older").addEventListener("click", older);
+$("messages").addEventListener("scroll", () => $("messages").scrollTop < 20 && older());
+
+$("menu").addEventListener("click", () => document.body.classList.toggle("show-sidebar"));
+
+function select(key) {
+  active = key;
+  const c = convs.get(key);
+  c.unread = 0;
+  document.body.classList.remove("show-sidebar");
+  renderSidebar();
+  renderMessages(true);
+  renderPresence();
+  $("text").focus();
+}
+
+// ---- rendering ------------------------------------------------------------------------
+
+function renderSidebar() {
+  for (const [listId, kind] of [["rooms", "room"], ["dms", "dm"]]) {
+    const list = $(listId);
+    list.replaceChildren();
+    for (const c of convs.values()) {
+      if (c.kind !== kind) continue;
+      const li = el("li", c.key === active ? "active" : "");
+      li.dataset[kind === "room" ? "room" : "user"] = c.name;
+      li.append(el("span", "name", (kind === "room" ? "# " : "@ ") + c.name), el("span", "unread", c.unread ? String(c.unread) : ""));
+      li.addEventListener("click", () => select(c.key));
+      list.append(li);
+    }
+  }
+}
+
+function renderMessages(toBottom) {
+  const box = $("messages");
+  const list = $("list");
+  const c = convs.get(active);
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  const fromBottom = box.scrollHeight - box.scrollTop;
+  list.replaceChildren();
+  $("conv-title").textContent = c ? (c.kind === "room" ? `# ${c.name}` : `@ ${c.name}`) : "No conversation";
+  $("leave").hidden = !c || c.kind !== "room";
+  $("empty").hidden = !!(c && c.msgs.size);
+  $("empty").textContent = c ? "No messages yet. Say hello!" : "Join a room or open a direct message to start.";
+  $("older").hidden = !c || !c.more;
+  if (!c) return;
+  const msgs = [...c.msgs.entries()];
+  if (c.kind === "room") msgs.sort((a, b) => a[0] - b[0]);
+  for (const [, m] of msgs) {
+    const li = el("li", m.from === me ? "msg mine" : "msg");
+    if (m.seq !== undefined) li.dataset.seq = m.seq;
+    const meta = el("div", "meta");
+    meta.append(el("span", "from", m.from), el("span", "time", new Date(m.ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
+    li.append(meta, el("div", "text", bodyText(m.body)));
+    list.append(li);
+  }
+  // Older messages arrive above: what the reader looks at stays put.
+  box.scrollTop = toBottom || atBottom ? box.scrollHeight : box.scrollHeight - fromBottom;
+}
+
+function renderPresence() {
+  const c = convs.get(active);
+  const p = $("presence");
+  p.replaceChildren();
+  if (!c || c.kind !== "room") return;
+  const users = [...c.users].sort();
+  p.append(el("span", "dot"), `${users.length} online: `);
+  p.append(el("span", "users", users.join(", ")));
+}
+
+let toastTimer;
+function toast(text) {
+  const t = $("toast");
+  t.textContent = text;
+  t.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => (t.hidden = true), 4000);
+}
