@@ -53,6 +53,7 @@ fn fanout(c: &mut Criterion) {
             Arc::new(config),
             Persist::discarding(),
             Vec::new(),
+            shardcast::auth::Authenticator::new(&Config::default()).expect("dev mode"),
         );
         let conns: Vec<_> = (0..=members)
             .map(|i| {

@@ -1,16 +1,23 @@
-//! Client authentication at the WebSocket handshake: HS256 JWTs, or `?user=` in dev mode.
+//! Client authentication at the WebSocket handshake: JWTs (HS256 with a shared secret; RS256 or
+//! ES256 with a PEM public key or keys from a JWKS), or `?user=` in dev mode.
 //!
 //! Owns turning request credentials into an `Identity`, and the reverse for operators (`mint`,
 //! behind `shardcast token`). It must not touch connections or shards; session policy is decided
 //! by the user's home shard, not here.
 
+pub mod jwks;
+
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
-use crate::error::HandshakeError;
+use crate::config::Config;
+use crate::error::{ErrorCode, HandshakeError, ReplyError};
 use crate::protocol::{Name, is_valid_name};
+use jwks::{Jwks, Key};
 
 /// Who a connection belongs to, as its credentials said.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,7 +29,8 @@ pub struct Identity {
     pub exp: Option<u64>,
 }
 
-/// A token's claims, as read at the handshake and written by [`mint`].
+/// A token's claims, as read at the handshake and written by [`mint`]. `aud`, `iss` and `nbf`
+/// are checked by `jsonwebtoken` and not kept.
 #[derive(Serialize, Deserialize)]
 struct Claims {
     sub: String,
@@ -51,21 +59,70 @@ pub fn mint(secret: &str, identity: &Identity) -> String {
     .expect("HS256 signing of a serializable struct cannot fail")
 }
 
-/// Checks handshake credentials. `None` for the key means dev mode.
+/// Why the configured keys could not be loaded at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read jwt_public_key {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "jwt_public_key {path} is not a PEM RSA or P-256 EC public key (-----BEGIN PUBLIC KEY-----)"
+    )]
+    Pem { path: std::path::PathBuf },
+    #[error("cannot start the JWKS fetcher thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The keys that verify client tokens, and the claims every token must carry.
+struct Keys {
+    /// HS256.
+    secret: Option<DecodingKey>,
+    /// RS256 or ES256, from `jwt_public_key`.
+    public: Option<Key>,
+    jwks: Option<Jwks>,
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
+/// Checks handshake credentials; cheap to clone (every shard holds one). No keys means dev mode.
+#[derive(Clone)]
 pub struct Authenticator {
-    key: Option<(DecodingKey, Validation)>,
+    keys: Option<Arc<Keys>>,
 }
 
 impl Authenticator {
-    pub fn new(secret: Option<&str>) -> Authenticator {
-        let key = secret.map(|s| {
-            let mut v = Validation::new(Algorithm::HS256);
-            v.leeway = 0;
-            v.validate_aud = false;
-            v.required_spec_claims = HashSet::from(["sub".to_owned()]);
-            (DecodingKey::from_secret(s.as_bytes()), v)
-        });
-        Authenticator { key }
+    /// Loads the keys `config` names: reads `jwt_public_key`, and starts the JWKS fetcher
+    /// (waiting for its first fetch).
+    pub fn new(config: &Config) -> Result<Authenticator, KeyError> {
+        if config.dev_mode() {
+            return Ok(Authenticator { keys: None });
+        }
+        let public = match &config.jwt_public_key {
+            None => None,
+            Some(path) => Some(read_public_key(path)?),
+        };
+        let jwks = match &config.jwks_url {
+            None => None,
+            Some(url) => Some(
+                Jwks::start(url.clone(), Duration::from_secs(config.jwks_refresh_secs))
+                    .map_err(KeyError::Thread)?,
+            ),
+        };
+        let keys = Keys {
+            secret: config
+                .jwt_secret
+                .as_ref()
+                .map(|s| DecodingKey::from_secret(s.as_bytes())),
+            public,
+            jwks,
+            audience: config.jwt_audience.clone(),
+            issuer: config.jwt_issuer.clone(),
+        };
+        Ok(Authenticator {
+            keys: Some(Arc::new(keys)),
+        })
     }
 
     /// `query` is the request's query string; `bearer` the `Authorization: Bearer` token if any.
@@ -77,9 +134,9 @@ impl Authenticator {
     ) -> Result<Identity, HandshakeError> {
         let unauthorized = |m: &str| HandshakeError::Unauthorized(m.to_owned());
         let param = |name: &str| query.and_then(|q| query_param(q, name));
-        let Some((key, validation)) = &self.key else {
+        let Some(keys) = &self.keys else {
             let user = param("user").ok_or_else(|| {
-                unauthorized("dev mode: pass ?user=ID (no jwt_secret is configured)")
+                unauthorized("dev mode: pass ?user=ID (no JWT key is configured)")
             })?;
             let user =
                 Name::new(&user).map_err(|_| unauthorized("?user is not a valid user id"))?;
@@ -92,46 +149,162 @@ impl Authenticator {
         let token = param("token")
             .or_else(|| bearer.map(str::to_owned))
             .ok_or_else(|| unauthorized("missing token: pass ?token= or Authorization: Bearer"))?;
-        let claims = jsonwebtoken::decode::<Claims>(&token, key, validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => HandshakeError::TokenExpired(
-                    jsonwebtoken::dangerous::insecure_decode::<Claims>(&token)
-                        .ok()
-                        .and_then(|d| d.claims.exp)
-                        .unwrap_or(0),
-                ),
-                ErrorKind::InvalidSignature => unauthorized("token signature does not verify"),
-                _ => HandshakeError::Unauthorized(format!("invalid token: {e}")),
-            })?
-            .claims;
-        if !is_valid_name(claims.sub.as_bytes()) {
-            return Err(unauthorized("token sub is not a valid user id"));
+        let claims = keys.verify(&token)?;
+        identity(claims, max_rooms)
+    }
+
+    /// The identity of a token sent in a `connect` frame (`first_frame_auth`).
+    pub fn verify_token(&self, token: &str, max_rooms: usize) -> Result<Identity, HandshakeError> {
+        let keys = self.keys.as_ref().ok_or_else(|| {
+            HandshakeError::Unauthorized("dev mode takes ?user=, not tokens".into())
+        })?;
+        identity(keys.verify(token)?, max_rooms)
+    }
+
+    /// The request carries credentials: `?token=`, `?user=` or a bearer token.
+    pub fn has_credentials(query: Option<&str>, bearer: Option<&str>) -> bool {
+        bearer.is_some()
+            || query.is_some_and(|q| {
+                query_param(q, "token").is_some() || query_param(q, "user").is_some()
+            })
+    }
+}
+
+impl Authenticator {
+    /// Checks a `refresh` token for a connection of `user`: it must verify like a handshake
+    /// token and name the same `sub`. Returns its `exp`, the connection's new expiry. Its `rooms`
+    /// claim is not applied: the connection keeps the rooms its first token allowed.
+    pub fn refresh(&self, user: &Name, token: &str) -> Result<Option<u64>, ReplyError> {
+        let refused = |m: String| ReplyError::new(ErrorCode::Unauthorized, m);
+        let keys = self.keys.as_ref().ok_or_else(|| {
+            ReplyError::new(ErrorCode::BadRequest, "dev mode has no tokens to refresh")
+        })?;
+        let claims = keys.verify(token).map_err(|e| refused(e.to_string()))?;
+        if claims.sub != **user {
+            return Err(refused(format!(
+                "the token is for another user; this connection is {user}"
+            )));
         }
-        let rooms = match claims.rooms {
-            None => None,
-            Some(rooms) if rooms.len() > max_rooms => {
-                return Err(unauthorized(
-                    "token rooms claim lists more rooms than allowed",
-                ));
+        Ok(claims.exp)
+    }
+}
+
+impl Keys {
+    /// The token's claims, if a configured key for its header's `alg` (and `kid`) verifies it
+    /// and its registered claims hold. The algorithm comes from the key, never from the token
+    /// alone: an HS256 token is only ever checked against `jwt_secret`, so one "signed" with a
+    /// public key's bytes fails, and `alg: none` is not an algorithm `jsonwebtoken` parses.
+    fn verify(&self, token: &str) -> Result<Claims, HandshakeError> {
+        let unauthorized = |m: String| HandshakeError::Unauthorized(m);
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| unauthorized(format!("invalid token: {e}")))?;
+        let (alg, key) = match header.alg {
+            Algorithm::HS256 => {
+                let secret = self.secret.as_ref().ok_or_else(|| {
+                    unauthorized(
+                        "HS256 tokens are not accepted: no jwt_secret is configured".into(),
+                    )
+                })?;
+                (Algorithm::HS256, secret.clone())
             }
-            Some(rooms) => {
-                let mut names = Vec::with_capacity(rooms.len());
-                for room in rooms {
-                    let name = Name::new(&room)
-                        .map_err(|_| unauthorized("token rooms claim has an invalid room name"))?;
-                    if !names.contains(&name) {
-                        names.push(name);
-                    }
-                }
-                Some(names)
+            alg @ (Algorithm::RS256 | Algorithm::ES256) => {
+                let from_jwks = match (&self.jwks, &header.kid) {
+                    (Some(jwks), Some(kid)) => Some(jwks.get(kid).ok_or_else(|| {
+                        unauthorized(format!("no key with kid {kid:.64} in the JWKS"))
+                    })?),
+                    _ => None,
+                };
+                from_jwks
+                    .or_else(|| self.public.clone())
+                    .filter(|(key_alg, _)| *key_alg == alg)
+                    .ok_or_else(|| unauthorized(format!("no {alg:?} key is configured")))?
+            }
+            other => {
+                return Err(unauthorized(format!(
+                    "{other:?} tokens are not accepted; use HS256, RS256 or ES256"
+                )));
             }
         };
-        Ok(Identity {
-            user: Name::new(&claims.sub).expect("validated above"),
-            rooms,
-            exp: claims.exp,
-        })
+        let mut v = Validation::new(alg);
+        v.leeway = 0;
+        v.validate_nbf = true;
+        v.required_spec_claims = HashSet::from(["sub".to_owned()]);
+        match &self.audience {
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                v.required_spec_claims.insert("aud".to_owned());
+            }
+            None => v.validate_aud = false,
+        }
+        if let Some(iss) = &self.issuer {
+            v.set_issuer(&[iss]);
+            v.required_spec_claims.insert("iss".to_owned());
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &v).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => HandshakeError::TokenExpired(
+                jsonwebtoken::dangerous::insecure_decode::<Claims>(token)
+                    .ok()
+                    .and_then(|d| d.claims.exp)
+                    .unwrap_or(0),
+            ),
+            ErrorKind::InvalidSignature => unauthorized("token signature does not verify".into()),
+            ErrorKind::ImmatureSignature => unauthorized("token is not valid yet (nbf)".into()),
+            ErrorKind::InvalidAudience => unauthorized("token aud is not this server's".into()),
+            ErrorKind::InvalidIssuer => {
+                unauthorized("token iss is not the configured issuer".into())
+            }
+            _ => unauthorized(format!("invalid token: {e}")),
+        })?;
+        Ok(data.claims)
     }
+}
+
+/// Reads a PEM public key: RSA (RS256) or P-256 EC (ES256).
+fn read_public_key(path: &std::path::Path) -> Result<Key, KeyError> {
+    let pem = std::fs::read(path).map_err(|source| KeyError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+        return Ok((Algorithm::RS256, key));
+    }
+    DecodingKey::from_ec_pem(&pem)
+        .map(|key| (Algorithm::ES256, key))
+        .map_err(|_| KeyError::Pem {
+            path: path.to_owned(),
+        })
+}
+
+/// The identity a verified token's claims name.
+fn identity(claims: Claims, max_rooms: usize) -> Result<Identity, HandshakeError> {
+    let unauthorized = |m: &str| HandshakeError::Unauthorized(m.to_owned());
+    if !is_valid_name(claims.sub.as_bytes()) {
+        return Err(unauthorized("token sub is not a valid user id"));
+    }
+    let rooms = match claims.rooms {
+        None => None,
+        Some(rooms) if rooms.len() > max_rooms => {
+            return Err(unauthorized(
+                "token rooms claim lists more rooms than allowed",
+            ));
+        }
+        Some(rooms) => {
+            let mut names = Vec::with_capacity(rooms.len());
+            for room in rooms {
+                let name = Name::new(&room)
+                    .map_err(|_| unauthorized("token rooms claim has an invalid room name"))?;
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            Some(names)
+        }
+    };
+    Ok(Identity {
+        user: Name::new(&claims.sub).expect("validated above"),
+        rooms,
+        exp: claims.exp,
+    })
 }
 
 /// The percent-decoded value of `name` in a query string.
@@ -192,9 +365,17 @@ mod tests {
             .as_secs()
     }
 
+    fn hs(secret: &str) -> Authenticator {
+        Authenticator::new(&Config {
+            jwt_secret: Some(secret.into()),
+            ..Config::default()
+        })
+        .unwrap()
+    }
+
     #[test]
     fn dev_mode_takes_user_param() {
-        let a = Authenticator::new(None);
+        let a = Authenticator::new(&Config::default()).unwrap();
         let id = a.authenticate(Some("x=1&user=al%40ice"), None, 10).unwrap();
         assert_eq!(&*id.user, "al@ice");
         assert!(a.authenticate(None, None, 10).is_err());
@@ -203,7 +384,7 @@ mod tests {
 
     #[test]
     fn jwt_claims_are_checked() {
-        let a = Authenticator::new(Some("s3cret"));
+        let a = hs("s3cret");
         let t = token(json!({"sub":"bob","rooms":["r1","r2","r1"]}), "s3cret");
         let id = a
             .authenticate(Some(&format!("token={t}")), None, 10)
@@ -234,7 +415,7 @@ mod tests {
 
     #[test]
     fn minted_tokens_authenticate_as_their_identity() {
-        let a = Authenticator::new(Some("s3cret"));
+        let a = hs("s3cret");
         let id = Identity {
             user: Name::new("bob").unwrap(),
             rooms: Some(vec![Name::new("r1").unwrap(), Name::new("r2").unwrap()]),
@@ -249,7 +430,7 @@ mod tests {
         };
         let t = mint("s3cret", &bare);
         assert_eq!(a.authenticate(None, Some(&t), 10).unwrap(), bare);
-        let other = Authenticator::new(Some("other"));
+        let other = hs("other");
         assert!(other.authenticate(None, Some(&t), 10).is_err());
     }
 }

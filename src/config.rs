@@ -145,12 +145,65 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// PEM file with the RSA or EC (P-256) public key that verifies RS256 or ES256 client JWTs.
+    /// Default none. Any of jwt_secret, jwt_public_key and jwks_url turns dev mode off.
+    #[arg(long, env = "SHARDCAST_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// http:// URL of a JWKS (RS256 and ES256 keys), fetched at start and every
+    /// jwks_refresh_secs; a token's `kid` picks its key. https is not supported: serve it from a
+    /// local proxy or use jwt_public_key. Default none.
+    #[arg(long, env = "SHARDCAST_JWKS_URL")]
+    pub jwks_url: Option<String>,
+
+    /// Seconds between background refreshes of jwks_url; a token with an unknown `kid` also
+    /// triggers one (at most one a second). Default 300.
+    #[arg(long, env = "SHARDCAST_JWKS_REFRESH_SECS", default_value_t = 300)]
+    pub jwks_refresh_secs: u64,
+
+    /// The `aud` a client JWT must carry (one of, if it is a list). Default none: `aud` is not
+    /// checked.
+    #[arg(long, env = "SHARDCAST_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// The `iss` a client JWT must carry. Default none: `iss` is not checked.
+    #[arg(long, env = "SHARDCAST_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// How long a connection stays open after its token's `exp` before it is closed with 4001,
+    /// in seconds: the time a client has to send `refresh` with a new token. Checked at each
+    /// heartbeat. Default 30.
+    #[arg(long, env = "SHARDCAST_TOKEN_GRACE_SECS", default_value_t = 30)]
+    pub token_grace_secs: u64,
+
+    /// Let clients authenticate with a first frame `{"type":"connect","token":..}` instead of a
+    /// token in the URL (which proxies log): an upgrade without credentials is accepted and
+    /// must send that frame within first_frame_timeout_ms. Ignored in dev mode. Default false.
+    #[arg(long, env = "SHARDCAST_FIRST_FRAME_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
+    pub first_frame_auth: bool,
+
+    /// With first_frame_auth, how long an upgraded connection may take to send its `connect`
+    /// frame before it is closed with 4002, in milliseconds. Default 5000.
+    #[arg(
+        long,
+        env = "SHARDCAST_FIRST_FRAME_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub first_frame_timeout_ms: u64,
+
+    /// Browser origins allowed to open a WebSocket, comma-separated; `*.` in a host matches any
+    /// subdomain (`https://*.example.com`), and `*` alone any origin. Default none: only the
+    /// server's own host (Origin host = Host header), or any origin in dev mode. Requests
+    /// without an Origin header (non-browser clients) are always allowed.
+    #[arg(long, env = "SHARDCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// Serve the HTTP server API under /api/. Default true.
     #[arg(long, env = "SHARDCAST_API", default_value_t = true, action = clap::ArgAction::Set)]
     pub api: bool,
 
     /// Key for the HTTP server API (`Authorization: apikey KEY`). Default none: the API is open
-    /// in loopback dev mode only; with a jwt_secret the server will not start with the API on
+    /// in loopback dev mode only; outside dev mode the server will not start with the API on
     /// and no key.
     #[arg(long, env = "SHARDCAST_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -285,6 +338,15 @@ impl Default for Config {
             inbox_retention_secs: 2_592_000,
             retention_interval_ms: 60_000,
             jwt_secret: None,
+            jwt_public_key: None,
+            jwks_url: None,
+            jwks_refresh_secs: 300,
+            jwt_audience: None,
+            jwt_issuer: None,
+            token_grace_secs: 30,
+            first_frame_auth: false,
+            first_frame_timeout_ms: 5_000,
+            allowed_origins: Vec::new(),
             api: true,
             api_key: None,
             web: true,
@@ -382,11 +444,11 @@ impl Config {
     /// Checks the values that cannot be expressed in types.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
-        if self.jwt_secret.is_none() && !self.bind.ip().is_loopback() {
+        if self.dev_mode() && !self.bind.ip().is_loopback() {
             return Err(ConfigError::Invalid(format!(
-                "no jwt_secret is configured, so the server would run in dev mode (trusting \
-                 ?user=ID), which is only allowed on a loopback address, not {}; set --jwt-secret \
-                 (or SHARDCAST_JWT_SECRET), or bind to 127.0.0.1",
+                "no jwt_secret, jwt_public_key or jwks_url is configured, so the server would run \
+                 in dev mode (trusting ?user=ID), which is only allowed on a loopback address, \
+                 not {}; set --jwt-secret (or SHARDCAST_JWT_SECRET), or bind to 127.0.0.1",
                 self.bind
             )));
         }
@@ -398,17 +460,31 @@ impl Config {
         if matches!(&self.api_key, Some(k) if k.is_empty()) {
             return invalid("api_key is empty; give a real key or leave it unset");
         }
-        if self.api && self.api_key.is_none() && self.jwt_secret.is_some() {
+        if self.api && self.api_key.is_none() && !self.dev_mode() {
             return invalid(
                 "the HTTP API is on but has no api_key; set --api-key (or SHARDCAST_API_KEY), or \
                  turn the API off with --api false",
             );
         }
-        if self.echo && self.jwt_secret.is_some() {
+        if let Some(url) = &self.jwks_url
+            && !url.starts_with("http://")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "jwks_url {url} is not an http:// URL; https is not supported (serve the JWKS \
+                 through a local proxy, or give the key as a PEM file with jwt_public_key)"
+            )));
+        }
+        if self.jwks_refresh_secs == 0 {
+            return invalid("jwks_refresh_secs must be greater than 0");
+        }
+        if self.allowed_origins.iter().any(|o| o.is_empty()) {
+            return invalid("allowed_origins has an empty entry");
+        }
+        if self.echo && !self.dev_mode() {
             return invalid(
                 "echo is a dev-mode endpoint for conformance tests and cannot be turned on with a \
-                 jwt_secret; remove --echo (or SHARDCAST_ECHO), or run without a jwt_secret on \
-                 loopback",
+                 JWT key; remove --echo (or SHARDCAST_ECHO), or run without jwt_secret, \
+                 jwt_public_key and jwks_url on loopback",
             );
         }
         if self.handshake_timeout_ms == 0 || self.max_handshakes == 0 {
@@ -453,6 +529,11 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// No client JWT key of any kind is configured: `?user=ID` is trusted (loopback only).
+    pub fn dev_mode(&self) -> bool {
+        self.jwt_secret.is_none() && self.jwt_public_key.is_none() && self.jwks_url.is_none()
     }
 
     /// The number of shards to run: `shards`, or one per available core.
@@ -572,6 +653,24 @@ mod tests {
         assert_eq!(ok.jwt_secret.as_deref(), Some("s"));
         let no_api = load(&[&args[..], &["--api", "false"]].concat(), None).unwrap();
         assert!(!no_api.api);
+    }
+
+    #[test]
+    fn any_jwt_key_ends_dev_mode_and_jwks_must_be_http() {
+        let args = ["--bind", "0.0.0.0:8080", "--api", "false"];
+        let pem = load(&[&args[..], &["--jwt-public-key", "k.pem"]].concat(), None).unwrap();
+        assert!(!pem.dev_mode());
+        let url = ["--jwks-url", "http://127.0.0.1:9/jwks"];
+        assert!(!load(&[&args[..], &url].concat(), None).unwrap().dev_mode());
+        let tls = ["--jwks-url", "https://idp.example/jwks"];
+        let err = load(&[&args[..], &tls].concat(), None).unwrap_err();
+        assert!(err.to_string().contains("https is not supported"), "{err}");
+        let origins = ["--allowed-origins", "https://a.example,https://*.b.example"];
+        let c = load(&origins, None).unwrap();
+        assert_eq!(
+            c.allowed_origins,
+            ["https://a.example", "https://*.b.example"]
+        );
     }
 
     #[test]

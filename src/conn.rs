@@ -159,8 +159,8 @@ pub struct Conn {
     pub user: Name,
     /// The token's `rooms` claim: the only rooms this connection may join.
     pub allowed_rooms: Option<Box<[Name]>>,
-    /// The token's `exp`, unix seconds.
-    pub exp: Option<u64>,
+    /// The token's `exp`, unix seconds; a `refresh` moves it.
+    pub exp: Cell<Option<u64>>,
     io: Io,
     out: RefCell<OutQueue>,
     read: RefCell<Decoder>,
@@ -223,7 +223,7 @@ impl Conn {
             id,
             user: identity.user.clone(),
             allowed_rooms: identity.rooms.clone().map(Vec::into_boxed_slice),
-            exp: identity.exp,
+            exp: Cell::new(identity.exp),
             io,
             out: RefCell::default(),
             read: RefCell::default(),

@@ -19,6 +19,7 @@ pub enum ErrorCode {
     RateLimited,
     Unavailable,
     Cancelled,
+    Unauthorized,
 }
 
 impl ErrorCode {
@@ -33,6 +34,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Cancelled => "cancelled",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 
@@ -41,6 +43,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest | ErrorCode::UnknownType | ErrorCode::InvalidName => 400,
             ErrorCode::NotMember | ErrorCode::Forbidden => 403,
+            ErrorCode::Unauthorized => 401,
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
@@ -127,6 +130,8 @@ pub enum HandshakeError {
     Unauthorized(String),
     #[error("token expired at {0}; fetch a new token")]
     TokenExpired(u64),
+    #[error("origin {0} may not open a WebSocket here; add it to allowed_origins")]
+    OriginNotAllowed(String),
     #[error("no such path; connect to /ws")]
     NotFound,
     #[error("user is already connected and the session policy is reject_new")]
@@ -138,10 +143,15 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
+    /// The close code of a handshake refused after the upgrade (a bad or missing `connect`
+    /// frame under `first_frame_auth`); the close reason is the refusal's [`code`](Self::code).
+    pub const CLOSE_CODE: u16 = 4002;
+
     pub fn status(&self) -> u16 {
         match self {
             HandshakeError::BadRequest(_) => 400,
             HandshakeError::Unauthorized(_) | HandshakeError::TokenExpired(_) => 401,
+            HandshakeError::OriginNotAllowed(_) => 403,
             HandshakeError::NotFound => 404,
             HandshakeError::SessionExists => 409,
             HandshakeError::ConnectionLimit(_) => 429,
@@ -154,6 +164,7 @@ impl HandshakeError {
             HandshakeError::BadRequest(_) => "bad_request",
             HandshakeError::Unauthorized(_) => "unauthorized",
             HandshakeError::TokenExpired(_) => "token_expired",
+            HandshakeError::OriginNotAllowed(_) => "origin_not_allowed",
             HandshakeError::NotFound => "not_found",
             HandshakeError::SessionExists => "session_exists",
             HandshakeError::ConnectionLimit(_) => "connection_limit",

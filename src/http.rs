@@ -12,13 +12,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::auth::Identity;
+use crate::auth::{Authenticator, Identity};
 use crate::conn::Conn;
 use crate::error::HandshakeError;
 use crate::msg::ConnId;
@@ -116,7 +116,7 @@ pub(crate) fn json(status: StatusCode, body: Bytes) -> Response<Body> {
 }
 
 /// Undoes a handshake's reservation if the handshake does not reach the connection task.
-struct Reservation {
+pub(crate) struct Reservation {
     ctx: Rc<Ctx>,
     conn: ConnId,
     /// The home's verdict, until it has been read.
@@ -128,8 +128,9 @@ struct Reservation {
 
 impl Reservation {
     /// The handshake reached the connection task, which now owns the cleanup.
-    fn fulfil(mut self) {
+    pub(crate) fn fulfil(mut self) -> ConnId {
         self.done = true;
+        self.conn
     }
 }
 
@@ -156,24 +157,47 @@ async fn websocket(
     ctx: Rc<Ctx>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, HandshakeError> {
-    let bearer = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    crate::origin::check(&ctx.config, header(ORIGIN), header(HOST))?;
+    let bearer = header(AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer "));
+    let query = req.uri().query();
+    let upgrade_check = |req: &Request<Incoming>| {
+        if fastwebsockets::upgrade::is_upgrade_request(req) {
+            Ok(())
+        } else {
+            Err(HandshakeError::BadRequest(
+                "expected a WebSocket upgrade (GET /ws with Upgrade: websocket)".into(),
+            ))
+        }
+    };
+    if ctx.config.first_frame_auth
+        && !ctx.config.dev_mode()
+        && !Authenticator::has_credentials(query, bearer)
+    {
+        upgrade_check(&req)?;
+        return upgrade(&mut req, move |stream, early| {
+            crate::first_frame::connect(ctx, stream, early)
+        });
+    }
     // Credentials are checked before the upgrade headers: a browser never sees why a handshake
     // was refused, so its client asks again with a plain GET, which answers 401 if they are bad.
-    let identity = ctx.auth.authenticate(
-        req.uri().query(),
-        bearer,
-        ctx.config.max_rooms_per_connection,
-    )?;
-    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return Err(HandshakeError::BadRequest(
-            "expected a WebSocket upgrade (GET /ws with Upgrade: websocket)".into(),
-        ));
-    }
+    let identity = ctx
+        .auth
+        .authenticate(query, bearer, ctx.config.max_rooms_per_connection)?;
+    upgrade_check(&req)?;
+    let (reservation, inbox_seq) = admit(&ctx, &identity).await?;
+    upgrade(&mut req, move |stream, early| {
+        let conn = reservation.fulfil();
+        start(ctx, conn, identity, inbox_seq, stream, early)
+    })
+}
 
+/// Asks the user's home to admit a connection (session policy, connection limit). Returns the
+/// reservation, which undoes the admission if dropped before `fulfil`, and the inbox seq.
+pub(crate) async fn admit(
+    ctx: &Rc<Ctx>,
+    identity: &Identity,
+) -> Result<(Reservation, u64), HandshakeError> {
     let (tx, rx) = oneshot::channel();
     let user = identity.user.clone();
     let Some(conn) = ctx.with(|s| s.register(user, tx)) else {
@@ -191,13 +215,21 @@ async fn websocket(
     reservation.verdict = None;
     let inbox_seq = verdict.unwrap_or(Err(HandshakeError::Unavailable))?;
     reservation.admitted = true;
+    Ok((reservation, inbox_seq))
+}
 
-    let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut req)
+/// Answers an upgrade request with 101, and once hyper lets go of the TCP stream runs `then`
+/// on it, with what hyper read past the request. If the upgrade fails, `then` is dropped
+/// unrun (a reservation it holds is undone).
+fn upgrade<F: Future<Output = ()> + 'static>(
+    req: &mut Request<Incoming>,
+    then: impl FnOnce(TcpStream, Bytes) -> F + 'static,
+) -> Result<Response<Body>, HandshakeError> {
+    let (response, upgrade) = fastwebsockets::upgrade::upgrade(req)
         .map_err(|e| HandshakeError::BadRequest(format!("bad upgrade request: {e}")))?;
     tokio::task::spawn_local(async move {
         if let Some((stream, early)) = upgraded(upgrade).await {
-            reservation.fulfil();
-            start(ctx, conn, identity, inbox_seq, stream, early).await;
+            then(stream, early).await;
         }
     });
     Ok(response.map(|_| Full::new(Bytes::new())))
@@ -226,7 +258,7 @@ pub(crate) async fn upgraded(
 
 /// Attaches the upgraded stream to the shard and runs its task. `early` is what hyper read past
 /// the request; it is a slice of hyper's 8 KiB read buffer, so it must not outlive this setup.
-async fn start(
+pub(crate) async fn start(
     ctx: Rc<Ctx>,
     id: ConnId,
     identity: Identity,

@@ -11,13 +11,15 @@
 //!   addresses in it (`ConnId`, `ReplyTo`).
 //! - `router`: the placement hash (which shard is home to a room or user) and the queues
 //!   between shards.
-//! - `http`: routing and the WebSocket handshake, up to handing over the raw stream.
+//! - `http`: routing and the WebSocket handshake, up to handing over the raw stream;
+//!   `first_frame`: the handshake's end for connections that authenticate with a `connect` frame.
 //! - `api`: the HTTP server API under `/api/` for backends.
 //! - `echo`: the dev-mode `/echo` endpoint, for conformance suites against the frame layer.
 //! - `accept`: the acceptor's back-off on accept errors (out of file descriptors).
 //! - `conn`: one connection's bytes: the bounded outbound queue and the frame decoder.
 //! - `ws`: the WebSocket wire format. `protocol`: the JSON protocol (parse, encode once).
-//! - `auth`: JWT and dev-mode identities. `config`: every limit. `error`: every code.
+//! - `auth`: JWT and dev-mode identities (`auth::jwks`: the key set fetched over HTTP). `origin`:
+//!   which browser origins may upgrade. `config`: every limit. `error`: every code.
 //! - `store`: durable history behind the `Store` trait (fjall on disk, or memory).
 //! - `persist`: the store threads (group commit, replays and history reads, retention) between
 //!   the shards and the `Store`.
@@ -35,10 +37,12 @@ pub mod config;
 pub mod conn;
 pub mod echo;
 pub mod error;
+pub mod first_frame;
 pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod msg;
+pub mod origin;
 pub mod persist;
 pub mod protocol;
 pub mod router;

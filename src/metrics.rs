@@ -19,7 +19,7 @@ use crate::persist::Op;
 use crate::shard::runtime::Ctx;
 
 /// Every reply error code, in the order of `ShardCounters::errors`.
-const ERROR_CODES: [ErrorCode; 9] = [
+const ERROR_CODES: [ErrorCode; 10] = [
     ErrorCode::BadRequest,
     ErrorCode::UnknownType,
     ErrorCode::InvalidName,
@@ -29,6 +29,7 @@ const ERROR_CODES: [ErrorCode; 9] = [
     ErrorCode::RateLimited,
     ErrorCode::Unavailable,
     ErrorCode::Cancelled,
+    ErrorCode::Unauthorized,
 ];
 
 fn error_index(code: ErrorCode) -> usize {
@@ -42,6 +43,7 @@ fn error_index(code: ErrorCode) -> usize {
         ErrorCode::RateLimited => 6,
         ErrorCode::Unavailable => 7,
         ErrorCode::Cancelled => 8,
+        ErrorCode::Unauthorized => 9,
     }
 }
 

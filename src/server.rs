@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::auth::{Authenticator, KeyError};
 use crate::config::{Config, ConfigError, Durability};
 use crate::health::Health;
 use crate::msg::LocalMsg;
@@ -26,6 +27,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
     #[error("cannot start a server thread: {0}")]
     Thread(std::io::Error),
 }
@@ -46,6 +49,7 @@ impl Server {
     /// listener is bound.
     pub fn start(config: Config) -> Result<Server, StartError> {
         config.validate()?;
+        let auth = Authenticator::new(&config)?;
         let store: Arc<dyn Store> = match config.durability {
             Durability::Memory => Arc::new(MemoryStore::default()),
             Durability::Sync | Durability::Async => Arc::new(FjallStore::open(&config.data)?),
@@ -82,6 +86,7 @@ impl Server {
                 seeds,
                 listener: if id == 0 { listener.take() } else { None },
                 health: health.clone(),
+                auth: auth.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{id}"))

@@ -196,19 +196,193 @@ async fn rooms_claim_auto_joins_and_forbids_other_joins() {
     bob.ping().await;
 }
 
-/// `exp` passing on an open connection closes it with 4001.
+/// `exp` passing on an open connection closes it with 4001 (here with no grace period).
 #[tokio::test(flavor = "multi_thread")]
 async fn token_expiring_on_an_open_connection_closes_4001() {
     let server = TestServer::start(|c| {
         c.jwt_secret = Some(SECRET.into());
         c.api_key = Some("test-api-key".into());
         c.heartbeat_ms = 1000;
+        c.token_grace_secs = 0;
     });
     let token = mint(SECRET, &json!({"sub": "alice", "exp": now_secs() + 2}));
     let mut alice = Client::connect_token(server.addr(), &token).await;
     alice.ping().await;
     alice
         .expect_close_within(4001, Duration::from_secs(10))
+        .await;
+}
+
+/// `refresh` with a new token of the same user moves the connection's expiry: it outlives its
+/// first token. A token of another user, or one that does not verify, is refused with a reply
+/// error and changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_extends_the_connection_past_its_first_token() {
+    let server = TestServer::start(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.api = false;
+        c.heartbeat_ms = 200;
+        // The test sleeps without reading, so it answers no pings meanwhile.
+        c.idle_timeout_ms = 60_000;
+        c.token_grace_secs = 0;
+    });
+    let addr = server.addr();
+    let first = mint(SECRET, &json!({"sub": "alice", "exp": now_secs() + 2}));
+    let mut alice = Client::connect_token(addr, &first).await;
+    let later = now_secs() + 3600;
+    let reply = alice
+        .call(json!({"type": "refresh", "id": 1, "token": mint(SECRET, &json!({"sub": "alice", "exp": later}))}))
+        .await;
+    assert_eq!(reply, json!({"type": "refreshed", "id": 1, "exp": later}));
+    for (id, token) in [
+        (2, token_for("bob")),
+        (
+            3,
+            mint("wrong-secret", &json!({"sub": "alice", "exp": later})),
+        ),
+        (
+            4,
+            mint(SECRET, &json!({"sub": "alice", "exp": now_secs() - 10})),
+        ),
+    ] {
+        let reply = alice
+            .call(json!({"type": "refresh", "id": id, "token": token}))
+            .await;
+        assert_error(&reply, "unauthorized", Some(&json!(id)));
+    }
+    // Past the first token's exp (and many heartbeats): still open.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    alice.ping().await;
+
+    // Without a refresh the same kind of connection is closed.
+    let mut bob = Client::connect_token(
+        addr,
+        &mint(SECRET, &json!({"sub": "bob", "exp": now_secs() + 1})),
+    )
+    .await;
+    bob.expect_close_within(4001, Duration::from_secs(10)).await;
+}
+
+/// After `exp` the connection has `token_grace_secs` to refresh before the 4001 close.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_connection_is_closed_after_the_grace_period() {
+    let server = TestServer::start(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.api = false;
+        c.heartbeat_ms = 200;
+        // The test sleeps without reading, so it answers no pings meanwhile.
+        c.idle_timeout_ms = 60_000;
+        c.token_grace_secs = 3;
+    });
+    let exp = now_secs() + 1;
+    let token = mint(SECRET, &json!({"sub": "alice", "exp": exp}));
+    let mut alice = Client::connect_token(server.addr(), &token).await;
+    // Sleep until a moment after exp, inside the grace period.
+    while now_secs() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    alice.ping().await;
+    alice
+        .expect_close_within(4001, Duration::from_secs(10))
+        .await;
+
+    // A refresh inside the grace period keeps the connection.
+    let exp = now_secs() + 1;
+    let token = mint(SECRET, &json!({"sub": "bob", "exp": exp}));
+    let mut bob = Client::connect_token(server.addr(), &token).await;
+    while now_secs() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reply = bob
+        .call(json!({"type": "refresh", "id": 1, "token": token_for("bob")}))
+        .await;
+    assert_eq!(reply["type"], "refreshed", "{reply}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    bob.ping().await;
+}
+
+fn first_frame_server() -> TestServer {
+    TestServer::start(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.api = false;
+        c.presence_events = false;
+        c.first_frame_auth = true;
+        c.first_frame_timeout_ms = 500;
+    })
+}
+
+/// With `first_frame_auth`, an upgrade without credentials is accepted and the first frame
+/// `{"type":"connect","token":..}` authenticates it; requests sent right behind it are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn first_frame_connect_authenticates_without_a_token_in_the_url() {
+    let server = first_frame_server();
+    let addr = server.addr();
+    let mut alice = Client::upgrade_only(addr, "alice").await;
+    alice
+        .send_json(&json!({"type": "connect", "token": token_for("alice")}))
+        .await;
+    alice
+        .send_json(&json!({"type": "join", "room": "r", "id": 1}))
+        .await;
+    let welcome = alice.recv_type("welcome").await;
+    assert_eq!(welcome["user"], "alice", "{welcome}");
+    assert_eq!(alice.recv_type("ack").await["id"], 1);
+
+    // URL tokens still work beside it, and the two connections talk.
+    let mut bob = Client::connect_token(addr, &token_for("bob")).await;
+    bob.join("r").await;
+    let seq = bob.publish("r", json!("hi")).await;
+    assert_eq!(
+        assert_room_msg(&alice.recv_json().await, "r", "bob", &json!("hi")),
+        seq
+    );
+    // A second connect on an authenticated connection is an error, not a new identity.
+    let reply = alice
+        .call(json!({"type": "connect", "token": token_for("bob"), "id": 2}))
+        .await;
+    assert_error(&reply, "bad_request", Some(&json!(2)));
+    alice.ping().await;
+}
+
+/// A missing, bad, expired or late `connect` frame closes the connection with 4002, the reason
+/// being the code an HTTP refusal would carry; the server goes on serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_or_missing_connect_frame_closes_4002() {
+    let server = first_frame_server();
+    let addr = server.addr();
+    let expired = mint(SECRET, &json!({"sub": "alice", "exp": now_secs() - 5}));
+    for (first, reason) in [
+        (
+            Some(json!({"type": "connect", "token": "garbage"})),
+            "unauthorized",
+        ),
+        (
+            Some(json!({"type": "connect", "token": mint("other", &json!({"sub": "a"}))})),
+            "unauthorized",
+        ),
+        (
+            Some(json!({"type": "connect", "token": expired})),
+            "token_expired",
+        ),
+        (Some(json!({"type": "ping"})), "unauthorized"),
+        (Some(json!({"type": "connect"})), "unauthorized"),
+        (None, "unauthorized"),
+    ] {
+        let mut c = Client::upgrade_only(addr, "c").await;
+        if let Some(frame) = &first {
+            c.send_json(frame).await;
+        }
+        match c.next_within(TIMEOUT).await {
+            Some(Incoming::Close(Some((code, got)))) => {
+                assert_eq!((code, got.as_str()), (4002, reason), "after {first:?}")
+            }
+            other => panic!("after {first:?}: expected close 4002, got {other:?}"),
+        }
+    }
+    Client::connect_token(addr, &token_for("alice"))
+        .await
+        .ping()
         .await;
 }
 
@@ -309,6 +483,315 @@ async fn dev_mode_refuses_a_non_loopback_bind() {
         stderr.contains("loopback") || stderr.contains("secret"),
         "stderr must say why (no secret, non-loopback bind); output:\n{output}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Origins
+// ---------------------------------------------------------------------------------------------
+
+/// Outside dev mode, with no `allowed_origins`, a browser may connect only from the server's
+/// own host; a client that sends no Origin is not a browser and passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn production_default_allows_only_the_same_host_origin() {
+    let server = jwt_server();
+    let addr = server.addr();
+    let path = format!("/ws?token={}", enc(&token_for("alice")));
+    // The scheme is not compared: behind a TLS proxy the page is https and the Host the same.
+    for own in [format!("http://{addr}"), format!("https://{addr}")] {
+        let c = connect(addr, &path, &[("origin", &own)]).await;
+        assert!(c.is_ok(), "same-host origin {own} must be allowed");
+    }
+    for other in [
+        "https://evil.example",
+        "http://127.0.0.2:80",
+        &format!("http://{}:{}", addr.ip(), addr.port() + 1),
+        "null",
+    ] {
+        refused(addr, &path, &[("origin", other)])
+            .await
+            .assert(403, "origin_not_allowed");
+    }
+    // No Origin: a non-browser client.
+    Client::connect_token(addr, &token_for("bob"))
+        .await
+        .ping()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_mode_allows_any_origin() {
+    let server = TestServer::default_config();
+    let mut c = connect(
+        server.addr(),
+        "/ws?user=alice",
+        &[("origin", "https://anything.example")],
+    )
+    .await
+    .unwrap_or_else(|r| panic!("dev mode must allow any origin: {r:?}"));
+    c.ping().await;
+}
+
+/// A configured list replaces the default (same host, or any in dev mode) and takes wildcards.
+#[tokio::test(flavor = "multi_thread")]
+async fn allowed_origins_take_wildcards_and_replace_the_default() {
+    let server = TestServer::start(|c| {
+        c.allowed_origins = vec!["https://*.example.com".into(), "https://example.com".into()];
+    });
+    let addr = server.addr();
+    for ok in [
+        "https://app.example.com",
+        "https://a.b.example.com",
+        "https://example.com",
+    ] {
+        let c = connect(addr, "/ws?user=alice", &[("origin", ok)]).await;
+        assert!(c.is_ok(), "{ok} must be allowed");
+    }
+    let own = format!("http://{addr}");
+    for bad in [
+        "https://evil.com",
+        "https://example.com.evil.com",
+        "http://app.example.com",
+        "https://app.example.com:8443",
+        own.as_str(),
+    ] {
+        refused(addr, "/ws?user=alice", &[("origin", bad)])
+            .await
+            .assert(403, "origin_not_allowed");
+    }
+    let c = connect(addr, "/ws?user=alice", &[]).await;
+    assert!(c.is_ok(), "no Origin must be allowed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Asymmetric tokens and claim checks
+// ---------------------------------------------------------------------------------------------
+
+use common::keys::{JwksServer, fixture, jwks, sign};
+use jsonwebtoken::Algorithm::{ES256, HS256, RS256};
+
+fn claims(sub: &str) -> serde_json::Value {
+    json!({"sub": sub, "exp": now_secs() + 3600})
+}
+
+async fn accepted(addr: std::net::SocketAddr, token: &str) -> String {
+    let mut c = connect(addr, &format!("/ws?token={}", enc(token)), &[])
+        .await
+        .unwrap_or_else(|r| panic!("token must be accepted: {r:?}"));
+    c.ping().await;
+    c.welcome["user"].as_str().unwrap().to_owned()
+}
+
+async fn unauthorized(addr: std::net::SocketAddr, token: &str) {
+    refused(addr, &format!("/ws?token={}", enc(token)), &[])
+        .await
+        .assert(401, "unauthorized");
+}
+
+fn pem_server(pair: &str) -> TestServer {
+    let path = fixture(&format!("{pair}.pub"));
+    TestServer::start(|c| {
+        c.jwt_public_key = Some(path);
+        c.api = false;
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rs256_and_es256_tokens_verify_against_a_pem_public_key() {
+    let rsa = pem_server("rsa1");
+    assert_eq!(
+        accepted(rsa.addr(), &sign(RS256, "rsa1", None, &claims("alice"))).await,
+        "alice"
+    );
+    // Signed by another key, or with an algorithm the key is not for.
+    unauthorized(rsa.addr(), &sign(RS256, "rsa2", None, &claims("alice"))).await;
+    unauthorized(rsa.addr(), &sign(ES256, "ec1", None, &claims("alice"))).await;
+    // No secret is configured, so no HS256 token verifies.
+    unauthorized(rsa.addr(), &mint(SECRET, &claims("alice"))).await;
+
+    let ec = pem_server("ec1");
+    assert_eq!(
+        accepted(ec.addr(), &sign(ES256, "ec1", None, &claims("bob"))).await,
+        "bob"
+    );
+    unauthorized(ec.addr(), &sign(RS256, "rsa1", None, &claims("bob"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_public_key_stops_the_start_with_its_path() {
+    let config = shardcast::config::Config {
+        jwt_public_key: Some(fixture("rsa1.key.missing")),
+        api: false,
+        ..Default::default()
+    };
+    let err = tokio::task::block_in_place(|| shardcast::server::Server::start(config))
+        .err()
+        .expect("a missing key file must stop the start");
+    assert!(err.to_string().contains("rsa1.key.missing"), "{err}");
+    let config = shardcast::config::Config {
+        jwt_public_key: Some(fixture("../auth.rs")),
+        api: false,
+        ..Default::default()
+    };
+    let err = tokio::task::block_in_place(|| shardcast::server::Server::start(config))
+        .err()
+        .expect("a file that is not a PEM key must stop the start");
+    assert!(err.to_string().contains("PEM"), "{err}");
+}
+
+/// `alg: none`, and an HS256 token whose HMAC key is the server's RSA public key (the classic
+/// algorithm confusion), are refused, also when an HS256 secret is configured beside the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn alg_none_and_algorithm_confusion_are_refused() {
+    let public_pem = std::fs::read(fixture("rsa1.pub")).unwrap();
+    let confused = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(HS256),
+        &claims("mallory"),
+        &jsonwebtoken::EncodingKey::from_secret(&public_pem),
+    )
+    .unwrap();
+    // base64url of {"alg":"none","typ":"JWT"}, the claims of a real token, no signature.
+    let real = sign(RS256, "rsa1", None, &claims("mallory"));
+    let payload = real.split('.').nth(1).unwrap();
+    let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
+    let none_upper = format!("eyJhbGciOiJOT05FIn0.{payload}.");
+    let path = fixture("rsa1.pub");
+    for secret in [None, Some(SECRET)] {
+        let server = TestServer::start(|c| {
+            c.jwt_public_key = Some(path.clone());
+            c.jwt_secret = secret.map(str::to_owned);
+            c.api = false;
+        });
+        for token in [&confused, &none, &none_upper] {
+            unauthorized(server.addr(), token).await;
+        }
+        assert_eq!(accepted(server.addr(), &real).await, "mallory");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aud_and_iss_are_checked_when_configured_and_nbf_is_honoured() {
+    let server = TestServer::start(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.jwt_audience = Some("shardcast".into());
+        c.jwt_issuer = Some("https://idp.example".into());
+        c.api = false;
+    });
+    let addr = server.addr();
+    let exp = now_secs() + 3600;
+    let good =
+        json!({"sub": "alice", "exp": exp, "aud": "shardcast", "iss": "https://idp.example"});
+    assert_eq!(accepted(addr, &mint(SECRET, &good)).await, "alice");
+    let in_list =
+        json!({"sub": "alice", "aud": ["other", "shardcast"], "iss": "https://idp.example"});
+    assert_eq!(accepted(addr, &mint(SECRET, &in_list)).await, "alice");
+    for (why, claims) in [
+        (
+            "wrong aud",
+            json!({"sub": "a", "aud": "other", "iss": "https://idp.example"}),
+        ),
+        ("no aud", json!({"sub": "a", "iss": "https://idp.example"})),
+        (
+            "wrong iss",
+            json!({"sub": "a", "aud": "shardcast", "iss": "https://evil"}),
+        ),
+        ("no iss", json!({"sub": "a", "aud": "shardcast"})),
+    ] {
+        let r = refused(
+            addr,
+            &format!("/ws?token={}", enc(&mint(SECRET, &claims))),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{why}: {r:?}"
+        );
+    }
+
+    // nbf: a token not valid yet is refused; one whose nbf has passed is accepted. Without a
+    // configured audience or issuer, those claims are not checked.
+    let plain = jwt_server();
+    let addr = plain.addr();
+    let later = mint(SECRET, &json!({"sub": "bob", "nbf": now_secs() + 600}));
+    let r = refused(addr, &format!("/ws?token={}", enc(&later)), &[]).await;
+    r.assert(401, "unauthorized");
+    assert!(
+        r.raw_body.contains("nbf"),
+        "the message names nbf: {}",
+        r.raw_body
+    );
+    let passed = mint(SECRET, &json!({"sub": "bob", "nbf": now_secs() - 5}));
+    assert_eq!(accepted(addr, &passed).await, "bob");
+    let other = mint(SECRET, &json!({"sub": "bob", "aud": "x", "iss": "y"}));
+    assert_eq!(accepted(addr, &other).await, "bob");
+}
+
+/// Keys come from a JWKS served over HTTP, chosen by `kid`; a rotation on the key server is
+/// picked up in the background without a restart, and the removed key stops working.
+#[tokio::test(flavor = "multi_thread")]
+async fn jwks_keys_are_chosen_by_kid_and_refreshed_in_the_background() {
+    let key_server = JwksServer::start(jwks(&[("k1", RS256, "rsa1"), ("e1", ES256, "ec1")]));
+    let url = key_server.url();
+    let server = TestServer::start(|c| {
+        c.jwks_url = Some(url);
+        c.jwks_refresh_secs = 1;
+        c.api = false;
+    });
+    let addr = server.addr();
+    assert!(key_server.hits() >= 1, "the JWKS is fetched at start");
+    let k1 = sign(RS256, "rsa1", Some("k1"), &claims("alice"));
+    assert_eq!(accepted(addr, &k1).await, "alice");
+    let e1 = sign(ES256, "ec1", Some("e1"), &claims("bob"));
+    assert_eq!(accepted(addr, &e1).await, "bob");
+    // A kid naming a key of another algorithm, an unknown kid, and no kid at all.
+    unauthorized(addr, &sign(ES256, "ec1", Some("k1"), &claims("bob"))).await;
+    let k2 = sign(RS256, "rsa2", Some("k2"), &claims("carol"));
+    unauthorized(addr, &k2).await;
+    unauthorized(addr, &sign(RS256, "rsa1", None, &claims("carol"))).await;
+
+    // Rotate: k2 replaces k1.
+    key_server.set(jwks(&[("k2", RS256, "rsa2")]));
+    let rotated = eventually(
+        Duration::from_secs(10),
+        "k2 accepted after the rotation",
+        async || {
+            connect(addr, &format!("/ws?token={}", enc(&k2)), &[])
+                .await
+                .ok()
+        },
+    )
+    .await;
+    assert_eq!(rotated.welcome["user"], "carol");
+    unauthorized(addr, &k1).await;
+}
+
+/// The key server being down at start does not stop the server; keys arrive once it answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn jwks_unreachable_at_start_is_retried() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr_later = free.local_addr().unwrap();
+    drop(free);
+    let server = TestServer::start(|c| {
+        c.jwks_url = Some(format!("http://{addr_later}/jwks"));
+        c.jwks_refresh_secs = 1;
+        c.api = false;
+    });
+    let token = sign(RS256, "rsa1", Some("k1"), &claims("alice"));
+    unauthorized(server.addr(), &token).await;
+    let key_server = JwksServer::start_on(addr_later, jwks(&[("k1", RS256, "rsa1")]));
+    let c = eventually(
+        Duration::from_secs(10),
+        "the key server's keys",
+        async || {
+            connect(server.addr(), &format!("/ws?token={}", enc(&token)), &[])
+                .await
+                .ok()
+        },
+    )
+    .await;
+    assert_eq!(c.welcome["user"], "alice");
+    assert!(key_server.hits() >= 1);
 }
 
 /// A plain GET to /ws checks the credentials first: a browser, which never sees why a

@@ -1,7 +1,8 @@
 //! What the store keeps, and when: seqs, history and inboxes across a restart; every
-//! acknowledged message across a `kill -9` of the release binary; the `async` and `memory`
-//! durability modes; refusals: a `--data` that cannot be a directory, and a full disk at run
-//! time (`unavailable`, nothing stored or delivered, the connection still usable).
+//! acknowledged message across a `kill -9` of the release binary, and across ten in a row (the
+//! crash loop); the `async` and `memory` durability modes; refusals: a `--data` that cannot be
+//! a directory, and a full disk at run time (`unavailable`, nothing stored or delivered, the
+//! connection still usable).
 
 mod common;
 
@@ -430,6 +431,103 @@ async fn kill_9_does_not_replay_delivered_direct_messages() {
         assert_eq!(c.welcome["inbox_seq"], inbox_seq, "{}", c.welcome);
         c.assert_silent(QUIET).await;
     }
+}
+
+/// The crash loop: `kills` times in a row, the release binary is killed with SIGKILL under
+/// publish and direct-message load and restarted on the same data. Afterwards every
+/// acknowledged message is stored with its body, history has no duplicate seq, and each
+/// writer's messages are in the order it sent them (rounds included).
+async fn crash_loop(kills: usize) {
+    const WRITERS: usize = 3;
+    const ACKS_PER_ROUND: u64 = 300;
+    let data = tempfile::tempdir().unwrap();
+    let mut room = BTreeMap::new(); // seq -> (from, body), over every round
+    let mut inbox = BTreeMap::new();
+    for round in 0..kills {
+        let (mut server, addr) = spawn_release(data.path(), &[]).await;
+        let count = Arc::new(AtomicU64::new(0));
+        let mut writers = JoinSet::new();
+        for k in 0..WRITERS {
+            let mut w = dev(addr, &format!("r{round}w{k}")).await;
+            w.join("crash").await;
+            writers.spawn(write_until_killed(w, count.clone()));
+        }
+        eventually(
+            Duration::from_secs(30),
+            "acks before the kill",
+            async || (count.load(SeqCst) >= ACKS_PER_ROUND).then_some(()),
+        )
+        .await;
+        kill_9(&mut server).await;
+        while let Some(r) = writers.join_next().await {
+            let (from, acked) = r.expect("writer task");
+            for (into, acked) in [(&mut room, acked.room), (&mut inbox, acked.inbox)] {
+                for (seq, body) in acked {
+                    assert!(
+                        into.insert(seq, (from.clone(), body)).is_none(),
+                        "round {round}: seq {seq} was acknowledged in an earlier round too"
+                    );
+                }
+            }
+        }
+    }
+
+    let (_server, addr) = spawn_release(data.path(), &[]).await;
+    let mut checker = dev(addr, "checker").await;
+    checker.join("crash").await;
+    let mut history = checker.history_all("crash").await;
+    history.reverse();
+    let mut seqs = seqs(&history);
+    let stored = seqs.len();
+    seqs.dedup();
+    assert_eq!(seqs.len(), stored, "history has a duplicate seq");
+    assert!(seqs.is_sorted(), "history is not in seq order: {seqs:?}");
+    let by_seq: BTreeMap<u64, &Value> = history
+        .iter()
+        .map(|m| (m["seq"].as_u64().unwrap(), m))
+        .collect();
+    for (seq, (from, body)) in &room {
+        let m = by_seq
+            .get(seq)
+            .unwrap_or_else(|| panic!("acknowledged room seq {seq} is not in history"));
+        assert_room_msg(m, "crash", from, body);
+    }
+    // In seq order, each writer's `i` goes up, and the rounds follow each other.
+    let mut last_i: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut last_round = 0;
+    for m in &history {
+        let from = m["from"].as_str().unwrap();
+        let round: usize = from[1..from.find('w').unwrap()].parse().unwrap();
+        assert!(
+            round >= last_round,
+            "a round-{round} message after round {last_round}'s"
+        );
+        last_round = round;
+        let i = m["body"]["i"].as_u64().unwrap();
+        let prev = last_i.insert(from, i);
+        assert!(prev < Some(i), "{from}'s message {i} after its {prev:?}");
+    }
+
+    let mut bob = dev(addr, "bob").await;
+    let stored = whole_inbox(&mut bob).await;
+    for (seq, (from, body)) in &inbox {
+        let m = stored
+            .get(seq)
+            .unwrap_or_else(|| panic!("acknowledged inbox seq {seq} is not stored"));
+        assert_dm(m, "bob", from, body);
+    }
+    eprintln!(
+        "crash loop: {kills} kills, {} room and {} direct messages acknowledged, all stored",
+        room.len(),
+        inbox.len()
+    );
+}
+
+/// The crash loop of issue 12: 10 kills in a row. It takes a few seconds, so every `cargo test`
+/// runs it.
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_loop_of_10_kills_loses_and_reorders_nothing() {
+    crash_loop(10).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -311,6 +311,7 @@ async fn metrics_are_well_formed_and_typed() {
         "too_large",
         "rate_limited",
         "unavailable",
+        "unauthorized",
     ] {
         assert_eq!(errors(&m, code), 0.0, "{code}");
     }

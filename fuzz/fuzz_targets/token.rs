@@ -16,10 +16,17 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use libfuzzer_sys::fuzz_target;
 use shardcast::auth::Authenticator;
+use shardcast::config::Config;
 
 const SECRET: &str = "fuzz-secret";
 
-static AUTH: LazyLock<Authenticator> = LazyLock::new(|| Authenticator::new(Some(SECRET)));
+static AUTH: LazyLock<Authenticator> = LazyLock::new(|| {
+    let config = Config {
+        jwt_secret: Some(SECRET.into()),
+        ..Config::default()
+    };
+    Authenticator::new(&config).expect("an HS256 secret needs no key file")
+});
 static KEY: LazyLock<EncodingKey> = LazyLock::new(|| EncodingKey::from_secret(SECRET.as_bytes()));
 
 fn halves(data: &[u8]) -> (&[u8], &[u8]) {

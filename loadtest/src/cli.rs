@@ -62,6 +62,17 @@ pub enum Scenario {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Chat rooms, direct-message pairs, and churn cycles that read history, for --duration;
+    /// samples the server's RSS, open descriptors and queued bytes, and fails on RSS growth
+    /// after the warm-up or any inexact delivery.
+    Soak {
+        #[command(flatten)]
+        args: SoakArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
 }
 
 impl Scenario {
@@ -72,6 +83,7 @@ impl Scenario {
             Scenario::Dm { .. } => "dm",
             Scenario::Idle { .. } => "idle",
             Scenario::Churn { .. } => "churn",
+            Scenario::Soak { .. } => "soak",
         }
     }
 
@@ -81,7 +93,8 @@ impl Scenario {
             | Scenario::Chat { common, .. }
             | Scenario::Dm { common, .. }
             | Scenario::Idle { common, .. }
-            | Scenario::Churn { common, .. } => common,
+            | Scenario::Churn { common, .. }
+            | Scenario::Soak { common, .. } => common,
         }
     }
 
@@ -89,7 +102,8 @@ impl Scenario {
         match self {
             Scenario::Fanout { load, .. }
             | Scenario::Chat { load, .. }
-            | Scenario::Dm { load, .. } => Some(load),
+            | Scenario::Dm { load, .. }
+            | Scenario::Soak { load, .. } => Some(load),
             _ => None,
         }
     }
@@ -157,6 +171,31 @@ pub struct ChurnArgs {
     /// Most cycles in progress at once; a cycle past it waits (and its latency shows it).
     #[arg(long, default_value_t = 2000)]
     pub max_concurrent: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SoakArgs {
+    /// Chat users (one connection each), in rooms of --room-size.
+    #[arg(long, default_value_t = 400)]
+    pub users: usize,
+    /// Members per chat room.
+    #[arg(long, default_value_t = 10)]
+    pub room_size: usize,
+    /// Users sending direct messages, paired 0-1, 2-3, …; must be even.
+    #[arg(long, default_value_t = 200)]
+    pub dm_users: usize,
+    /// Messages per second per chat and DM user (open loop).
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+    /// Churn cycles per second: connect, join a chat room, read a history page, close.
+    #[arg(long, default_value_t = 10.0)]
+    pub churn_rate: f64,
+    /// Seconds between samples of the server's RSS, descriptors and queued bytes.
+    #[arg(long, default_value_t = 5.0)]
+    pub sample_secs: f64,
+    /// Most RSS growth allowed from the end of the warm-up to the end of the run, in percent.
+    #[arg(long, default_value_t = 5.0)]
+    pub max_rss_growth: f64,
 }
 
 /// Options of the scenarios that publish (fanout, chat, dm).

@@ -1,5 +1,5 @@
 //! shardcast-loadtest: a bot that opens thousands of real WebSocket clients against a shardcast
-//! server, drives one of five scenarios (fanout, chat, dm, idle, churn), checks delivery
+//! server, drives one of six scenarios (fanout, chat, dm, idle, churn, soak), checks delivery
 //! exactly, measures latency with HDR histograms and reads the server's CPU and RSS from
 //! `/proc`.
 //!
@@ -12,6 +12,7 @@
 //! cargo run --release -p shardcast-loadtest -- idle --connections 15000 --duration 30 --spawn-server
 //! cargo run --release -p shardcast-loadtest -- dm --users 2000 --rate 5 --url ws://127.0.0.1:8080
 //! cargo run --release -p shardcast-loadtest -- churn --rate 500 --spawn-server --json
+//! cargo run --release -p shardcast-loadtest -- soak --duration 600 --warmup 60 --spawn-server
 //! cargo run --release -p shardcast-loadtest -- chat --max --users 100 --room-size 1 --durability memory --spawn-server
 //! ```
 //!
@@ -49,10 +50,11 @@ use serde_json::json;
 pub use cli::Cli;
 use cli::{CommonArgs, Scenario};
 pub use report::Report;
-use report::{BotCost, ChurnReport, ServerCost, WindowWork};
+use report::{BotCost, ChurnReport, ServerCost, SoakReport, WindowWork};
 use scenario::RunCtx;
 use scenario::churn::ChurnResult;
 use scenario::pubsub::PubsubResult;
+use scenario::soak::SoakResult;
 use stats::Shared;
 use target::Target;
 
@@ -128,6 +130,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<Report> {
     let mut report = match outcome {
         Outcome::Pubsub(r) => pubsub_report(scenario, common, r, info.pid),
         Outcome::Churn(r) => churn_report(scenario, common, r, info.pid),
+        Outcome::Soak(r) => soak_report(scenario, common, r, info.pid),
     };
     report.target = info;
     report.client_cpus = common.client_cpus.clone();
@@ -153,6 +156,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<Report> {
 enum Outcome {
     Pubsub(PubsubResult),
     Churn(ChurnResult),
+    Soak(SoakResult),
 }
 
 fn run_in_runtime(
@@ -192,6 +196,11 @@ fn run_in_runtime(
             Scenario::Idle { args, .. } => scenario::idle_plan(&ctx, args),
             Scenario::Churn { args, .. } => {
                 return scenario::churn::run(&ctx, args).await.map(Outcome::Churn);
+            }
+            Scenario::Soak { args, load, .. } => {
+                return scenario::soak::run(&ctx, args, load)
+                    .await
+                    .map(Outcome::Soak);
             }
         };
         scenario::pubsub::run(&ctx, plan, scenario.load())
@@ -239,6 +248,12 @@ fn validate(scenario: &Scenario) -> anyhow::Result<()> {
         }
         Scenario::Idle { .. } => {}
         Scenario::Churn { args, .. } => positive(args.rate)?,
+        Scenario::Soak { args, .. } => {
+            positive(args.rate)?;
+            if args.users == 0 || args.room_size == 0 || !args.dm_users.is_multiple_of(2) {
+                bail!("soak needs chat users, rooms of at least 1 and an even --dm-users");
+            }
+        }
     }
     Ok(())
 }
@@ -251,6 +266,8 @@ fn connections_needed(scenario: &Scenario) -> u64 {
         Scenario::Dm { args, .. } => args.users as u64,
         Scenario::Idle { args, .. } => args.connections as u64,
         Scenario::Churn { args, .. } => args.max_concurrent as u64,
+        // The churn cycles in progress are at most 64.
+        Scenario::Soak { args, .. } => (args.users + args.dm_users + 64) as u64,
     }
 }
 
@@ -265,6 +282,10 @@ fn params(scenario: &Scenario) -> serde_json::Map<String, serde_json::Value> {
         Scenario::Dm { args, .. } => json!({ "users": args.users, "rate": args.rate }),
         Scenario::Idle { args, .. } => json!({
             "connections": args.connections, "room_size": args.room_size,
+        }),
+        Scenario::Soak { args, .. } => json!({
+            "users": args.users, "room_size": args.room_size, "dm_users": args.dm_users,
+            "rate": args.rate, "churn_rate": args.churn_rate, "sample_secs": args.sample_secs,
         }),
         Scenario::Churn { args, .. } => json!({
             "rate": args.rate, "hold_ms": args.hold_ms, "rooms": args.rooms,
@@ -320,6 +341,7 @@ fn empty_report(scenario: &Scenario, common: &CommonArgs) -> Report {
         server: None,
         bot: None,
         churn: None,
+        soak: None,
         server_log_problems: Vec::new(),
         notes: Vec::new(),
         passed: false,
@@ -429,5 +451,60 @@ fn churn_report(
     rep.passed = r.failed == 0 && r.completed == r.attempted;
     rep.notes = r.problems.into_iter().chain(r.notes).collect();
     rep.churn = Some(churn);
+    rep
+}
+
+fn soak_report(
+    scenario: &Scenario,
+    common: &CommonArgs,
+    r: SoakResult,
+    pid: Option<u32>,
+) -> Report {
+    let Scenario::Soak { args, .. } = scenario else {
+        unreachable!("a soak result comes from the soak scenario")
+    };
+    let mut rep = pubsub_report(scenario, common, r.pubsub, pid);
+    let after_warmup: Vec<_> = r
+        .samples
+        .iter()
+        .filter(|s| s.at_secs >= r.warmup_end_secs)
+        .collect();
+    let growth = |to: u64| {
+        after_warmup.first().map(|first| {
+            100.0 * (to as f64 - first.rss_bytes as f64) / first.rss_bytes.max(1) as f64
+        })
+    };
+    let soak = SoakReport {
+        rss_growth_percent: after_warmup.last().and_then(|l| growth(l.rss_bytes)),
+        peak_rss_growth_percent: after_warmup
+            .iter()
+            .map(|s| s.rss_bytes)
+            .max()
+            .and_then(growth),
+        max_rss_growth_percent: args.max_rss_growth,
+        cycles_ok: r.cycles_ok,
+        cycles_failed: r.cycles_failed,
+        warmup_end_secs: r.warmup_end_secs,
+        samples: r.samples,
+    };
+    match soak.rss_growth_percent {
+        Some(g) if g > args.max_rss_growth => {
+            rep.notes.push(format!(
+                "RSS grew {g:.1}% after the warm-up (allowed {:.1}%)",
+                args.max_rss_growth
+            ));
+            rep.passed = false;
+        }
+        Some(_) => {}
+        None => {
+            rep.notes
+                .push("no RSS samples after the warm-up (is the server pid known?)".into());
+            rep.passed = false;
+        }
+    }
+    if soak.cycles_failed > 0 {
+        rep.passed = false;
+    }
+    rep.soak = Some(soak);
     rep
 }

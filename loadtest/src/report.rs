@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::procfs::ProcSample;
+use crate::scenario::soak::SoakSample;
 use crate::stats::{DeliveryReport, LatencySummary};
 use crate::target::TargetInfo;
 
@@ -50,6 +51,7 @@ pub struct Report {
     /// The bot's own CPU over the window.
     pub bot: Option<BotCost>,
     pub churn: Option<ChurnReport>,
+    pub soak: Option<SoakReport>,
     /// WARN/ERROR lines from a spawned server's log.
     pub server_log_problems: Vec<String>,
     pub notes: Vec<String>,
@@ -165,6 +167,23 @@ pub struct ChurnReport {
     /// Server RSS a second after the last cycle, minus the baseline (growth here hints at a
     /// leak).
     pub server_rss_retained_bytes: Option<i64>,
+}
+
+/// What a soak run adds: the server's resources over time and the churn cycles' outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct SoakReport {
+    /// RSS at the last sample against the first one after the warm-up, in percent.
+    pub rss_growth_percent: Option<f64>,
+    /// The highest RSS after the warm-up against the first one, in percent.
+    pub peak_rss_growth_percent: Option<f64>,
+    /// The bound `rss_growth_percent` was held to.
+    pub max_rss_growth_percent: f64,
+    /// Churn cycles (connect, join, history page, close) that completed and that failed.
+    pub cycles_ok: u64,
+    pub cycles_failed: u64,
+    /// Seconds from the start of the run to the end of the warm-up.
+    pub warmup_end_secs: f64,
+    pub samples: Vec<SoakSample>,
 }
 
 fn thousands(n: u64) -> String {
@@ -312,6 +331,43 @@ impl Report {
             }
             if let Some(b) = c.server_rss_retained_bytes {
                 let _ = writeln!(o, "  RSS retained      {:+.1} KiB", b as f64 / 1024.0);
+            }
+        }
+        if let Some(k) = &self.soak {
+            let _ = writeln!(o, "soak");
+            let _ = writeln!(
+                o,
+                "  churn cycles      {} completed, {} failed (each reads a history page)",
+                k.cycles_ok, k.cycles_failed
+            );
+            let pct = |p: Option<f64>| p.map_or("?".into(), |p| format!("{p:+.1}%"));
+            let _ = writeln!(
+                o,
+                "  RSS after warm-up {} at the end, {} at the peak (allowed {:.1}%)",
+                pct(k.rss_growth_percent),
+                pct(k.peak_rss_growth_percent),
+                k.max_rss_growth_percent
+            );
+            let _ = writeln!(
+                o,
+                "  {:>8} {:>10} {:>8} {:>12}",
+                "t (s)", "RSS", "fds", "queued"
+            );
+            // About a dozen rows, whatever the run's length.
+            let step = k.samples.len().div_ceil(12).max(1);
+            let last = k.samples.len().saturating_sub(1);
+            for (i, s) in k.samples.iter().enumerate() {
+                if i % step == 0 || i == last {
+                    let queued = s.queue_bytes.map_or("?".into(), thousands);
+                    let _ = writeln!(
+                        o,
+                        "  {:>8.0} {:>10} {:>8} {:>12}",
+                        s.at_secs,
+                        mib(s.rss_bytes),
+                        s.open_fds,
+                        queued
+                    );
+                }
             }
         }
         let lat = [

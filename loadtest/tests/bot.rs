@@ -132,3 +132,55 @@ fn chat_alone_in_rooms_stores_and_acks_without_deliveries() {
     assert!(report.ack_latency.is_some());
     assert!(report.acks_per_sec > 0.0);
 }
+
+#[test]
+fn soak_mixes_chat_dms_and_history_churn_and_samples_the_server() {
+    // The server runs in this process, so its pid is ours; the RSS bound is left wide because
+    // the bot's own memory is in the same process.
+    let pid = std::process::id().to_string();
+    let report = run_against_server(
+        Durability::Sync,
+        &[
+            "soak",
+            "--users",
+            "40",
+            "--room-size",
+            "5",
+            "--dm-users",
+            "20",
+            "--rate",
+            "5",
+            "--churn-rate",
+            "20",
+            "--sample-secs",
+            "0.5",
+            "--max-rss-growth",
+            "1000",
+            "--server-pid",
+            &pid,
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+        ],
+    );
+    assert_exact(&report);
+    let d = report.delivery.as_ref().unwrap();
+    // Chat: 4 other members per room message; DMs: one recipient each.
+    assert!(d.expected > d.published, "{d:#?}");
+    let soak = report.soak.as_ref().expect("a soak report");
+    assert!(soak.cycles_ok > 0, "no churn cycle completed: {soak:#?}");
+    assert_eq!(soak.cycles_failed, 0, "{soak:#?}");
+    assert!(soak.samples.len() >= 3, "{soak:#?}");
+    assert!(soak.rss_growth_percent.is_some(), "{soak:#?}");
+    for s in &soak.samples {
+        assert!(s.rss_bytes > 0, "{s:?}");
+        assert!(
+            s.queue_bytes.is_some(),
+            "the queue gauge is read from /metrics: {s:?}"
+        );
+    }
+    // By the end the 60 connections are open (both ends are in this process).
+    let last = soak.samples.last().unwrap();
+    assert!(last.open_fds >= 120, "{last:?}");
+}

@@ -219,6 +219,20 @@ pub fn pong(id: Option<&ReqId>) -> Bytes {
     j.finish()
 }
 
+/// `{"type":"refreshed","id":I,"exp":E}`; no `exp` when the new token has none.
+pub fn refreshed(id: Option<&ReqId>, exp: Option<u64>) -> Bytes {
+    let mut j = Json::new(96);
+    j.raw(r#"{"type":"refreshed""#);
+    if let Some(id) = id {
+        j.raw(r#","id":"#).raw(id.as_json());
+    }
+    if let Some(exp) = exp {
+        j.raw(r#","exp":"#).u64(exp);
+    }
+    j.raw("}");
+    j.finish()
+}
+
 /// `{"type":"error","id":I,"code":C,"message":M}`
 pub fn error(id: Option<&ReqId>, err: &ReplyError) -> Bytes {
     let mut j = Json::new(96 + err.message.len());

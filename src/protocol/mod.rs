@@ -160,6 +160,14 @@ pub enum ClientMessage<'a> {
         since: u64,
     },
     Ping,
+    /// A new token for the same user: the connection's expiry becomes its `exp`.
+    Refresh {
+        token: Cow<'a, str>,
+    },
+    /// The first frame of a connection that authenticates in-band (`first_frame_auth`).
+    Connect {
+        token: Cow<'a, str>,
+    },
 }
 
 /// A frame that could not be parsed; `id` is set when the frame had a valid one, to echo it.
@@ -189,6 +197,8 @@ struct Envelope<'a> {
     before: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     limit: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -223,6 +233,10 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
         Name::new(&string_field(field, raw).map_err(with_id)?).map_err(with_id)
     };
     let body = || env.body.ok_or_else(|| with_id(missing("body")));
+    let token = || {
+        let raw = env.token.ok_or_else(|| with_id(missing("token")))?;
+        string_field("token", raw).map_err(with_id)
+    };
     let int = |field: &'static str, raw: Option<&RawValue>| -> Result<Option<u64>, ParseError> {
         raw.map(|raw| {
             serde_json::from_str::<u64>(raw.get()).map_err(|_| {
@@ -271,12 +285,14 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
             since: int("since", env.since)?.ok_or_else(|| with_id(missing("since")))?,
         },
         "ping" => ClientMessage::Ping,
+        "refresh" => ClientMessage::Refresh { token: token()? },
+        "connect" => ClientMessage::Connect { token: token()? },
         other => {
             return Err(with_id(ReplyError::new(
                 ErrorCode::UnknownType,
                 format!(
                     "unknown type {:?}; expected join, leave, publish, send, presence, history, \
-                     sync or ping",
+                     sync, ping, refresh or connect",
                     truncate(other, 32)
                 ),
             )));
@@ -406,6 +422,25 @@ mod tests {
             let e = err(text);
             assert_eq!(e.error.code, ErrorCode::BadRequest, "{text}");
             assert_eq!(e.id.unwrap().as_json(), "1", "{text}");
+        }
+    }
+
+    #[test]
+    fn refresh_takes_a_string_token() {
+        match parse(r#"{"type":"refresh","token":"a.b.c","id":3}"#)
+            .unwrap()
+            .msg
+        {
+            ClientMessage::Refresh { token } => assert_eq!(token, "a.b.c"),
+            other => panic!("{other:?}"),
+        }
+        for text in [
+            r#"{"type":"refresh","id":1}"#,
+            r#"{"type":"refresh","token":5,"id":1}"#,
+        ] {
+            let e = err(text);
+            assert_eq!(e.error.code, ErrorCode::BadRequest, "{text}");
+            assert!(e.error.message.contains("token"), "{text}");
         }
     }
 

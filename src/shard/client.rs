@@ -293,6 +293,16 @@ impl Shard {
                 self.enqueue(conn, &Rc::new(encode::pong(id.as_ref())));
                 Ok(())
             }
+            ClientMessage::Refresh { token } => self.take_token(conn).and_then(|()| {
+                let exp = self.auth.refresh(&conn.user, &token)?;
+                conn.exp.set(exp);
+                self.enqueue(conn, &Rc::new(encode::refreshed(id.as_ref(), exp)));
+                Ok(())
+            }),
+            ClientMessage::Connect { .. } => Err(ReplyError::new(
+                ErrorCode::BadRequest,
+                "already authenticated: connect is only valid as a connection's first frame",
+            )),
             ClientMessage::Join { room, since } => self.join(conn, room, since, id.clone()),
             ClientMessage::Leave { room } => self.leave(conn, room, &id),
             ClientMessage::Publish { room, body } => self

@@ -31,6 +31,7 @@ use ahash::AHashMap;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::conn::{Conn, OutFrame};
 use crate::error::{CloseCode, HandshakeError, ReplyError};
@@ -73,6 +74,8 @@ pub struct Shard {
     shutting_down: bool,
     /// Metrics: plain counters, read only by a scrape (`LocalMsg::Stats`).
     stats: ShardCounters,
+    /// Checks `refresh` tokens.
+    auth: Authenticator,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -89,6 +92,7 @@ impl Shard {
         config: Arc<Config>,
         persist: Persist,
         seeds: Vec<StreamInfo>,
+        auth: Authenticator,
     ) -> Shard {
         let home = engine::Home::new(router.shards(), seeds);
         Shard {
@@ -110,6 +114,7 @@ impl Shard {
             ping: Rc::new(ws::control_frame(ws::OP_PING, b"")),
             shutting_down: false,
             stats: ShardCounters::default(),
+            auth,
         }
     }
 
@@ -293,6 +298,7 @@ impl Shard {
     pub fn tick(&mut self) {
         let idle_limit = self.config.idle_heartbeats();
         let now_s = now_ms() / 1000;
+        let grace = self.config.token_grace_secs;
         let all: Vec<_> = self.conns.values().cloned().collect();
         for c in all {
             if c.active.replace(false) {
@@ -302,7 +308,7 @@ impl Shard {
             }
             if c.missed.get() >= idle_limit {
                 self.close_conn(&c, CloseCode::Policy);
-            } else if c.exp.is_some_and(|exp| exp <= now_s) {
+            } else if c.exp.get().is_some_and(|exp| exp + grace <= now_s) {
                 self.close_conn(&c, CloseCode::TokenExpired);
             } else {
                 let ping = self.ping.clone();

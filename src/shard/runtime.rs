@@ -91,6 +91,7 @@ pub struct ShardSetup {
     /// The listening socket, for the shard that accepts.
     pub listener: Option<std::net::TcpListener>,
     pub health: Arc<Health>,
+    pub auth: Authenticator,
 }
 
 /// Runs a shard on the current thread until it has shut down.
@@ -113,12 +114,20 @@ async fn run(setup: ShardSetup) {
         seeds,
         listener,
         health,
+        auth,
     } = setup;
-    let shard = Shard::new(id, router.clone(), config.clone(), persist.clone(), seeds);
+    let shard = Shard::new(
+        id,
+        router.clone(),
+        config.clone(),
+        persist.clone(),
+        seeds,
+        auth.clone(),
+    );
     let ctx = Rc::new(Ctx {
         id,
         shard: RefCell::new(shard),
-        auth: Authenticator::new(config.jwt_secret.as_deref()),
+        auth,
         config: config.clone(),
         router: router.clone(),
         persist,

@@ -28,6 +28,7 @@ fn shard() -> Shard {
         Arc::new(config),
         Persist::discarding(),
         Vec::new(),
+        crate::auth::Authenticator::new(&Config::default()).expect("dev mode has no keys"),
     )
 }
 

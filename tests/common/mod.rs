@@ -4,7 +4,7 @@
 //! - [`Client`]: a WebSocket client built on tokio-tungstenite (never the server's own code),
 //!   with helpers that read one frame at a time and let the test assert on it.
 //! - [`connect`] / [`Refusal`]: the handshake, and the HTTP response of a refused one.
-//! - [`mint`]: HS256 tokens for JWT mode.
+//! - [`mint`]: HS256 tokens for JWT mode; [`keys`]: RS256 / ES256 tokens and a JWKS server.
 //! - [`BinaryServer`]: the `shardcast` binary as a child process.
 //! - [`client_frame`]: raw masked client frames, for the conformance and property tests.
 //!
@@ -12,6 +12,8 @@
 //! (`#[tokio::test(flavor = "multi_thread")]`): starting and stopping the server blocks, and is
 //! done inside `block_in_place`.
 #![allow(dead_code)]
+
+pub mod keys;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -361,6 +363,23 @@ impl Client {
         connect(addr, "/ws", &[("authorization", &auth)])
             .await
             .unwrap_or_else(|r| panic!("bearer connect refused: {r:?}"))
+    }
+
+    /// `GET /ws` with no credentials; returns once upgraded, without reading anything (for
+    /// `first_frame_auth`, where the client speaks first). Panics if refused.
+    pub async fn upgrade_only(addr: SocketAddr, name: &str) -> Client {
+        let url = format!("ws://{addr}/ws");
+        let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(&url))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: upgrade timed out"))
+            .unwrap_or_else(|e| panic!("{name}: upgrade failed: {e}"));
+        Client {
+            ws,
+            name: name.to_owned(),
+            pings: 0,
+            next_id: 0,
+            welcome: Value::Null,
+        }
     }
 
     // --- sending ---------------------------------------------------------------------------

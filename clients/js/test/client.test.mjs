@@ -199,7 +199,9 @@ test("close codes: 1001 and 4000 reconnect; kicked and replaced stop", async () 
 });
 
 test("auth: a refused token stops the client unless getToken gives a fresh one", async () => {
-  const s = await server(["--jwt-secret", SECRET, "--api", "false", "--heartbeat-ms", "200"]);
+  // No grace period after `exp`, so the 4001 close comes at the first heartbeat after it.
+  const s = await server(["--jwt-secret", SECRET, "--api", "false", "--heartbeat-ms", "200",
+    "--token-grace-secs", "0"]);
   const exp = () => Math.floor(Date.now() / 1000) + 3600;
 
   const bad = client({ url: s.url, token: mint({ sub: "x", exp: exp() }, "wrong-secret") });

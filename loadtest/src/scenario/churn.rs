@@ -249,7 +249,10 @@ impl Cycle {
 }
 
 /// Reads until a text frame `want` accepts; errors on `error` frames and closes.
-async fn wait_for(ws: &mut Ws, want: impl Fn(&ServerFrame) -> bool) -> anyhow::Result<()> {
+pub(crate) async fn wait_for(
+    ws: &mut Ws,
+    want: impl Fn(&ServerFrame) -> bool,
+) -> anyhow::Result<()> {
     tokio::time::timeout(STEP_TIMEOUT, async {
         loop {
             let frame = ws.recv().await.map_err(|e| anyhow!("read: {e}"))?;

@@ -3,12 +3,13 @@
 //!
 //! `pubsub` is the engine for every scenario whose connections stay open (fanout, chat, dm,
 //! idle): the scenarios differ only in the [`pubsub::Plan`] they build here. `churn` has its own
-//! loop. This module owns the plans and the context a run shares; it must not parse frames
+//! loop; `soak` runs the engine with churn cycles and a resource sampler beside it. This module owns the plans and the context a run shares; it must not parse frames
 //! (`client`) or judge delivery (`stats`).
 
 pub mod churn;
 pub mod pacer;
 pub mod pubsub;
+pub mod soak;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,107 @@
+//! Authentication by the first frame (`first_frame_auth`): after an upgrade without
+//! credentials, the client's first WebSocket frame must be `{"type":"connect","token":..}`,
+//! within `first_frame_timeout_ms`. Tokens then stay out of URLs, which proxies log.
+//!
+//! Owns reading that one frame from the raw stream and refusing with a close frame (4002, the
+//! handshake refusal's code as the reason). It must not touch the connection after that: an
+//! accepted one goes through the same admission and `http::start` as any other.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::error::HandshakeError;
+use crate::http;
+use crate::protocol::{self, ClientMessage};
+use crate::shard::runtime::Ctx;
+use crate::ws;
+
+/// Reads the `connect` frame, authenticates and admits the connection, and runs it; or closes
+/// the socket with 4002. `early` is what hyper read past the request.
+pub async fn connect(ctx: Rc<Ctx>, mut stream: TcpStream, early: Bytes) {
+    let window = Duration::from_millis(ctx.config.first_frame_timeout_ms);
+    let max = ctx.config.max_message_size;
+    let admitted = async {
+        let (token, rest) = tokio::time::timeout(window, read_connect(&mut stream, &early, max))
+            .await
+            .map_err(|_| {
+                HandshakeError::Unauthorized(format!(
+                    "no connect frame within {} ms",
+                    window.as_millis()
+                ))
+            })??;
+        let identity = ctx
+            .auth
+            .verify_token(&token, ctx.config.max_rooms_per_connection)?;
+        let (reservation, inbox_seq) = http::admit(&ctx, &identity).await?;
+        Ok::<_, HandshakeError>((identity, reservation, inbox_seq, rest))
+    }
+    .await;
+    drop(early);
+    match admitted {
+        Ok((identity, reservation, inbox_seq, rest)) => {
+            let conn = reservation.fulfil();
+            http::start(ctx, conn, identity, inbox_seq, stream, rest).await;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "first-frame authentication refused");
+            let close = ws::close_frame(HandshakeError::CLOSE_CODE, e.code());
+            let refuse = async {
+                stream.write_all(&close).await?;
+                stream.shutdown().await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
+        }
+    }
+}
+
+/// The token of the first frame, and the bytes after that frame (requests the client sent
+/// right behind it).
+async fn read_connect(
+    stream: &mut TcpStream,
+    early: &[u8],
+    max: usize,
+) -> Result<(String, Bytes), HandshakeError> {
+    let refused = |m: &str| HandshakeError::Unauthorized(m.to_owned());
+    let mut buf = early.to_vec();
+    loop {
+        let header = ws::parse_header(&buf)
+            .map_err(|e| HandshakeError::BadRequest(format!("malformed frame: {e}")))?;
+        if let Some(h) = header {
+            if h.opcode != ws::OP_TEXT || !h.fin {
+                return Err(refused(
+                    r#"the first frame must be a text frame {"type":"connect","token":..}"#,
+                ));
+            }
+            if h.payload_len > max as u64 {
+                return Err(refused("the connect frame is over max_message_size"));
+            }
+            let end = h.header_len + h.payload_len as usize;
+            if buf.len() >= end {
+                let mut payload = buf[h.header_len..end].to_vec();
+                ws::unmask(&mut payload, h.mask);
+                let text = std::str::from_utf8(&payload)
+                    .map_err(|_| refused("the connect frame is not UTF-8"))?;
+                return match protocol::parse(text).map(|r| r.msg) {
+                    Ok(ClientMessage::Connect { token }) => {
+                        Ok((token.into_owned(), Bytes::copy_from_slice(&buf[end..])))
+                    }
+                    _ => Err(refused(
+                        r#"the first frame must be {"type":"connect","token":..}"#,
+                    )),
+                };
+            }
+        }
+        if stream
+            .read_buf(&mut buf)
+            .await
+            .map_err(|_| refused("read failed"))?
+            == 0
+        {
+            return Err(refused("the connection closed before its connect frame"));
+        }
+    }
+}
