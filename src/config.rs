@@ -86,6 +86,16 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_DATA", default_value = "./data")]
     pub data: PathBuf,
 
+    /// Memory for the store's block cache, in bytes. Default 16777216 (16 MiB).
+    #[arg(long, env = "SHARDCAST_STORE_CACHE_BYTES", default_value_t = 16 << 20)]
+    pub store_cache_bytes: u64,
+
+    /// Unflushed writes the store keeps in memory per keyspace (3 of them) before writing a
+    /// table to disk, in bytes; at least 1 MiB. It applies to a data directory created with
+    /// it (the store keeps the size it was created with). Default 8388608 (8 MiB).
+    #[arg(long, env = "SHARDCAST_STORE_MEMTABLE_BYTES", default_value_t = 8 << 20)]
+    pub store_memtable_bytes: u64,
+
     /// How messages are stored before they are acknowledged: sync (on disk first, group
     /// commit), async (acknowledged at once, on disk within flush_interval_ms) or memory (not on
     /// disk). Default sync.
@@ -329,6 +339,8 @@ impl Default for Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shards: 0,
             data: PathBuf::from("./data"),
+            store_cache_bytes: 16 << 20,
+            store_memtable_bytes: 8 << 20,
             durability: Durability::Sync,
             flush_interval_ms: 100,
             replay_limit: 1_000,
@@ -516,6 +528,9 @@ impl Config {
         }
         if self.room_retention.iter().any(|r| r.prefix.is_empty()) {
             return invalid("a room_retention rule needs a non-empty prefix");
+        }
+        if self.store_memtable_bytes < 1 << 20 {
+            return invalid("store_memtable_bytes must be at least 1048576 (1 MiB)");
         }
         if self.shard_count() > crate::msg::ConnId::MAX_SHARDS {
             return invalid("too many shards (at most 1024)");

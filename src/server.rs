@@ -13,7 +13,7 @@ use crate::msg::LocalMsg;
 use crate::persist;
 use crate::router::Router;
 use crate::shard::runtime::{self, ShardSetup};
-use crate::store::{FjallStore, MemoryStore, Store, StoreError, Stream};
+use crate::store::{FjallStore, MemoryStore, Store, StoreError, StoreMemory, Stream};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,13 @@ impl Server {
         let auth = Authenticator::new(&config)?;
         let store: Arc<dyn Store> = match config.durability {
             Durability::Memory => Arc::new(MemoryStore::default()),
-            Durability::Sync | Durability::Async => Arc::new(FjallStore::open(&config.data)?),
+            Durability::Sync | Durability::Async => {
+                let memory = StoreMemory {
+                    cache_bytes: config.store_cache_bytes,
+                    memtable_bytes: config.store_memtable_bytes,
+                };
+                Arc::new(FjallStore::open_with(&config.data, memory)?)
+            }
         };
         let streams = store.streams()?;
         let bind_err = |source| StartError::Bind {

@@ -17,8 +17,26 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::{Append, Store, StoreError, StoredMessage, Stream, StreamInfo, last_seqs, trimmed};
 
+/// How much memory the store may use: its block cache, and unflushed writes per keyspace.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreMemory {
+    pub cache_bytes: u64,
+    pub memtable_bytes: u64,
+}
+
+impl Default for StoreMemory {
+    /// The config's defaults (16 MiB of cache, 8 MiB per memtable).
+    fn default() -> StoreMemory {
+        StoreMemory {
+            cache_bytes: 16 << 20,
+            memtable_bytes: 8 << 20,
+        }
+    }
+}
+
 pub struct FjallStore {
     dir: PathBuf,
+    memory: StoreMemory,
     /// `None` after a failed reopen; `broken` after a failed write.
     db: RwLock<Option<Db>>,
     /// Keys of messages whose write failed, to delete at the reopen.
@@ -34,12 +52,16 @@ struct Db {
 }
 
 impl Db {
-    fn open(dir: &Path) -> Result<Db, String> {
+    fn open(dir: &Path, memory: StoreMemory) -> Result<Db, String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let db = Database::builder(dir).open().map_err(|e| e.to_string())?;
+        let db = Database::builder(dir)
+            .cache_size(memory.cache_bytes)
+            .open()
+            .map_err(|e| e.to_string())?;
         let ks = |name| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(|e| e.to_string())
+            let options =
+                || KeyspaceCreateOptions::default().max_memtable_size(memory.memtable_bytes);
+            db.keyspace(name, options).map_err(|e| e.to_string())
         };
         Ok(Db {
             messages: ks("messages")?,
@@ -131,14 +153,21 @@ fn split_value(value: &[u8]) -> Result<(u64, &[u8]), StoreError> {
 }
 
 impl FjallStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, with the default memory bounds.
     pub fn open(dir: &Path) -> Result<FjallStore, StoreError> {
-        let db = Db::open(dir).map_err(|message| StoreError::Open {
+        FjallStore::open_with(dir, StoreMemory::default())
+    }
+
+    /// Opens (or creates) the store in `dir`, using at most `memory` for its cache and
+    /// unflushed writes.
+    pub fn open_with(dir: &Path, memory: StoreMemory) -> Result<FjallStore, StoreError> {
+        let db = Db::open(dir, memory).map_err(|message| StoreError::Open {
             path: dir.display().to_string(),
             message,
         })?;
         Ok(FjallStore {
             dir: dir.to_owned(),
+            memory,
             db: RwLock::new(Some(db)),
             undo: Mutex::new(Vec::new()),
         })
@@ -170,7 +199,7 @@ impl FjallStore {
         }
         // The old instance must be gone before the new one takes the directory's lock.
         drop(slot.take());
-        let db = Db::open(&self.dir)
+        let db = Db::open(&self.dir, self.memory)
             .map_err(|e| StoreError::Write(format!("cannot reopen the store: {e}")))?;
         let mut undo = self.undo.lock().unwrap_or_else(|p| p.into_inner());
         if !undo.is_empty() {

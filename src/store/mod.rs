@@ -9,7 +9,7 @@
 mod fjall;
 mod memory;
 
-pub use self::fjall::FjallStore;
+pub use self::fjall::{FjallStore, StoreMemory};
 pub use self::memory::MemoryStore;
 
 use bytes::Bytes;
