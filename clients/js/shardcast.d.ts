@@ -120,5 +120,5 @@ export class Client {
 }
 
 export function connect(options: ConnectOptions): Client;
-export function closeAction(code: number): "reconnect" | "token" | "stop";
+export function closeAction(code: number, reason?: string): "reconnect" | "token" | "stop";
 export function backoffDelay(attempt: number, backoff?: Backoff, random?: () => number): number;

@@ -6,10 +6,12 @@
 // seq), dead-connection detection and request ids. It holds no UI state.
 
 /** What the client does after a close code: "reconnect", "token" (only with a fresh token) or
- * "stop". The table is docs/protocol.md's: 4000–4499 reconnect, 4500–4999 do not. */
-export function closeAction(code) {
+ * "stop". The table is docs/protocol.md's: 4000–4499 reconnect, 4500–4999 do not; 4002 (a
+ * refused first-frame `connect`) depends on the refusal code in its reason. */
+export function closeAction(code, reason = "") {
   if (code === 1000) return "stop";
   if (code === 4001) return "token";
+  if (code === 4002) return reason === "unavailable" ? "reconnect" : "token";
   if (code >= 4500 && code <= 4999) return "stop";
   return "reconnect";
 }
@@ -21,9 +23,11 @@ const CLOSE_NAMES = {
   1006: "abnormal",
   1008: "policy",
   1009: "too_big",
+  1007: "invalid_payload",
   1011: "internal_error",
   4000: "slow_consumer",
   4001: "token_expired",
+  4002: "refused",
   4500: "replaced",
   4501: "kicked",
 };
@@ -267,7 +271,7 @@ export class Client {
     this.failAll([...this.inflight.values()], "disconnected");
     this.inflight.clear();
     if (this.closed) return;
-    let action = closeAction(code);
+    let action = closeAction(code, reason);
     let why = CLOSE_NAMES[code] || `close ${code}`;
     if (!this.welcomed && code === 1006) {
       // A refused handshake looks like 1006 to a browser, which never sees the HTTP status.

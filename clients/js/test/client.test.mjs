@@ -162,6 +162,8 @@ test("a connection that goes quiet is noticed by the heartbeat and replaced", as
 test("close codes: 1001 and 4000 reconnect; kicked and replaced stop", async () => {
   for (const code of [1001, 1002, 1006, 1008, 1009, 1011, 4000]) assert.equal(closeAction(code), "reconnect", `${code}`);
   assert.equal(closeAction(4001), "token");
+  assert.equal(closeAction(4002, "unavailable"), "reconnect");
+  for (const reason of ["unauthorized", "token_expired"]) assert.equal(closeAction(4002, reason), "token", reason);
   for (const code of [1000, 4500, 4501]) assert.equal(closeAction(code), "stop", `${code}`);
 
   const s = await server(["--api-key", API_KEY, "--session-policy", "kick_old"]);
