@@ -37,6 +37,15 @@ fn join(id: u64, since: Option<u64>) -> Value {
     }
 }
 
+/// A server with `shards` shards, and "p" in room "r" after publishing seqs 1..=5 there.
+async fn room_of_five(shards: usize) -> (TestServer, Client) {
+    let s = server(shards);
+    let mut p = dev(s.addr(), "p").await;
+    p.join("r").await;
+    publish_numbered(&mut p, "r", 1..=5).await;
+    (s, p)
+}
+
 /// The room's next message arrives once, and nothing else.
 async fn next_is_live(p: &mut Client, a: &mut Client, seq: u64) {
     assert_eq!(p.publish("r", numbered(seq)).await, seq);
@@ -47,10 +56,7 @@ async fn next_is_live(p: &mut Client, a: &mut Client, seq: u64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_repeated_join_is_answered_after_the_pending_one_without_a_second_catch_up() {
     for shards in [2, 4] {
-        let s = server(shards);
-        let mut p = dev(s.addr(), "p").await;
-        p.join("r").await;
-        publish_numbered(&mut p, "r", 1..=5).await;
+        let (s, mut p) = room_of_five(shards).await;
 
         // A join with since, then three more while it is pending: with and without since.
         let mut a = dev(s.addr(), "a").await;
@@ -101,10 +107,7 @@ async fn a_repeated_join_is_answered_after_the_pending_one_without_a_second_catc
 #[tokio::test(flavor = "multi_thread")]
 async fn join_leave_join_pipelined_answers_each_and_delivers_each_seq_once() {
     for shards in [2, 4] {
-        let s = server(shards);
-        let mut p = dev(s.addr(), "p").await;
-        p.join("r").await;
-        publish_numbered(&mut p, "r", 1..=5).await;
+        let (s, mut p) = room_of_five(shards).await;
 
         let mut a = dev(s.addr(), "a").await;
         let leave = json!({"type": "leave", "room": "r", "id": 2});
