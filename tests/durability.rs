@@ -1,5 +1,5 @@
 //! What the store keeps, and when: seqs, history and inboxes across a restart; every
-//! acknowledged message across a `kill -9` of the release binary, and across ten in a row (the
+//! acknowledged message across a `kill -9` of the server binary, and across ten in a row (the
 //! crash loop); the `async` and `memory` durability modes; refusals: a `--data` that cannot be
 //! a directory, and a full disk at run time (`unavailable`, nothing stored or delivered, the
 //! connection still usable).
@@ -9,8 +9,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::*;
@@ -169,35 +169,12 @@ async fn async_durability_serves_history_and_keeps_it_across_a_restart() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// kill -9 of the release binary
+// kill -9 of the server binary
 // ---------------------------------------------------------------------------------------------
 
-/// The release binary, built once per test process with `cargo build --release`; its path is
-/// the one cargo reports, wherever the target dir is.
-fn release_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let build = || {
-        let out = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--release", "--bin", "shardcast"])
-            .arg("--message-format=json-render-diagnostics")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .expect("run cargo build --release");
-        assert!(out.status.success(), "cargo build --release failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "shardcast")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reports the shardcast executable")
-    };
-    tokio::task::block_in_place(|| BUILT.get_or_init(build).clone())
-}
-
-/// The release binary on `data`, with `args` and no publish rate limit to speak of; returns
+/// The server binary cargo built for these tests, on `data`, with `args` and no publish rate limit to speak of; returns
 /// it and its address.
-async fn spawn_release(data: &Path, args: &[&str]) -> (BinaryServer, std::net::SocketAddr) {
+async fn spawn_binary(data: &Path, args: &[&str]) -> (BinaryServer, std::net::SocketAddr) {
     let mut all = vec![
         "--bind",
         "127.0.0.1:0",
@@ -211,7 +188,7 @@ async fn spawn_release(data: &Path, args: &[&str]) -> (BinaryServer, std::net::S
         "false",
     ];
     all.extend_from_slice(args);
-    let mut server = BinaryServer::spawn_in(&release_binary(), data, &all);
+    let mut server = BinaryServer::spawn_in(Path::new(env!("CARGO_BIN_EXE_shardcast")), data, &all);
     let addr = server.listening_addr().await;
     (server, addr)
 }
@@ -307,7 +284,7 @@ async fn whole_inbox(c: &mut Client) -> BTreeMap<u64, Value> {
 async fn kill_9_loses_no_acknowledged_message() {
     const WRITERS: usize = 4;
     let data = tempfile::tempdir().unwrap();
-    let (mut server, addr) = spawn_release(data.path(), &[]).await;
+    let (mut server, addr) = spawn_binary(data.path(), &[]).await;
     let count = Arc::new(AtomicU64::new(0));
     let mut writers = JoinSet::new();
     for k in 0..WRITERS {
@@ -336,7 +313,7 @@ async fn kill_9_loses_no_acknowledged_message() {
         }
     }
 
-    let (_server, addr) = spawn_release(data.path(), &[]).await;
+    let (_server, addr) = spawn_binary(data.path(), &[]).await;
     let mut checker = dev(addr, "checker").await;
     let last = checker.join("crash").await;
     let stored: BTreeMap<u64, Value> = checker
@@ -390,7 +367,7 @@ async fn kill_9_loses_no_acknowledged_message() {
 async fn async_durability_keeps_what_was_flushed_across_kill_9() {
     let data = tempfile::tempdir().unwrap();
     let args = ["--durability", "async", "--flush-interval-ms", "50"];
-    let (mut server, addr) = spawn_release(data.path(), &args).await;
+    let (mut server, addr) = spawn_binary(data.path(), &args).await;
     let mut w = dev(addr, "w").await;
     w.join("r").await;
     publish_numbered(&mut w, "r", 1..=20).await;
@@ -398,7 +375,7 @@ async fn async_durability_keeps_what_was_flushed_across_kill_9() {
     tokio::time::sleep(FLUSHED).await;
     kill_9(&mut server).await;
 
-    let (_server, addr) = spawn_release(data.path(), &args).await;
+    let (_server, addr) = spawn_binary(data.path(), &args).await;
     let mut w = dev(addr, "w").await;
     assert_eq!(w.join("r").await, 20);
     assert_room_msgs(&w.history_all("r").await, "r", "w", (1..=20).rev());
@@ -413,7 +390,7 @@ async fn async_durability_keeps_what_was_flushed_across_kill_9() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_does_not_replay_delivered_direct_messages() {
     let data = tempfile::tempdir().unwrap();
-    let (mut server, addr) = spawn_release(data.path(), &[]).await;
+    let (mut server, addr) = spawn_binary(data.path(), &[]).await;
     let mut alice = dev(addr, "alice").await;
     let mut bob = dev(addr, "bob").await;
     dm_numbered(&mut alice, "bob", 1..=5).await;
@@ -425,7 +402,7 @@ async fn kill_9_does_not_replay_delivered_direct_messages() {
     tokio::time::sleep(FLUSHED).await;
     kill_9(&mut server).await;
 
-    let (_server, addr) = spawn_release(data.path(), &[]).await;
+    let (_server, addr) = spawn_binary(data.path(), &[]).await;
     for (user, inbox_seq) in [("bob", 5), ("carol", 2)] {
         let mut c = dev(addr, user).await;
         assert_eq!(c.welcome["inbox_seq"], inbox_seq, "{}", c.welcome);
@@ -433,7 +410,7 @@ async fn kill_9_does_not_replay_delivered_direct_messages() {
     }
 }
 
-/// The crash loop: `kills` times in a row, the release binary is killed with SIGKILL under
+/// The crash loop: `kills` times in a row, the server binary is killed with SIGKILL under
 /// publish and direct-message load and restarted on the same data. Afterwards every
 /// acknowledged message is stored with its body, history has no duplicate seq, and each
 /// writer's messages are in the order it sent them (rounds included).
@@ -444,7 +421,7 @@ async fn crash_loop(kills: usize) {
     let mut room = BTreeMap::new(); // seq -> (from, body), over every round
     let mut inbox = BTreeMap::new();
     for round in 0..kills {
-        let (mut server, addr) = spawn_release(data.path(), &[]).await;
+        let (mut server, addr) = spawn_binary(data.path(), &[]).await;
         let count = Arc::new(AtomicU64::new(0));
         let mut writers = JoinSet::new();
         for k in 0..WRITERS {
@@ -472,7 +449,7 @@ async fn crash_loop(kills: usize) {
         }
     }
 
-    let (_server, addr) = spawn_release(data.path(), &[]).await;
+    let (_server, addr) = spawn_binary(data.path(), &[]).await;
     let mut checker = dev(addr, "checker").await;
     checker.join("crash").await;
     let mut history = checker.history_all("crash").await;
