@@ -57,6 +57,19 @@ pub struct RetentionRule {
     pub secs: u64,
 }
 
+/// Where streams are sequenced and stored, and presence and sessions counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// This process alone: its shards sequence, the embedded store (`data`) keeps history.
+    #[default]
+    #[value(name = "embedded")]
+    Embedded,
+    /// A cluster of nodes sharing one Redis (or Redis Cluster) at `redis_url`.
+    #[value(name = "redis")]
+    Redis,
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -325,6 +338,37 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_ECHO", default_value_t = false, action = clap::ArgAction::Set)]
     pub echo: bool,
 
+    /// Where rooms and inboxes are sequenced and stored: embedded (this process and its data
+    /// directory) or redis (a cluster of nodes sharing redis_url). Default embedded.
+    #[arg(long, env = "SHARDCAST_ENGINE", value_enum, default_value = "embedded")]
+    pub engine: Engine,
+
+    /// The Redis of the redis engine: redis://[:password@]host:port[/db], rediss:// (TLS) or
+    /// redis+unix:///path. A Redis Cluster is found by itself; give one node, or several
+    /// separated by commas. Default none.
+    #[arg(long, env = "SHARDCAST_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel, so deployments can share a Redis. Default sc.
+    #[arg(long, env = "SHARDCAST_REDIS_PREFIX", default_value = "sc")]
+    pub redis_prefix: String,
+
+    /// A Redis command not answered within this many milliseconds fails; publish and send
+    /// then answer `unavailable`. Default 2000.
+    #[arg(long, env = "SHARDCAST_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
+    pub redis_timeout_ms: u64,
+
+    /// This node's id in a cluster, 0 to 16383, unique among the nodes. Default: none, Redis
+    /// hands out the next free one at start.
+    #[arg(long, env = "SHARDCAST_NODE_ID")]
+    pub node_id: Option<u16>,
+
+    /// With the redis engine: seconds after which the presence and session entries of a node
+    /// that stopped refreshing them (killed, cut off) expire. Nodes refresh every third of it,
+    /// so a dead node's users are `left` within 4/3 of it. Default 10.
+    #[arg(long, env = "SHARDCAST_PRESENCE_TTL_SECS", default_value_t = 10)]
+    pub presence_ttl_secs: u64,
+
     /// Retention by room name prefix, in the config file only: `[[room_retention]]` tables with
     /// `prefix`, `messages` and `secs`. The first rule whose prefix starts a room's name replaces
     /// room_retention_messages and room_retention_secs for that room. Default none. (Last: TOML
@@ -381,6 +425,12 @@ impl Default for Config {
             max_handshakes: 1_024,
             max_header_bytes: 16_384,
             echo: false,
+            engine: Engine::Embedded,
+            redis_url: None,
+            redis_prefix: "sc".to_owned(),
+            redis_timeout_ms: 2_000,
+            node_id: None,
+            presence_ttl_secs: 10,
             room_retention: Vec::new(),
         }
     }
@@ -491,6 +541,25 @@ impl Config {
         }
         if self.allowed_origins.iter().any(|o| o.is_empty()) {
             return invalid("allowed_origins has an empty entry");
+        }
+        match (self.engine, &self.redis_url) {
+            (Engine::Redis, None) => return invalid("the redis engine needs --redis-url"),
+            (Engine::Embedded, Some(_)) => {
+                return invalid("redis_url is set but the engine is embedded; add --engine redis");
+            }
+            _ => {}
+        }
+        if self
+            .node_id
+            .is_some_and(|n| n as usize >= crate::msg::ConnId::MAX_NODES)
+        {
+            return invalid("node_id must be below 16384");
+        }
+        if self.presence_ttl_secs < 3 {
+            return invalid("presence_ttl_secs must be at least 3");
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}']) {
+            return invalid("redis_prefix must be non-empty, without { or }");
         }
         if self.echo && !self.dev_mode() {
             return invalid(
