@@ -84,29 +84,53 @@ struct Scripts {
     unregister: Script,
 }
 
-macro_rules! with_common {
+/// Each script with the shared functions (`lua/common.lua`) in front.
+macro_rules! lua {
     ($file:literal) => {
-        Script::new(concat!(include_str!("lua/common.lua"), include_str!($file)))
+        concat!(include_str!("lua/common.lua"), include_str!($file))
     };
 }
+
+const PUBLISH: &str = lua!("lua/publish.lua");
+const JOIN: &str = lua!("lua/join.lua");
+const LEAVE: &str = lua!("lua/leave.lua");
+const REFRESH: &str = lua!("lua/refresh.lua");
+const PRESENCE: &str = lua!("lua/presence.lua");
+const REGISTER: &str = lua!("lua/register.lua");
+const ONLINE: &str = lua!("lua/online.lua");
+const CURSOR: &str = lua!("lua/cursor.lua");
+const SESSIONS: &str = lua!("lua/sessions.lua");
+const UNREGISTER: &str = lua!("lua/unregister.lua");
+const ALL: [&str; 10] = [
+    PUBLISH, JOIN, LEAVE, REFRESH, PRESENCE, REGISTER, ONLINE, CURSOR, SESSIONS, UNREGISTER,
+];
 
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
-            publish: with_common!("lua/publish.lua"),
-            join: with_common!("lua/join.lua"),
-            leave: with_common!("lua/leave.lua"),
-            refresh: with_common!("lua/refresh.lua"),
-            presence: with_common!("lua/presence.lua"),
-            register: Script::new(include_str!("lua/register.lua")),
-            online: with_common!("lua/online.lua"),
-            cursor: Script::new(include_str!("lua/cursor.lua")),
-            sessions: Script::new(include_str!("lua/sessions.lua")),
-            unregister: Script::new(
-                "redis.call('ZREM', KEYS[1], ARGV[1]) redis.call('ZREM', KEYS[2], ARGV[1]) return 1",
-            ),
+            publish: Script::new(PUBLISH),
+            join: Script::new(JOIN),
+            leave: Script::new(LEAVE),
+            refresh: Script::new(REFRESH),
+            presence: Script::new(PRESENCE),
+            register: Script::new(REGISTER),
+            online: Script::new(ONLINE),
+            cursor: Script::new(CURSOR),
+            sessions: Script::new(SESSIONS),
+            unregister: Script::new(UNREGISTER),
         }
     }
+}
+
+/// Loads every script into Redis (every master of a Cluster) before the connection is used:
+/// a script missing there would be loaded on first use and retried, which can reorder it
+/// after requests sent later.
+async fn load_scripts(cmds: &mut Cmds) -> RedisResult<()> {
+    for source in ALL {
+        cmds.query::<Value>(redis::cmd("SCRIPT").arg("LOAD").arg(source))
+            .await?;
+    }
+    Ok(())
 }
 
 /// This node's members of one room.
@@ -278,7 +302,8 @@ impl Node {
                     match me.target.commands().await {
                         Ok(mut c) => {
                             let name = format!("{}-cmd-{}", me.keys.prefix(), me.node);
-                            if c.set_name(&name).await.is_ok() {
+                            if c.set_name(&name).await.is_ok() && load_scripts(&mut c).await.is_ok()
+                            {
                                 *me.cmds.borrow_mut() = Some(c);
                                 break;
                             }
