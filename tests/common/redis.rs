@@ -1,0 +1,410 @@
+//! Real Redis for the cluster tests: Debian's `redis-server` and `redis-cli`, never a mock.
+//!
+//! - [`RedisServer`]: one `redis-server` on a free loopback port in its own temp dir, which a
+//!   test can kill -9 and restart on the same port and dir (so AOF data comes back).
+//! - [`RedisCluster`]: three (or N) masters joined with `redis-cli --cluster create`.
+//! - [`Proxy`]: a TCP proxy in front of a Redis that can freeze or cut exactly one of its
+//!   connections, found by the upstream port Redis shows in `CLIENT LIST` (`addr=`).
+//!
+//! A missing `redis-server` fails the test saying what to install; nothing here skips.
+//! It must not touch the shardcast nodes: `super::cluster` starts those.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+const REDIS_SERVER: &str = "/usr/bin/redis-server";
+const REDIS_CLI: &str = "/usr/bin/redis-cli";
+
+/// How long Redis may take to answer PING after a start, or a cluster to be `ok`.
+const START_WAIT: Duration = Duration::from_secs(15);
+
+fn missing(binary: &str) -> ! {
+    panic!(
+        "{binary} is not installed: the cluster tests need Debian's redis-server package \
+         (Redis 7 and redis-cli); scripts/test.sh installs it, or run \
+         `apt-get install -y redis-server`"
+    )
+}
+
+/// A free port on 127.0.0.1 (bound, read, released: Redis binds it right after).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().unwrap().port()
+}
+
+/// `redis-cli -p port ARGS`: its stdout, or a panic with its stderr.
+async fn cli_at(port: u16, args: &[&str]) -> String {
+    let out = Command::new(REDIS_CLI)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap_or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => missing(REDIS_CLI),
+            _ => panic!("run {REDIS_CLI}: {e}"),
+        });
+    assert!(
+        out.status.success(),
+        "redis-cli -p {port} {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `redis-server` child process; killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+    /// Options after the fixed ones (e.g. AOF), reused by [`RedisServer::restart`].
+    options: Vec<String>,
+}
+
+impl RedisServer {
+    /// A Redis without persistence (`--save '' --appendonly no`).
+    pub async fn start() -> RedisServer {
+        RedisServer::start_with(&[]).await
+    }
+
+    /// A Redis that writes every command to its AOF before answering
+    /// (`--appendonly yes --appendfsync always`): an acknowledged write survives kill -9.
+    pub async fn start_aof() -> RedisServer {
+        RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await
+    }
+
+    /// A Redis with `options` after the defaults (later options win).
+    pub async fn start_with(options: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir for redis");
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir,
+            options: options.iter().map(|s| s.to_string()).collect(),
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "redis on {} still running", self.port);
+        let log = std::fs::File::create(self.log_path()).expect("create redis.log");
+        let child = Command::new(REDIS_SERVER)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(&self.options)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => missing(REDIS_SERVER),
+                _ => panic!("spawn {REDIS_SERVER}: {e}"),
+            });
+        self.child = Some(child);
+        self.wait_ping().await;
+    }
+
+    /// Waits until PING answers PONG (a loading AOF answers LOADING until it is done).
+    async fn wait_ping(&mut self) {
+        let deadline = Instant::now() + START_WAIT;
+        loop {
+            if ping(self.port).await {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
+                panic!("redis-server exited with {status}; log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis on {} did not answer PING within {START_WAIT:?}; log:\n{}",
+                self.port,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// What redis-server printed, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, and waits until the process is gone (its port is free then).
+    pub async fn kill_9(&mut self) {
+        let mut child = self.child.take().expect("redis is not running");
+        child.kill().await.expect("kill -9 redis-server");
+    }
+
+    /// Starts it again on the same port, dir and options, after [`RedisServer::kill_9`] or
+    /// [`RedisServer::stop`]; returns once PING answers.
+    pub async fn restart(&mut self) {
+        self.spawn().await;
+    }
+
+    /// A graceful stop (SIGTERM: Redis flushes its AOF), waiting for the exit.
+    pub async fn stop(&mut self) {
+        let mut child = self.child.take().expect("redis is not running");
+        let pid = child.id().expect("redis pid") as i32;
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("redis-server did not stop within 10 s of SIGTERM")
+            .expect("wait for redis-server");
+    }
+
+    /// `redis-cli` against this server; returns its output.
+    pub async fn cli(&self, args: &[&str]) -> String {
+        cli_at(self.port, args).await
+    }
+
+    /// The client port (`addr=127.0.0.1:PORT` in `CLIENT LIST`) of the connection named
+    /// `name` (`CLIENT SETNAME`), if there is one.
+    pub async fn client_port(&self, name: &str) -> Option<u16> {
+        client_fields(&self.cli(&["CLIENT", "LIST"]).await)
+            .into_iter()
+            .find(|c| c.get("name").map(String::as_str) == Some(name))
+            .and_then(|c| c.get("addr")?.rsplit(':').next()?.parse().ok())
+    }
+
+    /// Kills the connection named `name` with `CLIENT KILL ID`; panics if there is none.
+    pub async fn kill_client(&self, name: &str) {
+        let list = self.cli(&["CLIENT", "LIST"]).await;
+        let id = client_fields(&list)
+            .into_iter()
+            .find(|c| c.get("name").map(String::as_str) == Some(name))
+            .and_then(|c| c.get("id").cloned())
+            .unwrap_or_else(|| panic!("no Redis connection named {name}; CLIENT LIST:\n{list}"));
+        let killed = self.cli(&["CLIENT", "KILL", "ID", &id]).await;
+        assert_eq!(killed.trim(), "1", "CLIENT KILL ID {id} ({name}): {killed}");
+    }
+}
+
+/// The `key=value` fields of each line of `CLIENT LIST`.
+fn client_fields(list: &str) -> Vec<HashMap<String, String>> {
+    list.lines()
+        .map(|line| {
+            line.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Whether `PING` (inline command) on `port` answers `+PONG` within a second.
+async fn ping(port: u16) -> bool {
+    let attempt = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        s.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.ok()?;
+        Some(buf[..n].starts_with(b"+PONG"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), attempt).await,
+        Ok(Some(true))
+    )
+}
+
+/// A Redis Cluster of masters without replicas, each a [`RedisServer`].
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// `masters` servers with `--cluster-enabled yes`, joined with `redis-cli --cluster
+    /// create`; returns once every node says `cluster_state:ok`.
+    pub async fn start(masters: usize) -> RedisCluster {
+        let mut nodes = Vec::with_capacity(masters);
+        for _ in 0..masters {
+            let options = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ];
+            nodes.push(RedisServer::start_with(&options).await);
+        }
+        let hosts: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(hosts.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        nodes[0].cli(&args).await;
+        for node in &nodes {
+            let deadline = Instant::now() + START_WAIT;
+            loop {
+                let info = node.cli(&["CLUSTER", "INFO"]).await;
+                let known = format!("cluster_known_nodes:{masters}");
+                if info.contains("cluster_state:ok") && info.contains(&known) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "redis {} not in an ok cluster within {START_WAIT:?}:\n{info}",
+                    node.port()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// Every node as a seed: `redis://h:p,redis://h:p,...`.
+    pub fn url(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(RedisServer::url).collect();
+        urls.join(",")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxy
+// ---------------------------------------------------------------------------------------------
+
+/// One proxied connection: its upstream socket's local port (what Redis sees as `addr=`).
+struct Link {
+    upstream_port: u16,
+    frozen: watch::Sender<bool>,
+    task: tokio::task::AbortHandle,
+}
+
+/// A TCP proxy from a loopback port to `target`. Each accepted connection gets its own
+/// upstream connection; [`Proxy::freeze`] stops one forwarding both ways with both sockets
+/// left open (a silent peer), [`Proxy::cut`] closes both sockets.
+pub struct Proxy {
+    addr: SocketAddr,
+    links: Arc<Mutex<Vec<Link>>>,
+    tasks: Arc<Mutex<JoinSet<()>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().unwrap();
+        let links: Arc<Mutex<Vec<Link>>> = Arc::default();
+        let tasks: Arc<Mutex<JoinSet<()>>> = Arc::default();
+        let (l, t) = (links.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                // Redis down: the client sees its connection closed, as it would directly.
+                let Ok(upstream) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let upstream_port = upstream.local_addr().unwrap().port();
+                let (frozen, rx) = watch::channel(false);
+                let task = t.lock().unwrap().spawn(forward(client, upstream, rx));
+                l.lock().unwrap().push(Link {
+                    upstream_port,
+                    frozen,
+                    task,
+                });
+            }
+        });
+        Proxy {
+            addr,
+            links,
+            tasks,
+            accept,
+        }
+    }
+
+    /// `redis://` URL of the proxy.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    fn with_link(&self, upstream_port: u16, f: impl FnOnce(&Link)) {
+        let links = self.links.lock().unwrap();
+        let link = links
+            .iter()
+            .find(|l| l.upstream_port == upstream_port)
+            .unwrap_or_else(|| panic!("the proxy has no connection from port {upstream_port}"));
+        f(link);
+    }
+
+    /// Stops forwarding on the connection whose upstream local port is `upstream_port`, both
+    /// ways; its sockets stay open.
+    pub fn freeze(&self, upstream_port: u16) {
+        self.with_link(upstream_port, |l| {
+            l.frozen.send_replace(true);
+        });
+    }
+
+    /// Closes both sockets of the connection whose upstream local port is `upstream_port`.
+    pub fn cut(&self, upstream_port: u16) {
+        self.with_link(upstream_port, |l| l.task.abort());
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.tasks.lock().unwrap().abort_all();
+    }
+}
+
+/// Copies both ways until either side closes; while `frozen` holds, bytes read are held back
+/// (and TCP backpressure stops the peers), nothing is written.
+async fn forward(client: TcpStream, upstream: TcpStream, frozen: watch::Receiver<bool>) {
+    let (cr, cw) = client.into_split();
+    let (ur, uw) = upstream.into_split();
+    tokio::select! {
+        _ = pipe(cr, uw, frozen.clone()) => {}
+        _ = pipe(ur, cw, frozen) => {}
+    }
+}
+
+async fn pipe(
+    mut from: impl AsyncReadExt + Unpin,
+    mut to: impl AsyncWriteExt + Unpin,
+    mut frozen: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.wait_for(|f| !f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
