@@ -534,6 +534,31 @@ impl Client {
         reply
     }
 
+    /// [`Client::call`], letting presence events about this client's own user come before the
+    /// reply (whether a joiner sees its own `joined` is not specified).
+    pub async fn call_past_own_presence(&mut self, mut frame: Value) -> Value {
+        let id = self.id_of(&mut frame);
+        self.send_json(&frame).await;
+        let got = self.recv_past_own_presence().await;
+        assert_eq!(
+            got["id"], id,
+            "{}: the reply to {frame}, got {got}",
+            self.name
+        );
+        got
+    }
+
+    /// The next JSON frame that is not a presence event about this client's own user.
+    pub async fn recv_past_own_presence(&mut self) -> Value {
+        loop {
+            let got = self.recv_json().await;
+            let presence = got["type"] == "joined" || got["type"] == "left";
+            if !(presence && got["user"] == self.name.as_str()) {
+                return got;
+            }
+        }
+    }
+
     /// Joins `room`; returns the ack's seq.
     pub async fn join(&mut self, room: &str) -> u64 {
         let reply = self.call(json!({"type": "join", "room": room})).await;
