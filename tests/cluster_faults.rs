@@ -299,3 +299,30 @@ async fn redis_restarted_without_persistence_gives_rooms_a_new_epoch() {
     let ack = c.call(join).await;
     assert_recovery(&ack, last, true, last - 5, false);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_command_connection_is_replaced_and_loses_no_acknowledged_message() {
+    let redis = RedisServer::start().await;
+    let proxy = Proxy::start(redis.addr()).await;
+    let cluster = Cluster::start(3, &proxy.url(), &["--presence-events", "false"]).await;
+    let mut a = dev(cluster.addr(0), "a").await;
+    let mut b = dev(cluster.addr(1), "b").await;
+    join_all(&mut [&mut a, &mut b], "r").await;
+    publish_numbered(&mut a, "r", 1..=3).await;
+
+    let port = redis.client_port("sc-cmd-0").await;
+    proxy.cut(port.expect("no Redis connection named sc-cmd-0 (CLIENT SETNAME)"));
+    // A publish right after the cut may be refused (`unavailable`), never acked and lost.
+    let seq = eventually(RECOVERY, "a publish acked after the cut", async || {
+        let publish = json!({"type": "publish", "room": "r", "body": "after"});
+        let (_, reply) = a.request(publish).await;
+        if reply["type"] == "error" {
+            assert_error(&reply, "unavailable", Some(&reply["id"]));
+        }
+        reply["seq"].as_u64()
+    })
+    .await;
+    let (msgs, _) = read_room(&mut b, "r", 0, seq, RECOVERY).await;
+    assert_room_msgs(&msgs[..3], "r", "a", 1..=3);
+    assert_room_msg(&msgs[seq as usize - 1], "r", "a", &json!("after"));
+}
