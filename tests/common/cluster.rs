@@ -161,6 +161,27 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    /// A failed test shows what each node printed (the nodes are separate processes).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(server) = &node.server {
+                let out = server.output();
+                let tail: Vec<&str> = out.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                eprintln!(
+                    "--- node {i} ({}), last lines:\n{}",
+                    node.addr,
+                    tail.join("\n")
+                );
+            }
+        }
+    }
+}
+
 /// The body of message `n` published by `by`.
 fn body_of(by: &str, n: u64) -> Value {
     json!({"by": by, "n": n})
