@@ -185,39 +185,43 @@ async fn kick_old_closes_the_old_connection_on_another_node() {
     a3.ping().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn reject_new_refuses_a_second_connection_on_any_node() {
-    let (_redis, cluster) = cluster(&["--session-policy", "reject_new"]).await;
-    let a = dev(cluster.addr(0), "a").await;
-    for node in [1, 2, 0] {
+/// Under `args`, a holds a connection on each node in `held` (node 0 first); then every node
+/// refuses one more with `status` and `code`, and once a's first connection is closed, node 2
+/// accepts one again.
+async fn user_limit_across_nodes(args: &[&str], held: &[usize], status: u16, code: &str) {
+    let (_redis, cluster) = cluster(args).await;
+    let mut conns = Vec::new();
+    for &node in held {
+        conns.push(dev(cluster.addr(node), "a").await);
+    }
+    for node in 0..3 {
         match connect(cluster.addr(node), "/ws?user=a", &[]).await {
-            Err(refusal) => refusal.assert(409, "session_exists"),
-            Ok(_) => panic!("node {node} accepted a second connection of a under reject_new"),
+            Err(refusal) => refusal.assert(status, code),
+            Ok(_) => panic!("node {node} accepted one more connection of a ({args:?})"),
         }
     }
-    a.close().await;
-    let mut again = retry_dev(cluster.addr(2), "a", TIMEOUT)
-        .await
-        .unwrap_or_else(|r| panic!("a cannot connect again once gone: {r:?}"));
-    again.ping().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn max_connections_per_user_counts_every_node() {
-    let (_redis, cluster) = cluster(&["--max-connections-per-user", "2"]).await;
-    let a = dev(cluster.addr(0), "a").await;
-    let _a2 = dev(cluster.addr(1), "a").await;
-    for node in [2, 0] {
-        match connect(cluster.addr(node), "/ws?user=a", &[]).await {
-            Err(refusal) => refusal.assert(429, "connection_limit"),
-            Ok(_) => panic!("node {node} accepted a third connection of a (limit 2)"),
-        }
-    }
-    a.close().await;
+    conns.remove(0).close().await;
     let mut again = retry_dev(cluster.addr(2), "a", TIMEOUT)
         .await
         .unwrap_or_else(|r| panic!("a closed a connection, yet a new one is refused: {r:?}"));
     again.ping().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reject_new_refuses_a_second_connection_on_any_node() {
+    user_limit_across_nodes(
+        &["--session-policy", "reject_new"],
+        &[0],
+        409,
+        "session_exists",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_connections_per_user_counts_every_node() {
+    let args = ["--max-connections-per-user", "2"];
+    user_limit_across_nodes(&args, &[0, 1], 429, "connection_limit").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -52,6 +52,9 @@ fn publish_in_background(
     })
 }
 
+/// No presence events, and a Redis command fails after 1 s rather than 2 while Redis is down.
+const SHORT_REDIS_TIMEOUT: [&str; 4] = ["--presence-events", "false", "--redis-timeout-ms", "1000"];
+
 async fn wait_count(sent: &AtomicU64, at_least: u64) {
     eventually(
         TIMEOUT,
@@ -177,8 +180,7 @@ async fn a_silent_subscription_connection_is_noticed_and_replaced_without_a_gap(
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_down_refuses_writes_and_with_aof_loses_no_acknowledged_message() {
     let mut redis = RedisServer::start_aof().await;
-    let args = ["--presence-events", "false", "--redis-timeout-ms", "1000"];
-    let cluster = Cluster::start(3, &redis.url(), &args).await;
+    let cluster = Cluster::start(3, &redis.url(), &SHORT_REDIS_TIMEOUT).await;
     let mut a = dev(cluster.addr(0), "a").await;
     let mut b = dev(cluster.addr(1), "b").await;
     join_all(&mut [&mut a, &mut b], "r").await;
@@ -266,8 +268,7 @@ async fn redis_down_refuses_writes_and_with_aof_loses_no_acknowledged_message() 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_restarted_without_persistence_gives_rooms_a_new_epoch() {
     let mut redis = RedisServer::start().await;
-    let args = ["--presence-events", "false", "--redis-timeout-ms", "1000"];
-    let cluster = Cluster::start(3, &redis.url(), &args).await;
+    let cluster = Cluster::start(3, &redis.url(), &SHORT_REDIS_TIMEOUT).await;
     let mut a = dev(cluster.addr(0), "a").await;
     let ack = a.call(json!({"type": "join", "room": "r"})).await;
     // The epoch is a JSON number (the merged engine's; CLUSTER.md first said a string).

@@ -43,12 +43,9 @@ impl Cluster {
             "127.0.0.1:0",
             "--shards",
             "2",
-            "--publish-rate",
-            "1000000",
-            "--publish-burst",
-            "1000000",
         ]
         .iter()
+        .chain(&super::NO_RATE_LIMIT)
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));

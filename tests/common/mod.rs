@@ -1145,6 +1145,9 @@ impl Http {
 // The binary
 // ---------------------------------------------------------------------------------------------
 
+/// Binary arguments for a publish rate no test reaches.
+pub const NO_RATE_LIMIT: [&str; 4] = ["--publish-rate", "1000000", "--publish-burst", "1000000"];
+
 /// A `shardcast serve` child process. Killed on drop if still running.
 pub struct BinaryServer {
     pub child: tokio::process::Child,
