@@ -276,6 +276,7 @@ async fn the_server_api_works_on_any_node() {
     )
     .await;
     assert_eq!(stats["cluster"]["nodes"], 3, "{stats}");
+    assert_eq!(stats["cluster"]["node"], 0, "{stats}");
     assert_eq!(
         stats["total"]["connections"], 1,
         "node 0 holds a only: {stats}"
