@@ -60,6 +60,40 @@ async fn a_room_has_one_order_across_nodes_and_its_history_is_shared() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn redis_streams_are_trimmed_by_count_and_by_age() {
+    let args = [
+        "--presence-events",
+        "false",
+        "--room-retention-messages",
+        "5",
+        "--inbox-retention-secs",
+        "1",
+    ];
+    let (_redis, cluster) = cluster(&args).await;
+    let mut a = dev(cluster.addr(0), "a").await;
+    a.join("r").await;
+    publish_numbered(&mut a, "r", 1..=10).await;
+    // By count: node 1 reads the newest 5, and a since before them cannot fully recover.
+    let mut b = dev(cluster.addr(1), "b").await;
+    let ack = b.join_since("r", 2).await;
+    assert_recovery(&ack, 10, false, 5, false);
+    assert_room_msgs(&b.recv_n(5).await, "r", "a", 6..=10);
+    let (page, more) = b.history("r", None, None).await;
+    assert_eq!((seqs(&page), more), ((6..=10).rev().collect(), false));
+
+    // By age: c's inbox keeps what is under a second old.
+    dm_numbered(&mut a, "c", 1..=3).await;
+    // The wait lets messages 1..=3 age past the retention; it measures nothing.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    dm_numbered(&mut a, "c", 4..=4).await;
+    let mut c = dev(cluster.addr(2), "c").await;
+    assert_eq!(c.welcome["inbox_seq"], 4, "{}", c.welcome);
+    assert_dms(&c.recv_n(1).await, "c", "a", 4..=4);
+    let (all, _) = c.sync(0).await;
+    assert_dms(&all, "c", "a", 4..=4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn direct_messages_cross_nodes_and_the_inbox_waits_in_redis() {
     let (_redis, cluster) = cluster(&[]).await;
     let mut a = dev(cluster.addr(0), "a").await;
