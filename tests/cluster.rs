@@ -387,3 +387,34 @@ async fn three_users_on_three_nodes_chat() {
         x.assert_silent(QUIET).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_reach_redis_with_a_password_over_tcp_and_a_unix_socket() {
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret"]).await;
+    let tcp = format!("redis://:s3cret@127.0.0.1:{}", redis.port());
+    let unix = format!("redis+unix://{}?pass=s3cret", redis.unix_socket().display());
+    let tcp_db0 = format!("{tcp}/0");
+    let args = ["--presence-events", "false"];
+    let cluster = Cluster::start_with_urls(&[&tcp, &unix, &tcp_db0], &args).await;
+    let mut clients = abc(&cluster).await;
+    for c in &mut clients {
+        c.join("r").await;
+    }
+    publish_everywhere(&mut clients, &["r"], 5).await;
+
+    // A wrong password: the node does not start, and says why without printing it.
+    let wrong = format!("redis://:badpw123@127.0.0.1:{}", redis.port());
+    let mut node = BinaryServer::spawn(&["--engine", "redis", "--redis-url", &wrong]);
+    let status = node.wait_exit(Duration::from_secs(15)).await;
+    node.finish_output().await;
+    let out = node.output();
+    assert!(
+        !status.success(),
+        "started with a wrong Redis password:\n{out}"
+    );
+    assert!(!out.contains("badpw123"), "the password is printed:\n{out}");
+    assert!(
+        out.contains("127.0.0.1"),
+        "the error names no Redis:\n{out}"
+    );
+}

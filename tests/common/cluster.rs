@@ -29,16 +29,21 @@ struct Node {
 pub struct Cluster {
     nodes: Vec<Node>,
     args: Vec<String>,
+    /// Node i's `--redis-url`.
+    urls: Vec<String>,
 }
 
 impl Cluster {
     /// Starts `n` nodes on `redis_url` with `extra` arguments; returns once each is listening.
     pub async fn start(n: usize, redis_url: &str, extra: &[&str]) -> Cluster {
+        Cluster::start_with_urls(&vec![redis_url; n], extra).await
+    }
+
+    /// One node per URL in `urls` (the same Redis, reached in different ways).
+    pub async fn start_with_urls(urls: &[&str], extra: &[&str]) -> Cluster {
         let mut args: Vec<String> = [
             "--engine",
             "redis",
-            "--redis-url",
-            redis_url,
             "--bind",
             "127.0.0.1:0",
             "--shards",
@@ -50,10 +55,11 @@ impl Cluster {
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut cluster = Cluster {
-            nodes: Vec::with_capacity(n),
+            nodes: Vec::with_capacity(urls.len()),
             args,
+            urls: urls.iter().map(|u| u.to_string()).collect(),
         };
-        for i in 0..n {
+        for i in 0..urls.len() {
             let data = tempfile::tempdir().expect("temp dir for a node");
             let (server, addr) = cluster.spawn(i, data.path()).await;
             cluster.nodes.push(Node {
@@ -68,7 +74,7 @@ impl Cluster {
     async fn spawn(&self, i: usize, data: &Path) -> (BinaryServer, SocketAddr) {
         let id = i.to_string();
         let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        args.extend(["--node-id", &id]);
+        args.extend(["--node-id", &id, "--redis-url", &self.urls[i]]);
         let bin = Path::new(env!("CARGO_BIN_EXE_shardcast"));
         let mut server = BinaryServer::spawn_in(bin, data, &args);
         let addr = server.listening_addr().await;

@@ -107,6 +107,9 @@ impl RedisServer {
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--unixsocket")
+            .arg(self.unix_socket())
+            .args(["--unixsocketperm", "700"])
             .args(&self.options)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -148,6 +151,11 @@ impl RedisServer {
     /// What redis-server printed, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The server's Unix socket (`redis+unix://` URLs).
+    pub fn unix_socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
     }
 
     pub fn port(&self) -> u16 {
@@ -226,14 +234,15 @@ fn client_fields(list: &str) -> Vec<HashMap<String, String>> {
         .collect()
 }
 
-/// Whether `PING` (inline command) on `port` answers `+PONG` within a second.
+/// Whether `PING` (inline command) on `port` answers within a second: `+PONG`, or `-NOAUTH`
+/// from a server with a password.
 async fn ping(port: u16) -> bool {
     let attempt = async {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
         s.write_all(b"PING\r\n").await.ok()?;
         let mut buf = [0u8; 64];
         let n = s.read(&mut buf).await.ok()?;
-        Some(buf[..n].starts_with(b"+PONG"))
+        Some(buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(1), attempt).await,
