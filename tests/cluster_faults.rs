@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, read_room, read_until};
-use common::redis::{Proxy, RedisServer};
+use common::proxy::Proxy;
+use common::redis::RedisServer;
 use common::*;
 use serde_json::{Value, json};
 
@@ -167,7 +168,12 @@ async fn a_killed_subscription_connection_is_resubscribed_without_a_gap() {
 async fn a_silent_subscription_connection_is_noticed_and_replaced_without_a_gap() {
     let redis = RedisServer::start().await;
     let proxy = Proxy::start(redis.addr()).await;
-    let cluster = Cluster::start(3, &proxy.url(), &["--presence-events", "false"]).await;
+    let cluster = Cluster::start(
+        3,
+        &format!("redis://{}", proxy.addr()),
+        &["--presence-events", "false"],
+    )
+    .await;
     subscription_fault(&redis, &cluster, async || {
         let port = redis.client_port("sc-sub-1").await;
         let port = port.expect("no Redis connection named sc-sub-1 (CLIENT SETNAME)");
@@ -322,7 +328,12 @@ async fn redis_restarted_without_persistence_gives_rooms_a_new_epoch() {
 async fn a_cut_command_connection_is_replaced_and_loses_no_acknowledged_message() {
     let redis = RedisServer::start().await;
     let proxy = Proxy::start(redis.addr()).await;
-    let cluster = Cluster::start(3, &proxy.url(), &["--presence-events", "false"]).await;
+    let cluster = Cluster::start(
+        3,
+        &format!("redis://{}", proxy.addr()),
+        &["--presence-events", "false"],
+    )
+    .await;
     let mut a = dev(cluster.addr(0), "a").await;
     let mut b = dev(cluster.addr(1), "b").await;
     join_all(&mut [&mut a, &mut b], "r").await;

@@ -7,8 +7,8 @@
 //! - [`mint`]: HS256 tokens for JWT mode; [`keys`]: RS256 / ES256 tokens and a JWKS server.
 //! - [`BinaryServer`]: the `shardcast` binary as a child process.
 //! - [`client_frame`]: raw masked client frames, for the conformance and property tests.
-//! - [`redis`]: real Redis servers, a Redis Cluster and a freezable TCP proxy; [`cluster`]:
-//!   shardcast nodes on the redis engine (the cluster tests).
+//! - [`redis`]: real Redis servers and a Redis Cluster; [`cluster`]: shardcast nodes on the
+//!   redis engine (the cluster tests); [`proxy`]: a TCP proxy that refuses, freezes or cuts.
 //!
 //! Every test that uses [`TestServer`] must run on a multi-thread runtime
 //! (`#[tokio::test(flavor = "multi_thread")]`): starting and stopping the server blocks, and is
@@ -17,6 +17,7 @@
 
 pub mod cluster;
 pub mod keys;
+pub mod proxy;
 pub mod redis;
 
 use std::fmt;

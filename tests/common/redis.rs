@@ -3,8 +3,8 @@
 //! - [`RedisServer`]: one `redis-server` on a free loopback port in its own temp dir, which a
 //!   test can kill -9 and restart on the same port and dir (so AOF data comes back).
 //! - [`RedisCluster`]: three (or N) masters joined with `redis-cli --cluster create`.
-//! - [`Proxy`]: a TCP proxy in front of a Redis that can freeze or cut exactly one of its
-//!   connections, found by the upstream port Redis shows in `CLIENT LIST` (`addr=`).
+//! - [`RedisServer::client_port`]: the port of a named connection in `CLIENT LIST`, for
+//!   [`super::proxy::Proxy`] to freeze or cut exactly that one.
 //!
 //! A missing `redis-server` fails the test saying what to install; nothing here skips.
 //! It must not touch the shardcast nodes: `super::cluster` starts those.
@@ -13,15 +13,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
 const REDIS_CLI: &str = "/usr/bin/redis-cli";
@@ -300,120 +297,5 @@ impl RedisCluster {
     pub fn url(&self) -> String {
         let urls: Vec<String> = self.nodes.iter().map(RedisServer::url).collect();
         urls.join(",")
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Proxy
-// ---------------------------------------------------------------------------------------------
-
-/// One proxied connection: its upstream socket's local port (what Redis sees as `addr=`).
-struct Link {
-    upstream_port: u16,
-    frozen: watch::Sender<bool>,
-    task: tokio::task::AbortHandle,
-}
-
-/// A TCP proxy from a loopback port to `target`. Each accepted connection gets its own
-/// upstream connection; [`Proxy::freeze`] stops one forwarding both ways with both sockets
-/// left open (a silent peer), [`Proxy::cut`] closes both sockets.
-pub struct Proxy {
-    addr: SocketAddr,
-    links: Arc<Mutex<Vec<Link>>>,
-    tasks: Arc<Mutex<JoinSet<()>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().unwrap();
-        let links: Arc<Mutex<Vec<Link>>> = Arc::default();
-        let tasks: Arc<Mutex<JoinSet<()>>> = Arc::default();
-        let (l, t) = (links.clone(), tasks.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                // Redis down: the client sees its connection closed, as it would directly.
-                let Ok(upstream) = TcpStream::connect(target).await else {
-                    continue;
-                };
-                let upstream_port = upstream.local_addr().unwrap().port();
-                let (frozen, rx) = watch::channel(false);
-                let task = t.lock().unwrap().spawn(forward(client, upstream, rx));
-                l.lock().unwrap().push(Link {
-                    upstream_port,
-                    frozen,
-                    task,
-                });
-            }
-        });
-        Proxy {
-            addr,
-            links,
-            tasks,
-            accept,
-        }
-    }
-
-    /// `redis://` URL of the proxy.
-    pub fn url(&self) -> String {
-        format!("redis://{}", self.addr)
-    }
-
-    fn with_link(&self, upstream_port: u16, f: impl FnOnce(&Link)) {
-        let links = self.links.lock().unwrap();
-        let link = links
-            .iter()
-            .find(|l| l.upstream_port == upstream_port)
-            .unwrap_or_else(|| panic!("the proxy has no connection from port {upstream_port}"));
-        f(link);
-    }
-
-    /// Stops forwarding on the connection whose upstream local port is `upstream_port`, both
-    /// ways; its sockets stay open.
-    pub fn freeze(&self, upstream_port: u16) {
-        self.with_link(upstream_port, |l| {
-            l.frozen.send_replace(true);
-        });
-    }
-
-    /// Closes both sockets of the connection whose upstream local port is `upstream_port`.
-    pub fn cut(&self, upstream_port: u16) {
-        self.with_link(upstream_port, |l| l.task.abort());
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.tasks.lock().unwrap().abort_all();
-    }
-}
-
-/// Copies both ways until either side closes; while `frozen` holds, bytes read are held back
-/// (and TCP backpressure stops the peers), nothing is written.
-async fn forward(client: TcpStream, upstream: TcpStream, frozen: watch::Receiver<bool>) {
-    let (cr, cw) = client.into_split();
-    let (ur, uw) = upstream.into_split();
-    tokio::select! {
-        _ = pipe(cr, uw, frozen.clone()) => {}
-        _ = pipe(ur, cw, frozen) => {}
-    }
-}
-
-async fn pipe(
-    mut from: impl AsyncReadExt + Unpin,
-    mut to: impl AsyncWriteExt + Unpin,
-    mut frozen: watch::Receiver<bool>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if frozen.wait_for(|f| !f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
     }
 }
