@@ -324,34 +324,50 @@ async fn redis_restarted_without_persistence_gives_rooms_a_new_epoch() {
     assert_recovery(&ack, last, true, last - 5, false);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_cut_command_connection_is_replaced_and_loses_no_acknowledged_message() {
+/// Node 0's command connection (through a proxy) is broken by `fault` between two publishes
+/// of `a`. Publishes are refused (`unavailable`) until the node has a new connection, then
+/// acked; a refused one is neither stored nor delivered: b gets 1..=3 and the acked one.
+async fn command_connection_fault(fault: impl FnOnce(&Proxy, u16), refused_first: bool) {
     let redis = RedisServer::start().await;
     let proxy = Proxy::start(redis.addr()).await;
-    let cluster = Cluster::start(
-        3,
-        &format!("redis://{}", proxy.addr()),
-        &["--presence-events", "false"],
-    )
-    .await;
+    let url = format!("redis://{}", proxy.addr());
+    let cluster = Cluster::start(3, &url, &SHORT_REDIS_TIMEOUT).await;
     let mut a = dev(cluster.addr(0), "a").await;
     let mut b = dev(cluster.addr(1), "b").await;
     join_all(&mut [&mut a, &mut b], "r").await;
     publish_numbered(&mut a, "r", 1..=3).await;
 
     let port = redis.client_port("sc-cmd-0").await;
-    proxy.cut(port.expect("no Redis connection named sc-cmd-0 (CLIENT SETNAME)"));
-    // A publish right after the cut may be refused (`unavailable`), never acked and lost.
-    let seq = eventually(RECOVERY, "a publish acked after the cut", async || {
-        let publish = json!({"type": "publish", "room": "r", "body": "after"});
+    fault(
+        &proxy,
+        port.expect("no Redis connection named sc-cmd-0 (CLIENT SETNAME)"),
+    );
+    let mut attempt = 0;
+    let (seq, body) = eventually(RECOVERY, "a publish acked after the fault", async || {
+        attempt += 1;
+        let body = json!({"attempt": attempt});
+        let publish = json!({"type": "publish", "room": "r", "body": body});
         let (_, reply) = a.request(publish).await;
-        if reply["type"] == "error" {
+        if reply["type"] == "error" || (refused_first && attempt == 1) {
             assert_error(&reply, "unavailable", Some(&reply["id"]));
         }
-        reply["seq"].as_u64()
+        Some((reply["seq"].as_u64()?, body))
     })
     .await;
-    let (msgs, _) = read_room(&mut b, "r", 0, seq, RECOVERY).await;
+    assert_eq!(seq, 4, "refused publishes took seqs");
+    let (msgs, _) = read_room(&mut b, "r", 0, 4, RECOVERY).await;
     assert_room_msgs(&msgs[..3], "r", "a", 1..=3);
-    assert_room_msg(&msgs[seq as usize - 1], "r", "a", &json!("after"));
+    assert_room_msg(&msgs[3], "r", "a", &body);
+    b.assert_silent(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_command_connection_is_replaced_and_stores_no_refused_message() {
+    command_connection_fault(|proxy, port| proxy.cut(port), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_command_connection_times_out_as_unavailable_and_is_replaced() {
+    // Up, but Redis never sees the commands nor answers: the publish must not hang.
+    command_connection_fault(|proxy, port| proxy.freeze(port), true).await;
 }
