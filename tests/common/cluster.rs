@@ -59,26 +59,28 @@ impl Cluster {
             args,
             urls: urls.iter().map(|u| u.to_string()).collect(),
         };
+        // All start at once; then each is waited for.
         for i in 0..urls.len() {
             let data = tempfile::tempdir().expect("temp dir for a node");
-            let (server, addr) = cluster.spawn(i, data.path()).await;
+            let server = cluster.spawn(i, data.path());
             cluster.nodes.push(Node {
                 server: Some(server),
-                addr,
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 data,
             });
+        }
+        for node in &mut cluster.nodes {
+            node.addr = node.server.as_mut().unwrap().listening_addr().await;
         }
         cluster
     }
 
-    async fn spawn(&self, i: usize, data: &Path) -> (BinaryServer, SocketAddr) {
+    fn spawn(&self, i: usize, data: &Path) -> BinaryServer {
         let id = i.to_string();
         let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         args.extend(["--node-id", &id, "--redis-url", &self.urls[i]]);
         let bin = Path::new(env!("CARGO_BIN_EXE_shardcast"));
-        let mut server = BinaryServer::spawn_in(bin, data, &args);
-        let addr = server.listening_addr().await;
-        (server, addr)
+        BinaryServer::spawn_in(bin, data, &args)
     }
 
     /// Node `i`'s address (its new one after [`Cluster::restart`]).
@@ -88,15 +90,6 @@ impl Cluster {
 
     pub fn len(&self) -> usize {
         self.nodes.len()
-    }
-
-    /// What node `i` printed so far (empty once killed).
-    pub fn output(&self, i: usize) -> String {
-        self.nodes[i]
-            .server
-            .as_ref()
-            .map(BinaryServer::output)
-            .unwrap_or_default()
     }
 
     /// SIGKILLs node `i` and waits until it is gone.
@@ -109,7 +102,8 @@ impl Cluster {
     /// Starts node `i` again (same id and data dir, a new port) after [`Cluster::kill`].
     pub async fn restart(&mut self, i: usize) -> SocketAddr {
         assert!(self.nodes[i].server.is_none(), "node {i} is still running");
-        let (server, addr) = self.spawn(i, self.nodes[i].data.path()).await;
+        let mut server = self.spawn(i, self.nodes[i].data.path());
+        let addr = server.listening_addr().await;
         self.nodes[i].server = Some(server);
         self.nodes[i].addr = addr;
         addr
