@@ -57,8 +57,9 @@ impl Boot {
         timeout: Duration,
         keys: &Keys,
         node: Option<NodeId>,
+        root_cert: Option<Vec<u8>>,
     ) -> RedisResult<(Target, Boot)> {
-        let target = Target::find(url, timeout).await?;
+        let target = Target::find(url, timeout, root_cert).await?;
         let mut cmds = target.commands().await?;
         let node = match node {
             Some(n) => n,
