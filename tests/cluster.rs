@@ -418,3 +418,28 @@ async fn nodes_reach_redis_with_a_password_over_tcp_and_a_unix_socket() {
         "the error names no Redis:\n{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_reach_redis_over_tls_with_a_private_ca() {
+    let redis = RedisServer::start_tls().await;
+    let ca = RedisServer::tls_ca();
+    let args = ["--presence-events", "false", "--redis-ca-file", &ca];
+    let cluster = Cluster::start(3, &redis.tls_url(), &args).await;
+    let mut clients = abc(&cluster).await;
+    for c in &mut clients {
+        c.join("r").await;
+    }
+    publish_everywhere(&mut clients, &["r"], 5).await;
+
+    // Without the CA, the public web roots do not vouch for this Redis: the node stops.
+    let url = redis.tls_url();
+    let mut node = BinaryServer::spawn(&["--engine", "redis", "--redis-url", &url]);
+    let status = node.wait_exit(Duration::from_secs(15)).await;
+    node.finish_output().await;
+    let out = node.output();
+    assert!(
+        !status.success(),
+        "trusted a certificate of an unknown CA:\n{out}"
+    );
+    assert!(out.contains(&url), "the error names no Redis:\n{out}");
+}

@@ -34,6 +34,10 @@ fn missing(binary: &str) -> ! {
     )
 }
 
+fn tls_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/redis-tls")
+}
+
 /// A free port on 127.0.0.1 (bound, read, released: Redis binds it right after).
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
@@ -69,6 +73,8 @@ pub struct RedisServer {
     dir: TempDir,
     /// Options after the fixed ones (e.g. AOF), reused by [`RedisServer::restart`].
     options: Vec<String>,
+    /// The TLS port of [`RedisServer::start_tls`].
+    tls_port: Option<u16>,
 }
 
 impl RedisServer {
@@ -83,6 +89,45 @@ impl RedisServer {
         RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await
     }
 
+    /// A Redis that also serves TLS on a second port, with the certificate in
+    /// `tests/fixtures/redis-tls` (for 127.0.0.1, signed by [`RedisServer::tls_ca`], valid
+    /// 2000–2126; the CA's key was thrown away). Clients need no certificate of their own.
+    pub async fn start_tls() -> RedisServer {
+        let tls_port = free_port().to_string();
+        let file = |name: &str| tls_dir().join(name).to_string_lossy().into_owned();
+        let (cert, key, ca) = (
+            file("server.crt"),
+            file("server.key"),
+            RedisServer::tls_ca(),
+        );
+        let options = [
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ];
+        let mut server = RedisServer::start_with(&options).await;
+        server.tls_port = Some(tls_port.parse().unwrap());
+        server
+    }
+
+    /// The CA of [`RedisServer::start_tls`]'s certificate (PEM file path).
+    pub fn tls_ca() -> String {
+        tls_dir().join("ca.crt").to_string_lossy().into_owned()
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT` of [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let port = self.tls_port.expect("started without TLS");
+        format!("rediss://127.0.0.1:{port}")
+    }
+
     /// A Redis with `options` after the defaults (later options win).
     pub async fn start_with(options: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir for redis");
@@ -91,6 +136,7 @@ impl RedisServer {
             port: free_port(),
             dir,
             options: options.iter().map(|s| s.to_string()).collect(),
+            tls_port: None,
         };
         server.spawn().await;
         server
