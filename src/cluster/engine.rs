@@ -26,9 +26,9 @@ use crate::health::Health;
 use crate::msg::{
     ConnId, EngineMsg, JoinGen, LocalMsg, NodeId, NodeMsg, ReplayTo, ReplyTo, ShardId,
 };
-use crate::persist::{Op, Persist, Read};
-use crate::protocol::encode::{self, Recovery, Target as To};
-use crate::protocol::{Name, ReqId};
+use crate::persist::{Joined, Op, Persist, Read};
+use crate::protocol::Name;
+use crate::protocol::encode::{self, Target as To};
 use crate::store::Stream;
 use crate::ws;
 
@@ -482,9 +482,17 @@ impl Node {
                 epoch,
             } => {
                 self.add_member(&room, &user, conn, jgen);
-                self.spawn(
-                    async move { me.join(room, user, conn, jgen, id, ack, since, epoch).await },
-                );
+                let joined = Joined {
+                    room,
+                    conn,
+                    jgen,
+                    id,
+                    ack,
+                    since,
+                    epoch: None,
+                    lost: false,
+                };
+                self.spawn(async move { me.join(user, joined, epoch).await });
             }
             EngineMsg::Leave { room, user, conn } => {
                 self.remove_member(&room, conn);

@@ -18,12 +18,10 @@ use super::Shard;
 use super::home::{HomeRooms, HomeUsers};
 use crate::config::Durability;
 use crate::error::{ErrorCode, HandshakeError, ReplyError};
-use crate::msg::{
-    ConnId, EngineMsg, JoinGen, NodeMsg, ReplayTo, ReplyTo, ShardId, WriteTarget, Written,
-};
-use crate::persist::{Op, Read};
-use crate::protocol::encode::{self, Recovery, Target};
-use crate::protocol::{Name, ReqId};
+use crate::msg::{ConnId, EngineMsg, NodeMsg, ReplayTo, ReplyTo, ShardId, WriteTarget, Written};
+use crate::persist::{Joined, Op, Read};
+use crate::protocol::Name;
+use crate::protocol::encode::{self, Target};
 use crate::store::{Append, Stream, StreamInfo};
 use crate::ws;
 
@@ -80,7 +78,19 @@ impl Shard {
                 ack,
                 since,
                 epoch: _,
-            } => self.register_join(room, &user, conn, jgen, id, ack, since),
+            } => {
+                let joined = Joined {
+                    room,
+                    conn,
+                    jgen,
+                    id,
+                    ack,
+                    since,
+                    epoch: None,
+                    lost: false,
+                };
+                self.register_join(&user, joined)
+            }
             EngineMsg::Leave { room, user, conn } => {
                 let event = self.home.rooms.leave(&room, &user, conn.shard());
                 if let (true, Some(event)) = (self.config.presence_events, event) {
@@ -213,52 +223,16 @@ impl Shard {
 
     /// Registers a join and answers it with its seq. A join with `since` behind that seq is
     /// answered `replay`, and the writer then sends the ack and the messages in (since, seq].
-    #[allow(clippy::too_many_arguments)]
-    fn register_join(
-        &mut self,
-        room: Name,
-        user: &Name,
-        conn: ConnId,
-        jgen: JoinGen,
-        id: Option<ReqId>,
-        ack: bool,
-        since: Option<u64>,
-    ) {
-        let (seq, event) = self.home.rooms.join(&room, user, conn.shard());
+    fn register_join(&mut self, user: &Name, joined: Joined) {
+        let (room, conn) = (&joined.room, joined.conn);
+        let (seq, event) = self.home.rooms.join(room, user, conn.shard());
         if let (true, Some(event)) = (self.config.presence_events, event) {
             self.spread(Stream::Room(room.clone()), None, event, None);
         }
-        let replay = since.is_some_and(|since| since < seq);
-        let ack = (ack && !replay).then(|| match since {
-            Some(since) => {
-                let recovery = Recovery {
-                    recovered: since == seq,
-                    ..Recovery::default()
-                };
-                encode::join_ack(id.as_ref(), &room, seq, recovery)
-            }
-            None => encode::ack(id.as_ref(), Target::Room(&room), Some(seq)),
-        });
-        let done = NodeMsg::JoinDone {
-            room: room.clone(),
-            conn,
-            jgen,
-            seq,
-            ack,
-            replay,
-        };
+        let (done, read) = joined.answer(seq);
         self.send(conn.shard(), done);
-        if let (true, Some(since)) = (replay, since) {
+        if let Some(read) = read {
             // Queued after every append of a message up to `seq`, so the writer reads them.
-            let read = Read::Join {
-                room,
-                to: ReplayTo::Conn { conn, jgen },
-                id,
-                since,
-                upto: seq,
-                epoch: None,
-                lost: false,
-            };
             self.queue_store_op(Op::Read(read));
         }
     }

@@ -47,18 +47,10 @@ impl Node {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn join(
-        self: Rc<Self>,
-        room: Name,
-        user: Name,
-        conn: ConnId,
-        jgen: JoinGen,
-        id: Option<ReqId>,
-        ack: bool,
-        since: Option<u64>,
-        epoch: Option<u64>,
-    ) {
+    /// A join: the presence entry and the room's seq and epoch from Redis, then the answer
+    /// (`Joined::answer`). `epoch` is the client's, for its `since`.
+    pub(super) async fn join(self: Rc<Self>, user: Name, mut joined: Joined, epoch: Option<u64>) {
+        let (room, conn, jgen) = (joined.room.clone(), joined.conn, joined.jgen);
         let stream = Stream::Room(room.clone());
         self.subscribed(stream.clone()).await;
         let current = |me: &Self| {
@@ -113,42 +105,12 @@ impl Node {
         if let Some(shards) = lost_here {
             self.lost(&shards, &stream);
         }
-        // A `since` from another epoch is history this room no longer has: replay all of it.
-        let lost = epoch.is_some_and(|e| e != now_epoch);
-        let since = if lost { Some(0) } else { since };
-        let replay = since.is_some_and(|s| s < seq);
-        let ack = (ack && !replay).then(|| {
-            let frame = match since {
-                Some(since) => {
-                    let recovery = Recovery {
-                        recovered: since == seq && !lost,
-                        ..Recovery::default()
-                    };
-                    encode::join_ack(id.as_ref(), &room, seq, recovery)
-                }
-                None => encode::ack(id.as_ref(), To::Room(&room), Some(seq)),
-            };
-            encode::with_epoch(&frame, now_epoch)
-        });
-        let done = NodeMsg::JoinDone {
-            room: room.clone(),
-            conn,
-            jgen,
-            seq,
-            ack,
-            replay,
-        };
+        // A `since` from another epoch is history this room no longer has.
+        joined.lost = epoch.is_some_and(|e| e != now_epoch);
+        joined.epoch = Some(now_epoch);
+        let (done, read) = joined.answer(seq);
         self.send(conn.shard(), done);
-        if let (true, Some(since)) = (replay, since) {
-            let read = Read::Join {
-                room: room.clone(),
-                to: ReplayTo::Conn { conn, jgen },
-                id,
-                since,
-                upto: seq,
-                epoch: Some(now_epoch),
-                lost,
-            };
+        if let Some(read) = read {
             self.persist.send(vec![Op::Read(read)]);
         }
         self.join_ended(&room, Some((conn.shard(), seq)));
