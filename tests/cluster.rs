@@ -415,7 +415,15 @@ async fn nodes_reach_redis_with_a_password_over_tcp_and_a_unix_socket() {
 /// A node on `url` that must stop at start, naming the Redis (password masked); returns what
 /// it printed.
 async fn node_refused_by_redis(url: &str) -> String {
-    let mut node = BinaryServer::spawn(&["--engine", "redis", "--redis-url", url]);
+    let args = [
+        "--engine",
+        "redis",
+        "--redis-url",
+        url,
+        "--bind",
+        "127.0.0.1:0",
+    ];
+    let mut node = BinaryServer::spawn(&args);
     let status = node.wait_exit(Duration::from_secs(15)).await;
     node.finish_output().await;
     let out = node.output();
@@ -442,4 +450,38 @@ async fn nodes_reach_redis_over_tls_with_a_private_ca() {
 
     // Without the CA, the public web roots do not vouch for this Redis: the node stops.
     node_refused_by_redis(&redis.tls_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_without_an_id_get_distinct_ones_from_redis() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let args = [
+            "--engine",
+            "redis",
+            "--redis-url",
+            &url,
+            "--bind",
+            "127.0.0.1:0",
+        ];
+        nodes.push(BinaryServer::spawn(&args));
+    }
+    let mut ids = Vec::new();
+    let mut addrs = Vec::new();
+    for node in &mut nodes {
+        let addr = node.listening_addr().await;
+        let reply = Http::connect(addr).await.get("/api/stats", &[]).await;
+        let stats: Value = serde_json::from_str(&reply.body).unwrap();
+        ids.push(stats["cluster"]["node"].clone());
+        addrs.push(addr);
+    }
+    assert!(ids.iter().all(Value::is_u64), "{ids:?}");
+    assert_ne!(ids[0], ids[1], "two nodes got the same id");
+    // And they work together.
+    let mut a = dev(addrs[0], "a").await;
+    let mut b = dev(addrs[1], "b").await;
+    assert_eq!(a.dm("b", json!("hi")).await, 1);
+    assert_dm(&b.recv_json().await, "b", "a", &json!("hi"));
 }
