@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, publish_everywhere, read_room, read_until};
+use common::cluster::{Cluster, metric_sum, publish_everywhere, read_room, read_until};
 use common::redis::RedisServer;
 use common::*;
 use serde_json::{Value, json};
@@ -336,9 +336,15 @@ async fn the_server_api_works_on_any_node() {
     }
 
     let metrics = cluster.metrics(1).await;
+    let round_trips = metric_sum(&metrics, "shardcast_redis_round_trips_total");
     assert!(
-        metrics.lines().any(|l| l.starts_with("shardcast_redis_")),
-        "node 1's /metrics has no shardcast_redis_ series:\n{metrics}"
+        round_trips > 0.0,
+        "node 1 counts no Redis round trip:\n{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "shardcast_redis_errors_total"),
+        0.0,
+        "Redis errors with Redis up:\n{metrics}"
     );
 
     // disconnect on node 1 closes a's connections on nodes 0 and 2 (node 1 holds none).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, read_room, read_until};
+use common::cluster::{Cluster, metric_sum, read_room, read_until};
 use common::proxy::Proxy;
 use common::redis::RedisServer;
 use common::*;
@@ -157,11 +157,7 @@ async fn subscription_fault(redis: &RedisServer, cluster: &Cluster, fault: impl 
     assert_room_msgs(&b.recv_n(1).await, "r", "a", 61..=61);
     b.assert_silent(Duration::from_millis(300)).await;
     let metrics = cluster.metrics(1).await;
-    let reconnects: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("shardcast_redis_pubsub_reconnects_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let reconnects = metric_sum(&metrics, "shardcast_redis_pubsub_reconnects_total");
     assert!(
         reconnects >= 1.0,
         "node 1 counts no pub/sub reconnect in /metrics:\n{metrics}\nredis:\n{}",
