@@ -285,20 +285,38 @@ async fn redis_down_refuses_writes_and_with_aof_loses_no_acknowledged_message() 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_restarted_without_persistence_gives_rooms_a_new_epoch() {
     let mut redis = RedisServer::start().await;
-    let cluster = Cluster::start(3, &redis.url(), &SHORT_REDIS_TIMEOUT).await;
+    // Node 0 reaches Redis through a proxy, which keeps it away until the room's new epoch has
+    // messages; nodes 1 and 2 come back at once.
+    let proxy = Proxy::start(redis.addr()).await;
+    let (via_proxy, direct) = (format!("redis://{}", proxy.addr()), redis.url());
+    let urls = [via_proxy.as_str(), &direct, &direct];
+    let cluster = Cluster::start_with_urls(&urls, &SHORT_REDIS_TIMEOUT).await;
+    // a (node 0) and e (node 1) stay in the room through the loss.
     let mut a = dev(cluster.addr(0), "a").await;
+    let mut e = dev(cluster.addr(1), "e").await;
     let ack = a.call(json!({"type": "join", "room": "r"})).await;
     let old = ack["epoch"]
         .as_u64()
         .unwrap_or_else(|| panic!("no epoch: {ack}"));
+    assert_eq!(e.join("r").await, 0);
     publish_numbered(&mut a, "r", 1..=5).await;
+    assert_room_msgs(&e.recv_n(5).await, "r", "a", 1..=5);
 
     // A clean restart (SIGTERM), but nothing is saved: the data is gone all the same.
+    proxy.refuse(true);
     redis.stop().await;
     redis.restart().await;
-    cluster.wait_ready(200, Duration::from_secs(15)).await;
+    eventually(
+        RECOVERY,
+        "node 1 subscribed to the room again",
+        async || {
+            let numsub = redis.cli(&["PUBSUB", "NUMSUB", "sc:{r:r}"]).await;
+            (numsub.lines().last() == Some("1")).then_some(())
+        },
+    )
+    .await;
     // The room starts over; 6 messages take it past seq 5 again. A node that has not yet
-    // noticed the restart may refuse a publish (`unavailable`, not stored): retried.
+    // noticed the restart may refuse a publish (`unavailable`): retried.
     let mut last = 0;
     for n in 0..6 {
         last = eventually(RECOVERY, "an API publish after the restart", async || {
@@ -317,8 +335,12 @@ async fn redis_restarted_without_persistence_gives_rooms_a_new_epoch() {
     }
     assert!(last >= 5, "seq {last} after 6 publishes into a lost room");
 
-    // a, connected through the loss, is closed to recover rather than mix two histories.
+    // Connections that lived through the loss are closed to recover rather than mix two
+    // histories: e's node sees the new epoch live, a's node once it reaches Redis again.
+    e.expect_close_within(1011, RECOVERY).await;
+    proxy.refuse(false);
     a.expect_close_within(1011, RECOVERY).await;
+
     // A client that saw seq 5 of the old epoch must learn it cannot recover.
     // (A node that has not yet noticed the restart may refuse a connection with 503.)
     let mut b = retry_dev(cluster.addr(1), "b", RECOVERY).await.unwrap();
@@ -329,8 +351,8 @@ async fn redis_restarted_without_persistence_gives_rooms_a_new_epoch() {
         .as_u64()
         .unwrap_or_else(|| panic!("no epoch: {ack}"));
     assert_ne!(new, old, "{ack}");
-    // With the current epoch, the same since recovers.
-    let mut c = retry_dev(cluster.addr(2), "c", RECOVERY).await.unwrap();
+    // With the current epoch, the same since recovers, on node 0 too.
+    let mut c = retry_dev(cluster.addr(0), "c", RECOVERY).await.unwrap();
     let join = json!({"type": "join", "room": "r", "since": 5, "epoch": new});
     let ack = c.call(join).await;
     assert_recovery(&ack, last, true, last - 5, false);
