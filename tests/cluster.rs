@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, publish_everywhere, read_room, read_until};
+use common::cluster::{Cluster, metric_sum, publish_everywhere, read_room, read_until};
 use common::redis::RedisServer;
 use common::*;
 use serde_json::{Value, json};
@@ -336,9 +336,15 @@ async fn the_server_api_works_on_any_node() {
     }
 
     let metrics = cluster.metrics(1).await;
+    let round_trips = metric_sum(&metrics, "shardcast_redis_round_trips_total");
     assert!(
-        metrics.lines().any(|l| l.starts_with("shardcast_redis_")),
-        "node 1's /metrics has no shardcast_redis_ series:\n{metrics}"
+        round_trips > 0.0,
+        "node 1 counts no Redis round trip:\n{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "shardcast_redis_errors_total"),
+        0.0,
+        "Redis errors with Redis up:\n{metrics}"
     );
 
     // disconnect on node 1 closes a's connections on nodes 0 and 2 (node 1 holds none): the
@@ -416,7 +422,15 @@ async fn nodes_reach_redis_with_a_password_over_tcp_and_a_unix_socket() {
 /// A node on `url` that must stop at start, naming the Redis (password masked); returns what
 /// it printed.
 async fn node_refused_by_redis(url: &str) -> String {
-    let mut node = BinaryServer::spawn(&["--engine", "redis", "--redis-url", url]);
+    let args = [
+        "--engine",
+        "redis",
+        "--redis-url",
+        url,
+        "--bind",
+        "127.0.0.1:0",
+    ];
+    let mut node = BinaryServer::spawn(&args);
     let status = node.wait_exit(Duration::from_secs(15)).await;
     node.finish_output().await;
     let out = node.output();
@@ -443,4 +457,38 @@ async fn nodes_reach_redis_over_tls_with_a_private_ca() {
 
     // Without the CA, the public web roots do not vouch for this Redis: the node stops.
     node_refused_by_redis(&redis.tls_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_without_an_id_get_distinct_ones_from_redis() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let args = [
+            "--engine",
+            "redis",
+            "--redis-url",
+            &url,
+            "--bind",
+            "127.0.0.1:0",
+        ];
+        nodes.push(BinaryServer::spawn(&args));
+    }
+    let mut ids = Vec::new();
+    let mut addrs = Vec::new();
+    for node in &mut nodes {
+        let addr = node.listening_addr().await;
+        let reply = Http::connect(addr).await.get("/api/stats", &[]).await;
+        let stats: Value = serde_json::from_str(&reply.body).unwrap();
+        ids.push(stats["cluster"]["node"].clone());
+        addrs.push(addr);
+    }
+    assert!(ids.iter().all(Value::is_u64), "{ids:?}");
+    assert_ne!(ids[0], ids[1], "two nodes got the same id");
+    // And they work together.
+    let mut a = dev(addrs[0], "a").await;
+    let mut b = dev(addrs[1], "b").await;
+    assert_eq!(a.dm("b", json!("hi")).await, 1);
+    assert_dm(&b.recv_json().await, "b", "a", &json!("hi"));
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, read_room, read_until};
+use common::cluster::{Cluster, metric_sum, read_room, read_until};
 use common::proxy::Proxy;
 use common::redis::RedisServer;
 use common::*;
@@ -69,7 +69,8 @@ async fn wait_count(sent: &AtomicU64, at_least: u64) {
 async fn a_node_killed_mid_traffic_loses_its_clients_to_other_nodes_without_a_gap() {
     const TTL: u64 = 3;
     let redis = RedisServer::start().await;
-    let mut cluster = Cluster::start(3, &redis.url(), &["--presence-ttl-secs", "3"]).await;
+    let ttl = TTL.to_string();
+    let mut cluster = Cluster::start(3, &redis.url(), &["--presence-ttl-secs", &ttl]).await;
     let mut a = dev(cluster.addr(0), "a").await;
     let mut b = dev(cluster.addr(1), "b").await;
     let mut c = dev(cluster.addr(2), "c").await;
@@ -156,11 +157,7 @@ async fn subscription_fault(redis: &RedisServer, cluster: &Cluster, fault: impl 
     assert_room_msgs(&b.recv_n(1).await, "r", "a", 61..=61);
     b.assert_silent(Duration::from_millis(300)).await;
     let metrics = cluster.metrics(1).await;
-    let reconnects: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("shardcast_redis_") && l.contains("reconnect"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let reconnects = metric_sum(&metrics, "shardcast_redis_pubsub_reconnects_total");
     assert!(
         reconnects >= 1.0,
         "node 1 counts no pub/sub reconnect in /metrics:\n{metrics}\nredis:\n{}",
@@ -200,7 +197,12 @@ async fn a_silent_subscription_connection_is_noticed_and_replaced_without_a_gap(
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_down_refuses_writes_and_with_aof_loses_no_acknowledged_message() {
     let mut redis = RedisServer::start_aof().await;
-    let cluster = Cluster::start(3, &redis.url(), &SHORT_REDIS_TIMEOUT).await;
+    // Node 1 reaches Redis through a proxy, which keeps it away until after Redis is back and
+    // has a new message: b's node must then fill the gap from the log.
+    let proxy = Proxy::start(redis.addr()).await;
+    let (via_proxy, direct) = (format!("redis://{}", proxy.addr()), redis.url());
+    let urls = [direct.as_str(), &via_proxy, &direct];
+    let cluster = Cluster::start_with_urls(&urls, &SHORT_REDIS_TIMEOUT).await;
     let mut a = dev(cluster.addr(0), "a").await;
     let mut b = dev(cluster.addr(1), "b").await;
     join_all(&mut [&mut a, &mut b], "r").await;
@@ -225,6 +227,7 @@ async fn redis_down_refuses_writes_and_with_aof_loses_no_acknowledged_message() 
         unreachable!()
     });
     wait_count(&acked, 20).await;
+    proxy.refuse(true);
     redis.kill_9().await;
     let (mut a, acks) = publisher.await.expect("publisher");
     // b got every acked message live before the kill.
@@ -250,9 +253,8 @@ async fn redis_down_refuses_writes_and_with_aof_loses_no_acknowledged_message() 
     assert_eq!(pong["type"], "pong");
     b_got.extend(more); // a message stored as Redis died, if any
 
-    // Back, with no node restarted: ready again, and writes work.
+    // Back, with no node restarted: writes work, and every node is ready again.
     redis.restart().await;
-    cluster.wait_ready(200, Duration::from_secs(15)).await;
     let after = eventually(Duration::from_secs(10), "a publish acked", async || {
         let publish = json!({"type": "publish", "room": "r", "body": "after"});
         let (_, reply) = a.request(publish).await;
@@ -263,6 +265,8 @@ async fn redis_down_refuses_writes_and_with_aof_loses_no_acknowledged_message() 
         .request(json!({"type": "send", "to": "b", "body": 2}))
         .await;
     assert_eq!(reply["type"], "ack", "{reply}");
+    proxy.refuse(false);
+    cluster.wait_ready(200, Duration::from_secs(15)).await;
 
     // Every acknowledged message survived the kill -9, at its seq, in one gapless stream
     // that b received whole.
@@ -288,20 +292,38 @@ async fn redis_down_refuses_writes_and_with_aof_loses_no_acknowledged_message() 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_restarted_without_persistence_gives_rooms_a_new_epoch() {
     let mut redis = RedisServer::start().await;
-    let cluster = Cluster::start(3, &redis.url(), &SHORT_REDIS_TIMEOUT).await;
+    // Node 0 reaches Redis through a proxy, which keeps it away until the room's new epoch has
+    // messages; nodes 1 and 2 come back at once.
+    let proxy = Proxy::start(redis.addr()).await;
+    let (via_proxy, direct) = (format!("redis://{}", proxy.addr()), redis.url());
+    let urls = [via_proxy.as_str(), &direct, &direct];
+    let cluster = Cluster::start_with_urls(&urls, &SHORT_REDIS_TIMEOUT).await;
+    // a (node 0) and e (node 1) stay in the room through the loss.
     let mut a = dev(cluster.addr(0), "a").await;
+    let mut e = dev(cluster.addr(1), "e").await;
     let ack = a.call(json!({"type": "join", "room": "r"})).await;
     let old = ack["epoch"]
         .as_u64()
         .unwrap_or_else(|| panic!("no epoch: {ack}"));
+    assert_eq!(e.join("r").await, 0);
     publish_numbered(&mut a, "r", 1..=5).await;
+    assert_room_msgs(&e.recv_n(5).await, "r", "a", 1..=5);
 
     // A clean restart (SIGTERM), but nothing is saved: the data is gone all the same.
+    proxy.refuse(true);
     redis.stop().await;
     redis.restart().await;
-    cluster.wait_ready(200, Duration::from_secs(15)).await;
+    eventually(
+        RECOVERY,
+        "node 1 subscribed to the room again",
+        async || {
+            let numsub = redis.cli(&["PUBSUB", "NUMSUB", "sc:{r:r}"]).await;
+            (numsub.lines().last() == Some("1")).then_some(())
+        },
+    )
+    .await;
     // The room starts over; 6 messages take it past seq 5 again. A node that has not yet
-    // noticed the restart may refuse a publish (`unavailable`, not stored): retried.
+    // noticed the restart may refuse a publish (`unavailable`): retried.
     let mut last = 0;
     for n in 0..6 {
         last = eventually(RECOVERY, "an API publish after the restart", async || {
@@ -320,8 +342,12 @@ async fn redis_restarted_without_persistence_gives_rooms_a_new_epoch() {
     }
     assert!(last >= 5, "seq {last} after 6 publishes into a lost room");
 
-    // a, connected through the loss, is closed to recover rather than mix two histories.
+    // Connections that lived through the loss are closed to recover rather than mix two
+    // histories: e's node sees the new epoch live, a's node once it reaches Redis again.
+    e.expect_close_within(1011, RECOVERY).await;
+    proxy.refuse(false);
     a.expect_close_within(1011, RECOVERY).await;
+
     // A client that saw seq 5 of the old epoch must learn it cannot recover.
     // (A node that has not yet noticed the restart may refuse a connection with 503.)
     let mut b = retry_dev(cluster.addr(1), "b", RECOVERY).await.unwrap();
@@ -332,8 +358,8 @@ async fn redis_restarted_without_persistence_gives_rooms_a_new_epoch() {
         .as_u64()
         .unwrap_or_else(|| panic!("no epoch: {ack}"));
     assert_ne!(new, old, "{ack}");
-    // With the current epoch, the same since recovers.
-    let mut c = retry_dev(cluster.addr(2), "c", RECOVERY).await.unwrap();
+    // With the current epoch, the same since recovers, on node 0 too.
+    let mut c = retry_dev(cluster.addr(0), "c", RECOVERY).await.unwrap();
     let join = json!({"type": "join", "room": "r", "since": 5, "epoch": new});
     let ack = c.call(join).await;
     assert_recovery(&ack, last, true, last - 5, false);
@@ -341,8 +367,10 @@ async fn redis_restarted_without_persistence_gives_rooms_a_new_epoch() {
 
 /// Node 0's command connection (through a proxy) is broken by `fault` between two publishes
 /// of `a`. Publishes are refused (`unavailable`) until the node has a new connection, then
-/// acked; a refused one is neither stored nor delivered: b gets 1..=3 and the acked one.
-async fn command_connection_fault(fault: impl FnOnce(&Proxy, u16), refused_first: bool) {
+/// acked. The proxy forwarded none of the refused ones, so none may show up (even one that
+/// timed out, which in general "may still have been stored"): b gets 1..=3 and the acked one.
+/// `timed_out_first`: the first publish after the fault must time out.
+async fn command_connection_fault(fault: impl FnOnce(&Proxy, u16), timed_out_first: bool) {
     let redis = RedisServer::start().await;
     let proxy = Proxy::start(redis.addr()).await;
     let url = format!("redis://{}", proxy.addr());
@@ -363,8 +391,15 @@ async fn command_connection_fault(fault: impl FnOnce(&Proxy, u16), refused_first
         let body = json!({"attempt": attempt});
         let publish = json!({"type": "publish", "room": "r", "body": body});
         let (_, reply) = a.request(publish).await;
-        if reply["type"] == "error" || (refused_first && attempt == 1) {
+        if reply["type"] == "error" || (timed_out_first && attempt == 1) {
             assert_error(&reply, "unavailable", Some(&reply["id"]));
+        }
+        if timed_out_first && attempt == 1 {
+            let says = reply["message"].as_str().unwrap();
+            assert!(
+                says.contains("may"),
+                "a timeout must say the message may be stored: {reply}"
+            );
         }
         Some((reply["seq"].as_u64()?, body))
     })

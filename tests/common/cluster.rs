@@ -179,6 +179,18 @@ impl Drop for Cluster {
     }
 }
 
+/// The sum of the samples of metric `name` (every label set) in a `/metrics` text.
+pub fn metric_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The body of message `n` published by `by`.
 fn body_of(by: &str, n: u64) -> Value {
     json!({"by": by, "n": n})
