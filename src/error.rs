@@ -140,6 +140,9 @@ pub enum HandshakeError {
     ConnectionLimit(u32),
     #[error("server is shutting down; retry shortly")]
     Unavailable,
+    /// Cluster mode: Redis did not answer the admission.
+    #[error("the server cannot reach Redis; retry shortly")]
+    RedisUnreachable,
 }
 
 impl HandshakeError {
@@ -155,7 +158,7 @@ impl HandshakeError {
             HandshakeError::NotFound => 404,
             HandshakeError::SessionExists => 409,
             HandshakeError::ConnectionLimit(_) => 429,
-            HandshakeError::Unavailable => 503,
+            HandshakeError::Unavailable | HandshakeError::RedisUnreachable => 503,
         }
     }
 
@@ -168,7 +171,7 @@ impl HandshakeError {
             HandshakeError::NotFound => "not_found",
             HandshakeError::SessionExists => "session_exists",
             HandshakeError::ConnectionLimit(_) => "connection_limit",
-            HandshakeError::Unavailable => "unavailable",
+            HandshakeError::Unavailable | HandshakeError::RedisUnreachable => "unavailable",
         }
     }
 }

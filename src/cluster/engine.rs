@@ -86,6 +86,7 @@ struct Scripts {
     cursor: Script,
     sessions: Script,
     unregister: Script,
+    tail: Script,
 }
 
 /// Each script with the shared functions (`lua/common.lua`) in front.
@@ -105,8 +106,9 @@ const ONLINE: &str = lua!("lua/online.lua");
 const CURSOR: &str = lua!("lua/cursor.lua");
 const SESSIONS: &str = lua!("lua/sessions.lua");
 const UNREGISTER: &str = lua!("lua/unregister.lua");
-const ALL: [&str; 10] = [
-    PUBLISH, JOIN, LEAVE, REFRESH, PRESENCE, REGISTER, ONLINE, CURSOR, SESSIONS, UNREGISTER,
+const TAIL: &str = lua!("lua/tail.lua");
+const ALL: [&str; 11] = [
+    PUBLISH, JOIN, LEAVE, REFRESH, PRESENCE, REGISTER, ONLINE, CURSOR, SESSIONS, UNREGISTER, TAIL,
 ];
 
 impl Scripts {
@@ -122,6 +124,7 @@ impl Scripts {
             cursor: Script::new(CURSOR),
             sessions: Script::new(SESSIONS),
             unregister: Script::new(UNREGISTER),
+            tail: Script::new(TAIL),
         }
     }
 }

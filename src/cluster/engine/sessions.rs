@@ -66,7 +66,7 @@ impl Node {
                 self.config.max_connections_per_user,
             )),
             Some([-2]) => Err(HandshakeError::SessionExists),
-            _ => Err(HandshakeError::Unavailable),
+            _ => Err(HandshakeError::RedisUnreachable),
         };
         if verdict.is_err() {
             self.remove_session(&user, conn);

@@ -145,30 +145,77 @@ impl Node {
         };
         for (stream, last) in streams {
             let me = self.clone();
-            self.spawn(async move {
-                let mut cmd = redis::cmd("XRANGE");
-                cmd.arg(me.keys.log(&stream))
-                    .arg(format!("{}-0", last + 1))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(me.config.replay_limit);
-                let Some(entries) = me.query::<Value>(cmd).await else {
-                    return;
-                };
-                for (seq, json) in log_entries(entries) {
-                    me.counters.gap_fills.fetch_add(1, Relaxed);
-                    me.hand_on(
-                        &stream,
-                        Wire::Message {
-                            seq,
-                            exclude: None,
-                            epoch: None,
-                            json,
-                        },
-                    );
-                }
-            });
+            self.spawn(async move { me.fill(stream, last).await });
         }
+    }
+
+    /// Reads what the stream had after `last` and hands it on; a stream that began a new epoch
+    /// meanwhile has its receivers closed instead. Retried (the command connection may be
+    /// reconnecting too) while the stream still has receivers here.
+    async fn fill(self: Rc<Self>, stream: Stream, last: u64) {
+        let mut wait = Duration::from_millis(100);
+        let (epoch, entries) = loop {
+            let mut inv = self.scripts.tail.prepare_invoke();
+            inv.key(self.keys.meta(&stream))
+                .key(self.keys.log(&stream))
+                .arg(last)
+                .arg(self.config.replay_limit);
+            if let Some(tail) = self.script::<(u64, Value)>(&inv).await {
+                break tail;
+            }
+            if wait > BACKOFF_MAX || !self.serves(&stream) {
+                tracing::error!(?stream, "could not read what the subscription missed");
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+        };
+        if self.epoch_changed(&stream, epoch) {
+            return;
+        }
+        for (seq, json) in log_entries(entries) {
+            self.counters.gap_fills.fetch_add(1, Relaxed);
+            let wire = Wire::Message {
+                seq,
+                exclude: None,
+                epoch: None,
+                json,
+            };
+            self.hand_on(&stream, wire);
+        }
+    }
+
+    /// Whether this node still has receivers of the stream.
+    fn serves(&self, stream: &Stream) -> bool {
+        let st = self.state.borrow();
+        match stream {
+            Stream::Room(r) => st.rooms.contains_key(r),
+            Stream::Inbox(u) => st.users.contains_key(u),
+        }
+    }
+
+    /// Records the stream's epoch as Redis has it now (0: its meta is gone); a change closes
+    /// the stream's local receivers (`lost`).
+    fn epoch_changed(&self, stream: &Stream, epoch: u64) -> bool {
+        let mut st = self.state.borrow_mut();
+        let (known, last, shards) = match stream {
+            Stream::Room(r) => match st.rooms.get_mut(r) {
+                Some(r) => (&mut r.epoch, &mut r.last, r.shards.clone()),
+                None => return false,
+            },
+            Stream::Inbox(u) => match st.users.get_mut(u) {
+                Some(u) => (&mut u.epoch, &mut u.last, u.shards.clone()),
+                None => return false,
+            },
+        };
+        let changed = *known != 0 && *known != epoch;
+        if changed {
+            // Its receivers start again from their joins and connects.
+            (*known, *last) = (epoch, None);
+            drop(st);
+            self.lost(&shards, stream);
+        }
+        changed
     }
 
     pub(super) fn heartbeat(self: &Rc<Self>) {
