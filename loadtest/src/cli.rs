@@ -231,7 +231,7 @@ pub struct CommonArgs {
     #[arg(long)]
     pub spawn_server: bool,
     /// Start a cluster: a redis-server on a free port in a temp dir, and N server nodes
-    /// (`--engine redis --node-id 0..N`), each on its own free port; stop them all at the end.
+    /// (`--engine redis`, node ids 0 to N-1), each on its own free port; stop them all at the end.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub spawn_cluster: Option<u16>,
     /// With --spawn-server/--spawn-cluster: the server binary. Default: `shardcast` next to this
@@ -253,7 +253,7 @@ pub struct CommonArgs {
     /// the window's edges for its CPU, commands and memory per publish.
     #[arg(long, conflicts_with_all = ["spawn_server", "spawn_cluster"])]
     pub redis_url: Option<String>,
-    /// With --spawn-cluster: the redis-server binary (default: `redis-server` on PATH).
+    /// With --spawn-cluster: the redis-server binary (a bare name is looked up on PATH).
     #[arg(long, default_value = "redis-server")]
     pub redis_bin: PathBuf,
     /// With --spawn-cluster: pin redis-server to these CPUs (taskset syntax).

@@ -36,7 +36,7 @@ const BOT_SET_FLAGS: &[(&str, &str)] = &[
         "--redis-url",
         "--spawn-cluster starts its own Redis; for another, give --url",
     ),
-    ("--node-id", "--spawn-cluster numbers its nodes 0..N"),
+    ("--node-id", "--spawn-cluster numbers its nodes 0 to N-1"),
 ];
 
 /// A spawned node's place in a cluster.
