@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -82,8 +82,7 @@ impl RedisSample {
 }
 
 impl RedisProbe {
-    /// Parses `redis://[[user]:password@]host:port[/db]`. Only loopback hosts are accepted, like
-    /// the bot's `--url`.
+    /// Parses `redis://[[user]:password@]host:port[/db]` (loopback hosts only).
     pub fn parse(url: &str) -> anyhow::Result<RedisProbe> {
         let rest = url
             .strip_prefix("redis://")
@@ -96,23 +95,8 @@ impl RedisProbe {
             }
             None => (None, rest),
         };
-        let (host, port) = hostport
-            .rsplit_once(':')
-            .ok_or_else(|| anyhow!("--redis-url needs an explicit port (got {url:?})"))?;
-        let port: u16 = port
-            .parse()
-            .with_context(|| format!("bad port in --redis-url {url:?}"))?;
-        let ip: Ipv4Addr = if host == "localhost" {
-            Ipv4Addr::LOCALHOST
-        } else {
-            host.parse()
-                .with_context(|| format!("--redis-url host must be an IPv4 address: {host:?}"))?
-        };
-        if !ip.is_loopback() {
-            bail!("--redis-url host {ip} is not loopback: the bot only reads 127.0.0.0/8");
-        }
         Ok(RedisProbe {
-            addr: SocketAddr::V4(SocketAddrV4::new(ip, port)),
+            addr: crate::client::loopback_addr(hostport, "--redis-url", url)?,
             password,
         })
     }
