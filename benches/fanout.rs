@@ -54,6 +54,7 @@ fn fanout(c: &mut Criterion) {
             Persist::discarding(),
             Vec::new(),
             shardcast::auth::Authenticator::new(&Config::default()).expect("dev mode"),
+            None,
         );
         let conns: Vec<_> = (0..=members)
             .map(|i| {

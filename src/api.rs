@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
+use crate::cluster::Req;
 use crate::config::Config;
 use crate::error::{ErrorCode, ReplyError};
 use crate::http::{json, json_error};
@@ -229,12 +230,14 @@ async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
         }
         Call::Broadcast { from, body } => {
             let frame = encode::broadcast(&from, crate::shard::now_ms(), &body);
+            let json = crate::ws::payload_of(&frame);
             let n = ask_all(ctx, |reply| LocalMsg::Broadcast {
                 frame: frame.clone(),
                 reply,
             })
             .await?;
-            Ok(Bytes::from(format!("{{\"connections\":{n}}}")))
+            let nodes = ask_nodes(ctx, |reply| Req::Broadcast { json, reply }).await?;
+            Ok(counted(n, nodes))
         }
         Call::Disconnect { user, reason } => {
             let n = ask_all(ctx, |reply| LocalMsg::Kick {
@@ -243,7 +246,13 @@ async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
                 reply,
             })
             .await?;
-            Ok(Bytes::from(format!("{{\"connections\":{n}}}")))
+            let nodes = ask_nodes(ctx, |reply| Req::Kick {
+                user,
+                reason: reason.unwrap_or_default(),
+                reply,
+            })
+            .await?;
+            Ok(counted(n, nodes))
         }
         Call::Presence(room) => ask_engine(ctx, |reply| EngineMsg::Presence { room, reply }).await,
         Call::History {
@@ -264,7 +273,18 @@ async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
             ask(ctx, submit, rx).await?.map_err(ApiError::from)
         }
         Call::User(user) => ask_engine(ctx, |reply| EngineMsg::UserInfo { user, reply }).await,
-        Call::Stats => Ok(crate::metrics::stats_json(ctx).await),
+        Call::Stats => {
+            let mine = crate::metrics::stats_json(ctx).await;
+            let Some(cluster) = ctx.with(|s| s.cluster().cloned()).flatten() else {
+                return Ok(mine);
+            };
+            let (reply, rx) = oneshot::channel();
+            cluster.send(Req::Totals { reply });
+            let mut body: serde_json::Value =
+                serde_json::from_slice(&mine).map_err(|_| ApiError::unavailable())?;
+            body["cluster"] = rx.await.ok().flatten().ok_or_else(redis_unavailable)?;
+            Ok(body.to_string().into())
+        }
     }
 }
 
@@ -362,6 +382,40 @@ async fn ask_engine(ctx: &Ctx, msg: impl FnOnce(ReplyTo) -> EngineMsg) -> Result
 }
 
 /// Sends `make(reply)` to every shard and adds up their answers.
+/// Asks the other nodes through the Redis engine (cluster mode): how many nodes got the
+/// request, or `None` on a single node.
+async fn ask_nodes(
+    ctx: &Ctx,
+    make: impl FnOnce(oneshot::Sender<Option<u64>>) -> Req,
+) -> Result<Option<u64>, ApiError> {
+    let Some(cluster) = ctx.with(|s| s.cluster().cloned()).flatten() else {
+        return Ok(None);
+    };
+    let (reply, rx) = oneshot::channel();
+    cluster.send(make(reply));
+    match rx.await {
+        Ok(Some(nodes)) => Ok(Some(nodes)),
+        _ => Err(redis_unavailable()),
+    }
+}
+
+fn redis_unavailable() -> ApiError {
+    ApiError::new(
+        503,
+        "unavailable",
+        "Redis is unreachable: done on this node only; retry shortly",
+    )
+}
+
+/// `{"connections":N}`, with `"nodes"` in cluster mode.
+fn counted(connections: usize, nodes: Option<u64>) -> Bytes {
+    match nodes {
+        Some(nodes) => format!("{{\"connections\":{connections},\"nodes\":{nodes}}}"),
+        None => format!("{{\"connections\":{connections}}}"),
+    }
+    .into()
+}
+
 async fn ask_all(
     ctx: &Ctx,
     make: impl Fn(oneshot::Sender<usize>) -> LocalMsg,

@@ -1,9 +1,10 @@
 //! Readiness: whether the server should be sent traffic (`GET /readyz`). Liveness is
 //! `GET /healthz`, which answers whenever a shard can run an HTTP handler.
 //!
-//! Owns three flags shared by every thread: shutdown has begun (set by `Server::shutdown`), the
-//! store writer's last write failed (set and cleared by the writer after each batch), and a
-//! shard caught a panic (set once, never cleared). They are written once per batch, per panic
+//! Owns four flags shared by every thread: shutdown has begun (set by `Server::shutdown`), the
+//! store writer's last write failed (set and cleared by the writer after each batch), Redis is
+//! unreachable (cluster mode; set and cleared by the Redis engine), and a shard caught a panic
+//! (set once, never cleared). They are written once per batch, per panic
 //! or per process, never per message, so atomics cost nothing on the message path. It must not
 //! hold any other state.
 
@@ -14,6 +15,7 @@ pub struct Health {
     shutting_down: AtomicBool,
     store_failed: AtomicBool,
     panicked: AtomicBool,
+    redis_down: AtomicBool,
 }
 
 impl Health {
@@ -32,12 +34,19 @@ impl Health {
         self.panicked.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the Redis engine's command connection is up (cluster mode).
+    pub fn redis_reachable(&self, up: bool) {
+        self.redis_down.store(!up, Ordering::Relaxed);
+    }
+
     /// `None` when ready; otherwise why not, for the 503's message.
     pub fn unready(&self) -> Option<&'static str> {
         if self.shutting_down.load(Ordering::Relaxed) {
             Some("server is shutting down; use another instance")
         } else if self.panicked.load(Ordering::Relaxed) {
             Some("a shard caught a panic and its state may be inconsistent; restart this instance")
+        } else if self.redis_down.load(Ordering::Relaxed) {
+            Some("Redis is unreachable; messages are refused until the node reconnects")
         } else if self.store_failed.load(Ordering::Relaxed) {
             Some("the message store's last write failed; messages are refused until one succeeds")
         } else {

@@ -33,6 +33,7 @@ pub mod accept;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod echo;

@@ -219,6 +219,8 @@ pub struct Snapshot {
     pub shards: Vec<ShardSnapshot>,
     pub writer: Option<WriterCounters>,
     pub process: Option<Process>,
+    /// The Redis engine's counters, in cluster mode.
+    pub redis: Option<std::sync::Arc<crate::cluster::RedisCounters>>,
 }
 
 /// Asks every shard and the writer for their counters and waits for the answers. A shard or
@@ -241,6 +243,9 @@ pub async fn gather(ctx: &Ctx) -> Snapshot {
         shards,
         writer: writer.await.ok(),
         process: process(),
+        redis: ctx
+            .with(|s| s.cluster().map(|c| c.counters.clone()))
+            .flatten(),
     }
 }
 
@@ -390,6 +395,39 @@ impl Snapshot {
             let name = "shardcast_store_write_failures_total";
             out.family(name, "counter", "Store batch writes that failed.");
             out.sample(name, &[], w.write_failures);
+        }
+        if let Some(r) = &self.redis {
+            use crate::cluster::RedisCounters as C;
+            for (name, help, value) in [
+                (
+                    "shardcast_redis_round_trips_total",
+                    "Redis commands and scripts answered.",
+                    C::get(&r.round_trips),
+                ),
+                (
+                    "shardcast_redis_errors_total",
+                    "Redis commands and scripts that failed (unreachable, timed out, error reply).",
+                    C::get(&r.errors),
+                ),
+                (
+                    "shardcast_redis_pubsub_reconnects_total",
+                    "Times the subscription connection was replaced (dropped or silent).",
+                    C::get(&r.pubsub_reconnects),
+                ),
+                (
+                    "shardcast_redis_gap_fills_total",
+                    "Messages read from Redis history after a subscription gap.",
+                    C::get(&r.gap_fills),
+                ),
+                (
+                    "shardcast_redis_received_total",
+                    "Messages received over Redis pub/sub.",
+                    C::get(&r.received),
+                ),
+            ] {
+                out.family(name, "counter", help);
+                out.sample(name, &[], value);
+            }
         }
         if let Some(p) = self.process {
             let name = "process_cpu_seconds_total";

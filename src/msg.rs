@@ -38,6 +38,13 @@ impl ConnId {
         debug_assert!((node as usize) < Self::MAX_NODES && shard < Self::MAX_SHARDS);
         ConnId(((node as u64) << 50) | ((shard as u64 & 0x3ff) << 40) | (local & ((1 << 40) - 1)))
     }
+    /// The id as one number (for Redis, where connections of every node meet).
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+    pub fn from_raw(raw: u64) -> ConnId {
+        ConnId(raw)
+    }
     pub fn node(self) -> NodeId {
         (self.0 >> 50) as NodeId
     }
@@ -135,6 +142,9 @@ pub enum EngineMsg {
         id: Option<ReqId>,
         ack: bool,
         since: Option<u64>,
+        /// The room's epoch the client saw `since` in (cluster mode); another one means that
+        /// history is gone.
+        epoch: Option<u64>,
     },
     /// A connection left the room.
     Leave {
@@ -236,6 +246,14 @@ pub enum NodeMsg {
         seq: u64,
         ack: Option<Bytes>,
         replay: bool,
+    },
+    /// The engine could not register the join (Redis unreachable): the client side answers
+    /// it with `error` and forgets it.
+    JoinFailed {
+        room: Name,
+        conn: ConnId,
+        jgen: JoinGen,
+        error: ReplyError,
     },
     /// Stored messages of `stream` in (after, upto], as WebSocket frames in one buffer (`ack`,
     /// a join's, goes first). `ok` is false when the store could not be read.

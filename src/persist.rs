@@ -60,6 +60,10 @@ pub enum Read {
         id: Option<ReqId>,
         since: u64,
         upto: u64,
+        /// The room's epoch, for the ack (cluster mode).
+        epoch: Option<u64>,
+        /// The client's `since` was from another epoch: not recovered, whatever is replayed.
+        lost: bool,
     },
     /// At connect: the inbox messages in (after, upto] that reached no connection.
     Inbox {
@@ -325,15 +329,22 @@ impl Writer {
                 id,
                 since,
                 upto,
+                epoch,
+                lost,
             } => {
                 let stream = Stream::Room(room.clone());
-                let (messages, recovery) = self.replay(&stream, since, upto).unwrap_or_else(|e| {
-                    // The join still goes through, with an ack that says what was lost.
-                    tracing::error!(error = %e, "replay read failed");
-                    self.counters.read_errors += 1;
-                    (Vec::new(), Recovery::default())
-                });
-                let ack = encode::join_ack(id.as_ref(), &room, upto, recovery);
+                let (messages, mut recovery) =
+                    self.replay(&stream, since, upto).unwrap_or_else(|e| {
+                        // The join still goes through, with an ack that says what was lost.
+                        tracing::error!(error = %e, "replay read failed");
+                        self.counters.read_errors += 1;
+                        (Vec::new(), Recovery::default())
+                    });
+                recovery.recovered &= !lost;
+                let mut ack = encode::join_ack(id.as_ref(), &room, upto, recovery);
+                if let Some(epoch) = epoch {
+                    ack = encode::with_epoch(&ack, epoch);
+                }
                 self.send_replay(stream, to, (since, upto), Some(ack), Ok(messages));
             }
             Read::Inbox {

@@ -33,8 +33,13 @@ pub struct Router {
 }
 
 impl Router {
-    /// A router for `n` shards and each shard's inbox, in shard order.
+    /// A router for `n` shards and each shard's inbox, in shard order, on node 0.
     pub fn new(n: usize) -> (Router, Vec<Inbox>) {
+        Router::on_node(0, n)
+    }
+
+    /// A router for `n` shards of node `node` (cluster mode).
+    pub fn on_node(node: NodeId, n: usize) -> (Router, Vec<Inbox>) {
         let (queues, inboxes) = (0..n)
             .map(|_| {
                 let (tx, rx) = crossbeam_channel::unbounded();
@@ -57,7 +62,7 @@ impl Router {
         );
         (
             Router {
-                node: 0,
+                node,
                 queues: queues.into(),
                 hasher,
             },

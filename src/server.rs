@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::auth::{Authenticator, KeyError};
-use crate::config::{Config, ConfigError, Durability};
+use crate::config::{Config, ConfigError, Durability, Engine};
 use crate::health::Health;
 use crate::msg::LocalMsg;
 use crate::persist;
@@ -29,6 +29,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Keys(#[from] KeyError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot start a server thread: {0}")]
     Thread(std::io::Error),
 }
@@ -50,9 +52,18 @@ impl Server {
     pub fn start(config: Config) -> Result<Server, StartError> {
         config.validate()?;
         let auth = Authenticator::new(&config)?;
-        let store: Arc<dyn Store> = match config.durability {
-            Durability::Memory => Arc::new(MemoryStore::default()),
-            Durability::Sync | Durability::Async => {
+        // Cluster mode: Redis sequences and keeps history; the store thread reads it there.
+        let cluster = match config.engine {
+            Engine::Redis => Some(crate::cluster::connect(&config)?),
+            Engine::Embedded => None,
+        };
+        let store: Arc<dyn Store> = match (&cluster, config.durability) {
+            (Some(c), _) => Arc::new(crate::cluster::RedisStore::new(
+                c.target.clone(),
+                crate::cluster::Keys::new(&config.redis_prefix),
+            )),
+            (None, Durability::Memory) => Arc::new(MemoryStore::default()),
+            (None, Durability::Sync | Durability::Async) => {
                 let memory = StoreMemory {
                     cache_bytes: config.store_cache_bytes,
                     memtable_bytes: config.store_memtable_bytes,
@@ -70,7 +81,8 @@ impl Server {
         let addr = listener.local_addr().map_err(bind_err)?;
         let shards = config.shard_count();
         let config = Arc::new(config);
-        let (router, inboxes) = Router::new(shards);
+        let node = cluster.as_ref().map_or(0, |c| c.node);
+        let (router, inboxes) = Router::on_node(node, shards);
         let mut seeds = vec![Vec::new(); shards];
         for info in streams {
             let (Stream::Room(name) | Stream::Inbox(name)) = &info.stream;
@@ -80,6 +92,14 @@ impl Server {
         let store_threads =
             persist::Threads::start(store, router.clone(), config.clone(), health.clone())
                 .map_err(StartError::Thread)?;
+        let handle = cluster.as_ref().map(|c| c.handle.clone());
+        let engine_thread = match cluster {
+            Some(c) => {
+                let persist = store_threads.persist();
+                Some(c.run(config.clone(), router.clone(), persist, health.clone())?)
+            }
+            None => None,
+        };
         let mut listener = Some(listener);
         let mut threads = Vec::with_capacity(shards);
         for ((id, inbox), seeds) in inboxes.into_iter().enumerate().zip(seeds) {
@@ -93,6 +113,7 @@ impl Server {
                 listener: if id == 0 { listener.take() } else { None },
                 health: health.clone(),
                 auth: auth.clone(),
+                cluster: handle.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
@@ -105,7 +126,11 @@ impl Server {
                 }
             }
         }
-        tracing::info!(%addr, shards, "listening on {addr}");
+        drop(handle);
+        if let Some(t) = engine_thread {
+            threads.push(t);
+        }
+        tracing::info!(%addr, shards, node, "listening on {addr}");
         Ok(Server {
             addr,
             router,

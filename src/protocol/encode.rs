@@ -96,6 +96,32 @@ pub fn message(target: Target<'_>, from: &Name, seq: u64, ts: u64, body: &[u8]) 
     j.finish()
 }
 
+/// `message`'s JSON in two parts, before and after the seq, for a sequencer that learns the
+/// seq later (the Redis engine's publish script joins them around it).
+pub fn message_parts(target: Target<'_>, from: &Name, ts: u64, body: &[u8]) -> (Bytes, Bytes) {
+    let full = crate::ws::payload_of(&message(target, from, 0, ts, body));
+    let at = memchr_seq(&full);
+    (full.slice(..at), full.slice(at + 1..))
+}
+
+/// Where the `0` of `"seq":0` sits in a message's JSON (the first `"seq":`; names cannot
+/// contain quotes, so it is the field itself).
+fn memchr_seq(json: &[u8]) -> usize {
+    let key = br#","seq":"#;
+    json.windows(key.len())
+        .position(|w| w == key)
+        .map_or(0, |i| i + key.len())
+}
+
+/// A join ack with the room's `"epoch":E` added (cluster mode).
+pub fn with_epoch(ack: &Bytes, epoch: u64) -> Bytes {
+    let json = crate::ws::payload_of(ack);
+    let mut j = Json::new(json.len() + 24);
+    j.0.push(&json[..json.len().saturating_sub(1)]);
+    j.raw(r#","epoch":"#).u64(epoch).raw("}");
+    j.finish()
+}
+
 /// `{"type":"message","from":F,"ts":T,"body":B}`: a broadcast to every connection.
 pub fn broadcast(from: &Name, ts: u64, body: &[u8]) -> Bytes {
     let mut j = Json::new(64 + from.len() + body.len());
@@ -246,6 +272,28 @@ pub fn error(id: Option<&ReqId>, err: &ReplyError) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn message_parts_join_around_the_seq_into_the_message() {
+        let (room, from) = (Name::new("r").unwrap(), Name::new("a").unwrap());
+        let body = br#"{"seq":1,"x":"\"seq\":"}"#;
+        let (head, tail) = message_parts(Target::Room(&room), &from, 77, body);
+        let whole = [&head[..], b"4321", &tail[..]].concat();
+        let want = message(Target::Room(&room), &from, 4321, 77, body);
+        assert_eq!(whole, crate::ws::payload_of(&want));
+    }
+
+    #[test]
+    fn an_epoch_is_added_to_a_join_ack() {
+        let room = Name::new("r").unwrap();
+        let ack = with_epoch(&ack(None, Target::Room(&room), Some(3)), 99);
+        let v: serde_json::Value = serde_json::from_slice(&crate::ws::payload_of(&ack)).unwrap();
+        assert_eq!(
+            (v["seq"].as_u64(), v["epoch"].as_u64()),
+            (Some(3), Some(99))
+        );
+    }
+
     use super::*;
     use crate::error::ErrorCode;
     use serde_json::{Value, json};

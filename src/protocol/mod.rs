@@ -134,6 +134,8 @@ pub enum ClientMessage<'a> {
     Join {
         room: Name,
         since: Option<u64>,
+        /// The room's epoch from an earlier join ack (cluster mode).
+        epoch: Option<u64>,
     },
     Leave {
         room: Name,
@@ -194,6 +196,8 @@ struct Envelope<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
     since: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
+    epoch: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
     before: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     limit: Option<&'a RawValue>,
@@ -252,6 +256,7 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
         "join" => ClientMessage::Join {
             room: name("room", env.room)?,
             since: int("since", env.since)?,
+            epoch: int("epoch", env.epoch)?,
         },
         "leave" => ClientMessage::Leave {
             room: name("room", env.room)?,

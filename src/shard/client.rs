@@ -127,7 +127,7 @@ impl Shard {
         };
         self.to_engine(msg);
         for room in rooms {
-            self.start_join(conn, room.clone(), None, None);
+            self.start_join(conn, room.clone(), None, (None, None));
         }
         self.mark_dirty(conn);
         if let Some(code) = early_close.or(self.shutting_down.then_some(CloseCode::GoingAway)) {
@@ -303,7 +303,9 @@ impl Shard {
                 ErrorCode::BadRequest,
                 "already authenticated: connect is only valid as a connection's first frame",
             )),
-            ClientMessage::Join { room, since } => self.join(conn, room, since, id.clone()),
+            ClientMessage::Join { room, since, epoch } => {
+                self.join(conn, room, (since, epoch), id.clone())
+            }
             ClientMessage::Leave { room } => self.leave(conn, room, &id),
             ClientMessage::Publish { room, body } => self
                 .member(conn, &room, "publishing to")
@@ -363,11 +365,12 @@ impl Shard {
     /// A `join`. A room the connection is already in is acked here, at the seq the hub has
     /// written it up to; one whose join is still pending is acked right after that join, so a
     /// connection's join acks come in the order of its requests and one catch-up serves both.
+    /// A `join`; `since` is the `since` and `epoch` of the request.
     fn join(
         &mut self,
         conn: &Rc<Conn>,
         room: Name,
-        since: Option<u64>,
+        since: (Option<u64>, Option<u64>),
         id: Option<ReqId>,
     ) -> Result<(), ReplyError> {
         if let Some(allowed) = &conn.allowed_rooms
@@ -420,7 +423,7 @@ impl Shard {
         conn: &Rc<Conn>,
         room: Name,
         id: Option<Option<ReqId>>,
-        since: Option<u64>,
+        (since, epoch): (Option<u64>, Option<u64>),
     ) {
         self.next_gen = self.next_gen.wrapping_add(1);
         let jgen = self.next_gen;
@@ -440,6 +443,7 @@ impl Shard {
             id: id.clone().flatten(),
             ack: id.is_some(),
             since: since.filter(|_| id.is_some()),
+            epoch,
         };
         let pending = PendingJoin {
             room,
@@ -502,6 +506,38 @@ impl Shard {
         };
         self.to_engine(msg);
         Ok(())
+    }
+
+    /// The engine could not register a join: it and its repeats are answered with `error`,
+    /// and the connection is not in the room (it may join again).
+    pub(super) fn join_failed(
+        &mut self,
+        room: Name,
+        conn: ConnId,
+        jgen: JoinGen,
+        error: ReplyError,
+    ) {
+        let Some(c) = self.conns.get(&conn).cloned() else {
+            return;
+        };
+        let entry = {
+            let mut rooms = c.rooms.borrow_mut();
+            let i = rooms.iter().position(|e| e.room == room && e.jgen == jgen);
+            i.map(|i| rooms.swap_remove(i))
+        };
+        let Some(entry) = entry else {
+            return;
+        };
+        self.hub_leave(&c, &entry);
+        if let Some(j) = self.joins.remove(&jgen) {
+            if j.id.is_none() {
+                c.hold.set(c.hold.get().saturating_sub(1));
+                self.mark_dirty(&c);
+            }
+            for join_id in j.id.into_iter().chain(j.repeats) {
+                self.reply_error(&c, join_id.as_ref(), error.clone());
+            }
+        }
     }
 
     fn member(&self, conn: &Conn, room: &Name, doing: &str) -> Result<(), ReplyError> {

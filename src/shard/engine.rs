@@ -79,6 +79,7 @@ impl Shard {
                 id,
                 ack,
                 since,
+                epoch: _,
             } => self.register_join(room, &user, conn, jgen, id, ack, since),
             EngineMsg::Leave { room, user, conn } => {
                 let event = self.home.rooms.leave(&room, &user, conn.shard());
@@ -255,6 +256,8 @@ impl Shard {
                 id,
                 since,
                 upto: seq,
+                epoch: None,
+                lost: false,
             };
             self.queue_store_op(Op::Read(read));
         }

@@ -49,6 +49,8 @@ pub struct Shard {
     id: ShardId,
     router: Router,
     config: Arc<Config>,
+    /// The Redis engine, in cluster mode; `None`: the embedded engine.
+    cluster: Option<crate::cluster::Handle>,
     // ----- client -----
     next_conn: u64,
     conns: AHashMap<ConnId, Rc<Conn>>,
@@ -93,12 +95,14 @@ impl Shard {
         persist: Persist,
         seeds: Vec<StreamInfo>,
         auth: Authenticator,
+        cluster: Option<crate::cluster::Handle>,
     ) -> Shard {
         let home = engine::Home::new(router.shards(), seeds);
         Shard {
             id,
             router,
             config,
+            cluster,
             next_conn: 0,
             conns: AHashMap::new(),
             pending: AHashMap::new(),
@@ -140,6 +144,12 @@ impl Shard {
                 ack,
                 replay,
             } => self.join_done(room, conn, jgen, seq, ack, replay),
+            NodeMsg::JoinFailed {
+                room,
+                conn,
+                jgen,
+                error,
+            } => self.join_failed(room, conn, jgen, error),
             NodeMsg::Replay {
                 stream,
                 to,
@@ -191,10 +201,19 @@ impl Shard {
         }
     }
 
-    /// Hands a request to the engine: the embedded engine serves it at its key's home shard.
+    /// Hands a request to the engine: the Redis engine's thread in cluster mode, else the
+    /// embedded engine at its key's home shard.
     pub fn to_engine(&mut self, msg: EngineMsg) {
+        if let Some(cluster) = &self.cluster {
+            return cluster.send(crate::cluster::Req::Engine(msg));
+        }
         let home = self.router.home(msg.key());
         self.send(home, msg);
+    }
+
+    /// The Redis engine, in cluster mode.
+    pub fn cluster(&self) -> Option<&crate::cluster::Handle> {
+        self.cluster.as_ref()
     }
 
     /// Sends `make()` to every shard, this one included.

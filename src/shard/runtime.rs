@@ -92,6 +92,8 @@ pub struct ShardSetup {
     pub listener: Option<std::net::TcpListener>,
     pub health: Arc<Health>,
     pub auth: Authenticator,
+    /// The Redis engine, in cluster mode.
+    pub cluster: Option<crate::cluster::Handle>,
 }
 
 /// Runs a shard on the current thread until it has shut down.
@@ -115,6 +117,7 @@ async fn run(setup: ShardSetup) {
         listener,
         health,
         auth,
+        cluster,
     } = setup;
     let shard = Shard::new(
         id,
@@ -123,6 +126,7 @@ async fn run(setup: ShardSetup) {
         persist.clone(),
         seeds,
         auth.clone(),
+        cluster,
     );
     let ctx = Rc::new(Ctx {
         id,

@@ -29,6 +29,7 @@ fn shard() -> Shard {
         Persist::discarding(),
         Vec::new(),
         crate::auth::Authenticator::new(&Config::default()).expect("dev mode has no keys"),
+        None,
     )
 }
 

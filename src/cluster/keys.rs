@@ -1,0 +1,124 @@
+//! Redis key and channel names. Every key of one stream carries the same hash tag (`{r:ROOM}`
+//! or `{u:USER}`), so one script can touch them all on a Redis Cluster, and the stream's
+//! channel hashes to the same slot (sharded pub/sub). Owns naming only.
+
+use crate::msg::NodeId;
+use crate::protocol::Name;
+use crate::store::Stream;
+
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// What a channel a node subscribes to carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Channel {
+    Stream(Stream),
+    /// Every node's: broadcasts from the API.
+    Control,
+    /// One node's own: its heartbeat, which proves its subscription is alive.
+    Node(NodeId),
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn tag(&self, stream: &Stream) -> String {
+        match stream {
+            Stream::Room(r) => format!("{}:{{r:{}}}", self.prefix, r.as_str()),
+            Stream::Inbox(u) => format!("{}:{{u:{}}}", self.prefix, u.as_str()),
+        }
+    }
+
+    /// The stream's hash: `seq`, `epoch`, and an inbox's delivered `cursor`.
+    pub fn meta(&self, stream: &Stream) -> String {
+        self.tag(stream) + ":meta"
+    }
+
+    /// The stream's history: a Redis stream whose entry ids are `SEQ-0`.
+    pub fn log(&self, stream: &Stream) -> String {
+        self.tag(stream) + ":log"
+    }
+
+    /// A room's presence entries ("USER CONNID", scored by expiry) and per-user counts.
+    pub fn presence(&self, room: &Name) -> (String, String) {
+        let tag = self.tag(&Stream::Room(room.clone()));
+        (tag.clone() + ":pz", tag + ":pu")
+    }
+
+    /// A user's sessions and attached connections, scored by expiry.
+    pub fn sessions(&self, user: &Name) -> (String, String) {
+        let tag = self.tag(&Stream::Inbox(user.clone()));
+        (tag.clone() + ":conns", tag + ":online")
+    }
+
+    pub fn channel(&self, stream: &Stream) -> String {
+        self.tag(stream)
+    }
+
+    pub fn control(&self) -> String {
+        format!("{}:{{ctl}}", self.prefix)
+    }
+
+    pub fn node(&self, node: NodeId) -> String {
+        format!("{}:{{n:{node}}}", self.prefix)
+    }
+
+    /// Each node's latest figures, for the cluster totals of `/api/stats`.
+    pub fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    /// The counter that hands out node ids.
+    pub fn node_ids(&self) -> String {
+        format!("{}:node-ids", self.prefix)
+    }
+
+    /// What a channel name is, if it is one of ours.
+    pub fn parse(&self, channel: &str) -> Option<Channel> {
+        let rest = channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":{")?;
+        let inner = rest.strip_suffix('}')?;
+        if inner == "ctl" {
+            return Some(Channel::Control);
+        }
+        let (kind, name) = inner.split_once(':')?;
+        match kind {
+            "r" => Some(Channel::Stream(Stream::Room(Name::new(name).ok()?))),
+            "u" => Some(Channel::Stream(Stream::Inbox(Name::new(name).ok()?))),
+            "n" => name.parse().ok().map(Channel::Node),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streams_keys_share_its_hash_tag_and_channels_parse_back() {
+        let k = Keys::new("sc");
+        let room = Stream::Room(Name::new("lob:by").unwrap());
+        assert_eq!(k.meta(&room), "sc:{r:lob:by}:meta");
+        assert_eq!(k.log(&room), "sc:{r:lob:by}:log");
+        assert_eq!(k.channel(&room), "sc:{r:lob:by}");
+        assert_eq!(k.parse(&k.channel(&room)), Some(Channel::Stream(room)));
+        let user = Stream::Inbox(Name::new("bob").unwrap());
+        assert_eq!(k.parse(&k.channel(&user)), Some(Channel::Stream(user)));
+        assert_eq!(k.parse(&k.control()), Some(Channel::Control));
+        assert_eq!(k.parse(&k.node(7)), Some(Channel::Node(7)));
+        assert_eq!(k.parse("other:{r:x}"), None);
+        assert_eq!(k.parse("sc:{r:bad name}"), None);
+    }
+}

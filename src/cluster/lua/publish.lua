@@ -1,0 +1,30 @@
+-- Sequences, stores and publishes one message of a stream (a room, or a user's inbox).
+-- KEYS: meta, log, online (inbox: its attached connections; a room passes meta again)
+-- ARGV: 1 channel, 2 publish command, 3 JSON up to the seq, 4 JSON after the seq, 5 ts,
+--       6 excluded connection ('' for none), 7 max entries ('0': no limit), 8 oldest ts kept
+--       ('0': no limit), 9 '1' for an inbox, 10 now (ms), 11 epoch if the stream starts one
+-- Returns {seq, epoch}.
+local meta, log = KEYS[1], KEYS[2]
+local epoch = epoch_of(meta, log, ARGV[11])
+local seq = redis.call('HINCRBY', meta, 'seq', 1)
+local json = ARGV[3] .. seq .. ARGV[4]
+if ARGV[7] ~= '0' then
+  redis.call('XADD', log, 'MAXLEN', ARGV[7], seq .. '-0', 't', ARGV[5], 'd', json)
+else
+  redis.call('XADD', log, seq .. '-0', 't', ARGV[5], 'd', json)
+end
+if ARGV[8] ~= '0' then
+  -- Age: a few of the oldest per publish, so trimming keeps up without a long script.
+  local cut = nil
+  for _, e in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', 16)) do
+    if tonumber(e[2][2]) >= tonumber(ARGV[8]) then break end
+    cut = tonumber(string.match(e[1], '^(%d+)')) + 1
+  end
+  if cut then redis.call('XTRIM', log, 'MINID', cut) end
+end
+if ARGV[9] == '1' and redis.call('ZCOUNT', KEYS[3], ARGV[10], '+inf') > 0 then
+  -- A connection of the user is attached, so it gets the message live: delivered.
+  redis.call('HSET', meta, 'cursor', seq)
+end
+redis.call(ARGV[2], ARGV[1], 'm ' .. seq .. ' ' .. ARGV[6] .. '\n' .. json)
+return {seq, epoch}

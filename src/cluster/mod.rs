@@ -1,0 +1,197 @@
+//! The Redis engine: several nodes share rooms, direct messages, presence, sessions and
+//! history through one Redis (or Redis Cluster). It serves the same `EngineMsg`s as the
+//! embedded engine and answers with the same `NodeMsg`s, so the shards (client side and hub)
+//! do not know which engine runs.
+//!
+//! - Redis assigns each stream's seq in a Lua script that also appends the message to the
+//!   stream's log (entry id = seq) and publishes it (`lua/`).
+//! - Each node subscribes to the channels of the rooms and users it has local connections for;
+//!   what arrives is encoded into a frame once and handed to the hubs, which merge by seq.
+//! - The store thread reads history from Redis (`store`), with the embedded store's code.
+//!
+//! Layout: `keys` (names), `wire` (pub/sub format), `link` (connections), `engine` (the
+//! requests and the subscription), `store` (reads). The engine runs on its own thread; the
+//! shards reach it through `Handle`. It must not touch connections or hub state.
+
+mod engine;
+mod keys;
+mod link;
+mod store;
+mod wire;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::health::Health;
+use crate::msg::{EngineMsg, NodeId};
+use crate::persist::Persist;
+use crate::protocol::Name;
+use crate::router::Router;
+
+pub use keys::Keys;
+pub use link::Target;
+pub use store::RedisStore;
+
+/// Why the cluster engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot reach Redis at {url}: {source}; check --redis-url and that Redis runs")]
+    Connect {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error("cannot start the engine thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What the shards and the API ask of the engine.
+pub enum Req {
+    Engine(EngineMsg),
+    /// The API's broadcast, for every other node; answered with how many nodes got it.
+    Broadcast {
+        json: Bytes,
+        reply: oneshot::Sender<Option<u64>>,
+    },
+    /// The API's disconnect of a user on every other node.
+    Kick {
+        user: Name,
+        reason: String,
+        reply: oneshot::Sender<Option<u64>>,
+    },
+    /// The cluster's totals for `/api/stats`, from every live node's latest figures.
+    Totals {
+        reply: oneshot::Sender<Option<serde_json::Value>>,
+    },
+}
+
+/// Counters of the Redis engine, read by a scrape.
+#[derive(Debug, Default)]
+pub struct RedisCounters {
+    /// Commands and scripts answered by Redis.
+    pub round_trips: AtomicU64,
+    /// Commands and scripts that failed (Redis unreachable, timed out, or an error reply).
+    pub errors: AtomicU64,
+    /// Times the subscription connection was re-established (dropped, or silent).
+    pub pubsub_reconnects: AtomicU64,
+    /// Messages read from history after a subscription gap.
+    pub gap_fills: AtomicU64,
+    /// Messages received over pub/sub.
+    pub received: AtomicU64,
+}
+
+impl RedisCounters {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// How the shards reach the engine thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Req>,
+    pub counters: Arc<RedisCounters>,
+}
+
+impl Handle {
+    pub fn send(&self, req: Req) {
+        // The engine thread outlives the shards.
+        let _ = self.tx.send(req);
+    }
+}
+
+/// A started engine: connected, with its node id; `run` starts its thread.
+pub struct Started {
+    pub node: NodeId,
+    pub target: Target,
+    boot: engine::Boot,
+    rt: tokio::runtime::Runtime,
+    rx: mpsc::UnboundedReceiver<Req>,
+    pub handle: Handle,
+}
+
+/// Connects to Redis and takes a node id (the configured one, or the next from Redis).
+pub fn connect(config: &Config) -> Result<Started, ClusterError> {
+    let url = config.redis_url.clone().unwrap_or_default();
+    let err = |source| ClusterError::Connect {
+        url: masked(&url),
+        source,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ClusterError::Thread)?;
+    if url.starts_with("rediss://") {
+        // rustls needs one process-wide crypto provider; a second install is a no-op error.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let timeout = Duration::from_millis(config.redis_timeout_ms);
+    let keys = Keys::new(&config.redis_prefix);
+    let (target, boot) = rt
+        .block_on(engine::Boot::connect(&url, timeout, &keys, config.node_id))
+        .map_err(err)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = Handle {
+        tx,
+        counters: Arc::default(),
+    };
+    Ok(Started {
+        node: boot.node,
+        target,
+        boot,
+        rt,
+        rx,
+        handle,
+    })
+}
+
+impl Started {
+    /// Runs the engine on its own thread until every `Handle` is dropped.
+    pub fn run(
+        self,
+        config: Arc<Config>,
+        router: Router,
+        persist: Persist,
+        health: Arc<Health>,
+    ) -> Result<std::thread::JoinHandle<()>, ClusterError> {
+        let Started {
+            target,
+            boot,
+            rt,
+            rx,
+            handle,
+            ..
+        } = self;
+        let counters = handle.counters.clone();
+        std::thread::Builder::new()
+            .name("redis-engine".into())
+            .spawn(move || {
+                let node =
+                    engine::Node::new(boot, target, config, router, persist, health, counters);
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, node.run(rx));
+            })
+            .map_err(ClusterError::Thread)
+    }
+}
+
+/// The URL without its password, for messages.
+fn masked(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(super::masked("redis://:pw@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(super::masked("redis://h:1"), "redis://h:1");
+    }
+}

@@ -1,0 +1,182 @@
+//! History reads from Redis, behind the `Store` trait, so the store thread serves `join`
+//! replays, gaps, `history` and `sync` in cluster mode with the same code (and limits) as on
+//! one node. Writes never come here: the engine's scripts sequence and append. Owns the
+//! blocking connection of the store thread; it must not write.
+
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use redis::Value;
+
+use super::keys::Keys;
+use super::link::{SyncConn, Target};
+use crate::store::{Append, Store, StoreError, StoredMessage, Stream, StreamInfo};
+
+pub struct RedisStore {
+    target: Target,
+    keys: Keys,
+    /// Reconnected on the next read after a failure.
+    conn: Mutex<Option<SyncConn>>,
+}
+
+impl RedisStore {
+    pub fn new(target: Target, keys: Keys) -> RedisStore {
+        RedisStore {
+            target,
+            keys,
+            conn: Mutex::new(None),
+        }
+    }
+
+    /// XRANGE or XREVRANGE over the stream's log, parsed.
+    fn range(
+        &self,
+        cmd: &str,
+        stream: &Stream,
+        from: String,
+        to: String,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let read = |e: redis::RedisError| StoreError::Read(format!("redis: {e}"));
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if !guard.as_ref().is_some_and(SyncConn::is_open) {
+            *guard = Some(self.target.blocking().map_err(read)?);
+        }
+        let conn = guard.as_mut().expect("connected above");
+        let mut c = redis::cmd(cmd);
+        c.arg(self.keys.log(stream))
+            .arg(from)
+            .arg(to)
+            .arg("COUNT")
+            .arg(limit);
+        let value: Value = conn
+            .query(&c)
+            .inspect_err(|_| *guard = None)
+            .map_err(read)?;
+        parse_entries(value)
+            .ok_or_else(|| StoreError::Read("redis: unexpected stream entry".into()))
+    }
+}
+
+/// `[[id, [field, value, ...]], ...]` with ids `SEQ-0` and fields `t` (ts) and `d` (JSON).
+fn parse_entries(value: Value) -> Option<Vec<StoredMessage>> {
+    let Value::Array(entries) = value else {
+        return None;
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let Value::Array(parts) = e else { return None };
+        let [id, Value::Array(fields)] = &parts[..] else {
+            return None;
+        };
+        let id = String::from_utf8(text(id)?).ok()?;
+        let seq = id.split('-').next()?.parse().ok()?;
+        let (mut ts, mut payload) = (0, None);
+        for pair in fields.chunks(2) {
+            match (text(&pair[0])?.as_slice(), pair.get(1)) {
+                (b"t", Some(v)) => ts = String::from_utf8(text(v)?).ok()?.parse().ok()?,
+                (b"d", Some(v)) => payload = Some(Bytes::from(text(v)?)),
+                _ => {}
+            }
+        }
+        out.push(StoredMessage {
+            seq,
+            ts,
+            payload: payload?,
+        });
+    }
+    Some(out)
+}
+
+impl Store for RedisStore {
+    fn write(&self, appends: &[Append], _: &[(Stream, u64)], _: bool) -> Result<(), StoreError> {
+        match appends.is_empty() {
+            true => Ok(()),
+            false => Err(StoreError::Write(
+                "the redis engine appends in its scripts".into(),
+            )),
+        }
+    }
+
+    /// Redis keeps each stream's seq; a node starts with none of them.
+    fn streams(&self) -> Result<Vec<StreamInfo>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn after(
+        &self,
+        stream: &Stream,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.range(
+            "XRANGE",
+            stream,
+            format!("{}-0", after.saturating_add(1)),
+            "+".into(),
+            limit,
+        )
+    }
+
+    fn before(
+        &self,
+        stream: &Stream,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        if before <= 1 {
+            return Ok(Vec::new());
+        }
+        let to = match before {
+            u64::MAX => "+".to_owned(),
+            b => format!("{}-0", b - 1),
+        };
+        self.range("XREVRANGE", stream, to, "-".into(), limit)
+    }
+
+    /// Retention is applied by the publish script.
+    fn trim(&self, _: &Stream, _: u64, _: u64) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn entries_parse_into_messages_and_junk_is_an_error() {
+        let entry = |id: &str, ts: &str, d: &str| {
+            Value::Array(vec![
+                bulk(id),
+                Value::Array(vec![bulk("t"), bulk(ts), bulk("d"), bulk(d)]),
+            ])
+        };
+        let got = parse_entries(Value::Array(vec![
+            entry("4-0", "99", "{}"),
+            entry("5-0", "100", "[]"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            got.iter().map(|m| (m.seq, m.ts)).collect::<Vec<_>>(),
+            [(4, 99), (5, 100)]
+        );
+        assert_eq!(&got[1].payload[..], b"[]");
+        assert!(parse_entries(Value::Array(vec![bulk("4-0")])).is_none());
+        assert!(parse_entries(Value::Array(vec![entry("x-0", "1", "{}")])).is_none());
+        assert!(parse_entries(Value::Nil).is_none());
+    }
+}

@@ -1,0 +1,145 @@
+//! What nodes publish to each other over Redis pub/sub: a one-line header, a newline, and
+//! (for frames) the frame's JSON. The message scripts build the same format in Lua.
+//!
+//! - `m SEQ EXCL` + JSON: a stream's message at SEQ; EXCL is the publishing connection or empty.
+//! - `e EXCL` + JSON: a presence event (outside the seq order); EXCL is the joining connection.
+//! - `f EXCL` + JSON: the copy of a direct message for the sender's other connections.
+//! - `c CONN`: close the user's connections but CONN (kick_old).
+//! - `k` + reason: close the user's connections (the API's disconnect).
+//! - `b NODE` + JSON: a broadcast to every connection, sent by NODE.
+//! - `h`: a node's heartbeat to itself.
+//!
+//! Owns the format only; it must not touch Redis or shard state.
+
+use bytes::Bytes;
+
+use crate::msg::{ConnId, NodeId};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wire {
+    Message {
+        seq: u64,
+        exclude: Option<ConnId>,
+        json: Bytes,
+    },
+    Event {
+        exclude: Option<ConnId>,
+        json: Bytes,
+    },
+    Forward {
+        exclude: Option<ConnId>,
+        json: Bytes,
+    },
+    CloseOthers(ConnId),
+    Kick(String),
+    Broadcast {
+        from: NodeId,
+        json: Bytes,
+    },
+    Heartbeat,
+}
+
+impl Wire {
+    pub fn parse(raw: Bytes) -> Option<Wire> {
+        let nl = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
+        let header = std::str::from_utf8(&raw[..nl]).ok()?;
+        let body = || raw.slice((nl + 1).min(raw.len())..);
+        let mut words = header.split(' ');
+        let kind = words.next()?;
+        let mut num = || words.next().and_then(|w| w.parse::<u64>().ok());
+        Some(match kind {
+            "m" => {
+                let seq = num()?;
+                Wire::Message {
+                    seq,
+                    exclude: num().map(ConnId::from_raw),
+                    json: body(),
+                }
+            }
+            "e" => Wire::Event {
+                exclude: num().map(ConnId::from_raw),
+                json: body(),
+            },
+            "f" => Wire::Forward {
+                exclude: num().map(ConnId::from_raw),
+                json: body(),
+            },
+            "c" => Wire::CloseOthers(ConnId::from_raw(num()?)),
+            "k" => Wire::Kick(String::from_utf8_lossy(&body()).into_owned()),
+            "b" => Wire::Broadcast {
+                from: NodeId::try_from(num()?).ok()?,
+                json: body(),
+            },
+            "h" => Wire::Heartbeat,
+            _ => return None,
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let excl = |e: &Option<ConnId>| e.map(|c| c.raw().to_string()).unwrap_or_default();
+        let (header, body): (String, &[u8]) = match self {
+            Wire::Message { seq, exclude, json } => (format!("m {seq} {}", excl(exclude)), json),
+            Wire::Event { exclude, json } => (format!("e {}", excl(exclude)), json),
+            Wire::Forward { exclude, json } => (format!("f {}", excl(exclude)), json),
+            Wire::CloseOthers(c) => (format!("c {}", c.raw()), b""),
+            Wire::Kick(reason) => ("k".into(), reason.as_bytes()),
+            Wire::Broadcast { from, json } => (format!("b {from}"), json),
+            Wire::Heartbeat => ("h".into(), b""),
+        };
+        let mut out = Vec::with_capacity(header.len() + 1 + body.len());
+        out.extend_from_slice(header.as_bytes());
+        out.push(b'\n');
+        out.extend_from_slice(body);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_and_garbage_is_refused() {
+        let c = ConnId::new(3, 1, 77);
+        let json = Bytes::from_static(br#"{"type":"message"}"#);
+        for w in [
+            Wire::Message {
+                seq: 5,
+                exclude: Some(c),
+                json: json.clone(),
+            },
+            Wire::Message {
+                seq: 6,
+                exclude: None,
+                json: json.clone(),
+            },
+            Wire::Event {
+                exclude: Some(c),
+                json: json.clone(),
+            },
+            Wire::Forward {
+                exclude: None,
+                json: json.clone(),
+            },
+            Wire::CloseOthers(c),
+            Wire::Kick("bye now".into()),
+            Wire::Broadcast { from: 9, json },
+            Wire::Heartbeat,
+        ] {
+            assert_eq!(Wire::parse(Bytes::from(w.encode())), Some(w));
+        }
+        // What publish.lua sends: "m SEQ EXCL\nJSON", EXCL possibly empty.
+        let lua = Bytes::from_static(b"m 12 \n{}");
+        assert!(matches!(
+            Wire::parse(lua),
+            Some(Wire::Message {
+                seq: 12,
+                exclude: None,
+                ..
+            })
+        ));
+        for bad in [&b""[..], b"x 1", b"m", b"m x", b"c", b"b 99999999"] {
+            assert_eq!(Wire::parse(Bytes::copy_from_slice(bad)), None, "{bad:?}");
+        }
+    }
+}
