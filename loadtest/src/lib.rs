@@ -390,27 +390,23 @@ fn pubsub_report(
         rep.publishes_per_sec = r.sent_in_window as f64 / wall;
         rep.acks_per_sec = r.acked_in_window as f64 / wall;
     }
+    let work = WindowWork {
+        deliveries: r.delivered_in_window,
+        publishes: r.acked_in_window,
+        connections: r.connections,
+    };
     if let (Some(b), Some(c), Some(w0), Some(w1)) = (
         r.baseline.server_total(),
         r.connected.server_total(),
         r.window_start.server_total(),
         r.window_end.server_total(),
     ) {
-        rep.server = Some(ServerCost::compute(
-            target.nodes.iter().filter_map(|n| n.pid).collect(),
-            &b,
-            &c,
-            (&w0, &w1),
-            WindowWork {
-                deliveries: r.delivered_in_window,
-                publishes: r.acked_in_window,
-                connections: r.connections,
-            },
-        ));
+        let pids = target.nodes.iter().filter_map(|n| n.pid).collect();
+        rep.server = Some(ServerCost::compute(pids, &b, &c, (&w0, &w1), work));
     }
     rep.nodes = node_costs(target, &r.window_start, &r.window_end);
     if let (Some(w0), Some(w1)) = (&r.window_start.redis, &r.window_end.redis) {
-        rep.redis = Some(RedisCost::compute(w0, w1, r.acked_in_window));
+        rep.redis = Some(RedisCost::compute(w0, w1, work));
     }
     if let (Some(b0), Some(b1)) = (r.window_start.bot, r.window_end.bot) {
         rep.bot = Some(BotCost::compute(&b0, &b1));

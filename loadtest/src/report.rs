@@ -164,6 +164,10 @@ pub struct RedisCost {
     /// commands a script runs too), without the bot's own INFO.
     pub commands: u64,
     pub commands_per_publish: Option<f64>,
+    /// Redis CPU and commands per connection held, per second: the background cost (presence
+    /// and session refreshes) that grows with connections, not messages; the idle figure.
+    pub cpu_us_per_connection_second: Option<f64>,
+    pub commands_per_connection_second: Option<f64>,
     /// By command, busiest first: calls per acked publish and Redis's time per call.
     pub by_command: Vec<CommandCost>,
     /// `used_memory` at the window's edges, and its growth per acked publish (history the
@@ -182,7 +186,12 @@ pub struct CommandCost {
 }
 
 impl RedisCost {
-    pub fn compute(w0: &RedisSample, w1: &RedisSample, publishes: u64) -> RedisCost {
+    pub fn compute(w0: &RedisSample, w1: &RedisSample, work: WindowWork) -> RedisCost {
+        let WindowWork {
+            publishes,
+            connections,
+            ..
+        } = work;
         let cpu = (w1.cpu_seconds - w0.cpu_seconds).max(0.0);
         let wall = match (w0.at, w1.at) {
             (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
@@ -191,6 +200,8 @@ impl RedisCost {
         let per_publish = |x: f64| (publishes > 0).then(|| x / publishes as f64);
         let cpu_us_per_publish = per_publish(cpu * 1e6);
         let commands = w1.commands_since(w0);
+        let per_conn_sec =
+            |x: f64| (connections > 0 && wall > 0.0).then(|| x / connections as f64 / wall);
         RedisCost {
             cpu_seconds: cpu,
             cpu_percent: if wall > 0.0 { 100.0 * cpu / wall } else { 0.0 },
@@ -200,6 +211,8 @@ impl RedisCost {
                 .map(|us| 1e6 / us),
             commands,
             commands_per_publish: per_publish(commands as f64),
+            cpu_us_per_connection_second: per_conn_sec(cpu * 1e6),
+            commands_per_connection_second: per_conn_sec(commands as f64),
             by_command: w1
                 .busiest_since(w0)
                 .into_iter()
@@ -590,6 +603,15 @@ impl Report {
                     thousands(r.commands)
                 );
             }
+            if let (Some(us), Some(c)) = (
+                r.cpu_us_per_connection_second,
+                r.commands_per_connection_second,
+            ) {
+                let _ = writeln!(
+                    o,
+                    "  per connection    {us:.3} µs CPU and {c:.3} commands per second"
+                );
+            }
             for c in r.by_command.iter().take(8) {
                 let per = c
                     .calls_per_publish
@@ -700,7 +722,12 @@ mod tests {
                 usec: 10_000,
             },
         );
-        let c = RedisCost::compute(&w0, &w1, 1_000);
+        let work = WindowWork {
+            deliveries: 0,
+            publishes: 1_000,
+            connections: 100,
+        };
+        let c = RedisCost::compute(&w0, &w1, work);
         assert_eq!(c.cpu_percent, 25.0);
         assert_eq!(c.cpu_us_per_publish, Some(500.0));
         assert_eq!(c.saturation_publishes_per_sec, Some(2_000.0));
@@ -708,6 +735,12 @@ mod tests {
         assert_eq!(c.by_command[0].calls_per_publish, Some(1.0));
         assert_eq!(c.by_command[0].usec_per_call, 10.0);
         assert_eq!(c.memory_bytes_per_publish, Some(200.0));
-        assert_eq!(RedisCost::compute(&w0, &w1, 0).cpu_us_per_publish, None);
+        assert_eq!(c.cpu_us_per_connection_second, Some(2_500.0));
+        assert_eq!(c.commands_per_connection_second, Some(20.0));
+        let idle = WindowWork {
+            publishes: 0,
+            ..work
+        };
+        assert_eq!(RedisCost::compute(&w0, &w1, idle).cpu_us_per_publish, None);
     }
 }
