@@ -349,6 +349,11 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// PEM file of the CA that signs the Redis servers' certificates, for rediss:// with a
+    /// private CA. Default none: the public web roots.
+    #[arg(long, env = "SHARDCAST_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
     /// Prefix of every Redis key and channel, so deployments can share a Redis. Default sc.
     #[arg(long, env = "SHARDCAST_REDIS_PREFIX", default_value = "sc")]
     pub redis_prefix: String,
@@ -427,6 +432,7 @@ impl Default for Config {
             echo: false,
             engine: Engine::Embedded,
             redis_url: None,
+            redis_ca_file: None,
             redis_prefix: "sc".to_owned(),
             redis_timeout_ms: 2_000,
             node_id: None,

@@ -275,6 +275,9 @@ pub enum NodeMsg {
         frame: Bytes,
         exclude: Option<ConnId>,
     },
+    /// The stream's history was lost (Redis lost its data; a new epoch began): every local
+    /// receiver of it must reconnect and recover.
+    Lost { stream: Stream },
     /// The answer to a request.
     Reply {
         to: ReplyTo,

@@ -92,6 +92,8 @@ export interface Ack {
   recovered?: boolean;
   replayed?: number;
   truncated?: boolean;
+  /** A join's room epoch, from a cluster (the redis engine); sent back on rejoin. */
+  epoch?: number;
 }
 
 export interface Page {

@@ -5,6 +5,11 @@
 // the close-code rules), recovery (rejoin with `since`, inbox `sync`, duplicates dropped by
 // seq), dead-connection detection and request ids. It holds no UI state.
 
+/** What a rejoin sends: the last seq seen, and the room's epoch when the server gave one. */
+function position(r) {
+  return r.epoch === undefined ? { since: r.seq } : { since: r.seq, epoch: r.epoch };
+}
+
 /** What the client does after a close code: "reconnect", "token" (only with a fresh token) or
  * "stop". The table is docs/protocol.md's: 4000–4499 reconnect, 4500–4999 do not; 4002 (a
  * refused first-frame `connect`) depends on the refusal code in its reason. */
@@ -119,7 +124,7 @@ export class Client {
   async join(room) {
     const known = this.rooms.get(room);
     const frame = { type: "join", room };
-    if (known) frame.since = known.seq;
+    if (known) Object.assign(frame, position(known));
     const ack = await this.request(frame);
     this.joinedAck(room, ack);
     return ack;
@@ -367,7 +372,7 @@ export class Client {
     const rejoin = async ([room, r]) => {
       const since = r.seq;
       try {
-        const ack = await this.direct({ type: "join", room, since });
+        const ack = await this.direct({ type: "join", room, ...position(r) });
         // A room the token's claim joined at connect is acknowledged again, without a replay:
         // messages between `since` and its seq were missed.
         const recovered = ack.recovered ?? ack.seq === since;
@@ -427,6 +432,12 @@ export class Client {
   joinedAck(room, ack) {
     let r = this.rooms.get(room);
     if (!r) this.rooms.set(room, (r = { seq: ack.seq, own: new Set() }));
+    // A cluster's room that began a new epoch (its Redis lost the history) restarts its seqs:
+    // what is replayed now counts from 0 (the ack says recovered: false).
+    if (ack.epoch !== undefined) {
+      if (r.epoch !== undefined && r.epoch !== ack.epoch) r.seq = 0;
+      r.epoch = ack.epoch;
+    }
     // With a truncated replay the gap below the replay is for the app to page back through.
     if (!ack.replayed && ack.seq > r.seq) r.seq = ack.seq;
     this.advance(r);

@@ -11,7 +11,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionLike, FromRedisValue, IntoConnectionInfo,
-    ProtocolVersion, PushInfo, RedisResult, ScriptInvocation,
+    ProtocolVersion, PushInfo, RedisResult, ScriptInvocation, TlsCertificates,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -21,24 +21,33 @@ pub struct Target {
     urls: Vec<String>,
     pub cluster: bool,
     timeout: Duration,
+    /// The CA that signs the servers' certificates (`rediss://`), PEM; `None`: the web's roots.
+    root_cert: Option<Vec<u8>>,
 }
 
 impl Target {
     /// Parses `redis_url` (comma-separated seeds) and asks the first reachable seed whether it
     /// is part of a Redis Cluster.
-    pub async fn find(redis_url: &str, timeout: Duration) -> RedisResult<Target> {
+    pub async fn find(
+        redis_url: &str,
+        timeout: Duration,
+        root_cert: Option<Vec<u8>>,
+    ) -> RedisResult<Target> {
         let urls: Vec<String> = redis_url.split(',').map(|u| u.trim().to_owned()).collect();
         for url in &urls {
             url.as_str().into_connection_info()?;
         }
+        let mut target = Target {
+            urls,
+            cluster: false,
+            timeout,
+            root_cert,
+        };
         let mut last = None;
-        for url in &urls {
-            let client = Client::open(url.as_str())?;
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout));
+        for url in &target.urls {
+            let client = target.client(url.as_str())?;
             match client
-                .get_multiplexed_async_connection_with_config(&config)
+                .get_multiplexed_async_connection_with_config(&target.config())
                 .await
             {
                 Ok(mut c) => {
@@ -46,12 +55,8 @@ impl Target {
                         .arg("cluster")
                         .query_async(&mut c)
                         .await?;
-                    let cluster = info.contains("cluster_enabled:1");
-                    return Ok(Target {
-                        urls,
-                        cluster,
-                        timeout,
-                    });
+                    target.cluster = info.contains("cluster_enabled:1");
+                    return Ok(target);
                 }
                 Err(e) => last = Some(e),
             }
@@ -59,8 +64,21 @@ impl Target {
         Err(last.expect("at least one url"))
     }
 
+    fn client(&self, info: impl IntoConnectionInfo) -> RedisResult<Client> {
+        match &self.root_cert {
+            Some(pem) => {
+                let certs = TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                };
+                Client::build_with_tls(info, certs)
+            }
+            None => Client::open(info),
+        }
+    }
+
     fn single(&self) -> RedisResult<Client> {
-        Client::open(self.urls[0].as_str())
+        self.client(self.urls[0].as_str())
     }
 
     fn cluster_client(
@@ -71,6 +89,12 @@ impl Target {
             .connection_timeout(self.timeout)
             .response_timeout(self.timeout)
             .retries(1);
+        if let Some(pem) = &self.root_cert {
+            b = b.certs(TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            });
+        }
         if let Some(tx) = push {
             b = b.use_protocol(ProtocolVersion::RESP3).push_sender(tx);
         }
@@ -114,7 +138,7 @@ impl Target {
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(redis))?;
+        let client = self.client(info.set_redis_settings(redis))?;
         let mut c = client
             .get_multiplexed_async_connection_with_config(&self.config().set_push_sender(push))
             .await?;

@@ -45,6 +45,11 @@ pub enum ClusterError {
         url: String,
         source: redis::RedisError,
     },
+    #[error("cannot read redis_ca_file {path}: {source}")]
+    CaFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot start the engine thread: {0}")]
     Thread(std::io::Error),
 }
@@ -131,9 +136,15 @@ pub fn connect(config: &Config) -> Result<Started, ClusterError> {
     }
     let timeout = Duration::from_millis(config.redis_timeout_ms);
     let keys = Keys::new(&config.redis_prefix);
-    let (target, boot) = rt
-        .block_on(engine::Boot::connect(&url, timeout, &keys, config.node_id))
-        .map_err(err)?;
+    let root_cert = match &config.redis_ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|source| ClusterError::CaFile {
+            path: path.display().to_string(),
+            source,
+        })?),
+        None => None,
+    };
+    let boot = engine::Boot::connect(&url, timeout, &keys, config.node_id, root_cert);
+    let (target, boot) = rt.block_on(boot).map_err(err)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = Handle {
         tx,

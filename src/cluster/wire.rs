@@ -1,7 +1,8 @@
 //! What nodes publish to each other over Redis pub/sub: a one-line header, a newline, and
 //! (for frames) the frame's JSON. The message scripts build the same format in Lua.
 //!
-//! - `m SEQ EXCL` + JSON: a stream's message at SEQ; EXCL is the publishing connection or empty.
+//! - `m SEQ EXCL EPOCH` + JSON: a stream's message at SEQ of EPOCH; EXCL is the publishing
+//!   connection or empty.
 //! - `e EXCL` + JSON: a presence event (outside the seq order); EXCL is the joining connection.
 //! - `f EXCL` + JSON: the copy of a direct message for the sender's other connections.
 //! - `c CONN`: close the user's connections but CONN (kick_old).
@@ -20,6 +21,8 @@ pub enum Wire {
     Message {
         seq: u64,
         exclude: Option<ConnId>,
+        /// The stream's epoch (absent when read back from the log).
+        epoch: Option<u64>,
         json: Bytes,
     },
     Event {
@@ -50,9 +53,11 @@ impl Wire {
         Some(match kind {
             "m" => {
                 let seq = num()?;
+                let exclude = num().map(ConnId::from_raw);
                 Wire::Message {
                     seq,
-                    exclude: num().map(ConnId::from_raw),
+                    exclude,
+                    epoch: num(),
                     json: body(),
                 }
             }
@@ -78,7 +83,15 @@ impl Wire {
     pub fn encode(&self) -> Vec<u8> {
         let excl = |e: &Option<ConnId>| e.map(|c| c.raw().to_string()).unwrap_or_default();
         let (header, body): (String, &[u8]) = match self {
-            Wire::Message { seq, exclude, json } => (format!("m {seq} {}", excl(exclude)), json),
+            Wire::Message {
+                seq,
+                exclude,
+                epoch,
+                json,
+            } => {
+                let epoch = epoch.map(|e| e.to_string()).unwrap_or_default();
+                (format!("m {seq} {} {epoch}", excl(exclude)), json)
+            }
             Wire::Event { exclude, json } => (format!("e {}", excl(exclude)), json),
             Wire::Forward { exclude, json } => (format!("f {}", excl(exclude)), json),
             Wire::CloseOthers(c) => (format!("c {}", c.raw()), b""),
@@ -106,11 +119,13 @@ mod tests {
             Wire::Message {
                 seq: 5,
                 exclude: Some(c),
+                epoch: Some(8),
                 json: json.clone(),
             },
             Wire::Message {
                 seq: 6,
                 exclude: None,
+                epoch: None,
                 json: json.clone(),
             },
             Wire::Event {
@@ -128,13 +143,14 @@ mod tests {
         ] {
             assert_eq!(Wire::parse(Bytes::from(w.encode())), Some(w));
         }
-        // What publish.lua sends: "m SEQ EXCL\nJSON", EXCL possibly empty.
-        let lua = Bytes::from_static(b"m 12 \n{}");
+        // What publish.lua sends: "m SEQ EXCL EPOCH\nJSON", EXCL possibly empty.
+        let lua = Bytes::from_static(b"m 12  77\n{}");
         assert!(matches!(
             Wire::parse(lua),
             Some(Wire::Message {
                 seq: 12,
                 exclude: None,
+                epoch: Some(77),
                 ..
             })
         ));

@@ -100,13 +100,13 @@ pub fn message(target: Target<'_>, from: &Name, seq: u64, ts: u64, body: &[u8]) 
 /// seq later (the Redis engine's publish script joins them around it).
 pub fn message_parts(target: Target<'_>, from: &Name, ts: u64, body: &[u8]) -> (Bytes, Bytes) {
     let full = crate::ws::payload_of(&message(target, from, 0, ts, body));
-    let at = memchr_seq(&full);
+    let at = seq_at(&full);
     (full.slice(..at), full.slice(at + 1..))
 }
 
 /// Where the `0` of `"seq":0` sits in a message's JSON (the first `"seq":`; names cannot
 /// contain quotes, so it is the field itself).
-fn memchr_seq(json: &[u8]) -> usize {
+fn seq_at(json: &[u8]) -> usize {
     let key = br#","seq":"#;
     json.windows(key.len())
         .position(|w| w == key)

@@ -300,6 +300,25 @@ impl Shard {
         );
     }
 
+    /// The stream began again (a new epoch): its seqs restart, so no local receiver can be
+    /// caught up by seq. Each is closed with a code that says reconnect and recover.
+    pub(super) fn stream_lost(&mut self, stream: &Stream) {
+        let receivers: Vec<Rc<Conn>> = match stream {
+            Stream::Room(room) => self.hub.rooms.get(room).map_or(Vec::new(), |hr| {
+                let catching = hr.catch_up.iter().map(|cu| &cu.conn);
+                hr.members.iter().chain(catching).cloned().collect()
+            }),
+            Stream::Inbox(user) => self.hub.conns_of(user),
+        };
+        for c in receivers {
+            self.close_conn_with(
+                &c,
+                CloseCode::Internal,
+                Some("this stream's history was lost; reconnect and join with since"),
+            );
+        }
+    }
+
     /// A live frame from the engine, merged by seq (see the module doc).
     pub(super) fn deliver(
         &mut self,

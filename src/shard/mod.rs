@@ -136,6 +136,7 @@ impl Shard {
             NodeMsg::Admitted { conn, verdict } => self.admitted(conn, verdict),
             NodeMsg::CloseUser { user, except, code } => self.close_user(&user, except, code),
             NodeMsg::Reply { to, result } => self.reply(to, result),
+            NodeMsg::Lost { stream } => self.stream_lost(&stream),
             NodeMsg::JoinDone {
                 room,
                 conn,

@@ -1,0 +1,368 @@
+//! The subscription: the channels this node listens on, the connection that carries them
+//! (replaced when it drops or goes silent, then the gap is read back from the logs), and what
+//! arrives: encoded into a frame once and handed to the shards with receivers.
+
+use super::*;
+
+impl Node {
+    // ----- the subscription ---------------------------------------------------------------------
+
+    /// Subscribes to a stream's channel in the background (the subscription task covers it
+    /// if the connection is down).
+    pub(super) fn ensure_sub(self: &Rc<Self>, stream: Stream) {
+        let me = self.clone();
+        self.spawn(async move { me.subscribed(stream).await });
+    }
+
+    /// Returns once the stream's channel is subscribed, or the subscription is down (then the
+    /// subscription task subscribes it and fills the gap when it is back).
+    pub(super) async fn subscribed(self: &Rc<Self>, stream: Stream) {
+        if self.is_subscribed(&stream) {
+            return;
+        }
+        let Some(mut subs) = self.subs.borrow().clone() else {
+            return;
+        };
+        if subs.subscribe(&self.keys.channel(&stream)).await.is_ok() {
+            let mut st = self.state.borrow_mut();
+            match &stream {
+                Stream::Room(r) => st.rooms.get_mut(r).map(|r| r.subscribed = true),
+                Stream::Inbox(u) => st.users.get_mut(u).map(|u| u.subscribed = true),
+            };
+        }
+    }
+
+    pub(super) fn is_subscribed(&self, stream: &Stream) -> bool {
+        let st = self.state.borrow();
+        match stream {
+            Stream::Room(r) => st.rooms.get(r).is_none_or(|r| r.subscribed),
+            Stream::Inbox(u) => st.users.get(u).is_none_or(|u| u.subscribed),
+        }
+    }
+
+    pub(super) fn unsubscribe(self: &Rc<Self>, stream: Stream) {
+        let Some(mut subs) = self.subs.borrow().clone() else {
+            return;
+        };
+        let channel = self.keys.channel(&stream);
+        self.spawn(async move {
+            let _ = subs.unsubscribe(&channel).await;
+        });
+    }
+
+    /// The subscription task: connects, subscribes to everything this node needs, fills what
+    /// was missed while it was down, then hands on what arrives. A connection that drops, or
+    /// stays up but stops delivering this node's own heartbeat, is replaced.
+    pub(super) async fn subscriber(self: Rc<Self>) {
+        let mut wait = Duration::from_millis(100);
+        let mut first = true;
+        loop {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let name = format!("{}-sub-{}", self.keys.prefix(), self.node);
+            let subs = match self.target.subscriber(&name, tx).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot open the subscription connection");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            *self.subs.borrow_mut() = Some(subs.clone());
+            if self.subscribe_all(subs).await.is_err() {
+                *self.subs.borrow_mut() = None;
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            wait = Duration::from_millis(100);
+            self.beat.set(Instant::now());
+            if !first {
+                self.counters.pubsub_reconnects.fetch_add(1, Relaxed);
+                tracing::info!("resubscribed to Redis; filling what was missed");
+                self.fill_all();
+            }
+            first = false;
+            let mut tick = tokio::time::interval(BEAT);
+            loop {
+                tokio::select! {
+                    push = rx.recv() => match push {
+                        Some(p) if p.kind == PushKind::Disconnection => break,
+                        Some(p) => self.on_push(p),
+                        None => break,
+                    },
+                    _ = tick.tick() => {
+                        self.heartbeat();
+                        if self.beat.get().elapsed() > SILENT && self.cmds.borrow().is_some() {
+                            tracing::warn!("the subscription connection went silent; replacing it");
+                            break;
+                        }
+                    }
+                }
+            }
+            *self.subs.borrow_mut() = None;
+            let mut st = self.state.borrow_mut();
+            st.rooms.values_mut().for_each(|r| r.subscribed = false);
+            st.users.values_mut().for_each(|u| u.subscribed = false);
+        }
+    }
+
+    pub(super) async fn subscribe_all(&self, mut subs: Subs) -> RedisResult<()> {
+        subs.subscribe(&self.keys.node(self.node)).await?;
+        subs.subscribe(&self.keys.control()).await?;
+        let streams: Vec<Stream> = {
+            let st = self.state.borrow();
+            let rooms = st.rooms.keys().cloned().map(Stream::Room);
+            rooms
+                .chain(st.users.keys().cloned().map(Stream::Inbox))
+                .collect()
+        };
+        for stream in streams {
+            subs.subscribe(&self.keys.channel(&stream)).await?;
+            let mut st = self.state.borrow_mut();
+            match &stream {
+                Stream::Room(r) => st.rooms.get_mut(r).map(|r| r.subscribed = true),
+                Stream::Inbox(u) => st.users.get_mut(u).map(|u| u.subscribed = true),
+            };
+        }
+        Ok(())
+    }
+
+    /// After a resubscription: every stream's messages after the last one this node knows,
+    /// read from Redis and handed on as if they had arrived (the hubs drop repeats).
+    pub(super) fn fill_all(self: &Rc<Self>) {
+        let streams: Vec<(Stream, u64)> = {
+            let st = self.state.borrow();
+            let rooms = st
+                .rooms
+                .iter()
+                .map(|(r, s)| (Stream::Room(r.clone()), s.last));
+            let users = (st.users.iter()).map(|(u, s)| (Stream::Inbox(u.clone()), s.last));
+            // A stream whose position is not known yet is caught up by its join or connect.
+            rooms
+                .chain(users)
+                .filter_map(|(stream, last)| Some((stream, last?)))
+                .collect()
+        };
+        for (stream, last) in streams {
+            let me = self.clone();
+            self.spawn(async move {
+                let mut cmd = redis::cmd("XRANGE");
+                cmd.arg(me.keys.log(&stream))
+                    .arg(format!("{}-0", last + 1))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(me.config.replay_limit);
+                let Some(entries) = me.query::<Value>(cmd).await else {
+                    return;
+                };
+                for (seq, json) in log_entries(entries) {
+                    me.counters.gap_fills.fetch_add(1, Relaxed);
+                    me.hand_on(
+                        &stream,
+                        Wire::Message {
+                            seq,
+                            exclude: None,
+                            epoch: None,
+                            json,
+                        },
+                    );
+                }
+            });
+        }
+    }
+
+    pub(super) fn heartbeat(self: &Rc<Self>) {
+        let me = self.clone();
+        self.spawn(async move {
+            let cmd = me.publish(me.keys.node(me.node), &Wire::Heartbeat);
+            me.query::<u64>(cmd).await;
+        });
+    }
+
+    pub(super) fn on_push(self: &Rc<Self>, p: PushInfo) {
+        if !matches!(p.kind, PushKind::Message | PushKind::SMessage) {
+            return;
+        }
+        let mut data = p.data.into_iter();
+        let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
+            return;
+        };
+        let (Some(channel), Some(payload)) = (bytes_of(channel), bytes_of(payload)) else {
+            return;
+        };
+        let Some(channel) = std::str::from_utf8(&channel)
+            .ok()
+            .and_then(|c| self.keys.parse(c))
+        else {
+            return;
+        };
+        let Some(wire) = Wire::parse(Bytes::from(payload)) else {
+            tracing::warn!(?channel, "unreadable pub/sub message; dropped");
+            return;
+        };
+        self.counters.received.fetch_add(1, Relaxed);
+        match channel {
+            Channel::Node(_) => self.beat.set(Instant::now()),
+            Channel::Control => {
+                if let Wire::Broadcast { from, json } = wire
+                    && from != self.node
+                {
+                    let frame = ws::text_frames(std::iter::once(&json[..]));
+                    self.router.broadcast(|| LocalMsg::Broadcast {
+                        frame: frame.clone(),
+                        reply: oneshot::channel().0,
+                    });
+                }
+            }
+            Channel::Stream(stream) => self.hand_on(&stream, wire),
+        }
+    }
+
+    /// A stream's message or event: encoded into a frame once, and handed to the shards with
+    /// members (a room's) or sessions (a user's).
+    pub(super) fn hand_on(&self, stream: &Stream, wire: Wire) {
+        let mut st = self.state.borrow_mut();
+        let (shards, seq, json, exclude) = match (stream, wire) {
+            (Stream::Room(room), wire) => {
+                let Some(r) = st.rooms.get_mut(room) else {
+                    return;
+                };
+                let (seq, json, exclude) = match wire {
+                    Wire::Message {
+                        seq,
+                        epoch: Some(e),
+                        ..
+                    } if new_epoch_seen(&mut r.epoch, e) => {
+                        r.last = Some(seq);
+                        let shards = r.shards.clone();
+                        drop(st);
+                        return self.lost(&shards, stream);
+                    }
+                    Wire::Message {
+                        seq, exclude, json, ..
+                    } => (Some(seq), json, exclude),
+                    Wire::Event { exclude, json } => (None, json, exclude),
+                    _ => return,
+                };
+                if let Some(seq) = seq {
+                    r.last = r.last.max(Some(seq));
+                }
+                let frame = ws::text_frames(std::iter::once(&json[..]));
+                if let (Some(seq), true) = (seq, r.pending > 0) {
+                    r.recent.push((seq, frame.clone(), exclude));
+                }
+                return self.deliver(&r.shards, stream, seq, frame, exclude);
+            }
+            (Stream::Inbox(user), wire) => {
+                let Some(u) = st.users.get_mut(user) else {
+                    return;
+                };
+                match wire {
+                    Wire::Message {
+                        seq,
+                        epoch: Some(e),
+                        ..
+                    } if new_epoch_seen(&mut u.epoch, e) => {
+                        u.last = Some(seq);
+                        let shards = u.shards.clone();
+                        drop(st);
+                        return self.lost(&shards, stream);
+                    }
+                    Wire::Message {
+                        seq, exclude, json, ..
+                    } => {
+                        u.last = u.last.max(Some(seq));
+                        (u.shards.clone(), Some(seq), json, exclude)
+                    }
+                    Wire::Forward { exclude, json } => (u.shards.clone(), None, json, exclude),
+                    Wire::CloseOthers(except) => {
+                        for (shard, _) in u.shards.iter().enumerate().filter(|s| *s.1 > 0) {
+                            let msg = NodeMsg::CloseUser {
+                                user: user.clone(),
+                                except,
+                                code: CloseCode::Replaced,
+                            };
+                            self.router.send(shard, msg);
+                        }
+                        return;
+                    }
+                    Wire::Kick(reason) => {
+                        for (shard, _) in u.shards.iter().enumerate().filter(|s| *s.1 > 0) {
+                            let msg = LocalMsg::Kick {
+                                user: user.clone(),
+                                reason: Some(reason.clone()).filter(|r| !r.is_empty()),
+                                reply: oneshot::channel().0,
+                            };
+                            self.router.send(shard, msg);
+                        }
+                        return;
+                    }
+                    _ => return,
+                }
+            }
+        };
+        drop(st);
+        let frame = ws::text_frames(std::iter::once(&json[..]));
+        self.deliver(&shards, stream, seq, frame, exclude);
+    }
+
+    /// The stream began a new epoch: its local receivers must reconnect and recover.
+    pub(super) fn lost(&self, shards: &[u32], stream: &Stream) {
+        tracing::warn!(?stream, "a stream's history was lost in Redis (new epoch)");
+        for (shard, _) in shards.iter().enumerate().filter(|s| *s.1 > 0) {
+            let msg = NodeMsg::Lost {
+                stream: stream.clone(),
+            };
+            self.router.send(shard, msg);
+        }
+    }
+
+    pub(super) fn deliver(
+        &self,
+        shards: &[u32],
+        stream: &Stream,
+        seq: Option<u64>,
+        frame: Bytes,
+        exclude: Option<ConnId>,
+    ) {
+        for (shard, _) in shards.iter().enumerate().filter(|s| *s.1 > 0) {
+            let msg = NodeMsg::Deliver {
+                stream: stream.clone(),
+                seq,
+                frame: frame.clone(),
+                exclude,
+            };
+            self.router.send(shard, msg);
+        }
+    }
+}
+
+/// The (seq, JSON) of each entry of an XRANGE reply; malformed entries are skipped.
+fn log_entries(v: Value) -> Vec<(u64, Bytes)> {
+    let Value::Array(entries) = v else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let Value::Array(parts) = e else { continue };
+        let mut parts = parts.into_iter();
+        let (Some(id), Some(Value::Array(fields))) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Some(seq) = bytes_of(id)
+            .and_then(|id| String::from_utf8(id).ok())
+            .and_then(|id| id.split('-').next()?.parse().ok())
+        else {
+            continue;
+        };
+        let mut fields = fields.into_iter();
+        while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
+            if bytes_of(k).as_deref() == Some(b"d")
+                && let Some(json) = bytes_of(v)
+            {
+                out.push((seq, Bytes::from(json)));
+            }
+        }
+    }
+    out
+}
