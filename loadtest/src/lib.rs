@@ -30,7 +30,7 @@
 //!
 //! The modules:
 //! - `cli`: the options (also the library's input).
-//! - `target`: the servers under test and the cluster's Redis, given or spawned.
+//! - `system`: the servers under test and the cluster's Redis, given or spawned.
 //! - `client`: one WebSocket client and the frames it speaks.
 //! - `scenario`: the plans and the run phases (`pubsub` engine, `churn`, and the `pacer` thread
 //!   that wakes open-loop senders on time).
@@ -48,7 +48,7 @@ pub mod report;
 pub mod scenario;
 pub mod stats;
 pub mod sys;
-pub mod target;
+pub mod system;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,7 +65,7 @@ use scenario::churn::ChurnResult;
 use scenario::pubsub::PubsubResult;
 use scenario::soak::SoakResult;
 use stats::Shared;
-use target::{Target, TargetInfo};
+use system::{Target, TargetInfo};
 
 /// File descriptors the bot keeps for itself besides one per connection.
 const SPARE_FDS: u64 = 64;

@@ -13,7 +13,7 @@ use crate::procfs::ProcSample;
 use crate::redis_info::RedisSample;
 use crate::scenario::soak::SoakSample;
 use crate::stats::{DeliveryReport, LatencySummary};
-use crate::target::TargetInfo;
+use crate::system::TargetInfo;
 
 /// Everything a run found.
 #[derive(Clone, Debug, Serialize)]
