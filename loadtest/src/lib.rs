@@ -465,7 +465,18 @@ fn churn_report(
         close_latency: r.close_latency,
         server_cpu_us_per_cycle: None,
         server_rss_retained_bytes: None,
+        redis_cpu_us_per_cycle: None,
+        redis_commands_per_cycle: None,
     };
+    if let (Some(w0), Some(w1)) = (&r.window_start.redis, &r.window_end.redis) {
+        let cost = RedisCost::compute(w0, w1, WindowWork::default());
+        if r.completed_in_window > 0 {
+            let per_cycle = |x: f64| Some(x / r.completed_in_window as f64);
+            churn.redis_cpu_us_per_cycle = per_cycle(cost.cpu_seconds * 1e6);
+            churn.redis_commands_per_cycle = per_cycle(cost.commands as f64);
+        }
+        rep.redis = Some(cost);
+    }
     if let (Some(b), Some(w0), Some(w1)) = (
         r.baseline.server_total(),
         r.window_start.server_total(),

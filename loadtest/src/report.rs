@@ -280,6 +280,10 @@ pub struct ChurnReport {
     /// Server RSS a second after the last cycle, minus the baseline (growth here hints at a
     /// leak).
     pub server_rss_retained_bytes: Option<i64>,
+    /// A cluster's Redis CPU and commands per completed cycle in the window (sessions,
+    /// presence, subscriptions).
+    pub redis_cpu_us_per_cycle: Option<f64>,
+    pub redis_commands_per_cycle: Option<f64>,
 }
 
 /// What a soak run adds: the server's resources over time and the churn cycles' outcome.
@@ -459,6 +463,9 @@ impl Report {
             );
             if let Some(us) = c.server_cpu_us_per_cycle {
                 let _ = writeln!(o, "  server CPU/cycle  {us:.1} µs");
+            }
+            if let (Some(us), Some(n)) = (c.redis_cpu_us_per_cycle, c.redis_commands_per_cycle) {
+                let _ = writeln!(o, "  Redis/cycle       {us:.1} µs CPU, {n:.1} commands");
             }
             if let Some(b) = c.server_rss_retained_bytes {
                 let _ = writeln!(o, "  RSS retained      {:+.1} KiB", b as f64 / 1024.0);
