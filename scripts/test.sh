@@ -5,7 +5,9 @@
 # Debian packages, installed with apt-get (as root, or through sudo) only when missing:
 # - chromium and chromium-driver, for tests/browser.rs (headless Chromium over WebDriver);
 # - nodejs when there is no `node` at all, for tests/js_client.rs (it needs Node 20.10 or
-#   newer and says so if it finds an older one).
+#   newer and says so if it finds an older one);
+# - redis-server (Redis 7, with redis-cli), for the cluster tests (tests/cluster*.rs,
+#   tests/redis_cluster.rs), which start their own Redis in a temp dir on a free port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,7 @@ missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 command -v node >/dev/null || missing+=(nodejs)
+[ -x /usr/bin/redis-server ] || missing+=(redis-server)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing what the tests need: ${missing[*]}"
   sudo=""

@@ -6,20 +6,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::proxy::Proxy;
 use common::{TestServer, dev};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpStream;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -100,54 +97,6 @@ impl Drop for Driver {
         // SAFETY: kill(2) on the process group this driver leads; no memory is touched.
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
-    }
-}
-
-/// A TCP proxy in front of the server: while `refuse` is set it drops new connections, and
-/// `cut` drops the open ones, so a test decides when a page can reconnect.
-struct Proxy {
-    addr: SocketAddr,
-    refuse: Arc<AtomicBool>,
-    conns: Arc<std::sync::Mutex<JoinSet<()>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let refuse = Arc::new(AtomicBool::new(false));
-        let conns = Arc::new(std::sync::Mutex::new(JoinSet::new()));
-        let (r, c) = (refuse.clone(), conns.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if r.load(Ordering::SeqCst) {
-                    continue; // dropped: the browser sees a failed connection
-                }
-                c.lock().unwrap().spawn(async move {
-                    if let Ok(mut upstream) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    }
-                });
-            }
-        });
-        Proxy {
-            addr,
-            refuse,
-            conns,
-            accept,
-        }
-    }
-
-    fn refuse(&self, on: bool) {
-        self.refuse.store(on, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.conns.lock().unwrap().abort_all();
     }
 }
 
@@ -264,7 +213,7 @@ async fn chat_and_operator_pages_in_chromium() {
     // Alice and Bob join a room, see each other online and exchange messages. Bob's page
     // comes through the proxy, so the test decides when it may reconnect.
     sign_in(&alice, &base, "alice").await;
-    sign_in(&bob, &format!("http://{}", proxy.addr), "bob").await;
+    sign_in(&bob, &format!("http://{}", proxy.addr()), "bob").await;
     join(&alice, "lobby").await;
     join(&bob, "lobby").await;
     let presence = "return document.getElementById('presence').textContent";

@@ -180,13 +180,10 @@ async fn spawn_binary(data: &Path, args: &[&str]) -> (BinaryServer, std::net::So
         "127.0.0.1:0",
         "--shards",
         "2",
-        "--publish-rate",
-        "1000000",
-        "--publish-burst",
-        "1000000",
         "--presence-events",
         "false",
     ];
+    all.extend_from_slice(&NO_RATE_LIMIT);
     all.extend_from_slice(args);
     let mut server = BinaryServer::spawn_in(Path::new(env!("CARGO_BIN_EXE_shardcast")), data, &all);
     let addr = server.listening_addr().await;

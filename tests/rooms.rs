@@ -155,9 +155,9 @@ async fn rejoin_is_acked_with_the_current_seq() {
     let server = TestServer::default_config();
     let addr = server.addr();
     let mut a = dev(addr, "a").await;
-    join_settled(&mut a, "r", "a").await;
+    join_settled(&mut a, "r").await;
     let mut b = dev(addr, "b").await;
-    join_settled(&mut b, "r", "b").await;
+    join_settled(&mut b, "r").await;
     assert_eq!(a.recv_json().await["type"], "joined");
     for n in 1..=3 {
         assert_eq!(a.publish("r", json!(n)).await, n);
@@ -171,7 +171,7 @@ async fn rejoin_is_acked_with_the_current_seq() {
     );
     // No second `joined` for b: c joining is the next event a sees.
     let mut c = dev(addr, "c").await;
-    join_settled(&mut c, "r", "c").await;
+    join_settled(&mut c, "r").await;
     assert_eq!(
         a.recv_json().await,
         json!({"type": "joined", "room": "r", "user": "c"})
@@ -295,40 +295,25 @@ async fn multi_device_delivery() {
     }
 }
 
-/// The reply to a request (by id) and the frames that came before it, which must all be
-/// presence events about `me` itself (whether a joiner sees its own `joined` is not specified).
-async fn call_allowing_own_presence(client: &mut Client, frame: Value, me: &str) -> Value {
-    let id = client.fresh_id();
-    let mut frame = frame;
-    frame["id"] = id.clone();
-    client.send_json(&frame).await;
-    loop {
-        let got = client.recv_json().await;
-        if got["id"] == id && got["type"] != "joined" && got["type"] != "left" {
-            return got;
-        }
-        assert!(
-            (got["type"] == "joined" || got["type"] == "left") && got["user"] == me,
-            "{me}: only presence events about itself may precede the reply, got {got}"
-        );
-    }
-}
-
 /// Joins, then a ping round trip; a `joined` about the joiner itself may show up around its ack.
-async fn join_settled(client: &mut Client, room: &str, me: &str) {
-    let ack = call_allowing_own_presence(client, json!({"type": "join", "room": room}), me).await;
+async fn join_settled(client: &mut Client, room: &str) {
+    let ack = client
+        .call_past_own_presence(json!({"type": "join", "room": room}))
+        .await;
     assert_eq!(ack["type"], "ack", "{ack}");
     assert_eq!(ack["room"], room, "{ack}");
-    let pong = call_allowing_own_presence(client, json!({"type": "ping"}), me).await;
+    let pong = client.call_past_own_presence(json!({"type": "ping"})).await;
     assert_eq!(pong["type"], "pong", "{pong}");
 }
 
 /// Leaves; a `left` about the leaver itself may show up around its ack.
-async fn leave_settled(client: &mut Client, room: &str, me: &str) {
-    let ack = call_allowing_own_presence(client, json!({"type": "leave", "room": room}), me).await;
+async fn leave_settled(client: &mut Client, room: &str) {
+    let ack = client
+        .call_past_own_presence(json!({"type": "leave", "room": room}))
+        .await;
     assert_eq!(ack["type"], "ack", "{ack}");
     assert_eq!(ack["room"], room, "{ack}");
-    let pong = call_allowing_own_presence(client, json!({"type": "ping"}), me).await;
+    let pong = client.call_past_own_presence(json!({"type": "ping"})).await;
     assert_eq!(pong["type"], "pong", "{pong}");
 }
 
@@ -341,12 +326,12 @@ async fn presence_events_and_query() {
     let left = |user: &str| json!({"type": "left", "room": "r", "user": user});
 
     let mut a = dev(addr, "a").await;
-    join_settled(&mut a, "r", "a").await;
+    join_settled(&mut a, "r").await;
     assert_eq!(a.presence("r").await, ["a"]);
 
     // b's first connection joining: a sees `joined`.
     let mut b1 = dev(addr, "b").await;
-    join_settled(&mut b1, "r", "b").await;
+    join_settled(&mut b1, "r").await;
     assert_eq!(a.recv_json().await, joined("b"));
 
     // b's second connection joining: no event for anyone. c joining next is the marker: it must
@@ -354,7 +339,7 @@ async fn presence_events_and_query() {
     let mut b2 = dev(addr, "b").await;
     assert_eq!(b2.join("r").await, 0);
     let mut c = dev(addr, "c").await;
-    join_settled(&mut c, "r", "c").await;
+    join_settled(&mut c, "r").await;
     assert_eq!(
         a.recv_json().await,
         joined("c"),
@@ -369,7 +354,7 @@ async fn presence_events_and_query() {
 
     // b2 leaving (b1 still in): no event. c leaving is the marker.
     b2.leave("r").await;
-    leave_settled(&mut c, "r", "c").await;
+    leave_settled(&mut c, "r").await;
     assert_eq!(
         a.recv_json().await,
         left("c"),
@@ -379,13 +364,13 @@ async fn presence_events_and_query() {
     assert_eq!(a.presence("r").await, ["a", "b"]);
 
     // b's last connection leaving: `left`.
-    leave_settled(&mut b1, "r", "b").await;
+    leave_settled(&mut b1, "r").await;
     assert_eq!(a.recv_json().await, left("b"));
     assert_eq!(a.presence("r").await, ["a"]);
 
     // A disconnect leaves every room.
     let mut d = dev(addr, "d").await;
-    join_settled(&mut d, "r", "d").await;
+    join_settled(&mut d, "r").await;
     assert_eq!(a.recv_json().await, joined("d"));
     d.close().await;
     assert_eq!(a.recv_json().await, left("d"), "a disconnect is a leave");

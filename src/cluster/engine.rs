@@ -70,6 +70,7 @@ impl Boot {
         };
         cmds.set_name(&format!("{}-cmd-{node}", keys.prefix()))
             .await?;
+        load_scripts(&mut cmds).await?;
         Ok((target, Boot { node, cmds }))
     }
 }
@@ -190,6 +191,8 @@ pub struct Node {
     state: RefCell<State>,
     /// When this node's own heartbeat last came back over pub/sub.
     beat: Cell<Instant>,
+    /// When a command last succeeded.
+    last_ok: Cell<Instant>,
 }
 
 use crate::router::Router;
@@ -198,11 +201,28 @@ fn now_ms() -> u64 {
     crate::shard::now_ms()
 }
 
+/// Why a Redis call gave no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// Not connected, or the connection failed: the request was not carried out.
+    Down,
+    /// No answer within `redis_timeout_ms`: the request may still have been carried out.
+    Timeout,
+}
+
 fn unavailable() -> ReplyError {
-    ReplyError::new(
-        ErrorCode::Unavailable,
-        "Redis did not answer; the message was not stored or delivered",
-    )
+    failed(Failure::Down)
+}
+
+fn failed(f: Failure) -> ReplyError {
+    let message = match f {
+        Failure::Down => "Redis is unreachable; the request was not carried out",
+        Failure::Timeout => {
+            "Redis did not answer in time; the message may still have been stored (look at \
+             history before sending it again)"
+        }
+    };
+    ReplyError::new(ErrorCode::Unavailable, message)
 }
 
 impl Node {
@@ -230,6 +250,7 @@ impl Node {
             subs: RefCell::new(None),
             state: RefCell::default(),
             beat: Cell::new(Instant::now()),
+            last_ok: Cell::new(Instant::now()),
         }
     }
 
@@ -256,12 +277,20 @@ impl Node {
         }
     }
 
-    /// Runs a script; `None` (counted, and logged once per outage) when Redis failed.
+    /// Runs a script; `None` (counted) when Redis failed.
     async fn script<T: redis::FromRedisValue>(
         self: &Rc<Self>,
         inv: &redis::ScriptInvocation<'_>,
     ) -> Option<T> {
-        let mut c = self.cmds.borrow().clone()?;
+        self.script_or(inv).await.ok()
+    }
+
+    /// Runs a script, saying why it failed.
+    async fn script_or<T: redis::FromRedisValue>(
+        self: &Rc<Self>,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, Failure> {
+        let mut c = self.cmds.borrow().clone().ok_or(Failure::Down)?;
         let r = c.run(inv).await;
         self.outcome(r)
     }
@@ -269,14 +298,24 @@ impl Node {
     async fn query<T: redis::FromRedisValue>(self: &Rc<Self>, cmd: redis::Cmd) -> Option<T> {
         let mut c = self.cmds.borrow().clone()?;
         let r = c.query(&cmd).await;
-        self.outcome(r)
+        self.outcome(r).ok()
     }
 
-    fn outcome<T>(self: &Rc<Self>, r: RedisResult<T>) -> Option<T> {
+    fn outcome<T>(self: &Rc<Self>, r: RedisResult<T>) -> Result<T, Failure> {
         match r {
             Ok(v) => {
                 self.counters.round_trips.fetch_add(1, Relaxed);
-                Some(v)
+                self.last_ok.set(Instant::now());
+                Ok(v)
+            }
+            Err(e) if e.is_timeout() => {
+                self.counters.errors.fetch_add(1, Relaxed);
+                // Other commands answered within the timeout: Redis is slow (overloaded), not
+                // gone; replacing the connection would fail every command in flight.
+                if self.last_ok.get().elapsed() > self.timeout() {
+                    self.link_lost(&e);
+                }
+                Err(Failure::Timeout)
             }
             Err(e) => {
                 self.counters.errors.fetch_add(1, Relaxed);
@@ -285,9 +324,13 @@ impl Node {
                 } else {
                     tracing::warn!(error = %e, "redis command failed");
                 }
-                None
+                Err(Failure::Down)
             }
         }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.config.redis_timeout_ms)
     }
 
     /// The command connection failed: Redis is unreachable until a reconnect succeeds.
@@ -563,8 +606,9 @@ impl Node {
             .arg(if inbox { "1" } else { "0" })
             .arg(now_ms())
             .arg(Self::new_epoch());
-        let Some((seq, _epoch)) = self.script::<(u64, u64)>(&inv).await else {
-            return self.answer(reply.fail(unavailable()));
+        let (seq, _epoch) = match self.script_or::<(u64, u64)>(&inv).await {
+            Ok(done) => done,
+            Err(f) => return self.answer(reply.fail(failed(f))),
         };
         let seq_json = || Bytes::from(format!("{{\"seq\":{seq}}}"));
         let ack = reply.answer(
@@ -611,7 +655,7 @@ fn replay(stream: Stream, to: ReplayTo, after: u64, upto: u64, ok: bool) -> Node
 
 /// Whether an error means the connection itself is gone (rather than one command failing).
 fn lost_link(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
+    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
 fn bytes_of(v: Value) -> Option<Vec<u8>> {

@@ -7,13 +7,18 @@
 //! - [`mint`]: HS256 tokens for JWT mode; [`keys`]: RS256 / ES256 tokens and a JWKS server.
 //! - [`BinaryServer`]: the `shardcast` binary as a child process.
 //! - [`client_frame`]: raw masked client frames, for the conformance and property tests.
+//! - [`redis`]: real Redis servers and a Redis Cluster; [`cluster`]: shardcast nodes on the
+//!   redis engine (the cluster tests); [`proxy`]: a TCP proxy that refuses, freezes or cuts.
 //!
 //! Every test that uses [`TestServer`] must run on a multi-thread runtime
 //! (`#[tokio::test(flavor = "multi_thread")]`): starting and stopping the server blocks, and is
 //! done inside `block_in_place`.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod keys;
+pub mod proxy;
+pub mod redis;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -528,6 +533,31 @@ impl Client {
             self.name
         );
         reply
+    }
+
+    /// [`Client::call`], letting presence events about this client's own user come before the
+    /// reply (whether a joiner sees its own `joined` is not specified).
+    pub async fn call_past_own_presence(&mut self, mut frame: Value) -> Value {
+        let id = self.id_of(&mut frame);
+        self.send_json(&frame).await;
+        let got = self.recv_past_own_presence().await;
+        assert_eq!(
+            got["id"], id,
+            "{}: the reply to {frame}, got {got}",
+            self.name
+        );
+        got
+    }
+
+    /// The next JSON frame that is not a presence event about this client's own user.
+    pub async fn recv_past_own_presence(&mut self) -> Value {
+        loop {
+            let got = self.recv_json().await;
+            let presence = got["type"] == "joined" || got["type"] == "left";
+            if !(presence && got["user"] == self.name.as_str()) {
+                return got;
+            }
+        }
     }
 
     /// Joins `room`; returns the ack's seq.
@@ -1115,6 +1145,9 @@ impl Http {
 // ---------------------------------------------------------------------------------------------
 // The binary
 // ---------------------------------------------------------------------------------------------
+
+/// Binary arguments for a publish rate no test reaches.
+pub const NO_RATE_LIMIT: [&str; 4] = ["--publish-rate", "1000000", "--publish-burst", "1000000"];
 
 /// A `shardcast serve` child process. Killed on drop if still running.
 pub struct BinaryServer {
