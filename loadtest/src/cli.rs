@@ -220,49 +220,74 @@ pub struct LoadArgs {
 
 /// Target, pinning, timing and output options, the same for every scenario.
 #[derive(Args, Debug, Clone)]
-#[command(group(ArgGroup::new("target").required(true).args(["url", "spawn_server"])))]
+#[command(group(ArgGroup::new("target").required(true).args(["url", "spawn_server", "spawn_cluster"])))]
 pub struct CommonArgs {
     /// A running server, e.g. ws://127.0.0.1:8080 (127.0.0.0/8 only; dev mode, no jwt_secret).
-    #[arg(long)]
-    pub url: Option<String>,
+    /// Repeat it, or separate URLs with commas, for the nodes of a cluster: connections are
+    /// spread over them round robin.
+    #[arg(long, value_delimiter = ',')]
+    pub url: Vec<String>,
     /// Start the release server binary on a free port with a temp data dir; stop it at the end.
     #[arg(long)]
     pub spawn_server: bool,
-    /// With --spawn-server: the server binary. Default: `shardcast` next to this binary, else
-    /// ./target/release/shardcast.
+    /// Start a cluster: a redis-server on a free port in a temp dir, and N server nodes
+    /// (`--engine redis`, node ids 0 to N-1), each on its own free port; stop them all at the end.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub spawn_cluster: Option<u16>,
+    /// With --spawn-server/--spawn-cluster: the server binary. Default: `shardcast` next to this
+    /// binary, else ./target/release/shardcast.
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
-    /// With --spawn-server: pin the server to these CPUs (taskset syntax, e.g. `0` or `0-1`).
+    /// With --spawn-server/--spawn-cluster: pin the server (each node) to these CPUs (taskset
+    /// syntax, e.g. `0` or `0-1`).
     #[arg(long)]
     pub server_cpus: Option<String>,
     /// Pin the bot to these CPUs; the bot runs one worker thread per CPU listed.
     #[arg(long)]
     pub client_cpus: Option<String>,
-    /// With --url: the server's process id, to measure its CPU and memory.
-    #[arg(long, conflicts_with = "spawn_server")]
-    pub server_pid: Option<u32>,
-    /// With --spawn-server: the server's --shards (default: the server's own default).
+    /// With --url: the server's process id, to measure its CPU and memory. With several URLs,
+    /// one pid per URL, in the same order (repeat it or separate with commas).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["spawn_server", "spawn_cluster"])]
+    pub server_pid: Vec<u32>,
+    /// With --url: the cluster's Redis (redis://[:password@]127.0.0.1:PORT), read with INFO at
+    /// the window's edges for its CPU, commands and memory per publish.
+    #[arg(long, conflicts_with_all = ["spawn_server", "spawn_cluster"])]
+    pub redis_url: Option<String>,
+    /// With --spawn-cluster: the redis-server binary (a bare name is looked up on PATH).
+    #[arg(long, default_value = "redis-server")]
+    pub redis_bin: PathBuf,
+    /// With --spawn-cluster: pin redis-server to these CPUs (taskset syntax).
+    #[arg(long)]
+    pub redis_cpus: Option<String>,
+    /// With --spawn-cluster: what the spawned Redis persists (docs/cluster.md says which
+    /// guarantee each gives).
+    #[arg(long, value_enum, default_value_t = RedisPersistence::None)]
+    pub redis_persistence: RedisPersistence,
+    /// With --spawn-server/--spawn-cluster: the server's --shards (default: the server's own
+    /// default).
     #[arg(long)]
     pub shards: Option<usize>,
-    /// With --spawn-server: the server's --max-queue-bytes (default: the server's, 1 MiB; 64 MiB
-    /// with --max).
+    /// With --spawn-server/--spawn-cluster: the server's --max-queue-bytes (default: the
+    /// server's, 1 MiB; 64 MiB with --max).
     #[arg(long)]
     pub max_queue_bytes: Option<usize>,
-    /// With --spawn-server: the server's --presence-events. Off by default so joins do not
-    /// flood rooms with `joined` events; the bot tolerates them either way.
+    /// With --spawn-server/--spawn-cluster: the server's --presence-events. Off by default so
+    /// joins do not flood rooms with `joined` events; the bot tolerates them either way.
     #[arg(long, default_value_t = false, action = ArgAction::Set)]
     pub presence_events: bool,
     /// The server's durability mode. With --spawn-server it is passed to the server as
     /// `--durability` (default sync, the server's own default). With --url it is what you declare
-    /// the server runs; the bot cannot check it. The report shows it beside every figure.
-    #[arg(long, value_enum)]
+    /// the server runs; the bot cannot check it. The report shows it beside every figure. A
+    /// cluster's durability is its Redis's: see --redis-persistence.
+    #[arg(long, value_enum, conflicts_with = "spawn_cluster")]
     pub durability: Option<Durability>,
-    /// With --spawn-server: one more argument for `shardcast serve` (repeatable). Flags the bot
-    /// sets itself (--durability, --shards, --publish-rate, …) are refused here: use the bot's
-    /// own option, so the report records what the server ran with.
+    /// With --spawn-server/--spawn-cluster: one more argument for `shardcast serve`
+    /// (repeatable). Flags the bot sets itself (--durability, --shards, --publish-rate, …) are
+    /// refused here: use the bot's own option, so the report records what the server ran with.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
-    /// With --spawn-server: RUST_LOG for the server (its log goes to a file in its temp dir).
+    /// With --spawn-server/--spawn-cluster: RUST_LOG for the server (its log goes to a file in
+    /// its temp dir).
     #[arg(long, default_value = "warn")]
     pub server_log: String,
     /// Length of the measured window, in seconds.
@@ -318,6 +343,56 @@ impl Durability {
     }
 }
 
+/// What a spawned Redis keeps on disk: the guarantee of a cluster's history and seqs.
+#[derive(ValueEnum, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedisPersistence {
+    /// Nothing (`save ""`, `appendonly no`): a Redis restart loses every stream.
+    #[default]
+    None,
+    /// RDB snapshots on Redis's default schedule: a restart loses the writes since the last one.
+    Rdb,
+    /// AOF fsynced once a second: a crash loses up to about a second of acked messages.
+    AofEverysec,
+    /// AOF fsynced before every reply: no acked message is lost on a restart.
+    AofAlways,
+}
+
+impl RedisPersistence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisPersistence::None => "none",
+            RedisPersistence::Rdb => "rdb",
+            RedisPersistence::AofEverysec => "aof-everysec",
+            RedisPersistence::AofAlways => "aof-always",
+        }
+    }
+
+    /// The `redis-server` options that set it.
+    pub fn redis_args(self) -> &'static [&'static str] {
+        match self {
+            RedisPersistence::None => &["--save", "", "--appendonly", "no"],
+            RedisPersistence::Rdb => &["--save", "3600 1 300 100 60 10000", "--appendonly", "no"],
+            RedisPersistence::AofEverysec => &[
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+            ],
+            RedisPersistence::AofAlways => &[
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,5 +428,48 @@ mod tests {
             assert_eq!(cli.scenario.common().durability, Some(*d));
             assert_eq!(serde_json::to_value(d).unwrap(), d.as_str());
         }
+    }
+
+    #[test]
+    fn cluster_targets() {
+        let cli = Cli::try_parse_from([
+            "lt",
+            "chat",
+            "--url",
+            "ws://127.0.0.1:1,ws://127.0.0.1:2",
+            "--url",
+            "ws://127.0.0.1:3",
+            "--server-pid",
+            "7,8,9",
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+        ])
+        .unwrap();
+        let c = cli.scenario.common();
+        assert_eq!(c.url.len(), 3);
+        assert_eq!(c.server_pid, vec![7, 8, 9]);
+        let cli = Cli::try_parse_from(["lt", "fanout", "--spawn-cluster", "3"]).unwrap();
+        assert_eq!(cli.scenario.common().spawn_cluster, Some(3));
+        assert_eq!(
+            cli.scenario.common().redis_persistence,
+            RedisPersistence::None
+        );
+        assert!(Cli::try_parse_from(["lt", "fanout", "--spawn-cluster", "0"]).is_err());
+        assert!(
+            Cli::try_parse_from(["lt", "fanout", "--spawn-cluster", "2", "--spawn-server"])
+                .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "lt",
+                "fanout",
+                "--spawn-cluster",
+                "2",
+                "--durability",
+                "sync"
+            ])
+            .is_err(),
+            "a cluster's durability is its Redis's"
+        );
     }
 }

@@ -62,21 +62,7 @@ impl Endpoint {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        let (host, port) = hostport
-            .rsplit_once(':')
-            .ok_or_else(|| anyhow!("--url needs an explicit port (got {url:?})"))?;
-        let port: u16 = port
-            .parse()
-            .with_context(|| format!("bad port in --url {url:?}"))?;
-        let ip: Ipv4Addr = if host == "localhost" {
-            Ipv4Addr::LOCALHOST
-        } else {
-            host.parse()
-                .with_context(|| format!("--url host must be an IPv4 address (got {host:?})"))?
-        };
-        if !ip.is_loopback() {
-            bail!("--url host {ip} is not loopback: the bot only targets 127.0.0.0/8");
-        }
+        let addr = loopback_addr(hostport, "--url", url)?;
         let path = path.split('?').next().unwrap_or("");
         let path = if path.is_empty() || path == "/" {
             "/ws"
@@ -84,7 +70,7 @@ impl Endpoint {
             path
         };
         Ok(Endpoint {
-            addr: SocketAddr::V4(SocketAddrV4::new(ip, port)),
+            addr,
             path: path.to_string(),
         })
     }
@@ -95,6 +81,27 @@ impl Endpoint {
             path: "/ws".to_string(),
         }
     }
+}
+
+/// Parses the `host:port` of `flag`'s `url`; the host must be an IPv4 loopback address or
+/// `localhost`: the bot never sends load, or reads counters, anywhere else.
+pub fn loopback_addr(hostport: &str, flag: &str, url: &str) -> anyhow::Result<SocketAddr> {
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("{flag} needs an explicit port (got {url:?})"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("bad port in {flag} {url:?}"))?;
+    let ip: Ipv4Addr = if host == "localhost" {
+        Ipv4Addr::LOCALHOST
+    } else {
+        host.parse()
+            .with_context(|| format!("{flag} host must be an IPv4 address (got {host:?})"))?
+    };
+    if !ip.is_loopback() {
+        bail!("{flag} host {ip} is not loopback: the bot only targets 127.0.0.0/8");
+    }
+    Ok(SocketAddr::V4(SocketAddrV4::new(ip, port)))
 }
 
 /// The source address for client number `i`: 127.0.0.1 … 127.0.0.`spread`, round robin, so the

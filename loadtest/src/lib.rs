@@ -1,7 +1,7 @@
 //! shardcast-loadtest: a bot that opens thousands of real WebSocket clients against a shardcast
-//! server, drives one of six scenarios (fanout, chat, dm, idle, churn, soak), checks delivery
-//! exactly, measures latency with HDR histograms and reads the server's CPU and RSS from
-//! `/proc`.
+//! server or a cluster of nodes, drives one of six scenarios (fanout, chat, dm, idle, churn,
+//! soak), checks delivery exactly, measures latency with HDR histograms, reads the servers' CPU
+//! and RSS from `/proc` and a cluster's Redis cost from its `INFO`.
 //!
 //! [`run`] is the whole thing: options in, [`Report`] out. From the workspace root:
 //!
@@ -14,6 +14,8 @@
 //! cargo run --release -p shardcast-loadtest -- churn --rate 500 --spawn-server --json
 //! cargo run --release -p shardcast-loadtest -- soak --duration 600 --warmup 60 --spawn-server
 //! cargo run --release -p shardcast-loadtest -- chat --max --users 100 --room-size 1 --durability memory --spawn-server
+//! cargo run --release -p shardcast-loadtest -- fanout --spawn-cluster 3
+//! cargo run --release -p shardcast-loadtest -- chat --url ws://127.0.0.1:8001,ws://127.0.0.1:8002 --redis-url redis://127.0.0.1:6379
 //! ```
 //!
 //! `--durability` (sync, the default, async or memory) is passed to a spawned server, or declared
@@ -21,25 +23,32 @@
 //! its room: publishes are stored and acked but delivered to nobody, so acks/s and server CPU per
 //! publish measure the store path.
 //!
+//! A cluster (several `--url`s, or `--spawn-cluster N`: a redis-server and N redis-engine
+//! nodes) gets connection i on node i mod N, so every room has members on every node, and the
+//! same exact check then covers delivery across nodes. The report adds each node's CPU and the
+//! Redis's CPU, commands and memory per publish.
+//!
 //! The modules:
 //! - `cli`: the options (also the library's input).
-//! - `target`: the server under test, given or spawned.
+//! - `system`: the servers under test and the cluster's Redis, given or spawned.
 //! - `client`: one WebSocket client and the frames it speaks.
 //! - `scenario`: the plans and the run phases (`pubsub` engine, `churn`, and the `pacer` thread
 //!   that wakes open-loop senders on time).
 //! - `stats`: counters, histograms and the exact delivery check.
-//! - `procfs`: CPU and RSS samples. `sys`: rlimits and CPU affinity.
+//! - `procfs`: CPU and RSS samples. `redis_info`: Redis's counters, read with `INFO`.
+//! - `sys`: rlimits and CPU affinity.
 //! - `report`: the results, the summary table and the JSON. `progress`: the progress bar.
 
 pub mod cli;
 pub mod client;
 pub mod procfs;
 pub mod progress;
+pub mod redis_info;
 pub mod report;
 pub mod scenario;
 pub mod stats;
 pub mod sys;
-pub mod target;
+pub mod system;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,13 +59,13 @@ use serde_json::json;
 pub use cli::Cli;
 use cli::{CommonArgs, Scenario};
 pub use report::Report;
-use report::{BotCost, ChurnReport, ServerCost, SoakReport, WindowWork};
+use report::{BotCost, ChurnReport, NodeCost, RedisCost, ServerCost, SoakReport, WindowWork};
 use scenario::RunCtx;
 use scenario::churn::ChurnResult;
 use scenario::pubsub::PubsubResult;
 use scenario::soak::SoakResult;
 use stats::Shared;
-use target::Target;
+use system::{Target, TargetInfo};
 
 /// File descriptors the bot keeps for itself besides one per connection.
 const SPARE_FDS: u64 = 64;
@@ -96,7 +105,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<Report> {
     let mut target = Target::open(common, max_mode)?;
     let progress = Arc::new(progress::Progress::new(!common.no_progress));
     if let Some(bin) = &target.info.server_bin {
-        progress.println(format!("spawned {bin} at {}", target.info.url));
+        for n in &target.info.nodes {
+            progress.println(format!("spawned {bin} at {}", n.url));
+        }
+    }
+    if let Some(r) = &target.info.redis
+        && r.pid.is_some()
+    {
+        progress.println(format!("spawned redis-server at {}", r.url));
     }
 
     // Pin this thread before the runtime exists, so its workers inherit the CPU set.
@@ -128,9 +144,9 @@ pub fn run(cli: &Cli) -> anyhow::Result<Report> {
     let stop = target.stop();
 
     let mut report = match outcome {
-        Outcome::Pubsub(r) => pubsub_report(scenario, common, r, info.pid),
-        Outcome::Churn(r) => churn_report(scenario, common, r, info.pid),
-        Outcome::Soak(r) => soak_report(scenario, common, r, info.pid),
+        Outcome::Pubsub(r) => pubsub_report(scenario, common, r, &info),
+        Outcome::Churn(r) => churn_report(scenario, common, r, &info),
+        Outcome::Soak(r) => soak_report(scenario, common, r, &info),
     };
     report.target = info;
     report.client_cpus = common.client_cpus.clone();
@@ -182,11 +198,12 @@ fn run_in_runtime(
     .context("start the tokio runtime")?;
     let ctx = RunCtx {
         shared: Arc::new(Shared::new(Instant::now())),
-        endpoint: target.endpoint.clone(),
+        endpoints: target.endpoints.clone(),
         common: common.clone(),
         tag: format!("lt{:06x}", fastrand::u32(..) & 0xff_ffff),
         progress,
-        server_pid: target.info.pid,
+        server_pids: target.info.pids(),
+        redis: target.redis_probe.clone(),
     };
     let outcome = rt.block_on(async {
         let plan = match scenario {
@@ -249,6 +266,9 @@ fn validate(scenario: &Scenario) -> anyhow::Result<()> {
         Scenario::Idle { .. } => {}
         Scenario::Churn { args, .. } => positive(args.rate)?,
         Scenario::Soak { args, .. } => {
+            if c.url.len() > 1 || c.spawn_cluster.is_some() {
+                bail!("soak samples one server's memory: give one --url or --spawn-server");
+            }
             positive(args.rate)?;
             if args.users == 0 || args.room_size == 0 || !args.dm_users.is_multiple_of(2) {
                 bail!("soak needs chat users, rooms of at least 1 and an even --dm-users");
@@ -315,14 +335,13 @@ fn empty_report(scenario: &Scenario, common: &CommonArgs) -> Report {
             _ => "open-loop".into(),
         },
         params: params(scenario),
-        target: target::TargetInfo {
-            url: String::new(),
+        target: TargetInfo {
+            nodes: Vec::new(),
             spawned: false,
-            pid: None,
             server_bin: None,
             server_cpus: None,
-            server_args: Vec::new(),
             durability: None,
+            redis: None,
         },
         client_cpus: None,
         client_threads: 0,
@@ -339,6 +358,8 @@ fn empty_report(scenario: &Scenario, common: &CommonArgs) -> Report {
         ack_latency: None,
         send_lag: None,
         server: None,
+        nodes: Vec::new(),
+        redis: None,
         bot: None,
         churn: None,
         soak: None,
@@ -352,7 +373,7 @@ fn pubsub_report(
     scenario: &Scenario,
     common: &CommonArgs,
     r: PubsubResult,
-    pid: Option<u32>,
+    target: &TargetInfo,
 ) -> Report {
     let mut rep = empty_report(scenario, common);
     let wall = r
@@ -369,24 +390,23 @@ fn pubsub_report(
         rep.publishes_per_sec = r.sent_in_window as f64 / wall;
         rep.acks_per_sec = r.acked_in_window as f64 / wall;
     }
-    if let (Some(pid), Some(b), Some(c), Some(w0), Some(w1)) = (
-        pid,
-        r.baseline.server,
-        r.connected.server,
-        r.window_start.server,
-        r.window_end.server,
+    let work = WindowWork {
+        deliveries: r.delivered_in_window,
+        publishes: r.acked_in_window,
+        connections: r.connections,
+    };
+    if let (Some(b), Some(c), Some(w0), Some(w1)) = (
+        r.baseline.server_total(),
+        r.connected.server_total(),
+        r.window_start.server_total(),
+        r.window_end.server_total(),
     ) {
-        rep.server = Some(ServerCost::compute(
-            pid,
-            &b,
-            &c,
-            (&w0, &w1),
-            WindowWork {
-                deliveries: r.delivered_in_window,
-                publishes: r.acked_in_window,
-                connections: r.connections,
-            },
-        ));
+        let pids = target.nodes.iter().filter_map(|n| n.pid).collect();
+        rep.server = Some(ServerCost::compute(pids, &b, &c, (&w0, &w1), work));
+    }
+    rep.nodes = node_costs(target, &r.window_start, &r.window_end);
+    if let (Some(w0), Some(w1)) = (&r.window_start.redis, &r.window_end.redis) {
+        rep.redis = Some(RedisCost::compute(w0, w1, work));
     }
     if let (Some(b0), Some(b1)) = (r.window_start.bot, r.window_end.bot) {
         rep.bot = Some(BotCost::compute(&b0, &b1));
@@ -400,11 +420,28 @@ fn pubsub_report(
     rep
 }
 
+/// Each node's CPU in the window, when there are several and their pids are known.
+fn node_costs(
+    target: &TargetInfo,
+    w0: &scenario::Samples,
+    w1: &scenario::Samples,
+) -> Vec<NodeCost> {
+    if target.nodes.len() < 2 {
+        return Vec::new();
+    }
+    target
+        .nodes
+        .iter()
+        .zip(w0.servers.iter().zip(&w1.servers))
+        .filter_map(|(n, (a, b))| Some(NodeCost::compute(&n.url, n.pid?, a.as_ref()?, b.as_ref()?)))
+        .collect()
+}
+
 fn churn_report(
     scenario: &Scenario,
     common: &CommonArgs,
     r: ChurnResult,
-    pid: Option<u32>,
+    target: &TargetInfo,
 ) -> Report {
     let mut rep = empty_report(scenario, common);
     let wall = r
@@ -428,23 +465,35 @@ fn churn_report(
         close_latency: r.close_latency,
         server_cpu_us_per_cycle: None,
         server_rss_retained_bytes: None,
+        redis_cpu_us_per_cycle: None,
+        redis_commands_per_cycle: None,
     };
-    if let (Some(pid), Some(b), Some(w0), Some(w1)) = (
-        pid,
-        r.baseline.server,
-        r.window_start.server,
-        r.window_end.server,
+    if let (Some(w0), Some(w1)) = (&r.window_start.redis, &r.window_end.redis) {
+        let cost = RedisCost::compute(w0, w1, WindowWork::default());
+        if r.completed_in_window > 0 {
+            let per_cycle = |x: f64| Some(x / r.completed_in_window as f64);
+            churn.redis_cpu_us_per_cycle = per_cycle(cost.cpu_seconds * 1e6);
+            churn.redis_commands_per_cycle = per_cycle(cost.commands as f64);
+        }
+        rep.redis = Some(cost);
+    }
+    if let (Some(b), Some(w0), Some(w1)) = (
+        r.baseline.server_total(),
+        r.window_start.server_total(),
+        r.window_end.server_total(),
     ) {
-        let cost = ServerCost::compute(pid, &b, &w1, (&w0, &w1), WindowWork::default());
+        let pids = target.nodes.iter().filter_map(|n| n.pid).collect();
+        let cost = ServerCost::compute(pids, &b, &w1, (&w0, &w1), WindowWork::default());
         if r.completed_in_window > 0 {
             churn.server_cpu_us_per_cycle =
                 Some(cost.cpu_seconds * 1e6 / r.completed_in_window as f64);
         }
-        if let Some(after) = r.after.server {
+        if let Some(after) = r.after.server_total() {
             churn.server_rss_retained_bytes = Some(after.rss_bytes as i64 - b.rss_bytes as i64);
         }
         rep.server = Some(cost);
     }
+    rep.nodes = node_costs(target, &r.window_start, &r.window_end);
     if let (Some(b0), Some(b1)) = (r.window_start.bot, r.window_end.bot) {
         rep.bot = Some(BotCost::compute(&b0, &b1));
     }
@@ -458,12 +507,12 @@ fn soak_report(
     scenario: &Scenario,
     common: &CommonArgs,
     r: SoakResult,
-    pid: Option<u32>,
+    target: &TargetInfo,
 ) -> Report {
     let Scenario::Soak { args, .. } = scenario else {
         unreachable!("a soak result comes from the soak scenario")
     };
-    let mut rep = pubsub_report(scenario, common, r.pubsub, pid);
+    let mut rep = pubsub_report(scenario, common, r.pubsub, target);
     let after_warmup: Vec<_> = r
         .samples
         .iter()

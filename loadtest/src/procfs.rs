@@ -30,6 +30,17 @@ impl ProcSample {
     }
 }
 
+/// Several processes as one: CPU seconds and RSS added up, timed at the first sample. `None`
+/// for no samples.
+pub fn sum(samples: &[ProcSample]) -> Option<ProcSample> {
+    let first = samples.first()?;
+    Some(ProcSample {
+        at: first.at,
+        cpu_seconds: samples.iter().map(|s| s.cpu_seconds).sum(),
+        rss_bytes: samples.iter().map(|s| s.rss_bytes).sum(),
+    })
+}
+
 /// Clock ticks per second for `/proc/PID/stat` times (normally 100).
 pub fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no memory effects.

@@ -1,5 +1,6 @@
-//! The result of a run: the `Report` struct (serialized as-is for `--json`), the server-cost
-//! arithmetic (CPU µs per delivery, RSS per connection) and the human summary table.
+//! The result of a run: the `Report` struct (serialized as-is for `--json`), the cost
+//! arithmetic (server CPU µs per delivery, RSS per connection, per node; Redis CPU and commands
+//! per publish) and the human summary table.
 //!
 //! Owns how figures are derived from samples and how they are shown. It must not measure
 //! anything itself.
@@ -9,9 +10,10 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::procfs::ProcSample;
+use crate::redis_info::RedisSample;
 use crate::scenario::soak::SoakSample;
 use crate::stats::{DeliveryReport, LatencySummary};
-use crate::target::TargetInfo;
+use crate::system::TargetInfo;
 
 /// Everything a run found.
 #[derive(Clone, Debug, Serialize)]
@@ -46,8 +48,13 @@ pub struct Report {
     pub ack_latency: Option<LatencySummary>,
     /// Scheduled send → the bot actually wrote it (the bot's own timer lateness).
     pub send_lag: Option<LatencySummary>,
-    /// The server's cost, when its pid is known.
+    /// The server's cost, when its pid is known; a cluster's nodes added up, when every node's
+    /// pid is known.
     pub server: Option<ServerCost>,
+    /// Each node's share, when there are several.
+    pub nodes: Vec<NodeCost>,
+    /// The cluster's Redis, when the bot can read its INFO.
+    pub redis: Option<RedisCost>,
     /// The bot's own CPU over the window.
     pub bot: Option<BotCost>,
     pub churn: Option<ChurnReport>,
@@ -62,7 +69,8 @@ pub struct Report {
 /// The server's CPU and memory, from `/proc`.
 #[derive(Clone, Debug, Serialize)]
 pub struct ServerCost {
-    pub pid: u32,
+    /// The processes measured together (one per node).
+    pub pids: Vec<u32>,
     /// CPU seconds (user + system) during the window.
     pub cpu_seconds: f64,
     /// The same, as a percentage of one core.
@@ -86,7 +94,7 @@ pub struct ServerCost {
 
 impl ServerCost {
     pub fn compute(
-        pid: u32,
+        pids: Vec<u32>,
         baseline: &ProcSample,
         connected: &ProcSample,
         window: (&ProcSample, &ProcSample),
@@ -101,7 +109,7 @@ impl ServerCost {
         let cpu = w1.cpu_since(w0);
         let wall = w1.wall_since(w0);
         ServerCost {
-            pid,
+            pids,
             cpu_seconds: cpu,
             cpu_percent: if wall > 0.0 { 100.0 * cpu / wall } else { 0.0 },
             cpu_us_per_delivery: (deliveries > 0).then(|| cpu * 1e6 / deliveries as f64),
@@ -113,6 +121,111 @@ impl ServerCost {
             rss_end_bytes: w1.rss_bytes,
             rss_per_connection_bytes: (connections > 0)
                 .then(|| (w1.rss_bytes as f64 - baseline.rss_bytes as f64) / connections as f64),
+        }
+    }
+}
+
+/// One node's CPU and memory in the window.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeCost {
+    pub url: String,
+    pub pid: u32,
+    pub cpu_seconds: f64,
+    /// Percentage of one core.
+    pub cpu_percent: f64,
+    pub rss_end_bytes: u64,
+}
+
+impl NodeCost {
+    pub fn compute(url: &str, pid: u32, w0: &ProcSample, w1: &ProcSample) -> NodeCost {
+        let (cpu, wall) = (w1.cpu_since(w0), w1.wall_since(w0));
+        NodeCost {
+            url: url.to_string(),
+            pid,
+            cpu_seconds: cpu,
+            cpu_percent: if wall > 0.0 { 100.0 * cpu / wall } else { 0.0 },
+            rss_end_bytes: w1.rss_bytes,
+        }
+    }
+}
+
+/// The cluster's Redis in the window, from `INFO all` at its edges.
+#[derive(Clone, Debug, Serialize)]
+pub struct RedisCost {
+    /// `used_cpu_sys + used_cpu_user` in the window (every Redis thread).
+    pub cpu_seconds: f64,
+    pub cpu_percent: f64,
+    /// Redis CPU per acked publish (room publish or direct message), in microseconds.
+    pub cpu_us_per_publish: Option<f64>,
+    /// Publishes per second at which this CPU per publish fills one core: where a
+    /// single-threaded Redis saturates, extrapolated from the window (1 s ÷ CPU per publish).
+    pub saturation_publishes_per_sec: Option<f64>,
+    /// Commands Redis processed in the window (`total_commands_processed`, which counts the
+    /// commands a script runs too), without the bot's own INFO.
+    pub commands: u64,
+    pub commands_per_publish: Option<f64>,
+    /// Redis CPU and commands per connection held, per second: the background cost (presence
+    /// and session refreshes) that grows with connections, not messages; the idle figure.
+    pub cpu_us_per_connection_second: Option<f64>,
+    pub commands_per_connection_second: Option<f64>,
+    /// By command, busiest first: calls per acked publish and Redis's time per call.
+    pub by_command: Vec<CommandCost>,
+    /// `used_memory` at the window's edges, and its growth per acked publish (history the
+    /// streams keep until they reach their retention).
+    pub used_memory_start_bytes: u64,
+    pub used_memory_end_bytes: u64,
+    pub memory_bytes_per_publish: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CommandCost {
+    pub command: String,
+    pub calls: u64,
+    pub calls_per_publish: Option<f64>,
+    pub usec_per_call: f64,
+}
+
+impl RedisCost {
+    pub fn compute(w0: &RedisSample, w1: &RedisSample, work: WindowWork) -> RedisCost {
+        let WindowWork {
+            publishes,
+            connections,
+            ..
+        } = work;
+        let cpu = (w1.cpu_seconds - w0.cpu_seconds).max(0.0);
+        let wall = match (w0.at, w1.at) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+            _ => 0.0,
+        };
+        let per_publish = |x: f64| (publishes > 0).then(|| x / publishes as f64);
+        let cpu_us_per_publish = per_publish(cpu * 1e6);
+        let commands = w1.commands_since(w0);
+        let per_conn_sec =
+            |x: f64| (connections > 0 && wall > 0.0).then(|| x / connections as f64 / wall);
+        RedisCost {
+            cpu_seconds: cpu,
+            cpu_percent: if wall > 0.0 { 100.0 * cpu / wall } else { 0.0 },
+            cpu_us_per_publish,
+            saturation_publishes_per_sec: cpu_us_per_publish
+                .filter(|us| *us > 0.0)
+                .map(|us| 1e6 / us),
+            commands,
+            commands_per_publish: per_publish(commands as f64),
+            cpu_us_per_connection_second: per_conn_sec(cpu * 1e6),
+            commands_per_connection_second: per_conn_sec(commands as f64),
+            by_command: w1
+                .busiest_since(w0)
+                .into_iter()
+                .map(|(command, s)| CommandCost {
+                    command,
+                    calls: s.calls,
+                    calls_per_publish: per_publish(s.calls as f64),
+                    usec_per_call: s.usec as f64 / s.calls.max(1) as f64,
+                })
+                .collect(),
+            used_memory_start_bytes: w0.used_memory,
+            used_memory_end_bytes: w1.used_memory,
+            memory_bytes_per_publish: per_publish(w1.used_memory as f64 - w0.used_memory as f64),
         }
     }
 }
@@ -167,6 +280,10 @@ pub struct ChurnReport {
     /// Server RSS a second after the last cycle, minus the baseline (growth here hints at a
     /// leak).
     pub server_rss_retained_bytes: Option<i64>,
+    /// A cluster's Redis CPU and commands per completed cycle in the window (sessions,
+    /// presence, subscriptions).
+    pub redis_cpu_us_per_cycle: Option<f64>,
+    pub redis_commands_per_cycle: Option<f64>,
 }
 
 /// What a soak run adds: the server's resources over time and the churn cycles' outcome.
@@ -234,18 +351,36 @@ impl Report {
             .collect();
         let _ = writeln!(o, "  params            {}", params.join(" "));
         let t = &self.target;
-        let mut where_ = t.url.clone();
-        if t.spawned {
-            where_ += " (spawned";
-            if let Some(c) = &t.server_cpus {
-                where_ += &format!(", server cpus {c}");
+        for (i, n) in t.nodes.iter().enumerate() {
+            let mut where_ = n.url.clone();
+            if t.spawned {
+                where_ += " (spawned";
+                if let Some(c) = &t.server_cpus {
+                    where_ += &format!(", server cpus {c}");
+                }
+                where_ += ")";
             }
-            where_ += ")";
+            if let Some(pid) = n.pid {
+                where_ += &format!(" pid {pid}");
+            }
+            let label = if t.nodes.len() > 1 {
+                format!("node {i}")
+            } else {
+                "target".to_string()
+            };
+            let _ = writeln!(o, "  {label:<18}{where_}");
         }
-        if let Some(pid) = t.pid {
-            where_ += &format!(" pid {pid}");
+        if let Some(r) = &t.redis {
+            let mut where_ = r.url.clone();
+            if let Some(pid) = r.pid {
+                where_ += &format!(" (spawned, pid {pid}");
+                if let Some(c) = &r.cpus {
+                    where_ += &format!(", cpus {c}");
+                }
+                where_ += ")";
+            }
+            let _ = writeln!(o, "  redis             {where_}");
         }
-        let _ = writeln!(o, "  target            {where_}");
         let _ = writeln!(o, "  durability        {}", t.durability_words());
         let _ = writeln!(
             o,
@@ -329,6 +464,9 @@ impl Report {
             if let Some(us) = c.server_cpu_us_per_cycle {
                 let _ = writeln!(o, "  server CPU/cycle  {us:.1} µs");
             }
+            if let (Some(us), Some(n)) = (c.redis_cpu_us_per_cycle, c.redis_commands_per_cycle) {
+                let _ = writeln!(o, "  Redis/cycle       {us:.1} µs CPU, {n:.1} commands");
+            }
             if let Some(b) = c.server_rss_retained_bytes {
                 let _ = writeln!(o, "  RSS retained      {:+.1} KiB", b as f64 / 1024.0);
             }
@@ -398,7 +536,17 @@ impl Report {
             }
         }
         if let Some(s) = &self.server {
-            let _ = writeln!(o, "server (pid {})", s.pid);
+            let pids: Vec<String> = s.pids.iter().map(u32::to_string).collect();
+            if s.pids.len() > 1 {
+                let _ = writeln!(
+                    o,
+                    "servers ({} nodes together, pids {})",
+                    s.pids.len(),
+                    pids.join(", ")
+                );
+            } else {
+                let _ = writeln!(o, "server (pid {})", pids.join(""));
+            }
             let _ = writeln!(
                 o,
                 "  CPU               {:.3} s in the window = {:.1}% of a core",
@@ -427,6 +575,67 @@ impl Report {
             );
             if let Some(b) = s.rss_per_connection_bytes {
                 let _ = writeln!(o, "  RSS/connection    {b:.0} bytes");
+            }
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "  node {i:<12}{:.1}% of a core, RSS {} (pid {})",
+                n.cpu_percent,
+                mib(n.rss_end_bytes),
+                n.pid
+            );
+        }
+        if let Some(r) = &self.redis {
+            let _ = writeln!(o, "redis");
+            let _ = writeln!(
+                o,
+                "  CPU               {:.3} s in the window = {:.1}% of a core",
+                r.cpu_seconds, r.cpu_percent
+            );
+            if let Some(us) = r.cpu_us_per_publish {
+                let _ = writeln!(o, "  CPU/publish       {us:.3} µs");
+            }
+            if let Some(rate) = r.saturation_publishes_per_sec {
+                let _ = writeln!(
+                    o,
+                    "  saturates at      ~{} publishes/s (one core ÷ CPU per publish)",
+                    thousands(rate.round() as u64)
+                );
+            }
+            if let Some(c) = r.commands_per_publish {
+                let _ = writeln!(
+                    o,
+                    "  commands/publish  {c:.2} ({} in the window, script-run commands included)",
+                    thousands(r.commands)
+                );
+            }
+            if let (Some(us), Some(c)) = (
+                r.cpu_us_per_connection_second,
+                r.commands_per_connection_second,
+            ) {
+                let _ = writeln!(
+                    o,
+                    "  per connection    {us:.3} µs CPU and {c:.3} commands per second"
+                );
+            }
+            for c in r.by_command.iter().take(8) {
+                let per = c
+                    .calls_per_publish
+                    .map_or(String::new(), |p| format!("{p:.3}/publish, "));
+                let _ = writeln!(
+                    o,
+                    "    {:<16}{per}{:.2} µs/call",
+                    c.command, c.usec_per_call
+                );
+            }
+            if let Some(b) = r.memory_bytes_per_publish {
+                let _ = writeln!(
+                    o,
+                    "  memory            {} → {} ({b:.0} bytes per publish)",
+                    mib(r.used_memory_start_bytes),
+                    mib(r.used_memory_end_bytes)
+                );
             }
         }
         if let Some(b) = &self.bot {
@@ -482,12 +691,63 @@ mod tests {
             publishes: 100_000,
             connections: 10,
         };
-        let c = ServerCost::compute(7, &w0, &w0, (&w0, &w1), work);
+        let c = ServerCost::compute(vec![7], &w0, &w0, (&w0, &w1), work);
         assert_eq!(c.cpu_percent, 50.0);
         assert_eq!(
             c.cpu_us_per_delivery, None,
             "no deliveries: no per-delivery figure"
         );
         assert_eq!(c.cpu_us_per_publish, Some(10.0));
+    }
+
+    #[test]
+    fn redis_cost_per_publish() {
+        let t0 = std::time::Instant::now();
+        let mut w0 = RedisSample {
+            at: Some(t0),
+            cpu_seconds: 1.0,
+            total_commands: 1_000,
+            used_memory: 1_000_000,
+            ..Default::default()
+        };
+        w0.calls.insert(
+            "evalsha".into(),
+            crate::redis_info::CommandStat {
+                calls: 100,
+                usec: 0,
+            },
+        );
+        let mut w1 = w0.clone();
+        w1.at = Some(t0 + std::time::Duration::from_secs(2));
+        w1.cpu_seconds = 1.5;
+        w1.total_commands = 5_000;
+        w1.used_memory = 1_200_000;
+        w1.calls.insert(
+            "evalsha".into(),
+            crate::redis_info::CommandStat {
+                calls: 1_100,
+                usec: 10_000,
+            },
+        );
+        let work = WindowWork {
+            deliveries: 0,
+            publishes: 1_000,
+            connections: 100,
+        };
+        let c = RedisCost::compute(&w0, &w1, work);
+        assert_eq!(c.cpu_percent, 25.0);
+        assert_eq!(c.cpu_us_per_publish, Some(500.0));
+        assert_eq!(c.saturation_publishes_per_sec, Some(2_000.0));
+        assert_eq!(c.commands_per_publish, Some(4.0));
+        assert_eq!(c.by_command[0].calls_per_publish, Some(1.0));
+        assert_eq!(c.by_command[0].usec_per_call, 10.0);
+        assert_eq!(c.memory_bytes_per_publish, Some(200.0));
+        assert_eq!(c.cpu_us_per_connection_second, Some(2_500.0));
+        assert_eq!(c.commands_per_connection_second, Some(20.0));
+        let idle = WindowWork {
+            publishes: 0,
+            ..work
+        };
+        assert_eq!(RedisCost::compute(&w0, &w1, idle).cpu_us_per_publish, None);
     }
 }

@@ -107,7 +107,7 @@ pub async fn run(ctx: &RunCtx, a: &ChurnArgs) -> anyhow::Result<ChurnResult> {
         let job = Cycle {
             shared: shared.clone(),
             counters: counters.clone(),
-            endpoint: ctx.endpoint.clone(),
+            endpoint: ctx.endpoint(i as usize).clone(),
             src: client::source_ip(i as usize, ctx.common.source_ips),
             user: ctx.user(i as usize),
             room: rooms[i as usize % rooms.len()].clone(),

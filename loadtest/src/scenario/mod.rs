@@ -3,8 +3,10 @@
 //!
 //! `pubsub` is the engine for every scenario whose connections stay open (fanout, chat, dm,
 //! idle): the scenarios differ only in the [`pubsub::Plan`] they build here. `churn` has its own
-//! loop; `soak` runs the engine with churn cycles and a resource sampler beside it. This module owns the plans and the context a run shares; it must not parse frames
-//! (`client`) or judge delivery (`stats`).
+//! loop; `soak` runs the engine with churn cycles and a resource sampler beside it. Against a
+//! cluster, connection i goes to node i mod N, so a room's members sit on every node. This
+//! module owns the plans and the context a run shares; it must not parse frames (`client`) or
+//! judge delivery (`stats`).
 
 pub mod churn;
 pub mod pacer;
@@ -18,36 +20,60 @@ use crate::cli::{ChatArgs, CommonArgs, DmArgs, FanoutArgs, IdleArgs};
 use crate::client::{Dest, Endpoint};
 use crate::procfs::{self, ProcSample};
 use crate::progress::Progress;
+use crate::redis_info::{RedisProbe, RedisSample};
 use crate::stats::Shared;
 use pubsub::{ConnPlan, Plan, PubPlan};
 
 /// What every phase of a run needs.
 pub struct RunCtx {
     pub shared: Arc<Shared>,
-    pub endpoint: Endpoint,
+    /// The nodes; connection (or cycle) i goes to node i mod their number.
+    pub endpoints: Vec<Endpoint>,
     pub common: CommonArgs,
     /// Prefix of every user and room name of this run, so runs against a long-lived server do
     /// not meet each other's rooms or inboxes.
     pub tag: String,
     pub progress: Arc<Progress>,
-    pub server_pid: Option<u32>,
+    /// The nodes' pids where known, by node.
+    pub server_pids: Vec<Option<u32>>,
+    pub redis: Option<RedisProbe>,
 }
 
-/// The server's and the bot's cost at one moment.
-#[derive(Clone, Copy, Debug)]
+/// The nodes', Redis's and the bot's cost at one moment.
+#[derive(Clone, Debug)]
 pub struct Samples {
     pub at: std::time::Instant,
-    pub server: Option<ProcSample>,
+    /// By node; `None` where the pid is not known.
+    pub servers: Vec<Option<ProcSample>>,
     pub bot: Option<ProcSample>,
+    pub redis: Option<RedisSample>,
+}
+
+impl Samples {
+    /// All nodes together, when every node's pid is known.
+    pub fn server_total(&self) -> Option<ProcSample> {
+        let all: Option<Vec<ProcSample>> = self.servers.iter().copied().collect();
+        procfs::sum(&all?)
+    }
 }
 
 impl RunCtx {
     pub fn sample(&self) -> Samples {
         Samples {
             at: std::time::Instant::now(),
-            server: self.server_pid.and_then(|pid| procfs::sample(pid).ok()),
+            servers: self
+                .server_pids
+                .iter()
+                .map(|pid| pid.and_then(|pid| procfs::sample(pid).ok()))
+                .collect(),
             bot: procfs::sample(0).ok(),
+            redis: self.redis.as_ref().and_then(|r| r.sample().ok()),
         }
+    }
+
+    /// The node connection (or cycle) `i` talks to.
+    pub fn endpoint(&self, i: usize) -> &Endpoint {
+        &self.endpoints[i % self.endpoints.len()]
     }
 
     /// A tokio instant `ns` after the run's epoch.

@@ -129,7 +129,7 @@ struct ConnEnv {
 /// Inputs every connection task shares.
 struct Common {
     shared: Arc<Shared>,
-    endpoint: client::Endpoint,
+    endpoints: Vec<client::Endpoint>,
     source_ips: u8,
     connect_gate: Semaphore,
 }
@@ -147,7 +147,7 @@ pub async fn run(
     let window = load.map_or(1, |l| l.window.max(1));
     let common = Arc::new(Common {
         shared: shared.clone(),
-        endpoint: ctx.endpoint.clone(),
+        endpoints: ctx.endpoints.clone(),
         source_ips: ctx.common.source_ips,
         connect_gate: Semaphore::new(ctx.common.connect_concurrency.max(1)),
     });
@@ -395,10 +395,11 @@ async fn conn_task(
     let setup = async {
         let _permit = common.connect_gate.acquire().await?;
         let src = client::source_ip(env.index as usize, common.source_ips);
+        let endpoint = &common.endpoints[env.index as usize % common.endpoints.len()];
         let mut attempt = 0;
         let mut ws = loop {
             attempt += 1;
-            match Ws::connect(&common.endpoint, src, &env.user).await {
+            match Ws::connect(endpoint, src, &env.user).await {
                 Ok(ws) => break ws,
                 Err(e) if attempt >= CONNECT_ATTEMPTS => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await,

@@ -78,9 +78,10 @@ pub fn plan(ctx: &RunCtx, a: &SoakArgs) -> Plan {
 
 pub async fn run(ctx: &RunCtx, a: &SoakArgs, load: &LoadArgs) -> anyhow::Result<SoakResult> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    // `lib` refuses a soak against several nodes.
     let sampler = tokio::spawn(sample_loop(
-        ctx.server_pid,
-        ctx.endpoint.clone(),
+        ctx.server_pids.first().copied().flatten(),
+        ctx.endpoint(0).clone(),
         Duration::from_secs_f64(a.sample_secs.max(0.5)),
         ctx.shared.epoch,
         stop_rx.clone(),
@@ -91,7 +92,7 @@ pub async fn run(ctx: &RunCtx, a: &SoakArgs, load: &LoadArgs) -> anyhow::Result<
     let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let churner = tokio::spawn(churn_loop(
         ChurnEnv {
-            endpoint: ctx.endpoint.clone(),
+            endpoint: ctx.endpoint(0).clone(),
             tag: ctx.tag.clone(),
             source_ips: ctx.common.source_ips,
             rooms,
