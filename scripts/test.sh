@@ -7,7 +7,8 @@
 # - nodejs when there is no `node` at all, for tests/js_client.rs (it needs Node 20.10 or
 #   newer and says so if it finds an older one);
 # - redis-server (Redis 7, with redis-cli), for the cluster tests (tests/cluster*.rs,
-#   tests/redis_cluster.rs), which start their own Redis in a temp dir on a free port.
+#   tests/redis_cluster.rs, loadtest/tests/cluster.rs), which start their own Redis in a temp
+#   dir on a free port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
