@@ -119,17 +119,21 @@ fn chat_body(size: usize) -> String {
     };
     let mut items = Vec::new();
     let mut len = 0;
-    while len < size {
-        let words: Vec<&str> = (0..8 + next() % 12)
-            .map(|_| WORDS[(next() % 32) as usize])
-            .collect();
-        let item = format!(
-            r#"{{"id":"m{:08x}","user":"user-{}","ts":{},"text":"{}","reactions":[]}}"#,
+    while len + 100 < size {
+        // Items of 180 to 240 bytes, each a chat message: one alone is a ~200-byte body.
+        let target = size.min(180 + (next() % 60) as usize);
+        let head = format!(
+            r#"{{"id":"m{:08x}","user":"user-{}","ts":{},"reactions":[],"text":""#,
             next(),
             next() % 500,
             1_732_200_000_000u64 + u64::from(next() % 1_000_000),
-            words.join(" ")
         );
+        let mut item = head;
+        while item.len() + 2 < target {
+            item.push_str(WORDS[(next() % 32) as usize]);
+            item.push(' ');
+        }
+        item.push_str("\"}");
         len += item.len() + 1;
         items.push(item);
     }

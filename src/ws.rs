@@ -73,9 +73,7 @@ pub fn text_frames<'a>(payloads: impl Iterator<Item = &'a [u8]> + Clone) -> Byte
     let size = payloads.clone().map(|p| p.len() + MAX_HEADER).sum();
     let mut buf = Vec::with_capacity(size);
     for p in payloads {
-        let (header, header_len) = header(OP_TEXT, p.len());
-        buf.extend_from_slice(&header[..header_len]);
-        buf.extend_from_slice(p);
+        push_frame(&mut buf, OP_TEXT, false, p);
     }
     Bytes::from(buf)
 }
