@@ -34,6 +34,9 @@ impl Default for StoreMemory {
     }
 }
 
+/// The memtable of the per-stream keyspaces (`last_seq`, `cursors`).
+const SMALL_MEMTABLE_BYTES: u64 = 1 << 20;
+
 pub struct FjallStore {
     dir: PathBuf,
     memory: StoreMemory,
@@ -58,15 +61,18 @@ impl Db {
             .cache_size(memory.cache_bytes)
             .open()
             .map_err(|e| e.to_string())?;
-        let ks = |name| {
-            let options =
-                || KeyspaceCreateOptions::default().max_memtable_size(memory.memtable_bytes);
+        let ks = |name, memtable| {
+            let options = || KeyspaceCreateOptions::default().max_memtable_size(memtable);
             db.keyspace(name, options).map_err(|e| e.to_string())
         };
+        // `last_seq` and `cursors` hold one record per stream but get a new version of it in
+        // nearly every batch: a large memtable would keep minutes of superseded versions
+        // (the soak's RSS grew by them); a flush keeps only the latest.
+        let small = memory.memtable_bytes.min(SMALL_MEMTABLE_BYTES);
         Ok(Db {
-            messages: ks("messages")?,
-            last: ks("last_seq")?,
-            cursors: ks("cursors")?,
+            messages: ks("messages", memory.memtable_bytes)?,
+            last: ks("last_seq", small)?,
+            cursors: ks("cursors", small)?,
             db,
             broken: false,
         })
