@@ -17,7 +17,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::{Append, Store, StoreError, StoredMessage, Stream, StreamInfo, last_seqs, trimmed};
 
-/// How much memory the store may use: its block cache, and unflushed writes per keyspace.
+/// How much memory the store may use: its block cache, and unflushed messages (the memtable
+/// of the `messages` keyspace; the small keyspaces take at most `SMALL_MEMTABLE_BYTES`).
 #[derive(Clone, Copy, Debug)]
 pub struct StoreMemory {
     pub cache_bytes: u64,
@@ -25,7 +26,7 @@ pub struct StoreMemory {
 }
 
 impl Default for StoreMemory {
-    /// The config's defaults (16 MiB of cache, 8 MiB per memtable).
+    /// The config's defaults (16 MiB of cache, an 8 MiB memtable for messages).
     fn default() -> StoreMemory {
         StoreMemory {
             cache_bytes: 16 << 20,
