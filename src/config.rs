@@ -103,9 +103,10 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_STORE_CACHE_BYTES", default_value_t = 16 << 20)]
     pub store_cache_bytes: u64,
 
-    /// Unflushed writes the store keeps in memory per keyspace (3 of them) before writing a
-    /// table to disk, in bytes; at least 1 MiB. It applies to a data directory created with
-    /// it (the store keeps the size it was created with). Default 8388608 (8 MiB).
+    /// Unflushed messages the store keeps in memory before writing a table to disk, in bytes;
+    /// at least 1 MiB. Its two small keyspaces (last seqs, cursors) take at most 1 MiB each.
+    /// It applies to a data directory created with it (the store keeps the size it was
+    /// created with). Default 8388608 (8 MiB).
     #[arg(long, env = "SHARDCAST_STORE_MEMTABLE_BYTES", default_value_t = 8 << 20)]
     pub store_memtable_bytes: u64,
 

@@ -17,7 +17,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::{Append, Store, StoreError, StoredMessage, Stream, StreamInfo, last_seqs, trimmed};
 
-/// How much memory the store may use: its block cache, and unflushed writes per keyspace.
+/// How much memory the store may use: its block cache, and unflushed messages (the memtable
+/// of the `messages` keyspace; the small keyspaces take at most `SMALL_MEMTABLE_BYTES`).
 #[derive(Clone, Copy, Debug)]
 pub struct StoreMemory {
     pub cache_bytes: u64,
@@ -25,7 +26,7 @@ pub struct StoreMemory {
 }
 
 impl Default for StoreMemory {
-    /// The config's defaults (16 MiB of cache, 8 MiB per memtable).
+    /// The config's defaults (16 MiB of cache, an 8 MiB memtable for messages).
     fn default() -> StoreMemory {
         StoreMemory {
             cache_bytes: 16 << 20,
@@ -33,6 +34,9 @@ impl Default for StoreMemory {
         }
     }
 }
+
+/// The memtable of the per-stream keyspaces (`last_seq`, `cursors`).
+const SMALL_MEMTABLE_BYTES: u64 = 1 << 20;
 
 pub struct FjallStore {
     dir: PathBuf,
@@ -58,15 +62,18 @@ impl Db {
             .cache_size(memory.cache_bytes)
             .open()
             .map_err(|e| e.to_string())?;
-        let ks = |name| {
-            let options =
-                || KeyspaceCreateOptions::default().max_memtable_size(memory.memtable_bytes);
+        let ks = |name, memtable| {
+            let options = || KeyspaceCreateOptions::default().max_memtable_size(memtable);
             db.keyspace(name, options).map_err(|e| e.to_string())
         };
+        // `last_seq` and `cursors` hold one record per stream but get a new version of it in
+        // nearly every batch: a large memtable would keep minutes of superseded versions
+        // (the soak's RSS grew by them); a flush keeps only the latest.
+        let small = memory.memtable_bytes.min(SMALL_MEMTABLE_BYTES);
         Ok(Db {
-            messages: ks("messages")?,
-            last: ks("last_seq")?,
-            cursors: ks("cursors")?,
+            messages: ks("messages", memory.memtable_bytes)?,
+            last: ks("last_seq", small)?,
+            cursors: ks("cursors", small)?,
             db,
             broken: false,
         })
