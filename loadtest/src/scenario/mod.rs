@@ -12,6 +12,7 @@ pub mod churn;
 pub mod pacer;
 pub mod pubsub;
 pub mod soak;
+pub mod storm;
 
 use std::sync::Arc;
 use std::time::Duration;
