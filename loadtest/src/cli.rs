@@ -62,10 +62,10 @@ pub enum Scenario {
         #[command(flatten)]
         common: CommonArgs,
     },
-    /// Clients in rooms of K, one publisher per room; after --duration every client except the
-    /// publishers (and the --steady-rooms) drops at once, then all reconnect at once and join
-    /// with `since`. Reports the time until all are back and caught up, server CPU per
-    /// reconnect, connect→welcome, and the steady connections' latency during the storm.
+    /// Clients in rooms of K, one publisher per room; after --warmup and --duration every
+    /// client but the publishers (and the --steady-rooms) drops at once, then all reconnect at
+    /// once and join with `since`. Reports the time until all are back and caught up, server
+    /// CPU per reconnect, connect→welcome, and the steady connections' latency during the storm.
     Storm {
         #[command(flatten)]
         args: StormArgs,

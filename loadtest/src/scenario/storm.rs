@@ -124,6 +124,22 @@ impl StormCtl {
         }
     }
 
+    /// Clients back and caught up.
+    pub fn back(&self) -> u64 {
+        self.back.load(Relaxed)
+    }
+
+    /// Reconnect signal → the last client caught up, in seconds.
+    pub fn back_seconds(&self) -> Option<f64> {
+        (self.back() == self.clients).then(|| {
+            let ns = self
+                .last_back_ns
+                .load(Relaxed)
+                .saturating_sub(self.reconnect_ns.load(Relaxed));
+            ns as f64 / 1e9
+        })
+    }
+
     /// Resolves when the clients must drop.
     pub async fn drop_signal(&self) {
         let _ = self.phase.subscribe().wait_for(|p| *p >= 1).await;
@@ -297,23 +313,5 @@ pub async fn drive(
         dropped,
         reconnect,
         back: Some(ctx.sample()),
-    }
-}
-
-impl StormCtl {
-    /// Clients back and caught up.
-    pub fn back(&self) -> u64 {
-        self.back.load(Relaxed)
-    }
-
-    /// Reconnect signal → the last client caught up, in seconds.
-    pub fn back_seconds(&self) -> Option<f64> {
-        (self.back() == self.clients).then(|| {
-            let ns = self
-                .last_back_ns
-                .load(Relaxed)
-                .saturating_sub(self.reconnect_ns.load(Relaxed));
-            ns as f64 / 1e9
-        })
     }
 }
