@@ -6,6 +6,11 @@
 //! - `coalesce/K`: K frames queued on a real loopback TCP connection, then written, either as
 //!   one `flush` (one sendmsg) or as K flushes of one frame (K syscalls).
 //!
+//! - `deflate/{plain,deflate}_{200B,8KB}/N`: a room message with a ~200-byte or ~8 KB JSON
+//!   body delivered to N members that did not (`plain`) or did (`deflate`) negotiate
+//!   permessage-deflate. The compressed variant is made once per message and shared; the
+//!   setup prints the bytes each delivery puts on the wire.
+//!
 //! Run with `cargo bench --bench fanout`.
 
 use std::io::Read;
@@ -20,7 +25,7 @@ use shardcast::conn::{Conn, Event, MemorySink};
 use shardcast::msg::ConnId;
 use shardcast::persist::Persist;
 use shardcast::protocol::Name;
-use shardcast::router::Router;
+use shardcast::router::{Inbox, Router};
 use shardcast::shard::Shard;
 
 fn identity(user: &str) -> Identity {
@@ -35,44 +40,51 @@ fn message(shard: &mut Shard, conn: &Rc<Conn>, json: &str) {
     shard.on_event(conn, Event::Text(json));
 }
 
+/// A shard with `members` + 1 in-memory connections in room `bench`, each made by `conn`, and
+/// the router's inboxes, kept open while the shard runs.
+fn room(members: u64, conn: impl Fn(Conn) -> Conn) -> (Shard, Vec<Rc<Conn>>, Vec<Inbox>) {
+    let (router, inboxes) = Router::new(1);
+    let config = Config {
+        presence_events: false,
+        publish_rate: u32::MAX,
+        publish_burst: u32::MAX,
+        // The shard path alone: the store's cost is measured by the loadtest.
+        durability: Durability::Memory,
+        ..Config::default()
+    };
+    let mut shard = Shard::new(
+        0,
+        router,
+        Arc::new(config),
+        Persist::discarding(),
+        Vec::new(),
+        shardcast::auth::Authenticator::new(&Config::default()).expect("dev mode"),
+        None,
+    );
+    let conns: Vec<_> = (0..=members)
+        .map(|i| {
+            let id = identity(&format!("u{i}"));
+            let (tx, _rx) = tokio::sync::oneshot::channel();
+            let conn_id = shard.register(id.user.clone(), tx);
+            let conn = Rc::new(conn(Conn::in_memory(
+                conn_id,
+                MemorySink::default(),
+                &id,
+                u32::MAX,
+            )));
+            shard.attach(&conn, &id, 0);
+            message(&mut shard, &conn, r#"{"type":"join","room":"bench"}"#);
+            conn
+        })
+        .collect();
+    shard.flush_dirty();
+    (shard, conns, inboxes)
+}
+
 fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
     for members in [10u64, 100, 1000] {
-        let (router, _inboxes) = Router::new(1);
-        let config = Config {
-            presence_events: false,
-            publish_rate: u32::MAX,
-            publish_burst: u32::MAX,
-            // The shard path alone: the store's cost is measured by the loadtest.
-            durability: Durability::Memory,
-            ..Config::default()
-        };
-        let mut shard = Shard::new(
-            0,
-            router,
-            Arc::new(config),
-            Persist::discarding(),
-            Vec::new(),
-            shardcast::auth::Authenticator::new(&Config::default()).expect("dev mode"),
-            None,
-        );
-        let conns: Vec<_> = (0..=members)
-            .map(|i| {
-                let id = identity(&format!("u{i}"));
-                let (tx, _rx) = tokio::sync::oneshot::channel();
-                let conn_id = shard.register(id.user.clone(), tx);
-                let conn = Rc::new(Conn::in_memory(
-                    conn_id,
-                    MemorySink::default(),
-                    &id,
-                    u32::MAX,
-                ));
-                shard.attach(&conn, &id, 0);
-                message(&mut shard, &conn, r#"{"type":"join","room":"bench"}"#);
-                conn
-            })
-            .collect();
-        shard.flush_dirty();
+        let (mut shard, conns, _inboxes) = room(members, |c| c);
         let publisher = &conns[0];
         let publish = format!(
             r#"{{"type":"publish","room":"bench","id":1,"body":{{"text":"{}"}}}}"#,
@@ -85,6 +97,84 @@ fn fanout(c: &mut Criterion) {
                 shard.flush_dirty();
             })
         });
+    }
+    g.finish();
+}
+
+/// A chat body of about `size` bytes: JSON objects of words drawn from a small vocabulary by a
+/// fixed pseudo-random sequence, so it compresses like text rather than like one repeated byte.
+fn chat_body(size: usize) -> String {
+    const WORDS: [&str; 32] = [
+        "the", "meeting", "is", "moved", "to", "three", "tomorrow", "can", "you", "send", "deck",
+        "please", "thanks", "sounds", "good", "I'll", "be", "late", "by", "ten", "minutes",
+        "lunch", "after", "review", "ok", "shipping", "release", "notes", "draft", "link", "here",
+        "again",
+    ];
+    let mut seed = 0x2545_f491_u32;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    let mut items = Vec::new();
+    let mut len = 0;
+    while len + 100 < size {
+        // Items of 180 to 240 bytes, each a chat message: one alone is a ~200-byte body.
+        let target = size.min(180 + (next() % 60) as usize);
+        let head = format!(
+            r#"{{"id":"m{:08x}","user":"user-{}","ts":{},"reactions":[],"text":""#,
+            next(),
+            next() % 500,
+            1_732_200_000_000u64 + u64::from(next() % 1_000_000),
+        );
+        let mut item = head;
+        while item.len() + 2 < target {
+            item.push_str(WORDS[(next() % 32) as usize]);
+            item.push(' ');
+        }
+        item.push_str("\"}");
+        len += item.len() + 1;
+        items.push(item);
+    }
+    match items.len() {
+        1 => items.pop().expect("one"),
+        _ => format!(r#"{{"messages":[{}]}}"#, items.join(",")),
+    }
+}
+
+fn deflate(c: &mut Criterion) {
+    let mut g = c.benchmark_group("deflate");
+    g.warm_up_time(std::time::Duration::from_secs(1));
+    g.measurement_time(std::time::Duration::from_secs(3));
+    for (size, label) in [(200, "200B"), (8 << 10, "8KB")] {
+        let body = chat_body(size);
+        let publish = format!(r#"{{"type":"publish","room":"bench","id":1,"body":{body}}}"#);
+        for members in [1u64, 100] {
+            for on in [false, true] {
+                let (mut shard, conns, _inboxes) =
+                    room(members, |c| if on { c.deflating(0) } else { c });
+                let publisher = &conns[0];
+                let sink = conns[1].memory().expect("in memory");
+                let before = sink.bytes.get();
+                message(&mut shard, publisher, &publish);
+                shard.flush_dirty();
+                let mode = if on { "deflate" } else { "plain" };
+                eprintln!(
+                    "deflate/{mode}_{label}: body {} B, {} B on the wire per delivery",
+                    body.len(),
+                    sink.bytes.get() - before
+                );
+                g.throughput(Throughput::Elements(members));
+                let id = BenchmarkId::new(format!("{mode}_{label}"), members);
+                g.bench_with_input(id, &members, |b, _| {
+                    b.iter(|| {
+                        message(&mut shard, publisher, &publish);
+                        shard.flush_dirty();
+                    })
+                });
+            }
+        }
     }
     g.finish();
 }
@@ -143,5 +233,5 @@ fn drain(rt: &tokio::runtime::Runtime, conn: &Conn) {
     }
 }
 
-criterion_group!(benches, fanout, coalesce);
+criterion_group!(benches, fanout, deflate, coalesce);
 criterion_main!(benches);

@@ -268,6 +268,13 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_MAX_MESSAGE_SIZE", default_value_t = 65_536)]
     pub max_message_size: usize,
 
+    /// permessage-deflate (RFC 7692): when set, connections whose client offers it negotiate it
+    /// (with no context takeover either way), and data frames with at least this many payload
+    /// bytes go out compressed, each once per shard for all its members. Default none: not
+    /// negotiated, because most chat messages are too small to gain (docs/performance.md).
+    #[arg(long, env = "SHARDCAST_COMPRESSION_MIN_BYTES")]
+    pub compression_min_bytes: Option<usize>,
+
     /// Most rooms one connection may be in. Default 256.
     #[arg(
         long,
@@ -417,6 +424,7 @@ impl Default for Config {
             session_policy: SessionPolicy::Multi,
             max_connections_per_user: 16,
             max_message_size: 65_536,
+            compression_min_bytes: None,
             max_rooms_per_connection: 256,
             publish_rate: 50,
             publish_burst: 100,

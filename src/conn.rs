@@ -162,6 +162,9 @@ pub struct Conn {
     /// The token's `exp`, unix seconds; a `refresh` moves it.
     pub exp: Cell<Option<u64>>,
     io: Io,
+    /// permessage-deflate was negotiated: data frames with at least this many payload bytes go
+    /// out compressed (`deflate::variant`), and compressed client messages are inflated.
+    deflate_min: Option<u32>,
     out: RefCell<OutQueue>,
     read: RefCell<Decoder>,
     /// The client side's record of the rooms asked for (`shard::RoomEntry`), kept here for
@@ -225,6 +228,7 @@ impl Conn {
             allowed_rooms: identity.rooms.clone().map(Vec::into_boxed_slice),
             exp: Cell::new(identity.exp),
             io,
+            deflate_min: None,
             out: RefCell::default(),
             read: RefCell::default(),
             rooms: RefCell::default(),
@@ -242,12 +246,28 @@ impl Conn {
         }
     }
 
+    /// The connection negotiated permessage-deflate; `min` is `compression_min_bytes`.
+    pub fn deflating(mut self, min: usize) -> Conn {
+        self.deflate_min = Some(u32::try_from(min).unwrap_or(u32::MAX));
+        self.read.get_mut().inflate = true;
+        self
+    }
+
+    /// What this connection is sent for `frame`: the frame, or its compressed variant.
+    fn outgoing(&self, frame: OutFrame) -> OutFrame {
+        match self.deflate_min {
+            None => frame,
+            Some(min) => crate::deflate::variant(&frame, min as usize),
+        }
+    }
+
     pub fn closing(&self) -> Option<CloseCode> {
         self.closing.get()
     }
 
     /// Queues a frame; returns the unsent bytes now queued.
     pub fn push(&self, frame: OutFrame) -> usize {
+        let frame = self.outgoing(frame);
         let mut out = self.out.borrow_mut();
         out.grow(frame.len());
         out.frames.push_back(frame);
@@ -257,6 +277,7 @@ impl Conn {
     /// Queues `frame` right behind the first frame (the `welcome`). Only while writes are held
     /// (`hold`), so the first frame has not been written.
     pub fn push_after_first(&self, frame: OutFrame) {
+        let frame = self.outgoing(frame);
         let mut out = self.out.borrow_mut();
         if out.head_sent > 0 || out.frames.is_empty() {
             return;
@@ -489,10 +510,14 @@ pub struct Decoder {
     failed: bool,
     max_message: usize,
     hard_limit: u64,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    inflate: bool,
 }
 
 struct Fragments {
     binary: bool,
+    /// RSV1 was on the first fragment: `data` is deflate data, inflated and checked at the end.
+    compressed: bool,
     data: Vec<u8>,
     /// Bytes of `data` known to be valid UTF-8 (text only): each fragment is checked as it
     /// arrives, so invalid text fails fast, and a character cut between fragments is checked
@@ -505,7 +530,7 @@ struct Fragments {
 impl Fragments {
     /// Checks the text received since the last check; `fin` says no more is coming.
     fn check_utf8(&mut self, fin: bool) -> Result<(), CloseCode> {
-        if self.binary {
+        if self.binary || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.data[self.checked..]) {
@@ -573,6 +598,12 @@ impl Decoder {
         })
     }
 
+    /// The same decoder, for a connection that negotiated permessage-deflate.
+    pub fn inflating(mut self) -> Decoder {
+        self.inflate = true;
+        self
+    }
+
     /// Bytes of memory held between reads: zero when no frame or message is cut.
     pub fn held(&self) -> usize {
         self.partial.capacity() + self.frag.as_ref().map_or(0, |f| f.data.capacity())
@@ -609,7 +640,11 @@ impl Decoder {
                 }
                 continue;
             }
-            let h = match ws::parse_header(&buf[pos..]) {
+            let h = match ws::parse_header_with(&buf[pos..], self.inflate) {
+                Ok(Some(h)) if h.rsv1 && h.opcode == ws::OP_CONTINUATION => {
+                    // RSV1 belongs on a message's first frame only (RFC 7692 6.1).
+                    return Err(CloseCode::ProtocolError);
+                }
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(_) => return Err(CloseCode::ProtocolError),
@@ -674,6 +709,7 @@ impl Decoder {
         on(Event::TooLarge);
         self.frag = (!h.fin).then(|| Fragments {
             binary: false,
+            compressed: false,
             data: Vec::new(),
             checked: 0,
             discard: true,
@@ -688,6 +724,9 @@ impl Decoder {
         on: &mut dyn FnMut(Event<'_>),
     ) -> Result<(), CloseCode> {
         match h.opcode {
+            ws::OP_TEXT | ws::OP_BINARY if h.fin && h.rsv1 => {
+                self.inflated(h.opcode == ws::OP_BINARY, payload, on)?
+            }
             // The common case: a whole message in one frame, passed on without a copy.
             ws::OP_TEXT if h.fin => match std::str::from_utf8(payload) {
                 Ok(text) => on(Event::Text(text)),
@@ -697,6 +736,7 @@ impl Decoder {
             ws::OP_TEXT | ws::OP_BINARY => {
                 let mut frag = Fragments {
                     binary: h.opcode == ws::OP_BINARY,
+                    compressed: h.rsv1,
                     data: payload.to_vec(),
                     checked: 0,
                     discard: false,
@@ -710,6 +750,9 @@ impl Decoder {
                 frag.check_utf8(h.fin)?;
                 if h.fin {
                     let frag = self.frag.take().expect("present");
+                    if frag.compressed {
+                        return self.inflated(frag.binary, &frag.data, on);
+                    }
                     match frag.binary {
                         true => on(Event::Binary(&frag.data)),
                         // Checked fragment by fragment above; the second pass costs only
@@ -728,6 +771,28 @@ impl Decoder {
                 on(Event::Close);
             }
             _ => {} // pong: the read itself counted as activity
+        }
+        Ok(())
+    }
+
+    /// Inflates a compressed message and passes it on. Over `max_message` once inflated (a zip
+    /// bomb) closes with 1009 as soon as the limit is passed; invalid deflate data, like
+    /// invalid UTF-8, with 1007.
+    fn inflated(
+        &mut self,
+        binary: bool,
+        data: &[u8],
+        on: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), CloseCode> {
+        let message = crate::deflate::inflate(data, self.max_message).map_err(|e| match e {
+            crate::deflate::InflateError::TooBig => CloseCode::TooBig,
+            crate::deflate::InflateError::Invalid => CloseCode::InvalidPayload,
+        })?;
+        match binary {
+            true => on(Event::Binary(&message)),
+            false => on(Event::Text(
+                std::str::from_utf8(&message).map_err(|_| CloseCode::InvalidPayload)?,
+            )),
         }
         Ok(())
     }

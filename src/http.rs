@@ -12,7 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue, ORIGIN};
+use hyper::header::{
+    AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue, ORIGIN, SEC_WEBSOCKET_EXTENSIONS,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -175,7 +177,8 @@ async fn websocket(
         && !Authenticator::has_credentials(query, bearer)
     {
         upgrade_check(&req)?;
-        return upgrade(&mut req, move |stream, early| {
+        // Not negotiated here: the `connect` frame is read before the connection is a `Conn`.
+        return upgrade(&mut req, None, move |stream, early| {
             crate::first_frame::connect(ctx, stream, early)
         });
     }
@@ -186,9 +189,14 @@ async fn websocket(
         .authenticate(query, bearer, ctx.config.max_rooms_per_connection)?;
     upgrade_check(&req)?;
     let (reservation, inbox_seq) = admit(&ctx, &identity).await?;
-    upgrade(&mut req, move |stream, early| {
+    let deflate = ctx.config.compression_min_bytes.and_then(|min| {
+        let offers = req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS).iter();
+        crate::deflate::negotiate(offers.filter_map(|v| v.to_str().ok())).map(|r| (min, r))
+    });
+    upgrade(&mut req, deflate.map(|d| d.1), move |stream, early| {
         let conn = reservation.fulfil();
-        start(ctx, conn, identity, inbox_seq, stream, early)
+        let deflate = deflate.map(|d| d.0);
+        start(ctx, conn, identity, inbox_seq, stream, early, deflate)
     })
 }
 
@@ -220,13 +228,21 @@ pub(crate) async fn admit(
 
 /// Answers an upgrade request with 101, and once hyper lets go of the TCP stream runs `then`
 /// on it, with what hyper read past the request. If the upgrade fails, `then` is dropped
-/// unrun (a reservation it holds is undone).
+/// unrun (a reservation it holds is undone). `extensions` is the negotiated
+/// `Sec-WebSocket-Extensions` response, if any.
 fn upgrade<F: Future<Output = ()> + 'static>(
     req: &mut Request<Incoming>,
+    extensions: Option<&'static str>,
     then: impl FnOnce(TcpStream, Bytes) -> F + 'static,
 ) -> Result<Response<Body>, HandshakeError> {
-    let (response, upgrade) = fastwebsockets::upgrade::upgrade(req)
+    let (mut response, upgrade) = fastwebsockets::upgrade::upgrade(req)
         .map_err(|e| HandshakeError::BadRequest(format!("bad upgrade request: {e}")))?;
+    if let Some(ext) = extensions {
+        let value = HeaderValue::from_static(ext);
+        response
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_EXTENSIONS, value);
+    }
     tokio::task::spawn_local(async move {
         if let Some((stream, early)) = upgraded(upgrade).await {
             then(stream, early).await;
@@ -258,6 +274,7 @@ pub(crate) async fn upgraded(
 
 /// Attaches the upgraded stream to the shard and runs its task. `early` is what hyper read past
 /// the request; it is a slice of hyper's 8 KiB read buffer, so it must not outlive this setup.
+/// `deflate` is `compression_min_bytes` if the handshake negotiated permessage-deflate.
 pub(crate) async fn start(
     ctx: Rc<Ctx>,
     id: ConnId,
@@ -265,8 +282,13 @@ pub(crate) async fn start(
     inbox_seq: u64,
     stream: TcpStream,
     early: Bytes,
+    deflate: Option<usize>,
 ) {
-    let conn = Rc::new(Conn::new(id, stream, &identity, ctx.config.publish_burst));
+    let conn = Conn::new(id, stream, &identity, ctx.config.publish_burst);
+    let conn = Rc::new(match deflate {
+        Some(min) => conn.deflating(min),
+        None => conn,
+    });
     ctx.with(|s| {
         s.attach(&conn, &identity, inbox_seq);
         if !early.is_empty()

@@ -36,6 +36,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod deflate;
 pub mod echo;
 pub mod error;
 pub mod first_frame;

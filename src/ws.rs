@@ -46,8 +46,13 @@ impl FrameBuf {
 
 /// The header of an unmasked, final server frame with a `len`-byte payload, and its length.
 fn header(opcode: u8, len: usize) -> ([u8; MAX_HEADER], usize) {
+    header_with(opcode, false, len)
+}
+
+/// `header`, with RSV1 (a permessage-deflate compressed message) if `rsv1`.
+fn header_with(opcode: u8, rsv1: bool, len: usize) -> ([u8; MAX_HEADER], usize) {
     let mut header = [0u8; MAX_HEADER];
-    header[0] = 0x80 | opcode;
+    header[0] = 0x80 | if rsv1 { 0x40 } else { 0 } | opcode;
     let header_len = if len < 126 {
         header[1] = len as u8;
         2
@@ -68,11 +73,34 @@ pub fn text_frames<'a>(payloads: impl Iterator<Item = &'a [u8]> + Clone) -> Byte
     let size = payloads.clone().map(|p| p.len() + MAX_HEADER).sum();
     let mut buf = Vec::with_capacity(size);
     for p in payloads {
-        let (header, header_len) = header(OP_TEXT, p.len());
-        buf.extend_from_slice(&header[..header_len]);
-        buf.extend_from_slice(p);
+        push_frame(&mut buf, OP_TEXT, false, p);
     }
     Bytes::from(buf)
+}
+
+/// Appends an unmasked, final server frame to `buf`.
+pub fn push_frame(buf: &mut Vec<u8>, opcode: u8, rsv1: bool, payload: &[u8]) {
+    let (header, header_len) = header_with(opcode, rsv1, payload.len());
+    buf.extend_from_slice(&header[..header_len]);
+    buf.extend_from_slice(payload);
+}
+
+/// The first server frame built here in `buf`: its first byte, its payload and what follows
+/// it; `None` if `buf` does not start with a whole frame.
+pub fn split_server_frame(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (len, start): (usize, usize) = match *buf.get(1)? {
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            usize::try_from(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)).ok()?,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    let end = start.checked_add(len)?;
+    Some((buf[0], buf.get(start..end)?, &buf[end..]))
 }
 
 /// The payload of one server frame built here (unmasked, so the header is 2, 4 or 10 bytes).
@@ -114,6 +142,8 @@ pub struct Header {
     /// Bytes of header, including the mask key.
     pub header_len: usize,
     pub payload_len: u64,
+    /// RSV1: a compressed message (permessage-deflate), if the connection negotiated it.
+    pub rsv1: bool,
 }
 
 impl Header {
@@ -139,11 +169,18 @@ pub enum FrameError {
 
 /// Parses a client frame header from the front of `buf`; `Ok(None)` means more bytes are needed.
 pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
+    parse_header_with(buf, false)
+}
+
+/// `parse_header`, allowing RSV1 on data frames if `deflate` was negotiated. Whether RSV1 is
+/// on the first frame of a message is the decoder's to check.
+pub fn parse_header_with(buf: &[u8], deflate: bool) -> Result<Option<Header>, FrameError> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
-    if b0 & 0x70 != 0 {
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || rsv1 && (!deflate || b0 & 0x08 != 0) {
         return Err(FrameError::ReservedBits);
     }
     let opcode = b0 & 0x0F;
@@ -187,6 +224,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
         mask: mask.try_into().expect("4 bytes"),
         header_len,
         payload_len,
+        rsv1,
     }))
 }
 

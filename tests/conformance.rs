@@ -114,30 +114,8 @@ impl Raw {
     /// The next server frame: (first byte, payload). Server frames must be unmasked.
     async fn next(&mut self) -> Option<(u8, Vec<u8>)> {
         loop {
-            if self.buf.len() >= 2 {
-                assert_eq!(
-                    self.buf[1] & 0x80,
-                    0,
-                    "{}: a masked server frame",
-                    self.what
-                );
-                let (len, header) = match self.buf[1] & 0x7F {
-                    126 if self.buf.len() >= 4 => {
-                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
-                    }
-                    127 if self.buf.len() >= 10 => (
-                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
-                        10,
-                    ),
-                    126 | 127 => (usize::MAX, 0),
-                    n => (n as usize, 2),
-                };
-                if header > 0 && self.buf.len() >= header + len {
-                    let payload = self.buf[header..header + len].to_vec();
-                    let first = self.buf[0];
-                    self.buf.drain(..header + len);
-                    return Some((first, payload));
-                }
+            if let Some(frame) = common::take_server_frame(&mut self.buf) {
+                return Some(frame);
             }
             if self.fill().await == 0 {
                 return None;

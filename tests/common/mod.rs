@@ -1030,6 +1030,28 @@ pub fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Takes the server frame at the front of `buf`: (first byte, payload), or `None` until it has
+/// all arrived. Server frames must be unmasked.
+pub fn take_server_frame(buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    let b1 = *buf.get(1)?;
+    assert_eq!(b1 & 0x80, 0, "a masked server frame");
+    let (header, len): (usize, usize) = match b1 {
+        126 => (
+            4,
+            u16::from_be_bytes(buf.get(2..4)?.try_into().unwrap()) as usize,
+        ),
+        127 => (
+            10,
+            u64::from_be_bytes(buf.get(2..10)?.try_into().unwrap()) as usize,
+        ),
+        n => (2, n as usize),
+    };
+    let payload = buf.get(header..header.checked_add(len)?)?.to_vec();
+    let first = buf[0];
+    buf.drain(..header + len);
+    Some((first, payload))
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP
 // ---------------------------------------------------------------------------------------------
