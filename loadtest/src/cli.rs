@@ -62,6 +62,18 @@ pub enum Scenario {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Clients in rooms of K, one publisher per room; after --warmup and --duration every
+    /// client but the publishers (and the --steady-rooms) drops at once, then all reconnect at
+    /// once and join with `since`. Reports the time until all are back and caught up, server
+    /// CPU per reconnect, connect→welcome, and the steady connections' latency during the storm.
+    Storm {
+        #[command(flatten)]
+        args: StormArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
     /// Chat rooms, direct-message pairs, and churn cycles that read history, for --duration;
     /// samples the server's RSS, open descriptors and queued bytes, and fails on RSS growth
     /// after the warm-up or any inexact delivery.
@@ -84,6 +96,7 @@ impl Scenario {
             Scenario::Idle { .. } => "idle",
             Scenario::Churn { .. } => "churn",
             Scenario::Soak { .. } => "soak",
+            Scenario::Storm { .. } => "storm",
         }
     }
 
@@ -94,7 +107,8 @@ impl Scenario {
             | Scenario::Dm { common, .. }
             | Scenario::Idle { common, .. }
             | Scenario::Churn { common, .. }
-            | Scenario::Soak { common, .. } => common,
+            | Scenario::Soak { common, .. }
+            | Scenario::Storm { common, .. } => common,
         }
     }
 
@@ -103,7 +117,8 @@ impl Scenario {
             Scenario::Fanout { load, .. }
             | Scenario::Chat { load, .. }
             | Scenario::Dm { load, .. }
-            | Scenario::Soak { load, .. } => Some(load),
+            | Scenario::Soak { load, .. }
+            | Scenario::Storm { load, .. } => Some(load),
             _ => None,
         }
     }
@@ -171,6 +186,31 @@ pub struct ChurnArgs {
     /// Most cycles in progress at once; a cycle past it waits (and its latency shows it).
     #[arg(long, default_value_t = 2000)]
     pub max_concurrent: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StormArgs {
+    /// Clients (one connection each), in rooms of --room-size.
+    #[arg(long, default_value_t = 2000)]
+    pub clients: usize,
+    /// Members per room; the last room takes the remainder. Each room's first member publishes
+    /// and stays connected through the storm.
+    #[arg(long, default_value_t = 10)]
+    pub room_size: usize,
+    /// Messages per second per publisher (open loop), before, during and after the storm.
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+    /// Rooms whose members all stay connected: their deliveries give the established
+    /// connections' latency during the storm.
+    #[arg(long, default_value_t = 20)]
+    pub steady_rooms: usize,
+    /// How long the dropped clients stay away before they all reconnect, in milliseconds; what
+    /// is published meanwhile comes back as replay.
+    #[arg(long, default_value_t = 1000)]
+    pub down_ms: u64,
+    /// Seconds the publishers go on after the reconnect signal.
+    #[arg(long, default_value_t = 3.0)]
+    pub after: f64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -290,6 +290,14 @@ pub struct ServerFrame<'a> {
     pub code: Option<&'a str>,
     #[serde(default, borrow)]
     pub message: Option<Cow<'a, str>>,
+    /// A join with `since`: whether every missed message was still retained, how many were
+    /// replayed, and whether the replay was cut short.
+    #[serde(default)]
+    pub recovered: Option<bool>,
+    #[serde(default)]
+    pub replayed: Option<u64>,
+    #[serde(default)]
+    pub truncated: Option<bool>,
 }
 
 impl<'a> ServerFrame<'a> {
@@ -414,10 +422,21 @@ pub struct RequestBuf {
 impl RequestBuf {
     /// `{"type":"join","room":R,"id":ID}`.
     pub fn join(&mut self, room: &str, id: u64) -> &mut [u8] {
+        self.join_since(room, None, id)
+    }
+
+    /// `{"type":"join","room":R,"since":S,"id":ID}`, without `since` when it is `None`.
+    pub fn join_since(&mut self, room: &str, since: Option<u64>, id: u64) -> &mut [u8] {
         self.buf.clear();
         self.buf.extend_from_slice(br#"{"type":"join","room":""#);
         self.buf.extend_from_slice(room.as_bytes());
-        self.buf.extend_from_slice(br#"","id":"#);
+        self.buf.push(b'"');
+        if let Some(since) = since {
+            self.buf.extend_from_slice(br#","since":"#);
+            self.buf
+                .extend_from_slice(itoa::Buffer::new().format(since).as_bytes());
+        }
+        self.buf.extend_from_slice(br#","id":"#);
         self.buf
             .extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
         self.buf.push(b'}');
@@ -488,6 +507,10 @@ mod tests {
         assert_eq!(v["type"], "join");
         assert_eq!(v["room"], "r-1");
         assert_eq!(v["id"], 0);
+        assert!(v.get("since").is_none());
+        let v: serde_json::Value =
+            serde_json::from_slice(rb.join_since("r-1", Some(41), 5)).unwrap();
+        assert_eq!((v["since"].as_u64(), v["id"].as_u64()), (Some(41), Some(5)));
         let stamp = BodyStamp {
             sched_ns: 5,
             publisher: 1,
@@ -522,6 +545,15 @@ mod tests {
         );
         let f = ServerFrame::parse(br#"{"type":"ack","id":4,"room":"r","seq":10}"#).unwrap();
         assert_eq!((f.kind, f.id, f.seq), ("ack", Some(4), Some(10)));
+        assert_eq!((f.recovered, f.replayed, f.truncated), (None, None, None));
+        let f = ServerFrame::parse(
+            br#"{"type":"ack","id":5,"room":"r","seq":44,"recovered":true,"replayed":3,"truncated":false}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (f.recovered, f.replayed, f.truncated),
+            (Some(true), Some(3), Some(false))
+        );
         let f = ServerFrame::parse(
             br#"{"type":"error","id":1,"code":"rate_limited","message":"slow \"down\""}"#,
         )

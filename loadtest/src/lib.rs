@@ -1,6 +1,6 @@
 //! shardcast-loadtest: a bot that opens thousands of real WebSocket clients against a shardcast
-//! server or a cluster of nodes, drives one of six scenarios (fanout, chat, dm, idle, churn,
-//! soak), checks delivery exactly, measures latency with HDR histograms, reads the servers' CPU
+//! server or a cluster of nodes, drives one of seven scenarios (fanout, chat, dm, idle, churn,
+//! soak, storm), checks delivery exactly, measures latency with HDR histograms, reads the servers' CPU
 //! and RSS from `/proc` and a cluster's Redis cost from its `INFO`.
 //!
 //! [`run`] is the whole thing: options in, [`Report`] out. From the workspace root:
@@ -13,6 +13,7 @@
 //! cargo run --release -p shardcast-loadtest -- dm --users 2000 --rate 5 --url ws://127.0.0.1:8080
 //! cargo run --release -p shardcast-loadtest -- churn --rate 500 --spawn-server --json
 //! cargo run --release -p shardcast-loadtest -- soak --duration 600 --warmup 60 --spawn-server
+//! cargo run --release -p shardcast-loadtest -- storm --clients 15000 --spawn-server --server-cpus 0 --client-cpus 1
 //! cargo run --release -p shardcast-loadtest -- chat --max --users 100 --room-size 1 --durability memory --spawn-server
 //! cargo run --release -p shardcast-loadtest -- fanout --spawn-cluster 3
 //! cargo run --release -p shardcast-loadtest -- chat --url ws://127.0.0.1:8001,ws://127.0.0.1:8002 --redis-url redis://127.0.0.1:6379
@@ -59,7 +60,9 @@ use serde_json::json;
 pub use cli::Cli;
 use cli::{CommonArgs, Scenario};
 pub use report::Report;
-use report::{BotCost, ChurnReport, NodeCost, RedisCost, ServerCost, SoakReport, WindowWork};
+use report::{
+    BotCost, ChurnReport, NodeCost, RedisCost, ServerCost, SoakReport, StormReport, WindowWork,
+};
 use scenario::RunCtx;
 use scenario::churn::ChurnResult;
 use scenario::pubsub::PubsubResult;
@@ -206,7 +209,13 @@ fn run_in_runtime(
         redis: target.redis_probe.clone(),
     };
     let outcome = rt.block_on(async {
+        let mut storm = None;
         let plan = match scenario {
+            Scenario::Storm { args, .. } => {
+                let (plan, s) = scenario::storm::plan(&ctx, args);
+                storm = Some(s);
+                plan
+            }
             Scenario::Fanout { args, .. } => scenario::fanout_plan(&ctx, args),
             Scenario::Chat { args, .. } => scenario::chat_plan(&ctx, args),
             Scenario::Dm { args, .. } => scenario::dm_plan(&ctx, args),
@@ -220,7 +229,7 @@ fn run_in_runtime(
                     .map(Outcome::Soak);
             }
         };
-        scenario::pubsub::run(&ctx, plan, scenario.load())
+        scenario::pubsub::run(&ctx, plan, scenario.load(), storm)
             .await
             .map(Outcome::Pubsub)
     });
@@ -264,6 +273,18 @@ fn validate(scenario: &Scenario) -> anyhow::Result<()> {
             }
         }
         Scenario::Idle { .. } => {}
+        Scenario::Storm { args, load, .. } => {
+            positive(args.rate)?;
+            if args.clients == 0 || args.room_size < 2 {
+                bail!("storm needs clients and rooms of at least 2 (a publisher and a listener)");
+            }
+            if load.max {
+                bail!("storm is open loop: --max does not apply");
+            }
+            if !(args.after >= 0.0 && args.after.is_finite()) {
+                bail!("--after must not be negative");
+            }
+        }
         Scenario::Churn { args, .. } => positive(args.rate)?,
         Scenario::Soak { args, .. } => {
             if c.url.len() > 1 || c.spawn_cluster.is_some() {
@@ -285,6 +306,8 @@ fn connections_needed(scenario: &Scenario) -> u64 {
         Scenario::Chat { args, .. } => args.users as u64,
         Scenario::Dm { args, .. } => args.users as u64,
         Scenario::Idle { args, .. } => args.connections as u64,
+        // A dropped client's socket is closed before its new one opens.
+        Scenario::Storm { args, .. } => args.clients as u64,
         Scenario::Churn { args, .. } => args.max_concurrent as u64,
         // The churn cycles in progress are at most 64.
         Scenario::Soak { args, .. } => (args.users + args.dm_users + 64) as u64,
@@ -310,6 +333,10 @@ fn params(scenario: &Scenario) -> serde_json::Map<String, serde_json::Value> {
         Scenario::Churn { args, .. } => json!({
             "rate": args.rate, "hold_ms": args.hold_ms, "rooms": args.rooms,
             "max_concurrent": args.max_concurrent,
+        }),
+        Scenario::Storm { args, .. } => json!({
+            "clients": args.clients, "room_size": args.room_size, "rate": args.rate,
+            "steady_rooms": args.steady_rooms, "down_ms": args.down_ms, "after": args.after,
         }),
     };
     let mut map = match v {
@@ -363,6 +390,7 @@ fn empty_report(scenario: &Scenario, common: &CommonArgs) -> Report {
         bot: None,
         churn: None,
         soak: None,
+        storm: None,
         server_log_problems: Vec::new(),
         notes: Vec::new(),
         passed: false,
@@ -417,7 +445,71 @@ fn pubsub_report(
     rep.passed = r.delivery.passed;
     rep.delivery = Some(r.delivery);
     rep.notes = r.notes;
+    if let (Some((s, ctl)), Scenario::Storm { args, .. }) = (&r.storm, scenario) {
+        let st = storm_report(
+            (&r.window_start, &r.window_end),
+            s,
+            ctl,
+            args,
+            r.connections,
+        );
+        rep.passed &= st.back_seconds.is_some()
+            && st.failed_handshakes == 0
+            && st.not_recovered == 0
+            && st.truncated == 0;
+        rep.storm = Some(st);
+    }
     rep
+}
+
+/// The storm's figures. CPU "net" subtracts the calm window's server CPU rate over the same
+/// span: what the publishing alone would have cost.
+fn storm_report(
+    (w0, w1): (&scenario::Samples, &scenario::Samples),
+    s: &scenario::storm::StormSamples,
+    ctl: &scenario::storm::StormCtl,
+    args: &cli::StormArgs,
+    connections: u64,
+) -> StormReport {
+    use std::sync::atomic::Ordering::Relaxed;
+    let reconnecting = ctl.clients;
+    let calm_rate = match (w0.server_total(), w1.server_total()) {
+        (Some(a), Some(b)) if b.wall_since(&a) > 0.0 => Some(b.cpu_since(&a) / b.wall_since(&a)),
+        _ => None,
+    };
+    // (raw seconds, net seconds) between two samples.
+    let span = |a: &scenario::Samples, b: &scenario::Samples| {
+        let (a, b) = (a.server_total()?, b.server_total()?);
+        let raw = b.cpu_since(&a);
+        Some((raw, raw - calm_rate? * b.wall_since(&a)))
+    };
+    let n = reconnecting.max(1) as f64;
+    let reconnect = s.back.as_ref().and_then(|b| span(&s.reconnect, b));
+    let bot = s.back.as_ref().and_then(|b| {
+        let (a, b) = (s.reconnect.bot?, b.bot?);
+        let wall = b.wall_since(&a);
+        (wall > 0.0).then(|| 100.0 * b.cpu_since(&a) / wall)
+    });
+    StormReport {
+        reconnecting,
+        staying: connections - reconnecting,
+        down_ms: args.down_ms,
+        back: ctl.back(),
+        back_seconds: ctl.back_seconds(),
+        failed_handshakes: ctl.failed_handshakes.load(Relaxed),
+        not_recovered: ctl.not_recovered.load(Relaxed),
+        truncated: ctl.truncated.load(Relaxed),
+        replayed: ctl.replayed.load(Relaxed),
+        connect_to_welcome: ctl.connect_to_welcome.summary(),
+        signal_to_welcome: ctl.signal_to_welcome.summary(),
+        signal_to_caught_up: ctl.signal_to_caught_up.summary(),
+        calm_latency: s.calm_latency.clone(),
+        reconnect_cpu_seconds: reconnect.map(|(raw, _)| raw),
+        cpu_us_per_reconnect: reconnect.map(|(raw, _)| raw * 1e6 / n),
+        net_cpu_us_per_reconnect: reconnect.map(|(_, net)| net * 1e6 / n),
+        net_cpu_us_per_disconnect: span(&s.dropped, &s.reconnect).map(|(_, net)| net * 1e6 / n),
+        bot_cpu_percent_reconnecting: bot,
+    }
 }
 
 /// Each node's CPU in the window, when there are several and their pids are known.

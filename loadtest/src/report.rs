@@ -59,6 +59,7 @@ pub struct Report {
     pub bot: Option<BotCost>,
     pub churn: Option<ChurnReport>,
     pub soak: Option<SoakReport>,
+    pub storm: Option<StormReport>,
     /// WARN/ERROR lines from a spawned server's log.
     pub server_log_problems: Vec<String>,
     pub notes: Vec<String>,
@@ -286,6 +287,46 @@ pub struct ChurnReport {
     pub redis_commands_per_cycle: Option<f64>,
 }
 
+/// What a storm adds. The report's window, throughput and server cost are the calm window
+/// before it; `latency` is the steady connections' from the drop until the publishers stopped.
+#[derive(Clone, Debug, Serialize)]
+pub struct StormReport {
+    /// Clients that dropped and reconnected; the others (publishers, steady rooms) stayed.
+    pub reconnecting: u64,
+    pub staying: u64,
+    pub down_ms: u64,
+    /// Reconnected clients that got their replay to the end.
+    pub back: u64,
+    /// Reconnect signal → the last client back and caught up; `None` if some never were.
+    pub back_seconds: Option<f64>,
+    /// Connect attempts that failed (each is retried up to twice).
+    pub failed_handshakes: u64,
+    /// Rejoin acks with `recovered` not true, or `truncated` true.
+    pub not_recovered: u64,
+    pub truncated: u64,
+    /// Messages the rejoin acks said were replayed.
+    pub replayed: u64,
+    /// Socket connect → `welcome`, per reconnect.
+    pub connect_to_welcome: Option<LatencySummary>,
+    /// Reconnect signal → `welcome` (adds the time the bot took to start each connect).
+    pub signal_to_welcome: Option<LatencySummary>,
+    /// Reconnect signal → the last replayed message received.
+    pub signal_to_caught_up: Option<LatencySummary>,
+    /// Every connection's publish→deliver latency in the calm window, for comparison.
+    pub calm_latency: Option<LatencySummary>,
+    /// Server CPU from the reconnect signal until the last client was caught up, in seconds,
+    /// and per reconnect: raw, and net of the calm window's CPU rate (the publishing that went
+    /// on meanwhile).
+    pub reconnect_cpu_seconds: Option<f64>,
+    pub cpu_us_per_reconnect: Option<f64>,
+    pub net_cpu_us_per_reconnect: Option<f64>,
+    /// The same for the drop: server CPU from the drop to the reconnect signal, net of the calm
+    /// rate, per dropped client.
+    pub net_cpu_us_per_disconnect: Option<f64>,
+    /// The bot's CPU from the reconnect signal until all were back, as a percentage of one core.
+    pub bot_cpu_percent_reconnecting: Option<f64>,
+}
+
 /// What a soak run adds: the server's resources over time and the churn cycles' outcome.
 #[derive(Clone, Debug, Serialize)]
 pub struct SoakReport {
@@ -471,6 +512,48 @@ impl Report {
                 let _ = writeln!(o, "  RSS retained      {:+.1} KiB", b as f64 / 1024.0);
             }
         }
+        if let Some(st) = &self.storm {
+            let _ = writeln!(o, "storm");
+            let _ = writeln!(
+                o,
+                "  clients           {} reconnecting, {} staying; down {} ms",
+                thousands(st.reconnecting),
+                thousands(st.staying),
+                st.down_ms
+            );
+            let _ = writeln!(
+                o,
+                "  back, caught up   {}/{} in {}",
+                thousands(st.back),
+                thousands(st.reconnecting),
+                st.back_seconds
+                    .map_or("(not all)".into(), |s| format!("{s:.3} s"))
+            );
+            let _ = writeln!(
+                o,
+                "  failures          {} failed handshakes, {} not recovered, {} truncated; {} replayed",
+                st.failed_handshakes,
+                st.not_recovered,
+                st.truncated,
+                thousands(st.replayed)
+            );
+            if let (Some(raw), Some(net)) = (st.cpu_us_per_reconnect, st.net_cpu_us_per_reconnect) {
+                let _ = writeln!(
+                    o,
+                    "  server CPU        {net:.1} µs/reconnect net of the calm rate ({raw:.1} raw, {:.3} s)",
+                    st.reconnect_cpu_seconds.unwrap_or(0.0)
+                );
+            }
+            if let Some(us) = st.net_cpu_us_per_disconnect {
+                let _ = writeln!(o, "                    {us:.1} µs/disconnect net");
+            }
+            if let Some(p) = st.bot_cpu_percent_reconnecting {
+                let _ = writeln!(
+                    o,
+                    "  bot CPU           {p:.0}% of a core while reconnecting"
+                );
+            }
+        }
         if let Some(k) = &self.soak {
             let _ = writeln!(o, "soak");
             let _ = writeln!(
@@ -509,7 +592,14 @@ impl Report {
             }
         }
         let lat = [
-            ("publish→deliver", &self.latency),
+            (
+                if self.storm.is_some() {
+                    "steady in storm"
+                } else {
+                    "publish→deliver"
+                },
+                &self.latency,
+            ),
             ("publish→ack", &self.ack_latency),
             ("send lag (bot)", &self.send_lag),
         ];
@@ -520,9 +610,18 @@ impl Report {
                 ("close→close", &c.close_latency),
             ]
         });
+        let storm_lat = self.storm.as_ref().map(|s| {
+            [
+                ("calm deliver", &s.calm_latency),
+                ("connect→welcome", &s.connect_to_welcome),
+                ("signal→welcome", &s.signal_to_welcome),
+                ("signal→caught up", &s.signal_to_caught_up),
+            ]
+        });
         let rows: Vec<(&str, &Option<LatencySummary>)> = lat
             .into_iter()
             .chain(churn_lat.into_iter().flatten())
+            .chain(storm_lat.into_iter().flatten())
             .filter(|(_, l)| l.is_some())
             .collect();
         if !rows.is_empty() {

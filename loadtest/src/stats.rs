@@ -55,6 +55,13 @@ impl Hist {
         h.saturating_record(us);
     }
 
+    /// Empties it, to start a new window.
+    pub fn reset(&self) {
+        for part in &self.parts {
+            part.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        }
+    }
+
     /// All parts added together.
     pub fn merged(&self) -> Histogram<u64> {
         let mut all = new_hist();

@@ -184,3 +184,46 @@ fn soak_mixes_chat_dms_and_history_churn_and_samples_the_server() {
     let last = soak.samples.last().unwrap();
     assert!(last.open_fds >= 120, "{last:?}");
 }
+
+#[test]
+fn storm_clients_reconnect_with_since_and_recover_exactly() {
+    // 300 clients in rooms of 10: 30 publishers and the 2 steady rooms stay, 252 clients drop at
+    // once, stay away 400 ms while the publishers go on, then reconnect at once and join with
+    // `since`. The exact check spans both sockets of each client: everything after its first
+    // join arrives once and in order, replayed or live.
+    let report = run_against_server(
+        Durability::Sync,
+        &[
+            "storm",
+            "--clients",
+            "300",
+            "--rate",
+            "5",
+            "--steady-rooms",
+            "2",
+            "--down-ms",
+            "400",
+            "--after",
+            "1",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
+        ],
+    );
+    assert_exact(&report);
+    let s = report.storm.as_ref().expect("a storm report");
+    assert_eq!((s.reconnecting, s.staying), (252, 48), "{s:#?}");
+    assert_eq!(s.back, s.reconnecting, "{s:#?}");
+    assert!(s.back_seconds.is_some(), "{s:#?}");
+    assert_eq!(s.failed_handshakes, 0, "{s:#?}");
+    assert_eq!((s.not_recovered, s.truncated), (0, 0), "{s:#?}");
+    // 30 rooms publish 5/s each while the clients are away: there is something to replay.
+    assert!(s.replayed > 0, "{s:#?}");
+    let welcomes = s.connect_to_welcome.as_ref().expect("welcome latencies");
+    assert_eq!(welcomes.count, s.reconnecting, "{s:#?}");
+    assert!(
+        report.latency.is_some(),
+        "the steady rooms' deliveries during the storm"
+    );
+}

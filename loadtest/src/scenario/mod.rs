@@ -3,15 +3,17 @@
 //!
 //! `pubsub` is the engine for every scenario whose connections stay open (fanout, chat, dm,
 //! idle): the scenarios differ only in the [`pubsub::Plan`] they build here. `churn` has its own
-//! loop; `soak` runs the engine with churn cycles and a resource sampler beside it. Against a
-//! cluster, connection i goes to node i mod N, so a room's members sit on every node. This
-//! module owns the plans and the context a run shares; it must not parse frames (`client`) or
+//! loop; `soak` runs the engine with churn cycles and a resource sampler beside it; `storm` runs
+//! it with every client but the publishers dropped and rejoined (with `since`) in the middle.
+//! Against a cluster, connection i goes to node i mod N, so a room's members sit on every node.
+//! This module owns the plans and the context a run shares; it must not parse frames (`client`) or
 //! judge delivery (`stats`).
 
 pub mod churn;
 pub mod pacer;
 pub mod pubsub;
 pub mod soak;
+pub mod storm;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -18,6 +18,7 @@ use fastwebsockets::OpCode;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use super::pacer::{self, Beat, Pacer};
+use super::storm::{self, CatchUp, StormCtl, StormPlan, StormSamples, StormTimes};
 use super::{RunCtx, Samples, secs_to_ns};
 use crate::cli::LoadArgs;
 use crate::client::{self, BodyStamp, Dest, RequestBuf, ServerFrame, SharedWriter, Ws};
@@ -79,6 +80,9 @@ pub struct PubsubResult {
     pub latency: Option<LatencySummary>,
     pub ack_latency: Option<LatencySummary>,
     pub send_lag: Option<LatencySummary>,
+    /// A storm's samples and counters; the window above is then the calm one before it, and
+    /// `latency` the steady connections' from the drop on.
+    pub storm: Option<(StormSamples, Arc<StormCtl>)>,
     pub notes: Vec<String>,
 }
 
@@ -124,6 +128,8 @@ struct ConnEnv {
     recv_stream: u32,
     pub_stream: Option<u32>,
     publisher: Option<Arc<PubShared>>,
+    /// Drops and reconnects in the storm.
+    drops: bool,
 }
 
 /// Inputs every connection task shares.
@@ -132,6 +138,7 @@ struct Common {
     endpoints: Vec<client::Endpoint>,
     source_ips: u8,
     connect_gate: Semaphore,
+    storm: Option<Arc<StormCtl>>,
 }
 
 type Ready = Result<(u32, SharedWriter), (u32, anyhow::Error)>;
@@ -140,6 +147,7 @@ pub async fn run(
     ctx: &RunCtx,
     plan: Plan,
     load: Option<&LoadArgs>,
+    storm_plan: Option<StormPlan>,
 ) -> anyhow::Result<PubsubResult> {
     let shared = ctx.shared.clone();
     let n = plan.conns.len();
@@ -150,6 +158,10 @@ pub async fn run(
         endpoints: ctx.endpoints.clone(),
         source_ips: ctx.common.source_ips,
         connect_gate: Semaphore::new(ctx.common.connect_concurrency.max(1)),
+        storm: storm_plan.as_ref().map(|s| {
+            let clients = s.drops.iter().filter(|&&d| d).count();
+            Arc::new(StormCtl::new(clients as u64))
+        }),
     });
     let baseline = ctx.sample();
 
@@ -180,6 +192,7 @@ pub async fn run(
             recv_stream: c.recv_stream,
             pub_stream: c.publish.as_ref().map(|p| p.stream),
             publisher: publisher.clone(),
+            drops: storm_plan.as_ref().is_some_and(|s| s.drops[i]),
         };
         pubs.push(publisher.zip(c.publish));
         tasks.push(tokio::spawn(conn_task(
@@ -229,6 +242,9 @@ pub async fn run(
     let window_end = window_start + secs_to_ns(ctx.common.duration);
     shared.window_start_ns.store(window_start, Relaxed);
     shared.window_end_ns.store(window_end, Relaxed);
+    // A storm follows the calm window; publishing goes on through it.
+    let storm_times = storm_plan.as_ref().map(|s| StormTimes::new(window_end, s));
+    let pub_end = storm_times.as_ref().map_or(window_end, |t| t.pub_end);
     let body_size = load.map_or(64, |l| l.body_size);
     let max_in_flight = load.map_or(u64::MAX, |l| l.max_in_flight);
     let mut publishers = Vec::new();
@@ -251,7 +267,7 @@ pub async fn run(
             writer,
             ps,
             plan,
-            end_ns: window_end,
+            end_ns: pub_end,
             body_size,
             window,
             max_in_flight,
@@ -259,7 +275,7 @@ pub async fn run(
         publishers.push(tokio::spawn(job.run()));
     }
     drop(writers);
-    let pacer = Pacer::start(shared.epoch, beats, window_end).context("start the pacer thread")?;
+    let pacer = Pacer::start(shared.epoch, beats, pub_end).context("start the pacer thread")?;
 
     // Warm-up, then the measured window.
     let total = window_end.saturating_sub(shared.now_ns());
@@ -272,6 +288,13 @@ pub async fn run(
     let (w0, c0) = (ctx.sample(), shared.counts());
     wait_with_progress(ctx, window_end, phase_start).await;
     let (w1, c1) = (ctx.sample(), shared.counts());
+    let storm = match (&common.storm, &storm_times) {
+        (Some(ctl), Some(times)) => {
+            let give_up = times.pub_end + secs_to_ns(ctx.common.drain_timeout);
+            Some((storm::drive(ctx, ctl, times, give_up).await, ctl.clone()))
+        }
+        _ => None,
+    };
 
     // Drain: every publisher has stopped; wait for the acks and deliveries still owed.
     let mut sent_counts = vec![0u64; n];
@@ -306,6 +329,7 @@ pub async fn run(
         latency: shared.latency.summary(),
         ack_latency: shared.ack_latency.summary(),
         send_lag: shared.send_lag.summary(),
+        storm,
         notes,
     })
 }
@@ -430,10 +454,46 @@ async fn conn_task(
     drop(ready);
 
     let shared = common.shared.clone();
-    let ended = tokio::select! {
-        biased;
-        _ = stop.wait_for(|s| *s) => None,
-        why = read_loop(&mut ws, &mut out, &shared, env.publisher.as_deref()) => Some(why),
+    let storm = common.storm.as_deref().filter(|_| env.drops);
+    let mut catch_up: Option<CatchUp> = None;
+    let mut dropped = false;
+    let ended = loop {
+        let drop_signal = async {
+            match storm {
+                Some(s) if !dropped => s.drop_signal().await,
+                _ => std::future::pending().await,
+            }
+        };
+        let mut reader = Reader {
+            shared: &shared,
+            publisher: env.publisher.as_deref(),
+            storm,
+            catch_up: &mut catch_up,
+            // After a reconnect, replayed messages would count the time away as latency.
+            latency: !dropped,
+        };
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break None,
+            why = read_loop(&mut ws, &mut out, &mut reader) => break Some(why),
+            () = drop_signal => {}
+        }
+        // The storm: drop the socket, wait, then reconnect and join with the last seq seen.
+        dropped = true;
+        drop(ws);
+        let Some(s) = storm else { break None };
+        let since = out.recv.last_seq.max(out.start_seq.unwrap_or(0));
+        let src = client::source_ip(env.index as usize, common.source_ips);
+        let endpoint = &common.endpoints[env.index as usize % common.endpoints.len()];
+        let room = env.join.as_deref().unwrap_or_default();
+        let rejoin = s.rejoin(&shared, endpoint, src, &env.user, room, since, env.index);
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break Some("the run ended before it was back".into()),
+            r = rejoin => match r {
+                Ok((w, c)) => (ws, catch_up) = (w, c),
+                Err(e) => break Some(format!("reconnect failed: {e:#}")),
+            },
+        }
     };
     if let Some(why) = ended
         && !*stop.borrow()
@@ -462,7 +522,7 @@ async fn welcome_and_join(ws: &mut Ws, room: Option<&str>) -> anyhow::Result<Opt
 }
 
 /// Reads frames until `want` accepts one; an `error` frame or a close fails.
-async fn expect_frame<T>(
+pub(super) async fn expect_frame<T>(
     ws: &mut Ws,
     want: impl Fn(&ServerFrame) -> Option<T>,
 ) -> anyhow::Result<T> {
@@ -500,13 +560,41 @@ fn close_reason(payload: &[u8]) -> String {
     }
 }
 
+/// What the read loop of one connection needs besides its socket.
+struct Reader<'a> {
+    shared: &'a Shared,
+    publisher: Option<&'a PubShared>,
+    /// Set for a client that drops in the storm.
+    storm: Option<&'a StormCtl>,
+    /// A reconnected client's replay still owed.
+    catch_up: &'a mut Option<CatchUp>,
+    /// Whether deliveries go into the latency histogram.
+    latency: bool,
+}
+
+impl Reader<'_> {
+    /// A bot message in this connection's stream, received at `now`.
+    #[inline]
+    fn on_message(&mut self, out: &mut ConnOutcome, seq: u64, stamp: BodyStamp, now: u64) {
+        out.recv.on_message(seq, stamp);
+        self.shared.delivered.fetch_add(1, Relaxed);
+        if self.latency && self.shared.in_window(stamp.sched_ns) {
+            self.shared
+                .latency
+                .record(out.index as usize, now.saturating_sub(stamp.sched_ns));
+        }
+        if let (Some(s), Some(c)) = (self.storm, self.catch_up.as_ref())
+            && out.recv.last_seq >= c.seq
+        {
+            s.caught_up(out.index, now);
+            *self.catch_up = None;
+        }
+    }
+}
+
 /// The per-message path. Returns why the connection ended.
-async fn read_loop(
-    ws: &mut Ws,
-    out: &mut ConnOutcome,
-    shared: &Shared,
-    publisher: Option<&PubShared>,
-) -> String {
+async fn read_loop(ws: &mut Ws, out: &mut ConnOutcome, r: &mut Reader<'_>) -> String {
+    let (shared, publisher) = (r.shared, r.publisher);
     let index = out.index as usize;
     loop {
         let frame = match ws.recv().await {
@@ -520,7 +608,7 @@ async fn read_loop(
         }
         let now = shared.now_ns();
         if let Some((seq, stamp)) = client::parse_message_fast(&frame.payload) {
-            on_message(out, shared, seq, stamp, now);
+            r.on_message(out, seq, stamp, now);
             continue;
         }
         let f = match ServerFrame::parse(&frame.payload) {
@@ -538,7 +626,7 @@ async fn read_loop(
             "message" => {
                 let stamp = f.body.and_then(|b| client::decode_body(b.get()));
                 match (f.seq, stamp) {
-                    (Some(seq), Some(stamp)) => on_message(out, shared, seq, stamp, now),
+                    (Some(seq), Some(stamp)) => r.on_message(out, seq, stamp, now),
                     _ => {
                         out.recv.count += 1;
                         out.recv.foreign += 1;
@@ -599,18 +687,6 @@ async fn read_loop(
             // Presence events, pongs and anything new in the protocol are not the bot's concern.
             _ => {}
         }
-    }
-}
-
-/// A bot message in this connection's stream, received at `now`.
-#[inline]
-fn on_message(out: &mut ConnOutcome, shared: &Shared, seq: u64, stamp: BodyStamp, now: u64) {
-    out.recv.on_message(seq, stamp);
-    shared.delivered.fetch_add(1, Relaxed);
-    if shared.in_window(stamp.sched_ns) {
-        shared
-            .latency
-            .record(out.index as usize, now.saturating_sub(stamp.sched_ns));
     }
 }
 

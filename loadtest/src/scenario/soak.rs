@@ -102,7 +102,7 @@ pub async fn run(ctx: &RunCtx, a: &SoakArgs, load: &LoadArgs) -> anyhow::Result<
         a.churn_rate,
         stop_rx,
     ));
-    let result = pubsub::run(ctx, plan(ctx, a), Some(load)).await;
+    let result = pubsub::run(ctx, plan(ctx, a), Some(load), None).await;
     let _ = stop_tx.send(true);
     let _ = churner.await;
     let samples = sampler.await.unwrap_or_default();
