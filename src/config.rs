@@ -331,9 +331,16 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
 
     /// Most connections each shard keeps in their HTTP phase (handshakes not yet upgraded, API
-    /// keep-alive connections); a connection accepted over it is closed at once. Default 1024.
+    /// keep-alive connections). While the accepting shard is at it, new connections wait in the
+    /// listen backlog; one handed to another shard over it is closed at once. Default 1024.
     #[arg(long, env = "SHARDCAST_MAX_HANDSHAKES", default_value_t = 1_024)]
     pub max_handshakes: usize,
+
+    /// Connections the kernel queues before they are accepted (listen backlog; the kernel caps
+    /// it at net.core.somaxconn). A reconnect storm overflowing it costs clients a 1 s SYN
+    /// retry. Default 4096.
+    #[arg(long, env = "SHARDCAST_LISTEN_BACKLOG", default_value_t = 4_096)]
+    pub listen_backlog: u32,
 
     /// Largest HTTP request head (request line and headers), in bytes; a bigger one gets 431.
     /// Default 16384.
@@ -437,6 +444,7 @@ impl Default for Config {
             max_batch_delay_ms: 4,
             handshake_timeout_ms: 10_000,
             max_handshakes: 1_024,
+            listen_backlog: 4_096,
             max_header_bytes: 16_384,
             echo: false,
             engine: Engine::Embedded,

@@ -43,19 +43,33 @@ impl Drop for HttpSlot {
     }
 }
 
-/// Serves one TCP connection's HTTP requests until it upgrades or closes.
-pub async fn serve(ctx: Rc<Ctx>, stream: TcpStream) {
-    let config = &ctx.config;
-    if IN_HTTP.get() >= config.max_handshakes {
+/// Whether this shard is at `max_handshakes`: its accept loop then waits, leaving new
+/// connections in the listen backlog rather than closing them.
+pub fn handshakes_full(config: &crate::config::Config) -> bool {
+    IN_HTTP.get() >= config.max_handshakes
+}
+
+/// Takes one of this shard's handshake slots for a TCP connection and returns the task that
+/// serves its HTTP requests until it upgrades or closes; `None` (the connection is closed)
+/// when every slot is taken. The slot is counted now, not when the task first runs, so the
+/// accept loop sees it at once.
+pub fn serve(ctx: Rc<Ctx>, stream: TcpStream) -> Option<impl std::future::Future<Output = ()>> {
+    if handshakes_full(&ctx.config) {
         // Slow or stalled handshakes hold every slot: shed this one without reading it.
-        tracing::debug!(
-            limit = config.max_handshakes,
-            "too many handshakes; closing"
-        );
-        return;
+        let limit = ctx.config.max_handshakes;
+        tracing::debug!(limit, "too many handshakes; closing");
+        return None;
     }
     IN_HTTP.set(IN_HTTP.get() + 1);
-    let _slot = HttpSlot;
+    let slot = HttpSlot;
+    Some(async move {
+        let _slot = slot;
+        serve_http(ctx, stream).await
+    })
+}
+
+async fn serve_http(ctx: Rc<Ctx>, stream: TcpStream) {
+    let config = &ctx.config;
     let timeout = Duration::from_millis(config.handshake_timeout_ms);
     let header_limit = config.max_header_bytes;
     let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));

@@ -76,8 +76,7 @@ impl Server {
             addr: config.bind,
             source,
         };
-        let listener = std::net::TcpListener::bind(config.bind).map_err(bind_err)?;
-        listener.set_nonblocking(true).map_err(bind_err)?;
+        let listener = listen(config.bind, config.listen_backlog).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
         let shards = config.shard_count();
         let config = Arc::new(config);
@@ -177,6 +176,18 @@ impl Server {
         }
         self.store_threads.stop();
     }
+}
+
+/// A non-blocking listener on `addr` with a `backlog`-deep accept queue (std's bind uses 128).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As std does on Unix: a restarted server can bind while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 impl Drop for Server {

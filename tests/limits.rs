@@ -1,5 +1,5 @@
 //! Resource exhaustion: HTTP header size (431), slow handshakes (`handshake_timeout_ms`), the
-//! cap on handshakes in progress (`max_handshakes`), and running out of file descriptors
+//! cap on handshakes in progress (`max_handshakes`: the next ones wait), and running out of file descriptors
 //! (EMFILE) in the accept loop, tested on the real binary with a lowered `RLIMIT_NOFILE`.
 //! The API body limit (413) is in tests/api.rs.
 
@@ -86,16 +86,25 @@ async fn handshakes_in_progress_are_capped() {
             .unwrap();
         stalled.push(tcp);
     }
-    // Accepted in order after the four, so it finds every slot taken: closed unanswered.
-    let response = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await;
-    assert_eq!(
-        response, "",
-        "over max_handshakes, a connection is closed unanswered"
+    // Every slot is taken: the next connection waits in the listen backlog, unanswered, while
+    // the upgraded connection is served.
+    let mut waiting = TcpStream::connect(addr).await.unwrap();
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(500), waiting.read(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "over max_handshakes a connection waits: {early:?}"
     );
     upgraded.ping().await;
 
-    // Freed slots are taken again.
+    // Freed slots are taken again: the waiting connection is answered, then new ones.
     drop(stalled);
+    let response = read_until_closed(&mut waiting).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
     eventually(
         TIMEOUT,
         "a handshake after the stalled ones left",

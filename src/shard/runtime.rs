@@ -199,7 +199,9 @@ fn accepted(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
 }
 
 fn spawn_http(ctx: &Rc<Ctx>, stream: TcpStream) {
-    tokio::task::spawn_local(crate::http::serve(ctx.clone(), stream));
+    if let Some(task) = crate::http::serve(ctx.clone(), stream) {
+        tokio::task::spawn_local(task);
+    }
 }
 
 /// Shard 0 accepts and deals connections round-robin to all shards.
@@ -215,6 +217,13 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: std::net::TcpListener, router: Rout
     let mut next = 0usize;
     let mut backoff = crate::accept::Backoff::default();
     loop {
+        // At the limit, connections wait in the backlog (a storm queues instead of failing).
+        while crate::http::handshakes_full(&ctx.config) {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             a = listener.accept() => a,
