@@ -100,6 +100,31 @@ impl ReplyTo {
         self.with(Ok(body))
     }
 
+    /// The answer to a `presence` query: who is in the room (sorted by the caller).
+    pub fn presence(self, room: &Name, users: &[Name]) -> (ShardId, NodeMsg) {
+        self.answer(
+            |id| crate::protocol::encode::presence(id, room, users.iter()),
+            || {
+                let users: Vec<&str> = users.iter().map(|u| &**u).collect();
+                let body = serde_json::json!({ "room": &**room, "users": users });
+                body.to_string().into()
+            },
+        )
+    }
+
+    /// The API's answer about a user with `n` connections.
+    pub fn user_info(self, user: &Name, n: u64) -> (ShardId, NodeMsg) {
+        self.answer(
+            |_| Bytes::new(),
+            || {
+                let body = serde_json::json!({
+                    "user": &**user, "online": n > 0, "connections": n
+                });
+                body.to_string().into()
+            },
+        )
+    }
+
     /// The error answer; the receiving shard encodes it for a connection.
     pub fn fail(self, err: ReplyError) -> (ShardId, NodeMsg) {
         self.with(Err(err))

@@ -107,6 +107,27 @@ pub struct Joined {
 }
 
 impl Joined {
+    /// A join as the engine received it (`EngineMsg::Join`), before any epoch is known.
+    pub fn new(
+        room: Name,
+        conn: ConnId,
+        jgen: JoinGen,
+        id: Option<ReqId>,
+        ack: bool,
+        since: Option<u64>,
+    ) -> Joined {
+        Joined {
+            room,
+            conn,
+            jgen,
+            id,
+            ack,
+            since,
+            epoch: None,
+            lost: false,
+        }
+    }
+
     /// The `JoinDone` for the connection's shard and, when `since` is behind `seq`, the read
     /// that replays (since, seq] after the ack. A `since` from a lost epoch replays it all.
     pub fn answer(self, seq: u64) -> (NodeMsg, Option<Read>) {

@@ -485,16 +485,7 @@ impl Node {
                 epoch,
             } => {
                 self.add_member(&room, &user, conn, jgen);
-                let joined = Joined {
-                    room,
-                    conn,
-                    jgen,
-                    id,
-                    ack,
-                    since,
-                    epoch: None,
-                    lost: false,
-                };
+                let joined = Joined::new(room, conn, jgen, id, ack, since);
                 self.spawn(async move { me.join(user, joined, epoch).await });
             }
             EngineMsg::Leave { room, user, conn } => {
@@ -547,15 +538,7 @@ impl Node {
                 let mut cmd = redis::cmd("ZCOUNT");
                 cmd.arg(conns).arg(now_ms()).arg("+inf");
                 let answer = match me.query::<u64>(cmd).await {
-                    Some(n) => reply.answer(
-                        |_| Bytes::new(),
-                        || {
-                            let body = serde_json::json!({
-                                "user": &*user, "online": n > 0, "connections": n
-                            });
-                            body.to_string().into()
-                        },
-                    ),
+                    Some(n) => reply.user_info(&user, n),
                     None => reply.fail(unavailable()),
                 };
                 me.answer(answer);

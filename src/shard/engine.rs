@@ -79,16 +79,7 @@ impl Shard {
                 since,
                 epoch: _,
             } => {
-                let joined = Joined {
-                    room,
-                    conn,
-                    jgen,
-                    id,
-                    ack,
-                    since,
-                    epoch: None,
-                    lost: false,
-                };
+                let joined = Joined::new(room, conn, jgen, id, ack, since);
                 self.register_join(&user, joined)
             }
             EngineMsg::Leave { room, user, conn } => {
@@ -126,28 +117,11 @@ impl Shard {
             }
             EngineMsg::Presence { room, reply } => {
                 let users = self.home.rooms.users(&room);
-                let answer = reply.answer(
-                    |id| encode::presence(id, &room, users.iter()),
-                    || {
-                        let users: Vec<&str> = users.iter().map(|u| &**u).collect();
-                        let body = serde_json::json!({ "room": &*room, "users": users });
-                        body.to_string().into()
-                    },
-                );
-                self.answer(answer);
+                self.answer(reply.presence(&room, &users));
             }
             EngineMsg::UserInfo { user, reply } => {
                 let n = self.home.users.online_count(&user);
-                let answer = reply.answer(
-                    |_| Bytes::new(),
-                    || {
-                        let body = serde_json::json!({
-                            "user": &*user, "online": n > 0, "connections": n
-                        });
-                        body.to_string().into()
-                    },
-                );
-                self.answer(answer);
+                self.answer(reply.user_info(&user, n as u64));
             }
             EngineMsg::Forward {
                 user,

@@ -162,14 +162,6 @@ impl Node {
         };
         let mut users: Vec<Name> = users.iter().filter_map(|u| Name::new(u).ok()).collect();
         users.sort();
-        let answer = reply.answer(
-            |id| encode::presence(id, &room, users.iter()),
-            || {
-                let users: Vec<&str> = users.iter().map(|u| &**u).collect();
-                let body = serde_json::json!({ "room": &*room, "users": users });
-                body.to_string().into()
-            },
-        );
-        self.answer(answer);
+        self.answer(reply.presence(&room, &users));
     }
 }
