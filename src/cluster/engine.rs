@@ -29,6 +29,8 @@ use crate::msg::{
 use crate::persist::{Joined, Op, Persist, Read};
 use crate::protocol::Name;
 use crate::protocol::encode::{self, Target as To};
+use crate::router::Router;
+use crate::shard::now_ms;
 use crate::store::Stream;
 use crate::ws;
 
@@ -196,12 +198,6 @@ pub struct Node {
     beat: Cell<Instant>,
     /// When a command last succeeded.
     last_ok: Cell<Instant>,
-}
-
-use crate::router::Router;
-
-fn now_ms() -> u64 {
-    crate::shard::now_ms()
 }
 
 /// Why a Redis call gave no answer.

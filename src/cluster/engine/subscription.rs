@@ -323,7 +323,7 @@ impl Node {
                     }
                     Wire::Forward { exclude, json } => (u.shards.clone(), None, json, exclude),
                     Wire::CloseOthers(except) => {
-                        for (shard, _) in u.shards.iter().enumerate().filter(|s| *s.1 > 0) {
+                        for shard in shards_with(&u.shards) {
                             let msg = NodeMsg::CloseUser {
                                 user: user.clone(),
                                 except,
@@ -334,7 +334,7 @@ impl Node {
                         return;
                     }
                     Wire::Kick(reason) => {
-                        for (shard, _) in u.shards.iter().enumerate().filter(|s| *s.1 > 0) {
+                        for shard in shards_with(&u.shards) {
                             let msg = LocalMsg::Kick {
                                 user: user.clone(),
                                 reason: Some(reason.clone()).filter(|r| !r.is_empty()),
@@ -356,7 +356,7 @@ impl Node {
     /// The stream began a new epoch: its local receivers must reconnect and recover.
     pub(super) fn lost(&self, shards: &[u32], stream: &Stream) {
         tracing::warn!(?stream, "a stream's history was lost in Redis (new epoch)");
-        for (shard, _) in shards.iter().enumerate().filter(|s| *s.1 > 0) {
+        for shard in shards_with(shards) {
             let msg = NodeMsg::Lost {
                 stream: stream.clone(),
             };
@@ -372,7 +372,7 @@ impl Node {
         frame: Bytes,
         exclude: Option<ConnId>,
     ) {
-        for (shard, _) in shards.iter().enumerate().filter(|s| *s.1 > 0) {
+        for shard in shards_with(shards) {
             let msg = NodeMsg::Deliver {
                 stream: stream.clone(),
                 seq,
@@ -412,4 +412,9 @@ fn log_entries(v: Value) -> Vec<(u64, Bytes)> {
         }
     }
     out
+}
+
+/// The shards with at least one receiver, from per-shard counts.
+fn shards_with(counts: &[u32]) -> impl Iterator<Item = ShardId> + '_ {
+    (counts.iter().enumerate()).filter_map(|(shard, &n)| (n > 0).then_some(shard))
 }
