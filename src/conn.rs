@@ -55,26 +55,37 @@ struct OutQueue {
     head_sent: usize,
 }
 
-/// A token bucket for publishes.
+/// A token bucket for publishes. 16 bytes (an `Instant` alone is 16): it is in every `Conn`.
 #[derive(Clone, Copy)]
 pub struct Bucket {
-    tokens: f64,
-    last: std::time::Instant,
+    tokens: f32,
+    /// Microseconds since `epoch()`.
+    last: u64,
+}
+
+/// The process's clock origin for `Bucket`.
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+fn micros_now() -> u64 {
+    epoch().elapsed().as_micros() as u64
 }
 
 impl Bucket {
     pub fn full(burst: u32) -> Bucket {
         Bucket {
-            tokens: burst as f64,
-            last: std::time::Instant::now(),
+            tokens: burst as f32,
+            last: micros_now(),
         }
     }
 
     /// Takes one token if there is one.
     pub fn take(&mut self, rate: u32, burst: u32) -> bool {
-        let now = std::time::Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * rate as f64;
-        self.tokens = (self.tokens + refill).min(burst as f64);
+        let now = micros_now();
+        let refill = now.saturating_sub(self.last) as f64 / 1e6 * rate as f64;
+        self.tokens = (self.tokens as f64 + refill).min(burst as f64) as f32;
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -89,7 +100,7 @@ impl Bucket {
 /// shard's real fan-out and coalescing path through it).
 enum Io {
     Tcp(TcpStream),
-    Memory(MemorySink),
+    Memory(Box<MemorySink>),
 }
 
 /// Counts what a connection would have written, and keeps the bytes if asked to.
@@ -159,8 +170,8 @@ pub struct Conn {
     pub user: Name,
     /// The token's `rooms` claim: the only rooms this connection may join.
     pub allowed_rooms: Option<Box<[Name]>>,
-    /// The token's `exp`, unix seconds; a `refresh` moves it.
-    pub exp: Cell<Option<u64>>,
+    /// The token's `exp`, unix seconds (0: none); a `refresh` moves it. See `exp()`.
+    exp: Cell<u64>,
     io: Io,
     /// permessage-deflate was negotiated: data frames with at least this many payload bytes go
     /// out compressed (`deflate::variant`), and compressed client messages are inflated.
@@ -218,7 +229,7 @@ impl Conn {
 
     /// A connection whose output goes to `sink` and which never has input.
     pub fn in_memory(id: ConnId, sink: MemorySink, identity: &Identity, burst: u32) -> Conn {
-        Conn::with_io(id, Io::Memory(sink), identity, burst)
+        Conn::with_io(id, Io::Memory(Box::new(sink)), identity, burst)
     }
 
     fn with_io(id: ConnId, io: Io, identity: &Identity, burst: u32) -> Conn {
@@ -226,7 +237,7 @@ impl Conn {
             id,
             user: identity.user.clone(),
             allowed_rooms: identity.rooms.clone().map(Vec::into_boxed_slice),
-            exp: Cell::new(identity.exp),
+            exp: Cell::new(identity.exp.unwrap_or(0)),
             io,
             deflate_min: None,
             out: RefCell::default(),
@@ -244,6 +255,16 @@ impl Conn {
             kicked: Cell::new(false),
             waker: Cell::new(None),
         }
+    }
+
+    /// The token's `exp`, unix seconds, if it has one.
+    pub fn exp(&self) -> Option<u64> {
+        Some(self.exp.get()).filter(|&e| e != 0)
+    }
+
+    /// A `refresh` moved the expiry (`None`: the new token has none).
+    pub fn set_exp(&self, exp: Option<u64>) {
+        self.exp.set(exp.unwrap_or(0));
     }
 
     /// The connection negotiated permessage-deflate; `min` is `compression_min_bytes`.
@@ -403,15 +424,17 @@ impl Conn {
     /// Completes when the shard has something for the task to look at (a close, a blocked
     /// write, a broken socket).
     pub async fn kicked(&self) {
-        std::future::poll_fn(|cx| {
-            if self.kicked.replace(false) {
-                Poll::Ready(())
-            } else {
-                self.waker.set(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-        })
-        .await
+        std::future::poll_fn(|cx| self.poll_kicked(cx)).await
+    }
+
+    /// `kicked` for a hand-written task: `Ready` takes the kick; `Pending` leaves the waker.
+    pub fn poll_kicked(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.kicked.replace(false) {
+            Poll::Ready(())
+        } else {
+            self.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        }
     }
 
     fn kick(&self) {
@@ -503,7 +526,8 @@ pub struct Decoder {
     /// Payload bytes of a discarded (too large) frame still to skip.
     skip: u64,
     /// A fragmented message being assembled.
-    frag: Option<Fragments>,
+    /// Boxed: rare, and an idle connection's `Conn` is kept small.
+    frag: Option<Box<Fragments>>,
     /// A close frame was received; ignore whatever follows.
     closed: bool,
     /// Framing was refused (1002, 1007, 1009); whatever follows is dropped, not decoded.
@@ -707,12 +731,14 @@ impl Decoder {
             return Ok(false);
         }
         on(Event::TooLarge);
-        self.frag = (!h.fin).then(|| Fragments {
-            binary: false,
-            compressed: false,
-            data: Vec::new(),
-            checked: 0,
-            discard: true,
+        self.frag = (!h.fin).then(|| {
+            Box::new(Fragments {
+                binary: false,
+                compressed: false,
+                data: Vec::new(),
+                checked: 0,
+                discard: true,
+            })
         });
         Ok(true)
     }
@@ -734,13 +760,13 @@ impl Decoder {
             },
             ws::OP_BINARY if h.fin => on(Event::Binary(payload)),
             ws::OP_TEXT | ws::OP_BINARY => {
-                let mut frag = Fragments {
+                let mut frag = Box::new(Fragments {
                     binary: h.opcode == ws::OP_BINARY,
                     compressed: h.rsv1,
                     data: payload.to_vec(),
                     checked: 0,
                     discard: false,
-                };
+                });
                 frag.check_utf8(false)?;
                 self.frag = Some(frag);
             }

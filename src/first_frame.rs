@@ -44,7 +44,7 @@ pub async fn connect(ctx: Rc<Ctx>, mut stream: TcpStream, early: Bytes) {
     match admitted {
         Ok((identity, reservation, inbox_seq, rest)) => {
             let conn = reservation.fulfil();
-            http::start(ctx, conn, identity, inbox_seq, stream, rest, None).await;
+            http::start(ctx, conn, identity, inbox_seq, stream, rest, None);
         }
         Err(e) => {
             tracing::debug!(error = %e, "first-frame authentication refused");

@@ -295,7 +295,7 @@ impl Shard {
             }
             ClientMessage::Refresh { token } => self.take_token(conn).and_then(|()| {
                 let exp = self.auth.refresh(&conn.user, &token)?;
-                conn.exp.set(exp);
+                conn.set_exp(exp);
                 self.enqueue(conn, &Rc::new(encode::refreshed(id.as_ref(), exp)));
                 Ok(())
             }),
@@ -427,11 +427,16 @@ impl Shard {
     ) {
         self.next_gen = self.next_gen.wrapping_add(1);
         let jgen = self.next_gen;
-        conn.rooms.borrow_mut().push(RoomEntry {
+        let room = self.hub.interned(room);
+        let mut rooms = conn.rooms.borrow_mut();
+        // Most connections are in a room or two: no spare capacity.
+        rooms.reserve_exact(1);
+        rooms.push(RoomEntry {
             room: room.clone(),
             jgen,
             live: false,
         });
+        drop(rooms);
         if id.is_none() {
             conn.hold.set(conn.hold.get() + 1);
         }

@@ -36,7 +36,7 @@ pub(super) struct Home {
 impl Home {
     pub fn new(shards: usize, seeds: Vec<StreamInfo>) -> Home {
         let mut rooms = HomeRooms::new(shards);
-        let mut users = HomeUsers::new(shards);
+        let mut users = HomeUsers::default();
         for info in seeds {
             match info.stream {
                 Stream::Room(room) => rooms.seed(room, info.last_seq),

@@ -138,18 +138,29 @@ impl HomeRooms {
 /// A user with connections (admitted, attached, or with an inbox replay out). Removed when
 /// none is left, so the home's memory follows the users online, not every user ever seen.
 struct HomeUser {
-    /// Connections admitted (attached or not), in all and per shard.
-    conns: u32,
-    per_shard: Box<[u32]>,
-    /// Attached connections, which receive direct messages live.
-    online: Vec<ConnId>,
+    /// Connections admitted, each with whether it is attached (it then receives direct
+    /// messages live). A list, not counters per shard: most users have one connection, and
+    /// there is an entry per user online.
+    conns: Vec<(ConnId, bool)>,
     /// Inbox replays read for a connection and not yet handed to it.
     replaying: u32,
 }
 
 impl HomeUser {
     fn is_idle(&self) -> bool {
-        self.conns == 0 && self.online.is_empty() && self.replaying == 0
+        self.conns.is_empty() && self.replaying == 0
+    }
+
+    fn is_online(&self) -> bool {
+        self.conns.iter().any(|&(_, attached)| attached)
+    }
+
+    /// The shards holding its connections, each once.
+    fn shards(&self) -> Vec<ShardId> {
+        let mut shards: Vec<ShardId> = self.conns.iter().map(|(c, _)| c.shard()).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        shards
     }
 }
 
@@ -162,32 +173,21 @@ struct Inbox {
     delivered: u64,
 }
 
+#[derive(Default)]
 pub struct HomeUsers {
-    shards: usize,
     users: AHashMap<Name, HomeUser>,
     inboxes: AHashMap<Name, Inbox>,
 }
 
 impl HomeUsers {
-    pub fn new(shards: usize) -> HomeUsers {
-        HomeUsers {
-            shards,
-            users: AHashMap::new(),
-            inboxes: AHashMap::new(),
-        }
-    }
-
     /// Users with connections or a replay out.
     pub fn tracked(&self) -> usize {
         self.users.len()
     }
 
     fn entry(&mut self, user: &Name) -> &mut HomeUser {
-        let shards = self.shards;
         self.users.entry(user.clone()).or_insert_with(|| HomeUser {
-            conns: 0,
-            per_shard: vec![0; shards].into(),
-            online: Vec::new(),
+            conns: Vec::new(),
             replaying: 0,
         })
     }
@@ -209,16 +209,18 @@ impl HomeUsers {
     ) -> Result<Vec<ShardId>, HandshakeError> {
         let u = self.entry(user);
         let verdict = match config.session_policy {
-            SessionPolicy::Multi if u.conns >= config.max_connections_per_user => Err(
-                HandshakeError::ConnectionLimit(config.max_connections_per_user),
-            ),
-            SessionPolicy::RejectNew if u.conns > 0 => Err(HandshakeError::SessionExists),
-            SessionPolicy::KickOld => Ok(shards_with(Some(&u.per_shard)).collect()),
+            SessionPolicy::Multi if u.conns.len() >= config.max_connections_per_user as usize => {
+                Err(HandshakeError::ConnectionLimit(
+                    config.max_connections_per_user,
+                ))
+            }
+            SessionPolicy::RejectNew if !u.conns.is_empty() => Err(HandshakeError::SessionExists),
+            SessionPolicy::KickOld => Ok(u.shards()),
             _ => Ok(Vec::new()),
         };
         if verdict.is_ok() {
-            u.conns += 1;
-            u.per_shard[conn.shard()] += 1;
+            u.conns.reserve_exact(1);
+            u.conns.push((conn, false));
         } else {
             self.evict_if_idle(user);
         }
@@ -245,9 +247,7 @@ impl HomeUsers {
     /// A connection of `user` ended.
     pub fn release(&mut self, user: &Name, conn: ConnId) {
         if let Some(u) = self.users.get_mut(user) {
-            u.conns = u.conns.saturating_sub(1);
-            u.per_shard[conn.shard()] = u.per_shard[conn.shard()].saturating_sub(1);
-            u.online.retain(|c| *c != conn);
+            u.conns.retain(|(c, _)| *c != conn);
         }
         self.evict_if_idle(user);
     }
@@ -265,7 +265,7 @@ impl HomeUsers {
     pub fn commit(&mut self, user: &Name, seq: u64) -> (bool, Option<u64>) {
         let inbox = self.inboxes.entry(user.clone()).or_default();
         inbox.seqs.committed = inbox.seqs.committed.max(seq);
-        let Some(u) = self.users.get(user).filter(|u| !u.online.is_empty()) else {
+        let Some(u) = self.users.get(user).filter(|u| u.is_online()) else {
             return (false, None);
         };
         inbox.delivered = inbox.delivered.max(seq);
@@ -280,7 +280,13 @@ impl HomeUsers {
         let range = (inbox.delivered < inbox.seqs.committed)
             .then_some((inbox.delivered, inbox.seqs.committed));
         let u = self.entry(user);
-        u.online.push(conn);
+        match u.conns.iter_mut().find(|(c, _)| *c == conn) {
+            Some((_, attached)) => *attached = true,
+            None => {
+                u.conns.reserve_exact(1);
+                u.conns.push((conn, true));
+            }
+        }
         if range.is_some() {
             u.replaying += 1;
             if let Some(i) = self.inboxes.get_mut(user) {
@@ -308,12 +314,18 @@ impl HomeUsers {
 
     /// The user's attached connections.
     pub fn online_count(&self, user: &Name) -> u32 {
-        self.users.get(user).map_or(0, |u| u.online.len() as u32)
+        self.users.get(user).map_or(0, |u| {
+            u.conns.iter().filter(|&&(_, attached)| attached).count() as u32
+        })
     }
 
     /// Shards with connections of the user.
     pub fn shards_of(&self, user: &Name) -> impl Iterator<Item = ShardId> + '_ {
-        shards_with(self.users.get(user).map(|u| &u.per_shard[..]))
+        self.users
+            .get(user)
+            .map(HomeUser::shards)
+            .into_iter()
+            .flatten()
     }
 }
 
@@ -358,7 +370,7 @@ mod tests {
             max_connections_per_user: 2,
             ..Config::default()
         };
-        let mut h = HomeUsers::new(2);
+        let mut h = HomeUsers::default();
         assert!(h.admit(&multi, &u, c(0, 1)).is_ok());
         assert!(h.admit(&multi, &u, c(1, 2)).is_ok());
         assert_eq!(
@@ -372,7 +384,7 @@ mod tests {
             session_policy: SessionPolicy::RejectNew,
             ..Config::default()
         };
-        let mut h = HomeUsers::new(2);
+        let mut h = HomeUsers::default();
         assert!(h.admit(&reject, &u, c(0, 1)).is_ok());
         assert_eq!(
             h.admit(&reject, &u, c(0, 2)),
@@ -383,7 +395,7 @@ mod tests {
             session_policy: SessionPolicy::KickOld,
             ..Config::default()
         };
-        let mut h = HomeUsers::new(2);
+        let mut h = HomeUsers::default();
         assert_eq!(h.admit(&kick, &u, c(1, 1)), Ok(vec![]));
         assert_eq!(h.admit(&kick, &u, c(0, 2)), Ok(vec![1]));
     }
@@ -391,7 +403,7 @@ mod tests {
     #[test]
     fn inbox_delivery_follows_attached_connections() {
         let (x, c1, c2) = (n("x"), ConnId::new(0, 0, 1), ConnId::new(0, 0, 2));
-        let mut h = HomeUsers::new(1);
+        let mut h = HomeUsers::default();
         h.seed(&x, 4, 2);
         assert_eq!(h.next_inbox_seq(&x), 5);
         assert_eq!(h.inbox_seq(&x), 4, "5 is not stored yet");
@@ -425,7 +437,7 @@ mod tests {
     #[test]
     fn a_failed_inbox_read_moves_no_cursor_and_replays_again() {
         let (x, c1, c2) = (n("x"), ConnId::new(0, 0, 1), ConnId::new(0, 0, 2));
-        let mut h = HomeUsers::new(1);
+        let mut h = HomeUsers::default();
         h.seed(&x, 3, 0);
         assert_eq!(h.online(&x, c1), Some((0, 3)));
         assert_eq!(h.handed(&x, 0, 3, false), None);
@@ -439,7 +451,7 @@ mod tests {
 
     #[test]
     fn users_are_forgotten_when_their_last_connection_ends() {
-        let mut h = HomeUsers::new(2);
+        let mut h = HomeUsers::default();
         let config = Config::default();
         for i in 0..100_000u64 {
             let (user, conn) = (n(&format!("user-{i}")), ConnId::new(0, (i % 2) as usize, i));

@@ -50,6 +50,17 @@ struct HubUser {
     pos: Position,
 }
 
+impl Hub {
+    /// The room's name as the hub already holds it, so a room's members share one allocation
+    /// instead of each keeping the copy its `join` was parsed into.
+    pub fn interned(&self, room: Name) -> Name {
+        match self.rooms.get_key_value(&room) {
+            Some((name, _)) => name.clone(),
+            None => room,
+        }
+    }
+}
+
 impl HubRoom {
     fn is_empty(&self) -> bool {
         self.members.is_empty() && self.catch_up.is_empty()
@@ -86,12 +97,10 @@ impl Hub {
 impl Shard {
     /// A new connection: it receives its user's direct messages, held until its inbox replay.
     pub(super) fn hub_attach(&mut self, conn: &Rc<Conn>) {
-        self.hub
-            .users
-            .entry(conn.user.clone())
-            .or_default()
-            .conns
-            .push(conn.clone());
+        let conns = &mut self.hub.users.entry(conn.user.clone()).or_default().conns;
+        // Most users have one connection: no spare capacity.
+        conns.reserve_exact(1);
+        conns.push(conn.clone());
         let mut cu = CatchUp::new(conn.clone(), 0, 0, true);
         cu.first_inbox = true;
         self.hub.inbox.insert(conn.id, cu);

@@ -298,70 +298,129 @@ async fn heartbeat(ctx: Rc<Ctx>) {
     }
 }
 
-/// Counts a connection task for shutdown, and detaches the connection however the task ends.
-struct TaskGuard<'a> {
-    ctx: &'a Ctx,
-    conn: &'a Rc<Conn>,
+/// Starts a connection's task: it reads and hands messages to the shard, waits for the socket
+/// when the shard's writes were refused, and performs the closing handshake. However it ends,
+/// the connection is detached and the shard's task count drops.
+/// `span` is entered whenever the task runs, if it is enabled.
+pub fn spawn_conn(ctx: Rc<Ctx>, conn: Rc<Conn>, span: tracing::Span) {
+    ctx.tasks.set(ctx.tasks.get() + 1);
+    let extra = (!span.is_disabled()).then(|| {
+        Box::new(Extra {
+            span,
+            closing: None,
+        })
+    });
+    tokio::task::spawn_local(ConnTask { ctx, conn, extra });
 }
 
-impl Drop for TaskGuard<'_> {
+/// A connection's task, written by hand rather than as an `async fn`: an async state machine
+/// with its `select!` and close timer took ~1.1 KB per connection. The task is 24 bytes, which
+/// keeps tokio's whole task allocation at 128 bytes (it is 128-aligned; 32 bytes more would
+/// make it 256): what is not needed while the connection is open is in `extra`.
+struct ConnTask {
+    ctx: Rc<Ctx>,
+    conn: Rc<Conn>,
+    extra: Option<Box<Extra>>,
+}
+
+/// Made when the task has a span (debug logging), or when the closing handshake starts.
+struct Extra {
+    span: tracing::Span,
+    closing: Option<std::pin::Pin<Box<dyn Future<Output = ()>>>>,
+}
+
+impl Drop for ConnTask {
     fn drop(&mut self) {
         self.ctx.tasks.set(self.ctx.tasks.get() - 1);
-        self.ctx.with(|s| s.conn_ended(self.conn));
+        self.ctx.with(|s| s.conn_ended(&self.conn));
     }
 }
 
-/// A connection's task: reads and hands messages to the shard, waits for the socket when the
-/// shard's writes were refused, and performs the closing handshake.
-pub async fn drive(ctx: Rc<Ctx>, conn: Rc<Conn>) {
-    ctx.tasks.set(ctx.tasks.get() + 1);
-    let _guard = TaskGuard {
-        ctx: &ctx,
-        conn: &conn,
-    };
-    let (max, hard) = (ctx.config.max_message_size, ctx.config.hard_frame_limit());
-    let Some(stream) = conn.tcp() else {
-        return;
-    };
-    loop {
-        if conn.closing().is_some() || conn.is_broken() {
-            break;
+impl Future for ConnTask {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let span = this.extra.as_ref().map(|e| e.span.clone());
+        let _entered = span.as_ref().map(tracing::Span::enter);
+        if this.extra.as_ref().is_none_or(|e| e.closing.is_none()) {
+            if this.poll_open(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let conn = &this.conn;
+            if conn.closing().is_none() || conn.is_broken() {
+                return Poll::Ready(());
+            }
+            let (ctx, conn) = (this.ctx.clone(), conn.clone());
+            let timeout = Duration::from_millis(ctx.config.close_timeout_ms);
+            let closing = Box::pin(async move {
+                let (max, hard) = (ctx.config.max_message_size, ctx.config.hard_frame_limit());
+                if let Some(stream) = conn.tcp() {
+                    let _ =
+                        tokio::time::timeout(timeout, finish_close(&conn, stream, max, hard)).await;
+                }
+            });
+            let extra = this.extra.get_or_insert_with(|| {
+                Box::new(Extra {
+                    span: tracing::Span::none(),
+                    closing: None,
+                })
+            });
+            extra.closing = Some(closing);
         }
-        let want_write = conn.wants_write();
-        tokio::select! {
-            biased;
-            _ = conn.kicked() => {}
-            r = stream.writable(), if want_write => {
-                if r.is_err() {
-                    break;
-                }
-                conn.flush();
-            }
-            r = stream.readable() => {
-                if r.is_err() {
-                    break;
-                }
-                let status = ctx.with(|s| {
-                    let status = conn.read_ready(max, hard, &mut |ev| s.on_event(&conn, ev));
-                    if let Err(code) = status {
-                        s.close_conn(&conn, code);
-                    }
-                    status
-                });
-                ctx.schedule_flush();
-                match status {
-                    None => {
-                        ctx.with(|s| s.close_conn(&conn, CloseCode::Internal));
-                    }
-                    Some(Ok(ReadStatus::Eof)) => break,
-                    Some(_) => {}
-                }
-            }
+        match this.extra.as_mut().and_then(|e| e.closing.as_mut()) {
+            Some(closing) => closing.as_mut().poll(cx),
+            None => Poll::Ready(()),
         }
     }
-    if conn.closing().is_some() && !conn.is_broken() {
-        let timeout = Duration::from_millis(ctx.config.close_timeout_ms);
-        let _ = tokio::time::timeout(timeout, finish_close(&conn, stream, max, hard)).await;
+}
+
+impl ConnTask {
+    /// The open connection: `Ready` once it is closing, broken or gone.
+    fn poll_open(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let (ctx, conn) = (&self.ctx, &self.conn);
+        let Some(stream) = conn.tcp() else {
+            return Poll::Ready(());
+        };
+        let (max, hard) = (ctx.config.max_message_size, ctx.config.hard_frame_limit());
+        loop {
+            if conn.closing().is_some() || conn.is_broken() {
+                return Poll::Ready(());
+            }
+            // A kick is taken (and the waker left for the next one) before the sockets are
+            // looked at; the state it signals is what the loop checks.
+            while conn.poll_kicked(cx).is_ready() {}
+            if conn.wants_write() {
+                match stream.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        conn.flush();
+                        continue;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Pending => {}
+                }
+            }
+            match stream.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {}
+            }
+            let status = ctx.with(|s| {
+                let status = conn.read_ready(max, hard, &mut |ev| s.on_event(conn, ev));
+                if let Err(code) = status {
+                    s.close_conn(conn, code);
+                }
+                status
+            });
+            ctx.schedule_flush();
+            match status {
+                None => {
+                    ctx.with(|s| s.close_conn(conn, CloseCode::Internal));
+                }
+                Some(Ok(ReadStatus::Eof)) => return Poll::Ready(()),
+                Some(_) => {}
+            }
+        }
     }
 }
 
