@@ -175,6 +175,9 @@ fn token(args: TokenArgs) -> anyhow::Result<String> {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
+    if !config.transparent_huge_pages {
+        no_huge_pages();
+    }
     let server = Server::start(config)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -186,6 +189,21 @@ fn serve(config: Config) -> anyhow::Result<()> {
     server.join();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Turns transparent huge pages off for this process before the server allocates its
+/// connections (the kernel checks the flag when a page is first touched). Best effort: on
+/// failure the server runs as before, with more memory per connection.
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes one integer argument and touches no memory of ours.
+        let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!(error = %e, "cannot turn transparent huge pages off");
+        }
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
