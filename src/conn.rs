@@ -992,6 +992,14 @@ mod tests {
         assert_eq!(thread_queued_bytes(), before);
     }
 
+    /// An `Rc<Conn>` (16 more bytes) must stay in mimalloc's 320-byte class: every idle
+    /// connection holds one (docs/performance.md, memory per idle connection).
+    #[test]
+    fn conn_stays_small() {
+        assert!(std::mem::size_of::<Conn>() + 16 <= 320);
+        assert!(std::mem::size_of::<Bucket>() <= 16);
+    }
+
     #[test]
     fn bucket_allows_burst_then_rate() {
         let mut b = Bucket::full(3);
