@@ -72,7 +72,7 @@ fn room(members: u64, conn: impl Fn(Conn) -> Conn) -> (Shard, Vec<Rc<Conn>>, Vec
                 &id,
                 u32::MAX,
             )));
-            shard.attach(&conn, &id, 0);
+            shard.attach(&conn, &id, 0, Bytes::new());
             message(&mut shard, &conn, r#"{"type":"join","room":"bench"}"#);
             conn
         })

@@ -96,6 +96,16 @@ impl Bucket {
     }
 }
 
+/// The HTTP 101 response at the front of `frame`, if it carries one. A server's WebSocket frame
+/// never starts with `H` (0x48 would be a fragmented, compressed close).
+fn unsent_101(frame: &Bytes) -> Option<Bytes> {
+    if !frame.starts_with(b"HTTP/1.1 101 ") {
+        return None;
+    }
+    let end = frame.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    Some(frame.slice(..end))
+}
+
 /// Where a connection's bytes go: a TCP socket, or memory (benchmarks and unit tests drive the
 /// shard's real fan-out and coalescing path through it).
 enum Io {
@@ -295,6 +305,22 @@ impl Conn {
         out.bytes
     }
 
+    /// Queues `frame` with `head`, bytes that must leave before it (the handshake's 101), in
+    /// front of it: one queued item, so `push_after_first` still goes behind `frame`.
+    pub fn push_behind(&self, head: Bytes, frame: OutFrame) -> usize {
+        if head.is_empty() {
+            return self.push(frame);
+        }
+        let frame = self.outgoing(frame);
+        let mut both = Vec::with_capacity(head.len() + frame.len());
+        both.extend_from_slice(&head);
+        both.extend_from_slice(&frame);
+        let mut out = self.out.borrow_mut();
+        out.grow(both.len());
+        out.frames.push_back(Rc::new(both.into()));
+        out.bytes
+    }
+
     /// Queues `frame` right behind the first frame (the `welcome`). Only while writes are held
     /// (`hold`), so the first frame has not been written.
     pub fn push_after_first(&self, frame: OutFrame) {
@@ -326,7 +352,14 @@ impl Conn {
         self.hold.set(0);
         let mut out = self.out.borrow_mut();
         let keep = usize::from(out.head_sent > 0);
+        // An unsent 101 (it leaves with `welcome`, see `push_behind`) still goes, alone: the
+        // client cannot read the close frame without it.
+        let upgrade = match out.frames.front() {
+            Some(first) if keep == 0 => unsent_101(first),
+            _ => None,
+        };
         out.frames.truncate(keep);
+        out.frames.extend(upgrade.map(Rc::new));
         let kept = out.frames.front().map_or(0, |f| f.len() - out.head_sent);
         let dropped = out.bytes - kept;
         out.shrink(dropped);
@@ -990,6 +1023,40 @@ mod tests {
         assert_eq!((q.head_sent, q.bytes), (0, 0));
         drop(q);
         assert_eq!(thread_queued_bytes(), before);
+    }
+
+    #[test]
+    fn a_connection_closed_before_its_first_write_still_gets_its_101() {
+        let head = Bytes::from_static(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        let sink = MemorySink {
+            kept: Some(Default::default()),
+            ..MemorySink::default()
+        };
+        let identity = Identity {
+            user: Name::new("bo").unwrap(),
+            rooms: None,
+            exp: None,
+        };
+        let conn = Conn::in_memory(ConnId::new(0, 0, 1), sink, &identity, 10);
+        conn.hold.set(1);
+        conn.push_behind(head.clone(), Rc::new(Bytes::from_static(b"\x81\x02{}")));
+        conn.begin_close(CloseCode::Internal);
+        conn.flush();
+        let kept = conn
+            .memory()
+            .unwrap()
+            .kept
+            .as_ref()
+            .unwrap()
+            .borrow()
+            .clone();
+        assert!(kept.starts_with(&head), "the 101 first");
+        let rest = &kept[head.len()..];
+        assert_eq!(
+            rest[0], 0x88,
+            "then the close, not the frame queued behind the 101"
+        );
+        assert_eq!(u16::from_be_bytes([rest[2], rest[3]]), 1011);
     }
 
     /// An `Rc<Conn>` (16 more bytes) must stay in mimalloc's 320-byte class: every idle

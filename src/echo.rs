@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use tokio::net::TcpStream;
 
 use crate::auth::Identity;
 use crate::conn::{Conn, Event, ReadStatus};
@@ -34,8 +33,8 @@ pub fn upgrade(ctx: Rc<Ctx>, mut req: Request<Incoming>) -> Response<Full<Bytes>
         Err(e) => return http::error(&HandshakeError::BadRequest(format!("bad upgrade: {e}"))),
     };
     tokio::task::spawn_local(async move {
-        if let Some((stream, early)) = http::upgraded(upgrade).await {
-            run(ctx, stream, early).await;
+        if let Some(up) = http::upgraded(upgrade).await {
+            run(ctx, up).await;
         }
     });
     response.map(|_| Full::new(Bytes::new()))
@@ -61,7 +60,12 @@ fn echo(conn: &Conn, event: Event<'_>) {
     }
 }
 
-async fn run(ctx: Rc<Ctx>, stream: TcpStream, early: Bytes) {
+async fn run(ctx: Rc<Ctx>, up: http::Upgraded) {
+    let http::Upgraded {
+        stream,
+        early,
+        head,
+    } = up;
     let identity = Identity {
         user: Name::new("echo").expect("a valid name"),
         rooms: None,
@@ -73,6 +77,10 @@ async fn run(ctx: Rc<Ctx>, stream: TcpStream, early: Bytes) {
         &identity,
         1,
     );
+    // The held 101 goes first (no compression here, so `push` sends it as it is).
+    if !head.is_empty() {
+        conn.push(Rc::new(head));
+    }
     let config = &ctx.config;
     let (max, hard) = (config.max_message_size, config.hard_frame_limit());
     if let Err(code) = conn.preload(&early, &mut |ev| echo(&conn, ev)) {

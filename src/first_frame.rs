@@ -20,11 +20,20 @@ use crate::shard::runtime::Ctx;
 use crate::ws;
 
 /// Reads the `connect` frame, authenticates and admits the connection, and runs it; or closes
-/// the socket with 4002. `early` is what hyper read past the request.
-pub async fn connect(ctx: Rc<Ctx>, mut stream: TcpStream, early: Bytes) {
+/// the socket with 4002. The 101 is sent first: the client sends `connect` once it has it.
+pub(crate) async fn connect(ctx: Rc<Ctx>, up: http::Upgraded) {
+    let http::Upgraded {
+        mut stream,
+        early,
+        head,
+    } = up;
     let window = Duration::from_millis(ctx.config.first_frame_timeout_ms);
     let max = ctx.config.max_message_size;
     let admitted = async {
+        stream
+            .write_all(&head)
+            .await
+            .map_err(|_| HandshakeError::Unauthorized("the 101 could not be sent".into()))?;
         let (token, rest) = tokio::time::timeout(window, read_connect(&mut stream, &early, max))
             .await
             .map_err(|_| {
@@ -44,7 +53,12 @@ pub async fn connect(ctx: Rc<Ctx>, mut stream: TcpStream, early: Bytes) {
     match admitted {
         Ok((identity, reservation, inbox_seq, rest)) => {
             let conn = reservation.fulfil();
-            http::start(ctx, conn, identity, inbox_seq, stream, rest, None);
+            let up = http::Upgraded {
+                stream,
+                early: rest,
+                head: Bytes::new(),
+            };
+            http::start(ctx, conn, identity, inbox_seq, up, None);
         }
         Err(e) => {
             tracing::debug!(error = %e, "first-frame authentication refused");

@@ -6,7 +6,9 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -77,7 +79,7 @@ async fn serve_http(ctx: Rc<Ctx>, stream: TcpStream) {
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
         .max_header_size(header_limit)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(HandshakeIo::new(stream)), service)
         .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "http connection ended with an error");
@@ -192,8 +194,8 @@ async fn websocket(
     {
         upgrade_check(&req)?;
         // Not negotiated here: the `connect` frame is read before the connection is a `Conn`.
-        return upgrade(&mut req, None, move |stream, early| {
-            crate::first_frame::connect(ctx, stream, early)
+        return upgrade(&mut req, None, move |up| {
+            crate::first_frame::connect(ctx, up)
         });
     }
     // Credentials are checked before the upgrade headers: a browser never sees why a handshake
@@ -207,17 +209,9 @@ async fn websocket(
         let offers = req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS).iter();
         crate::deflate::negotiate(offers.filter_map(|v| v.to_str().ok())).map(|r| (min, r))
     });
-    upgrade(&mut req, deflate.map(|d| d.1), move |stream, early| {
+    upgrade(&mut req, deflate.map(|d| d.1), move |up| {
         let conn = reservation.fulfil();
-        start(
-            ctx,
-            conn,
-            identity,
-            inbox_seq,
-            stream,
-            early,
-            deflate.map(|d| d.0),
-        );
+        start(ctx, conn, identity, inbox_seq, up, deflate.map(|d| d.0));
         std::future::ready(())
     })
 }
@@ -249,13 +243,13 @@ pub(crate) async fn admit(
 }
 
 /// Answers an upgrade request with 101, and once hyper lets go of the TCP stream runs `then`
-/// on it, with what hyper read past the request. If the upgrade fails, `then` is dropped
+/// on it (`Upgraded`: the 101 is still to be sent). If the upgrade fails, `then` is dropped
 /// unrun (a reservation it holds is undone). `extensions` is the negotiated
 /// `Sec-WebSocket-Extensions` response, if any.
 fn upgrade<F: Future<Output = ()> + 'static>(
     req: &mut Request<Incoming>,
     extensions: Option<&'static str>,
-    then: impl FnOnce(TcpStream, Bytes) -> F + 'static,
+    then: impl FnOnce(Upgraded) -> F + 'static,
 ) -> Result<Response<Body>, HandshakeError> {
     let (mut response, upgrade) = fastwebsockets::upgrade::upgrade(req)
         .map_err(|e| HandshakeError::BadRequest(format!("bad upgrade request: {e}")))?;
@@ -266,22 +260,30 @@ fn upgrade<F: Future<Output = ()> + 'static>(
             .insert(SEC_WEBSOCKET_EXTENSIONS, value);
     }
     tokio::task::spawn_local(async move {
-        if let Some((stream, early)) = upgraded(upgrade).await {
-            then(stream, early).await;
+        if let Some(up) = upgraded(upgrade).await {
+            then(up).await;
         }
     });
     Ok(response.map(|_| Full::new(Bytes::new())))
 }
 
-/// The TCP stream under a completed upgrade, and what hyper read past the request.
-pub(crate) async fn upgraded(
-    upgrade: fastwebsockets::upgrade::UpgradeFut,
-) -> Option<(TcpStream, Bytes)> {
+/// A connection once hyper has let go of it.
+pub(crate) struct Upgraded {
+    pub stream: TcpStream,
+    /// What hyper read past the request (requests the client sent right behind it).
+    pub early: Bytes,
+    /// The `101 Switching Protocols` response, not yet written (`HandshakeIo`): its taker sends
+    /// it before anything else.
+    pub head: Bytes,
+}
+
+/// The TCP stream under a completed upgrade.
+pub(crate) async fn upgraded(upgrade: fastwebsockets::upgrade::UpgradeFut) -> Option<Upgraded> {
     let parts = match upgrade.await {
         Ok(ws) => ws
             .into_inner()
             .into_inner()
-            .downcast::<TokioIo<TcpStream>>(),
+            .downcast::<TokioIo<HandshakeIo>>(),
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
             return None;
@@ -291,28 +293,111 @@ pub(crate) async fn upgraded(
         tracing::error!("upgraded connection is not a TCP stream");
         return None;
     };
-    Some((io.into_inner(), read_buf))
+    let io = io.into_inner();
+    Some(Upgraded {
+        stream: io.stream,
+        early: read_buf,
+        head: io.held.into(),
+    })
 }
 
-/// Attaches the upgraded stream to the shard and starts its task. `early` is what hyper read
-/// past the request; it is a slice of hyper's 8 KiB read buffer, so it must not outlive this
+/// The TCP stream while hyper serves HTTP on it. A `101 Switching Protocols` response is held
+/// back instead of written: whoever takes the stream after the upgrade sends it, so for `/ws`
+/// it leaves in the same write as `welcome` (a `sendmsg` and a TCP segment fewer for every
+/// connection). Every other response is written as it comes.
+pub(crate) struct HandshakeIo {
+    stream: TcpStream,
+    /// The 101 and anything hyper wrote after it (nothing, in practice).
+    held: Vec<u8>,
+}
+
+impl HandshakeIo {
+    fn new(stream: TcpStream) -> HandshakeIo {
+        HandshakeIo {
+            stream,
+            held: Vec::new(),
+        }
+    }
+
+    /// Whether a write that starts with `first` is held.
+    fn holds(&self, first: &[u8]) -> bool {
+        !self.held.is_empty() || first.starts_with(b"HTTP/1.1 101 ")
+    }
+}
+
+impl tokio::io::AsyncRead for HandshakeIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for HandshakeIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.holds(buf) {
+            this.held.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.holds(bufs.first().map_or(&[][..], |b| &b[..])) {
+            bufs.iter().for_each(|b| this.held.extend_from_slice(b));
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Attaches the upgraded stream to the shard and starts its task. The held 101 leaves with
+/// `welcome`. `up.early` is a slice of hyper's 8 KiB read buffer, so it must not outlive this
 /// setup. `deflate` is `compression_min_bytes` if the handshake negotiated permessage-deflate.
 pub(crate) fn start(
     ctx: Rc<Ctx>,
     id: ConnId,
     identity: Identity,
     inbox_seq: u64,
-    stream: TcpStream,
-    early: Bytes,
+    up: Upgraded,
     deflate: Option<usize>,
 ) {
+    let Upgraded {
+        stream,
+        early,
+        head,
+    } = up;
     let conn = Conn::new(id, stream, &identity, ctx.config.publish_burst);
     let conn = Rc::new(match deflate {
         Some(min) => conn.deflating(min),
         None => conn,
     });
     ctx.with(|s| {
-        s.attach(&conn, &identity, inbox_seq);
+        s.attach(&conn, &identity, inbox_seq, head);
         if !early.is_empty()
             && let Err(code) = conn.preload(&early, &mut |ev| s.on_event(&conn, ev))
         {
@@ -326,4 +411,36 @@ pub(crate) fn start(
     let span = tracing::debug_span!("conn", user = %identity.user, conn = ?id);
     span.in_scope(|| tracing::debug!("connected"));
     runtime::spawn_conn(ctx, conn, span);
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::HandshakeIo;
+
+    #[tokio::test]
+    async fn a_101_is_held_and_other_responses_are_written() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (mut client, (server, _)) = tokio::try_join!(client, listener.accept()).unwrap();
+        let mut io = HandshakeIo::new(server);
+
+        io.write_all(b"HTTP/1.1 200 OK\r\n\r\nfirst").await.unwrap();
+        io.flush().await.unwrap();
+        let mut got = [0u8; 24];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"HTTP/1.1 200 OK\r\n\r\nfirst");
+
+        let switching = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+        io.write_all(switching).await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(io.held, switching, "the 101 is held for its taker");
+        // Nothing reached the client: closing the server side gives it EOF at once.
+        drop(io);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "the 101 was written: {rest:?}");
+    }
 }

@@ -108,17 +108,14 @@ impl Shard {
     /// A new connection after its upgrade: queues `welcome`, starts catching up on the inbox,
     /// and joins the token's rooms. Nothing is written until the undelivered direct messages
     /// (placed right behind `welcome`) and the joins are in.
-    pub fn attach(&mut self, conn: &Rc<Conn>, identity: &Identity, inbox_seq: u64) {
+    /// `head` is the handshake's 101, still to be sent: it leaves in front of `welcome`.
+    pub fn attach(&mut self, conn: &Rc<Conn>, identity: &Identity, inbox_seq: u64, head: Bytes) {
         let early_close = self.pending.remove(&conn.id).and_then(|p| p.close);
         self.conns.insert(conn.id, conn.clone());
         let rooms = identity.rooms.as_deref().unwrap_or_default();
         self.stats.frames_out += 1;
-        conn.push(Rc::new(encode::welcome(
-            &conn.user,
-            rooms,
-            self.config.heartbeat_ms,
-            inbox_seq,
-        )));
+        let welcome = encode::welcome(&conn.user, rooms, self.config.heartbeat_ms, inbox_seq);
+        conn.push_behind(head, Rc::new(welcome));
         conn.hold.set(conn.hold.get() + 1);
         self.hub_attach(conn);
         let msg = EngineMsg::Online {

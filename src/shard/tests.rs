@@ -35,6 +35,11 @@ fn shard() -> Shard {
 
 /// Admits and attaches a connection the way the handshake does.
 fn connect(shard: &mut Shard, user: &str) -> Rc<Conn> {
+    connect_with(shard, user, Bytes::new())
+}
+
+/// `connect`, with the handshake's unsent 101 (`head`).
+fn connect_with(shard: &mut Shard, user: &str, head: Bytes) -> Rc<Conn> {
     let identity = Identity {
         user: Name::new(user).unwrap(),
         rooms: None,
@@ -48,7 +53,7 @@ fn connect(shard: &mut Shard, user: &str) -> Rc<Conn> {
     let id = shard.register(identity.user.clone(), tx);
     assert_eq!(rx.try_recv(), Ok(Ok(0)), "admitted, with an empty inbox");
     let conn = Rc::new(Conn::in_memory(id, sink, &identity, 1000));
-    shard.attach(&conn, &identity, 0);
+    shard.attach(&conn, &identity, 0, head);
     shard.flush_dirty();
     conn
 }
@@ -59,9 +64,14 @@ fn send(shard: &mut Shard, conn: &Rc<Conn>, json: &str) {
 
 /// The JSON payloads of the server frames a connection was sent (all are short text frames).
 fn frames(conn: &Conn) -> Vec<serde_json::Value> {
+    frames_after(conn, 0)
+}
+
+/// `frames`, after the first `skip` bytes.
+fn frames_after(conn: &Conn, skip: usize) -> Vec<serde_json::Value> {
     let kept = conn.memory().unwrap().kept.as_ref().unwrap().borrow();
     let mut out = Vec::new();
-    let mut rest = &kept[..];
+    let mut rest = &kept[skip..];
     while !rest.is_empty() {
         assert_eq!(rest[0], 0x81, "a final text frame");
         let (len, header) = match rest[1] {
@@ -228,4 +238,24 @@ fn a_panic_inside_a_flush_leaves_the_other_connections_to_the_next_flush() {
         let pongs = frames(c).iter().filter(|f| f["type"] == "pong").count();
         assert_eq!(pongs, 1, "every connection is written in the end");
     }
+}
+
+#[test]
+fn the_handshake_101_leaves_with_welcome_in_one_write() {
+    let mut shard = shard();
+    let head = Bytes::from_static(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+    let conn = connect_with(&mut shard, "ann", head.clone());
+    assert_eq!(writes(&conn), 1, "one write for the 101 and welcome");
+    let kept = conn
+        .memory()
+        .unwrap()
+        .kept
+        .as_ref()
+        .unwrap()
+        .borrow()
+        .clone();
+    assert!(kept.starts_with(&head), "the 101 comes first");
+    let sent = frames_after(&conn, head.len());
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["type"], "welcome");
 }
