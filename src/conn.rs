@@ -125,6 +125,14 @@ pub struct MemorySink {
 }
 
 impl MemorySink {
+    /// A copy of the bytes written, for a sink made with `kept`.
+    pub fn written(&self) -> Vec<u8> {
+        self.kept
+            .as_ref()
+            .map(|k| k.borrow().clone())
+            .unwrap_or_default()
+    }
+
     fn write_vectored(&self, iov: &[IoSlice<'_>]) -> usize {
         #[cfg(test)]
         if self.panic_next.replace(false) {
@@ -1042,14 +1050,7 @@ mod tests {
         conn.push_behind(head.clone(), Rc::new(Bytes::from_static(b"\x81\x02{}")));
         conn.begin_close(CloseCode::Internal);
         conn.flush();
-        let kept = conn
-            .memory()
-            .unwrap()
-            .kept
-            .as_ref()
-            .unwrap()
-            .borrow()
-            .clone();
+        let kept = conn.memory().unwrap().written();
         assert!(kept.starts_with(&head), "the 101 first");
         let rest = &kept[head.len()..];
         assert_eq!(

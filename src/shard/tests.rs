@@ -246,14 +246,7 @@ fn the_handshake_101_leaves_with_welcome_in_one_write() {
     let head = Bytes::from_static(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
     let conn = connect_with(&mut shard, "ann", head.clone());
     assert_eq!(writes(&conn), 1, "one write for the 101 and welcome");
-    let kept = conn
-        .memory()
-        .unwrap()
-        .kept
-        .as_ref()
-        .unwrap()
-        .borrow()
-        .clone();
+    let kept = conn.memory().unwrap().written();
     assert!(kept.starts_with(&head), "the 101 comes first");
     let sent = frames_after(&conn, head.len());
     assert_eq!(sent.len(), 1);
