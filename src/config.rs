@@ -106,8 +106,9 @@ pub struct Config {
     /// Unflushed messages the store keeps in memory before writing a table to disk, in bytes;
     /// at least 1 MiB. Its two small keyspaces (last seqs, cursors) take at most 1 MiB each.
     /// It applies to a data directory created with it (the store keeps the size it was
-    /// created with). Default 8388608 (8 MiB).
-    #[arg(long, env = "SHARDCAST_STORE_MEMTABLE_BYTES", default_value_t = 8 << 20)]
+    /// created with). It is freed at every flush, so the server's RSS rises and falls by about
+    /// this much. Default 2097152 (2 MiB).
+    #[arg(long, env = "SHARDCAST_STORE_MEMTABLE_BYTES", default_value_t = 2 << 20)]
     pub store_memtable_bytes: u64,
 
     /// How messages are stored before they are acknowledged: sync (on disk first, group
@@ -412,7 +413,7 @@ impl Default for Config {
             shards: 0,
             data: PathBuf::from("./data"),
             store_cache_bytes: 16 << 20,
-            store_memtable_bytes: 8 << 20,
+            store_memtable_bytes: 2 << 20,
             durability: Durability::Sync,
             flush_interval_ms: 100,
             replay_limit: 1_000,
