@@ -332,7 +332,8 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
 
     /// Most connections each shard keeps in their HTTP phase (handshakes not yet upgraded, API
-    /// keep-alive connections). While the accepting shard is at it, new connections wait in the
+    /// keep-alive connections, and with `first_frame_auth` upgrades whose `connect` frame has
+    /// not been read). While the accepting shard is at it, new connections wait in the
     /// listen backlog; one handed to another shard over it is closed at once. Default 1024.
     #[arg(long, env = "SHARDCAST_MAX_HANDSHAKES", default_value_t = 1_024)]
     pub max_handshakes: usize,

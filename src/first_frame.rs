@@ -21,7 +21,8 @@ use crate::ws;
 
 /// Reads the `connect` frame, authenticates and admits the connection, and runs it; or closes
 /// the socket with 4002. The 101 is sent first: the client sends `connect` once it has it.
-pub(crate) async fn connect(ctx: Rc<Ctx>, up: http::Upgraded) {
+/// `slot` keeps the connection counted under `max_handshakes` until then.
+pub(crate) async fn connect(ctx: Rc<Ctx>, up: http::Upgraded, slot: http::HttpSlot) {
     let http::Upgraded {
         mut stream,
         early,
@@ -49,7 +50,7 @@ pub(crate) async fn connect(ctx: Rc<Ctx>, up: http::Upgraded) {
         Ok::<_, HandshakeError>((identity, reservation, inbox_seq, rest))
     }
     .await;
-    drop(early);
+    drop((early, slot));
     match admitted {
         Ok((identity, reservation, inbox_seq, rest)) => {
             let conn = reservation.fulfil();

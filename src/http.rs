@@ -36,8 +36,18 @@ thread_local! {
     static IN_HTTP: Cell<usize> = const { Cell::new(0) };
 }
 
-/// One connection counted in `IN_HTTP` until it upgrades or closes.
-struct HttpSlot;
+/// One connection counted in `IN_HTTP` until it upgrades or closes (or, with
+/// `first_frame_auth`, until its `connect` frame is read).
+pub(crate) struct HttpSlot(());
+
+impl HttpSlot {
+    /// Counts one more connection, whether or not the shard is full: the caller has checked, or
+    /// holds a slot it is about to give back.
+    pub(crate) fn take() -> Self {
+        IN_HTTP.set(IN_HTTP.get() + 1);
+        HttpSlot(())
+    }
+}
 
 impl Drop for HttpSlot {
     fn drop(&mut self) {
@@ -62,8 +72,7 @@ pub fn serve(ctx: Rc<Ctx>, stream: TcpStream) -> Option<impl std::future::Future
         tracing::debug!(limit, "too many handshakes; closing");
         return None;
     }
-    IN_HTTP.set(IN_HTTP.get() + 1);
-    let slot = HttpSlot;
+    let slot = HttpSlot::take();
     Some(async move {
         let _slot = slot;
         serve_http(ctx, stream).await
@@ -193,9 +202,12 @@ async fn websocket(
         && !Authenticator::has_credentials(query, bearer)
     {
         upgrade_check(&req)?;
+        // Until its `connect` frame is read the connection is still a handshake: it keeps a
+        // slot under `max_handshakes`, so silent upgrades cannot pile up past the cap.
+        let slot = HttpSlot::take();
         // Not negotiated here: the `connect` frame is read before the connection is a `Conn`.
         return upgrade(&mut req, None, move |up| {
-            crate::first_frame::connect(ctx, up)
+            crate::first_frame::connect(ctx, up, slot)
         });
     }
     // Credentials are checked before the upgrade headers: a browser never sees why a handshake

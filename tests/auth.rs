@@ -386,6 +386,49 @@ async fn a_bad_or_missing_connect_frame_closes_4002() {
         .await;
 }
 
+/// An upgrade waiting for its `connect` frame still counts under `max_handshakes`: silent
+/// upgrades cannot pile up past the cap. The slot frees when the frame is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrades_waiting_for_connect_count_as_handshakes() {
+    let server = TestServer::start(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.api = false;
+        c.first_frame_auth = true;
+        // Longer than the test: only the `connect` frame frees a slot.
+        c.first_frame_timeout_ms = 60_000;
+        c.shards = 1;
+        c.max_handshakes = 2;
+    });
+    let addr = server.addr();
+    let mut silent = Client::upgrade_only(addr, "silent").await;
+    let _also_silent = Client::upgrade_only(addr, "also_silent").await;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(700), waiting.read(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "two upgrades without `connect` fill max_handshakes = 2, yet a third connection was answered: {early:?}"
+    );
+
+    silent
+        .send_json(&json!({"type": "connect", "token": token_for("silent")}))
+        .await;
+    assert_eq!(silent.recv_type("welcome").await["user"], "silent");
+    let mut response = Vec::new();
+    tokio::time::timeout(TIMEOUT, waiting.read_to_end(&mut response))
+        .await
+        .expect("the waiting connection is answered once a slot frees")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_mode_refuses_invalid_user_ids() {
     let server = TestServer::default_config();
