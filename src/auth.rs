@@ -71,8 +71,8 @@ pub enum KeyError {
         "jwt_public_key {path} is not a PEM RSA or P-256 EC public key (-----BEGIN PUBLIC KEY-----)"
     )]
     Pem { path: std::path::PathBuf },
-    #[error("cannot start the JWKS fetcher thread: {0}")]
-    Thread(std::io::Error),
+    #[error(transparent)]
+    Jwks(#[from] jwks::JwksError),
 }
 
 /// The keys that verify client tokens, and the claims every token must carry.
@@ -105,10 +105,11 @@ impl Authenticator {
         };
         let jwks = match &config.jwks_url {
             None => None,
-            Some(url) => Some(
-                Jwks::start(url.clone(), Duration::from_secs(config.jwks_refresh_secs))
-                    .map_err(KeyError::Thread)?,
-            ),
+            Some(url) => Some(Jwks::start(
+                url.clone(),
+                Duration::from_secs(config.jwks_refresh_secs),
+                config.jwks_ca_file.as_deref(),
+            )?),
         };
         let keys = Keys {
             secret: config

@@ -175,11 +175,15 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
 
-    /// http:// URL of a JWKS (RS256 and ES256 keys), fetched at start and every
-    /// jwks_refresh_secs; a token's `kid` picks its key. https is not supported: serve it from a
-    /// local proxy or use jwt_public_key. Default none.
+    /// http:// or https:// URL of a JWKS (RS256 and ES256 keys), fetched at start and every
+    /// jwks_refresh_secs; a token's `kid` picks its key. Default none.
     #[arg(long, env = "SHARDCAST_JWKS_URL")]
     pub jwks_url: Option<String>,
+
+    /// PEM file of CA certificates trusted for an https jwks_url besides the public web roots
+    /// (an identity provider behind a private CA). Default none.
+    #[arg(long, env = "SHARDCAST_JWKS_CA_FILE")]
+    pub jwks_ca_file: Option<PathBuf>,
 
     /// Seconds between background refreshes of jwks_url; a token with an unknown `kid` also
     /// triggers one (at most one a second). Default 300.
@@ -426,6 +430,7 @@ impl Default for Config {
             jwt_secret: None,
             jwt_public_key: None,
             jwks_url: None,
+            jwks_ca_file: None,
             jwks_refresh_secs: 300,
             jwt_audience: None,
             jwt_issuer: None,
@@ -564,11 +569,14 @@ impl Config {
         }
         if let Some(url) = &self.jwks_url
             && !url.starts_with("http://")
+            && !url.starts_with("https://")
         {
             return Err(ConfigError::Invalid(format!(
-                "jwks_url {url} is not an http:// URL; https is not supported (serve the JWKS \
-                 through a local proxy, or give the key as a PEM file with jwt_public_key)"
+                "jwks_url {url} is not an http:// or https:// URL"
             )));
+        }
+        if self.jwks_ca_file.is_some() && self.jwks_url.is_none() {
+            return invalid("jwks_ca_file is set but jwks_url is not");
         }
         if self.jwks_refresh_secs == 0 {
             return invalid("jwks_refresh_secs must be greater than 0");
@@ -774,15 +782,23 @@ mod tests {
     }
 
     #[test]
-    fn any_jwt_key_ends_dev_mode_and_jwks_must_be_http() {
+    fn any_jwt_key_ends_dev_mode_and_jwks_must_be_http_or_https() {
         let args = ["--bind", "0.0.0.0:8080", "--api", "false"];
         let pem = load(&[&args[..], &["--jwt-public-key", "k.pem"]].concat(), None).unwrap();
         assert!(!pem.dev_mode());
         let url = ["--jwks-url", "http://127.0.0.1:9/jwks"];
         assert!(!load(&[&args[..], &url].concat(), None).unwrap().dev_mode());
         let tls = ["--jwks-url", "https://idp.example/jwks"];
-        let err = load(&[&args[..], &tls].concat(), None).unwrap_err();
-        assert!(err.to_string().contains("https is not supported"), "{err}");
+        assert!(!load(&[&args[..], &tls].concat(), None).unwrap().dev_mode());
+        let ftp = ["--jwks-url", "ftp://idp.example/jwks"];
+        let err = load(&[&args[..], &ftp].concat(), None).unwrap_err();
+        assert!(
+            err.to_string().contains("not an http:// or https://"),
+            "{err}"
+        );
+        let ca_alone = ["--jwt-public-key", "k.pem", "--jwks-ca-file", "ca.pem"];
+        let err = load(&[&args[..], &ca_alone].concat(), None).unwrap_err();
+        assert!(err.to_string().contains("jwks_url is not"), "{err}");
         let origins = ["--allowed-origins", "https://a.example,https://*.b.example"];
         let c = load(&origins, None).unwrap();
         assert_eq!(

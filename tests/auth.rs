@@ -822,7 +822,7 @@ async fn jwks_unreachable_at_start_is_retried() {
     });
     let token = sign(RS256, "rsa1", Some("k1"), &claims("alice"));
     unauthorized(server.addr(), &token).await;
-    let key_server = JwksServer::start_on(addr_later, jwks(&[("k1", RS256, "rsa1")]));
+    let key_server = JwksServer::start_on(addr_later, jwks(&[("k1", RS256, "rsa1")]), None);
     let c = eventually(
         Duration::from_secs(10),
         "the key server's keys",
@@ -835,6 +835,34 @@ async fn jwks_unreachable_at_start_is_retried() {
     .await;
     assert_eq!(c.welcome["user"], "alice");
     assert!(key_server.hits() >= 1);
+}
+
+/// An https `jwks_url` is fetched over TLS, trusting the public roots and `jwks_ca_file`;
+/// without the CA file the key server's private certificate is refused, and so are the tokens.
+#[tokio::test(flavor = "multi_thread")]
+async fn jwks_over_https_checks_the_certificate() {
+    let key_server = JwksServer::start_tls(jwks(&[("k1", RS256, "rsa1")]));
+    let token = sign(RS256, "rsa1", Some("k1"), &claims("alice"));
+    // By name: the certificate is checked for "localhost".
+    let by_name = key_server.url().replace("127.0.0.1", "localhost");
+    let trusted = TestServer::start(|c| {
+        c.jwks_url = Some(by_name);
+        c.jwks_ca_file = Some(fixture("redis-tls/ca.crt"));
+        c.api = false;
+    });
+    assert_eq!(accepted(trusted.addr(), &token).await, "alice");
+
+    let hits = key_server.hits();
+    let untrusted = TestServer::start(|c| {
+        c.jwks_url = Some(key_server.url());
+        c.api = false;
+    });
+    unauthorized(untrusted.addr(), &token).await;
+    assert_eq!(
+        key_server.hits(),
+        hits,
+        "a JWKS request was made over a TLS connection the server should not trust"
+    );
 }
 
 /// A plain GET to /ws checks the credentials first: a browser, which never sees why a

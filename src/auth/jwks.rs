@@ -1,11 +1,13 @@
-//! The JWKS behind `jwks_url`: RS256 and ES256 keys by `kid`, fetched over plain HTTP on a
+//! The JWKS behind `jwks_url`: RS256 and ES256 keys by `kid`, fetched over HTTP or HTTPS on a
 //! background thread and refreshed every `jwks_refresh_secs`, or sooner when a token names an
-//! unknown `kid` (key rotation).
+//! unknown `kid` (key rotation). HTTPS checks the key server's certificate against the public
+//! web roots and `jwks_ca_file`.
 //!
 //! Owns the key map and its fetcher thread. It must not verify tokens (`auth` does) or touch
 //! shards: a handshake reads the current map through one `RwLock` read, off the message path.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
@@ -16,6 +18,10 @@ use hyper::header::HOST;
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
 
 /// Most bytes of a JWKS document; a bigger one is refused.
 const MAX_JWKS_BYTES: usize = 1 << 20;
@@ -35,6 +41,43 @@ pub enum JwksError {
     Fetch { url: String, message: String },
     #[error("{url} is not a JWKS: {message}")]
     Parse { url: String, message: String },
+    #[error("jwks_ca_file {path}: {message}")]
+    CaFile { path: String, message: String },
+    #[error("cannot set up TLS for jwks_url: {0}")]
+    Tls(rustls::Error),
+    #[error("cannot start the JWKS fetcher thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The TLS client for an https `jwks_url`: the public web roots (webpki-roots) plus the
+/// certificates in `ca_file`, for an identity provider behind a private CA.
+fn tls_client(ca_file: Option<&Path>) -> Result<TlsConnector, JwksError> {
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let err = |message: String| JwksError::CaFile {
+            path: path.display().to_string(),
+            message,
+        };
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))?;
+        let mut added = 0;
+        for cert in certs {
+            let cert = cert.map_err(|e| err(e.to_string()))?;
+            roots.add(cert).map_err(|e| err(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(err("no PEM certificate in it".into()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(JwksError::Tls)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 struct Shared {
@@ -52,8 +95,14 @@ pub struct Jwks {
 impl Jwks {
     /// Starts the fetcher and waits up to `FETCH_TIMEOUT` for the first fetch. If it fails the
     /// server starts anyway (the key server may be down for a moment) with no keys, and the
-    /// fetcher retries at every refresh and on every unknown `kid`.
-    pub fn start(url: String, refresh: Duration) -> std::io::Result<Jwks> {
+    /// fetcher retries at every refresh and on every unknown `kid`. A `ca_file` that cannot be
+    /// used is an error now, not at the first fetch.
+    pub fn start(
+        url: String,
+        refresh: Duration,
+        ca_file: Option<&Path>,
+    ) -> Result<Jwks, JwksError> {
+        let tls = tls_client(ca_file)?;
         let (wake, woken) = mpsc::sync_channel(1);
         let shared = Arc::new(Shared {
             keys: RwLock::default(),
@@ -63,7 +112,8 @@ impl Jwks {
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("jwks".into())
-            .spawn(move || fetcher(url, refresh, weak, woken, first_tx))?;
+            .spawn(move || fetcher(url, tls, refresh, weak, woken, first_tx))
+            .map_err(JwksError::Thread)?;
         if first_rx.recv_timeout(FETCH_TIMEOUT * 2).is_err() {
             tracing::warn!("the first JWKS fetch did not finish; starting without keys");
         }
@@ -89,6 +139,7 @@ impl Jwks {
 
 fn fetcher(
     url: String,
+    tls: TlsConnector,
     refresh: Duration,
     shared: Weak<Shared>,
     woken: mpsc::Receiver<()>,
@@ -108,7 +159,10 @@ fn fetcher(
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        match rt.block_on(fetch(&url)).and_then(|body| parse(&url, &body)) {
+        match rt
+            .block_on(fetch(&url, &tls))
+            .and_then(|body| parse(&url, &body))
+        {
             Ok(keys) => {
                 tracing::debug!(keys = keys.len(), "JWKS fetched");
                 *shared.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
@@ -125,50 +179,80 @@ fn fetcher(
     }
 }
 
-/// GETs `url` (http:// only) and returns the body of a 200 answer.
-async fn fetch(url: &str) -> Result<Bytes, JwksError> {
+/// GETs `url` (http:// or https://) and returns the body of a 200 answer.
+async fn fetch(url: &str, tls: &TlsConnector) -> Result<Bytes, JwksError> {
     let err = |message: String| JwksError::Fetch {
         url: url.to_owned(),
         message,
     };
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| err("only http:// URLs are supported".into()))?;
+    let (https, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => return Err(err("not an http:// or https:// URL".into())),
+    };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
-    let addr = if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
+    let (host, port) = split_authority(authority);
+    let port = port.unwrap_or(if https { 443 } else { 80 });
     let get = async {
-        let stream = tokio::net::TcpStream::connect(&addr)
+        let stream = tokio::net::TcpStream::connect((host, port))
             .await
             .map_err(|e| err(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        tokio::spawn(conn);
-        let request = hyper::Request::get(path)
-            .header(HOST, authority)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| err(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        if response.status() != hyper::StatusCode::OK {
-            return Err(err(format!("status {}", response.status())));
+        if !https {
+            return get(stream, authority, path).await.map_err(err);
         }
-        let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
-            .collect()
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| err(e.to_string()))?;
+        let stream = tls
+            .connect(name, stream)
             .await
-            .map_err(|e| err(format!("reading the body: {e}")))?;
-        Ok(body.to_bytes())
+            .map_err(|e| err(format!("TLS: {e}")))?;
+        get(stream, authority, path).await.map_err(err)
     };
     tokio::time::timeout(FETCH_TIMEOUT, get)
         .await
         .map_err(|_| err(format!("no answer within {FETCH_TIMEOUT:?}")))?
+}
+
+/// The host (without brackets for IPv6) and the port, if given, of a URL's authority.
+fn split_authority(authority: &str) -> (&str, Option<u16>) {
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, rest)) => (host, rest.strip_prefix(':')),
+            None => (authority, None),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    (host, port.and_then(|p| p.parse().ok()))
+}
+
+/// One GET of `path` over `io`; the body of a 200 answer, at most `MAX_JWKS_BYTES`.
+async fn get<S>(io: S, authority: &str, path: &str) -> Result<Bytes, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let request = hyper::Request::get(path)
+        .header(HOST, authority)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status() != hyper::StatusCode::OK {
+        return Err(format!("status {}", response.status()));
+    }
+    let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the body: {e}"))?;
+    Ok(body.to_bytes())
 }
 
 /// The RS256 and ES256 (P-256) keys of a JWKS, by `kid`. Keys without a `kid`, of another type,
@@ -220,5 +304,29 @@ mod tests {
         assert_eq!(keys.keys().collect::<Vec<_>>(), ["r"]);
         assert_eq!(keys["r"].0, Algorithm::RS256);
         assert!(parse("u", b"not json").is_err());
+    }
+
+    #[test]
+    fn authorities_split_into_host_and_port() {
+        assert_eq!(split_authority("idp.example"), ("idp.example", None));
+        assert_eq!(
+            split_authority("idp.example:8443"),
+            ("idp.example", Some(8443))
+        );
+        assert_eq!(split_authority("127.0.0.1:9"), ("127.0.0.1", Some(9)));
+        assert_eq!(split_authority("[::1]:8443"), ("::1", Some(8443)));
+        assert_eq!(split_authority("[::1]"), ("::1", None));
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate").unwrap();
+        let e = tls_client(Some(&path)).err().expect("refused");
+        assert!(e.to_string().contains("no PEM certificate"), "{e}");
+        let missing = dir.path().join("missing.pem");
+        assert!(tls_client(Some(&missing)).is_err());
+        assert!(tls_client(None).is_ok());
     }
 }
