@@ -390,6 +390,7 @@ async fn a_bad_or_missing_connect_frame_closes_4002() {
 /// upgrades cannot pile up past the cap. The slot frees when the frame is read.
 #[tokio::test(flavor = "multi_thread")]
 async fn upgrades_waiting_for_connect_count_as_handshakes() {
+    use tokio::io::AsyncReadExt;
     let server = TestServer::start(|c| {
         c.jwt_secret = Some(SECRET.into());
         c.api = false;
@@ -403,18 +404,12 @@ async fn upgrades_waiting_for_connect_count_as_handshakes() {
     let mut silent = Client::upgrade_only(addr, "silent").await;
     let _also_silent = Client::upgrade_only(addr, "also_silent").await;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
-    waiting
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut byte = [0u8; 1];
-    let early = tokio::time::timeout(Duration::from_millis(700), waiting.read(&mut byte)).await;
-    assert!(
-        early.is_err(),
-        "two upgrades without `connect` fill max_handshakes = 2, yet a third connection was answered: {early:?}"
-    );
+    let mut waiting = healthz_left_waiting(
+        addr,
+        Duration::from_millis(700),
+        "two upgrades without `connect` fill max_handshakes = 2",
+    )
+    .await;
 
     silent
         .send_json(&json!({"type": "connect", "token": token_for("silent")}))

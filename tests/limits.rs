@@ -88,17 +88,12 @@ async fn handshakes_in_progress_are_capped() {
     }
     // Every slot is taken: the next connection waits in the listen backlog, unanswered, while
     // the upgraded connection is served.
-    let mut waiting = TcpStream::connect(addr).await.unwrap();
-    waiting
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut byte = [0u8; 1];
-    let early = tokio::time::timeout(Duration::from_millis(500), waiting.read(&mut byte)).await;
-    assert!(
-        early.is_err(),
-        "over max_handshakes a connection waits: {early:?}"
-    );
+    let mut waiting = healthz_left_waiting(
+        addr,
+        Duration::from_millis(500),
+        "four stalled handshakes fill max_handshakes = 4",
+    )
+    .await;
     upgraded.ping().await;
 
     // Freed slots are taken again: the waiting connection is answered, then new ones.

@@ -785,6 +785,24 @@ pub fn seqs(messages: &[Value]) -> Vec<u64> {
         .collect()
 }
 
+/// Sends `GET /healthz` on a new raw connection and checks that no answer comes within `wait`:
+/// the shard is at `max_handshakes`, so the connection waits in the listen backlog. Returns it,
+/// for the answer that must come once a slot frees. `why` says what holds the slots.
+pub async fn healthz_left_waiting(addr: SocketAddr, wait: Duration, why: &str) -> TcpStream {
+    let mut waiting = TcpStream::connect(addr).await.expect("connect");
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write the request");
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(wait, waiting.read(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "{why}, yet a new connection was answered: {early:?}"
+    );
+    waiting
+}
+
 /// Calls `probe` every 50 ms until it returns `Some`, for up to `within`; then fails, saying
 /// what was awaited.
 pub async fn eventually<T>(
