@@ -1061,7 +1061,7 @@ mod tests {
     }
 
     /// An `Rc<Conn>` (16 more bytes) must stay in mimalloc's 320-byte class: every idle
-    /// connection holds one (docs/performance.md, memory per idle connection).
+    /// connection holds one (docs/performance-log.md, memory per idle connection).
     #[test]
     fn conn_stays_small() {
         assert!(std::mem::size_of::<Conn>() + 16 <= 320);

@@ -456,7 +456,7 @@ pub(crate) async fn finish_close(conn: &Conn, stream: &TcpStream, max: usize, ha
 #[cfg(test)]
 mod tests {
     /// tokio's task allocation is 128-aligned: a future over 24 bytes makes it 256 for every
-    /// connection (docs/performance.md, memory per idle connection).
+    /// connection (docs/performance-log.md, memory per idle connection).
     #[test]
     fn a_connection_task_stays_within_24_bytes() {
         assert!(std::mem::size_of::<super::ConnTask>() <= 24);
