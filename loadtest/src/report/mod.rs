@@ -3,6 +3,7 @@
 //!
 //! Owns the report's fields and their meaning. It must not measure anything itself.
 
+pub(crate) mod build;
 mod cost;
 mod table;
 
