@@ -60,9 +60,9 @@ pub use cli::Cli;
 use cli::Scenario;
 pub use report::Report;
 use report::build::{churn_report, pubsub_report, soak_report};
-use scenario::RunCtx;
 use scenario::churn::ChurnResult;
 use scenario::pubsub::PubsubResult;
+use scenario::run::RunCtx;
 use scenario::soak::SoakResult;
 use stats::Shared;
 use system::Target;
@@ -213,10 +213,10 @@ fn run_in_runtime(
                 storm = Some(s);
                 plan
             }
-            Scenario::Fanout { args, .. } => scenario::fanout_plan(&ctx, args),
-            Scenario::Chat { args, .. } => scenario::chat_plan(&ctx, args),
-            Scenario::Dm { args, .. } => scenario::dm_plan(&ctx, args),
-            Scenario::Idle { args, .. } => scenario::idle_plan(&ctx, args),
+            Scenario::Fanout { args, .. } => scenario::plan::fanout_plan(&ctx, args),
+            Scenario::Chat { args, .. } => scenario::plan::chat_plan(&ctx, args),
+            Scenario::Dm { args, .. } => scenario::plan::dm_plan(&ctx, args),
+            Scenario::Idle { args, .. } => scenario::plan::idle_plan(&ctx, args),
             Scenario::Churn { args, .. } => {
                 return scenario::churn::run(&ctx, args).await.map(Outcome::Churn);
             }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use base64::Engine;
-use fastwebsockets::{Frame, Payload, Role, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead, WebSocketWrite};
 use sha1::{Digest, Sha1};
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
@@ -179,6 +179,45 @@ pub async fn send_close(write: &SharedWriter) -> Result<(), WebSocketError> {
         .await
         .write_frame(Frame::close(1000, b""))
         .await
+}
+
+/// Reads frames until `want` accepts one; an `error` frame or a close fails.
+pub async fn expect_frame<T>(
+    ws: &mut Ws,
+    want: impl Fn(&ServerFrame) -> Option<T>,
+) -> anyhow::Result<T> {
+    loop {
+        let frame = ws.recv().await.map_err(|e| anyhow!("read: {e}"))?;
+        match frame.opcode {
+            OpCode::Text => {}
+            OpCode::Close => bail!(
+                "server closed the connection: {}",
+                close_reason(&frame.payload)
+            ),
+            _ => continue,
+        }
+        let f = ServerFrame::parse(&frame.payload)
+            .with_context(|| format!("bad frame {:?}", String::from_utf8_lossy(&frame.payload)))?;
+        if f.kind == "error" {
+            bail!(
+                "server error {}: {}",
+                f.code.unwrap_or("?"),
+                f.message.as_deref().unwrap_or("")
+            );
+        }
+        if let Some(t) = want(&f) {
+            return Ok(t);
+        }
+    }
+}
+
+pub fn close_reason(payload: &[u8]) -> String {
+    if payload.len() >= 2 {
+        let code = u16::from_be_bytes([payload[0], payload[1]]);
+        format!("close {code} {}", String::from_utf8_lossy(&payload[2..]))
+    } else {
+        "close without a code".to_string()
+    }
 }
 
 #[cfg(target_os = "linux")]

@@ -167,9 +167,9 @@ pub(crate) fn pubsub_report(
 /// The storm's figures. CPU "net" subtracts the calm window's server CPU rate over the same
 /// span: what the publishing alone would have cost.
 fn storm_report(
-    (w0, w1): (&scenario::Samples, &scenario::Samples),
-    s: &scenario::storm::StormSamples,
-    ctl: &scenario::storm::StormCtl,
+    (w0, w1): (&scenario::run::Samples, &scenario::run::Samples),
+    s: &scenario::catchup::StormSamples,
+    ctl: &scenario::catchup::StormCtl,
     args: &cli::StormArgs,
     connections: u64,
 ) -> StormReport {
@@ -180,7 +180,7 @@ fn storm_report(
         _ => None,
     };
     // (raw seconds, net seconds) between two samples.
-    let span = |a: &scenario::Samples, b: &scenario::Samples| {
+    let span = |a: &scenario::run::Samples, b: &scenario::run::Samples| {
         let (a, b) = (a.server_total()?, b.server_total()?);
         let raw = b.cpu_since(&a);
         Some((raw, raw - calm_rate? * b.wall_since(&a)))
@@ -217,8 +217,8 @@ fn storm_report(
 /// Each node's CPU in the window, when there are several and their pids are known.
 fn node_costs(
     target: &TargetInfo,
-    w0: &scenario::Samples,
-    w1: &scenario::Samples,
+    w0: &scenario::run::Samples,
+    w1: &scenario::run::Samples,
 ) -> Vec<NodeCost> {
     if target.nodes.len() < 2 {
         return Vec::new();

@@ -13,13 +13,11 @@ use fastwebsockets::OpCode;
 use tokio::sync::{Notify, Semaphore};
 
 use super::pacer::{self, Beat, Pacer};
-use super::{RunCtx, Samples, secs_to_ns};
+use super::run::{RunCtx, STEP_TIMEOUT, Samples, secs_to_ns, wait_for};
 use crate::cli::ChurnArgs;
-use crate::client::{self, RequestBuf, ServerFrame, Ws};
+use crate::client::{self, RequestBuf, Ws};
 use crate::stats::{Hist, LatencySummary, Shared};
 
-/// How long one cycle's steps may take before it counts as failed.
-const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 const START_LEAD_NS: u64 = 100_000_000;
 
 pub struct ChurnResult {
@@ -246,34 +244,4 @@ impl Cycle {
         }
         Ok(())
     }
-}
-
-/// Reads until a text frame `want` accepts; errors on `error` frames and closes.
-pub(crate) async fn wait_for(
-    ws: &mut Ws,
-    want: impl Fn(&ServerFrame) -> bool,
-) -> anyhow::Result<()> {
-    tokio::time::timeout(STEP_TIMEOUT, async {
-        loop {
-            let frame = ws.recv().await.map_err(|e| anyhow!("read: {e}"))?;
-            match frame.opcode {
-                OpCode::Text => {}
-                OpCode::Close => bail!("server closed the connection"),
-                _ => continue,
-            }
-            let f = ServerFrame::parse(&frame.payload)?;
-            if f.kind == "error" {
-                bail!(
-                    "server error {}: {}",
-                    f.code.unwrap_or("?"),
-                    f.message.as_deref().unwrap_or("")
-                );
-            }
-            if want(&f) {
-                return Ok(());
-            }
-        }
-    })
-    .await
-    .map_err(|_| anyhow!("no answer within {STEP_TIMEOUT:?}"))?
 }

@@ -17,11 +17,12 @@ use anyhow::{Context, anyhow, bail};
 use fastwebsockets::OpCode;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
+use super::catchup::{self, CatchUp, StormCtl, StormPlan, StormSamples, StormTimes};
 use super::pacer::{self, Beat, Pacer};
-use super::storm::{self, CatchUp, StormCtl, StormPlan, StormSamples, StormTimes};
-use super::{RunCtx, Samples, secs_to_ns};
+use super::plan::{Plan, PubPlan};
+use super::run::{RunCtx, Samples, secs_to_ns};
 use crate::cli::LoadArgs;
-use crate::client::{self, BodyStamp, Dest, RequestBuf, ServerFrame, SharedWriter, Ws};
+use crate::client::{self, BodyStamp, RequestBuf, ServerFrame, SharedWriter, Ws};
 use crate::stats::{ConnOutcome, DeliveryReport, LatencySummary, Shared, verify};
 
 /// How long a new connection may take to get its `welcome` and join ack.
@@ -34,35 +35,6 @@ const DRAIN_QUIET: Duration = Duration::from_secs(3);
 const START_LEAD_NS: u64 = 100_000_000;
 /// A publisher whose pacer beat is this late sends on tokio's timer instead.
 const PACER_FALLBACK_NS: u64 = 5_000_000;
-
-/// The connections of a run.
-pub struct Plan {
-    pub conns: Vec<ConnPlan>,
-    /// Rooms or inboxes; `ConnPlan::recv_stream` and `PubPlan::stream` index them.
-    pub streams: usize,
-}
-
-pub struct ConnPlan {
-    pub user: String,
-    /// The room to join after `welcome`, if any.
-    pub join: Option<Arc<str>>,
-    /// The stream this connection receives.
-    pub recv_stream: u32,
-    pub publish: Option<PubPlan>,
-}
-
-pub struct PubPlan {
-    pub dest: Dest,
-    /// The stream its messages go to.
-    pub stream: u32,
-    /// Messages per second.
-    pub rate: f64,
-    /// Offset of its schedule, as a fraction of one period, so publishers do not all fire at
-    /// the same instant.
-    pub phase: f64,
-    /// Deliveries each message owes (members of the stream other than this connection).
-    pub recipients: u64,
-}
 
 /// What the engine measured; `lib` turns it into a `Report`.
 pub struct PubsubResult {
@@ -291,7 +263,7 @@ pub async fn run(
     let storm = match (&common.storm, &storm_times) {
         (Some(ctl), Some(times)) => {
             let give_up = times.pub_end + secs_to_ns(ctx.common.drain_timeout);
-            Some((storm::drive(ctx, ctl, times, give_up).await, ctl.clone()))
+            Some((catchup::drive(ctx, ctl, times, give_up).await, ctl.clone()))
         }
         _ => None,
     };
@@ -510,54 +482,15 @@ async fn conn_task(
 
 /// Reads `welcome`, then joins `room` and returns the join ack's seq.
 async fn welcome_and_join(ws: &mut Ws, room: Option<&str>) -> anyhow::Result<Option<u64>> {
-    expect_frame(ws, |f| (f.kind == "welcome").then_some(())).await?;
+    client::expect_frame(ws, |f| (f.kind == "welcome").then_some(())).await?;
     let Some(room) = room else { return Ok(None) };
     let mut rb = RequestBuf::default();
     client::send_text(&ws.write, rb.join(room, 0)).await?;
-    let seq = expect_frame(ws, |f| {
+    let seq = client::expect_frame(ws, |f| {
         (f.kind == "ack" && f.id == Some(0)).then(|| f.seq.unwrap_or(0))
     })
     .await?;
     Ok(Some(seq))
-}
-
-/// Reads frames until `want` accepts one; an `error` frame or a close fails.
-pub(super) async fn expect_frame<T>(
-    ws: &mut Ws,
-    want: impl Fn(&ServerFrame) -> Option<T>,
-) -> anyhow::Result<T> {
-    loop {
-        let frame = ws.recv().await.map_err(|e| anyhow!("read: {e}"))?;
-        match frame.opcode {
-            OpCode::Text => {}
-            OpCode::Close => bail!(
-                "server closed the connection: {}",
-                close_reason(&frame.payload)
-            ),
-            _ => continue,
-        }
-        let f = ServerFrame::parse(&frame.payload)
-            .with_context(|| format!("bad frame {:?}", String::from_utf8_lossy(&frame.payload)))?;
-        if f.kind == "error" {
-            bail!(
-                "server error {}: {}",
-                f.code.unwrap_or("?"),
-                f.message.as_deref().unwrap_or("")
-            );
-        }
-        if let Some(t) = want(&f) {
-            return Ok(t);
-        }
-    }
-}
-
-fn close_reason(payload: &[u8]) -> String {
-    if payload.len() >= 2 {
-        let code = u16::from_be_bytes([payload[0], payload[1]]);
-        format!("close {code} {}", String::from_utf8_lossy(&payload[2..]))
-    } else {
-        "close without a code".to_string()
-    }
 }
 
 /// What the read loop of one connection needs besides its socket.
@@ -603,7 +536,9 @@ async fn read_loop(ws: &mut Ws, out: &mut ConnOutcome, r: &mut Reader<'_>) -> St
         };
         match frame.opcode {
             OpCode::Text => {}
-            OpCode::Close => return format!("server sent {}", close_reason(&frame.payload)),
+            OpCode::Close => {
+                return format!("server sent {}", client::close_reason(&frame.payload));
+            }
             _ => continue,
         }
         let now = shared.now_ns();

@@ -16,9 +16,9 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 
-use super::churn::wait_for;
-use super::pubsub::{self, ConnPlan, Plan, PubPlan, PubsubResult};
-use super::{RunCtx, chat_plan};
+use super::plan::{ConnPlan, Plan, PubPlan, chat_plan};
+use super::pubsub::{self, PubsubResult};
+use super::run::{RunCtx, wait_for};
 use crate::cli::{ChatArgs, LoadArgs, SoakArgs};
 use crate::client::{self, Dest, Endpoint, RequestBuf, Ws};
 use crate::procfs;

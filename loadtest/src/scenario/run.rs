@@ -1,0 +1,122 @@
+//! What every scenario's run shares: the context (`RunCtx`: the counters, the nodes, the
+//! options, the names, the progress bar), the cost samples taken at a phase's edges, time in
+//! nanoseconds since the run's epoch, and waiting for one frame on a short-lived connection.
+//!
+//! Owns the run's names (users and rooms prefixed with the run's tag) and which node connection
+//! i talks to. It must not decide what a scenario opens or sends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use fastwebsockets::OpCode;
+
+use crate::cli::CommonArgs;
+use crate::client::{Endpoint, ServerFrame, Ws};
+use crate::procfs::{self, ProcSample};
+use crate::progress::Progress;
+use crate::redis_info::{RedisProbe, RedisSample};
+use crate::stats::Shared;
+
+/// How long one cycle's steps may take before it counts as failed.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every phase of a run needs.
+pub struct RunCtx {
+    pub shared: Arc<Shared>,
+    /// The nodes; connection (or cycle) i goes to node i mod their number.
+    pub endpoints: Vec<Endpoint>,
+    pub common: CommonArgs,
+    /// Prefix of every user and room name of this run, so runs against a long-lived server do
+    /// not meet each other's rooms or inboxes.
+    pub tag: String,
+    pub progress: Arc<Progress>,
+    /// The nodes' pids where known, by node.
+    pub server_pids: Vec<Option<u32>>,
+    pub redis: Option<RedisProbe>,
+}
+
+/// The nodes', Redis's and the bot's cost at one moment.
+#[derive(Clone, Debug)]
+pub struct Samples {
+    pub at: std::time::Instant,
+    /// By node; `None` where the pid is not known.
+    pub servers: Vec<Option<ProcSample>>,
+    pub bot: Option<ProcSample>,
+    pub redis: Option<RedisSample>,
+}
+
+impl Samples {
+    /// All nodes together, when every node's pid is known.
+    pub fn server_total(&self) -> Option<ProcSample> {
+        let all: Option<Vec<ProcSample>> = self.servers.iter().copied().collect();
+        procfs::sum(&all?)
+    }
+}
+
+impl RunCtx {
+    pub fn sample(&self) -> Samples {
+        Samples {
+            at: std::time::Instant::now(),
+            servers: self
+                .server_pids
+                .iter()
+                .map(|pid| pid.and_then(|pid| procfs::sample(pid).ok()))
+                .collect(),
+            bot: procfs::sample(0).ok(),
+            redis: self.redis.as_ref().and_then(|r| r.sample().ok()),
+        }
+    }
+
+    /// The node connection (or cycle) `i` talks to.
+    pub fn endpoint(&self, i: usize) -> &Endpoint {
+        &self.endpoints[i % self.endpoints.len()]
+    }
+
+    /// A tokio instant `ns` after the run's epoch.
+    pub fn at(&self, ns: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.shared.epoch + Duration::from_nanos(ns))
+    }
+
+    pub fn user(&self, i: usize) -> String {
+        format!("{}-u{i}", self.tag)
+    }
+
+    pub fn room(&self, name: &str) -> Arc<str> {
+        format!("{}-{name}", self.tag).into()
+    }
+}
+
+pub fn secs_to_ns(s: f64) -> u64 {
+    (s.max(0.0) * 1e9) as u64
+}
+
+/// Reads until a text frame `want` accepts; errors on `error` frames and closes.
+pub(crate) async fn wait_for(
+    ws: &mut Ws,
+    want: impl Fn(&ServerFrame) -> bool,
+) -> anyhow::Result<()> {
+    tokio::time::timeout(STEP_TIMEOUT, async {
+        loop {
+            let frame = ws.recv().await.map_err(|e| anyhow!("read: {e}"))?;
+            match frame.opcode {
+                OpCode::Text => {}
+                OpCode::Close => bail!("server closed the connection"),
+                _ => continue,
+            }
+            let f = ServerFrame::parse(&frame.payload)?;
+            if f.kind == "error" {
+                bail!(
+                    "server error {}: {}",
+                    f.code.unwrap_or("?"),
+                    f.message.as_deref().unwrap_or("")
+                );
+            }
+            if want(&f) {
+                return Ok(());
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow!("no answer within {STEP_TIMEOUT:?}"))?
+}
