@@ -8,17 +8,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
-use fastwebsockets::OpCode;
+use anyhow::anyhow;
 
 use crate::cli::CommonArgs;
-use crate::client::{Endpoint, ServerFrame, Ws};
+use crate::client::{self, Endpoint, ServerFrame, Ws};
 use crate::procfs::{self, ProcSample};
 use crate::progress::Progress;
 use crate::redis_info::{RedisProbe, RedisSample};
 use crate::stats::Shared;
 
-/// How long one cycle's steps may take before it counts as failed.
+/// How long one step of a short-lived connection (`welcome`, a join ack, the closing handshake)
+/// may take before its cycle counts as failed.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every phase of a run needs.
@@ -91,32 +91,13 @@ pub fn secs_to_ns(s: f64) -> u64 {
     (s.max(0.0) * 1e9) as u64
 }
 
-/// Reads until a text frame `want` accepts; errors on `error` frames and closes.
-pub(crate) async fn wait_for(
-    ws: &mut Ws,
-    want: impl Fn(&ServerFrame) -> bool,
-) -> anyhow::Result<()> {
-    tokio::time::timeout(STEP_TIMEOUT, async {
-        loop {
-            let frame = ws.recv().await.map_err(|e| anyhow!("read: {e}"))?;
-            match frame.opcode {
-                OpCode::Text => {}
-                OpCode::Close => bail!("server closed the connection"),
-                _ => continue,
-            }
-            let f = ServerFrame::parse(&frame.payload)?;
-            if f.kind == "error" {
-                bail!(
-                    "server error {}: {}",
-                    f.code.unwrap_or("?"),
-                    f.message.as_deref().unwrap_or("")
-                );
-            }
-            if want(&f) {
-                return Ok(());
-            }
-        }
-    })
+/// Reads until a text frame `want` accepts, within `STEP_TIMEOUT`; an `error` frame or a close
+/// fails.
+pub async fn wait_for(ws: &mut Ws, want: impl Fn(&ServerFrame) -> bool) -> anyhow::Result<()> {
+    tokio::time::timeout(
+        STEP_TIMEOUT,
+        client::expect_frame(ws, |f| want(f).then_some(())),
+    )
     .await
     .map_err(|_| anyhow!("no answer within {STEP_TIMEOUT:?}"))?
 }
