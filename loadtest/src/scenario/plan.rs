@@ -92,27 +92,38 @@ pub fn chat_plan(ctx: &RunCtx, a: &ChatArgs) -> Plan {
 
 /// dm: users 2i and 2i+1 send to each other; stream i is user i's inbox.
 pub fn dm_plan(ctx: &RunCtx, a: &DmArgs) -> Plan {
-    let conns = (0..a.users)
+    Plan {
+        conns: dm_pairs(ctx, a.users, a.rate, 0, 0),
+        streams: a.users,
+    }
+}
+
+/// `users` users paired 2i and 2i+1, each sending to the other at `rate`: they are users
+/// `first_user..` of the run, and their inboxes are streams `first_stream..`.
+pub fn dm_pairs(
+    ctx: &RunCtx,
+    users: usize,
+    rate: f64,
+    first_user: usize,
+    first_stream: usize,
+) -> Vec<ConnPlan> {
+    (0..users)
         .map(|i| {
             let peer = i ^ 1;
             ConnPlan {
-                user: ctx.user(i),
+                user: ctx.user(first_user + i),
                 join: None,
-                recv_stream: i as u32,
+                recv_stream: (first_stream + i) as u32,
                 publish: Some(PubPlan {
-                    dest: Dest::User(ctx.user(peer).into()),
-                    stream: peer as u32,
-                    rate: a.rate,
-                    phase: i as f64 / a.users as f64,
+                    dest: Dest::User(ctx.user(first_user + peer).into()),
+                    stream: (first_stream + peer) as u32,
+                    rate,
+                    phase: i as f64 / users.max(1) as f64,
                     recipients: 1,
                 }),
             }
         })
-        .collect();
-    Plan {
-        conns,
-        streams: a.users,
-    }
+        .collect()
 }
 
 /// idle: connections in rooms of `room_size`, nobody publishes.
