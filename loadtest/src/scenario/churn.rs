@@ -12,13 +12,11 @@ use anyhow::{anyhow, bail};
 use fastwebsockets::OpCode;
 use tokio::sync::{Notify, Semaphore};
 
-use super::pacer::{self, Beat, Pacer};
-use super::run::{RunCtx, STEP_TIMEOUT, Samples, secs_to_ns, wait_for};
+use super::pacer::{self, Beat, PACER_FALLBACK_NS, Pacer};
+use super::run::{RunCtx, START_LEAD_NS, STEP_TIMEOUT, Samples, secs_to_ns, wait_for};
 use crate::cli::ChurnArgs;
 use crate::client::{self, RequestBuf, Ws};
 use crate::stats::{Hist, LatencySummary, Shared};
-
-const START_LEAD_NS: u64 = 100_000_000;
 
 pub struct ChurnResult {
     pub attempted: u64,
@@ -99,7 +97,7 @@ pub async fn run(ctx: &RunCtx, a: &ChurnArgs) -> anyhow::Result<ChurnResult> {
             break;
         }
         while shared.now_ns() < due {
-            let _ = tokio::time::timeout_at(ctx.at(due + 5_000_000), beat.notified()).await;
+            let _ = tokio::time::timeout_at(ctx.at(due + PACER_FALLBACK_NS), beat.notified()).await;
         }
         let permit = gate.clone().acquire_owned().await?;
         let job = Cycle {

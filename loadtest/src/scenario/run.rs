@@ -20,6 +20,9 @@ use crate::stats::Shared;
 /// How long one step of a short-lived connection (`welcome`, a join ack, the closing handshake)
 /// may take before its cycle counts as failed.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first publish (or churn cycle) is due this long after the setup ends (for the engine:
+/// after the last connection is ready).
+pub const START_LEAD_NS: u64 = 100_000_000;
 
 /// What every phase of a run needs.
 pub struct RunCtx {
@@ -75,7 +78,7 @@ impl RunCtx {
 
     /// A tokio instant `ns` after the run's epoch.
     pub fn at(&self, ns: u64) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.shared.epoch + Duration::from_nanos(ns))
+        self.shared.at(ns)
     }
 
     pub fn user(&self, i: usize) -> String {

@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::hist::Hist;
 
@@ -67,6 +67,11 @@ impl Shared {
     #[inline]
     pub fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// The tokio instant `ns` after the epoch, to sleep until.
+    pub fn at(&self, ns: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.epoch + Duration::from_nanos(ns))
     }
 
     /// Whether a message stamped `ns` belongs to the measured window.

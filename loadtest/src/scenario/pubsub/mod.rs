@@ -24,7 +24,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use super::catchup::{self, StormCtl, StormPlan, StormSamples, StormTimes};
 use super::pacer::{Beat, Pacer};
 use super::plan::{Plan, PubPlan};
-use super::run::{RunCtx, Samples, secs_to_ns};
+use super::run::{RunCtx, START_LEAD_NS, Samples, secs_to_ns};
 use crate::cli::LoadArgs;
 use crate::client::SharedWriter;
 use crate::stats::{DeliveryReport, LatencySummary, verify};
@@ -33,8 +33,6 @@ use publish::{PubShared, PublishJob};
 
 /// The drain gives up early when nothing has arrived for this long.
 const DRAIN_QUIET: Duration = Duration::from_secs(3);
-/// The publishers' first message is due this long after the last connection is ready.
-const START_LEAD_NS: u64 = 100_000_000;
 
 /// What the engine measured; `lib` turns it into a `Report`.
 pub struct PubsubResult {

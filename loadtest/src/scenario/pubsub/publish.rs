@@ -12,12 +12,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::client::{self, BodyStamp, RequestBuf, SharedWriter};
-use crate::scenario::pacer;
+use crate::scenario::pacer::{self, PACER_FALLBACK_NS};
 use crate::scenario::plan::PubPlan;
 use crate::stats::Shared;
-
-/// A publisher whose pacer beat is this late sends on tokio's timer instead.
-const PACER_FALLBACK_NS: u64 = 5_000_000;
 
 /// What a connection's reader and its publisher share.
 pub(super) struct PubShared {
@@ -106,7 +103,7 @@ impl PublishJob {
                 return k;
             }
             // The pacer signals at the due time; tokio's coarser timer is only a fallback.
-            let fallback = self.at(due + PACER_FALLBACK_NS);
+            let fallback = self.shared.at(due + PACER_FALLBACK_NS);
             while self.shared.now_ns() < due {
                 let _ = tokio::time::timeout_at(fallback, self.ps.tick.notified()).await;
             }
@@ -123,17 +120,10 @@ impl PublishJob {
         }
     }
 
-    fn at(&self, ns: u64) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.shared.epoch + Duration::from_nanos(ns))
-    }
-
     async fn closed_loop(&self) -> u64 {
         let ring = self.ps.ring.as_ref().expect("closed loop has a ring");
-        let end =
-            tokio::time::Instant::from_std(self.shared.epoch + Duration::from_nanos(self.end_ns));
-        let start = tokio::time::Instant::from_std(
-            self.shared.epoch + Duration::from_nanos(self.ps.base_ns.load(Relaxed)),
-        );
+        let end = self.shared.at(self.end_ns);
+        let start = self.shared.at(self.ps.base_ns.load(Relaxed));
         tokio::time::sleep_until(start).await;
         let mut rb = RequestBuf::default();
         let mut k = 0u64;
