@@ -106,14 +106,9 @@ pub(crate) fn pubsub_report(
     target: &TargetInfo,
 ) -> Report {
     let mut rep = empty_report(scenario, common);
-    let wall = r
-        .window_end
-        .at
-        .saturating_duration_since(r.window_start.at)
-        .as_secs_f64();
+    let wall = window(&mut rep, target, &r.window_start, &r.window_end);
     rep.connections = r.connections;
     rep.connect_seconds = r.connect_seconds;
-    rep.window_seconds = wall;
     rep.deliveries_in_window = r.delivered_in_window;
     if wall > 0.0 {
         rep.deliveries_per_sec = r.delivered_in_window as f64 / wall;
@@ -134,12 +129,8 @@ pub(crate) fn pubsub_report(
         let pids = target.nodes.iter().filter_map(|n| n.pid).collect();
         rep.server = Some(ServerCost::compute(pids, &b, &c, (&w0, &w1), work));
     }
-    rep.nodes = node_costs(target, &r.window_start, &r.window_end);
     if let (Some(w0), Some(w1)) = (&r.window_start.redis, &r.window_end.redis) {
         rep.redis = Some(RedisCost::compute(w0, w1, work));
-    }
-    if let (Some(b0), Some(b1)) = (r.window_start.bot, r.window_end.bot) {
-        rep.bot = Some(BotCost::compute(&b0, &b1));
     }
     rep.latency = r.latency;
     rep.ack_latency = r.ack_latency;
@@ -214,21 +205,30 @@ fn storm_report(
     }
 }
 
-/// Each node's CPU in the window, when there are several and their pids are known.
-fn node_costs(
+/// What every report takes from the window's edges: its length (returned, in seconds), each
+/// node's CPU when there are several and their pids are known, and the bot's CPU.
+fn window(
+    rep: &mut Report,
     target: &TargetInfo,
     w0: &scenario::run::Samples,
     w1: &scenario::run::Samples,
-) -> Vec<NodeCost> {
-    if target.nodes.len() < 2 {
-        return Vec::new();
+) -> f64 {
+    let wall = w1.at.saturating_duration_since(w0.at).as_secs_f64();
+    rep.window_seconds = wall;
+    if target.nodes.len() >= 2 {
+        rep.nodes = target
+            .nodes
+            .iter()
+            .zip(w0.servers.iter().zip(&w1.servers))
+            .filter_map(|(n, (a, b))| {
+                Some(NodeCost::compute(&n.url, n.pid?, a.as_ref()?, b.as_ref()?))
+            })
+            .collect();
     }
-    target
-        .nodes
-        .iter()
-        .zip(w0.servers.iter().zip(&w1.servers))
-        .filter_map(|(n, (a, b))| Some(NodeCost::compute(&n.url, n.pid?, a.as_ref()?, b.as_ref()?)))
-        .collect()
+    if let (Some(b0), Some(b1)) = (w0.bot, w1.bot) {
+        rep.bot = Some(BotCost::compute(&b0, &b1));
+    }
+    wall
 }
 
 pub(crate) fn churn_report(
@@ -238,13 +238,8 @@ pub(crate) fn churn_report(
     target: &TargetInfo,
 ) -> Report {
     let mut rep = empty_report(scenario, common);
-    let wall = r
-        .window_end
-        .at
-        .saturating_duration_since(r.window_start.at)
-        .as_secs_f64();
+    let wall = window(&mut rep, target, &r.window_start, &r.window_end);
     rep.connections = r.attempted;
-    rep.window_seconds = wall;
     let mut churn = ChurnReport {
         attempted: r.attempted,
         completed: r.completed,
@@ -286,10 +281,6 @@ pub(crate) fn churn_report(
             churn.server_rss_retained_bytes = Some(after.rss_bytes as i64 - b.rss_bytes as i64);
         }
         rep.server = Some(cost);
-    }
-    rep.nodes = node_costs(target, &r.window_start, &r.window_end);
-    if let (Some(b0), Some(b1)) = (r.window_start.bot, r.window_end.bot) {
-        rep.bot = Some(BotCost::compute(&b0, &b1));
     }
     rep.passed = r.failed == 0 && r.completed == r.attempted;
     rep.notes = r.problems.into_iter().chain(r.notes).collect();
