@@ -29,27 +29,37 @@
 //! same exact check then covers delivery across nodes. The report adds each node's CPU and the
 //! Redis's CPU, commands and memory per publish.
 //!
-//! The modules:
-//! - `cli`: the options (also the library's input).
-//! - `system`: the servers under test and the cluster's Redis, given or spawned.
-//! - `client`: one WebSocket client and the frames it speaks.
-//! - `scenario`: the plans and the run phases (`pubsub` engine, `churn`, and the `pacer` thread
-//!   that wakes open-loop senders on time).
-//! - `stats`: counters, histograms and the exact delivery check.
-//! - `procfs`: CPU and RSS samples. `redis_info`: Redis's counters, read with `INFO`.
-//! - `sys`: rlimits and CPU affinity.
-//! - `report`: the results, the summary table and the JSON. `progress`: the progress bar.
+//! ## Layers
+//!
+//! The modules, bottom to top, one layer a line. A module imports only modules on the lines
+//! above its own, never one on its own line or below:
+//! 1. `cli`: the options (also the library's input).
+//! 2. `sys`, `procfs`, `progress`: rlimits and CPU affinity; CPU and RSS samples from `/proc`;
+//!    the progress bar.
+//! 3. `client`: one WebSocket client and the frames it speaks (the wire).
+//! 4. `redis_info`: a cluster's Redis counters, read with `INFO`.
+//! 5. `stats`: counters, latency histograms and the exact delivery check.
+//! 6. `system`: the servers under test and the cluster's Redis, given or spawned.
+//! 7. `scenario`: what the scenarios share (the run's context, the pacer, the plans, the storm's
+//!    catch-up, the `pubsub` engine), then the scenarios; its doc lists its own layers.
+//! 8. `report`: the results: the model, the cost figures, the summary table, and building a
+//!    report from a scenario's result.
+//! 9. This file: [`run`], which checks the options, starts the target and the runtime, runs the
+//!    scenario and builds the report.
+//!
+//! Public: [`run`], its input [`Cli`] (module `cli`) and its output [`Report`] (module `report`,
+//! which also names every type a report holds). The rest is private to the crate.
 
 pub mod cli;
-pub mod client;
-pub mod procfs;
-pub mod progress;
-pub mod redis_info;
+mod client;
+mod procfs;
+mod progress;
+mod redis_info;
 pub mod report;
-pub mod scenario;
-pub mod stats;
-pub mod sys;
-pub mod system;
+mod scenario;
+mod stats;
+mod sys;
+mod system;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -31,9 +31,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-pub use frames::{
-    BodyStamp, Dest, RequestBuf, ServerFrame, decode_body, encode_body, parse_message_fast,
-};
+pub use frames::{BodyStamp, Dest, RequestBuf, ServerFrame, decode_body, parse_message_fast};
 
 pub type WsRead = WebSocketRead<OwnedReadHalf>;
 pub type WsWrite = WebSocketWrite<OwnedWriteHalf>;

@@ -37,7 +37,7 @@ pub struct ServerCost {
 }
 
 impl ServerCost {
-    pub fn compute(
+    pub(crate) fn compute(
         pids: Vec<u32>,
         baseline: &ProcSample,
         connected: &ProcSample,
@@ -81,7 +81,7 @@ pub struct NodeCost {
 }
 
 impl NodeCost {
-    pub fn compute(url: &str, pid: u32, w0: &ProcSample, w1: &ProcSample) -> NodeCost {
+    pub(crate) fn compute(url: &str, pid: u32, w0: &ProcSample, w1: &ProcSample) -> NodeCost {
         let (cpu, wall) = (w1.cpu_since(w0), w1.wall_since(w0));
         NodeCost {
             url: url.to_string(),
@@ -130,7 +130,7 @@ pub struct CommandCost {
 }
 
 impl RedisCost {
-    pub fn compute(w0: &RedisSample, w1: &RedisSample, work: WindowWork) -> RedisCost {
+    pub(crate) fn compute(w0: &RedisSample, w1: &RedisSample, work: WindowWork) -> RedisCost {
         let WindowWork {
             publishes,
             connections,
@@ -194,7 +194,7 @@ pub struct BotCost {
 }
 
 impl BotCost {
-    pub fn compute(w0: &ProcSample, w1: &ProcSample) -> BotCost {
+    pub(crate) fn compute(w0: &ProcSample, w1: &ProcSample) -> BotCost {
         let cpu = w1.cpu_since(w0);
         let wall = w1.wall_since(w0);
         BotCost {

@@ -9,10 +9,10 @@ mod table;
 
 use serde::Serialize;
 
-use crate::scenario::soak::SoakSample;
-use crate::stats::{DeliveryReport, LatencySummary};
-use crate::system::TargetInfo;
-pub use cost::{BotCost, CommandCost, NodeCost, RedisCost, ServerCost, WindowWork};
+pub use crate::scenario::soak::SoakSample;
+pub use crate::stats::{DeliveryReport, LatencySummary};
+pub use crate::system::{NodeInfo, RedisInfo, TargetInfo};
+pub use cost::{BotCost, CommandCost, NodeCost, RedisCost, ServerCost};
 
 /// Everything a run found.
 #[derive(Clone, Debug, Serialize)]

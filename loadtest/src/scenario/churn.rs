@@ -2,7 +2,8 @@
 //! `welcome`, joins a room, optionally waits, and closes with the closing handshake.
 //!
 //! Open loop like the others: cycle i is due at `t0 + i / C`, and its connect latency is
-//! measured from that due time. Owns the cycle and its counters; the report is built in `lib`.
+//! measured from that due time. Owns the cycle and its counters; the report is built in
+//! `report::build`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

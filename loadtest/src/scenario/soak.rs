@@ -4,7 +4,7 @@
 //! are sampled every `--sample-secs`.
 //!
 //! Owns the side load and the sampler; delivery checking is the engine's, the verdict on RSS
-//! growth is `lib`'s.
+//! growth is `report::build`'s.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

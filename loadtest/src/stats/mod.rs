@@ -17,6 +17,6 @@ mod delivery;
 mod hist;
 mod shared;
 
-pub use delivery::{ConnOutcome, DeliveryReport, RecvState, mix, verify};
+pub use delivery::{ConnOutcome, DeliveryReport, verify};
 pub use hist::{Hist, LatencySummary};
-pub use shared::{Counts, Shared};
+pub use shared::Shared;

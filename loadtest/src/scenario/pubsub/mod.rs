@@ -34,7 +34,7 @@ use publish::{PubShared, PublishJob};
 /// The drain gives up early when nothing has arrived for this long.
 const DRAIN_QUIET: Duration = Duration::from_secs(3);
 
-/// What the engine measured; `lib` turns it into a `Report`.
+/// What the engine measured; `report::build` turns it into a `Report`.
 pub struct PubsubResult {
     pub connections: u64,
     pub connect_seconds: f64,
