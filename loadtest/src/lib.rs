@@ -32,7 +32,8 @@
 //! ## Layers
 //!
 //! The modules, bottom to top, one layer a line. A module imports only modules on the lines
-//! above its own, never one on its own line or below:
+//! above its own, never one on its own line or below; `tests/layers.rs` checks every `crate::`
+//! and `super::` path against this list and the one in `scenario`:
 //! 1. `cli`: the options (also the library's input).
 //! 2. `sys`, `procfs`, `progress`: rlimits and CPU affinity; CPU and RSS samples from `/proc`;
 //!    the progress bar.

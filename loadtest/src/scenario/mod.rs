@@ -3,8 +3,9 @@
 //!
 //! Against a cluster, connection i goes to node i mod N, so a room's members sit on every node.
 //!
-//! The modules, bottom to top, in layers like the crate's (see `lib.rs`): a module imports only
-//! those on the lines above its own, so no scenario imports another.
+//! The modules, bottom to top, in layers like the crate's (see `lib.rs`, and
+//! `tests/layers.rs`, which checks both lists): a module imports only those on the lines above
+//! its own, so no scenario imports another.
 //! 1. `run`: what every run shares (`RunCtx`, cost `Samples`, time in ns, waiting for a frame).
 //! 2. `pacer`: the thread that wakes open-loop senders on time.
 //! 3. `plan`: the connections of a run (`Plan`); fanout, chat, dm and idle are nothing more.
