@@ -14,7 +14,7 @@ use fastwebsockets::OpCode;
 use tokio::sync::{Notify, Semaphore};
 
 use super::pacer::{self, Beat, PACER_FALLBACK_NS, Pacer};
-use super::run::{RunCtx, START_LEAD_NS, STEP_TIMEOUT, Samples, secs_to_ns, wait_for};
+use super::run::{RunCtx, STEP_TIMEOUT, Samples, Schedule, wait_for};
 use crate::cli::ChurnArgs;
 use crate::client::{self, RequestBuf, Ws};
 use crate::stats::{Hist, LatencySummary, Shared};
@@ -62,11 +62,11 @@ pub async fn run(ctx: &RunCtx, a: &ChurnArgs) -> anyhow::Result<ChurnResult> {
     let gate = Arc::new(Semaphore::new(a.max_concurrent.max(1)));
     let baseline = ctx.sample();
 
-    let t0 = shared.now_ns() + START_LEAD_NS;
-    let window_start = t0 + secs_to_ns(ctx.common.warmup);
-    let window_end = window_start + secs_to_ns(ctx.common.duration);
-    shared.window_start_ns.store(window_start, Relaxed);
-    shared.window_end_ns.store(window_end, Relaxed);
+    let Schedule {
+        start: t0,
+        window_start,
+        window_end,
+    } = ctx.schedule();
     let period = 1e9 / a.rate;
     let total = ((window_end - t0) as f64 / period).ceil() as u64;
     ctx.progress.phase("churning", total);

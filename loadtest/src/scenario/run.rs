@@ -6,6 +6,7 @@
 //! i talks to. It must not decide what a scenario opens or sends.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -22,7 +23,16 @@ use crate::stats::Shared;
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first publish (or churn cycle) is due this long after the setup ends (for the engine:
 /// after the last connection is ready).
-pub const START_LEAD_NS: u64 = 100_000_000;
+const START_LEAD_NS: u64 = 100_000_000;
+
+/// A run's schedule, in ns since the epoch.
+pub struct Schedule {
+    /// When the first publish (or churn cycle) is due.
+    pub start: u64,
+    /// The measured window: after `--warmup`, for `--duration`.
+    pub window_start: u64,
+    pub window_end: u64,
+}
 
 /// What every phase of a run needs.
 pub struct RunCtx {
@@ -68,6 +78,21 @@ impl RunCtx {
                 .collect(),
             bot: procfs::sample(0).ok(),
             redis: self.redis.as_ref().and_then(|r| r.sample().ok()),
+        }
+    }
+
+    /// The schedule from now; it sets the window in `shared`, so only what is stamped inside it
+    /// is measured.
+    pub fn schedule(&self) -> Schedule {
+        let start = self.shared.now_ns() + START_LEAD_NS;
+        let window_start = start + secs_to_ns(self.common.warmup);
+        let window_end = window_start + secs_to_ns(self.common.duration);
+        self.shared.window_start_ns.store(window_start, Relaxed);
+        self.shared.window_end_ns.store(window_end, Relaxed);
+        Schedule {
+            start,
+            window_start,
+            window_end,
         }
     }
 

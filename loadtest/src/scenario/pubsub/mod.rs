@@ -24,7 +24,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use super::catchup::{self, StormCtl, StormPlan, StormSamples, StormTimes};
 use super::pacer::{Beat, Pacer};
 use super::plan::{Plan, PubPlan};
-use super::run::{RunCtx, START_LEAD_NS, Samples, secs_to_ns};
+use super::run::{RunCtx, Samples, Schedule, secs_to_ns};
 use crate::cli::LoadArgs;
 use crate::client::SharedWriter;
 use crate::stats::{DeliveryReport, LatencySummary, verify};
@@ -150,11 +150,11 @@ pub async fn run(
     let connected = ctx.sample();
 
     // The schedule.
-    let t0 = shared.now_ns() + START_LEAD_NS;
-    let window_start = t0 + secs_to_ns(ctx.common.warmup);
-    let window_end = window_start + secs_to_ns(ctx.common.duration);
-    shared.window_start_ns.store(window_start, Relaxed);
-    shared.window_end_ns.store(window_end, Relaxed);
+    let Schedule {
+        start: t0,
+        window_start,
+        window_end,
+    } = ctx.schedule();
     // A storm follows the calm window; publishing goes on through it.
     let storm_times = storm_plan.as_ref().map(|s| StormTimes::new(window_end, s));
     let pub_end = storm_times.as_ref().map_or(window_end, |t| t.pub_end);
