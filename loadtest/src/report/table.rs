@@ -1,6 +1,7 @@
 //! The human summary table of a [`Report`]: what `shardcast-loadtest` prints without `--json`.
 //!
-//! Owns only how figures are shown; every figure comes from the report.
+//! Owns only how figures are shown. It must not compute a figure: every one comes from the
+//! report.
 
 use std::fmt::Write as _;
 

@@ -5,8 +5,8 @@
 //!
 //! Each connection keeps one `ConnOutcome` across its two sockets, so the exact check at the end
 //! proves that the messages after a client's last seen seq arrived once and in order, via replay
-//! and then live. This module owns the storm's signals and counters; its plan is `storm`'s, and
-//! its figures are built in `report::build`.
+//! and then live. This module owns the storm's signals and counters. It must not build the storm's
+//! plan (that is `storm`'s) or its figures (`report::build`'s).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;

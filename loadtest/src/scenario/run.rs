@@ -1,9 +1,10 @@
 //! What every scenario's run shares: the context (`RunCtx`: the counters, the nodes, the
-//! options, the names, the progress bar), the cost samples taken at a phase's edges, time in
-//! nanoseconds since the run's epoch, and waiting for one frame on a short-lived connection.
+//! options, the names, the progress bar), the schedule (first due time, measured window), the
+//! cost samples taken at a phase's edges, time in nanoseconds since the run's epoch, and waiting
+//! for one frame on a short-lived connection.
 //!
-//! Owns the run's names (users and rooms prefixed with the run's tag) and which node connection
-//! i talks to. It must not decide what a scenario opens or sends.
+//! Owns the run's names (users and rooms prefixed with the run's tag), its schedule, and which
+//! node connection i talks to. It must not decide what a scenario opens or sends.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;

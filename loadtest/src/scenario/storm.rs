@@ -4,7 +4,7 @@
 //! while the publishers keep going.
 //!
 //! The `pubsub` engine runs it with the machinery in `catchup`. This module owns the storm's
-//! plan; the report is built in `report::build`.
+//! plan. It must not run anything itself; the report is built in `report::build`.
 
 use std::sync::Arc;
 

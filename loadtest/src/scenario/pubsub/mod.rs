@@ -9,6 +9,9 @@
 //! (or the bot) caused: no coordinated omission. Closed loop (`--max`): a publisher keeps at most
 //! `window` messages unacked and the run keeps at most `max_in_flight` deliveries owed.
 //!
+//! Owns the run's phases and the result it hands back. It must not parse frames (`conn` and
+//! `client` do) or judge delivery (`stats` does).
+//!
 //! `conn`: one connection's task and its read loop. `publish`: one connection's publisher.
 
 mod conn;
