@@ -233,6 +233,25 @@ pub enum Event<'a> {
     Close,
 }
 
+/// What a connection's decoder enforces. Fixed when the connection is made: the bytes that
+/// arrived with the handshake are decoded before the socket is first read.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameLimits {
+    /// `max_message_size`: a bigger message is skipped (`Event::TooLarge`).
+    pub max_message: usize,
+    /// A frame over this closes the connection (1009).
+    pub hard_limit: u64,
+}
+
+impl FrameLimits {
+    pub fn of(config: &crate::config::Config) -> FrameLimits {
+        FrameLimits {
+            max_message: config.max_message_size,
+            hard_limit: config.hard_frame_limit(),
+        }
+    }
+}
+
 pub enum ReadStatus {
     /// Read what there was; wait for more.
     Open,
@@ -241,16 +260,28 @@ pub enum ReadStatus {
 }
 
 impl Conn {
-    pub fn new(id: ConnId, stream: TcpStream, identity: &Identity, burst: u32) -> Conn {
-        Conn::with_io(id, Io::Tcp(stream), identity, burst)
+    pub fn new(
+        id: ConnId,
+        stream: TcpStream,
+        identity: &Identity,
+        burst: u32,
+        limits: FrameLimits,
+    ) -> Conn {
+        Conn::with_io(id, Io::Tcp(stream), identity, burst, limits)
     }
 
     /// A connection whose output goes to `sink` and which never has input.
-    pub fn in_memory(id: ConnId, sink: MemorySink, identity: &Identity, burst: u32) -> Conn {
-        Conn::with_io(id, Io::Memory(Box::new(sink)), identity, burst)
+    pub fn in_memory(
+        id: ConnId,
+        sink: MemorySink,
+        identity: &Identity,
+        burst: u32,
+        limits: FrameLimits,
+    ) -> Conn {
+        Conn::with_io(id, Io::Memory(Box::new(sink)), identity, burst, limits)
     }
 
-    fn with_io(id: ConnId, io: Io, identity: &Identity, burst: u32) -> Conn {
+    fn with_io(id: ConnId, io: Io, identity: &Identity, burst: u32, limits: FrameLimits) -> Conn {
         Conn {
             id,
             user: identity.user.clone(),
@@ -259,7 +290,7 @@ impl Conn {
             io,
             deflate_min: None,
             out: RefCell::default(),
-            read: RefCell::default(),
+            read: RefCell::new(Decoder::new(limits.max_message, limits.hard_limit)),
             rooms: RefCell::default(),
             rate: Cell::new(Bucket::full(burst)),
             closing: Cell::new(None),
@@ -415,16 +446,9 @@ impl Conn {
     }
 
     /// Reads what the socket has and hands each complete message to `on`.
-    pub fn read_ready(
-        &self,
-        max_message: usize,
-        hard_limit: u64,
-        on: &mut dyn FnMut(Event<'_>),
-    ) -> Result<ReadStatus, CloseCode> {
+    pub fn read_ready(&self, on: &mut dyn FnMut(Event<'_>)) -> Result<ReadStatus, CloseCode> {
         let mut guard = self.read.borrow_mut();
         let dec = &mut *guard;
-        dec.max_message = max_message;
-        dec.hard_limit = hard_limit;
         SCRATCH.with_borrow_mut(|scratch| {
             if dec.closed || dec.failed {
                 // After the client's close frame, or bad framing, input is only read (and
@@ -560,7 +584,7 @@ impl Drop for OutQueue {
 
 /// Inbound frame state that must survive between reads. Empty for an idle connection.
 /// Public for the fuzz targets and property tests, which feed it the way reads would.
-#[derive(Default)]
+/// No `Default`: a decoder exists only with its limits (one with 0 refused every frame).
 pub struct Decoder {
     /// Bytes of a frame cut by the end of a read.
     partial: Vec<u8>,
@@ -632,9 +656,14 @@ fn check_close(payload: &[u8]) -> Result<(), CloseCode> {
 impl Decoder {
     pub fn new(max_message: usize, hard_limit: u64) -> Decoder {
         Decoder {
+            partial: Vec::new(),
+            skip: 0,
+            frag: None,
+            closed: false,
+            failed: false,
             max_message,
             hard_limit,
-            ..Decoder::default()
+            inflate: false,
         }
     }
 
@@ -884,11 +913,7 @@ mod tests {
     }
 
     fn decoder(max: usize) -> Decoder {
-        Decoder {
-            max_message: max,
-            hard_limit: max as u64 * 16,
-            ..Decoder::default()
-        }
+        Decoder::new(max, max as u64 * 16)
     }
 
     /// Feeds `wire` in chunks of `step` bytes, the way reads would, and lists what came out.
@@ -1045,7 +1070,11 @@ mod tests {
             rooms: None,
             exp: None,
         };
-        let conn = Conn::in_memory(ConnId::new(0, 0, 1), sink, &identity, 10);
+        let limits = FrameLimits {
+            max_message: 100,
+            hard_limit: 1600,
+        };
+        let conn = Conn::in_memory(ConnId::new(0, 0, 1), sink, &identity, 10, limits);
         conn.hold.set(1);
         conn.push_behind(head.clone(), Rc::new(Bytes::from_static(b"\x81\x02{}")));
         conn.begin_close(CloseCode::Internal);

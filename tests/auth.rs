@@ -319,11 +319,12 @@ async fn first_frame_connect_authenticates_without_a_token_in_the_url() {
     let server = first_frame_server();
     let addr = server.addr();
     let mut alice = Client::upgrade_only(addr, "alice").await;
+    // In one write, so the join always arrives with the connect frame.
     alice
-        .send_json(&json!({"type": "connect", "token": token_for("alice")}))
-        .await;
-    alice
-        .send_json(&json!({"type": "join", "room": "r", "id": 1}))
+        .send_batch(&[
+            json!({"type": "connect", "token": token_for("alice")}),
+            json!({"type": "join", "room": "r", "id": 1}),
+        ])
         .await;
     let welcome = alice.recv_type("welcome").await;
     assert_eq!(welcome["user"], "alice", "{welcome}");
@@ -343,6 +344,24 @@ async fn first_frame_connect_authenticates_without_a_token_in_the_url() {
         .await;
     assert_error(&reply, "bad_request", Some(&json!(2)));
     alice.ping().await;
+}
+
+/// The upgrade request, `connect` and a request, all in one TCP write: the server reads them
+/// together, and the request is served right after `welcome`.
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_and_a_request_in_the_upgrades_write_are_served() {
+    let server = first_frame_server();
+    let connect = json!({"type": "connect", "token": token_for("alice")}).to_string();
+    let mut wire = client_frame(0x81, connect.as_bytes());
+    wire.extend(client_frame(0x81, br#"{"type":"join","room":"r","id":1}"#));
+    let mut alice = RawWs::open(server.addr(), "/ws", &wire).await;
+    assert_eq!(alice.recv_json().await["type"], "welcome");
+    let ack = alice.recv_json().await;
+    assert_eq!(
+        (&ack["type"], &ack["id"]),
+        (&"ack".into(), &1.into()),
+        "{ack}"
+    );
 }
 
 /// A missing, bad, expired or late `connect` frame closes the connection with 4002, the reason

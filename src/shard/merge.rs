@@ -222,7 +222,14 @@ mod tests {
             exp: None,
         };
         let sink = crate::conn::MemorySink::default();
-        Rc::new(Conn::in_memory(ConnId::new(0, 0, 1), sink, &identity, 1))
+        let limits = crate::conn::FrameLimits::of(&crate::config::Config::default());
+        Rc::new(Conn::in_memory(
+            ConnId::new(0, 0, 1),
+            sink,
+            &identity,
+            1,
+            limits,
+        ))
     }
 
     fn held(first: u64, last: u64) -> Held {
