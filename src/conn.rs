@@ -311,6 +311,13 @@ impl Conn {
         Some(self.exp.get()).filter(|&e| e != 0)
     }
 
+    /// Whether the expiry passed more than `grace` seconds before `now_s`. Saturating: an
+    /// `exp` near 2^64 is a connection that never expires, not one that wrapped into the past.
+    pub fn expired(&self, now_s: u64, grace: u64) -> bool {
+        self.exp()
+            .is_some_and(|exp| exp.saturating_add(grace) <= now_s)
+    }
+
     /// A `refresh` moved the expiry (`None`: the new token has none).
     pub fn set_exp(&self, exp: Option<u64>) {
         self.exp.set(exp.unwrap_or(0));
@@ -1087,6 +1094,30 @@ mod tests {
             "then the close, not the frame queued behind the 101"
         );
         assert_eq!(u16::from_be_bytes([rest[2], rest[3]]), 1011);
+    }
+
+    #[test]
+    fn expiry_arithmetic_saturates() {
+        let identity = |exp| Identity {
+            user: Name::new("bo").unwrap(),
+            rooms: None,
+            exp,
+        };
+        let limits = FrameLimits {
+            max_message: 100,
+            hard_limit: 1600,
+        };
+        let conn = |exp| {
+            let sink = MemorySink::default();
+            Conn::in_memory(ConnId::new(0, 0, 1), sink, &identity(exp), 1, limits)
+        };
+        let now = 1_800_000_000;
+        assert!(!conn(Some(u64::MAX)).expired(now, 30));
+        assert!(!conn(Some(u64::MAX)).expired(u64::MAX - 1, u64::MAX));
+        assert!(!conn(Some(now - 29)).expired(now, 30), "inside the grace");
+        assert!(conn(Some(now - 30)).expired(now, 30));
+        assert!(!conn(Some(now - 30)).expired(now, u64::MAX));
+        assert!(!conn(None).expired(u64::MAX, 0), "no exp: never");
     }
 
     /// An `Rc<Conn>` (16 more bytes) must stay in mimalloc's 320-byte class: every idle

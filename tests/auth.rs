@@ -213,6 +213,36 @@ async fn token_expiring_on_an_open_connection_closes_4001() {
         .await;
 }
 
+/// An `exp` of 2^64 - 1 (the largest a JWT's `exp` can be read as here) is a connection that
+/// never expires: `exp + token_grace_secs` saturates instead of wrapping to a time long past
+/// (which closed the connection at the next heartbeat, or panicked the shard's tick with
+/// overflow checks on). The heartbeat keeps running: its pings arrive, and /readyz stays 200.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exp_at_u64_max_outlives_many_heartbeats() {
+    let server = TestServer::start(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.api = false;
+        c.heartbeat_ms = 50;
+    });
+    let token = mint(SECRET, &json!({"sub": "alice", "exp": u64::MAX}));
+    let mut alice = Client::connect_token(server.addr(), &token).await;
+    // Each heartbeat checks the expiry, then pings: five pings are five checks passed.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while alice.pings < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} pings in {TIMEOUT:?}",
+            alice.pings
+        );
+        if let Some(frame) = alice.next_within(Duration::from_millis(50)).await {
+            panic!("expected only pings, got {frame}");
+        }
+    }
+    alice.ping().await;
+    let ready = Http::connect(server.addr()).await.get("/readyz", &[]).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+}
+
 /// `refresh` with a new token of the same user moves the connection's expiry: it outlives its
 /// first token. A token of another user, or one that does not verify, is refused with a reply
 /// error and changes nothing.

@@ -328,7 +328,7 @@ impl Shard {
             }
             if c.missed.get() >= idle_limit {
                 self.close_conn(&c, CloseCode::Policy);
-            } else if c.exp().is_some_and(|exp| exp + grace <= now_s) {
+            } else if c.expired(now_s, grace) {
                 self.close_conn(&c, CloseCode::TokenExpired);
             } else {
                 let ping = self.ping.clone();
