@@ -274,6 +274,12 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_MAX_MESSAGE_SIZE", default_value_t = 65_536)]
     pub max_message_size: usize,
 
+    /// Deepest nesting of arrays and objects in a `publish` or `send` body (and the server
+    /// API's publish, send and broadcast bodies); deeper ones get `bad_request`. Bodies are
+    /// relayed as they are, and parsers that bound depth fail on deep ones. Default 64.
+    #[arg(long, env = "SHARDCAST_MAX_BODY_DEPTH", default_value_t = 64)]
+    pub max_body_depth: usize,
+
     /// permessage-deflate (RFC 7692): when set, connections whose client offers it negotiate it
     /// (with no context takeover either way), and data frames with at least this many payload
     /// bytes go out compressed, each once per shard for all its members. Default none: not
@@ -447,6 +453,7 @@ impl Default for Config {
             session_policy: SessionPolicy::Multi,
             max_connections_per_user: 16,
             max_message_size: 65_536,
+            max_body_depth: 64,
             compression_min_bytes: None,
             max_rooms_per_connection: 256,
             publish_rate: 50,
@@ -621,6 +628,9 @@ impl Config {
         }
         if self.max_message_size < 128 {
             return invalid("max_message_size must be at least 128 bytes");
+        }
+        if self.max_body_depth == 0 {
+            return invalid("max_body_depth must be at least 1");
         }
         if self.max_queue_bytes < self.max_message_size {
             return invalid("max_queue_bytes must be at least max_message_size");

@@ -306,6 +306,49 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
     Ok(Request { id, msg })
 }
 
+/// Checks that a `body` nests arrays and objects at most `max` deep (`max_body_depth`). The
+/// body is relayed as it is to every recipient, and parsers that bound depth (Python's `json`,
+/// serde_json's default) fail on deeper ones. `body` is valid JSON (serde_json checked it as
+/// a `RawValue`), so brackets inside strings are the only ones to skip. Cost: one pass over
+/// the bytes, no allocation.
+pub fn check_body_depth(body: &str, max: usize) -> Result<(), ReplyError> {
+    if nests_deeper(body.as_bytes(), max) {
+        return Err(ReplyError::new(
+            ErrorCode::BadRequest,
+            format!("body is nested more than {max} levels deep (max_body_depth); flatten it"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether arrays and objects in the JSON text `json` nest more than `max` deep.
+fn nests_deeper(json: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                // To the closing quote; an escape takes the byte after it (`\"` is an escaped
+                // backslash, then the end).
+                i += 1;
+                while i < json.len() && json[i] != b'"' {
+                    i += if json[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
 fn missing(field: &str) -> ReplyError {
     ReplyError::new(ErrorCode::BadRequest, format!("missing field `{field}`"))
 }
@@ -458,6 +501,34 @@ mod tests {
         assert!(!is_valid_name(b""));
         assert!(!is_valid_name(b"a b"));
         assert!(!is_valid_name("é".as_bytes()));
+    }
+
+    #[test]
+    fn body_depth_counts_brackets_outside_strings() {
+        let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        let deep = |body: &str, max| nests_deeper(body.as_bytes(), max);
+        assert!(!deep(&nested(64), 64), "exactly at the limit");
+        assert!(deep(&nested(65), 64), "one over");
+        assert!(
+            !deep("1", 0) && !deep(r#""[{""#, 0),
+            "scalars have no depth"
+        );
+        assert!(deep("[]", 0) && !deep("[]", 1));
+        assert!(deep(r#"{"a":{"b":[1]}}"#, 2) && !deep(r#"{"a":{"b":[1]}}"#, 3));
+        // Siblings do not add up: depth is the deepest path.
+        assert!(!deep(r#"[[1],[2],{"a":[3]},[4]]"#, 3) && deep(r#"[[1],{"a":[3]}]"#, 2));
+        // Brackets in strings, also behind escaped quotes and backslashes, are not nesting.
+        assert!(!deep(r#"["[[[{{{", "]]]"]"#, 1));
+        assert!(!deep(r#"["\"[[[", "\\", "x\\\"[["]"#, 1));
+        assert!(
+            deep(r#"["\\", [[1]]]"#, 2),
+            "a string ending in a backslash ends"
+        );
+        assert!(!deep(r#"{"k[{": "\u005b[", "v": ["]"]}"#, 2));
+        let err = check_body_depth(&nested(65), 64).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(err.message.contains("64") && err.message.contains("max_body_depth"));
+        assert!(check_body_depth(&nested(64), 64).is_ok());
     }
 
     #[test]

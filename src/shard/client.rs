@@ -306,6 +306,7 @@ impl Shard {
             ClientMessage::Leave { room } => self.leave(conn, room, &id),
             ClientMessage::Publish { room, body } => self
                 .member(conn, &room, "publishing to")
+                .and_then(|()| protocol::check_body_depth(body.get(), self.config.max_body_depth))
                 .and_then(|()| self.take_token(conn))
                 .map(|()| {
                     self.to_engine(EngineMsg::Publish {
@@ -315,14 +316,18 @@ impl Shard {
                         reply: reply_to(conn, &id),
                     })
                 }),
-            ClientMessage::Send { to, body } => self.take_token(conn).map(|()| {
-                self.to_engine(EngineMsg::Direct {
-                    to,
-                    from: conn.user.clone(),
-                    body: Bytes::copy_from_slice(body.get().as_bytes()),
-                    reply: reply_to(conn, &id),
-                })
-            }),
+            ClientMessage::Send { to, body } => {
+                protocol::check_body_depth(body.get(), self.config.max_body_depth)
+                    .and_then(|()| self.take_token(conn))
+                    .map(|()| {
+                        self.to_engine(EngineMsg::Direct {
+                            to,
+                            from: conn.user.clone(),
+                            body: Bytes::copy_from_slice(body.get().as_bytes()),
+                            reply: reply_to(conn, &id),
+                        })
+                    })
+            }
             ClientMessage::History {
                 room,
                 before,
