@@ -205,6 +205,14 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_TOKEN_GRACE_SECS", default_value_t = 30)]
     pub token_grace_secs: u64,
 
+    /// Refuse tokens without an `exp` claim, at connect and in `refresh`: a token that never
+    /// expires keeps its connections open for good once leaked or revoked. Only meaningful with
+    /// jwt_secret, jwt_public_key or jwks_url. With false such tokens are accepted, but a
+    /// `refresh` without `exp` is still refused on a connection that has an expiry (it cannot
+    /// take it off). Default true.
+    #[arg(long, env = "SHARDCAST_REQUIRE_EXP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub require_exp: bool,
+
     /// Let clients authenticate with a first frame `{"type":"connect","token":..}` instead of a
     /// token in the URL (which proxies log): an upgrade without credentials is accepted and
     /// must send that frame within first_frame_timeout_ms. Ignored in dev mode. Default false.
@@ -441,6 +449,7 @@ impl Default for Config {
             jwt_audience: None,
             jwt_issuer: None,
             token_grace_secs: 30,
+            require_exp: true,
             first_frame_auth: false,
             first_frame_timeout_ms: 5_000,
             allowed_origins: Vec::new(),

@@ -186,8 +186,10 @@ impl Io {
 pub struct Conn {
     pub id: ConnId,
     pub user: Name,
-    /// The token's `rooms` claim: the only rooms this connection may join.
-    pub allowed_rooms: Option<Box<[Name]>>,
+    /// The token's `rooms` claim: the only rooms this connection may join (`None`: any). A
+    /// `refresh` replaces it. A `Cell`, taken and put back to read: no borrow flag in every
+    /// `Conn`.
+    allowed_rooms: Cell<Option<Box<[Name]>>>,
     /// The token's `exp`, unix seconds (0: none); a `refresh` moves it. See `exp()`.
     exp: Cell<u64>,
     io: Io,
@@ -285,7 +287,7 @@ impl Conn {
         Conn {
             id,
             user: identity.user.clone(),
-            allowed_rooms: identity.rooms.clone().map(Vec::into_boxed_slice),
+            allowed_rooms: Cell::new(identity.rooms.clone().map(Vec::into_boxed_slice)),
             exp: Cell::new(identity.exp.unwrap_or(0)),
             io,
             deflate_min: None,
@@ -321,6 +323,19 @@ impl Conn {
     /// A `refresh` moved the expiry (`None`: the new token has none).
     pub fn set_exp(&self, exp: Option<u64>) {
         self.exp.set(exp.unwrap_or(0));
+    }
+
+    /// Whether the token's `rooms` claim allows `room` (no claim: any room).
+    pub fn may_join(&self, room: &Name) -> bool {
+        let allowed = self.allowed_rooms.take();
+        let ok = allowed.as_ref().is_none_or(|rooms| rooms.contains(room));
+        self.allowed_rooms.set(allowed);
+        ok
+    }
+
+    /// A `refresh` replaced the `rooms` claim.
+    pub fn allow_rooms(&self, rooms: Option<Vec<Name>>) {
+        self.allowed_rooms.set(rooms.map(Vec::into_boxed_slice));
     }
 
     /// The connection negotiated permessage-deflate; `min` is `compression_min_bytes`.

@@ -144,6 +144,14 @@ pub fn membership(joined: bool, room: &Name, user: &Name) -> Bytes {
     j.finish()
 }
 
+/// `{"type":"removed","room":R,"reason":M}`: the server took the connection out of room R.
+pub fn removed(room: &Name, reason: &str) -> Bytes {
+    let mut j = Json::new(48 + room.len() + reason.len());
+    j.raw(r#"{"type":"removed","room":"#).name(room);
+    j.raw(r#","reason":"#).escaped(reason).raw("}");
+    j.finish()
+}
+
 /// `{"type":"ack","id":I,"room":R[,"seq":N]}` or, for a direct message, `..."to":U,"seq":N}`.
 pub fn ack(id: Option<&ReqId>, target: Target<'_>, seq: Option<u64>) -> Bytes {
     let mut j = Json::new(128);

@@ -290,12 +290,9 @@ impl Shard {
                 self.enqueue(conn, &Rc::new(encode::pong(id.as_ref())));
                 Ok(())
             }
-            ClientMessage::Refresh { token } => self.take_token(conn).and_then(|()| {
-                let exp = self.auth.refresh(&conn.user, &token)?;
-                conn.set_exp(exp);
-                self.enqueue(conn, &Rc::new(encode::refreshed(id.as_ref(), exp)));
-                Ok(())
-            }),
+            ClientMessage::Refresh { token } => self
+                .take_token(conn)
+                .and_then(|()| self.refresh(conn, &token, id.as_ref())),
             ClientMessage::Connect { .. } => Err(ReplyError::new(
                 ErrorCode::BadRequest,
                 "already authenticated: connect is only valid as a connection's first frame",
@@ -375,9 +372,7 @@ impl Shard {
         since: (Option<u64>, Option<u64>),
         id: Option<ReqId>,
     ) -> Result<(), ReplyError> {
-        if let Some(allowed) = &conn.allowed_rooms
-            && !allowed.contains(&room)
-        {
+        if !conn.may_join(&room) {
             return Err(ReplyError::new(
                 ErrorCode::Forbidden,
                 format!("your token does not allow joining {room}"),
@@ -480,13 +475,43 @@ impl Shard {
     /// A `leave`. A join still pending is cancelled: its request (and any repeat) is answered
     /// with `cancelled` before the leave's ack, and its late answers are dropped by generation.
     fn leave(&mut self, conn: &Rc<Conn>, room: Name, id: &Option<ReqId>) -> Result<(), ReplyError> {
+        let cancelled = || {
+            ReplyError::new(
+                ErrorCode::Cancelled,
+                format!("left {room} before the join was done"),
+            )
+        };
+        if !self.quit_room(conn, &room, cancelled) {
+            return Err(not_member(&room, "leaving"));
+        }
+        self.enqueue(
+            conn,
+            &Rc::new(encode::ack(id.as_ref(), Target::Room(&room), None)),
+        );
+        self.to_engine(EngineMsg::Leave {
+            room,
+            user: conn.user.clone(),
+            conn: conn.id,
+        });
+        Ok(())
+    }
+
+    /// Takes the connection out of `room` on this shard: its entry, its place in the hub, and
+    /// a join still pending, whose request (and repeats) get `pending`'s error. Whether it was
+    /// in the room. The caller tells the engine.
+    fn quit_room(
+        &mut self,
+        conn: &Rc<Conn>,
+        room: &Name,
+        pending: impl FnOnce() -> ReplyError,
+    ) -> bool {
         let entry = {
             let mut rooms = conn.rooms.borrow_mut();
-            let i = rooms.iter().position(|e| e.room == room);
+            let i = rooms.iter().position(|e| e.room == *room);
             i.map(|i| rooms.swap_remove(i))
         };
         let Some(entry) = entry else {
-            return Err(not_member(&room, "leaving"));
+            return false;
         };
         self.hub_leave(conn, &entry);
         if let Some(j) = self.joins.remove(&entry.jgen) {
@@ -494,24 +519,56 @@ impl Shard {
                 conn.hold.set(conn.hold.get().saturating_sub(1));
                 self.mark_dirty(conn);
             }
-            let cancelled = ReplyError::new(
-                ErrorCode::Cancelled,
-                format!("left {room} before the join was done"),
-            );
+            let error = pending();
             for join_id in j.id.into_iter().chain(j.repeats) {
-                self.reply_error(conn, join_id.as_ref(), cancelled.clone());
+                self.reply_error(conn, join_id.as_ref(), error.clone());
             }
         }
-        self.enqueue(
-            conn,
-            &Rc::new(encode::ack(id.as_ref(), Target::Room(&room), None)),
-        );
-        let msg = EngineMsg::Leave {
-            room,
-            user: conn.user.clone(),
-            conn: conn.id,
-        };
-        self.to_engine(msg);
+        true
+    }
+
+    /// A `refresh`: the new token (same user) gives the connection its expiry and the rooms it
+    /// may be in. A room the new `rooms` claim leaves out is left as with `leave` (a pending
+    /// join of it is refused with `forbidden`), and the client gets `removed` for it, before
+    /// `refreshed`. A token without `exp` cannot take off an expiry the connection has.
+    fn refresh(
+        &mut self,
+        conn: &Rc<Conn>,
+        token: &str,
+        id: Option<&ReqId>,
+    ) -> Result<(), ReplyError> {
+        let max_rooms = self.config.max_rooms_per_connection;
+        let new = self.auth.refresh(&conn.user, token, max_rooms)?;
+        if new.exp.is_none() && conn.exp().is_some() {
+            return Err(ReplyError::new(
+                ErrorCode::Unauthorized,
+                "the token has no exp, and this connection expires: a refresh cannot remove \
+                 its expiry; send a token with an exp",
+            ));
+        }
+        conn.set_exp(new.exp);
+        conn.allow_rooms(new.rooms);
+        let gone: Vec<Name> = (conn.rooms.borrow().iter())
+            .filter(|e| !conn.may_join(&e.room))
+            .map(|e| e.room.clone())
+            .collect();
+        for room in gone {
+            let forbidden = || {
+                ReplyError::new(
+                    ErrorCode::Forbidden,
+                    format!("your refreshed token does not allow {room}"),
+                )
+            };
+            self.quit_room(conn, &room, forbidden);
+            let reason = "the refreshed token does not allow this room";
+            self.enqueue(conn, &Rc::new(encode::removed(&room, reason)));
+            self.to_engine(EngineMsg::Leave {
+                room,
+                user: conn.user.clone(),
+                conn: conn.id,
+            });
+        }
+        self.enqueue(conn, &Rc::new(encode::refreshed(id, new.exp)));
         Ok(())
     }
 
