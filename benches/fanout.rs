@@ -21,12 +21,20 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use shardcast::auth::Identity;
 use shardcast::config::{Config, Durability};
-use shardcast::conn::{Conn, Event, FrameLimits, MemorySink};
+use shardcast::conn::{Conn, Event, FrameLimits, MemorySink, Rates};
 use shardcast::msg::ConnId;
 use shardcast::persist::Persist;
 use shardcast::protocol::Name;
 use shardcast::router::{Inbox, Router};
 use shardcast::shard::Shard;
+
+/// Rate limits no bench reaches.
+const UNLIMITED: Rates = Rates {
+    requests: u32::MAX,
+    request_burst: u32::MAX,
+    reads: u32::MAX,
+    read_burst: u32::MAX,
+};
 
 fn identity(user: &str) -> Identity {
     Identity {
@@ -70,7 +78,7 @@ fn room(members: u64, conn: impl Fn(Conn) -> Conn) -> (Shard, Vec<Rc<Conn>>, Vec
                 conn_id,
                 MemorySink::default(),
                 &id,
-                u32::MAX,
+                &UNLIMITED,
                 FrameLimits::of(&Config::default()),
             )));
             shard.attach(&conn, &id, 0, Bytes::new());
@@ -198,7 +206,13 @@ fn coalesce(c: &mut Criterion) {
     });
     let stream = tokio::net::TcpStream::from_std(server).unwrap();
     let limits = FrameLimits::of(&Config::default());
-    let conn = Conn::new(ConnId::new(0, 0, 1), stream, &identity("bench"), 1, limits);
+    let conn = Conn::new(
+        ConnId::new(0, 0, 1),
+        stream,
+        &identity("bench"),
+        &UNLIMITED,
+        limits,
+    );
     let frame = Rc::new(Bytes::from(vec![b'x'; 100]));
 
     let mut g = c.benchmark_group("coalesce");

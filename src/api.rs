@@ -256,7 +256,14 @@ async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
             .await?;
             Ok(counted(n, nodes))
         }
-        Call::Presence(room) => ask_engine(ctx, |reply| EngineMsg::Presence { room, reply }).await,
+        Call::Presence(room) => {
+            ask_engine(ctx, |reply| EngineMsg::Presence {
+                room,
+                reply,
+                page: None,
+            })
+            .await
+        }
         Call::History {
             room,
             before,

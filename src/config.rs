@@ -303,14 +303,28 @@ pub struct Config {
     )]
     pub max_rooms_per_connection: usize,
 
-    /// Sustained requests that write or read the store (publish, send, history, sync) per second
-    /// per connection. Default 50.
+    /// Sustained requests per second per connection that write or read the store, or ask who is
+    /// in a room (publish, send, history, sync, presence, refresh). Default 50.
     #[arg(long, env = "SHARDCAST_PUBLISH_RATE", default_value_t = 50)]
     pub publish_rate: u32,
 
     /// Publishes a connection may make in a burst above the rate. Default 100.
     #[arg(long, env = "SHARDCAST_PUBLISH_BURST", default_value_t = 100)]
     pub publish_burst: u32,
+
+    /// Stored messages per second a connection may read, sustained: what `join` with `since`,
+    /// `history` and `sync` return and the offline messages at connect. A read is charged when
+    /// its answer comes; while the connection is in debt, the next one gets `rate_limited`.
+    /// Default 1000.
+    #[arg(long, env = "SHARDCAST_READ_RATE", default_value_t = 1_000)]
+    pub read_rate: u32,
+
+    /// Stored messages a connection may read in a burst above read_rate. Reads sent together
+    /// are all served before any is charged, so a reconnect that rejoins all its rooms with
+    /// `since` at once is never refused, however many rooms; the burst is what it may read
+    /// after that before the rate applies (ten full replays of 1000). Default 10000.
+    #[arg(long, env = "SHARDCAST_READ_BURST", default_value_t = 10_000)]
+    pub read_burst: u32,
 
     /// Unsent bytes a connection may have queued before it is closed as a slow consumer (4000).
     /// Default 1048576 (1 MiB).
@@ -467,6 +481,8 @@ impl Default for Config {
             max_rooms_per_connection: 256,
             publish_rate: 50,
             publish_burst: 100,
+            read_rate: 1_000,
+            read_burst: 10_000,
             max_queue_bytes: 1 << 20,
             max_total_queue_bytes: 1 << 30,
             presence_events: true,
@@ -646,6 +662,9 @@ impl Config {
         }
         if self.publish_rate == 0 || self.publish_burst == 0 {
             return invalid("publish_rate and publish_burst must be greater than 0");
+        }
+        if self.read_rate == 0 || self.read_burst == 0 {
+            return invalid("read_rate and read_burst must be greater than 0");
         }
         if self.max_connections_per_user == 0 || self.max_rooms_per_connection == 0 {
             return invalid("max_connections_per_user and max_rooms_per_connection must be > 0");

@@ -55,15 +55,42 @@ struct OutQueue {
     head_sent: usize,
 }
 
-/// A token bucket for publishes. 16 bytes (an `Instant` alone is 16): it is in every `Conn`.
+/// A connection's two rate limits, refilled from one clock reading: a token bucket of requests
+/// (`publish_rate`: publish, send, history, sync, presence, refresh) and a budget of stored
+/// messages read (`read_rate`: join replays, history, sync, the inbox at connect). 16 bytes (an
+/// `Instant` alone is 16): it is in every `Conn`.
 #[derive(Clone, Copy)]
-pub struct Bucket {
-    tokens: f32,
+pub struct Buckets {
+    requests: f32,
+    /// Goes below zero: a read is charged when its answer comes, for what it returned, and
+    /// the next one waits until this is back to zero (a debt, paid off at `read_rate`).
+    reads: f32,
     /// Microseconds since `epoch()`.
     last: u64,
 }
 
-/// The process's clock origin for `Bucket`.
+/// The rates and bursts of a connection's `Buckets`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rates {
+    pub requests: u32,
+    pub request_burst: u32,
+    /// Stored messages per second.
+    pub reads: u32,
+    pub read_burst: u32,
+}
+
+impl Rates {
+    pub fn of(config: &crate::config::Config) -> Rates {
+        Rates {
+            requests: config.publish_rate,
+            request_burst: config.publish_burst,
+            reads: config.read_rate,
+            read_burst: config.read_burst,
+        }
+    }
+}
+
+/// The process's clock origin for `Buckets`.
 fn epoch() -> std::time::Instant {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     *EPOCH.get_or_init(std::time::Instant::now)
@@ -73,26 +100,47 @@ fn micros_now() -> u64 {
     epoch().elapsed().as_micros() as u64
 }
 
-impl Bucket {
-    pub fn full(burst: u32) -> Bucket {
-        Bucket {
-            tokens: burst as f32,
+impl Buckets {
+    pub fn full(rates: &Rates) -> Buckets {
+        Buckets {
+            requests: rates.request_burst as f32,
+            reads: rates.read_burst as f32,
             last: micros_now(),
         }
     }
 
-    /// Takes one token if there is one.
-    pub fn take(&mut self, rate: u32, burst: u32) -> bool {
+    /// Adds what both buckets earned since the last call (one clock read).
+    fn refill(&mut self, r: &Rates) {
         let now = micros_now();
-        let refill = now.saturating_sub(self.last) as f64 / 1e6 * rate as f64;
-        self.tokens = (self.tokens as f64 + refill).min(burst as f64) as f32;
+        let secs = now.saturating_sub(self.last) as f64 / 1e6;
+        let fill = |have: f32, rate: u32, burst: u32| {
+            (have as f64 + secs * rate as f64).min(burst as f64) as f32
+        };
+        self.requests = fill(self.requests, r.requests, r.request_burst);
+        self.reads = fill(self.reads, r.reads, r.read_burst);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+    }
+
+    /// Takes one request token if there is one.
+    pub fn take_request(&mut self, r: &Rates) -> bool {
+        self.refill(r);
+        let ok = self.requests >= 1.0;
+        if ok {
+            self.requests -= 1.0;
         }
+        ok
+    }
+
+    /// Whether a read may start: the read budget is not in debt.
+    pub fn may_read(&mut self, r: &Rates) -> bool {
+        self.refill(r);
+        self.reads >= 0.0
+    }
+
+    /// A read returned `messages` stored messages.
+    pub fn charge_reads(&mut self, r: &Rates, messages: usize) {
+        self.refill(r);
+        self.reads -= messages as f32;
     }
 }
 
@@ -201,7 +249,7 @@ pub struct Conn {
     /// The client side's record of the rooms asked for (`shard::RoomEntry`), kept here for
     /// locality; this module never reads it.
     pub rooms: RefCell<Vec<crate::shard::RoomEntry>>,
-    pub rate: Cell<Bucket>,
+    pub rate: Cell<Buckets>,
     /// Set once the connection is being closed; nothing more is queued after the close frame.
     closing: Cell<Option<CloseCode>>,
     /// The socket failed or the peer went away; the task ends without a closing handshake.
@@ -266,10 +314,10 @@ impl Conn {
         id: ConnId,
         stream: TcpStream,
         identity: &Identity,
-        burst: u32,
+        rates: &Rates,
         limits: FrameLimits,
     ) -> Conn {
-        Conn::with_io(id, Io::Tcp(stream), identity, burst, limits)
+        Conn::with_io(id, Io::Tcp(stream), identity, rates, limits)
     }
 
     /// A connection whose output goes to `sink` and which never has input.
@@ -277,13 +325,19 @@ impl Conn {
         id: ConnId,
         sink: MemorySink,
         identity: &Identity,
-        burst: u32,
+        rates: &Rates,
         limits: FrameLimits,
     ) -> Conn {
-        Conn::with_io(id, Io::Memory(Box::new(sink)), identity, burst, limits)
+        Conn::with_io(id, Io::Memory(Box::new(sink)), identity, rates, limits)
     }
 
-    fn with_io(id: ConnId, io: Io, identity: &Identity, burst: u32, limits: FrameLimits) -> Conn {
+    fn with_io(
+        id: ConnId,
+        io: Io,
+        identity: &Identity,
+        rates: &Rates,
+        limits: FrameLimits,
+    ) -> Conn {
         Conn {
             id,
             user: identity.user.clone(),
@@ -294,7 +348,7 @@ impl Conn {
             out: RefCell::default(),
             read: RefCell::new(Decoder::new(limits.max_message, limits.hard_limit)),
             rooms: RefCell::default(),
-            rate: Cell::new(Bucket::full(burst)),
+            rate: Cell::new(Buckets::full(rates)),
             closing: Cell::new(None),
             broken: Cell::new(false),
             detached: Cell::new(false),
@@ -1096,7 +1150,8 @@ mod tests {
             max_message: 100,
             hard_limit: 1600,
         };
-        let conn = Conn::in_memory(ConnId::new(0, 0, 1), sink, &identity, 10, limits);
+        let rates = Rates::of(&crate::config::Config::default());
+        let conn = Conn::in_memory(ConnId::new(0, 0, 1), sink, &identity, &rates, limits);
         conn.hold.set(1);
         conn.push_behind(head.clone(), Rc::new(Bytes::from_static(b"\x81\x02{}")));
         conn.begin_close(CloseCode::Internal);
@@ -1124,7 +1179,8 @@ mod tests {
         };
         let conn = |exp| {
             let sink = MemorySink::default();
-            Conn::in_memory(ConnId::new(0, 0, 1), sink, &identity(exp), 1, limits)
+            let rates = Rates::of(&crate::config::Config::default());
+            Conn::in_memory(ConnId::new(0, 0, 1), sink, &identity(exp), &rates, limits)
         };
         let now = 1_800_000_000;
         assert!(!conn(Some(u64::MAX)).expired(now, 30));
@@ -1140,13 +1196,38 @@ mod tests {
     #[test]
     fn conn_stays_small() {
         assert!(std::mem::size_of::<Conn>() + 16 <= 320);
-        assert!(std::mem::size_of::<Bucket>() <= 16);
+        assert!(std::mem::size_of::<Buckets>() <= 16);
     }
 
     #[test]
-    fn bucket_allows_burst_then_rate() {
-        let mut b = Bucket::full(3);
-        assert!((0..3).all(|_| b.take(1, 3)));
-        assert!(!b.take(1, 3));
+    fn requests_have_a_burst_then_the_rate() {
+        let r = rates(1, 3, 1, 1);
+        let mut b = Buckets::full(&r);
+        assert!((0..3).all(|_| b.take_request(&r)));
+        assert!(!b.take_request(&r));
+    }
+
+    fn rates(requests: u32, request_burst: u32, reads: u32, read_burst: u32) -> Rates {
+        Rates {
+            requests,
+            request_burst,
+            reads,
+            read_burst,
+        }
+    }
+
+    #[test]
+    fn reads_are_charged_after_the_fact_and_wait_out_the_debt() {
+        let r = rates(1, 1, 1, 10);
+        let mut b = Buckets::full(&r);
+        assert!(b.may_read(&r));
+        b.charge_reads(&r, 25);
+        assert!(!b.may_read(&r), "15 in debt");
+        assert!(b.take_request(&r), "requests are a bucket of their own");
+        // A read budget that refills fast: the debt is paid off.
+        let fast = rates(1, 1, 1_000_000, 10);
+        b.charge_reads(&fast, 0);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(b.may_read(&fast));
     }
 }

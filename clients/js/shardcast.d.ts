@@ -117,6 +117,7 @@ export class Client {
   leave(room: string): Promise<Ack>;
   publish(room: string, body: Json): Promise<Ack>;
   send(to: string, body: Json): Promise<Ack>;
+  /** Every user in the room, sorted (paged from the server 1000 at a time). */
   presence(room: string): Promise<string[]>;
   history(room: string, options?: { before?: number; limit?: number }): Promise<Page>;
   sync(since: number): Promise<Page>;

@@ -151,9 +151,19 @@ export class Client {
     return this.request({ type: "send", to, body });
   }
 
-  /** Resolves with the users online in `room`. */
+  /** Resolves with the users online in `room`, sorted. The server answers in pages (each
+   * a request against the rate limit); this asks for 1000 at a time until the last. */
   async presence(room) {
-    return (await this.request({ type: "presence", room })).users;
+    const users = [];
+    let after;
+    for (;;) {
+      const frame = { type: "presence", room, limit: 1000 };
+      if (after !== undefined) frame.after = after;
+      const page = await this.request(frame);
+      users.push(...page.users);
+      if (!page.more || page.users.length === 0) return users;
+      after = page.users[page.users.length - 1];
+    }
   }
 
   /** Sends a new token for this connection's user; resolves with {exp}. It becomes the token

@@ -23,6 +23,10 @@ pub const MAX_ID_LEN: usize = 64;
 pub const MAX_HISTORY_LIMIT: usize = 100;
 /// A `history` request's page size when it gives no `limit`.
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
+/// Most users one `presence` reply may carry (the contract's limit, not a tunable).
+pub const MAX_PRESENCE_LIMIT: usize = 1000;
+/// A `presence` request's page size when it gives no `limit`.
+pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
 
 /// A validated room name or user id: 1–128 bytes of `[A-Za-z0-9_.:@-]`. Because the alphabet
 /// needs no JSON escaping, encoders splice names into frames as they are.
@@ -148,8 +152,11 @@ pub enum ClientMessage<'a> {
         to: Name,
         body: &'a RawValue,
     },
+    /// One page of who is in the room: the users after `after` (byte order), at most `limit`.
     Presence {
         room: Name,
+        after: Option<Name>,
+        limit: usize,
     },
     /// Stored messages before `before` (all if `None`), newest first, at most `limit`.
     History {
@@ -203,6 +210,8 @@ struct Envelope<'a> {
     limit: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    after: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -252,6 +261,16 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
         })
         .transpose()
     };
+    let limit = |raw: Option<&RawValue>, default: usize, max: usize| {
+        let limit = int("limit", raw)?.unwrap_or(default as u64);
+        if !(1..=max as u64).contains(&limit) {
+            return Err(with_id(ReplyError::new(
+                ErrorCode::BadRequest,
+                format!("`limit` must be 1 to {max}"),
+            )));
+        }
+        Ok(limit as usize)
+    };
     let msg = match &*ty {
         "join" => ClientMessage::Join {
             room: name("room", env.room)?,
@@ -271,21 +290,14 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
         },
         "presence" => ClientMessage::Presence {
             room: name("room", env.room)?,
+            after: env.after.map(|a| name("after", Some(a))).transpose()?,
+            limit: limit(env.limit, DEFAULT_PRESENCE_LIMIT, MAX_PRESENCE_LIMIT)?,
         },
-        "history" => {
-            let limit = int("limit", env.limit)?.unwrap_or(DEFAULT_HISTORY_LIMIT as u64);
-            if !(1..=MAX_HISTORY_LIMIT as u64).contains(&limit) {
-                return Err(with_id(ReplyError::new(
-                    ErrorCode::BadRequest,
-                    format!("`limit` must be 1 to {MAX_HISTORY_LIMIT}"),
-                )));
-            }
-            ClientMessage::History {
-                room: name("room", env.room)?,
-                before: int("before", env.before)?,
-                limit: limit as usize,
-            }
-        }
+        "history" => ClientMessage::History {
+            room: name("room", env.room)?,
+            before: int("before", env.before)?,
+            limit: limit(env.limit, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?,
+        },
         "sync" => ClientMessage::Sync {
             since: int("since", env.since)?.ok_or_else(|| with_id(missing("since")))?,
         },
@@ -470,6 +482,50 @@ mod tests {
             let e = err(text);
             assert_eq!(e.error.code, ErrorCode::BadRequest, "{text}");
             assert_eq!(e.id.unwrap().as_json(), "1", "{text}");
+        }
+    }
+
+    #[test]
+    fn presence_takes_a_page() {
+        match parse(r#"{"type":"presence","room":"r"}"#).unwrap().msg {
+            ClientMessage::Presence { after, limit, .. } => {
+                assert_eq!((after, limit), (None, DEFAULT_PRESENCE_LIMIT))
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(r#"{"type":"presence","room":"r","after":"bo","limit":1000}"#)
+            .unwrap()
+            .msg
+        {
+            ClientMessage::Presence { after, limit, .. } => {
+                assert_eq!((after.as_deref(), limit), (Some("bo"), 1000))
+            }
+            other => panic!("{other:?}"),
+        }
+        for (text, code) in [
+            (
+                r#"{"type":"presence","room":"r","limit":1001,"id":1}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"presence","room":"r","limit":0,"id":1}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"presence","room":"r","after":5,"id":1}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"presence","room":"r","after":"a b","id":1}"#,
+                ErrorCode::InvalidName,
+            ),
+        ] {
+            let e = err(text);
+            assert_eq!(
+                (e.error.code, e.id.unwrap().as_json()),
+                (code, "1"),
+                "{text}"
+            );
         }
     }
 

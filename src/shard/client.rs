@@ -13,10 +13,10 @@ use tokio::sync::oneshot;
 
 use super::{Shard, Verdict, reply_to};
 use crate::auth::Identity;
-use crate::conn::{Conn, Event};
+use crate::conn::{Conn, Event, Rates};
 use crate::error::{CloseCode, ErrorCode, ReplyError};
 use crate::metrics::Disconnect;
-use crate::msg::{ConnId, EngineMsg, JoinGen, ReplyTo};
+use crate::msg::{ConnId, EngineMsg, JoinGen, PresencePage, ReplyTo};
 use crate::persist::{Op, Read};
 use crate::protocol::encode::{self, Target};
 use crate::protocol::{self, ClientMessage, Name, ReqId, Request};
@@ -331,6 +331,7 @@ impl Shard {
                 limit,
             } => self
                 .member(conn, &room, "reading the history of")
+                .and_then(|()| self.may_read(conn))
                 .and_then(|()| self.take_token(conn))
                 .map(|()| {
                     self.queue_store_op(Op::Read(Read::History {
@@ -340,21 +341,26 @@ impl Shard {
                         limit,
                     }))
                 }),
-            ClientMessage::Sync { since } => self.take_token(conn).map(|()| {
-                self.queue_store_op(Op::Read(Read::Sync {
-                    user: conn.user.clone(),
-                    reply: reply_to(conn, &id),
-                    since,
-                }))
-            }),
-            ClientMessage::Presence { room } => {
-                self.member(conn, &room, "asking who is in").map(|()| {
+            ClientMessage::Sync { since } => self
+                .may_read(conn)
+                .and_then(|()| self.take_token(conn))
+                .map(|()| {
+                    self.queue_store_op(Op::Read(Read::Sync {
+                        user: conn.user.clone(),
+                        reply: reply_to(conn, &id),
+                        since,
+                    }))
+                }),
+            ClientMessage::Presence { room, after, limit } => self
+                .member(conn, &room, "asking who is in")
+                .and_then(|()| self.take_token(conn))
+                .map(|()| {
                     self.to_engine(EngineMsg::Presence {
                         room,
                         reply: reply_to(conn, &id),
+                        page: Some(PresencePage { after, limit }),
                     })
-                })
-            }
+                }),
         };
         if let Err(e) = result {
             self.reply_error(conn, id.as_ref(), e);
@@ -406,6 +412,9 @@ impl Shard {
                         ErrorCode::Forbidden,
                         format!("a connection may be in at most {max} rooms"),
                     ));
+                }
+                if since.0.is_some() {
+                    self.may_read(conn)?;
                 }
                 self.start_join(conn, room, Some(id), since);
             }
@@ -613,19 +622,52 @@ impl Shard {
     }
 
     fn take_token(&self, conn: &Conn) -> Result<(), ReplyError> {
-        let mut bucket = conn.rate.get();
-        let ok = bucket.take(self.config.publish_rate, self.config.publish_burst);
-        conn.rate.set(bucket);
+        let mut buckets = conn.rate.get();
+        let ok = buckets.take_request(&Rates::of(&self.config));
+        conn.rate.set(buckets);
         if ok {
             Ok(())
         } else {
             Err(ReplyError::new(
                 ErrorCode::RateLimited,
                 format!(
-                    "over {} requests per second (publish, send, history, sync); this one was dropped",
+                    "over {} requests per second (publish, send, history, sync, presence, \
+                     refresh); this one was dropped",
                     self.config.publish_rate
                 ),
             ))
+        }
+    }
+
+    /// A read (`join` with `since`, `history`, `sync`) may start unless the connection's read
+    /// budget is in debt; it is charged when its answer comes (`charge_reads`).
+    fn may_read(&self, conn: &Conn) -> Result<(), ReplyError> {
+        let mut buckets = conn.rate.get();
+        let ok = buckets.may_read(&Rates::of(&self.config));
+        conn.rate.set(buckets);
+        if ok {
+            Ok(())
+        } else {
+            Err(ReplyError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "over {} stored messages read per second (join with since, history, sync); \
+                     this read was dropped: wait, then ask again",
+                    self.config.read_rate
+                ),
+            ))
+        }
+    }
+
+    /// A read's answer reached connection `conn` with `messages` stored messages.
+    pub(super) fn charge_reads(&self, conn: ConnId, messages: usize) {
+        if messages == 0 {
+            return;
+        }
+        if let Some(c) = self.conns.get(&conn) {
+            let mut buckets = c.rate.get();
+            buckets.charge_reads(&Rates::of(&self.config), messages);
+            c.rate.set(buckets);
         }
     }
 
@@ -636,9 +678,10 @@ impl Shard {
 
     /// An answer from the engine or the store: a frame for a connection, or an API call's
     /// result.
-    pub(super) fn reply(&mut self, to: ReplyTo, result: Result<Bytes, ReplyError>) {
+    pub(super) fn reply(&mut self, to: ReplyTo, result: Result<Bytes, ReplyError>, read: u32) {
         match to {
             ReplyTo::Conn { conn, id } => {
+                self.charge_reads(conn, read as usize);
                 let Some(c) = self.conns.get(&conn).cloned() else {
                     return;
                 };

@@ -614,6 +614,68 @@ impl Client {
         users
     }
 
+    /// One page of the `presence` query: the users after `after`, at most `limit` (the server's
+    /// default if `None`), and `more`. Checks the page is sorted and within its limit.
+    pub async fn presence_page(
+        &mut self,
+        room: &str,
+        after: Option<&str>,
+        limit: Option<u64>,
+    ) -> (Vec<String>, bool) {
+        let mut frame = json!({"type": "presence", "room": room});
+        if let Some(after) = after {
+            frame["after"] = json!(after);
+        }
+        if let Some(limit) = limit {
+            frame["limit"] = json!(limit);
+        }
+        let reply = self.call(frame).await;
+        assert_eq!(reply["type"], "presence", "{}: reply {reply}", self.name);
+        let users: Vec<String> = reply["users"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: presence without users: {reply}", self.name))
+            .iter()
+            .map(|u| u.as_str().expect("user ids are strings").to_string())
+            .collect();
+        let more = reply["more"]
+            .as_bool()
+            .unwrap_or_else(|| panic!("{}: presence without a boolean more: {reply}", self.name));
+        assert!(users.is_sorted(), "{}: an unsorted page {reply}", self.name);
+        assert!(
+            users.len() as u64 <= limit.unwrap_or(100),
+            "{}: {} users over the limit {limit:?}",
+            self.name,
+            users.len()
+        );
+        (users, more)
+    }
+
+    /// Every user of `room`, paged `limit` at a time with `after`: each page within its limit,
+    /// and each user on exactly one page. Returns the users and the number of pages.
+    pub async fn presence_all(&mut self, room: &str, limit: u64) -> (Vec<String>, usize) {
+        let (mut all, mut pages) = (Vec::new(), 0);
+        let mut after: Option<String> = None;
+        loop {
+            let (page, more) = self
+                .presence_page(room, after.as_deref(), Some(limit))
+                .await;
+            pages += 1;
+            if let (Some(last), Some(first)) = (all.last(), page.first()) {
+                assert!(first > last, "{}: pages overlap at {first}", self.name);
+            }
+            after = page.last().cloned();
+            all.extend(page);
+            if !more {
+                return (all, pages);
+            }
+            assert!(
+                after.is_some(),
+                "{}: an empty page with more:true",
+                self.name
+            );
+        }
+    }
+
     /// Sends `frame` (adding a fresh `id` if it has none) and reads up to the reply that echoes
     /// that id, for when other frames (live messages, a replay) may come first. Returns those
     /// other frames, in order, and the reply.

@@ -247,6 +247,7 @@ test("refresh: rooms the new token leaves out are removed and not rejoined", asy
   assert.equal(reply.exp, exp);
   assert.equal((await removed).room, "b");
   assert.deepEqual([...w.rooms.keys()], ["a"]);
+  assert.deepEqual(await w.presence("a"), ["w"]);
   // A reconnect rejoins "a" only, with the refreshed token.
   const recovery = waitFor(w, "recovery");
   p.cut();
