@@ -48,6 +48,14 @@ async fn token_in_query_or_bearer_header() {
     assert_eq!(assert_dm(&got, "alice", "bob", &json!("hi")), seq);
 }
 
+/// A `refresh` with `token` gets `unauthorized`, with a message about `exp`.
+async fn refresh_refused_for_exp(c: &mut Client, token: String) {
+    let reply = c.call(json!({"type": "refresh", "token": token})).await;
+    assert_error(&reply, "unauthorized", reply.get("id"));
+    let message = reply["message"].as_str().unwrap();
+    assert!(message.contains("exp"), "{reply}");
+}
+
 /// `require_exp` (default true): a token without `exp` is refused at connect, in a `connect`
 /// frame and in a `refresh`. With it off such a token is accepted, but a `refresh` without `exp`
 /// still cannot take the expiry off a connection that has one.
@@ -64,14 +72,7 @@ async fn tokens_without_exp_are_refused_unless_require_exp_is_off() {
         r.raw_body
     );
     let mut alice = Client::connect_token(addr, &token_for("alice")).await;
-    let reply = alice
-        .call(json!({"type": "refresh", "id": 1, "token": forever("alice")}))
-        .await;
-    assert_error(&reply, "unauthorized", Some(&json!(1)));
-    assert!(
-        reply["message"].as_str().unwrap().contains("exp"),
-        "{reply}"
-    );
+    refresh_refused_for_exp(&mut alice, forever("alice")).await;
     let later = now_secs() + 7200;
     let reply = alice
         .call(json!({"type": "refresh", "id": 2, "token": mint(SECRET, &json!({"sub": "alice", "exp": later}))}))
@@ -90,14 +91,7 @@ async fn tokens_without_exp_are_refused_unless_require_exp_is_off() {
         .await;
     assert_eq!(reply, json!({"type": "refreshed", "id": 1}));
     let mut dave = Client::connect_token(addr, &token_for("dave")).await;
-    let reply = dave
-        .call(json!({"type": "refresh", "id": 1, "token": forever("dave")}))
-        .await;
-    assert_error(&reply, "unauthorized", Some(&json!(1)));
-    assert!(
-        reply["message"].as_str().unwrap().contains("exp"),
-        "{reply}"
-    );
+    refresh_refused_for_exp(&mut dave, forever("dave")).await;
     dave.ping().await;
 }
 

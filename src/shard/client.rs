@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::{Shard, Verdict, reply_to};
 use crate::auth::Identity;
-use crate::conn::{Conn, Event, Rates};
+use crate::conn::{Buckets, Conn, Event, Rates};
 use crate::error::{CloseCode, ErrorCode, ReplyError};
 use crate::metrics::Disconnect;
 use crate::msg::{ConnId, EngineMsg, JoinGen, PresencePage, ReplyTo};
@@ -621,53 +621,48 @@ impl Shard {
         }
     }
 
-    fn take_token(&self, conn: &Conn) -> Result<(), ReplyError> {
+    /// Applies `f` to the connection's rate limits.
+    fn buckets<R>(&self, conn: &Conn, f: impl FnOnce(&mut Buckets, &Rates) -> R) -> R {
         let mut buckets = conn.rate.get();
-        let ok = buckets.take_request(&Rates::of(&self.config));
+        let r = f(&mut buckets, &Rates::of(&self.config));
         conn.rate.set(buckets);
-        if ok {
-            Ok(())
-        } else {
-            Err(ReplyError::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "over {} requests per second (publish, send, history, sync, presence, \
-                     refresh); this one was dropped",
-                    self.config.publish_rate
-                ),
-            ))
+        r
+    }
+
+    fn take_token(&self, conn: &Conn) -> Result<(), ReplyError> {
+        if self.buckets(conn, Buckets::take_request) {
+            return Ok(());
         }
+        Err(ReplyError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "over {} requests per second (publish, send, history, sync, presence, \
+                 refresh); this one was dropped",
+                self.config.publish_rate
+            ),
+        ))
     }
 
     /// A read (`join` with `since`, `history`, `sync`) may start unless the connection's read
     /// budget is in debt; it is charged when its answer comes (`charge_reads`).
     fn may_read(&self, conn: &Conn) -> Result<(), ReplyError> {
-        let mut buckets = conn.rate.get();
-        let ok = buckets.may_read(&Rates::of(&self.config));
-        conn.rate.set(buckets);
-        if ok {
-            Ok(())
-        } else {
-            Err(ReplyError::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "over {} stored messages read per second (join with since, history, sync); \
-                     this read was dropped: wait, then ask again",
-                    self.config.read_rate
-                ),
-            ))
+        if self.buckets(conn, Buckets::may_read) {
+            return Ok(());
         }
+        Err(ReplyError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "over {} stored messages read per second (join with since, history, sync); \
+                 this read was dropped: wait, then ask again",
+                self.config.read_rate
+            ),
+        ))
     }
 
     /// A read's answer reached connection `conn` with `messages` stored messages.
     pub(super) fn charge_reads(&self, conn: ConnId, messages: usize) {
-        if messages == 0 {
-            return;
-        }
-        if let Some(c) = self.conns.get(&conn) {
-            let mut buckets = c.rate.get();
-            buckets.charge_reads(&Rates::of(&self.config), messages);
-            c.rate.set(buckets);
+        if let Some(c) = self.conns.get(&conn).filter(|_| messages > 0) {
+            self.buckets(c, |b, rates| b.charge_reads(rates, messages));
         }
     }
 
