@@ -330,17 +330,38 @@ pub struct Config {
     pub max_batch_delay_ms: u64,
 
     /// Time a new TCP connection has to send its complete HTTP request headers (the WebSocket
-    /// upgrade or an API call), and an idle keep-alive connection its next request, in
-    /// milliseconds; then it is closed. Default 10000.
+    /// upgrade or an API call), and a keep-alive connection, from its last response, its next
+    /// request's headers, in milliseconds; then it is closed. A response whose write makes no
+    /// progress for this long (a client that does not read) closes its connection too.
+    /// Default 10000.
     #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
 
-    /// Most connections each shard keeps in their HTTP phase (handshakes not yet upgraded, API
-    /// keep-alive connections, and with `first_frame_auth` upgrades whose `connect` frame has
-    /// not been read). While the accepting shard is at it, new connections wait in the
-    /// listen backlog; one handed to another shard over it is closed at once. Default 1024.
+    /// Most handshakes each shard serves at once: new connections until their first response,
+    /// keep-alive connections from the first byte of a request until its response is written,
+    /// upgrades until they are admitted, and with `first_frame_auth` until their `connect`
+    /// frame is read. Idle keep-alive connections do not count (max_keepalive_connections).
+    /// While the accepting shard is at it, new connections wait in the listen backlog; one
+    /// handed to another shard over it is closed at once. Default 1024.
     #[arg(long, env = "SHARDCAST_MAX_HANDSHAKES", default_value_t = 1_024)]
     pub max_handshakes: usize,
+
+    /// Most idle keep-alive HTTP connections (between two requests) each shard keeps. At the
+    /// cap, responses carry `Connection: close` and the server closes the connection after
+    /// them. Default 1024; 0 = no keep-alive.
+    #[arg(
+        long,
+        env = "SHARDCAST_MAX_KEEPALIVE_CONNECTIONS",
+        default_value_t = 1_024
+    )]
+    pub max_keepalive_connections: usize,
+
+    /// How long an idle keep-alive HTTP connection may wait for the first byte of its next
+    /// request before the server closes it, in milliseconds (handshake_timeout_ms, which runs
+    /// from a response to the end of the next request's headers, closes it sooner if it is
+    /// shorter). Default 5000.
+    #[arg(long, env = "SHARDCAST_KEEPALIVE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub keepalive_timeout_ms: u64,
 
     /// Connections the kernel queues before they are accepted (listen backlog; the kernel caps
     /// it at net.core.somaxconn). A reconnect storm overflowing it costs clients a 1 s SYN
@@ -459,6 +480,8 @@ impl Default for Config {
             max_batch_delay_ms: 4,
             handshake_timeout_ms: 10_000,
             max_handshakes: 1_024,
+            max_keepalive_connections: 1_024,
+            keepalive_timeout_ms: 5_000,
             listen_backlog: 4_096,
             max_header_bytes: 16_384,
             transparent_huge_pages: false,
@@ -612,6 +635,12 @@ impl Config {
         }
         if self.handshake_timeout_ms == 0 || self.max_handshakes == 0 {
             return invalid("handshake_timeout_ms and max_handshakes must be greater than 0");
+        }
+        if self.keepalive_timeout_ms == 0 {
+            return invalid(
+                "keepalive_timeout_ms must be greater than 0; to turn keep-alive off, set \
+                 max_keepalive_connections to 0",
+            );
         }
         if self.max_header_bytes < 1024 {
             return invalid("max_header_bytes must be at least 1024");

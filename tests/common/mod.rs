@@ -1110,6 +1110,22 @@ impl Http {
         }
     }
 
+    /// Waits up to [`TIMEOUT`] for the server to close the connection, with nothing more sent.
+    pub async fn wait_closed(&mut self, why: &str) {
+        let mut rest = Vec::new();
+        match tokio::time::timeout(TIMEOUT, self.stream.read_to_end(&mut rest)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Ok(Err(e)) => panic!("{why}: read failed: {e}"),
+            Err(_) => panic!("{why}: the server did not close the connection within {TIMEOUT:?}"),
+        }
+        assert!(
+            rest.is_empty(),
+            "{why}: the server sent {:?} before closing",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+
     /// `GET path` with extra headers.
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> HttpReply {
         self.request("GET", path, headers, "").await
