@@ -12,7 +12,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, HeaderMap};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -91,6 +91,9 @@ async fn route(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Bytes, ApiError> 
         ));
     }
     authorize(&ctx.config, req.headers())?;
+    if req.method() == Method::POST && ctx.config.dev_mode() {
+        json_content_type(req.headers())?;
+    }
     let method = req.method().clone();
     let uri = req.uri().clone();
     let path = uri.path().trim_start_matches("/api/");
@@ -305,6 +308,26 @@ fn authorize(config: &Config, headers: &HeaderMap) -> Result<(), ApiError> {
             401,
             "unauthorized",
             "missing API key; send Authorization: apikey KEY",
+        )),
+    }
+}
+
+/// `Content-Type: application/json`, required of a POST in dev mode, where the API has no key:
+/// a page on another site can send a cross-site POST without a CORS preflight only as
+/// `text/plain`, a form or no type at all, and the preflight gets no CORS headers.
+fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let essence = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    match essence {
+        Some(t) if t.eq_ignore_ascii_case("application/json") => Ok(()),
+        _ => Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            "in dev mode the API takes only JSON bodies sent with Content-Type: application/json \
+             (so that a web page on another site cannot call it); add that header",
         )),
     }
 }

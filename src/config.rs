@@ -222,7 +222,8 @@ pub struct Config {
 
     /// Browser origins allowed to open a WebSocket, comma-separated; `*.` in a host matches any
     /// subdomain (`https://*.example.com`), and `*` alone any origin. Default none: only the
-    /// server's own host (Origin host = Host header), or any origin in dev mode. Requests
+    /// server's own host (Origin host = Host header), or in dev mode a loopback page
+    /// (http(s)://localhost, 127.0.0.1 or [::1], any port). Requests
     /// without an Origin header (non-browser clients) are always allowed.
     #[arg(long, env = "SHARDCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,

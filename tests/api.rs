@@ -251,6 +251,74 @@ async fn dev_mode_without_a_key_is_open_and_the_api_can_be_turned_off() {
     assert_api_error(&reply, 404, "not_found");
 }
 
+/// In dev mode the API has no key, so it takes bodies only as `Content-Type: application/json`,
+/// which a page on another site cannot send without a CORS preflight (issue 18, finding 8):
+/// the "simple" cross-site POSTs are refused with 415 and nothing is done, and the preflight
+/// gets no CORS headers.
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_mode_api_takes_only_json_bodies() {
+    let server = TestServer::default_config();
+    let addr = server.addr();
+    let mut member = dev(addr, "member").await;
+    let body = json!({"body": "from a web page"}).to_string();
+    let mut http = Http::connect(addr).await;
+    for content_type in [
+        Some("text/plain"),
+        Some("text/plain;charset=UTF-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let headers: Vec<_> = content_type
+            .map(|t| ("Content-Type", t))
+            .into_iter()
+            .collect();
+        let reply = http
+            .request("POST", "/api/broadcast", &headers, &body)
+            .await;
+        let json: Value = serde_json::from_str(&reply.body).expect("a JSON error");
+        let reply = Reply {
+            status: reply.status,
+            body: json,
+        };
+        assert_api_error(&reply, 415, "unsupported_media_type");
+    }
+    let preflight = http
+        .request(
+            "OPTIONS",
+            "/api/broadcast",
+            &[
+                ("Origin", "https://evil.example"),
+                ("Access-Control-Request-Method", "POST"),
+                ("Access-Control-Request-Headers", "content-type"),
+            ],
+            "",
+        )
+        .await;
+    assert!(
+        preflight
+            .headers
+            .iter()
+            .all(|(name, _)| !name.starts_with("access-control-")),
+        "the preflight must not be allowed: {preflight:?}"
+    );
+    // None of the refused calls reached the member: the first message is the first JSON one.
+    for content_type in ["application/json", "Application/JSON; charset=utf-8"] {
+        let body = json!({"body": content_type}).to_string();
+        let reply = http
+            .request(
+                "POST",
+                "/api/broadcast",
+                &[("Content-Type", content_type)],
+                &body,
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let got = member.recv_json().await;
+        assert_eq!(got["body"], content_type, "{got}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_input_gets_a_400_with_a_code() {
     let server = TestServer::start(|c| {
