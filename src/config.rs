@@ -238,6 +238,18 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
+    /// Key that /metrics requires (`Authorization: Bearer KEY`). Default none: /metrics answers
+    /// whoever reaches it.
+    #[arg(long, env = "SHARDCAST_METRICS_KEY", hide_env_values = true)]
+    pub metrics_key: Option<String>,
+
+    /// Address of a second listener that serves /metrics, /healthz and /readyz only, for a
+    /// scraper on a private network; the public listener then answers 404 for /metrics. Its
+    /// connections take no handshake slot, so a flood of the public listener does not stop
+    /// scrapes. Default none: /metrics is served on bind.
+    #[arg(long, env = "SHARDCAST_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
+
     /// Serve the web pages: the chat page at /, the operator page at /admin and the client
     /// library at /shardcast.js. Default true.
     #[arg(long, env = "SHARDCAST_WEB", default_value_t = true, action = clap::ArgAction::Set)]
@@ -462,6 +474,8 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             api: true,
             api_key: None,
+            metrics_key: None,
+            metrics_bind: None,
             web: true,
             log_format: LogFormat::Text,
             heartbeat_ms: 25_000,
@@ -584,6 +598,15 @@ impl Config {
         }
         if matches!(&self.api_key, Some(k) if k.is_empty()) {
             return invalid("api_key is empty; give a real key or leave it unset");
+        }
+        if matches!(&self.metrics_key, Some(k) if k.is_empty()) {
+            return invalid("metrics_key is empty; give a real key or leave it unset");
+        }
+        if self
+            .metrics_bind
+            .is_some_and(|m| m == self.bind && m.port() != 0)
+        {
+            return invalid("metrics_bind must differ from bind: it is a second listener");
         }
         if self.api && self.api_key.is_none() && !self.dev_mode() {
             return invalid(
@@ -835,6 +858,22 @@ mod tests {
             c.allowed_origins,
             ["https://a.example", "https://*.b.example"]
         );
+    }
+
+    #[test]
+    fn metrics_key_must_not_be_empty_and_metrics_bind_is_a_second_address() {
+        let err = load(&["--metrics-key", ""], None).unwrap_err();
+        assert!(err.to_string().contains("metrics_key is empty"), "{err}");
+        let same = [
+            "--bind",
+            "127.0.0.1:9000",
+            "--metrics-bind",
+            "127.0.0.1:9000",
+        ];
+        let err = load(&same, None).unwrap_err();
+        assert!(err.to_string().contains("metrics_bind"), "{err}");
+        let ok = load(&["--metrics-bind", "127.0.0.1:9100"], None).unwrap();
+        assert_eq!(ok.metrics_bind, Some("127.0.0.1:9100".parse().unwrap()));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
     AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, HeaderValue, ORIGIN, SEC_WEBSOCKET_EXTENSIONS,
+    WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -122,18 +123,11 @@ async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, 
     let mut response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => websocket(ctx, req).await.unwrap_or_else(|e| error(&e)),
         (&Method::GET, "/echo") if ctx.config.echo => crate::echo::upgrade(ctx, req),
-        (&Method::GET, "/healthz") => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
-        (&Method::GET, "/readyz") => match ctx.health.unready() {
-            None => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
-            Some(why) => json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why),
-        },
-        (&Method::GET, "/metrics") => {
-            let text = crate::metrics::gather(&ctx).await.prometheus();
-            let mut response = Response::new(Full::new(Bytes::from(text)));
-            let v = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
-            response.headers_mut().insert(CONTENT_TYPE, v);
-            response
+        // With `metrics_bind`, /metrics is on that listener only.
+        (&Method::GET, "/metrics") if config.metrics_bind.is_some() => {
+            error(&HandshakeError::NotFound)
         }
+        (&Method::GET, "/healthz" | "/readyz" | "/metrics") => operator(&ctx, &req).await,
         (_, path) if path.starts_with("/api/") => crate::api::handle(ctx, req).await,
         (&Method::GET, path) if ctx.config.web => {
             crate::web::asset(path).unwrap_or_else(|| error(&HandshakeError::NotFound))
@@ -146,6 +140,68 @@ async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, 
         response.headers_mut().insert(CONNECTION, close);
     }
     Ok(response)
+}
+
+/// Liveness (`/healthz`), readiness (`/readyz`) and `/metrics` (behind `metrics_key`, if set),
+/// on either listener; any other path is 404.
+async fn operator(ctx: &Rc<Ctx>, req: &Request<Incoming>) -> Response<Body> {
+    let ok = || Response::new(Full::new(Bytes::from_static(b"ok\n")));
+    match req.uri().path() {
+        "/healthz" => ok(),
+        "/readyz" => match ctx.health.unready() {
+            None => ok(),
+            Some(why) => json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why),
+        },
+        "/metrics" => {
+            if let Some(key) = &ctx.config.metrics_key {
+                let given = req
+                    .headers()
+                    .get(AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                if !given
+                    .is_some_and(|g| crate::api::constant_time_eq(g.as_bytes(), key.as_bytes()))
+                {
+                    let why = "missing or wrong metrics key; send Authorization: Bearer KEY";
+                    let mut refused = json_error(StatusCode::UNAUTHORIZED, "unauthorized", why);
+                    let challenge = HeaderValue::from_static("Bearer realm=\"metrics\"");
+                    refused.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+                    return refused;
+                }
+            }
+            let text = crate::metrics::gather(ctx).await.prometheus();
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            let v = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+            response.headers_mut().insert(CONTENT_TYPE, v);
+            response
+        }
+        _ => error(&HandshakeError::NotFound),
+    }
+}
+
+/// Serves a connection of the metrics listener (`metrics_bind`): the `operator` routes, GET
+/// only. It takes no handshake slot: scrapes go on while the public listener is full. hyper's
+/// header timer (`handshake_timeout_ms`, which also runs between requests) closes idle ones.
+pub async fn serve_metrics(ctx: Rc<Ctx>, stream: TcpStream) {
+    let timeout = Duration::from_millis(ctx.config.handshake_timeout_ms);
+    let header_limit = ctx.config.max_header_bytes;
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let ctx = ctx.clone();
+        async move {
+            Ok::<_, Infallible>(match *req.method() {
+                Method::GET => operator(&ctx, &req).await,
+                _ => error(&HandshakeError::NotFound),
+            })
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_header_size(header_limit)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "metrics connection ended with an error");
+    }
 }
 
 /// `{"code":..,"message":..}` with the error's status.

@@ -38,7 +38,8 @@ enum Command {
     /// secret comes from --jwt-secret, SHARDCAST_JWT_SECRET or the jwt_secret of --config FILE,
     /// in that order.
     Token(TokenArgs),
-    /// Print the effective configuration as TOML, with jwt_secret and api_key shown as "***".
+    /// Print the effective configuration as TOML, with jwt_secret, api_key and metrics_key shown
+    /// as "***".
     ///
     /// It layers the same sources as `serve` (defaults, --config FILE, SHARDCAST_* variables,
     /// flags) and refuses what `serve` would refuse. With --default it prints instead a

@@ -274,6 +274,8 @@ fn config_masks_secrets() {
             "flag-jwt-secret-66",
             "--api-key",
             "flag-api-key-88",
+            "--metrics-key",
+            "flag-metrics-key-99",
         ],
     ] {
         let out = shardcast(&args, &env);
@@ -287,6 +289,7 @@ fn config_masks_secrets() {
             "file-api-key-77",
             "flag-jwt-secret-66",
             "flag-api-key-88",
+            "flag-metrics-key-99",
         ] {
             assert!(
                 !stdout.contains(secret) && !stderr.contains(secret),
@@ -298,6 +301,9 @@ fn config_masks_secrets() {
         assert_eq!(shown.jwt_secret.as_deref(), Some("***"), "{stdout}");
         assert_eq!(shown.api_key.as_deref(), Some("***"), "{stdout}");
     }
+    let out = stdout_of(&["config", "--metrics-key", "flag-metrics-key-99"], &[]);
+    let shown: Config = toml::from_str(&out).unwrap();
+    assert_eq!(shown.metrics_key.as_deref(), Some("***"), "{out}");
     let dev = stdout_of(&["config"], &[]);
     let shown: Config = toml::from_str(&dev).unwrap();
     assert_eq!(shown.jwt_secret, None, "no secret set, none shown:\n{dev}");

@@ -117,6 +117,11 @@ impl TestServer {
         self.addr
     }
 
+    /// The metrics listener's address, when `metrics_bind` was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().and_then(Server::metrics_addr)
+    }
+
     /// Starts graceful shutdown (returns at once).
     pub fn shutdown(&mut self) {
         self.server
