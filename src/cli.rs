@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn secrets_are_masked() {
         let config = Config {
-            jwt_secret: Some("hunter2".into()),
+            jwt_secret: Some("hunter2-hunter2-hunter2-hunter2-!".into()),
             api_key: Some("k3y".into()),
             ..Config::default()
         };

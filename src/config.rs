@@ -83,6 +83,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// The shortest `jwt_secret` accepted: HS256's hash size (RFC 7518 §3.2).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
 /// The server's configuration. The doc comment of each field is also its `--help` text.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
@@ -165,8 +168,8 @@ pub struct Config {
     )]
     pub retention_interval_ms: u64,
 
-    /// HS256 secret for client JWTs. Default none: dev mode, where `?user=ID` is trusted and only
-    /// a loopback bind is allowed.
+    /// HS256 secret for client JWTs, at least 32 bytes (`openssl rand -base64 32`). Default none:
+    /// dev mode, where `?user=ID` is trusted and only a loopback bind is allowed.
     #[arg(long, env = "SHARDCAST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
@@ -596,6 +599,16 @@ impl Config {
                 "jwt_secret is empty; give a real secret or leave it unset for dev mode",
             );
         }
+        if let Some(secret) = &self.jwt_secret
+            && secret.len() < MIN_JWT_SECRET_BYTES
+        {
+            return Err(ConfigError::Invalid(format!(
+                "jwt_secret is {} bytes; an HS256 secret must be at least {MIN_JWT_SECRET_BYTES} \
+                 bytes (256 bits, the size of the hash: RFC 7518 section 3.2), or it can be found \
+                 by trying secrets against any token; make one with `openssl rand -base64 32`",
+                secret.len()
+            )));
+        }
         if matches!(&self.api_key, Some(k) if k.is_empty()) {
             return invalid("api_key is empty; give a real key or leave it unset");
         }
@@ -759,6 +772,9 @@ mod tests {
     use super::*;
     use clap::{FromArgMatches, Parser};
 
+    /// A valid HS256 secret: 32 bytes.
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
@@ -825,11 +841,11 @@ mod tests {
     fn dev_mode_refuses_a_public_bind() {
         let err = load(&["--bind", "0.0.0.0:8080"], None).unwrap_err();
         assert!(err.to_string().contains("loopback"), "{err}");
-        let args = ["--bind", "0.0.0.0:8080", "--jwt-secret", "s"];
+        let args = ["--bind", "0.0.0.0:8080", "--jwt-secret", SECRET];
         let err = load(&args, None).unwrap_err();
         assert!(err.to_string().contains("api_key"), "{err}");
         let ok = load(&[&args[..], &["--api-key", "k"]].concat(), None).unwrap();
-        assert_eq!(ok.jwt_secret.as_deref(), Some("s"));
+        assert_eq!(ok.jwt_secret.as_deref(), Some(SECRET));
         let no_api = load(&[&args[..], &["--api", "false"]].concat(), None).unwrap();
         assert!(!no_api.api);
     }
@@ -876,10 +892,29 @@ mod tests {
         assert_eq!(ok.metrics_bind, Some("127.0.0.1:9100".parse().unwrap()));
     }
 
+    /// An HS256 secret shorter than the hash stops the start, saying why and what to do (issue
+    /// 18, finding 10).
+    #[test]
+    fn a_jwt_secret_shorter_than_32_bytes_is_refused() {
+        let short = &SECRET[..31];
+        let err = load(&["--jwt-secret", short, "--api", "false"], None).unwrap_err();
+        let err = err.to_string();
+        for needle in [
+            "31 bytes",
+            "at least 32",
+            "RFC 7518",
+            "openssl rand -base64 32",
+        ] {
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        let ok = load(&["--jwt-secret", SECRET, "--api", "false"], None).unwrap();
+        assert_eq!(ok.jwt_secret.as_deref(), Some(SECRET));
+    }
+
     #[test]
     fn echo_is_refused_outside_dev_mode() {
         assert!(load(&["--echo", "true"], None).unwrap().echo);
-        let args = ["--echo", "true", "--jwt-secret", "s", "--api", "false"];
+        let args = ["--echo", "true", "--jwt-secret", SECRET, "--api", "false"];
         let err = load(&args, None).unwrap_err();
         assert!(err.to_string().contains("echo"), "{err}");
     }

@@ -50,7 +50,8 @@ enum Command {
 #[derive(clap::Args)]
 struct ConfigArgs {
     /// Print every key at its default, each after its help text as comments, instead of the
-    /// effective configuration. Keys without a default (jwt_secret, api_key) are commented out.
+    /// effective configuration. Keys without a default (the secrets among them) are commented
+    /// out.
     /// The other flags and SHARDCAST_* variables do not change this output.
     #[arg(long)]
     default: bool,

@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn the_default_is_same_host_outside_dev_mode_and_loopback_in_it() {
         let prod = Config {
-            jwt_secret: Some("s".into()),
+            jwt_secret: Some("0123456789abcdef0123456789abcdef".into()),
             ..Config::default()
         };
         let host = Some("chat.example.com");

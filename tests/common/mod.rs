@@ -44,8 +44,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for a frame it expects before failing.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The secret used by tests that run in JWT mode.
-pub const SECRET: &str = "integration-test-secret";
+/// The secret used by tests that run in JWT mode (an HS256 secret needs at least 32 bytes).
+pub const SECRET: &str = "integration-test-secret-of-32-bytes";
 
 // ---------------------------------------------------------------------------------------------
 // Server
