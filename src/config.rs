@@ -241,6 +241,12 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
+    /// How long the API waits for a request's body once its headers are in, in milliseconds; a
+    /// body not complete by then (a Content-Length that promises more than is sent) gets 408
+    /// and the connection is closed. Default 10000.
+    #[arg(long, env = "SHARDCAST_API_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub api_body_timeout_ms: u64,
+
     /// Key that /metrics requires (`Authorization: Bearer KEY`). Default none: /metrics answers
     /// whoever reaches it.
     #[arg(long, env = "SHARDCAST_METRICS_KEY", hide_env_values = true)]
@@ -477,6 +483,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             api: true,
             api_key: None,
+            api_body_timeout_ms: 10_000,
             metrics_key: None,
             metrics_bind: None,
             web: true,
@@ -611,6 +618,9 @@ impl Config {
         }
         if matches!(&self.api_key, Some(k) if k.is_empty()) {
             return invalid("api_key is empty; give a real key or leave it unset");
+        }
+        if self.api_body_timeout_ms == 0 {
+            return invalid("api_body_timeout_ms must be greater than 0");
         }
         if matches!(&self.metrics_key, Some(k) if k.is_empty()) {
             return invalid("metrics_key is empty; give a real key or leave it unset");

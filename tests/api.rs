@@ -319,6 +319,47 @@ async fn dev_mode_api_takes_only_json_bodies() {
     }
 }
 
+/// A body shorter than its `Content-Length` does not hold the connection: after
+/// `api_body_timeout_ms` the API answers 408 with a JSON error and closes it (issue 18, finding
+/// 10). Nothing is published.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_api_body_gets_408_and_the_connection_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(|c| {
+        c.api_key = Some(KEY.into());
+        c.api_body_timeout_ms = 300;
+    });
+    let addr = server.addr();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: t\r\nAuthorization: apikey {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"room\":\"r\","
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut got))
+        .await
+        .expect("the server answers and closes a stalled body within TIMEOUT")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got}");
+    assert!(
+        got.to_ascii_lowercase().contains("connection: close"),
+        "{got}"
+    );
+    let body: Value = serde_json::from_str(got.split("\r\n\r\n").nth(1).unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {got}"));
+    assert_eq!(body["code"], "request_timeout", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("300 ms")),
+        "{body}"
+    );
+    let h = get(addr, "/api/rooms/r/history").await;
+    assert_eq!(h.body["messages"], json!([]));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_input_gets_a_400_with_a_code() {
     let server = TestServer::start(|c| {
