@@ -77,12 +77,6 @@ pub fn handshakes_full(config: &Config) -> bool {
     IN_HTTP.get() >= config.max_handshakes
 }
 
-/// Whether this shard keeps as many idle keep-alive connections as it may: a response then
-/// closes its connection.
-fn keepalive_full(config: &Config) -> bool {
-    IDLE_HTTP.get() >= config.max_keepalive_connections
-}
-
 /// Takes one of this shard's handshake slots for a TCP connection and returns the task that
 /// serves its HTTP requests until it upgrades or closes; `None` (the connection is closed)
 /// when every slot is taken. The slot is counted now, not when the task first runs, so the
@@ -119,14 +113,15 @@ async fn serve_http(ctx: Rc<Ctx>, stream: TcpStream, slot: HttpSlot) {
 }
 
 async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let config = ctx.config.clone();
+    let (max_idle, metrics_elsewhere) = (
+        ctx.config.max_keepalive_connections,
+        ctx.config.metrics_bind.is_some(),
+    );
     let mut response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => websocket(ctx, req).await.unwrap_or_else(|e| error(&e)),
         (&Method::GET, "/echo") if ctx.config.echo => crate::echo::upgrade(ctx, req),
         // With `metrics_bind`, /metrics is on that listener only.
-        (&Method::GET, "/metrics") if config.metrics_bind.is_some() => {
-            error(&HandshakeError::NotFound)
-        }
+        (&Method::GET, "/metrics") if metrics_elsewhere => error(&HandshakeError::NotFound),
         (&Method::GET, "/healthz" | "/readyz" | "/metrics") => operator(&ctx, &req).await,
         (_, path) if path.starts_with("/api/") => crate::api::handle(ctx, req).await,
         (&Method::GET, path) if ctx.config.web => {
@@ -134,7 +129,7 @@ async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, 
         }
         _ => error(&HandshakeError::NotFound),
     };
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS && keepalive_full(&config) {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS && IDLE_HTTP.get() >= max_idle {
         // Said up front, so the client does not reuse a connection `HandshakeIo` would close.
         let close = HeaderValue::from_static("close");
         response.headers_mut().insert(CONNECTION, close);
@@ -477,6 +472,8 @@ impl HandshakeIo {
     fn answered(&mut self) {
         self.phase = Phase::Closing;
         self.timer = None;
+        // The same test `handle` made for `Connection: close`; a response that raced past it
+        // closes here.
         if IDLE_HTTP.get() < self.limits.max_idle {
             self.phase = Phase::Idle(HttpSlot::idle());
             self.timer = Some(Box::pin(tokio::time::sleep(self.limits.idle)));
