@@ -8,11 +8,12 @@
 
 use std::borrow::Cow;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, HeaderMap};
+use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -78,6 +79,13 @@ impl From<ReplyError> for ApiError {
 pub async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     match route(ctx, req).await {
         Ok(body) => json(StatusCode::OK, body),
+        Err(e) if e.status == 408 => {
+            // The rest of the body may still come: the connection cannot be reused.
+            let mut response = e.response();
+            let close = HeaderValue::from_static("close");
+            response.headers_mut().insert(CONNECTION, close);
+            response
+        }
         Err(e) => e.response(),
     }
 }
@@ -91,6 +99,9 @@ async fn route(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Bytes, ApiError> 
         ));
     }
     authorize(&ctx.config, req.headers())?;
+    if req.method() == Method::POST && ctx.config.dev_mode() {
+        json_content_type(req.headers())?;
+    }
     let method = req.method().clone();
     let uri = req.uri().clone();
     let path = uri.path().trim_start_matches("/api/");
@@ -318,14 +329,50 @@ fn authorize(config: &Config, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// `Content-Type: application/json`, required of a POST in dev mode, where the API has no key:
+/// a page on another site can send a cross-site POST without a CORS preflight only as
+/// `text/plain`, a form or no type at all, and the preflight gets no CORS headers.
+fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let essence = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    match essence {
+        Some(t) if t.eq_ignore_ascii_case("application/json") => Ok(()),
+        _ => Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            "in dev mode the API takes only JSON bodies sent with Content-Type: application/json \
+             (so that a web page on another site cannot call it); add that header",
+        )),
+    }
+}
+
+/// `a == b` in a time that depends on their lengths only, for comparing keys.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The request body, at most `max_message_size` bytes plus room for the envelope.
+/// The request body, at most `max_message_size` bytes plus room for the envelope, within
+/// `api_body_timeout_ms`: a body that stops short would otherwise hold the connection (and its
+/// handshake slot) for good.
 async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let limit = ctx.config.max_message_size + 1024;
-    match Limited::new(req.into_body(), limit).collect().await {
+    let wait = Duration::from_millis(ctx.config.api_body_timeout_ms);
+    let read = Limited::new(req.into_body(), limit).collect();
+    let Ok(read) = tokio::time::timeout(wait, read).await else {
+        return Err(ApiError::new(
+            408,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} ms; send the whole body that \
+                 Content-Length announces",
+                wait.as_millis()
+            ),
+        ));
+    };
+    match read {
         Ok(body) => Ok(body.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::from(ReplyError::new(

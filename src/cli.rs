@@ -19,11 +19,15 @@ pub const MASK: &str = "***";
 /// Width of the default file's comment lines, `# ` included.
 const WIDTH: usize = 80;
 
-/// The effective configuration as TOML, with `jwt_secret` and `api_key` replaced by [`MASK`]
-/// when set. Unset optional values are left out, as TOML has no null.
+/// The effective configuration as TOML, with `jwt_secret`, `api_key` and `metrics_key` replaced
+/// by [`MASK`] when set. Unset optional values are left out, as TOML has no null.
 pub fn effective_toml(config: &Config) -> String {
     let mut shown = config.clone();
-    for secret in [&mut shown.jwt_secret, &mut shown.api_key] {
+    for secret in [
+        &mut shown.jwt_secret,
+        &mut shown.api_key,
+        &mut shown.metrics_key,
+    ] {
         if secret.is_some() {
             *secret = Some(MASK.to_owned());
         }
@@ -153,7 +157,7 @@ mod tests {
     #[test]
     fn secrets_are_masked() {
         let config = Config {
-            jwt_secret: Some("hunter2".into()),
+            jwt_secret: Some("hunter2-hunter2-hunter2-hunter2-!".into()),
             api_key: Some("k3y".into()),
             ..Config::default()
         };

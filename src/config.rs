@@ -83,6 +83,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// The shortest `jwt_secret` accepted: HS256's hash size (RFC 7518 §3.2).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
 /// The server's configuration. The doc comment of each field is also its `--help` text.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
@@ -165,8 +168,8 @@ pub struct Config {
     )]
     pub retention_interval_ms: u64,
 
-    /// HS256 secret for client JWTs. Default none: dev mode, where `?user=ID` is trusted and only
-    /// a loopback bind is allowed.
+    /// HS256 secret for client JWTs, at least 32 bytes (`openssl rand -base64 32`). Default none:
+    /// dev mode, where `?user=ID` is trusted and only a loopback bind is allowed.
     #[arg(long, env = "SHARDCAST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
@@ -230,7 +233,8 @@ pub struct Config {
 
     /// Browser origins allowed to open a WebSocket, comma-separated; `*.` in a host matches any
     /// subdomain (`https://*.example.com`), and `*` alone any origin. Default none: only the
-    /// server's own host (Origin host = Host header), or any origin in dev mode. Requests
+    /// server's own host (Origin host = Host header), or in dev mode a loopback page
+    /// (http(s)://localhost, 127.0.0.1 or [::1], any port). Requests
     /// without an Origin header (non-browser clients) are always allowed.
     #[arg(long, env = "SHARDCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -244,6 +248,24 @@ pub struct Config {
     /// and no key.
     #[arg(long, env = "SHARDCAST_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+
+    /// How long the API waits for a request's body once its headers are in, in milliseconds; a
+    /// body not complete by then (a Content-Length that promises more than is sent) gets 408
+    /// and the connection is closed. Default 10000.
+    #[arg(long, env = "SHARDCAST_API_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub api_body_timeout_ms: u64,
+
+    /// Key that /metrics requires (`Authorization: Bearer KEY`). Default none: /metrics answers
+    /// whoever reaches it.
+    #[arg(long, env = "SHARDCAST_METRICS_KEY", hide_env_values = true)]
+    pub metrics_key: Option<String>,
+
+    /// Address of a second listener that serves /metrics, /healthz and /readyz only, for a
+    /// scraper on a private network; the public listener then answers 404 for /metrics. Its
+    /// connections take no handshake slot, so a flood of the public listener does not stop
+    /// scrapes. Default none: /metrics is served on bind.
+    #[arg(long, env = "SHARDCAST_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
 
     /// Serve the web pages: the chat page at /, the operator page at /admin and the client
     /// library at /shardcast.js. Default true.
@@ -358,17 +380,38 @@ pub struct Config {
     pub max_batch_delay_ms: u64,
 
     /// Time a new TCP connection has to send its complete HTTP request headers (the WebSocket
-    /// upgrade or an API call), and an idle keep-alive connection its next request, in
-    /// milliseconds; then it is closed. Default 10000.
+    /// upgrade or an API call), and a keep-alive connection, from its last response, its next
+    /// request's headers, in milliseconds; then it is closed. A response whose write makes no
+    /// progress for this long (a client that does not read) closes its connection too.
+    /// Default 10000.
     #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
 
-    /// Most connections each shard keeps in their HTTP phase (handshakes not yet upgraded, API
-    /// keep-alive connections, and with `first_frame_auth` upgrades whose `connect` frame has
-    /// not been read). While the accepting shard is at it, new connections wait in the
-    /// listen backlog; one handed to another shard over it is closed at once. Default 1024.
+    /// Most handshakes each shard serves at once: new connections until their first response,
+    /// keep-alive connections from the first byte of a request until its response is written,
+    /// upgrades until they are admitted, and with `first_frame_auth` until their `connect`
+    /// frame is read. Idle keep-alive connections do not count (max_keepalive_connections).
+    /// While the accepting shard is at it, new connections wait in the listen backlog; one
+    /// handed to another shard over it is closed at once. Default 1024.
     #[arg(long, env = "SHARDCAST_MAX_HANDSHAKES", default_value_t = 1_024)]
     pub max_handshakes: usize,
+
+    /// Most idle keep-alive HTTP connections (between two requests) each shard keeps. At the
+    /// cap, responses carry `Connection: close` and the server closes the connection after
+    /// them. Default 1024; 0 = no keep-alive.
+    #[arg(
+        long,
+        env = "SHARDCAST_MAX_KEEPALIVE_CONNECTIONS",
+        default_value_t = 1_024
+    )]
+    pub max_keepalive_connections: usize,
+
+    /// How long an idle keep-alive HTTP connection may wait for the first byte of its next
+    /// request before the server closes it, in milliseconds (handshake_timeout_ms, which runs
+    /// from a response to the end of the next request's headers, closes it sooner if it is
+    /// shorter). Default 5000.
+    #[arg(long, env = "SHARDCAST_KEEPALIVE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub keepalive_timeout_ms: u64,
 
     /// Connections the kernel queues before they are accepted (listen backlog; the kernel caps
     /// it at net.core.somaxconn). A reconnect storm overflowing it costs clients a 1 s SYN
@@ -469,6 +512,9 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             api: true,
             api_key: None,
+            api_body_timeout_ms: 10_000,
+            metrics_key: None,
+            metrics_bind: None,
             web: true,
             log_format: LogFormat::Text,
             heartbeat_ms: 25_000,
@@ -491,6 +537,8 @@ impl Default for Config {
             max_batch_delay_ms: 4,
             handshake_timeout_ms: 10_000,
             max_handshakes: 1_024,
+            max_keepalive_connections: 1_024,
+            keepalive_timeout_ms: 5_000,
             listen_backlog: 4_096,
             max_header_bytes: 16_384,
             transparent_huge_pages: false,
@@ -590,8 +638,30 @@ impl Config {
                 "jwt_secret is empty; give a real secret or leave it unset for dev mode",
             );
         }
+        if let Some(secret) = &self.jwt_secret
+            && secret.len() < MIN_JWT_SECRET_BYTES
+        {
+            return Err(ConfigError::Invalid(format!(
+                "jwt_secret is {} bytes; an HS256 secret must be at least {MIN_JWT_SECRET_BYTES} \
+                 bytes (256 bits, the size of the hash: RFC 7518 section 3.2), or it can be found \
+                 by trying secrets against any token; make one with `openssl rand -base64 32`",
+                secret.len()
+            )));
+        }
         if matches!(&self.api_key, Some(k) if k.is_empty()) {
             return invalid("api_key is empty; give a real key or leave it unset");
+        }
+        if self.api_body_timeout_ms == 0 {
+            return invalid("api_body_timeout_ms must be greater than 0");
+        }
+        if matches!(&self.metrics_key, Some(k) if k.is_empty()) {
+            return invalid("metrics_key is empty; give a real key or leave it unset");
+        }
+        if self
+            .metrics_bind
+            .is_some_and(|m| m == self.bind && m.port() != 0)
+        {
+            return invalid("metrics_bind must differ from bind: it is a second listener");
         }
         if self.api && self.api_key.is_none() && !self.dev_mode() {
             return invalid(
@@ -644,6 +714,12 @@ impl Config {
         }
         if self.handshake_timeout_ms == 0 || self.max_handshakes == 0 {
             return invalid("handshake_timeout_ms and max_handshakes must be greater than 0");
+        }
+        if self.keepalive_timeout_ms == 0 {
+            return invalid(
+                "keepalive_timeout_ms must be greater than 0; to turn keep-alive off, set \
+                 max_keepalive_connections to 0",
+            );
         }
         if self.max_header_bytes < 1024 {
             return invalid("max_header_bytes must be at least 1024");
@@ -744,6 +820,9 @@ mod tests {
     use super::*;
     use clap::{FromArgMatches, Parser};
 
+    /// A valid HS256 secret: 32 bytes.
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
@@ -810,11 +889,11 @@ mod tests {
     fn dev_mode_refuses_a_public_bind() {
         let err = load(&["--bind", "0.0.0.0:8080"], None).unwrap_err();
         assert!(err.to_string().contains("loopback"), "{err}");
-        let args = ["--bind", "0.0.0.0:8080", "--jwt-secret", "s"];
+        let args = ["--bind", "0.0.0.0:8080", "--jwt-secret", SECRET];
         let err = load(&args, None).unwrap_err();
         assert!(err.to_string().contains("api_key"), "{err}");
         let ok = load(&[&args[..], &["--api-key", "k"]].concat(), None).unwrap();
-        assert_eq!(ok.jwt_secret.as_deref(), Some("s"));
+        assert_eq!(ok.jwt_secret.as_deref(), Some(SECRET));
         let no_api = load(&[&args[..], &["--api", "false"]].concat(), None).unwrap();
         assert!(!no_api.api);
     }
@@ -846,9 +925,44 @@ mod tests {
     }
 
     #[test]
+    fn metrics_key_must_not_be_empty_and_metrics_bind_is_a_second_address() {
+        let err = load(&["--metrics-key", ""], None).unwrap_err();
+        assert!(err.to_string().contains("metrics_key is empty"), "{err}");
+        let same = [
+            "--bind",
+            "127.0.0.1:9000",
+            "--metrics-bind",
+            "127.0.0.1:9000",
+        ];
+        let err = load(&same, None).unwrap_err();
+        assert!(err.to_string().contains("metrics_bind"), "{err}");
+        let ok = load(&["--metrics-bind", "127.0.0.1:9100"], None).unwrap();
+        assert_eq!(ok.metrics_bind, Some("127.0.0.1:9100".parse().unwrap()));
+    }
+
+    /// An HS256 secret shorter than the hash stops the start, saying why and what to do (issue
+    /// 18, finding 10).
+    #[test]
+    fn a_jwt_secret_shorter_than_32_bytes_is_refused() {
+        let short = &SECRET[..31];
+        let err = load(&["--jwt-secret", short, "--api", "false"], None).unwrap_err();
+        let err = err.to_string();
+        for needle in [
+            "31 bytes",
+            "at least 32",
+            "RFC 7518",
+            "openssl rand -base64 32",
+        ] {
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        let ok = load(&["--jwt-secret", SECRET, "--api", "false"], None).unwrap();
+        assert_eq!(ok.jwt_secret.as_deref(), Some(SECRET));
+    }
+
+    #[test]
     fn echo_is_refused_outside_dev_mode() {
         assert!(load(&["--echo", "true"], None).unwrap().echo);
-        let args = ["--echo", "true", "--jwt-secret", "s", "--api", "false"];
+        let args = ["--echo", "true", "--jwt-secret", SECRET, "--api", "false"];
         let err = load(&args, None).unwrap_err();
         assert!(err.to_string().contains("echo"), "{err}");
     }

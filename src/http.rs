@@ -6,23 +6,28 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::thread::LocalKey;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue, ORIGIN, SEC_WEBSOCKET_EXTENSIONS,
+    AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, HeaderValue, ORIGIN, SEC_WEBSOCKET_EXTENSIONS,
+    WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio::time::Sleep;
 
 use crate::auth::{Authenticator, Identity};
+use crate::config::Config;
 use crate::conn::{Conn, FrameLimits, Rates};
 use crate::error::HandshakeError;
 use crate::msg::ConnId;
@@ -31,40 +36,52 @@ use crate::shard::runtime::{self, Ctx};
 type Body = Full<Bytes>;
 
 thread_local! {
-    /// This shard's connections in their HTTP phase (`max_handshakes`). Each shard is one
-    /// thread, so a thread-local is a per-shard count with no atomics.
+    /// This shard's handshake slots in use (`max_handshakes`). Each shard is one thread, so a
+    /// thread-local is a per-shard count with no atomics.
     static IN_HTTP: Cell<usize> = const { Cell::new(0) };
+    /// This shard's idle keep-alive connections (`max_keepalive_connections`).
+    static IDLE_HTTP: Cell<usize> = const { Cell::new(0) };
 }
 
-/// One connection counted in `IN_HTTP` until it upgrades or closes (or, with
-/// `first_frame_auth`, until its `connect` frame is read).
-pub(crate) struct HttpSlot(());
+/// One connection counted in one of this shard's tallies (`IN_HTTP` or `IDLE_HTTP`) until
+/// dropped.
+pub(crate) struct HttpSlot(&'static LocalKey<Cell<usize>>);
 
 impl HttpSlot {
-    /// Counts one more connection, whether or not the shard is full: the caller has checked, or
-    /// holds a slot it is about to give back.
+    /// Takes a handshake slot, whether or not the shard is full: the caller has checked, holds
+    /// a slot it is about to give back, or is a connection already let in.
     pub(crate) fn take() -> Self {
-        IN_HTTP.set(IN_HTTP.get() + 1);
-        HttpSlot(())
+        HttpSlot::count(&IN_HTTP)
+    }
+
+    /// Counts an idle keep-alive connection; the caller has checked the cap.
+    fn idle() -> Self {
+        HttpSlot::count(&IDLE_HTTP)
+    }
+
+    fn count(tally: &'static LocalKey<Cell<usize>>) -> Self {
+        tally.set(tally.get() + 1);
+        HttpSlot(tally)
     }
 }
 
 impl Drop for HttpSlot {
     fn drop(&mut self) {
-        IN_HTTP.set(IN_HTTP.get() - 1);
+        self.0.set(self.0.get() - 1);
     }
 }
 
 /// Whether this shard is at `max_handshakes`: its accept loop then waits, leaving new
 /// connections in the listen backlog rather than closing them.
-pub fn handshakes_full(config: &crate::config::Config) -> bool {
+pub fn handshakes_full(config: &Config) -> bool {
     IN_HTTP.get() >= config.max_handshakes
 }
 
 /// Takes one of this shard's handshake slots for a TCP connection and returns the task that
 /// serves its HTTP requests until it upgrades or closes; `None` (the connection is closed)
 /// when every slot is taken. The slot is counted now, not when the task first runs, so the
-/// accept loop sees it at once.
+/// accept loop sees it at once; it is given back when the first response has been written
+/// (`HandshakeIo`).
 pub fn serve(ctx: Rc<Ctx>, stream: TcpStream) -> Option<impl std::future::Future<Output = ()>> {
     if handshakes_full(&ctx.config) {
         // Slow or stalled handshakes hold every slot: shed this one without reading it.
@@ -73,22 +90,22 @@ pub fn serve(ctx: Rc<Ctx>, stream: TcpStream) -> Option<impl std::future::Future
         return None;
     }
     let slot = HttpSlot::take();
-    Some(async move {
-        let _slot = slot;
-        serve_http(ctx, stream).await
-    })
+    Some(serve_http(ctx, stream, slot))
 }
 
-async fn serve_http(ctx: Rc<Ctx>, stream: TcpStream) {
+async fn serve_http(ctx: Rc<Ctx>, stream: TcpStream, slot: HttpSlot) {
     let config = &ctx.config;
     let timeout = Duration::from_millis(config.handshake_timeout_ms);
     let header_limit = config.max_header_bytes;
+    let io = HandshakeIo::new(stream, slot, config);
     let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
+    // hyper's header timer also runs from the end of each response to the end of the next
+    // request's headers; `HandshakeIo` adds the shorter idle limit and the slots.
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
         .max_header_size(header_limit)
-        .serve_connection(TokioIo::new(HandshakeIo::new(stream)), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "http connection ended with an error");
@@ -96,28 +113,90 @@ async fn serve_http(ctx: Rc<Ctx>, stream: TcpStream) {
 }
 
 async fn handle(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let response = match (req.method(), req.uri().path()) {
+    let (max_idle, metrics_elsewhere) = (
+        ctx.config.max_keepalive_connections,
+        ctx.config.metrics_bind.is_some(),
+    );
+    let mut response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => websocket(ctx, req).await.unwrap_or_else(|e| error(&e)),
         (&Method::GET, "/echo") if ctx.config.echo => crate::echo::upgrade(ctx, req),
-        (&Method::GET, "/healthz") => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
-        (&Method::GET, "/readyz") => match ctx.health.unready() {
-            None => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
-            Some(why) => json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why),
-        },
-        (&Method::GET, "/metrics") => {
-            let text = crate::metrics::gather(&ctx).await.prometheus();
-            let mut response = Response::new(Full::new(Bytes::from(text)));
-            let v = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
-            response.headers_mut().insert(CONTENT_TYPE, v);
-            response
-        }
+        // With `metrics_bind`, /metrics is on that listener only.
+        (&Method::GET, "/metrics") if metrics_elsewhere => error(&HandshakeError::NotFound),
+        (&Method::GET, "/healthz" | "/readyz" | "/metrics") => operator(&ctx, &req).await,
         (_, path) if path.starts_with("/api/") => crate::api::handle(ctx, req).await,
         (&Method::GET, path) if ctx.config.web => {
             crate::web::asset(path).unwrap_or_else(|| error(&HandshakeError::NotFound))
         }
         _ => error(&HandshakeError::NotFound),
     };
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS && IDLE_HTTP.get() >= max_idle {
+        // Said up front, so the client does not reuse a connection `HandshakeIo` would close.
+        let close = HeaderValue::from_static("close");
+        response.headers_mut().insert(CONNECTION, close);
+    }
     Ok(response)
+}
+
+/// Liveness (`/healthz`), readiness (`/readyz`) and `/metrics` (behind `metrics_key`, if set),
+/// on either listener; any other path is 404.
+async fn operator(ctx: &Rc<Ctx>, req: &Request<Incoming>) -> Response<Body> {
+    let ok = || Response::new(Full::new(Bytes::from_static(b"ok\n")));
+    match req.uri().path() {
+        "/healthz" => ok(),
+        "/readyz" => match ctx.health.unready() {
+            None => ok(),
+            Some(why) => json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why),
+        },
+        "/metrics" => {
+            if let Some(key) = &ctx.config.metrics_key {
+                let given = req
+                    .headers()
+                    .get(AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                if !given
+                    .is_some_and(|g| crate::api::constant_time_eq(g.as_bytes(), key.as_bytes()))
+                {
+                    let why = "missing or wrong metrics key; send Authorization: Bearer KEY";
+                    let mut refused = json_error(StatusCode::UNAUTHORIZED, "unauthorized", why);
+                    let challenge = HeaderValue::from_static("Bearer realm=\"metrics\"");
+                    refused.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+                    return refused;
+                }
+            }
+            let text = crate::metrics::gather(ctx).await.prometheus();
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            let v = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+            response.headers_mut().insert(CONTENT_TYPE, v);
+            response
+        }
+        _ => error(&HandshakeError::NotFound),
+    }
+}
+
+/// Serves a connection of the metrics listener (`metrics_bind`): the `operator` routes, GET
+/// only. It takes no handshake slot: scrapes go on while the public listener is full. hyper's
+/// header timer (`handshake_timeout_ms`, which also runs between requests) closes idle ones.
+pub async fn serve_metrics(ctx: Rc<Ctx>, stream: TcpStream) {
+    let timeout = Duration::from_millis(ctx.config.handshake_timeout_ms);
+    let header_limit = ctx.config.max_header_bytes;
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let ctx = ctx.clone();
+        async move {
+            Ok::<_, Infallible>(match *req.method() {
+                Method::GET => operator(&ctx, &req).await,
+                _ => error(&HandshakeError::NotFound),
+            })
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_header_size(header_limit)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "metrics connection ended with an error");
+    }
 }
 
 /// `{"code":..,"message":..}` with the error's status.
@@ -317,23 +396,124 @@ pub(crate) async fn upgraded(upgrade: fastwebsockets::upgrade::UpgradeFut) -> Op
 /// back instead of written: whoever takes the stream after the upgrade sends it, so for `/ws`
 /// it leaves in the same write as `welcome` (a `sendmsg` and a TCP segment fewer for every
 /// connection). Every other response is written as it comes.
+///
+/// It also keeps the connection's place in the shard's counts, from what hyper reads and
+/// writes: a handshake slot from the first byte of a request (or the accept) until its response
+/// has been written, then an idle keep-alive slot until the next request's first byte. hyper
+/// calls `poll_flush` with its buffer empty only, so a flush after response bytes means the
+/// response is out (every response body is one `Full` chunk, written with its head).
 pub(crate) struct HandshakeIo {
     stream: TcpStream,
     /// The 101 and anything hyper wrote after it (nothing, in practice).
     held: Vec<u8>,
+    phase: Phase,
+    /// Response bytes were written since the last flush.
+    answering: bool,
+    limits: Limits,
+    /// While idle: when the keep-alive ends. While busy and a write is blocked: when that
+    /// write gives up.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// Where a connection is between requests. The slots are held for their `Drop`.
+#[allow(dead_code)]
+enum Phase {
+    /// Reading a request or writing its response: holds a handshake slot.
+    Busy(HttpSlot),
+    /// Between requests: holds a keep-alive slot.
+    Idle(HttpSlot),
+    /// Answered while the shard had its fill of idle connections: reads end (EOF), so hyper
+    /// closes it.
+    Closing,
+}
+
+/// `HandshakeIo`'s part of the config.
+#[derive(Clone, Copy)]
+struct Limits {
+    max_idle: usize,
+    idle: Duration,
+    stall: Duration,
 }
 
 impl HandshakeIo {
-    fn new(stream: TcpStream) -> HandshakeIo {
+    /// `slot` is the handshake slot the accept took.
+    fn new(stream: TcpStream, slot: HttpSlot, config: &Config) -> HandshakeIo {
         HandshakeIo {
             stream,
             held: Vec::new(),
+            phase: Phase::Busy(slot),
+            answering: false,
+            limits: Limits {
+                max_idle: config.max_keepalive_connections,
+                idle: Duration::from_millis(config.keepalive_timeout_ms),
+                stall: Duration::from_millis(config.handshake_timeout_ms),
+            },
+            timer: None,
         }
     }
 
     /// Whether a write that starts with `first` is held.
     fn holds(&self, first: &[u8]) -> bool {
         !self.held.is_empty() || first.starts_with(b"HTTP/1.1 101 ")
+    }
+
+    /// A request starts (its first byte, or a pipelined one's response): the connection takes
+    /// a handshake slot again, even at the cap, since it was let in already; the accept loop
+    /// waits for the count to fall back.
+    fn busy(&mut self) {
+        if !matches!(self.phase, Phase::Busy(_)) {
+            self.timer = None;
+            self.phase = Phase::Busy(HttpSlot::take());
+        }
+    }
+
+    /// A response is out: the handshake slot is given back, and the connection idles for its
+    /// next request, or closes if the shard keeps as many idle connections as it may.
+    fn answered(&mut self) {
+        self.phase = Phase::Closing;
+        self.timer = None;
+        // The same test `handle` made for `Connection: close`; a response that raced past it
+        // closes here.
+        if IDLE_HTTP.get() < self.limits.max_idle {
+            self.phase = Phase::Idle(HttpSlot::idle());
+            self.timer = Some(Box::pin(tokio::time::sleep(self.limits.idle)));
+        }
+    }
+
+    /// Whether `timer` is set and has fired (registering `cx` if not).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+
+    /// Accounts for a write of `first` and the bytes after it; a write that stays blocked
+    /// for `stall` fails, so a client that does not read cannot keep its slot.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        first: &[u8],
+        result: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match result {
+            Poll::Ready(Ok(n)) => {
+                // `100 Continue` is not the answer: the request's body comes after it.
+                self.answering |= !first.starts_with(b"HTTP/1.1 1");
+                self.timer = None;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                let stall = self.limits.stall;
+                self.timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                if self.expired(cx) {
+                    let why = "the client did not read its response";
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
     }
 }
 
@@ -342,8 +522,25 @@ impl tokio::io::AsyncRead for HandshakeIo {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Phase::Closing = this.phase {
+            // EOF between requests: hyper ends the connection quietly.
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Phase::Idle(_) = this.phase {
+            match read {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => this.busy(),
+                Poll::Pending if this.expired(cx) => {
+                    this.phase = Phase::Closing;
+                    return Poll::Ready(Ok(()));
+                }
+                _ => {}
+            }
+        }
+        read
     }
 }
 
@@ -352,37 +549,47 @@ impl tokio::io::AsyncWrite for HandshakeIo {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.holds(buf) {
             this.held.extend_from_slice(buf);
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        this.busy();
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.wrote(cx, buf, result)
     }
 
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.holds(bufs.first().map_or(&[][..], |b| &b[..])) {
+        let first = bufs.first().map_or(&[][..], |b| &b[..]);
+        if this.holds(first) {
             bufs.iter().for_each(|b| this.held.extend_from_slice(b));
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
-        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+        this.busy();
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.wrote(cx, first, result)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.stream).poll_flush(cx))?;
+        if std::mem::take(&mut this.answering) {
+            this.answered();
+        }
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
@@ -432,14 +639,15 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
-    use super::HandshakeIo;
+    use super::{HandshakeIo, HttpSlot};
+    use crate::config::Config;
 
     #[tokio::test]
     async fn a_101_is_held_and_other_responses_are_written() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (mut client, (server, _)) = tokio::try_join!(client, listener.accept()).unwrap();
-        let mut io = HandshakeIo::new(server);
+        let mut io = HandshakeIo::new(server, HttpSlot::take(), &Config::default());
 
         io.write_all(b"HTTP/1.1 200 OK\r\n\r\nfirst").await.unwrap();
         io.flush().await.unwrap();

@@ -38,7 +38,8 @@ enum Command {
     /// secret comes from --jwt-secret, SHARDCAST_JWT_SECRET or the jwt_secret of --config FILE,
     /// in that order.
     Token(TokenArgs),
-    /// Print the effective configuration as TOML, with jwt_secret and api_key shown as "***".
+    /// Print the effective configuration as TOML, with jwt_secret, api_key and metrics_key shown
+    /// as "***".
     ///
     /// It layers the same sources as `serve` (defaults, --config FILE, SHARDCAST_* variables,
     /// flags) and refuses what `serve` would refuse. With --default it prints instead a
@@ -49,7 +50,8 @@ enum Command {
 #[derive(clap::Args)]
 struct ConfigArgs {
     /// Print every key at its default, each after its help text as comments, instead of the
-    /// effective configuration. Keys without a default (jwt_secret, api_key) are commented out.
+    /// effective configuration. Keys without a default (the secrets among them) are commented
+    /// out.
     /// The other flags and SHARDCAST_* variables do not change this output.
     #[arg(long)]
     default: bool,

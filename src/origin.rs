@@ -10,7 +10,8 @@ use crate::error::HandshakeError;
 
 /// Refuses a browser upgrade whose `Origin` is not allowed. `origin` and `host` are the request's
 /// headers, if present. No `Origin` means a non-browser client, which an origin check cannot
-/// protect against anyway, so it passes.
+/// protect against anyway, so it passes. In dev mode, which trusts `?user=`, the default is a
+/// loopback page only: not the same host, which a DNS-rebound site would pass.
 pub fn check(
     config: &Config,
     origin: Option<&str>,
@@ -20,7 +21,11 @@ pub fn check(
         return Ok(());
     };
     let allowed = if config.allowed_origins.is_empty() {
-        config.dev_mode() || host.is_some_and(|h| same_host(origin, h))
+        if config.dev_mode() {
+            loopback(origin)
+        } else {
+            host.is_some_and(|h| same_host(origin, h))
+        }
     } else {
         config.allowed_origins.iter().any(|p| matches(p, origin))
     };
@@ -47,6 +52,24 @@ fn same_host(origin: &str, host: &str) -> bool {
     };
     let strip = |a: &str| a.strip_suffix(default).unwrap_or(a).to_ascii_lowercase();
     !authority.is_empty() && strip(authority) == strip(host)
+}
+
+/// `origin` is a page served from this machine: `http(s)://` and `localhost`, `127.0.0.1` or
+/// `[::1]`, on any port.
+fn loopback(origin: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    ["http", "https"]
+        .iter()
+        .any(|s| scheme.eq_ignore_ascii_case(s))
+        && ["localhost", "127.0.0.1", "[::1]"]
+            .iter()
+            .any(|h| host.eq_ignore_ascii_case(h))
 }
 
 /// `origin` matches `pattern`: equal ignoring ASCII case, `*`, or a `scheme://*.domain[:port]`
@@ -120,9 +143,39 @@ mod tests {
     }
 
     #[test]
-    fn the_default_is_same_host_outside_dev_mode_and_any_in_it() {
+    fn loopback_origins_are_localhost_and_the_loopback_addresses_on_any_port() {
+        for origin in [
+            "http://localhost",
+            "http://localhost:5173",
+            "HTTPS://LocalHost:8443",
+            "http://127.0.0.1",
+            "http://127.0.0.1:8080",
+            "http://[::1]:3000",
+            "https://[::1]",
+        ] {
+            assert!(loopback(origin), "{origin}");
+        }
+        for origin in [
+            "https://evil.example",
+            "http://localhost.evil.example",
+            "http://evil.localhost",
+            "http://127.0.0.1.evil.example:80",
+            "http://127.0.0.2",
+            "file://localhost",
+            "ws://localhost:8080",
+            "http://localhost:80x",
+            "http://localhost:",
+            "null",
+            "localhost",
+        ] {
+            assert!(!loopback(origin), "{origin}");
+        }
+    }
+
+    #[test]
+    fn the_default_is_same_host_outside_dev_mode_and_loopback_in_it() {
         let prod = Config {
-            jwt_secret: Some("s".into()),
+            jwt_secret: Some("0123456789abcdef0123456789abcdef".into()),
             ..Config::default()
         };
         let host = Some("chat.example.com");
@@ -131,7 +184,15 @@ mod tests {
         let err = check(&prod, Some("https://evil.com"), host).unwrap_err();
         assert_eq!((err.status(), err.code()), (403, "origin_not_allowed"));
         assert!(check(&prod, Some("https://chat.example.com"), None).is_err());
-        assert!(check(&Config::default(), Some("https://evil.com"), host).is_ok());
+        let dev = Config::default();
+        assert!(check(&dev, Some("https://evil.com"), host).is_err());
+        let rebound = Some("evil.example:8080");
+        assert!(
+            check(&dev, Some("http://evil.example:8080"), rebound).is_err(),
+            "dev mode does not trust the same host: DNS rebinding"
+        );
+        assert!(check(&dev, Some("http://localhost:5173"), host).is_ok());
+        assert!(check(&dev, None, host).is_ok());
         let listed = Config {
             allowed_origins: vec!["https://*.example.com".into()],
             ..Config::default()

@@ -38,6 +38,8 @@ pub enum StartError {
 /// A running server. Dropping it shuts it down and waits for its threads.
 pub struct Server {
     addr: SocketAddr,
+    /// The metrics listener's address (`metrics_bind`).
+    metrics_addr: Option<SocketAddr>,
     router: Router,
     threads: Vec<JoinHandle<()>>,
     /// Stopped after the shards, so every message they handed over is written.
@@ -78,6 +80,16 @@ impl Server {
         };
         let listener = listen(config.bind, config.listen_backlog).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
+        let metrics_listener = match config.metrics_bind {
+            Some(at) => {
+                let bind_err = |source| StartError::Bind { addr: at, source };
+                let l = listen(at, config.listen_backlog).map_err(bind_err)?;
+                Some((l.local_addr().map_err(bind_err)?, l))
+            }
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().map(|(a, _)| *a);
+        let mut metrics_listener = metrics_listener.map(|(_, l)| l);
         let shards = config.shard_count();
         let config = Arc::new(config);
         let node = cluster.as_ref().map_or(0, |c| c.node);
@@ -110,6 +122,11 @@ impl Server {
                 persist: store_threads.persist(),
                 seeds,
                 listener: if id == 0 { listener.take() } else { None },
+                metrics_listener: if id == 0 {
+                    metrics_listener.take()
+                } else {
+                    None
+                },
                 health: health.clone(),
                 auth: auth.clone(),
                 cluster: handle.clone(),
@@ -130,8 +147,12 @@ impl Server {
             threads.push(t);
         }
         tracing::info!(%addr, shards, node, "listening on {addr}");
+        if let Some(at) = metrics_addr {
+            tracing::info!(%at, "serving /metrics, /healthz and /readyz on {at}");
+        }
         Ok(Server {
             addr,
+            metrics_addr,
             router,
             threads,
             store_threads,
@@ -141,6 +162,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served when `metrics_bind` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Stops accepting and closes every connection with 1001. Returns at once; `join` waits.

@@ -251,6 +251,115 @@ async fn dev_mode_without_a_key_is_open_and_the_api_can_be_turned_off() {
     assert_api_error(&reply, 404, "not_found");
 }
 
+/// In dev mode the API has no key, so it takes bodies only as `Content-Type: application/json`,
+/// which a page on another site cannot send without a CORS preflight (issue 18, finding 8):
+/// the "simple" cross-site POSTs are refused with 415 and nothing is done, and the preflight
+/// gets no CORS headers.
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_mode_api_takes_only_json_bodies() {
+    let server = TestServer::default_config();
+    let addr = server.addr();
+    let mut member = dev(addr, "member").await;
+    let body = json!({"body": "from a web page"}).to_string();
+    let mut http = Http::connect(addr).await;
+    for content_type in [
+        Some("text/plain"),
+        Some("text/plain;charset=UTF-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let headers: Vec<_> = content_type
+            .map(|t| ("Content-Type", t))
+            .into_iter()
+            .collect();
+        let reply = http
+            .request("POST", "/api/broadcast", &headers, &body)
+            .await;
+        let json: Value = serde_json::from_str(&reply.body).expect("a JSON error");
+        let reply = Reply {
+            status: reply.status,
+            body: json,
+        };
+        assert_api_error(&reply, 415, "unsupported_media_type");
+    }
+    let preflight = http
+        .request(
+            "OPTIONS",
+            "/api/broadcast",
+            &[
+                ("Origin", "https://evil.example"),
+                ("Access-Control-Request-Method", "POST"),
+                ("Access-Control-Request-Headers", "content-type"),
+            ],
+            "",
+        )
+        .await;
+    assert!(
+        preflight
+            .headers
+            .iter()
+            .all(|(name, _)| !name.starts_with("access-control-")),
+        "the preflight must not be allowed: {preflight:?}"
+    );
+    // None of the refused calls reached the member: the first message is the first JSON one.
+    for content_type in ["application/json", "Application/JSON; charset=utf-8"] {
+        let body = json!({"body": content_type}).to_string();
+        let reply = http
+            .request(
+                "POST",
+                "/api/broadcast",
+                &[("Content-Type", content_type)],
+                &body,
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let got = member.recv_json().await;
+        assert_eq!(got["body"], content_type, "{got}");
+    }
+}
+
+/// A body shorter than its `Content-Length` does not hold the connection: after
+/// `api_body_timeout_ms` the API answers 408 with a JSON error and closes it (issue 18, finding
+/// 10). Nothing is published.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_api_body_gets_408_and_the_connection_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(|c| {
+        c.api_key = Some(KEY.into());
+        c.api_body_timeout_ms = 300;
+    });
+    let addr = server.addr();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: t\r\nAuthorization: apikey {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"room\":\"r\","
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut got))
+        .await
+        .expect("the server answers and closes a stalled body within TIMEOUT")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got}");
+    assert!(
+        got.to_ascii_lowercase().contains("connection: close"),
+        "{got}"
+    );
+    let body: Value = serde_json::from_str(got.split("\r\n\r\n").nth(1).unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {got}"));
+    assert_eq!(body["code"], "request_timeout", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("300 ms")),
+        "{body}"
+    );
+    let h = get(addr, "/api/rooms/r/history").await;
+    assert_eq!(h.body["messages"], json!([]));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_input_gets_a_400_with_a_code() {
     let server = TestServer::start(|c| {

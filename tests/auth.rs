@@ -721,20 +721,34 @@ async fn production_default_allows_only_the_same_host_origin() {
         .await;
 }
 
+/// Dev mode trusts `?user=`, so a browser may connect only from a page on this machine (issue
+/// 18, finding 8): any other site the developer visits is refused.
 #[tokio::test(flavor = "multi_thread")]
-async fn dev_mode_allows_any_origin() {
+async fn dev_mode_allows_loopback_origins_only() {
     let server = TestServer::default_config();
-    let mut c = connect(
-        server.addr(),
-        "/ws?user=alice",
-        &[("origin", "https://anything.example")],
-    )
-    .await
-    .unwrap_or_else(|r| panic!("dev mode must allow any origin: {r:?}"));
-    c.ping().await;
+    let addr = server.addr();
+    let own = format!("http://{addr}");
+    for ok in [
+        "http://localhost:5173",
+        "http://127.0.0.1",
+        "https://[::1]:8443",
+        own.as_str(),
+    ] {
+        let mut c = connect(addr, "/ws?user=alice", &[("origin", ok)])
+            .await
+            .unwrap_or_else(|r| panic!("dev mode must allow the loopback origin {ok}: {r:?}"));
+        c.ping().await;
+    }
+    for bad in ["https://evil.example", "http://localhost.evil.example:5173"] {
+        refused(addr, "/ws?user=alice", &[("origin", bad)])
+            .await
+            .assert(403, "origin_not_allowed");
+    }
+    dev(addr, "no_origin").await.ping().await;
 }
 
-/// A configured list replaces the default (same host, or any in dev mode) and takes wildcards.
+/// A configured list replaces the default (same host, or loopback in dev mode) and takes
+/// wildcards.
 #[tokio::test(flavor = "multi_thread")]
 async fn allowed_origins_take_wildcards_and_replace_the_default() {
     let server = TestServer::start(|c| {

@@ -279,7 +279,10 @@ async fn chat_and_operator_pages_in_chromium() {
         .request(
             "POST",
             "/api/publish",
-            &[("Authorization", auth.as_str())],
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ],
             r#"{"room":"lobby","body":{"text":"from the operator"}}"#,
         )
         .await;
@@ -329,11 +332,13 @@ async fn chat_and_operator_pages_in_chromium() {
 
     // She joins the lobby, which now has 66 messages: the newest 50 come first, and
     // scrolling to the top brings the rest.
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
     for n in 1..=60 {
         let body = format!(r#"{{"room":"lobby","body":{{"text":"filler {n}"}}}}"#);
-        let r = api
-            .request("POST", "/api/publish", &[("Authorization", &auth)], &body)
-            .await;
+        let r = api.request("POST", "/api/publish", &headers, &body).await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
     join(&bob, "lobby").await;

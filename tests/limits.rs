@@ -1,5 +1,7 @@
 //! Resource exhaustion: HTTP header size (431), slow handshakes (`handshake_timeout_ms`), the
-//! cap on handshakes in progress (`max_handshakes`: the next ones wait), and running out of file descriptors
+//! cap on handshakes in progress (`max_handshakes`: the next ones wait; idle keep-alive
+//! connections and clients that do not read hold no slot), the keep-alive cap and idle timeout
+//! (`max_keepalive_connections`, `keepalive_timeout_ms`), and running out of file descriptors
 //! (EMFILE) in the accept loop, tested on the real binary with a lowered `RLIMIT_NOFILE`.
 //! The API body limit (413) is in tests/api.rs.
 
@@ -113,6 +115,103 @@ async fn handshakes_in_progress_are_capped() {
         },
     )
     .await;
+}
+
+/// Keep-alive HTTP connections between requests hold no handshake slot (issue 18, finding 1):
+/// more of them than the shards have slots, each kept open after a `GET /healthz`, leave the
+/// accept loop running, and a WebSocket client connects at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keepalive_connections_hold_no_handshake_slot() {
+    let server = TestServer::start(|c| {
+        c.shards = 2;
+        c.max_handshakes = 8;
+        // Longer than the test: only the slots are under test.
+        c.handshake_timeout_ms = 60_000;
+        c.keepalive_timeout_ms = 60_000;
+    });
+    let addr = server.addr();
+    let mut kept = Vec::new();
+    for i in 0..40 {
+        let mut http = Http::connect(addr).await;
+        let reply = tokio::time::timeout(Duration::from_secs(2), http.get("/healthz", &[]))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("keep-alive connection {} of 40 was not answered: the 16 handshake slots are held by idle keep-alive connections", i + 1)
+            });
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.header("connection"), None, "{reply:?}");
+        kept.push(http);
+    }
+    let mut client = tokio::time::timeout(Duration::from_secs(1), dev(addr, "late"))
+        .await
+        .expect("with 40 idle keep-alive connections open, a WebSocket client connects at once");
+    client.ping().await;
+    // The kept connections are still open and served.
+    for http in &mut kept {
+        assert_eq!(http.get("/healthz", &[]).await.status, 200);
+    }
+}
+
+/// Idle keep-alive connections have their own bound: past `max_keepalive_connections` a
+/// response says `Connection: close` and the server closes the connection, and an idle one is
+/// closed after `keepalive_timeout_ms`.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keepalive_connections_are_capped_and_time_out() {
+    let server = TestServer::start(|c| {
+        c.shards = 1;
+        c.max_keepalive_connections = 2;
+        c.keepalive_timeout_ms = 500;
+    });
+    let addr = server.addr();
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut http = Http::connect(addr).await;
+        let reply = http.get("/healthz", &[]).await;
+        assert_eq!(reply.header("connection"), None, "under the cap: {reply:?}");
+        idle.push(http);
+    }
+    let mut third = Http::connect(addr).await;
+    let reply = third.get("/healthz", &[]).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok\n"));
+    assert_eq!(
+        reply.header("connection"),
+        Some("close"),
+        "at the cap: {reply:?}"
+    );
+    third.wait_closed("the response over the cap").await;
+
+    // The default handshake_timeout_ms (10 s) would close them after TIMEOUT (5 s).
+    for http in &mut idle {
+        http.wait_closed("an idle keep-alive connection after keepalive_timeout_ms")
+            .await;
+    }
+    // Their places are free again.
+    let mut again = Http::connect(addr).await;
+    let reply = again.get("/healthz", &[]).await;
+    assert_eq!(reply.header("connection"), None, "{reply:?}");
+}
+
+/// A client that pipelines requests and never reads the responses cannot keep its handshake
+/// slot: a response write that makes no progress for `handshake_timeout_ms` closes the
+/// connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_does_not_read_loses_its_handshake_slot() {
+    let server = TestServer::start(|c| {
+        c.shards = 1;
+        c.max_handshakes = 1;
+        c.handshake_timeout_ms = 500;
+    });
+    let addr = server.addr();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut deaf = socket.connect(addr).await.unwrap();
+    // About 18 MB of responses, far more than the socket buffers hold.
+    let requests = "GET /shardcast.js HTTP/1.1\r\nHost: t\r\n\r\n".repeat(1000);
+    deaf.write_all(requests.as_bytes()).await.unwrap();
+
+    let mut http = Http::connect(addr).await;
+    assert_eq!(http.get("/healthz", &[]).await.status, 200);
+    drop(deaf);
 }
 
 /// With too few descriptors, the acceptor backs off and warns once per interval, not per

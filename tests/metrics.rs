@@ -535,6 +535,72 @@ async fn api_stats_checks_the_key() {
     assert_eq!(http.get("/api/stats", &[]).await.status, 404);
 }
 
+/// With a `metrics_key`, `/metrics` needs `Authorization: Bearer KEY` (issue 18, finding 10).
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_key_is_required_when_set() {
+    let server = TestServer::start(|c| c.metrics_key = Some("scrape-k3y".into()));
+    let mut http = Http::connect(server.addr()).await;
+    for headers in [
+        &[][..],
+        &[("Authorization", "Bearer wrong")][..],
+        &[("Authorization", "Bearer scrape-k3")][..],
+        &[("Authorization", "Bearer scrape-k3y2")][..],
+        &[("Authorization", "scrape-k3y")][..],
+        &[("Authorization", "apikey scrape-k3y")][..],
+    ] {
+        let reply = http.get("/metrics", headers).await;
+        assert_eq!(reply.status, 401, "{headers:?}: {}", reply.body);
+        let body: Value = serde_json::from_str(&reply.body).expect("JSON error");
+        assert_eq!(body["code"], "unauthorized", "{body}");
+        assert!(
+            !reply.body.contains("shardcast_"),
+            "no metric leaks: {}",
+            reply.body
+        );
+    }
+    let reply = http
+        .get("/metrics", &[("Authorization", "Bearer scrape-k3y")])
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    Metrics::parse(&reply.body);
+    // Health probes need no key.
+    assert_eq!(http.get("/healthz", &[]).await.status, 200);
+    assert_eq!(http.get("/readyz", &[]).await.status, 200);
+}
+
+/// With `metrics_bind`, `/metrics` is served on that address only, with `/healthz` and
+/// `/readyz`; the public listener answers 404 for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_bind_moves_metrics_to_their_own_address() {
+    let server = TestServer::start(|c| c.metrics_bind = Some("127.0.0.1:0".parse().unwrap()));
+    let public = server.addr();
+    let private = server.metrics_addr().expect("a metrics address");
+    assert_ne!(public, private);
+    let mut http = Http::connect(public).await;
+    let reply = http.get("/metrics", &[]).await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    assert!(!reply.body.contains("shardcast_"), "{}", reply.body);
+    assert_eq!(http.get("/healthz", &[]).await.status, 200);
+
+    let mut c = dev(public, "alice").await;
+    c.ping().await;
+    let mut scraper = Http::connect(private).await;
+    let m = scraper.scrape().await;
+    assert_eq!(m.sum("shardcast_connections"), 1.0);
+    assert_eq!(scraper.get("/healthz", &[]).await.status, 200);
+    assert_eq!(scraper.get("/readyz", &[]).await.status, 200);
+    for path in ["/", "/ws?user=bob", "/api/stats", "/shardcast.js"] {
+        let reply = scraper.get(path, &[]).await;
+        assert_eq!(
+            reply.status, 404,
+            "{path} on the metrics listener: {}",
+            reply.body
+        );
+    }
+    let reply = scraper.request("POST", "/metrics", &[], "x").await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+}
+
 /// `/readyz` is 200 while serving and 503 `unavailable` once shutdown has begun. The request
 /// goes over a connection opened before the shutdown, on a shard kept running by a client that
 /// has not yet answered its 1001.

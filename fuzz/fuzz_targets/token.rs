@@ -18,7 +18,7 @@ use libfuzzer_sys::fuzz_target;
 use shardcast::auth::Authenticator;
 use shardcast::config::Config;
 
-const SECRET: &str = "fuzz-secret";
+const SECRET: &str = "fuzz-secret-0123456789abcdef012345";
 
 static AUTH: LazyLock<Authenticator> = LazyLock::new(|| {
     let config = Config {

@@ -90,6 +90,8 @@ pub struct ShardSetup {
     pub seeds: Vec<StreamInfo>,
     /// The listening socket, for the shard that accepts.
     pub listener: Option<std::net::TcpListener>,
+    /// The metrics listener (`metrics_bind`), for the shard that accepts.
+    pub metrics_listener: Option<std::net::TcpListener>,
     pub health: Arc<Health>,
     pub auth: Authenticator,
     /// The Redis engine, in cluster mode.
@@ -115,6 +117,7 @@ async fn run(setup: ShardSetup) {
         persist,
         seeds,
         listener,
+        metrics_listener,
         health,
         auth,
         cluster,
@@ -143,6 +146,9 @@ async fn run(setup: ShardSetup) {
     });
     if let Some(listener) = listener {
         tokio::task::spawn_local(accept_loop(ctx.clone(), listener, router));
+    }
+    if let Some(listener) = metrics_listener {
+        tokio::task::spawn_local(metrics_accept_loop(ctx.clone(), listener));
     }
     tokio::task::spawn_local(heartbeat(ctx.clone()));
     tokio::task::spawn_local(flusher(ctx.clone()));
@@ -206,49 +212,86 @@ fn spawn_http(ctx: &Rc<Ctx>, stream: TcpStream) {
 
 /// Shard 0 accepts and deals connections round-robin to all shards.
 async fn accept_loop(ctx: Rc<Ctx>, listener: std::net::TcpListener, router: Router) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot register the listener");
-            return;
-        }
+    let Some(mut acceptor) = Acceptor::new(&ctx, listener) else {
+        return;
     };
-    let mut stop = ctx.shutdown.subscribe();
     let mut next = 0usize;
-    let mut backoff = crate::accept::Backoff::default();
     loop {
         // At the limit, connections wait in the backlog (a storm queues instead of failing).
         while crate::http::handshakes_full(&ctx.config) {
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
+                _ = acceptor.stop.wait_for(|s| *s) => return,
                 _ = tokio::time::sleep(Duration::from_millis(1)) => {}
             }
         }
-        let accepted = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            a = listener.accept() => a,
+        let Some(stream) = acceptor.next().await else {
+            return;
         };
-        match accepted {
-            Ok((stream, _)) => {
-                backoff.succeeded();
-                // Latency matters more than packet count: frames are already coalesced.
-                let _ = stream.set_nodelay(true);
-                let target = next % router.shards();
-                next = next.wrapping_add(1);
-                if target == ctx.id {
-                    spawn_http(&ctx, stream);
-                } else {
-                    match stream.into_std() {
-                        Ok(s) => router.send(target, LocalMsg::Accept(s)),
-                        Err(e) => tracing::warn!(error = %e, "cannot hand over a connection"),
-                    }
-                }
+        // Latency matters more than packet count: frames are already coalesced.
+        let _ = stream.set_nodelay(true);
+        let target = next % router.shards();
+        next = next.wrapping_add(1);
+        if target == ctx.id {
+            spawn_http(&ctx, stream);
+        } else {
+            match stream.into_std() {
+                Ok(s) => router.send(target, LocalMsg::Accept(s)),
+                Err(e) => tracing::warn!(error = %e, "cannot hand over a connection"),
             }
+        }
+    }
+}
+
+/// The metrics listener (`metrics_bind`), served on the accepting shard: scrapes are few.
+async fn metrics_accept_loop(ctx: Rc<Ctx>, listener: std::net::TcpListener) {
+    let Some(mut acceptor) = Acceptor::new(&ctx, listener) else {
+        return;
+    };
+    while let Some(stream) = acceptor.next().await {
+        tokio::task::spawn_local(crate::http::serve_metrics(ctx.clone(), stream));
+    }
+}
+
+/// A listener, accepted from until shutdown, backing off when `accept` fails (EMFILE).
+struct Acceptor {
+    listener: TcpListener,
+    stop: watch::Receiver<bool>,
+    backoff: crate::accept::Backoff,
+}
+
+impl Acceptor {
+    fn new(ctx: &Ctx, listener: std::net::TcpListener) -> Option<Acceptor> {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => Some(Acceptor {
+                listener,
+                stop: ctx.shutdown.subscribe(),
+                backoff: crate::accept::Backoff::default(),
+            }),
             Err(e) => {
-                let pause = backoff.failed(&e);
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(pause) => {}
+                tracing::error!(error = %e, "cannot register the listener");
+                None
+            }
+        }
+    }
+
+    /// The next connection; `None` at shutdown.
+    async fn next(&mut self) -> Option<TcpStream> {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.stop.wait_for(|s| *s) => return None,
+                a = self.listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    self.backoff.succeeded();
+                    return Some(stream);
+                }
+                Err(e) => {
+                    let pause = self.backoff.failed(&e);
+                    tokio::select! {
+                        _ = self.stop.wait_for(|s| *s) => return None,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                 }
             }
         }

@@ -44,8 +44,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for a frame it expects before failing.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The secret used by tests that run in JWT mode.
-pub const SECRET: &str = "integration-test-secret";
+/// The secret used by tests that run in JWT mode (an HS256 secret needs at least 32 bytes).
+pub const SECRET: &str = "integration-test-secret-of-32-bytes";
 
 // ---------------------------------------------------------------------------------------------
 // Server
@@ -115,6 +115,11 @@ impl TestServer {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The metrics listener's address, when `metrics_bind` was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().and_then(Server::metrics_addr)
     }
 
     /// Starts graceful shutdown (returns at once).
@@ -1235,6 +1240,22 @@ impl Http {
         Http {
             stream: BufReader::new(stream),
         }
+    }
+
+    /// Waits up to [`TIMEOUT`] for the server to close the connection, with nothing more sent.
+    pub async fn wait_closed(&mut self, why: &str) {
+        let mut rest = Vec::new();
+        match tokio::time::timeout(TIMEOUT, self.stream.read_to_end(&mut rest)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Ok(Err(e)) => panic!("{why}: read failed: {e}"),
+            Err(_) => panic!("{why}: the server did not close the connection within {TIMEOUT:?}"),
+        }
+        assert!(
+            rest.is_empty(),
+            "{why}: the server sent {:?} before closing",
+            String::from_utf8_lossy(&rest)
+        );
     }
 
     /// `GET path` with extra headers.

@@ -8,7 +8,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-export const SECRET = "js-test-secret";
+export const SECRET = "js-test-secret-0123456789abcdef01234";
 export const API_KEY = "js-test-key";
 
 /** `shardcast serve` on 127.0.0.1:0 with a temp data dir and `args`; `restart()` brings it
