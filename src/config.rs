@@ -11,6 +11,13 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use serde::{Deserialize, Serialize};
 
+/// What a stored message costs against `user_store_rate_bytes` beyond its body and names:
+/// about its JSON envelope and its key in the store.
+pub const STORE_COST_OVERHEAD: u64 = 100;
+
+/// The most a message costs beyond its body: the overhead and two names of the longest.
+const MAX_STORE_OVERHEAD: u64 = STORE_COST_OVERHEAD + 2 * crate::protocol::MAX_NAME_LEN as u64;
+
 /// What happens when a user who is already connected opens another connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -298,6 +305,26 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_PUBLISH_BURST", default_value_t = 100)]
     pub publish_burst: u32,
 
+    /// Sustained bytes one user may store per second with `publish` and `send` together, over
+    /// its connections on one shard (a user spread over S shards may store S times as much; the
+    /// server API is not charged). A message costs its body, its room or recipient and sender
+    /// names and 100 bytes (about its size in the store); past the budget it gets `rate_limited`
+    /// and is not stored. The default is over 100 times a fast typist's chat (a message of ~200
+    /// bytes a second) and bounds one user to ~2.8 GB a day per shard. Default 32768; 0 = no
+    /// limit.
+    #[arg(
+        long,
+        env = "SHARDCAST_USER_STORE_RATE_BYTES",
+        default_value_t = 32_768
+    )]
+    pub user_store_rate_bytes: u64,
+
+    /// Bytes a user may store in a burst above user_store_rate_bytes, per shard (15 messages of
+    /// 64 KiB: a few pasted blocks in a row pass); at least max_message_size + 356, so the
+    /// largest message fits. Default 1048576 (1 MiB).
+    #[arg(long, env = "SHARDCAST_USER_STORE_BURST_BYTES", default_value_t = 1 << 20)]
+    pub user_store_burst_bytes: u64,
+
     /// Unsent bytes a connection may have queued before it is closed as a slow consumer (4000).
     /// Default 1048576 (1 MiB).
     #[arg(long, env = "SHARDCAST_MAX_QUEUE_BYTES", default_value_t = 1 << 20)]
@@ -451,6 +478,8 @@ impl Default for Config {
             max_rooms_per_connection: 256,
             publish_rate: 50,
             publish_burst: 100,
+            user_store_rate_bytes: 32_768,
+            user_store_burst_bytes: 1 << 20,
             max_queue_bytes: 1 << 20,
             max_total_queue_bytes: 1 << 30,
             presence_events: true,
@@ -627,6 +656,15 @@ impl Config {
         }
         if self.publish_rate == 0 || self.publish_burst == 0 {
             return invalid("publish_rate and publish_burst must be greater than 0");
+        }
+        if self.user_store_rate_bytes != 0
+            && self.user_store_burst_bytes < self.max_message_size as u64 + MAX_STORE_OVERHEAD
+        {
+            return Err(ConfigError::Invalid(format!(
+                "user_store_burst_bytes must be at least max_message_size + {MAX_STORE_OVERHEAD} \
+                 ({}), or the largest message could never be stored",
+                self.max_message_size as u64 + MAX_STORE_OVERHEAD
+            )));
         }
         if self.max_connections_per_user == 0 || self.max_rooms_per_connection == 0 {
             return invalid("max_connections_per_user and max_rooms_per_connection must be > 0");
@@ -813,6 +851,20 @@ mod tests {
         let args = ["--echo", "true", "--jwt-secret", "s", "--api", "false"];
         let err = load(&args, None).unwrap_err();
         assert!(err.to_string().contains("echo"), "{err}");
+    }
+
+    #[test]
+    fn the_store_burst_must_hold_the_largest_message_unless_the_budget_is_off() {
+        let err = load(&["--user-store-burst-bytes", "65891"], None).unwrap_err();
+        assert!(err.to_string().contains("65892"), "{err}");
+        assert!(load(&["--user-store-burst-bytes", "65892"], None).is_ok());
+        let off = [
+            "--user-store-rate-bytes",
+            "0",
+            "--user-store-burst-bytes",
+            "1",
+        ];
+        assert!(load(&off, None).is_ok());
     }
 
     #[test]

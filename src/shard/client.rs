@@ -307,6 +307,7 @@ impl Shard {
             ClientMessage::Publish { room, body } => self
                 .member(conn, &room, "publishing to")
                 .and_then(|()| self.take_token(conn))
+                .and_then(|()| self.charge_store(conn, &room, body.get().len()))
                 .map(|()| {
                     self.to_engine(EngineMsg::Publish {
                         room,
@@ -315,14 +316,16 @@ impl Shard {
                         reply: reply_to(conn, &id),
                     })
                 }),
-            ClientMessage::Send { to, body } => self.take_token(conn).map(|()| {
-                self.to_engine(EngineMsg::Direct {
-                    to,
-                    from: conn.user.clone(),
-                    body: Bytes::copy_from_slice(body.get().as_bytes()),
-                    reply: reply_to(conn, &id),
-                })
-            }),
+            ClientMessage::Send { to, body } => (self.take_token(conn))
+                .and_then(|()| self.charge_store(conn, &to, body.get().len()))
+                .map(|()| {
+                    self.to_engine(EngineMsg::Direct {
+                        to,
+                        from: conn.user.clone(),
+                        body: Bytes::copy_from_slice(body.get().as_bytes()),
+                        reply: reply_to(conn, &id),
+                    })
+                }),
             ClientMessage::History {
                 room,
                 before,

@@ -986,12 +986,13 @@ pub async fn miss_messages(addr: SocketAddr, room: &str, seen: u64, last: u64) -
     (dev(addr, "a").await, b)
 }
 
-/// No presence events (they would interleave with messages) and a publish rate no test
-/// reaches.
+/// No presence events (they would interleave with messages), and a publish rate and a budget
+/// of stored bytes no test reaches.
 pub fn fast(c: &mut Config) {
     c.presence_events = false;
     c.publish_rate = 1_000_000;
     c.publish_burst = 1_000_000;
+    c.user_store_rate_bytes = 0;
 }
 
 // ---------------------------------------------------------------------------------------------
