@@ -118,6 +118,14 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_STORE_MEMTABLE_BYTES", default_value_t = 2 << 20)]
     pub store_memtable_bytes: u64,
 
+    /// Free space the data directory's filesystem must keep, in bytes. Below it, `publish` and
+    /// `send` answer `unavailable` (reads go on) and /readyz is 503, until free space is back
+    /// above it plus an eighth (no restart needed). The store writer reads it at most every
+    /// 100 ms while writing and every second while idle. Only for the embedded engine with
+    /// durability sync or async. Default 268435456 (256 MiB); 0 = off.
+    #[arg(long, env = "SHARDCAST_MIN_FREE_DISK_BYTES", default_value_t = 256 << 20)]
+    pub min_free_disk_bytes: u64,
+
     /// How messages are stored before they are acknowledged: sync (on disk first, group
     /// commit), async (acknowledged at once, on disk within flush_interval_ms) or memory (not on
     /// disk). Default sync.
@@ -446,6 +454,7 @@ impl Default for Config {
             data: PathBuf::from("./data"),
             store_cache_bytes: 16 << 20,
             store_memtable_bytes: 2 << 20,
+            min_free_disk_bytes: 256 << 20,
             durability: Durability::Sync,
             flush_interval_ms: 100,
             replay_limit: 1_000,
@@ -865,6 +874,8 @@ mod tests {
             "1",
         ];
         assert!(load(&off, None).is_ok());
+        let c = load(&["--min-free-disk-bytes", "0"], None).unwrap();
+        assert_eq!(c.min_free_disk_bytes, 0);
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! What one user can make the server store: the per-user budget for stored bytes
+//! What one user can make the server store, and what happens when the disk runs low
+//! (docs/security.md, "Storage"): the per-user budget for stored bytes
 //! (`user_store_rate_bytes`, `user_store_burst_bytes`) over several connections on a 2-shard
-//! server, and on the redis engine.
+//! server and on the redis engine, and the free-disk floor (`min_free_disk_bytes`) with the writer's reading of free
+//! space overridden by the `fault-injection` hook (`TestServer::inject_disk_free`).
 
 mod common;
 
@@ -202,4 +204,154 @@ async fn the_store_budget_applies_on_the_redis_engine_too() {
     let mut reader = dev(cluster.addr(1), "reader").await;
     reader.join("flood").await;
     assert_eq!(reader.history_all("flood").await.len(), acked);
+}
+
+/// The disk floor: below `min_free_disk_bytes` a publish, a direct message and an API publish
+/// get `unavailable` saying the disk is almost full; history, `join` with `since` and `sync`
+/// still answer; `/readyz` is 503 and `/metrics` shows the reading. Once free space is back,
+/// all of it recovers without a restart, and the refused messages were never stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn below_the_disk_floor_writes_are_refused_and_reads_go_on() {
+    const FLOOR: u64 = 256 << 20;
+    let server = TestServer::start(|c| {
+        fast(c);
+        c.shards = 2;
+        assert_eq!(c.min_free_disk_bytes, FLOOR, "the documented default");
+    });
+    let addr = server.addr();
+    let mut http = Http::connect(addr).await;
+    let mut a = dev(addr, "a").await;
+    a.join("r").await;
+    assert_eq!(a.publish("r", json!("before")).await, 1);
+    a.dm("b", json!("before")).await;
+    let m = metrics(&mut http).await;
+    assert_eq!(m.get("shardcast_store_disk_low"), Some(&0.0), "{m:?}");
+    assert!(
+        m.get("shardcast_store_disk_free_bytes")
+            .is_some_and(|&free| free > FLOOR as f64),
+        "the real disk's free space: {m:?}"
+    );
+
+    server.inject_disk_free(Some(1 << 20));
+    let why = readyz_becomes(&mut http, 503).await;
+    assert!(why.contains("min_free_disk_bytes"), "{why}");
+    let m = metrics(&mut http).await;
+    assert_eq!(m.get("shardcast_store_disk_low"), Some(&1.0), "{m:?}");
+    assert_eq!(
+        m.get("shardcast_store_disk_free_bytes").copied(),
+        Some((1u64 << 20) as f64),
+        "{m:?}"
+    );
+
+    for frame in [
+        json!({"type": "publish", "room": "r", "body": "refused"}),
+        json!({"type": "send", "to": "b", "body": "refused"}),
+    ] {
+        let reply = a.call(frame).await;
+        assert_error(&reply, "unavailable", reply.get("id"));
+        let message = reply["message"].as_str().unwrap();
+        for part in [
+            "disk is almost full",
+            "1048576",
+            &FLOOR.to_string(),
+            "history",
+        ] {
+            assert!(message.contains(part), "{part:?} in {message}");
+        }
+    }
+    let api = http
+        .request(
+            "POST",
+            "/api/publish",
+            &[("Content-Type", "application/json")],
+            r#"{"room":"r","body":"refused"}"#,
+        )
+        .await;
+    assert_eq!(api.status, 503, "{}", api.body);
+    assert!(api.body.contains("disk is almost full"), "{}", api.body);
+
+    // Reads go on.
+    let (page, _) = a.history("r", None, None).await;
+    assert_eq!(seqs(&page), [1]);
+    let mut late = dev(addr, "late").await;
+    assert_recovery(&late.join_since("r", 0).await, 1, true, 1, false);
+    assert_eq!(late.recv_json().await["body"], "before");
+    let mut b = dev(addr, "b").await;
+    assert_eq!(b.welcome["inbox_seq"], 1);
+    assert_eq!(b.recv_json().await["body"], "before", "the inbox replay");
+    let (inbox, _) = b.sync(0).await;
+    assert_eq!(seqs(&inbox), [1]);
+
+    // Space comes back: no restart.
+    server.inject_disk_free(Some(10 << 30));
+    readyz_becomes(&mut http, 200).await;
+    let m = metrics(&mut http).await;
+    assert_eq!(m.get("shardcast_store_disk_low"), Some(&0.0), "{m:?}");
+    assert_eq!(
+        a.publish("r", json!("after")).await,
+        2,
+        "no seq was used up"
+    );
+    assert_eq!(a.dm("b", json!("after")).await, 2);
+    let history = a.history_all("r").await;
+    let bodies: Vec<&Value> = history.iter().map(|m| &m["body"]).collect();
+    assert_eq!(bodies, [&json!("after"), &json!("before")]);
+}
+
+/// The disk floor keeps a margin once hit: free space just above the floor is not enough to
+/// resume, an eighth above it is. A floor of 0 turns the reading off.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_disk_floor_recovers_an_eighth_above_it_and_0_turns_it_off() {
+    const FLOOR: u64 = 8 << 20;
+    let server = TestServer::start(|c| {
+        fast(c);
+        c.min_free_disk_bytes = FLOOR;
+    });
+    let addr = server.addr();
+    let mut http = Http::connect(addr).await;
+    let mut a = dev(addr, "a").await;
+    a.join("r").await;
+    server.inject_disk_free(Some(FLOOR - 1));
+    readyz_becomes(&mut http, 503).await;
+    server.inject_disk_free(Some(FLOOR + FLOOR / 8 - 1));
+    // The writer has read it once the scrape shows it (a scrape is answered in order).
+    let free = (FLOOR + FLOOR / 8 - 1) as f64;
+    eventually(TIMEOUT, "the new reading", async || {
+        let m = metrics(&mut http).await;
+        (m.get("shardcast_store_disk_free_bytes") == Some(&free)).then_some(())
+    })
+    .await;
+    assert_eq!(http.get("/readyz", &[]).await.status, 503);
+    let reply = a
+        .call(json!({"type": "publish", "room": "r", "body": 1}))
+        .await;
+    assert_error(&reply, "unavailable", reply.get("id"));
+    server.inject_disk_free(Some(FLOOR + FLOOR / 8));
+    readyz_becomes(&mut http, 200).await;
+    assert_eq!(a.publish("r", json!(2)).await, 1);
+
+    let off = TestServer::start(|c| c.min_free_disk_bytes = 0);
+    off.inject_disk_free(Some(0));
+    let mut http = Http::connect(off.addr()).await;
+    let m = metrics(&mut http).await;
+    assert!(!m.contains_key("shardcast_store_disk_low"), "{m:?}");
+    let mut a = dev(off.addr(), "a").await;
+    a.join("r").await;
+    assert_eq!(a.publish("r", json!(1)).await, 1);
+    assert_eq!(http.get("/readyz", &[]).await.status, 200);
+}
+
+/// The unlabelled samples of `/metrics`, by name.
+async fn metrics(http: &mut Http) -> std::collections::HashMap<String, f64> {
+    let reply = http.get("/metrics", &[]).await;
+    assert_eq!(reply.status, 200);
+    reply
+        .body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.contains('{'))
+        .filter_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
 }
