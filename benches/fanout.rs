@@ -21,12 +21,20 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use shardcast::auth::Identity;
 use shardcast::config::{Config, Durability};
-use shardcast::conn::{Conn, Event, MemorySink};
+use shardcast::conn::{Conn, Event, FrameLimits, MemorySink, Rates};
 use shardcast::msg::ConnId;
 use shardcast::persist::Persist;
 use shardcast::protocol::Name;
 use shardcast::router::{Inbox, Router};
 use shardcast::shard::Shard;
+
+/// Rate limits no bench reaches.
+const UNLIMITED: Rates = Rates {
+    requests: u32::MAX,
+    request_burst: u32::MAX,
+    reads: u32::MAX,
+    read_burst: u32::MAX,
+};
 
 fn identity(user: &str) -> Identity {
     Identity {
@@ -70,7 +78,8 @@ fn room(members: u64, conn: impl Fn(Conn) -> Conn) -> (Shard, Vec<Rc<Conn>>, Vec
                 conn_id,
                 MemorySink::default(),
                 &id,
-                u32::MAX,
+                &UNLIMITED,
+                FrameLimits::of(&Config::default()),
             )));
             shard.attach(&conn, &id, 0, Bytes::new());
             message(&mut shard, &conn, r#"{"type":"join","room":"bench"}"#);
@@ -196,7 +205,14 @@ fn coalesce(c: &mut Criterion) {
         while matches!(client.read(&mut buf), Ok(n) if n > 0) {}
     });
     let stream = tokio::net::TcpStream::from_std(server).unwrap();
-    let conn = Conn::new(ConnId::new(0, 0, 1), stream, &identity("bench"), 1);
+    let limits = FrameLimits::of(&Config::default());
+    let conn = Conn::new(
+        ConnId::new(0, 0, 1),
+        stream,
+        &identity("bench"),
+        &UNLIMITED,
+        limits,
+    );
     let frame = Rc::new(Bytes::from(vec![b'x'; 100]));
 
     let mut g = c.benchmark_group("coalesce");

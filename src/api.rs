@@ -104,6 +104,7 @@ async fn route(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Bytes, ApiError> 
         uri.query().unwrap_or(""),
         &body,
         ctx.config.max_message_size,
+        ctx.config.max_body_depth,
     )?;
     run(&ctx, call).await
 }
@@ -147,9 +148,10 @@ pub fn parse_call(
     query: &str,
     body: &[u8],
     max_message_size: usize,
+    max_body_depth: usize,
 ) -> Result<Call, ApiError> {
     let segments: Vec<&str> = path.split('/').collect();
-    let size = |body: &RawValue| body_bytes(body, max_message_size);
+    let size = |body: &RawValue| body_bytes(body, max_message_size, max_body_depth);
     match (method, segments.as_slice()) {
         (&Method::POST, ["publish"]) => {
             let req: PublishRequest<'_> = parse(body)?;
@@ -254,7 +256,14 @@ async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
             .await?;
             Ok(counted(n, nodes))
         }
-        Call::Presence(room) => ask_engine(ctx, |reply| EngineMsg::Presence { room, reply }).await,
+        Call::Presence(room) => {
+            ask_engine(ctx, |reply| EngineMsg::Presence {
+                room,
+                reply,
+                page: None,
+            })
+            .await
+        }
         Call::History {
             room,
             before,
@@ -342,14 +351,15 @@ fn sender(from: Option<&str>) -> Result<Name, ApiError> {
     name("from", from.unwrap_or(SYSTEM))
 }
 
-/// The body's bytes, within the message size limit.
-fn body_bytes(body: &RawValue, limit: usize) -> Result<Bytes, ApiError> {
+/// The body's bytes, within the message size and nesting limits.
+fn body_bytes(body: &RawValue, limit: usize, max_depth: usize) -> Result<Bytes, ApiError> {
     if body.get().len() > limit {
         return Err(ApiError::from(ReplyError::new(
             ErrorCode::TooLarge,
             format!("body is over the {limit}-byte limit"),
         )));
     }
+    crate::protocol::check_body_depth(body.get(), max_depth)?;
     Ok(Bytes::copy_from_slice(body.get().as_bytes()))
 }
 

@@ -84,6 +84,8 @@ struct Keys {
     jwks: Option<Jwks>,
     audience: Option<String>,
     issuer: Option<String>,
+    /// `require_exp`: a token must carry `exp`.
+    require_exp: bool,
 }
 
 /// Checks handshake credentials; cheap to clone (every shard holds one). No keys means dev mode.
@@ -120,6 +122,7 @@ impl Authenticator {
             jwks,
             audience: config.jwt_audience.clone(),
             issuer: config.jwt_issuer.clone(),
+            require_exp: config.require_exp,
         };
         Ok(Authenticator {
             keys: Some(Arc::new(keys)),
@@ -173,9 +176,14 @@ impl Authenticator {
 
 impl Authenticator {
     /// Checks a `refresh` token for a connection of `user`: it must verify like a handshake
-    /// token and name the same `sub`. Returns its `exp`, the connection's new expiry. Its `rooms`
-    /// claim is not applied: the connection keeps the rooms its first token allowed.
-    pub fn refresh(&self, user: &Name, token: &str) -> Result<Option<u64>, ReplyError> {
+    /// token and name the same `sub`. Returns what it says: the connection's new expiry
+    /// (`exp`) and the rooms it now allows (`rooms`).
+    pub fn refresh(
+        &self,
+        user: &Name,
+        token: &str,
+        max_rooms: usize,
+    ) -> Result<Identity, ReplyError> {
         let refused = |m: String| ReplyError::new(ErrorCode::Unauthorized, m);
         let keys = self.keys.as_ref().ok_or_else(|| {
             ReplyError::new(ErrorCode::BadRequest, "dev mode has no tokens to refresh")
@@ -186,7 +194,7 @@ impl Authenticator {
                 "the token is for another user; this connection is {user}"
             )));
         }
-        Ok(claims.exp)
+        identity(claims, max_rooms).map_err(|e| refused(e.to_string()))
     }
 }
 
@@ -230,6 +238,9 @@ impl Keys {
         v.leeway = 0;
         v.validate_nbf = true;
         v.required_spec_claims = HashSet::from(["sub".to_owned()]);
+        if self.require_exp {
+            v.required_spec_claims.insert("exp".to_owned());
+        }
         match &self.audience {
             Some(aud) => {
                 v.set_audience(&[aud]);
@@ -254,6 +265,11 @@ impl Keys {
             ErrorKind::InvalidIssuer => {
                 unauthorized("token iss is not the configured issuer".into())
             }
+            ErrorKind::MissingRequiredClaim(claim) if claim == "exp" => unauthorized(
+                "the token has no exp claim, and this server requires one (require_exp): \
+                 issue tokens that expire"
+                    .into(),
+            ),
             _ => unauthorized(format!("invalid token: {e}")),
         })?;
         Ok(data.claims)
@@ -386,7 +402,11 @@ mod tests {
     #[test]
     fn jwt_claims_are_checked() {
         let a = hs("s3cret");
-        let t = token(json!({"sub":"bob","rooms":["r1","r2","r1"]}), "s3cret");
+        let later = now() + 60;
+        let t = token(
+            json!({"sub":"bob","exp":later,"rooms":["r1","r2","r1"]}),
+            "s3cret",
+        );
         let id = a
             .authenticate(Some(&format!("token={t}")), None, 10)
             .unwrap();
@@ -408,10 +428,24 @@ mod tests {
         let live = token(json!({"sub":"bob","exp":now() + 60}), "s3cret");
         assert!(a.authenticate(None, Some(&live), 10).is_ok());
         assert!(a.authenticate(Some("user=bob"), None, 10).is_err());
-        let bad_sub = token(json!({"sub":"no spaces"}), "s3cret");
+        let bad_sub = token(json!({"sub":"no spaces","exp":later}), "s3cret");
         assert!(a.authenticate(None, Some(&bad_sub), 10).is_err());
-        let too_many = token(json!({"sub":"b","rooms":["a","b","c"]}), "s3cret");
+        let too_many = token(
+            json!({"sub":"b","exp":later,"rooms":["a","b","c"]}),
+            "s3cret",
+        );
         assert!(a.authenticate(None, Some(&too_many), 2).is_err());
+        // require_exp (the default): a token without exp is refused, saying why.
+        let forever = token(json!({"sub":"bob"}), "s3cret");
+        let err = a.authenticate(None, Some(&forever), 10).unwrap_err();
+        assert!(err.to_string().contains("require_exp"), "{err}");
+        let relaxed = Authenticator::new(&Config {
+            jwt_secret: Some("s3cret".into()),
+            require_exp: false,
+            ..Config::default()
+        })
+        .unwrap();
+        assert!(relaxed.authenticate(None, Some(&forever), 10).is_ok());
     }
 
     #[test]
@@ -424,11 +458,7 @@ mod tests {
         };
         let t = mint("s3cret", &id);
         assert_eq!(a.authenticate(None, Some(&t), 10).unwrap(), id);
-        let bare = Identity {
-            rooms: None,
-            exp: None,
-            ..id
-        };
+        let bare = Identity { rooms: None, ..id };
         let t = mint("s3cret", &bare);
         assert_eq!(a.authenticate(None, Some(&t), 10).unwrap(), bare);
         let other = hs("other");

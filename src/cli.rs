@@ -97,22 +97,26 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
     lines
 }
 
-/// How long a minted token is valid; `None` means it has no `exp` claim.
+/// How long a minted token is valid: its `exp` is now plus this. Never zero: servers refuse
+/// tokens without `exp` (`require_exp`), and one that never expires is a leak that never ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ttl(pub Option<Duration>);
+pub struct Ttl(pub Duration);
 
 /// Parses a token lifetime: a number with a unit `s`, `m`, `h` or `d` (`30s`, `15m`, `24h`,
-/// `7d`; a bare number is seconds). `0` or `none` mean no expiry.
+/// `7d`; a bare number is seconds), above zero.
 pub fn parse_ttl(text: &str) -> Result<Ttl, String> {
     let text = text.trim();
-    if text.eq_ignore_ascii_case("none") {
-        return Ok(Ttl(None));
-    }
     let digits = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);
-    let bad = || format!("`{text}` is not a lifetime: use e.g. 30s, 15m, 24h, 7d, or 0 for none");
+    let bad = || format!("`{text}` is not a lifetime: use e.g. 30s, 15m, 24h, 7d");
+    if text.eq_ignore_ascii_case("none") || number.parse() == Ok(0u64) {
+        return Err(format!(
+            "`{text}`: a token must expire (servers refuse tokens without exp unless \
+             require_exp = false); give a lifetime such as 24h, or 3650d for a long one"
+        ));
+    }
     let number: u64 = number.parse().map_err(|_| bad())?;
     let scale = match unit {
         "" | "s" => 1,
@@ -122,7 +126,7 @@ pub fn parse_ttl(text: &str) -> Result<Ttl, String> {
         _ => return Err(bad()),
     };
     let secs = number.checked_mul(scale).ok_or_else(bad)?;
-    Ok(Ttl((secs > 0).then(|| Duration::from_secs(secs))))
+    Ok(Ttl(Duration::from_secs(secs)))
 }
 
 /// Parses a user id or room name as the server validates it.
@@ -166,14 +170,16 @@ mod tests {
 
     #[test]
     fn lifetimes_take_units() {
-        let secs = |s| parse_ttl(s).map(|t| t.0.map(|d| d.as_secs()));
-        assert_eq!(secs("30s"), Ok(Some(30)));
-        assert_eq!(secs("15m"), Ok(Some(900)));
-        assert_eq!(secs("24h"), Ok(Some(86_400)));
-        assert_eq!(secs("7d"), Ok(Some(604_800)));
-        assert_eq!(secs("90"), Ok(Some(90)));
-        assert_eq!(secs("0"), Ok(None));
-        assert_eq!(secs("none"), Ok(None));
+        let secs = |s| parse_ttl(s).map(|t| t.0.as_secs());
+        assert_eq!(secs("30s"), Ok(30));
+        assert_eq!(secs("15m"), Ok(900));
+        assert_eq!(secs("24h"), Ok(86_400));
+        assert_eq!(secs("7d"), Ok(604_800));
+        assert_eq!(secs("90"), Ok(90));
+        for never in ["0", "none", "0h"] {
+            let err = parse_ttl(never).unwrap_err();
+            assert!(err.contains("must expire"), "{never}: {err}");
+        }
         for bad in ["", "h", "1w", "-1h", "1.5h", "99999999999999999999d"] {
             assert!(parse_ttl(bad).is_err(), "{bad:?} must be refused");
         }

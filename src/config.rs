@@ -220,6 +220,14 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_TOKEN_GRACE_SECS", default_value_t = 30)]
     pub token_grace_secs: u64,
 
+    /// Refuse tokens without an `exp` claim, at connect and in `refresh`: a token that never
+    /// expires keeps its connections open for good once leaked or revoked. Only meaningful with
+    /// jwt_secret, jwt_public_key or jwks_url. With false such tokens are accepted, but a
+    /// `refresh` without `exp` is still refused on a connection that has an expiry (it cannot
+    /// take it off). Default true.
+    #[arg(long, env = "SHARDCAST_REQUIRE_EXP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub require_exp: bool,
+
     /// Let clients authenticate with a first frame `{"type":"connect","token":..}` instead of a
     /// token in the URL (which proxies log): an upgrade without credentials is accepted and
     /// must send that frame within first_frame_timeout_ms. Ignored in dev mode. Default false.
@@ -289,6 +297,12 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_MAX_MESSAGE_SIZE", default_value_t = 65_536)]
     pub max_message_size: usize,
 
+    /// Deepest nesting of arrays and objects in a `publish` or `send` body (and the server
+    /// API's publish, send and broadcast bodies); deeper ones get `bad_request`. Bodies are
+    /// relayed as they are, and parsers that bound depth fail on deep ones. Default 64.
+    #[arg(long, env = "SHARDCAST_MAX_BODY_DEPTH", default_value_t = 64)]
+    pub max_body_depth: usize,
+
     /// permessage-deflate (RFC 7692): when set, connections whose client offers it negotiate it
     /// (with no context takeover either way), and data frames with at least this many payload
     /// bytes go out compressed, each once per shard for all its members. Default none: not
@@ -304,8 +318,8 @@ pub struct Config {
     )]
     pub max_rooms_per_connection: usize,
 
-    /// Sustained requests that write or read the store (publish, send, history, sync) per second
-    /// per connection. Default 50.
+    /// Sustained requests per second per connection that write or read the store, or ask who is
+    /// in a room (publish, send, history, sync, presence, refresh). Default 50.
     #[arg(long, env = "SHARDCAST_PUBLISH_RATE", default_value_t = 50)]
     pub publish_rate: u32,
 
@@ -332,6 +346,20 @@ pub struct Config {
     /// largest message fits. Default 1048576 (1 MiB).
     #[arg(long, env = "SHARDCAST_USER_STORE_BURST_BYTES", default_value_t = 1 << 20)]
     pub user_store_burst_bytes: u64,
+
+    /// Stored messages per second a connection may read, sustained: what `join` with `since`,
+    /// `history` and `sync` return and the offline messages at connect. A read is charged when
+    /// its answer comes; while the connection is in debt, the next one gets `rate_limited`.
+    /// Default 1000.
+    #[arg(long, env = "SHARDCAST_READ_RATE", default_value_t = 1_000)]
+    pub read_rate: u32,
+
+    /// Stored messages a connection may read in a burst above read_rate. Reads sent together
+    /// are all served before any is charged, so a reconnect that rejoins all its rooms with
+    /// `since` at once is never refused, however many rooms; the burst is what it may read
+    /// after that before the rate applies (ten full replays of 1000). Default 10000.
+    #[arg(long, env = "SHARDCAST_READ_BURST", default_value_t = 10_000)]
+    pub read_burst: u32,
 
     /// Unsent bytes a connection may have queued before it is closed as a slow consumer (4000).
     /// Default 1048576 (1 MiB).
@@ -471,6 +499,7 @@ impl Default for Config {
             jwt_audience: None,
             jwt_issuer: None,
             token_grace_secs: 30,
+            require_exp: true,
             first_frame_auth: false,
             first_frame_timeout_ms: 5_000,
             allowed_origins: Vec::new(),
@@ -483,12 +512,15 @@ impl Default for Config {
             session_policy: SessionPolicy::Multi,
             max_connections_per_user: 16,
             max_message_size: 65_536,
+            max_body_depth: 64,
             compression_min_bytes: None,
             max_rooms_per_connection: 256,
             publish_rate: 50,
             publish_burst: 100,
             user_store_rate_bytes: 32_768,
             user_store_burst_bytes: 1 << 20,
+            read_rate: 1_000,
+            read_burst: 10_000,
             max_queue_bytes: 1 << 20,
             max_total_queue_bytes: 1 << 30,
             presence_events: true,
@@ -660,6 +692,9 @@ impl Config {
         if self.max_message_size < 128 {
             return invalid("max_message_size must be at least 128 bytes");
         }
+        if self.max_body_depth == 0 {
+            return invalid("max_body_depth must be at least 1");
+        }
         if self.max_queue_bytes < self.max_message_size {
             return invalid("max_queue_bytes must be at least max_message_size");
         }
@@ -674,6 +709,9 @@ impl Config {
                  ({}), or the largest message could never be stored",
                 self.max_message_size as u64 + MAX_STORE_OVERHEAD
             )));
+        }
+        if self.read_rate == 0 || self.read_burst == 0 {
+            return invalid("read_rate and read_burst must be greater than 0");
         }
         if self.max_connections_per_user == 0 || self.max_rooms_per_connection == 0 {
             return invalid("max_connections_per_user and max_rooms_per_connection must be > 0");

@@ -55,15 +55,42 @@ struct OutQueue {
     head_sent: usize,
 }
 
-/// A token bucket for publishes. 16 bytes (an `Instant` alone is 16): it is in every `Conn`.
+/// A connection's two rate limits, refilled from one clock reading: a token bucket of requests
+/// (`publish_rate`: publish, send, history, sync, presence, refresh) and a budget of stored
+/// messages read (`read_rate`: join replays, history, sync, the inbox at connect). 16 bytes (an
+/// `Instant` alone is 16): it is in every `Conn`.
 #[derive(Clone, Copy)]
-pub struct Bucket {
-    tokens: f32,
+pub struct Buckets {
+    requests: f32,
+    /// Goes below zero: a read is charged when its answer comes, for what it returned, and
+    /// the next one waits until this is back to zero (a debt, paid off at `read_rate`).
+    reads: f32,
     /// Microseconds since `epoch()`.
     last: u64,
 }
 
-/// The process's clock origin for `Bucket`.
+/// The rates and bursts of a connection's `Buckets`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rates {
+    pub requests: u32,
+    pub request_burst: u32,
+    /// Stored messages per second.
+    pub reads: u32,
+    pub read_burst: u32,
+}
+
+impl Rates {
+    pub fn of(config: &crate::config::Config) -> Rates {
+        Rates {
+            requests: config.publish_rate,
+            request_burst: config.publish_burst,
+            reads: config.read_rate,
+            read_burst: config.read_burst,
+        }
+    }
+}
+
+/// The process's clock origin for `Buckets`.
 fn epoch() -> std::time::Instant {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     *EPOCH.get_or_init(std::time::Instant::now)
@@ -73,26 +100,47 @@ fn micros_now() -> u64 {
     epoch().elapsed().as_micros() as u64
 }
 
-impl Bucket {
-    pub fn full(burst: u32) -> Bucket {
-        Bucket {
-            tokens: burst as f32,
+impl Buckets {
+    pub fn full(rates: &Rates) -> Buckets {
+        Buckets {
+            requests: rates.request_burst as f32,
+            reads: rates.read_burst as f32,
             last: micros_now(),
         }
     }
 
-    /// Takes one token if there is one.
-    pub fn take(&mut self, rate: u32, burst: u32) -> bool {
+    /// Adds what both buckets earned since the last call (one clock read).
+    fn refill(&mut self, r: &Rates) {
         let now = micros_now();
-        let refill = now.saturating_sub(self.last) as f64 / 1e6 * rate as f64;
-        self.tokens = (self.tokens as f64 + refill).min(burst as f64) as f32;
+        let secs = now.saturating_sub(self.last) as f64 / 1e6;
+        let fill = |have: f32, rate: u32, burst: u32| {
+            (have as f64 + secs * rate as f64).min(burst as f64) as f32
+        };
+        self.requests = fill(self.requests, r.requests, r.request_burst);
+        self.reads = fill(self.reads, r.reads, r.read_burst);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+    }
+
+    /// Takes one request token if there is one.
+    pub fn take_request(&mut self, r: &Rates) -> bool {
+        self.refill(r);
+        let ok = self.requests >= 1.0;
+        if ok {
+            self.requests -= 1.0;
         }
+        ok
+    }
+
+    /// Whether a read may start: the read budget is not in debt.
+    pub fn may_read(&mut self, r: &Rates) -> bool {
+        self.refill(r);
+        self.reads >= 0.0
+    }
+
+    /// A read returned `messages` stored messages.
+    pub fn charge_reads(&mut self, r: &Rates, messages: usize) {
+        self.refill(r);
+        self.reads -= messages as f32;
     }
 }
 
@@ -186,8 +234,10 @@ impl Io {
 pub struct Conn {
     pub id: ConnId,
     pub user: Name,
-    /// The token's `rooms` claim: the only rooms this connection may join.
-    pub allowed_rooms: Option<Box<[Name]>>,
+    /// The token's `rooms` claim: the only rooms this connection may join (`None`: any). A
+    /// `refresh` replaces it. A `Cell`, taken and put back to read: no borrow flag in every
+    /// `Conn`.
+    allowed_rooms: Cell<Option<Box<[Name]>>>,
     /// The token's `exp`, unix seconds (0: none); a `refresh` moves it. See `exp()`.
     exp: Cell<u64>,
     io: Io,
@@ -199,7 +249,7 @@ pub struct Conn {
     /// The client side's record of the rooms asked for (`shard::RoomEntry`), kept here for
     /// locality; this module never reads it.
     pub rooms: RefCell<Vec<crate::shard::RoomEntry>>,
-    pub rate: Cell<Bucket>,
+    pub rate: Cell<Buckets>,
     /// Set once the connection is being closed; nothing more is queued after the close frame.
     closing: Cell<Option<CloseCode>>,
     /// The socket failed or the peer went away; the task ends without a closing handshake.
@@ -233,6 +283,25 @@ pub enum Event<'a> {
     Close,
 }
 
+/// What a connection's decoder enforces. Fixed when the connection is made: the bytes that
+/// arrived with the handshake are decoded before the socket is first read.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameLimits {
+    /// `max_message_size`: a bigger message is skipped (`Event::TooLarge`).
+    pub max_message: usize,
+    /// A frame over this closes the connection (1009).
+    pub hard_limit: u64,
+}
+
+impl FrameLimits {
+    pub fn of(config: &crate::config::Config) -> FrameLimits {
+        FrameLimits {
+            max_message: config.max_message_size,
+            hard_limit: config.hard_frame_limit(),
+        }
+    }
+}
+
 pub enum ReadStatus {
     /// Read what there was; wait for more.
     Open,
@@ -241,27 +310,45 @@ pub enum ReadStatus {
 }
 
 impl Conn {
-    pub fn new(id: ConnId, stream: TcpStream, identity: &Identity, burst: u32) -> Conn {
-        Conn::with_io(id, Io::Tcp(stream), identity, burst)
+    pub fn new(
+        id: ConnId,
+        stream: TcpStream,
+        identity: &Identity,
+        rates: &Rates,
+        limits: FrameLimits,
+    ) -> Conn {
+        Conn::with_io(id, Io::Tcp(stream), identity, rates, limits)
     }
 
     /// A connection whose output goes to `sink` and which never has input.
-    pub fn in_memory(id: ConnId, sink: MemorySink, identity: &Identity, burst: u32) -> Conn {
-        Conn::with_io(id, Io::Memory(Box::new(sink)), identity, burst)
+    pub fn in_memory(
+        id: ConnId,
+        sink: MemorySink,
+        identity: &Identity,
+        rates: &Rates,
+        limits: FrameLimits,
+    ) -> Conn {
+        Conn::with_io(id, Io::Memory(Box::new(sink)), identity, rates, limits)
     }
 
-    fn with_io(id: ConnId, io: Io, identity: &Identity, burst: u32) -> Conn {
+    fn with_io(
+        id: ConnId,
+        io: Io,
+        identity: &Identity,
+        rates: &Rates,
+        limits: FrameLimits,
+    ) -> Conn {
         Conn {
             id,
             user: identity.user.clone(),
-            allowed_rooms: identity.rooms.clone().map(Vec::into_boxed_slice),
+            allowed_rooms: Cell::new(identity.rooms.clone().map(Vec::into_boxed_slice)),
             exp: Cell::new(identity.exp.unwrap_or(0)),
             io,
             deflate_min: None,
             out: RefCell::default(),
-            read: RefCell::default(),
+            read: RefCell::new(Decoder::new(limits.max_message, limits.hard_limit)),
             rooms: RefCell::default(),
-            rate: Cell::new(Bucket::full(burst)),
+            rate: Cell::new(Buckets::full(rates)),
             closing: Cell::new(None),
             broken: Cell::new(false),
             detached: Cell::new(false),
@@ -280,9 +367,29 @@ impl Conn {
         Some(self.exp.get()).filter(|&e| e != 0)
     }
 
+    /// Whether the expiry passed more than `grace` seconds before `now_s`. Saturating: an
+    /// `exp` near 2^64 is a connection that never expires, not one that wrapped into the past.
+    pub fn expired(&self, now_s: u64, grace: u64) -> bool {
+        self.exp()
+            .is_some_and(|exp| exp.saturating_add(grace) <= now_s)
+    }
+
     /// A `refresh` moved the expiry (`None`: the new token has none).
     pub fn set_exp(&self, exp: Option<u64>) {
         self.exp.set(exp.unwrap_or(0));
+    }
+
+    /// Whether the token's `rooms` claim allows `room` (no claim: any room).
+    pub fn may_join(&self, room: &Name) -> bool {
+        let allowed = self.allowed_rooms.take();
+        let ok = allowed.as_ref().is_none_or(|rooms| rooms.contains(room));
+        self.allowed_rooms.set(allowed);
+        ok
+    }
+
+    /// A `refresh` replaced the `rooms` claim.
+    pub fn allow_rooms(&self, rooms: Option<Vec<Name>>) {
+        self.allowed_rooms.set(rooms.map(Vec::into_boxed_slice));
     }
 
     /// The connection negotiated permessage-deflate; `min` is `compression_min_bytes`.
@@ -415,16 +522,9 @@ impl Conn {
     }
 
     /// Reads what the socket has and hands each complete message to `on`.
-    pub fn read_ready(
-        &self,
-        max_message: usize,
-        hard_limit: u64,
-        on: &mut dyn FnMut(Event<'_>),
-    ) -> Result<ReadStatus, CloseCode> {
+    pub fn read_ready(&self, on: &mut dyn FnMut(Event<'_>)) -> Result<ReadStatus, CloseCode> {
         let mut guard = self.read.borrow_mut();
         let dec = &mut *guard;
-        dec.max_message = max_message;
-        dec.hard_limit = hard_limit;
         SCRATCH.with_borrow_mut(|scratch| {
             if dec.closed || dec.failed {
                 // After the client's close frame, or bad framing, input is only read (and
@@ -560,7 +660,7 @@ impl Drop for OutQueue {
 
 /// Inbound frame state that must survive between reads. Empty for an idle connection.
 /// Public for the fuzz targets and property tests, which feed it the way reads would.
-#[derive(Default)]
+/// No `Default`: a decoder exists only with its limits (one with 0 refused every frame).
 pub struct Decoder {
     /// Bytes of a frame cut by the end of a read.
     partial: Vec<u8>,
@@ -632,9 +732,14 @@ fn check_close(payload: &[u8]) -> Result<(), CloseCode> {
 impl Decoder {
     pub fn new(max_message: usize, hard_limit: u64) -> Decoder {
         Decoder {
+            partial: Vec::new(),
+            skip: 0,
+            frag: None,
+            closed: false,
+            failed: false,
             max_message,
             hard_limit,
-            ..Decoder::default()
+            inflate: false,
         }
     }
 
@@ -884,11 +989,7 @@ mod tests {
     }
 
     fn decoder(max: usize) -> Decoder {
-        Decoder {
-            max_message: max,
-            hard_limit: max as u64 * 16,
-            ..Decoder::default()
-        }
+        Decoder::new(max, max as u64 * 16)
     }
 
     /// Feeds `wire` in chunks of `step` bytes, the way reads would, and lists what came out.
@@ -1045,7 +1146,12 @@ mod tests {
             rooms: None,
             exp: None,
         };
-        let conn = Conn::in_memory(ConnId::new(0, 0, 1), sink, &identity, 10);
+        let limits = FrameLimits {
+            max_message: 100,
+            hard_limit: 1600,
+        };
+        let rates = Rates::of(&crate::config::Config::default());
+        let conn = Conn::in_memory(ConnId::new(0, 0, 1), sink, &identity, &rates, limits);
         conn.hold.set(1);
         conn.push_behind(head.clone(), Rc::new(Bytes::from_static(b"\x81\x02{}")));
         conn.begin_close(CloseCode::Internal);
@@ -1060,18 +1166,68 @@ mod tests {
         assert_eq!(u16::from_be_bytes([rest[2], rest[3]]), 1011);
     }
 
+    #[test]
+    fn expiry_arithmetic_saturates() {
+        let identity = |exp| Identity {
+            user: Name::new("bo").unwrap(),
+            rooms: None,
+            exp,
+        };
+        let limits = FrameLimits {
+            max_message: 100,
+            hard_limit: 1600,
+        };
+        let conn = |exp| {
+            let sink = MemorySink::default();
+            let rates = Rates::of(&crate::config::Config::default());
+            Conn::in_memory(ConnId::new(0, 0, 1), sink, &identity(exp), &rates, limits)
+        };
+        let now = 1_800_000_000;
+        assert!(!conn(Some(u64::MAX)).expired(now, 30));
+        assert!(!conn(Some(u64::MAX)).expired(u64::MAX - 1, u64::MAX));
+        assert!(!conn(Some(now - 29)).expired(now, 30), "inside the grace");
+        assert!(conn(Some(now - 30)).expired(now, 30));
+        assert!(!conn(Some(now - 30)).expired(now, u64::MAX));
+        assert!(!conn(None).expired(u64::MAX, 0), "no exp: never");
+    }
+
     /// An `Rc<Conn>` (16 more bytes) must stay in mimalloc's 320-byte class: every idle
-    /// connection holds one (docs/performance.md, memory per idle connection).
+    /// connection holds one (docs/performance-log.md, memory per idle connection).
     #[test]
     fn conn_stays_small() {
         assert!(std::mem::size_of::<Conn>() + 16 <= 320);
-        assert!(std::mem::size_of::<Bucket>() <= 16);
+        assert!(std::mem::size_of::<Buckets>() <= 16);
     }
 
     #[test]
-    fn bucket_allows_burst_then_rate() {
-        let mut b = Bucket::full(3);
-        assert!((0..3).all(|_| b.take(1, 3)));
-        assert!(!b.take(1, 3));
+    fn requests_have_a_burst_then_the_rate() {
+        let r = rates(1, 3, 1, 1);
+        let mut b = Buckets::full(&r);
+        assert!((0..3).all(|_| b.take_request(&r)));
+        assert!(!b.take_request(&r));
+    }
+
+    fn rates(requests: u32, request_burst: u32, reads: u32, read_burst: u32) -> Rates {
+        Rates {
+            requests,
+            request_burst,
+            reads,
+            read_burst,
+        }
+    }
+
+    #[test]
+    fn reads_are_charged_after_the_fact_and_wait_out_the_debt() {
+        let r = rates(1, 1, 1, 10);
+        let mut b = Buckets::full(&r);
+        assert!(b.may_read(&r));
+        b.charge_reads(&r, 25);
+        assert!(!b.may_read(&r), "15 in debt");
+        assert!(b.take_request(&r), "requests are a bucket of their own");
+        // A read budget that refills fast: the debt is paid off.
+        let fast = rates(1, 1, 1_000_000, 10);
+        b.charge_reads(&fast, 0);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(b.may_read(&fast));
     }
 }

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::auth::Identity;
-use crate::conn::{Conn, Event, ReadStatus};
+use crate::conn::{Conn, Event, FrameLimits, Rates, ReadStatus};
 use crate::error::{CloseCode, HandshakeError};
 use crate::http;
 use crate::msg::ConnId;
@@ -75,14 +75,14 @@ async fn run(ctx: Rc<Ctx>, up: http::Upgraded) {
         ConnId::new(ctx.router.node(), ctx.id, 0),
         stream,
         &identity,
-        1,
+        &Rates::of(&ctx.config),
+        FrameLimits::of(&ctx.config),
     );
     // The held 101 goes first (no compression here, so `push` sends it as it is).
     if !head.is_empty() {
         conn.push(Rc::new(head));
     }
     let config = &ctx.config;
-    let (max, hard) = (config.max_message_size, config.hard_frame_limit());
     if let Err(code) = conn.preload(&early, &mut |ev| echo(&conn, ev)) {
         conn.begin_close(code);
     }
@@ -104,7 +104,7 @@ async fn run(ctx: Rc<Ctx>, up: http::Upgraded) {
                 if r.is_err() {
                     break;
                 }
-                match conn.read_ready(max, hard, &mut |ev| echo(&conn, ev)) {
+                match conn.read_ready(&mut |ev| echo(&conn, ev)) {
                     Ok(ReadStatus::Open) => {}
                     Ok(ReadStatus::Eof) => break,
                     Err(code) => {
@@ -117,7 +117,6 @@ async fn run(ctx: Rc<Ctx>, up: http::Upgraded) {
     }
     if conn.closing().is_some() && !conn.is_broken() {
         let timeout = Duration::from_millis(config.close_timeout_ms);
-        let _ =
-            tokio::time::timeout(timeout, runtime::finish_close(&conn, stream, max, hard)).await;
+        let _ = tokio::time::timeout(timeout, runtime::finish_close(&conn, stream)).await;
     }
 }

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::auth::{Authenticator, Identity};
-use crate::conn::Conn;
+use crate::conn::{Conn, FrameLimits, Rates};
 use crate::error::HandshakeError;
 use crate::msg::ConnId;
 use crate::shard::runtime::{self, Ctx};
@@ -403,7 +403,9 @@ pub(crate) fn start(
         early,
         head,
     } = up;
-    let conn = Conn::new(id, stream, &identity, ctx.config.publish_burst);
+    let limits = FrameLimits::of(&ctx.config);
+    let rates = Rates::of(&ctx.config);
+    let conn = Conn::new(id, stream, &identity, &rates, limits);
     let conn = Rc::new(match deflate {
         Some(min) => conn.deflating(min),
         None => conn,

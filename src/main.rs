@@ -86,8 +86,8 @@ struct TokenArgs {
     #[arg(long, value_delimiter = ',', value_parser = parse_name)]
     rooms: Option<Vec<Name>>,
     /// How long the token is valid (its `exp` claim is now plus this): a number with s, m, h or
-    /// d, e.g. 30s, 15m, 24h, 7d. 0 or none: no `exp`, so the token is valid until the secret
-    /// changes.
+    /// d, e.g. 30s, 15m, 24h, 7d. Every token expires: servers refuse tokens without `exp`
+    /// (require_exp), so there is no "never"; a long lifetime is e.g. 3650d.
     #[arg(long, default_value = "24h", value_parser = parse_ttl)]
     ttl: Ttl,
     /// The HS256 secret to sign with: the server's jwt_secret. Overrides the file's.
@@ -157,15 +157,10 @@ fn token(args: TokenArgs) -> anyhow::Result<String> {
              server's secret with --jwt-secret, SHARDCAST_JWT_SECRET, or --config FILE"
         );
     };
-    let exp = match args.ttl {
-        Ttl(None) => None,
-        Ttl(Some(ttl)) => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .context("the system clock is before 1970")?;
-            Some((now + ttl).as_secs())
-        }
-    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("the system clock is before 1970")?;
+    let exp = Some((now + args.ttl.0).as_secs());
     let identity = Identity {
         user: args.user,
         rooms: args.rooms,

@@ -93,17 +93,50 @@ impl ReplyTo {
         frame: impl FnOnce(Option<&ReqId>) -> Bytes,
         json: impl FnOnce() -> Bytes,
     ) -> (ShardId, NodeMsg) {
+        self.answer_read(0, frame, json)
+    }
+
+    /// `answer`, for a read that returns `messages` stored messages (a `history` or `sync`
+    /// page): the asking connection's read budget is charged for them.
+    pub fn answer_read(
+        self,
+        messages: usize,
+        frame: impl FnOnce(Option<&ReqId>) -> Bytes,
+        json: impl FnOnce() -> Bytes,
+    ) -> (ShardId, NodeMsg) {
         let body = match &self {
             ReplyTo::Conn { id, .. } => frame(id.as_ref()),
             ReplyTo::Api { .. } => json(),
         };
-        self.with(Ok(body))
+        let read = u32::try_from(messages).unwrap_or(u32::MAX);
+        (
+            self.shard(),
+            NodeMsg::Reply {
+                to: self,
+                result: Ok(body),
+                read,
+            },
+        )
     }
 
-    /// The answer to a `presence` query: who is in the room (sorted by the caller).
-    pub fn presence(self, room: &Name, users: &[Name]) -> (ShardId, NodeMsg) {
+    /// The answer to a `presence` query: the room's `users` (in any order), or the `page` of
+    /// them a client asked for, within `max_bytes` of names (the API asks for all of them).
+    pub fn presence<'a>(
+        self,
+        room: &Name,
+        users: impl Iterator<Item = &'a Name>,
+        page: Option<&PresencePage>,
+        max_bytes: usize,
+    ) -> (ShardId, NodeMsg) {
+        let (users, more) = match page {
+            Some(page) => page.cut(users, max_bytes),
+            None => PresencePage::ALL.cut(users, usize::MAX),
+        };
         self.answer(
-            |id| crate::protocol::encode::presence(id, room, users.iter()),
+            |id| {
+                let more = page.map(|_| more);
+                crate::protocol::encode::presence(id, room, users.iter(), more)
+            },
             || {
                 let users: Vec<&str> = users.iter().map(|u| &**u).collect();
                 let body = serde_json::json!({ "room": &**room, "users": users });
@@ -131,7 +164,58 @@ impl ReplyTo {
     }
 
     fn with(self, result: Result<Bytes, ReplyError>) -> (ShardId, NodeMsg) {
-        (self.shard(), NodeMsg::Reply { to: self, result })
+        let reply = NodeMsg::Reply {
+            to: self.clone(),
+            result,
+            read: 0,
+        };
+        (self.shard(), reply)
+    }
+}
+
+/// One page of a `presence` query: the users after `after` in byte order, at most `limit`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresencePage {
+    pub after: Option<Name>,
+    pub limit: usize,
+}
+
+impl PresencePage {
+    /// Every user, in one answer.
+    const ALL: PresencePage = PresencePage {
+        after: None,
+        limit: usize::MAX,
+    };
+
+    /// This page of `users` (in any order), sorted, cut to `max_bytes` of names (at least one
+    /// user), and whether more follow. Cost: O(users) to filter, plus sorting the page; the
+    /// room's members are not sorted as a whole.
+    pub fn cut<'a>(
+        &self,
+        users: impl Iterator<Item = &'a Name>,
+        max_bytes: usize,
+    ) -> (Vec<Name>, bool) {
+        let after = self.after.as_ref();
+        let mut page: Vec<&Name> = users.filter(|u| after.is_none_or(|a| *u > a)).collect();
+        let mut more = page.len() > self.limit;
+        if more {
+            page.select_nth_unstable(self.limit);
+            page.truncate(self.limit);
+        }
+        page.sort_unstable();
+        let mut bytes = 0;
+        let fit = (page.iter())
+            .take_while(|u| {
+                bytes += u.len() + 3;
+                bytes <= max_bytes
+            })
+            .count()
+            .max(page.len().min(1));
+        if fit < page.len() {
+            page.truncate(fit);
+            more = true;
+        }
+        (page.into_iter().cloned().collect(), more)
     }
 }
 
@@ -197,8 +281,12 @@ pub enum EngineMsg {
         frame: Bytes,
         exclude: Option<ConnId>,
     },
-    /// Who is in the room.
-    Presence { room: Name, reply: ReplyTo },
+    /// Who is in the room: one page of it for a client, all of it for the API (`None`).
+    Presence {
+        room: Name,
+        reply: ReplyTo,
+        page: Option<PresencePage>,
+    },
     /// Whether the user is online, and with how many connections (JSON, for the API).
     UserInfo { user: Name, reply: ReplyTo },
     /// Read the stored messages of `stream` in (after, upto] for a hub's gap or a catching-up
@@ -303,10 +391,12 @@ pub enum NodeMsg {
     /// The stream's history was lost (Redis lost its data; a new epoch began): every local
     /// receiver of it must reconnect and recover.
     Lost { stream: Stream },
-    /// The answer to a request.
+    /// The answer to a request. `read`: stored messages it carries (a `history` or `sync`
+    /// page), charged to the asking connection's read budget.
     Reply {
         to: ReplyTo,
         result: Result<Bytes, ReplyError>,
+        read: u32,
     },
 }
 
@@ -390,6 +480,36 @@ mod tests {
         assert_ne!(ConnId::new(1, 1, 5), ConnId::new(2, 1, 5));
         let top = ConnId::new(16_383, 1023, u64::MAX);
         assert_eq!((top.node(), top.shard()), (16_383, 1023));
+    }
+
+    #[test]
+    fn presence_pages_are_sorted_cut_and_say_whether_more_follow() {
+        let names: Vec<Name> = ["d", "a", "e", "c", "b"]
+            .iter()
+            .map(|n| Name::new(n).unwrap())
+            .collect();
+        let page = |after: Option<&str>, limit, max_bytes| {
+            let page = PresencePage {
+                after: after.map(|a| Name::new(a).unwrap()),
+                limit,
+            };
+            let (users, more) = page.cut(names.iter(), max_bytes);
+            (
+                users.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
+                more,
+            )
+        };
+        assert_eq!(page(None, 2, 1000), (vec!["a".into(), "b".into()], true));
+        assert_eq!(
+            page(Some("b"), 2, 1000),
+            (vec!["c".into(), "d".into()], true)
+        );
+        assert_eq!(page(Some("d"), 2, 1000), (vec!["e".into()], false));
+        assert_eq!(page(Some("e"), 2, 1000), (vec![], false));
+        assert!(!page(None, 5, 1000).1, "exactly the limit: no more");
+        // Each name costs its length + 3 bytes: 8 bytes hold two; one always goes.
+        assert_eq!(page(None, 5, 8), (vec!["a".into(), "b".into()], true));
+        assert_eq!(page(None, 5, 1), (vec!["a".into()], true));
     }
 
     #[test]

@@ -627,7 +627,8 @@ impl Writer {
         page: Result<(Vec<StoredMessage>, bool), StoreError>,
     ) {
         let (shard, msg) = match page {
-            Ok((messages, more)) => reply.answer(
+            Ok((messages, more)) => reply.answer_read(
+                messages.len(),
                 |id| encode::page(id, room, payloads(&messages), more),
                 || crate::ws::payload_of(&encode::page(None, room, payloads(&messages), more)),
             ),

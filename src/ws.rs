@@ -103,6 +103,17 @@ pub fn split_server_frame(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((buf[0], buf.get(start..end)?, &buf[end..]))
 }
 
+/// How many server frames built here `buf` holds, back to back (a replay's messages). Reads
+/// only their headers.
+pub fn count_frames(mut buf: &[u8]) -> usize {
+    let mut n = 0;
+    while let Some((_, _, rest)) = split_server_frame(buf) {
+        n += 1;
+        buf = rest;
+    }
+    n
+}
+
 /// The payload of one server frame built here (unmasked, so the header is 2, 4 or 10 bytes).
 pub fn payload_of(frame: &Bytes) -> Bytes {
     let start = match frame.get(1) {
@@ -247,6 +258,15 @@ mod tests {
         let mut one = FrameBuf::with_capacity(300);
         one.push(&big);
         assert_eq!(&payload_of(&one.finish(OP_TEXT))[..], &big[..]);
+        let huge = vec![b'y'; 70_000];
+        let three = text_frames([&b"ab"[..], &big[..], &huge[..]].into_iter());
+        assert_eq!(count_frames(&three), 3);
+        assert_eq!(
+            count_frames(&three[..three.len() - 1]),
+            2,
+            "a cut frame is not one"
+        );
+        assert_eq!(count_frames(&[]), 0);
     }
 
     fn masked(opcode_byte: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {

@@ -280,6 +280,23 @@ async fn invalid_input_gets_a_400_with_a_code() {
             "bad_request",
         ),
         ("/api/send", r#"{"to":5,"body":1}"#, 400, "bad_request"),
+        // Nested one level past max_body_depth (64).
+        (
+            "/api/publish",
+            &format!(
+                r#"{{"room":"r","body":{}{}}}"#,
+                "[".repeat(65),
+                "]".repeat(65)
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            "/api/broadcast",
+            &format!(r#"{{"body":{}{}}}"#, "[".repeat(65), "]".repeat(65)),
+            400,
+            "bad_request",
+        ),
         ("/api/broadcast", r#"{}"#, 400, "bad_request"),
         ("/api/disconnect", r#"{"reason":"x"}"#, 400, "bad_request"),
     ];

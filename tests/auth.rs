@@ -46,10 +46,53 @@ async fn token_in_query_or_bearer_header() {
     let seq = h.dm("alice", json!("hi")).await;
     let got = q.recv_json().await;
     assert_eq!(assert_dm(&got, "alice", "bob", &json!("hi")), seq);
+}
 
-    // A token without `exp` is accepted (the claim is optional).
-    let c = Client::connect_token(addr, &mint(SECRET, &json!({"sub": "carol"}))).await;
-    assert_eq!(c.welcome["user"], "carol");
+/// A `refresh` with `token` gets `unauthorized`, with a message about `exp`.
+async fn refresh_refused_for_exp(c: &mut Client, token: String) {
+    let reply = c.call(json!({"type": "refresh", "token": token})).await;
+    assert_error(&reply, "unauthorized", reply.get("id"));
+    let message = reply["message"].as_str().unwrap();
+    assert!(message.contains("exp"), "{reply}");
+}
+
+/// `require_exp` (default true): a token without `exp` is refused at connect, in a `connect`
+/// frame and in a `refresh`. With it off such a token is accepted, but a `refresh` without `exp`
+/// still cannot take the expiry off a connection that has one.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_without_exp_are_refused_unless_require_exp_is_off() {
+    let server = jwt_server();
+    let addr = server.addr();
+    let forever = |sub: &str| mint(SECRET, &json!({"sub": sub}));
+    let r = refused(addr, &format!("/ws?token={}", enc(&forever("carol"))), &[]).await;
+    r.assert(401, "unauthorized");
+    assert!(
+        r.raw_body.contains("exp"),
+        "the message names exp: {}",
+        r.raw_body
+    );
+    let mut alice = Client::connect_token(addr, &token_for("alice")).await;
+    refresh_refused_for_exp(&mut alice, forever("alice")).await;
+    let later = now_secs() + 7200;
+    let reply = alice
+        .call(json!({"type": "refresh", "id": 2, "token": mint(SECRET, &json!({"sub": "alice", "exp": later}))}))
+        .await;
+    assert_eq!(reply, json!({"type": "refreshed", "id": 2, "exp": later}));
+
+    let relaxed = TestServer::start(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.api = false;
+        c.require_exp = false;
+    });
+    let addr = relaxed.addr();
+    let mut carol = Client::connect_token(addr, &forever("carol")).await;
+    let reply = carol
+        .call(json!({"type": "refresh", "id": 1, "token": forever("carol")}))
+        .await;
+    assert_eq!(reply, json!({"type": "refreshed", "id": 1}));
+    let mut dave = Client::connect_token(addr, &token_for("dave")).await;
+    refresh_refused_for_exp(&mut dave, forever("dave")).await;
+    dave.ping().await;
 }
 
 async fn refused(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Refusal {
@@ -213,6 +256,105 @@ async fn token_expiring_on_an_open_connection_closes_4001() {
         .await;
 }
 
+/// A `refresh` applies the new token's `rooms` claim. Each room the connection is in and the
+/// new claim leaves out is left as a `leave` would (the other members see `left`), and the
+/// client is told with a `removed` frame for it, before `refreshed`. A token with no `rooms`
+/// claim allows any room again.
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_narrows_the_rooms_to_the_new_tokens_claim() {
+    let server = TestServer::start(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.api = false;
+    });
+    let addr = server.addr();
+    let later = now_secs() + 3600;
+    let alice_in = |rooms: &[&str]| {
+        mint(
+            SECRET,
+            &json!({"sub": "alice", "exp": later, "rooms": rooms}),
+        )
+    };
+    let mut alice = Client::connect_token(addr, &alice_in(&["a", "b", "c"])).await;
+    let mut bob = Client::connect_token(addr, &token_for("bob")).await;
+    bob.call_past_own_presence(json!({"type": "join", "room": "b"}))
+        .await;
+    let joined = alice.recv_json().await;
+    assert_eq!(
+        joined,
+        json!({"type": "joined", "room": "b", "user": "bob"})
+    );
+
+    let (before, reply) = alice
+        .request(json!({"type": "refresh", "id": 1, "token": alice_in(&["a"])}))
+        .await;
+    assert_eq!(reply, json!({"type": "refreshed", "id": 1, "exp": later}));
+    let mut removed: Vec<&str> = before
+        .iter()
+        .map(|f| {
+            assert_eq!(f["type"], "removed", "{f}");
+            assert!(f["reason"].as_str().is_some_and(|r| !r.is_empty()), "{f}");
+            f["room"].as_str().unwrap()
+        })
+        .collect();
+    removed.sort();
+    assert_eq!(removed, ["b", "c"]);
+    assert_eq!(
+        bob.recv_json().await,
+        json!({"type": "left", "room": "b", "user": "alice"})
+    );
+
+    let reply = alice
+        .call(json!({"type": "publish", "room": "b", "body": 1, "id": 2}))
+        .await;
+    assert_error(&reply, "not_member", Some(&json!(2)));
+    let reply = alice
+        .call(json!({"type": "join", "room": "b", "id": 3}))
+        .await;
+    assert_error(&reply, "forbidden", Some(&json!(3)));
+    alice.publish("a", json!("still in a")).await;
+
+    // No `rooms` claim: any room.
+    let reply = alice
+        .call(json!({"type": "refresh", "id": 4, "token": token_for("alice")}))
+        .await;
+    assert_eq!(reply["type"], "refreshed", "{reply}");
+    alice.join("b").await;
+    assert_eq!(
+        bob.recv_json().await,
+        json!({"type": "joined", "room": "b", "user": "alice"})
+    );
+}
+
+/// An `exp` of 2^64 - 1 (the largest a JWT's `exp` can be read as here) is a connection that
+/// never expires: `exp + token_grace_secs` saturates instead of wrapping to a time long past
+/// (which closed the connection at the next heartbeat, or panicked the shard's tick with
+/// overflow checks on). The heartbeat keeps running: its pings arrive, and /readyz stays 200.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exp_at_u64_max_outlives_many_heartbeats() {
+    let server = TestServer::start(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.api = false;
+        c.heartbeat_ms = 50;
+    });
+    let token = mint(SECRET, &json!({"sub": "alice", "exp": u64::MAX}));
+    let mut alice = Client::connect_token(server.addr(), &token).await;
+    // Each heartbeat checks the expiry, then pings: five pings are five checks passed.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while alice.pings < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} pings in {TIMEOUT:?}",
+            alice.pings
+        );
+        if let Some(frame) = alice.next_within(Duration::from_millis(50)).await {
+            panic!("expected only pings, got {frame}");
+        }
+    }
+    alice.ping().await;
+    let ready = Http::connect(server.addr()).await.get("/readyz", &[]).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+}
+
 /// `refresh` with a new token of the same user moves the connection's expiry: it outlives its
 /// first token. A token of another user, or one that does not verify, is refused with a reply
 /// error and changes nothing.
@@ -319,11 +461,12 @@ async fn first_frame_connect_authenticates_without_a_token_in_the_url() {
     let server = first_frame_server();
     let addr = server.addr();
     let mut alice = Client::upgrade_only(addr, "alice").await;
+    // In one write, so the join always arrives with the connect frame.
     alice
-        .send_json(&json!({"type": "connect", "token": token_for("alice")}))
-        .await;
-    alice
-        .send_json(&json!({"type": "join", "room": "r", "id": 1}))
+        .send_batch(&[
+            json!({"type": "connect", "token": token_for("alice")}),
+            json!({"type": "join", "room": "r", "id": 1}),
+        ])
         .await;
     let welcome = alice.recv_type("welcome").await;
     assert_eq!(welcome["user"], "alice", "{welcome}");
@@ -345,6 +488,24 @@ async fn first_frame_connect_authenticates_without_a_token_in_the_url() {
     alice.ping().await;
 }
 
+/// The upgrade request, `connect` and a request, all in one TCP write: the server reads them
+/// together, and the request is served right after `welcome`.
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_and_a_request_in_the_upgrades_write_are_served() {
+    let server = first_frame_server();
+    let connect = json!({"type": "connect", "token": token_for("alice")}).to_string();
+    let mut wire = client_frame(0x81, connect.as_bytes());
+    wire.extend(client_frame(0x81, br#"{"type":"join","room":"r","id":1}"#));
+    let mut alice = RawWs::open(server.addr(), "/ws", &wire).await;
+    assert_eq!(alice.recv_json().await["type"], "welcome");
+    let ack = alice.recv_json().await;
+    assert_eq!(
+        (&ack["type"], &ack["id"]),
+        (&"ack".into(), &1.into()),
+        "{ack}"
+    );
+}
+
 /// A missing, bad, expired or late `connect` frame closes the connection with 4002, the reason
 /// being the code an HTTP refusal would carry; the server goes on serving.
 #[tokio::test(flavor = "multi_thread")]
@@ -364,6 +525,10 @@ async fn a_bad_or_missing_connect_frame_closes_4002() {
         (
             Some(json!({"type": "connect", "token": expired})),
             "token_expired",
+        ),
+        (
+            Some(json!({"type": "connect", "token": mint(SECRET, &json!({"sub": "a"}))})),
+            "unauthorized",
         ),
         (Some(json!({"type": "ping"})), "unauthorized"),
         (Some(json!({"type": "connect"})), "unauthorized"),
@@ -719,20 +884,25 @@ async fn aud_and_iss_are_checked_when_configured_and_nbf_is_honoured() {
     let good =
         json!({"sub": "alice", "exp": exp, "aud": "shardcast", "iss": "https://idp.example"});
     assert_eq!(accepted(addr, &mint(SECRET, &good)).await, "alice");
-    let in_list =
-        json!({"sub": "alice", "aud": ["other", "shardcast"], "iss": "https://idp.example"});
+    let in_list = json!({"sub": "alice", "exp": exp, "aud": ["other", "shardcast"], "iss": "https://idp.example"});
     assert_eq!(accepted(addr, &mint(SECRET, &in_list)).await, "alice");
     for (why, claims) in [
         (
             "wrong aud",
-            json!({"sub": "a", "aud": "other", "iss": "https://idp.example"}),
+            json!({"sub": "a", "exp": exp, "aud": "other", "iss": "https://idp.example"}),
         ),
-        ("no aud", json!({"sub": "a", "iss": "https://idp.example"})),
+        (
+            "no aud",
+            json!({"sub": "a", "exp": exp, "iss": "https://idp.example"}),
+        ),
         (
             "wrong iss",
-            json!({"sub": "a", "aud": "shardcast", "iss": "https://evil"}),
+            json!({"sub": "a", "exp": exp, "aud": "shardcast", "iss": "https://evil"}),
         ),
-        ("no iss", json!({"sub": "a", "aud": "shardcast"})),
+        (
+            "no iss",
+            json!({"sub": "a", "exp": exp, "aud": "shardcast"}),
+        ),
     ] {
         let r = refused(
             addr,
@@ -751,7 +921,10 @@ async fn aud_and_iss_are_checked_when_configured_and_nbf_is_honoured() {
     // configured audience or issuer, those claims are not checked.
     let plain = jwt_server();
     let addr = plain.addr();
-    let later = mint(SECRET, &json!({"sub": "bob", "nbf": now_secs() + 600}));
+    let later = mint(
+        SECRET,
+        &json!({"sub": "bob", "exp": exp, "nbf": now_secs() + 600}),
+    );
     let r = refused(addr, &format!("/ws?token={}", enc(&later)), &[]).await;
     r.assert(401, "unauthorized");
     assert!(
@@ -759,9 +932,15 @@ async fn aud_and_iss_are_checked_when_configured_and_nbf_is_honoured() {
         "the message names nbf: {}",
         r.raw_body
     );
-    let passed = mint(SECRET, &json!({"sub": "bob", "nbf": now_secs() - 5}));
+    let passed = mint(
+        SECRET,
+        &json!({"sub": "bob", "exp": exp, "nbf": now_secs() - 5}),
+    );
     assert_eq!(accepted(addr, &passed).await, "bob");
-    let other = mint(SECRET, &json!({"sub": "bob", "aud": "x", "iss": "y"}));
+    let other = mint(
+        SECRET,
+        &json!({"sub": "bob", "exp": exp, "aud": "x", "iss": "y"}),
+    );
     assert_eq!(accepted(addr, &other).await, "bob");
 }
 

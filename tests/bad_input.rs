@@ -498,3 +498,45 @@ async fn malformed_framing_closes_1002() {
     }
     n.ping().await;
 }
+
+/// A body nested deeper than `max_body_depth` (default 64) is refused with `bad_request`
+/// naming the limit, and relayed to no one: parsers that bound depth (Python's `json`) crash
+/// on one 32,000 levels deep. Strings are not nesting, however many brackets they hold.
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_nested_past_max_body_depth_are_refused() {
+    let (_server, mut v, mut n) = fixture(|_| {}).await;
+    let nested = |open: &str, close: &str, depth: usize| {
+        format!("{}1{}", open.repeat(depth), close.repeat(depth))
+    };
+    let at_limit = nested("[", "]", 64);
+    let body: Value = serde_json::from_str(&at_limit).unwrap();
+    let seq = v.publish("shared", body.clone()).await;
+    assert_eq!(
+        assert_room_msg(&n.recv_json().await, "shared", "v", &body),
+        seq
+    );
+    let brackets = json!({"s": "[[[{{{\"[\\\\\"]", "t": "]]]}}}"});
+    v.publish("shared", brackets.clone()).await;
+    assert_room_msg(&n.recv_json().await, "shared", "v", &brackets);
+
+    for (what, body) in [
+        ("arrays one over", nested("[", "]", 65)),
+        ("objects one over", nested("{\"a\":", "}", 65)),
+        ("32,000 levels", nested("[", "]", 32_000)),
+    ] {
+        for frame in [
+            format!(r#"{{"type":"publish","room":"shared","id":1,"body":{body}}}"#),
+            format!(r#"{{"type":"send","to":"n","id":1,"body":{body}}}"#),
+        ] {
+            v.send_text(frame).await;
+            let reply = v.recv_json().await;
+            assert_error(&reply, "bad_request", Some(&json!(1)));
+            let message = reply["message"].as_str().unwrap();
+            assert!(
+                message.contains("max_body_depth") && message.contains("64"),
+                "{what}: {reply}"
+            );
+        }
+    }
+    still_works(&mut v, &mut n).await;
+}

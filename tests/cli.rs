@@ -152,15 +152,17 @@ async fn minted_token_is_accepted_by_a_server_with_the_same_secret() {
     rooms.sort();
     assert_eq!(rooms, ["lobby", "news"], "{}", client.welcome);
 
-    // No ttl: no exp claim, and still accepted.
-    let forever = token(
-        &["--user", "bob", "--ttl", "0", "--jwt-secret", SECRET],
-        &[],
+    // No --ttl: 24 hours (every minted token expires; the server requires exp).
+    let before = now_secs();
+    let plain = token(&["--user", "bob", "--jwt-secret", SECRET], &[]);
+    let c = claims(&plain, SECRET);
+    let exp = c["exp"].as_u64().unwrap_or_else(|| panic!("no exp: {c}"));
+    assert!(
+        (before + 86_400..=now_secs() + 86_400).contains(&exp),
+        "{c}"
     );
-    let c = claims(&forever, SECRET);
-    assert!(c.get("exp").is_none(), "--ttl 0 must leave exp out: {c}");
     assert!(c.get("rooms").is_none(), "no --rooms, no rooms claim: {c}");
-    let bob = Client::connect_token(addr, &forever).await;
+    let bob = Client::connect_token(addr, &plain).await;
     assert_eq!(bob.welcome["user"], "bob", "{}", bob.welcome);
     assert_eq!(bob.welcome["rooms"], json!([]), "{}", bob.welcome);
 
@@ -253,6 +255,13 @@ fn token_without_a_secret_or_with_bad_input_is_refused() {
         &[],
         &["--ttl"],
     );
+    for never in ["0", "none"] {
+        refused(
+            &[&["token", "--user", "a", "--ttl", never], &secret[..]].concat(),
+            &[],
+            &["must expire", "require_exp"],
+        );
+    }
     refused(&["token"], &[("SHARDCAST_JWT_SECRET", SECRET)], &["--user"]);
 }
 

@@ -207,6 +207,26 @@ async fn presence_is_cluster_wide_with_joined_and_left_across_nodes() {
     a.assert_silent(QUIET).await;
 }
 
+/// The Redis engine pages `presence` the same way: 250 members on three nodes, read from one
+/// node 100 at a time, each exactly once, with `more` on all pages but the last.
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_pages_cover_a_room_spread_over_nodes() {
+    let (_redis, cluster) = cluster(&["--presence-events", "false"]).await;
+    let mut members = Vec::new();
+    for i in 0..250 {
+        let mut m = dev(cluster.addr(i % 3), &format!("m{i:03}")).await;
+        m.join("big").await;
+        members.push(m);
+    }
+    let everyone: Vec<String> = (0..250).map(|i| format!("m{i:03}")).collect();
+    let (all, pages) = members[0].presence_all("big", 100).await;
+    assert_eq!((all, pages), (everyone.clone(), 3));
+    let (page, more) = members[1].presence_page("big", Some("m199"), None).await;
+    assert_eq!((page, more), (everyone[200..].to_vec(), false));
+    let (page, more) = members[2].presence_page("big", None, None).await;
+    assert_eq!((page, more), (everyone[..100].to_vec(), true));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kick_old_closes_the_old_connection_on_another_node() {
     let (_redis, cluster) = cluster(&["--session-policy", "kick_old"]).await;

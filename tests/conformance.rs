@@ -420,6 +420,33 @@ async fn ws_endpoint_follows_the_same_rules() {
     }
 }
 
+/// Requests in the same TCP write as the upgrade request arrive with it and are served. (They
+/// were once refused with 1009: the decoder got its limits at its first read of the socket,
+/// and these bytes are decoded before that.)
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_in_the_upgrades_own_write_are_served() {
+    let server = TestServer::start(|_| {});
+    let mut wire = frame(FIN | TEXT, br#"{"type":"join","room":"r","id":1}"#);
+    wire.extend(frame(
+        FIN | TEXT,
+        br#"{"type":"publish","room":"r","body":"early","id":2}"#,
+    ));
+    let mut c = common::RawWs::open(server.addr(), "/ws?user=eager", &wire).await;
+    assert_eq!(c.recv_json().await["type"], "welcome");
+    let join = c.recv_json().await;
+    assert_eq!(
+        (&join["type"], &join["id"]),
+        (&"ack".into(), &1.into()),
+        "{join}"
+    );
+    let publish = c.recv_json().await;
+    assert_eq!(
+        (&publish["id"], &publish["seq"]),
+        (&2.into(), &1.into()),
+        "{publish}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn echo_is_off_unless_configured() {
     let server = TestServer::start(|_| {});

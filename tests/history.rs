@@ -544,3 +544,65 @@ async fn room_retention_rules_apply_by_name_prefix() {
     // The trimmer has run since, and the other room keeps everything.
     assert_room_msgs(&b.history_all("long:b").await, "long:b", "b", (1..=8).rev());
 }
+
+/// Every read counts the stored messages it returns against `read_rate`/`read_burst`: a loop
+/// of `join` with `since` and `leave` (each replaying 30 messages) is `rate_limited` once the
+/// burst of 100 is spent, and so is `history` (charged per message, not per request). While a
+/// connection is in debt its other reads are refused too; a join without `since`, which reads
+/// nothing, is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn replays_and_history_count_against_the_read_budget() {
+    let server = TestServer::start(|c| {
+        c.presence_events = false;
+        c.read_rate = 1;
+        c.read_burst = 100;
+    });
+    let addr = server.addr();
+    let mut p = dev(addr, "p").await;
+    p.join("r").await;
+    publish_numbered(&mut p, "r", 1..=30).await;
+
+    // 100 → 70 → 40 → 10 → -20: four replays of 30, then the fifth join is refused.
+    let mut v = dev(addr, "v").await;
+    let mut replays = 0;
+    loop {
+        let reply = v
+            .call(json!({"type": "join", "room": "r", "since": 0}))
+            .await;
+        if reply["type"] == "error" {
+            assert_error(&reply, "rate_limited", reply.get("id"));
+            let message = reply["message"].as_str().unwrap();
+            assert!(message.contains("read"), "{reply}");
+            break;
+        }
+        assert_recovery(&reply, 30, true, 30, false);
+        assert_room_msgs(&v.recv_n(30).await, "r", "p", 1..=30);
+        v.leave("r").await;
+        replays += 1;
+        assert!(
+            replays <= 4,
+            "{replays} replays of 30 within a burst of 100"
+        );
+    }
+    assert_eq!(replays, 4);
+    v.join("r").await;
+    for frame in [
+        json!({"type": "sync", "since": 0}),
+        json!({"type": "history", "room": "r"}),
+    ] {
+        let reply = v.call(frame).await;
+        assert_error(&reply, "rate_limited", reply.get("id"));
+    }
+    v.publish("r", json!("not a read")).await;
+    p.recv_json().await;
+
+    // History pages are charged by their messages the same way.
+    let mut w = dev(addr, "w").await;
+    w.join("r").await;
+    for _ in 0..4 {
+        let (page, _) = w.history("r", None, Some(31)).await;
+        assert_eq!(page.len(), 31);
+    }
+    let reply = w.call(json!({"type": "history", "room": "r"})).await;
+    assert_error(&reply, "rate_limited", reply.get("id"));
+}

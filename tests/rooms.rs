@@ -601,3 +601,58 @@ async fn two_thousand_clients_in_one_room() {
     }
     assert_eq!(done, CLIENTS);
 }
+
+/// `presence` is paged: `limit` (default 100, at most 1000) users after `after`, sorted, with
+/// `more`; paging a 251-member room returns each member exactly once. Each page takes a
+/// request token (`publish_rate`), so a presence loop is `rate_limited`.
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_is_paged_and_rate_limited() {
+    let server = TestServer::start(|c| {
+        c.presence_events = false;
+        c.publish_rate = 1;
+        c.publish_burst = 12;
+    });
+    let addr = server.addr();
+    let mut members = Vec::new();
+    for i in 0..250 {
+        let mut m = dev(addr, &format!("member-{i:03}")).await;
+        m.join("big").await;
+        members.push(m);
+    }
+    let mut o = dev(addr, "observer").await;
+    o.join("big").await;
+    let mut everyone: Vec<String> = (0..250).map(|i| format!("member-{i:03}")).collect();
+    everyone.push("observer".into());
+
+    let (all, pages) = o.presence_all("big", 100).await;
+    assert_eq!((all, pages), (everyone.clone(), 3));
+    let (page, more) = o.presence_page("big", None, None).await;
+    assert_eq!((page.len(), more), (100, true), "the default limit is 100");
+    let (page, more) = o.presence_page("big", None, Some(1000)).await;
+    assert_eq!((page, more), (everyone, false));
+    let (page, more) = o.presence_page("big", Some("observer"), None).await;
+    assert_eq!((page.len(), more), (0, false), "nothing after the last");
+    let reply = o
+        .call(json!({"type": "presence", "room": "big", "limit": 1001, "id": "big"}))
+        .await;
+    assert_error(&reply, "bad_request", Some(&json!("big")));
+
+    // 6 pages so far; the burst of 12 allows 6 more.
+    let mut answered = 6;
+    loop {
+        let reply = o.call(json!({"type": "presence", "room": "big"})).await;
+        if reply["type"] == "error" {
+            assert_error(&reply, "rate_limited", reply.get("id"));
+            break;
+        }
+        answered += 1;
+        assert!(
+            answered <= 13,
+            "{answered} presence replies with a burst of 12"
+        );
+    }
+    assert!(
+        answered >= 12,
+        "rate_limited after {answered} of a burst of 12"
+    );
+}

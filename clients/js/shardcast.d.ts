@@ -78,6 +78,9 @@ export interface Events {
   message: Message;
   joined: { room: string; user: string };
   left: { room: string; user: string };
+  /** The server took this client out of `room` (a refreshed token no longer allows it); it is
+   * not rejoined. */
+  removed: { room: string; reason: string };
   state: StateEvent;
   recovery: Recovery;
   error: { code: string; message: string; room?: string };
@@ -114,9 +117,12 @@ export class Client {
   leave(room: string): Promise<Ack>;
   publish(room: string, body: Json): Promise<Ack>;
   send(to: string, body: Json): Promise<Ack>;
+  /** Every user in the room, sorted (paged from the server 1000 at a time). */
   presence(room: string): Promise<string[]>;
   history(room: string, options?: { before?: number; limit?: number }): Promise<Page>;
   sync(since: number): Promise<Page>;
+  /** A new token for the same user; later reconnects use it too. */
+  refresh(token: string): Promise<{ type: "refreshed"; exp?: number }>;
   request(frame: { type: string; [key: string]: Json }): Promise<any>;
   close(): void;
 }

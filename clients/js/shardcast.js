@@ -92,8 +92,8 @@ export class Client {
     queueMicrotask(() => this.open());
   }
 
-  /** `fn` is called with each event of `type`: message, joined, left, state, recovery, error.
-   * Returns a function that removes it. */
+  /** `fn` is called with each event of `type`: message, joined, left, removed, state,
+   * recovery, error. Returns a function that removes it. */
   on(type, fn) {
     (this.listeners[type] ||= new Set()).add(fn);
     return () => this.listeners[type].delete(fn);
@@ -151,9 +151,28 @@ export class Client {
     return this.request({ type: "send", to, body });
   }
 
-  /** Resolves with the users online in `room`. */
+  /** Resolves with the users online in `room`, sorted. The server answers in pages (each
+   * a request against the rate limit); this asks for 1000 at a time until the last. */
   async presence(room) {
-    return (await this.request({ type: "presence", room })).users;
+    const users = [];
+    let after;
+    for (;;) {
+      const frame = { type: "presence", room, limit: 1000 };
+      if (after !== undefined) frame.after = after;
+      const page = await this.request(frame);
+      users.push(...page.users);
+      if (!page.more || page.users.length === 0) return users;
+      after = page.users[page.users.length - 1];
+    }
+  }
+
+  /** Sends a new token for this connection's user; resolves with {exp}. It becomes the token
+   * of later reconnects too. Rooms its `rooms` claim leaves out are left, each with a
+   * `removed` event. */
+  async refresh(token) {
+    const reply = await this.request({ type: "refresh", token });
+    this.token = token;
+    return reply;
   }
 
   /** Resolves with {messages (newest first), more}. */
@@ -344,6 +363,12 @@ export class Client {
     if (f.type === "welcome") return this.onWelcome(f);
     if (f.type === "message") return this.onMessage(f);
     if (f.type === "joined" || f.type === "left") return this.emit(f.type, { room: f.room, user: f.user });
+    if (f.type === "removed") {
+      // The server took us out of the room (a refreshed token no longer allows it): it is
+      // not rejoined after a reconnect.
+      this.rooms.delete(f.room);
+      return this.emit("removed", { room: f.room, reason: f.reason });
+    }
     if (f.id !== undefined) {
       const entry = this.inflight.get(f.id);
       if (!entry) return;

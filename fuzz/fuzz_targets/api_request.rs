@@ -21,5 +21,5 @@ fuzz_target!(|data: &[u8]| {
     let path = String::from_utf8_lossy(parts.next().unwrap_or_default());
     let query = String::from_utf8_lossy(parts.next().unwrap_or_default());
     let body = parts.next().unwrap_or_default();
-    let _ = shardcast::api::parse_call(&method, &path, &query, body, 256);
+    let _ = shardcast::api::parse_call(&method, &path, &query, body, 256, 64);
 });

@@ -24,7 +24,7 @@ use crate::config::{Config, SessionPolicy};
 use crate::error::{CloseCode, ErrorCode, HandshakeError, ReplyError};
 use crate::health::Health;
 use crate::msg::{
-    ConnId, EngineMsg, JoinGen, LocalMsg, NodeId, NodeMsg, ReplayTo, ReplyTo, ShardId,
+    ConnId, EngineMsg, JoinGen, LocalMsg, NodeId, NodeMsg, PresencePage, ReplayTo, ReplyTo, ShardId,
 };
 use crate::persist::{Joined, Op, Persist, Read};
 use crate::protocol::Name;
@@ -526,8 +526,8 @@ impl Node {
                 let cmd = me.publish(me.keys.channel(&Stream::Inbox(user)), &wire);
                 me.query::<u64>(cmd).await;
             }),
-            EngineMsg::Presence { room, reply } => {
-                self.spawn(async move { me.presence(room, reply).await })
+            EngineMsg::Presence { room, reply, page } => {
+                self.spawn(async move { me.presence(room, reply, page).await })
             }
             EngineMsg::UserInfo { user, reply } => self.spawn(async move {
                 let (conns, _) = me.keys.sessions(&user);

@@ -144,6 +144,14 @@ pub fn membership(joined: bool, room: &Name, user: &Name) -> Bytes {
     j.finish()
 }
 
+/// `{"type":"removed","room":R,"reason":M}`: the server took the connection out of room R.
+pub fn removed(room: &Name, reason: &str) -> Bytes {
+    let mut j = Json::new(48 + room.len() + reason.len());
+    j.raw(r#"{"type":"removed","room":"#).name(room);
+    j.raw(r#","reason":"#).escaped(reason).raw("}");
+    j.finish()
+}
+
 /// `{"type":"ack","id":I,"room":R[,"seq":N]}` or, for a direct message, `..."to":U,"seq":N}`.
 pub fn ack(id: Option<&ReqId>, target: Target<'_>, seq: Option<u64>) -> Bytes {
     let mut j = Json::new(128);
@@ -215,13 +223,15 @@ pub fn page<'a>(
     j.finish()
 }
 
-/// `{"type":"presence","id":I,"room":R,"users":[..]}`
+/// `{"type":"presence","id":I,"room":R,"users":[..],"more":B}` (`more` for a page).
 pub fn presence<'a>(
     id: Option<&ReqId>,
     room: &Name,
-    users: impl Iterator<Item = &'a Name>,
+    users: impl Iterator<Item = &'a Name> + Clone,
+    more: Option<bool>,
 ) -> Bytes {
-    let mut j = Json::new(256);
+    let size: usize = users.clone().map(|u| u.len() + 3).sum();
+    let mut j = Json::new(64 + room.len() + size);
     j.raw(r#"{"type":"presence","#).id(id);
     j.raw(r#""room":"#).name(room).raw(r#","users":["#);
     for (i, user) in users.enumerate() {
@@ -230,7 +240,11 @@ pub fn presence<'a>(
         }
         j.name(user);
     }
-    j.raw("]}");
+    j.raw("]");
+    if let Some(more) = more {
+        j.raw(r#","more":"#).raw(bool_str(more));
+    }
+    j.raw("}");
     j.finish()
 }
 
@@ -344,8 +358,16 @@ mod tests {
             json!({"type":"ack","room":"r"})
         );
         assert_eq!(
-            payload(&presence(None, &n("r"), [n("a"), n("b")].iter())),
+            payload(&presence(None, &n("r"), [n("a"), n("b")].iter(), None)),
             json!({"type":"presence","room":"r","users":["a","b"]})
+        );
+        assert_eq!(
+            payload(&presence(None, &n("r"), [n("a")].iter(), Some(true))),
+            json!({"type":"presence","room":"r","users":["a"],"more":true})
+        );
+        assert_eq!(
+            payload(&removed(&n("r"), "a \"why\"")),
+            json!({"type":"removed","room":"r","reason":"a \"why\""})
         );
         let r = Recovery {
             recovered: false,

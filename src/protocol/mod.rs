@@ -23,6 +23,10 @@ pub const MAX_ID_LEN: usize = 64;
 pub const MAX_HISTORY_LIMIT: usize = 100;
 /// A `history` request's page size when it gives no `limit`.
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
+/// Most users one `presence` reply may carry (the contract's limit, not a tunable).
+pub const MAX_PRESENCE_LIMIT: usize = 1000;
+/// A `presence` request's page size when it gives no `limit`.
+pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
 
 /// A validated room name or user id: 1–128 bytes of `[A-Za-z0-9_.:@-]`. Because the alphabet
 /// needs no JSON escaping, encoders splice names into frames as they are.
@@ -148,8 +152,11 @@ pub enum ClientMessage<'a> {
         to: Name,
         body: &'a RawValue,
     },
+    /// One page of who is in the room: the users after `after` (byte order), at most `limit`.
     Presence {
         room: Name,
+        after: Option<Name>,
+        limit: usize,
     },
     /// Stored messages before `before` (all if `None`), newest first, at most `limit`.
     History {
@@ -203,6 +210,8 @@ struct Envelope<'a> {
     limit: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    after: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -252,6 +261,16 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
         })
         .transpose()
     };
+    let limit = |raw: Option<&RawValue>, default: usize, max: usize| {
+        let limit = int("limit", raw)?.unwrap_or(default as u64);
+        if !(1..=max as u64).contains(&limit) {
+            return Err(with_id(ReplyError::new(
+                ErrorCode::BadRequest,
+                format!("`limit` must be 1 to {max}"),
+            )));
+        }
+        Ok(limit as usize)
+    };
     let msg = match &*ty {
         "join" => ClientMessage::Join {
             room: name("room", env.room)?,
@@ -271,21 +290,14 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
         },
         "presence" => ClientMessage::Presence {
             room: name("room", env.room)?,
+            after: env.after.map(|a| name("after", Some(a))).transpose()?,
+            limit: limit(env.limit, DEFAULT_PRESENCE_LIMIT, MAX_PRESENCE_LIMIT)?,
         },
-        "history" => {
-            let limit = int("limit", env.limit)?.unwrap_or(DEFAULT_HISTORY_LIMIT as u64);
-            if !(1..=MAX_HISTORY_LIMIT as u64).contains(&limit) {
-                return Err(with_id(ReplyError::new(
-                    ErrorCode::BadRequest,
-                    format!("`limit` must be 1 to {MAX_HISTORY_LIMIT}"),
-                )));
-            }
-            ClientMessage::History {
-                room: name("room", env.room)?,
-                before: int("before", env.before)?,
-                limit: limit as usize,
-            }
-        }
+        "history" => ClientMessage::History {
+            room: name("room", env.room)?,
+            before: int("before", env.before)?,
+            limit: limit(env.limit, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?,
+        },
         "sync" => ClientMessage::Sync {
             since: int("since", env.since)?.ok_or_else(|| with_id(missing("since")))?,
         },
@@ -304,6 +316,49 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
         }
     };
     Ok(Request { id, msg })
+}
+
+/// Checks that a `body` nests arrays and objects at most `max` deep (`max_body_depth`). The
+/// body is relayed as it is to every recipient, and parsers that bound depth (Python's `json`,
+/// serde_json's default) fail on deeper ones. `body` is valid JSON (serde_json checked it as
+/// a `RawValue`), so brackets inside strings are the only ones to skip. Cost: one pass over
+/// the bytes, no allocation.
+pub fn check_body_depth(body: &str, max: usize) -> Result<(), ReplyError> {
+    if nests_deeper(body.as_bytes(), max) {
+        return Err(ReplyError::new(
+            ErrorCode::BadRequest,
+            format!("body is nested more than {max} levels deep (max_body_depth); flatten it"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether arrays and objects in the JSON text `json` nest more than `max` deep.
+fn nests_deeper(json: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                // To the closing quote; an escape takes the byte after it (`\"` is an escaped
+                // backslash, then the end).
+                i += 1;
+                while i < json.len() && json[i] != b'"' {
+                    i += if json[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 fn missing(field: &str) -> ReplyError {
@@ -431,6 +486,50 @@ mod tests {
     }
 
     #[test]
+    fn presence_takes_a_page() {
+        match parse(r#"{"type":"presence","room":"r"}"#).unwrap().msg {
+            ClientMessage::Presence { after, limit, .. } => {
+                assert_eq!((after, limit), (None, DEFAULT_PRESENCE_LIMIT))
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(r#"{"type":"presence","room":"r","after":"bo","limit":1000}"#)
+            .unwrap()
+            .msg
+        {
+            ClientMessage::Presence { after, limit, .. } => {
+                assert_eq!((after.as_deref(), limit), (Some("bo"), 1000))
+            }
+            other => panic!("{other:?}"),
+        }
+        for (text, code) in [
+            (
+                r#"{"type":"presence","room":"r","limit":1001,"id":1}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"presence","room":"r","limit":0,"id":1}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"presence","room":"r","after":5,"id":1}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"presence","room":"r","after":"a b","id":1}"#,
+                ErrorCode::InvalidName,
+            ),
+        ] {
+            let e = err(text);
+            assert_eq!(
+                (e.error.code, e.id.unwrap().as_json()),
+                (code, "1"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn refresh_takes_a_string_token() {
         match parse(r#"{"type":"refresh","token":"a.b.c","id":3}"#)
             .unwrap()
@@ -458,6 +557,34 @@ mod tests {
         assert!(!is_valid_name(b""));
         assert!(!is_valid_name(b"a b"));
         assert!(!is_valid_name("é".as_bytes()));
+    }
+
+    #[test]
+    fn body_depth_counts_brackets_outside_strings() {
+        let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        let deep = |body: &str, max| nests_deeper(body.as_bytes(), max);
+        assert!(!deep(&nested(64), 64), "exactly at the limit");
+        assert!(deep(&nested(65), 64), "one over");
+        assert!(
+            !deep("1", 0) && !deep(r#""[{""#, 0),
+            "scalars have no depth"
+        );
+        assert!(deep("[]", 0) && !deep("[]", 1));
+        assert!(deep(r#"{"a":{"b":[1]}}"#, 2) && !deep(r#"{"a":{"b":[1]}}"#, 3));
+        // Siblings do not add up: depth is the deepest path.
+        assert!(!deep(r#"[[1],[2],{"a":[3]},[4]]"#, 3) && deep(r#"[[1],{"a":[3]}]"#, 2));
+        // Brackets in strings, also behind escaped quotes and backslashes, are not nesting.
+        assert!(!deep(r#"["[[[{{{", "]]]"]"#, 1));
+        assert!(!deep(r#"["\"[[[", "\\", "x\\\"[["]"#, 1));
+        assert!(
+            deep(r#"["\\", [[1]]]"#, 2),
+            "a string ending in a backslash ends"
+        );
+        assert!(!deep(r#"{"k[{": "\u005b[", "v": ["]"]}"#, 2));
+        let err = check_body_depth(&nested(65), 64).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(err.message.contains("64") && err.message.contains("max_body_depth"));
+        assert!(check_body_depth(&nested(64), 64).is_ok());
     }
 
     #[test]

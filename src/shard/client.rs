@@ -13,10 +13,10 @@ use tokio::sync::oneshot;
 
 use super::{Shard, Verdict, reply_to};
 use crate::auth::Identity;
-use crate::conn::{Conn, Event};
+use crate::conn::{Buckets, Conn, Event, Rates};
 use crate::error::{CloseCode, ErrorCode, ReplyError};
 use crate::metrics::Disconnect;
-use crate::msg::{ConnId, EngineMsg, JoinGen, ReplyTo};
+use crate::msg::{ConnId, EngineMsg, JoinGen, PresencePage, ReplyTo};
 use crate::persist::{Op, Read};
 use crate::protocol::encode::{self, Target};
 use crate::protocol::{self, ClientMessage, Name, ReqId, Request};
@@ -290,12 +290,9 @@ impl Shard {
                 self.enqueue(conn, &Rc::new(encode::pong(id.as_ref())));
                 Ok(())
             }
-            ClientMessage::Refresh { token } => self.take_token(conn).and_then(|()| {
-                let exp = self.auth.refresh(&conn.user, &token)?;
-                conn.set_exp(exp);
-                self.enqueue(conn, &Rc::new(encode::refreshed(id.as_ref(), exp)));
-                Ok(())
-            }),
+            ClientMessage::Refresh { token } => self
+                .take_token(conn)
+                .and_then(|()| self.refresh(conn, &token, id.as_ref())),
             ClientMessage::Connect { .. } => Err(ReplyError::new(
                 ErrorCode::BadRequest,
                 "already authenticated: connect is only valid as a connection's first frame",
@@ -306,6 +303,7 @@ impl Shard {
             ClientMessage::Leave { room } => self.leave(conn, room, &id),
             ClientMessage::Publish { room, body } => self
                 .member(conn, &room, "publishing to")
+                .and_then(|()| protocol::check_body_depth(body.get(), self.config.max_body_depth))
                 .and_then(|()| self.take_token(conn))
                 .and_then(|()| self.charge_store(conn, &room, body.get().len()))
                 .map(|()| {
@@ -316,22 +314,26 @@ impl Shard {
                         reply: reply_to(conn, &id),
                     })
                 }),
-            ClientMessage::Send { to, body } => (self.take_token(conn))
-                .and_then(|()| self.charge_store(conn, &to, body.get().len()))
-                .map(|()| {
-                    self.to_engine(EngineMsg::Direct {
-                        to,
-                        from: conn.user.clone(),
-                        body: Bytes::copy_from_slice(body.get().as_bytes()),
-                        reply: reply_to(conn, &id),
+            ClientMessage::Send { to, body } => {
+                protocol::check_body_depth(body.get(), self.config.max_body_depth)
+                    .and_then(|()| self.take_token(conn))
+                    .and_then(|()| self.charge_store(conn, &to, body.get().len()))
+                    .map(|()| {
+                        self.to_engine(EngineMsg::Direct {
+                            to,
+                            from: conn.user.clone(),
+                            body: Bytes::copy_from_slice(body.get().as_bytes()),
+                            reply: reply_to(conn, &id),
+                        })
                     })
-                }),
+            }
             ClientMessage::History {
                 room,
                 before,
                 limit,
             } => self
                 .member(conn, &room, "reading the history of")
+                .and_then(|()| self.may_read(conn))
                 .and_then(|()| self.take_token(conn))
                 .map(|()| {
                     self.queue_store_op(Op::Read(Read::History {
@@ -341,21 +343,26 @@ impl Shard {
                         limit,
                     }))
                 }),
-            ClientMessage::Sync { since } => self.take_token(conn).map(|()| {
-                self.queue_store_op(Op::Read(Read::Sync {
-                    user: conn.user.clone(),
-                    reply: reply_to(conn, &id),
-                    since,
-                }))
-            }),
-            ClientMessage::Presence { room } => {
-                self.member(conn, &room, "asking who is in").map(|()| {
+            ClientMessage::Sync { since } => self
+                .may_read(conn)
+                .and_then(|()| self.take_token(conn))
+                .map(|()| {
+                    self.queue_store_op(Op::Read(Read::Sync {
+                        user: conn.user.clone(),
+                        reply: reply_to(conn, &id),
+                        since,
+                    }))
+                }),
+            ClientMessage::Presence { room, after, limit } => self
+                .member(conn, &room, "asking who is in")
+                .and_then(|()| self.take_token(conn))
+                .map(|()| {
                     self.to_engine(EngineMsg::Presence {
                         room,
                         reply: reply_to(conn, &id),
+                        page: Some(PresencePage { after, limit }),
                     })
-                })
-            }
+                }),
         };
         if let Err(e) = result {
             self.reply_error(conn, id.as_ref(), e);
@@ -373,9 +380,7 @@ impl Shard {
         since: (Option<u64>, Option<u64>),
         id: Option<ReqId>,
     ) -> Result<(), ReplyError> {
-        if let Some(allowed) = &conn.allowed_rooms
-            && !allowed.contains(&room)
-        {
+        if !conn.may_join(&room) {
             return Err(ReplyError::new(
                 ErrorCode::Forbidden,
                 format!("your token does not allow joining {room}"),
@@ -409,6 +414,9 @@ impl Shard {
                         ErrorCode::Forbidden,
                         format!("a connection may be in at most {max} rooms"),
                     ));
+                }
+                if since.0.is_some() {
+                    self.may_read(conn)?;
                 }
                 self.start_join(conn, room, Some(id), since);
             }
@@ -478,13 +486,43 @@ impl Shard {
     /// A `leave`. A join still pending is cancelled: its request (and any repeat) is answered
     /// with `cancelled` before the leave's ack, and its late answers are dropped by generation.
     fn leave(&mut self, conn: &Rc<Conn>, room: Name, id: &Option<ReqId>) -> Result<(), ReplyError> {
+        let cancelled = || {
+            ReplyError::new(
+                ErrorCode::Cancelled,
+                format!("left {room} before the join was done"),
+            )
+        };
+        if !self.quit_room(conn, &room, cancelled) {
+            return Err(not_member(&room, "leaving"));
+        }
+        self.enqueue(
+            conn,
+            &Rc::new(encode::ack(id.as_ref(), Target::Room(&room), None)),
+        );
+        self.to_engine(EngineMsg::Leave {
+            room,
+            user: conn.user.clone(),
+            conn: conn.id,
+        });
+        Ok(())
+    }
+
+    /// Takes the connection out of `room` on this shard: its entry, its place in the hub, and
+    /// a join still pending, whose request (and repeats) get `pending`'s error. Whether it was
+    /// in the room. The caller tells the engine.
+    fn quit_room(
+        &mut self,
+        conn: &Rc<Conn>,
+        room: &Name,
+        pending: impl FnOnce() -> ReplyError,
+    ) -> bool {
         let entry = {
             let mut rooms = conn.rooms.borrow_mut();
-            let i = rooms.iter().position(|e| e.room == room);
+            let i = rooms.iter().position(|e| e.room == *room);
             i.map(|i| rooms.swap_remove(i))
         };
         let Some(entry) = entry else {
-            return Err(not_member(&room, "leaving"));
+            return false;
         };
         self.hub_leave(conn, &entry);
         if let Some(j) = self.joins.remove(&entry.jgen) {
@@ -492,24 +530,56 @@ impl Shard {
                 conn.hold.set(conn.hold.get().saturating_sub(1));
                 self.mark_dirty(conn);
             }
-            let cancelled = ReplyError::new(
-                ErrorCode::Cancelled,
-                format!("left {room} before the join was done"),
-            );
+            let error = pending();
             for join_id in j.id.into_iter().chain(j.repeats) {
-                self.reply_error(conn, join_id.as_ref(), cancelled.clone());
+                self.reply_error(conn, join_id.as_ref(), error.clone());
             }
         }
-        self.enqueue(
-            conn,
-            &Rc::new(encode::ack(id.as_ref(), Target::Room(&room), None)),
-        );
-        let msg = EngineMsg::Leave {
-            room,
-            user: conn.user.clone(),
-            conn: conn.id,
-        };
-        self.to_engine(msg);
+        true
+    }
+
+    /// A `refresh`: the new token (same user) gives the connection its expiry and the rooms it
+    /// may be in. A room the new `rooms` claim leaves out is left as with `leave` (a pending
+    /// join of it is refused with `forbidden`), and the client gets `removed` for it, before
+    /// `refreshed`. A token without `exp` cannot take off an expiry the connection has.
+    fn refresh(
+        &mut self,
+        conn: &Rc<Conn>,
+        token: &str,
+        id: Option<&ReqId>,
+    ) -> Result<(), ReplyError> {
+        let max_rooms = self.config.max_rooms_per_connection;
+        let new = self.auth.refresh(&conn.user, token, max_rooms)?;
+        if new.exp.is_none() && conn.exp().is_some() {
+            return Err(ReplyError::new(
+                ErrorCode::Unauthorized,
+                "the token has no exp, and this connection expires: a refresh cannot remove \
+                 its expiry; send a token with an exp",
+            ));
+        }
+        conn.set_exp(new.exp);
+        conn.allow_rooms(new.rooms);
+        let gone: Vec<Name> = (conn.rooms.borrow().iter())
+            .filter(|e| !conn.may_join(&e.room))
+            .map(|e| e.room.clone())
+            .collect();
+        for room in gone {
+            let forbidden = || {
+                ReplyError::new(
+                    ErrorCode::Forbidden,
+                    format!("your refreshed token does not allow {room}"),
+                )
+            };
+            self.quit_room(conn, &room, forbidden);
+            let reason = "the refreshed token does not allow this room";
+            self.enqueue(conn, &Rc::new(encode::removed(&room, reason)));
+            self.to_engine(EngineMsg::Leave {
+                room,
+                user: conn.user.clone(),
+                conn: conn.id,
+            });
+        }
+        self.enqueue(conn, &Rc::new(encode::refreshed(id, new.exp)));
         Ok(())
     }
 
@@ -553,20 +623,48 @@ impl Shard {
         }
     }
 
+    /// Applies `f` to the connection's rate limits.
+    fn buckets<R>(&self, conn: &Conn, f: impl FnOnce(&mut Buckets, &Rates) -> R) -> R {
+        let mut buckets = conn.rate.get();
+        let r = f(&mut buckets, &Rates::of(&self.config));
+        conn.rate.set(buckets);
+        r
+    }
+
     fn take_token(&self, conn: &Conn) -> Result<(), ReplyError> {
-        let mut bucket = conn.rate.get();
-        let ok = bucket.take(self.config.publish_rate, self.config.publish_burst);
-        conn.rate.set(bucket);
-        if ok {
-            Ok(())
-        } else {
-            Err(ReplyError::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "over {} requests per second (publish, send, history, sync); this one was dropped",
-                    self.config.publish_rate
-                ),
-            ))
+        if self.buckets(conn, Buckets::take_request) {
+            return Ok(());
+        }
+        Err(ReplyError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "over {} requests per second (publish, send, history, sync, presence, \
+                 refresh); this one was dropped",
+                self.config.publish_rate
+            ),
+        ))
+    }
+
+    /// A read (`join` with `since`, `history`, `sync`) may start unless the connection's read
+    /// budget is in debt; it is charged when its answer comes (`charge_reads`).
+    fn may_read(&self, conn: &Conn) -> Result<(), ReplyError> {
+        if self.buckets(conn, Buckets::may_read) {
+            return Ok(());
+        }
+        Err(ReplyError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "over {} stored messages read per second (join with since, history, sync); \
+                 this read was dropped: wait, then ask again",
+                self.config.read_rate
+            ),
+        ))
+    }
+
+    /// A read's answer reached connection `conn` with `messages` stored messages.
+    pub(super) fn charge_reads(&self, conn: ConnId, messages: usize) {
+        if let Some(c) = self.conns.get(&conn).filter(|_| messages > 0) {
+            self.buckets(c, |b, rates| b.charge_reads(rates, messages));
         }
     }
 
@@ -577,9 +675,10 @@ impl Shard {
 
     /// An answer from the engine or the store: a frame for a connection, or an API call's
     /// result.
-    pub(super) fn reply(&mut self, to: ReplyTo, result: Result<Bytes, ReplyError>) {
+    pub(super) fn reply(&mut self, to: ReplyTo, result: Result<Bytes, ReplyError>, read: u32) {
         match to {
             ReplyTo::Conn { conn, id } => {
+                self.charge_reads(conn, read as usize);
                 let Some(c) = self.conns.get(&conn).cloned() else {
                     return;
                 };

@@ -121,9 +121,10 @@ impl Shard {
                 let target = WriteTarget::Inbox { to, from };
                 self.store(stream, target, seq, ts, frame, reply);
             }
-            EngineMsg::Presence { room, reply } => {
+            EngineMsg::Presence { room, reply, page } => {
                 let users = self.home.rooms.users(&room);
-                self.answer(reply.presence(&room, &users));
+                let max_bytes = self.config.max_queue_bytes / 2;
+                self.answer(reply.presence(&room, users, page.as_ref(), max_bytes));
             }
             EngineMsg::UserInfo { user, reply } => {
                 let n = self.home.users.online_count(&user);

@@ -118,15 +118,12 @@ impl HomeRooms {
         s.committed = s.committed.max(seq);
     }
 
-    /// The room's users, sorted.
-    pub fn users(&self, room: &Name) -> Vec<Name> {
-        let mut users: Vec<Name> = self
-            .rooms
+    /// The room's users, in no order.
+    pub fn users(&self, room: &Name) -> impl Iterator<Item = &Name> {
+        self.rooms
             .get(room)
-            .map(|r| r.users.keys().cloned().collect())
-            .unwrap_or_default();
-        users.sort_unstable();
-        users
+            .into_iter()
+            .flat_map(|r| r.users.keys())
     }
 
     /// Shards with members in the room.

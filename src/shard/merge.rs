@@ -186,6 +186,7 @@ impl CatchUp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::{FrameLimits, Rates};
 
     fn b(s: &'static str) -> Bytes {
         Bytes::from_static(s.as_bytes())
@@ -222,7 +223,15 @@ mod tests {
             exp: None,
         };
         let sink = crate::conn::MemorySink::default();
-        Rc::new(Conn::in_memory(ConnId::new(0, 0, 1), sink, &identity, 1))
+        let config = crate::config::Config::default();
+        let (rates, limits) = (Rates::of(&config), FrameLimits::of(&config));
+        Rc::new(Conn::in_memory(
+            ConnId::new(0, 0, 1),
+            sink,
+            &identity,
+            &rates,
+            limits,
+        ))
     }
 
     fn held(first: u64, last: u64) -> Held {

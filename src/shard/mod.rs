@@ -37,7 +37,7 @@ use crate::config::Config;
 use crate::conn::{Conn, OutFrame};
 use crate::error::{CloseCode, HandshakeError, ReplyError};
 use crate::metrics::{ShardCounters, ShardSnapshot};
-use crate::msg::{ConnId, EngineMsg, JoinGen, LocalMsg, NodeMsg, ShardId, ShardMsg};
+use crate::msg::{ConnId, EngineMsg, JoinGen, LocalMsg, NodeMsg, ReplayTo, ShardId, ShardMsg};
 use crate::persist::{Op, Persist};
 use crate::protocol::ReqId;
 use crate::router::Router;
@@ -139,7 +139,7 @@ impl Shard {
         match msg {
             NodeMsg::Admitted { conn, verdict } => self.admitted(conn, verdict),
             NodeMsg::CloseUser { user, except, code } => self.close_user(&user, except, code),
-            NodeMsg::Reply { to, result } => self.reply(to, result),
+            NodeMsg::Reply { to, result, read } => self.reply(to, result, read),
             NodeMsg::Lost { stream } => self.stream_lost(&stream),
             NodeMsg::JoinDone {
                 room,
@@ -163,7 +163,13 @@ impl Shard {
                 ack,
                 frames,
                 ok,
-            } => self.replayed(stream, to, after, upto, ack, frames, ok),
+            } => {
+                if let ReplayTo::Conn { conn, .. } = to {
+                    // Join replays, the inbox at connect, and their gaps: O(frames) to count.
+                    self.charge_reads(conn, ws::count_frames(&frames));
+                }
+                self.replayed(stream, to, after, upto, ack, frames, ok)
+            }
             NodeMsg::Deliver {
                 stream,
                 seq,
@@ -332,7 +338,7 @@ impl Shard {
             }
             if c.missed.get() >= idle_limit {
                 self.close_conn(&c, CloseCode::Policy);
-            } else if c.exp().is_some_and(|exp| exp + grace <= now_s) {
+            } else if c.expired(now_s, grace) {
                 self.close_conn(&c, CloseCode::TokenExpired);
             } else {
                 let ping = self.ping.clone();

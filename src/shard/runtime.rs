@@ -354,10 +354,8 @@ impl Future for ConnTask {
             let (ctx, conn) = (this.ctx.clone(), conn.clone());
             let timeout = Duration::from_millis(ctx.config.close_timeout_ms);
             let closing = Box::pin(async move {
-                let (max, hard) = (ctx.config.max_message_size, ctx.config.hard_frame_limit());
                 if let Some(stream) = conn.tcp() {
-                    let _ =
-                        tokio::time::timeout(timeout, finish_close(&conn, stream, max, hard)).await;
+                    let _ = tokio::time::timeout(timeout, finish_close(&conn, stream)).await;
                 }
             });
             let extra = this.extra.get_or_insert_with(|| {
@@ -382,7 +380,6 @@ impl ConnTask {
         let Some(stream) = conn.tcp() else {
             return Poll::Ready(());
         };
-        let (max, hard) = (ctx.config.max_message_size, ctx.config.hard_frame_limit());
         loop {
             if conn.closing().is_some() || conn.is_broken() {
                 return Poll::Ready(());
@@ -406,7 +403,7 @@ impl ConnTask {
                 Poll::Ready(Ok(())) => {}
             }
             let status = ctx.with(|s| {
-                let status = conn.read_ready(max, hard, &mut |ev| s.on_event(conn, ev));
+                let status = conn.read_ready(&mut |ev| s.on_event(conn, ev));
                 if let Err(code) = status {
                     s.close_conn(conn, code);
                 }
@@ -426,7 +423,7 @@ impl ConnTask {
 
 /// Flushes the close frame, then waits for the client's close (or EOF) so the frame is not lost
 /// to a reset.
-pub(crate) async fn finish_close(conn: &Conn, stream: &TcpStream, max: usize, hard: u64) {
+pub(crate) async fn finish_close(conn: &Conn, stream: &TcpStream) {
     while conn.has_unsent() && !conn.is_broken() {
         if stream.writable().await.is_err() {
             return;
@@ -444,9 +441,7 @@ pub(crate) async fn finish_close(conn: &Conn, stream: &TcpStream, max: usize, ha
         if stream.readable().await.is_err() {
             return;
         }
-        match conn.read_ready(max, hard, &mut |ev| {
-            peer_closed |= matches!(ev, Event::Close)
-        }) {
+        match conn.read_ready(&mut |ev| peer_closed |= matches!(ev, Event::Close)) {
             Ok(ReadStatus::Open) => {}
             Ok(ReadStatus::Eof) | Err(_) => return,
         }
@@ -456,7 +451,7 @@ pub(crate) async fn finish_close(conn: &Conn, stream: &TcpStream, max: usize, ha
 #[cfg(test)]
 mod tests {
     /// tokio's task allocation is 128-aligned: a future over 24 bytes makes it 256 for every
-    /// connection (docs/performance.md, memory per idle connection).
+    /// connection (docs/performance-log.md, memory per idle connection).
     #[test]
     fn a_connection_task_stays_within_24_bytes() {
         assert!(std::mem::size_of::<super::ConnTask>() <= 24);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::Shard;
 use crate::auth::Identity;
 use crate::config::{Config, Durability};
-use crate::conn::{Conn, Event, MemorySink};
+use crate::conn::{Conn, Event, FrameLimits, MemorySink, Rates};
 use crate::msg::{NodeMsg, ReplayTo, ShardMsg};
 use crate::persist::Persist;
 use crate::protocol::Name;
@@ -52,7 +52,9 @@ fn connect_with(shard: &mut Shard, user: &str, head: Bytes) -> Rc<Conn> {
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     let id = shard.register(identity.user.clone(), tx);
     assert_eq!(rx.try_recv(), Ok(Ok(0)), "admitted, with an empty inbox");
-    let conn = Rc::new(Conn::in_memory(id, sink, &identity, 1000));
+    let limits = FrameLimits::of(&shard.config);
+    let rates = Rates::of(&shard.config);
+    let conn = Rc::new(Conn::in_memory(id, sink, &identity, &rates, limits));
     shard.attach(&conn, &identity, 0, head);
     shard.flush_dirty();
     conn

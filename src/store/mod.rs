@@ -1,7 +1,7 @@
 //! Durable history: room streams and user inboxes, each a sequence of messages keyed by seq.
 //!
 //! Owns the `Store` trait and its implementations: `FjallStore` on disk (the default; the choice
-//! and its figures are in docs/performance.md) and `MemoryStore`. Nothing outside this module
+//! and its figures are in docs/performance-log.md) and `MemoryStore`. Nothing outside this module
 //! knows which engine is in use, so a cluster mode can add a Redis-backed `Store`. It must not
 //! know about shards or sockets. Calls block on disk, so they belong on the store threads
 //! (`persist`), never on a shard's.

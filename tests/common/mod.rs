@@ -623,6 +623,68 @@ impl Client {
         users
     }
 
+    /// One page of the `presence` query: the users after `after`, at most `limit` (the server's
+    /// default if `None`), and `more`. Checks the page is sorted and within its limit.
+    pub async fn presence_page(
+        &mut self,
+        room: &str,
+        after: Option<&str>,
+        limit: Option<u64>,
+    ) -> (Vec<String>, bool) {
+        let mut frame = json!({"type": "presence", "room": room});
+        if let Some(after) = after {
+            frame["after"] = json!(after);
+        }
+        if let Some(limit) = limit {
+            frame["limit"] = json!(limit);
+        }
+        let reply = self.call(frame).await;
+        assert_eq!(reply["type"], "presence", "{}: reply {reply}", self.name);
+        let users: Vec<String> = reply["users"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: presence without users: {reply}", self.name))
+            .iter()
+            .map(|u| u.as_str().expect("user ids are strings").to_string())
+            .collect();
+        let more = reply["more"]
+            .as_bool()
+            .unwrap_or_else(|| panic!("{}: presence without a boolean more: {reply}", self.name));
+        assert!(users.is_sorted(), "{}: an unsorted page {reply}", self.name);
+        assert!(
+            users.len() as u64 <= limit.unwrap_or(100),
+            "{}: {} users over the limit {limit:?}",
+            self.name,
+            users.len()
+        );
+        (users, more)
+    }
+
+    /// Every user of `room`, paged `limit` at a time with `after`: each page within its limit,
+    /// and each user on exactly one page. Returns the users and the number of pages.
+    pub async fn presence_all(&mut self, room: &str, limit: u64) -> (Vec<String>, usize) {
+        let (mut all, mut pages) = (Vec::new(), 0);
+        let mut after: Option<String> = None;
+        loop {
+            let (page, more) = self
+                .presence_page(room, after.as_deref(), Some(limit))
+                .await;
+            pages += 1;
+            if let (Some(last), Some(first)) = (all.last(), page.first()) {
+                assert!(first > last, "{}: pages overlap at {first}", self.name);
+            }
+            after = page.last().cloned();
+            all.extend(page);
+            if !more {
+                return (all, pages);
+            }
+            assert!(
+                after.is_some(),
+                "{}: an empty page with more:true",
+                self.name
+            );
+        }
+    }
+
     /// Sends `frame` (adding a fresh `id` if it has none) and reads up to the reply that echoes
     /// that id, for when other frames (live messages, a replay) may come first. Returns those
     /// other frames, in order, and the reply.
@@ -1065,6 +1127,71 @@ pub fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&mask);
     v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     v
+}
+
+/// A WebSocket opened by hand on a raw TCP socket, for what a client library cannot do: send
+/// frames in the same TCP write as the upgrade request.
+pub struct RawWs {
+    pub tcp: TcpStream,
+    /// Bytes read and not yet taken as frames.
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// `GET path` with a WebSocket upgrade, and `behind` (client frames, see [`client_frame`])
+    /// in the same write; returns once the `101` is read.
+    pub async fn open(addr: SocketAddr, path: &str, behind: &[u8]) -> RawWs {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        );
+        let wire = [request.as_bytes(), behind].concat();
+        tcp.write_all(&wire).await.expect("write the upgrade");
+        let mut raw = RawWs {
+            tcp,
+            buf: Vec::new(),
+        };
+        let end = loop {
+            if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            assert!(raw.fill().await > 0, "{path}: EOF during the handshake");
+        };
+        let head = String::from_utf8_lossy(&raw.buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{path}: {head}");
+        raw.buf.drain(..end);
+        raw
+    }
+
+    async fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(TIMEOUT, self.tcp.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("nothing read within {TIMEOUT:?}"))
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// The next server frame, which must be a JSON text frame (a close frame fails the test
+    /// with its code and reason).
+    pub async fn recv_json(&mut self) -> Value {
+        loop {
+            if let Some((first, payload)) = take_server_frame(&mut self.buf) {
+                assert_eq!(
+                    first,
+                    0x81,
+                    "expected a text frame, got {first:#x}: code {:?}, {:?}",
+                    payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])),
+                    String::from_utf8_lossy(payload.get(2..).unwrap_or_default())
+                );
+                return serde_json::from_slice(&payload).expect("a JSON frame");
+            }
+            assert!(self.fill().await > 0, "EOF, expected a frame");
+        }
+    }
 }
 
 /// Takes the server frame at the front of `buf`: (first byte, payload), or `None` until it has

@@ -235,3 +235,22 @@ test("auth: a refused token stops the client unless getToken gives a fresh one",
   assert.equal(end.code, 4001);
   assert.equal(end.reconnecting, false);
 });
+
+test("refresh: rooms the new token leaves out are removed and not rejoined", async () => {
+  const s = await server(["--jwt-secret", SECRET, "--api", "false"]);
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  const p = await proxy(s.addr);
+  const w = client({ url: p.url, token: mint({ sub: "w", exp, rooms: ["a", "b"] }), backoff: { initial: 20, max: 20 } });
+  await connected(w);
+  const removed = waitFor(w, "removed");
+  const reply = await w.refresh(mint({ sub: "w", exp, rooms: ["a"] }));
+  assert.equal(reply.exp, exp);
+  assert.equal((await removed).room, "b");
+  assert.deepEqual([...w.rooms.keys()], ["a"]);
+  assert.deepEqual(await w.presence("a"), ["w"]);
+  // A reconnect rejoins "a" only, with the refreshed token.
+  const recovery = waitFor(w, "recovery");
+  p.cut();
+  assert.deepEqual(Object.keys((await recovery).rooms), ["a"]);
+  await assert.rejects(w.publish("b", 1), (e) => e.code === "not_member");
+});

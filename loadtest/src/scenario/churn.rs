@@ -2,7 +2,8 @@
 //! `welcome`, joins a room, optionally waits, and closes with the closing handshake.
 //!
 //! Open loop like the others: cycle i is due at `t0 + i / C`, and its connect latency is
-//! measured from that due time. Owns the cycle and its counters; the report is built in `lib`.
+//! measured from that due time. Owns the cycle and its counters; the report is built in
+//! `report::build`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -12,15 +13,11 @@ use anyhow::{anyhow, bail};
 use fastwebsockets::OpCode;
 use tokio::sync::{Notify, Semaphore};
 
-use super::pacer::{self, Beat, Pacer};
-use super::{RunCtx, Samples, secs_to_ns};
+use super::pacer::{self, Beat, PACER_FALLBACK_NS, Pacer};
+use super::run::{RunCtx, STEP_TIMEOUT, Samples, Schedule, wait_for};
 use crate::cli::ChurnArgs;
-use crate::client::{self, RequestBuf, ServerFrame, Ws};
+use crate::client::{self, RequestBuf, Ws};
 use crate::stats::{Hist, LatencySummary, Shared};
-
-/// How long one cycle's steps may take before it counts as failed.
-const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-const START_LEAD_NS: u64 = 100_000_000;
 
 pub struct ChurnResult {
     pub attempted: u64,
@@ -65,11 +62,11 @@ pub async fn run(ctx: &RunCtx, a: &ChurnArgs) -> anyhow::Result<ChurnResult> {
     let gate = Arc::new(Semaphore::new(a.max_concurrent.max(1)));
     let baseline = ctx.sample();
 
-    let t0 = shared.now_ns() + START_LEAD_NS;
-    let window_start = t0 + secs_to_ns(ctx.common.warmup);
-    let window_end = window_start + secs_to_ns(ctx.common.duration);
-    shared.window_start_ns.store(window_start, Relaxed);
-    shared.window_end_ns.store(window_end, Relaxed);
+    let Schedule {
+        start: t0,
+        window_start,
+        window_end,
+    } = ctx.schedule();
     let period = 1e9 / a.rate;
     let total = ((window_end - t0) as f64 / period).ceil() as u64;
     ctx.progress.phase("churning", total);
@@ -101,7 +98,7 @@ pub async fn run(ctx: &RunCtx, a: &ChurnArgs) -> anyhow::Result<ChurnResult> {
             break;
         }
         while shared.now_ns() < due {
-            let _ = tokio::time::timeout_at(ctx.at(due + 5_000_000), beat.notified()).await;
+            let _ = tokio::time::timeout_at(ctx.at(due + PACER_FALLBACK_NS), beat.notified()).await;
         }
         let permit = gate.clone().acquire_owned().await?;
         let job = Cycle {
@@ -246,34 +243,4 @@ impl Cycle {
         }
         Ok(())
     }
-}
-
-/// Reads until a text frame `want` accepts; errors on `error` frames and closes.
-pub(crate) async fn wait_for(
-    ws: &mut Ws,
-    want: impl Fn(&ServerFrame) -> bool,
-) -> anyhow::Result<()> {
-    tokio::time::timeout(STEP_TIMEOUT, async {
-        loop {
-            let frame = ws.recv().await.map_err(|e| anyhow!("read: {e}"))?;
-            match frame.opcode {
-                OpCode::Text => {}
-                OpCode::Close => bail!("server closed the connection"),
-                _ => continue,
-            }
-            let f = ServerFrame::parse(&frame.payload)?;
-            if f.kind == "error" {
-                bail!(
-                    "server error {}: {}",
-                    f.code.unwrap_or("?"),
-                    f.message.as_deref().unwrap_or("")
-                );
-            }
-            if want(&f) {
-                return Ok(());
-            }
-        }
-    })
-    .await
-    .map_err(|_| anyhow!("no answer within {STEP_TIMEOUT:?}"))?
 }

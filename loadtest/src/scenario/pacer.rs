@@ -41,6 +41,9 @@ pub struct Pacer {
     handle: Option<JoinHandle<()>>,
 }
 
+/// A sender whose beat is this late goes on tokio's (coarser) timer instead.
+pub const PACER_FALLBACK_NS: u64 = 5_000_000;
+
 /// The longest single sleep, so a stop request is seen promptly.
 const MAX_NAP: Duration = Duration::from_millis(50);
 

@@ -4,7 +4,7 @@
 //! are sampled every `--sample-secs`.
 //!
 //! Owns the side load and the sampler; delivery checking is the engine's, the verdict on RSS
-//! growth is `lib`'s.
+//! growth is `report::build`'s.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -16,11 +16,11 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 
-use super::churn::wait_for;
-use super::pubsub::{self, ConnPlan, Plan, PubPlan, PubsubResult};
-use super::{RunCtx, chat_plan};
+use super::plan::{Plan, chat_plan, dm_pairs};
+use super::pubsub::{self, PubsubResult};
+use super::run::{RunCtx, wait_for};
 use crate::cli::{ChatArgs, LoadArgs, SoakArgs};
-use crate::client::{self, Dest, Endpoint, RequestBuf, Ws};
+use crate::client::{self, Endpoint, RequestBuf, Ws};
 use crate::procfs;
 
 /// One reading of the server's resources.
@@ -55,21 +55,7 @@ pub fn plan(ctx: &RunCtx, a: &SoakArgs) -> Plan {
     );
     let (first, rooms) = (chat.conns.len(), chat.streams);
     let mut conns = chat.conns;
-    conns.extend((0..a.dm_users).map(|i| {
-        let peer = i ^ 1;
-        ConnPlan {
-            user: ctx.user(first + i),
-            join: None,
-            recv_stream: (rooms + i) as u32,
-            publish: Some(PubPlan {
-                dest: Dest::User(ctx.user(first + peer).into()),
-                stream: (rooms + peer) as u32,
-                rate: a.rate,
-                phase: i as f64 / a.dm_users.max(1) as f64,
-                recipients: 1,
-            }),
-        }
-    }));
+    conns.extend(dm_pairs(ctx, a.dm_users, a.rate, first, rooms));
     Plan {
         conns,
         streams: rooms + a.dm_users,

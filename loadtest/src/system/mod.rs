@@ -57,7 +57,7 @@ pub struct RedisInfo {
 
 impl TargetInfo {
     /// The durability mode and where it came from, for the summary table.
-    pub fn durability_words(&self) -> String {
+    pub(crate) fn durability_words(&self) -> String {
         if let Some(r) = &self.redis {
             return match r.persistence {
                 Some(p) => format!("the cluster's Redis, persistence {}", p.as_str()),
@@ -72,7 +72,7 @@ impl TargetInfo {
     }
 
     /// The node pids the bot knows, by node (`None` where not known).
-    pub fn pids(&self) -> Vec<Option<u32>> {
+    pub(crate) fn pids(&self) -> Vec<Option<u32>> {
         self.nodes.iter().map(|n| n.pid).collect()
     }
 }

@@ -147,7 +147,14 @@ impl Node {
         }
     }
 
-    pub(super) async fn presence(self: Rc<Self>, room: Name, reply: ReplyTo) {
+    /// Who is in the room. The script returns every member (HKEYS): a page is cut here, so
+    /// Redis's work per page is O(members) and the reply to the client is bounded.
+    pub(super) async fn presence(
+        self: Rc<Self>,
+        room: Name,
+        reply: ReplyTo,
+        page: Option<PresencePage>,
+    ) {
         let (pz, pu) = self.keys.presence(&room);
         let mut inv = self.scripts.presence.prepare_invoke();
         inv.key(pz)
@@ -160,8 +167,8 @@ impl Node {
         let Some(users) = self.script::<Vec<String>>(&inv).await else {
             return self.answer(reply.fail(unavailable()));
         };
-        let mut users: Vec<Name> = users.iter().filter_map(|u| Name::new(u).ok()).collect();
-        users.sort();
-        self.answer(reply.presence(&room, &users));
+        let users: Vec<Name> = users.iter().filter_map(|u| Name::new(u).ok()).collect();
+        let max_bytes = self.config.max_queue_bytes / 2;
+        self.answer(reply.presence(&room, users.iter(), page.as_ref(), max_bytes));
     }
 }

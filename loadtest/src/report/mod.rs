@@ -1,0 +1,150 @@
+//! The result of a run: the `Report` struct (serialized as-is for `--json`) and what each
+//! scenario adds to it. The cost figures are in `cost`, the human summary table in `table`.
+//!
+//! Owns the report's fields and their meaning. It must not measure anything itself.
+
+pub(crate) mod build;
+mod cost;
+mod table;
+
+use serde::Serialize;
+
+pub use crate::scenario::soak::SoakSample;
+pub use crate::stats::{DeliveryReport, LatencySummary};
+pub use crate::system::{NodeInfo, RedisInfo, TargetInfo};
+pub use cost::{BotCost, CommandCost, NodeCost, RedisCost, ServerCost};
+
+/// Everything a run found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    /// "open-loop" or "closed-loop".
+    pub mode: String,
+    /// The scenario's own parameters.
+    pub params: serde_json::Map<String, serde_json::Value>,
+    pub target: TargetInfo,
+    pub client_cpus: Option<String>,
+    pub client_threads: usize,
+    /// Connections held during the window (churn: cycles attempted).
+    pub connections: u64,
+    /// Time to open and join all connections.
+    pub connect_seconds: f64,
+    pub warmup_seconds: f64,
+    pub window_seconds: f64,
+    /// Message frames received during the window.
+    pub deliveries_in_window: u64,
+    pub deliveries_per_sec: f64,
+    pub publishes_per_sec: f64,
+    /// Acks received during the window: publishes the server stored (under its durability) and
+    /// confirmed. The throughput figure of a closed-loop (`--max`) run.
+    pub acks_per_sec: f64,
+    /// The exact delivery check (not for churn).
+    pub delivery: Option<DeliveryReport>,
+    /// Scheduled send → received, over messages scheduled in the window.
+    pub latency: Option<LatencySummary>,
+    /// Scheduled send → ack (closed loop: actual send → ack), over messages scheduled in the
+    /// window.
+    pub ack_latency: Option<LatencySummary>,
+    /// Scheduled send → the bot actually wrote it (the bot's own timer lateness).
+    pub send_lag: Option<LatencySummary>,
+    /// The server's cost, when its pid is known; a cluster's nodes added up, when every node's
+    /// pid is known.
+    pub server: Option<ServerCost>,
+    /// Each node's share, when there are several.
+    pub nodes: Vec<NodeCost>,
+    /// The cluster's Redis, when the bot can read its INFO.
+    pub redis: Option<RedisCost>,
+    /// The bot's own CPU over the window.
+    pub bot: Option<BotCost>,
+    pub churn: Option<ChurnReport>,
+    pub soak: Option<SoakReport>,
+    pub storm: Option<StormReport>,
+    /// WARN/ERROR lines from a spawned server's log.
+    pub server_log_problems: Vec<String>,
+    pub notes: Vec<String>,
+    /// No loss, duplicate, disorder, error frame or failed connection.
+    pub passed: bool,
+}
+
+/// What the churn scenario measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChurnReport {
+    /// Cycles started (connect, join, close).
+    pub attempted: u64,
+    pub completed: u64,
+    pub failed: u64,
+    /// Cycles completed per second during the window.
+    pub cycles_per_sec: f64,
+    /// Scheduled start → `welcome` received.
+    pub connect_latency: Option<LatencySummary>,
+    /// Join sent → ack.
+    pub join_latency: Option<LatencySummary>,
+    /// Close sent → the server's close frame.
+    pub close_latency: Option<LatencySummary>,
+    /// Server CPU per completed cycle in the window, in microseconds.
+    pub server_cpu_us_per_cycle: Option<f64>,
+    /// Server RSS a second after the last cycle, minus the baseline (growth here hints at a
+    /// leak).
+    pub server_rss_retained_bytes: Option<i64>,
+    /// A cluster's Redis CPU and commands per completed cycle in the window (sessions,
+    /// presence, subscriptions).
+    pub redis_cpu_us_per_cycle: Option<f64>,
+    pub redis_commands_per_cycle: Option<f64>,
+}
+
+/// What a storm adds. The report's window, throughput and server cost are the calm window
+/// before it; `latency` is the steady connections' from the drop until the publishers stopped.
+#[derive(Clone, Debug, Serialize)]
+pub struct StormReport {
+    /// Clients that dropped and reconnected; the others (publishers, steady rooms) stayed.
+    pub reconnecting: u64,
+    pub staying: u64,
+    pub down_ms: u64,
+    /// Reconnected clients that got their replay to the end.
+    pub back: u64,
+    /// Reconnect signal → the last client back and caught up; `None` if some never were.
+    pub back_seconds: Option<f64>,
+    /// Connect attempts that failed (each is retried up to twice).
+    pub failed_handshakes: u64,
+    /// Rejoin acks with `recovered` not true, or `truncated` true.
+    pub not_recovered: u64,
+    pub truncated: u64,
+    /// Messages the rejoin acks said were replayed.
+    pub replayed: u64,
+    /// Socket connect → `welcome`, per reconnect.
+    pub connect_to_welcome: Option<LatencySummary>,
+    /// Reconnect signal → `welcome` (adds the time the bot took to start each connect).
+    pub signal_to_welcome: Option<LatencySummary>,
+    /// Reconnect signal → the last replayed message received.
+    pub signal_to_caught_up: Option<LatencySummary>,
+    /// Every connection's publish→deliver latency in the calm window, for comparison.
+    pub calm_latency: Option<LatencySummary>,
+    /// Server CPU from the reconnect signal until the last client was caught up, in seconds,
+    /// and per reconnect: raw, and net of the calm window's CPU rate (the publishing that went
+    /// on meanwhile).
+    pub reconnect_cpu_seconds: Option<f64>,
+    pub cpu_us_per_reconnect: Option<f64>,
+    pub net_cpu_us_per_reconnect: Option<f64>,
+    /// The same for the drop: server CPU from the drop to the reconnect signal, net of the calm
+    /// rate, per dropped client.
+    pub net_cpu_us_per_disconnect: Option<f64>,
+    /// The bot's CPU from the reconnect signal until all were back, as a percentage of one core.
+    pub bot_cpu_percent_reconnecting: Option<f64>,
+}
+
+/// What a soak run adds: the server's resources over time and the churn cycles' outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct SoakReport {
+    /// RSS at the last sample against the first one after the warm-up, in percent.
+    pub rss_growth_percent: Option<f64>,
+    /// The highest RSS after the warm-up against the first one, in percent.
+    pub peak_rss_growth_percent: Option<f64>,
+    /// The bound `rss_growth_percent` was held to.
+    pub max_rss_growth_percent: f64,
+    /// Churn cycles (connect, join, history page, close) that completed and that failed.
+    pub cycles_ok: u64,
+    pub cycles_failed: u64,
+    /// Seconds from the start of the run to the end of the warm-up.
+    pub warmup_end_secs: f64,
+    pub samples: Vec<SoakSample>,
+}
