@@ -11,6 +11,13 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use serde::{Deserialize, Serialize};
 
+/// What a stored message costs against `user_store_rate_bytes` beyond its body and names:
+/// about its JSON envelope and its key in the store.
+pub const STORE_COST_OVERHEAD: u64 = 100;
+
+/// The most a message costs beyond its body: the overhead and two names of the longest.
+const MAX_STORE_OVERHEAD: u64 = STORE_COST_OVERHEAD + 2 * crate::protocol::MAX_NAME_LEN as u64;
+
 /// What happens when a user who is already connected opens another connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -113,6 +120,14 @@ pub struct Config {
     /// this much. Default 2097152 (2 MiB).
     #[arg(long, env = "SHARDCAST_STORE_MEMTABLE_BYTES", default_value_t = 2 << 20)]
     pub store_memtable_bytes: u64,
+
+    /// Free space the data directory's filesystem must keep, in bytes. Below it, `publish` and
+    /// `send` answer `unavailable` (reads go on) and /readyz is 503, until free space is back
+    /// above it plus an eighth (no restart needed). The store writer reads it at most every
+    /// 100 ms while writing and every second while idle. Only for the embedded engine with
+    /// durability sync or async. Default 268435456 (256 MiB); 0 = off.
+    #[arg(long, env = "SHARDCAST_MIN_FREE_DISK_BYTES", default_value_t = 256 << 20)]
+    pub min_free_disk_bytes: u64,
 
     /// How messages are stored before they are acknowledged: sync (on disk first, group
     /// commit), async (acknowledged at once, on disk within flush_interval_ms) or memory (not on
@@ -334,6 +349,26 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_PUBLISH_BURST", default_value_t = 100)]
     pub publish_burst: u32,
 
+    /// Sustained bytes one user may store per second with `publish` and `send` together, over
+    /// its connections on one shard (a user spread over S shards may store S times as much; the
+    /// server API is not charged). A message costs its body, its room or recipient and sender
+    /// names and 100 bytes (about its size in the store); past the budget it gets `rate_limited`
+    /// and is not stored. The default is over 100 times a fast typist's chat (a message of ~200
+    /// bytes a second) and bounds one user to ~2.8 GB a day per shard. Default 32768; 0 = no
+    /// limit.
+    #[arg(
+        long,
+        env = "SHARDCAST_USER_STORE_RATE_BYTES",
+        default_value_t = 32_768
+    )]
+    pub user_store_rate_bytes: u64,
+
+    /// Bytes a user may store in a burst above user_store_rate_bytes, per shard (15 messages of
+    /// 64 KiB: a few pasted blocks in a row pass); at least max_message_size + 356, so the
+    /// largest message fits. Default 1048576 (1 MiB).
+    #[arg(long, env = "SHARDCAST_USER_STORE_BURST_BYTES", default_value_t = 1 << 20)]
+    pub user_store_burst_bytes: u64,
+
     /// Stored messages per second a connection may read, sustained: what `join` with `since`,
     /// `history` and `sync` return and the offline messages at connect. A read is charged when
     /// its answer comes; while the connection is in debt, the next one gets `rate_limited`.
@@ -490,6 +525,7 @@ impl Default for Config {
             data: PathBuf::from("./data"),
             store_cache_bytes: 16 << 20,
             store_memtable_bytes: 2 << 20,
+            min_free_disk_bytes: 256 << 20,
             durability: Durability::Sync,
             flush_interval_ms: 100,
             replay_limit: 1_000,
@@ -527,6 +563,8 @@ impl Default for Config {
             max_rooms_per_connection: 256,
             publish_rate: 50,
             publish_burst: 100,
+            user_store_rate_bytes: 32_768,
+            user_store_burst_bytes: 1 << 20,
             read_rate: 1_000,
             read_burst: 10_000,
             max_queue_bytes: 1 << 20,
@@ -738,6 +776,15 @@ impl Config {
         }
         if self.publish_rate == 0 || self.publish_burst == 0 {
             return invalid("publish_rate and publish_burst must be greater than 0");
+        }
+        if self.user_store_rate_bytes != 0
+            && self.user_store_burst_bytes < self.max_message_size as u64 + MAX_STORE_OVERHEAD
+        {
+            return Err(ConfigError::Invalid(format!(
+                "user_store_burst_bytes must be at least max_message_size + {MAX_STORE_OVERHEAD} \
+                 ({}), or the largest message could never be stored",
+                self.max_message_size as u64 + MAX_STORE_OVERHEAD
+            )));
         }
         if self.read_rate == 0 || self.read_burst == 0 {
             return invalid("read_rate and read_burst must be greater than 0");
@@ -965,6 +1012,22 @@ mod tests {
         let args = ["--echo", "true", "--jwt-secret", SECRET, "--api", "false"];
         let err = load(&args, None).unwrap_err();
         assert!(err.to_string().contains("echo"), "{err}");
+    }
+
+    #[test]
+    fn the_store_burst_must_hold_the_largest_message_unless_the_budget_is_off() {
+        let err = load(&["--user-store-burst-bytes", "65891"], None).unwrap_err();
+        assert!(err.to_string().contains("65892"), "{err}");
+        assert!(load(&["--user-store-burst-bytes", "65892"], None).is_ok());
+        let off = [
+            "--user-store-rate-bytes",
+            "0",
+            "--user-store-burst-bytes",
+            "1",
+        ];
+        assert!(load(&off, None).is_ok());
+        let c = load(&["--min-free-disk-bytes", "0"], None).unwrap();
+        assert_eq!(c.min_free_disk_bytes, 0);
     }
 
     #[test]

@@ -221,6 +221,9 @@ pub struct Snapshot {
     pub process: Option<Process>,
     /// The Redis engine's counters, in cluster mode.
     pub redis: Option<std::sync::Arc<crate::cluster::RedisCounters>>,
+    /// The writer's last reading of the data directory's disk, when it reads it
+    /// (`min_free_disk_bytes` set, a store on disk).
+    pub disk: Option<crate::health::Disk>,
 }
 
 /// Asks every shard and the writer for their counters and waits for the answers. A shard or
@@ -246,6 +249,7 @@ pub async fn gather(ctx: &Ctx) -> Snapshot {
         redis: ctx
             .with(|s| s.cluster().map(|c| c.counters.clone()))
             .flatten(),
+        disk: ctx.health.disk(),
     }
 }
 
@@ -395,6 +399,23 @@ impl Snapshot {
             let name = "shardcast_store_write_failures_total";
             out.family(name, "counter", "Store batch writes that failed.");
             out.sample(name, &[], w.write_failures);
+        }
+        if let Some(disk) = self.disk {
+            let name = "shardcast_store_disk_free_bytes";
+            out.family(
+                name,
+                "gauge",
+                "Free bytes on the data directory's filesystem, read by the store writer every \
+                 100 ms while writing and every second while idle.",
+            );
+            out.sample(name, &[], disk.free);
+            let name = "shardcast_store_disk_low";
+            out.family(
+                name,
+                "gauge",
+                "1 while free disk space is below min_free_disk_bytes: publish and send are refused.",
+            );
+            out.sample(name, &[], u8::from(disk.low));
         }
         if let Some(r) = &self.redis {
             use crate::cluster::RedisCounters as C;

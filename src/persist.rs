@@ -1,11 +1,13 @@
 //! The store threads: the writer, which owns every call to the `Store` on the message path
-//! (group commit, the durability modes, replays and history reads), and the trimmer, which
-//! applies retention in the background.
+//! (group commit, the durability modes, replays and history reads) and reads the data
+//! directory's free space against `min_free_disk_bytes`, and the trimmer, which applies
+//! retention in the background.
 //!
 //! Shards never block on disk: they send `Op`s here and get answers back through the router as
 //! messages (`NodeMsg::Replay`, `NodeMsg::Reply`, `LocalMsg::Stored`). This module must not hold room, user or connection state (the shards do) and
 //! must not know which database the `Store` is.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::oneshot;
 
-use crate::config::{Config, Durability};
+use crate::config::{Config, Durability, Engine};
 use crate::error::{ErrorCode, ReplyError};
 use crate::health::Health;
 use crate::metrics::WriterCounters;
@@ -26,6 +28,16 @@ use crate::store::{Append, Store, StoreError, StoredMessage, Stream};
 
 /// Most queued operations the writer takes into one commit.
 const MAX_BATCH: usize = 4096;
+
+/// How often the writer reads the free disk space while it writes: a `statvfs` (~1 µs) ten
+/// times a second at most, whatever the message rate. By time rather than by bytes written, so
+/// space taken by other processes is seen too; what can be written between two readings (100
+/// ms of the disk's bandwidth) is far below the default floor of 256 MiB.
+const DISK_CHECK_BUSY: Duration = Duration::from_millis(100);
+
+/// How often it reads it while idle: how soon freed space (or space taken by another process)
+/// is seen when nothing is written.
+const DISK_CHECK_IDLE: Duration = Duration::from_secs(1);
 
 /// Work for the writer thread.
 pub enum Op {
@@ -48,6 +60,10 @@ pub enum Op {
     /// Test-only: the next inbox or range read fails as if the store could not be read.
     #[cfg(feature = "fault-injection")]
     FailNextRead,
+    /// Test-only: free disk space reads as this (`None`: as the filesystem says) from the
+    /// writer's next reading on.
+    #[cfg(feature = "fault-injection")]
+    SetDiskFree(Option<u64>),
 }
 
 /// A read, answered to the asking connection's shard. Served after every write queued before
@@ -177,6 +193,8 @@ impl Joined {
 #[derive(Clone)]
 pub struct Persist {
     tx: Sender<Vec<Op>>,
+    /// Where the writer says whether the disk is below its floor.
+    health: Arc<Health>,
 }
 
 impl Persist {
@@ -185,7 +203,14 @@ impl Persist {
     pub fn discarding() -> Persist {
         Persist {
             tx: crossbeam_channel::unbounded().0,
+            health: Arc::default(),
         }
+    }
+
+    /// The free bytes of the writer's last reading of the disk, when it is below
+    /// `min_free_disk_bytes`: new messages must be refused. One relaxed atomic load.
+    pub fn disk_low(&self) -> Option<u64> {
+        self.health.disk_low()
     }
 
     /// Queues `ops` in order. A shard sends what one scheduler pass produced at once: one
@@ -211,6 +236,10 @@ impl Threads {
         health: Arc<Health>,
     ) -> std::io::Result<Threads> {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let persist = Persist {
+            tx,
+            health: health.clone(),
+        };
         let writer = {
             let (store, config) = (store.clone(), config.clone());
             std::thread::Builder::new()
@@ -222,7 +251,7 @@ impl Threads {
             .name("store-trimmer".into())
             .spawn(move || trim_loop(&*store, &config, stop_rx));
         let mut threads = Threads {
-            persist: Persist { tx },
+            persist,
             writer: Some(writer),
             trimmer: None,
         };
@@ -267,8 +296,92 @@ struct Writer {
     /// Told after each batch whether the store wrote it (`/readyz`).
     health: Arc<Health>,
     counters: WriterCounters,
+    /// The free-disk floor, when it applies (an embedded store on disk, a floor set).
+    disk: Option<DiskFloor>,
     #[cfg(feature = "fault-injection")]
     fail_next_read: bool,
+}
+
+/// `min_free_disk_bytes`: the writer's readings of the data directory's filesystem. Below the
+/// floor, homes refuse new messages (`Health::disk_low`); the writer itself still writes what
+/// was sequenced before it knew, so no acknowledged message (async durability) is dropped and
+/// no assigned seq goes missing. That is a batch or two, far inside the floor.
+struct DiskFloor {
+    path: PathBuf,
+    floor: u64,
+    /// When free space was last read.
+    checked: Instant,
+    low: bool,
+    /// The last reading failed (logged once until one succeeds).
+    unreadable: bool,
+    #[cfg(feature = "fault-injection")]
+    fake_free: Option<u64>,
+}
+
+impl DiskFloor {
+    fn new(config: &Config) -> Option<DiskFloor> {
+        let on_disk = config.engine == Engine::Embedded && config.durability != Durability::Memory;
+        (on_disk && config.min_free_disk_bytes > 0).then(|| DiskFloor {
+            path: config.data.clone(),
+            floor: config.min_free_disk_bytes,
+            checked: Instant::now(),
+            low: false,
+            unreadable: false,
+            #[cfg(feature = "fault-injection")]
+            fake_free: None,
+        })
+    }
+
+    /// Reads the free space and tells `health`. Once low, the disk stays low until free space
+    /// is an eighth above the floor, so `/readyz` does not flap while writes take it back down.
+    fn check(&mut self, health: &Health) {
+        self.checked = Instant::now();
+        let free = match self.free() {
+            Ok(free) => free,
+            Err(e) => {
+                if !std::mem::replace(&mut self.unreadable, true) {
+                    let path = self.path.display();
+                    tracing::warn!(error = %e, "cannot read the free space of {path}");
+                }
+                return;
+            }
+        };
+        self.unreadable = false;
+        let low = match self.low {
+            true => free < self.floor.saturating_add(self.floor / 8),
+            false => free < self.floor,
+        };
+        match (self.low, low) {
+            (false, true) => tracing::error!(
+                free,
+                floor = self.floor,
+                "the data directory's disk is below min_free_disk_bytes: publish and send are \
+                 refused until space is freed"
+            ),
+            (true, false) => tracing::warn!(free, "disk space is back: messages are accepted"),
+            _ => {}
+        }
+        self.low = low;
+        health.disk_read(free, low);
+    }
+
+    /// Bytes an unprivileged process may still write on the data directory's filesystem.
+    fn free(&self) -> std::io::Result<u64> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(free) = self.fake_free {
+            return Ok(free);
+        }
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.path.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: statvfs is a struct of plain integers, for which all zeroes is valid.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is NUL-terminated and outlives the call; `stat` is a valid out-pointer.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    }
 }
 
 impl Writer {
@@ -282,28 +395,43 @@ impl Writer {
             reply_bytes: config.max_queue_bytes / 2,
             health,
             counters: WriterCounters::default(),
+            disk: DiskFloor::new(config),
             #[cfg(feature = "fault-injection")]
             fail_next_read: false,
         }
     }
 
+    /// Reads the free disk space if the last reading is `every` old.
+    fn check_disk(&mut self, every: Duration) {
+        if let Some(disk) = &mut self.disk
+            && disk.checked.elapsed() >= every
+        {
+            disk.check(&self.health);
+        }
+    }
+
     fn run(mut self, rx: Receiver<Vec<Op>>) {
+        // Before the shards start: a server started on a full disk refuses at once.
+        self.check_disk(Duration::ZERO);
         // With async durability: when the oldest write not yet on disk was made.
         let mut unsynced: Option<Instant> = None;
         loop {
-            let first = match unsynced {
+            let sync_at = unsynced.map(|since| since + self.flush_every);
+            let disk_at = self.disk.as_ref().map(|d| d.checked + DISK_CHECK_IDLE);
+            let first = match sync_at.into_iter().chain(disk_at).min() {
                 None => rx.recv().ok(),
-                Some(since) => {
-                    match rx.recv_timeout(self.flush_every.saturating_sub(since.elapsed())) {
-                        Ok(op) => Some(op),
-                        Err(RecvTimeoutError::Timeout) => {
+                Some(at) => match rx.recv_deadline(at) {
+                    Ok(op) => Some(op),
+                    Err(RecvTimeoutError::Timeout) => {
+                        if unsynced.is_some_and(|since| since.elapsed() >= self.flush_every) {
                             self.sync();
                             unsynced = None;
-                            continue;
                         }
-                        Err(RecvTimeoutError::Disconnected) => None,
+                        self.check_disk(DISK_CHECK_IDLE);
+                        continue;
                     }
-                }
+                    Err(RecvTimeoutError::Disconnected) => None,
+                },
             };
             let Some(first) = first else {
                 self.sync();
@@ -354,7 +482,16 @@ impl Writer {
                 Op::Stats(reply) => scrapes.push(reply),
                 #[cfg(feature = "fault-injection")]
                 Op::FailNextRead => self.fail_next_read = true,
+                #[cfg(feature = "fault-injection")]
+                Op::SetDiskFree(free) => {
+                    if let Some(disk) = &mut self.disk {
+                        disk.fake_free = free;
+                    }
+                }
             }
+        }
+        if !appends.is_empty() {
+            self.check_disk(DISK_CHECK_BUSY);
         }
         if !appends.is_empty() || !cursors.is_empty() {
             // A cursor alone is not worth an fsync: losing it only repeats a delivery.

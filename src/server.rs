@@ -189,6 +189,15 @@ impl Server {
             .send(vec![persist::Op::FailNextRead]);
     }
 
+    /// Test-only: the store writer's readings of the free disk space give `free` (`None`: what
+    /// the filesystem says) from its next one on (within a second).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_disk_free(&self, free: Option<u64>) {
+        self.store_threads
+            .persist()
+            .send(vec![persist::Op::SetDiskFree(free)]);
+    }
+
     /// Waits until every shard thread has exited.
     pub fn join(mut self) {
         self.join_threads();

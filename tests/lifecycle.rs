@@ -168,6 +168,8 @@ async fn slow_consumer_is_closed_while_others_keep_receiving() {
         c.max_queue_bytes = 64 * 1024;
         c.publish_rate = 1_000_000;
         c.publish_burst = 1_000_000;
+        // One publisher stores 20-30 MB here: no budget of stored bytes.
+        c.user_store_rate_bytes = 0;
         c.presence_events = false;
         // Give the server time to get the close frame out while the test is still publishing.
         c.close_timeout_ms = 30_000;
@@ -304,6 +306,8 @@ async fn the_largest_queues_are_closed_when_all_unsent_bytes_are_over_the_bound(
         c.max_total_queue_bytes = 1 << 20;
         c.publish_rate = 1_000_000;
         c.publish_burst = 1_000_000;
+        // One publisher stores 20-30 MB here: no budget of stored bytes.
+        c.user_store_rate_bytes = 0;
         c.presence_events = false;
         c.close_timeout_ms = 30_000;
     });

@@ -290,6 +290,8 @@ async fn metrics_are_well_formed_and_typed() {
         ("shardcast_publish_latency_seconds", "histogram"),
         ("shardcast_store_commit_seconds", "histogram"),
         ("shardcast_store_write_failures_total", "counter"),
+        ("shardcast_store_disk_free_bytes", "gauge"),
+        ("shardcast_store_disk_low", "gauge"),
         ("process_cpu_seconds_total", "counter"),
         ("process_resident_memory_bytes", "gauge"),
     ] {
@@ -316,6 +318,8 @@ async fn metrics_are_well_formed_and_typed() {
         assert_eq!(errors(&m, code), 0.0, "{code}");
     }
     assert_eq!(disconnects(&m, "slow_consumer"), 0.0);
+    assert!(m.get("shardcast_store_disk_free_bytes", &[]) > 0.0);
+    assert_eq!(m.get("shardcast_store_disk_low", &[]), 0.0);
     assert!(m.get("process_resident_memory_bytes", &[]) > 0.0);
     assert!(m.get("process_cpu_seconds_total", &[]) > 0.0);
 }

@@ -18,6 +18,7 @@ fn run_against_server(durability: Durability, args: &[&str]) -> Report {
         durability,
         publish_rate: 1_000_000,
         publish_burst: 1_000_000,
+        user_store_rate_bytes: 0,
         ..Default::default()
     })
     .expect("start the server");

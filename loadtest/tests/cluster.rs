@@ -78,6 +78,7 @@ fn run_against_cluster(args: &[&str]) -> Report {
                 node_id: Some(i as u16),
                 publish_rate: 1_000_000,
                 publish_burst: 1_000_000,
+                user_store_rate_bytes: 0,
                 ..Default::default()
             })
             .expect("start a node")

@@ -305,6 +305,7 @@ impl Shard {
                 .member(conn, &room, "publishing to")
                 .and_then(|()| protocol::check_body_depth(body.get(), self.config.max_body_depth))
                 .and_then(|()| self.take_token(conn))
+                .and_then(|()| self.charge_store(conn, &room, body.get().len()))
                 .map(|()| {
                     self.to_engine(EngineMsg::Publish {
                         room,
@@ -316,6 +317,7 @@ impl Shard {
             ClientMessage::Send { to, body } => {
                 protocol::check_body_depth(body.get(), self.config.max_body_depth)
                     .and_then(|()| self.take_token(conn))
+                    .and_then(|()| self.charge_store(conn, &to, body.get().len()))
                     .map(|()| {
                         self.to_engine(EngineMsg::Direct {
                             to,

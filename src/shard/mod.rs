@@ -15,6 +15,7 @@
 //! mutable state, and a message a shard sends itself is handled in place. It must not parse
 //! bytes (that is `conn` and `protocol`) or do HTTP (that is `http`).
 
+mod budget;
 mod client;
 mod engine;
 mod home;
@@ -62,6 +63,8 @@ pub struct Shard {
     /// API calls taken on this shard, waiting for their `NodeMsg::Reply`.
     api_calls: AHashMap<u64, oneshot::Sender<Result<Bytes, ReplyError>>>,
     next_call: u64,
+    /// Each user's budget for stored bytes on this shard.
+    budgets: budget::StoreBudgets,
     // ----- hub -----
     hub: hub::Hub,
     // ----- embedded engine -----
@@ -110,6 +113,7 @@ impl Shard {
             next_gen: 0,
             api_calls: AHashMap::new(),
             next_call: 0,
+            budgets: budget::StoreBudgets::default(),
             hub: hub::Hub::default(),
             home,
             persist,
@@ -341,6 +345,7 @@ impl Shard {
                 self.enqueue(&c, &ping);
             }
         }
+        self.sweep_budgets();
     }
 }
 

@@ -146,6 +146,15 @@ impl TestServer {
             .inject_read_failure();
     }
 
+    /// Makes the store writer's readings of the free disk space give `free` (`None`: what the
+    /// filesystem says) from its next one on, within a second (the `fault-injection` feature).
+    pub fn inject_disk_free(&self, free: Option<u64>) {
+        self.server
+            .as_ref()
+            .expect("server already joined")
+            .inject_disk_free(free);
+    }
+
     /// Blocks until every server thread has exited.
     pub fn join(mut self) {
         let server = self.server.take().expect("server already joined");
@@ -1053,12 +1062,22 @@ pub async fn miss_messages(addr: SocketAddr, room: &str, seen: u64, last: u64) -
     (dev(addr, "a").await, b)
 }
 
-/// No presence events (they would interleave with messages) and a publish rate no test
-/// reaches.
+/// No presence events (they would interleave with messages), and a publish rate and a budget
+/// of stored bytes no test reaches.
 pub fn fast(c: &mut Config) {
     c.presence_events = false;
     c.publish_rate = 1_000_000;
     c.publish_burst = 1_000_000;
+    c.user_store_rate_bytes = 0;
+}
+
+/// Waits up to [`TIMEOUT`] until `GET /readyz` answers `status`; returns the answer's body.
+pub async fn readyz_becomes(http: &mut Http, status: u16) -> String {
+    eventually(TIMEOUT, &format!("/readyz answers {status}"), async || {
+        let reply = http.get("/readyz", &[]).await;
+        (reply.status == status).then_some(reply.body)
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

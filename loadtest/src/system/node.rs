@@ -16,6 +16,10 @@ use crate::cli::CommonArgs;
 /// per-connection limiter never drops bot messages.
 const SPAWN_PUBLISH_RATE: &str = "1000000";
 
+/// The per-user budget of stored bytes given to a spawned server: 0, none, for the same reason
+/// (a fanout publisher stores far more than a chat user).
+const SPAWN_STORE_RATE: &str = "0";
+
 const LIFTED_LIMIT: &str = "the bot sets it far above any scenario's rate, so that the server \
      never drops bot messages; for a lower limit, start the server yourself and give --url";
 
@@ -27,6 +31,7 @@ const BOT_SET_FLAGS: &[(&str, &str)] = &[
     ("--data", "the bot gives it a temp dir"),
     ("--publish-rate", LIFTED_LIMIT),
     ("--publish-burst", LIFTED_LIMIT),
+    ("--user-store-rate-bytes", LIFTED_LIMIT),
     ("--presence-events", "use the bot's --presence-events"),
     ("--max-queue-bytes", "use the bot's --max-queue-bytes"),
     ("--shards", "use the bot's --shards"),
@@ -77,6 +82,8 @@ pub fn spawn(
         SPAWN_PUBLISH_RATE.into(),
         "--publish-burst".into(),
         SPAWN_PUBLISH_RATE.into(),
+        "--user-store-rate-bytes".into(),
+        SPAWN_STORE_RATE.into(),
         "--presence-events".into(),
         common.presence_events.to_string(),
     ];
