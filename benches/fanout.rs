@@ -22,9 +22,9 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use shardcast::auth::Identity;
 use shardcast::config::{Config, Durability};
 use shardcast::conn::{Conn, Event, FrameLimits, MemorySink, Rates};
-use shardcast::msg::ConnId;
+use shardcast::core::ConnId;
+use shardcast::core::Name;
 use shardcast::persist::Persist;
-use shardcast::protocol::Name;
 use shardcast::router::{Inbox, Router};
 use shardcast::shard::Shard;
 

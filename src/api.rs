@@ -21,11 +21,12 @@ use tokio::sync::oneshot;
 
 use crate::cluster::Req;
 use crate::config::Config;
-use crate::error::{ErrorCode, ReplyError};
+use crate::core::Name;
+use crate::core::error::{ErrorCode, ReplyError};
 use crate::http::{json, json_error};
 use crate::msg::{EngineMsg, LocalMsg, ReplyTo};
 use crate::persist::Read;
-use crate::protocol::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, Name, encode};
+use crate::protocol::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, encode};
 use crate::shard::Shard;
 use crate::shard::runtime::Ctx;
 
@@ -242,7 +243,7 @@ async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
             .await
         }
         Call::Broadcast { from, body } => {
-            let frame = encode::broadcast(&from, crate::shard::now_ms(), &body);
+            let frame = encode::broadcast(&from, crate::core::now_ms(), &body);
             let json = crate::ws::payload_of(&frame);
             let n = ask_all(ctx, |reply| LocalMsg::Broadcast {
                 frame: frame.clone(),

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub const STORE_COST_OVERHEAD: u64 = 100;
 
 /// The most a message costs beyond its body: the overhead and two names of the longest.
-const MAX_STORE_OVERHEAD: u64 = STORE_COST_OVERHEAD + 2 * crate::protocol::MAX_NAME_LEN as u64;
+const MAX_STORE_OVERHEAD: u64 = STORE_COST_OVERHEAD + 2 * crate::core::name::MAX_NAME_LEN as u64;
 
 /// What happens when a user who is already connected opens another connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -733,7 +733,7 @@ impl Config {
         }
         if self
             .node_id
-            .is_some_and(|n| n as usize >= crate::msg::ConnId::MAX_NODES)
+            .is_some_and(|n| n as usize >= crate::core::ConnId::MAX_NODES)
         {
             return invalid("node_id must be below 16384");
         }
@@ -804,7 +804,7 @@ impl Config {
         if self.store_memtable_bytes < 1 << 20 {
             return invalid("store_memtable_bytes must be at least 1048576 (1 MiB)");
         }
-        if self.shard_count() > crate::msg::ConnId::MAX_SHARDS {
+        if self.shard_count() > crate::core::ConnId::MAX_SHARDS {
             return invalid("too many shards (at most 1024)");
         }
         if self.max_total_queue_bytes != 0

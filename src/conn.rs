@@ -17,9 +17,9 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::auth::Identity;
-use crate::error::CloseCode;
-use crate::msg::ConnId;
-use crate::protocol::Name;
+use crate::core::ConnId;
+use crate::core::Name;
+use crate::core::error::CloseCode;
 use crate::ws::{self, Header};
 
 /// Most frames gathered into one `writev`.

@@ -15,10 +15,10 @@ use hyper::{Request, Response};
 
 use crate::auth::Identity;
 use crate::conn::{Conn, Event, FrameLimits, Rates, ReadStatus};
-use crate::error::{CloseCode, HandshakeError};
+use crate::core::ConnId;
+use crate::core::Name;
+use crate::core::error::{CloseCode, HandshakeError};
 use crate::http;
-use crate::msg::ConnId;
-use crate::protocol::Name;
 use crate::shard::runtime::{self, Ctx};
 use crate::ws::{self, FrameBuf};
 

@@ -29,8 +29,8 @@ use tokio::time::Sleep;
 use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
 use crate::conn::{Conn, FrameLimits, Rates};
-use crate::error::HandshakeError;
-use crate::msg::ConnId;
+use crate::core::ConnId;
+use crate::core::error::HandshakeError;
 use crate::shard::runtime::{self, Ctx};
 
 type Body = Full<Bytes>;

@@ -11,7 +11,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use shardcast::auth::{Identity, mint};
 use shardcast::cli::{Ttl, default_toml, effective_toml, parse_name, parse_ttl};
 use shardcast::config::{Config, LogFormat};
-use shardcast::protocol::Name;
+use shardcast::core::Name;
 use shardcast::server::Server;
 
 #[global_allocator]

@@ -16,42 +16,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::error::{CloseCode, HandshakeError, ReplyError};
-use crate::metrics::ShardSnapshot;
-use crate::protocol::{Name, ReqId};
-use crate::store::Stream;
-
-pub type ShardId = usize;
-/// A node of a deployment; a single-node server is node 0.
-pub type NodeId = u16;
-
-/// A connection's id, unique in a deployment: its node (14 bits), its shard (10 bits) and a
-/// counter local to the shard (40 bits).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ConnId(u64);
-
-impl ConnId {
-    pub const MAX_NODES: usize = 1 << 14;
-    pub const MAX_SHARDS: usize = 1 << 10;
-
-    pub fn new(node: NodeId, shard: ShardId, local: u64) -> ConnId {
-        debug_assert!((node as usize) < Self::MAX_NODES && shard < Self::MAX_SHARDS);
-        ConnId(((node as u64) << 50) | ((shard as u64 & 0x3ff) << 40) | (local & ((1 << 40) - 1)))
-    }
-    /// The id as one number (for Redis, where connections of every node meet).
-    pub fn raw(self) -> u64 {
-        self.0
-    }
-    pub fn from_raw(raw: u64) -> ConnId {
-        ConnId(raw)
-    }
-    pub fn node(self) -> NodeId {
-        (self.0 >> 50) as NodeId
-    }
-    pub fn shard(self) -> ShardId {
-        ((self.0 >> 40) & 0x3ff) as ShardId
-    }
-}
+use crate::core::counters::ShardSnapshot;
+use crate::core::error::{CloseCode, HandshakeError, ReplyError};
+use crate::core::{ConnId, JoinGen, NodeId, ShardId, Stream};
+use crate::core::{Name, ReqId};
 
 /// Where the answer to a request goes: a client connection (a frame echoing the request's id),
 /// or an HTTP API call waiting on the shard that took it (the JSON body of its response). An
@@ -218,10 +186,6 @@ impl PresencePage {
         (page.into_iter().cloned().collect(), more)
     }
 }
-
-/// A join's generation: each `join` a connection makes of a room gets a new one, so answers
-/// for an earlier join of the same room (left since) are recognised and dropped.
-pub type JoinGen = u32;
 
 /// A request to the engine. The embedded engine serves it at the home shard of its room or
 /// user (`EngineMsg::key`).
@@ -471,16 +435,6 @@ pub enum WriteTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn conn_ids_carry_their_node_and_shard() {
-        let id = ConnId::new(3, 7, 123_456);
-        assert_eq!((id.node(), id.shard()), (3, 7));
-        assert_ne!(ConnId::new(0, 1, 5), ConnId::new(0, 2, 5));
-        assert_ne!(ConnId::new(1, 1, 5), ConnId::new(2, 1, 5));
-        let top = ConnId::new(16_383, 1023, u64::MAX);
-        assert_eq!((top.node(), top.shard()), (16_383, 1023));
-    }
 
     #[test]
     fn presence_pages_are_sorted_cut_and_say_whether_more_follow() {

@@ -17,14 +17,16 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::oneshot;
 
 use crate::config::{Config, Durability, Engine};
-use crate::error::{ErrorCode, ReplyError};
-use crate::health::Health;
-use crate::metrics::WriterCounters;
-use crate::msg::{ConnId, JoinGen, LocalMsg, NodeMsg, ReplayTo, ReplyTo, ShardId, Written};
+use crate::core::Stream;
+use crate::core::counters::WriterCounters;
+use crate::core::error::{ErrorCode, ReplyError};
+use crate::core::health::Health;
+use crate::core::{ConnId, JoinGen, ShardId};
+use crate::core::{Name, ReqId};
+use crate::msg::{LocalMsg, NodeMsg, ReplayTo, ReplyTo, Written};
 use crate::protocol::encode::{self, Recovery, Target};
-use crate::protocol::{Name, ReqId};
 use crate::router::Router;
-use crate::store::{Append, Store, StoreError, StoredMessage, Stream};
+use crate::store::{Append, Store, StoreError, StoredMessage};
 
 /// Most queued operations the writer takes into one commit.
 const MAX_BATCH: usize = 4096;
@@ -781,7 +783,7 @@ fn trim_loop(store: &dyn Store, config: &Config, stop: Receiver<()>) {
                 continue;
             }
         };
-        let now = crate::shard::now_ms();
+        let now = crate::core::now_ms();
         let mut removed = 0;
         for info in streams {
             let (max, secs) = match &info.stream {

@@ -8,12 +8,13 @@ use std::thread::JoinHandle;
 
 use crate::auth::{Authenticator, KeyError};
 use crate::config::{Config, ConfigError, Durability, Engine};
-use crate::health::Health;
+use crate::core::Stream;
+use crate::core::health::Health;
 use crate::msg::LocalMsg;
 use crate::persist;
 use crate::router::Router;
 use crate::shard::runtime::{self, ShardSetup};
-use crate::store::{FjallStore, MemoryStore, Store, StoreError, StoreMemory, Stream};
+use crate::store::{FjallStore, MemoryStore, Store, StoreError, StoreMemory};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

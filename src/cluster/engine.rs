@@ -16,22 +16,22 @@ use bytes::Bytes;
 use redis::{PushInfo, PushKind, RedisError, RedisResult, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::Req;
 use super::keys::{Channel, Keys};
 use super::link::{Cmds, Subs, Target};
 use super::wire::Wire;
-use super::{RedisCounters, Req};
 use crate::config::{Config, SessionPolicy};
-use crate::error::{CloseCode, ErrorCode, HandshakeError, ReplyError};
-use crate::health::Health;
-use crate::msg::{
-    ConnId, EngineMsg, JoinGen, LocalMsg, NodeId, NodeMsg, PresencePage, ReplayTo, ReplyTo, ShardId,
-};
+use crate::core::Name;
+use crate::core::Stream;
+use crate::core::counters::RedisCounters;
+use crate::core::error::{CloseCode, ErrorCode, HandshakeError, ReplyError};
+use crate::core::health::Health;
+use crate::core::now_ms;
+use crate::core::{ConnId, JoinGen, NodeId, ShardId};
+use crate::msg::{EngineMsg, LocalMsg, NodeMsg, PresencePage, ReplayTo, ReplyTo};
 use crate::persist::{Joined, Op, Persist, Read};
-use crate::protocol::Name;
 use crate::protocol::encode::{self, Target as To};
 use crate::router::Router;
-use crate::shard::now_ms;
-use crate::store::Stream;
 use crate::ws;
 
 mod rooms;

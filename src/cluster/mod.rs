@@ -20,17 +20,18 @@ mod store;
 mod wire;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::health::Health;
-use crate::msg::{EngineMsg, NodeId};
+use crate::core::Name;
+use crate::core::NodeId;
+use crate::core::counters::RedisCounters;
+use crate::core::health::Health;
+use crate::msg::EngineMsg;
 use crate::persist::Persist;
-use crate::protocol::Name;
 use crate::router::Router;
 
 pub use keys::Keys;
@@ -72,27 +73,6 @@ pub enum Req {
     Totals {
         reply: oneshot::Sender<Option<serde_json::Value>>,
     },
-}
-
-/// Counters of the Redis engine, read by a scrape.
-#[derive(Debug, Default)]
-pub struct RedisCounters {
-    /// Commands and scripts answered by Redis.
-    pub round_trips: AtomicU64,
-    /// Commands and scripts that failed (Redis unreachable, timed out, or an error reply).
-    pub errors: AtomicU64,
-    /// Times the subscription connection was re-established (dropped, or silent).
-    pub pubsub_reconnects: AtomicU64,
-    /// Messages read from history after a subscription gap.
-    pub gap_fills: AtomicU64,
-    /// Messages received over pub/sub.
-    pub received: AtomicU64,
-}
-
-impl RedisCounters {
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
 }
 
 /// How the shards reach the engine thread. Cheap to clone.

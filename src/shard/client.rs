@@ -14,12 +14,14 @@ use tokio::sync::oneshot;
 use super::{Shard, Verdict, reply_to};
 use crate::auth::Identity;
 use crate::conn::{Buckets, Conn, Event, Rates};
-use crate::error::{CloseCode, ErrorCode, ReplyError};
-use crate::metrics::Disconnect;
-use crate::msg::{ConnId, EngineMsg, JoinGen, PresencePage, ReplyTo};
+use crate::core::counters::Disconnect;
+use crate::core::error::{CloseCode, ErrorCode, ReplyError};
+use crate::core::{ConnId, JoinGen};
+use crate::core::{Name, ReqId};
+use crate::msg::{EngineMsg, PresencePage, ReplyTo};
 use crate::persist::{Op, Read};
 use crate::protocol::encode::{self, Target};
-use crate::protocol::{self, ClientMessage, Name, ReqId, Request};
+use crate::protocol::{self, ClientMessage, Request};
 use crate::ws;
 
 /// A room a connection asked for. It is `live` once its join is done and caught up: the hub

@@ -17,12 +17,14 @@ use bytes::Bytes;
 use super::Shard;
 use super::home::{HomeRooms, HomeUsers};
 use crate::config::Durability;
-use crate::error::{ErrorCode, HandshakeError, ReplyError};
-use crate::msg::{ConnId, EngineMsg, NodeMsg, ReplayTo, ReplyTo, ShardId, WriteTarget, Written};
+use crate::core::Name;
+use crate::core::Stream;
+use crate::core::error::{ErrorCode, HandshakeError, ReplyError};
+use crate::core::{ConnId, ShardId};
+use crate::msg::{EngineMsg, NodeMsg, ReplayTo, ReplyTo, WriteTarget, Written};
 use crate::persist::{Joined, Op, Read};
-use crate::protocol::Name;
 use crate::protocol::encode::{self, Target};
-use crate::store::{Append, Stream, StreamInfo};
+use crate::store::{Append, StreamInfo};
 use crate::ws;
 
 pub(super) struct Home {
@@ -99,7 +101,7 @@ impl Shard {
                 }
                 let seq = self.home.rooms.next_seq(&room);
                 self.stats.room_publishes += 1;
-                let ts = super::now_ms();
+                let ts = crate::core::now_ms();
                 let frame = encode::message(Target::Room(&room), &from, seq, ts, &body);
                 let stream = Stream::Room(room.clone());
                 self.store(stream, WriteTarget::Room(room), seq, ts, frame, reply);
@@ -115,7 +117,7 @@ impl Shard {
                 }
                 let seq = self.home.users.next_inbox_seq(&to);
                 self.stats.direct_publishes += 1;
-                let ts = super::now_ms();
+                let ts = crate::core::now_ms();
                 let frame = encode::message(Target::User(&to), &from, seq, ts, &body);
                 let stream = Stream::Inbox(to.clone());
                 let target = WriteTarget::Inbox { to, from };
@@ -185,7 +187,7 @@ impl Shard {
             let msg = NodeMsg::CloseUser {
                 user: user.clone(),
                 except: conn,
-                code: crate::error::CloseCode::Replaced,
+                code: crate::core::error::CloseCode::Replaced,
             };
             self.send(shard, msg);
         }

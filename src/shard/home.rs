@@ -13,9 +13,9 @@ use ahash::AHashMap;
 use bytes::Bytes;
 
 use crate::config::{Config, SessionPolicy};
-use crate::error::HandshakeError;
-use crate::msg::{ConnId, ShardId};
-use crate::protocol::Name;
+use crate::core::Name;
+use crate::core::error::HandshakeError;
+use crate::core::{ConnId, ShardId};
 use crate::protocol::encode;
 
 #[derive(Clone, Copy, Default)]

@@ -20,10 +20,11 @@ use super::client::RoomEntry;
 use super::merge::{CatchUp, Gap, Held, Next, Position};
 use super::{Shard, queue_frame, remove_conn};
 use crate::conn::{Conn, OutFrame};
-use crate::error::CloseCode;
-use crate::msg::{ConnId, EngineMsg, JoinGen, ReplayTo};
-use crate::protocol::Name;
-use crate::store::Stream;
+use crate::core::Name;
+use crate::core::Stream;
+use crate::core::error::CloseCode;
+use crate::core::{ConnId, JoinGen};
+use crate::msg::{EngineMsg, ReplayTo};
 
 #[derive(Default)]
 pub(super) struct Hub {
@@ -585,7 +586,7 @@ fn offer(
     cu: &mut CatchUp,
     held: Held,
     dirty: &mut Vec<Rc<Conn>>,
-    stats: &mut crate::metrics::ShardCounters,
+    stats: &mut crate::core::counters::ShardCounters,
     max: usize,
     slow: &mut Vec<Rc<Conn>>,
 ) -> Option<Gap> {

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::conn::{Conn, OutFrame};
-use crate::msg::{ConnId, JoinGen};
+use crate::core::{ConnId, JoinGen};
 
 /// A read to ask the engine for: the stream's messages in (after, upto].
 pub type Gap = (u64, u64);
@@ -218,7 +218,7 @@ mod tests {
 
     fn conn() -> Rc<Conn> {
         let identity = crate::auth::Identity {
-            user: crate::protocol::Name::new("u").unwrap(),
+            user: crate::core::Name::new("u").unwrap(),
             rooms: None,
             exp: None,
         };

@@ -35,11 +35,13 @@ use tokio::sync::oneshot;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::conn::{Conn, OutFrame};
-use crate::error::{CloseCode, HandshakeError, ReplyError};
-use crate::metrics::{ShardCounters, ShardSnapshot};
-use crate::msg::{ConnId, EngineMsg, JoinGen, LocalMsg, NodeMsg, ReplayTo, ShardId, ShardMsg};
+use crate::core::ReqId;
+use crate::core::counters::{ShardCounters, ShardSnapshot};
+use crate::core::error::{CloseCode, HandshakeError, ReplyError};
+use crate::core::now_ms;
+use crate::core::{ConnId, JoinGen, ShardId};
+use crate::msg::{EngineMsg, LocalMsg, NodeMsg, ReplayTo, ShardMsg};
 use crate::persist::{Op, Persist};
-use crate::protocol::ReqId;
 use crate::router::Router;
 use crate::store::StreamInfo;
 use crate::ws;
@@ -81,12 +83,6 @@ pub struct Shard {
     stats: ShardCounters,
     /// Checks `refresh` tokens.
     auth: Authenticator,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Shard {

@@ -8,11 +8,11 @@ use super::Shard;
 use crate::auth::Identity;
 use crate::config::{Config, Durability};
 use crate::conn::{Conn, Event, FrameLimits, MemorySink, Rates};
+use crate::core::Name;
+use crate::core::Stream;
 use crate::msg::{NodeMsg, ReplayTo, ShardMsg};
 use crate::persist::Persist;
-use crate::protocol::Name;
 use crate::router::Router;
-use crate::store::Stream;
 use bytes::Bytes;
 
 fn shard() -> Shard {

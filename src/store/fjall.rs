@@ -15,7 +15,8 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::{Append, Store, StoreError, StoredMessage, Stream, StreamInfo, last_seqs, trimmed};
+use super::{Append, Store, StoreError, StoredMessage, StreamInfo, last_seqs, trimmed};
+use crate::core::Stream;
 
 /// How much memory the store may use: its block cache, and unflushed messages (the memtable
 /// of the `messages` keyspace; the small keyspaces take at most `SMALL_MEMTABLE_BYTES`).
@@ -329,7 +330,7 @@ impl Store for FjallStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Name;
+    use crate::core::Name;
 
     #[test]
     fn keeps_the_contract() {
