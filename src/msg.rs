@@ -9,11 +9,10 @@
 //! - `LocalMsg`: what only makes sense inside one process: a socket, a oneshot, the store
 //!   writer's answers.
 //!
-//! `EngineMsg` and `NodeMsg` are plain data and serializable, so they could cross a node
-//! boundary. This module holds no state and does no I/O.
+//! `EngineMsg` and `NodeMsg` are plain data: addresses, not channels, so either engine can
+//! answer from any thread. This module holds no state and does no I/O.
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::core::counters::ShardSnapshot;
@@ -24,7 +23,7 @@ use crate::core::{Name, ReqId};
 /// Where the answer to a request goes: a client connection (a frame echoing the request's id),
 /// or an HTTP API call waiting on the shard that took it (the JSON body of its response). An
 /// address, not a channel, so it can travel with a request to another node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReplyTo {
     Conn {
         conn: ConnId,
@@ -142,7 +141,7 @@ impl ReplyTo {
 }
 
 /// One page of a `presence` query: the users after `after` in byte order, at most `limit`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PresencePage {
     pub after: Option<Name>,
     pub limit: usize,
@@ -189,7 +188,7 @@ impl PresencePage {
 
 /// A request to the engine. The embedded engine serves it at the home shard of its room or
 /// user (`EngineMsg::key`).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 pub enum EngineMsg {
     /// Admit a new connection under the session policy; answered with `NodeMsg::Admitted`.
     Register { user: Name, conn: ConnId },
@@ -285,7 +284,7 @@ impl EngineMsg {
 
 /// Who a replay is for: one catching-up connection (a join's generation; 0 for the inbox at
 /// connect), or a shard's hub filling a gap in a room's live stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplayTo {
     Conn { conn: ConnId, jgen: JoinGen },
     Hub { node: NodeId, shard: ShardId },
@@ -301,7 +300,7 @@ impl ReplayTo {
 }
 
 /// What the engine sends to the node holding the connections.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 pub enum NodeMsg {
     /// The user's home admitted the connection (with the inbox's committed seq) or refused it.
     Admitted {
@@ -332,17 +331,8 @@ pub enum NodeMsg {
         jgen: JoinGen,
         error: ReplyError,
     },
-    /// Stored messages of `stream` in (after, upto], as WebSocket frames in one buffer (`ack`,
-    /// a join's, goes first). `ok` is false when the store could not be read.
-    Replay {
-        stream: Stream,
-        to: ReplayTo,
-        after: u64,
-        upto: u64,
-        ack: Option<Bytes>,
-        frames: Bytes,
-        ok: bool,
-    },
+    /// Stored messages of a stream, for a catching-up connection or a hub's gap.
+    Replay(Replay),
     /// A live frame of `stream` for its local receivers, except `exclude`: a room's members,
     /// or a user's connections. `seq` is the frame's place in the stream; `None` for a frame
     /// outside it (a presence event, or the copy of a direct message the user sent).
@@ -362,6 +352,19 @@ pub enum NodeMsg {
         result: Result<Bytes, ReplyError>,
         read: u32,
     },
+}
+
+/// Stored messages of `stream` in (after, upto], as WebSocket frames in one buffer (`ack`, a
+/// join's, goes first). `ok` is false when the store could not be read.
+#[derive(Debug)]
+pub struct Replay {
+    pub stream: Stream,
+    pub to: ReplayTo,
+    pub after: u64,
+    pub upto: u64,
+    pub ack: Option<Bytes>,
+    pub frames: Bytes,
+    pub ok: bool,
 }
 
 /// Messages that stay in the process: they carry a socket, a oneshot, or the writer's state.
@@ -464,53 +467,5 @@ mod tests {
         // Each name costs its length + 3 bytes: 8 bytes hold two; one always goes.
         assert_eq!(page(None, 5, 8), (vec!["a".into(), "b".into()], true));
         assert_eq!(page(None, 5, 1), (vec!["a".into()], true));
-    }
-
-    #[test]
-    fn engine_and_node_messages_cross_a_wire() {
-        let reply = ReplyTo::Api {
-            node: 2,
-            shard: 1,
-            call: 9,
-        };
-        let msg = EngineMsg::Publish {
-            room: Name::new("lobby").unwrap(),
-            from: Name::new("alice").unwrap(),
-            body: Bytes::from_static(b"{\"t\":1}"),
-            reply: reply.clone(),
-        };
-        let text = serde_json::to_string(&msg).unwrap();
-        let EngineMsg::Publish {
-            room,
-            body,
-            reply: back,
-            ..
-        } = serde_json::from_str(&text).unwrap()
-        else {
-            panic!("not a publish: {text}");
-        };
-        assert_eq!(
-            (&*room, &body[..], back),
-            ("lobby", &b"{\"t\":1}"[..], reply)
-        );
-
-        let bad = text.replace("lobby", "lob by");
-        assert!(
-            serde_json::from_str::<EngineMsg>(&bad).is_err(),
-            "names are validated on the way in"
-        );
-
-        let msg = NodeMsg::Deliver {
-            stream: Stream::Room(Name::new("r").unwrap()),
-            seq: Some(4),
-            frame: Bytes::from_static(b"\x81\x02{}"),
-            exclude: Some(ConnId::new(1, 2, 3)),
-        };
-        let NodeMsg::Deliver { seq, exclude, .. } =
-            serde_json::from_str(&serde_json::to_string(&msg).unwrap()).unwrap()
-        else {
-            panic!("not a deliver");
-        };
-        assert_eq!((seq, exclude), (Some(4), Some(ConnId::new(1, 2, 3))));
     }
 }

@@ -23,7 +23,7 @@ use crate::core::error::{ErrorCode, ReplyError};
 use crate::core::health::Health;
 use crate::core::{ConnId, JoinGen, ShardId};
 use crate::core::{Name, ReqId};
-use crate::msg::{LocalMsg, NodeMsg, ReplayTo, ReplyTo, Written};
+use crate::msg::{LocalMsg, NodeMsg, Replay, ReplayTo, ReplyTo, Written};
 use crate::protocol::encode::{self, Recovery, Target};
 use crate::router::Router;
 use crate::store::{Append, Store, StoreError, StoredMessage};
@@ -664,7 +664,7 @@ impl Writer {
                 (Bytes::new(), false)
             }
         };
-        let msg = NodeMsg::Replay {
+        let msg = NodeMsg::Replay(Replay {
             stream,
             to,
             after,
@@ -672,7 +672,7 @@ impl Writer {
             ack,
             frames,
             ok,
-        };
+        });
         self.router.send(to.shard(), msg);
     }
 

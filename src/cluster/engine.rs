@@ -28,7 +28,7 @@ use crate::core::error::{CloseCode, ErrorCode, HandshakeError, ReplyError};
 use crate::core::health::Health;
 use crate::core::now_ms;
 use crate::core::{ConnId, JoinGen, NodeId, ShardId};
-use crate::msg::{EngineMsg, LocalMsg, NodeMsg, PresencePage, ReplayTo, ReplyTo};
+use crate::msg::{EngineMsg, LocalMsg, NodeMsg, PresencePage, Replay, ReplayTo, ReplyTo};
 use crate::persist::{Joined, Op, Persist, Read};
 use crate::protocol::encode::{self, Target as To};
 use crate::router::Router;
@@ -632,7 +632,7 @@ fn target_of(stream: &Stream) -> To<'_> {
 }
 
 fn replay(stream: Stream, to: ReplayTo, after: u64, upto: u64, ok: bool) -> NodeMsg {
-    NodeMsg::Replay {
+    NodeMsg::Replay(Replay {
         stream,
         to,
         after,
@@ -640,7 +640,7 @@ fn replay(stream: Stream, to: ReplayTo, after: u64, upto: u64, ok: bool) -> Node
         ack: None,
         frames: Bytes::new(),
         ok,
-    }
+    })
 }
 
 /// Whether an error means the connection itself is gone (rather than one command failing).

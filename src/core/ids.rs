@@ -2,15 +2,13 @@
 //!
 //! Plain values with no state; every layer above may use them.
 
-use serde::{Deserialize, Serialize};
-
 pub type ShardId = usize;
 /// A node of a deployment; a single-node server is node 0.
 pub type NodeId = u16;
 
 /// A connection's id, unique in a deployment: its node (14 bits), its shard (10 bits) and a
 /// counter local to the shard (40 bits).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(u64);
 
 impl ConnId {

@@ -83,7 +83,7 @@ pub fn is_valid_name(s: &[u8]) -> bool {
 }
 
 /// A client frame's `id`, kept as its JSON text so replies echo it byte for byte.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReqId(Box<str>);
 
 impl ReqId {

@@ -5,9 +5,7 @@
 use super::name::Name;
 
 /// A sequence of messages: a room's history or a user's inbox.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Stream {
     Room(Name),
     Inbox(Name),

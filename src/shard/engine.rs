@@ -21,7 +21,7 @@ use crate::core::Name;
 use crate::core::Stream;
 use crate::core::error::{ErrorCode, HandshakeError, ReplyError};
 use crate::core::{ConnId, ShardId};
-use crate::msg::{EngineMsg, NodeMsg, ReplayTo, ReplyTo, WriteTarget, Written};
+use crate::msg::{EngineMsg, NodeMsg, Replay, ReplayTo, ReplyTo, WriteTarget, Written};
 use crate::persist::{Joined, Op, Read};
 use crate::protocol::encode::{self, Target};
 use crate::store::{Append, StreamInfo};
@@ -206,7 +206,7 @@ impl Shard {
             })),
             None => {
                 let upto = self.home.users.inbox_seq(&user);
-                let msg = NodeMsg::Replay {
+                let msg = NodeMsg::Replay(Replay {
                     stream: Stream::Inbox(user),
                     to,
                     after: upto,
@@ -214,7 +214,7 @@ impl Shard {
                     ack: None,
                     frames: Bytes::new(),
                     ok: true,
-                };
+                });
                 self.send(conn.shard(), msg);
             }
         }

@@ -24,7 +24,7 @@ use crate::core::Name;
 use crate::core::Stream;
 use crate::core::error::CloseCode;
 use crate::core::{ConnId, JoinGen};
-use crate::msg::{EngineMsg, ReplayTo};
+use crate::msg::{EngineMsg, Replay, ReplayTo};
 
 #[derive(Default)]
 pub(super) struct Hub {
@@ -185,17 +185,16 @@ impl Shard {
     }
 
     /// A read from the engine: a catching-up connection's replay or gap, or this hub's gap.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn replayed(
-        &mut self,
-        stream: Stream,
-        to: ReplayTo,
-        after: u64,
-        upto: u64,
-        ack: Option<Bytes>,
-        frames: Bytes,
-        ok: bool,
-    ) {
+    pub(super) fn replayed(&mut self, r: Replay) {
+        let Replay {
+            stream,
+            to,
+            after,
+            upto,
+            ack,
+            frames,
+            ok,
+        } = r;
         match (stream, to) {
             (stream @ Stream::Room(_), ReplayTo::Hub { .. }) => {
                 self.filled(stream, after, upto, frames, ok)

@@ -151,20 +151,12 @@ impl Shard {
                 jgen,
                 error,
             } => self.join_failed(room, conn, jgen, error),
-            NodeMsg::Replay {
-                stream,
-                to,
-                after,
-                upto,
-                ack,
-                frames,
-                ok,
-            } => {
-                if let ReplayTo::Conn { conn, .. } = to {
+            NodeMsg::Replay(r) => {
+                if let ReplayTo::Conn { conn, .. } = r.to {
                     // Join replays, the inbox at connect, and their gaps: O(frames) to count.
-                    self.charge_reads(conn, ws::count_frames(&frames));
+                    self.charge_reads(conn, ws::count_frames(&r.frames));
                 }
-                self.replayed(stream, to, after, upto, ack, frames, ok)
+                self.replayed(r)
             }
             NodeMsg::Deliver {
                 stream,

@@ -199,7 +199,7 @@ fn the_hub_merges_live_frames_by_seq() {
     deliver(&mut s, 1); // a repeat
     s.flush_dirty();
     assert_eq!(seqs_of(&m), [1], "nothing past the gap before it is filled");
-    let filled = NodeMsg::Replay {
+    let filled = NodeMsg::Replay(crate::msg::Replay {
         stream: Stream::Room(Name::new("r").unwrap()),
         to: ReplayTo::Hub { node: 0, shard: 0 },
         after: 1,
@@ -214,7 +214,7 @@ fn the_hub_merges_live_frames_by_seq() {
                 .map(|p| &p[..]),
         ),
         ok: true,
-    };
+    });
     s.handle(ShardMsg::Node(filled));
     deliver(&mut s, 5); // a repeat of a frame that waited
     deliver(&mut s, 6);
