@@ -856,6 +856,17 @@ impl Config {
             )
     }
 
+    /// A connection's request and read rates (`publish_rate`/`publish_burst`,
+    /// `read_rate`/`read_burst`).
+    pub fn rates(&self) -> crate::core::bucket::Rates {
+        crate::core::bucket::Rates {
+            requests: self.publish_rate,
+            request_burst: self.publish_burst,
+            reads: self.read_rate,
+            read_burst: self.read_burst,
+        }
+    }
+
     /// A frame over this many bytes closes the connection (1009) instead of being skipped.
     pub fn hard_frame_limit(&self) -> u64 {
         self.max_message_size as u64 * 16

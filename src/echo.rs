@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::auth::Identity;
-use crate::conn::{Conn, Event, FrameLimits, Rates, ReadStatus};
+use crate::conn::{Conn, Event, FrameLimits, ReadStatus};
 use crate::core::ConnId;
 use crate::core::Name;
 use crate::core::error::{CloseCode, HandshakeError};
@@ -75,7 +75,7 @@ async fn run(ctx: Rc<Ctx>, up: http::Upgraded) {
         ConnId::new(ctx.router.node(), ctx.id, 0),
         stream,
         &identity,
-        &Rates::of(&ctx.config),
+        &ctx.config.rates(),
         FrameLimits::of(&ctx.config),
     );
     // The held 101 goes first (no compression here, so `push` sends it as it is).

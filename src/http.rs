@@ -28,7 +28,7 @@ use tokio::time::Sleep;
 
 use crate::auth::{Authenticator, Identity};
 use crate::config::Config;
-use crate::conn::{Conn, FrameLimits, Rates};
+use crate::conn::{Conn, FrameLimits};
 use crate::core::ConnId;
 use crate::core::error::HandshakeError;
 use crate::shard::runtime::{self, Ctx};
@@ -611,7 +611,7 @@ pub(crate) fn start(
         head,
     } = up;
     let limits = FrameLimits::of(&ctx.config);
-    let rates = Rates::of(&ctx.config);
+    let rates = ctx.config.rates();
     let conn = Conn::new(id, stream, &identity, &rates, limits);
     let conn = Rc::new(match deflate {
         Some(min) => conn.deflating(min),

@@ -13,7 +13,8 @@ use tokio::sync::oneshot;
 
 use super::{Shard, Verdict, reply_to};
 use crate::auth::Identity;
-use crate::conn::{Buckets, Conn, Event, Rates};
+use crate::conn::{Conn, Event, RoomEntry};
+use crate::core::bucket::{Buckets, Rates};
 use crate::core::counters::Disconnect;
 use crate::core::error::{CloseCode, ErrorCode, ReplyError};
 use crate::core::{ConnId, JoinGen};
@@ -23,15 +24,6 @@ use crate::persist::{Op, Read};
 use crate::protocol::encode::{self, Target};
 use crate::protocol::{self, ClientMessage, Request};
 use crate::ws;
-
-/// A room a connection asked for. It is `live` once its join is done and caught up: the hub
-/// then writes the room's messages to it.
-pub struct RoomEntry {
-    pub room: Name,
-    /// This join's generation: answers for an earlier join of the room are dropped.
-    pub jgen: JoinGen,
-    pub live: bool,
-}
 
 /// A handshake in progress.
 pub(super) struct Pending {
@@ -628,7 +620,7 @@ impl Shard {
     /// Applies `f` to the connection's rate limits.
     fn buckets<R>(&self, conn: &Conn, f: impl FnOnce(&mut Buckets, &Rates) -> R) -> R {
         let mut buckets = conn.rate.get();
-        let r = f(&mut buckets, &Rates::of(&self.config));
+        let r = f(&mut buckets, &self.config.rates());
         conn.rate.set(buckets);
         r
     }

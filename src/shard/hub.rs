@@ -16,9 +16,9 @@ use std::rc::Rc;
 use ahash::AHashMap;
 use bytes::Bytes;
 
-use super::client::RoomEntry;
 use super::merge::{CatchUp, Gap, Held, Next, Position};
 use super::{Shard, queue_frame, remove_conn};
+use crate::conn::RoomEntry;
 use crate::conn::{Conn, OutFrame};
 use crate::core::Name;
 use crate::core::Stream;

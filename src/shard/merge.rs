@@ -186,7 +186,7 @@ impl CatchUp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::{FrameLimits, Rates};
+    use crate::conn::FrameLimits;
 
     fn b(s: &'static str) -> Bytes {
         Bytes::from_static(s.as_bytes())
@@ -224,7 +224,7 @@ mod tests {
         };
         let sink = crate::conn::MemorySink::default();
         let config = crate::config::Config::default();
-        let (rates, limits) = (Rates::of(&config), FrameLimits::of(&config));
+        let (rates, limits) = (config.rates(), FrameLimits::of(&config));
         Rc::new(Conn::in_memory(
             ConnId::new(0, 0, 1),
             sink,

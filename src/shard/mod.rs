@@ -46,8 +46,6 @@ use crate::router::Router;
 use crate::store::StreamInfo;
 use crate::ws;
 
-pub use client::RoomEntry;
-
 pub struct Shard {
     id: ShardId,
     router: Router,

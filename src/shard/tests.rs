@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::Shard;
 use crate::auth::Identity;
 use crate::config::{Config, Durability};
-use crate::conn::{Conn, Event, FrameLimits, MemorySink, Rates};
+use crate::conn::{Conn, Event, FrameLimits, MemorySink};
 use crate::core::Name;
 use crate::core::Stream;
 use crate::msg::{NodeMsg, ReplayTo, ShardMsg};
@@ -53,7 +53,7 @@ fn connect_with(shard: &mut Shard, user: &str, head: Bytes) -> Rc<Conn> {
     let id = shard.register(identity.user.clone(), tx);
     assert_eq!(rx.try_recv(), Ok(Ok(0)), "admitted, with an empty inbox");
     let limits = FrameLimits::of(&shard.config);
-    let rates = Rates::of(&shard.config);
+    let rates = shard.config.rates();
     let conn = Rc::new(Conn::in_memory(id, sink, &identity, &rates, limits));
     shard.attach(&conn, &identity, 0, head);
     shard.flush_dirty();
