@@ -43,12 +43,12 @@ impl fmt::Display for Incoming {
 
 /// A WebSocket client over tokio-tungstenite.
 pub struct Client {
-    pub(super) ws: Ws,
+    ws: Ws,
     /// Who this is, for failure messages (the welcome's user once connected).
     pub name: String,
     /// WebSocket pings received from the server so far (tungstenite answers them while we read).
     pub pings: usize,
-    pub(super) next_id: u64,
+    next_id: u64,
     /// The `welcome` frame.
     pub welcome: Value,
 }
@@ -84,9 +84,14 @@ impl Client {
             .await
             .unwrap_or_else(|_| panic!("{name}: upgrade timed out"))
             .unwrap_or_else(|e| panic!("{name}: upgrade failed: {e}"));
+        Client::new(ws, name.to_owned())
+    }
+
+    /// A client on `ws`, called `name` until a welcome names its user; nothing read yet.
+    pub(super) fn new(ws: Ws, name: String) -> Client {
         Client {
             ws,
-            name: name.to_owned(),
+            name,
             pings: 0,
             next_id: 0,
             welcome: Value::Null,

@@ -86,13 +86,7 @@ pub async fn connect_with(
     .unwrap_or_else(|_| panic!("handshake to {url} timed out after {TIMEOUT:?}"));
     match result {
         Ok((ws, _response)) => {
-            let mut client = Client {
-                ws,
-                name: path.to_string(),
-                pings: 0,
-                next_id: 0,
-                welcome: Value::Null,
-            };
+            let mut client = Client::new(ws, path.to_string());
             let welcome = client.recv_json().await;
             assert_eq!(
                 welcome["type"], "welcome",
