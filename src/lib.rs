@@ -39,6 +39,8 @@ pub mod conn;
 pub mod core;
 pub mod deflate;
 pub mod echo;
+pub mod embedded;
+pub mod engine;
 pub mod first_frame;
 pub mod http;
 pub mod metrics;

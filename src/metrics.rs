@@ -60,9 +60,7 @@ pub async fn gather(ctx: &Ctx) -> Snapshot {
         shards,
         writer: writer.await.ok(),
         process: process(),
-        redis: ctx
-            .with(|s| s.cluster().map(|c| c.counters.clone()))
-            .flatten(),
+        redis: ctx.with(|s| s.engine().redis_counters()).flatten(),
         disk: ctx.health.disk(),
     }
 }

@@ -252,6 +252,19 @@ pub enum EngineMsg {
     },
     /// Whether the user is online, and with how many connections (JSON, for the API).
     UserInfo { user: Name, reply: ReplyTo },
+    /// A page of the room's history (`history`, or the API's).
+    History {
+        room: Name,
+        reply: ReplyTo,
+        before: Option<u64>,
+        limit: usize,
+    },
+    /// A page of the user's direct messages after `since` (`sync`).
+    Sync {
+        user: Name,
+        reply: ReplyTo,
+        since: u64,
+    },
     /// Read the stored messages of `stream` in (after, upto] for a hub's gap or a catching-up
     /// connection (`NodeMsg::Replay`).
     Fetch {
@@ -271,11 +284,13 @@ impl EngineMsg {
             | EngineMsg::Online { user, .. }
             | EngineMsg::InboxHanded { user, .. }
             | EngineMsg::Forward { user, .. }
-            | EngineMsg::UserInfo { user, .. } => user,
+            | EngineMsg::UserInfo { user, .. }
+            | EngineMsg::Sync { user, .. } => user,
             EngineMsg::Join { room, .. }
             | EngineMsg::Leave { room, .. }
             | EngineMsg::Publish { room, .. }
-            | EngineMsg::Presence { room, .. } => room,
+            | EngineMsg::Presence { room, .. }
+            | EngineMsg::History { room, .. } => room,
             EngineMsg::Direct { to, .. } => to,
             EngineMsg::Fetch { stream, .. } => stream.name(),
         }

@@ -10,11 +10,12 @@ use crate::auth::{Authenticator, KeyError};
 use crate::config::{Config, ConfigError, Durability, Engine};
 use crate::core::Stream;
 use crate::core::health::Health;
+use crate::embedded::Embedded;
 use crate::msg::LocalMsg;
 use crate::persist;
 use crate::router::Router;
 use crate::shard::runtime::{self, ShardSetup};
-use crate::store::{FjallStore, MemoryStore, Store, StoreError, StoreMemory};
+use crate::store::{FjallStore, MemoryStore, Store, StoreError, StoreMemory, StreamInfo};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +106,19 @@ impl Server {
             persist::Threads::start(store, router.clone(), config.clone(), health.clone())
                 .map_err(StartError::Thread)?;
         let handle = cluster.as_ref().map(|c| c.handle.clone());
+        let engine_for = |id: usize, seeds: Vec<StreamInfo>| -> Box<dyn crate::engine::Engine> {
+            let persist = store_threads.persist();
+            match &handle {
+                Some(h) => Box::new(h.for_shard(persist)),
+                None => Box::new(Embedded::new(
+                    id,
+                    router.clone(),
+                    config.clone(),
+                    persist,
+                    seeds,
+                )),
+            }
+        };
         let engine_thread = match cluster {
             Some(c) => {
                 let persist = store_threads.persist();
@@ -121,7 +135,7 @@ impl Server {
                 router: router.clone(),
                 config: config.clone(),
                 persist: store_threads.persist(),
-                seeds,
+                engine: engine_for(id, seeds),
                 listener: if id == 0 { listener.take() } else { None },
                 metrics_listener: if id == 0 {
                     metrics_listener.take()
@@ -130,7 +144,6 @@ impl Server {
                 },
                 health: health.clone(),
                 auth: auth.clone(),
-                cluster: handle.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{id}"))

@@ -28,8 +28,10 @@ use crate::core::error::{CloseCode, ErrorCode, HandshakeError, ReplyError};
 use crate::core::health::Health;
 use crate::core::now_ms;
 use crate::core::{ConnId, JoinGen, NodeId, ShardId};
+use crate::engine::Joined;
+use crate::engine::NodesCall;
 use crate::msg::{EngineMsg, LocalMsg, NodeMsg, PresencePage, Replay, ReplayTo, ReplyTo};
-use crate::persist::{Joined, Op, Persist, Read};
+use crate::persist::{Op, Persist, Read};
 use crate::protocol::encode::{self, Target as To};
 use crate::router::Router;
 use crate::ws;
@@ -395,7 +397,7 @@ impl Node {
     fn take(self: &Rc<Self>, req: Req) {
         match req {
             Req::Engine(m) => self.serve(m),
-            Req::Broadcast { json, reply } => {
+            Req::Nodes(NodesCall::Broadcast { json, reply }) => {
                 let me = self.clone();
                 self.spawn(async move {
                     let wire = Wire::Broadcast {
@@ -406,11 +408,11 @@ impl Node {
                     let _ = reply.send(me.query::<u64>(cmd).await);
                 });
             }
-            Req::Kick {
+            Req::Nodes(NodesCall::Kick {
                 user,
                 reason,
                 reply,
-            } => {
+            }) => {
                 let me = self.clone();
                 self.spawn(async move {
                     let cmd =
@@ -418,7 +420,7 @@ impl Node {
                     let _ = reply.send(me.query::<u64>(cmd).await);
                 });
             }
-            Req::Totals { reply } => {
+            Req::Nodes(NodesCall::Totals { reply }) => {
                 let me = self.clone();
                 self.spawn(async move {
                     let _ = reply.send(me.totals().await);
@@ -539,6 +541,10 @@ impl Node {
                 };
                 me.answer(answer);
             }),
+            // Reads the shards hand to the store thread themselves (`StoreReads`).
+            EngineMsg::History { .. } | EngineMsg::Sync { .. } => {
+                tracing::error!("a history or sync read reached the Redis engine's thread");
+            }
             EngineMsg::Fetch {
                 stream,
                 after,

@@ -32,7 +32,7 @@ mod tests;
 mod trim;
 mod writer;
 
-pub use op::{Joined, Op, Read};
+pub use op::{Op, Read};
 
 /// How shards reach the writer. Cheap to clone.
 #[derive(Clone)]

@@ -1,16 +1,15 @@
 //! What the shards and the engines ask of the writer: store a message, move a cursor, read a
-//! range or a page (`Op`, `Read`), and the answer to a join that both engines give (`Joined`).
+//! range or a page.
 //!
 //! Plain data. It must not do I/O.
 
 use tokio::sync::oneshot;
 
+use crate::core::ShardId;
 use crate::core::Stream;
 use crate::core::counters::WriterCounters;
-use crate::core::{ConnId, JoinGen, ShardId};
 use crate::core::{Name, ReqId};
-use crate::msg::{NodeMsg, ReplayTo, ReplyTo, Written};
-use crate::protocol::encode::{self, Recovery, Target};
+use crate::msg::{ReplayTo, ReplyTo, Written};
 use crate::store::Append;
 
 /// Work for the writer thread.
@@ -80,85 +79,4 @@ pub enum Read {
         reply: ReplyTo,
         since: u64,
     },
-}
-
-/// A join the engine has just registered at the room's `seq`: what either engine answers.
-pub struct Joined {
-    pub room: Name,
-    pub conn: ConnId,
-    pub jgen: JoinGen,
-    pub id: Option<ReqId>,
-    /// Whether the join owes an ack (a token's rooms do not).
-    pub ack: bool,
-    pub since: Option<u64>,
-    /// The room's epoch (cluster mode), and whether the client's `since` was from another.
-    pub epoch: Option<u64>,
-    pub lost: bool,
-}
-
-impl Joined {
-    /// A join as the engine received it (`EngineMsg::Join`), before any epoch is known.
-    pub fn new(
-        room: Name,
-        conn: ConnId,
-        jgen: JoinGen,
-        id: Option<ReqId>,
-        ack: bool,
-        since: Option<u64>,
-    ) -> Joined {
-        Joined {
-            room,
-            conn,
-            jgen,
-            id,
-            ack,
-            since,
-            epoch: None,
-            lost: false,
-        }
-    }
-
-    /// The `JoinDone` for the connection's shard and, when `since` is behind `seq`, the read
-    /// that replays (since, seq] after the ack. A `since` from a lost epoch replays it all.
-    pub fn answer(self, seq: u64) -> (NodeMsg, Option<Read>) {
-        let since = if self.lost { Some(0) } else { self.since };
-        let replay = since.is_some_and(|s| s < seq);
-        let ack = (self.ack && !replay).then(|| {
-            let frame = match since {
-                Some(since) => {
-                    let recovery = Recovery {
-                        recovered: since == seq && !self.lost,
-                        ..Recovery::default()
-                    };
-                    encode::join_ack(self.id.as_ref(), &self.room, seq, recovery)
-                }
-                None => encode::ack(self.id.as_ref(), Target::Room(&self.room), Some(seq)),
-            };
-            match self.epoch {
-                Some(epoch) => encode::with_epoch(&frame, epoch),
-                None => frame,
-            }
-        });
-        let done = NodeMsg::JoinDone {
-            room: self.room.clone(),
-            conn: self.conn,
-            jgen: self.jgen,
-            seq,
-            ack,
-            replay,
-        };
-        let read = since.filter(|_| replay).map(|since| Read::Join {
-            room: self.room,
-            to: ReplayTo::Conn {
-                conn: self.conn,
-                jgen: self.jgen,
-            },
-            id: self.id,
-            since,
-            upto: seq,
-            epoch: self.epoch,
-            lost: self.lost,
-        });
-        (done, read)
-    }
 }

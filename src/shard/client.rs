@@ -20,7 +20,6 @@ use crate::core::error::{CloseCode, ErrorCode, ReplyError};
 use crate::core::{ConnId, JoinGen};
 use crate::core::{Name, ReqId};
 use crate::msg::{EngineMsg, PresencePage, ReplyTo};
-use crate::persist::{Op, Read};
 use crate::protocol::encode::{self, Target};
 use crate::protocol::{self, ClientMessage, Request};
 use crate::ws;
@@ -226,6 +225,7 @@ impl Shard {
 
     pub(super) fn shutdown(&mut self) {
         self.shutting_down = true;
+        self.engine.shutdown();
         let all: Vec<_> = self.conns.values().cloned().collect();
         for c in all {
             self.close_conn(&c, CloseCode::GoingAway);
@@ -330,22 +330,22 @@ impl Shard {
                 .and_then(|()| self.may_read(conn))
                 .and_then(|()| self.take_token(conn))
                 .map(|()| {
-                    self.queue_store_op(Op::Read(Read::History {
+                    self.to_engine(EngineMsg::History {
                         room,
                         reply: reply_to(conn, &id),
                         before,
                         limit,
-                    }))
+                    })
                 }),
             ClientMessage::Sync { since } => self
                 .may_read(conn)
                 .and_then(|()| self.take_token(conn))
                 .map(|()| {
-                    self.queue_store_op(Op::Read(Read::Sync {
+                    self.to_engine(EngineMsg::Sync {
                         user: conn.user.clone(),
                         reply: reply_to(conn, &id),
                         since,
-                    }))
+                    })
                 }),
             ClientMessage::Presence { room, after, limit } => self
                 .member(conn, &room, "asking who is in")
@@ -700,11 +700,6 @@ impl Shard {
             shard: self.id,
             call: self.next_call,
         }
-    }
-
-    /// Queues a store read on behalf of an API call.
-    pub fn read_store(&mut self, read: Read) {
-        self.queue_store_op(Op::Read(read));
     }
 }
 

@@ -22,10 +22,10 @@ use crate::conn::{Conn, Event, ReadStatus};
 use crate::core::ShardId;
 use crate::core::error::CloseCode;
 use crate::core::health::Health;
+use crate::engine::Engine;
 use crate::msg::{LocalMsg, ShardMsg};
 use crate::persist::Persist;
 use crate::router::{Inbox, Router};
-use crate::store::StreamInfo;
 
 /// Messages handled before the shard flushes and yields to its connections.
 const INBOX_BATCH: usize = 256;
@@ -53,7 +53,7 @@ impl Ctx {
     /// so frames produced by several connections' input in one pass share each socket's writev.
     /// Store operations leave at once: they are not paced like socket writes.
     pub fn schedule_flush(&self) {
-        self.with(Shard::flush_persist);
+        self.with(Shard::flush_engine);
         if !self.flush_due.replace(true)
             && let Some(w) = self.flusher.take()
         {
@@ -87,16 +87,14 @@ pub struct ShardSetup {
     pub router: Router,
     pub config: Arc<Config>,
     pub persist: Persist,
-    /// The store's streams homed on this shard.
-    pub seeds: Vec<StreamInfo>,
     /// The listening socket, for the shard that accepts.
     pub listener: Option<std::net::TcpListener>,
     /// The metrics listener (`metrics_bind`), for the shard that accepts.
     pub metrics_listener: Option<std::net::TcpListener>,
     pub health: Arc<Health>,
     pub auth: Authenticator,
-    /// The Redis engine, in cluster mode.
-    pub cluster: Option<crate::cluster::Handle>,
+    /// This shard's handle on the engine.
+    pub engine: Box<dyn Engine>,
 }
 
 /// Runs a shard on the current thread until it has shut down.
@@ -116,22 +114,13 @@ async fn run(setup: ShardSetup) {
         router,
         config,
         persist,
-        seeds,
         listener,
         metrics_listener,
         health,
         auth,
-        cluster,
+        engine,
     } = setup;
-    let shard = Shard::new(
-        id,
-        router.clone(),
-        config.clone(),
-        persist.clone(),
-        seeds,
-        auth.clone(),
-        cluster,
-    );
+    let shard = Shard::new(id, router.clone(), config.clone(), engine, auth.clone());
     let ctx = Rc::new(Ctx {
         id,
         shard: RefCell::new(shard),
@@ -186,7 +175,7 @@ async fn inbox_loop(ctx: &Rc<Ctx>, inbox: Inbox) {
             handled += 1;
             if handled % INBOX_BATCH == 0 {
                 ctx.with(|s| {
-                    s.flush_persist();
+                    s.flush_engine();
                     s.flush_dirty();
                 });
                 tokio::task::yield_now().await;

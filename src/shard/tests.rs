@@ -22,15 +22,23 @@ fn shard() -> Shard {
         durability: Durability::Memory,
         ..Config::default()
     };
-    Shard::new(
-        0,
-        router,
-        Arc::new(config),
-        Persist::discarding(),
-        Vec::new(),
-        crate::auth::Authenticator::new(&Config::default()).expect("dev mode has no keys"),
-        None,
-    )
+    {
+        let config = Arc::new(config);
+        let engine = crate::embedded::Embedded::new(
+            0,
+            router.clone(),
+            config.clone(),
+            Persist::discarding(),
+            Vec::new(),
+        );
+        Shard::new(
+            0,
+            router,
+            config,
+            Box::new(engine),
+            crate::auth::Authenticator::new(&Config::default()).expect("dev mode has no keys"),
+        )
+    }
 }
 
 /// Admits and attaches a connection the way the handshake does.
