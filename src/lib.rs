@@ -29,7 +29,6 @@
 //!   `health`: the readiness flags behind `/readyz`.
 //! - `web`: the embedded chat and operator pages and the JavaScript client library.
 
-pub mod accept;
 pub mod api;
 pub mod auth;
 pub mod cli;

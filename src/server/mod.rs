@@ -1,6 +1,13 @@
-//! The server as a whole: binding, starting one thread per shard, and shutting them down.
+//! The server as a whole: it validates the config, chooses and builds the engine, opens the
+//! store, binds, starts the store threads and one thread per shard, and shuts them down.
+//!
+//! - `thread`: a shard thread's start-up and its inbox loop.
+//! - `accept`: the accept loops and their back-off on accept errors.
 //!
 //! Owns the process-level lifecycle. It must not handle connections or messages: shards do.
+
+mod accept;
+mod thread;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,8 +21,8 @@ use crate::embedded::Embedded;
 use crate::msg::LocalMsg;
 use crate::persist;
 use crate::router::Router;
-use crate::shard::runtime::{self, ShardSetup};
 use crate::store::{FjallStore, MemoryStore, Store, StoreError, StoreMemory, StreamInfo};
+use thread::ShardSetup;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +154,7 @@ impl Server {
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
-                .spawn(move || runtime::run_thread(setup));
+                .spawn(move || thread::run_thread(setup));
             match thread {
                 Ok(t) => threads.push(t),
                 Err(e) => {
