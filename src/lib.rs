@@ -48,6 +48,7 @@ pub mod origin;
 pub mod persist;
 pub mod protocol;
 pub mod router;
+pub mod routes;
 pub mod server;
 pub mod shard;
 pub mod store;

@@ -55,7 +55,7 @@ pub(super) async fn metrics_accept_loop(ctx: Rc<Ctx>, listener: std::net::TcpLis
         return;
     };
     while let Some(stream) = acceptor.next().await {
-        tokio::task::spawn_local(crate::http::serve_metrics(ctx.clone(), stream));
+        tokio::task::spawn_local(crate::routes::serve_metrics(ctx.clone(), stream));
     }
 }
 

@@ -136,7 +136,7 @@ fn accepted(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
 }
 
 pub(super) fn spawn_http(ctx: &Rc<Ctx>, stream: TcpStream) {
-    if let Some(task) = crate::http::serve(ctx.clone(), stream) {
+    if let Some(task) = crate::routes::serve(ctx.clone(), stream) {
         tokio::task::spawn_local(task);
     }
 }
