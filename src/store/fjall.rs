@@ -162,7 +162,8 @@ fn split_value(value: &[u8]) -> Result<(u64, &[u8]), StoreError> {
 }
 
 impl FjallStore {
-    /// Opens (or creates) the store in `dir`, with the default memory bounds.
+    /// Opens (or creates) the store in `dir`, with the default memory bounds (the unit tests').
+    #[cfg(test)]
     pub fn open(dir: &Path) -> Result<FjallStore, StoreError> {
         FjallStore::open_with(dir, StoreMemory::default())
     }
