@@ -2,12 +2,13 @@
 //! membership, and reaches the engine through the seam (`engine::Engine`), whichever engine
 //! that is.
 //!
-//! - **client** (`client.rs`): the connections: their lifecycle, their requests (frames in,
-//!   rate limits, membership checks) and the replies to them. `budget.rs`: each user's budget
-//!   for stored bytes on this shard.
-//! - **hub** (`hub.rs`, with `merge.rs`): this shard's local membership of rooms and users, the
-//!   fan-out of each frame to local members, and catch-up: it holds live frames while a replay
-//!   is read and merges the two by seq.
+//! - **client side**: `client.rs` (connections from handshake to close, and the replies they
+//!   get), `requests.rs` (each request checked and turned into an `EngineMsg`; joins and leaves),
+//!   `limits.rs` (the request and read rates) and `budget.rs` (each user's budget for stored
+//!   bytes on this shard).
+//! - **hub**: `hub/` (this shard's local membership of rooms and users and the fan-out of each
+//!   frame to it; `hub/replay.rs`: replays and gap fills merged by seq with the live frames) and
+//!   `merge.rs` (a stream's position and a connection's catch-up).
 //! - `runtime.rs`: the context a shard thread's tasks share (`Ctx`) and each connection's task.
 //!
 //! The client side and the hub are two halves of one state on one thread; they call each other
@@ -20,7 +21,9 @@
 mod budget;
 mod client;
 mod hub;
+mod limits;
 mod merge;
+mod requests;
 pub mod runtime;
 #[cfg(test)]
 mod tests;
@@ -61,7 +64,7 @@ pub struct Shard {
     /// Handshakes admitted or waiting to be, not yet upgraded.
     pending: AHashMap<ConnId, client::Pending>,
     /// Joins sent to the engine and not yet answered, by generation.
-    joins: AHashMap<JoinGen, client::PendingJoin>,
+    joins: AHashMap<JoinGen, requests::PendingJoin>,
     next_gen: JoinGen,
     /// API calls taken on this shard, waiting for their `NodeMsg::Reply`.
     api_calls: AHashMap<u64, oneshot::Sender<Result<Bytes, ReplyError>>>,
