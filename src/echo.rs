@@ -22,22 +22,19 @@ use crate::http;
 use crate::shard::runtime::{self, Ctx};
 use crate::ws::{self, FrameBuf};
 
-/// Answers the upgrade and starts the echo task.
+/// Answers the upgrade and starts the echo task. permessage-deflate is negotiated as on `/ws`
+/// (with `compression_min_bytes` set), so a conformance suite can test the server's RFC 7692
+/// code too.
 pub fn upgrade(ctx: Rc<Ctx>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         let why = "expected a WebSocket upgrade (GET /echo with Upgrade: websocket)";
         return http::error(&HandshakeError::BadRequest(why.into()));
     }
-    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
-        Ok(r) => r,
-        Err(e) => return http::error(&HandshakeError::BadRequest(format!("bad upgrade: {e}"))),
-    };
-    tokio::task::spawn_local(async move {
-        if let Some(up) = http::upgraded(upgrade).await {
-            run(ctx, up).await;
-        }
+    let deflate = http::negotiate_deflate(&ctx.config, &req);
+    let started = http::upgrade(&mut req, deflate.map(|d| d.1), move |up| {
+        run(ctx, up, deflate.map(|d| d.0))
     });
-    response.map(|_| Full::new(Bytes::new()))
+    started.unwrap_or_else(|e| http::error(&e))
 }
 
 /// Queues the echo of one event; a close or an oversized message starts the closing handshake.
@@ -60,7 +57,7 @@ fn echo(conn: &Conn, event: Event<'_>) {
     }
 }
 
-async fn run(ctx: Rc<Ctx>, up: http::Upgraded) {
+async fn run(ctx: Rc<Ctx>, up: http::Upgraded, deflate: Option<usize>) {
     let http::Upgraded {
         stream,
         early,
@@ -78,10 +75,14 @@ async fn run(ctx: Rc<Ctx>, up: http::Upgraded) {
         &ctx.config.rates(),
         FrameLimits::of(&ctx.config),
     );
-    // The held 101 goes first (no compression here, so `push` sends it as it is).
+    // The held 101 goes first, queued before compression is on so it leaves as it is.
     if !head.is_empty() {
         conn.push(Rc::new(head));
     }
+    let conn = match deflate {
+        Some(min) => conn.deflating(min),
+        None => conn,
+    };
     let config = &ctx.config;
     if let Err(code) = conn.preload(&early, &mut |ev| echo(&conn, ev)) {
         conn.begin_close(code);

@@ -12,8 +12,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, HeaderValue, ORIGIN, SEC_WEBSOCKET_EXTENSIONS,
-    WWW_AUTHENTICATE,
+    AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, HeaderValue, ORIGIN, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -24,8 +23,8 @@ use crate::core::error::HandshakeError;
 use crate::shard::runtime::Ctx;
 
 use crate::http::{
-    Body, HandshakeIo, HttpSlot, admit, error, handshakes_full, json_error, keepalive_full, start,
-    upgrade,
+    Body, HandshakeIo, HttpSlot, admit, error, handshakes_full, json_error, keepalive_full,
+    negotiate_deflate, start, upgrade,
 };
 
 /// Takes one of this shard's handshake slots for a TCP connection and returns the task that
@@ -187,10 +186,7 @@ async fn websocket(
         .authenticate(query, bearer, ctx.config.max_rooms_per_connection)?;
     upgrade_check(&req)?;
     let (reservation, inbox_seq) = admit(&ctx, &identity).await?;
-    let deflate = ctx.config.compression_min_bytes.and_then(|min| {
-        let offers = req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS).iter();
-        crate::deflate::negotiate(offers.filter_map(|v| v.to_str().ok())).map(|r| (min, r))
-    });
+    let deflate = negotiate_deflate(&ctx.config, &req);
     upgrade(&mut req, deflate.map(|d| d.1), move |up| {
         let conn = reservation.fulfil();
         start(ctx, conn, identity, inbox_seq, up, deflate.map(|d| d.0));

@@ -295,7 +295,8 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_WEB", default_value_t = true, action = clap::ArgAction::Set)]
     pub web: bool,
 
-    /// Log format: text or json. Default text. The level comes from RUST_LOG (default info).
+    /// Log format: text or json. Default text. The level comes from RUST_LOG (default: the
+    /// server's lines at info, other crates' at warn).
     #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::auth::Identity;
+use crate::config::Config;
 use crate::conn::{Conn, FrameLimits};
 use crate::core::ConnId;
 use crate::core::error::HandshakeError;
@@ -110,6 +111,17 @@ pub fn upgrade<F: Future<Output = ()> + 'static>(
     Ok(response.map(|_| Full::new(Bytes::new())))
 }
 
+/// permessage-deflate for this upgrade: with `compression_min_bytes` set and an offer the server
+/// accepts, the minimum and the `Sec-WebSocket-Extensions` answer.
+pub fn negotiate_deflate(
+    config: &Config,
+    req: &Request<Incoming>,
+) -> Option<(usize, &'static str)> {
+    let min = config.compression_min_bytes?;
+    let offers = req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS).iter();
+    crate::deflate::negotiate(offers.filter_map(|v| v.to_str().ok())).map(|r| (min, r))
+}
+
 /// A connection once hyper has let go of it.
 pub struct Upgraded {
     pub stream: TcpStream,
@@ -121,7 +133,7 @@ pub struct Upgraded {
 }
 
 /// The TCP stream under a completed upgrade.
-pub async fn upgraded(upgrade: fastwebsockets::upgrade::UpgradeFut) -> Option<Upgraded> {
+async fn upgraded(upgrade: fastwebsockets::upgrade::UpgradeFut) -> Option<Upgraded> {
     let parts = match upgrade.await {
         Ok(ws) => ws
             .into_inner()
