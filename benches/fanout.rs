@@ -21,10 +21,11 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use shardcast::auth::Identity;
 use shardcast::config::{Config, Durability};
-use shardcast::conn::{Conn, Event, FrameLimits, MemorySink, Rates};
-use shardcast::msg::ConnId;
+use shardcast::conn::{Conn, Event, FrameLimits, MemorySink};
+use shardcast::core::ConnId;
+use shardcast::core::Name;
+use shardcast::core::bucket::Rates;
 use shardcast::persist::Persist;
-use shardcast::protocol::Name;
 use shardcast::router::{Inbox, Router};
 use shardcast::shard::Shard;
 
@@ -60,15 +61,23 @@ fn room(members: u64, conn: impl Fn(Conn) -> Conn) -> (Shard, Vec<Rc<Conn>>, Vec
         durability: Durability::Memory,
         ..Config::default()
     };
-    let mut shard = Shard::new(
-        0,
-        router,
-        Arc::new(config),
-        Persist::discarding(),
-        Vec::new(),
-        shardcast::auth::Authenticator::new(&Config::default()).expect("dev mode"),
-        None,
-    );
+    let mut shard = {
+        let config = Arc::new(config);
+        let engine = shardcast::embedded::Embedded::new(
+            0,
+            router.clone(),
+            config.clone(),
+            Persist::discarding(),
+            Vec::new(),
+        );
+        Shard::new(
+            0,
+            router,
+            config,
+            Box::new(engine),
+            shardcast::auth::Authenticator::new(&Config::default()).expect("dev mode"),
+        )
+    };
     let conns: Vec<_> = (0..=members)
         .map(|i| {
             let id = identity(&format!("u{i}"));

@@ -10,8 +10,9 @@
 //! Run with `cargo bench --bench frames`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use shardcast::core::Name;
 use shardcast::protocol::encode::{self, Target};
-use shardcast::protocol::{Name, parse};
+use shardcast::protocol::parse;
 use std::hint::black_box;
 
 const PUBLISH: &str = r#"{"type":"publish","room":"room-42","id":17,"body":{"text":"hello everyone, this is a 64-byte-ish chat message body"}}"#;

@@ -19,13 +19,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use crate::cluster::Req;
 use crate::config::Config;
-use crate::error::{ErrorCode, ReplyError};
+use crate::core::Name;
+use crate::core::error::{ErrorCode, ReplyError};
+use crate::engine::NodesCall;
 use crate::http::{json, json_error};
 use crate::msg::{EngineMsg, LocalMsg, ReplyTo};
-use crate::persist::Read;
-use crate::protocol::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, Name, encode};
+use crate::protocol::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, encode};
 use crate::shard::Shard;
 use crate::shard::runtime::Ctx;
 
@@ -242,14 +242,14 @@ async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
             .await
         }
         Call::Broadcast { from, body } => {
-            let frame = encode::broadcast(&from, crate::shard::now_ms(), &body);
+            let frame = encode::broadcast(&from, crate::core::now_ms(), &body);
             let json = crate::ws::payload_of(&frame);
             let n = ask_all(ctx, |reply| LocalMsg::Broadcast {
                 frame: frame.clone(),
                 reply,
             })
             .await?;
-            let nodes = ask_nodes(ctx, |reply| Req::Broadcast { json, reply }).await?;
+            let nodes = ask_nodes(ctx, |reply| NodesCall::Broadcast { json, reply }).await?;
             Ok(counted(n, nodes))
         }
         Call::Disconnect { user, reason } => {
@@ -259,7 +259,7 @@ async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
                 reply,
             })
             .await?;
-            let nodes = ask_nodes(ctx, |reply| Req::Kick {
+            let nodes = ask_nodes(ctx, |reply| NodesCall::Kick {
                 user,
                 reason: reason.unwrap_or_default(),
                 reply,
@@ -280,26 +280,25 @@ async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
             before,
             limit,
         } => {
-            let (tx, rx) = oneshot::channel();
-            let submit = |s: &mut Shard| {
-                let reply = s.api_reply(tx);
-                s.read_store(Read::History {
-                    room,
-                    reply,
-                    before,
-                    limit,
-                })
-            };
-            ask(ctx, submit, rx).await?.map_err(ApiError::from)
+            ask_engine(ctx, |reply| EngineMsg::History {
+                room,
+                reply,
+                before,
+                limit,
+            })
+            .await
         }
         Call::User(user) => ask_engine(ctx, |reply| EngineMsg::UserInfo { user, reply }).await,
         Call::Stats => {
             let mine = crate::metrics::stats_json(ctx).await;
-            let Some(cluster) = ctx.with(|s| s.cluster().cloned()).flatten() else {
-                return Ok(mine);
-            };
             let (reply, rx) = oneshot::channel();
-            cluster.send(Req::Totals { reply });
+            let call = NodesCall::Totals { reply };
+            if !ctx
+                .with(|s| s.engine().call_nodes(call).is_ok())
+                .unwrap_or(false)
+            {
+                return Ok(mine);
+            }
             let mut body: serde_json::Value =
                 serde_json::from_slice(&mine).map_err(|_| ApiError::unavailable())?;
             body["cluster"] = rx.await.ok().flatten().ok_or_else(redis_unavailable)?;
@@ -443,13 +442,16 @@ async fn ask_engine(ctx: &Ctx, msg: impl FnOnce(ReplyTo) -> EngineMsg) -> Result
 /// request, or `None` on a single node.
 async fn ask_nodes(
     ctx: &Ctx,
-    make: impl FnOnce(oneshot::Sender<Option<u64>>) -> Req,
+    make: impl FnOnce(oneshot::Sender<Option<u64>>) -> NodesCall,
 ) -> Result<Option<u64>, ApiError> {
-    let Some(cluster) = ctx.with(|s| s.cluster().cloned()).flatten() else {
-        return Ok(None);
-    };
     let (reply, rx) = oneshot::channel();
-    cluster.send(make(reply));
+    let call = make(reply);
+    if !ctx
+        .with(|s| s.engine().call_nodes(call).is_ok())
+        .unwrap_or(false)
+    {
+        return Ok(None);
+    }
     match rx.await {
         Ok(Some(nodes)) => Ok(Some(nodes)),
         _ => Err(redis_unavailable()),

@@ -15,8 +15,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::error::{ErrorCode, HandshakeError, ReplyError};
-use crate::protocol::{Name, is_valid_name};
+use crate::core::Name;
+use crate::core::error::{ErrorCode, HandshakeError, ReplyError};
+use crate::core::name::is_valid_name;
 use jwks::{Jwks, Key};
 
 /// Who a connection belongs to, as its credentials said.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::config::Config;
-use crate::protocol::Name;
+use crate::core::Name;
 
 /// What `shardcast config` prints instead of a secret.
 pub const MASK: &str = "***";

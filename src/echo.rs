@@ -14,30 +14,27 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::auth::Identity;
-use crate::conn::{Conn, Event, FrameLimits, Rates, ReadStatus};
-use crate::error::{CloseCode, HandshakeError};
+use crate::conn::{Conn, Event, FrameLimits, ReadStatus};
+use crate::core::ConnId;
+use crate::core::Name;
+use crate::core::error::{CloseCode, HandshakeError};
 use crate::http;
-use crate::msg::ConnId;
-use crate::protocol::Name;
 use crate::shard::runtime::{self, Ctx};
 use crate::ws::{self, FrameBuf};
 
-/// Answers the upgrade and starts the echo task.
+/// Answers the upgrade and starts the echo task. permessage-deflate is negotiated as on `/ws`
+/// (with `compression_min_bytes` set), so a conformance suite can test the server's RFC 7692
+/// code too.
 pub fn upgrade(ctx: Rc<Ctx>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         let why = "expected a WebSocket upgrade (GET /echo with Upgrade: websocket)";
         return http::error(&HandshakeError::BadRequest(why.into()));
     }
-    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
-        Ok(r) => r,
-        Err(e) => return http::error(&HandshakeError::BadRequest(format!("bad upgrade: {e}"))),
-    };
-    tokio::task::spawn_local(async move {
-        if let Some(up) = http::upgraded(upgrade).await {
-            run(ctx, up).await;
-        }
+    let deflate = http::negotiate_deflate(&ctx.config, &req);
+    let started = http::upgrade(&mut req, deflate.map(|d| d.1), move |up| {
+        run(ctx, up, deflate.map(|d| d.0))
     });
-    response.map(|_| Full::new(Bytes::new()))
+    started.unwrap_or_else(|e| http::error(&e))
 }
 
 /// Queues the echo of one event; a close or an oversized message starts the closing handshake.
@@ -60,7 +57,7 @@ fn echo(conn: &Conn, event: Event<'_>) {
     }
 }
 
-async fn run(ctx: Rc<Ctx>, up: http::Upgraded) {
+async fn run(ctx: Rc<Ctx>, up: http::Upgraded, deflate: Option<usize>) {
     let http::Upgraded {
         stream,
         early,
@@ -75,13 +72,17 @@ async fn run(ctx: Rc<Ctx>, up: http::Upgraded) {
         ConnId::new(ctx.router.node(), ctx.id, 0),
         stream,
         &identity,
-        &Rates::of(&ctx.config),
+        &ctx.config.rates(),
         FrameLimits::of(&ctx.config),
     );
-    // The held 101 goes first (no compression here, so `push` sends it as it is).
+    // The held 101 goes first, queued before compression is on so it leaves as it is.
     if !head.is_empty() {
         conn.push(Rc::new(head));
     }
+    let conn = match deflate {
+        Some(min) => conn.deflating(min),
+        None => conn,
+    };
     let config = &ctx.config;
     if let Err(code) = conn.preload(&early, &mut |ev| echo(&conn, ev)) {
         conn.begin_close(code);

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::error::HandshakeError;
+use crate::core::error::HandshakeError;
 use crate::http;
 use crate::protocol::{self, ClientMessage};
 use crate::shard::runtime::Ctx;

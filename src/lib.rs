@@ -1,55 +1,61 @@
 //! shardcast: a real-time messaging server. Clients speak JSON over WebSocket (see
 //! docs/protocol.md); connections are spread over per-core shards that share nothing and talk
-//! only through the router.
+//! only through the router. ARCHITECTURE.md has the long form of this map.
 //!
-//! The module map (ARCHITECTURE.md has the long form):
-//! - `server`: binds and runs one thread per shard; shutdown.
-//! - `shard`: a shard's state (`Shard`) in three roles: the client side (`shard::client`), the
-//!   hub (`shard::hub`: local fan-out and catch-up) and the embedded engine (`shard::engine`,
-//!   `shard::home`); and its thread, inbox loop and connection tasks (`shard::runtime`).
-//! - `msg`: what shards say to each other (`EngineMsg`, `NodeMsg`, `LocalMsg`) and the
-//!   addresses in it (`ConnId`, `ReplyTo`).
-//! - `router`: the placement hash (which shard is home to a room or user) and the queues
-//!   between shards.
-//! - `http`: routing and the WebSocket handshake, up to handing over the raw stream;
-//!   `first_frame`: the handshake's end for connections that authenticate with a `connect` frame.
-//! - `api`: the HTTP server API under `/api/` for backends.
-//! - `echo`: the dev-mode `/echo` endpoint, for conformance suites against the frame layer.
-//! - `accept`: the acceptor's back-off on accept errors (out of file descriptors).
-//! - `conn`: one connection's bytes: the bounded outbound queue and the frame decoder.
-//! - `ws`: the WebSocket wire format. `protocol`: the JSON protocol (parse, encode once).
-//! - `auth`: JWT and dev-mode identities (`auth::jwks`: the key set fetched over HTTP). `origin`:
-//!   which browser origins may upgrade. `config`: every limit. `error`: every code.
-//! - `store`: durable history behind the `Store` trait (fjall on disk, or memory).
-//! - `persist`: the store threads (group commit, replays and history reads, retention) between
-//!   the shards and the `Store`.
-//! - `cli`: what the operator subcommands print (the default and the effective config file) and
-//!   the token lifetimes they parse; `main.rs` wires them to the command line.
-//! - `metrics`: what shards and the writer count, gathered per scrape (`/metrics`, `/api/stats`).
-//!   `health`: the readiness flags behind `/readyz`.
-//! - `web`: the embedded chat and operator pages and the JavaScript client library.
+//! ## Layers
+//!
+//! The modules, bottom to top, one layer a line. A module imports only modules on the lines
+//! above its own, never one on its own line or below (`tests/layers.rs` checks every `crate::`
+//! and `super::` path against this list):
+//! 1. `core`, `ws`, `web`: the shared types (ids, names, streams, the clock, every code, the
+//!    counters, health, the /proc parser); the RFC 6455 wire format; the embedded pages.
+//! 2. `config`, `protocol`, `deflate`: every limit; the JSON protocol (parse, encode once);
+//!    permessage-deflate.
+//! 3. `auth`, `origin`, `store`, `cli`, `msg`: identities from tokens; browser origins; durable
+//!    history behind the `Store` trait; what the operator subcommands print; what a shard's
+//!    queue carries (`EngineMsg`, `NodeMsg`, `LocalMsg`).
+//! 4. `conn`, `router`: one connection's bytes; the placement hash and the queues between
+//!    shards.
+//! 5. `persist`: the store threads (group commit, reads, retention), shared by both engines.
+//! 6. `engine`: the seam, `trait Engine`, and what both engines share.
+//! 7. `embedded`, `cluster`: the two engines, siblings: each stream's home shard with the store
+//!    threads; Redis.
+//! 8. `shard`: a shard's connections and local membership (client side, hub, catch-up) and the
+//!    tasks on its thread (`shard::runtime`).
+//! 9. `http`: responses, the socket while hyper serves it, the WebSocket upgrade and admission.
+//! 10. `metrics`: a scrape of every shard and the writer, and its two renderings.
+//! 11. `api`, `echo`, `first_frame`: the server API; the dev-mode `/echo`; authentication by the
+//!     first frame.
+//! 12. `routes`: the routes of both listeners.
+//! 13. `server`: start-up (the engine chosen here), the shard threads, the accept loops,
+//!     shutdown.
+//!
+//! Public: what `main.rs`, the tests, the benches, the fuzz targets and the bot use (the server
+//! and its config, the protocol's parse and encode, the decoder, the store engines, the
+//! identities and a few types of `core`). The rest is private to the crate.
 
-pub mod accept;
 pub mod api;
 pub mod auth;
 pub mod cli;
-pub mod cluster;
+mod cluster;
 pub mod config;
 pub mod conn;
+pub mod core;
 pub mod deflate;
-pub mod echo;
-pub mod error;
-pub mod first_frame;
-pub mod health;
-pub mod http;
-pub mod metrics;
-pub mod msg;
-pub mod origin;
+mod echo;
+pub mod embedded;
+pub mod engine;
+mod first_frame;
+mod http;
+mod metrics;
+mod msg;
+mod origin;
 pub mod persist;
 pub mod protocol;
 pub mod router;
+mod routes;
 pub mod server;
 pub mod shard;
-pub mod store;
-pub mod web;
+mod store;
+mod web;
 pub mod ws;

@@ -11,7 +11,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use shardcast::auth::{Identity, mint};
 use shardcast::cli::{Ttl, default_toml, effective_toml, parse_name, parse_ttl};
 use shardcast::config::{Config, LogFormat};
-use shardcast::protocol::Name;
+use shardcast::core::Name;
 use shardcast::server::Server;
 
 #[global_allocator]
@@ -129,8 +129,10 @@ fn main() -> anyhow::Result<()> {
 /// Installs the log subscriber. It comes after the configuration is loaded, so errors before
 /// it are printed plainly by `main`'s error return.
 fn init_logging(format: LogFormat) {
+    // Without RUST_LOG: the server's own lines at info, other crates' (the store's start-up
+    // chatter) at warn.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,shardcast=info"));
     // Logs go to stderr, leaving stdout to what a subcommand prints.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -13,199 +13,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::error::{CloseCode, ErrorCode};
-use crate::msg::{LocalMsg, ShardId};
+use crate::core::counters::{
+    BUCKETS, DISCONNECT_REASONS, ERROR_CODES, Histogram, ShardSnapshot, WriterCounters,
+};
+use crate::core::error::ErrorCode;
+use crate::msg::LocalMsg;
 use crate::persist::Op;
 use crate::shard::runtime::Ctx;
-
-/// Every reply error code, in the order of `ShardCounters::errors`.
-const ERROR_CODES: [ErrorCode; 10] = [
-    ErrorCode::BadRequest,
-    ErrorCode::UnknownType,
-    ErrorCode::InvalidName,
-    ErrorCode::NotMember,
-    ErrorCode::Forbidden,
-    ErrorCode::TooLarge,
-    ErrorCode::RateLimited,
-    ErrorCode::Unavailable,
-    ErrorCode::Cancelled,
-    ErrorCode::Unauthorized,
-];
-
-fn error_index(code: ErrorCode) -> usize {
-    match code {
-        ErrorCode::BadRequest => 0,
-        ErrorCode::UnknownType => 1,
-        ErrorCode::InvalidName => 2,
-        ErrorCode::NotMember => 3,
-        ErrorCode::Forbidden => 4,
-        ErrorCode::TooLarge => 5,
-        ErrorCode::RateLimited => 6,
-        ErrorCode::Unavailable => 7,
-        ErrorCode::Cancelled => 8,
-        ErrorCode::Unauthorized => 9,
-    }
-}
-
-/// Why a connection ended: the close code the server sent, or `LOST` when the socket ended
-/// (EOF, reset, a failed write) before anything closed it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Disconnect {
-    Closed(CloseCode),
-    Lost,
-}
-
-/// The `reason` label of each `Disconnect`, in the order of `ShardCounters::disconnects`.
-const DISCONNECT_REASONS: [&str; 12] = [
-    "normal",
-    "going_away",
-    "protocol_error",
-    "idle_timeout",
-    "too_big",
-    "internal",
-    "slow_consumer",
-    "token_expired",
-    "replaced",
-    "kicked",
-    "connection_lost",
-    "invalid_payload",
-];
-
-fn disconnect_index(d: Disconnect) -> usize {
-    match d {
-        Disconnect::Closed(code) => match code {
-            CloseCode::Normal => 0,
-            CloseCode::GoingAway => 1,
-            CloseCode::ProtocolError => 2,
-            CloseCode::Policy => 3,
-            CloseCode::TooBig => 4,
-            CloseCode::Internal => 5,
-            CloseCode::SlowConsumer => 6,
-            CloseCode::TokenExpired => 7,
-            CloseCode::Replaced => 8,
-            CloseCode::Kicked => 9,
-            CloseCode::InvalidPayload => 11,
-        },
-        Disconnect::Lost => 10,
-    }
-}
-
-/// Histogram upper bounds: nanoseconds, and the `le` label (seconds) for each.
-const BUCKETS: [(u64, &str); 15] = [
-    (50_000, "0.00005"),
-    (100_000, "0.0001"),
-    (250_000, "0.00025"),
-    (500_000, "0.0005"),
-    (1_000_000, "0.001"),
-    (2_500_000, "0.0025"),
-    (5_000_000, "0.005"),
-    (10_000_000, "0.01"),
-    (25_000_000, "0.025"),
-    (50_000_000, "0.05"),
-    (100_000_000, "0.1"),
-    (250_000_000, "0.25"),
-    (500_000_000, "0.5"),
-    (1_000_000_000, "1"),
-    (2_500_000_000, "2.5"),
-];
-
-/// A latency histogram with fixed buckets, so two of them merge by adding counts. Owned by one
-/// thread; observing is a bucket search over 15 bounds and three non-atomic adds.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Histogram {
-    /// Per bucket (not cumulative); the last counts what is over the largest bound.
-    counts: [u64; BUCKETS.len() + 1],
-    sum_ns: u64,
-}
-
-impl Histogram {
-    pub fn observe(&mut self, d: Duration) {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let i = BUCKETS
-            .iter()
-            .position(|&(bound, _)| ns <= bound)
-            .unwrap_or(BUCKETS.len());
-        self.counts[i] += 1;
-        self.sum_ns = self.sum_ns.saturating_add(ns);
-    }
-
-    pub fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.counts.iter_mut().zip(other.counts) {
-            *a += b;
-        }
-        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-}
-
-/// What a shard counts as it works. Plain integers in the shard's own state: an increment on
-/// the message path is one non-atomic add, and no cache line is shared with another core.
-#[derive(Clone, Debug, Default)]
-pub struct ShardCounters {
-    /// Data messages read from clients (text or binary, including discarded over-size ones).
-    pub frames_in: u64,
-    /// Frames queued for clients: welcome, replies, messages, events, pings, pongs, close
-    /// frames. A replay of stored messages is queued as one buffer and counts as one.
-    pub frames_out: u64,
-    /// Live frames (messages, presence events) queued or held for a member or recipient.
-    pub deliveries: u64,
-    /// Room messages this shard sequenced as the room's home.
-    pub room_publishes: u64,
-    /// Direct messages this shard sequenced as the recipient's home.
-    pub direct_publishes: u64,
-    /// Gaps in a stream's live frames that the hub asked the engine to read (a live seq above
-    /// the last one handed on, or a catch-up behind the room).
-    pub gaps: u64,
-    /// Live room frames dropped because their seq had been handed on already.
-    pub duplicates_dropped: u64,
-    /// Panics caught while handling a message, a connection's input or a flush.
-    pub panics: u64,
-    errors: [u64; ERROR_CODES.len()],
-    disconnects: [u64; DISCONNECT_REASONS.len()],
-    /// At the home: from sequencing a message to handing it to fan-out (see ARCHITECTURE.md).
-    pub publish_latency: Histogram,
-}
-
-impl ShardCounters {
-    pub fn error(&mut self, code: ErrorCode) {
-        self.errors[error_index(code)] += 1;
-    }
-
-    pub fn disconnect(&mut self, d: Disconnect) {
-        self.disconnects[disconnect_index(d)] += 1;
-    }
-}
-
-/// One shard's answer to a scrape.
-#[derive(Clone, Debug, Default)]
-pub struct ShardSnapshot {
-    pub shard: ShardId,
-    /// Upgraded connections on this shard.
-    pub connections: u64,
-    /// Rooms with at least one live member connected to this shard.
-    pub rooms_local: u64,
-    /// Rooms homed on this shard with at least one member anywhere. Summed over shards: the
-    /// rooms in use.
-    pub rooms_homed: u64,
-    /// Users homed on this shard with a connection (or an inbox replay out) anywhere.
-    pub users_homed: u64,
-    /// Bytes queued and not yet written, over this shard's connections.
-    pub queued_bytes: u64,
-    pub counters: ShardCounters,
-}
-
-/// What the store writer counts. It is one thread; these are plain fields of it.
-#[derive(Clone, Debug, Default)]
-pub struct WriterCounters {
-    /// Time in `Store::write` per batch (group commit, including the fsync under `sync`).
-    pub commit_latency: Histogram,
-    pub write_failures: u64,
-    /// History and sync reads that failed (each answered with `unavailable`).
-    pub read_errors: u64,
-}
 
 /// The process, from `/proc/self`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -220,10 +34,10 @@ pub struct Snapshot {
     pub writer: Option<WriterCounters>,
     pub process: Option<Process>,
     /// The Redis engine's counters, in cluster mode.
-    pub redis: Option<std::sync::Arc<crate::cluster::RedisCounters>>,
+    pub redis: Option<std::sync::Arc<crate::core::counters::RedisCounters>>,
     /// The writer's last reading of the data directory's disk, when it reads it
     /// (`min_free_disk_bytes` set, a store on disk).
-    pub disk: Option<crate::health::Disk>,
+    pub disk: Option<crate::core::health::Disk>,
 }
 
 /// Asks every shard and the writer for their counters and waits for the answers. A shard or
@@ -246,9 +60,7 @@ pub async fn gather(ctx: &Ctx) -> Snapshot {
         shards,
         writer: writer.await.ok(),
         process: process(),
-        redis: ctx
-            .with(|s| s.cluster().map(|c| c.counters.clone()))
-            .flatten(),
+        redis: ctx.with(|s| s.engine().redis_counters()).flatten(),
         disk: ctx.health.disk(),
     }
 }
@@ -418,7 +230,7 @@ impl Snapshot {
             out.sample(name, &[], u8::from(disk.low));
         }
         if let Some(r) = &self.redis {
-            use crate::cluster::RedisCounters as C;
+            use crate::core::counters::RedisCounters as C;
             for (name, help, value) in [
                 (
                     "shardcast_redis_round_trips_total",
@@ -554,45 +366,20 @@ impl Exposition {
     }
 }
 
-/// CPU time and resident memory from `/proc/self`; `None` where there is no procfs.
+/// CPU time and resident memory of this process; `None` where there is no procfs.
 fn process() -> Option<Process> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let s = crate::core::procfs::sample(0).ok()?;
     Some(Process {
-        cpu_seconds: stat_cpu_ticks(&stat)? as f64 / clock_ticks_per_second(),
-        rss_bytes: status_rss_kib(&status)? * 1024,
+        cpu_seconds: s.cpu_seconds,
+        rss_bytes: s.rss_bytes,
     })
-}
-
-/// Clock ticks per second for `/proc/self/stat` times (normally 100).
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf reads a constant and has no memory effects.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
-/// utime + stime in clock ticks. The command name (field 2) may hold spaces and parentheses, so
-/// fields are counted from the last `)`: utime is field 14, stime 15.
-fn stat_cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
-fn status_rss_kib(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line["VmRSS:".len()..]
-        .split_ascii_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::counters::{Disconnect, disconnect_index, error_index};
+    use crate::core::error::CloseCode;
 
     #[test]
     fn histograms_bucket_merge_and_render_cumulatively() {
@@ -645,14 +432,5 @@ mod tests {
             DISCONNECT_REASONS[disconnect_index(Disconnect::Closed(CloseCode::SlowConsumer))],
             "slow_consumer"
         );
-    }
-
-    #[test]
-    fn parses_proc_stat_and_status() {
-        let stat = "1234 (we ird) name)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 \
-                    12345 1000000 500 18446744073709551615";
-        assert_eq!(stat_cpu_ticks(stat), Some(325));
-        let status = "Name:\tshardcast\nVmRSS:\t    4321 kB\nThreads:\t3\n";
-        assert_eq!(status_rss_kib(status), Some(4321));
     }
 }

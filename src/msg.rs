@@ -9,54 +9,21 @@
 //! - `LocalMsg`: what only makes sense inside one process: a socket, a oneshot, the store
 //!   writer's answers.
 //!
-//! `EngineMsg` and `NodeMsg` are plain data and serializable, so they could cross a node
-//! boundary. This module holds no state and does no I/O.
+//! `EngineMsg` and `NodeMsg` are plain data: addresses, not channels, so either engine can
+//! answer from any thread. This module holds no state and does no I/O.
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::error::{CloseCode, HandshakeError, ReplyError};
-use crate::metrics::ShardSnapshot;
-use crate::protocol::{Name, ReqId};
-use crate::store::Stream;
-
-pub type ShardId = usize;
-/// A node of a deployment; a single-node server is node 0.
-pub type NodeId = u16;
-
-/// A connection's id, unique in a deployment: its node (14 bits), its shard (10 bits) and a
-/// counter local to the shard (40 bits).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ConnId(u64);
-
-impl ConnId {
-    pub const MAX_NODES: usize = 1 << 14;
-    pub const MAX_SHARDS: usize = 1 << 10;
-
-    pub fn new(node: NodeId, shard: ShardId, local: u64) -> ConnId {
-        debug_assert!((node as usize) < Self::MAX_NODES && shard < Self::MAX_SHARDS);
-        ConnId(((node as u64) << 50) | ((shard as u64 & 0x3ff) << 40) | (local & ((1 << 40) - 1)))
-    }
-    /// The id as one number (for Redis, where connections of every node meet).
-    pub fn raw(self) -> u64 {
-        self.0
-    }
-    pub fn from_raw(raw: u64) -> ConnId {
-        ConnId(raw)
-    }
-    pub fn node(self) -> NodeId {
-        (self.0 >> 50) as NodeId
-    }
-    pub fn shard(self) -> ShardId {
-        ((self.0 >> 40) & 0x3ff) as ShardId
-    }
-}
+use crate::core::counters::ShardSnapshot;
+use crate::core::error::{CloseCode, HandshakeError, ReplyError};
+use crate::core::{ConnId, JoinGen, NodeId, ShardId, Stream};
+use crate::core::{Name, ReqId};
 
 /// Where the answer to a request goes: a client connection (a frame echoing the request's id),
 /// or an HTTP API call waiting on the shard that took it (the JSON body of its response). An
 /// address, not a channel, so it can travel with a request to another node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReplyTo {
     Conn {
         conn: ConnId,
@@ -174,7 +141,7 @@ impl ReplyTo {
 }
 
 /// One page of a `presence` query: the users after `after` in byte order, at most `limit`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PresencePage {
     pub after: Option<Name>,
     pub limit: usize,
@@ -219,13 +186,9 @@ impl PresencePage {
     }
 }
 
-/// A join's generation: each `join` a connection makes of a room gets a new one, so answers
-/// for an earlier join of the same room (left since) are recognised and dropped.
-pub type JoinGen = u32;
-
 /// A request to the engine. The embedded engine serves it at the home shard of its room or
 /// user (`EngineMsg::key`).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 pub enum EngineMsg {
     /// Admit a new connection under the session policy; answered with `NodeMsg::Admitted`.
     Register { user: Name, conn: ConnId },
@@ -289,6 +252,19 @@ pub enum EngineMsg {
     },
     /// Whether the user is online, and with how many connections (JSON, for the API).
     UserInfo { user: Name, reply: ReplyTo },
+    /// A page of the room's history (`history`, or the API's).
+    History {
+        room: Name,
+        reply: ReplyTo,
+        before: Option<u64>,
+        limit: usize,
+    },
+    /// A page of the user's direct messages after `since` (`sync`).
+    Sync {
+        user: Name,
+        reply: ReplyTo,
+        since: u64,
+    },
     /// Read the stored messages of `stream` in (after, upto] for a hub's gap or a catching-up
     /// connection (`NodeMsg::Replay`).
     Fetch {
@@ -308,11 +284,13 @@ impl EngineMsg {
             | EngineMsg::Online { user, .. }
             | EngineMsg::InboxHanded { user, .. }
             | EngineMsg::Forward { user, .. }
-            | EngineMsg::UserInfo { user, .. } => user,
+            | EngineMsg::UserInfo { user, .. }
+            | EngineMsg::Sync { user, .. } => user,
             EngineMsg::Join { room, .. }
             | EngineMsg::Leave { room, .. }
             | EngineMsg::Publish { room, .. }
-            | EngineMsg::Presence { room, .. } => room,
+            | EngineMsg::Presence { room, .. }
+            | EngineMsg::History { room, .. } => room,
             EngineMsg::Direct { to, .. } => to,
             EngineMsg::Fetch { stream, .. } => stream.name(),
         }
@@ -321,7 +299,7 @@ impl EngineMsg {
 
 /// Who a replay is for: one catching-up connection (a join's generation; 0 for the inbox at
 /// connect), or a shard's hub filling a gap in a room's live stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplayTo {
     Conn { conn: ConnId, jgen: JoinGen },
     Hub { node: NodeId, shard: ShardId },
@@ -337,7 +315,7 @@ impl ReplayTo {
 }
 
 /// What the engine sends to the node holding the connections.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 pub enum NodeMsg {
     /// The user's home admitted the connection (with the inbox's committed seq) or refused it.
     Admitted {
@@ -368,17 +346,8 @@ pub enum NodeMsg {
         jgen: JoinGen,
         error: ReplyError,
     },
-    /// Stored messages of `stream` in (after, upto], as WebSocket frames in one buffer (`ack`,
-    /// a join's, goes first). `ok` is false when the store could not be read.
-    Replay {
-        stream: Stream,
-        to: ReplayTo,
-        after: u64,
-        upto: u64,
-        ack: Option<Bytes>,
-        frames: Bytes,
-        ok: bool,
-    },
+    /// Stored messages of a stream, for a catching-up connection or a hub's gap.
+    Replay(Replay),
     /// A live frame of `stream` for its local receivers, except `exclude`: a room's members,
     /// or a user's connections. `seq` is the frame's place in the stream; `None` for a frame
     /// outside it (a presence event, or the copy of a direct message the user sent).
@@ -398,6 +367,19 @@ pub enum NodeMsg {
         result: Result<Bytes, ReplyError>,
         read: u32,
     },
+}
+
+/// Stored messages of `stream` in (after, upto], as WebSocket frames in one buffer (`ack`, a
+/// join's, goes first). `ok` is false when the store could not be read.
+#[derive(Debug)]
+pub struct Replay {
+    pub stream: Stream,
+    pub to: ReplayTo,
+    pub after: u64,
+    pub upto: u64,
+    pub ack: Option<Bytes>,
+    pub frames: Bytes,
+    pub ok: bool,
 }
 
 /// Messages that stay in the process: they carry a socket, a oneshot, or the writer's state.
@@ -473,16 +455,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn conn_ids_carry_their_node_and_shard() {
-        let id = ConnId::new(3, 7, 123_456);
-        assert_eq!((id.node(), id.shard()), (3, 7));
-        assert_ne!(ConnId::new(0, 1, 5), ConnId::new(0, 2, 5));
-        assert_ne!(ConnId::new(1, 1, 5), ConnId::new(2, 1, 5));
-        let top = ConnId::new(16_383, 1023, u64::MAX);
-        assert_eq!((top.node(), top.shard()), (16_383, 1023));
-    }
-
-    #[test]
     fn presence_pages_are_sorted_cut_and_say_whether_more_follow() {
         let names: Vec<Name> = ["d", "a", "e", "c", "b"]
             .iter()
@@ -510,53 +482,5 @@ mod tests {
         // Each name costs its length + 3 bytes: 8 bytes hold two; one always goes.
         assert_eq!(page(None, 5, 8), (vec!["a".into(), "b".into()], true));
         assert_eq!(page(None, 5, 1), (vec!["a".into()], true));
-    }
-
-    #[test]
-    fn engine_and_node_messages_cross_a_wire() {
-        let reply = ReplyTo::Api {
-            node: 2,
-            shard: 1,
-            call: 9,
-        };
-        let msg = EngineMsg::Publish {
-            room: Name::new("lobby").unwrap(),
-            from: Name::new("alice").unwrap(),
-            body: Bytes::from_static(b"{\"t\":1}"),
-            reply: reply.clone(),
-        };
-        let text = serde_json::to_string(&msg).unwrap();
-        let EngineMsg::Publish {
-            room,
-            body,
-            reply: back,
-            ..
-        } = serde_json::from_str(&text).unwrap()
-        else {
-            panic!("not a publish: {text}");
-        };
-        assert_eq!(
-            (&*room, &body[..], back),
-            ("lobby", &b"{\"t\":1}"[..], reply)
-        );
-
-        let bad = text.replace("lobby", "lob by");
-        assert!(
-            serde_json::from_str::<EngineMsg>(&bad).is_err(),
-            "names are validated on the way in"
-        );
-
-        let msg = NodeMsg::Deliver {
-            stream: Stream::Room(Name::new("r").unwrap()),
-            seq: Some(4),
-            frame: Bytes::from_static(b"\x81\x02{}"),
-            exclude: Some(ConnId::new(1, 2, 3)),
-        };
-        let NodeMsg::Deliver { seq, exclude, .. } =
-            serde_json::from_str(&serde_json::to_string(&msg).unwrap()).unwrap()
-        else {
-            panic!("not a deliver");
-        };
-        assert_eq!((seq, exclude), (Some(4), Some(ConnId::new(1, 2, 3))));
     }
 }

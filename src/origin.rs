@@ -6,7 +6,7 @@
 //! tokens being tried.
 
 use crate::config::Config;
-use crate::error::HandshakeError;
+use crate::core::error::HandshakeError;
 
 /// Refuses a browser upgrade whose `Origin` is not allowed. `origin` and `host` are the request's
 /// headers, if present. No `Origin` means a non-browser client, which an origin check cannot

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::Notify;
 
-use crate::msg::{NodeId, ShardId, ShardMsg};
-use crate::protocol::Name;
+use crate::msg::ShardMsg;
+
+use crate::core::Name;
+use crate::core::{NodeId, ShardId};
 
 struct Queue {
     tx: Sender<ShardMsg>,

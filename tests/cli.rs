@@ -454,6 +454,27 @@ async fn default_config_file_loads_as_the_defaults_and_serves() {
 // Logs
 // ---------------------------------------------------------------------------------------------
 
+/// Without `RUST_LOG`, the server logs its own lines at info and other crates' at warn: the
+/// store's start-up lines (fjall's `Creating database`, `Finished ingestion writer`) stay out of
+/// the default log, and `RUST_LOG` can still ask for them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_log_keeps_other_crates_at_warn() {
+    let lines = |rust_log: &'static str| async move {
+        let mut server =
+            BinaryServer::spawn_with_env(&["--bind", "127.0.0.1:0"], &[("RUST_LOG", rust_log)]);
+        server.listening_addr().await;
+        server.signal("TERM");
+        server.wait_exit(Duration::from_secs(10)).await;
+        server.finish_output().await;
+        server.output()
+    };
+    let quiet = lines("").await;
+    assert!(quiet.contains("listening on"), "{quiet}");
+    assert!(!quiet.contains("Creating database"), "{quiet}");
+    let asked = lines("info").await;
+    assert!(asked.contains("Creating database"), "{asked}");
+}
+
 /// With `--log-format json` at debug level every line is a JSON object; the connection's lines
 /// carry its user and conn id; neither the token from the query string nor a message body is
 /// ever written.

@@ -59,14 +59,23 @@ struct Raw {
 }
 
 impl Raw {
+    /// A `/ws` connection of `user`, past its `welcome`.
     async fn open(addr: SocketAddr, user: &str, offer: Option<&str>) -> Raw {
+        let mut raw = Raw::upgrade(addr, &format!("/ws?user={user}"), offer).await;
+        let (_, welcome) = raw.next_message().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        raw
+    }
+
+    /// The upgrade of `path`, with `offer` as its `Sec-WebSocket-Extensions`.
+    async fn upgrade(addr: SocketAddr, path: &str, offer: Option<&str>) -> Raw {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         let offer = offer.map_or(String::new(), |o| {
             format!("Sec-WebSocket-Extensions: {o}\r\n")
         });
         let request = format!(
-            "GET /ws?user={user} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
              Sec-WebSocket-Version: 13\r\n{offer}\r\n"
         );
@@ -91,8 +100,6 @@ impl Raw {
                 .then(|| value.trim().to_string())
         });
         raw.buf.drain(..end);
-        let (_, welcome) = raw.next_message().await;
-        assert_eq!(welcome["type"], "welcome", "{welcome}");
         raw
     }
 
@@ -232,6 +239,33 @@ async fn negotiation_follows_the_offer_and_the_config() {
     let off = server(None);
     let c = Raw::open(off.addr(), "n", Some(BROWSER_OFFER)).await;
     assert_eq!(c.extensions, None);
+}
+
+/// `/echo` negotiates permessage-deflate as `/ws` does, so a conformance suite's compression
+/// cases (Autobahn's sections 12 and 13) reach the server's RFC 7692 code: a compressed message
+/// comes back compressed when it is long enough, plain otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn echo_negotiates_permessage_deflate_like_ws() {
+    let server = TestServer::start(|c| {
+        c.compression_min_bytes = Some(64);
+        c.echo = true;
+    });
+    let accepted = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+    let mut raw = Raw::upgrade(server.addr(), "/echo", Some(BROWSER_OFFER)).await;
+    assert_eq!(raw.extensions.as_deref(), Some(accepted));
+    let long = "echo me, compressed ".repeat(20);
+    for (text, compressed) in [(long.as_str(), true), ("short", false)] {
+        raw.send(&client_frame(FIN | RSV1 | TEXT, &deflate(text.as_bytes())))
+            .await;
+        let (first, payload) = raw.frame().await.expect("the echo");
+        assert_eq!(first & RSV1 != 0, compressed, "{text}");
+        let back = if compressed {
+            inflate(&payload)
+        } else {
+            payload
+        };
+        assert_eq!(back, text.as_bytes());
+    }
 }
 
 /// One publish to many members: those that negotiated get the same compressed bytes, the

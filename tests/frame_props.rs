@@ -8,7 +8,7 @@ mod common;
 use common::client_frame;
 use proptest::prelude::*;
 use shardcast::conn::{Decoder, Event};
-use shardcast::error::CloseCode;
+use shardcast::core::error::CloseCode;
 use shardcast::ws::{self, FrameBuf};
 
 /// One client message as sent: text or binary, cut into fragments, with a ping after some.

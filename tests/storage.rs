@@ -11,7 +11,7 @@ use std::time::Instant;
 use common::*;
 use serde_json::{Value, json};
 
-/// What the server charges a message: body, the two names, and 100 (config.rs,
+/// What the server charges a message: body, the two names, and 100 (src/config/mod.rs,
 /// `STORE_COST_OVERHEAD`).
 fn cost(body: &Value, target: &str, from: &str) -> u64 {
     (body.to_string().len() + target.len() + from.len()) as u64 + 100

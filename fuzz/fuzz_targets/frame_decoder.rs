@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shardcast::conn::{Decoder, Event};
-use shardcast::error::CloseCode;
+use shardcast::core::error::CloseCode;
 
 /// A small limit, so the size checks and the skip path are reached by short inputs.
 const MAX: usize = 128;

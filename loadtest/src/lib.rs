@@ -35,8 +35,8 @@
 //! above its own, never one on its own line or below; `tests/layers.rs` checks every `crate::`
 //! and `super::` path against this list and the one in `scenario`:
 //! 1. `cli`: the options (also the library's input).
-//! 2. `sys`, `procfs`, `progress`: rlimits and CPU affinity; CPU and RSS samples from `/proc`;
-//!    the progress bar.
+//! 2. `sys`, `procfs`, `progress`: rlimits and CPU affinity; CPU and RSS samples from `/proc`
+//!    (the server's own parser, `shardcast::core::procfs`); the progress bar.
 //! 3. `client`: one WebSocket client and the frames it speaks (the wire).
 //! 4. `redis_info`: a cluster's Redis counters, read with `INFO`.
 //! 5. `stats`: counters, latency histograms and the exact delivery check.
@@ -53,7 +53,7 @@
 
 pub mod cli;
 mod client;
-mod procfs;
+use shardcast::core::procfs;
 mod progress;
 mod redis_info;
 pub mod report;

@@ -21,13 +21,25 @@ struct Redis {
 }
 
 impl Redis {
+    /// Starts redis-server on a free port. The port is found by binding and releasing it, so
+    /// another process may take it first (tests run in parallel): then redis-server exits, and
+    /// this tries another port. Ready means it answers PING, not merely that the port accepts.
     fn start() -> Redis {
+        for _ in 0..5 {
+            if let Some(redis) = Redis::try_start() {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    fn try_start() -> Option<Redis> {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -39,15 +51,18 @@ impl Redis {
                  (.ci/run installs it)",
             );
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !answers_ping(port) {
+            if child.try_wait().expect("wait on redis-server").is_some() {
+                return None;
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis {
+        Some(Redis {
             child,
             port,
             _dir: dir,
-        }
+        })
     }
 
     fn url(&self) -> String {
@@ -60,6 +75,17 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether a Redis on `port` answers `PING` with `+PONG`.
+fn answers_ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 7];
+    c.write_all(b"PING\r\n").is_ok() && c.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
 
 /// Starts Redis and three nodes, runs the bot with `args` against them, stops everything.

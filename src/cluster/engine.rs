@@ -16,28 +16,34 @@ use bytes::Bytes;
 use redis::{PushInfo, PushKind, RedisError, RedisResult, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::Req;
 use super::keys::{Channel, Keys};
 use super::link::{Cmds, Subs, Target};
 use super::wire::Wire;
-use super::{RedisCounters, Req};
 use crate::config::{Config, SessionPolicy};
-use crate::error::{CloseCode, ErrorCode, HandshakeError, ReplyError};
-use crate::health::Health;
-use crate::msg::{
-    ConnId, EngineMsg, JoinGen, LocalMsg, NodeId, NodeMsg, PresencePage, ReplayTo, ReplyTo, ShardId,
-};
-use crate::persist::{Joined, Op, Persist, Read};
-use crate::protocol::Name;
+use crate::core::Name;
+use crate::core::Stream;
+use crate::core::counters::RedisCounters;
+use crate::core::error::{CloseCode, ErrorCode, HandshakeError, ReplyError};
+use crate::core::health::Health;
+use crate::core::now_ms;
+use crate::core::{ConnId, JoinGen, NodeId, ShardId};
+use crate::engine::Joined;
+use crate::engine::NodesCall;
+use crate::msg::{EngineMsg, LocalMsg, NodeMsg, PresencePage, Replay, ReplayTo, ReplyTo};
+use crate::persist::{Op, Persist, Read};
 use crate::protocol::encode::{self, Target as To};
 use crate::router::Router;
-use crate::shard::now_ms;
-use crate::store::Stream;
 use crate::ws;
 
+mod messages;
 mod rooms;
+mod scripts;
 mod sessions;
 mod subscription;
 mod upkeep;
+
+use scripts::{Scripts, load_scripts};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -75,71 +81,6 @@ impl Boot {
         load_scripts(&mut cmds).await?;
         Ok((target, Boot { node, cmds }))
     }
-}
-
-struct Scripts {
-    publish: Script,
-    join: Script,
-    leave: Script,
-    refresh: Script,
-    presence: Script,
-    register: Script,
-    online: Script,
-    cursor: Script,
-    sessions: Script,
-    unregister: Script,
-    tail: Script,
-}
-
-/// Each script with the shared functions (`lua/common.lua`) in front.
-macro_rules! lua {
-    ($file:literal) => {
-        concat!(include_str!("lua/common.lua"), include_str!($file))
-    };
-}
-
-const PUBLISH: &str = lua!("lua/publish.lua");
-const JOIN: &str = lua!("lua/join.lua");
-const LEAVE: &str = lua!("lua/leave.lua");
-const REFRESH: &str = lua!("lua/refresh.lua");
-const PRESENCE: &str = lua!("lua/presence.lua");
-const REGISTER: &str = lua!("lua/register.lua");
-const ONLINE: &str = lua!("lua/online.lua");
-const CURSOR: &str = lua!("lua/cursor.lua");
-const SESSIONS: &str = lua!("lua/sessions.lua");
-const UNREGISTER: &str = lua!("lua/unregister.lua");
-const TAIL: &str = lua!("lua/tail.lua");
-const ALL: [&str; 11] = [
-    PUBLISH, JOIN, LEAVE, REFRESH, PRESENCE, REGISTER, ONLINE, CURSOR, SESSIONS, UNREGISTER, TAIL,
-];
-
-impl Scripts {
-    fn new() -> Scripts {
-        Scripts {
-            publish: Script::new(PUBLISH),
-            join: Script::new(JOIN),
-            leave: Script::new(LEAVE),
-            refresh: Script::new(REFRESH),
-            presence: Script::new(PRESENCE),
-            register: Script::new(REGISTER),
-            online: Script::new(ONLINE),
-            cursor: Script::new(CURSOR),
-            sessions: Script::new(SESSIONS),
-            unregister: Script::new(UNREGISTER),
-            tail: Script::new(TAIL),
-        }
-    }
-}
-
-/// Loads every script into Redis (every master of a Cluster) before the connection is used:
-/// a script missing there would be loaded on first use and retried, which can reorder it
-/// after requests sent later.
-async fn load_scripts(cmds: &mut Cmds) -> RedisResult<()> {
-    for source in ALL {
-        cmds.query::<Value>(redis::cmd("SCRIPT").arg("LOAD").arg(source))
-            .await?;
-    }
-    Ok(())
 }
 
 /// This node's members of one room.
@@ -395,7 +336,7 @@ impl Node {
     fn take(self: &Rc<Self>, req: Req) {
         match req {
             Req::Engine(m) => self.serve(m),
-            Req::Broadcast { json, reply } => {
+            Req::Nodes(NodesCall::Broadcast { json, reply }) => {
                 let me = self.clone();
                 self.spawn(async move {
                     let wire = Wire::Broadcast {
@@ -406,11 +347,11 @@ impl Node {
                     let _ = reply.send(me.query::<u64>(cmd).await);
                 });
             }
-            Req::Kick {
+            Req::Nodes(NodesCall::Kick {
                 user,
                 reason,
                 reply,
-            } => {
+            }) => {
                 let me = self.clone();
                 self.spawn(async move {
                     let cmd =
@@ -418,7 +359,7 @@ impl Node {
                     let _ = reply.send(me.query::<u64>(cmd).await);
                 });
             }
-            Req::Totals { reply } => {
+            Req::Nodes(NodesCall::Totals { reply }) => {
                 let me = self.clone();
                 self.spawn(async move {
                     let _ = reply.send(me.totals().await);
@@ -539,6 +480,10 @@ impl Node {
                 };
                 me.answer(answer);
             }),
+            // Reads the shards hand to the store thread themselves (`StoreReads`).
+            EngineMsg::History { .. } | EngineMsg::Sync { .. } => {
+                tracing::error!("a history or sync read reached the Redis engine's thread");
+            }
             EngineMsg::Fetch {
                 stream,
                 after,
@@ -552,76 +497,6 @@ impl Node {
             })]),
         }
     }
-
-    // ----- messages ---------------------------------------------------------------------------
-
-    /// Sequences, stores and publishes a room message or a direct message, and acks it.
-    async fn message(self: Rc<Self>, stream: Stream, from: Name, body: Bytes, reply: ReplyTo) {
-        let ts = now_ms();
-        let target = match &stream {
-            Stream::Room(room) => To::Room(room),
-            Stream::Inbox(to) => To::User(to),
-        };
-        let (head, tail) = encode::message_parts(target, &from, ts, &body);
-        let (messages, secs) = match &stream {
-            Stream::Room(room) => self.config.room_retention_of(room),
-            Stream::Inbox(_) => (
-                self.config.inbox_retention_messages,
-                self.config.inbox_retention_secs,
-            ),
-        };
-        let oldest = match secs {
-            0 => 0,
-            s => ts.saturating_sub(s * 1000).max(1),
-        };
-        let inbox = matches!(stream, Stream::Inbox(_));
-        let meta = self.keys.meta(&stream);
-        let online = match &stream {
-            Stream::Inbox(user) => self.keys.sessions(user).1,
-            Stream::Room(_) => meta.clone(),
-        };
-        let publisher = reply.conn();
-        let mut inv = self.scripts.publish.prepare_invoke();
-        inv.key(&meta)
-            .key(self.keys.log(&stream))
-            .key(online)
-            .arg(self.keys.channel(&stream))
-            .arg(self.publish_cmd())
-            .arg(&head[..])
-            .arg(&tail[..])
-            .arg(ts)
-            .arg(publisher.map(|c| c.raw().to_string()).unwrap_or_default())
-            .arg(messages)
-            .arg(oldest)
-            .arg(if inbox { "1" } else { "0" })
-            .arg(now_ms())
-            .arg(Self::new_epoch());
-        let (seq, _epoch) = match self.script_or::<(u64, u64)>(&inv).await {
-            Ok(done) => done,
-            Err(f) => return self.answer(reply.fail(failed(f))),
-        };
-        let seq_json = || Bytes::from(format!("{{\"seq\":{seq}}}"));
-        let ack = reply.answer(
-            |id| encode::ack(id, target_of(&stream), Some(seq)),
-            seq_json,
-        );
-        self.answer(ack);
-        if let Stream::Inbox(to) = &stream
-            && *to != from
-        {
-            // The sender's other connections get a copy, outside their own inbox's order.
-            let mut json = Vec::with_capacity(head.len() + 20 + tail.len());
-            json.extend_from_slice(&head);
-            json.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-            json.extend_from_slice(&tail);
-            let wire = Wire::Forward {
-                exclude: publisher,
-                json: json.into(),
-            };
-            let cmd = self.publish(self.keys.channel(&Stream::Inbox(from)), &wire);
-            self.query::<u64>(cmd).await;
-        }
-    }
 }
 
 fn target_of(stream: &Stream) -> To<'_> {
@@ -632,7 +507,7 @@ fn target_of(stream: &Stream) -> To<'_> {
 }
 
 fn replay(stream: Stream, to: ReplayTo, after: u64, upto: u64, ok: bool) -> NodeMsg {
-    NodeMsg::Replay {
+    NodeMsg::Replay(Replay {
         stream,
         to,
         after,
@@ -640,7 +515,7 @@ fn replay(stream: Stream, to: ReplayTo, after: u64, upto: u64, ok: bool) -> Node
         ack: None,
         frames: Bytes::new(),
         ok,
-    }
+    })
 }
 
 /// Whether an error means the connection itself is gone (rather than one command failing).

@@ -2,9 +2,9 @@
 //! or `{u:USER}`), so one script can touch them all on a Redis Cluster, and the stream's
 //! channel hashes to the same slot (sharded pub/sub). Owns naming only.
 
-use crate::msg::NodeId;
-use crate::protocol::Name;
-use crate::store::Stream;
+use crate::core::Name;
+use crate::core::NodeId;
+use crate::core::Stream;
 
 #[derive(Clone, Debug)]
 pub struct Keys {

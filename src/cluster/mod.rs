@@ -20,17 +20,17 @@ mod store;
 mod wire;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::health::Health;
-use crate::msg::{EngineMsg, NodeId};
+use crate::core::NodeId;
+use crate::core::counters::RedisCounters;
+use crate::core::health::Health;
+use crate::engine::{Engine, NodesCall, Outbox, StoreReads};
+use crate::msg::EngineMsg;
 use crate::persist::Persist;
-use crate::protocol::Name;
 use crate::router::Router;
 
 pub use keys::Keys;
@@ -54,45 +54,11 @@ pub enum ClusterError {
     Thread(std::io::Error),
 }
 
-/// What the shards and the API ask of the engine.
+/// What the shards and the API ask of the engine thread.
 pub enum Req {
     Engine(EngineMsg),
-    /// The API's broadcast, for every other node; answered with how many nodes got it.
-    Broadcast {
-        json: Bytes,
-        reply: oneshot::Sender<Option<u64>>,
-    },
-    /// The API's disconnect of a user on every other node.
-    Kick {
-        user: Name,
-        reason: String,
-        reply: oneshot::Sender<Option<u64>>,
-    },
-    /// The cluster's totals for `/api/stats`, from every live node's latest figures.
-    Totals {
-        reply: oneshot::Sender<Option<serde_json::Value>>,
-    },
-}
-
-/// Counters of the Redis engine, read by a scrape.
-#[derive(Debug, Default)]
-pub struct RedisCounters {
-    /// Commands and scripts answered by Redis.
-    pub round_trips: AtomicU64,
-    /// Commands and scripts that failed (Redis unreachable, timed out, or an error reply).
-    pub errors: AtomicU64,
-    /// Times the subscription connection was re-established (dropped, or silent).
-    pub pubsub_reconnects: AtomicU64,
-    /// Messages read from history after a subscription gap.
-    pub gap_fills: AtomicU64,
-    /// Messages received over pub/sub.
-    pub received: AtomicU64,
-}
-
-impl RedisCounters {
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
+    /// The API's call to every other node.
+    Nodes(NodesCall),
 }
 
 /// How the shards reach the engine thread. Cheap to clone.
@@ -106,6 +72,46 @@ impl Handle {
     pub fn send(&self, req: Req) {
         // The engine thread outlives the shards.
         let _ = self.tx.send(req);
+    }
+
+    /// One shard's `Engine`: requests go to the engine thread, except the reads a shard hands
+    /// to the store thread itself (`history`, `sync`), which `persist` serves from Redis.
+    pub fn for_shard(&self, persist: Persist) -> RedisEngine {
+        RedisEngine {
+            handle: self.clone(),
+            reads: StoreReads::new(persist),
+        }
+    }
+}
+
+/// The Redis engine as one shard sees it.
+pub struct RedisEngine {
+    handle: Handle,
+    reads: StoreReads,
+}
+
+impl Engine for RedisEngine {
+    fn request(&mut self, msg: EngineMsg, _out: &mut Outbox) {
+        if let Some(msg) = self.reads.take(msg) {
+            self.handle.send(Req::Engine(msg));
+        }
+    }
+
+    fn flush(&mut self) {
+        self.reads.flush();
+    }
+
+    /// The engine thread admits nothing once the node is shutting down: its Redis scripts
+    /// refuse no one, and the shard refuses the handshakes itself.
+    fn shutdown(&mut self) {}
+
+    fn call_nodes(&self, call: NodesCall) -> Result<(), NodesCall> {
+        self.handle.send(Req::Nodes(call));
+        Ok(())
+    }
+
+    fn redis_counters(&self) -> Option<Arc<RedisCounters>> {
+        Some(self.handle.counters.clone())
     }
 }
 

@@ -10,7 +10,8 @@ use redis::Value;
 
 use super::keys::Keys;
 use super::link::{SyncConn, Target};
-use crate::store::{Append, Store, StoreError, StoredMessage, Stream, StreamInfo};
+use crate::core::Stream;
+use crate::store::{Append, Store, StoreError, StoredMessage, StreamInfo};
 
 pub struct RedisStore {
     target: Target,

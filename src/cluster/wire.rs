@@ -14,7 +14,7 @@
 
 use bytes::Bytes;
 
-use crate::msg::{ConnId, NodeId};
+use crate::core::{ConnId, NodeId};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Wire {

@@ -6,8 +6,8 @@
 
 use bytes::Bytes;
 
-use super::{Name, ReqId};
-use crate::error::ReplyError;
+use crate::core::error::ReplyError;
+use crate::core::{Name, ReqId};
 use crate::ws::{FrameBuf, OP_TEXT};
 
 /// Writes one JSON object into a frame buffer.
@@ -309,7 +309,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::error::ErrorCode;
+    use crate::core::error::ErrorCode;
     use serde_json::{Value, json};
 
     /// Strips the server frame header and parses the payload.

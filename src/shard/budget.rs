@@ -14,8 +14,8 @@ use ahash::AHashMap;
 use super::Shard;
 use crate::config::STORE_COST_OVERHEAD;
 use crate::conn::Conn;
-use crate::error::{ErrorCode, ReplyError};
-use crate::protocol::Name;
+use crate::core::Name;
+use crate::core::error::{ErrorCode, ReplyError};
 
 #[derive(Default)]
 pub(super) struct StoreBudgets {

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::conn::{Conn, OutFrame};
-use crate::msg::{ConnId, JoinGen};
+use crate::core::{ConnId, JoinGen};
 
 /// A read to ask the engine for: the stream's messages in (after, upto].
 pub type Gap = (u64, u64);
@@ -186,7 +186,7 @@ impl CatchUp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::{FrameLimits, Rates};
+    use crate::conn::FrameLimits;
 
     fn b(s: &'static str) -> Bytes {
         Bytes::from_static(s.as_bytes())
@@ -218,13 +218,13 @@ mod tests {
 
     fn conn() -> Rc<Conn> {
         let identity = crate::auth::Identity {
-            user: crate::protocol::Name::new("u").unwrap(),
+            user: crate::core::Name::new("u").unwrap(),
             rooms: None,
             exp: None,
         };
         let sink = crate::conn::MemorySink::default();
         let config = crate::config::Config::default();
-        let (rates, limits) = (Rates::of(&config), FrameLimits::of(&config));
+        let (rates, limits) = (config.rates(), FrameLimits::of(&config));
         Rc::new(Conn::in_memory(
             ConnId::new(0, 0, 1),
             sink,

@@ -1,26 +1,29 @@
-//! A shard: one thread's share of the server, in three roles that talk only through messages.
+//! A shard: one thread's share of the server. It holds its connections and their local
+//! membership, and reaches the engine through the seam (`engine::Engine`), whichever engine
+//! that is.
 //!
-//! - **client** (`client.rs`): the connections: their lifecycle, their requests (frames in,
-//!   rate limits, membership checks) and the replies to them.
-//! - **hub** (`hub.rs`): this shard's local membership of rooms and users, the fan-out of
-//!   each frame to local members, and catch-up: it holds live frames while a replay is read
-//!   and merges the two by seq.
-//! - **engine** (`engine.rs`, with its bookkeeping in `home.rs`): the embedded engine, served
-//!   by the home shard of each room and user. It sequences, stores, counts presence and
-//!   sessions, and serves ranges. The client and the hub reach it only with `EngineMsg`s, and it
-//!   answers only with `NodeMsg`s: that is the seam a cluster engine plugs into.
+//! - **client side**: `client.rs` (connections from handshake to close, and the replies they
+//!   get), `requests.rs` (each request checked and turned into an `EngineMsg`; joins and leaves),
+//!   `limits.rs` (the request and read rates) and `budget.rs` (each user's budget for stored
+//!   bytes on this shard).
+//! - **hub**: `hub/` (this shard's local membership of rooms and users and the fan-out of each
+//!   frame to it; `hub/replay.rs`: replays and gap fills merged by seq with the live frames) and
+//!   `merge.rs` (a stream's position and a connection's catch-up).
+//! - `runtime.rs`: the context a shard thread's tasks share (`Ctx`) and each connection's task.
 //!
-//! This file holds the state and the dispatcher (`handle`), plus the output shared by the roles
-//! (queueing frames, the batch flush). Everything here is single-threaded: shards never share
-//! mutable state, and a message a shard sends itself is handled in place. It must not parse
-//! bytes (that is `conn` and `protocol`) or do HTTP (that is `http`).
+//! The client side and the hub are two halves of one state on one thread; they call each other
+//! directly. Both reach the engine only with `EngineMsg`s (`to_engine`) and hear from it only
+//! through `NodeMsg`s (`on_node`). This file holds the state and the dispatcher (`handle`), plus
+//! the output shared by the roles (queueing frames, the batch flush). Everything here is
+//! single-threaded: shards never share mutable state. It must not parse bytes (that is `conn`
+//! and `protocol`), do HTTP (that is `http`) or know which engine runs.
 
 mod budget;
 mod client;
-mod engine;
-mod home;
 mod hub;
+mod limits;
 mod merge;
+mod requests;
 pub mod runtime;
 #[cfg(test)]
 mod tests;
@@ -35,30 +38,33 @@ use tokio::sync::oneshot;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::conn::{Conn, OutFrame};
-use crate::error::{CloseCode, HandshakeError, ReplyError};
-use crate::metrics::{ShardCounters, ShardSnapshot};
-use crate::msg::{ConnId, EngineMsg, JoinGen, LocalMsg, NodeMsg, ReplayTo, ShardId, ShardMsg};
-use crate::persist::{Op, Persist};
-use crate::protocol::ReqId;
+use crate::core::ReqId;
+use crate::core::counters::{ShardCounters, ShardSnapshot};
+use crate::core::error::{CloseCode, HandshakeError, ReplyError};
+use crate::core::now_ms;
+use crate::core::{ConnId, JoinGen, ShardId};
+use crate::engine::{Engine, Outbox};
+use crate::msg::{EngineMsg, LocalMsg, NodeMsg, ReplayTo, ShardMsg};
 use crate::router::Router;
-use crate::store::StreamInfo;
 use crate::ws;
-
-pub use client::RoomEntry;
 
 pub struct Shard {
     id: ShardId,
     router: Router,
     config: Arc<Config>,
-    /// The Redis engine, in cluster mode; `None`: the embedded engine.
-    cluster: Option<crate::cluster::Handle>,
+    /// The engine: the embedded engine's homes on this shard, or the Redis engine's handle.
+    engine: Box<dyn Engine>,
+    /// The engine's answers for this shard, handled in order after each call (`drain`).
+    outbox: Outbox,
+    /// A `drain` is running further up the stack: new answers wait for it.
+    draining: bool,
     // ----- client -----
     next_conn: u64,
     conns: AHashMap<ConnId, Rc<Conn>>,
     /// Handshakes admitted or waiting to be, not yet upgraded.
     pending: AHashMap<ConnId, client::Pending>,
     /// Joins sent to the engine and not yet answered, by generation.
-    joins: AHashMap<JoinGen, client::PendingJoin>,
+    joins: AHashMap<JoinGen, requests::PendingJoin>,
     next_gen: JoinGen,
     /// API calls taken on this shard, waiting for their `NodeMsg::Reply`.
     api_calls: AHashMap<u64, oneshot::Sender<Result<Bytes, ReplyError>>>,
@@ -67,11 +73,6 @@ pub struct Shard {
     budgets: budget::StoreBudgets,
     // ----- hub -----
     hub: hub::Hub,
-    // ----- embedded engine -----
-    home: engine::Home,
-    persist: Persist,
-    /// Store operations of this scheduler pass, sent together by `flush_persist`.
-    store_ops: Vec<Op>,
     // ----- output ---------------------------------------------------------------------------
     /// Connections with frames queued in this batch; each gets one flush at the end.
     dirty: Vec<Rc<Conn>>,
@@ -83,29 +84,22 @@ pub struct Shard {
     auth: Authenticator,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Shard {
-    /// A shard whose homed streams start from `seeds` (what the store holds of them).
+    /// Shard `id`, reaching `engine`.
     pub fn new(
         id: ShardId,
         router: Router,
         config: Arc<Config>,
-        persist: Persist,
-        seeds: Vec<StreamInfo>,
+        engine: Box<dyn Engine>,
         auth: Authenticator,
-        cluster: Option<crate::cluster::Handle>,
     ) -> Shard {
-        let home = engine::Home::new(router.shards(), seeds);
         Shard {
             id,
             router,
             config,
-            cluster,
+            engine,
+            outbox: Outbox::default(),
+            draining: false,
             next_conn: 0,
             conns: AHashMap::new(),
             pending: AHashMap::new(),
@@ -115,9 +109,6 @@ impl Shard {
             next_call: 0,
             budgets: budget::StoreBudgets::default(),
             hub: hub::Hub::default(),
-            home,
-            persist,
-            store_ops: Vec::new(),
             dirty: Vec::new(),
             ping: Rc::new(ws::control_frame(ws::OP_PING, b"")),
             shutting_down: false,
@@ -129,7 +120,10 @@ impl Shard {
     /// Applies one message from a shard (possibly this one) or the store writer.
     pub fn handle(&mut self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Engine(m) => self.serve(m),
+            ShardMsg::Engine(m) => {
+                self.engine.serve(m, &mut self.outbox);
+                self.drain();
+            }
             ShardMsg::Node(m) => self.on_node(m),
             ShardMsg::Local(m) => self.on_local(m),
         }
@@ -155,20 +149,12 @@ impl Shard {
                 jgen,
                 error,
             } => self.join_failed(room, conn, jgen, error),
-            NodeMsg::Replay {
-                stream,
-                to,
-                after,
-                upto,
-                ack,
-                frames,
-                ok,
-            } => {
-                if let ReplayTo::Conn { conn, .. } = to {
+            NodeMsg::Replay(r) => {
+                if let ReplayTo::Conn { conn, .. } = r.to {
                     // Join replays, the inbox at connect, and their gaps: O(frames) to count.
-                    self.charge_reads(conn, ws::count_frames(&frames));
+                    self.charge_reads(conn, ws::count_frames(&r.frames));
                 }
-                self.replayed(stream, to, after, upto, ack, frames, ok)
+                self.replayed(r)
             }
             NodeMsg::Deliver {
                 stream,
@@ -182,7 +168,10 @@ impl Shard {
     fn on_local(&mut self, msg: LocalMsg) {
         match msg {
             LocalMsg::Accept(_) => unreachable!("accepts are handled by the runtime"),
-            LocalMsg::Stored { writes, ok } => self.stored(writes, ok),
+            LocalMsg::Stored { writes, ok } => {
+                self.engine.stored(writes, ok, &mut self.outbox);
+                self.drain();
+            }
             LocalMsg::Broadcast { frame, reply } => {
                 let _ = reply.send(self.broadcast(frame));
             }
@@ -198,7 +187,7 @@ impl Shard {
                 let _ = reply.send(self.snapshot());
             }
             #[cfg(any(test, feature = "fault-injection"))]
-            LocalMsg::Panic => self.panic_midway(),
+            LocalMsg::Panic => self.engine.panic_midway(),
         }
     }
 
@@ -212,19 +201,29 @@ impl Shard {
         }
     }
 
-    /// Hands a request to the engine: the Redis engine's thread in cluster mode, else the
-    /// embedded engine at its key's home shard.
+    /// Hands a request to the engine, then handles its answers for this shard.
     pub fn to_engine(&mut self, msg: EngineMsg) {
-        if let Some(cluster) = &self.cluster {
-            return cluster.send(crate::cluster::Req::Engine(msg));
-        }
-        let home = self.router.home(msg.key());
-        self.send(home, msg);
+        self.engine.request(msg, &mut self.outbox);
+        self.drain();
     }
 
-    /// The Redis engine, in cluster mode.
-    pub fn cluster(&self) -> Option<&crate::cluster::Handle> {
-        self.cluster.as_ref()
+    /// Handles the engine's answers for this shard, in the order it gave them. A drain already
+    /// running further up the stack takes the new ones in turn, so answers are handled in the
+    /// order they were given, as over a queue from another shard.
+    fn drain(&mut self) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        while let Some(msg) = self.outbox.pop() {
+            self.on_node(msg);
+        }
+        self.draining = false;
+    }
+
+    /// The engine, for the API's node-wide calls and a scrape's Redis figures.
+    pub fn engine(&self) -> &dyn Engine {
+        &*self.engine
     }
 
     /// Sends `make()` to every shard, this one included.
@@ -236,20 +235,23 @@ impl Shard {
 
     /// This shard's counters, and its gauges read now (O(connections): scrapes only).
     fn snapshot(&self) -> ShardSnapshot {
-        ShardSnapshot {
+        let mut snapshot = ShardSnapshot {
             shard: self.id,
             connections: self.conns.len() as u64,
             rooms_local: self.hub.rooms_in_use() as u64,
-            rooms_homed: self.home.rooms.in_use() as u64,
-            users_homed: self.home.users.tracked() as u64,
             queued_bytes: self.conns.values().map(|c| c.queued_bytes() as u64).sum(),
             counters: self.stats.clone(),
-        }
+            ..ShardSnapshot::default()
+        };
+        self.engine.snapshot(&mut snapshot);
+        snapshot
     }
 
-    /// A panic was caught while this shard's state was borrowed.
+    /// A panic was caught while this shard's state was borrowed. A drain it interrupted is
+    /// over; what it left in the outbox is handled with the next answers.
     pub(crate) fn count_panic(&mut self) {
         self.stats.panics += 1;
+        self.draining = false;
     }
 
     // ----- output -----------------------------------------------------------------------------
@@ -266,15 +268,10 @@ impl Shard {
         mark_dirty(&mut self.dirty, conn);
     }
 
-    fn queue_store_op(&mut self, op: Op) {
-        self.store_ops.push(op);
-    }
-
-    /// Hands this pass's store operations to the writer, in the order they were made.
-    pub fn flush_persist(&mut self) {
-        if !self.store_ops.is_empty() {
-            self.persist.send(std::mem::take(&mut self.store_ops));
-        }
+    /// The end of a scheduler pass for the engine: what it queued for the store threads
+    /// leaves together.
+    pub fn flush_engine(&mut self) {
+        self.engine.flush();
     }
 
     /// Writes every connection touched since the last flush: one writev each. A connection

@@ -1,8 +1,9 @@
-//! A shard's thread: its tokio runtime, the inbox loop, the heartbeat, the acceptor (shard 0) and
-//! each connection's task.
+//! What a shard thread's tasks share (`Ctx`) and the tasks that run on it once it has started:
+//! each connection's task (`ConnTask`), the flusher and the heartbeat.
 //!
 //! Owns scheduling: when the shard's state is touched and when batches are flushed. It must not
-//! decide what a message means (that is `Shard::handle` / `Shard::on_event`).
+//! decide what a message means (that is `Shard::handle` / `Shard::on_event`), and knows nothing
+//! of HTTP: the thread's start-up, its inbox loop and the accept loops are `server`'s.
 
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -11,23 +12,18 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use super::Shard;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::conn::{Conn, Event, ReadStatus};
-use crate::error::CloseCode;
-use crate::health::Health;
-use crate::msg::{LocalMsg, ShardId, ShardMsg};
+use crate::core::ShardId;
+use crate::core::error::CloseCode;
+use crate::core::health::Health;
 use crate::persist::Persist;
-use crate::router::{Inbox, Router};
-use crate::store::StreamInfo;
-
-/// Messages handled before the shard flushes and yields to its connections.
-const INBOX_BATCH: usize = 256;
+use crate::router::Router;
 
 /// What the tasks of one shard share. Lives on the shard's thread only.
 pub struct Ctx {
@@ -48,11 +44,50 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    pub fn new(
+        id: ShardId,
+        shard: Shard,
+        auth: Authenticator,
+        config: Arc<Config>,
+        router: Router,
+        persist: Persist,
+        health: Arc<Health>,
+    ) -> Ctx {
+        Ctx {
+            id,
+            shard: RefCell::new(shard),
+            auth,
+            config,
+            router,
+            persist,
+            health,
+            tasks: Cell::new(0),
+            shutdown: watch::channel(false).0,
+            flush_due: Cell::new(false),
+            flusher: Cell::new(None),
+        }
+    }
+
+    /// Connection tasks still running.
+    pub fn tasks(&self) -> usize {
+        self.tasks.get()
+    }
+
+    /// Tells this shard's tasks (accept loops, heartbeat) that shutdown has begun.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Turns true when shutdown begins.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
     /// Asks for the dirty connections to be written once every task already runnable has run,
     /// so frames produced by several connections' input in one pass share each socket's writev.
     /// Store operations leave at once: they are not paced like socket writes.
     pub fn schedule_flush(&self) {
-        self.with(Shard::flush_persist);
+        self.with(Shard::flush_engine);
         if !self.flush_due.replace(true)
             && let Some(w) = self.flusher.take()
         {
@@ -79,232 +114,13 @@ impl Ctx {
     }
 }
 
-/// What a shard thread starts with.
-pub struct ShardSetup {
-    pub id: ShardId,
-    pub inbox: Inbox,
-    pub router: Router,
-    pub config: Arc<Config>,
-    pub persist: Persist,
-    /// The store's streams homed on this shard.
-    pub seeds: Vec<StreamInfo>,
-    /// The listening socket, for the shard that accepts.
-    pub listener: Option<std::net::TcpListener>,
-    /// The metrics listener (`metrics_bind`), for the shard that accepts.
-    pub metrics_listener: Option<std::net::TcpListener>,
-    pub health: Arc<Health>,
-    pub auth: Authenticator,
-    /// The Redis engine, in cluster mode.
-    pub cluster: Option<crate::cluster::Handle>,
-}
-
-/// Runs a shard on the current thread until it has shut down.
-pub fn run_thread(setup: ShardSetup) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("building a current-thread runtime only fails if the OS refuses timers or epoll");
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, run(setup));
-}
-
-async fn run(setup: ShardSetup) {
-    let ShardSetup {
-        id,
-        inbox,
-        router,
-        config,
-        persist,
-        seeds,
-        listener,
-        metrics_listener,
-        health,
-        auth,
-        cluster,
-    } = setup;
-    let shard = Shard::new(
-        id,
-        router.clone(),
-        config.clone(),
-        persist.clone(),
-        seeds,
-        auth.clone(),
-        cluster,
-    );
-    let ctx = Rc::new(Ctx {
-        id,
-        shard: RefCell::new(shard),
-        auth,
-        config: config.clone(),
-        router: router.clone(),
-        persist,
-        health,
-        tasks: Cell::new(0),
-        shutdown: watch::channel(false).0,
-        flush_due: Cell::new(false),
-        flusher: Cell::new(None),
-    });
-    if let Some(listener) = listener {
-        tokio::task::spawn_local(accept_loop(ctx.clone(), listener, router));
-    }
-    if let Some(listener) = metrics_listener {
-        tokio::task::spawn_local(metrics_accept_loop(ctx.clone(), listener));
-    }
-    tokio::task::spawn_local(heartbeat(ctx.clone()));
-    tokio::task::spawn_local(flusher(ctx.clone()));
-    inbox_loop(&ctx, inbox).await;
-
-    // Every connection has been sent its 1001; give them time to take it.
-    let deadline = Instant::now() + Duration::from_millis(config.shutdown_timeout_ms);
-    while ctx.tasks.get() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tracing::debug!(shard = id, left = ctx.tasks.get(), "shard stopped");
-}
-
-/// Drains the shard's queue in batches until `Shutdown`.
-async fn inbox_loop(ctx: &Rc<Ctx>, inbox: Inbox) {
-    loop {
-        let mut handled = 0;
-        let mut stop = false;
-        while let Ok(msg) = inbox.rx.try_recv() {
-            match msg {
-                ShardMsg::Local(LocalMsg::Accept(stream)) => match accepted(stream) {
-                    Ok(stream) => spawn_http(ctx, stream),
-                    Err(e) => tracing::warn!(error = %e, "dropping a handed-over connection"),
-                },
-                ShardMsg::Local(LocalMsg::Shutdown) => {
-                    ctx.shutdown.send_replace(true);
-                    ctx.with(|s| s.handle(LocalMsg::Shutdown.into()));
-                    stop = true;
-                }
-                msg => {
-                    ctx.with(|s| s.handle(msg));
-                }
-            }
-            handled += 1;
-            if handled % INBOX_BATCH == 0 {
-                ctx.with(|s| {
-                    s.flush_persist();
-                    s.flush_dirty();
-                });
-                tokio::task::yield_now().await;
-            }
-        }
-        ctx.schedule_flush();
-        if stop {
-            return;
-        }
-        inbox.wake.notified().await;
-    }
-}
-
-fn accepted(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
-    stream.set_nonblocking(true)?;
-    TcpStream::from_std(stream)
-}
-
-fn spawn_http(ctx: &Rc<Ctx>, stream: TcpStream) {
-    if let Some(task) = crate::http::serve(ctx.clone(), stream) {
-        tokio::task::spawn_local(task);
-    }
-}
-
-/// Shard 0 accepts and deals connections round-robin to all shards.
-async fn accept_loop(ctx: Rc<Ctx>, listener: std::net::TcpListener, router: Router) {
-    let Some(mut acceptor) = Acceptor::new(&ctx, listener) else {
-        return;
-    };
-    let mut next = 0usize;
-    loop {
-        // At the limit, connections wait in the backlog (a storm queues instead of failing).
-        while crate::http::handshakes_full(&ctx.config) {
-            tokio::select! {
-                _ = acceptor.stop.wait_for(|s| *s) => return,
-                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
-            }
-        }
-        let Some(stream) = acceptor.next().await else {
-            return;
-        };
-        // Latency matters more than packet count: frames are already coalesced.
-        let _ = stream.set_nodelay(true);
-        let target = next % router.shards();
-        next = next.wrapping_add(1);
-        if target == ctx.id {
-            spawn_http(&ctx, stream);
-        } else {
-            match stream.into_std() {
-                Ok(s) => router.send(target, LocalMsg::Accept(s)),
-                Err(e) => tracing::warn!(error = %e, "cannot hand over a connection"),
-            }
-        }
-    }
-}
-
-/// The metrics listener (`metrics_bind`), served on the accepting shard: scrapes are few.
-async fn metrics_accept_loop(ctx: Rc<Ctx>, listener: std::net::TcpListener) {
-    let Some(mut acceptor) = Acceptor::new(&ctx, listener) else {
-        return;
-    };
-    while let Some(stream) = acceptor.next().await {
-        tokio::task::spawn_local(crate::http::serve_metrics(ctx.clone(), stream));
-    }
-}
-
-/// A listener, accepted from until shutdown, backing off when `accept` fails (EMFILE).
-struct Acceptor {
-    listener: TcpListener,
-    stop: watch::Receiver<bool>,
-    backoff: crate::accept::Backoff,
-}
-
-impl Acceptor {
-    fn new(ctx: &Ctx, listener: std::net::TcpListener) -> Option<Acceptor> {
-        match TcpListener::from_std(listener) {
-            Ok(listener) => Some(Acceptor {
-                listener,
-                stop: ctx.shutdown.subscribe(),
-                backoff: crate::accept::Backoff::default(),
-            }),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot register the listener");
-                None
-            }
-        }
-    }
-
-    /// The next connection; `None` at shutdown.
-    async fn next(&mut self) -> Option<TcpStream> {
-        loop {
-            let accepted = tokio::select! {
-                _ = self.stop.wait_for(|s| *s) => return None,
-                a = self.listener.accept() => a,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    self.backoff.succeeded();
-                    return Some(stream);
-                }
-                Err(e) => {
-                    let pause = self.backoff.failed(&e);
-                    tokio::select! {
-                        _ = self.stop.wait_for(|s| *s) => return None,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Writes the dirty connections whenever a flush is due (see `Ctx::schedule_flush`).
 ///
 /// On loopback a write costs ~5 us of kernel time whatever its size, so a big room's fan-out is
 /// bounded by writes, not bytes. After an expensive pass the flusher pauses for half its length
 /// (at most `max_batch_delay_ms`) while input keeps being handled, so the next pass carries
 /// more frames per write. A pass under 1 ms, the usual case, adds no pause.
-async fn flusher(ctx: Rc<Ctx>) {
+pub async fn flusher(ctx: Rc<Ctx>) {
     let max_pause = Duration::from_millis(ctx.config.max_batch_delay_ms);
     loop {
         std::future::poll_fn(|cx| {
@@ -326,11 +142,12 @@ async fn flusher(ctx: Rc<Ctx>) {
     }
 }
 
-async fn heartbeat(ctx: Rc<Ctx>) {
+/// Pings and expires connections every `heartbeat_ms`, until shutdown.
+pub async fn heartbeat(ctx: Rc<Ctx>) {
     let mut every = tokio::time::interval(ctx.config.heartbeat());
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.tick().await;
-    let mut stop = ctx.shutdown.subscribe();
+    let mut stop = ctx.stopping();
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,

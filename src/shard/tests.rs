@@ -7,12 +7,12 @@ use std::sync::Arc;
 use super::Shard;
 use crate::auth::Identity;
 use crate::config::{Config, Durability};
-use crate::conn::{Conn, Event, FrameLimits, MemorySink, Rates};
+use crate::conn::{Conn, Event, FrameLimits, MemorySink};
+use crate::core::Name;
+use crate::core::Stream;
 use crate::msg::{NodeMsg, ReplayTo, ShardMsg};
 use crate::persist::Persist;
-use crate::protocol::Name;
 use crate::router::Router;
-use crate::store::Stream;
 use bytes::Bytes;
 
 fn shard() -> Shard {
@@ -22,15 +22,23 @@ fn shard() -> Shard {
         durability: Durability::Memory,
         ..Config::default()
     };
-    Shard::new(
-        0,
-        router,
-        Arc::new(config),
-        Persist::discarding(),
-        Vec::new(),
-        crate::auth::Authenticator::new(&Config::default()).expect("dev mode has no keys"),
-        None,
-    )
+    {
+        let config = Arc::new(config);
+        let engine = crate::embedded::Embedded::new(
+            0,
+            router.clone(),
+            config.clone(),
+            Persist::discarding(),
+            Vec::new(),
+        );
+        Shard::new(
+            0,
+            router,
+            config,
+            Box::new(engine),
+            crate::auth::Authenticator::new(&Config::default()).expect("dev mode has no keys"),
+        )
+    }
 }
 
 /// Admits and attaches a connection the way the handshake does.
@@ -53,7 +61,7 @@ fn connect_with(shard: &mut Shard, user: &str, head: Bytes) -> Rc<Conn> {
     let id = shard.register(identity.user.clone(), tx);
     assert_eq!(rx.try_recv(), Ok(Ok(0)), "admitted, with an empty inbox");
     let limits = FrameLimits::of(&shard.config);
-    let rates = Rates::of(&shard.config);
+    let rates = shard.config.rates();
     let conn = Rc::new(Conn::in_memory(id, sink, &identity, &rates, limits));
     shard.attach(&conn, &identity, 0, head);
     shard.flush_dirty();
@@ -199,7 +207,7 @@ fn the_hub_merges_live_frames_by_seq() {
     deliver(&mut s, 1); // a repeat
     s.flush_dirty();
     assert_eq!(seqs_of(&m), [1], "nothing past the gap before it is filled");
-    let filled = NodeMsg::Replay {
+    let filled = NodeMsg::Replay(crate::msg::Replay {
         stream: Stream::Room(Name::new("r").unwrap()),
         to: ReplayTo::Hub { node: 0, shard: 0 },
         after: 1,
@@ -214,7 +222,7 @@ fn the_hub_merges_live_frames_by_seq() {
                 .map(|p| &p[..]),
         ),
         ok: true,
-    };
+    });
     s.handle(ShardMsg::Node(filled));
     deliver(&mut s, 5); // a repeat of a frame that waited
     deliver(&mut s, 6);

@@ -15,7 +15,8 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::{Append, Store, StoreError, StoredMessage, Stream, StreamInfo, last_seqs, trimmed};
+use super::{Append, Store, StoreError, StoredMessage, StreamInfo, last_seqs, trimmed};
+use crate::core::Stream;
 
 /// How much memory the store may use: its block cache, and unflushed messages (the memtable
 /// of the `messages` keyspace; the small keyspaces take at most `SMALL_MEMTABLE_BYTES`).
@@ -161,7 +162,8 @@ fn split_value(value: &[u8]) -> Result<(u64, &[u8]), StoreError> {
 }
 
 impl FjallStore {
-    /// Opens (or creates) the store in `dir`, with the default memory bounds.
+    /// Opens (or creates) the store in `dir`, with the default memory bounds (the unit tests').
+    #[cfg(test)]
     pub fn open(dir: &Path) -> Result<FjallStore, StoreError> {
         FjallStore::open_with(dir, StoreMemory::default())
     }
@@ -329,7 +331,7 @@ impl Store for FjallStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Name;
+    use crate::core::Name;
 
     #[test]
     fn keeps_the_contract() {

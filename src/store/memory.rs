@@ -6,7 +6,8 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use super::{Append, Store, StoreError, StoredMessage, Stream, StreamInfo, last_seqs, trimmed};
+use super::{Append, Store, StoreError, StoredMessage, StreamInfo, last_seqs, trimmed};
+use crate::core::Stream;
 
 #[derive(Default)]
 pub struct MemoryStore {

@@ -14,25 +14,9 @@ pub use self::memory::MemoryStore;
 
 use bytes::Bytes;
 
-use crate::protocol::Name;
-
-/// A sequence of messages: a room's history or a user's inbox.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub enum Stream {
-    Room(Name),
-    Inbox(Name),
-}
+use crate::core::{Name, Stream};
 
 impl Stream {
-    /// The room's or the user's name.
-    pub fn name(&self) -> &Name {
-        match self {
-            Stream::Room(n) | Stream::Inbox(n) => n,
-        }
-    }
-
     /// `kind ++ name ++ 0x00`: names never contain 0x00, so one stream's keys never share a
     /// prefix with another's ("a" and "ab" included).
     fn prefix(&self) -> Vec<u8> {

@@ -37,7 +37,7 @@ impl BinaryServer {
     }
 
     /// [`BinaryServer::spawn`] with the environment variables `env` set (after the defaults, so
-    /// `RUST_LOG` can be changed).
+    /// `RUST_LOG` can be changed); an empty value unsets the variable.
     pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> BinaryServer {
         let data = tempfile::tempdir().expect("temp dir");
         let bin = Path::new(env!("CARGO_BIN_EXE_shardcast"));
@@ -98,7 +98,13 @@ impl BinaryServer {
         for key in inherited_shardcast_vars() {
             cmd.env_remove(key);
         }
-        cmd.envs(env.iter().copied());
+        for &(key, value) in env {
+            match value {
+                // An empty value removes the variable: the server's own default applies.
+                "" => cmd.env_remove(key),
+                value => cmd.env(key, value),
+            };
+        }
         cmd
     }
 

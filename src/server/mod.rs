@@ -1,6 +1,13 @@
-//! The server as a whole: binding, starting one thread per shard, and shutting them down.
+//! The server as a whole: it validates the config, chooses and builds the engine, opens the
+//! store, binds, starts the store threads and one thread per shard, and shuts them down.
+//!
+//! - `thread`: a shard thread's start-up and its inbox loop.
+//! - `accept`: the accept loops and their back-off on accept errors.
 //!
 //! Owns the process-level lifecycle. It must not handle connections or messages: shards do.
+
+mod accept;
+mod thread;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,12 +15,14 @@ use std::thread::JoinHandle;
 
 use crate::auth::{Authenticator, KeyError};
 use crate::config::{Config, ConfigError, Durability, Engine};
-use crate::health::Health;
+use crate::core::Stream;
+use crate::core::health::Health;
+use crate::embedded::Embedded;
 use crate::msg::LocalMsg;
 use crate::persist;
 use crate::router::Router;
-use crate::shard::runtime::{self, ShardSetup};
-use crate::store::{FjallStore, MemoryStore, Store, StoreError, StoreMemory, Stream};
+use crate::store::{FjallStore, MemoryStore, Store, StoreError, StoreMemory, StreamInfo};
+use thread::ShardSetup;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +113,19 @@ impl Server {
             persist::Threads::start(store, router.clone(), config.clone(), health.clone())
                 .map_err(StartError::Thread)?;
         let handle = cluster.as_ref().map(|c| c.handle.clone());
+        let engine_for = |id: usize, seeds: Vec<StreamInfo>| -> Box<dyn crate::engine::Engine> {
+            let persist = store_threads.persist();
+            match &handle {
+                Some(h) => Box::new(h.for_shard(persist)),
+                None => Box::new(Embedded::new(
+                    id,
+                    router.clone(),
+                    config.clone(),
+                    persist,
+                    seeds,
+                )),
+            }
+        };
         let engine_thread = match cluster {
             Some(c) => {
                 let persist = store_threads.persist();
@@ -120,7 +142,7 @@ impl Server {
                 router: router.clone(),
                 config: config.clone(),
                 persist: store_threads.persist(),
-                seeds,
+                engine: engine_for(id, seeds),
                 listener: if id == 0 { listener.take() } else { None },
                 metrics_listener: if id == 0 {
                     metrics_listener.take()
@@ -129,11 +151,10 @@ impl Server {
                 },
                 health: health.clone(),
                 auth: auth.clone(),
-                cluster: handle.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
-                .spawn(move || runtime::run_thread(setup));
+                .spawn(move || thread::run_thread(setup));
             match thread {
                 Ok(t) => threads.push(t),
                 Err(e) => {

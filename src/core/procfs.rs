@@ -1,8 +1,9 @@
 //! Sampling a process's cost from `/proc`: CPU seconds (utime + stime of all its threads) and
 //! resident memory.
 //!
-//! Owns the parsing of `/proc/PID/stat` and `/proc/PID/status`. It must not change anything;
-//! turning two samples into per-delivery figures is `report`'s job.
+//! Owns the parsing of `/proc/PID/stat` and `/proc/PID/status`, for the server's own metrics
+//! (`/metrics`, `/api/stats`) and for the load-test bot, which samples the server's process. It
+//! must not change anything; turning samples into per-delivery figures is the caller's job.
 
 use std::io;
 use std::time::Instant;

@@ -1,8 +1,10 @@
-//! The bot's modules form a one-way stack: each imports only modules on the lines above its own
-//! in the layer lists of `src/lib.rs` (the crate's top-level modules) and `src/scenario/mod.rs`
-//! (the scenarios and what they share). This test reads those lists and every `crate::` and
-//! `super::` path in `src/`, and fails on a path to a module on the same line or below, to the
-//! crate root, or to a module the lists leave out.
+//! The modules of the server and of the bot form one-way stacks: each imports only modules on the
+//! lines above its own in a layer list. The lists are the numbered lines of the first doc
+//! comment of `src/lib.rs` (the server's top-level modules), `src/http/mod.rs` (the HTTP layer's
+//! files), `loadtest/src/lib.rs` (the bot's) and `loadtest/src/scenario/mod.rs` (the scenarios
+//! and what they share). This test reads those lists and every `crate::` and `super::` path of
+//! each crate, and fails on a path to a module on the same line or below, to the crate root, or
+//! to a module the lists leave out. `.ci/run` runs it with the other tests.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -16,12 +18,25 @@ struct Source {
 }
 
 #[test]
-fn modules_import_only_layers_below_their_own() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+fn the_servers_modules_import_only_layers_below_their_own() {
+    check("src", &[("lib.rs", &[]), ("http/mod.rs", &["http"])]);
+}
+
+#[test]
+fn the_bots_modules_import_only_layers_below_their_own() {
+    check(
+        "loadtest/src",
+        &[("lib.rs", &[]), ("scenario/mod.rs", &["scenario"])],
+    );
+}
+
+/// Checks the crate whose sources are in `dir` against its layer lists: each is a file (under
+/// `dir`) whose first doc comment holds the list, and the module path its names are below.
+fn check(dir: &str, lists: &[(&str, &[&str])]) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let sources = read_sources(&src);
     let mut wrong = Vec::new();
-    // The crate's layers, and the scenario module's.
-    for (dir, scope) in [("lib.rs", vec![]), ("scenario/mod.rs", vec!["scenario"])] {
+    for &(dir, scope) in lists {
         let text = fs::read_to_string(src.join(dir)).expect("read the layer list");
         let layers = layer_list(&text);
         assert!(!layers.is_empty(), "{dir} has no numbered layer list");
@@ -31,7 +46,7 @@ fn modules_import_only_layers_below_their_own() {
                 "{dir} declares `mod {m}` but its layer list leaves it out"
             );
         }
-        let scope: Vec<String> = scope.into_iter().map(String::from).collect();
+        let scope: Vec<String> = scope.iter().map(|s| s.to_string()).collect();
         for s in &sources {
             // Only the files inside a listed module of this scope; the scope's own file is its
             // top and only declares.
@@ -173,6 +188,8 @@ fn code_only(text: &str) -> String {
 /// `{…}` group. `use super::*` (a test module's) is left out.
 fn imports(s: &Source) -> Vec<Vec<String>> {
     let code = &s.code;
+    // Inside a file's inline `mod tests`, `super::` is the file's own module.
+    let tests_at = code.find("mod tests {").unwrap_or(code.len());
     let mut paths = Vec::new();
     for keyword in ["crate::", "super::"] {
         let mut from = 0;
@@ -184,6 +201,8 @@ fn imports(s: &Source) -> Vec<Vec<String>> {
             }
             let mut base = if keyword == "crate::" {
                 Vec::new()
+            } else if i > tests_at {
+                s.module.clone()
             } else {
                 s.module[..s.module.len().saturating_sub(1)].to_vec()
             };

@@ -5,10 +5,8 @@
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Serialize};
-
 /// A reply error: sent as `{"type":"error",...}`; the connection stays open.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
     BadRequest,
     UnknownType,
@@ -53,7 +51,7 @@ impl ErrorCode {
 }
 
 /// A reply error with its human-readable message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplyError {
     pub code: ErrorCode,
     pub message: Cow<'static, str>,
@@ -70,7 +68,7 @@ impl ReplyError {
 
 /// Why the server ends a connection. Codes 4000–4499 tell the client to reconnect, 4500–4999
 /// not to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseCode {
     Normal,
     GoingAway,
@@ -122,7 +120,7 @@ impl CloseCode {
 }
 
 /// Why a WebSocket handshake was refused; sent as an HTTP error with `{"code","message"}`.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
     #[error("{0}")]
     BadRequest(String),

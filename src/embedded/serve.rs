@@ -1,72 +1,41 @@
-//! The embedded engine: what a shard does as the home of the rooms and users that hash to it.
+//! The embedded engine's handlers at a stream's home: admission (session policy), online and
+//! the inbox replay, joins (presence, the join's seq, the replay read), publish and direct
+//! (sequence, encode once, store, then one `Deliver` per shard with receivers), presence, user
+//! info and range reads.
 //!
-//! It serves `EngineMsg`s: it assigns each stream's next seq, encodes the message once, hands
-//! it to the store writer, and once stored sends it to every shard with members as a
-//! `NodeMsg::Deliver` carrying its seq. It counts presence and sessions, keeps the inbox's
-//! delivered cursor, and serves ranges (replay, gaps) through the writer. Its bookkeeping is
-//! `home.rs`; the store threads are `persist`.
-//!
-//! It answers only with `NodeMsg`s (and reads the writer's `LocalMsg::Stored`): it must not
-//! touch connections or the hub's state. A cluster engine serves the same requests elsewhere.
+//! They answer only with `NodeMsg`s: they must not touch connections or the hub's state.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::Shard;
-use super::home::{HomeRooms, HomeUsers};
+use super::Embedded;
 use crate::config::Durability;
-use crate::error::{ErrorCode, HandshakeError, ReplyError};
-use crate::msg::{ConnId, EngineMsg, NodeMsg, ReplayTo, ReplyTo, ShardId, WriteTarget, Written};
-use crate::persist::{Joined, Op, Read};
-use crate::protocol::Name;
+use crate::core::error::{ErrorCode, HandshakeError, ReplyError};
+use crate::core::{ConnId, Name, ShardId, Stream};
+use crate::engine::{Joined, Outbox};
+use crate::msg::{EngineMsg, NodeMsg, Replay, ReplayTo, ReplyTo, WriteTarget, Written};
+use crate::persist::{Op, Read};
 use crate::protocol::encode::{self, Target};
-use crate::store::{Append, Stream, StreamInfo};
+use crate::store::Append;
 use crate::ws;
 
-pub(super) struct Home {
-    pub rooms: HomeRooms,
-    pub users: HomeUsers,
-    /// When each message waiting for the store (sync durability) was sequenced, in the order
-    /// handed to the writer. The writer answers a home's writes in that order (`Stored`).
-    store_waits: VecDeque<Instant>,
-}
-
-impl Home {
-    pub fn new(shards: usize, seeds: Vec<StreamInfo>) -> Home {
-        let mut rooms = HomeRooms::new(shards);
-        let mut users = HomeUsers::default();
-        for info in seeds {
-            match info.stream {
-                Stream::Room(room) => rooms.seed(room, info.last_seq),
-                Stream::Inbox(user) => users.seed(&user, info.last_seq, info.cursor),
-            }
-        }
-        Home {
-            rooms,
-            users,
-            store_waits: VecDeque::new(),
-        }
-    }
-}
-
-impl Shard {
+impl Embedded {
     /// Serves one engine request at this home.
-    pub(super) fn serve(&mut self, msg: EngineMsg) {
+    pub(super) fn serve_here(&mut self, msg: EngineMsg, out: &mut Outbox) {
         match msg {
-            EngineMsg::Register { user, conn } => self.admit(user, conn),
-            EngineMsg::Unregister { user, conn } => self.home.users.release(&user, conn),
-            EngineMsg::Online { user, conn } => self.online(user, conn),
+            EngineMsg::Register { user, conn } => self.admit(user, conn, out),
+            EngineMsg::Unregister { user, conn } => self.users.release(&user, conn),
+            EngineMsg::Online { user, conn } => self.online(user, conn, out),
             EngineMsg::InboxHanded {
                 user,
                 after,
                 upto,
                 ok,
             } => {
-                if let Some(cursor) = self.home.users.handed(&user, after, upto, ok) {
+                if let Some(cursor) = self.users.handed(&user, after, upto, ok) {
                     let stream = Stream::Inbox(user);
-                    self.queue_store_op(Op::Cursor { stream, cursor });
+                    self.store.queue(Op::Cursor { stream, cursor });
                 }
             }
             EngineMsg::Join {
@@ -80,12 +49,12 @@ impl Shard {
                 epoch: _,
             } => {
                 let joined = Joined::new(room, conn, jgen, id, ack, since);
-                self.register_join(&user, joined)
+                self.register_join(&user, joined, out)
             }
             EngineMsg::Leave { room, user, conn } => {
-                let event = self.home.rooms.leave(&room, &user, conn.shard());
+                let event = self.rooms.leave(&room, &user, conn.shard());
                 if let (true, Some(event)) = (self.config.presence_events, event) {
-                    self.spread(Stream::Room(room.clone()), None, event, None);
+                    self.spread(Stream::Room(room.clone()), None, event, None, out);
                 }
             }
             EngineMsg::Publish {
@@ -95,14 +64,13 @@ impl Shard {
                 reply,
             } => {
                 if let Some(refused) = self.disk_refusal() {
-                    return self.answer(reply.fail(refused));
+                    return self.answer(reply.fail(refused), out);
                 }
-                let seq = self.home.rooms.next_seq(&room);
-                self.stats.room_publishes += 1;
-                let ts = super::now_ms();
+                let seq = self.rooms.next_seq(&room);
+                self.counters.room_publishes += 1;
+                let ts = crate::core::now_ms();
                 let frame = encode::message(Target::Room(&room), &from, seq, ts, &body);
-                let stream = Stream::Room(room.clone());
-                self.store(stream, WriteTarget::Room(room), seq, ts, frame, reply);
+                self.store(WriteTarget::Room(room), seq, ts, frame, reply, out);
             }
             EngineMsg::Direct {
                 to,
@@ -111,36 +79,39 @@ impl Shard {
                 reply,
             } => {
                 if let Some(refused) = self.disk_refusal() {
-                    return self.answer(reply.fail(refused));
+                    return self.answer(reply.fail(refused), out);
                 }
-                let seq = self.home.users.next_inbox_seq(&to);
-                self.stats.direct_publishes += 1;
-                let ts = super::now_ms();
+                let seq = self.users.next_inbox_seq(&to);
+                self.counters.direct_publishes += 1;
+                let ts = crate::core::now_ms();
                 let frame = encode::message(Target::User(&to), &from, seq, ts, &body);
-                let stream = Stream::Inbox(to.clone());
                 let target = WriteTarget::Inbox { to, from };
-                self.store(stream, target, seq, ts, frame, reply);
+                self.store(target, seq, ts, frame, reply, out);
             }
             EngineMsg::Presence { room, reply, page } => {
-                let users = self.home.rooms.users(&room);
+                let users = self.rooms.users(&room);
                 let max_bytes = self.config.max_queue_bytes / 2;
-                self.answer(reply.presence(&room, users, page.as_ref(), max_bytes));
+                self.answer(reply.presence(&room, users, page.as_ref(), max_bytes), out);
             }
             EngineMsg::UserInfo { user, reply } => {
-                let n = self.home.users.online_count(&user);
-                self.answer(reply.user_info(&user, n as u64));
+                let n = self.users.online_count(&user);
+                self.answer(reply.user_info(&user, n as u64), out);
             }
             EngineMsg::Forward {
                 user,
                 frame,
                 exclude,
-            } => self.spread(Stream::Inbox(user), None, frame, exclude),
+            } => self.spread(Stream::Inbox(user), None, frame, exclude, out),
+            // Reads a shard hands straight to the store threads; served here all the same.
+            msg @ (EngineMsg::History { .. } | EngineMsg::Sync { .. }) => {
+                let _ = self.store.take(msg);
+            }
             EngineMsg::Fetch {
                 stream,
                 after,
                 upto,
                 to,
-            } => self.queue_store_op(Op::Read(Read::Range {
+            } => self.store.queue(Op::Read(Read::Range {
                 stream,
                 after,
                 upto,
@@ -153,7 +124,7 @@ impl Shard {
     /// `min_free_disk_bytes`: refused before it is sequenced, so it leaves no seq behind. Costs
     /// one relaxed atomic load per message when the disk is not low.
     fn disk_refusal(&self) -> Option<ReplyError> {
-        let free = self.persist.disk_low()?;
+        let free = self.store.persist().disk_low()?;
         let floor = self.config.min_free_disk_bytes;
         Some(ReplyError::new(
             ErrorCode::Unavailable,
@@ -166,45 +137,54 @@ impl Shard {
     }
 
     /// Sends an answer to the shard that asked.
-    fn answer(&mut self, (shard, msg): (ShardId, NodeMsg)) {
-        self.send(shard, msg);
+    fn answer(&mut self, (shard, msg): (ShardId, NodeMsg), out: &mut Outbox) {
+        self.send(shard, msg, out);
     }
 
-    fn admit(&mut self, user: Name, conn: ConnId) {
+    /// Sends to shard `to`; an answer for this shard goes into `out`.
+    fn send(&self, to: ShardId, msg: NodeMsg, out: &mut Outbox) {
+        if to == self.id {
+            out.push(msg);
+        } else {
+            self.router.send(to, msg);
+        }
+    }
+
+    fn admit(&mut self, user: Name, conn: ConnId, out: &mut Outbox) {
         let verdict = if self.shutting_down {
             Err(HandshakeError::Unavailable)
         } else {
-            self.home.users.admit(&self.config, &user, conn)
+            self.users.admit(&self.config, &user, conn)
         };
         let (verdict, kick) = match verdict {
-            Ok(kick) => (Ok(self.home.users.inbox_seq(&user)), kick),
+            Ok(kick) => (Ok(self.users.inbox_seq(&user)), kick),
             Err(e) => (Err(e), Vec::new()),
         };
-        self.send(conn.shard(), NodeMsg::Admitted { conn, verdict });
+        self.send(conn.shard(), NodeMsg::Admitted { conn, verdict }, out);
         for shard in kick {
             let msg = NodeMsg::CloseUser {
                 user: user.clone(),
                 except: conn,
-                code: crate::error::CloseCode::Replaced,
+                code: crate::core::error::CloseCode::Replaced,
             };
-            self.send(shard, msg);
+            self.send(shard, msg, out);
         }
     }
 
     /// A connection is attached: it gets live direct messages from now on, and the ones no
     /// connection got, read from the store (or an empty replay at once).
-    fn online(&mut self, user: Name, conn: ConnId) {
+    fn online(&mut self, user: Name, conn: ConnId, out: &mut Outbox) {
         let to = ReplayTo::Conn { conn, jgen: 0 };
-        match self.home.users.online(&user, conn) {
-            Some((after, upto)) => self.queue_store_op(Op::Read(Read::Inbox {
+        match self.users.online(&user, conn) {
+            Some((after, upto)) => self.store.queue(Op::Read(Read::Inbox {
                 user,
                 to,
                 after,
                 upto,
             })),
             None => {
-                let upto = self.home.users.inbox_seq(&user);
-                let msg = NodeMsg::Replay {
+                let upto = self.users.inbox_seq(&user);
+                let msg = NodeMsg::Replay(Replay {
                     stream: Stream::Inbox(user),
                     to,
                     after: upto,
@@ -212,25 +192,25 @@ impl Shard {
                     ack: None,
                     frames: Bytes::new(),
                     ok: true,
-                };
-                self.send(conn.shard(), msg);
+                });
+                self.send(conn.shard(), msg, out);
             }
         }
     }
 
     /// Registers a join and answers it with its seq. A join with `since` behind that seq is
     /// answered `replay`, and the writer then sends the ack and the messages in (since, seq].
-    fn register_join(&mut self, user: &Name, joined: Joined) {
+    fn register_join(&mut self, user: &Name, joined: Joined, out: &mut Outbox) {
         let (room, conn) = (&joined.room, joined.conn);
-        let (seq, event) = self.home.rooms.join(room, user, conn.shard());
+        let (seq, event) = self.rooms.join(room, user, conn.shard());
         if let (true, Some(event)) = (self.config.presence_events, event) {
-            self.spread(Stream::Room(room.clone()), None, event, None);
+            self.spread(Stream::Room(room.clone()), None, event, None, out);
         }
         let (done, read) = joined.answer(seq);
-        self.send(conn.shard(), done);
+        self.send(conn.shard(), done, out);
         if let Some(read) = read {
             // Queued after every append of a message up to `seq`, so the writer reads them.
-            self.queue_store_op(Op::Read(read));
+            self.store.queue(Op::Read(read));
         }
     }
 
@@ -238,13 +218,17 @@ impl Shard {
     /// delivered once stored (`Stored`); otherwise at once.
     fn store(
         &mut self,
-        stream: Stream,
         target: WriteTarget,
         seq: u64,
         ts: u64,
         frame: Bytes,
         reply: ReplyTo,
+        out: &mut Outbox,
     ) {
+        let stream = match &target {
+            WriteTarget::Room(room) => Stream::Room(room.clone()),
+            WriteTarget::Inbox { to, .. } => Stream::Inbox(to.clone()),
+        };
         let append = Append {
             stream,
             seq,
@@ -261,36 +245,36 @@ impl Shard {
         let sequenced = Instant::now();
         if self.config.durability == Durability::Sync {
             let done = Some((self.id, written));
-            self.home.store_waits.push_back(sequenced);
-            self.queue_store_op(Op::Append { append, done });
+            self.store_waits.push_back(sequenced);
+            self.store.queue(Op::Append { append, done });
         } else {
-            self.queue_store_op(Op::Append { append, done: None });
-            self.delivered(written);
-            self.stats.publish_latency.observe(sequenced.elapsed());
+            self.store.queue(Op::Append { append, done: None });
+            self.delivered(written, out);
+            self.counters.publish_latency.observe(sequenced.elapsed());
         }
     }
 
     /// The writer's answer for this home's writes (sync durability), in the order sent.
-    pub(super) fn stored(&mut self, writes: Vec<Written>, ok: bool) {
+    pub(super) fn stored_here(&mut self, writes: Vec<Written>, ok: bool, out: &mut Outbox) {
         for w in writes {
-            let sequenced = self.home.store_waits.pop_front();
+            let sequenced = self.store_waits.pop_front();
             if ok {
-                self.delivered(w);
+                self.delivered(w, out);
                 if let Some(at) = sequenced {
-                    self.stats.publish_latency.observe(at.elapsed());
+                    self.counters.publish_latency.observe(at.elapsed());
                 }
             } else {
                 let err = ReplyError::new(
                     ErrorCode::Unavailable,
                     "the message store failed; the message was not stored or delivered",
                 );
-                self.answer(w.reply.fail(err));
+                self.answer(w.reply.fail(err), out);
             }
         }
     }
 
     /// Once stored: acks the publisher and delivers the message.
-    fn delivered(&mut self, w: Written) {
+    fn delivered(&mut self, w: Written, out: &mut Outbox) {
         let Written {
             target,
             seq,
@@ -301,79 +285,77 @@ impl Shard {
         let seq_json = || Bytes::from(format!("{{\"seq\":{seq}}}"));
         match target {
             WriteTarget::Room(room) => {
-                self.home.rooms.commit(&room, seq);
+                self.rooms.commit(&room, seq);
                 // The ack goes first: with a large room the fan-out's writes would delay it.
                 let ack = reply.answer(
                     |id| encode::ack(id, Target::Room(&room), Some(seq)),
                     seq_json,
                 );
-                self.answer(ack);
-                self.spread(Stream::Room(room), Some(seq), frame, publisher);
+                self.answer(ack, out);
+                self.spread(Stream::Room(room), Some(seq), frame, publisher, out);
             }
             WriteTarget::Inbox { to, from } => {
-                let (live, cursor) = self.home.users.commit(&to, seq);
+                let (live, cursor) = self.users.commit(&to, seq);
                 if live {
                     self.spread(
                         Stream::Inbox(to.clone()),
                         Some(seq),
                         frame.clone(),
                         publisher,
+                        out,
                     );
                 }
                 if let Some(cursor) = cursor {
                     let stream = Stream::Inbox(to.clone());
-                    self.queue_store_op(Op::Cursor { stream, cursor });
+                    self.store.queue(Op::Cursor { stream, cursor });
                 }
                 if from != to {
                     // The sender's other connections get a copy (not in their inbox's seqs).
-                    self.to_engine(EngineMsg::Forward {
+                    let forward = EngineMsg::Forward {
                         user: from,
                         frame,
                         exclude: publisher,
-                    });
+                    };
+                    self.route(forward, out);
                 }
                 let ack =
                     reply.answer(|id| encode::ack(id, Target::User(&to), Some(seq)), seq_json);
-                self.answer(ack);
+                self.answer(ack, out);
             }
         }
     }
 
     /// Sends a live frame of `stream` to every shard with its receivers (a room's members, a
-    /// user's connections); this shard's own hub gets it in place, without a copy.
-    fn spread(&mut self, stream: Stream, seq: Option<u64>, frame: Bytes, exclude: Option<ConnId>) {
-        let local = {
-            let shards: &mut dyn Iterator<Item = _> = match &stream {
-                Stream::Room(room) => &mut self.home.rooms.shards_of(room),
-                Stream::Inbox(user) => &mut self.home.users.shards_of(user),
-            };
-            let mut local = false;
-            for shard in shards {
-                if shard == self.id {
-                    local = true;
-                    continue;
-                }
-                let msg = NodeMsg::Deliver {
-                    stream: stream.clone(),
-                    seq,
-                    frame: frame.clone(),
-                    exclude,
-                };
-                self.router.send(shard, msg);
-            }
-            local
+    /// user's connections); this shard's own hub gets it through `out`.
+    fn spread(
+        &self,
+        stream: Stream,
+        seq: Option<u64>,
+        frame: Bytes,
+        exclude: Option<ConnId>,
+        out: &mut Outbox,
+    ) {
+        let shards: &mut dyn Iterator<Item = ShardId> = match &stream {
+            Stream::Room(room) => &mut self.rooms.shards_of(room),
+            Stream::Inbox(user) => &mut self.users.shards_of(user),
         };
-        if local {
-            self.deliver(stream, seq, frame, exclude);
+        for shard in shards {
+            let msg = NodeMsg::Deliver {
+                stream: stream.clone(),
+                seq,
+                frame: frame.clone(),
+                exclude,
+            };
+            self.send(shard, msg, out);
         }
     }
 
     /// Test-only: a panic halfway through a home's bookkeeping (a seq assigned, nothing
     /// stored or sent).
     #[cfg(any(test, feature = "fault-injection"))]
-    pub(super) fn panic_midway(&mut self) {
+    pub(super) fn panic_here(&mut self) {
         let room = Name::new("fault-injection").expect("a valid name");
-        self.home.rooms.next_seq(&room);
+        self.rooms.next_seq(&room);
         panic!("fault injection: a panic inside a home's handler");
     }
 }

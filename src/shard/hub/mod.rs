@@ -11,19 +11,23 @@
 //! So the hub is correct over any transport that may drop, repeat or reorder. It must not
 //! sequence or store (the engine does) nor parse client requests (the client side does).
 
+mod replay;
+
 use std::rc::Rc;
 
 use ahash::AHashMap;
 use bytes::Bytes;
 
-use super::client::RoomEntry;
 use super::merge::{CatchUp, Gap, Held, Next, Position};
 use super::{Shard, queue_frame, remove_conn};
+use crate::conn::RoomEntry;
 use crate::conn::{Conn, OutFrame};
-use crate::error::CloseCode;
-use crate::msg::{ConnId, EngineMsg, JoinGen, ReplayTo};
-use crate::protocol::Name;
-use crate::store::Stream;
+use crate::core::Name;
+use crate::core::Stream;
+use crate::core::counters::ShardCounters;
+use crate::core::error::CloseCode;
+use crate::core::{ConnId, JoinGen};
+use crate::msg::{EngineMsg, ReplayTo};
 
 #[derive(Default)]
 pub(super) struct Hub {
@@ -183,132 +187,6 @@ impl Shard {
         self.settle(&room);
     }
 
-    /// A read from the engine: a catching-up connection's replay or gap, or this hub's gap.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn replayed(
-        &mut self,
-        stream: Stream,
-        to: ReplayTo,
-        after: u64,
-        upto: u64,
-        ack: Option<Bytes>,
-        frames: Bytes,
-        ok: bool,
-    ) {
-        match (stream, to) {
-            (stream @ Stream::Room(_), ReplayTo::Hub { .. }) => {
-                self.filled(stream, after, upto, frames, ok)
-            }
-            (Stream::Room(room), ReplayTo::Conn { conn, jgen }) => {
-                let Some(hr) = self.hub.rooms.get_mut(&room) else {
-                    return;
-                };
-                let Some(i) = hr
-                    .catch_up
-                    .iter()
-                    .position(|cu| cu.conn.id == conn && cu.jgen == jgen && cu.reading)
-                else {
-                    return;
-                };
-                let c = hr.catch_up[i].conn.clone();
-                if !ok {
-                    return self.lost_reading(&c);
-                }
-                let acked = ack.is_some();
-                if let Some(ack) = ack {
-                    self.enqueue(&c, &Rc::new(ack));
-                }
-                let Some(hr) = self.hub.rooms.get_mut(&room) else {
-                    return;
-                };
-                let mut out = Vec::new();
-                let gap = hr.catch_up[i].replayed(upto, frames, &mut out);
-                let written = hr.catch_up[i].written;
-                self.write_all(&c, out);
-                if acked {
-                    // Repeated joins are answered after what the connection was just written.
-                    self.join_answered(&c, jgen, written);
-                }
-                if let Some(gap) = gap {
-                    self.fetch(
-                        Stream::Room(room.clone()),
-                        gap,
-                        ReplayTo::Conn { conn, jgen },
-                    );
-                }
-                self.settle(&room);
-            }
-            (Stream::Inbox(user), ReplayTo::Conn { conn, .. }) => {
-                let Some(cu) = self.hub.inbox.get_mut(&conn).filter(|cu| cu.reading) else {
-                    return;
-                };
-                let c = cu.conn.clone();
-                let first = std::mem::replace(&mut cu.first_inbox, false);
-                if first {
-                    let handed = EngineMsg::InboxHanded {
-                        user: user.clone(),
-                        after,
-                        upto,
-                        ok,
-                    };
-                    self.to_engine(handed);
-                }
-                if !ok {
-                    return self.lost_reading(&c);
-                }
-                let Some(cu) = self.hub.inbox.get_mut(&conn) else {
-                    return;
-                };
-                let mut out = Vec::new();
-                let gap = if first {
-                    // Right behind `welcome`, ahead of everything queued since; then the
-                    // connection's writes, held for this, may start.
-                    let gap = cu.replayed(upto, Bytes::new(), &mut out);
-                    if !frames.is_empty() {
-                        self.stats.frames_out += 1;
-                        c.push_after_first(Rc::new(frames));
-                    }
-                    c.hold.set(c.hold.get().saturating_sub(1));
-                    self.mark_dirty(&c);
-                    gap
-                } else {
-                    cu.replayed(upto, frames, &mut out)
-                };
-                self.write_all(&c, out);
-                match gap {
-                    Some(gap) => {
-                        self.fetch(Stream::Inbox(user), gap, ReplayTo::Conn { conn, jgen: 0 })
-                    }
-                    None => {
-                        if let Some(cu) = self.hub.inbox.remove(&conn) {
-                            if !cu.idle() {
-                                self.hub.inbox.insert(conn, cu);
-                            } else if let Some(u) = self.hub.users.get_mut(&user) {
-                                u.pos.caught_up(cu.written);
-                            }
-                        }
-                    }
-                }
-                if c.queued_bytes() > self.config.max_queue_bytes {
-                    self.close_conn(&c, CloseCode::SlowConsumer);
-                }
-            }
-            (Stream::Inbox(user), ReplayTo::Hub { .. }) => {
-                self.filled(Stream::Inbox(user), after, upto, frames, ok)
-            }
-        }
-    }
-
-    /// A stored range could not be read for this connection: it cannot be caught up without a
-    /// gap, so it is closed with a code that says reconnect (and join with `since`).
-    fn lost_reading(&mut self, c: &Rc<Conn>) {
-        self.close_conn_with(
-            c,
-            CloseCode::Internal,
-            Some("could not read missed messages; reconnect and join with since"),
-        );
-    }
-
     /// The stream began again (a new epoch): its seqs restart, so no local receiver can be
     /// caught up by seq. Each is closed with a code that says reconnect and recover.
     pub(super) fn stream_lost(&mut self, stream: &Stream) {
@@ -370,50 +248,8 @@ impl Shard {
         }
     }
 
-    /// The engine's read of this hub's gap: hand it on, then the frames that waited for it.
-    fn filled(&mut self, stream: Stream, after: u64, upto: u64, frames: Bytes, ok: bool) {
-        let (pos, members): (&mut Position, Vec<Rc<Conn>>) = match &stream {
-            Stream::Room(room) => match self.hub.rooms.get_mut(room) {
-                Some(hr) => {
-                    let all = (hr.members.iter())
-                        .chain(hr.catch_up.iter().map(|cu| &cu.conn))
-                        .cloned()
-                        .collect();
-                    (&mut hr.pos, all)
-                }
-                None => return,
-            },
-            Stream::Inbox(user) => match self.hub.users.get_mut(user) {
-                Some(u) => (&mut u.pos, u.conns.clone()),
-                None => return,
-            },
-        };
-        if !ok {
-            // Never skipped silently: every local member is told to reconnect and recover.
-            for c in members {
-                self.lost_reading(&c);
-            }
-            return;
-        }
-        let (new, waiting) = pos.filled(upto);
-        if new {
-            let range = Some((after + 1, upto));
-            match &stream {
-                Stream::Room(room) => self.hand_room(room, range, frames, None),
-                Stream::Inbox(user) => self.hand_user(user, range, frames, None),
-            }
-        }
-        for (seq, frame, exclude) in waiting {
-            self.deliver(stream.clone(), Some(seq), frame, exclude);
-        }
-    }
-
     /// Writes a frame to the room's local members, and offers it to those catching up. `range`
     /// (the seqs it covers) moves the room's position.
-    ///
-    /// Per live member: one non-atomic `Rc` increment, a queue push and two counter adds. No
-    /// allocation (queue capacity is reused), no copy, no syscall: each socket touched gets
-    /// one writev for the whole scheduler pass, in `flush_dirty`.
     fn hand_room(
         &mut self,
         room: &Name,
@@ -431,44 +267,31 @@ impl Shard {
         let Some(hr) = hub.rooms.get_mut(room) else {
             return;
         };
-        let max = config.max_queue_bytes;
+        let mut out = Fanout::new(dirty, stats, config.max_queue_bytes);
         let frame = Rc::new(frame);
-        let mut slow = Vec::new();
         if !frame.is_empty() {
-            for c in &hr.members {
-                if Some(c.id) == ex {
-                    continue;
-                }
-                stats.deliveries += 1;
-                if !queue_frame(dirty, stats, c, &frame, max) {
-                    slow.push(c.clone());
-                }
+            for c in hr.members.iter().filter(|c| Some(c.id) != ex) {
+                out.write(c, &frame);
             }
         }
-        let mut gaps = Vec::new();
         for cu in &mut hr.catch_up {
             let held = Held {
                 range,
                 frame: frame.clone(),
                 mine: Some(cu.conn.id) == ex,
             };
-            if let Some(gap) = offer(cu, held, dirty, stats, max, &mut slow) {
-                gaps.push((cu.conn.id, cu.jgen, gap));
-            }
+            let to = ReplayTo::Conn {
+                conn: cu.conn.id,
+                jgen: cu.jgen,
+            };
+            out.offer(cu, held, to);
         }
-        for (conn, jgen, gap) in gaps {
-            self.fetch(
-                Stream::Room(room.clone()),
-                gap,
-                ReplayTo::Conn { conn, jgen },
-            );
-        }
+        let (gaps, slow) = (out.gaps, out.slow);
+        self.fetch_all(&Stream::Room(room.clone()), gaps);
         if range.is_some() {
             self.settle(room);
         }
-        for c in slow {
-            self.close_conn(&c, CloseCode::SlowConsumer);
-        }
+        self.close_slow(slow);
     }
 
     /// Moves the room's caught-up connections to its members, and asks for what an idle one
@@ -522,40 +345,43 @@ impl Shard {
         let Some(u) = hub.users.get(user) else {
             return;
         };
-        let max = config.max_queue_bytes;
+        let mut out = Fanout::new(dirty, stats, config.max_queue_bytes);
         let frame = Rc::new(frame);
-        let mut slow = Vec::new();
-        let mut gaps = Vec::new();
-        for c in &u.conns {
-            if Some(c.id) == exclude {
-                continue;
-            }
+        for c in u.conns.iter().filter(|c| Some(c.id) != exclude) {
             let catching = match hub.inbox.is_empty() {
                 true => None,
                 false => hub.inbox.get_mut(&c.id),
             };
-            let Some(cu) = catching else {
-                if !frame.is_empty() {
-                    stats.deliveries += 1;
-                    if !queue_frame(dirty, stats, c, &frame, max) {
-                        slow.push(c.clone());
-                    }
+            match catching {
+                None if frame.is_empty() => {}
+                None => out.write(c, &frame),
+                Some(cu) => {
+                    let held = Held {
+                        range,
+                        frame: frame.clone(),
+                        mine: false,
+                    };
+                    let to = ReplayTo::Conn {
+                        conn: c.id,
+                        jgen: 0,
+                    };
+                    out.offer(cu, held, to);
                 }
-                continue;
-            };
-            let held = Held {
-                range,
-                frame: frame.clone(),
-                mine: false,
-            };
-            if let Some(gap) = offer(cu, held, dirty, stats, max, &mut slow) {
-                gaps.push((c.id, gap));
             }
         }
-        for (conn, gap) in gaps {
-            let to = ReplayTo::Conn { conn, jgen: 0 };
-            self.fetch(Stream::Inbox(user.clone()), gap, to);
+        let (gaps, slow) = (out.gaps, out.slow);
+        self.fetch_all(&Stream::Inbox(user.clone()), gaps);
+        self.close_slow(slow);
+    }
+
+    /// Reads the gaps a fan-out revealed.
+    fn fetch_all(&mut self, stream: &Stream, gaps: Vec<(ReplayTo, Gap)>) {
+        for (to, gap) in gaps {
+            self.fetch(stream.clone(), gap, to);
         }
+    }
+
+    fn close_slow(&mut self, slow: Vec<Rc<Conn>>) {
         for c in slow {
             self.close_conn(&c, CloseCode::SlowConsumer);
         }
@@ -569,38 +395,56 @@ impl Shard {
             to,
         });
     }
-
-    /// Queues a catch-up's frames for its connection.
-    fn write_all(&mut self, c: &Rc<Conn>, frames: Vec<OutFrame>) {
-        for f in &frames {
-            self.stats.deliveries += 1;
-            self.enqueue(c, f);
-        }
-    }
 }
 
-/// Offers a live frame to a catching-up connection and queues what it may write now. Returns
-/// the gap to read, if the frame revealed one; a connection holding too much is `slow`.
-fn offer(
-    cu: &mut CatchUp,
-    held: Held,
-    dirty: &mut Vec<Rc<Conn>>,
-    stats: &mut crate::metrics::ShardCounters,
+/// One fan-out of a live frame to a room's or a user's local receivers. What it cannot do while
+/// the hub's maps are borrowed is left in it: the gaps catching-up connections revealed, and
+/// the connections over their queue limit.
+struct Fanout<'a> {
+    dirty: &'a mut Vec<Rc<Conn>>,
+    stats: &'a mut ShardCounters,
     max: usize,
-    slow: &mut Vec<Rc<Conn>>,
-) -> Option<Gap> {
-    let mut out = Vec::new();
-    let gap = cu.offer(held, &mut out);
-    for f in &out {
-        stats.deliveries += 1;
-        if !queue_frame(dirty, stats, &cu.conn, f, max) {
-            slow.push(cu.conn.clone());
+    gaps: Vec<(ReplayTo, Gap)>,
+    slow: Vec<Rc<Conn>>,
+}
+
+impl<'a> Fanout<'a> {
+    fn new(dirty: &'a mut Vec<Rc<Conn>>, stats: &'a mut ShardCounters, max: usize) -> Self {
+        Fanout {
+            dirty,
+            stats,
+            max,
+            gaps: Vec::new(),
+            slow: Vec::new(),
         }
     }
-    if cu.held_bytes > max {
-        slow.push(cu.conn.clone());
+
+    /// Queues the frame for a live receiver.
+    ///
+    /// Per receiver: one non-atomic `Rc` increment, a queue push and two counter adds. No
+    /// allocation (queue capacity is reused), no copy, no syscall: each socket touched gets
+    /// one writev for the whole scheduler pass, in `flush_dirty`.
+    fn write(&mut self, c: &Rc<Conn>, frame: &OutFrame) {
+        self.stats.deliveries += 1;
+        if !queue_frame(self.dirty, self.stats, c, frame, self.max) {
+            self.slow.push(c.clone());
+        }
     }
-    gap
+
+    /// Offers the frame to a catching-up connection and queues what it may write now. A gap
+    /// it reveals is read for `to`; a connection holding too much is slow.
+    fn offer(&mut self, cu: &mut CatchUp, held: Held, to: ReplayTo) {
+        let mut out = Vec::new();
+        if let Some(gap) = cu.offer(held, &mut out) {
+            self.gaps.push((to, gap));
+        }
+        for f in &out {
+            self.write(&cu.conn, f);
+        }
+        if cu.held_bytes > self.max {
+            self.slow.push(cu.conn.clone());
+        }
+    }
 }
 
 /// Marks the connection's entry for the room (of this join) live.

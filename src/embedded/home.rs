@@ -13,9 +13,10 @@ use ahash::AHashMap;
 use bytes::Bytes;
 
 use crate::config::{Config, SessionPolicy};
-use crate::error::HandshakeError;
-use crate::msg::{ConnId, ShardId};
-use crate::protocol::Name;
+use crate::core::Name;
+use crate::core::error::HandshakeError;
+use crate::core::{ConnId, ShardId};
+use crate::engine::shards_with;
 use crate::protocol::encode;
 
 #[derive(Clone, Copy, Default)]
@@ -128,7 +129,7 @@ impl HomeRooms {
 
     /// Shards with members in the room.
     pub fn shards_of(&self, room: &Name) -> impl Iterator<Item = ShardId> + '_ {
-        shards_with(self.rooms.get(room).map(|r| &r.per_shard[..]))
+        shards_with(self.rooms.get(room).map_or(&[][..], |r| &r.per_shard[..]))
     }
 }
 
@@ -324,13 +325,6 @@ impl HomeUsers {
             .into_iter()
             .flatten()
     }
-}
-
-/// The shards whose count is not zero.
-fn shards_with(per_shard: Option<&[u32]>) -> impl Iterator<Item = ShardId> + '_ {
-    (per_shard.unwrap_or_default().iter().enumerate())
-        .filter(|(_, n)| **n > 0)
-        .map(|(s, _)| s)
 }
 
 #[cfg(test)]

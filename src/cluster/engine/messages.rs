@@ -1,0 +1,80 @@
+//! Room messages and direct messages: one script assigns the seq, appends to the stream's log
+//! and publishes, then the sender is answered.
+
+use super::*;
+
+impl Node {
+    /// Sequences, stores and publishes a room message or a direct message, and acks it.
+    pub(super) async fn message(
+        self: Rc<Self>,
+        stream: Stream,
+        from: Name,
+        body: Bytes,
+        reply: ReplyTo,
+    ) {
+        let ts = now_ms();
+        let target = match &stream {
+            Stream::Room(room) => To::Room(room),
+            Stream::Inbox(to) => To::User(to),
+        };
+        let (head, tail) = encode::message_parts(target, &from, ts, &body);
+        let (messages, secs) = match &stream {
+            Stream::Room(room) => self.config.room_retention_of(room),
+            Stream::Inbox(_) => (
+                self.config.inbox_retention_messages,
+                self.config.inbox_retention_secs,
+            ),
+        };
+        let oldest = match secs {
+            0 => 0,
+            s => ts.saturating_sub(s * 1000).max(1),
+        };
+        let inbox = matches!(stream, Stream::Inbox(_));
+        let meta = self.keys.meta(&stream);
+        let online = match &stream {
+            Stream::Inbox(user) => self.keys.sessions(user).1,
+            Stream::Room(_) => meta.clone(),
+        };
+        let publisher = reply.conn();
+        let mut inv = self.scripts.publish.prepare_invoke();
+        inv.key(&meta)
+            .key(self.keys.log(&stream))
+            .key(online)
+            .arg(self.keys.channel(&stream))
+            .arg(self.publish_cmd())
+            .arg(&head[..])
+            .arg(&tail[..])
+            .arg(ts)
+            .arg(publisher.map(|c| c.raw().to_string()).unwrap_or_default())
+            .arg(messages)
+            .arg(oldest)
+            .arg(if inbox { "1" } else { "0" })
+            .arg(now_ms())
+            .arg(Self::new_epoch());
+        let (seq, _epoch) = match self.script_or::<(u64, u64)>(&inv).await {
+            Ok(done) => done,
+            Err(f) => return self.answer(reply.fail(failed(f))),
+        };
+        let seq_json = || Bytes::from(format!("{{\"seq\":{seq}}}"));
+        let ack = reply.answer(
+            |id| encode::ack(id, target_of(&stream), Some(seq)),
+            seq_json,
+        );
+        self.answer(ack);
+        if let Stream::Inbox(to) = &stream
+            && *to != from
+        {
+            // The sender's other connections get a copy, outside their own inbox's order.
+            let mut json = Vec::with_capacity(head.len() + 20 + tail.len());
+            json.extend_from_slice(&head);
+            json.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+            json.extend_from_slice(&tail);
+            let wire = Wire::Forward {
+                exclude: publisher,
+                json: json.into(),
+            };
+            let cmd = self.publish(self.keys.channel(&Stream::Inbox(from)), &wire);
+            self.query::<u64>(cmd).await;
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The checks of a configuration that its types cannot express, each refusal saying what to do.
+
+use super::load::ConfigError;
+use super::*;
+
+impl Config {
+    /// Checks the values that cannot be expressed in types.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.dev_mode() && !self.bind.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "no jwt_secret, jwt_public_key or jwks_url is configured, so the server would run \
+                 in dev mode (trusting ?user=ID), which is only allowed on a loopback address, \
+                 not {}; set --jwt-secret (or SHARDCAST_JWT_SECRET), or bind to 127.0.0.1",
+                self.bind
+            )));
+        }
+        if matches!(&self.jwt_secret, Some(s) if s.is_empty()) {
+            return invalid(
+                "jwt_secret is empty; give a real secret or leave it unset for dev mode",
+            );
+        }
+        if let Some(secret) = &self.jwt_secret
+            && secret.len() < MIN_JWT_SECRET_BYTES
+        {
+            return Err(ConfigError::Invalid(format!(
+                "jwt_secret is {} bytes; an HS256 secret must be at least {MIN_JWT_SECRET_BYTES} \
+                 bytes (256 bits, the size of the hash: RFC 7518 section 3.2), or it can be found \
+                 by trying secrets against any token; make one with `openssl rand -base64 32`",
+                secret.len()
+            )));
+        }
+        if matches!(&self.api_key, Some(k) if k.is_empty()) {
+            return invalid("api_key is empty; give a real key or leave it unset");
+        }
+        if self.api_body_timeout_ms == 0 {
+            return invalid("api_body_timeout_ms must be greater than 0");
+        }
+        if matches!(&self.metrics_key, Some(k) if k.is_empty()) {
+            return invalid("metrics_key is empty; give a real key or leave it unset");
+        }
+        if self
+            .metrics_bind
+            .is_some_and(|m| m == self.bind && m.port() != 0)
+        {
+            return invalid("metrics_bind must differ from bind: it is a second listener");
+        }
+        if self.api && self.api_key.is_none() && !self.dev_mode() {
+            return invalid(
+                "the HTTP API is on but has no api_key; set --api-key (or SHARDCAST_API_KEY), or \
+                 turn the API off with --api false",
+            );
+        }
+        if let Some(url) = &self.jwks_url
+            && !url.starts_with("http://")
+            && !url.starts_with("https://")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "jwks_url {url} is not an http:// or https:// URL"
+            )));
+        }
+        if self.jwks_ca_file.is_some() && self.jwks_url.is_none() {
+            return invalid("jwks_ca_file is set but jwks_url is not");
+        }
+        if self.jwks_refresh_secs == 0 {
+            return invalid("jwks_refresh_secs must be greater than 0");
+        }
+        if self.allowed_origins.iter().any(|o| o.is_empty()) {
+            return invalid("allowed_origins has an empty entry");
+        }
+        match (self.engine, &self.redis_url) {
+            (Engine::Redis, None) => return invalid("the redis engine needs --redis-url"),
+            (Engine::Embedded, Some(_)) => {
+                return invalid("redis_url is set but the engine is embedded; add --engine redis");
+            }
+            _ => {}
+        }
+        if self
+            .node_id
+            .is_some_and(|n| n as usize >= crate::core::ConnId::MAX_NODES)
+        {
+            return invalid("node_id must be below 16384");
+        }
+        if self.presence_ttl_secs < 3 {
+            return invalid("presence_ttl_secs must be at least 3");
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}']) {
+            return invalid("redis_prefix must be non-empty, without { or }");
+        }
+        if self.echo && !self.dev_mode() {
+            return invalid(
+                "echo is a dev-mode endpoint for conformance tests and cannot be turned on with a \
+                 JWT key; remove --echo (or SHARDCAST_ECHO), or run without jwt_secret, \
+                 jwt_public_key and jwks_url on loopback",
+            );
+        }
+        if self.handshake_timeout_ms == 0 || self.max_handshakes == 0 {
+            return invalid("handshake_timeout_ms and max_handshakes must be greater than 0");
+        }
+        if self.keepalive_timeout_ms == 0 {
+            return invalid(
+                "keepalive_timeout_ms must be greater than 0; to turn keep-alive off, set \
+                 max_keepalive_connections to 0",
+            );
+        }
+        if self.max_header_bytes < 1024 {
+            return invalid("max_header_bytes must be at least 1024");
+        }
+        if self.heartbeat_ms == 0 {
+            return invalid("heartbeat_ms must be greater than 0");
+        }
+        if self.max_message_size < 128 {
+            return invalid("max_message_size must be at least 128 bytes");
+        }
+        if self.max_body_depth == 0 {
+            return invalid("max_body_depth must be at least 1");
+        }
+        if self.max_queue_bytes < self.max_message_size {
+            return invalid("max_queue_bytes must be at least max_message_size");
+        }
+        if self.publish_rate == 0 || self.publish_burst == 0 {
+            return invalid("publish_rate and publish_burst must be greater than 0");
+        }
+        if self.user_store_rate_bytes != 0
+            && self.user_store_burst_bytes < self.max_message_size as u64 + MAX_STORE_OVERHEAD
+        {
+            return Err(ConfigError::Invalid(format!(
+                "user_store_burst_bytes must be at least max_message_size + {MAX_STORE_OVERHEAD} \
+                 ({}), or the largest message could never be stored",
+                self.max_message_size as u64 + MAX_STORE_OVERHEAD
+            )));
+        }
+        if self.read_rate == 0 || self.read_burst == 0 {
+            return invalid("read_rate and read_burst must be greater than 0");
+        }
+        if self.max_connections_per_user == 0 || self.max_rooms_per_connection == 0 {
+            return invalid("max_connections_per_user and max_rooms_per_connection must be > 0");
+        }
+        if self.replay_limit == 0 {
+            return invalid("replay_limit must be greater than 0");
+        }
+        if self.flush_interval_ms == 0 || self.retention_interval_ms == 0 {
+            return invalid("flush_interval_ms and retention_interval_ms must be greater than 0");
+        }
+        if self.room_retention.iter().any(|r| r.prefix.is_empty()) {
+            return invalid("a room_retention rule needs a non-empty prefix");
+        }
+        if self.store_memtable_bytes < 1 << 20 {
+            return invalid("store_memtable_bytes must be at least 1048576 (1 MiB)");
+        }
+        if self.shard_count() > crate::core::ConnId::MAX_SHARDS {
+            return invalid("too many shards (at most 1024)");
+        }
+        if self.max_total_queue_bytes != 0
+            && self.max_total_queue_bytes / self.shard_count() < self.max_queue_bytes
+        {
+            return invalid(
+                "max_total_queue_bytes divided by the shards must be at least max_queue_bytes \
+                 (or 0 for no bound)",
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,27 @@
+//! The bottom layer: the small types every other module shares. It imports nothing else of the
+//! crate, so any module may use it without tying the stack into a circle.
+//!
+//! - `ids`: `ConnId` (node, shard, counter), `NodeId`, `ShardId`, `JoinGen`, and their limits.
+//! - `name`: `Name` (a validated room or user name) and `ReqId` (a request's `id`).
+//! - `stream`: `Stream`, the key of a room's history or a user's inbox.
+//! - `clock`: `now_ms`. `bucket`: a connection's rate meter (the mechanism; the policy is the
+//!   client side's).
+//! - `error`: every protocol error code, close code and handshake refusal (one table).
+//! - `counters`: what shards, the store writer and the Redis engine count.
+//! - `health`: the readiness flags behind `/readyz`.
+//! - `procfs`: a process's CPU time and RSS from `/proc` (the server's metrics and the bot).
+
+pub mod bucket;
+pub mod clock;
+pub mod counters;
+pub mod error;
+pub mod health;
+pub mod ids;
+pub mod name;
+pub mod procfs;
+pub mod stream;
+
+pub use clock::now_ms;
+pub use ids::{ConnId, JoinGen, NodeId, ShardId};
+pub use name::{Name, ReqId};
+pub use stream::Stream;

@@ -1,0 +1,132 @@
+//! The embedded engine: each room and user has a home shard, chosen by hashing its name
+//! (`Router::home`), which sequences its messages, hands them to the store threads and counts its
+//! presence and sessions. A request is served where it is made when this shard is the home, and
+//! routed to the home otherwise.
+//!
+//! - `home`: the bookkeeping (`HomeRooms`: seqs, members per user and per shard; `HomeUsers`:
+//!   connections, the session policy, each inbox's seqs and delivered cursor).
+//! - `serve`: the handlers.
+//!
+//! It must not touch connections or the hub's state (it answers with `NodeMsg`s), and it does
+//! not know the Redis engine.
+
+mod home;
+mod serve;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::core::counters::{Histogram, ShardSnapshot};
+use crate::core::{ShardId, Stream};
+use crate::engine::{Engine, Outbox, StoreReads};
+use crate::msg::{EngineMsg, Written};
+use crate::persist::Persist;
+use crate::router::Router;
+use crate::store::StreamInfo;
+
+pub use home::{HomeRooms, HomeUsers};
+
+/// The embedded engine as one shard runs it: the homes of the streams that hash to this shard.
+pub struct Embedded {
+    id: ShardId,
+    router: Router,
+    config: Arc<Config>,
+    rooms: HomeRooms,
+    users: HomeUsers,
+    /// Store operations of this scheduler pass, sent together by `flush`.
+    store: StoreReads,
+    /// When each message waiting for the store (sync durability) was sequenced, in the order
+    /// handed to the writer. The writer answers a home's writes in that order (`stored`).
+    store_waits: VecDeque<Instant>,
+    counters: Counters,
+    shutting_down: bool,
+}
+
+/// What the homes of one shard count (merged into the shard's scrape).
+#[derive(Default)]
+struct Counters {
+    room_publishes: u64,
+    direct_publishes: u64,
+    /// From sequencing a message to handing it to fan-out (see ARCHITECTURE.md).
+    publish_latency: Histogram,
+}
+
+impl Embedded {
+    /// Shard `id`'s homes, starting from what the store holds of its streams (`seeds`).
+    pub fn new(
+        id: ShardId,
+        router: Router,
+        config: Arc<Config>,
+        persist: Persist,
+        seeds: Vec<StreamInfo>,
+    ) -> Embedded {
+        let mut rooms = HomeRooms::new(router.shards());
+        let mut users = HomeUsers::default();
+        for info in seeds {
+            match info.stream {
+                Stream::Room(room) => rooms.seed(room, info.last_seq),
+                Stream::Inbox(user) => users.seed(&user, info.last_seq, info.cursor),
+            }
+        }
+        Embedded {
+            id,
+            router,
+            config,
+            rooms,
+            users,
+            store: StoreReads::new(persist),
+            store_waits: VecDeque::new(),
+            counters: Counters::default(),
+            shutting_down: false,
+        }
+    }
+
+    /// Serves `msg` here if this shard is its home, else sends it there.
+    fn route(&mut self, msg: EngineMsg, out: &mut Outbox) {
+        let home = self.router.home(msg.key());
+        if home == self.id {
+            self.serve_here(msg, out);
+        } else {
+            self.router.send(home, msg);
+        }
+    }
+}
+
+impl Engine for Embedded {
+    fn request(&mut self, msg: EngineMsg, out: &mut Outbox) {
+        if let Some(msg) = self.store.take(msg) {
+            self.route(msg, out);
+        }
+    }
+
+    fn serve(&mut self, msg: EngineMsg, out: &mut Outbox) {
+        self.serve_here(msg, out);
+    }
+
+    fn stored(&mut self, writes: Vec<Written>, ok: bool, out: &mut Outbox) {
+        self.stored_here(writes, ok, out);
+    }
+
+    fn flush(&mut self) {
+        self.store.flush();
+    }
+
+    fn shutdown(&mut self) {
+        self.shutting_down = true;
+    }
+
+    fn snapshot(&self, into: &mut ShardSnapshot) {
+        into.rooms_homed = self.rooms.in_use() as u64;
+        into.users_homed = self.users.tracked() as u64;
+        into.counters.room_publishes = self.counters.room_publishes;
+        into.counters.direct_publishes = self.counters.direct_publishes;
+        into.counters.publish_latency = self.counters.publish_latency.clone();
+    }
+
+    #[cfg(any(test, feature = "fault-injection"))]
+    fn panic_midway(&mut self) {
+        self.panic_here();
+    }
+}

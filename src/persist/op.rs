@@ -1,0 +1,82 @@
+//! What the shards and the engines ask of the writer: store a message, move a cursor, read a
+//! range or a page.
+//!
+//! Plain data. It must not do I/O.
+
+use tokio::sync::oneshot;
+
+use crate::core::ShardId;
+use crate::core::Stream;
+use crate::core::counters::WriterCounters;
+use crate::core::{Name, ReqId};
+use crate::msg::{ReplayTo, ReplyTo, Written};
+use crate::store::Append;
+
+/// Work for the writer thread.
+pub enum Op {
+    /// Store a message. With `done` (sync durability), the home shard is told once it is on
+    /// disk, or that it failed.
+    Append {
+        append: Append,
+        done: Option<(ShardId, Written)>,
+    },
+    /// Set a stream's cursor (an inbox's delivered mark).
+    Cursor {
+        stream: Stream,
+        cursor: u64,
+    },
+    Read(Read),
+    /// Sync and stop, after everything queued before it.
+    Stop,
+    /// Answer a metrics scrape with the writer's counters, after the writes queued before it.
+    Stats(oneshot::Sender<WriterCounters>),
+    /// Test-only: the next inbox or range read fails as if the store could not be read.
+    #[cfg(feature = "fault-injection")]
+    FailNextRead,
+    /// Test-only: free disk space reads as this (`None`: as the filesystem says) from the
+    /// writer's next reading on.
+    #[cfg(feature = "fault-injection")]
+    SetDiskFree(Option<u64>),
+}
+
+/// A read, answered to the asking connection's shard. Served after every write queued before
+/// it, so it sees them; bounds that matter for exactness (`upto`) come from the home shard.
+pub enum Read {
+    /// A `join` with `since`: the ack and the stored messages in (since, upto].
+    Join {
+        room: Name,
+        to: ReplayTo,
+        id: Option<ReqId>,
+        since: u64,
+        upto: u64,
+        /// The room's epoch, for the ack (cluster mode).
+        epoch: Option<u64>,
+        /// The client's `since` was from another epoch: not recovered, whatever is replayed.
+        lost: bool,
+    },
+    /// At connect: the inbox messages in (after, upto] that reached no connection.
+    Inbox {
+        user: Name,
+        to: ReplayTo,
+        after: u64,
+        upto: u64,
+    },
+    /// A gap: the oldest stored messages in (after, upto], as many as one reply may carry.
+    Range {
+        stream: Stream,
+        after: u64,
+        upto: u64,
+        to: ReplayTo,
+    },
+    History {
+        room: Name,
+        reply: ReplyTo,
+        before: Option<u64>,
+        limit: usize,
+    },
+    Sync {
+        user: Name,
+        reply: ReplyTo,
+        since: u64,
+    },
+}

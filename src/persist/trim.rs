@@ -1,0 +1,48 @@
+//! The trimmer thread: applies retention (by count and by age, per room rule) in the
+//! background, never on the message path.
+
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::config::Config;
+use crate::core::Stream;
+use crate::store::Store;
+
+/// The trimmer: every `retention_interval_ms`, trims each stream to its retention, until
+/// `stop` is dropped.
+pub(super) fn trim_loop(store: &dyn Store, config: &Config, stop: Receiver<()>) {
+    let every = Duration::from_millis(config.retention_interval_ms);
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+        let streams = match store.streams() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "retention: cannot list streams");
+                continue;
+            }
+        };
+        let now = crate::core::now_ms();
+        let mut removed = 0;
+        for info in streams {
+            let (max, secs) = match &info.stream {
+                Stream::Room(room) => config.room_retention_of(room),
+                Stream::Inbox(_) => (config.inbox_retention_messages, config.inbox_retention_secs),
+            };
+            let keep_from = match max {
+                0 => 0,
+                max => (info.last_seq + 1).saturating_sub(max),
+            };
+            let min_ts = match secs {
+                0 => 0,
+                secs => now.saturating_sub(secs.saturating_mul(1000)),
+            };
+            match store.trim(&info.stream, keep_from, min_ts) {
+                Ok(n) => removed += n,
+                Err(e) => tracing::error!(error = %e, "retention: trim failed"),
+            }
+        }
+        if removed > 0 {
+            tracing::debug!(removed, "retention trimmed messages");
+        }
+    }
+}
