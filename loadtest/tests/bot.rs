@@ -81,6 +81,8 @@ fn fanout_delivers_exactly() {
     let d = report.delivery.as_ref().unwrap();
     // Every message goes to the 300 subscribers and the other publisher.
     assert_eq!(d.expected, d.published * 301);
+    let joined = d.other_frames.get("joined").copied().unwrap_or(0);
+    assert!(joined > 0, "the presence events are counted: {d:#?}");
     assert!(report.latency.is_some());
     assert!(report.ack_latency.is_some());
 }

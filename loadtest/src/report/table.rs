@@ -140,6 +140,18 @@ impl Report {
                 d.ack_errors, d.server_errors, d.disconnects
             );
         }
+        if let Some(d) = self
+            .delivery
+            .as_ref()
+            .filter(|d| !d.other_frames.is_empty())
+        {
+            let kinds: Vec<String> = d
+                .other_frames
+                .iter()
+                .map(|(kind, n)| format!("{kind}: {}", thousands(*n)))
+                .collect();
+            let _ = writeln!(o, "  not messages      {}", kinds.join(", "));
+        }
         if self.deliveries_in_window > 0 || self.publishes_per_sec > 0.0 {
             let _ = writeln!(o, "throughput (window)");
             let _ = writeln!(

@@ -195,6 +195,15 @@ impl Reader<'_> {
     }
 }
 
+impl Reader<'_> {
+    /// A frame that is neither a message nor a reply (a presence event, say).
+    #[inline]
+    fn on_event(&mut self, out: &mut ConnOutcome, kind: &str) {
+        out.count_other(kind);
+        self.shared.other_frames.fetch_add(1, Relaxed);
+    }
+}
+
 /// The per-message path. Returns why the connection ended.
 async fn read_loop(ws: &mut Ws, out: &mut ConnOutcome, r: &mut Reader<'_>) -> String {
     let (shared, publisher) = (r.shared, r.publisher);
@@ -214,6 +223,10 @@ async fn read_loop(ws: &mut Ws, out: &mut ConnOutcome, r: &mut Reader<'_>) -> St
         let now = shared.now_ns();
         if let Some((seq, stamp)) = client::parse_message_fast(&frame.payload) {
             r.on_message(out, seq, stamp, now);
+            continue;
+        }
+        if let Some(kind) = client::event_kind(&frame.payload) {
+            r.on_event(out, kind);
             continue;
         }
         let f = match ServerFrame::parse(&frame.payload) {
@@ -289,8 +302,8 @@ async fn read_loop(ws: &mut Ws, out: &mut ConnOutcome, r: &mut Reader<'_>) -> St
                     String::from_utf8_lossy(&frame.payload)
                 ));
             }
-            // Presence events, pongs and anything new in the protocol are not the bot's concern.
-            _ => {}
+            // Presence events and anything new in the protocol: counted, not checked.
+            kind => r.on_event(out, kind),
         }
     }
 }
