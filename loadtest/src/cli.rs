@@ -74,6 +74,22 @@ pub enum Scenario {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// One big room: --members clients join it at --join-rate while --publishers publish; once
+    /// it is full, it is measured at rest for --duration, then while half of the members leave
+    /// and rejoin with `since` (at --churn-rate), then at rest again for --duration. --warmup is
+    /// the pause after the fill and after the churn; --drain-timeout is how long past the last
+    /// scheduled join (or rejoin) the bot waits for the acks. Reports the time to fill, server
+    /// CPU per join and per delivery, latency by phase, exactness across the rejoins, and the
+    /// frames that were not messages. A spawned server gets the bot's --presence-events (off by
+    /// default): give --presence-events true to measure the server's own default.
+    Bigroom {
+        #[command(flatten)]
+        args: BigroomArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
     /// Chat rooms, direct-message pairs, and churn cycles that read history, for --duration;
     /// samples the server's RSS, open descriptors and queued bytes, and fails on RSS growth
     /// after the warm-up or any inexact delivery.
@@ -97,6 +113,7 @@ impl Scenario {
             Scenario::Churn { .. } => "churn",
             Scenario::Soak { .. } => "soak",
             Scenario::Storm { .. } => "storm",
+            Scenario::Bigroom { .. } => "bigroom",
         }
     }
 
@@ -108,7 +125,8 @@ impl Scenario {
             | Scenario::Idle { common, .. }
             | Scenario::Churn { common, .. }
             | Scenario::Soak { common, .. }
-            | Scenario::Storm { common, .. } => common,
+            | Scenario::Storm { common, .. }
+            | Scenario::Bigroom { common, .. } => common,
         }
     }
 
@@ -118,7 +136,8 @@ impl Scenario {
             | Scenario::Chat { load, .. }
             | Scenario::Dm { load, .. }
             | Scenario::Soak { load, .. }
-            | Scenario::Storm { load, .. } => Some(load),
+            | Scenario::Storm { load, .. }
+            | Scenario::Bigroom { load, .. } => Some(load),
             _ => None,
         }
     }
@@ -211,6 +230,34 @@ pub struct StormArgs {
     /// Seconds the publishers go on after the reconnect signal.
     #[arg(long, default_value_t = 3.0)]
     pub after: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BigroomArgs {
+    /// Clients that join the room during the fill, one connection each.
+    #[arg(long, default_value_t = 5000)]
+    pub members: usize,
+    /// Connections that join the room before the fill and publish through every phase. They
+    /// are members too (each receives the others' messages), but are not counted in --members
+    /// and do not churn.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Messages per second per publisher (open loop).
+    #[arg(long, default_value_t = 5.0)]
+    pub rate: f64,
+    /// Joins per second in the fill (open loop: member m's join is due m ÷ rate after the fill
+    /// starts, whatever happened to the others).
+    #[arg(long, default_value_t = 1000.0)]
+    pub join_rate: f64,
+    /// Leaves per second in the churn phase. Half of the members (every other round of the
+    /// nodes, so the churners are spread over nodes and bot processes) each send `leave`, stay
+    /// out --away-ms, and join again with `since` = the last seq they saw, on the same
+    /// connection.
+    #[arg(long, default_value_t = 1000.0)]
+    pub churn_rate: f64,
+    /// How long a churning member stays out of the room, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub away_ms: u64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,6 +1,6 @@
 //! shardcast-loadtest: a bot that opens thousands of real WebSocket clients against a shardcast
-//! server or a cluster of nodes, drives one of seven scenarios (fanout, chat, dm, idle, churn,
-//! soak, storm), checks delivery exactly, measures latency with HDR histograms, reads the servers' CPU
+//! server or a cluster of nodes, drives one of eight scenarios (fanout, chat, dm, idle, churn,
+//! soak, storm, bigroom), checks delivery exactly, measures latency with HDR histograms, reads the servers' CPU
 //! and RSS from `/proc` and a cluster's Redis cost from its `INFO`.
 //!
 //! [`run`] is the whole thing: options in, [`Report`] out. From the workspace root:
@@ -15,6 +15,7 @@
 //! cargo run --release -p shardcast-loadtest -- soak --duration 600 --warmup 60 --spawn-server
 //! cargo run --release -p shardcast-loadtest -- storm --clients 15000 --spawn-server --server-cpus 0 --client-cpus 1
 //! cargo run --release -p shardcast-loadtest -- chat --max --users 100 --room-size 1 --durability memory --spawn-server
+//! cargo run --release -p shardcast-loadtest -- bigroom --members 5000 --rate 5 --spawn-server --presence-events true
 //! cargo run --release -p shardcast-loadtest -- fanout --spawn-cluster 3
 //! cargo run --release -p shardcast-loadtest -- chat --url ws://127.0.0.1:8001,ws://127.0.0.1:8002 --redis-url redis://127.0.0.1:6379
 //! ```
@@ -70,7 +71,9 @@ use anyhow::{Context, bail};
 pub use cli::Cli;
 use cli::Scenario;
 pub use report::Report;
+use report::bigroom::bigroom_report;
 use report::build::{churn_report, pubsub_report, soak_report};
+use scenario::bigroom::BigroomResult;
 use scenario::churn::ChurnResult;
 use scenario::pubsub::PubsubResult;
 use scenario::run::RunCtx;
@@ -89,28 +92,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<Report> {
     let common = scenario.common();
     validate(scenario)?;
 
-    let nofile = sys::raise_nofile_limit().context("raise RLIMIT_NOFILE")?;
-    let conns = connections_needed(scenario);
-    if conns + SPARE_FDS > nofile {
-        bail!(
-            "{conns} connections need about {} open files, but this process may open {nofile} \
-             (RLIMIT_NOFILE). Use fewer connections per bot process.",
-            conns + SPARE_FDS
-        );
-    }
-    let client_cpus = common
-        .client_cpus
-        .as_deref()
-        .map(sys::parse_cpu_list)
-        .transpose()
-        .context("--client-cpus")?;
-    let threads = match &client_cpus {
-        Some(c) => c.len(),
-        None => common
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-    }
-    .max(1);
+    check_open_files(connections_needed(scenario))?;
+    let (client_cpus, threads) = bot_cpus(common)?;
 
     let max_mode = scenario.load().is_some_and(|l| l.max);
     let mut target = Target::open(common, max_mode)?;
@@ -158,6 +141,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<Report> {
         Outcome::Pubsub(r) => pubsub_report(scenario, common, r, &info),
         Outcome::Churn(r) => churn_report(scenario, common, r, &info),
         Outcome::Soak(r) => soak_report(scenario, common, r, &info),
+        Outcome::Bigroom(r) => bigroom_report(scenario, common, r, &info),
     };
     report.target = info;
     report.client_cpus = common.client_cpus.clone();
@@ -184,6 +168,38 @@ enum Outcome {
     Pubsub(PubsubResult),
     Churn(ChurnResult),
     Soak(SoakResult),
+    Bigroom(BigroomResult),
+}
+
+/// Raises the open-files limit and checks that `conns` connections fit under it.
+fn check_open_files(conns: u64) -> anyhow::Result<()> {
+    let nofile = sys::raise_nofile_limit().context("raise RLIMIT_NOFILE")?;
+    if conns + SPARE_FDS > nofile {
+        bail!(
+            "{conns} connections need about {} open files, but this process may open {nofile} \
+             (RLIMIT_NOFILE). Use fewer connections per bot process.",
+            conns + SPARE_FDS
+        );
+    }
+    Ok(())
+}
+
+/// The CPUs the bot is pinned to (`--client-cpus`), and its worker threads.
+fn bot_cpus(common: &cli::CommonArgs) -> anyhow::Result<(Option<Vec<usize>>, usize)> {
+    let client_cpus = common
+        .client_cpus
+        .as_deref()
+        .map(sys::parse_cpu_list)
+        .transpose()
+        .context("--client-cpus")?;
+    let threads = match &client_cpus {
+        Some(c) => c.len(),
+        None => common
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+    .max(1);
+    Ok((client_cpus, threads))
 }
 
 fn run_in_runtime(
@@ -194,19 +210,7 @@ fn run_in_runtime(
 ) -> anyhow::Result<Outcome> {
     let scenario = &cli.scenario;
     let common = scenario.common();
-    // One thread: a current-thread runtime on this (pinned) thread, with no work stealing and no
-    // cross-thread wake-ups. More: a multi-thread runtime with that many workers.
-    let rt = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    }
-    .context("start the tokio runtime")?;
+    let rt = scenario::run::runtime(threads)?;
     let ctx = RunCtx {
         shared: Arc::new(Shared::new(Instant::now())),
         endpoints: target.endpoints.clone(),
@@ -235,6 +239,11 @@ fn run_in_runtime(
                 return scenario::soak::run(&ctx, args, load)
                     .await
                     .map(Outcome::Soak);
+            }
+            Scenario::Bigroom { args, load, .. } => {
+                return scenario::bigroom::run(&ctx, args, load)
+                    .await
+                    .map(Outcome::Bigroom);
             }
         };
         scenario::pubsub::run(&ctx, plan, scenario.load(), storm)
@@ -294,6 +303,23 @@ fn validate(scenario: &Scenario) -> anyhow::Result<()> {
             }
         }
         Scenario::Churn { args, .. } => positive(args.rate)?,
+        Scenario::Bigroom { args, load, .. } => {
+            for (flag, rate) in [
+                ("--rate", args.rate),
+                ("--join-rate", args.join_rate),
+                ("--churn-rate", args.churn_rate),
+            ] {
+                if !(rate > 0.0 && rate.is_finite()) {
+                    bail!("{flag} must be positive");
+                }
+            }
+            if args.members == 0 || args.publishers == 0 {
+                bail!("bigroom needs at least one member and one publisher");
+            }
+            if load.max {
+                bail!("bigroom is open loop: --max does not apply");
+            }
+        }
         Scenario::Soak { args, .. } => {
             if c.url.len() > 1 || c.spawn_cluster.is_some() {
                 bail!("soak samples one server's memory: give one --url or --spawn-server");
@@ -319,5 +345,6 @@ fn connections_needed(scenario: &Scenario) -> u64 {
         Scenario::Churn { args, .. } => args.max_concurrent as u64,
         // The churn cycles in progress are at most 64.
         Scenario::Soak { args, .. } => (args.users + args.dm_users + 64) as u64,
+        Scenario::Bigroom { args, .. } => (args.members + args.publishers) as u64,
     }
 }

@@ -196,6 +196,18 @@ impl RequestBuf {
         &mut self.buf
     }
 
+    /// `{"type":"leave","room":R,"id":ID}`.
+    pub fn leave(&mut self, room: &str, id: u64) -> &mut [u8] {
+        self.buf.clear();
+        self.buf.extend_from_slice(br#"{"type":"leave","room":""#);
+        self.buf.extend_from_slice(room.as_bytes());
+        self.buf.extend_from_slice(br#"","id":"#);
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+        self.buf.push(b'}');
+        &mut self.buf
+    }
+
     /// `{"type":"publish","room":R,"id":ID,"body":B}` or `{"type":"send","to":U,"id":ID,"body":B}`.
     pub fn message(
         &mut self,
@@ -264,6 +276,12 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(rb.join_since("r-1", Some(41), 5)).unwrap();
         assert_eq!((v["since"].as_u64(), v["id"].as_u64()), (Some(41), Some(5)));
+        let v: serde_json::Value = serde_json::from_slice(rb.leave("r-1", 6)).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["room"].as_str()),
+            (Some("leave"), Some("r-1"))
+        );
+        assert_eq!(v["id"], 6);
         let stamp = BodyStamp {
             sched_ns: 5,
             publisher: 1,

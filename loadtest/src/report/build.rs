@@ -40,6 +40,11 @@ fn params(scenario: &Scenario) -> serde_json::Map<String, serde_json::Value> {
             "clients": args.clients, "room_size": args.room_size, "rate": args.rate,
             "steady_rooms": args.steady_rooms, "down_ms": args.down_ms, "after": args.after,
         }),
+        Scenario::Bigroom { args, .. } => json!({
+            "members": args.members, "publishers": args.publishers, "rate": args.rate,
+            "join_rate": args.join_rate, "churn_rate": args.churn_rate,
+            "away_ms": args.away_ms,
+        }),
     };
     let mut map = match v {
         serde_json::Value::Object(m) => m,
@@ -55,7 +60,7 @@ fn params(scenario: &Scenario) -> serde_json::Map<String, serde_json::Value> {
     map
 }
 
-fn empty_report(scenario: &Scenario, common: &CommonArgs) -> Report {
+pub(super) fn empty_report(scenario: &Scenario, common: &CommonArgs) -> Report {
     Report {
         scenario: scenario.name().to_string(),
         mode: match scenario {
@@ -93,6 +98,7 @@ fn empty_report(scenario: &Scenario, common: &CommonArgs) -> Report {
         churn: None,
         soak: None,
         storm: None,
+        bigroom: None,
         server_log_problems: Vec::new(),
         notes: Vec::new(),
         passed: false,

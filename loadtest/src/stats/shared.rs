@@ -120,3 +120,25 @@ pub struct Counts {
     pub acked: u64,
     pub other_frames: u64,
 }
+
+impl Counts {
+    /// Two processes' counters at the same moment, added up.
+    pub fn plus(self, o: Counts) -> Counts {
+        Counts {
+            delivered: self.delivered + o.delivered,
+            sent: self.sent + o.sent,
+            acked: self.acked + o.acked,
+            other_frames: self.other_frames + o.other_frames,
+        }
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(self, earlier: Counts) -> Counts {
+        Counts {
+            delivered: self.delivered.saturating_sub(earlier.delivered),
+            sent: self.sent.saturating_sub(earlier.sent),
+            acked: self.acked.saturating_sub(earlier.acked),
+            other_frames: self.other_frames.saturating_sub(earlier.other_frames),
+        }
+    }
+}

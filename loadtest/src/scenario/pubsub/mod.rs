@@ -30,6 +30,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::catchup::{self, StormCtl, StormPlan, StormSamples, StormTimes};
+use super::membership::{Member, RoomCtl};
 use super::pacer::{Beat, Pacer};
 use super::plan::{Plan, PubPlan};
 use super::run::{RunCtx, Samples, Schedule, secs_to_ns};
@@ -90,6 +91,9 @@ pub struct Engine {
 pub struct Extras<'a> {
     /// The storm: who drops and reconnects.
     pub storm: Option<&'a StormPlan>,
+    /// Membership that changes while connected: the room's counters, and each connection's
+    /// `Member`, by slot.
+    pub members: Option<(Arc<RoomCtl>, Vec<Arc<Member>>)>,
 }
 
 /// The publishers, running; `join` waits for them to pass their end.
@@ -131,7 +135,9 @@ impl Engine {
                 let clients = s.drops.iter().filter(|&&d| d).count();
                 Arc::new(StormCtl::new(clients as u64))
             }),
+            room: extras.members.as_ref().map(|(room, _)| room.clone()),
         });
+        let members = extras.members.map(|(_, m)| m);
         let baseline = ctx.sample();
 
         ctx.progress.phase("connecting", n as u64);
@@ -161,6 +167,7 @@ impl Engine {
                 pub_stream: c.publish.as_ref().map(|p| p.stream),
                 publisher: publisher.clone(),
                 drops: extras.storm.is_some_and(|s| s.drops[slot]),
+                member: members.as_ref().map(|m| m[slot].clone()),
             };
             pubs.push(publisher.zip(c.publish));
             tasks.push(tokio::spawn(conn_task(
@@ -309,6 +316,7 @@ pub async fn run(
     let shared = ctx.shared.clone();
     let extras = Extras {
         storm: storm_plan.as_ref(),
+        members: None,
     };
     let mut engine = Engine::open(ctx, plan, load, extras).await?;
     let n = engine.tasks.len();
