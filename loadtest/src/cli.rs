@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Load-test bot for shardcast: real WebSocket clients, exact delivery checks, latency and the
 /// server's CPU and memory cost.
@@ -232,7 +232,7 @@ pub struct StormArgs {
     pub after: f64,
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct BigroomArgs {
     /// Clients that join the room during the fill, one connection each.
     #[arg(long, default_value_t = 5000)]
@@ -258,6 +258,15 @@ pub struct BigroomArgs {
     /// How long a churning member stays out of the room, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub away_ms: u64,
+    /// Bot processes. Above 1, this process starts that many children (this binary, or
+    /// --bot-bin), gives each a slice of the members (the first also the publishers), keeps
+    /// them in step, samples the servers itself and merges what they report into one report: a
+    /// way past the open-files limit of one process (about 20,000 on a default Linux).
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// With --processes: the bot binary the children run (default: the running one).
+    #[arg(long)]
+    pub bot_bin: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -286,7 +295,7 @@ pub struct SoakArgs {
 }
 
 /// Options of the scenarios that publish (fanout, chat, dm).
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct LoadArgs {
     /// Message body size in bytes (a JSON string holding the send stamp, padded with `x`).
     #[arg(long, default_value_t = 64)]
@@ -305,8 +314,9 @@ pub struct LoadArgs {
     pub max_in_flight: u64,
 }
 
-/// Target, pinning, timing and output options, the same for every scenario.
-#[derive(Args, Debug, Clone)]
+/// Target, pinning, timing and output options, the same for every scenario. Serialized, they
+/// carry a parent's options to its child processes (bigroom --processes).
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
 #[command(group(ArgGroup::new("target").required(true).args(["url", "spawn_server", "spawn_cluster"])))]
 pub struct CommonArgs {
     /// A running server, e.g. ws://127.0.0.1:8080 (127.0.0.0/8 only; dev mode, no jwt_secret).
@@ -407,7 +417,7 @@ pub struct CommonArgs {
 /// How the server stores a message before acking it: the values of `shardcast serve
 /// --durability`. The bot's own copy, since it talks to the server only over its CLI and the
 /// wire.
-#[derive(ValueEnum, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(ValueEnum, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// On disk (fsync) before the ack.
@@ -431,7 +441,7 @@ impl Durability {
 }
 
 /// What a spawned Redis keeps on disk: the guarantee of a cluster's history and seqs.
-#[derive(ValueEnum, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(ValueEnum, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum RedisPersistence {
     /// Nothing (`save ""`, `appendonly no`): a Redis restart loses every stream.

@@ -16,6 +16,7 @@
 //! cargo run --release -p shardcast-loadtest -- storm --clients 15000 --spawn-server --server-cpus 0 --client-cpus 1
 //! cargo run --release -p shardcast-loadtest -- chat --max --users 100 --room-size 1 --durability memory --spawn-server
 //! cargo run --release -p shardcast-loadtest -- bigroom --members 5000 --rate 5 --spawn-server --presence-events true
+//! cargo run --release -p shardcast-loadtest -- bigroom --members 30000 --processes 2 --url ws://127.0.0.1:8080
 //! cargo run --release -p shardcast-loadtest -- fanout --spawn-cluster 3
 //! cargo run --release -p shardcast-loadtest -- chat --url ws://127.0.0.1:8001,ws://127.0.0.1:8002 --redis-url redis://127.0.0.1:6379
 //! ```
@@ -49,8 +50,13 @@
 //! 9. This file: [`run`], which checks the options, starts the target and the runtime, runs the
 //!    scenario and builds the report.
 //!
+//! `bigroom --processes K` runs as K child processes of this binary, each holding a slice of the
+//! clients; [`run_worker`] is a child's whole life (its job comes on stdin, its results go to
+//! stdout, see `scenario::bigroom::procs`), and `main` calls it when [`WORKER_ENV`] is set.
+//!
 //! Public: [`run`], its input [`Cli`] (module `cli`) and its output [`Report`] (module `report`,
-//! which also names every type a report holds). The rest is private to the crate.
+//! which also names every type a report holds), and [`run_worker`]. The rest is private to the
+//! crate.
 
 pub mod cli;
 mod client;
@@ -74,6 +80,8 @@ pub use report::Report;
 use report::bigroom::bigroom_report;
 use report::build::{churn_report, pubsub_report, soak_report};
 use scenario::bigroom::BigroomResult;
+use scenario::bigroom::procs::Job;
+pub use scenario::bigroom::procs::WORKER_ENV;
 use scenario::churn::ChurnResult;
 use scenario::pubsub::PubsubResult;
 use scenario::run::RunCtx;
@@ -171,13 +179,42 @@ enum Outcome {
     Bigroom(BigroomResult),
 }
 
+/// A child process of `bigroom --processes`: reads its job from stdin, runs its slice of the
+/// clients in step with the others and writes its results to stdout. Blocks, like [`run`].
+pub fn run_worker() -> anyhow::Result<()> {
+    let job = Job::read()?;
+    check_open_files(job.layout.slice(job.worker, job.workers).len() as u64)?;
+    let (client_cpus, threads) = bot_cpus(&job.common)?;
+    if let Some(cpus) = &client_cpus {
+        sys::pin_current_thread(cpus).context("pin the bot to --client-cpus")?;
+    }
+    let rt = scenario::run::runtime(threads)?;
+    let ctx = RunCtx {
+        shared: Arc::new(Shared::new(job.epoch())),
+        endpoints: job
+            .common
+            .url
+            .iter()
+            .map(|u| client::Endpoint::parse(u))
+            .collect::<anyhow::Result<_>>()?,
+        common: job.common.clone(),
+        tag: job.tag.clone(),
+        progress: Arc::new(progress::Progress::new(false)),
+        server_pids: Vec::new(),
+        redis: None,
+    };
+    let result = rt.block_on(scenario::bigroom::procs::child(&ctx, &job));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
 /// Raises the open-files limit and checks that `conns` connections fit under it.
 fn check_open_files(conns: u64) -> anyhow::Result<()> {
     let nofile = sys::raise_nofile_limit().context("raise RLIMIT_NOFILE")?;
     if conns + SPARE_FDS > nofile {
         bail!(
             "{conns} connections need about {} open files, but this process may open {nofile} \
-             (RLIMIT_NOFILE). Use fewer connections per bot process.",
+             (RLIMIT_NOFILE). Use fewer connections per bot process (bigroom: --processes).",
             conns + SPARE_FDS
         );
     }
@@ -316,6 +353,9 @@ fn validate(scenario: &Scenario) -> anyhow::Result<()> {
             if args.members == 0 || args.publishers == 0 {
                 bail!("bigroom needs at least one member and one publisher");
             }
+            if args.processes == 0 || args.processes > args.members {
+                bail!("--processes must be between 1 and --members");
+            }
             if load.max {
                 bail!("bigroom is open loop: --max does not apply");
             }
@@ -345,6 +385,8 @@ fn connections_needed(scenario: &Scenario) -> u64 {
         Scenario::Churn { args, .. } => args.max_concurrent as u64,
         // The churn cycles in progress are at most 64.
         Scenario::Soak { args, .. } => (args.users + args.dm_users + 64) as u64,
+        // With --processes, the children hold the connections (the first one the most).
+        Scenario::Bigroom { args, .. } if args.processes > 1 => 0,
         Scenario::Bigroom { args, .. } => (args.members + args.publishers) as u64,
     }
 }

@@ -322,3 +322,19 @@ fn bigroom_fills_churns_and_delivers_exactly() {
     let report = run_against_server(Durability::Memory, &args);
     assert_bigroom(&report, 1);
 }
+
+#[test]
+fn bigroom_as_two_processes_merges_into_one_exact_report() {
+    // Two children of the bot binary, each with 100 members (the first also the publishers);
+    // the publishers' acks are in one process and most receivers in the other, so the exact
+    // check passes only on the merged outcomes.
+    let args = bigroom_args(&[
+        "--processes",
+        "2",
+        "--bot-bin",
+        env!("CARGO_BIN_EXE_shardcast-loadtest"),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report = run_against_server(Durability::Memory, &args);
+    assert_bigroom(&report, 2);
+}

@@ -43,7 +43,7 @@ fn params(scenario: &Scenario) -> serde_json::Map<String, serde_json::Value> {
         Scenario::Bigroom { args, .. } => json!({
             "members": args.members, "publishers": args.publishers, "rate": args.rate,
             "join_rate": args.join_rate, "churn_rate": args.churn_rate,
-            "away_ms": args.away_ms,
+            "away_ms": args.away_ms, "processes": args.processes,
         }),
     };
     let mut map = match v {

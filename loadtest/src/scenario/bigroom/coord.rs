@@ -1,11 +1,14 @@
-//! How a bigroom run keeps in step. At four steps (all connected, filled, churned, done
-//! publishing) the run says it has arrived, and goes on when told when the next phase starts;
-//! alone, it tells itself. Times are nanoseconds since the run's epoch.
+//! How the processes of one bigroom run keep in step. At four steps (all connected, filled,
+//! churned, done publishing) each process says it has arrived, and goes on when told when the
+//! next phase starts: alone, it tells itself; as a child, it asks its parent over stdin and
+//! stdout, and the parent answers once every child has arrived. Times are nanoseconds since the
+//! run's epoch, which every process shares.
 //!
 //! Owns the steps and when each next phase starts. It must not run a phase (that is `side`).
 
 use serde::{Deserialize, Serialize};
 
+use super::procs::ChildIo;
 use crate::scenario::run::{RunCtx, secs_to_ns};
 
 /// Where a process is in the run.
@@ -19,6 +22,15 @@ pub enum Step {
     Churned,
     /// The publishers have stopped and their acks are in.
     Published,
+}
+
+/// A process's arrival at a step: when (ns since the epoch), and a value (at `Published`: the
+/// highest seq its publishers had acked).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+pub struct Arrived {
+    pub step: Step,
+    pub at: u64,
+    pub value: u64,
 }
 
 /// The answer: when the next phase starts, and the value of the step (the highest of all the
@@ -48,6 +60,8 @@ pub fn go_at(step: Step, now: u64, warmup_secs: f64) -> u64 {
 pub enum Coord {
     /// The only process of the run.
     Alone,
+    /// A child of a `--processes` run.
+    Child(ChildIo),
 }
 
 impl Coord {
@@ -59,12 +73,12 @@ impl Coord {
         at: u64,
         value: u64,
     ) -> anyhow::Result<Go> {
-        let _ = at;
         match self {
             Coord::Alone => Ok(Go {
                 at: go_at(step, ctx.shared.now_ns(), ctx.common.warmup),
                 value,
             }),
+            Coord::Child(io) => io.arrive(Arrived { step, at, value }).await,
         }
     }
 }

@@ -14,10 +14,11 @@
 //! owns who is who (`Layout`) and merging what the processes saw into one result. It must not
 //! build figures (`report::bigroom` does).
 //!
-//! `side`: one process's share of the run (all of it, when alone). `coord`: how the run keeps
-//! in step.
+//! `side`: one process's share of the run (all of it, when alone). `coord`: how the processes
+//! keep in step. `procs`: the parent that starts child processes, and a child's life.
 
 mod coord;
+pub mod procs;
 mod side;
 
 use std::ops::Range;
@@ -197,9 +198,12 @@ pub struct BigroomResult {
     pub notes: Vec<String>,
 }
 
-/// Runs the scenario in this process.
+/// Runs the scenario: in this process, or (`--processes` above 1) as a parent of children.
 pub async fn run(ctx: &RunCtx, a: &BigroomArgs, load: &LoadArgs) -> anyhow::Result<BigroomResult> {
     let layout = Layout::new(a, ctx.endpoints.len());
+    if a.processes > 1 {
+        return procs::parent(ctx, a, load, layout).await;
+    }
     let mut coord = coord::Coord::Alone;
     let (side, local) = side::run(ctx, a, load, layout, layout.slice(0, 1), &mut coord).await?;
     Ok(merge(layout, vec![side], local))

@@ -26,7 +26,7 @@ use crate::stats::{ConnOutcome, Counts, Shared};
 /// The drain gives up early when nothing has arrived for this long.
 const DRAIN_QUIET: Duration = Duration::from_secs(3);
 
-/// What one process saw.
+/// What one process saw; a child sends it to its parent as JSON.
 #[derive(Serialize, Deserialize)]
 pub struct SideResult {
     pub connect_seconds: f64,
