@@ -6,8 +6,8 @@
 
 use std::fmt::Write as _;
 
-use super::build::empty_report;
-use super::cost::{BotCost, NodeCost, RedisCost, ServerCost, WindowWork};
+use super::build::{empty_report, window_figures};
+use super::cost::BotCost;
 use super::table::{latency_row, thousands};
 use super::{BigroomReport, PhaseReport, Report};
 use crate::cli::{CommonArgs, Scenario};
@@ -25,46 +25,13 @@ pub(crate) fn bigroom_report(
     rep.connect_seconds = r.connect_seconds;
     let phases: Vec<PhaseReport> = (0..PHASES.len()).filter_map(|i| phase(&r, i)).collect();
 
-    // The report's window is the first rest window.
-    if let (Some(rest), Some(w0), Some(w1)) = (phases.get(1), r.edges.get(1), r.edges.get(2)) {
-        let secs = rest.seconds;
+    // The report's window is the first rest window; the bot's CPU there is all its processes'.
+    if let (Some(w0), Some(w1)) = (r.edges.get(1), r.edges.get(2)) {
         let c = r.counts[2].since(r.counts[1]);
-        rep.window_seconds = secs;
-        rep.deliveries_in_window = c.delivered;
-        if secs > 0.0 {
-            rep.deliveries_per_sec = c.delivered as f64 / secs;
-            rep.publishes_per_sec = c.sent as f64 / secs;
-            rep.acks_per_sec = c.acked as f64 / secs;
-        }
-        let work = WindowWork {
-            deliveries: c.delivered,
-            publishes: c.acked,
-            connections: rep.connections,
-        };
-        if let (Some(b), Some(cn), Some(a0), Some(a1)) = (
-            r.baseline.server_total(),
-            r.connected.server_total(),
-            w0.server_total(),
-            w1.server_total(),
-        ) {
-            let pids = target.nodes.iter().filter_map(|n| n.pid).collect();
-            rep.server = Some(ServerCost::compute(pids, &b, &cn, (&a0, &a1), work));
-        }
-        if target.nodes.len() >= 2 {
-            rep.nodes = target
-                .nodes
-                .iter()
-                .zip(w0.servers.iter().zip(&w1.servers))
-                .filter_map(|(n, (a, b))| {
-                    Some(NodeCost::compute(&n.url, n.pid?, a.as_ref()?, b.as_ref()?))
-                })
-                .collect();
-        }
-        if let (Some(a), Some(b)) = (&w0.redis, &w1.redis) {
-            rep.redis = Some(RedisCost::compute(a, b, work));
-        }
+        window_figures(&mut rep, target, (&r.baseline, &r.connected), (w0, w1), c);
         if let (Some(a), Some(b)) = (r.bot_cpu[1], r.bot_cpu[2]) {
             let cpu = (b - a).max(0.0);
+            let secs = rep.window_seconds;
             rep.bot = Some(BotCost {
                 cpu_seconds: cpu,
                 cpu_percent: if secs > 0.0 { 100.0 * cpu / secs } else { 0.0 },

@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::coord::{Arrived, Coord, Go, Step, go_at};
-use super::side::{self, LocalSamples, SideResult};
+use super::side::{self, Edges, LocalSamples, SideResult};
 use super::{BigroomResult, Layout, merge};
 use crate::cli::{BigroomArgs, CommonArgs, LoadArgs};
-use crate::scenario::run::{RunCtx, Samples, secs_to_ns};
+use crate::scenario::run::{RunCtx, secs_to_ns};
 use crate::sys;
 
 /// Set in a child's environment: the bot reads its job from stdin instead of its arguments.
@@ -244,34 +244,24 @@ pub async fn parent(
         k,
         done: vec![false; k],
     };
-    let warmup = ctx.common.warmup;
     let mut edges = Edges::default();
+    let rest = secs_to_ns(ctx.common.duration);
     ctx.progress.phase(&format!("{k} processes connecting"), 0);
-    lines.gather(Step::Connected).await?;
+    let e0 = lines.step(ctx, &mut kids, Step::Connected).await?.at;
     let connected = ctx.sample();
-    let e0 = go_at(Step::Connected, ctx.shared.now_ns(), warmup);
-    kids.answer(Go { at: e0, value: 0 })?;
     edges.take(ctx, e0).await;
     ctx.progress.phase("filling", 0);
-    lines.gather(Step::Filled).await?;
-    let r1 = go_at(Step::Filled, ctx.shared.now_ns(), warmup);
-    kids.answer(Go { at: r1, value: 0 })?;
+    let r1 = lines.step(ctx, &mut kids, Step::Filled).await?.at;
     ctx.progress.phase("rest", 0);
     edges.take(ctx, r1).await;
-    edges.take(ctx, r1 + secs_to_ns(ctx.common.duration)).await;
+    edges.take(ctx, r1 + rest).await;
     ctx.progress.phase("churning", 0);
-    lines.gather(Step::Churned).await?;
-    let r2 = go_at(Step::Churned, ctx.shared.now_ns(), warmup);
-    kids.answer(Go { at: r2, value: 0 })?;
+    let r2 = lines.step(ctx, &mut kids, Step::Churned).await?.at;
     ctx.progress.phase("rest again", 0);
     edges.take(ctx, r2).await;
-    edges.take(ctx, r2 + secs_to_ns(ctx.common.duration)).await;
+    edges.take(ctx, r2 + rest).await;
     ctx.progress.phase("draining", 0);
-    let last = lines.gather(Step::Published).await?;
-    kids.answer(Go {
-        at: ctx.shared.now_ns(),
-        value: last,
-    })?;
+    lines.step(ctx, &mut kids, Step::Published).await?;
     let sides = lines.results().await?;
     ctx.progress.finish();
     kids.wait()?;
@@ -282,21 +272,6 @@ pub async fn parent(
         edges: edges.samples,
     };
     Ok(merge(layout, sides, local))
-}
-
-/// The servers' samples at the phase edges.
-#[derive(Default)]
-struct Edges {
-    times: Vec<u64>,
-    samples: Vec<Samples>,
-}
-
-impl Edges {
-    async fn take(&mut self, ctx: &RunCtx, at: u64) {
-        tokio::time::sleep_until(ctx.at(at)).await;
-        self.times.push(at);
-        self.samples.push(ctx.sample());
-    }
 }
 
 /// The children's lines, as they come.
@@ -344,6 +319,16 @@ impl Lines<'_> {
             }
         }
         Ok(value)
+    }
+
+    /// Waits until every child has arrived at `step`, then tells them all when the next phase
+    /// starts and the step's value (the highest of theirs).
+    async fn step(&mut self, ctx: &RunCtx, kids: &mut Children, step: Step) -> anyhow::Result<Go> {
+        let value = self.gather(step).await?;
+        let at = go_at(step, ctx.shared.now_ns(), ctx.common.warmup);
+        let go = Go { at, value };
+        kids.answer(go)?;
+        Ok(go)
     }
 
     /// Every child's result, by worker.

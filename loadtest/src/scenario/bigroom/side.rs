@@ -209,15 +209,15 @@ pub async fn run(
 
 /// The samples and counters at the phase edges.
 #[derive(Default)]
-struct Edges {
-    times: Vec<u64>,
-    samples: Vec<Samples>,
+pub(super) struct Edges {
+    pub(super) times: Vec<u64>,
+    pub(super) samples: Vec<Samples>,
     counts: Vec<Counts>,
 }
 
 impl Edges {
     /// Sleeps until `at`, then samples.
-    async fn take(&mut self, ctx: &RunCtx, at: u64) {
+    pub(super) async fn take(&mut self, ctx: &RunCtx, at: u64) {
         tokio::time::sleep_until(ctx.at(at)).await;
         self.times.push(at);
         self.samples.push(ctx.sample());
