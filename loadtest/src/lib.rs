@@ -155,13 +155,20 @@ pub fn run(cli: &Cli) -> anyhow::Result<Report> {
     report.client_cpus = common.client_cpus.clone();
     report.client_threads = threads;
     report.server_log_problems = log_problems;
-    if let Some(bot) = &report.bot {
-        let capacity = 100.0 * threads as f64;
-        if bot.cpu_percent > 0.9 * capacity {
+    // The window, and each phase of a bigroom (whose bot CPU is all its processes').
+    let phases = report.bigroom.iter().flat_map(|b| &b.phases);
+    let busy: Vec<(String, f64)> = report
+        .bot
+        .iter()
+        .map(|b| ("the window".to_string(), b.cpu_percent))
+        .chain(phases.filter_map(|p| Some((format!("the {} phase", p.name), p.bot_cpu_percent?))))
+        .collect();
+    let capacity = 100.0 * threads as f64;
+    for (when, percent) in busy {
+        if percent > 0.9 * capacity {
             report.notes.push(format!(
-                "the bot used {:.0}% of its {threads} core(s): it may have been the bottleneck, so \
-                 latency and throughput may understate the server",
-                bot.cpu_percent
+                "the bot used {percent:.0}% of its {threads} core(s) in {when}: it may have been \
+                 the bottleneck, so latency and throughput may understate the server"
             ));
         }
     }
