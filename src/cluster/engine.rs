@@ -420,9 +420,10 @@ impl Node {
                 ack,
                 since,
                 epoch,
+                rights,
             } => {
                 self.add_member(&room, &user, conn, jgen);
-                let joined = Joined::new(room, conn, jgen, id, ack, since);
+                let joined = Joined::new(room, conn, jgen, id, ack, since, rights);
                 self.spawn(async move { me.join(user, joined, epoch).await });
             }
             EngineMsg::Leave { room, user, conn } => {

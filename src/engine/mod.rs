@@ -46,6 +46,12 @@ pub trait Engine: Send {
     /// wake-up of the writer per pass, not per message).
     fn flush(&mut self);
 
+    /// Every `occupancy_interval_ms`: coalesced events that are due (a count room's
+    /// `occupancy`).
+    fn tick(&mut self, out: &mut Outbox) {
+        let _ = out;
+    }
+
     /// The server is shutting down: new connections are refused.
     fn shutdown(&mut self);
 
@@ -54,6 +60,11 @@ pub trait Engine: Send {
     fn snapshot(&self, into: &mut ShardSnapshot) {
         let _ = into;
     }
+
+    /// The rooms with members this engine counts on this shard, each with its member count
+    /// (`GET /api/rooms`): the embedded engine's homes here, so every room is on exactly one
+    /// shard.
+    fn rooms(&self) -> Vec<(Name, u64)>;
 
     /// Hands the API's node-wide call to the other nodes. `Err` gives it back when this node is
     /// alone (the embedded engine).

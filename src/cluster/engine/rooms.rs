@@ -108,7 +108,8 @@ impl Node {
         // A `since` from another epoch is history this room no longer has.
         joined.lost = epoch.is_some_and(|e| e != now_epoch);
         joined.epoch = Some(now_epoch);
-        let (done, read) = joined.answer(seq);
+        let rule = self.config.rule(&joined.room);
+        let (done, read) = joined.answer(seq, &rule, None);
         self.send(conn.shard(), done);
         if let Some(read) = read {
             self.persist.send(vec![Op::Read(read)]);
