@@ -293,12 +293,18 @@ async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
         }
         Call::User(user) => ask_engine(ctx, |reply| EngineMsg::UserInfo { user, reply }).await,
         Call::Rooms(limit) => {
-            let per_shard = ask_all(ctx, |reply| LocalMsg::Rooms { reply }).await?;
-            Ok(rooms_json(
-                &ctx.config,
-                per_shard.into_iter().flatten(),
-                limit,
-            ))
+            let (reply, rx) = oneshot::channel();
+            let call = NodesCall::Rooms { reply };
+            let rooms = if ctx
+                .with(|s| s.engine().call_nodes(call).is_ok())
+                .unwrap_or(false)
+            {
+                rx.await.ok().flatten().ok_or_else(redis_unavailable)?
+            } else {
+                let per_shard = ask_all(ctx, |reply| LocalMsg::Rooms { reply }).await?;
+                per_shard.into_iter().flatten().collect()
+            };
+            Ok(rooms_json(&ctx.config, rooms, limit))
         }
         Call::Stats => {
             let mine = crate::metrics::stats_json(ctx).await;
@@ -539,8 +545,7 @@ struct DisconnectRequest<'a> {
 /// `?before=N&limit=L` of `GET /api/rooms/{room}/history`.
 /// `{"rooms":[{"room":R,"members":N,"rule":P,"publish":..,"presence":..},..],"more":B}`: the
 /// biggest rooms first (then by name), at most `limit`, each with the rule it obeys.
-fn rooms_json(config: &Config, rooms: impl Iterator<Item = (Name, u64)>, limit: usize) -> Bytes {
-    let mut rooms: Vec<_> = rooms.collect();
+fn rooms_json(config: &Config, mut rooms: Vec<(Name, u64)>, limit: usize) -> Bytes {
     let more = rooms.len() > limit;
     rooms.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     rooms.truncate(limit);

@@ -25,9 +25,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::core::NodeId;
 use crate::core::counters::RedisCounters;
 use crate::core::health::Health;
-use crate::core::{Name, NodeId};
 use crate::engine::{Engine, NodesCall, Outbox, StoreReads};
 use crate::msg::EngineMsg;
 use crate::persist::Persist;
@@ -104,11 +104,6 @@ impl Engine for RedisEngine {
     /// The engine thread admits nothing once the node is shutting down: its Redis scripts
     /// refuse no one, and the shard refuses the handshakes itself.
     fn shutdown(&mut self) {}
-
-    // TODO(issue 20, cluster part): the rooms with members on this node.
-    fn rooms(&self) -> Vec<(Name, u64)> {
-        Vec::new()
-    }
 
     fn call_nodes(&self, call: NodesCall) -> Result<(), NodesCall> {
         self.handle.send(Req::Nodes(call));

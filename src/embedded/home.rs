@@ -58,8 +58,8 @@ pub struct Membership {
     pub members: u64,
 }
 
-/// A join refused: the room has `max_members` members.
-pub struct Full(pub u32);
+/// A join refused: the room has its `max_members` members.
+pub struct Full;
 
 impl HomeRooms {
     pub fn new(shards: usize) -> HomeRooms {
@@ -115,7 +115,7 @@ impl HomeRooms {
             if r.users.is_empty() {
                 self.rooms.remove(room);
             }
-            return Err(Full(rule.max_members));
+            return Err(Full);
         }
         r.per_shard[shard] += 1;
         let count = r.users.entry(user.clone()).or_insert(0);
@@ -494,7 +494,7 @@ mod tests {
         );
         assert!(h.join(&r, &n("c"), 0, &rule).is_ok());
         assert!(
-            matches!(h.join(&r, &n("d"), 0, &rule), Err(Full(3))),
+            matches!(h.join(&r, &n("d"), 0, &rule), Err(Full)),
             "max_members"
         );
         assert!(

@@ -10,7 +10,6 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::Embedded;
-use super::home::Full;
 use crate::config::{Durability, PresenceMode};
 use crate::core::error::{ErrorCode, HandshakeError, ReplyError};
 use crate::core::{ConnId, Name, ShardId, Stream};
@@ -214,23 +213,8 @@ impl Embedded {
     fn register_join(&mut self, user: &Name, joined: Joined, out: &mut Outbox) {
         let (room, conn) = (&joined.room, joined.conn);
         let rule = self.config.rule(room);
-        let m = match self.rooms.join(room, user, conn.shard(), &rule) {
-            Ok(m) => m,
-            Err(Full(max)) => {
-                let failed = NodeMsg::JoinFailed {
-                    room: room.clone(),
-                    conn,
-                    jgen: joined.jgen,
-                    error: ReplyError::new(
-                        ErrorCode::RoomFull,
-                        format!(
-                            "{room} has its {max} members ({}: max_members); try again later",
-                            rule.describe()
-                        ),
-                    ),
-                };
-                return self.send(conn.shard(), failed, out);
-            }
+        let Ok(m) = self.rooms.join(room, user, conn.shard(), &rule) else {
+            return self.send(conn.shard(), joined.full(&rule), out);
         };
         if let (true, Some(event)) = (self.config.presence_events, m.event) {
             self.spread(Stream::Room(room.clone()), None, event, None, out);

@@ -2,6 +2,7 @@
 //! reads they hand to the store threads.
 
 use crate::config::Rule;
+use crate::core::error::{ErrorCode, ReplyError};
 use crate::core::rights::Rights;
 use crate::core::{ConnId, JoinGen, Name, ReqId, ShardId};
 use crate::msg::{EngineMsg, NodeMsg, ReplayTo};
@@ -45,6 +46,22 @@ impl Joined {
             rights,
             epoch: None,
             lost: false,
+        }
+    }
+
+    /// The answer to a join refused because the room has its `max_members` members.
+    pub fn full(self, rule: &Rule) -> NodeMsg {
+        let message = format!(
+            "{} has its {} members ({}: max_members); try again later",
+            self.room,
+            rule.max_members,
+            rule.describe()
+        );
+        NodeMsg::JoinFailed {
+            room: self.room,
+            conn: self.conn,
+            jgen: self.jgen,
+            error: ReplyError::new(ErrorCode::RoomFull, message),
         }
     }
 

@@ -63,8 +63,10 @@ pub trait Engine: Send {
 
     /// The rooms with members this engine counts on this shard, each with its member count
     /// (`GET /api/rooms`): the embedded engine's homes here, so every room is on exactly one
-    /// shard.
-    fn rooms(&self) -> Vec<(Name, u64)>;
+    /// shard. The Redis engine answers for the whole node instead (`NodesCall::Rooms`).
+    fn rooms(&self) -> Vec<(Name, u64)> {
+        Vec::new()
+    }
 
     /// Hands the API's node-wide call to the other nodes. `Err` gives it back when this node is
     /// alone (the embedded engine).
@@ -100,6 +102,11 @@ pub enum NodesCall {
     /// The cluster's totals for `/api/stats`, from every live node's latest figures.
     Totals {
         reply: oneshot::Sender<Option<serde_json::Value>>,
+    },
+    /// `/api/rooms` on a cluster node: the rooms with members on this node, each with its
+    /// users across the cluster.
+    Rooms {
+        reply: oneshot::Sender<Option<Vec<(Name, u64)>>>,
     },
 }
 
