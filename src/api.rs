@@ -148,6 +148,8 @@ pub enum Call {
     User(Name),
     /// `GET /api/stats`.
     Stats,
+    /// The rooms with members, the biggest first, at most this many.
+    Rooms(usize),
 }
 
 /// Parses a request: `path` is what follows `/api/`. It checks everything that can be checked
@@ -205,9 +207,10 @@ pub fn parse_call(
         }
         (&Method::GET, ["users", user]) => Ok(Call::User(name("user", user)?)),
         (&Method::GET, ["stats"]) => Ok(Call::Stats),
+        (&Method::GET, ["rooms"]) => Ok(Call::Rooms(rooms_query(query)?)),
         (_, ["publish" | "send" | "broadcast" | "disconnect"])
         | (_, ["rooms", _, "presence" | "history"])
-        | (_, ["users", _] | ["stats"]) => Err(ApiError::new(
+        | (_, ["users", _] | ["stats"] | ["rooms"]) => Err(ApiError::new(
             405,
             "method_not_allowed",
             format!("{method} is not allowed on /api/{path}"),
@@ -250,7 +253,7 @@ async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
             })
             .await?;
             let nodes = ask_nodes(ctx, |reply| NodesCall::Broadcast { json, reply }).await?;
-            Ok(counted(n, nodes))
+            Ok(counted(n.iter().sum(), nodes))
         }
         Call::Disconnect { user, reason } => {
             let n = ask_all(ctx, |reply| LocalMsg::Kick {
@@ -265,7 +268,7 @@ async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
                 reply,
             })
             .await?;
-            Ok(counted(n, nodes))
+            Ok(counted(n.iter().sum(), nodes))
         }
         Call::Presence(room) => {
             ask_engine(ctx, |reply| EngineMsg::Presence {
@@ -289,6 +292,20 @@ async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
             .await
         }
         Call::User(user) => ask_engine(ctx, |reply| EngineMsg::UserInfo { user, reply }).await,
+        Call::Rooms(limit) => {
+            let (reply, rx) = oneshot::channel();
+            let call = NodesCall::Rooms { reply };
+            let rooms = if ctx
+                .with(|s| s.engine().call_nodes(call).is_ok())
+                .unwrap_or(false)
+            {
+                rx.await.ok().flatten().ok_or_else(redis_unavailable)?
+            } else {
+                let per_shard = ask_all(ctx, |reply| LocalMsg::Rooms { reply }).await?;
+                per_shard.into_iter().flatten().collect()
+            };
+            Ok(rooms_json(&ctx.config, rooms, limit))
+        }
         Call::Stats => {
             let mine = crate::metrics::stats_json(ctx).await;
             let (reply, rx) = oneshot::channel();
@@ -475,10 +492,10 @@ fn counted(connections: usize, nodes: Option<u64>) -> Bytes {
     .into()
 }
 
-async fn ask_all(
+async fn ask_all<T>(
     ctx: &Ctx,
-    make: impl Fn(oneshot::Sender<usize>) -> LocalMsg,
-) -> Result<usize, ApiError> {
+    make: impl Fn(oneshot::Sender<T>) -> LocalMsg,
+) -> Result<Vec<T>, ApiError> {
     let mut answers = Vec::new();
     ctx.with(|s| {
         s.send_all(|| {
@@ -489,11 +506,11 @@ async fn ask_all(
     })
     .ok_or_else(ApiError::unavailable)?;
     ctx.schedule_flush();
-    let mut total = 0;
+    let mut all = Vec::with_capacity(answers.len());
     for rx in answers {
-        total += rx.await.map_err(|_| ApiError::unavailable())?;
+        all.push(rx.await.map_err(|_| ApiError::unavailable())?);
     }
-    Ok(total)
+    Ok(all)
 }
 
 #[derive(Deserialize)]
@@ -526,6 +543,45 @@ struct DisconnectRequest<'a> {
 }
 
 /// `?before=N&limit=L` of `GET /api/rooms/{room}/history`.
+/// `{"rooms":[{"room":R,"members":N,"rule":P,"publish":..,"presence":..},..],"more":B}`: the
+/// biggest rooms first (then by name), at most `limit`, each with the rule it obeys.
+fn rooms_json(config: &Config, mut rooms: Vec<(Name, u64)>, limit: usize) -> Bytes {
+    let more = rooms.len() > limit;
+    rooms.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    rooms.truncate(limit);
+    let rooms: Vec<_> = (rooms.iter())
+        .map(|(room, members)| {
+            let rule = config.rule(room);
+            serde_json::json!({
+                "room": &**room,
+                "members": members,
+                "rule": rule.prefix,
+                "publish": rule.publish.as_str(),
+                "presence": rule.presence.as_str(),
+            })
+        })
+        .collect();
+    serde_json::json!({"rooms": rooms, "more": more})
+        .to_string()
+        .into()
+}
+
+/// `GET /api/rooms`'s `limit`: 1 to 1000, default 100.
+fn rooms_query(query: &str) -> Result<usize, ApiError> {
+    let mut limit = 100;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        if let ("limit", value) = pair.split_once('=').unwrap_or((pair, "")) {
+            limit = value
+                .parse()
+                .map_err(|_| ApiError::bad("`limit` must be a non-negative integer"))?;
+        }
+    }
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad("`limit` must be 1 to 1000"));
+    }
+    Ok(limit)
+}
+
 fn history_query(query: &str) -> Result<(Option<u64>, usize), ApiError> {
     let mut before = None;
     let mut limit = DEFAULT_HISTORY_LIMIT;

@@ -18,14 +18,16 @@ use crate::config::Config;
 use crate::core::Name;
 use crate::core::error::{ErrorCode, HandshakeError, ReplyError};
 use crate::core::name::is_valid_name;
+use crate::core::rights::{Grant, Grants, Pattern, Rights};
 use jwks::{Jwks, Key};
 
 /// Who a connection belongs to, as its credentials said.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     pub user: Name,
-    /// The token's `rooms` claim: joined at connect, and the only rooms the user may join.
-    pub rooms: Option<Vec<Name>>,
+    /// The token's `rooms` claim: what the user may do in which rooms (its plain names are
+    /// joined at connect). `None`: no claim, every right in every room.
+    pub rooms: Option<Grants>,
     /// The token's `exp`, unix seconds.
     pub exp: Option<u64>,
 }
@@ -38,7 +40,16 @@ struct Claims {
     #[serde(skip_serializing_if = "Option::is_none")]
     exp: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    rooms: Option<Vec<String>>,
+    rooms: Option<Vec<RoomClaim>>,
+}
+
+/// One entry of a `rooms` claim: a room name (joined at connect, every right), or a room or
+/// `prefix*` pattern with the rights it grants.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum RoomClaim {
+    Name(String),
+    Grant { room: String, rights: Vec<String> },
 }
 
 /// An HS256 token for `identity` (its user as `sub`, and its `rooms` and `exp` if set), signed
@@ -50,7 +61,7 @@ pub fn mint(secret: &str, identity: &Identity) -> String {
         rooms: identity
             .rooms
             .as_ref()
-            .map(|rooms| rooms.iter().map(|r| r.to_string()).collect()),
+            .map(|g| g.iter().map(claim_of).collect()),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -307,15 +318,14 @@ fn identity(claims: Claims, max_rooms: usize) -> Result<Identity, HandshakeError
             ));
         }
         Some(rooms) => {
-            let mut names = Vec::with_capacity(rooms.len());
+            let mut grants: Vec<Grant> = Vec::with_capacity(rooms.len());
             for room in rooms {
-                let name = Name::new(&room)
-                    .map_err(|_| unauthorized("token rooms claim has an invalid room name"))?;
-                if !names.contains(&name) {
-                    names.push(name);
+                let grant = grant_of(room).map_err(|m| unauthorized(&m))?;
+                if !grants.contains(&grant) {
+                    grants.push(grant);
                 }
             }
-            Some(names)
+            Some(Grants::new(grants))
         }
     };
     Ok(Identity {
@@ -323,6 +333,60 @@ fn identity(claims: Claims, max_rooms: usize) -> Result<Identity, HandshakeError
         rooms,
         exp: claims.exp,
     })
+}
+
+/// A claim entry as a grant. A pattern is a room name, or a name's start followed by `*` (`*`
+/// alone: every room).
+fn grant_of(claim: RoomClaim) -> Result<Grant, String> {
+    let invalid = |what: &str| format!("token rooms claim has {what}");
+    match claim {
+        RoomClaim::Name(room) => Ok(Grant {
+            pattern: Pattern::Room(Name::new(&room).map_err(|_| invalid("an invalid room name"))?),
+            rights: Rights::ALL,
+            join_at_connect: true,
+        }),
+        RoomClaim::Grant { room, rights } => {
+            let pattern = match room.strip_suffix('*') {
+                Some(prefix) if prefix.is_empty() || is_valid_name(prefix.as_bytes()) => {
+                    Pattern::Prefix(prefix.into())
+                }
+                Some(_) => return Err(invalid("an invalid room pattern")),
+                None => {
+                    Pattern::Room(Name::new(&room).map_err(|_| invalid("an invalid room name"))?)
+                }
+            };
+            let mut granted = Rights::NONE;
+            for right in &rights {
+                let right = Rights::named(right).ok_or_else(|| {
+                    invalid(&format!(
+                        "an unknown right {right:?} (rights are join, publish, presence, history)"
+                    ))
+                })?;
+                granted = granted.with(right);
+            }
+            Ok(Grant {
+                pattern,
+                rights: granted,
+                join_at_connect: false,
+            })
+        }
+    }
+}
+
+/// A grant as a claim entry: a plain name when it is one (every right, joined at connect).
+fn claim_of(grant: &Grant) -> RoomClaim {
+    match &grant.pattern {
+        Pattern::Room(room) if grant.join_at_connect && grant.rights == Rights::ALL => {
+            RoomClaim::Name(room.to_string())
+        }
+        pattern => RoomClaim::Grant {
+            room: match pattern {
+                Pattern::Room(room) => room.to_string(),
+                Pattern::Prefix(prefix) => format!("{prefix}*"),
+            },
+            rights: grant.rights.names().map(String::from).collect(),
+        },
+    }
 }
 
 /// The percent-decoded value of `name` in a query string.
@@ -364,6 +428,7 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::rights::{Grant, Grants, Pattern, Rights};
     use jsonwebtoken::{EncodingKey, Header, encode};
     use serde_json::json;
 
@@ -454,7 +519,18 @@ mod tests {
         let a = hs("s3cret");
         let id = Identity {
             user: Name::new("bob").unwrap(),
-            rooms: Some(vec![Name::new("r1").unwrap(), Name::new("r2").unwrap()]),
+            rooms: Some(Grants::new(vec![
+                Grant {
+                    pattern: Pattern::Room(Name::new("r1").unwrap()),
+                    rights: Rights::ALL,
+                    join_at_connect: true,
+                },
+                Grant {
+                    pattern: Pattern::Prefix("live:".into()),
+                    rights: Rights::JOIN.with(Rights::PRESENCE),
+                    join_at_connect: false,
+                },
+            ])),
             exp: Some(now() + 60),
         };
         let t = mint("s3cret", &id);

@@ -12,6 +12,7 @@ use clap::Args;
 
 use crate::config::Config;
 use crate::core::Name;
+use crate::core::rights::{Grant, Pattern, Rights};
 
 /// What `shardcast config` prints instead of a secret.
 pub const MASK: &str = "***";
@@ -70,13 +71,20 @@ pub fn default_toml() -> String {
         .expect("writing to a String");
     }
     out.push_str(
-        "\n# Retention by room name prefix (config file only). The first rule whose prefix\n\
-         # starts a room's name replaces room_retention_messages and room_retention_secs\n\
-         # for that room; 0 means no limit. Default none. For example:\n\
-         # [[room_retention]]\n\
-         # prefix = \"support:\"\n\
-         # messages = 100000\n\
-         # secs = 0\n",
+        "\n# Room rules by name prefix (config file only; docs/protocol.md, \"Rooms: rules\n\
+         # and rights\"). The longest matching prefix wins; prefix = \"\" is the default\n\
+         # rule, and what a rule leaves out comes from the default rule, then from the\n\
+         # keys above.\n\
+         # Default none. For example:\n\
+         # [[rooms]]\n\
+         # prefix = \"live:\"\n\
+         # publish = \"granted\"        # members | granted | api\n\
+         # presence = \"count\"         # list | count | off\n\
+         # presence_list_max = 1000\n\
+         # history_messages = 1000     # 0 = no limit\n\
+         # history_secs = 3600         # 0 = no limit\n\
+         # recover = true\n\
+         # max_members = 0             # 0 = no limit\n",
     );
     out
 }
@@ -138,9 +146,57 @@ pub fn parse_name(text: &str) -> Result<Name, String> {
     Name::new(text).map_err(|e| format!("`{text}`: {}", e.message))
 }
 
+/// A `--grant` of `shardcast token`: `PATTERN=RIGHT,RIGHT`, where the pattern is a room name or
+/// a name's start followed by `*` (`*` alone: every room), and the rights are among join,
+/// publish, presence and history.
+pub fn parse_grant(text: &str) -> Result<Grant, String> {
+    let (pattern, rights) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: expected PATTERN=RIGHTS, e.g. live:*=join,presence"))?;
+    let pattern = match pattern.strip_suffix('*') {
+        Some(prefix) if prefix.is_empty() || Name::new(prefix).is_ok() => {
+            Pattern::Prefix(prefix.into())
+        }
+        Some(_) => return Err(format!("`{pattern}`: not a room name followed by *")),
+        None => Pattern::Room(parse_name(pattern)?),
+    };
+    let mut granted = Rights::NONE;
+    for right in rights.split(',') {
+        granted =
+            granted.with(Rights::named(right).ok_or_else(|| {
+                format!("`{right}`: not a right (join, publish, presence, history)")
+            })?);
+    }
+    Ok(Grant {
+        pattern,
+        rights: granted,
+        join_at_connect: false,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grants_parse_patterns_and_rights() {
+        let g = parse_grant("live:*=join,presence").unwrap();
+        assert_eq!(g.pattern, Pattern::Prefix("live:".into()));
+        assert_eq!(g.rights, Rights::JOIN.with(Rights::PRESENCE));
+        let g = parse_grant("lobby=publish").unwrap();
+        assert_eq!(g.pattern, Pattern::Room(Name::new("lobby").unwrap()));
+        assert!(parse_grant("lobby").unwrap_err().contains("PATTERN=RIGHTS"));
+        assert!(
+            parse_grant("lobby=admin")
+                .unwrap_err()
+                .contains("not a right")
+        );
+        assert!(
+            parse_grant("a b*=join")
+                .unwrap_err()
+                .contains("followed by *")
+        );
+    }
 
     #[test]
     fn the_default_file_loads_as_the_defaults() {

@@ -9,9 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use shardcast::auth::{Identity, mint};
-use shardcast::cli::{Ttl, default_toml, effective_toml, parse_name, parse_ttl};
+use shardcast::cli::{Ttl, default_toml, effective_toml, parse_grant, parse_name, parse_ttl};
 use shardcast::config::{Config, LogFormat};
 use shardcast::core::Name;
+use shardcast::core::rights::{Grant, Grants, Pattern, Rights};
 use shardcast::server::Server;
 
 #[global_allocator]
@@ -83,10 +84,16 @@ struct TokenArgs {
     /// @ -.
     #[arg(long, value_parser = parse_name)]
     user: Name,
-    /// Comma-separated rooms (the `rooms` claim): the user joins them at connect and may join no
-    /// others. Default: no claim, so any room.
+    /// Comma-separated rooms (the `rooms` claim): the user joins them at connect with every
+    /// right. With --rooms or --grant the user may use no other rooms. Default: no claim, so
+    /// any room.
     #[arg(long, value_delimiter = ',', value_parser = parse_name)]
     rooms: Option<Vec<Name>>,
+    /// A grant in the `rooms` claim, repeatable: PATTERN=RIGHTS, where PATTERN is a room or a
+    /// name's start followed by `*`, and RIGHTS are among join, publish, presence and history,
+    /// e.g. --grant 'live:*=join,presence'. Not joined at connect.
+    #[arg(long, value_parser = parse_grant)]
+    grant: Vec<Grant>,
     /// How long the token is valid (its `exp` claim is now plus this): a number with s, m, h or
     /// d, e.g. 30s, 15m, 24h, 7d. Every token expires: servers refuse tokens without `exp`
     /// (require_exp), so there is no "never"; a long lifetime is e.g. 3650d.
@@ -165,9 +172,21 @@ fn token(args: TokenArgs) -> anyhow::Result<String> {
         .duration_since(UNIX_EPOCH)
         .context("the system clock is before 1970")?;
     let exp = Some((now + args.ttl.0).as_secs());
+    let rooms = (args.rooms.is_some() || !args.grant.is_empty()).then(|| {
+        let plain = args
+            .rooms
+            .unwrap_or_default()
+            .into_iter()
+            .map(|room| Grant {
+                pattern: Pattern::Room(room),
+                rights: Rights::ALL,
+                join_at_connect: true,
+            });
+        Grants::new(plain.chain(args.grant).collect())
+    });
     let identity = Identity {
         user: args.user,
-        rooms: args.rooms,
+        rooms,
         exp,
     };
     Ok(mint(&secret, &identity))

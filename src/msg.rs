@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::core::counters::ShardSnapshot;
 use crate::core::error::{CloseCode, HandshakeError, ReplyError};
+use crate::core::rights::Rights;
 use crate::core::{ConnId, JoinGen, NodeId, ShardId, Stream};
 use crate::core::{Name, ReqId};
 
@@ -106,7 +107,24 @@ impl ReplyTo {
             },
             || {
                 let users: Vec<&str> = users.iter().map(|u| &**u).collect();
-                let body = serde_json::json!({ "room": &**room, "users": users });
+                let body = serde_json::json!({ "room": &**room, "mode": "list", "users": users });
+                body.to_string().into()
+            },
+        )
+    }
+
+    /// The answer to a `presence` query on a room whose presence is a count (`mode`: `count`,
+    /// or `off` for the API, which may ask anyway).
+    pub fn presence_count(
+        self,
+        room: &Name,
+        mode: &'static str,
+        members: u64,
+    ) -> (ShardId, NodeMsg) {
+        self.answer(
+            |id| crate::protocol::encode::presence_count(id, room, mode, members),
+            || {
+                let body = serde_json::json!({ "room": &**room, "mode": mode, "members": members });
                 body.to_string().into()
             },
         )
@@ -217,6 +235,8 @@ pub enum EngineMsg {
         /// The room's epoch the client saw `since` in (cluster mode); another one means that
         /// history is gone.
         epoch: Option<u64>,
+        /// What the connection may do in the room (its token and the room's rule), for the ack.
+        rights: Rights,
     },
     /// A connection left the room.
     Leave {
@@ -398,6 +418,10 @@ pub enum LocalMsg {
         user: Name,
         reason: Option<String>,
         reply: oneshot::Sender<usize>,
+    },
+    /// The rooms this shard's engine counts, with their members (`Engine::rooms`).
+    Rooms {
+        reply: oneshot::Sender<Vec<(Name, u64)>>,
     },
     /// Close every connection with 1001 and stop.
     Shutdown,

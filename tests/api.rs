@@ -11,31 +11,10 @@ use serde_json::{Value, json};
 
 const KEY: &str = "api-test-key";
 
-/// An API response: status and JSON body.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    body: Value,
-}
+type Reply = ApiReply;
 
-/// One request on a fresh connection; every API response is JSON.
 async fn http(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: &str) -> Reply {
-    let auth = key.map(|k| format!("apikey {k}"));
-    let mut headers = vec![("Content-Type", "application/json")];
-    headers.extend(auth.as_deref().map(|a| ("Authorization", a)));
-    let reply = Http::connect(addr)
-        .await
-        .request(method, path, &headers, body)
-        .await;
-    assert!(
-        reply.content_type.starts_with("application/json"),
-        "{reply:?}"
-    );
-    let json = serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("{e}: {reply:?}"));
-    Reply {
-        status: reply.status,
-        body: json,
-    }
+    api(addr, method, path, key, body).await
 }
 
 async fn post(addr: SocketAddr, path: &str, body: Value) -> Reply {
@@ -206,7 +185,10 @@ async fn presence_users_and_history() {
         alice.publish("r", json!(i)).await;
     }
     let p = get(server.addr(), "/api/rooms/r/presence").await;
-    assert_eq!(p.body, json!({"room":"r","users":["alice","bob"]}));
+    assert_eq!(
+        p.body,
+        json!({"room":"r","mode":"list","users":["alice","bob"]})
+    );
     let u = get(server.addr(), "/api/users/alice").await;
     assert_eq!(
         u.body,

@@ -202,7 +202,7 @@ async fn presence_is_cluster_wide_with_joined_and_left_across_nodes() {
         .await;
     assert_eq!(
         (status, body),
-        (200, json!({"room":"room","users":["a","d"]}))
+        (200, json!({"room":"room","mode":"list","users":["a","d"]}))
     );
     a.assert_silent(QUIET).await;
 }
@@ -305,7 +305,10 @@ async fn the_server_api_works_on_any_node() {
     assert_dm(&a2.recv_json().await, "a", "shop", &json!("hi"));
 
     let (_, presence) = cluster.api(0, "GET", "/api/rooms/r/presence", None).await;
-    assert_eq!(presence, json!({"room":"r","users":["a","b","c"]}));
+    assert_eq!(
+        presence,
+        json!({"room":"r","mode":"list","users":["a","b","c"]})
+    );
     let (_, history) = cluster.api(2, "GET", "/api/rooms/r/history", None).await;
     assert_eq!(
         seqs(history["messages"].as_array().unwrap()),

@@ -20,7 +20,7 @@ use super::Req;
 use super::keys::{Channel, Keys};
 use super::link::{Cmds, Subs, Target};
 use super::wire::Wire;
-use crate::config::{Config, SessionPolicy};
+use crate::config::{Config, PresenceMode, Rule, SessionPolicy};
 use crate::core::Name;
 use crate::core::Stream;
 use crate::core::counters::RedisCounters;
@@ -88,6 +88,12 @@ impl Boot {
 struct Room {
     /// Local connections in the room, with their user and join generation.
     members: AHashMap<ConnId, (Name, JoinGen)>,
+    /// Local connections per user: this node's count of the room's users is its length.
+    users: AHashMap<Name, u32>,
+    /// The room's users across the cluster as last heard (a join's answer, an `o` message).
+    total: u64,
+    /// The count the last `occupancy` event to local members said (`None`: none sent).
+    told: Option<u64>,
     /// Members per shard.
     shards: Vec<u32>,
     /// The newest seq this node knows the room has (from pub/sub or a join); `None` before
@@ -119,6 +125,11 @@ struct User {
 struct State {
     rooms: AHashMap<Name, Room>,
     users: AHashMap<Name, User>,
+    /// Count (and off) rooms whose local user count changed since the last occupancy tick:
+    /// written to the room's occupancy hash then, once however many joins.
+    counted: AHashSet<Name>,
+    /// Rooms whose total changed since their last `occupancy` event to local members.
+    occupancy_due: AHashSet<Name>,
 }
 
 pub struct Node {
@@ -198,6 +209,7 @@ impl Node {
         let me = Rc::new(self);
         tokio::task::spawn_local(me.clone().subscriber());
         tokio::task::spawn_local(me.clone().refresher());
+        tokio::task::spawn_local(me.clone().occupier());
         while let Some(req) = rx.recv().await {
             me.take(req);
         }
@@ -317,12 +329,10 @@ impl Node {
         now_ms() + self.config.presence_ttl_secs * 1000
     }
 
-    fn events(&self) -> &'static str {
-        if self.config.presence_events {
-            "1"
-        } else {
-            "0"
-        }
+    /// The `list` argument of the presence scripts for a list room: "MAX EVENTS".
+    fn list(&self, rule: &Rule) -> String {
+        let events = u8::from(self.config.presence_events);
+        format!("{} {events}", rule.presence_list_max)
     }
 
     /// A new epoch for a stream that starts one: random, and exact in a JavaScript number.
@@ -363,6 +373,12 @@ impl Node {
                 let me = self.clone();
                 self.spawn(async move {
                     let _ = reply.send(me.totals().await);
+                });
+            }
+            Req::Nodes(NodesCall::Rooms { reply }) => {
+                let me = self.clone();
+                self.spawn(async move {
+                    let _ = reply.send(me.rooms().await);
                 });
             }
         }
@@ -420,28 +436,15 @@ impl Node {
                 ack,
                 since,
                 epoch,
+                rights,
             } => {
                 self.add_member(&room, &user, conn, jgen);
-                let joined = Joined::new(room, conn, jgen, id, ack, since);
+                let joined = Joined::new(room, conn, jgen, id, ack, since, rights);
                 self.spawn(async move { me.join(user, joined, epoch).await });
             }
             EngineMsg::Leave { room, user, conn } => {
                 self.remove_member(&room, conn);
-                self.spawn(async move {
-                    let (pz, pu) = me.keys.presence(&room);
-                    let stream = Stream::Room(room.clone());
-                    let mut inv = me.scripts.leave.prepare_invoke();
-                    inv.key(pz)
-                        .key(pu)
-                        .arg(format!("{user} {}", conn.raw()))
-                        .arg(user.as_str())
-                        .arg(now_ms())
-                        .arg(me.keys.channel(&stream))
-                        .arg(me.publish_cmd())
-                        .arg(room.as_str())
-                        .arg(me.events());
-                    me.script::<i64>(&inv).await;
-                });
+                self.spawn(async move { me.leave(room, user, conn).await });
             }
             EngineMsg::Publish {
                 room,

@@ -55,6 +55,12 @@ impl Keys {
         (tag.clone() + ":pz", tag + ":pu")
     }
 
+    /// A count (or off) room's occupancy: one field per node, "USERS EXPIRY" (no entry per
+    /// connection), and `t`, the total last published.
+    pub fn occupancy(&self, room: &Name) -> String {
+        self.tag(&Stream::Room(room.clone())) + ":occ"
+    }
+
     /// A user's sessions and attached connections, scored by expiry.
     pub fn sessions(&self, user: &Name) -> (String, String) {
         let tag = self.tag(&Stream::Inbox(user.clone()));
@@ -112,6 +118,10 @@ mod tests {
         let room = Stream::Room(Name::new("lob:by").unwrap());
         assert_eq!(k.meta(&room), "sc:{r:lob:by}:meta");
         assert_eq!(k.log(&room), "sc:{r:lob:by}:log");
+        let Stream::Room(name) = &room else {
+            unreachable!()
+        };
+        assert_eq!(k.occupancy(name), "sc:{r:lob:by}:occ");
         assert_eq!(k.channel(&room), "sc:{r:lob:by}");
         assert_eq!(k.parse(&k.channel(&room)), Some(Channel::Stream(room)));
         let user = Stream::Inbox(Name::new("bob").unwrap());

@@ -4,6 +4,8 @@
 //! - `m SEQ EXCL EPOCH` + JSON: a stream's message at SEQ of EPOCH; EXCL is the publishing
 //!   connection or empty.
 //! - `e EXCL` + JSON: a presence event (outside the seq order); EXCL is the joining connection.
+//! - `o USERS`: a room's users across the cluster (a count room's, or a list room's past its
+//!   `presence_list_max`); nodes pass it on to members as coalesced `occupancy` events.
 //! - `f EXCL` + JSON: the copy of a direct message for the sender's other connections.
 //! - `c CONN`: close the user's connections but CONN (kick_old).
 //! - `k` + reason: close the user's connections (the API's disconnect).
@@ -29,6 +31,7 @@ pub enum Wire {
         exclude: Option<ConnId>,
         json: Bytes,
     },
+    Occupancy(u64),
     Forward {
         exclude: Option<ConnId>,
         json: Bytes,
@@ -65,6 +68,7 @@ impl Wire {
                 exclude: num().map(ConnId::from_raw),
                 json: body(),
             },
+            "o" => Wire::Occupancy(num()?),
             "f" => Wire::Forward {
                 exclude: num().map(ConnId::from_raw),
                 json: body(),
@@ -93,6 +97,7 @@ impl Wire {
                 (format!("m {seq} {} {epoch}", excl(exclude)), json)
             }
             Wire::Event { exclude, json } => (format!("e {}", excl(exclude)), json),
+            Wire::Occupancy(users) => (format!("o {users}"), b""),
             Wire::Forward { exclude, json } => (format!("f {}", excl(exclude)), json),
             Wire::CloseOthers(c) => (format!("c {}", c.raw()), b""),
             Wire::Kick(reason) => ("k".into(), reason.as_bytes()),
@@ -136,6 +141,7 @@ mod tests {
                 exclude: None,
                 json: json.clone(),
             },
+            Wire::Occupancy(15_000),
             Wire::CloseOthers(c),
             Wire::Kick("bye now".into()),
             Wire::Broadcast { from: 9, json },
@@ -154,7 +160,21 @@ mod tests {
                 ..
             })
         ));
-        for bad in [&b""[..], b"x 1", b"m", b"m x", b"c", b"b 99999999"] {
+        // What occupancy.lua and the presence scripts send: "o USERS", no newline.
+        assert_eq!(
+            Wire::parse(Bytes::from_static(b"o 12")),
+            Some(Wire::Occupancy(12))
+        );
+        for bad in [
+            &b""[..],
+            b"x 1",
+            b"m",
+            b"m x",
+            b"c",
+            b"b 99999999",
+            b"o",
+            b"o -1",
+        ] {
             assert_eq!(Wire::parse(Bytes::copy_from_slice(bad)), None, "{bad:?}");
         }
     }

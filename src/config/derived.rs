@@ -31,18 +31,6 @@ impl Config {
         idle.div_ceil(self.heartbeat_ms).max(1) as u32
     }
 
-    /// The retention of a room, `(messages, secs)`: its first matching `room_retention` rule, or
-    /// the room defaults. 0 means no limit.
-    pub fn room_retention_of(&self, room: &str) -> (u64, u64) {
-        self.room_retention
-            .iter()
-            .find(|r| room.starts_with(&r.prefix))
-            .map_or(
-                (self.room_retention_messages, self.room_retention_secs),
-                |r| (r.messages, r.secs),
-            )
-    }
-
     /// A connection's request and read rates (`publish_rate`/`publish_burst`,
     /// `read_rate`/`read_burst`).
     pub fn rates(&self) -> crate::core::bucket::Rates {

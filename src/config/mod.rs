@@ -8,11 +8,13 @@
 
 mod derived;
 mod load;
+mod rooms;
 #[cfg(test)]
 mod tests;
 mod validate;
 
 pub use load::ConfigError;
+pub use rooms::{PRESENCE_LIST_MAX, PresenceMode, PublishMode, RoomRule, Rule};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -403,9 +405,16 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_MAX_TOTAL_QUEUE_BYTES", default_value_t = 1 << 30)]
     pub max_total_queue_bytes: usize,
 
-    /// Send `joined` / `left` events to room members. Default true.
+    /// Send `joined` / `left` events to the members of `list` rooms (see `[[rooms]]`). Default
+    /// true.
     #[arg(long, env = "SHARDCAST_PRESENCE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub presence_events: bool,
+
+    /// How often a `count` room (or a `list` room past its presence_list_max) may send its
+    /// members an `occupancy` event, in milliseconds: joins and leaves in between are
+    /// coalesced into one event, sent only if the count changed. Default 1000.
+    #[arg(long, env = "SHARDCAST_OCCUPANCY_INTERVAL_MS", default_value_t = 1_000)]
+    pub occupancy_interval_ms: u64,
 
     /// How long shutdown waits for connections to take their 1001 close, in milliseconds.
     /// Default 3000.
@@ -518,10 +527,17 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_PRESENCE_TTL_SECS", default_value_t = 10)]
     pub presence_ttl_secs: u64,
 
-    /// Retention by room name prefix, in the config file only: `[[room_retention]]` tables with
-    /// `prefix`, `messages` and `secs`. The first rule whose prefix starts a room's name replaces
-    /// room_retention_messages and room_retention_secs for that room. Default none. (Last: TOML
-    /// writes tables after plain keys.)
+    /// Room rules by name prefix, in the config file only: `[[rooms]]` tables with `prefix` and
+    /// any of `publish` (members, granted, api), `presence` (list, count, off),
+    /// `presence_list_max`, `history_messages`, `history_secs`, `recover` and `max_members`.
+    /// The longest matching prefix wins; `prefix = ""` is the default rule. Default none.
+    /// (Last: TOML writes tables after plain keys.)
+    #[arg(skip)]
+    pub rooms: Vec<RoomRule>,
+
+    /// Deprecated: `[[room_retention]]` tables with `prefix`, `messages` and `secs`, the older
+    /// form of a `[[rooms]]` rule's `history_messages` and `history_secs`; they still apply
+    /// where their prefix is longer than a room's `[[rooms]]` rule. Default none.
     #[arg(skip)]
     pub room_retention: Vec<RetentionRule>,
 }
@@ -579,6 +595,7 @@ impl Default for Config {
             max_queue_bytes: 1 << 20,
             max_total_queue_bytes: 1 << 30,
             presence_events: true,
+            occupancy_interval_ms: 1_000,
             shutdown_timeout_ms: 3_000,
             close_timeout_ms: 2_000,
             max_batch_delay_ms: 4,
@@ -597,6 +614,7 @@ impl Default for Config {
             redis_timeout_ms: 2_000,
             node_id: None,
             presence_ttl_secs: 10,
+            rooms: Vec::new(),
             room_retention: Vec::new(),
         }
     }

@@ -46,13 +46,13 @@ fn room_retention_rules_come_from_the_file_and_match_by_prefix() {
     let file = "room_retention_messages = 50\n\n[[room_retention]]\nprefix = \"support:\"\n\
                 messages = 7\nsecs = 0\n\n[[room_retention]]\nprefix = \"s\"\nmessages = 1\nsecs = 2\n";
     let c = load(&["--room-retention-secs", "9"], Some(file)).unwrap();
-    assert_eq!(
-        c.room_retention_of("support:42"),
-        (7, 0),
-        "the first match wins"
-    );
-    assert_eq!(c.room_retention_of("sales"), (1, 2));
-    assert_eq!(c.room_retention_of("lobby"), (50, 9));
+    let history = |room| {
+        let rule = c.rule(room);
+        (rule.history_messages, rule.history_secs)
+    };
+    assert_eq!(history("support:42"), (7, 0), "the longest prefix wins");
+    assert_eq!(history("sales"), (1, 2));
+    assert_eq!(history("lobby"), (50, 9));
     let bad = "[[room_retention]]\nprefix = \"\"\nmessages = 1\nsecs = 1\n";
     assert!(
         load(&[], Some(bad))
@@ -176,4 +176,58 @@ fn idle_timeout_defaults_to_two_heartbeats() {
         ..Config::default()
     };
     assert_eq!(c.idle_heartbeats(), 3);
+}
+
+#[test]
+fn room_rules_take_the_longest_prefix_then_the_default_rule_then_the_globals() {
+    let file = "room_retention_messages = 50\npresence_events = true\n\n\
+                [[rooms]]\nprefix = \"\"\npresence_list_max = 20\nhistory_secs = 60\n\n\
+                [[rooms]]\nprefix = \"live:\"\npublish = \"api\"\npresence = \"count\"\n\n\
+                [[rooms]]\nprefix = \"live:staff\"\npublish = \"granted\"\nmax_members = 5\n\
+                recover = false\n\n\
+                [[room_retention]]\nprefix = \"live:big\"\nmessages = 3\nsecs = 4\n";
+    let c = load(&[], Some(file)).unwrap();
+    let lobby = c.rule("lobby");
+    assert_eq!(lobby.prefix, "");
+    assert_eq!(
+        (lobby.publish, lobby.presence, lobby.presence_list_max),
+        (PublishMode::Members, PresenceMode::List, 20)
+    );
+    assert_eq!((lobby.history_messages, lobby.history_secs), (50, 60));
+    assert!(lobby.recover && lobby.max_members == 0);
+    let live = c.rule("live:keynote");
+    assert_eq!(
+        (live.prefix, live.publish, live.presence),
+        ("live:", PublishMode::Api, PresenceMode::Count)
+    );
+    let staff = c.rule("live:staff-1");
+    assert_eq!(staff.publish, PublishMode::Granted);
+    assert_eq!(
+        staff.presence,
+        PresenceMode::List,
+        "a field left out comes from the default rule"
+    );
+    assert_eq!((staff.max_members, staff.recover), (5, false));
+    let big = c.rule("live:big-game");
+    assert_eq!(
+        big.publish,
+        PublishMode::Api,
+        "an old retention rule gives history only"
+    );
+    assert_eq!((big.history_messages, big.history_secs), (3, 4));
+    assert_eq!(lobby.presence_at(20), PresenceMode::List);
+    assert_eq!(
+        lobby.presence_at(21),
+        PresenceMode::Count,
+        "past presence_list_max"
+    );
+    let twice = "[[rooms]]\nprefix = \"a\"\n\n[[rooms]]\nprefix = \"a\"\n";
+    assert!(
+        load(&[], Some(twice))
+            .unwrap_err()
+            .to_string()
+            .contains("two [[rooms]] rules")
+    );
+    let unknown = "[[rooms]]\nprefix = \"a\"\npublish = \"everyone\"\n";
+    assert!(load(&[], Some(unknown)).is_err());
 }

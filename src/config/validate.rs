@@ -145,6 +145,20 @@ impl Config {
         if self.room_retention.iter().any(|r| r.prefix.is_empty()) {
             return invalid("a room_retention rule needs a non-empty prefix");
         }
+        for (i, rule) in self.rooms.iter().enumerate() {
+            if self.rooms[..i].iter().any(|r| r.prefix == rule.prefix) {
+                return Err(ConfigError::Invalid(format!(
+                    "two [[rooms]] rules have the prefix \"{}\"; give each prefix one rule",
+                    rule.prefix
+                )));
+            }
+            if rule.presence_list_max == Some(0) {
+                return invalid("presence_list_max must be at least 1 (use presence = \"count\")");
+            }
+        }
+        if self.occupancy_interval_ms == 0 {
+            return invalid("occupancy_interval_ms must be greater than 0");
+        }
         if self.store_memtable_bytes < 1 << 20 {
             return invalid("store_memtable_bytes must be at least 1048576 (1 MiB)");
         }

@@ -24,6 +24,7 @@ use self::queue::OutQueue;
 use crate::auth::Identity;
 use crate::core::bucket::{Buckets, Rates};
 use crate::core::error::CloseCode;
+use crate::core::rights::{Grants, Rights};
 use crate::core::{ConnId, JoinGen, Name};
 use crate::ws;
 
@@ -49,10 +50,10 @@ pub struct RoomEntry {
 pub struct Conn {
     pub id: ConnId,
     pub user: Name,
-    /// The token's `rooms` claim: the only rooms this connection may join (`None`: any). A
-    /// `refresh` replaces it. A `Cell`, taken and put back to read: no borrow flag in every
-    /// `Conn`.
-    allowed_rooms: Cell<Option<Box<[Name]>>>,
+    /// The token's `rooms` claim: what this connection may do in which rooms (`None`: no
+    /// claim, every right). A `refresh` replaces it. A `Cell`, taken and put back to read: no
+    /// borrow flag in every `Conn`.
+    grants: Cell<Option<Grants>>,
     /// The token's `exp`, unix seconds (0: none); a `refresh` moves it. See `exp()`.
     exp: Cell<u64>,
     io: Io,
@@ -156,7 +157,7 @@ impl Conn {
         Conn {
             id,
             user: identity.user.clone(),
-            allowed_rooms: Cell::new(identity.rooms.clone().map(Vec::into_boxed_slice)),
+            grants: Cell::new(identity.rooms.clone()),
             exp: Cell::new(identity.exp.unwrap_or(0)),
             io,
             deflate_min: None,
@@ -194,17 +195,23 @@ impl Conn {
         self.exp.set(exp.unwrap_or(0));
     }
 
-    /// Whether the token's `rooms` claim allows `room` (no claim: any room).
-    pub fn may_join(&self, room: &Name) -> bool {
-        let allowed = self.allowed_rooms.take();
-        let ok = allowed.as_ref().is_none_or(|rooms| rooms.contains(room));
-        self.allowed_rooms.set(allowed);
-        ok
+    /// What the token's `rooms` claim grants in `room`; `None` when the token has no claim.
+    pub fn granted(&self, room: &str) -> Option<Rights> {
+        let grants = self.grants.take();
+        let rights = grants.as_ref().map(|g| g.rights(room));
+        self.grants.set(grants);
+        rights
+    }
+
+    /// What the connection may do in `room` as far as its token goes: every right without a
+    /// `rooms` claim.
+    pub fn rights(&self, room: &str) -> Rights {
+        self.granted(room).unwrap_or(Rights::ALL)
     }
 
     /// A `refresh` replaced the `rooms` claim.
-    pub fn allow_rooms(&self, rooms: Option<Vec<Name>>) {
-        self.allowed_rooms.set(rooms.map(Vec::into_boxed_slice));
+    pub fn set_grants(&self, grants: Option<Grants>) {
+        self.grants.set(grants);
     }
 
     /// The connection negotiated permessage-deflate; `min` is `compression_min_bytes`.

@@ -12,7 +12,7 @@ use super::error::{CloseCode, ErrorCode};
 use super::ids::ShardId;
 
 /// Every reply error code, in the order of `ShardCounters::errors`.
-pub const ERROR_CODES: [ErrorCode; 10] = [
+pub const ERROR_CODES: [ErrorCode; 11] = [
     ErrorCode::BadRequest,
     ErrorCode::UnknownType,
     ErrorCode::InvalidName,
@@ -23,6 +23,7 @@ pub const ERROR_CODES: [ErrorCode; 10] = [
     ErrorCode::Unavailable,
     ErrorCode::Cancelled,
     ErrorCode::Unauthorized,
+    ErrorCode::RoomFull,
 ];
 
 pub(crate) fn error_index(code: ErrorCode) -> usize {
@@ -37,6 +38,7 @@ pub(crate) fn error_index(code: ErrorCode) -> usize {
         ErrorCode::Unavailable => 7,
         ErrorCode::Cancelled => 8,
         ErrorCode::Unauthorized => 9,
+        ErrorCode::RoomFull => 10,
     }
 }
 

@@ -18,6 +18,7 @@ pub enum ErrorCode {
     Unavailable,
     Cancelled,
     Unauthorized,
+    RoomFull,
 }
 
 impl ErrorCode {
@@ -33,6 +34,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::RoomFull => "room_full",
         }
     }
 
@@ -45,7 +47,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
-            ErrorCode::Cancelled => 409,
+            ErrorCode::Cancelled | ErrorCode::RoomFull => 409,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - `error`: every protocol error code, close code and handshake refusal (one table).
 //! - `counters`: what shards, the store writer and the Redis engine count.
 //! - `health`: the readiness flags behind `/readyz`.
+//! - `rights`: what a token's `rooms` claim grants (`Rights`, `Grants`).
 //! - `procfs`: a process's CPU time and RSS from `/proc` (the server's metrics and the bot).
 
 pub mod bucket;
@@ -19,6 +20,7 @@ pub mod health;
 pub mod ids;
 pub mod name;
 pub mod procfs;
+pub mod rights;
 pub mod stream;
 
 pub use clock::now_ms;

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::core::counters::{Histogram, ShardSnapshot};
-use crate::core::{ShardId, Stream};
+use crate::core::{Name, ShardId, Stream};
 use crate::engine::{Engine, Outbox, StoreReads};
 use crate::msg::{EngineMsg, Written};
 use crate::persist::Persist;
@@ -111,6 +111,14 @@ impl Engine for Embedded {
 
     fn flush(&mut self) {
         self.store.flush();
+    }
+
+    fn rooms(&self) -> Vec<(Name, u64)> {
+        self.rooms.all()
+    }
+
+    fn tick(&mut self, out: &mut Outbox) {
+        self.occupancy(out);
     }
 
     fn shutdown(&mut self) {

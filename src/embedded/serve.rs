@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::Embedded;
-use crate::config::Durability;
+use crate::config::{Durability, PresenceMode};
 use crate::core::error::{ErrorCode, HandshakeError, ReplyError};
 use crate::core::{ConnId, Name, ShardId, Stream};
 use crate::engine::{Joined, Outbox};
@@ -47,12 +47,14 @@ impl Embedded {
                 ack,
                 since,
                 epoch: _,
+                rights,
             } => {
-                let joined = Joined::new(room, conn, jgen, id, ack, since);
+                let joined = Joined::new(room, conn, jgen, id, ack, since, rights);
                 self.register_join(&user, joined, out)
             }
             EngineMsg::Leave { room, user, conn } => {
-                let event = self.rooms.leave(&room, &user, conn.shard());
+                let rule = self.config.rule(&room);
+                let event = self.rooms.leave(&room, &user, conn.shard(), &rule);
                 if let (true, Some(event)) = (self.config.presence_events, event) {
                     self.spread(Stream::Room(room.clone()), None, event, None, out);
                 }
@@ -89,9 +91,16 @@ impl Embedded {
                 self.store(target, seq, ts, frame, reply, out);
             }
             EngineMsg::Presence { room, reply, page } => {
-                let users = self.rooms.users(&room);
-                let max_bytes = self.config.max_queue_bytes / 2;
-                self.answer(reply.presence(&room, users, page.as_ref(), max_bytes), out);
+                let members = self.rooms.members(&room);
+                let answer = match self.config.rule(&room).presence_at(members as usize) {
+                    PresenceMode::List => {
+                        let users = self.rooms.users(&room);
+                        let max_bytes = self.config.max_queue_bytes / 2;
+                        reply.presence(&room, users, page.as_ref(), max_bytes)
+                    }
+                    mode => reply.presence_count(&room, mode.as_str(), members),
+                };
+                self.answer(answer, out);
             }
             EngineMsg::UserInfo { user, reply } => {
                 let n = self.users.online_count(&user);
@@ -200,17 +209,30 @@ impl Embedded {
 
     /// Registers a join and answers it with its seq. A join with `since` behind that seq is
     /// answered `replay`, and the writer then sends the ack and the messages in (since, seq].
+    /// A room at its `max_members` refuses a new member with `room_full`.
     fn register_join(&mut self, user: &Name, joined: Joined, out: &mut Outbox) {
         let (room, conn) = (&joined.room, joined.conn);
-        let (seq, event) = self.rooms.join(room, user, conn.shard());
-        if let (true, Some(event)) = (self.config.presence_events, event) {
+        let rule = self.config.rule(room);
+        let Ok(m) = self.rooms.join(room, user, conn.shard(), &rule) else {
+            return self.send(conn.shard(), joined.full(&rule), out);
+        };
+        if let (true, Some(event)) = (self.config.presence_events, m.event) {
             self.spread(Stream::Room(room.clone()), None, event, None, out);
         }
-        let (done, read) = joined.answer(seq);
+        let (done, read) = joined.answer(m.seq, &rule, Some(m.members));
         self.send(conn.shard(), done, out);
         if let Some(read) = read {
             // Queued after every append of a message up to `seq`, so the writer reads them.
             self.store.queue(Op::Read(read));
+        }
+    }
+
+    /// Sends an `occupancy` event for each room whose presence is a count and whose member
+    /// count changed since the last one (`occupancy_interval_ms`).
+    pub(super) fn occupancy(&mut self, out: &mut Outbox) {
+        for (room, members) in self.rooms.occupancy_due() {
+            let event = encode::occupancy(&room, members);
+            self.spread(Stream::Room(room), None, event, None, out);
         }
     }
 

@@ -1,10 +1,13 @@
 //! What both engines do alike: the answer to a join, the shards a live frame goes to, and the
 //! reads they hand to the store threads.
 
+use crate::config::Rule;
+use crate::core::error::{ErrorCode, ReplyError};
+use crate::core::rights::Rights;
 use crate::core::{ConnId, JoinGen, Name, ReqId, ShardId};
 use crate::msg::{EngineMsg, NodeMsg, ReplayTo};
 use crate::persist::{Op, Persist, Read};
-use crate::protocol::encode::{self, Recovery, Target};
+use crate::protocol::encode::{self, Recovery, RoomInfo, Target};
 
 /// A join the engine has just registered at the room's `seq`: what either engine answers.
 pub struct Joined {
@@ -15,6 +18,8 @@ pub struct Joined {
     /// Whether the join owes an ack (a token's rooms do not).
     pub ack: bool,
     pub since: Option<u64>,
+    /// What the connection may do in the room, for the ack.
+    pub rights: Rights,
     /// The room's epoch (cluster mode), and whether the client's `since` was from another.
     pub epoch: Option<u64>,
     pub lost: bool,
@@ -29,6 +34,7 @@ impl Joined {
         id: Option<ReqId>,
         ack: bool,
         since: Option<u64>,
+        rights: Rights,
     ) -> Joined {
         Joined {
             room,
@@ -37,16 +43,41 @@ impl Joined {
             id,
             ack,
             since,
+            rights,
             epoch: None,
             lost: false,
         }
     }
 
+    /// The answer to a join refused because the room has its `max_members` members.
+    pub fn full(self, rule: &Rule) -> NodeMsg {
+        let message = format!(
+            "{} has its {} members ({}: max_members); try again later",
+            self.room,
+            rule.max_members,
+            rule.describe()
+        );
+        NodeMsg::JoinFailed {
+            room: self.room,
+            conn: self.conn,
+            jgen: self.jgen,
+            error: ReplyError::new(ErrorCode::RoomFull, message),
+        }
+    }
+
     /// The `JoinDone` for the connection's shard and, when `since` is behind `seq`, the read
-    /// that replays (since, seq] after the ack. A `since` from a lost epoch replays it all.
-    pub fn answer(self, seq: u64) -> (NodeMsg, Option<Read>) {
+    /// that replays (since, seq] after the ack. A `since` from a lost epoch replays it all; a
+    /// room whose rule does not `recover` replays nothing, and its ack says `recovered: false`
+    /// unless nothing was missed. The ack carries the room's rule and `members` when known.
+    pub fn answer(self, seq: u64, rule: &Rule, members: Option<u64>) -> (NodeMsg, Option<Read>) {
         let since = if self.lost { Some(0) } else { self.since };
-        let replay = since.is_some_and(|s| s < seq);
+        let replay = rule.recover && since.is_some_and(|s| s < seq);
+        let room = RoomInfo {
+            publish: rule.publish.as_str(),
+            presence: rule.presence.as_str(),
+            rights: self.rights,
+            members,
+        };
         let ack = (self.ack && !replay).then(|| {
             let frame = match since {
                 Some(since) => {
@@ -58,10 +89,11 @@ impl Joined {
                 }
                 None => encode::ack(self.id.as_ref(), Target::Room(&self.room), Some(seq)),
             };
-            match self.epoch {
+            let frame = match self.epoch {
                 Some(epoch) => encode::with_epoch(&frame, epoch),
                 None => frame,
-            }
+            };
+            encode::with_room(&frame, &room)
         });
         let done = NodeMsg::JoinDone {
             room: self.room.clone(),
@@ -82,6 +114,7 @@ impl Joined {
             upto: seq,
             epoch: self.epoch,
             lost: self.lost,
+            info: room,
         });
         (done, read)
     }

@@ -46,6 +46,12 @@ pub trait Engine: Send {
     /// wake-up of the writer per pass, not per message).
     fn flush(&mut self);
 
+    /// Every `occupancy_interval_ms`: coalesced events that are due (a count room's
+    /// `occupancy`).
+    fn tick(&mut self, out: &mut Outbox) {
+        let _ = out;
+    }
+
     /// The server is shutting down: new connections are refused.
     fn shutdown(&mut self);
 
@@ -53,6 +59,13 @@ pub trait Engine: Send {
     /// sequenced, publish latency).
     fn snapshot(&self, into: &mut ShardSnapshot) {
         let _ = into;
+    }
+
+    /// The rooms with members this engine counts on this shard, each with its member count
+    /// (`GET /api/rooms`): the embedded engine's homes here, so every room is on exactly one
+    /// shard. The Redis engine answers for the whole node instead (`NodesCall::Rooms`).
+    fn rooms(&self) -> Vec<(Name, u64)> {
+        Vec::new()
     }
 
     /// Hands the API's node-wide call to the other nodes. `Err` gives it back when this node is
@@ -89,6 +102,11 @@ pub enum NodesCall {
     /// The cluster's totals for `/api/stats`, from every live node's latest figures.
     Totals {
         reply: oneshot::Sender<Option<serde_json::Value>>,
+    },
+    /// `/api/rooms` on a cluster node: the rooms with members on this node, each with its
+    /// users across the cluster.
+    Rooms {
+        reply: oneshot::Sender<Option<Vec<(Name, u64)>>>,
     },
 }
 

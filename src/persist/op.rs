@@ -10,6 +10,7 @@ use crate::core::Stream;
 use crate::core::counters::WriterCounters;
 use crate::core::{Name, ReqId};
 use crate::msg::{ReplayTo, ReplyTo, Written};
+use crate::protocol::encode::RoomInfo;
 use crate::store::Append;
 
 /// Work for the writer thread.
@@ -53,6 +54,8 @@ pub enum Read {
         epoch: Option<u64>,
         /// The client's `since` was from another epoch: not recovered, whatever is replayed.
         lost: bool,
+        /// The room's fields for the ack.
+        info: RoomInfo,
     },
     /// At connect: the inbox messages in (after, upto] that reached no connection.
     Inbox {

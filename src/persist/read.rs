@@ -25,6 +25,7 @@ impl Writer {
                 upto,
                 epoch,
                 lost,
+                info,
             } => {
                 let stream = Stream::Room(room.clone());
                 let (messages, mut recovery) =
@@ -39,6 +40,7 @@ impl Writer {
                 if let Some(epoch) = epoch {
                     ack = encode::with_epoch(&ack, epoch);
                 }
+                let ack = encode::with_room(&ack, &info);
                 self.send_replay(stream, to, (since, upto), Some(ack), Ok(messages));
             }
             Read::Inbox {

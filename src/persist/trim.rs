@@ -25,7 +25,10 @@ pub(super) fn trim_loop(store: &dyn Store, config: &Config, stop: Receiver<()>) 
         let mut removed = 0;
         for info in streams {
             let (max, secs) = match &info.stream {
-                Stream::Room(room) => config.room_retention_of(room),
+                Stream::Room(room) => {
+                    let rule = config.rule(room);
+                    (rule.history_messages, rule.history_secs)
+                }
                 Stream::Inbox(_) => (config.inbox_retention_messages, config.inbox_retention_secs),
             };
             let keep_from = match max {

@@ -7,6 +7,7 @@
 use bytes::Bytes;
 
 use crate::core::error::ReplyError;
+use crate::core::rights::Rights;
 use crate::core::{Name, ReqId};
 use crate::ws::{FrameBuf, OP_TEXT};
 
@@ -122,6 +123,56 @@ pub fn with_epoch(ack: &Bytes, epoch: u64) -> Bytes {
     j.finish()
 }
 
+/// What a join's ack says of the room: its rule's modes, what this connection may do in it
+/// (`rights`), and its member count when the engine knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomInfo {
+    pub publish: &'static str,
+    pub presence: &'static str,
+    pub rights: Rights,
+    pub members: Option<u64>,
+}
+
+/// `ack` with the room's fields appended: `"publish":P,"presence":M,"rights":[..]` and, when
+/// known, `"members":N`.
+pub fn with_room(ack: &Bytes, room: &RoomInfo) -> Bytes {
+    let json = crate::ws::payload_of(ack);
+    let mut j = Json::new(json.len() + 96);
+    j.0.push(&json[..json.len().saturating_sub(1)]);
+    j.raw(r#","publish":""#).raw(room.publish);
+    j.raw(r#"","presence":""#).raw(room.presence);
+    j.raw(r#"","rights":["#);
+    for (i, right) in room.rights.names().enumerate() {
+        j.raw(if i == 0 { "\"" } else { ",\"" })
+            .raw(right)
+            .raw("\"");
+    }
+    j.raw("]");
+    if let Some(n) = room.members {
+        j.raw(r#","members":"#).u64(n);
+    }
+    j.raw("}");
+    j.finish()
+}
+
+/// `{"type":"occupancy","room":R,"members":N}`: how many members a `count` room has now.
+pub fn occupancy(room: &Name, members: u64) -> Bytes {
+    let mut j = Json::new(48 + room.len());
+    j.raw(r#"{"type":"occupancy","room":"#).name(room);
+    j.raw(r#","members":"#).u64(members).raw("}");
+    j.finish()
+}
+
+/// `{"type":"presence","id":I,"room":R,"mode":M,"members":N}`: the answer of a room whose
+/// presence is a count.
+pub fn presence_count(id: Option<&ReqId>, room: &Name, mode: &str, members: u64) -> Bytes {
+    let mut j = Json::new(96 + room.len());
+    j.raw(r#"{"type":"presence","#).id(id);
+    j.raw(r#""room":"#).name(room).raw(r#","mode":""#).raw(mode);
+    j.raw(r#"","members":"#).u64(members).raw("}");
+    j.finish()
+}
+
 /// `{"type":"message","from":F,"ts":T,"body":B}`: a broadcast to every connection.
 pub fn broadcast(from: &Name, ts: u64, body: &[u8]) -> Bytes {
     let mut j = Json::new(64 + from.len() + body.len());
@@ -233,7 +284,9 @@ pub fn presence<'a>(
     let size: usize = users.clone().map(|u| u.len() + 3).sum();
     let mut j = Json::new(64 + room.len() + size);
     j.raw(r#"{"type":"presence","#).id(id);
-    j.raw(r#""room":"#).name(room).raw(r#","users":["#);
+    j.raw(r#""room":"#)
+        .name(room)
+        .raw(r#","mode":"list","users":["#);
     for (i, user) in users.enumerate() {
         if i > 0 {
             j.raw(",");
@@ -359,11 +412,33 @@ mod tests {
         );
         assert_eq!(
             payload(&presence(None, &n("r"), [n("a"), n("b")].iter(), None)),
-            json!({"type":"presence","room":"r","users":["a","b"]})
+            json!({"type":"presence","room":"r","mode":"list","users":["a","b"]})
         );
         assert_eq!(
             payload(&presence(None, &n("r"), [n("a")].iter(), Some(true))),
-            json!({"type":"presence","room":"r","users":["a"],"more":true})
+            json!({"type":"presence","room":"r","mode":"list","users":["a"],"more":true})
+        );
+        assert_eq!(
+            payload(&presence_count(None, &n("r"), "count", 7)),
+            json!({"type":"presence","room":"r","mode":"count","members":7})
+        );
+        assert_eq!(
+            payload(&occupancy(&n("r"), 7)),
+            json!({"type":"occupancy","room":"r","members":7})
+        );
+        let info = RoomInfo {
+            publish: "granted",
+            presence: "count",
+            rights: Rights::JOIN.with(Rights::PRESENCE),
+            members: Some(3),
+        };
+        assert_eq!(
+            payload(&with_room(
+                &ack(None, Target::Room(&n("r")), Some(2)),
+                &info
+            )),
+            json!({"type":"ack","room":"r","seq":2,"publish":"granted","presence":"count",
+                   "rights":["join","presence"],"members":3})
         );
         assert_eq!(
             payload(&removed(&n("r"), "a \"why\"")),

@@ -62,6 +62,12 @@ impl Server {
     /// listener is bound.
     pub fn start(config: Config) -> Result<Server, StartError> {
         config.validate()?;
+        if !config.room_retention.is_empty() {
+            tracing::warn!(
+                "[[room_retention]] tables are deprecated: write them as [[rooms]] rules with \
+                 history_messages and history_secs (docs/protocol.md, \"Rooms: rules and rights\")"
+            );
+        }
         let auth = Authenticator::new(&config)?;
         // Cluster mode: Redis sequences and keeps history; the store thread reads it there.
         let cluster = match config.engine {

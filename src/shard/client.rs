@@ -92,9 +92,11 @@ impl Shard {
     pub fn attach(&mut self, conn: &Rc<Conn>, identity: &Identity, inbox_seq: u64, head: Bytes) {
         let early_close = self.pending.remove(&conn.id).and_then(|p| p.close);
         self.conns.insert(conn.id, conn.clone());
-        let rooms = identity.rooms.as_deref().unwrap_or_default();
+        let rooms: Vec<Name> = (identity.rooms.iter())
+            .flat_map(|g| g.joined_at_connect().cloned())
+            .collect();
         self.stats.frames_out += 1;
-        let welcome = encode::welcome(&conn.user, rooms, self.config.heartbeat_ms, inbox_seq);
+        let welcome = encode::welcome(&conn.user, &rooms, self.config.heartbeat_ms, inbox_seq);
         conn.push_behind(head, Rc::new(welcome));
         conn.hold.set(conn.hold.get() + 1);
         self.hub_attach(conn);

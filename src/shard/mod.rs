@@ -23,6 +23,7 @@ mod client;
 mod hub;
 mod limits;
 mod merge;
+mod policy;
 mod requests;
 pub mod runtime;
 #[cfg(test)]
@@ -183,6 +184,9 @@ impl Shard {
                 let _ = reply.send(self.kick(&user, reason.as_deref()));
             }
             LocalMsg::Shutdown => self.shutdown(),
+            LocalMsg::Rooms { reply } => {
+                let _ = reply.send(self.engine.rooms());
+            }
             LocalMsg::Stats { reply } => {
                 let _ = reply.send(self.snapshot());
             }
@@ -219,6 +223,12 @@ impl Shard {
             self.on_node(msg);
         }
         self.draining = false;
+    }
+
+    /// Every `occupancy_interval_ms`: the engine's coalesced events (`occupancy`).
+    pub fn engine_tick(&mut self) {
+        self.engine.tick(&mut self.outbox);
+        self.drain();
     }
 
     /// The engine, for the API's node-wide calls and a scrape's Redis figures.

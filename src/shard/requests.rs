@@ -11,10 +11,11 @@ use bytes::Bytes;
 use super::{Shard, reply_to};
 use crate::conn::{Conn, Event, RoomEntry};
 use crate::core::error::{CloseCode, ErrorCode, ReplyError};
+use crate::core::rights::Rights;
 use crate::core::{ConnId, JoinGen};
 use crate::core::{Name, ReqId};
 use crate::msg::{EngineMsg, PresencePage};
-use crate::protocol::encode::{self, Target};
+use crate::protocol::encode::{self, RoomInfo, Target};
 use crate::protocol::{self, ClientMessage, Request};
 use crate::ws;
 
@@ -90,6 +91,7 @@ impl Shard {
             ClientMessage::Leave { room } => self.leave(conn, room, &id),
             ClientMessage::Publish { room, body } => self
                 .member(conn, &room, "publishing to")
+                .and_then(|()| self.may(conn, &room, Rights::PUBLISH))
                 .and_then(|()| protocol::check_body_depth(body.get(), self.config.max_body_depth))
                 .and_then(|()| self.take_token(conn))
                 .and_then(|()| self.charge_store(conn, &room, body.get().len()))
@@ -120,6 +122,7 @@ impl Shard {
                 limit,
             } => self
                 .member(conn, &room, "reading the history of")
+                .and_then(|()| self.may(conn, &room, Rights::HISTORY))
                 .and_then(|()| self.may_read(conn))
                 .and_then(|()| self.take_token(conn))
                 .map(|()| {
@@ -142,6 +145,7 @@ impl Shard {
                 }),
             ClientMessage::Presence { room, after, limit } => self
                 .member(conn, &room, "asking who is in")
+                .and_then(|()| self.may(conn, &room, Rights::PRESENCE))
                 .and_then(|()| self.take_token(conn))
                 .map(|()| {
                     self.to_engine(EngineMsg::Presence {
@@ -167,11 +171,9 @@ impl Shard {
         since: (Option<u64>, Option<u64>),
         id: Option<ReqId>,
     ) -> Result<(), ReplyError> {
-        if !conn.may_join(&room) {
-            return Err(ReplyError::new(
-                ErrorCode::Forbidden,
-                format!("your token does not allow joining {room}"),
-            ));
+        self.may(conn, &room, Rights::JOIN)?;
+        if since.0.is_some() {
+            self.may(conn, &room, Rights::HISTORY)?;
         }
         let existing = conn
             .rooms
@@ -182,7 +184,7 @@ impl Shard {
         match existing {
             Some((_, true)) => {
                 let seq = self.hub.last_seq(&room);
-                let ack = encode::ack(id.as_ref(), Target::Room(&room), Some(seq));
+                let ack = self.room_ack(conn, id.as_ref(), &room, seq);
                 self.enqueue(conn, &Rc::new(ack));
             }
             Some((jgen, false)) => match self.joins.get_mut(&jgen) {
@@ -190,7 +192,7 @@ impl Shard {
                 // A token room's join (nothing to answer) that is catching up.
                 None => {
                     let seq = self.hub.last_seq(&room);
-                    let ack = encode::ack(id.as_ref(), Target::Room(&room), Some(seq));
+                    let ack = self.room_ack(conn, id.as_ref(), &room, seq);
                     self.enqueue(conn, &Rc::new(ack));
                 }
             },
@@ -244,6 +246,7 @@ impl Shard {
             ack: id.is_some(),
             since: since.filter(|_| id.is_some()),
             epoch,
+            rights: self.rights_in(conn, &room),
         };
         let pending = PendingJoin {
             room,
@@ -265,9 +268,23 @@ impl Shard {
             self.mark_dirty(conn);
         }
         for id in j.repeats {
-            let ack = encode::ack(id.as_ref(), Target::Room(&j.room), Some(seq));
+            let ack = self.room_ack(conn, id.as_ref(), &j.room, seq);
             self.enqueue(conn, &Rc::new(ack));
         }
+    }
+
+    /// The ack of a join the client side answers itself (a room the connection is in, or
+    /// joining): the room's rule and the connection's rights, as the engine's ack gives them,
+    /// without the member count.
+    fn room_ack(&self, conn: &Conn, id: Option<&ReqId>, room: &Name, seq: u64) -> Bytes {
+        let rule = self.config.rule(room);
+        let info = RoomInfo {
+            publish: rule.publish.as_str(),
+            presence: rule.presence.as_str(),
+            rights: self.rights_in(conn, room),
+            members: None,
+        };
+        encode::with_room(&encode::ack(id, Target::Room(room), Some(seq)), &info)
     }
 
     /// A `leave`. A join still pending is cancelled: its request (and any repeat) is answered
@@ -345,9 +362,9 @@ impl Shard {
             ));
         }
         conn.set_exp(new.exp);
-        conn.allow_rooms(new.rooms);
+        conn.set_grants(new.rooms);
         let gone: Vec<Name> = (conn.rooms.borrow().iter())
-            .filter(|e| !conn.may_join(&e.room))
+            .filter(|e| !conn.rights(&e.room).contains(Rights::JOIN))
             .map(|e| e.room.clone())
             .collect();
         for room in gone {

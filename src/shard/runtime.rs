@@ -144,7 +144,21 @@ pub async fn flusher(ctx: Rc<Ctx>) {
 
 /// Pings and expires connections every `heartbeat_ms`, until shutdown.
 pub async fn heartbeat(ctx: Rc<Ctx>) {
-    let mut every = tokio::time::interval(ctx.config.heartbeat());
+    let period = ctx.config.heartbeat();
+    periodic(ctx, period, Shard::tick).await
+}
+
+/// Gives the engine its tick every `occupancy_interval_ms` (coalesced `occupancy` events), until
+/// shutdown.
+pub async fn engine_timer(ctx: Rc<Ctx>) {
+    let period = Duration::from_millis(ctx.config.occupancy_interval_ms);
+    periodic(ctx, period, Shard::engine_tick).await
+}
+
+/// Runs `f` on the shard every `period` (the first time after one period), flushing after
+/// each, until shutdown.
+async fn periodic(ctx: Rc<Ctx>, period: Duration, f: fn(&mut Shard)) {
+    let mut every = tokio::time::interval(period);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.tick().await;
     let mut stop = ctx.stopping();
@@ -153,7 +167,7 @@ pub async fn heartbeat(ctx: Rc<Ctx>) {
             _ = stop.wait_for(|s| *s) => return,
             _ = every.tick() => {}
         }
-        ctx.with(Shard::tick);
+        ctx.with(f);
         ctx.schedule_flush();
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use serde_json::Value;
+
 use super::{TIMEOUT, eventually};
 
 /// HTTP/1.1 over one kept-alive connection: a few lines, so the tests need no HTTP client
@@ -158,4 +160,38 @@ pub async fn readyz_becomes(http: &mut Http, status: u16) -> String {
         (reply.status == status).then_some(reply.body)
     })
     .await
+}
+
+/// A server API response: its status and JSON body.
+#[derive(Debug)]
+pub struct ApiReply {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// One server API request on a fresh connection, `Authorization: apikey KEY` when a key is
+/// given; every API response must be JSON.
+pub async fn api(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> ApiReply {
+    let auth = key.map(|k| format!("apikey {k}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    headers.extend(auth.as_deref().map(|a| ("Authorization", a)));
+    let reply = Http::connect(addr)
+        .await
+        .request(method, path, &headers, body)
+        .await;
+    assert!(
+        reply.content_type.starts_with("application/json"),
+        "{reply:?}"
+    );
+    let json = serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("{e}: {reply:?}"));
+    ApiReply {
+        status: reply.status,
+        body: json,
+    }
 }

@@ -19,7 +19,10 @@ impl Node {
         };
         let (head, tail) = encode::message_parts(target, &from, ts, &body);
         let (messages, secs) = match &stream {
-            Stream::Room(room) => self.config.room_retention_of(room),
+            Stream::Room(room) => {
+                let rule = self.config.rule(room);
+                (rule.history_messages, rule.history_secs)
+            }
             Stream::Inbox(_) => (
                 self.config.inbox_retention_messages,
                 self.config.inbox_retention_secs,

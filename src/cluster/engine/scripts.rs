@@ -11,6 +11,7 @@ pub(super) struct Scripts {
     pub(super) leave: Script,
     pub(super) refresh: Script,
     pub(super) presence: Script,
+    pub(super) occupancy: Script,
     pub(super) register: Script,
     pub(super) online: Script,
     pub(super) cursor: Script,
@@ -31,14 +32,16 @@ const JOIN: &str = lua!("../lua/join.lua");
 const LEAVE: &str = lua!("../lua/leave.lua");
 const REFRESH: &str = lua!("../lua/refresh.lua");
 const PRESENCE: &str = lua!("../lua/presence.lua");
+const OCCUPANCY: &str = lua!("../lua/occupancy.lua");
 const REGISTER: &str = lua!("../lua/register.lua");
 const ONLINE: &str = lua!("../lua/online.lua");
 const CURSOR: &str = lua!("../lua/cursor.lua");
 const SESSIONS: &str = lua!("../lua/sessions.lua");
 const UNREGISTER: &str = lua!("../lua/unregister.lua");
 const TAIL: &str = lua!("../lua/tail.lua");
-const ALL: [&str; 11] = [
-    PUBLISH, JOIN, LEAVE, REFRESH, PRESENCE, REGISTER, ONLINE, CURSOR, SESSIONS, UNREGISTER, TAIL,
+const ALL: [&str; 12] = [
+    PUBLISH, JOIN, LEAVE, REFRESH, PRESENCE, OCCUPANCY, REGISTER, ONLINE, CURSOR, SESSIONS,
+    UNREGISTER, TAIL,
 ];
 
 impl Scripts {
@@ -49,6 +52,7 @@ impl Scripts {
             leave: Script::new(LEAVE),
             refresh: Script::new(REFRESH),
             presence: Script::new(PRESENCE),
+            occupancy: Script::new(OCCUPANCY),
             register: Script::new(REGISTER),
             online: Script::new(ONLINE),
             cursor: Script::new(CURSOR),

@@ -289,6 +289,10 @@ impl Node {
                         seq, exclude, json, ..
                     } => (Some(seq), json, exclude),
                     Wire::Event { exclude, json } => (None, json, exclude),
+                    Wire::Occupancy(total) => {
+                        drop(st);
+                        return self.heard(room, total);
+                    }
                     _ => return,
                 };
                 if let Some(seq) = seq {

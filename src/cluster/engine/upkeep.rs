@@ -1,5 +1,6 @@
-//! Upkeep: the periodic refresh of this node's presence entries and sessions (which also
-//! purges a dead node's, with `left` events), and the figures behind the cluster's totals.
+//! Upkeep: the periodic refresh of this node's presence entries, room counts and sessions
+//! (which also purges a dead node's, with `left` events or a new count), and the figures
+//! behind the cluster's totals.
 
 use super::*;
 
@@ -28,6 +29,15 @@ impl Node {
         let now = now_ms().to_string();
         let st = self.state.borrow();
         for (room, r) in &st.rooms {
+            let rule = self.config.rule(room);
+            if rule.presence != PresenceMode::List {
+                // One count per node and room, whatever its members.
+                let (me, room) = (self.clone(), room.clone());
+                self.spawn(async move {
+                    me.occupancy(&room).await;
+                });
+                continue;
+            }
             let (pz, pu) = self.keys.presence(room);
             let mut args = vec![
                 expiry.clone(),
@@ -35,7 +45,7 @@ impl Node {
                 self.keys.channel(&Stream::Room(room.clone())),
                 self.publish_cmd().to_owned(),
                 room.to_string(),
-                self.events().to_owned(),
+                self.list(&rule),
             ];
             args.extend(
                 (r.members.iter()).map(|(conn, (user, _))| format!("{user} {}", conn.raw())),

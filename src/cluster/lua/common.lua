@@ -1,5 +1,11 @@
--- Shared by the presence scripts (prepended to each). Presence entries are members
--- "USER CONNID" of a sorted set scored by their expiry (ms); a hash counts each user's entries.
+-- Shared by the presence scripts (prepended to each). A `list` room's presence entries are
+-- members "USER CONNID" of a sorted set scored by their expiry (ms); a hash counts each user's
+-- entries. A `count` or `off` room has none: each node keeps one count in the room's occupancy
+-- hash instead (see `occupancy`).
+--
+-- `list` (an argument of the scripts): "MAX EVENTS", the room's `presence_list_max` and '1'
+-- when `joined`/`left` are sent. A list room of more than MAX users sends none; it publishes
+-- "o USERS" instead, which the nodes pass on coalesced as `occupancy` events.
 
 -- The `joined`/`left` event as published: "e EXCL", a newline, the frame's JSON (the same
 -- bytes as encode::membership; names are [A-Za-z0-9_.:@-], nothing to escape). EXCL: the
@@ -9,18 +15,54 @@ local function event(kind, room, user, exclude)
     '","user":"' .. user .. '"}'
 end
 
+-- A user came or went (`kind`) in a list room of `users` users (counting the user): `joined` or
+-- `left` within the room's maximum, else the new count.
+local function announce(kind, users, list, channel, pubcmd, room, user, exclude)
+  local max, events = string.match(list, '^(%d+) (%d)$')
+  if users <= tonumber(max) then
+    if events == '1' then redis.call(pubcmd, channel, event(kind, room, user, exclude)) end
+  else
+    local now = kind == 'joined' and users or users - 1
+    redis.call(pubcmd, channel, 'o ' .. now)
+  end
+end
+
+-- One entry of the user fewer; at its last, the user is gone.
+local function drop_entry(pu, user, channel, pubcmd, room, list)
+  if redis.call('HINCRBY', pu, user, -1) <= 0 then
+    local users = redis.call('HLEN', pu)
+    redis.call('HDEL', pu, user)
+    announce('left', users, list, channel, pubcmd, room, user)
+  end
+end
+
 -- Removes the entries that expired (their node stopped refreshing them); `left` for every user
 -- whose last entry went.
-local function purge(pz, pu, now, channel, pubcmd, room, events)
+local function purge(pz, pu, now, channel, pubcmd, room, list)
   local gone = redis.call('ZRANGEBYSCORE', pz, '-inf', '(' .. now)
   for _, m in ipairs(gone) do
     redis.call('ZREM', pz, m)
-    local user = string.match(m, '^(%S+)')
-    if redis.call('HINCRBY', pu, user, -1) <= 0 then
-      redis.call('HDEL', pu, user)
-      if events == '1' then redis.call(pubcmd, channel, event('left', room, user)) end
+    drop_entry(pu, string.match(m, '^(%S+)'), channel, pubcmd, room, list)
+  end
+end
+
+-- A count room's members: the sum of each live node's count in the occupancy hash (field: the
+-- node id, value "COUNT EXPIRY"), but `skip`'s. A dead node's count expires and is dropped.
+local function others(occ, now, skip)
+  local all = redis.call('HGETALL', occ)
+  local total = 0
+  for i = 1, #all, 2 do
+    local node = all[i]
+    if node ~= 't' and node ~= skip then
+      local count, expiry = string.match(all[i + 1], '^(%d+) (%d+)$')
+      if not expiry or tonumber(expiry) < tonumber(now) then
+        redis.call('HDEL', occ, node)
+      else
+        total = total + tonumber(count)
+      end
     end
   end
+  return total
 end
 
 -- The stream's epoch; a stream without one (new, or its meta was lost) starts a new epoch

@@ -1,12 +1,9 @@
--- A connection left a room (or ended).
+-- A connection left a list room (or ended). Returns the room's users now.
 -- KEYS: pz, pu
 -- ARGV: 1 member "USER CONNID", 2 user, 3 now, 4 channel, 5 publish command, 6 room,
---       7 '1' for presence events
+--       7 list (see common.lua)
 purge(KEYS[1], KEYS[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then
-    redis.call('HDEL', KEYS[2], ARGV[2])
-    if ARGV[7] == '1' then redis.call(ARGV[5], ARGV[4], event('left', ARGV[6], ARGV[2])) end
-  end
+  drop_entry(KEYS[2], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 end
-return 1
+return redis.call('HLEN', KEYS[2])

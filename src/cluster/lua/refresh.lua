@@ -1,14 +1,14 @@
 -- A node's periodic refresh of its members of one room, then the purge of expired entries.
 -- An entry that had expired (the node was cut off longer than the TTL) comes back as a join.
 -- KEYS: pz, pu
--- ARGV: 1 expiry (ms), 2 now, 3 channel, 4 publish command, 5 room, 6 '1' for presence
---       events, 7.. members "USER CONNID"
+-- ARGV: 1 expiry (ms), 2 now, 3 channel, 4 publish command, 5 room, 6 list (see common.lua),
+--       7.. members "USER CONNID"
 for i = 7, #ARGV do
   local m = ARGV[i]
   if redis.call('ZADD', KEYS[1], ARGV[1], m) == 1 then
     local user = string.match(m, '^(%S+)')
-    if redis.call('HINCRBY', KEYS[2], user, 1) == 1 and ARGV[6] == '1' then
-      redis.call(ARGV[4], ARGV[3], event('joined', ARGV[5], user))
+    if redis.call('HINCRBY', KEYS[2], user, 1) == 1 then
+      announce('joined', redis.call('HLEN', KEYS[2]), ARGV[6], ARGV[3], ARGV[4], ARGV[5], user)
     end
   end
 end
