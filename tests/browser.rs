@@ -192,6 +192,13 @@ async fn wait_texts(b: &Client, what: &str, want: &[&str]) -> Vec<Value> {
     }
 }
 
+/// Opens `/admin` and gives it the API key.
+async fn open_operator_page(b: &Client, base: &str) {
+    b.goto(&format!("{base}/admin")).await.expect("open /admin");
+    fill(b, "#key", API_KEY).await;
+    click(b, "#key-btn").await;
+}
+
 fn screenshots() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     std::fs::create_dir_all(&dir).expect("create target/screenshots");
@@ -362,12 +369,7 @@ async fn chat_and_operator_pages_in_chromium() {
 
     eprintln!("browser test: operator page");
     // The operator page: the connection count moves when a client connects.
-    alice
-        .goto(&format!("{base}/admin"))
-        .await
-        .expect("open /admin");
-    fill(&alice, "#key", API_KEY).await;
-    click(&alice, "#key-btn").await;
+    open_operator_page(&alice, &base).await;
     let count = "return Number(document.getElementById('connections').textContent) || -1";
     let before = wait_js(&alice, "a connection count", count, |v| {
         v.as_i64() > Some(0)
@@ -494,12 +496,7 @@ async fn room_rules_on_the_chat_and_operator_pages() {
     // The operator page in a browser of its own: Alice's page stays in its rooms.
     let operator_profile = tempfile::tempdir().unwrap();
     let operator = driver.browser(&operator_profile).await;
-    operator
-        .goto(&format!("{base}/admin"))
-        .await
-        .expect("open /admin");
-    fill(&operator, "#key", API_KEY).await;
-    click(&operator, "#key-btn").await;
+    open_operator_page(&operator, &base).await;
     let rows = "return [...document.querySelectorAll('#room-list tr')]
                     .map(tr => [...tr.children].map(td => td.textContent))";
     // The biggest room first, each with its rule.
