@@ -2,7 +2,9 @@
 //! over WebDriver (Debian's `chromium` and `chromium-driver`; `.ci/run` installs them):
 //! two users chat and see each other's presence, a page survives a server restart, an offline
 //! user gets a direct message at sign-in, markup in a message stays text, and the operator
-//! page's connection count moves. Screenshots go to `target/screenshots/`.
+//! page's connection count moves; room rules: a count room shows how many watch, a room the
+//! user may not publish to shows why instead of a composer, and the operator page lists the
+//! rooms with their rule. Screenshots go to `target/screenshots/`.
 
 mod common;
 
@@ -15,6 +17,7 @@ use common::proxy::Proxy;
 use common::{TestServer, dev};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
+use shardcast::config::{PresenceMode, PublishMode, RoomRule};
 use tempfile::TempDir;
 use tokio::net::TcpStream;
 
@@ -189,6 +192,13 @@ async fn wait_texts(b: &Client, what: &str, want: &[&str]) -> Vec<Value> {
     }
 }
 
+/// Opens `/admin` and gives it the API key.
+async fn open_operator_page(b: &Client, base: &str) {
+    b.goto(&format!("{base}/admin")).await.expect("open /admin");
+    fill(b, "#key", API_KEY).await;
+    click(b, "#key-btn").await;
+}
+
 fn screenshots() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     std::fs::create_dir_all(&dir).expect("create target/screenshots");
@@ -359,12 +369,7 @@ async fn chat_and_operator_pages_in_chromium() {
 
     eprintln!("browser test: operator page");
     // The operator page: the connection count moves when a client connects.
-    alice
-        .goto(&format!("{base}/admin"))
-        .await
-        .expect("open /admin");
-    fill(&alice, "#key", API_KEY).await;
-    click(&alice, "#key-btn").await;
+    open_operator_page(&alice, &base).await;
     let count = "return Number(document.getElementById('connections').textContent) || -1";
     let before = wait_js(&alice, "a connection count", count, |v| {
         v.as_i64() > Some(0)
@@ -411,4 +416,106 @@ async fn chat_and_operator_pages_in_chromium() {
     bob.close().await.expect("close bob's browser");
     drop(proxy);
     drop(server);
+}
+
+/// Room rules on the pages: in a `count` room the chat page shows "N watching" (from the join
+/// ack, then `occupancy` events) and no names; where the user may not publish (`publish =
+/// "api"`) it shows why instead of the composer, and a plain room keeps its composer; the
+/// operator page lists the rooms with their rule and member count.
+#[tokio::test(flavor = "multi_thread")]
+async fn room_rules_on_the_chat_and_operator_pages() {
+    let server = TestServer::start(|c| {
+        c.api_key = Some(API_KEY.into());
+        c.occupancy_interval_ms = 100;
+        c.rooms = vec![
+            RoomRule {
+                prefix: "live:".into(),
+                presence: Some(PresenceMode::Count),
+                ..RoomRule::default()
+            },
+            RoomRule {
+                prefix: "news:".into(),
+                publish: Some(PublishMode::Api),
+                ..RoomRule::default()
+            },
+        ];
+    });
+    let base = format!("http://{}", server.addr());
+    let driver = Driver::start().await;
+    let profile = tempfile::tempdir().unwrap();
+    let b = driver.browser(&profile).await;
+    sign_in(&b, &base, "alice").await;
+
+    let presence = "return document.getElementById('presence').textContent";
+    let composer = "return [document.getElementById('composer').hidden,
+                            document.getElementById('readonly').hidden,
+                            document.getElementById('readonly').textContent]";
+    join(&b, "live:keynote").await;
+    wait_js(&b, "alone in the count room", presence, |v| {
+        v == "1 watching"
+    })
+    .await;
+    let mut watchers = Vec::new();
+    for user in ["w1", "w2"] {
+        let mut w = dev(server.addr(), user).await;
+        w.join("live:keynote").await;
+        watchers.push(w);
+    }
+    wait_js(&b, "the count moves", presence, |v| v == "3 watching").await;
+    let shown = b
+        .execute(composer, vec![])
+        .await
+        .expect("read the composer");
+    assert_eq!(shown, json!([false, true, ""]), "members may publish here");
+    screenshot(&b, "chat-count-room.png").await;
+
+    join(&b, "news:today").await;
+    let v = wait_js(&b, "read only in an api room", composer, |v| v[0] == true).await;
+    assert_eq!(v[1], false, "the reason is shown: {v}");
+    assert!(
+        v[2].as_str().is_some_and(|s| s.contains("server")),
+        "the reason names the server: {v}"
+    );
+    wait_js(&b, "a list room names its members", presence, |v| {
+        v.as_str()
+            .is_some_and(|s| s.contains("1 online") && s.contains("alice"))
+    })
+    .await;
+    screenshot(&b, "chat-read-only.png").await;
+    click(&b, "#rooms li[data-room=\"live:keynote\"]").await;
+    wait_js(&b, "the composer is back", composer, |v| v[0] == false).await;
+    wait_js(&b, "the count again", presence, |v| v == "3 watching").await;
+    watchers.pop();
+    wait_js(&b, "a member leaves", presence, |v| v == "2 watching").await;
+    for user in ["r1", "r2"] {
+        let mut r = dev(server.addr(), user).await;
+        r.join("news:today").await;
+        watchers.push(r);
+    }
+
+    // The operator page in a browser of its own: Alice's page stays in its rooms.
+    let operator_profile = tempfile::tempdir().unwrap();
+    let operator = driver.browser(&operator_profile).await;
+    open_operator_page(&operator, &base).await;
+    let rows = "return [...document.querySelectorAll('#room-list tr')]
+                    .map(tr => [...tr.children].map(td => td.textContent))";
+    // The biggest room first, each with its rule.
+    let want = json!([
+        ["news:today", "3", "news:*", "api", "list"],
+        ["live:keynote", "2", "live:*", "members", "count"],
+    ]);
+    wait_js(&operator, "the rooms panel", rows, |v| *v == want).await;
+    operator
+        .execute(
+            "document.getElementById('room-list').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .expect("scroll to the rooms");
+    screenshot(&operator, "admin-rooms.png").await;
+    operator
+        .close()
+        .await
+        .expect("close the operator's browser");
+    b.close().await.expect("close alice's browser");
 }

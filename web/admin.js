@@ -1,5 +1,5 @@
 // The operator page: /api/stats every second, drawn as tiles, a per-shard table and a chart;
-// forms for publish, broadcast and disconnect. The API key lives in this module's memory only.
+// /api/rooms, the biggest rooms with their rule; forms for publish, broadcast and disconnect. The API key lives in this module's memory only.
 
 const $ = (id) => document.getElementById(id);
 let key = "";
@@ -79,6 +79,32 @@ async function poll() {
     return span;
   });
   $("legend").replaceChildren(...legend);
+  await pollRooms();
+}
+
+/** How many rooms the rooms panel lists: the biggest first. */
+const ROOMS_SHOWN = 50;
+
+async function pollRooms() {
+  let list;
+  try {
+    list = await api("GET", `rooms?limit=${ROOMS_SHOWN}`);
+  } catch (e) {
+    return ($("rooms-more").textContent = `(not available: ${e.message})`);
+  }
+  const rows = list.rooms.map((r) => {
+    const tr = document.createElement("tr");
+    tr.dataset.room = r.room;
+    const rule = r.rule === "" ? "default" : `${r.rule}*`;
+    for (const v of [r.room, r.members, rule, r.publish, r.presence]) {
+      const td = document.createElement("td");
+      td.textContent = v;
+      tr.append(td);
+    }
+    return tr;
+  });
+  $("room-list").replaceChildren(...rows);
+  $("rooms-more").textContent = list.more ? `(the ${ROOMS_SHOWN} biggest)` : "";
 }
 
 /** Total first, then one per shard. */

@@ -14,7 +14,8 @@ const el = (tag, cls, text) => {
 let client = null;
 let me = null;
 /** key ("#room" or "@user") -> { kind, name, msgs: Map(seq or local id -> message), unread,
- * users: Set (rooms), more: bool (older history retained) } */
+ * users: Set (rooms), more: bool (older history retained), counted: bool (a room whose
+ * presence is a count: `members` is shown, not `users`) } */
 const convs = new Map();
 let active = null;
 let localId = 0;
@@ -49,6 +50,7 @@ function start(credentials) {
   client.on("message", onMessage);
   client.on("joined", (e) => presenceChange(e.room, e.user, true));
   client.on("left", (e) => presenceChange(e.room, e.user, false));
+  client.on("occupancy", onOccupancy);
   client.on("error", (e) => toast(e.message || e.code));
   client.on("recovery", onRecovery);
 }
@@ -128,8 +130,14 @@ function bodyText(body) {
   return typeof body === "string" ? body : JSON.stringify(body);
 }
 
+/** Whether this connection has `right` in room `c` (a server without rights allows all). */
+function may(c, right) {
+  const rights = client.room(c.name)?.rights;
+  return !rights || rights.includes(right);
+}
+
 async function loadHistory(c) {
-  if (c.loading) return;
+  if (c.loading || !may(c, "history")) return;
   c.loading = true;
   const before = c.msgs.size ? Math.min(...[...c.msgs.keys()]) : undefined;
   try {
@@ -145,17 +153,33 @@ async function loadHistory(c) {
 }
 
 async function refreshPresence(c) {
+  const info = client.room(c.name);
+  c.counted = info?.presence === "count";
+  if (!may(c, "presence")) return c.key === active && renderPresence();
   try {
-    c.users = new Set(await client.presence(c.name));
-    if (c.key === active) renderPresence();
+    const users = await client.presence(c.name);
+    c.users = new Set(users);
+    // A list room past its presence_list_max answers with a count too.
+    c.counted = users.mode === "count";
   } catch {
     // Not in the room (any more): nothing to show.
   }
+  if (c.key === active) renderPresence();
+}
+
+/** A count room's member count moved (the library keeps it on the room). */
+function onOccupancy(e) {
+  const c = convs.get(`#${e.room}`);
+  if (!c) return;
+  c.counted = true;
+  if (c.key === active) renderPresence();
 }
 
 function presenceChange(room, user, online) {
   const c = convs.get(`#${room}`);
   if (!c) return;
+  // Names again: a list room that had grown past its presence_list_max has shrunk back.
+  if (c.counted) return refreshPresence(c);
   if (online) c.users.add(user);
   else c.users.delete(user);
   if (c.key === active) renderPresence();
@@ -174,6 +198,7 @@ $("join-form").addEventListener("submit", async (ev) => {
   }
   $("join-room").value = "";
   const c = conv(`#${room}`);
+  c.counted = client.room(room)?.presence === "count";
   select(c.key);
   loadHistory(c);
   refreshPresence(c);
@@ -271,7 +296,8 @@ function renderMessages(toBottom) {
   $("conv-title").textContent = c ? (c.kind === "room" ? `# ${c.name}` : `@ ${c.name}`) : "No conversation";
   $("leave").hidden = !c || c.kind !== "room";
   $("empty").hidden = !!(c && c.msgs.size);
-  $("empty").textContent = c ? "No messages yet. Say hello!" : "Join a room or open a direct message to start.";
+  const readOnly = renderComposer();
+  $("empty").textContent = c ? (readOnly ? "No messages yet." : "No messages yet. Say hello!") : "Join a room or open a direct message to start.";
   $("older").hidden = !c || !c.more;
   if (!c) return;
   const msgs = [...c.msgs.entries()];
@@ -293,9 +319,32 @@ function renderPresence() {
   const p = $("presence");
   p.replaceChildren();
   if (!c || c.kind !== "room") return;
+  const info = client.room(c.name);
+  if (!may(c, "presence") && !c.counted) return;
+  if (c.counted) {
+    // No names in a count room: the number the server counts.
+    const n = info?.members ?? 0;
+    return p.append(el("span", "dot"), `${n} watching`);
+  }
   const users = [...c.users].sort();
   p.append(el("span", "dot"), `${users.length} online: `);
   p.append(el("span", "users", users.join(", ")));
+}
+
+/** The composer, or why this user may not publish in the open room; true for the latter. */
+function renderComposer() {
+  const c = convs.get(active);
+  const info = c?.kind === "room" ? client.room(c.name) : undefined;
+  let why = "";
+  if (info?.rights && !info.rights.includes("publish")) {
+    if (info.publish === "api") why = "Read only: this room takes messages from the server only.";
+    else if (info.publish === "granted") why = "Read only: your token does not grant publishing in this room.";
+    else why = "Read only: your token does not allow publishing in this room.";
+  }
+  $("composer").hidden = !!why;
+  $("readonly").hidden = !why;
+  $("readonly").textContent = why;
+  return !!why;
 }
 
 let toastTimer;

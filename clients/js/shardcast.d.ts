@@ -78,6 +78,10 @@ export interface Events {
   message: Message;
   joined: { room: string; user: string };
   left: { room: string; user: string };
+  /** A count room's member count changed (coalesced by the server: at most one per
+   * `occupancy_interval_ms`); a list room past its `presence_list_max` sends these instead of
+   * joined/left too. */
+  occupancy: { room: string; members: number };
   /** The server took this client out of `room` (a refreshed token no longer allows it); it is
    * not rejoined. */
   removed: { room: string; reason: string };
@@ -97,7 +101,41 @@ export interface Ack {
   truncated?: boolean;
   /** A join's room epoch, from a cluster (the redis engine); sent back on rejoin. */
   epoch?: number;
+  /** A join's room rule: who may publish. */
+  publish?: PublishMode;
+  /** A join's room rule: what presence the room shows. */
+  presence?: PresenceMode;
+  /** A join's rights: what this connection may do in the room. */
+  rights?: Right[];
+  /** A join's member count (absent when the connection was already in the room). */
+  members?: number;
 }
+
+/** Who may publish in a room: any member whose token allows it, only connections whose token
+ * grants publish there, or only the server API. */
+export type PublishMode = "members" | "granted" | "api";
+/** A room's presence: names and joined/left, a count and occupancy events, or nothing. */
+export type PresenceMode = "list" | "count" | "off";
+export type Right = "join" | "publish" | "presence" | "history";
+
+/** What the client knows of a room it is in (`client.room(name)`), updated in place. Fields
+ * are undefined with a server that does not send them. */
+export interface RoomInfo {
+  room: string;
+  publish?: PublishMode;
+  /** The room's rule; a "list" room past its presence_list_max counts (occupancy events,
+   * `presence()` answers mode "count") until it shrinks back. */
+  presence?: PresenceMode;
+  /** What this connection may do there: "publish" is absent where the rule or the token keeps
+   * it from publishing, "history" where a rejoin cannot recover (it rejoins without since). */
+  rights?: Right[];
+  /** The member count: from the join ack, then occupancy, joined and left events and
+   * `presence()` answers. */
+  members?: number;
+}
+
+/** `presence()`'s answer: the users, sorted (empty in count mode), with the mode and count. */
+export type Presence = string[] & { readonly mode: "list" | "count"; readonly members: number };
 
 export interface Page {
   messages: Message[];
@@ -105,8 +143,11 @@ export interface Page {
 }
 
 export class ShardcastError extends Error {
-  /** The server's error code, or "timeout", "disconnected", "closed". */
+  /** The server's error code (e.g. "forbidden", "room_full", "not_member"), or "timeout",
+   * "disconnected", "closed". */
   code: string;
+  /** The request's room, when it named one. */
+  room?: string;
 }
 
 export class Client {
@@ -117,8 +158,11 @@ export class Client {
   leave(room: string): Promise<Ack>;
   publish(room: string, body: Json): Promise<Ack>;
   send(to: string, body: Json): Promise<Ack>;
-  /** Every user in the room, sorted (paged from the server 1000 at a time). */
-  presence(room: string): Promise<string[]>;
+  /** Every user in the room, sorted (paged from the server 1000 at a time); in a count room
+   * none, and `members` says how many. */
+  presence(room: string): Promise<Presence>;
+  /** The room's rule, rights and member count; undefined when not in the room. */
+  room(room: string): RoomInfo | undefined;
   history(room: string, options?: { before?: number; limit?: number }): Promise<Page>;
   sync(since: number): Promise<Page>;
   /** A new token for the same user; later reconnects use it too. */

@@ -5,9 +5,17 @@
 // the close-code rules), recovery (rejoin with `since`, inbox `sync`, duplicates dropped by
 // seq), dead-connection detection and request ids. It holds no UI state.
 
-/** What a rejoin sends: the last seq seen, and the room's epoch when the server gave one. */
+/** What a rejoin sends: the last seq seen, and the room's epoch when the server gave one.
+ * Nothing when the last ack's rights leave out `history`: a `join` with `since` needs it, and
+ * would be refused (`forbidden`) where a plain join is let in. */
 function position(r) {
+  if (r.info.rights && !r.info.rights.includes("history")) return {};
   return r.epoch === undefined ? { since: r.seq } : { since: r.seq, epoch: r.epoch };
+}
+
+/** A room's record: the bookkeeping for recovery, and `info`, what `room(name)` shows. */
+function roomRecord(room, seq) {
+  return { seq, own: new Set(), info: { room, publish: undefined, presence: undefined, rights: undefined, members: undefined } };
 }
 
 /** What the client does after a close code: "reconnect", "token" (only with a fresh token) or
@@ -56,6 +64,14 @@ export class ShardcastError extends Error {
   }
 }
 
+/** The error a request rejects with; `room` is the request's room, if it names one (a `join`
+ * refused with `room_full` or `forbidden`, say). */
+function requestError(f, frame) {
+  const e = new ShardcastError(f.code, f.message);
+  if (frame.room !== undefined) e.room = frame.room;
+  return e;
+}
+
 /** Opens a client. It connects at once and keeps reconnecting until `close()`. */
 export function connect(options) {
   return new Client(options);
@@ -76,7 +92,8 @@ export class Client {
     this.user = null;
     this.listeners = {};
     /** Rooms this client is in: room -> { seq: last seq seen, own: seqs of our own publishes
-     * above `seq` (they are never delivered to us live, but a replay would bring them). */
+     * above `seq` (they are never delivered to us live, but a replay would bring them), info:
+     * the room's rule, rights and member count, as `room(name)` shows them }. */
     this.rooms = new Map();
     /** The last inbox seq seen; null until the first welcome. */
     this.inboxSeq = null;
@@ -92,8 +109,8 @@ export class Client {
     queueMicrotask(() => this.open());
   }
 
-  /** `fn` is called with each event of `type`: message, joined, left, removed, state,
-   * recovery, error. Returns a function that removes it. */
+  /** `fn` is called with each event of `type`: message, joined, left, occupancy, removed,
+   * state, recovery, error. Returns a function that removes it. */
   on(type, fn) {
     (this.listeners[type] ||= new Set()).add(fn);
     return () => this.listeners[type].delete(fn);
@@ -130,6 +147,16 @@ export class Client {
     return ack;
   }
 
+  /** What the client knows of a room it is in: `{room, publish, presence, rights, members}`
+   * from the last join ack (`publish`: "members", "granted" or "api"; `presence`: "list",
+   * "count" or "off"; `rights`: what this connection may do there), `members` kept up to date
+   * by `occupancy`, `joined` and `left` events and `presence` answers. The same object is
+   * updated in place; undefined when not in the room. Fields stay undefined with a server
+   * that does not send them. */
+  room(room) {
+    return this.rooms.get(room)?.info;
+  }
+
   async leave(room) {
     this.rooms.delete(room);
     return this.request({ type: "leave", room });
@@ -151,8 +178,10 @@ export class Client {
     return this.request({ type: "send", to, body });
   }
 
-  /** Resolves with the users online in `room`, sorted. The server answers in pages (each
-   * a request against the rate limit); this asks for 1000 at a time until the last. */
+  /** Resolves with the users online in `room`, sorted, as an array that also carries `mode`
+   * ("list", or "count" for a room whose presence is a count: then the array is empty) and
+   * `members` (the count), both non-enumerable. The server answers a list in pages (each a
+   * request against the rate limit); this asks for 1000 at a time until the last. */
   async presence(room) {
     const users = [];
     let after;
@@ -160,10 +189,19 @@ export class Client {
       const frame = { type: "presence", room, limit: 1000 };
       if (after !== undefined) frame.after = after;
       const page = await this.request(frame);
-      users.push(...page.users);
-      if (!page.more || page.users.length === 0) return users;
+      if (page.mode === "count") return this.presenceAnswer(room, [], "count", page.members);
+      users.push(...(page.users || []));
+      if (!page.more || !page.users?.length) return this.presenceAnswer(room, users, "list", users.length);
       after = page.users[page.users.length - 1];
     }
+  }
+
+  presenceAnswer(room, users, mode, members) {
+    const info = this.room(room);
+    if (info && typeof members === "number") info.members = members;
+    Object.defineProperty(users, "mode", { value: mode });
+    Object.defineProperty(users, "members", { value: members });
+    return users;
   }
 
   /** Sends a new token for this connection's user; resolves with {exp}. It becomes the token
@@ -362,7 +400,18 @@ export class Client {
     }
     if (f.type === "welcome") return this.onWelcome(f);
     if (f.type === "message") return this.onMessage(f);
-    if (f.type === "joined" || f.type === "left") return this.emit(f.type, { room: f.room, user: f.user });
+    if (f.type === "joined" || f.type === "left") {
+      const info = this.room(f.room);
+      if (typeof info?.members === "number") info.members = Math.max(0, info.members + (f.type === "joined" ? 1 : -1));
+      return this.emit(f.type, { room: f.room, user: f.user });
+    }
+    if (f.type === "occupancy") {
+      // A count room (or a list room past its presence_list_max): the member count, coalesced
+      // by the server, instead of joined/left.
+      const info = this.room(f.room);
+      if (info) info.members = f.members;
+      return this.emit("occupancy", { room: f.room, members: f.members });
+    }
     if (f.type === "removed") {
       // The server took us out of the room (a refreshed token no longer allows it): it is
       // not rejoined after a reconnect.
@@ -375,7 +424,7 @@ export class Client {
       this.inflight.delete(f.id);
       clearTimeout(entry.timer);
       this.timers.delete(entry.timer);
-      if (f.type === "error") entry.reject(new ShardcastError(f.code, f.message));
+      if (f.type === "error") entry.reject(requestError(f, entry.frame));
       else entry.resolve(f);
       return;
     }
@@ -393,7 +442,7 @@ export class Client {
     this.held = [];
     const since = first ? w.inbox_seq : this.inboxSeq;
     const rooms = {};
-    for (const room of w.rooms || []) if (!this.rooms.has(room)) this.rooms.set(room, { seq: 0, own: new Set() });
+    for (const room of w.rooms || []) if (!this.rooms.has(room)) this.rooms.set(room, roomRecord(room, 0));
     const rejoin = async ([room, r]) => {
       const since = r.seq;
       try {
@@ -456,7 +505,9 @@ export class Client {
 
   joinedAck(room, ack) {
     let r = this.rooms.get(room);
-    if (!r) this.rooms.set(room, (r = { seq: ack.seq, own: new Set() }));
+    if (!r) this.rooms.set(room, (r = roomRecord(room, ack.seq)));
+    // A repeated join's ack has no `members`: the count kept so far stands.
+    for (const k of ["publish", "presence", "rights", "members"]) if (ack[k] !== undefined) r.info[k] = ack[k];
     // A cluster's room that began a new epoch (its Redis lost the history) restarts its seqs:
     // what is replayed now counts from 0 (the ack says recovered: false).
     if (ack.epoch !== undefined) {

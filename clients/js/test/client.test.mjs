@@ -12,8 +12,8 @@ const cleanups = [];
 after(async () => {
   for (const c of cleanups.reverse()) await c();
 });
-async function server(args = []) {
-  const s = await startServer(args);
+async function server(args = [], config) {
+  const s = await startServer(args, config);
   cleanups.push(() => s.close());
   return s;
 }
@@ -253,4 +253,132 @@ test("refresh: rooms the new token leaves out are removed and not rejoined", asy
   p.cut();
   assert.deepEqual(Object.keys((await recovery).rooms), ["a"]);
   await assert.rejects(w.publish("b", 1), (e) => e.code === "not_member");
+});
+
+/** Room rules for the tests below: `live:` rooms count their members and take messages only
+ * from a publish grant, `news:` rooms from the API only, `small:` rooms hold two users. */
+const RULES = `
+occupancy_interval_ms = 100
+
+[[rooms]]
+prefix = "live:"
+publish = "granted"
+presence = "count"
+
+[[rooms]]
+prefix = "news:"
+publish = "api"
+
+[[rooms]]
+prefix = "small:"
+max_members = 2
+`;
+
+test("room rules: the join ack's modes and rights, occupancy counts, presence as a count", async () => {
+  const s = await server(["--jwt-secret", SECRET, "--api", "false", ...noRateLimit], RULES);
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  const rooms = [
+    { room: "live:*", rights: ["join", "presence"] },
+    { room: "news:*", rights: ["join", "presence", "history"] },
+  ];
+  const viewer = client({ url: s.url, token: mint({ sub: "viewer", exp, rooms }) });
+  await connected(viewer);
+  const ack = await viewer.join("live:k");
+  assert.equal(ack.members, 1);
+  assert.deepEqual(viewer.room("live:k"), {
+    room: "live:k",
+    publish: "granted",
+    presence: "count",
+    rights: ["join", "presence"],
+    members: 1,
+  });
+
+  // Others join: a count room sends occupancy events, never joined.
+  const events = record(viewer, ["occupancy", "joined", "left"]);
+  const others = [];
+  for (const sub of ["a", "b"]) {
+    const c = client({ url: s.url, token: mint({ sub, exp }) });
+    await connected(c);
+    await c.join("live:k");
+    others.push(c);
+  }
+  await until(() => viewer.room("live:k").members === 3, "a count of 3");
+  assert.deepEqual(events.at(-1), { type: "occupancy", room: "live:k", members: 3 });
+  assert.ok(events.every((e) => e.type === "occupancy"), JSON.stringify(events));
+  const who = await viewer.presence("live:k");
+  assert.deepEqual([who.mode, who.members, [...who]], ["count", 3, []]);
+  await others[0].leave("live:k");
+  await until(() => viewer.room("live:k").members === 2, "a count of 2 after a leave");
+
+  // No publish right here: refused with forbidden, naming the room and the right.
+  await assert.rejects(viewer.publish("live:k", "hi"), (e) => {
+    assert.equal(e.code, "forbidden");
+    assert.equal(e.room, "live:k");
+    assert.match(e.message, /publish/);
+    return true;
+  });
+
+  // A list room: names, with mode and count; joined moves the count.
+  await viewer.join("news:today");
+  const news = viewer.room("news:today");
+  assert.deepEqual([news.publish, news.presence, news.rights], ["api", "list", ["join", "presence", "history"]]);
+  const names = await viewer.presence("news:today");
+  assert.deepEqual(names, ["viewer"]);
+  assert.deepEqual([names.mode, names.members], ["list", 1]);
+  await others[1].join("news:today");
+  await until(() => news.members === 2, "a count of 2 after joined");
+  await viewer.leave("live:k");
+  assert.equal(viewer.room("live:k"), undefined);
+});
+
+test("reconnect: no history right rejoins without since; a room now full is dropped once", async () => {
+  const s = await server(["--jwt-secret", SECRET, "--api", "false", ...noRateLimit], RULES);
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  const p = await proxy(s.addr);
+  const rooms = [
+    { room: "live:*", rights: ["join"] },
+    { room: "small:*", rights: ["join", "publish", "presence", "history"] },
+  ];
+  const w = client({ url: p.url, token: mint({ sub: "w", exp, rooms }), backoff: { initial: 20, max: 50 } });
+  await connected(w);
+  await w.join("live:a");
+  await w.join("small:r");
+  const hostRooms = [{ room: "*", rights: ["join", "publish", "presence", "history"] }];
+  const host = client({ url: s.url, token: mint({ sub: "host", exp, rooms: hostRooms }) });
+  await connected(host);
+  await host.join("live:a");
+  await host.join("small:r");
+
+  // W drops; while away the live room gets two messages and the small room fills up.
+  const gone = waitFor(host, "left", (e) => e.room === "small:r" && e.user === "w");
+  p.mode = "refuse";
+  p.cut();
+  await gone;
+  await host.publish("live:a", 1);
+  await host.publish("live:a", 2);
+  const carol = client({ url: s.url, token: mint({ sub: "carol", exp }) });
+  await connected(carol);
+  await carol.join("small:r");
+  const errors = record(w, ["error"]);
+  const got = record(w, ["message"]);
+  p.mode = "pass";
+  const recovery = await waitFor(w, "recovery");
+  // A join with since would be forbidden without the history right: the room is rejoined
+  // plainly, and what was missed is reported as not recovered.
+  assert.equal(recovery.rooms["live:a"].error, undefined, JSON.stringify(recovery));
+  assert.equal(recovery.rooms["live:a"].recovered, false);
+  assert.equal(w.room("live:a").rights.join(), "join");
+  assert.equal(recovery.rooms["small:r"].error, "room_full");
+  assert.equal(recovery.complete, false);
+  assert.equal(w.room("small:r"), undefined);
+  assert.deepEqual(errors.map((e) => [e.code, e.room]), [["room_full", "small:r"]]);
+  await host.publish("live:a", 3);
+  await until(() => got.length === 1, "the live message after the rejoin");
+  assert.equal(got[0].seq, 3);
+
+  // The next reconnect does not try the full room again.
+  const again = waitFor(w, "recovery");
+  p.cut();
+  assert.deepEqual(Object.keys((await again).rooms), ["live:a"]);
+  assert.equal(errors.length, 1);
 });

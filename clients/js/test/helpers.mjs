@@ -3,7 +3,7 @@
 
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,12 +11,19 @@ import { join } from "node:path";
 export const SECRET = "js-test-secret-0123456789abcdef01234";
 export const API_KEY = "js-test-key";
 
-/** `shardcast serve` on 127.0.0.1:0 with a temp data dir and `args`; `restart()` brings it
- * back on the same port and data. */
-export async function startServer(args = []) {
+/** `shardcast serve` on 127.0.0.1:0 with a temp data dir and `args`, and `config` (TOML, e.g.
+ * `[[rooms]]` rules) as its config file when given; `restart()` brings it back on the same
+ * port and data. */
+export async function startServer(args = [], config) {
   const bin = process.env.SHARDCAST_BIN;
   if (!bin) throw new Error("SHARDCAST_BIN is not set: run these tests through `cargo test --test js_client`");
   const data = mkdtempSync(join(tmpdir(), "shardcast-js-"));
+  if (config !== undefined) {
+    // Beside the data dir, not in it: the store owns that.
+    const file = `${data}.toml`;
+    writeFileSync(file, config);
+    args = ["--config", file, ...args];
+  }
   const server = { data, args, child: null, addr: null };
   const launch = async (bind) => {
     const child = spawn(bin, ["serve", "--bind", bind, "--data", data, "--shards", "2", ...args], {
@@ -51,6 +58,7 @@ export async function startServer(args = []) {
   server.close = async () => {
     await server.stop();
     rmSync(data, { recursive: true, force: true });
+    rmSync(`${data}.toml`, { force: true });
   };
   return server;
 }
