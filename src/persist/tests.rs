@@ -170,23 +170,6 @@ fn pages_say_whether_more_follow() {
     assert_eq!((seqs(&m), more), (vec![2, 1], false));
 }
 
-#[test]
-fn the_pacer_delays_only_a_commit_right_after_another() {
-    use super::writer::Pacer;
-    use std::time::{Duration, Instant};
-    let ms = Duration::from_millis;
-    let t0 = Instant::now();
-    let mut p = Pacer::new(ms(2));
-    assert_eq!(p.wait(t0), None, "the first commit starts at once");
-    p.committed(t0);
-    assert_eq!(p.wait(t0 + ms(0)), Some(ms(2)), "one right after waits");
-    assert_eq!(p.wait(t0 + ms(1)), Some(ms(1)), "for what is left");
-    assert_eq!(p.wait(t0 + ms(2)), None, "after the interval: at once");
-    assert_eq!(p.wait(t0 + ms(500)), None, "after a quiet spell: at once");
-    let off = Pacer::new(Duration::ZERO);
-    assert_eq!(off.wait(t0), None, "0 never waits");
-}
-
 /// Whatever the commit interval, the writer's first commit after a quiet spell is not held:
 /// with an interval of a minute, the append is answered long before it.
 #[test]

@@ -14,6 +14,7 @@ use crate::core::ShardId;
 use crate::core::Stream;
 use crate::core::counters::WriterCounters;
 use crate::core::health::Health;
+use crate::core::pace::Pacer;
 use crate::msg::{LocalMsg, Written};
 use crate::router::Router;
 use crate::store::Store;
@@ -39,7 +40,9 @@ pub(super) struct Writer {
     pub(super) router: Router,
     pub(super) durability: Durability,
     pub(super) flush_every: Duration,
-    /// With sync durability: at most one group commit per `commit_interval_us`.
+    /// With sync durability: at most one group commit per `commit_interval_us`. An fsync
+    /// costs ~45 us of CPU on this project's VM whatever it carries (docs/performance-log.md,
+    /// issue 25), so under load fewer, larger commits cost less per message.
     pub(super) pacer: Pacer,
     pub(super) replay_limit: usize,
     /// A reply carrying messages stays under this, so it cannot make its reader a slow consumer.
@@ -178,7 +181,7 @@ impl Writer {
             let durable = self.durability == Durability::Sync && !appends.is_empty();
             let started = Instant::now();
             if durable {
-                self.pacer.committed(started);
+                self.pacer.started(started);
             }
             let cursors: Vec<(Stream, u64)> = cursors.into_iter().collect();
             let ok = match self.store.write(&appends, &cursors, durable) {
@@ -229,32 +232,5 @@ fn take_queued(rx: &Receiver<Vec<Op>>, ops: &mut Vec<Op>) {
         && let Ok(more) = rx.try_recv()
     {
         ops.extend(more);
-    }
-}
-
-/// Spaces durable commits at least `every` apart. An fsync costs ~45 us of CPU on this
-/// project's VM whatever it carries (docs/performance-log.md, issue 25), so under load
-/// fewer, larger commits cost less per message. A commit after a quiet spell (none within
-/// `every`) is not delayed, so latency at low load does not move; under load a message waits
-/// at most `every` more.
-pub(super) struct Pacer {
-    every: Duration,
-    /// When the last durable commit started.
-    last: Option<Instant>,
-}
-
-impl Pacer {
-    pub(super) fn new(every: Duration) -> Pacer {
-        Pacer { every, last: None }
-    }
-
-    /// How long a commit that could start at `now` should wait; `None`: start now.
-    pub(super) fn wait(&self, now: Instant) -> Option<Duration> {
-        let next = self.last? + self.every;
-        (next > now).then(|| next - now)
-    }
-
-    pub(super) fn committed(&mut self, at: Instant) {
-        self.last = Some(at);
     }
 }
