@@ -177,3 +177,11 @@ fn idle_timeout_defaults_to_two_heartbeats() {
     };
     assert_eq!(c.idle_heartbeats(), 3);
 }
+
+#[test]
+fn write_delay_is_at_most_100_ms() {
+    let c = load(&["--write-delay-us", "100000"], None).unwrap();
+    assert_eq!(c.write_delay_us, 100_000);
+    let err = load(&["--write-delay-us", "100001"], None).unwrap_err();
+    assert!(err.to_string().contains("write_delay_us"), "{err}");
+}

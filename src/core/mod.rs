@@ -9,7 +9,8 @@
 //! - `error`: every protocol error code, close code and handshake refusal (one table).
 //! - `counters`: what shards, the store writer and the Redis engine count.
 //! - `health`: the readiness flags behind `/readyz`.
-//! - `pace`: `Pacer`, at most one group commit per interval, none delayed after a quiet spell.
+//! - `pace`: `Pacer`, at most one group commit or flush pass per interval, none delayed after a
+//!   quiet spell.
 //! - `procfs`: a process's CPU time and RSS from `/proc` (the server's metrics and the bot).
 
 pub mod bucket;
