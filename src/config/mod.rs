@@ -150,6 +150,13 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_FLUSH_INTERVAL_MS", default_value_t = 100)]
     pub flush_interval_ms: u64,
 
+    /// With sync durability, the shortest time between two group commits (each one fsync), in
+    /// microseconds. Under load the messages that arrive meanwhile wait and share the next
+    /// commit (fewer fsyncs, less CPU per message); a commit after a quiet spell of this long
+    /// is not delayed. Default 1000; 0 = commit as soon as the previous one is done.
+    #[arg(long, env = "SHARDCAST_COMMIT_INTERVAL_US", default_value_t = 1_000)]
+    pub commit_interval_us: u64,
+
     /// Most messages one recovery replays: a `join` with `since`, the offline direct messages at
     /// connect, one `sync` reply. Default 1000.
     #[arg(long, env = "SHARDCAST_REPLAY_LIMIT", default_value_t = 1_000)]
@@ -432,6 +439,15 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_MAX_BATCH_DELAY_MS", default_value_t = 4)]
     pub max_batch_delay_ms: u64,
 
+    /// The shortest time between two flush passes of a shard, in microseconds: under load a
+    /// socket's frames wait up to this long and leave in one write (fewer writes, less CPU per
+    /// delivery); a flush after a quiet spell of this long is not delayed. tokio's timer counts
+    /// whole milliseconds, so a wait is rounded up to one. At most 100000. Default 0 (write as
+    /// soon as frames are queued): 5000 took 15% off fan-out's CPU per delivery but added 4 ms
+    /// to chat's median latency, and 1000 saved nothing (docs/performance-log.md).
+    #[arg(long, env = "SHARDCAST_WRITE_DELAY_US", default_value_t = 0)]
+    pub write_delay_us: u64,
+
     /// Time a new TCP connection has to send its complete HTTP request headers (the WebSocket
     /// upgrade or an API call), and a keep-alive connection, from its last response, its next
     /// request's headers, in milliseconds; then it is closed. A response whose write makes no
@@ -553,6 +569,7 @@ impl Default for Config {
             min_free_disk_bytes: 256 << 20,
             durability: Durability::Sync,
             flush_interval_ms: 100,
+            commit_interval_us: 1_000,
             replay_limit: 1_000,
             room_retention_messages: 10_000,
             room_retention_secs: 604_800,
@@ -599,6 +616,7 @@ impl Default for Config {
             shutdown_timeout_ms: 3_000,
             close_timeout_ms: 2_000,
             max_batch_delay_ms: 4,
+            write_delay_us: 0,
             handshake_timeout_ms: 10_000,
             max_handshakes: 1_024,
             max_keepalive_connections: 1_024,

@@ -231,3 +231,11 @@ fn room_rules_take_the_longest_prefix_then_the_default_rule_then_the_globals() {
     let unknown = "[[rooms]]\nprefix = \"a\"\npublish = \"everyone\"\n";
     assert!(load(&[], Some(unknown)).is_err());
 }
+
+#[test]
+fn write_delay_is_at_most_100_ms() {
+    let c = load(&["--write-delay-us", "100000"], None).unwrap();
+    assert_eq!(c.write_delay_us, 100_000);
+    let err = load(&["--write-delay-us", "100001"], None).unwrap_err();
+    assert!(err.to_string().contains("write_delay_us"), "{err}");
+}

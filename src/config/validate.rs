@@ -3,6 +3,10 @@
 use super::load::ConfigError;
 use super::*;
 
+/// The longest `write_delay_us`: a longer hold would let a busy shard's heartbeats and replies
+/// wait long enough for clients to notice.
+const MAX_WRITE_DELAY_US: u64 = 100_000;
+
 impl Config {
     /// Checks the values that cannot be expressed in types.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -141,6 +145,13 @@ impl Config {
         }
         if self.flush_interval_ms == 0 || self.retention_interval_ms == 0 {
             return invalid("flush_interval_ms and retention_interval_ms must be greater than 0");
+        }
+        if self.write_delay_us > MAX_WRITE_DELAY_US {
+            return Err(ConfigError::Invalid(format!(
+                "write_delay_us is {}; set it to at most {MAX_WRITE_DELAY_US} (100 ms): under \
+                 load every frame may wait this long before it is written",
+                self.write_delay_us
+            )));
         }
         if self.room_retention.iter().any(|r| r.prefix.is_empty()) {
             return invalid("a room_retention rule needs a non-empty prefix");

@@ -10,6 +10,8 @@
 //! - `counters`: what shards, the store writer and the Redis engine count.
 //! - `health`: the readiness flags behind `/readyz`.
 //! - `rights`: what a token's `rooms` claim grants (`Rights`, `Grants`).
+//! - `pace`: `Pacer`, at most one group commit or flush pass per interval, none delayed after a
+//!   quiet spell.
 //! - `procfs`: a process's CPU time and RSS from `/proc` (the server's metrics and the bot).
 
 pub mod bucket;
@@ -19,6 +21,7 @@ pub mod error;
 pub mod health;
 pub mod ids;
 pub mod name;
+pub mod pace;
 pub mod procfs;
 pub mod rights;
 pub mod stream;

@@ -169,3 +169,46 @@ fn pages_say_whether_more_follow() {
     let (m, more) = w.page(store.before(&r, 3, 4).unwrap(), 3);
     assert_eq!((seqs(&m), more), (vec![2, 1], false));
 }
+
+/// Whatever the commit interval, the writer's first commit after a quiet spell is not held:
+/// with an interval of a minute, the append is answered long before it.
+#[test]
+fn an_idle_writer_commits_at_once_under_a_long_interval() {
+    use crate::core::ConnId;
+    use crate::msg::{LocalMsg, ReplyTo, ShardMsg, WriteTarget, Written};
+    let config = Arc::new(Config {
+        commit_interval_us: 60_000_000,
+        ..Config::default()
+    });
+    let (router, inboxes) = Router::new(1);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let mut threads = super::Threads::start(store, router, config, Arc::default()).unwrap();
+    let room = Name::new("r").unwrap();
+    let written = Written {
+        target: WriteTarget::Room(room.clone()),
+        seq: 1,
+        frame: Bytes::from_static(b"{}"),
+        reply: ReplyTo::Conn {
+            conn: ConnId::new(0, 0, 1),
+            id: None,
+        },
+    };
+    threads.persist().send(vec![Op::Append {
+        append: Append {
+            stream: Stream::Room(room),
+            seq: 1,
+            ts: 1,
+            payload: Bytes::from_static(b"{}"),
+        },
+        done: Some((0, written)),
+    }]);
+    let answer = inboxes[0]
+        .rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the writer answers an idle commit at once, not after the interval");
+    assert!(matches!(
+        answer,
+        ShardMsg::Local(LocalMsg::Stored { ok: true, .. })
+    ));
+    threads.stop();
+}

@@ -14,6 +14,7 @@ use crate::core::ShardId;
 use crate::core::Stream;
 use crate::core::counters::WriterCounters;
 use crate::core::health::Health;
+use crate::core::pace::Pacer;
 use crate::msg::{LocalMsg, Written};
 use crate::router::Router;
 use crate::store::Store;
@@ -39,6 +40,10 @@ pub(super) struct Writer {
     pub(super) router: Router,
     pub(super) durability: Durability,
     pub(super) flush_every: Duration,
+    /// With sync durability: at most one group commit per `commit_interval_us`. An fsync
+    /// costs ~45 us of CPU on this project's VM whatever it carries (docs/performance-log.md,
+    /// issue 25), so under load fewer, larger commits cost less per message.
+    pub(super) pacer: Pacer,
     pub(super) replay_limit: usize,
     /// A reply carrying messages stays under this, so it cannot make its reader a slow consumer.
     pub(super) reply_bytes: usize,
@@ -63,6 +68,7 @@ impl Writer {
             router,
             durability: config.durability,
             flush_every: Duration::from_millis(config.flush_interval_ms),
+            pacer: Pacer::new(Duration::from_micros(config.commit_interval_us)),
             replay_limit: config.replay_limit,
             reply_bytes: config.max_queue_bytes / 2,
             health,
@@ -110,10 +116,15 @@ impl Writer {
                 return;
             };
             let mut ops = first;
-            while ops.len() < MAX_BATCH
-                && let Ok(more) = rx.try_recv()
+            take_queued(&rx, &mut ops);
+            if self.durability == Durability::Sync
+                && let Some(wait) = self.pacer.wait(Instant::now())
+                && ops.iter().any(|op| matches!(op, Op::Append { .. }))
             {
-                ops.extend(more);
+                // A sleep, not a receive: what the shards send meanwhile must not wake this
+                // thread once per send. Whatever arrived by the end joins this commit.
+                std::thread::sleep(wait);
+                take_queued(&rx, &mut ops);
             }
             let stop = self.apply(ops);
             if self.durability == Durability::Async {
@@ -169,6 +180,9 @@ impl Writer {
             // A cursor alone is not worth an fsync: losing it only repeats a delivery.
             let durable = self.durability == Durability::Sync && !appends.is_empty();
             let started = Instant::now();
+            if durable {
+                self.pacer.started(started);
+            }
             let cursors: Vec<(Stream, u64)> = cursors.into_iter().collect();
             let ok = match self.store.write(&appends, &cursors, durable) {
                 Ok(()) => true,
@@ -209,5 +223,14 @@ impl Writer {
         if let Err(e) = self.store.sync() {
             tracing::error!(error = %e, "store sync failed");
         }
+    }
+}
+
+/// Takes what is queued, up to `MAX_BATCH` operations.
+fn take_queued(rx: &Receiver<Vec<Op>>, ops: &mut Vec<Op>) {
+    while ops.len() < MAX_BATCH
+        && let Ok(more) = rx.try_recv()
+    {
+        ops.extend(more);
     }
 }

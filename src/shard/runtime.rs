@@ -22,6 +22,7 @@ use crate::conn::{Conn, Event, ReadStatus};
 use crate::core::ShardId;
 use crate::core::error::CloseCode;
 use crate::core::health::Health;
+use crate::core::pace::Pacer;
 use crate::persist::Persist;
 use crate::router::Router;
 
@@ -117,11 +118,17 @@ impl Ctx {
 /// Writes the dirty connections whenever a flush is due (see `Ctx::schedule_flush`).
 ///
 /// On loopback a write costs ~5 us of kernel time whatever its size, so a big room's fan-out is
-/// bounded by writes, not bytes. After an expensive pass the flusher pauses for half its length
-/// (at most `max_batch_delay_ms`) while input keeps being handled, so the next pass carries
-/// more frames per write. A pass under 1 ms, the usual case, adds no pause.
+/// bounded by writes, not bytes. Two things make each write carry more frames under load, while
+/// input keeps being handled:
+/// - passes start at least `write_delay_us` apart (off by default): a flush due sooner after
+///   the last pass waits for the rest of it, and what is queued meanwhile leaves with it. A
+///   flush after a quiet spell (no pass within `write_delay_us`) is not delayed, so latency at
+///   low load does not move.
+/// - after an expensive pass the flusher also pauses for half its length (at most
+///   `max_batch_delay_ms`). A pass under 1 ms, the usual case, adds no pause.
 pub async fn flusher(ctx: Rc<Ctx>) {
     let max_pause = Duration::from_millis(ctx.config.max_batch_delay_ms);
+    let mut pacer = Pacer::new(Duration::from_micros(ctx.config.write_delay_us));
     loop {
         std::future::poll_fn(|cx| {
             if ctx.flush_due.get() {
@@ -132,8 +139,13 @@ pub async fn flusher(ctx: Rc<Ctx>) {
             }
         })
         .await;
+        // tokio's clock, not std's, so a test on paused time sees the wait.
+        if let Some(wait) = pacer.wait(tokio::time::Instant::now().into_std()) {
+            tokio::time::sleep(wait).await;
+        }
         ctx.flush_due.set(false);
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
+        pacer.started(started.into_std());
         ctx.with(Shard::flush_dirty);
         let pause = (started.elapsed() / 2).min(max_pause);
         if pause >= Duration::from_millis(1) {

@@ -16,11 +16,16 @@ use crate::router::Router;
 use bytes::Bytes;
 
 fn shard() -> Shard {
+    shard_with(Config::default())
+}
+
+/// A shard on `config`, with presence events off and nothing stored.
+fn shard_with(config: Config) -> Shard {
     let (router, _inboxes) = Router::new(1);
     let config = Config {
         presence_events: false,
         durability: Durability::Memory,
-        ..Config::default()
+        ..config
     };
     {
         let config = Arc::new(config);
@@ -261,4 +266,73 @@ fn the_handshake_101_leaves_with_welcome_in_one_write() {
     let sent = frames_after(&conn, head.len());
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0]["type"], "welcome");
+}
+
+/// The flusher's pacing, on tokio's paused clock: a flush after a quiet spell is written at
+/// once; one due right after a pass waits for the rest of `write_delay_us`, and frames queued
+/// meanwhile leave in the same write.
+#[tokio::test(start_paused = true)]
+async fn the_flusher_writes_at_once_when_idle_and_coalesces_when_busy() {
+    use super::runtime::{Ctx, flusher};
+    use std::time::Duration;
+    use tokio::time::{Instant, advance};
+    let config = Config {
+        write_delay_us: 10_000,
+        max_batch_delay_ms: 0,
+        ..Config::default()
+    };
+    let mut s = shard_with(config);
+    let conn = connect(&mut s, "u");
+    let (router, _inboxes) = Router::new(1);
+    let config = s.config.clone();
+    let auth = crate::auth::Authenticator::new(&config).unwrap();
+    let ctx = Rc::new(Ctx::new(
+        0,
+        s,
+        auth,
+        config,
+        router,
+        Persist::discarding(),
+        Arc::default(),
+    ));
+    let ping = |ctx: &Ctx| {
+        ctx.with(|s| send(s, &conn, r#"{"type":"ping"}"#));
+        ctx.schedule_flush();
+    };
+    // Lets the flusher run as far as it can without the clock moving.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+    tokio::task::LocalSet::new()
+        .run_until(async {
+            tokio::task::spawn_local(flusher(ctx.clone()));
+            let t0 = Instant::now();
+            let before = writes(&conn);
+            ping(&ctx);
+            settle().await;
+            assert_eq!(writes(&conn), before + 1, "idle: written at once");
+            assert_eq!(Instant::now(), t0, "without waiting");
+
+            ping(&ctx);
+            settle().await;
+            advance(Duration::from_millis(4)).await;
+            ping(&ctx);
+            settle().await;
+            assert_eq!(writes(&conn), before + 1, "busy: held for the delay");
+            advance(Duration::from_millis(6)).await;
+            settle().await;
+            assert_eq!(writes(&conn), before + 2, "then both pongs in one write");
+            let pongs = frames(&conn).iter().filter(|f| f["type"] == "pong").count();
+            assert_eq!(pongs, 3);
+
+            advance(Duration::from_millis(50)).await;
+            let t1 = Instant::now();
+            ping(&ctx);
+            settle().await;
+            assert_eq!(writes(&conn), before + 3, "after a quiet spell: at once");
+            assert_eq!(Instant::now(), t1);
+        })
+        .await;
 }
