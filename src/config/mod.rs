@@ -153,8 +153,8 @@ pub struct Config {
     /// With sync durability, the shortest time between two group commits (each one fsync), in
     /// microseconds. Under load the messages that arrive meanwhile wait and share the next
     /// commit (fewer fsyncs, less CPU per message); a commit after a quiet spell of this long
-    /// is not delayed. Default 1000; 0 = commit as soon as the previous one is done.
-    #[arg(long, env = "SHARDCAST_COMMIT_INTERVAL_US", default_value_t = 1_000)]
+    /// is not delayed. Default 500; 0 = commit as soon as the previous one is done.
+    #[arg(long, env = "SHARDCAST_COMMIT_INTERVAL_US", default_value_t = 500)]
     pub commit_interval_us: u64,
 
     /// Most messages one recovery replays: a `join` with `since`, the offline direct messages at
@@ -569,7 +569,7 @@ impl Default for Config {
             min_free_disk_bytes: 256 << 20,
             durability: Durability::Sync,
             flush_interval_ms: 100,
-            commit_interval_us: 1_000,
+            commit_interval_us: 500,
             replay_limit: 1_000,
             room_retention_messages: 10_000,
             room_retention_secs: 604_800,

@@ -5,7 +5,7 @@
 --
 -- `list` (an argument of the scripts): "MAX EVENTS", the room's `presence_list_max` and '1'
 -- when `joined`/`left` are sent. A list room of more than MAX users sends none; it publishes
--- "o USERS" instead, which the nodes pass on coalesced as `occupancy` events.
+-- "o USERS" instead, once per call, which the nodes pass on coalesced as `occupancy` events.
 
 -- The `joined`/`left` event as published: "e EXCL", a newline, the frame's JSON (the same
 -- bytes as encode::membership; names are [A-Za-z0-9_.:@-], nothing to escape). EXCL: the
@@ -16,34 +16,40 @@ local function event(kind, room, user, exclude)
 end
 
 -- A user came or went (`kind`) in a list room of `users` users (counting the user): `joined` or
--- `left` within the room's maximum, else the new count.
+-- `left` within the room's maximum. Past it, returns true: the caller then publishes the
+-- room's count once (`counted`), however many users came or went in the call.
 local function announce(kind, users, list, channel, pubcmd, room, user, exclude)
   local max, events = string.match(list, '^(%d+) (%d)$')
-  if users <= tonumber(max) then
-    if events == '1' then redis.call(pubcmd, channel, event(kind, room, user, exclude)) end
-  else
-    local now = kind == 'joined' and users or users - 1
-    redis.call(pubcmd, channel, 'o ' .. now)
-  end
+  if users > tonumber(max) then return true end
+  if events == '1' then redis.call(pubcmd, channel, event(kind, room, user, exclude)) end
+  return false
 end
 
--- One entry of the user fewer; at its last, the user is gone.
+-- "o USERS": a list room past its maximum tells its nodes its count.
+local function counted(pu, channel, pubcmd)
+  redis.call(pubcmd, channel, 'o ' .. redis.call('HLEN', pu))
+end
+
+-- One entry of the user fewer; at its last, the user is gone. True when the room was past
+-- its maximum (see `announce`).
 local function drop_entry(pu, user, channel, pubcmd, room, list)
-  if redis.call('HINCRBY', pu, user, -1) <= 0 then
-    local users = redis.call('HLEN', pu)
-    redis.call('HDEL', pu, user)
-    announce('left', users, list, channel, pubcmd, room, user)
-  end
+  if redis.call('HINCRBY', pu, user, -1) > 0 then return false end
+  local users = redis.call('HLEN', pu)
+  redis.call('HDEL', pu, user)
+  return announce('left', users, list, channel, pubcmd, room, user)
 end
 
--- Removes the entries that expired (their node stopped refreshing them); `left` for every user
--- whose last entry went.
+-- Removes entries that expired (their node stopped refreshing them), `left` for every user
+-- whose last entry went; at most 256 per call, so a call after a node died does not hold
+-- Redis for long: the rest go at the room's next calls. True as `announce`.
 local function purge(pz, pu, now, channel, pubcmd, room, list)
-  local gone = redis.call('ZRANGEBYSCORE', pz, '-inf', '(' .. now)
+  local gone = redis.call('ZRANGEBYSCORE', pz, '-inf', '(' .. now, 'LIMIT', 0, 256)
+  local past = false
   for _, m in ipairs(gone) do
     redis.call('ZREM', pz, m)
-    drop_entry(pu, string.match(m, '^(%S+)'), channel, pubcmd, room, list)
+    past = drop_entry(pu, string.match(m, '^(%S+)'), channel, pubcmd, room, list) or past
   end
+  return past
 end
 
 -- A count room's members: the sum of each live node's count in the occupancy hash (field: the

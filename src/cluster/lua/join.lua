@@ -8,8 +8,9 @@
 -- Returns {seq, epoch, members}, or {-1, 0, members} when the room is full.
 local members
 local new_user
+local past = false
 if ARGV[11] == 'list' then
-  purge(KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+  past = purge(KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
   new_user = redis.call('HEXISTS', KEYS[3], ARGV[2]) == 0
   members = redis.call('HLEN', KEYS[3]) + (new_user and 1 or 0)
 else
@@ -18,13 +19,16 @@ else
 end
 local max = tonumber(ARGV[14])
 if new_user and max > 0 and members > max then
+  if past then counted(KEYS[3], ARGV[5], ARGV[6]) end
   return {-1, 0, members - 1}
 end
 local epoch = epoch_of(KEYS[1], KEYS[4], ARGV[9])
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 if ARGV[11] == 'list' and redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1]) == 1 then
   if redis.call('HINCRBY', KEYS[3], ARGV[2], 1) == 1 then
-    announce('joined', members, ARGV[8], ARGV[5], ARGV[6], ARGV[7], ARGV[2], ARGV[10])
+    past = announce('joined', members, ARGV[8], ARGV[5], ARGV[6], ARGV[7], ARGV[2], ARGV[10])
+      or past
   end
 end
+if past then counted(KEYS[3], ARGV[5], ARGV[6]) end
 return {seq, epoch, members}

@@ -3,14 +3,17 @@
 -- KEYS: pz, pu
 -- ARGV: 1 expiry (ms), 2 now, 3 channel, 4 publish command, 5 room, 6 list (see common.lua),
 --       7.. members "USER CONNID"
+local past = false
 for i = 7, #ARGV do
   local m = ARGV[i]
   if redis.call('ZADD', KEYS[1], ARGV[1], m) == 1 then
     local user = string.match(m, '^(%S+)')
     if redis.call('HINCRBY', KEYS[2], user, 1) == 1 then
-      announce('joined', redis.call('HLEN', KEYS[2]), ARGV[6], ARGV[3], ARGV[4], ARGV[5], user)
+      past = announce('joined', redis.call('HLEN', KEYS[2]), ARGV[6], ARGV[3], ARGV[4], ARGV[5],
+        user) or past
     end
   end
 end
-purge(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+past = purge(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]) or past
+if past then counted(KEYS[2], ARGV[3], ARGV[4]) end
 return 1
