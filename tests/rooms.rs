@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
+use shardcast::config::{PresenceMode, RoomRule};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -546,9 +547,14 @@ async fn two_thousand_clients_in_one_room() {
     const CLIENTS: usize = 2_000;
     const BATCH: usize = 100;
     const MESSAGES: u64 = 4;
+    // No presence of any kind: past `presence_list_max` the room would send `occupancy`.
     let server = TestServer::start(|c| {
         c.shards = 2;
-        c.presence_events = false;
+        c.rooms = vec![RoomRule {
+            prefix: String::new(),
+            presence: Some(PresenceMode::Off),
+            ..RoomRule::default()
+        }];
     });
     let addr = server.addr();
     let small = || Some(WebSocketConfig::default().read_buffer_size(4096));
