@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Load-test bot for shardcast: real WebSocket clients, exact delivery checks, latency and the
 /// server's CPU and memory cost.
@@ -74,6 +74,22 @@ pub enum Scenario {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// One big room: --members clients join it at --join-rate while --publishers publish; once
+    /// it is full, it is measured at rest for --duration, then while half of the members leave
+    /// and rejoin with `since` (at --churn-rate), then at rest again for --duration. --warmup is
+    /// the pause after the fill and after the churn; --drain-timeout is how long past the last
+    /// scheduled join (or rejoin) the bot waits for the acks. Reports the time to fill, server
+    /// CPU per join and per delivery, latency by phase, exactness across the rejoins, and the
+    /// frames that were not messages. A spawned server gets the bot's --presence-events (off by
+    /// default): give --presence-events true to measure the server's own default.
+    Bigroom {
+        #[command(flatten)]
+        args: BigroomArgs,
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
     /// Chat rooms, direct-message pairs, and churn cycles that read history, for --duration;
     /// samples the server's RSS, open descriptors and queued bytes, and fails on RSS growth
     /// after the warm-up or any inexact delivery.
@@ -97,6 +113,7 @@ impl Scenario {
             Scenario::Churn { .. } => "churn",
             Scenario::Soak { .. } => "soak",
             Scenario::Storm { .. } => "storm",
+            Scenario::Bigroom { .. } => "bigroom",
         }
     }
 
@@ -108,7 +125,8 @@ impl Scenario {
             | Scenario::Idle { common, .. }
             | Scenario::Churn { common, .. }
             | Scenario::Soak { common, .. }
-            | Scenario::Storm { common, .. } => common,
+            | Scenario::Storm { common, .. }
+            | Scenario::Bigroom { common, .. } => common,
         }
     }
 
@@ -118,7 +136,8 @@ impl Scenario {
             | Scenario::Chat { load, .. }
             | Scenario::Dm { load, .. }
             | Scenario::Soak { load, .. }
-            | Scenario::Storm { load, .. } => Some(load),
+            | Scenario::Storm { load, .. }
+            | Scenario::Bigroom { load, .. } => Some(load),
             _ => None,
         }
     }
@@ -213,6 +232,43 @@ pub struct StormArgs {
     pub after: f64,
 }
 
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct BigroomArgs {
+    /// Clients that join the room during the fill, one connection each.
+    #[arg(long, default_value_t = 5000)]
+    pub members: usize,
+    /// Connections that join the room before the fill and publish through every phase. They
+    /// are members too (each receives the others' messages), but are not counted in --members
+    /// and do not churn.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Messages per second per publisher (open loop).
+    #[arg(long, default_value_t = 5.0)]
+    pub rate: f64,
+    /// Joins per second in the fill (open loop: member m's join is due m ÷ rate after the fill
+    /// starts, whatever happened to the others).
+    #[arg(long, default_value_t = 1000.0)]
+    pub join_rate: f64,
+    /// Leaves per second in the churn phase. Half of the members (every other round of the
+    /// nodes, so the churners are spread over nodes and bot processes) each send `leave`, stay
+    /// out --away-ms, and join again with `since` = the last seq they saw, on the same
+    /// connection.
+    #[arg(long, default_value_t = 1000.0)]
+    pub churn_rate: f64,
+    /// How long a churning member stays out of the room, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub away_ms: u64,
+    /// Bot processes. Above 1, this process starts that many children (this binary, or
+    /// --bot-bin), gives each a slice of the members (the first also the publishers), keeps
+    /// them in step, samples the servers itself and merges what they report into one report: a
+    /// way past the open-files limit of one process (about 20,000 on a default Linux).
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// With --processes: the bot binary the children run (default: the running one).
+    #[arg(long)]
+    pub bot_bin: Option<PathBuf>,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct SoakArgs {
     /// Chat users (one connection each), in rooms of --room-size.
@@ -239,7 +295,7 @@ pub struct SoakArgs {
 }
 
 /// Options of the scenarios that publish (fanout, chat, dm).
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct LoadArgs {
     /// Message body size in bytes (a JSON string holding the send stamp, padded with `x`).
     #[arg(long, default_value_t = 64)]
@@ -258,8 +314,9 @@ pub struct LoadArgs {
     pub max_in_flight: u64,
 }
 
-/// Target, pinning, timing and output options, the same for every scenario.
-#[derive(Args, Debug, Clone)]
+/// Target, pinning, timing and output options, the same for every scenario. Serialized, they
+/// carry a parent's options to its child processes (bigroom --processes).
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
 #[command(group(ArgGroup::new("target").required(true).args(["url", "spawn_server", "spawn_cluster"])))]
 pub struct CommonArgs {
     /// A running server, e.g. ws://127.0.0.1:8080 (127.0.0.0/8 only; dev mode, no jwt_secret).
@@ -360,7 +417,7 @@ pub struct CommonArgs {
 /// How the server stores a message before acking it: the values of `shardcast serve
 /// --durability`. The bot's own copy, since it talks to the server only over its CLI and the
 /// wire.
-#[derive(ValueEnum, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(ValueEnum, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// On disk (fsync) before the ack.
@@ -384,7 +441,7 @@ impl Durability {
 }
 
 /// What a spawned Redis keeps on disk: the guarantee of a cluster's history and seqs.
-#[derive(ValueEnum, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(ValueEnum, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum RedisPersistence {
     /// Nothing (`save ""`, `appendonly no`): a Redis restart loses every stream.

@@ -1,6 +1,6 @@
 //! shardcast-loadtest: a bot that opens thousands of real WebSocket clients against a shardcast
-//! server or a cluster of nodes, drives one of seven scenarios (fanout, chat, dm, idle, churn,
-//! soak, storm), checks delivery exactly, measures latency with HDR histograms, reads the servers' CPU
+//! server or a cluster of nodes, drives one of eight scenarios (fanout, chat, dm, idle, churn,
+//! soak, storm, bigroom), checks delivery exactly, measures latency with HDR histograms, reads the servers' CPU
 //! and RSS from `/proc` and a cluster's Redis cost from its `INFO`.
 //!
 //! [`run`] is the whole thing: options in, [`Report`] out. From the workspace root:
@@ -15,6 +15,8 @@
 //! cargo run --release -p shardcast-loadtest -- soak --duration 600 --warmup 60 --spawn-server
 //! cargo run --release -p shardcast-loadtest -- storm --clients 15000 --spawn-server --server-cpus 0 --client-cpus 1
 //! cargo run --release -p shardcast-loadtest -- chat --max --users 100 --room-size 1 --durability memory --spawn-server
+//! cargo run --release -p shardcast-loadtest -- bigroom --members 5000 --rate 5 --spawn-server --presence-events true
+//! cargo run --release -p shardcast-loadtest -- bigroom --members 30000 --processes 2 --url ws://127.0.0.1:8080
 //! cargo run --release -p shardcast-loadtest -- fanout --spawn-cluster 3
 //! cargo run --release -p shardcast-loadtest -- chat --url ws://127.0.0.1:8001,ws://127.0.0.1:8002 --redis-url redis://127.0.0.1:6379
 //! ```
@@ -48,8 +50,13 @@
 //! 9. This file: [`run`], which checks the options, starts the target and the runtime, runs the
 //!    scenario and builds the report.
 //!
+//! `bigroom --processes K` runs as K child processes of this binary, each holding a slice of the
+//! clients; [`run_worker`] is a child's whole life (its job comes on stdin, its results go to
+//! stdout, see `scenario::bigroom::procs`), and `main` calls it when [`WORKER_ENV`] is set.
+//!
 //! Public: [`run`], its input [`Cli`] (module `cli`) and its output [`Report`] (module `report`,
-//! which also names every type a report holds). The rest is private to the crate.
+//! which also names every type a report holds), and [`run_worker`]. The rest is private to the
+//! crate.
 
 pub mod cli;
 mod client;
@@ -70,7 +77,11 @@ use anyhow::{Context, bail};
 pub use cli::Cli;
 use cli::Scenario;
 pub use report::Report;
+use report::bigroom::bigroom_report;
 use report::build::{churn_report, pubsub_report, soak_report};
+use scenario::bigroom::BigroomResult;
+use scenario::bigroom::procs::Job;
+pub use scenario::bigroom::procs::WORKER_ENV;
 use scenario::churn::ChurnResult;
 use scenario::pubsub::PubsubResult;
 use scenario::run::RunCtx;
@@ -89,28 +100,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<Report> {
     let common = scenario.common();
     validate(scenario)?;
 
-    let nofile = sys::raise_nofile_limit().context("raise RLIMIT_NOFILE")?;
-    let conns = connections_needed(scenario);
-    if conns + SPARE_FDS > nofile {
-        bail!(
-            "{conns} connections need about {} open files, but this process may open {nofile} \
-             (RLIMIT_NOFILE). Use fewer connections per bot process.",
-            conns + SPARE_FDS
-        );
-    }
-    let client_cpus = common
-        .client_cpus
-        .as_deref()
-        .map(sys::parse_cpu_list)
-        .transpose()
-        .context("--client-cpus")?;
-    let threads = match &client_cpus {
-        Some(c) => c.len(),
-        None => common
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-    }
-    .max(1);
+    check_open_files(connections_needed(scenario))?;
+    let (client_cpus, threads) = bot_cpus(common)?;
 
     let max_mode = scenario.load().is_some_and(|l| l.max);
     let mut target = Target::open(common, max_mode)?;
@@ -158,18 +149,26 @@ pub fn run(cli: &Cli) -> anyhow::Result<Report> {
         Outcome::Pubsub(r) => pubsub_report(scenario, common, r, &info),
         Outcome::Churn(r) => churn_report(scenario, common, r, &info),
         Outcome::Soak(r) => soak_report(scenario, common, r, &info),
+        Outcome::Bigroom(r) => bigroom_report(scenario, common, r, &info),
     };
     report.target = info;
     report.client_cpus = common.client_cpus.clone();
     report.client_threads = threads;
     report.server_log_problems = log_problems;
-    if let Some(bot) = &report.bot {
-        let capacity = 100.0 * threads as f64;
-        if bot.cpu_percent > 0.9 * capacity {
+    // The window, and each phase of a bigroom (whose bot CPU is all its processes').
+    let phases = report.bigroom.iter().flat_map(|b| &b.phases);
+    let busy: Vec<(String, f64)> = report
+        .bot
+        .iter()
+        .map(|b| ("the window".to_string(), b.cpu_percent))
+        .chain(phases.filter_map(|p| Some((format!("the {} phase", p.name), p.bot_cpu_percent?))))
+        .collect();
+    let capacity = 100.0 * threads as f64;
+    for (when, percent) in busy {
+        if percent > 0.9 * capacity {
             report.notes.push(format!(
-                "the bot used {:.0}% of its {threads} core(s): it may have been the bottleneck, so \
-                 latency and throughput may understate the server",
-                bot.cpu_percent
+                "the bot used {percent:.0}% of its {threads} core(s) in {when}: it may have been \
+                 the bottleneck, so latency and throughput may understate the server"
             ));
         }
     }
@@ -184,6 +183,67 @@ enum Outcome {
     Pubsub(PubsubResult),
     Churn(ChurnResult),
     Soak(SoakResult),
+    Bigroom(BigroomResult),
+}
+
+/// A child process of `bigroom --processes`: reads its job from stdin, runs its slice of the
+/// clients in step with the others and writes its results to stdout. Blocks, like [`run`].
+pub fn run_worker() -> anyhow::Result<()> {
+    let job = Job::read()?;
+    check_open_files(job.layout.slice(job.worker, job.workers).len() as u64)?;
+    let (client_cpus, threads) = bot_cpus(&job.common)?;
+    if let Some(cpus) = &client_cpus {
+        sys::pin_current_thread(cpus).context("pin the bot to --client-cpus")?;
+    }
+    let rt = scenario::run::runtime(threads)?;
+    let ctx = RunCtx {
+        shared: Arc::new(Shared::new(job.epoch())),
+        endpoints: job
+            .common
+            .url
+            .iter()
+            .map(|u| client::Endpoint::parse(u))
+            .collect::<anyhow::Result<_>>()?,
+        common: job.common.clone(),
+        tag: job.tag.clone(),
+        progress: Arc::new(progress::Progress::new(false)),
+        server_pids: Vec::new(),
+        redis: None,
+    };
+    let result = rt.block_on(scenario::bigroom::procs::child(&ctx, &job));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+/// Raises the open-files limit and checks that `conns` connections fit under it.
+fn check_open_files(conns: u64) -> anyhow::Result<()> {
+    let nofile = sys::raise_nofile_limit().context("raise RLIMIT_NOFILE")?;
+    if conns + SPARE_FDS > nofile {
+        bail!(
+            "{conns} connections need about {} open files, but this process may open {nofile} \
+             (RLIMIT_NOFILE). Use fewer connections per bot process (bigroom: --processes).",
+            conns + SPARE_FDS
+        );
+    }
+    Ok(())
+}
+
+/// The CPUs the bot is pinned to (`--client-cpus`), and its worker threads.
+fn bot_cpus(common: &cli::CommonArgs) -> anyhow::Result<(Option<Vec<usize>>, usize)> {
+    let client_cpus = common
+        .client_cpus
+        .as_deref()
+        .map(sys::parse_cpu_list)
+        .transpose()
+        .context("--client-cpus")?;
+    let threads = match &client_cpus {
+        Some(c) => c.len(),
+        None => common
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+    .max(1);
+    Ok((client_cpus, threads))
 }
 
 fn run_in_runtime(
@@ -194,19 +254,7 @@ fn run_in_runtime(
 ) -> anyhow::Result<Outcome> {
     let scenario = &cli.scenario;
     let common = scenario.common();
-    // One thread: a current-thread runtime on this (pinned) thread, with no work stealing and no
-    // cross-thread wake-ups. More: a multi-thread runtime with that many workers.
-    let rt = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    }
-    .context("start the tokio runtime")?;
+    let rt = scenario::run::runtime(threads)?;
     let ctx = RunCtx {
         shared: Arc::new(Shared::new(Instant::now())),
         endpoints: target.endpoints.clone(),
@@ -235,6 +283,11 @@ fn run_in_runtime(
                 return scenario::soak::run(&ctx, args, load)
                     .await
                     .map(Outcome::Soak);
+            }
+            Scenario::Bigroom { args, load, .. } => {
+                return scenario::bigroom::run(&ctx, args, load)
+                    .await
+                    .map(Outcome::Bigroom);
             }
         };
         scenario::pubsub::run(&ctx, plan, scenario.load(), storm)
@@ -294,6 +347,26 @@ fn validate(scenario: &Scenario) -> anyhow::Result<()> {
             }
         }
         Scenario::Churn { args, .. } => positive(args.rate)?,
+        Scenario::Bigroom { args, load, .. } => {
+            for (flag, rate) in [
+                ("--rate", args.rate),
+                ("--join-rate", args.join_rate),
+                ("--churn-rate", args.churn_rate),
+            ] {
+                if !(rate > 0.0 && rate.is_finite()) {
+                    bail!("{flag} must be positive");
+                }
+            }
+            if args.members == 0 || args.publishers == 0 {
+                bail!("bigroom needs at least one member and one publisher");
+            }
+            if args.processes == 0 || args.processes > args.members {
+                bail!("--processes must be between 1 and --members");
+            }
+            if load.max {
+                bail!("bigroom is open loop: --max does not apply");
+            }
+        }
         Scenario::Soak { args, .. } => {
             if c.url.len() > 1 || c.spawn_cluster.is_some() {
                 bail!("soak samples one server's memory: give one --url or --spawn-server");
@@ -319,5 +392,8 @@ fn connections_needed(scenario: &Scenario) -> u64 {
         Scenario::Churn { args, .. } => args.max_concurrent as u64,
         // The churn cycles in progress are at most 64.
         Scenario::Soak { args, .. } => (args.users + args.dm_users + 64) as u64,
+        // With --processes, the children hold the connections (the first one the most).
+        Scenario::Bigroom { args, .. } if args.processes > 1 => 0,
+        Scenario::Bigroom { args, .. } => (args.members + args.publishers) as u64,
     }
 }

@@ -81,6 +81,8 @@ fn fanout_delivers_exactly() {
     let d = report.delivery.as_ref().unwrap();
     // Every message goes to the 300 subscribers and the other publisher.
     assert_eq!(d.expected, d.published * 301);
+    let joined = d.other_frames.get("joined").copied().unwrap_or(0);
+    assert!(joined > 0, "the presence events are counted: {d:#?}");
     assert!(report.latency.is_some());
     assert!(report.ack_latency.is_some());
 }
@@ -227,4 +229,112 @@ fn storm_clients_reconnect_with_since_and_recover_exactly() {
         report.latency.is_some(),
         "the steady rooms' deliveries during the storm"
     );
+}
+
+/// A small bigroom: 200 members join one room while 2 publishers publish, then half of them
+/// leave and rejoin with `since`. The server keeps its default presence events, so every join
+/// sends `joined` to every member and every leave sends `left`.
+const BIGROOM: &[&str] = &[
+    "bigroom",
+    "--members",
+    "200",
+    "--publishers",
+    "2",
+    "--rate",
+    "10",
+    "--join-rate",
+    "400",
+    "--churn-rate",
+    "400",
+    "--away-ms",
+    "300",
+    "--duration",
+    "1",
+    "--warmup",
+    "0.3",
+];
+
+/// What every bigroom run must show, however many processes ran it.
+fn assert_bigroom(report: &Report, processes: u64) {
+    assert_exact(report);
+    let b = report.bigroom.as_ref().expect("a bigroom report");
+    assert_eq!(b.processes, processes, "{b:#?}");
+    assert_eq!((b.members, b.publishers, b.joined), (200, 2, 200), "{b:#?}");
+    assert!(b.fill_seconds.is_some(), "{b:#?}");
+    assert_eq!(b.churners, 100, "{b:#?}");
+    assert_eq!((b.rejoined, b.back), (100, 100), "{b:#?}");
+    assert!(b.churn_seconds.is_some(), "{b:#?}");
+    assert_eq!(
+        (b.failed, b.not_recovered, b.truncated),
+        (0, 0, 0),
+        "{b:#?}"
+    );
+    // 20 messages a second while each churner is away 300 ms: there is something to replay.
+    assert!(b.replayed > 0, "{b:#?}");
+    assert_eq!(b.phases.len(), 4, "{b:#?}");
+    let d = report.delivery.as_ref().unwrap();
+    let count = |kind: &str| d.other_frames.get(kind).copied().unwrap_or(0);
+    assert!(count("joined") > 0, "joined events are counted: {d:#?}");
+    assert!(count("left") > 0, "left events are counted: {d:#?}");
+    let in_phases: u64 = b.phases.iter().map(|p| p.other_frames).sum();
+    assert!(
+        in_phases > 0 && in_phases <= count("joined") + count("left"),
+        "{b:#?}"
+    );
+    // Every delivery was live (in the latency histogram, and in exactly one phase's) or
+    // replayed: this holds only if the histograms and counters of every process were merged.
+    let latency = report.latency.as_ref().expect("latency").count;
+    assert_eq!(d.delivered, latency + b.replayed, "{d:#?} {b:#?}");
+    let by_phase: u64 = b
+        .phases
+        .iter()
+        .filter_map(|p| p.latency.as_ref())
+        .map(|l| l.count)
+        .sum();
+    assert_eq!(by_phase, latency, "{b:#?}");
+    let joins = b.join_latency.as_ref().expect("join latency").count;
+    assert_eq!(joins, 200, "{b:#?}");
+    let rejoins = b.rejoin_latency.as_ref().expect("rejoin latency").count;
+    assert_eq!(rejoins, 100, "{b:#?}");
+    // The server runs in this process, so its pid is ours: the CPU figures are computed (their
+    // values include the bot's own work here, so they are not checked).
+    assert!(
+        b.cpu_us_per_join.is_some() && b.cpu_us_per_churn.is_some(),
+        "{b:#?}"
+    );
+    assert!(
+        b.phases.iter().all(|p| p.cpu_us_per_delivery.is_some()),
+        "{b:#?}"
+    );
+}
+
+/// The bigroom options, with the server's pid (this process) to sample.
+fn bigroom_args(extra: &[&'static str]) -> Vec<String> {
+    let mut args: Vec<String> = BIGROOM.iter().chain(extra).map(|s| s.to_string()).collect();
+    args.extend(["--server-pid".to_string(), std::process::id().to_string()]);
+    args
+}
+
+#[test]
+fn bigroom_fills_churns_and_delivers_exactly() {
+    let args = bigroom_args(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report = run_against_server(Durability::Memory, &args);
+    assert_bigroom(&report, 1);
+}
+
+#[test]
+fn bigroom_as_two_processes_merges_into_one_exact_report() {
+    // Two children of the bot binary, each with 100 members (the first also the publishers);
+    // the publishers' acks are in one process and most receivers in the other, so the exact
+    // check passes only on the merged outcomes.
+    let args = bigroom_args(&[
+        "--processes",
+        "2",
+        "--bot-bin",
+        env!("CARGO_BIN_EXE_shardcast-loadtest"),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report = run_against_server(Durability::Memory, &args);
+    assert_bigroom(&report, 2);
 }

@@ -140,6 +140,19 @@ pub fn parse_message_fast(frame: &[u8]) -> Option<(u64, BodyStamp)> {
     Some((seq, stamp))
 }
 
+/// The `type` of a server frame that is neither a message nor a reply to a request (`ack`,
+/// `error`), read from the frame's start (`{"type":"joined",…`) without parsing the rest: how
+/// the bot counts presence events, which can outnumber messages (filling a room of n sends n²/2
+/// `joined`). `None` for messages, replies, and frames in another layout (serde reads those).
+#[inline]
+pub fn event_kind(frame: &[u8]) -> Option<&str> {
+    let rest = frame.strip_prefix(br#"{"type":""#)?;
+    let end = memchr_quote(rest)?;
+    let kind = std::str::from_utf8(&rest[..end]).ok()?;
+    (rest[end + 1..].starts_with(b",") && !matches!(kind, "message" | "ack" | "error"))
+        .then_some(kind)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Client frames
 // ---------------------------------------------------------------------------------------------
@@ -177,6 +190,18 @@ impl RequestBuf {
                 .extend_from_slice(itoa::Buffer::new().format(since).as_bytes());
         }
         self.buf.extend_from_slice(br#","id":"#);
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+        self.buf.push(b'}');
+        &mut self.buf
+    }
+
+    /// `{"type":"leave","room":R,"id":ID}`.
+    pub fn leave(&mut self, room: &str, id: u64) -> &mut [u8] {
+        self.buf.clear();
+        self.buf.extend_from_slice(br#"{"type":"leave","room":""#);
+        self.buf.extend_from_slice(room.as_bytes());
+        self.buf.extend_from_slice(br#"","id":"#);
         self.buf
             .extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
         self.buf.push(b'}');
@@ -251,6 +276,12 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(rb.join_since("r-1", Some(41), 5)).unwrap();
         assert_eq!((v["since"].as_u64(), v["id"].as_u64()), (Some(41), Some(5)));
+        let v: serde_json::Value = serde_json::from_slice(rb.leave("r-1", 6)).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["room"].as_str()),
+            (Some("leave"), Some("r-1"))
+        );
+        assert_eq!(v["id"], 6);
         let stamp = BodyStamp {
             sched_ns: 5,
             publisher: 1,
@@ -305,6 +336,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.kind, "welcome");
+    }
+
+    #[test]
+    fn event_kinds_are_read_from_the_frame_start() {
+        let joined = br#"{"type":"joined","room":"r","user":"u"}"#;
+        assert_eq!(event_kind(joined), Some("joined"));
+        assert_eq!(
+            event_kind(br#"{"type":"occupancy","room":"r","members":3}"#),
+            Some("occupancy")
+        );
+        for frame in [
+            &br#"{"type":"message","room":"r","from":"a","seq":1,"ts":0,"body":1}"#[..],
+            br#"{"type":"ack","id":1,"room":"r","seq":1}"#,
+            br#"{"type":"error","code":"x","message":"y"}"#,
+            br#"{"room":"r","type":"joined","user":"u"}"#,
+            br#"{"type":"joined"#,
+        ] {
+            assert_eq!(
+                event_kind(frame),
+                None,
+                "{}",
+                String::from_utf8_lossy(frame)
+            );
+        }
     }
 
     #[test]

@@ -31,7 +31,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-pub use frames::{BodyStamp, Dest, RequestBuf, ServerFrame, decode_body, parse_message_fast};
+pub use frames::{
+    BodyStamp, Dest, RequestBuf, ServerFrame, decode_body, event_kind, parse_message_fast,
+};
 
 pub type WsRead = WebSocketRead<OwnedReadHalf>;
 pub type WsWrite = WebSocketWrite<OwnedWriteHalf>;

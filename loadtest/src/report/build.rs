@@ -13,6 +13,7 @@ use crate::cli::{CommonArgs, Scenario};
 use crate::scenario::churn::ChurnResult;
 use crate::scenario::pubsub::PubsubResult;
 use crate::scenario::soak::SoakResult;
+use crate::stats::Counts;
 use crate::system::TargetInfo;
 use crate::{cli, scenario};
 
@@ -40,6 +41,11 @@ fn params(scenario: &Scenario) -> serde_json::Map<String, serde_json::Value> {
             "clients": args.clients, "room_size": args.room_size, "rate": args.rate,
             "steady_rooms": args.steady_rooms, "down_ms": args.down_ms, "after": args.after,
         }),
+        Scenario::Bigroom { args, .. } => json!({
+            "members": args.members, "publishers": args.publishers, "rate": args.rate,
+            "join_rate": args.join_rate, "churn_rate": args.churn_rate,
+            "away_ms": args.away_ms, "processes": args.processes,
+        }),
     };
     let mut map = match v {
         serde_json::Value::Object(m) => m,
@@ -55,7 +61,7 @@ fn params(scenario: &Scenario) -> serde_json::Map<String, serde_json::Value> {
     map
 }
 
-fn empty_report(scenario: &Scenario, common: &CommonArgs) -> Report {
+pub(super) fn empty_report(scenario: &Scenario, common: &CommonArgs) -> Report {
     Report {
         scenario: scenario.name().to_string(),
         mode: match scenario {
@@ -93,6 +99,7 @@ fn empty_report(scenario: &Scenario, common: &CommonArgs) -> Report {
         churn: None,
         soak: None,
         storm: None,
+        bigroom: None,
         server_log_problems: Vec::new(),
         notes: Vec::new(),
         passed: false,
@@ -106,32 +113,16 @@ pub(crate) fn pubsub_report(
     target: &TargetInfo,
 ) -> Report {
     let mut rep = empty_report(scenario, common);
-    let wall = window(&mut rep, target, &r.window_start, &r.window_end);
     rep.connections = r.connections;
     rep.connect_seconds = r.connect_seconds;
-    rep.deliveries_in_window = r.delivered_in_window;
-    if wall > 0.0 {
-        rep.deliveries_per_sec = r.delivered_in_window as f64 / wall;
-        rep.publishes_per_sec = r.sent_in_window as f64 / wall;
-        rep.acks_per_sec = r.acked_in_window as f64 / wall;
-    }
-    let work = WindowWork {
-        deliveries: r.delivered_in_window,
-        publishes: r.acked_in_window,
-        connections: r.connections,
+    let counts = Counts {
+        delivered: r.delivered_in_window,
+        sent: r.sent_in_window,
+        acked: r.acked_in_window,
+        other_frames: 0,
     };
-    if let (Some(b), Some(c), Some(w0), Some(w1)) = (
-        r.baseline.server_total(),
-        r.connected.server_total(),
-        r.window_start.server_total(),
-        r.window_end.server_total(),
-    ) {
-        let pids = target.nodes.iter().filter_map(|n| n.pid).collect();
-        rep.server = Some(ServerCost::compute(pids, &b, &c, (&w0, &w1), work));
-    }
-    if let (Some(w0), Some(w1)) = (&r.window_start.redis, &r.window_end.redis) {
-        rep.redis = Some(RedisCost::compute(w0, w1, work));
-    }
+    let edges = (&r.window_start, &r.window_end);
+    window_figures(&mut rep, target, (&r.baseline, &r.connected), edges, counts);
     rep.latency = r.latency;
     rep.ack_latency = r.ack_latency;
     rep.send_lag = r.send_lag;
@@ -202,6 +193,42 @@ fn storm_report(
         net_cpu_us_per_reconnect: reconnect.map(|(_, net)| net * 1e6 / n),
         net_cpu_us_per_disconnect: span(&s.dropped, &s.reconnect).map(|(_, net)| net * 1e6 / n),
         bot_cpu_percent_reconnecting: bot,
+    }
+}
+
+/// A report's window figures, from the samples at its edges and what the bot counted in it:
+/// its length and rates, the servers' CPU and RSS (`baseline` and `connected` for the RSS),
+/// each node's share, Redis's cost and the bot's CPU.
+pub(super) fn window_figures(
+    rep: &mut Report,
+    target: &TargetInfo,
+    (baseline, connected): (&scenario::run::Samples, &scenario::run::Samples),
+    (w0, w1): (&scenario::run::Samples, &scenario::run::Samples),
+    c: Counts,
+) {
+    let wall = window(rep, target, w0, w1);
+    rep.deliveries_in_window = c.delivered;
+    if wall > 0.0 {
+        rep.deliveries_per_sec = c.delivered as f64 / wall;
+        rep.publishes_per_sec = c.sent as f64 / wall;
+        rep.acks_per_sec = c.acked as f64 / wall;
+    }
+    let work = WindowWork {
+        deliveries: c.delivered,
+        publishes: c.acked,
+        connections: rep.connections,
+    };
+    if let (Some(b), Some(cn), Some(a0), Some(a1)) = (
+        baseline.server_total(),
+        connected.server_total(),
+        w0.server_total(),
+        w1.server_total(),
+    ) {
+        let pids = target.nodes.iter().filter_map(|n| n.pid).collect();
+        rep.server = Some(ServerCost::compute(pids, &b, &cn, (&a0, &a1), work));
+    }
+    if let (Some(a), Some(b)) = (&w0.redis, &w1.redis) {
+        rep.redis = Some(RedisCost::compute(a, b, work));
     }
 }
 

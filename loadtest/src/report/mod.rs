@@ -3,6 +3,7 @@
 //!
 //! Owns the report's fields and their meaning. It must not measure anything itself.
 
+pub(crate) mod bigroom;
 pub(crate) mod build;
 mod cost;
 mod table;
@@ -59,6 +60,7 @@ pub struct Report {
     pub churn: Option<ChurnReport>,
     pub soak: Option<SoakReport>,
     pub storm: Option<StormReport>,
+    pub bigroom: Option<BigroomReport>,
     /// WARN/ERROR lines from a spawned server's log.
     pub server_log_problems: Vec<String>,
     pub notes: Vec<String>,
@@ -130,6 +132,84 @@ pub struct StormReport {
     pub net_cpu_us_per_disconnect: Option<f64>,
     /// The bot's CPU from the reconnect signal until all were back, as a percentage of one core.
     pub bot_cpu_percent_reconnecting: Option<f64>,
+}
+
+/// What the bigroom scenario adds. The report's window (throughput, server cost) is its first
+/// rest window; its `latency` covers every live delivery from the fill's start on, and
+/// `delivery` checks every member over all its joins.
+#[derive(Clone, Debug, Serialize)]
+pub struct BigroomReport {
+    /// Members that join in the fill, publishers (members too, joined before it), and the
+    /// members that leave and rejoin in the churn.
+    pub members: u64,
+    pub publishers: u64,
+    pub churners: u64,
+    /// Bot processes the clients were spread over.
+    pub processes: u64,
+    /// Fill start → the last member's join ack; `None` if some never got one.
+    pub fill_seconds: Option<f64>,
+    /// Members whose join was acked.
+    pub joined: u64,
+    /// Join sent → its ack, over the fill.
+    pub join_latency: Option<LatencySummary>,
+    /// Server CPU over the fill phase (its start until the first rest window) per member
+    /// joined, in microseconds: raw, and net of the publishing, which is the fill's deliveries
+    /// times the first rest window's CPU per delivery (the cost of a delivery, and its share of
+    /// storing and sequencing the message, when nobody joins). Presence events that a join
+    /// causes are the join's cost.
+    pub cpu_us_per_join: Option<f64>,
+    pub net_cpu_us_per_join: Option<f64>,
+    /// Churn start → the last churning member back and caught up.
+    pub churn_seconds: Option<f64>,
+    /// Rejoins with `since` acked, and members back and caught up after one.
+    pub rejoined: u64,
+    pub back: u64,
+    /// Rejoin acks with `recovered` not true, or `truncated` true; messages they replayed.
+    pub not_recovered: u64,
+    pub truncated: u64,
+    pub replayed: u64,
+    /// Rejoin sent → the last replayed message received.
+    pub rejoin_latency: Option<LatencySummary>,
+    /// Server CPU over the churn phase per member that left and came back (one leave and one
+    /// rejoin), raw and net of the publishing as for a join.
+    pub cpu_us_per_churn: Option<f64>,
+    pub net_cpu_us_per_churn: Option<f64>,
+    /// A cluster's Redis: commands per member joined over the fill, and per member that left
+    /// and came back over the churn; raw, and net of the first rest window's rate of commands
+    /// per second (publishing and the connections' upkeep) over the phase's length.
+    pub redis_commands_per_join: Option<f64>,
+    pub net_redis_commands_per_join: Option<f64>,
+    pub redis_commands_per_churn: Option<f64>,
+    pub net_redis_commands_per_churn: Option<f64>,
+    /// Members whose join or leave was refused or unanswered, or whose connection ended.
+    pub failed: u64,
+    /// Fill, rest, churn, rest again.
+    pub phases: Vec<PhaseReport>,
+}
+
+/// One phase of a bigroom run, between two of its edges.
+#[derive(Clone, Debug, Serialize)]
+pub struct PhaseReport {
+    pub name: String,
+    pub seconds: f64,
+    /// Message frames received in the phase, and per second.
+    pub deliveries: u64,
+    pub deliveries_per_sec: f64,
+    /// Publishes acked in the phase.
+    pub publishes: u64,
+    /// Frames that were not messages or replies (presence events), in the phase.
+    pub other_frames: u64,
+    /// The servers' CPU (all nodes) in the phase, when their pids are known.
+    pub server_cpu_seconds: Option<f64>,
+    pub server_cpu_percent: Option<f64>,
+    pub cpu_us_per_delivery: Option<f64>,
+    /// The bot's CPU (all its processes), as a percentage of one core.
+    pub bot_cpu_percent: Option<f64>,
+    /// A cluster's Redis: commands processed and CPU seconds in the phase.
+    pub redis_commands: Option<u64>,
+    pub redis_cpu_seconds: Option<f64>,
+    /// Publish → delivery of the live messages scheduled in the phase.
+    pub latency: Option<LatencySummary>,
 }
 
 /// What a soak run adds: the server's resources over time and the churn cycles' outcome.

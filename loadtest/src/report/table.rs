@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use super::Report;
 use crate::stats::LatencySummary;
 
-fn thousands(n: u64) -> String {
+pub(super) fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -24,11 +24,11 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-fn latency_row(out: &mut String, name: &str, l: &Option<LatencySummary>) {
+pub(super) fn latency_row(out: &mut String, name: &str, l: &Option<LatencySummary>) {
     if let Some(l) = l {
         let _ = writeln!(
             out,
-            "  {name:<18}{:>9.3}{:>9.3}{:>9.3}{:>9.3}{:>9.3}{:>12}",
+            "  {name:<18}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>10.3}{:>12}",
             l.p50_ms,
             l.p90_ms,
             l.p99_ms,
@@ -140,6 +140,18 @@ impl Report {
                 d.ack_errors, d.server_errors, d.disconnects
             );
         }
+        if let Some(d) = self
+            .delivery
+            .as_ref()
+            .filter(|d| !d.other_frames.is_empty())
+        {
+            let kinds: Vec<String> = d
+                .other_frames
+                .iter()
+                .map(|(kind, n)| format!("{kind}: {}", thousands(*n)))
+                .collect();
+            let _ = writeln!(o, "  not messages      {}", kinds.join(", "));
+        }
         if self.deliveries_in_window > 0 || self.publishes_per_sec > 0.0 {
             let _ = writeln!(o, "throughput (window)");
             let _ = writeln!(
@@ -218,6 +230,9 @@ impl Report {
                 );
             }
         }
+        if let Some(b) = &self.bigroom {
+            b.human(&mut o);
+        }
         if let Some(k) = &self.soak {
             let _ = writeln!(o, "soak");
             let _ = writeln!(
@@ -291,11 +306,14 @@ impl Report {
         if !rows.is_empty() {
             let _ = writeln!(
                 o,
-                "latency (ms)        {:>9}{:>9}{:>9}{:>9}{:>9}{:>12}",
+                "latency (ms)        {:>10}{:>10}{:>10}{:>10}{:>10}{:>12}",
                 "p50", "p90", "p99", "p99.9", "max", "count"
             );
             for (name, l) in rows {
                 latency_row(&mut o, name, l);
+            }
+            if let Some(b) = &self.bigroom {
+                b.latency_rows(&mut o);
             }
         }
         if let Some(s) = &self.server {

@@ -9,16 +9,21 @@
 //! 1. `run`: what every run shares (`RunCtx`, cost `Samples`, time in ns, waiting for a frame).
 //! 2. `pacer`: the thread that wakes open-loop senders on time.
 //! 3. `plan`: the connections of a run (`Plan`); fanout, chat, dm and idle are nothing more.
-//! 4. `catchup`: the storm's drop, rejoin with `since` and catch-up, which the engine runs.
+//! 4. `catchup`, `membership`: what the engine's connections do besides receive and publish:
+//!    the storm's drop, rejoin with `since` and catch-up; a member's join, leave and rejoin
+//!    with `since` while connected (bigroom).
 //! 5. `pubsub`: the engine for every scenario whose connections stay open.
-//! 6. `storm`, `soak`, `churn`: the scenarios with code of their own: the storm's plan; the
-//!    engine with churn cycles and a resource sampler beside it; churn's own loop.
+//! 6. `storm`, `soak`, `churn`, `bigroom`: the scenarios with code of their own: the storm's
+//!    plan; the engine with churn cycles and a resource sampler beside it; churn's own loop; the
+//!    engine through a big room's phases, as one process or several.
 //!
 //! This module only declares them; it must not parse frames (`client`) or judge delivery
 //! (`stats`).
 
+pub mod bigroom;
 pub mod catchup;
 pub mod churn;
+pub mod membership;
 pub mod pacer;
 pub mod plan;
 pub mod pubsub;

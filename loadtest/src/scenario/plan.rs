@@ -16,6 +16,18 @@ pub struct Plan {
     pub conns: Vec<ConnPlan>,
     /// Rooms or inboxes; `ConnPlan::recv_stream` and `PubPlan::stream` index them.
     pub streams: usize,
+    /// The run-wide index of `conns[0]`: 0, unless a process runs a slice of the run.
+    pub first_index: usize,
+}
+
+impl Plan {
+    pub fn new(conns: Vec<ConnPlan>, streams: usize) -> Plan {
+        Plan {
+            conns,
+            streams,
+            first_index: 0,
+        }
+    }
 }
 
 pub struct ConnPlan {
@@ -58,7 +70,7 @@ pub fn fanout_plan(ctx: &RunCtx, a: &FanoutArgs) -> Plan {
             }),
         })
         .collect();
-    Plan { conns, streams: 1 }
+    Plan::new(conns, 1)
 }
 
 /// chat: users in consecutive rooms of `room_size`; everyone publishes to their own room.
@@ -84,18 +96,12 @@ pub fn chat_plan(ctx: &RunCtx, a: &ChatArgs) -> Plan {
             }
         })
         .collect();
-    Plan {
-        conns,
-        streams: rooms,
-    }
+    Plan::new(conns, rooms)
 }
 
 /// dm: users 2i and 2i+1 send to each other; stream i is user i's inbox.
 pub fn dm_plan(ctx: &RunCtx, a: &DmArgs) -> Plan {
-    Plan {
-        conns: dm_pairs(ctx, a.users, a.rate, 0, 0),
-        streams: a.users,
-    }
+    Plan::new(dm_pairs(ctx, a.users, a.rate, 0, 0), a.users)
 }
 
 /// `users` users paired 2i and 2i+1, each sending to the other at `rate`: they are users
@@ -139,8 +145,5 @@ pub fn idle_plan(ctx: &RunCtx, a: &IdleArgs) -> Plan {
             publish: None,
         })
         .collect();
-    Plan {
-        conns,
-        streams: rooms,
-    }
+    Plan::new(conns, rooms)
 }

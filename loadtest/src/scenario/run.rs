@@ -116,6 +116,23 @@ impl RunCtx {
     }
 }
 
+/// The bot's tokio runtime. One thread: a current-thread runtime on this (pinned) thread, with
+/// no work stealing and no cross-thread wake-ups. More: a multi-thread runtime with that many
+/// workers.
+pub fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .map_err(|e| anyhow!("start the tokio runtime: {e}"))
+}
+
 pub fn secs_to_ns(s: f64) -> u64 {
     (s.max(0.0) * 1e9) as u64
 }

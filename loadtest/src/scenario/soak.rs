@@ -56,10 +56,7 @@ pub fn plan(ctx: &RunCtx, a: &SoakArgs) -> Plan {
     let (first, rooms) = (chat.conns.len(), chat.streams);
     let mut conns = chat.conns;
     conns.extend(dm_pairs(ctx, a.dm_users, a.rate, first, rooms));
-    Plan {
-        conns,
-        streams: rooms + a.dm_users,
-    }
+    Plan::new(conns, rooms + a.dm_users)
 }
 
 pub async fn run(ctx: &RunCtx, a: &SoakArgs, load: &LoadArgs) -> anyhow::Result<SoakResult> {

@@ -46,11 +46,5 @@ pub fn plan(ctx: &RunCtx, a: &StormArgs) -> (Plan, StormPlan) {
         down_ns: a.down_ms * 1_000_000,
         after_ns: secs_to_ns(a.after),
     };
-    (
-        Plan {
-            conns,
-            streams: rooms,
-        },
-        storm,
-    )
+    (Plan::new(conns, rooms), storm)
 }

@@ -3,7 +3,9 @@
 //! Owns the rules of "delivered exactly" (see the parent's doc). It must not do I/O or format
 //! output.
 
-use serde::Serialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use super::shared::MAX_PROBLEMS;
 use crate::client::BodyStamp;
@@ -20,7 +22,7 @@ pub fn mix(seq: u64, publisher: u32, counter: u64) -> u64 {
 }
 
 /// What one connection has seen of its stream (its room, or its own inbox for direct messages).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RecvState {
     /// Message frames received.
     pub count: u64,
@@ -61,8 +63,9 @@ impl RecvState {
     }
 }
 
-/// Everything a connection task hands back when the run ends.
-#[derive(Clone, Debug, Default)]
+/// Everything a connection task hands back when the run ends. Serialized, it carries a child
+/// process's connections to the parent's check.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ConnOutcome {
     pub index: u32,
     /// The stream it receives.
@@ -79,8 +82,22 @@ pub struct ConnOutcome {
     /// Messages it wrote.
     pub sent: u64,
     pub server_errors: u64,
+    /// Frames that were neither messages nor replies to the bot's requests (presence events and
+    /// the like), by `type`; a handful of kinds, so a list.
+    pub other_frames: Vec<(String, u64)>,
     /// Why the connection ended early, if it did.
     pub ended: Option<String>,
+}
+
+impl ConnOutcome {
+    /// Counts one frame of `kind` that was not a message or a reply.
+    #[inline]
+    pub fn count_other(&mut self, kind: &str) {
+        match self.other_frames.iter_mut().find(|(k, _)| k == kind) {
+            Some((_, n)) => *n += 1,
+            None => self.other_frames.push((kind.to_string(), 1)),
+        }
+    }
 }
 
 /// The verdict on delivery.
@@ -112,6 +129,10 @@ pub struct DeliveryReport {
     pub server_errors: u64,
     /// Connections the server (or the network) ended before the bot did.
     pub disconnects: u64,
+    /// Frames that were neither messages nor replies to the bot's requests, by `type`, all
+    /// connections together (e.g. `joined`, `left`): what a room sent besides its messages. Not
+    /// part of the verdict.
+    pub other_frames: BTreeMap<String, u64>,
     pub passed: bool,
     /// The first few problems, in words.
     pub problems: Vec<String>,
@@ -158,6 +179,9 @@ pub fn verify(
         r.ack_errors += c.bad_acks;
         if c.ended.is_some() {
             r.disconnects += 1;
+        }
+        for (kind, n) in &c.other_frames {
+            *r.other_frames.entry(kind.clone()).or_default() += n;
         }
         let acked = c.acks.iter().filter(|&&s| s != 0).count() as u64;
         r.acked += acked;

@@ -7,7 +7,7 @@
 use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Histograms are split into this many independently locked parts so that worker threads do
 /// not contend; a connection always records into part `index % HIST_PARTS`.
@@ -62,6 +62,57 @@ impl Hist {
 
     pub fn summary(&self) -> Option<LatencySummary> {
         LatencySummary::of(&self.merged())
+    }
+
+    /// What it recorded, to carry to another process.
+    pub fn export(&self) -> HistData {
+        let h = self.merged();
+        HistData(
+            h.iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect(),
+        )
+    }
+
+    /// Adds what another histogram recorded (from [`Hist::export`]).
+    pub fn add(&self, data: &HistData) {
+        let mut h = self.parts[0].lock().unwrap_or_else(|e| e.into_inner());
+        for &(us, n) in &data.0 {
+            h.saturating_record_n(us, n);
+        }
+    }
+}
+
+/// A histogram's recorded values, as (microseconds, count) by bucket: each value is its
+/// bucket's highest equivalent, so recording it again lands in the same bucket and the merged
+/// percentiles are the ones one histogram of everything would give.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HistData(pub Vec<(u64, u64)>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exported_histograms_merge_exactly() {
+        let (a, b, all) = (Hist::default(), Hist::default(), Hist::default());
+        for i in 0..5000u64 {
+            let ns = i * i * 37 + 1000;
+            (if i % 3 == 0 { &a } else { &b }).record(i as usize, ns);
+            all.record(i as usize, ns);
+        }
+        let merged = Hist::default();
+        merged.add(&a.export());
+        merged.add(&b.export());
+        let (m, e) = (merged.merged(), all.merged());
+        assert_eq!(m.len(), e.len());
+        for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
+            assert_eq!(
+                m.value_at_quantile(q),
+                e.value_at_quantile(q),
+                "quantile {q}"
+            );
+        }
     }
 }
 

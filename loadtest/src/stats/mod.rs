@@ -18,5 +18,5 @@ mod hist;
 mod shared;
 
 pub use delivery::{ConnOutcome, DeliveryReport, verify};
-pub use hist::{Hist, LatencySummary};
-pub use shared::Shared;
+pub use hist::{Hist, HistData, LatencySummary};
+pub use shared::{Counts, Shared};

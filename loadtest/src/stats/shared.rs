@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use super::hist::Hist;
 
 /// How many problem descriptions a run keeps.
@@ -20,6 +22,9 @@ pub struct Shared {
     pub delivered: AtomicU64,
     /// Publishes (`publish`/`send`) written.
     pub sent: AtomicU64,
+    /// Frames that were neither messages nor replies to the bot's requests (presence events),
+    /// all connections.
+    pub other_frames: AtomicU64,
     /// Acks received for them.
     pub acked: AtomicU64,
     /// Error replies to them (e.g. `rate_limited`).
@@ -49,6 +54,7 @@ impl Shared {
             epoch,
             delivered: AtomicU64::new(0),
             sent: AtomicU64::new(0),
+            other_frames: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             owed: AtomicU64::new(0),
@@ -86,6 +92,7 @@ impl Shared {
             delivered: self.delivered.load(Relaxed),
             sent: self.sent.load(Relaxed),
             acked: self.acked.load(Relaxed),
+            other_frames: self.other_frames.load(Relaxed),
         }
     }
 
@@ -106,9 +113,32 @@ impl Shared {
 }
 
 /// A snapshot of [`Shared`]'s running counters.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Counts {
     pub delivered: u64,
     pub sent: u64,
     pub acked: u64,
+    pub other_frames: u64,
+}
+
+impl Counts {
+    /// Two processes' counters at the same moment, added up.
+    pub fn plus(self, o: Counts) -> Counts {
+        Counts {
+            delivered: self.delivered + o.delivered,
+            sent: self.sent + o.sent,
+            acked: self.acked + o.acked,
+            other_frames: self.other_frames + o.other_frames,
+        }
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(self, earlier: Counts) -> Counts {
+        Counts {
+            delivered: self.delivered.saturating_sub(earlier.delivered),
+            sent: self.sent.saturating_sub(earlier.sent),
+            acked: self.acked.saturating_sub(earlier.acked),
+            other_frames: self.other_frames.saturating_sub(earlier.other_frames),
+        }
+    }
 }

@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use super::publish::PubShared;
 use crate::client::{self, BodyStamp, RequestBuf, ServerFrame, SharedWriter, Ws};
 use crate::scenario::catchup::{CatchUp, StormCtl};
+use crate::scenario::membership::{self, Member, RoomCtl};
 use crate::stats::{ConnOutcome, Shared};
 
 /// How long a new connection may take to get its `welcome` and join ack.
@@ -32,6 +33,8 @@ pub(super) struct ConnEnv {
     pub(super) publisher: Option<Arc<PubShared>>,
     /// Drops and reconnects in the storm.
     pub(super) drops: bool,
+    /// Joins, leaves and rejoins while connected (bigroom).
+    pub(super) member: Option<Arc<Member>>,
 }
 
 /// Inputs every connection task shares.
@@ -41,6 +44,8 @@ pub(super) struct Common {
     pub(super) source_ips: u8,
     pub(super) connect_gate: Semaphore,
     pub(super) storm: Option<Arc<StormCtl>>,
+    /// The room's membership counters, when connections have a `Member`.
+    pub(super) room: Option<Arc<RoomCtl>>,
 }
 
 pub(super) type Ready = Result<(u32, SharedWriter), (u32, anyhow::Error)>;
@@ -97,6 +102,7 @@ pub(super) async fn conn_task(
 
     let shared = common.shared.clone();
     let storm = common.storm.as_deref().filter(|_| env.drops);
+    let member = env.member.as_deref().zip(common.room.as_deref());
     let mut catch_up: Option<CatchUp> = None;
     let mut dropped = false;
     let ended = loop {
@@ -113,6 +119,7 @@ pub(super) async fn conn_task(
             catch_up: &mut catch_up,
             // After a reconnect, replayed messages would count the time away as latency.
             latency: !dropped,
+            member,
         };
         tokio::select! {
             biased;
@@ -140,6 +147,9 @@ pub(super) async fn conn_task(
     if let Some(why) = ended
         && !*stop.borrow()
     {
+        if let Some((m, room)) = member {
+            m.fail(room, shared.now_ns());
+        }
         shared.disconnects.fetch_add(1, Relaxed);
         shared.problem(format!(
             "connection {} ended during the run: {why}",
@@ -173,6 +183,8 @@ struct Reader<'a> {
     catch_up: &'a mut Option<CatchUp>,
     /// Whether deliveries go into the latency histogram.
     latency: bool,
+    /// This connection's membership and the room's counters (bigroom).
+    member: Option<(&'a Member, &'a RoomCtl)>,
 }
 
 impl Reader<'_> {
@@ -181,10 +193,17 @@ impl Reader<'_> {
     fn on_message(&mut self, out: &mut ConnOutcome, seq: u64, stamp: BodyStamp, now: u64) {
         out.recv.on_message(seq, stamp);
         self.shared.delivered.fetch_add(1, Relaxed);
-        if self.latency && self.shared.in_window(stamp.sched_ns) {
-            self.shared
-                .latency
-                .record(out.index as usize, now.saturating_sub(stamp.sched_ns));
+        let conn = out.index as usize;
+        let live = match self.member {
+            Some((m, room)) => m.on_message(room, seq, now, conn),
+            None => true,
+        };
+        if live && self.latency && self.shared.in_window(stamp.sched_ns) {
+            let ns = now.saturating_sub(stamp.sched_ns);
+            self.shared.latency.record(conn, ns);
+            if let Some((_, room)) = self.member {
+                room.record_phase(stamp.sched_ns, conn, ns);
+            }
         }
         if let (Some(s), Some(c)) = (self.storm, self.catch_up.as_ref())
             && out.recv.last_seq >= c.seq
@@ -192,6 +211,15 @@ impl Reader<'_> {
             s.caught_up(out.index, now);
             *self.catch_up = None;
         }
+    }
+}
+
+impl Reader<'_> {
+    /// A frame that is neither a message nor a reply (a presence event, say).
+    #[inline]
+    fn on_event(&mut self, out: &mut ConnOutcome, kind: &str) {
+        out.count_other(kind);
+        self.shared.other_frames.fetch_add(1, Relaxed);
     }
 }
 
@@ -214,6 +242,10 @@ async fn read_loop(ws: &mut Ws, out: &mut ConnOutcome, r: &mut Reader<'_>) -> St
         let now = shared.now_ns();
         if let Some((seq, stamp)) = client::parse_message_fast(&frame.payload) {
             r.on_message(out, seq, stamp, now);
+            continue;
+        }
+        if let Some(kind) = client::event_kind(&frame.payload) {
+            r.on_event(out, kind);
             continue;
         }
         let f = match ServerFrame::parse(&frame.payload) {
@@ -245,6 +277,11 @@ async fn read_loop(ws: &mut Ws, out: &mut ConnOutcome, r: &mut Reader<'_>) -> St
             }
             "ack" => match (f.id, f.seq, publisher) {
                 (Some(0), _, _) => {} // a join ack again
+                (Some(id), _, _) if membership::is_member_request(id) && r.member.is_some() => {
+                    if let Some((m, room)) = r.member {
+                        m.on_ack(room, shared, &f, &mut out.start_seq, (now, index));
+                    }
+                }
                 (Some(id), Some(seq), Some(p)) => {
                     let counter = id - 1;
                     let k = counter as usize;
@@ -258,6 +295,9 @@ async fn read_loop(ws: &mut Ws, out: &mut ConnOutcome, r: &mut Reader<'_>) -> St
                         ));
                     } else {
                         out.acks[k] = seq;
+                    }
+                    if let Some((m, room)) = r.member {
+                        m.on_own_publish(room, seq);
                     }
                     let stamp = p.stamp_of(counter);
                     if shared.in_window(stamp) {
@@ -277,20 +317,27 @@ async fn read_loop(ws: &mut Ws, out: &mut ConnOutcome, r: &mut Reader<'_>) -> St
             "error" => {
                 out.server_errors += 1;
                 shared.server_errors.fetch_add(1, Relaxed);
-                // A refused publish is answered too: the drain and the window must not wait
-                // for its ack.
-                if let (Some(p), Some(1..)) = (publisher, f.id) {
-                    shared.rejected.fetch_add(1, Relaxed);
-                    shared.owed.fetch_sub(p.recipients, Relaxed);
-                    p.answer();
+                match (f.id, publisher, r.member) {
+                    // A refused join or leave: the member is out of the run.
+                    (Some(id), _, Some((m, room))) if membership::is_member_request(id) => {
+                        m.fail(room, now);
+                    }
+                    // A refused publish is answered too: the drain and the window must not wait
+                    // for its ack.
+                    (Some(1..), Some(p), _) => {
+                        shared.rejected.fetch_add(1, Relaxed);
+                        shared.owed.fetch_sub(p.recipients, Relaxed);
+                        p.answer();
+                    }
+                    _ => {}
                 }
                 shared.problem(format!(
                     "connection {index}: server error frame: {}",
                     String::from_utf8_lossy(&frame.payload)
                 ));
             }
-            // Presence events, pongs and anything new in the protocol are not the bot's concern.
-            _ => {}
+            // Presence events and anything new in the protocol: counted, not checked.
+            kind => r.on_event(out, kind),
         }
     }
 }

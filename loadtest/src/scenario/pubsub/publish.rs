@@ -53,25 +53,32 @@ impl PubShared {
 /// One connection's publishing.
 pub(super) struct PublishJob {
     pub(super) shared: Arc<Shared>,
+    /// The connection's run-wide index (in message bodies) and its place in the engine.
     pub(super) index: u32,
+    pub(super) slot: usize,
     pub(super) writer: SharedWriter,
     pub(super) ps: Arc<PubShared>,
     pub(super) plan: PubPlan,
-    pub(super) end_ns: u64,
+    /// Nothing due at or after it is sent; it may be set while the publisher runs.
+    pub(super) end_ns: Arc<AtomicU64>,
     pub(super) body_size: usize,
     pub(super) window: u64,
     pub(super) max_in_flight: u64,
 }
 
 impl PublishJob {
-    /// Returns (connection index, messages written).
-    pub(super) async fn run(self) -> (u32, u64) {
+    /// Returns (its slot, messages written).
+    pub(super) async fn run(self) -> (usize, u64) {
         let sent = if self.ps.closed_loop {
             self.closed_loop().await
         } else {
             self.open_loop().await
         };
-        (self.index, sent)
+        (self.slot, sent)
+    }
+
+    fn end(&self) -> u64 {
+        self.end_ns.load(Relaxed)
     }
 
     async fn send(&self, rb: &mut RequestBuf, counter: u64, stamp_ns: u64) -> bool {
@@ -99,7 +106,7 @@ impl PublishJob {
         let mut k = 0u64;
         loop {
             let due = pacer::due(base, self.ps.period_ns, k);
-            if due >= self.end_ns {
+            if due >= self.end() {
                 return k;
             }
             // The pacer signals at the due time; tokio's coarser timer is only a fallback.
@@ -122,7 +129,7 @@ impl PublishJob {
 
     async fn closed_loop(&self) -> u64 {
         let ring = self.ps.ring.as_ref().expect("closed loop has a ring");
-        let end = self.shared.at(self.end_ns);
+        let end = self.shared.at(self.end());
         let start = self.shared.at(self.ps.base_ns.load(Relaxed));
         tokio::time::sleep_until(start).await;
         let mut rb = RequestBuf::default();
@@ -147,7 +154,7 @@ impl PublishJob {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let now = self.shared.now_ns();
-            if now >= self.end_ns {
+            if now >= self.end() {
                 return k;
             }
             ring[(k % ring.len() as u64) as usize].store(now, Relaxed);
