@@ -90,6 +90,22 @@ pub enum Scenario {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// The CPU cost of a join: --clients connections open (not measured), then client i joins
+    /// room i ÷ --room-size at i ÷ --join-rate after the phase starts (open loop), and the bot
+    /// waits for every ack. Reports server CPU per join over the phase (its start until the
+    /// last ack plus --settle-ms), raw and net of the idle rate measured for --warmup before it,
+    /// join latency from the due time to the ack, and the frames that were not acks, by type.
+    /// Fails (exit 1) on a refused or unanswered join, and, where the server sends `joined`,
+    /// unless each client got exactly one for every member that joined its room after it. One
+    /// bot process: keep --clients at 18,000 or fewer. A spawned server gets the bot's
+    /// --presence-events (off by default); with --url, give --presence-events as the server
+    /// runs, since the `joined` check relies on it.
+    Joins {
+        #[command(flatten)]
+        args: JoinsArgs,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
     /// Chat rooms, direct-message pairs, and churn cycles that read history, for --duration;
     /// samples the server's RSS, open descriptors and queued bytes, and fails on RSS growth
     /// after the warm-up or any inexact delivery.
@@ -114,6 +130,7 @@ impl Scenario {
             Scenario::Soak { .. } => "soak",
             Scenario::Storm { .. } => "storm",
             Scenario::Bigroom { .. } => "bigroom",
+            Scenario::Joins { .. } => "joins",
         }
     }
 
@@ -126,7 +143,8 @@ impl Scenario {
             | Scenario::Churn { common, .. }
             | Scenario::Soak { common, .. }
             | Scenario::Storm { common, .. }
-            | Scenario::Bigroom { common, .. } => common,
+            | Scenario::Bigroom { common, .. }
+            | Scenario::Joins { common, .. } => common,
         }
     }
 
@@ -267,6 +285,30 @@ pub struct BigroomArgs {
     /// With --processes: the bot binary the children run (default: the running one).
     #[arg(long)]
     pub bot_bin: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct JoinsArgs {
+    /// Clients, one connection each (one bot process: at most about 18,000 under a default
+    /// open-files limit).
+    #[arg(long, default_value_t = 15_000)]
+    pub clients: usize,
+    /// Members per room: client i joins room i ÷ K; the last room takes the remainder.
+    #[arg(long, default_value_t = 10)]
+    pub room_size: usize,
+    /// Joins per second (open loop: client i's join is due i ÷ rate after the phase starts,
+    /// whatever happened to the others).
+    #[arg(long, default_value_t = 1000.0)]
+    pub join_rate: f64,
+    /// How long the phase goes on after the last ack, in milliseconds, so the events the joins
+    /// cause (an `occupancy` comes at most once per the server's occupancy_interval_ms, default
+    /// 1000) are sent inside it.
+    #[arg(long, default_value_t = 1000)]
+    pub settle_ms: u64,
+    /// The server's presence_list_max for these rooms (its default: 1,000). The `joined` check
+    /// owes no event for a join that made a room bigger than this.
+    #[arg(long, default_value_t = 1000)]
+    pub presence_list_max: u64,
 }
 
 #[derive(Args, Debug, Clone)]

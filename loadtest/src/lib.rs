@@ -1,7 +1,7 @@
 //! shardcast-loadtest: a bot that opens thousands of real WebSocket clients against a shardcast
-//! server or a cluster of nodes, drives one of eight scenarios (fanout, chat, dm, idle, churn,
-//! soak, storm, bigroom), checks delivery exactly, measures latency with HDR histograms, reads the servers' CPU
-//! and RSS from `/proc` and a cluster's Redis cost from its `INFO`.
+//! server or a cluster of nodes, drives one of nine scenarios (fanout, chat, dm, idle, churn,
+//! soak, storm, bigroom, joins), checks delivery exactly, measures latency with HDR histograms,
+//! reads the servers' CPU and RSS from `/proc` and a cluster's Redis cost from its `INFO`.
 //!
 //! [`run`] is the whole thing: options in, [`Report`] out. From the workspace root:
 //!
@@ -79,10 +79,12 @@ use cli::Scenario;
 pub use report::Report;
 use report::bigroom::bigroom_report;
 use report::build::{churn_report, pubsub_report, soak_report};
+use report::joins::joins_report;
 use scenario::bigroom::BigroomResult;
 use scenario::bigroom::procs::Job;
 pub use scenario::bigroom::procs::WORKER_ENV;
 use scenario::churn::ChurnResult;
+use scenario::joins::JoinsResult;
 use scenario::pubsub::PubsubResult;
 use scenario::run::RunCtx;
 use scenario::soak::SoakResult;
@@ -150,6 +152,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<Report> {
         Outcome::Churn(r) => churn_report(scenario, common, r, &info),
         Outcome::Soak(r) => soak_report(scenario, common, r, &info),
         Outcome::Bigroom(r) => bigroom_report(scenario, common, r, &info),
+        Outcome::Joins(r, a) => joins_report(scenario, &a, common, r, &info),
     };
     report.target = info;
     report.client_cpus = common.client_cpus.clone();
@@ -184,6 +187,7 @@ enum Outcome {
     Churn(ChurnResult),
     Soak(SoakResult),
     Bigroom(BigroomResult),
+    Joins(JoinsResult, cli::JoinsArgs),
 }
 
 /// A child process of `bigroom --processes`: reads its job from stdin, runs its slice of the
@@ -289,6 +293,11 @@ fn run_in_runtime(
                     .await
                     .map(Outcome::Bigroom);
             }
+            Scenario::Joins { args, .. } => {
+                return scenario::joins::run(&ctx, args)
+                    .await
+                    .map(|r| Outcome::Joins(r, args.clone()));
+            }
         };
         scenario::pubsub::run(&ctx, plan, scenario.load(), storm)
             .await
@@ -367,6 +376,14 @@ fn validate(scenario: &Scenario) -> anyhow::Result<()> {
                 bail!("bigroom is open loop: --max does not apply");
             }
         }
+        Scenario::Joins { args, .. } => {
+            if !(args.join_rate > 0.0 && args.join_rate.is_finite()) {
+                bail!("--join-rate must be positive");
+            }
+            if args.clients == 0 || args.room_size == 0 {
+                bail!("joins needs clients and rooms of at least 1");
+            }
+        }
         Scenario::Soak { args, .. } => {
             if c.url.len() > 1 || c.spawn_cluster.is_some() {
                 bail!("soak samples one server's memory: give one --url or --spawn-server");
@@ -395,5 +412,6 @@ fn connections_needed(scenario: &Scenario) -> u64 {
         // With --processes, the children hold the connections (the first one the most).
         Scenario::Bigroom { args, .. } if args.processes > 1 => 0,
         Scenario::Bigroom { args, .. } => (args.members + args.publishers) as u64,
+        Scenario::Joins { args, .. } => args.clients as u64,
     }
 }

@@ -338,3 +338,65 @@ fn bigroom_as_two_processes_merges_into_one_exact_report() {
     let report = run_against_server(Durability::Memory, &args);
     assert_bigroom(&report, 2);
 }
+
+/// A small joins run: 60 clients join rooms of 25 (the last has 10) at 400 a second. The server
+/// keeps its default presence events, so each join tells the members already in its room.
+fn joins_run(extra: &[&str]) -> Report {
+    let pid = std::process::id().to_string();
+    let mut args = vec![
+        "joins",
+        "--clients",
+        "60",
+        "--room-size",
+        "25",
+        "--join-rate",
+        "400",
+        "--warmup",
+        "0.2",
+        "--settle-ms",
+        "200",
+        "--presence-events",
+        "true",
+        "--server-pid",
+        &pid,
+    ];
+    args.extend_from_slice(extra);
+    run_against_server(Durability::Memory, &args)
+}
+
+#[test]
+fn joins_are_acked_and_each_member_hears_of_every_later_one() {
+    let report = joins_run(&[]);
+    let j = report.joins.as_ref().expect("a joins report");
+    assert!(report.passed, "{}", report.human());
+    assert_eq!(
+        (j.clients, j.rooms, j.joined, j.failed),
+        (60, 3, 60, 0),
+        "{j:#?}"
+    );
+    assert!(j.join_seconds.is_some(), "{j:#?}");
+    // 25·24/2 twice and 10·9/2: each pair of a room once.
+    let c = &j.joined_check;
+    assert_eq!(c.skipped, None, "{c:#?}");
+    assert_eq!(
+        (c.owed, c.received, c.clients_wrong),
+        (645, 645, 0),
+        "{c:#?}"
+    );
+    assert_eq!(j.frames.get("joined"), Some(&645), "{j:#?}");
+    assert_eq!(j.join_latency.as_ref().map(|l| l.count), Some(60), "{j:#?}");
+    // The server runs in this process: the figure is computed (it includes the bot's own work
+    // here, so its value is not checked).
+    assert!(j.cpu_us_per_join.is_some(), "{j:#?}");
+}
+
+#[test]
+fn joins_fails_when_a_member_hears_other_than_it_is_owed() {
+    // The bot is told the rooms stop listing at 5 members, but the server lists up to 1,000:
+    // the members hear of more joins than the check owes them.
+    let report = joins_run(&["--presence-list-max", "5"]);
+    let j = report.joins.as_ref().expect("a joins report");
+    assert!(!report.passed, "{}", report.human());
+    assert_eq!(j.joined, 60, "{j:#?}");
+    assert!(j.joined_check.clients_wrong > 0, "{j:#?}");
+}

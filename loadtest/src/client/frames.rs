@@ -38,6 +38,12 @@ pub struct ServerFrame<'a> {
     pub replayed: Option<u64>,
     #[serde(default)]
     pub truncated: Option<bool>,
+    /// A join ack: the room's member count once this member was in (its place in the server's
+    /// order of joins), and the room's presence mode (`list`, `count`, `off`).
+    #[serde(default)]
+    pub members: Option<u64>,
+    #[serde(default, borrow)]
+    pub presence: Option<&'a str>,
 }
 
 impl<'a> ServerFrame<'a> {
@@ -317,6 +323,12 @@ mod tests {
         let f = ServerFrame::parse(br#"{"type":"ack","id":4,"room":"r","seq":10}"#).unwrap();
         assert_eq!((f.kind, f.id, f.seq), ("ack", Some(4), Some(10)));
         assert_eq!((f.recovered, f.replayed, f.truncated), (None, None, None));
+        assert_eq!((f.members, f.presence), (None, None));
+        let f = ServerFrame::parse(
+            br#"{"type":"ack","id":4,"room":"r","seq":0,"publish":"members","presence":"list","rights":["join"],"members":7}"#,
+        )
+        .unwrap();
+        assert_eq!((f.members, f.presence), (Some(7), Some("list")));
         let f = ServerFrame::parse(
             br#"{"type":"ack","id":5,"room":"r","seq":44,"recovered":true,"replayed":3,"truncated":false}"#,
         )

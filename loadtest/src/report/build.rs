@@ -46,6 +46,10 @@ fn params(scenario: &Scenario) -> serde_json::Map<String, serde_json::Value> {
             "join_rate": args.join_rate, "churn_rate": args.churn_rate,
             "away_ms": args.away_ms, "processes": args.processes,
         }),
+        Scenario::Joins { args, .. } => json!({
+            "clients": args.clients, "room_size": args.room_size, "join_rate": args.join_rate,
+            "settle_ms": args.settle_ms, "presence_list_max": args.presence_list_max,
+        }),
     };
     let mut map = match v {
         serde_json::Value::Object(m) => m,
@@ -100,6 +104,7 @@ pub(super) fn empty_report(scenario: &Scenario, common: &CommonArgs) -> Report {
         soak: None,
         storm: None,
         bigroom: None,
+        joins: None,
         server_log_problems: Vec::new(),
         notes: Vec::new(),
         passed: false,

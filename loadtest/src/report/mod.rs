@@ -6,10 +6,12 @@
 pub(crate) mod bigroom;
 pub(crate) mod build;
 mod cost;
+pub(crate) mod joins;
 mod table;
 
 use serde::Serialize;
 
+pub use crate::scenario::joins::JoinedCheck;
 pub use crate::scenario::soak::SoakSample;
 pub use crate::stats::{DeliveryReport, LatencySummary};
 pub use crate::system::{NodeInfo, RedisInfo, TargetInfo};
@@ -61,6 +63,7 @@ pub struct Report {
     pub soak: Option<SoakReport>,
     pub storm: Option<StormReport>,
     pub bigroom: Option<BigroomReport>,
+    pub joins: Option<JoinsReport>,
     /// WARN/ERROR lines from a spawned server's log.
     pub server_log_problems: Vec<String>,
     pub notes: Vec<String>,
@@ -210,6 +213,42 @@ pub struct PhaseReport {
     pub redis_cpu_seconds: Option<f64>,
     /// Publish → delivery of the live messages scheduled in the phase.
     pub latency: Option<LatencySummary>,
+}
+
+/// What the joins scenario measured. The report's window is its join phase: from its start
+/// until the last ack plus `settle_ms`.
+#[derive(Clone, Debug, Serialize)]
+pub struct JoinsReport {
+    pub clients: u64,
+    pub room_size: u64,
+    pub rooms: u64,
+    pub join_rate: f64,
+    /// Clients whose join was acked, and those whose join was refused or unanswered (or whose
+    /// connection ended).
+    pub joined: u64,
+    pub failed: u64,
+    /// Phase start → the last ack; `None` when some join failed.
+    pub join_seconds: Option<f64>,
+    /// The phase: its start until the last ack plus `settle_ms`.
+    pub phase_seconds: f64,
+    pub settle_ms: u64,
+    /// The servers' CPU over the phase, and per join, in microseconds: raw, and net of the idle
+    /// rate (the connections' upkeep, measured over `idle_seconds` before the phase) over the
+    /// phase's length. The events a join causes are the join's cost.
+    pub server_cpu_seconds: Option<f64>,
+    pub cpu_us_per_join: Option<f64>,
+    pub net_cpu_us_per_join: Option<f64>,
+    pub idle_seconds: f64,
+    pub idle_cpu_percent: Option<f64>,
+    /// The bot's CPU over the phase, as a percentage of one core.
+    pub bot_cpu_percent: Option<f64>,
+    /// Due time → ack.
+    pub join_latency: Option<LatencySummary>,
+    /// Frames that were not replies, by type (`joined`, `occupancy`, …), over the run: the
+    /// connect phase joins nothing, so they are the joins'.
+    pub frames: std::collections::BTreeMap<String, u64>,
+    /// Each client got exactly one `joined` for every member that joined its room after it.
+    pub joined_check: JoinedCheck,
 }
 
 /// What a soak run adds: the server's resources over time and the churn cycles' outcome.

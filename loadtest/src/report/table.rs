@@ -233,6 +233,9 @@ impl Report {
         if let Some(b) = &self.bigroom {
             b.human(&mut o);
         }
+        if let Some(j) = &self.joins {
+            j.human(&mut o);
+        }
         if let Some(k) = &self.soak {
             let _ = writeln!(o, "soak");
             let _ = writeln!(
@@ -303,7 +306,11 @@ impl Report {
             .chain(storm_lat.into_iter().flatten())
             .filter(|(_, l)| l.is_some())
             .collect();
-        if !rows.is_empty() {
+        let join_lat = self
+            .joins
+            .as_ref()
+            .is_some_and(|j| j.join_latency.is_some());
+        if !rows.is_empty() || join_lat {
             let _ = writeln!(
                 o,
                 "latency (ms)        {:>10}{:>10}{:>10}{:>10}{:>10}{:>12}",
@@ -314,6 +321,9 @@ impl Report {
             }
             if let Some(b) = &self.bigroom {
                 b.latency_rows(&mut o);
+            }
+            if let Some(j) = &self.joins {
+                j.latency_rows(&mut o);
             }
         }
         if let Some(s) = &self.server {

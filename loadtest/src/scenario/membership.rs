@@ -29,6 +29,10 @@ const BACK: u8 = 4;
 /// A join or leave was refused or not answered, or the connection ended.
 const FAILED: u8 = 8;
 
+/// A join ack's `presence`: `list`, or another mode.
+const PRESENCE_LIST: u8 = 1;
+const PRESENCE_OTHER: u8 = 2;
+
 /// Whether a request id is a member's join or leave.
 pub fn is_member_request(id: u64) -> bool {
     id == JOIN_ID || id == LEAVE_ID
@@ -44,6 +48,10 @@ pub struct Member {
     replay_end: AtomicU64,
     /// When its pending join was sent (ns since the epoch).
     sent_ns: AtomicU64,
+    /// Its first join ack's `members` (its place in the server's order of joins; 0 when the
+    /// ack had none) and `presence` (`PRESENCE_LIST`, `PRESENCE_OTHER`, or 0 when absent).
+    place: AtomicU64,
+    presence: AtomicU8,
     /// Its leave was acked.
     left: Notify,
     /// It joins during the fill (the publishers join before it).
@@ -146,6 +154,8 @@ impl Member {
             position: AtomicU64::new(0),
             replay_end: AtomicU64::new(0),
             sent_ns: AtomicU64::new(0),
+            place: AtomicU64::new(0),
+            presence: AtomicU8::new(0),
             left: Notify::new(),
             in_fill,
             churns,
@@ -175,7 +185,14 @@ impl Member {
         self.state.load(Relaxed) & BACK != 0
     }
 
-    /// The driver sent its join.
+    /// Its first join's place in the room (the ack's `members`) and whether the room's presence
+    /// was `list`; `None` when the ack had not both (a server before room rules).
+    pub fn place(&self) -> Option<(u64, bool)> {
+        let (place, presence) = (self.place.load(Relaxed), self.presence.load(Relaxed));
+        (place > 0 && presence != 0).then_some((place, presence == PRESENCE_LIST))
+    }
+
+    /// The driver sent its join (or it was due: then latency counts from the due time).
     pub fn join_sent(&self, now_ns: u64) {
         self.sent_ns.store(now_ns, Relaxed);
     }
@@ -233,6 +250,13 @@ impl Member {
         let since_sent = now.saturating_sub(self.sent_ns.load(Relaxed));
         if !self.joined() {
             *start_seq = Some(seq);
+            self.place.store(f.members.unwrap_or(0), Relaxed);
+            let presence = match f.presence {
+                Some("list") => PRESENCE_LIST,
+                Some(_) => PRESENCE_OTHER,
+                None => 0,
+            };
+            self.presence.store(presence, Relaxed);
             self.position.fetch_max(seq, Relaxed);
             room.join_latency.record(conn, since_sent);
             room.joined.fetch_add(1, Relaxed);
@@ -325,6 +349,7 @@ mod tests {
             (20, 0),
         );
         assert_eq!(start, Some(5));
+        assert_eq!(m.place(), None, "an ack without members and presence");
         assert_eq!(room.fill_settled().0, 1);
         assert!(m.in_room());
         assert!(m.on_message(&room, 6, 30, 0));
@@ -361,6 +386,22 @@ mod tests {
         // A failure after that settles nothing twice.
         m.fail(&room, 70);
         assert_eq!((room.fill_settled().0, room.churn_settled().0), (1, 1));
+    }
+
+    #[test]
+    fn the_first_join_ack_gives_the_members_place() {
+        let shared = Shared::new(std::time::Instant::now());
+        let room = RoomCtl::new(1);
+        let mut start = None;
+        for (presence, listed) in [("list", true), ("count", false)] {
+            let m = Member::new(false, true, false);
+            let f = format!(
+                r#"{{"type":"ack","id":{JOIN_ID},"room":"r","seq":0,"presence":"{presence}","members":3}}"#
+            );
+            let f = ServerFrame::parse(f.as_bytes()).unwrap();
+            m.on_ack(&room, &shared, &f, &mut start, (1, 0));
+            assert_eq!(m.place(), Some((3, listed)));
+        }
     }
 
     #[test]

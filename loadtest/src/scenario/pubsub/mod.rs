@@ -280,6 +280,12 @@ impl Engine {
         ))
     }
 
+    /// The write halves of every connection, for a scenario that sends its own requests and
+    /// publishes nothing (`joins`); instead of [`Engine::start_publishers`].
+    pub fn take_writers(&mut self) -> Vec<Option<SharedWriter>> {
+        std::mem::take(&mut self.writers)
+    }
+
     /// The storm's signals and counters, when the plan came with a storm.
     pub fn storm(&self) -> Option<&Arc<StormCtl>> {
         self.common.storm.as_ref()
