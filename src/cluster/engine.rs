@@ -21,13 +21,13 @@ use super::keys::{Channel, Keys};
 use super::link::{Cmds, Subs, Target};
 use super::wire::Wire;
 use crate::config::{Config, PresenceMode, Rule, SessionPolicy};
-use crate::core::Name;
 use crate::core::Stream;
 use crate::core::counters::RedisCounters;
 use crate::core::error::{CloseCode, ErrorCode, HandshakeError, ReplyError};
 use crate::core::health::Health;
 use crate::core::now_ms;
 use crate::core::{ConnId, JoinGen, NodeId, ShardId};
+use crate::core::{MsgKey, Name};
 use crate::engine::Joined;
 use crate::engine::NodesCall;
 use crate::msg::{EngineMsg, LocalMsg, NodeMsg, PresencePage, Replay, ReplayTo, ReplyTo};
@@ -450,14 +450,18 @@ impl Node {
                 room,
                 from,
                 body,
+                key,
                 reply,
-            } => self.spawn(async move { me.message(Stream::Room(room), from, body, reply).await }),
+            } => self
+                .spawn(async move { me.message(Stream::Room(room), from, body, key, reply).await }),
             EngineMsg::Direct {
                 to,
                 from,
                 body,
+                key,
                 reply,
-            } => self.spawn(async move { me.message(Stream::Inbox(to), from, body, reply).await }),
+            } => self
+                .spawn(async move { me.message(Stream::Inbox(to), from, body, key, reply).await }),
             EngineMsg::Forward {
                 user,
                 frame,

@@ -1,7 +1,7 @@
 //! The embedded engine's handlers at a stream's home: admission (session policy), online and
 //! the inbox replay, joins (presence, the join's seq, the replay read), publish and direct
-//! (sequence, encode once, store, then one `Deliver` per shard with receivers), presence, user
-//! info and range reads.
+//! (sequence, encode once, store, then one `Deliver` per shard with receivers; a repeated key
+//! answered with its first seq), presence, user info and range reads.
 //!
 //! They answer only with `NodeMsg`s: they must not touch connections or the hub's state.
 
@@ -10,9 +10,10 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::Embedded;
+use super::keys::Keyed;
 use crate::config::{Durability, PresenceMode};
 use crate::core::error::{ErrorCode, HandshakeError, ReplyError};
-use crate::core::{ConnId, Name, ShardId, Stream};
+use crate::core::{ConnId, MsgKey, Name, ShardId, Stream};
 use crate::engine::{Joined, Outbox};
 use crate::msg::{EngineMsg, NodeMsg, Replay, ReplayTo, ReplyTo, WriteTarget, Written};
 use crate::persist::{Op, Read};
@@ -63,8 +64,13 @@ impl Embedded {
                 room,
                 from,
                 body,
+                key,
                 reply,
             } => {
+                let stream = || Stream::Room(room.clone());
+                let Some((key, reply)) = self.check_key(stream, &from, key, reply, out) else {
+                    return;
+                };
                 if let Some(refused) = self.disk_refusal() {
                     return self.answer(reply.fail(refused), out);
                 }
@@ -72,14 +78,20 @@ impl Embedded {
                 self.counters.room_publishes += 1;
                 let ts = crate::core::now_ms();
                 let frame = encode::message(Target::Room(&room), &from, seq, ts, &body);
-                self.store(WriteTarget::Room(room), seq, ts, frame, reply, out);
+                let target = WriteTarget::Room(room);
+                self.store(target, seq, ts, frame, key, reply, out);
             }
             EngineMsg::Direct {
                 to,
                 from,
                 body,
+                key,
                 reply,
             } => {
+                let stream = || Stream::Inbox(to.clone());
+                let Some((key, reply)) = self.check_key(stream, &from, key, reply, out) else {
+                    return;
+                };
                 if let Some(refused) = self.disk_refusal() {
                     return self.answer(reply.fail(refused), out);
                 }
@@ -88,7 +100,7 @@ impl Embedded {
                 let ts = crate::core::now_ms();
                 let frame = encode::message(Target::User(&to), &from, seq, ts, &body);
                 let target = WriteTarget::Inbox { to, from };
-                self.store(target, seq, ts, frame, reply, out);
+                self.store(target, seq, ts, frame, key, reply, out);
             }
             EngineMsg::Presence { room, reply, page } => {
                 let members = self.rooms.members(&room);
@@ -126,6 +138,51 @@ impl Embedded {
                 upto,
                 to,
             })),
+        }
+    }
+
+    /// A new message's key, checked: `None` when it repeats a remembered one, which is then
+    /// answered (or, if its first message is not stored yet, answered once it is). Without a
+    /// key, nothing is hashed or allocated.
+    fn check_key(
+        &mut self,
+        stream: impl FnOnce() -> Stream,
+        from: &Name,
+        key: Option<MsgKey>,
+        reply: ReplyTo,
+        out: &mut Outbox,
+    ) -> Option<(Option<Keyed>, ReplyTo)> {
+        let Some(key) = key else {
+            return Some((None, reply));
+        };
+        let keyed = self.keys.keyed(from, &key);
+        let stream = stream();
+        let Some(seq) = self.keys.seen(&stream, keyed.0) else {
+            return Some((Some(keyed), reply));
+        };
+        let committed = match &stream {
+            Stream::Room(room) => self.rooms.committed_seq(room),
+            Stream::Inbox(user) => self.users.inbox_seq(user),
+        };
+        if seq > committed {
+            self.repeats.push((stream, seq, reply));
+        } else {
+            self.answer(repeat_ack(&stream, seq, reply), out);
+        }
+        None
+    }
+
+    /// Answers the repeats waiting for message `seq` of `stream`, stored (`ok`) or not.
+    fn settle_repeats(&mut self, stream: &Stream, seq: u64, ok: bool, out: &mut Outbox) {
+        let waiting = std::mem::take(&mut self.repeats);
+        for (s, at, reply) in waiting {
+            if at != seq || s != *stream {
+                self.repeats.push((s, at, reply));
+            } else if ok {
+                self.answer(repeat_ack(&s, seq, reply), out);
+            } else {
+                self.answer(reply.fail(write_failed()), out);
+            }
         }
     }
 
@@ -236,32 +293,40 @@ impl Embedded {
         }
     }
 
-    /// Hands a sequenced message to the store. With sync durability it is acknowledged and
-    /// delivered once stored (`Stored`); otherwise at once.
+    /// Hands a sequenced message to the store (with its key, in the same commit). With sync
+    /// durability it is acknowledged and delivered once stored (`Stored`); otherwise at once.
+    #[allow(clippy::too_many_arguments)]
     fn store(
         &mut self,
         target: WriteTarget,
         seq: u64,
         ts: u64,
         frame: Bytes,
+        key: Option<Keyed>,
         reply: ReplyTo,
         out: &mut Outbox,
     ) {
-        let stream = match &target {
-            WriteTarget::Room(room) => Stream::Room(room.clone()),
-            WriteTarget::Inbox { to, .. } => Stream::Inbox(to.clone()),
+        let stream = target.stream();
+        let (id, text) = match key {
+            Some((id, text)) => {
+                self.keys.remember(&stream, id, seq);
+                (Some(id), Some(text))
+            }
+            None => (None, None),
         };
         let append = Append {
             stream,
             seq,
             ts,
             payload: ws::payload_of(&frame),
+            key: text,
         };
         let written = Written {
             target,
             seq,
             frame,
             reply,
+            key: id,
         };
         // Publish latency starts here; one clock read per message.
         let sequenced = Instant::now();
@@ -280,17 +345,23 @@ impl Embedded {
     pub(super) fn stored_here(&mut self, writes: Vec<Written>, ok: bool, out: &mut Outbox) {
         for w in writes {
             let sequenced = self.store_waits.pop_front();
+            let keyed = (w.key.is_some()).then(|| (w.target.stream(), w.seq, w.key));
             if ok {
                 self.delivered(w, out);
                 if let Some(at) = sequenced {
                     self.counters.publish_latency.observe(at.elapsed());
                 }
             } else {
-                let err = ReplyError::new(
-                    ErrorCode::Unavailable,
-                    "the message store failed; the message was not stored or delivered",
-                );
-                self.answer(w.reply.fail(err), out);
+                self.answer(w.reply.fail(write_failed()), out);
+            }
+            if let Some((stream, seq, id)) = keyed {
+                if !ok && let Some(id) = id {
+                    // It names no stored message: a resend must be stored.
+                    self.keys.forget(&stream, id);
+                }
+                if !self.repeats.is_empty() {
+                    self.settle_repeats(&stream, seq, ok, out);
+                }
             }
         }
     }
@@ -302,6 +373,7 @@ impl Embedded {
             seq,
             frame,
             reply,
+            key: _,
         } = w;
         let publisher = reply.conn();
         let seq_json = || Bytes::from(format!("{{\"seq\":{seq}}}"));
@@ -380,4 +452,23 @@ impl Embedded {
         self.rooms.next_seq(&room);
         panic!("fault injection: a panic inside a home's handler");
     }
+}
+
+/// The ack of a repeated key: the first message's seq, and `dup`.
+fn repeat_ack(stream: &Stream, seq: u64, reply: ReplyTo) -> (ShardId, NodeMsg) {
+    let target = match stream {
+        Stream::Room(room) => Target::Room(room),
+        Stream::Inbox(to) => Target::User(to),
+    };
+    reply.answer(
+        |id| encode::dup_ack(id, target, seq),
+        || Bytes::from(format!("{{\"seq\":{seq},\"dup\":true}}")),
+    )
+}
+
+fn write_failed() -> ReplyError {
+    ReplyError::new(
+        ErrorCode::Unavailable,
+        "the message store failed; the message was not stored or delivered",
+    )
 }

@@ -218,6 +218,19 @@ pub fn ack(id: Option<&ReqId>, target: Target<'_>, seq: Option<u64>) -> Bytes {
     j.finish()
 }
 
+/// `{"type":"ack","id":I,"room":R,"seq":N,"dup":true}` (or `"to"`): the ack of a repeated
+/// `key`, with the seq the first request was given.
+pub fn dup_ack(id: Option<&ReqId>, target: Target<'_>, seq: u64) -> Bytes {
+    let mut j = Json::new(128);
+    j.raw(r#"{"type":"ack","#).id(id);
+    match target {
+        Target::Room(room) => j.raw(r#""room":"#).name(room),
+        Target::User(to) => j.raw(r#""to":"#).name(to),
+    };
+    j.raw(r#","seq":"#).u64(seq).raw(r#","dup":true}"#);
+    j.finish()
+}
+
 /// What a `join` with `since` got: the ack's extra fields.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Recovery {
