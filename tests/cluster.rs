@@ -591,3 +591,25 @@ async fn a_repeated_key_is_stored_once_on_any_node() {
     assert_eq!(c.welcome["inbox_seq"], 1, "stored once: {}", c.welcome);
     assert_eq!(seqs(&b.history_all("r").await), [4, 3, 2, 1]);
 }
+
+/// Past `idempotency_max_keys`, the Redis engine forgets a stream's oldest keys first: a repeat
+/// of the oldest is stored again, the newer ones are still recognised.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_forgets_the_oldest_key_past_the_maximum() {
+    let args = ["--presence-events", "false", "--idempotency-max-keys", "2"];
+    let (_redis, cluster) = cluster(&args).await;
+    let mut a = dev(cluster.addr(0), "a").await;
+    a.join("r").await;
+    let mut publish = async |key: &str| {
+        let reply = a
+            .call(json!({"type": "publish", "room": "r", "key": key, "body": key}))
+            .await;
+        (reply["seq"].as_u64().unwrap(), reply["dup"] == true)
+    };
+    assert_eq!(publish("k1").await, (1, false));
+    assert_eq!(publish("k2").await, (2, false));
+    assert_eq!(publish("k3").await, (3, false));
+    assert_eq!(publish("k3").await, (3, true));
+    assert_eq!(publish("k2").await, (2, true));
+    assert_eq!(publish("k1").await, (4, false), "k1 was forgotten");
+}

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use common::*;
 use serde_json::{Value, json};
+use shardcast::config::Config;
 
 fn keyed_publish(room: &str, key: &str, body: Value) -> Value {
     json!({"type": "publish", "room": room, "key": key, "body": body})
@@ -17,6 +18,15 @@ fn keyed_publish(room: &str, key: &str, body: Value) -> Value {
 
 fn keyed_send(to: &str, key: &str, body: Value) -> Value {
     json!({"type": "send", "to": to, "key": key, "body": body})
+}
+
+/// `shards` shards and no presence events (a member's next frame is then its reply or a
+/// message).
+fn quiet(shards: usize) -> impl FnOnce(&mut Config) {
+    move |c| {
+        c.shards = shards;
+        c.presence_events = false;
+    }
 }
 
 /// A publish ack's seq, and whether it says `dup`.
@@ -32,10 +42,7 @@ fn ack_of(reply: &Value) -> (u64, bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_repeated_key_gets_the_first_seq_and_reaches_members_once() {
-    let server = TestServer::start(|c| {
-        c.shards = 2;
-        c.presence_events = false;
-    });
+    let server = TestServer::start(quiet(2));
     let mut a = dev(server.addr(), "a").await;
     let mut b = dev(server.addr(), "b").await;
     a.join("r").await;
@@ -69,10 +76,7 @@ async fn a_repeated_key_gets_the_first_seq_and_reaches_members_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_repeat_while_the_first_is_being_stored_is_answered_after_it() {
     let data = tempfile::tempdir().unwrap();
-    let server = TestServer::start_in(data.path(), |c| {
-        c.shards = 1;
-        c.presence_events = false;
-    });
+    let server = TestServer::start_in(data.path(), quiet(1));
     let mut a = dev(server.addr(), "a").await;
     let mut b = dev(server.addr(), "b").await;
     b.join("r").await;
@@ -97,10 +101,7 @@ async fn a_repeat_while_the_first_is_being_stored_is_answered_after_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_repeated_direct_message_is_a_dup() {
-    let server = TestServer::start(|c| {
-        c.shards = 2;
-        c.presence_events = false;
-    });
+    let server = TestServer::start(quiet(2));
     let mut a = dev(server.addr(), "a").await;
     let mut bob = dev(server.addr(), "bob").await;
     let first = a.call(keyed_send("bob", "dm-1", json!("hi"))).await;
@@ -122,43 +123,31 @@ async fn a_repeated_direct_message_is_a_dup() {
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_survive_a_restart() {
     let data = tempfile::tempdir().unwrap();
-    let server = TestServer::start_in(data.path(), |c| {
-        c.shards = 2;
-        c.presence_events = false;
-    });
-    let mut a = dev(server.addr(), "a").await;
-    a.join("r").await;
-    assert_eq!(
-        ack_of(&a.call(keyed_publish("r", "k", json!(1))).await),
-        (1, false)
-    );
-    assert_eq!(
-        ack_of(&a.call(keyed_send("bob", "k", json!(1))).await),
-        (1, false)
-    );
+    // Sends a keyed publish and a keyed direct message as `a`, on a server with `shards`
+    // shards (so the streams' homes move); returns the acks.
+    let send_both = async |shards| {
+        let server = TestServer::start_in(data.path(), quiet(shards));
+        let mut a = dev(server.addr(), "a").await;
+        a.join("r").await;
+        let room = ack_of(&a.call(keyed_publish("r", "k", json!(1))).await);
+        let dm = ack_of(&a.call(keyed_send("bob", "k", json!(1))).await);
+        (server, a, [room, dm])
+    };
+    let (server, a, acks) = send_both(2).await;
+    assert_eq!(acks, [(1, false), (1, false)]);
     drop(a);
     drop(server);
 
-    let server = TestServer::start_in(data.path(), |c| {
-        c.shards = 3;
-        c.presence_events = false;
-    });
-    let mut a = dev(server.addr(), "a").await;
-    a.join("r").await;
+    let (_server, mut a, acks) = send_both(3).await;
     assert_eq!(
-        ack_of(&a.call(keyed_publish("r", "k", json!(1))).await),
-        (1, true)
-    );
-    assert_eq!(
-        ack_of(&a.call(keyed_send("bob", "k", json!(1))).await),
-        (1, true)
+        acks,
+        [(1, true), (1, true)],
+        "the keys came back from the store"
     );
     assert_eq!(seqs(&a.history_all("r").await), [1]);
     // A new key after the restart is a new message.
-    assert_eq!(
-        ack_of(&a.call(keyed_publish("r", "k2", json!(2))).await),
-        (2, false)
-    );
+    let fresh = a.call(keyed_publish("r", "k2", json!(2))).await;
+    assert_eq!(ack_of(&fresh), (2, false));
 }
 
 /// kill -9 (an abort from the fault hook) right after the commit that stored a keyed message,
@@ -168,14 +157,7 @@ async fn keys_survive_a_restart() {
 async fn a_crash_between_the_store_and_the_ack_leaves_one_message() {
     let data = tempfile::tempdir().unwrap();
     let bin = Path::new(env!("CARGO_BIN_EXE_shardcast"));
-    let args = [
-        "--bind",
-        "127.0.0.1:0",
-        "--shards",
-        "2",
-        "--presence-events",
-        "false",
-    ];
+    let args = ["--bind", "127.0.0.1:0", "--presence-events", "false"];
     let env = [("SHARDCAST_FAULT_ABORT_AFTER_KEYED_WRITE", "1")];
     let mut server = BinaryServer::spawn_in_with_env(bin, data.path(), &args, &env);
     let addr = server.listening_addr().await;
@@ -212,8 +194,8 @@ async fn a_crash_between_the_store_and_the_ack_leaves_one_message() {
 #[tokio::test(flavor = "multi_thread")]
 async fn past_the_maximum_the_oldest_key_is_forgotten() {
     let server = TestServer::start(|c| {
+        quiet(2)(c);
         c.idempotency_max_keys = 2;
-        c.presence_events = false;
     });
     let mut a = dev(server.addr(), "a").await;
     a.join("r").await;

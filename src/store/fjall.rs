@@ -124,6 +124,31 @@ impl Db {
         Ok(())
     }
 
+    /// Deletes the stream's oldest entries in `ks` (messages or keys: seq → ts ++ ...) while
+    /// `gone(seq, ts)`, stopping at the first that is not. Returns how many.
+    fn trim_front(
+        &self,
+        ks: &Keyspace,
+        stream: &Stream,
+        gone: impl Fn(u64, u64) -> bool,
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.db.batch();
+        let mut removed = 0;
+        for guard in ks.prefix(stream.prefix()) {
+            let (key, value) = guard.into_inner().map_err(read_err)?;
+            let (ts, _) = split_value(&value)?;
+            if !gone(seq_of(&key)?, ts) {
+                break;
+            }
+            tx.remove(ks, key);
+            removed += 1;
+        }
+        if removed > 0 {
+            tx.commit().map_err(write_err)?;
+        }
+        Ok(removed)
+    }
+
     fn read(
         iter: impl Iterator<Item = fjall::Guard>,
         limit: usize,
@@ -310,21 +335,9 @@ impl Store for FjallStore {
     fn trim(&self, stream: &Stream, keep_from: u64, min_ts: u64) -> Result<usize, StoreError> {
         let guard = self.db()?;
         let db = guard.as_ref().expect("checked");
-        let mut tx = db.db.batch();
-        let mut removed = 0;
-        for guard in db.messages.prefix(stream.prefix()) {
-            let (key, value) = guard.into_inner().map_err(read_err)?;
-            let (ts, _) = split_value(&value)?;
-            if !trimmed(seq_of(&key)?, ts, keep_from, min_ts) {
-                break;
-            }
-            tx.remove(&db.messages, key);
-            removed += 1;
-        }
-        if removed > 0 {
-            tx.commit().map_err(write_err)?;
-        }
-        Ok(removed)
+        db.trim_front(&db.messages, stream, |seq, ts| {
+            trimmed(seq, ts, keep_from, min_ts)
+        })
     }
 
     fn keys(&self, stream: &Stream, limit: usize) -> Result<Vec<KeyEntry>, StoreError> {
@@ -346,21 +359,7 @@ impl Store for FjallStore {
             Some(first) => seq_of(&first.key().map_err(read_err)?)?,
             None => u64::MAX,
         };
-        let mut tx = db.db.batch();
-        let mut removed = 0;
-        for guard in db.keys.prefix(stream.prefix()) {
-            let (key, value) = guard.into_inner().map_err(read_err)?;
-            let (ts, _) = split_value(&value)?;
-            if seq_of(&key)? >= kept || ts >= before_ts {
-                break;
-            }
-            tx.remove(&db.keys, key);
-            removed += 1;
-        }
-        if removed > 0 {
-            tx.commit().map_err(write_err)?;
-        }
-        Ok(removed)
+        db.trim_front(&db.keys, stream, |seq, ts| seq < kept && ts < before_ts)
     }
 
     fn sync(&self) -> Result<(), StoreError> {

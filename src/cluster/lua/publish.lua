@@ -10,13 +10,19 @@
 -- (nothing is stored or published then).
 local meta, log, keys, keyz = KEYS[1], KEYS[2], KEYS[4], KEYS[5]
 local m = redis.call('HMGET', meta, 'epoch', 'trim')
--- A stream without an epoch starts one: keys of an older epoch name nothing.
-if not m[1] then redis.call('DEL', keys, keyz) end
 local epoch = m[1] or epoch_of(meta, log, ARGV[11])
 local key = ARGV[12]
 if key ~= '' then
-  local first = redis.call('HGET', keys, key)
-  if first then return {tonumber(first), epoch, 1} end
+  -- The keys hold the epoch they name seqs of (field ' epoch': no "SENDER KEY" starts with a
+  -- space); keys of another epoch (history lost, whichever script started the new one) name
+  -- nothing.
+  if redis.call('HGET', keys, ' epoch') ~= tostring(epoch) then
+    redis.call('DEL', keys, keyz)
+    redis.call('HSET', keys, ' epoch', epoch)
+  else
+    local first = redis.call('HGET', keys, key)
+    if first then return {tonumber(first), epoch, 1} end
+  end
 end
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
 local json = ARGV[3] .. seq .. ARGV[4]
