@@ -421,3 +421,45 @@ async fn a_silent_command_connection_times_out_as_unavailable_and_is_replaced() 
     // Up, but Redis never sees the commands nor answers: the publish must not hang.
     command_connection_fault(|proxy, port| proxy.freeze(port), true).await;
 }
+
+/// Redis runs a keyed publish but its reply is lost (the node's command connection is muted):
+/// the publisher gets `unavailable` (it may have been stored), sends again with the same `key`
+/// once the node has a new connection, and gets the stored seq with `dup`. The message is in
+/// the room once: b (on another node) receives it once, and history holds it once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyed_publish_whose_reply_was_lost_is_stored_once_when_resent() {
+    let redis = RedisServer::start().await;
+    let proxy = Proxy::start(redis.addr()).await;
+    let url = format!("redis://{}", proxy.addr());
+    let cluster = Cluster::start(3, &url, &SHORT_REDIS_TIMEOUT).await;
+    let mut a = dev(cluster.addr(0), "a").await;
+    let mut b = dev(cluster.addr(1), "b").await;
+    join_all(&mut [&mut a, &mut b], "r").await;
+    publish_numbered(&mut a, "r", 1..=3).await;
+
+    let port = redis.client_port("sc-cmd-0").await;
+    proxy.mute(port.expect("no Redis connection named sc-cmd-0 (CLIENT SETNAME)"));
+    let publish = json!({"type": "publish", "room": "r", "key": "once", "body": "once"});
+    let (_, reply) = a.request(publish.clone()).await;
+    assert_error(&reply, "unavailable", Some(&reply["id"]));
+    assert!(
+        reply["message"].as_str().unwrap().contains("may"),
+        "{reply}"
+    );
+    let ack = eventually(RECOVERY, "the resend acked", async || {
+        let (_, reply) = a.request(publish.clone()).await;
+        (reply["type"] == "ack").then_some(reply)
+    })
+    .await;
+    assert_eq!(
+        (&ack["seq"], &ack["dup"]),
+        (&json!(4), &json!(true)),
+        "{ack}"
+    );
+    let (msgs, _) = read_room(&mut b, "r", 0, 4, RECOVERY).await;
+    assert_room_msgs(&msgs[..3], "r", "a", 1..=3);
+    assert_room_msg(&msgs[3], "r", "a", &json!("once"));
+    assert_eq!(a.publish("r", json!("next")).await, 5);
+    assert_room_msg(&b.recv_json().await, "r", "a", &json!("next"));
+    assert_eq!(seqs(&b.history_all("r").await), [5, 4, 3, 2, 1]);
+}

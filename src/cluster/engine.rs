@@ -169,8 +169,8 @@ fn failed(f: Failure) -> ReplyError {
     let message = match f {
         Failure::Down => "Redis is unreachable; the request was not carried out",
         Failure::Timeout => {
-            "Redis did not answer in time; the message may still have been stored (look at \
-             history before sending it again)"
+            "Redis did not answer in time; the message may still have been stored (send it \
+             again with the same `key`, or look at history before sending it again)"
         }
     };
     ReplyError::new(ErrorCode::Unavailable, message)

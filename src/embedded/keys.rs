@@ -29,8 +29,9 @@ pub struct HomeKeys {
     streams: AHashMap<Stream, StreamKeys>,
 }
 
-/// One stream's keys. Per key: ~24 bytes in the map (plus its spare capacity) and 16 in the
-/// order, so about 50 bytes.
+/// One stream's keys. Per key: a 25-byte bucket in the map and 16 bytes in the order, with
+/// their spare capacity (the map is at most 7/8 full, both grow by doubling): 68 bytes a key
+/// at the default 1,000 keys (2,048 buckets, 1,024 slots), between about 60 and 80 otherwise.
 #[derive(Default)]
 struct StreamKeys {
     seqs: AHashMap<KeyId, u64>,
