@@ -380,6 +380,8 @@ pub enum NodeMsg {
         seq: Option<u64>,
         frame: Bytes,
         exclude: Option<ConnId>,
+        /// A keyed room message: the frame for its sender's connections (live only).
+        own: Option<Box<Own>>,
     },
     /// The stream's history was lost (Redis lost its data; a new epoch began): every local
     /// receiver of it must reconnect and recover.
@@ -391,6 +393,14 @@ pub enum NodeMsg {
         result: Result<Bytes, ReplyError>,
         read: u32,
     },
+}
+
+/// A live room message's copy for its sender's other connections: the frame with the
+/// request's `key`. Boxed in `Deliver`: only keyed messages have one.
+#[derive(Clone, Debug)]
+pub struct Own {
+    pub user: Name,
+    pub frame: Bytes,
 }
 
 /// Stored messages of `stream` in (after, upto], as WebSocket frames in one buffer (`ack`, a
@@ -472,8 +482,8 @@ pub struct Written {
     /// Who gets the ack; a publishing connection does not get its own message.
     pub reply: ReplyTo,
     /// The hash of the message's `(sender, key)` the home remembered, to forget if the write
-    /// fails.
-    pub key: Option<[u64; 2]>,
+    /// fails, and the frame with the key for the sender's other connections.
+    pub key: Option<([u64; 2], Box<Own>)>,
 }
 
 pub enum WriteTarget {

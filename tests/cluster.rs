@@ -613,3 +613,32 @@ async fn redis_forgets_the_oldest_key_past_the_maximum() {
     assert_eq!(publish("k2").await, (2, true));
     assert_eq!(publish("k1").await, (4, false), "k1 was forgotten");
 }
+
+/// On the Redis engine too, a keyed message reaches its sender's other connections (on another
+/// node) with its `key`, and everyone else without it; so does the copy of a direct message.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_key_goes_only_to_the_senders_other_connections_across_nodes() {
+    let (_redis, cluster) = cluster(&["--presence-events", "false"]).await;
+    let mut a = dev(cluster.addr(0), "a").await;
+    let mut a2 = dev(cluster.addr(2), "a").await;
+    let mut b = dev(cluster.addr(1), "b").await;
+    for c in [&mut a, &mut a2, &mut b] {
+        c.join("r").await;
+    }
+    let publish = json!({"type": "publish", "room": "r", "key": "k\"1", "body": "hi"});
+    assert_eq!(a.call(publish).await["seq"], 1);
+    let mine = a2.recv_json().await;
+    assert_room_msg(&mine, "r", "a", &json!("hi"));
+    assert_eq!(mine["key"], "k\"1", "{mine}");
+    let theirs = b.recv_json().await;
+    assert_room_msg(&theirs, "r", "a", &json!("hi"));
+    assert!(theirs.get("key").is_none(), "{theirs}");
+
+    let send = json!({"type": "send", "to": "b", "key": "dm", "body": "psst"});
+    assert_eq!(a.call(send).await["seq"], 1);
+    let copy = a2.recv_json().await;
+    assert_dm(&copy, "b", "a", &json!("psst"));
+    assert_eq!(copy["key"], "dm", "{copy}");
+    let got = b.recv_json().await;
+    assert!(got.get("key").is_none(), "{got}");
+}

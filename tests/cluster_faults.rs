@@ -370,7 +370,9 @@ async fn redis_restarted_without_persistence_gives_rooms_a_new_epoch() {
 /// acked. The proxy forwarded none of the refused ones, so none may show up (even one that
 /// timed out, which in general "may still have been stored"): b gets 1..=3 and the acked one.
 /// `timed_out_first`: the first publish after the fault must time out.
-async fn command_connection_fault(fault: impl FnOnce(&Proxy, u16), timed_out_first: bool) {
+/// Redis behind a proxy, three nodes with a short `redis_timeout_ms`, a on node 0 and b on
+/// node 1 in room r, and a's messages 1..=3 there.
+async fn proxied_with_three_messages() -> (RedisServer, Proxy, Cluster, Client, Client) {
     let redis = RedisServer::start().await;
     let proxy = Proxy::start(redis.addr()).await;
     let url = format!("redis://{}", proxy.addr());
@@ -379,7 +381,11 @@ async fn command_connection_fault(fault: impl FnOnce(&Proxy, u16), timed_out_fir
     let mut b = dev(cluster.addr(1), "b").await;
     join_all(&mut [&mut a, &mut b], "r").await;
     publish_numbered(&mut a, "r", 1..=3).await;
+    (redis, proxy, cluster, a, b)
+}
 
+async fn command_connection_fault(fault: impl FnOnce(&Proxy, u16), timed_out_first: bool) {
+    let (redis, proxy, _cluster, mut a, mut b) = proxied_with_three_messages().await;
     let port = redis.client_port("sc-cmd-0").await;
     fault(
         &proxy,
@@ -428,15 +434,7 @@ async fn a_silent_command_connection_times_out_as_unavailable_and_is_replaced() 
 /// the room once: b (on another node) receives it once, and history holds it once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_keyed_publish_whose_reply_was_lost_is_stored_once_when_resent() {
-    let redis = RedisServer::start().await;
-    let proxy = Proxy::start(redis.addr()).await;
-    let url = format!("redis://{}", proxy.addr());
-    let cluster = Cluster::start(3, &url, &SHORT_REDIS_TIMEOUT).await;
-    let mut a = dev(cluster.addr(0), "a").await;
-    let mut b = dev(cluster.addr(1), "b").await;
-    join_all(&mut [&mut a, &mut b], "r").await;
-    publish_numbered(&mut a, "r", 1..=3).await;
-
+    let (redis, proxy, _cluster, mut a, mut b) = proxied_with_three_messages().await;
     let port = redis.client_port("sc-cmd-0").await;
     proxy.mute(port.expect("no Redis connection named sc-cmd-0 (CLIENT SETNAME)"));
     let publish = json!({"type": "publish", "room": "r", "key": "once", "body": "once"});

@@ -211,3 +211,45 @@ async fn past_the_maximum_the_oldest_key_is_forgotten() {
         [(3, true), (2, true), (4, false)]
     );
 }
+
+/// A keyed message reaches the sender's own other connections with its `key` (a room message
+/// in the room, the copy of a direct message), and everyone else without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_key_goes_only_to_the_senders_other_connections() {
+    let server = TestServer::start(quiet(2));
+    let mut a1 = dev(server.addr(), "a").await;
+    let mut a2 = dev(server.addr(), "a").await;
+    let mut b = dev(server.addr(), "b").await;
+    for c in [&mut a1, &mut a2, &mut b] {
+        c.join("r").await;
+    }
+    let key = r#"k"\1"#;
+    let ack = a1.call(keyed_publish("r", key, json!("hi"))).await;
+    assert_eq!(ack_of(&ack), (1, false));
+    let mine = a2.recv_json().await;
+    assert_room_msg(&mine, "r", "a", &json!("hi"));
+    assert_eq!(mine["key"], key, "{mine}");
+    let theirs = b.recv_json().await;
+    assert_room_msg(&theirs, "r", "a", &json!("hi"));
+    assert!(theirs.get("key").is_none(), "{theirs}");
+    // Unkeyed: no key for anyone.
+    a1.publish("r", json!("plain")).await;
+    let plain = a2.recv_json().await;
+    assert!(plain.get("key").is_none(), "{plain}");
+    b.recv_json().await;
+
+    a1.send_json(&keyed_send("b", "dm", json!("psst"))).await;
+    let copy = a2.recv_json().await;
+    assert_dm(&copy, "b", "a", &json!("psst"));
+    assert_eq!(copy["key"], "dm", "{copy}");
+    let got = b.recv_json().await;
+    assert_dm(&got, "b", "a", &json!("psst"));
+    assert!(got.get("key").is_none(), "{got}");
+    assert_eq!(ack_of(&a1.recv_json().await), (1, false));
+    // History holds it without the key.
+    let history = b.history_all("r").await;
+    assert!(
+        history.iter().all(|m| m.get("key").is_none()),
+        "{history:?}"
+    );
+}

@@ -30,7 +30,7 @@ use crate::core::{ConnId, JoinGen, NodeId, ShardId};
 use crate::core::{MsgKey, Name};
 use crate::engine::Joined;
 use crate::engine::NodesCall;
-use crate::msg::{EngineMsg, LocalMsg, NodeMsg, PresencePage, Replay, ReplayTo, ReplyTo};
+use crate::msg::{EngineMsg, LocalMsg, NodeMsg, Own, PresencePage, Replay, ReplayTo, ReplyTo};
 use crate::persist::{Op, Persist, Read};
 use crate::protocol::encode::{self, Target as To};
 use crate::router::Router;

@@ -15,7 +15,7 @@ use crate::config::{Durability, PresenceMode};
 use crate::core::error::{ErrorCode, HandshakeError, ReplyError};
 use crate::core::{ConnId, MsgKey, Name, ShardId, Stream};
 use crate::engine::{Joined, Outbox};
-use crate::msg::{EngineMsg, NodeMsg, Replay, ReplayTo, ReplyTo, WriteTarget, Written};
+use crate::msg::{EngineMsg, NodeMsg, Own, Replay, ReplayTo, ReplyTo, WriteTarget, Written};
 use crate::persist::{Op, Read};
 use crate::protocol::encode::{self, Target};
 use crate::store::Append;
@@ -57,7 +57,7 @@ impl Embedded {
                 let rule = self.config.rule(&room);
                 let event = self.rooms.leave(&room, &user, conn.shard(), &rule);
                 if let (true, Some(event)) = (self.config.presence_events, event) {
-                    self.spread(Stream::Room(room.clone()), None, event, None, out);
+                    self.spread(Stream::Room(room.clone()), None, event, None, None, out);
                 }
             }
             EngineMsg::Publish {
@@ -78,6 +78,7 @@ impl Embedded {
                 self.counters.room_publishes += 1;
                 let ts = crate::core::now_ms();
                 let frame = encode::message(Target::Room(&room), &from, seq, ts, &body);
+                let key = key.map(|(keyed, k)| (keyed, own_copy(&from, &k, &frame)));
                 let target = WriteTarget::Room(room);
                 self.store(target, seq, ts, frame, key, reply, out);
             }
@@ -99,6 +100,7 @@ impl Embedded {
                 self.counters.direct_publishes += 1;
                 let ts = crate::core::now_ms();
                 let frame = encode::message(Target::User(&to), &from, seq, ts, &body);
+                let key = key.map(|(keyed, k)| (keyed, own_copy(&from, &k, &frame)));
                 let target = WriteTarget::Inbox { to, from };
                 self.store(target, seq, ts, frame, key, reply, out);
             }
@@ -122,7 +124,7 @@ impl Embedded {
                 user,
                 frame,
                 exclude,
-            } => self.spread(Stream::Inbox(user), None, frame, exclude, out),
+            } => self.spread(Stream::Inbox(user), None, frame, exclude, None, out),
             // Reads a shard hands straight to the store threads; served here all the same.
             msg @ (EngineMsg::History { .. } | EngineMsg::Sync { .. }) => {
                 let _ = self.store.take(msg);
@@ -151,14 +153,14 @@ impl Embedded {
         key: Option<MsgKey>,
         reply: ReplyTo,
         out: &mut Outbox,
-    ) -> Option<(Option<Keyed>, ReplyTo)> {
+    ) -> Option<(Option<(Keyed, MsgKey)>, ReplyTo)> {
         let Some(key) = key else {
             return Some((None, reply));
         };
         let keyed = self.keys.keyed(from, &key);
         let stream = stream();
         let Some(seq) = self.keys.seen(&stream, keyed.0) else {
-            return Some((Some(keyed), reply));
+            return Some((Some((keyed, key)), reply));
         };
         let committed = match &stream {
             Stream::Room(room) => self.rooms.committed_seq(room),
@@ -274,7 +276,7 @@ impl Embedded {
             return self.send(conn.shard(), joined.full(&rule), out);
         };
         if let (true, Some(event)) = (self.config.presence_events, m.event) {
-            self.spread(Stream::Room(room.clone()), None, event, None, out);
+            self.spread(Stream::Room(room.clone()), None, event, None, None, out);
         }
         let (done, read) = joined.answer(m.seq, &rule, Some(m.members));
         self.send(conn.shard(), done, out);
@@ -289,7 +291,7 @@ impl Embedded {
     pub(super) fn occupancy(&mut self, out: &mut Outbox) {
         for (room, members) in self.rooms.occupancy_due() {
             let event = encode::occupancy(&room, members);
-            self.spread(Stream::Room(room), None, event, None, out);
+            self.spread(Stream::Room(room), None, event, None, None, out);
         }
     }
 
@@ -302,15 +304,15 @@ impl Embedded {
         seq: u64,
         ts: u64,
         frame: Bytes,
-        key: Option<Keyed>,
+        key: Option<(Keyed, Box<Own>)>,
         reply: ReplyTo,
         out: &mut Outbox,
     ) {
         let stream = target.stream();
-        let (id, text) = match key {
-            Some((id, text)) => {
+        let (key, text) = match key {
+            Some(((id, text), own)) => {
                 self.keys.remember(&stream, id, seq);
-                (Some(id), Some(text))
+                (Some((id, own)), Some(text))
             }
             None => (None, None),
         };
@@ -326,7 +328,7 @@ impl Embedded {
             seq,
             frame,
             reply,
-            key: id,
+            key,
         };
         // Publish latency starts here; one clock read per message.
         let sequenced = Instant::now();
@@ -345,7 +347,7 @@ impl Embedded {
     pub(super) fn stored_here(&mut self, writes: Vec<Written>, ok: bool, out: &mut Outbox) {
         for w in writes {
             let sequenced = self.store_waits.pop_front();
-            let keyed = (w.key.is_some()).then(|| (w.target.stream(), w.seq, w.key));
+            let keyed = (w.key.as_ref()).map(|(id, _)| (w.target.stream(), w.seq, *id));
             if ok {
                 self.delivered(w, out);
                 if let Some(at) = sequenced {
@@ -355,7 +357,7 @@ impl Embedded {
                 self.answer(w.reply.fail(write_failed()), out);
             }
             if let Some((stream, seq, id)) = keyed {
-                if !ok && let Some(id) = id {
+                if !ok {
                     // It names no stored message: a resend must be stored.
                     self.keys.forget(&stream, id);
                 }
@@ -373,8 +375,9 @@ impl Embedded {
             seq,
             frame,
             reply,
-            key: _,
+            key,
         } = w;
+        let own = key.map(|(_, own)| own);
         let publisher = reply.conn();
         let seq_json = || Bytes::from(format!("{{\"seq\":{seq}}}"));
         match target {
@@ -386,28 +389,25 @@ impl Embedded {
                     seq_json,
                 );
                 self.answer(ack, out);
-                self.spread(Stream::Room(room), Some(seq), frame, publisher, out);
+                let room = Stream::Room(room);
+                self.spread(room, Some(seq), frame, publisher, own, out);
             }
             WriteTarget::Inbox { to, from } => {
                 let (live, cursor) = self.users.commit(&to, seq);
                 if live {
-                    self.spread(
-                        Stream::Inbox(to.clone()),
-                        Some(seq),
-                        frame.clone(),
-                        publisher,
-                        out,
-                    );
+                    let inbox = Stream::Inbox(to.clone());
+                    self.spread(inbox, Some(seq), frame.clone(), publisher, None, out);
                 }
                 if let Some(cursor) = cursor {
                     let stream = Stream::Inbox(to.clone());
                     self.store.queue(Op::Cursor { stream, cursor });
                 }
                 if from != to {
-                    // The sender's other connections get a copy (not in their inbox's seqs).
+                    // The sender's other connections get a copy (not in their inbox's seqs),
+                    // with the key if it had one.
                     let forward = EngineMsg::Forward {
                         user: from,
-                        frame,
+                        frame: own.map_or(frame, |own| own.frame),
                         exclude: publisher,
                     };
                     self.route(forward, out);
@@ -420,13 +420,15 @@ impl Embedded {
     }
 
     /// Sends a live frame of `stream` to every shard with its receivers (a room's members, a
-    /// user's connections); this shard's own hub gets it through `out`.
+    /// user's connections); this shard's own hub gets it through `out`. `own`: a keyed room
+    /// message's copy for its sender's connections.
     fn spread(
         &self,
         stream: Stream,
         seq: Option<u64>,
         frame: Bytes,
         exclude: Option<ConnId>,
+        own: Option<Box<Own>>,
         out: &mut Outbox,
     ) {
         let shards: &mut dyn Iterator<Item = ShardId> = match &stream {
@@ -439,6 +441,7 @@ impl Embedded {
                 seq,
                 frame: frame.clone(),
                 exclude,
+                own: own.clone(),
             };
             self.send(shard, msg, out);
         }
@@ -471,4 +474,12 @@ fn write_failed() -> ReplyError {
         ErrorCode::Unavailable,
         "the message store failed; the message was not stored or delivered",
     )
+}
+
+/// The copy of a keyed message for its sender's other connections: the frame with the key.
+fn own_copy(from: &Name, key: &MsgKey, frame: &Bytes) -> Box<Own> {
+    Box::new(Own {
+        user: from.clone(),
+        frame: encode::with_key(&ws::payload_of(frame), key.as_str()),
+    })
 }

@@ -40,7 +40,8 @@ impl Node {
             Stream::Room(_) => meta.clone(),
         };
         let publisher = reply.conn();
-        let key_text = key.map_or_else(String::new, |k| format!("{from} {}", k.as_str()));
+        let key_text =
+            (key.as_ref()).map_or_else(String::new, |k| format!("{from} {}", k.as_str()));
         let window = self.config.idempotency_window_secs.saturating_mul(1000);
         let (keys, keyz) = self.keys.idempotency(&stream);
         let mut inv = self.scripts.publish.prepare_invoke();
@@ -88,9 +89,14 @@ impl Node {
             json.extend_from_slice(&head);
             json.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
             json.extend_from_slice(&tail);
+            let json = match &key {
+                // With the key: the copy lets the sender's other devices match their sends.
+                Some(k) => ws::payload_of(&encode::with_key(&json, k.as_str())),
+                None => json.into(),
+            };
             let wire = Wire::Forward {
                 exclude: publisher,
-                json: json.into(),
+                json,
             };
             let cmd = self.publish(self.keys.channel(&Stream::Inbox(from)), &wire);
             self.query::<u64>(cmd).await;

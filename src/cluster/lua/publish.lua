@@ -67,5 +67,9 @@ if ARGV[9] == '1' and redis.call('ZCOUNT', KEYS[3], ARGV[10], '+inf') > 0 then
   -- A connection of the user is attached, so it gets the message live: delivered.
   redis.call('HSET', meta, 'cursor', seq)
 end
-redis.call(ARGV[2], ARGV[1], 'm ' .. seq .. ' ' .. ARGV[6] .. ' ' .. epoch .. '\n' .. json)
+-- A keyed message names its sender and key ("m SEQ EXCL EPOCH SENDER KEY"), for the sender's
+-- other connections.
+local own = ''
+if key ~= '' then own = ' ' .. key end
+redis.call(ARGV[2], ARGV[1], 'm ' .. seq .. ' ' .. ARGV[6] .. ' ' .. epoch .. own .. '\n' .. json)
 return {seq, epoch, 0}
