@@ -20,8 +20,8 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::core::Name;
 use crate::core::error::{ErrorCode, ReplyError};
+use crate::core::{MsgKey, Name};
 use crate::engine::NodesCall;
 use crate::http::{json, json_error};
 use crate::msg::{EngineMsg, LocalMsg, ReplyTo};
@@ -102,6 +102,7 @@ async fn route(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Bytes, ApiError> 
     if req.method() == Method::POST && ctx.config.dev_mode() {
         json_content_type(req.headers())?;
     }
+    let header_key = idempotency_header(req.headers())?;
     let method = req.method().clone();
     let uri = req.uri().clone();
     let path = uri.path().trim_start_matches("/api/");
@@ -109,7 +110,7 @@ async fn route(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Bytes, ApiError> 
         Method::POST => read_body(&ctx, req).await?,
         _ => Bytes::new(),
     };
-    let call = parse_call(
+    let mut call = parse_call(
         &method,
         path,
         uri.query().unwrap_or(""),
@@ -117,18 +118,57 @@ async fn route(ctx: Rc<Ctx>, req: Request<Incoming>) -> Result<Bytes, ApiError> 
         ctx.config.max_message_size,
         ctx.config.max_body_depth,
     )?;
+    if let Some(given) = header_key {
+        let (Call::Publish { key, .. } | Call::Send { key, .. }) = &mut call else {
+            return Err(ApiError::bad(
+                "Idempotency-Key is only taken by /api/publish and /api/send",
+            ));
+        };
+        match key {
+            Some(body_key) if *body_key != given => {
+                return Err(ApiError::bad(
+                    "the Idempotency-Key header and the body's `key` differ; give one of them",
+                ));
+            }
+            _ => *key = Some(given),
+        }
+    }
     run(&ctx, call).await
+}
+
+/// The `Idempotency-Key` header (a synonym of the body's `key`), checked like it.
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<MsgKey>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let text = (value.to_str()).map_err(|_| ApiError::from(MsgKey::refusal()))?;
+    msg_key(text).map(Some)
+}
+
+fn msg_key(text: &str) -> Result<MsgKey, ApiError> {
+    MsgKey::new(text).map_err(ApiError::from)
 }
 
 /// One API request, parsed and checked; nothing has been done yet.
 #[derive(Debug)]
 pub enum Call {
-    /// `POST /api/publish {"room","body","from"?}` → `{"seq":N}`: sequenced, stored and
-    /// delivered by the room's home exactly like a client's publish.
-    Publish { room: Name, from: Name, body: Bytes },
-    /// `POST /api/send {"to","body","from"?}` → `{"seq":N}`: a direct message, stored in the
-    /// recipient's inbox (delivered at the next connect if the recipient is offline).
-    Send { to: Name, from: Name, body: Bytes },
+    /// `POST /api/publish {"room","body","from"?,"key"?}` → `{"seq":N}`: sequenced, stored
+    /// and delivered by the room's home exactly like a client's publish (a repeated `key`:
+    /// `{"seq":N,"dup":true}`).
+    Publish {
+        room: Name,
+        from: Name,
+        body: Bytes,
+        key: Option<MsgKey>,
+    },
+    /// `POST /api/send {"to","body","from"?,"key"?}` → `{"seq":N}`: a direct message, stored
+    /// in the recipient's inbox (delivered at the next connect if the recipient is offline).
+    Send {
+        to: Name,
+        from: Name,
+        body: Bytes,
+        key: Option<MsgKey>,
+    },
     /// `POST /api/broadcast {"body","from"?}` → `{"connections":N}`: one frame, encoded once,
     /// to every connection. Not stored: it is for whoever is connected now.
     Broadcast { from: Name, body: Bytes },
@@ -172,6 +212,7 @@ pub fn parse_call(
                 room: name("room", req.room)?,
                 from: sender(req.from)?,
                 body: size(req.body)?,
+                key: req.key.as_deref().map(msg_key).transpose()?,
             })
         }
         (&Method::POST, ["send"]) => {
@@ -180,6 +221,7 @@ pub fn parse_call(
                 to: name("to", req.to)?,
                 from: sender(req.from)?,
                 body: size(req.body)?,
+                key: req.key.as_deref().map(msg_key).transpose()?,
             })
         }
         (&Method::POST, ["broadcast"]) => {
@@ -226,20 +268,32 @@ pub fn parse_call(
 /// Does what `call` asks, through the engine, the shards and the store writer.
 async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
     match call {
-        Call::Publish { room, from, body } => {
+        Call::Publish {
+            room,
+            from,
+            body,
+            key,
+        } => {
             ask_engine(ctx, |reply| EngineMsg::Publish {
                 room,
                 from,
                 body,
+                key,
                 reply,
             })
             .await
         }
-        Call::Send { to, from, body } => {
+        Call::Send {
+            to,
+            from,
+            body,
+            key,
+        } => {
             ask_engine(ctx, |reply| EngineMsg::Direct {
                 to,
                 from,
                 body,
+                key,
                 reply,
             })
             .await
@@ -519,6 +573,8 @@ struct PublishRequest<'a> {
     #[serde(borrow)]
     body: &'a RawValue,
     from: Option<&'a str>,
+    #[serde(borrow)]
+    key: Option<std::borrow::Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -527,6 +583,8 @@ struct SendRequest<'a> {
     #[serde(borrow)]
     body: &'a RawValue,
     from: Option<&'a str>,
+    #[serde(borrow)]
+    key: Option<std::borrow::Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]

@@ -19,7 +19,7 @@ use crate::core::counters::ShardSnapshot;
 use crate::core::error::{CloseCode, HandshakeError, ReplyError};
 use crate::core::rights::Rights;
 use crate::core::{ConnId, JoinGen, NodeId, ShardId, Stream};
-use crate::core::{Name, ReqId};
+use crate::core::{MsgKey, Name, ReqId};
 
 /// Where the answer to a request goes: a client connection (a frame echoing the request's id),
 /// or an HTTP API call waiting on the shard that took it (the JSON body of its response). An
@@ -244,18 +244,22 @@ pub enum EngineMsg {
         user: Name,
         conn: ConnId,
     },
-    /// Sequence, store and fan out a room message.
+    /// Sequence, store and fan out a room message. With `key`, a repeat of a stored
+    /// `(from, key)` in the room is answered with the first one's seq and `dup`, and not
+    /// stored or delivered again.
     Publish {
         room: Name,
         from: Name,
         body: Bytes,
+        key: Option<MsgKey>,
         reply: ReplyTo,
     },
-    /// Sequence, store and deliver a direct message.
+    /// Sequence, store and deliver a direct message (`key` as for `Publish`, per inbox).
     Direct {
         to: Name,
         from: Name,
         body: Bytes,
+        key: Option<MsgKey>,
         reply: ReplyTo,
     },
     /// Pass a frame to the user's connections (the copy of a direct message the user sent).
@@ -376,6 +380,8 @@ pub enum NodeMsg {
         seq: Option<u64>,
         frame: Bytes,
         exclude: Option<ConnId>,
+        /// A keyed room message: the frame for its sender's connections (live only).
+        own: Option<Box<Own>>,
     },
     /// The stream's history was lost (Redis lost its data; a new epoch began): every local
     /// receiver of it must reconnect and recover.
@@ -387,6 +393,14 @@ pub enum NodeMsg {
         result: Result<Bytes, ReplyError>,
         read: u32,
     },
+}
+
+/// A live room message's copy for its sender's other connections: the frame with the
+/// request's `key`. Boxed in `Deliver`: only keyed messages have one.
+#[derive(Clone, Debug)]
+pub struct Own {
+    pub user: Name,
+    pub frame: Bytes,
 }
 
 /// Stored messages of `stream` in (after, upto], as WebSocket frames in one buffer (`ack`, a
@@ -467,11 +481,24 @@ pub struct Written {
     pub frame: Bytes,
     /// Who gets the ack; a publishing connection does not get its own message.
     pub reply: ReplyTo,
+    /// The hash of the message's `(sender, key)` the home remembered, to forget if the write
+    /// fails, and the frame with the key for the sender's other connections.
+    pub key: Option<([u64; 2], Box<Own>)>,
 }
 
 pub enum WriteTarget {
     Room(Name),
     Inbox { to: Name, from: Name },
+}
+
+impl WriteTarget {
+    /// The stream the message is written to.
+    pub fn stream(&self) -> Stream {
+        match self {
+            WriteTarget::Room(room) => Stream::Room(room.clone()),
+            WriteTarget::Inbox { to, .. } => Stream::Inbox(to.clone()),
+        }
+    }
 }
 
 #[cfg(test)]

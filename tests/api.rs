@@ -424,3 +424,115 @@ async fn invalid_input_gets_a_400_with_a_code() {
     let h = get(a, "/api/rooms/r/history").await;
     assert_eq!(h.body["messages"], json!([]));
 }
+
+/// `key` in the publish and send bodies, or the `Idempotency-Key` header: a repeat answers
+/// `{"seq":N,"dup":true}` with the first seq and reaches no one. A header that differs from the
+/// body's key, or a bad key, is `bad_request`.
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_and_send_with_a_key_are_idempotent() {
+    let server = TestServer::start(|c| {
+        c.api_key = Some(KEY.into());
+        c.presence_events = false;
+    });
+    let addr = server.addr();
+    let mut alice = dev(addr, "alice").await;
+    alice.join("shop").await;
+    let with_header = |key: &'static str| {
+        let auth = format!("apikey {KEY}");
+        move |path: &'static str, body: Value| {
+            let auth = auth.clone();
+            async move {
+                let headers = [
+                    ("Content-Type", "application/json"),
+                    ("Authorization", auth.as_str()),
+                    ("Idempotency-Key", key),
+                ];
+                let reply = Http::connect(addr)
+                    .await
+                    .request("POST", path, &headers, &body.to_string())
+                    .await;
+                let body: Value = serde_json::from_str(&reply.body).unwrap();
+                (reply.status, body)
+            }
+        }
+    };
+
+    let body = json!({"room": "shop", "body": "sale", "key": "promo-1"});
+    assert_eq!(
+        post(addr, "/api/publish", body.clone()).await.body,
+        json!({"seq": 1})
+    );
+    let again = post(addr, "/api/publish", body).await;
+    assert_eq!(
+        (again.status, again.body),
+        (200, json!({"seq": 1, "dup": true}))
+    );
+    // The header is the same key.
+    let header = with_header("promo-1");
+    let room = json!({"room": "shop", "body": "sale"});
+    assert_eq!(
+        header("/api/publish", room.clone()).await,
+        (200, json!({"seq": 1, "dup": true}))
+    );
+    let fresh = with_header("promo-2");
+    assert_eq!(
+        fresh("/api/publish", room.clone()).await,
+        (200, json!({"seq": 2}))
+    );
+    assert_eq!(
+        fresh("/api/publish", room).await,
+        (200, json!({"seq": 2, "dup": true}))
+    );
+    let msgs = alice.recv_n(2).await;
+    assert_eq!(seqs(&msgs), [1, 2], "each stored message once");
+    let history = get(addr, "/api/rooms/shop/history").await;
+    assert_eq!(seqs(history.body["messages"].as_array().unwrap()), [2, 1]);
+
+    // Direct messages, by header.
+    let dm = with_header("dm-1");
+    let send = json!({"to": "bob", "body": "shipped"});
+    assert_eq!(
+        dm("/api/send", send.clone()).await,
+        (200, json!({"seq": 1}))
+    );
+    assert_eq!(
+        dm("/api/send", send.clone()).await,
+        (200, json!({"seq": 1, "dup": true}))
+    );
+    let bob = dev(addr, "bob").await;
+    assert_eq!(bob.welcome["inbox_seq"], 1, "stored once");
+
+    // A header that says another key than the body, and bad keys.
+    let (status, body) = dm("/api/send", json!({"to": "bob", "body": 1, "key": "x"})).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (400, &json!("bad_request")),
+        "{body}"
+    );
+    let long = "k".repeat(65);
+    for bad in [json!(long), json!(""), json!("clé"), json!(5)] {
+        let reply = post(
+            addr,
+            "/api/publish",
+            json!({"room": "shop", "body": 1, "key": bad}),
+        )
+        .await;
+        assert_api_error(&reply, 400, "bad_request");
+    }
+    for bad in ["a b", "clé"] {
+        let (status, body) =
+            with_header(bad)("/api/publish", json!({"room": "shop", "body": 1})).await;
+        assert_eq!(
+            (status, &body["code"]),
+            (400, &json!("bad_request")),
+            "{bad}: {body}"
+        );
+    }
+    let reply = get(addr, "/api/rooms/shop/history").await;
+    assert_eq!(
+        seqs(reply.body["messages"].as_array().unwrap()),
+        [2, 1],
+        "nothing refused stored"
+    );
+    drop(bob);
+}

@@ -540,3 +540,43 @@ async fn bodies_nested_past_max_body_depth_are_refused() {
     }
     still_works(&mut v, &mut n).await;
 }
+
+/// A `key` that is not 1–64 printable ASCII characters (too long, empty, non-ASCII, a space,
+/// a control character, not a string) is refused with `bad_request` saying what a key must
+/// be, on `publish` and `send`; nothing is stored or relayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_idempotency_keys_are_refused() {
+    let (_server, mut v, mut n) = fixture(|_| {}).await;
+    let long = json!("k".repeat(65));
+    for key in [
+        long,
+        json!(""),
+        json!("clé"),
+        json!("a b"),
+        json!("a\u{1}b"),
+        json!(7),
+        Value::Null,
+    ] {
+        for mut frame in [
+            json!({"type": "publish", "room": "shared", "body": 1}),
+            json!({"type": "send", "to": "n", "body": 1}),
+        ] {
+            frame["key"] = key.clone();
+            frame["id"] = json!(9);
+            let reply = v.call(frame.clone()).await;
+            assert_error(&reply, "bad_request", Some(&json!(9)));
+            let message = reply["message"].as_str().unwrap();
+            assert!(message.contains("`key`"), "{frame}: {reply}");
+        }
+    }
+    // 64 characters is the limit, not past it.
+    let at_limit = "k".repeat(64);
+    let reply = v
+        .call(json!({"type": "publish", "room": "shared", "body": 2, "key": at_limit}))
+        .await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    assert_room_msg(&n.recv_json().await, "shared", "v", &json!(2));
+    let (inbox, _) = n.sync(0).await;
+    assert!(inbox.is_empty(), "no refused send was stored: {inbox:?}");
+    still_works(&mut v, &mut n).await;
+}

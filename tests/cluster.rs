@@ -515,3 +515,130 @@ async fn nodes_without_an_id_get_distinct_ones_from_redis() {
     assert_eq!(a.dm("b", json!("hi")).await, 1);
     assert_dm(&b.recv_json().await, "b", "a", &json!("hi"));
 }
+
+/// Idempotent publish and send on the Redis engine: the key is checked and stored by the script
+/// that assigns the seq, so a repeat on any node (another connection of the sender's, or the
+/// API with `Idempotency-Key`) gets the first seq with `dup` and reaches no one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_key_is_stored_once_on_any_node() {
+    let (_redis, cluster) = cluster(&["--presence-events", "false"]).await;
+    let mut a = dev(cluster.addr(0), "a").await;
+    let mut a2 = dev(cluster.addr(2), "a").await;
+    let mut b = dev(cluster.addr(1), "b").await;
+    a.join("r").await;
+    a2.join("r").await;
+    b.join("r").await;
+    let keyed =
+        |key: &str, body: Value| json!({"type": "publish", "room": "r", "key": key, "body": body});
+    let first = a.call(keyed("k-1", json!("one"))).await;
+    assert_eq!(
+        (&first["seq"], first.get("dup")),
+        (&json!(1), None),
+        "{first}"
+    );
+    let again = a.call(keyed("k-1", json!("one"))).await;
+    assert_eq!(
+        (&again["seq"], &again["dup"]),
+        (&json!(1), &json!(true)),
+        "{again}"
+    );
+    assert_room_msg(&a2.recv_json().await, "r", "a", &json!("one"));
+    let other_node = a2.call(keyed("k-1", json!("changed"))).await;
+    assert_eq!(
+        (&other_node["seq"], &other_node["dup"]),
+        (&json!(1), &json!(true))
+    );
+    a2.leave("r").await;
+    assert_room_msg(&b.recv_json().await, "r", "a", &json!("one"));
+    // Another sender's k-1 is another message.
+    let bs = b.call(keyed("k-1", json!("b's"))).await;
+    assert_eq!((&bs["seq"], bs.get("dup")), (&json!(2), None), "{bs}");
+    assert_room_msg(&a.recv_json().await, "r", "b", &json!("b's"));
+    // The repeats reached no one: b's next message is a's next publish.
+    a.publish("r", json!("unkeyed")).await;
+    assert_room_msg(&b.recv_json().await, "r", "a", &json!("unkeyed"));
+    assert_eq!(seqs(&b.history_all("r").await), [3, 2, 1]);
+
+    // The API on node 1, by header, and a direct message repeated on another node.
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Idempotency-Key", "api-1"),
+    ];
+    let body = json!({"room": "r", "body": "from the api"}).to_string();
+    for want in [json!({"seq": 4}), json!({"seq": 4, "dup": true})] {
+        let reply = cluster
+            .http(1)
+            .await
+            .request("POST", "/api/publish", &headers, &body)
+            .await;
+        assert_eq!(serde_json::from_str::<Value>(&reply.body).unwrap(), want);
+    }
+    for member in [&mut a, &mut b] {
+        let got = member.recv_json().await;
+        assert_room_msg(&got, "r", "system", &json!("from the api"));
+    }
+    let dm = json!({"type": "send", "to": "c", "key": "dm-1", "body": "hi"});
+    assert_eq!(a.call(dm.clone()).await["seq"], 1);
+    // a's other connection gets the sender's copy, then repeats the send.
+    assert_dm(&a2.recv_json().await, "c", "a", &json!("hi"));
+    let repeat = a2.call(dm).await;
+    assert_eq!(
+        (&repeat["seq"], &repeat["dup"]),
+        (&json!(1), &json!(true)),
+        "{repeat}"
+    );
+    let c = dev(cluster.addr(1), "c").await;
+    assert_eq!(c.welcome["inbox_seq"], 1, "stored once: {}", c.welcome);
+    assert_eq!(seqs(&b.history_all("r").await), [4, 3, 2, 1]);
+}
+
+/// Past `idempotency_max_keys`, the Redis engine forgets a stream's oldest keys first: a repeat
+/// of the oldest is stored again, the newer ones are still recognised.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_forgets_the_oldest_key_past_the_maximum() {
+    let args = ["--presence-events", "false", "--idempotency-max-keys", "2"];
+    let (_redis, cluster) = cluster(&args).await;
+    let mut a = dev(cluster.addr(0), "a").await;
+    a.join("r").await;
+    let mut publish = async |key: &str| {
+        let reply = a
+            .call(json!({"type": "publish", "room": "r", "key": key, "body": key}))
+            .await;
+        (reply["seq"].as_u64().unwrap(), reply["dup"] == true)
+    };
+    assert_eq!(publish("k1").await, (1, false));
+    assert_eq!(publish("k2").await, (2, false));
+    assert_eq!(publish("k3").await, (3, false));
+    assert_eq!(publish("k3").await, (3, true));
+    assert_eq!(publish("k2").await, (2, true));
+    assert_eq!(publish("k1").await, (4, false), "k1 was forgotten");
+}
+
+/// On the Redis engine too, a keyed message reaches its sender's other connections (on another
+/// node) with its `key`, and everyone else without it; so does the copy of a direct message.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_key_goes_only_to_the_senders_other_connections_across_nodes() {
+    let (_redis, cluster) = cluster(&["--presence-events", "false"]).await;
+    let mut a = dev(cluster.addr(0), "a").await;
+    let mut a2 = dev(cluster.addr(2), "a").await;
+    let mut b = dev(cluster.addr(1), "b").await;
+    for c in [&mut a, &mut a2, &mut b] {
+        c.join("r").await;
+    }
+    let publish = json!({"type": "publish", "room": "r", "key": "k\"1", "body": "hi"});
+    assert_eq!(a.call(publish).await["seq"], 1);
+    let mine = a2.recv_json().await;
+    assert_room_msg(&mine, "r", "a", &json!("hi"));
+    assert_eq!(mine["key"], "k\"1", "{mine}");
+    let theirs = b.recv_json().await;
+    assert_room_msg(&theirs, "r", "a", &json!("hi"));
+    assert!(theirs.get("key").is_none(), "{theirs}");
+
+    let send = json!({"type": "send", "to": "b", "key": "dm", "body": "psst"});
+    assert_eq!(a.call(send).await["seq"], 1);
+    let copy = a2.recv_json().await;
+    assert_dm(&copy, "b", "a", &json!("psst"));
+    assert_eq!(copy["key"], "dm", "{copy}");
+    let got = b.recv_json().await;
+    assert!(got.get("key").is_none(), "{got}");
+}

@@ -370,7 +370,9 @@ async fn redis_restarted_without_persistence_gives_rooms_a_new_epoch() {
 /// acked. The proxy forwarded none of the refused ones, so none may show up (even one that
 /// timed out, which in general "may still have been stored"): b gets 1..=3 and the acked one.
 /// `timed_out_first`: the first publish after the fault must time out.
-async fn command_connection_fault(fault: impl FnOnce(&Proxy, u16), timed_out_first: bool) {
+/// Redis behind a proxy, three nodes with a short `redis_timeout_ms`, a on node 0 and b on
+/// node 1 in room r, and a's messages 1..=3 there.
+async fn proxied_with_three_messages() -> (RedisServer, Proxy, Cluster, Client, Client) {
     let redis = RedisServer::start().await;
     let proxy = Proxy::start(redis.addr()).await;
     let url = format!("redis://{}", proxy.addr());
@@ -379,7 +381,11 @@ async fn command_connection_fault(fault: impl FnOnce(&Proxy, u16), timed_out_fir
     let mut b = dev(cluster.addr(1), "b").await;
     join_all(&mut [&mut a, &mut b], "r").await;
     publish_numbered(&mut a, "r", 1..=3).await;
+    (redis, proxy, cluster, a, b)
+}
 
+async fn command_connection_fault(fault: impl FnOnce(&Proxy, u16), timed_out_first: bool) {
+    let (redis, proxy, _cluster, mut a, mut b) = proxied_with_three_messages().await;
     let port = redis.client_port("sc-cmd-0").await;
     fault(
         &proxy,
@@ -420,4 +426,38 @@ async fn a_cut_command_connection_is_replaced_and_stores_no_refused_message() {
 async fn a_silent_command_connection_times_out_as_unavailable_and_is_replaced() {
     // Up, but Redis never sees the commands nor answers: the publish must not hang.
     command_connection_fault(|proxy, port| proxy.freeze(port), true).await;
+}
+
+/// Redis runs a keyed publish but its reply is lost (the node's command connection is muted):
+/// the publisher gets `unavailable` (it may have been stored), sends again with the same `key`
+/// once the node has a new connection, and gets the stored seq with `dup`. The message is in
+/// the room once: b (on another node) receives it once, and history holds it once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyed_publish_whose_reply_was_lost_is_stored_once_when_resent() {
+    let (redis, proxy, _cluster, mut a, mut b) = proxied_with_three_messages().await;
+    let port = redis.client_port("sc-cmd-0").await;
+    proxy.mute(port.expect("no Redis connection named sc-cmd-0 (CLIENT SETNAME)"));
+    let publish = json!({"type": "publish", "room": "r", "key": "once", "body": "once"});
+    let (_, reply) = a.request(publish.clone()).await;
+    assert_error(&reply, "unavailable", Some(&reply["id"]));
+    assert!(
+        reply["message"].as_str().unwrap().contains("may"),
+        "{reply}"
+    );
+    let ack = eventually(RECOVERY, "the resend acked", async || {
+        let (_, reply) = a.request(publish.clone()).await;
+        (reply["type"] == "ack").then_some(reply)
+    })
+    .await;
+    assert_eq!(
+        (&ack["seq"], &ack["dup"]),
+        (&json!(4), &json!(true)),
+        "{ack}"
+    );
+    let (msgs, _) = read_room(&mut b, "r", 0, 4, RECOVERY).await;
+    assert_room_msgs(&msgs[..3], "r", "a", 1..=3);
+    assert_room_msg(&msgs[3], "r", "a", &json!("once"));
+    assert_eq!(a.publish("r", json!("next")).await, 5);
+    assert_room_msg(&b.recv_json().await, "r", "a", &json!("next"));
+    assert_eq!(seqs(&b.history_all("r").await), [5, 4, 3, 2, 1]);
 }

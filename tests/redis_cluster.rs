@@ -99,4 +99,21 @@ async fn rooms_and_inboxes_on_every_master_keep_their_order_and_recover() {
     }
     let ack = a.call(json!({"type": "ping"})).await;
     assert_eq!(ack["type"], "pong");
+
+    // Idempotency keys live in each stream's hash tag, on its master: a repeat is a dup in
+    // rooms and inboxes on every master.
+    let streams = (rooms.iter().map(|r| ("room", r.to_string())))
+        .chain(users.iter().map(|u| ("to", u.clone())));
+    for (field, name) in streams {
+        let ty = if field == "room" { "publish" } else { "send" };
+        let frame = json!({"type": ty, field: name, "key": "k", "body": "once"});
+        let first = a.call(frame.clone()).await;
+        let again = a.call(frame).await;
+        assert_eq!(first["type"], "ack", "{first}");
+        assert_eq!(
+            (&again["seq"], &again["dup"]),
+            (&first["seq"], &json!(true)),
+            "{again}"
+        );
+    }
 }

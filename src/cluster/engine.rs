@@ -21,16 +21,16 @@ use super::keys::{Channel, Keys};
 use super::link::{Cmds, Subs, Target};
 use super::wire::Wire;
 use crate::config::{Config, PresenceMode, Rule, SessionPolicy};
-use crate::core::Name;
 use crate::core::Stream;
 use crate::core::counters::RedisCounters;
 use crate::core::error::{CloseCode, ErrorCode, HandshakeError, ReplyError};
 use crate::core::health::Health;
 use crate::core::now_ms;
 use crate::core::{ConnId, JoinGen, NodeId, ShardId};
+use crate::core::{MsgKey, Name};
 use crate::engine::Joined;
 use crate::engine::NodesCall;
-use crate::msg::{EngineMsg, LocalMsg, NodeMsg, PresencePage, Replay, ReplayTo, ReplyTo};
+use crate::msg::{EngineMsg, LocalMsg, NodeMsg, Own, PresencePage, Replay, ReplayTo, ReplyTo};
 use crate::persist::{Op, Persist, Read};
 use crate::protocol::encode::{self, Target as To};
 use crate::router::Router;
@@ -169,8 +169,8 @@ fn failed(f: Failure) -> ReplyError {
     let message = match f {
         Failure::Down => "Redis is unreachable; the request was not carried out",
         Failure::Timeout => {
-            "Redis did not answer in time; the message may still have been stored (look at \
-             history before sending it again)"
+            "Redis did not answer in time; the message may still have been stored (send it \
+             again with the same `key`, or look at history before sending it again)"
         }
     };
     ReplyError::new(ErrorCode::Unavailable, message)
@@ -450,14 +450,18 @@ impl Node {
                 room,
                 from,
                 body,
+                key,
                 reply,
-            } => self.spawn(async move { me.message(Stream::Room(room), from, body, reply).await }),
+            } => self
+                .spawn(async move { me.message(Stream::Room(room), from, body, key, reply).await }),
             EngineMsg::Direct {
                 to,
                 from,
                 body,
+                key,
                 reply,
-            } => self.spawn(async move { me.message(Stream::Inbox(to), from, body, reply).await }),
+            } => self
+                .spawn(async move { me.message(Stream::Inbox(to), from, body, key, reply).await }),
             EngineMsg::Forward {
                 user,
                 frame,

@@ -49,6 +49,13 @@ impl Keys {
         self.tag(stream) + ":log"
     }
 
+    /// The stream's idempotency keys: a hash ("SENDER KEY" → seq) and a sorted set of the
+    /// same keys scored by when they were written, to forget the oldest.
+    pub fn idempotency(&self, stream: &Stream) -> (String, String) {
+        let tag = self.tag(stream);
+        (tag.clone() + ":keys", tag + ":keyz")
+    }
+
     /// A room's presence entries ("USER CONNID", scored by expiry) and per-user counts.
     pub fn presence(&self, room: &Name) -> (String, String) {
         let tag = self.tag(&Stream::Room(room.clone()));

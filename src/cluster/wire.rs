@@ -1,8 +1,9 @@
 //! What nodes publish to each other over Redis pub/sub: a one-line header, a newline, and
 //! (for frames) the frame's JSON. The message scripts build the same format in Lua.
 //!
-//! - `m SEQ EXCL EPOCH` + JSON: a stream's message at SEQ of EPOCH; EXCL is the publishing
-//!   connection or empty.
+//! - `m SEQ EXCL EPOCH [SENDER KEY]` + JSON: a stream's message at SEQ of EPOCH; EXCL is the
+//!   publishing connection or empty; a keyed message adds its sender and key, for the
+//!   sender's other connections.
 //! - `e EXCL` + JSON: a presence event (outside the seq order); EXCL is the joining connection.
 //! - `o USERS`: a room's users across the cluster (a count room's, or a list room's past its
 //!   `presence_list_max`); nodes pass it on to members as coalesced `occupancy` events.
@@ -16,7 +17,7 @@
 
 use bytes::Bytes;
 
-use crate::core::{ConnId, NodeId};
+use crate::core::{ConnId, MsgKey, Name, NodeId};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Wire {
@@ -26,6 +27,8 @@ pub enum Wire {
         /// The stream's epoch (absent when read back from the log).
         epoch: Option<u64>,
         json: Bytes,
+        /// A keyed message's sender and key (absent when read back from the log).
+        own: Option<(Name, MsgKey)>,
     },
     Event {
         exclude: Option<ConnId>,
@@ -57,11 +60,17 @@ impl Wire {
             "m" => {
                 let seq = num()?;
                 let exclude = num().map(ConnId::from_raw);
+                let epoch = num();
+                let own = match (words.next(), words.next()) {
+                    (Some(from), Some(key)) => Name::new(from).ok().zip(MsgKey::new(key).ok()),
+                    _ => None,
+                };
                 Wire::Message {
                     seq,
                     exclude,
-                    epoch: num(),
+                    epoch,
                     json: body(),
+                    own,
                 }
             }
             "e" => Wire::Event {
@@ -92,9 +101,13 @@ impl Wire {
                 exclude,
                 epoch,
                 json,
+                own,
             } => {
                 let epoch = epoch.map(|e| e.to_string()).unwrap_or_default();
-                (format!("m {seq} {} {epoch}", excl(exclude)), json)
+                let own = (own.as_ref())
+                    .map(|(from, key)| format!(" {from} {}", key.as_str()))
+                    .unwrap_or_default();
+                (format!("m {seq} {} {epoch}{own}", excl(exclude)), json)
             }
             Wire::Event { exclude, json } => (format!("e {}", excl(exclude)), json),
             Wire::Occupancy(users) => (format!("o {users}"), b""),
@@ -126,12 +139,21 @@ mod tests {
                 exclude: Some(c),
                 epoch: Some(8),
                 json: json.clone(),
+                own: None,
             },
             Wire::Message {
                 seq: 6,
                 exclude: None,
                 epoch: None,
                 json: json.clone(),
+                own: None,
+            },
+            Wire::Message {
+                seq: 7,
+                exclude: None,
+                epoch: Some(8),
+                json: json.clone(),
+                own: Some((Name::new("a").unwrap(), MsgKey::new("k\"1").unwrap())),
             },
             Wire::Event {
                 exclude: Some(c),
@@ -149,7 +171,13 @@ mod tests {
         ] {
             assert_eq!(Wire::parse(Bytes::from(w.encode())), Some(w));
         }
-        // What publish.lua sends: "m SEQ EXCL EPOCH\nJSON", EXCL possibly empty.
+        // What publish.lua sends: "m SEQ EXCL EPOCH [SENDER KEY]\nJSON", EXCL possibly empty.
+        let keyed = Bytes::from_static(b"m 12  77 a k-1\n{}");
+        assert!(matches!(
+            Wire::parse(keyed),
+            Some(Wire::Message { seq: 12, exclude: None, epoch: Some(77), own: Some((from, key)), .. })
+                if &*from == "a" && key.as_str() == "k-1"
+        ));
         let lua = Bytes::from_static(b"m 12  77\n{}");
         assert!(matches!(
             Wire::parse(lua),

@@ -200,6 +200,23 @@ pub struct Config {
     )]
     pub retention_interval_ms: u64,
 
+    /// Idempotency keys (`key` of `publish` and `send`) remembered per room or inbox: past it
+    /// the oldest are forgotten first, even while their messages are kept, and a repeat of a
+    /// forgotten key is stored again. About 70 bytes of memory each (embedded engine). Default
+    /// 1000; at least 1.
+    #[arg(long, env = "SHARDCAST_IDEMPOTENCY_MAX_KEYS", default_value_t = 1_000)]
+    pub idempotency_max_keys: usize,
+
+    /// How long a key outlives its message, in seconds: a key is forgotten only once its message
+    /// is trimmed and the key is this old (within `idempotency_max_keys`). Default 86400 (24
+    /// hours); 0 = as long as the message is kept.
+    #[arg(
+        long,
+        env = "SHARDCAST_IDEMPOTENCY_WINDOW_SECS",
+        default_value_t = 86_400
+    )]
+    pub idempotency_window_secs: u64,
+
     /// HS256 secret for client JWTs, at least 32 bytes (`openssl rand -base64 32`). Default none:
     /// dev mode, where `?user=ID` is trusted and only a loopback bind is allowed.
     #[arg(long, env = "SHARDCAST_JWT_SECRET", hide_env_values = true)]
@@ -576,6 +593,8 @@ impl Default for Config {
             inbox_retention_messages: 10_000,
             inbox_retention_secs: 2_592_000,
             retention_interval_ms: 60_000,
+            idempotency_max_keys: 1_000,
+            idempotency_window_secs: 86_400,
             jwt_secret: None,
             jwt_public_key: None,
             jwks_url: None,

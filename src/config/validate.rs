@@ -116,6 +116,9 @@ impl Config {
         if self.max_message_size < 128 {
             return invalid("max_message_size must be at least 128 bytes");
         }
+        if self.idempotency_max_keys == 0 {
+            return invalid("idempotency_max_keys must be at least 1");
+        }
         if self.max_body_depth == 0 {
             return invalid("max_body_depth must be at least 1");
         }

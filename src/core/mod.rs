@@ -3,6 +3,7 @@
 //!
 //! - `ids`: `ConnId` (node, shard, counter), `NodeId`, `ShardId`, `JoinGen`, and their limits.
 //! - `name`: `Name` (a validated room or user name) and `ReqId` (a request's `id`).
+//! - `key`: `MsgKey`, a `publish` or `send` request's idempotency key.
 //! - `stream`: `Stream`, the key of a room's history or a user's inbox.
 //! - `clock`: `now_ms`. `bucket`: a connection's rate meter (the mechanism; the policy is the
 //!   client side's).
@@ -20,6 +21,7 @@ pub mod counters;
 pub mod error;
 pub mod health;
 pub mod ids;
+pub mod key;
 pub mod name;
 pub mod pace;
 pub mod procfs;
@@ -28,5 +30,6 @@ pub mod stream;
 
 pub use clock::now_ms;
 pub use ids::{ConnId, JoinGen, NodeId, ShardId};
+pub use key::MsgKey;
 pub use name::{Name, ReqId};
 pub use stream::Stream;

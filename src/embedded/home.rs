@@ -87,7 +87,7 @@ impl HomeRooms {
         );
     }
 
-    fn committed_seq(&self, room: &Name) -> u64 {
+    pub fn committed_seq(&self, room: &Name) -> u64 {
         self.seqs.get(room).map_or(0, |s| s.committed)
     }
 

@@ -5,12 +5,14 @@
 //!
 //! - `home`: the bookkeeping (`HomeRooms`: seqs, members per user and per shard; `HomeUsers`:
 //!   connections, the session policy, each inbox's seqs and delivered cursor).
+//! - `keys`: idempotency keys (`HomeKeys`: per stream, each remembered key's seq).
 //! - `serve`: the handlers.
 //!
 //! It must not touch connections or the hub's state (it answers with `NodeMsg`s), and it does
 //! not know the Redis engine.
 
 mod home;
+mod keys;
 mod serve;
 
 use std::collections::VecDeque;
@@ -21,12 +23,13 @@ use crate::config::Config;
 use crate::core::counters::{Histogram, ShardSnapshot};
 use crate::core::{Name, ShardId, Stream};
 use crate::engine::{Engine, Outbox, StoreReads};
-use crate::msg::{EngineMsg, Written};
+use crate::msg::{EngineMsg, ReplyTo, Written};
 use crate::persist::Persist;
 use crate::router::Router;
-use crate::store::StreamInfo;
+use crate::store::{KeyEntry, StreamInfo};
 
 pub use home::{HomeRooms, HomeUsers};
+pub use keys::HomeKeys;
 
 /// The embedded engine as one shard runs it: the homes of the streams that hash to this shard.
 pub struct Embedded {
@@ -35,6 +38,10 @@ pub struct Embedded {
     config: Arc<Config>,
     rooms: HomeRooms,
     users: HomeUsers,
+    keys: HomeKeys,
+    /// Repeats of a key whose first message is not stored yet (sync durability): answered
+    /// once it is, with its seq (or its failure). Nearly always empty.
+    repeats: Vec<(Stream, u64, ReplyTo)>,
     /// Store operations of this scheduler pass, sent together by `flush`.
     store: StoreReads,
     /// When each message waiting for the store (sync durability) was sequenced, in the order
@@ -54,17 +61,22 @@ struct Counters {
 }
 
 impl Embedded {
-    /// Shard `id`'s homes, starting from what the store holds of its streams (`seeds`).
+    /// Shard `id`'s homes, starting from what the store holds of its streams (`seeds`: each
+    /// with its newest keys).
     pub fn new(
         id: ShardId,
         router: Router,
         config: Arc<Config>,
         persist: Persist,
-        seeds: Vec<StreamInfo>,
+        seeds: Vec<(StreamInfo, Vec<KeyEntry>)>,
     ) -> Embedded {
         let mut rooms = HomeRooms::new(router.shards());
         let mut users = HomeUsers::default();
-        for info in seeds {
+        let mut keys = HomeKeys::new(config.idempotency_max_keys);
+        for (info, entries) in seeds {
+            if !entries.is_empty() {
+                keys.seed(&info.stream, entries);
+            }
             match info.stream {
                 Stream::Room(room) => rooms.seed(room, info.last_seq),
                 Stream::Inbox(user) => users.seed(&user, info.last_seq, info.cursor),
@@ -76,6 +88,8 @@ impl Embedded {
             config,
             rooms,
             users,
+            keys,
+            repeats: Vec::new(),
             store: StoreReads::new(persist),
             store_waits: VecDeque::new(),
             counters: Counters::default(),

@@ -1,7 +1,7 @@
 //! The embedded engine's handlers at a stream's home: admission (session policy), online and
 //! the inbox replay, joins (presence, the join's seq, the replay read), publish and direct
-//! (sequence, encode once, store, then one `Deliver` per shard with receivers), presence, user
-//! info and range reads.
+//! (sequence, encode once, store, then one `Deliver` per shard with receivers; a repeated key
+//! answered with its first seq), presence, user info and range reads.
 //!
 //! They answer only with `NodeMsg`s: they must not touch connections or the hub's state.
 
@@ -10,11 +10,12 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::Embedded;
+use super::keys::Keyed;
 use crate::config::{Durability, PresenceMode};
 use crate::core::error::{ErrorCode, HandshakeError, ReplyError};
-use crate::core::{ConnId, Name, ShardId, Stream};
+use crate::core::{ConnId, MsgKey, Name, ShardId, Stream};
 use crate::engine::{Joined, Outbox};
-use crate::msg::{EngineMsg, NodeMsg, Replay, ReplayTo, ReplyTo, WriteTarget, Written};
+use crate::msg::{EngineMsg, NodeMsg, Own, Replay, ReplayTo, ReplyTo, WriteTarget, Written};
 use crate::persist::{Op, Read};
 use crate::protocol::encode::{self, Target};
 use crate::store::Append;
@@ -56,15 +57,20 @@ impl Embedded {
                 let rule = self.config.rule(&room);
                 let event = self.rooms.leave(&room, &user, conn.shard(), &rule);
                 if let (true, Some(event)) = (self.config.presence_events, event) {
-                    self.spread(Stream::Room(room.clone()), None, event, None, out);
+                    self.spread(Stream::Room(room.clone()), None, event, None, None, out);
                 }
             }
             EngineMsg::Publish {
                 room,
                 from,
                 body,
+                key,
                 reply,
             } => {
+                let stream = || Stream::Room(room.clone());
+                let Some((key, reply)) = self.check_key(stream, &from, key, reply, out) else {
+                    return;
+                };
                 if let Some(refused) = self.disk_refusal() {
                     return self.answer(reply.fail(refused), out);
                 }
@@ -72,14 +78,21 @@ impl Embedded {
                 self.counters.room_publishes += 1;
                 let ts = crate::core::now_ms();
                 let frame = encode::message(Target::Room(&room), &from, seq, ts, &body);
-                self.store(WriteTarget::Room(room), seq, ts, frame, reply, out);
+                let key = key.map(|(keyed, k)| (keyed, own_copy(&from, &k, &frame)));
+                let target = WriteTarget::Room(room);
+                self.store(target, seq, ts, frame, key, reply, out);
             }
             EngineMsg::Direct {
                 to,
                 from,
                 body,
+                key,
                 reply,
             } => {
+                let stream = || Stream::Inbox(to.clone());
+                let Some((key, reply)) = self.check_key(stream, &from, key, reply, out) else {
+                    return;
+                };
                 if let Some(refused) = self.disk_refusal() {
                     return self.answer(reply.fail(refused), out);
                 }
@@ -87,8 +100,9 @@ impl Embedded {
                 self.counters.direct_publishes += 1;
                 let ts = crate::core::now_ms();
                 let frame = encode::message(Target::User(&to), &from, seq, ts, &body);
+                let key = key.map(|(keyed, k)| (keyed, own_copy(&from, &k, &frame)));
                 let target = WriteTarget::Inbox { to, from };
-                self.store(target, seq, ts, frame, reply, out);
+                self.store(target, seq, ts, frame, key, reply, out);
             }
             EngineMsg::Presence { room, reply, page } => {
                 let members = self.rooms.members(&room);
@@ -110,7 +124,7 @@ impl Embedded {
                 user,
                 frame,
                 exclude,
-            } => self.spread(Stream::Inbox(user), None, frame, exclude, out),
+            } => self.spread(Stream::Inbox(user), None, frame, exclude, None, out),
             // Reads a shard hands straight to the store threads; served here all the same.
             msg @ (EngineMsg::History { .. } | EngineMsg::Sync { .. }) => {
                 let _ = self.store.take(msg);
@@ -126,6 +140,51 @@ impl Embedded {
                 upto,
                 to,
             })),
+        }
+    }
+
+    /// A new message's key, checked: `None` when it repeats a remembered one, which is then
+    /// answered (or, if its first message is not stored yet, answered once it is). Without a
+    /// key, nothing is hashed or allocated.
+    fn check_key(
+        &mut self,
+        stream: impl FnOnce() -> Stream,
+        from: &Name,
+        key: Option<MsgKey>,
+        reply: ReplyTo,
+        out: &mut Outbox,
+    ) -> Option<(Option<(Keyed, MsgKey)>, ReplyTo)> {
+        let Some(key) = key else {
+            return Some((None, reply));
+        };
+        let keyed = self.keys.keyed(from, &key);
+        let stream = stream();
+        let Some(seq) = self.keys.seen(&stream, keyed.0) else {
+            return Some((Some((keyed, key)), reply));
+        };
+        let committed = match &stream {
+            Stream::Room(room) => self.rooms.committed_seq(room),
+            Stream::Inbox(user) => self.users.inbox_seq(user),
+        };
+        if seq > committed {
+            self.repeats.push((stream, seq, reply));
+        } else {
+            self.answer(repeat_ack(&stream, seq, reply), out);
+        }
+        None
+    }
+
+    /// Answers the repeats waiting for message `seq` of `stream`, stored (`ok`) or not.
+    fn settle_repeats(&mut self, stream: &Stream, seq: u64, ok: bool, out: &mut Outbox) {
+        let waiting = std::mem::take(&mut self.repeats);
+        for (s, at, reply) in waiting {
+            if at != seq || s != *stream {
+                self.repeats.push((s, at, reply));
+            } else if ok {
+                self.answer(repeat_ack(&s, seq, reply), out);
+            } else {
+                self.answer(reply.fail(write_failed()), out);
+            }
         }
     }
 
@@ -217,7 +276,7 @@ impl Embedded {
             return self.send(conn.shard(), joined.full(&rule), out);
         };
         if let (true, Some(event)) = (self.config.presence_events, m.event) {
-            self.spread(Stream::Room(room.clone()), None, event, None, out);
+            self.spread(Stream::Room(room.clone()), None, event, None, None, out);
         }
         let (done, read) = joined.answer(m.seq, &rule, Some(m.members));
         self.send(conn.shard(), done, out);
@@ -232,36 +291,44 @@ impl Embedded {
     pub(super) fn occupancy(&mut self, out: &mut Outbox) {
         for (room, members) in self.rooms.occupancy_due() {
             let event = encode::occupancy(&room, members);
-            self.spread(Stream::Room(room), None, event, None, out);
+            self.spread(Stream::Room(room), None, event, None, None, out);
         }
     }
 
-    /// Hands a sequenced message to the store. With sync durability it is acknowledged and
-    /// delivered once stored (`Stored`); otherwise at once.
+    /// Hands a sequenced message to the store (with its key, in the same commit). With sync
+    /// durability it is acknowledged and delivered once stored (`Stored`); otherwise at once.
+    #[allow(clippy::too_many_arguments)]
     fn store(
         &mut self,
         target: WriteTarget,
         seq: u64,
         ts: u64,
         frame: Bytes,
+        key: Option<(Keyed, Box<Own>)>,
         reply: ReplyTo,
         out: &mut Outbox,
     ) {
-        let stream = match &target {
-            WriteTarget::Room(room) => Stream::Room(room.clone()),
-            WriteTarget::Inbox { to, .. } => Stream::Inbox(to.clone()),
+        let stream = target.stream();
+        let (key, text) = match key {
+            Some(((id, text), own)) => {
+                self.keys.remember(&stream, id, seq);
+                (Some((id, own)), Some(text))
+            }
+            None => (None, None),
         };
         let append = Append {
             stream,
             seq,
             ts,
             payload: ws::payload_of(&frame),
+            key: text,
         };
         let written = Written {
             target,
             seq,
             frame,
             reply,
+            key,
         };
         // Publish latency starts here; one clock read per message.
         let sequenced = Instant::now();
@@ -280,17 +347,23 @@ impl Embedded {
     pub(super) fn stored_here(&mut self, writes: Vec<Written>, ok: bool, out: &mut Outbox) {
         for w in writes {
             let sequenced = self.store_waits.pop_front();
+            let keyed = (w.key.as_ref()).map(|(id, _)| (w.target.stream(), w.seq, *id));
             if ok {
                 self.delivered(w, out);
                 if let Some(at) = sequenced {
                     self.counters.publish_latency.observe(at.elapsed());
                 }
             } else {
-                let err = ReplyError::new(
-                    ErrorCode::Unavailable,
-                    "the message store failed; the message was not stored or delivered",
-                );
-                self.answer(w.reply.fail(err), out);
+                self.answer(w.reply.fail(write_failed()), out);
+            }
+            if let Some((stream, seq, id)) = keyed {
+                if !ok {
+                    // It names no stored message: a resend must be stored.
+                    self.keys.forget(&stream, id);
+                }
+                if !self.repeats.is_empty() {
+                    self.settle_repeats(&stream, seq, ok, out);
+                }
             }
         }
     }
@@ -302,7 +375,9 @@ impl Embedded {
             seq,
             frame,
             reply,
+            key,
         } = w;
+        let own = key.map(|(_, own)| own);
         let publisher = reply.conn();
         let seq_json = || Bytes::from(format!("{{\"seq\":{seq}}}"));
         match target {
@@ -314,28 +389,25 @@ impl Embedded {
                     seq_json,
                 );
                 self.answer(ack, out);
-                self.spread(Stream::Room(room), Some(seq), frame, publisher, out);
+                let room = Stream::Room(room);
+                self.spread(room, Some(seq), frame, publisher, own, out);
             }
             WriteTarget::Inbox { to, from } => {
                 let (live, cursor) = self.users.commit(&to, seq);
                 if live {
-                    self.spread(
-                        Stream::Inbox(to.clone()),
-                        Some(seq),
-                        frame.clone(),
-                        publisher,
-                        out,
-                    );
+                    let inbox = Stream::Inbox(to.clone());
+                    self.spread(inbox, Some(seq), frame.clone(), publisher, None, out);
                 }
                 if let Some(cursor) = cursor {
                     let stream = Stream::Inbox(to.clone());
                     self.store.queue(Op::Cursor { stream, cursor });
                 }
                 if from != to {
-                    // The sender's other connections get a copy (not in their inbox's seqs).
+                    // The sender's other connections get a copy (not in their inbox's seqs),
+                    // with the key if it had one.
                     let forward = EngineMsg::Forward {
                         user: from,
-                        frame,
+                        frame: own.map_or(frame, |own| own.frame),
                         exclude: publisher,
                     };
                     self.route(forward, out);
@@ -348,13 +420,15 @@ impl Embedded {
     }
 
     /// Sends a live frame of `stream` to every shard with its receivers (a room's members, a
-    /// user's connections); this shard's own hub gets it through `out`.
+    /// user's connections); this shard's own hub gets it through `out`. `own`: a keyed room
+    /// message's copy for its sender's connections.
     fn spread(
         &self,
         stream: Stream,
         seq: Option<u64>,
         frame: Bytes,
         exclude: Option<ConnId>,
+        own: Option<Box<Own>>,
         out: &mut Outbox,
     ) {
         let shards: &mut dyn Iterator<Item = ShardId> = match &stream {
@@ -367,6 +441,7 @@ impl Embedded {
                 seq,
                 frame: frame.clone(),
                 exclude,
+                own: own.clone(),
             };
             self.send(shard, msg, out);
         }
@@ -380,4 +455,31 @@ impl Embedded {
         self.rooms.next_seq(&room);
         panic!("fault injection: a panic inside a home's handler");
     }
+}
+
+/// The ack of a repeated key: the first message's seq, and `dup`.
+fn repeat_ack(stream: &Stream, seq: u64, reply: ReplyTo) -> (ShardId, NodeMsg) {
+    let target = match stream {
+        Stream::Room(room) => Target::Room(room),
+        Stream::Inbox(to) => Target::User(to),
+    };
+    reply.answer(
+        |id| encode::dup_ack(id, target, seq),
+        || Bytes::from(format!("{{\"seq\":{seq},\"dup\":true}}")),
+    )
+}
+
+fn write_failed() -> ReplyError {
+    ReplyError::new(
+        ErrorCode::Unavailable,
+        "the message store failed; the message was not stored or delivered",
+    )
+}
+
+/// The copy of a keyed message for its sender's other connections: the frame with the key.
+fn own_copy(from: &Name, key: &MsgKey, frame: &Bytes) -> Box<Own> {
+    Box::new(Own {
+        user: from.clone(),
+        frame: encode::with_key(&ws::payload_of(frame), key.as_str()),
+    })
 }

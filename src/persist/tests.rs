@@ -35,6 +35,7 @@ fn filled(n: u64, payload: &'static [u8]) -> (Arc<dyn Store>, Stream) {
             seq,
             ts: seq,
             payload: Bytes::from_static(payload),
+            key: None,
         })
         .collect();
     store.write(&batch, &[], false).unwrap();
@@ -126,6 +127,7 @@ fn a_failed_write_makes_the_server_unready_until_one_succeeds() {
             seq,
             ts: seq,
             payload: Bytes::from_static(b"{}"),
+            key: None,
         },
         done: None,
     };

@@ -43,6 +43,11 @@ pub(super) fn trim_loop(store: &dyn Store, config: &Config, stop: Receiver<()>) 
                 Ok(n) => removed += n,
                 Err(e) => tracing::error!(error = %e, "retention: trim failed"),
             }
+            // A key outlives its message by `idempotency_window_secs` at least.
+            let window = config.idempotency_window_secs.saturating_mul(1000);
+            if let Err(e) = store.trim_keys(&info.stream, now.saturating_sub(window)) {
+                tracing::error!(error = %e, "retention: trimming keys failed");
+            }
         }
         if removed > 0 {
             tracing::debug!(removed, "retention trimmed messages");

@@ -54,6 +54,10 @@ pub(super) struct Writer {
     pub(super) disk: Option<DiskFloor>,
     #[cfg(feature = "fault-injection")]
     pub(super) fail_next_read: bool,
+    /// Test-only (`SHARDCAST_FAULT_ABORT_AFTER_KEYED_WRITE=1`): the process aborts right after
+    /// the first commit holding a keyed message, before any ack leaves (a kill -9 there).
+    #[cfg(feature = "fault-injection")]
+    pub(super) abort_after_keyed_write: bool,
 }
 
 impl Writer {
@@ -76,6 +80,9 @@ impl Writer {
             disk: DiskFloor::new(config),
             #[cfg(feature = "fault-injection")]
             fail_next_read: false,
+            #[cfg(feature = "fault-injection")]
+            abort_after_keyed_write: std::env::var_os("SHARDCAST_FAULT_ABORT_AFTER_KEYED_WRITE")
+                .is_some_and(|v| v == "1"),
         }
     }
 
@@ -192,6 +199,10 @@ impl Writer {
                     false
                 }
             };
+            #[cfg(feature = "fault-injection")]
+            if ok && self.abort_after_keyed_write && appends.iter().any(|a| a.key.is_some()) {
+                std::process::abort();
+            }
             self.counters.commit_latency.observe(started.elapsed());
             self.health.store_written(ok);
             self.answer_writes(done, ok);

@@ -97,6 +97,21 @@ pub fn message(target: Target<'_>, from: &Name, seq: u64, ts: u64, body: &[u8]) 
     j.finish()
 }
 
+/// A message's JSON (`message`'s payload) with `"key":K` after its seq, framed: the copy for
+/// the sender's own other connections, so a device can match its own sends. `,"ts":` is the
+/// first such field (names hold no quotes), so the body is never touched.
+pub fn with_key(json: &[u8], key: &str) -> Bytes {
+    let marker = br#","ts":"#;
+    let at = (json.windows(marker.len()))
+        .position(|w| w == marker)
+        .unwrap_or(json.len().saturating_sub(1));
+    let mut j = Json::new(json.len() + key.len() + 16);
+    j.0.push(&json[..at]);
+    j.raw(r#","key":"#).escaped(key);
+    j.0.push(&json[at..]);
+    j.finish()
+}
+
 /// `message`'s JSON in two parts, before and after the seq, for a sequencer that learns the
 /// seq later (the Redis engine's publish script joins them around it).
 pub fn message_parts(target: Target<'_>, from: &Name, ts: u64, body: &[u8]) -> (Bytes, Bytes) {
@@ -215,6 +230,19 @@ pub fn ack(id: Option<&ReqId>, target: Target<'_>, seq: Option<u64>) -> Bytes {
         j.raw(r#","seq":"#).u64(seq);
     }
     j.raw("}");
+    j.finish()
+}
+
+/// `{"type":"ack","id":I,"room":R,"seq":N,"dup":true}` (or `"to"`): the ack of a repeated
+/// `key`, with the seq the first request was given.
+pub fn dup_ack(id: Option<&ReqId>, target: Target<'_>, seq: u64) -> Bytes {
+    let mut j = Json::new(128);
+    j.raw(r#"{"type":"ack","#).id(id);
+    match target {
+        Target::Room(room) => j.raw(r#""room":"#).name(room),
+        Target::User(to) => j.raw(r#""to":"#).name(to),
+    };
+    j.raw(r#","seq":"#).u64(seq).raw(r#","dup":true}"#);
     j.finish()
 }
 
@@ -339,6 +367,22 @@ pub fn error(id: Option<&ReqId>, err: &ReplyError) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn with_key_adds_the_escaped_key_after_the_seq() {
+        let (r, a) = (Name::new("r").unwrap(), Name::new("a").unwrap());
+        let msg = message(Target::Room(&r), &a, 7, 9, br#"{"ts":1,"key":2}"#);
+        let keyed = with_key(&crate::ws::payload_of(&msg), r#"k"\1"#);
+        assert_eq!(
+            &crate::ws::payload_of(&keyed)[..],
+            br#"{"type":"message","room":"r","from":"a","seq":7,"key":"k\"\\1","ts":9,"body":{"ts":1,"key":2}}"#
+        );
+        let v = payload(&keyed);
+        assert_eq!(
+            (v["key"].as_str(), v["body"]["key"].as_i64()),
+            (Some(r#"k"\1"#), Some(2))
+        );
+    }
 
     #[test]
     fn message_parts_join_around_the_seq_into_the_message() {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::core::error::{ErrorCode, ReplyError};
-use crate::core::{Name, ReqId};
+use crate::core::{MsgKey, Name, ReqId};
 
 /// Most messages one `history` reply may carry (the contract's limit, not a tunable).
 pub const MAX_HISTORY_LIMIT: usize = 100;
@@ -44,13 +44,16 @@ pub enum ClientMessage<'a> {
     Leave {
         room: Name,
     },
+    /// `key`: a repeat of a stored `(sender, key)` is not stored again (docs/protocol.md).
     Publish {
         room: Name,
         body: &'a RawValue,
+        key: Option<MsgKey>,
     },
     Send {
         to: Name,
         body: &'a RawValue,
+        key: Option<MsgKey>,
     },
     /// One page of who is in the room: the users after `after` (byte order), at most `limit`.
     Presence {
@@ -112,6 +115,8 @@ struct Envelope<'a> {
     token: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     after: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    key: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -150,6 +155,11 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
         let raw = env.token.ok_or_else(|| with_id(missing("token")))?;
         string_field("token", raw).map_err(with_id)
     };
+    let key = || -> Result<Option<MsgKey>, ParseError> {
+        let Some(raw) = env.key else { return Ok(None) };
+        let s = string_field("key", raw).map_err(with_id)?;
+        MsgKey::new(&s).map(Some).map_err(with_id)
+    };
     let int = |field: &'static str, raw: Option<&RawValue>| -> Result<Option<u64>, ParseError> {
         raw.map(|raw| {
             serde_json::from_str::<u64>(raw.get()).map_err(|_| {
@@ -183,10 +193,12 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
         "publish" => ClientMessage::Publish {
             room: name("room", env.room)?,
             body: body()?,
+            key: key()?,
         },
         "send" => ClientMessage::Send {
             to: name("to", env.to)?,
             body: body()?,
+            key: key()?,
         },
         "presence" => ClientMessage::Presence {
             room: name("room", env.room)?,
@@ -291,9 +303,10 @@ mod tests {
         let r = parse(r#"{"type":"publish","room":"r1","body":{"a" : [1, 2]},"id":7}"#).unwrap();
         assert_eq!(r.id.unwrap().as_json(), "7");
         match r.msg {
-            ClientMessage::Publish { room, body } => {
+            ClientMessage::Publish { room, body, key } => {
                 assert_eq!(&*room, "r1");
                 assert_eq!(body.get(), r#"{"a" : [1, 2]}"#);
+                assert_eq!(key, None);
             }
             other => panic!("{other:?}"),
         }
@@ -314,6 +327,31 @@ mod tests {
                 .msg,
             ClientMessage::Send { .. }
         ));
+    }
+
+    #[test]
+    fn publish_and_send_take_a_key() {
+        match parse(r#"{"type":"publish","room":"r","body":1,"key":"k-1"}"#)
+            .unwrap()
+            .msg
+        {
+            ClientMessage::Publish { key, .. } => assert_eq!(key.unwrap().as_str(), "k-1"),
+            other => panic!("{other:?}"),
+        }
+        match parse(r#"{"type":"send","to":"u","body":1,"key":"k\u0032"}"#)
+            .unwrap()
+            .msg
+        {
+            ClientMessage::Send { key, .. } => assert_eq!(key.unwrap().as_str(), "k2"),
+            other => panic!("{other:?}"),
+        }
+        for key in [r#""""#, "5", "null", r#""a b""#, r#""é""#] {
+            let text = format!(r#"{{"type":"publish","room":"r","body":1,"key":{key},"id":4}}"#);
+            let e = err(&text);
+            assert_eq!(e.error.code, ErrorCode::BadRequest, "{text}");
+            assert!(e.error.message.contains("`key`"), "{}", e.error.message);
+            assert_eq!(e.id.unwrap().as_json(), "4");
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::embedded::Embedded;
 use crate::msg::LocalMsg;
 use crate::persist;
 use crate::router::Router;
-use crate::store::{FjallStore, MemoryStore, Store, StoreError, StoreMemory, StreamInfo};
+use crate::store::{FjallStore, KeyEntry, MemoryStore, Store, StoreError, StoreMemory, StreamInfo};
 use thread::ShardSetup;
 
 /// Why the server could not start.
@@ -112,14 +112,21 @@ impl Server {
         let mut seeds = vec![Vec::new(); shards];
         for info in streams {
             let (Stream::Room(name) | Stream::Inbox(name)) = &info.stream;
-            seeds[router.home(name)].push(info);
+            // The embedded engine's idempotency keys (the Redis engine keeps its own).
+            let keys = match cluster {
+                None => store.keys(&info.stream, config.idempotency_max_keys)?,
+                Some(_) => Vec::new(),
+            };
+            seeds[router.home(name)].push((info, keys));
         }
         let health = Arc::new(Health::default());
         let store_threads =
             persist::Threads::start(store, router.clone(), config.clone(), health.clone())
                 .map_err(StartError::Thread)?;
         let handle = cluster.as_ref().map(|c| c.handle.clone());
-        let engine_for = |id: usize, seeds: Vec<StreamInfo>| -> Box<dyn crate::engine::Engine> {
+        let engine_for = |id: usize,
+                          seeds: Vec<(StreamInfo, Vec<KeyEntry>)>|
+         -> Box<dyn crate::engine::Engine> {
             let persist = store_threads.persist();
             match &handle {
                 Some(h) => Box::new(h.for_shard(persist)),

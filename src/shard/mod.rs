@@ -162,7 +162,8 @@ impl Shard {
                 seq,
                 frame,
                 exclude,
-            } => self.deliver(stream, seq, frame, exclude),
+                own,
+            } => self.deliver(stream, seq, frame, exclude, own),
         }
     }
 

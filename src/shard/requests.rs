@@ -89,7 +89,7 @@ impl Shard {
                 self.join(conn, room, (since, epoch), id.clone())
             }
             ClientMessage::Leave { room } => self.leave(conn, room, &id),
-            ClientMessage::Publish { room, body } => self
+            ClientMessage::Publish { room, body, key } => self
                 .member(conn, &room, "publishing to")
                 .and_then(|()| self.may(conn, &room, Rights::PUBLISH))
                 .and_then(|()| protocol::check_body_depth(body.get(), self.config.max_body_depth))
@@ -100,10 +100,11 @@ impl Shard {
                         room,
                         from: conn.user.clone(),
                         body: Bytes::copy_from_slice(body.get().as_bytes()),
+                        key,
                         reply: reply_to(conn, &id),
                     })
                 }),
-            ClientMessage::Send { to, body } => {
+            ClientMessage::Send { to, body, key } => {
                 protocol::check_body_depth(body.get(), self.config.max_body_depth)
                     .and_then(|()| self.take_token(conn))
                     .and_then(|()| self.charge_store(conn, &to, body.get().len()))
@@ -112,6 +113,7 @@ impl Shard {
                             to,
                             from: conn.user.clone(),
                             body: Bytes::copy_from_slice(body.get().as_bytes()),
+                            key,
                             reply: reply_to(conn, &id),
                         })
                     })

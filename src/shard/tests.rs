@@ -195,6 +195,7 @@ fn deliver(s: &mut Shard, seq: u64) {
         seq: Some(seq),
         frame: room_frame(seq),
         exclude: None,
+        own: None,
     };
     s.handle(ShardMsg::Node(msg));
 }

@@ -1,7 +1,8 @@
 //! `FjallStore`: the `Store` on fjall, an LSM-tree with a write-ahead journal. A commit appends
-//! to the journal; a durable commit adds one fsync (group commit). Three keyspaces, written in
-//! one atomic batch: `messages` (stream prefix ++ seq → ts ++ payload), `last_seq` and `cursors`
-//! (stream prefix → u64), all integers big-endian.
+//! to the journal; a durable commit adds one fsync (group commit). Four keyspaces, written in
+//! one atomic batch: `messages` (stream prefix ++ seq → ts ++ payload), `keys` (the same key →
+//! ts ++ "SENDER KEY", for a keyed message), `last_seq` and `cursors` (stream prefix → u64), all
+//! integers big-endian.
 //!
 //! After a failed write fjall refuses every later one ("poisoned": it cannot know what reached
 //! disk). The next call then reopens the database, which recovers from its journal, so a disk
@@ -15,7 +16,7 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::{Append, Store, StoreError, StoredMessage, StreamInfo, last_seqs, trimmed};
+use super::{Append, KeyEntry, Store, StoreError, StoredMessage, StreamInfo, last_seqs, trimmed};
 use crate::core::Stream;
 
 /// How much memory the store may use: its block cache, and unflushed messages (the memtable
@@ -52,6 +53,7 @@ pub struct FjallStore {
 struct Db {
     db: Database,
     messages: Keyspace,
+    keys: Keyspace,
     last: Keyspace,
     cursors: Keyspace,
     broken: bool,
@@ -74,6 +76,7 @@ impl Db {
         let small = memory.memtable_bytes.min(SMALL_MEMTABLE_BYTES);
         Ok(Db {
             messages: ks("messages", memory.memtable_bytes)?,
+            keys: ks("keys", small)?,
             last: ks("last_seq", small)?,
             cursors: ks("cursors", small)?,
             db,
@@ -98,6 +101,12 @@ impl Db {
             value.extend_from_slice(&a.ts.to_be_bytes());
             value.extend_from_slice(&a.payload);
             tx.insert(&self.messages, a.stream.key(a.seq), value);
+            if let Some(key) = &a.key {
+                let mut value = Vec::with_capacity(8 + key.len());
+                value.extend_from_slice(&a.ts.to_be_bytes());
+                value.extend_from_slice(key);
+                tx.insert(&self.keys, a.stream.key(a.seq), value);
+            }
         }
         for (stream, seq) in last_seqs(appends) {
             let prefix = stream.prefix();
@@ -113,6 +122,31 @@ impl Db {
             self.db.persist(PersistMode::SyncAll).map_err(write_err)?;
         }
         Ok(())
+    }
+
+    /// Deletes the stream's oldest entries in `ks` (messages or keys: seq → ts ++ ...) while
+    /// `gone(seq, ts)`, stopping at the first that is not. Returns how many.
+    fn trim_front(
+        &self,
+        ks: &Keyspace,
+        stream: &Stream,
+        gone: impl Fn(u64, u64) -> bool,
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.db.batch();
+        let mut removed = 0;
+        for guard in ks.prefix(stream.prefix()) {
+            let (key, value) = guard.into_inner().map_err(read_err)?;
+            let (ts, _) = split_value(&value)?;
+            if !gone(seq_of(&key)?, ts) {
+                break;
+            }
+            tx.remove(ks, key);
+            removed += 1;
+        }
+        if removed > 0 {
+            tx.commit().map_err(write_err)?;
+        }
+        Ok(removed)
     }
 
     fn read(
@@ -216,6 +250,7 @@ impl FjallStore {
             let mut tx = db.db.batch();
             for key in undo.iter() {
                 tx.remove(&db.messages, key.clone());
+                tx.remove(&db.keys, key.clone());
             }
             // On failure `db` is dropped unused and the next call tries again.
             tx.commit()
@@ -300,21 +335,31 @@ impl Store for FjallStore {
     fn trim(&self, stream: &Stream, keep_from: u64, min_ts: u64) -> Result<usize, StoreError> {
         let guard = self.db()?;
         let db = guard.as_ref().expect("checked");
-        let mut tx = db.db.batch();
-        let mut removed = 0;
-        for guard in db.messages.prefix(stream.prefix()) {
+        db.trim_front(&db.messages, stream, |seq, ts| {
+            trimmed(seq, ts, keep_from, min_ts)
+        })
+    }
+
+    fn keys(&self, stream: &Stream, limit: usize) -> Result<Vec<KeyEntry>, StoreError> {
+        let guard = self.db()?;
+        let db = guard.as_ref().expect("checked");
+        let mut out = Vec::new();
+        for guard in db.keys.prefix(stream.prefix()).rev().take(limit) {
             let (key, value) = guard.into_inner().map_err(read_err)?;
-            let (ts, _) = split_value(&value)?;
-            if !trimmed(seq_of(&key)?, ts, keep_from, min_ts) {
-                break;
-            }
-            tx.remove(&db.messages, key);
-            removed += 1;
+            let (_, id) = split_value(&value)?;
+            out.push((seq_of(&key)?, Bytes::copy_from_slice(id)));
         }
-        if removed > 0 {
-            tx.commit().map_err(write_err)?;
-        }
-        Ok(removed)
+        Ok(out)
+    }
+
+    fn trim_keys(&self, stream: &Stream, before_ts: u64) -> Result<usize, StoreError> {
+        let guard = self.db()?;
+        let db = guard.as_ref().expect("checked");
+        let kept = match db.messages.prefix(stream.prefix()).next() {
+            Some(first) => seq_of(&first.key().map_err(read_err)?)?,
+            None => u64::MAX,
+        };
+        db.trim_front(&db.keys, stream, |seq, ts| seq < kept && ts < before_ts)
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -351,6 +396,7 @@ mod tests {
                     seq,
                     ts: 1,
                     payload: Bytes::from_static(b"x"),
+                    key: None,
                 })
                 .collect();
             store.write(&batch, &[], true).unwrap();

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use super::{Append, Store, StoreError, StoredMessage, StreamInfo, last_seqs, trimmed};
+use super::{Append, KeyEntry, Store, StoreError, StoredMessage, StreamInfo, last_seqs, trimmed};
 use crate::core::Stream;
 
 #[derive(Default)]
@@ -20,6 +20,8 @@ struct Entry {
     messages: BTreeMap<u64, (u64, Bytes)>,
     last_seq: u64,
     cursor: u64,
+    /// seq → (ts, "SENDER KEY").
+    keys: BTreeMap<u64, (u64, Bytes)>,
 }
 
 impl MemoryStore {
@@ -66,6 +68,9 @@ impl Store for MemoryStore {
         for a in appends {
             let e = inner.entry(a.stream.clone()).or_default();
             e.messages.insert(a.seq, (a.ts, a.payload.clone()));
+            if let Some(key) = &a.key {
+                e.keys.insert(a.seq, (a.ts, key.clone()));
+            }
         }
         for (stream, seq) in last_seqs(appends) {
             let e = inner.entry(stream.clone()).or_default();
@@ -117,6 +122,32 @@ impl Store for MemoryStore {
         let mut removed = 0;
         while let Some(entry) = e.messages.first_entry() {
             if !trimmed(*entry.key(), entry.get().0, keep_from, min_ts) {
+                break;
+            }
+            entry.remove();
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    fn keys(&self, stream: &Stream, limit: usize) -> Result<Vec<KeyEntry>, StoreError> {
+        let inner = self.inner();
+        let Some(e) = inner.get(stream) else {
+            return Ok(Vec::new());
+        };
+        let newest = e.keys.iter().rev().take(limit);
+        Ok(newest.map(|(&seq, (_, key))| (seq, key.clone())).collect())
+    }
+
+    fn trim_keys(&self, stream: &Stream, before_ts: u64) -> Result<usize, StoreError> {
+        let mut inner = self.inner();
+        let Some(e) = inner.get_mut(stream) else {
+            return Ok(0);
+        };
+        let kept = e.messages.keys().next().copied().unwrap_or(u64::MAX);
+        let mut removed = 0;
+        while let Some(entry) = e.keys.first_entry() {
+            if *entry.key() >= kept || entry.get().0 >= before_ts {
                 break;
             }
             entry.remove();

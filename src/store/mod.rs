@@ -59,7 +59,12 @@ pub struct Append {
     pub seq: u64,
     pub ts: u64,
     pub payload: Bytes,
+    /// "SENDER KEY" of a keyed message: stored in the same commit, read back by `keys`.
+    pub key: Option<Bytes>,
 }
+
+/// A remembered idempotency key: the seq of the message it names and its "SENDER KEY".
+pub type KeyEntry = (u64, Bytes);
 
 /// A stored message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,6 +133,17 @@ pub trait Store: Send + Sync + 'static {
     /// unbroken run). Returns how many were deleted. The last seq is kept.
     fn trim(&self, stream: &Stream, keep_from: u64, min_ts: u64) -> Result<usize, StoreError>;
 
+    /// The stream's newest `limit` keys (written with their messages), in any order.
+    fn keys(&self, _stream: &Stream, _limit: usize) -> Result<Vec<KeyEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Deletes the stream's oldest keys while their message is gone (trimmed) and they were
+    /// written before `before_ts`, stopping at the first that is not. Returns how many.
+    fn trim_keys(&self, _stream: &Stream, _before_ts: u64) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
     /// Makes everything written so far durable.
     fn sync(&self) -> Result<(), StoreError>;
 }
@@ -167,6 +183,7 @@ mod tests {
             seq,
             ts,
             payload: Bytes::from_static(payload),
+            key: None,
         }
     }
 
@@ -226,6 +243,41 @@ mod tests {
         assert!(infos.contains(&info(&room, 5, 0)), "{infos:?}");
         assert!(infos.contains(&info(&inbox, 7, 7)), "{infos:?}");
         store.sync().unwrap();
+
+        // Keys: written with their messages, trimmed only once the message is gone and they
+        // are old enough.
+        let k = Stream::Room(n("k"));
+        let keyed = |seq, ts, key: &'static [u8]| Append {
+            key: Some(Bytes::from_static(key)),
+            ..append(&k, seq, ts, b"m")
+        };
+        let batch = [
+            keyed(1, 10, b"a k1"),
+            append(&k, 2, 20, b"m"),
+            keyed(3, 30, b"a k3"),
+            keyed(4, 40, b"b k1"),
+        ];
+        store.write(&batch, &[], true).unwrap();
+        let mut keys = store.keys(&k, 10).unwrap();
+        keys.sort();
+        let entry = |seq, key: &'static [u8]| (seq, Bytes::from_static(key));
+        assert_eq!(
+            keys,
+            [entry(1, b"a k1"), entry(3, b"a k3"), entry(4, b"b k1")]
+        );
+        let mut newest = store.keys(&k, 2).unwrap();
+        newest.sort();
+        assert_eq!(newest, [entry(3, b"a k3"), entry(4, b"b k1")]);
+        assert_eq!(store.trim_keys(&k, 100).unwrap(), 0, "messages still kept");
+        assert_eq!(store.trim(&k, 4, 0).unwrap(), 3);
+        assert_eq!(
+            store.trim_keys(&k, 20).unwrap(),
+            1,
+            "only those before the time"
+        );
+        assert_eq!(store.trim_keys(&k, 100).unwrap(), 1, "seq 4 is still kept");
+        assert_eq!(store.keys(&k, 10).unwrap(), [entry(4, b"b k1")]);
+        assert!(store.keys(&room, 10).unwrap().is_empty());
     }
 
     #[test]

@@ -52,6 +52,16 @@ impl BinaryServer {
         BinaryServer::start(bin, data, args, &[])
     }
 
+    /// [`BinaryServer::spawn_in`] with the environment variables `env` set (a fault hook).
+    pub fn spawn_in_with_env(
+        bin: &Path,
+        data: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> BinaryServer {
+        BinaryServer::start(bin, data, args, env)
+    }
+
     /// [`BinaryServer::spawn`] with its open-files limit (`RLIMIT_NOFILE`) set to `nofile`.
     pub fn spawn_with_fd_limit(args: &[&str], nofile: u64) -> BinaryServer {
         let data = tempfile::tempdir().expect("temp dir");

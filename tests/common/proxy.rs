@@ -1,5 +1,5 @@
 //! A TCP proxy for fault tests: it forwards to a target (a server, a Redis) and can refuse new
-//! connections, or freeze or cut exactly one open connection, found by the local port of its
+//! connections, or freeze, mute or cut exactly one open connection, found by the local port of its
 //! upstream socket (what a Redis shows as `addr=` in `CLIENT LIST`).
 //!
 //! It knows nothing of the protocols it carries.
@@ -16,7 +16,10 @@ use tokio::task::JoinSet;
 /// One proxied connection: its upstream socket's local port (what Redis sees as `addr=`).
 struct Link {
     upstream_port: u16,
+    /// Holds what the client sends.
     frozen: watch::Sender<bool>,
+    /// Holds what the target answers.
+    muted: watch::Sender<bool>,
     task: tokio::task::AbortHandle,
 }
 
@@ -50,11 +53,13 @@ impl Proxy {
                     continue;
                 };
                 let upstream_port = upstream.local_addr().unwrap().port();
-                let (frozen, rx) = watch::channel(false);
-                let task = t.lock().unwrap().spawn(forward(client, upstream, rx));
+                let (frozen, requests) = watch::channel(false);
+                let (muted, replies) = watch::channel(false);
+                let task = (t.lock().unwrap()).spawn(forward(client, upstream, requests, replies));
                 l.lock().unwrap().push(Link {
                     upstream_port,
                     frozen,
+                    muted,
                     task,
                 });
             }
@@ -91,6 +96,15 @@ impl Proxy {
     pub fn freeze(&self, upstream_port: u16) {
         self.with_link(upstream_port, |l| {
             l.frozen.send_replace(true);
+            l.muted.send_replace(true);
+        });
+    }
+
+    /// Stops forwarding the target's answers on that connection; what the client sends still
+    /// reaches the target (a request carried out whose reply is lost).
+    pub fn mute(&self, upstream_port: u16) {
+        self.with_link(upstream_port, |l| {
+            l.muted.send_replace(true);
         });
     }
 
@@ -107,14 +121,20 @@ impl Drop for Proxy {
     }
 }
 
-/// Copies both ways until either side closes; while `frozen` holds, bytes read are held back
-/// (and TCP backpressure stops the peers), nothing is written.
-async fn forward(client: TcpStream, upstream: TcpStream, frozen: watch::Receiver<bool>) {
+/// Copies both ways until either side closes; while `requests` (or `replies`) holds, bytes
+/// read from the client (or the target) are held back (and TCP backpressure stops the peer),
+/// nothing is written.
+async fn forward(
+    client: TcpStream,
+    upstream: TcpStream,
+    requests: watch::Receiver<bool>,
+    replies: watch::Receiver<bool>,
+) {
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
     tokio::select! {
-        _ = pipe(cr, uw, frozen.clone()) => {}
-        _ = pipe(ur, cw, frozen) => {}
+        _ = pipe(cr, uw, requests) => {}
+        _ = pipe(ur, cw, replies) => {}
     }
 }
 

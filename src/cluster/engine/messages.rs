@@ -1,5 +1,5 @@
-//! Room messages and direct messages: one script assigns the seq, appends to the stream's log
-//! and publishes, then the sender is answered.
+//! Room messages and direct messages: one script checks the key, assigns the seq, appends to
+//! the stream's log (and the key beside it) and publishes, then the sender is answered.
 
 use super::*;
 
@@ -10,6 +10,7 @@ impl Node {
         stream: Stream,
         from: Name,
         body: Bytes,
+        key: Option<MsgKey>,
         reply: ReplyTo,
     ) {
         let ts = now_ms();
@@ -39,10 +40,16 @@ impl Node {
             Stream::Room(_) => meta.clone(),
         };
         let publisher = reply.conn();
+        let key_text =
+            (key.as_ref()).map_or_else(String::new, |k| format!("{from} {}", k.as_str()));
+        let window = self.config.idempotency_window_secs.saturating_mul(1000);
+        let (keys, keyz) = self.keys.idempotency(&stream);
         let mut inv = self.scripts.publish.prepare_invoke();
         inv.key(&meta)
             .key(self.keys.log(&stream))
             .key(online)
+            .key(keys)
+            .key(keyz)
             .arg(self.keys.channel(&stream))
             .arg(self.publish_cmd())
             .arg(&head[..])
@@ -53,11 +60,21 @@ impl Node {
             .arg(oldest)
             .arg(if inbox { "1" } else { "0" })
             .arg(now_ms())
-            .arg(Self::new_epoch());
-        let (seq, _epoch) = match self.script_or::<(u64, u64)>(&inv).await {
+            .arg(Self::new_epoch())
+            .arg(key_text)
+            .arg(self.config.idempotency_max_keys)
+            .arg(ts.saturating_sub(window));
+        let (seq, _epoch, dup) = match self.script_or::<(u64, u64, u8)>(&inv).await {
             Ok(done) => done,
             Err(f) => return self.answer(reply.fail(failed(f))),
         };
+        if dup == 1 {
+            let ack = reply.answer(
+                |id| encode::dup_ack(id, target_of(&stream), seq),
+                || Bytes::from(format!("{{\"seq\":{seq},\"dup\":true}}")),
+            );
+            return self.answer(ack);
+        }
         let seq_json = || Bytes::from(format!("{{\"seq\":{seq}}}"));
         let ack = reply.answer(
             |id| encode::ack(id, target_of(&stream), Some(seq)),
@@ -72,9 +89,14 @@ impl Node {
             json.extend_from_slice(&head);
             json.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
             json.extend_from_slice(&tail);
+            let json = match &key {
+                // With the key: the copy lets the sender's other devices match their sends.
+                Some(k) => ws::payload_of(&encode::with_key(&json, k.as_str())),
+                None => json.into(),
+            };
             let wire = Wire::Forward {
                 exclude: publisher,
-                json: json.into(),
+                json,
             };
             let cmd = self.publish(self.keys.channel(&Stream::Inbox(from)), &wire);
             self.query::<u64>(cmd).await;

@@ -176,6 +176,7 @@ impl Node {
                     seq: Some(*s),
                     frame: frame.clone(),
                     exclude: *exclude,
+                    own: None,
                 };
                 self.router.send(shard, msg);
             }
@@ -316,7 +317,7 @@ impl Node {
                 let frame = encode::occupancy(&room, r.total);
                 let shards = r.shards.clone();
                 drop(st);
-                self.deliver(&shards, &Stream::Room(room), None, frame, None);
+                self.deliver(&shards, &Stream::Room(room), None, frame, None, None);
             }
         }
     }

@@ -180,6 +180,7 @@ impl Node {
                 exclude: None,
                 epoch: None,
                 json,
+                own: None,
             };
             self.hand_on(&stream, wire);
         }
@@ -274,7 +275,7 @@ impl Node {
                 let Some(r) = st.rooms.get_mut(room) else {
                     return;
                 };
-                let (seq, json, exclude) = match wire {
+                let (seq, json, exclude, own) = match wire {
                     Wire::Message {
                         seq,
                         epoch: Some(e),
@@ -286,9 +287,13 @@ impl Node {
                         return self.lost(&shards, stream);
                     }
                     Wire::Message {
-                        seq, exclude, json, ..
-                    } => (Some(seq), json, exclude),
-                    Wire::Event { exclude, json } => (None, json, exclude),
+                        seq,
+                        exclude,
+                        json,
+                        own,
+                        ..
+                    } => (Some(seq), json, exclude, own),
+                    Wire::Event { exclude, json } => (None, json, exclude, None),
                     Wire::Occupancy(total) => {
                         drop(st);
                         return self.heard(room, total);
@@ -302,7 +307,12 @@ impl Node {
                 if let (Some(seq), true) = (seq, r.pending > 0) {
                     r.recent.push((seq, frame.clone(), exclude));
                 }
-                return self.deliver(&r.shards, stream, seq, frame, exclude);
+                // A keyed message: its copy with the key, for its sender's connections.
+                let own = own.map(|(user, key)| {
+                    let frame = encode::with_key(&json, key.as_str());
+                    Box::new(Own { user, frame })
+                });
+                return self.deliver(&r.shards, stream, seq, frame, exclude, own);
             }
             (Stream::Inbox(user), wire) => {
                 let Some(u) = st.users.get_mut(user) else {
@@ -354,7 +364,7 @@ impl Node {
         };
         drop(st);
         let frame = ws::text_frames(std::iter::once(&json[..]));
-        self.deliver(&shards, stream, seq, frame, exclude);
+        self.deliver(&shards, stream, seq, frame, exclude, None);
     }
 
     /// The stream began a new epoch: its local receivers must reconnect and recover.
@@ -368,6 +378,8 @@ impl Node {
         }
     }
 
+    /// Hands a live frame to the shards with receivers; `own`: a keyed room message's copy
+    /// for its sender's connections.
     pub(super) fn deliver(
         &self,
         shards: &[u32],
@@ -375,6 +387,7 @@ impl Node {
         seq: Option<u64>,
         frame: Bytes,
         exclude: Option<ConnId>,
+        own: Option<Box<Own>>,
     ) {
         for shard in shards_with(shards) {
             let msg = NodeMsg::Deliver {
@@ -382,6 +395,7 @@ impl Node {
                 seq,
                 frame: frame.clone(),
                 exclude,
+                own: own.clone(),
             };
             self.router.send(shard, msg);
         }

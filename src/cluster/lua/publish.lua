@@ -1,12 +1,29 @@
 -- Sequences, stores and publishes one message of a stream (a room, or a user's inbox).
--- KEYS: meta, log, online (inbox: its attached connections; a room passes meta again)
+-- KEYS: meta, log, online (inbox: its attached connections; a room passes meta again),
+--       keys (hash "SENDER KEY" -> seq), keyz (the same keys scored by ts)
 -- ARGV: 1 channel, 2 publish command, 3 JSON up to the seq, 4 JSON after the seq, 5 ts,
 --       6 excluded connection ('' for none), 7 max entries ('0': no limit), 8 oldest ts kept
---       ('0': no limit), 9 '1' for an inbox, 10 now (ms), 11 epoch if the stream starts one
--- Returns {seq, epoch}.
-local meta, log = KEYS[1], KEYS[2]
+--       ('0': no limit), 9 '1' for an inbox, 10 now (ms), 11 epoch if the stream starts one,
+--       12 "SENDER KEY" ('' for an unkeyed message), 13 most keys kept, 14 keys written
+--       before this ts are forgotten once their message is trimmed
+-- Returns {seq, epoch, dup}: dup 1 when the key was stored before, with that message's seq
+-- (nothing is stored or published then).
+local meta, log, keys, keyz = KEYS[1], KEYS[2], KEYS[4], KEYS[5]
 local m = redis.call('HMGET', meta, 'epoch', 'trim')
 local epoch = m[1] or epoch_of(meta, log, ARGV[11])
+local key = ARGV[12]
+if key ~= '' then
+  -- The keys hold the epoch they name seqs of (field ' epoch': no "SENDER KEY" starts with a
+  -- space); keys of another epoch (history lost, whichever script started the new one) name
+  -- nothing.
+  if redis.call('HGET', keys, ' epoch') ~= tostring(epoch) then
+    redis.call('DEL', keys, keyz)
+    redis.call('HSET', keys, ' epoch', epoch)
+  else
+    local first = redis.call('HGET', keys, key)
+    if first then return {tonumber(first), epoch, 1} end
+  end
+end
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
 local json = ARGV[3] .. seq .. ARGV[4]
 if ARGV[7] ~= '0' then
@@ -28,9 +45,31 @@ if ARGV[8] ~= '0' and (not m[2] or tonumber(m[2]) <= tonumber(ARGV[10])) then
   if oldest then due = oldest + tonumber(ARGV[10]) - tonumber(ARGV[8]) end
   redis.call('HSET', meta, 'trim', due)
 end
+if key ~= '' then
+  -- With its message, in this script: a repeat is recognised from here on.
+  redis.call('HSET', keys, key, seq)
+  redis.call('ZADD', keyz, ARGV[5], key)
+  local over = redis.call('ZCARD', keyz) - tonumber(ARGV[13])
+  if over > 0 then
+    for _, k in ipairs(redis.call('ZRANGE', keyz, 0, over - 1)) do redis.call('HDEL', keys, k) end
+    redis.call('ZREMRANGEBYRANK', keyz, 0, over - 1)
+  end
+  -- Keys older than the window whose message is trimmed, oldest first, 64 at most.
+  local head = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
+  local kept = head[1] and tonumber(string.match(head[1][1], '^(%d+)')) or seq + 1
+  for _, k in ipairs(redis.call('ZRANGEBYSCORE', keyz, '-inf', '(' .. ARGV[14], 'LIMIT', 0, 64)) do
+    if tonumber(redis.call('HGET', keys, k) or 0) >= kept then break end
+    redis.call('HDEL', keys, k)
+    redis.call('ZREM', keyz, k)
+  end
+end
 if ARGV[9] == '1' and redis.call('ZCOUNT', KEYS[3], ARGV[10], '+inf') > 0 then
   -- A connection of the user is attached, so it gets the message live: delivered.
   redis.call('HSET', meta, 'cursor', seq)
 end
-redis.call(ARGV[2], ARGV[1], 'm ' .. seq .. ' ' .. ARGV[6] .. ' ' .. epoch .. '\n' .. json)
-return {seq, epoch}
+-- A keyed message names its sender and key ("m SEQ EXCL EPOCH SENDER KEY"), for the sender's
+-- other connections.
+local own = ''
+if key ~= '' then own = ' ' .. key end
+redis.call(ARGV[2], ARGV[1], 'm ' .. seq .. ' ' .. ARGV[6] .. ' ' .. epoch .. own .. '\n' .. json)
+return {seq, epoch, 0}

@@ -27,7 +27,7 @@ use crate::core::Stream;
 use crate::core::counters::ShardCounters;
 use crate::core::error::CloseCode;
 use crate::core::{ConnId, JoinGen};
-use crate::msg::{EngineMsg, ReplayTo};
+use crate::msg::{EngineMsg, Own, ReplayTo};
 
 #[derive(Default)]
 pub(super) struct Hub {
@@ -206,13 +206,16 @@ impl Shard {
         }
     }
 
-    /// A live frame from the engine, merged by seq (see the module doc).
+    /// A live frame from the engine, merged by seq (see the module doc). `own` (a keyed room
+    /// message's copy for its sender's connections) goes only with a frame handed on at once:
+    /// one that waits behind a gap, or reaches a connection catching up, goes without it.
     pub(super) fn deliver(
         &mut self,
         stream: Stream,
         seq: Option<u64>,
         frame: Bytes,
         exclude: Option<ConnId>,
+        own: Option<Box<Own>>,
     ) {
         let pos = match &stream {
             Stream::Room(room) => self.hub.rooms.get_mut(room).map(|r| &mut r.pos),
@@ -227,7 +230,7 @@ impl Shard {
             Some((_, next)) => return self.not_handed(stream, next),
         };
         match &stream {
-            Stream::Room(room) => self.hand_room(room, range, frame, exclude),
+            Stream::Room(room) => self.hand_room(room, range, frame, exclude, own),
             Stream::Inbox(user) => self.hand_user(user, range, frame, exclude),
         }
     }
@@ -256,6 +259,7 @@ impl Shard {
         range: Option<(u64, u64)>,
         frame: Bytes,
         ex: Option<ConnId>,
+        own: Option<Box<Own>>,
     ) {
         let Shard {
             hub,
@@ -270,8 +274,17 @@ impl Shard {
         let mut out = Fanout::new(dirty, stats, config.max_queue_bytes);
         let frame = Rc::new(frame);
         if !frame.is_empty() {
-            for c in hr.members.iter().filter(|c| Some(c.id) != ex) {
-                out.write(c, &frame);
+            let members = hr.members.iter().filter(|c| Some(c.id) != ex);
+            match own {
+                // Per member: an `Rc` clone and a queue push.
+                None => members.for_each(|c| out.write(c, &frame)),
+                // A keyed message: also a name comparison per member.
+                Some(own) => {
+                    let mine = Rc::new(own.frame);
+                    for c in members {
+                        out.write(c, if c.user == own.user { &mine } else { &frame });
+                    }
+                }
             }
         }
         for cu in &mut hr.catch_up {

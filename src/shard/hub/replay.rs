@@ -169,12 +169,12 @@ impl Shard {
         if new {
             let range = Some((after + 1, upto));
             match &stream {
-                Stream::Room(room) => self.hand_room(room, range, frames, None),
+                Stream::Room(room) => self.hand_room(room, range, frames, None, None),
                 Stream::Inbox(user) => self.hand_user(user, range, frames, None),
             }
         }
         for (seq, frame, exclude) in waiting {
-            self.deliver(stream.clone(), Some(seq), frame, exclude);
+            self.deliver(stream.clone(), Some(seq), frame, exclude, None);
         }
     }
 
