@@ -194,6 +194,7 @@ fn an_idle_writer_commits_at_once_under_a_long_interval() {
             conn: ConnId::new(0, 0, 1),
             id: None,
         },
+        key: None,
     };
     threads.persist().send(vec![Op::Append {
         append: Append {
@@ -201,6 +202,7 @@ fn an_idle_writer_commits_at_once_under_a_long_interval() {
             seq: 1,
             ts: 1,
             payload: Bytes::from_static(b"{}"),
+            key: None,
         },
         done: Some((0, written)),
     }]);
