@@ -100,10 +100,10 @@ async fn a_node_killed_mid_traffic_loses_its_clients_to_other_nodes_without_a_ga
     assert!(events.iter().all(|e| e["type"] != "message"), "{events:?}");
 
     // b, on a live node, notices nothing: every message in order, then d's `left`, within
-    // 4/3 of the presence TTL of the kill (plus a second for a loaded 2-core machine).
+    // the presence TTL and a second of the kill (plus a second for a loaded 2-core machine).
     let (msgs, _) = read_room(&mut b, "r", 0, 80, TIMEOUT).await;
     assert_room_msgs(&msgs, "r", "a", 1..=80);
-    let bound = Duration::from_millis(TTL * 4000 / 3) + Duration::from_secs(1);
+    let bound = Duration::from_secs(TTL + 1) + Duration::from_secs(1);
     let (before, _) = read_until(&mut b, "left d", killed_at + bound, |f| {
         f == &json!({"type": "left", "room": "r", "user": "d"})
     })
@@ -420,4 +420,35 @@ async fn a_cut_command_connection_is_replaced_and_stores_no_refused_message() {
 async fn a_silent_command_connection_times_out_as_unavailable_and_is_replaced() {
     // Up, but Redis never sees the commands nor answers: the publish must not hang.
     command_connection_fault(|proxy, port| proxy.freeze(port), true).await;
+}
+
+/// A killed node's sessions stop counting within `presence_ttl_secs` and a second: under
+/// `reject_new` its users can connect to another node then.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_nodes_sessions_stop_counting_within_the_ttl() {
+    const TTL: u64 = 3;
+    let redis = RedisServer::start().await;
+    let ttl = TTL.to_string();
+    let args = [
+        "--presence-ttl-secs",
+        &ttl,
+        "--session-policy",
+        "reject_new",
+    ];
+    let mut cluster = Cluster::start(2, &redis.url(), &args).await;
+    let mut u = dev(cluster.addr(1), "u").await;
+    u.ping().await;
+    cluster.kill(1).await;
+    let killed_at = Instant::now();
+    // The bound, plus a second for a loaded 2-core machine.
+    let bound = Duration::from_secs(TTL + 1) + Duration::from_secs(1);
+    let mut again = retry_dev(cluster.addr(0), "u", bound)
+        .await
+        .unwrap_or_else(|r| {
+            panic!(
+                "u is still refused {:?} after the kill: {r:?}",
+                killed_at.elapsed()
+            )
+        });
+    again.ping().await;
 }

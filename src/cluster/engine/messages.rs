@@ -53,7 +53,8 @@ impl Node {
             .arg(oldest)
             .arg(if inbox { "1" } else { "0" })
             .arg(now_ms())
-            .arg(Self::new_epoch());
+            .arg(Self::new_epoch())
+            .arg(if inbox { self.dead() } else { String::new() });
         let (seq, _epoch) = match self.script_or::<(u64, u64)>(&inv).await {
             Ok(done) => done,
             Err(f) => return self.answer(reply.fail(failed(f))),

@@ -2,7 +2,8 @@
 -- KEYS: meta, log, online (inbox: its attached connections; a room passes meta again)
 -- ARGV: 1 channel, 2 publish command, 3 JSON up to the seq, 4 JSON after the seq, 5 ts,
 --       6 excluded connection ('' for none), 7 max entries ('0': no limit), 8 oldest ts kept
---       ('0': no limit), 9 '1' for an inbox, 10 now (ms), 11 epoch if the stream starts one
+--       ('0': no limit), 9 '1' for an inbox, 10 now (ms), 11 epoch if the stream starts one,
+--       12 an inbox's dead (see common.lua)
 -- Returns {seq, epoch}.
 local meta, log = KEYS[1], KEYS[2]
 local m = redis.call('HMGET', meta, 'epoch', 'trim')
@@ -28,7 +29,8 @@ if ARGV[8] ~= '0' and (not m[2] or tonumber(m[2]) <= tonumber(ARGV[10])) then
   if oldest then due = oldest + tonumber(ARGV[10]) - tonumber(ARGV[8]) end
   redis.call('HSET', meta, 'trim', due)
 end
-if ARGV[9] == '1' and redis.call('ZCOUNT', KEYS[3], ARGV[10], '+inf') > 0 then
+if ARGV[9] == '1' then remove_dead(KEYS[3], ARGV[12]) end
+if ARGV[9] == '1' and redis.call('ZCARD', KEYS[3]) > 0 then
   -- A connection of the user is attached, so it gets the message live: delivered.
   redis.call('HSET', meta, 'cursor', seq)
 end
