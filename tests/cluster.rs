@@ -642,3 +642,31 @@ async fn the_key_goes_only_to_the_senders_other_connections_across_nodes() {
     let got = b.recv_json().await;
     assert!(got.get("key").is_none(), "{got}");
 }
+
+/// Idle connections cost Redis nothing each: a node's heartbeat keeps its presence entries and
+/// sessions alive, so no script and no `ZADD` runs while nobody joins, leaves or publishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_cost_redis_no_command_each() {
+    let (redis, cluster) = cluster(&["--presence-ttl-secs", "3"]).await;
+    let mut clients = abc(&cluster).await;
+    for c in &mut clients {
+        c.call_past_own_presence(json!({"type": "join", "room": "r"}))
+            .await;
+    }
+    redis.cli(&["CONFIG", "RESETSTAT"]).await;
+    // Three heartbeats of node 0: a third of the TTL (when entries used to be refreshed) is one.
+    let mut beats = Vec::new();
+    eventually(TIMEOUT, "three heartbeats of node 0", async || {
+        let figures = redis.cli(&["HGET", "sc:nodes", "0"]).await;
+        if beats.last() != Some(&figures) {
+            beats.push(figures);
+        }
+        (beats.len() > 3).then_some(())
+    })
+    .await;
+    let stats = redis.cli(&["INFO", "commandstats"]).await;
+    for cmd in ["cmdstat_zadd:", "cmdstat_evalsha:"] {
+        assert!(!stats.contains(cmd), "{cmd} while idle: {stats}");
+    }
+    assert!(stats.contains("cmdstat_hset:"), "{stats}");
+}

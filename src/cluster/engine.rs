@@ -44,6 +44,7 @@ mod subscription;
 mod upkeep;
 
 use scripts::{Scripts, load_scripts};
+use upkeep::Live;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -53,9 +54,12 @@ const BEAT: Duration = Duration::from_secs(1);
 const SILENT: Duration = Duration::from_secs(3);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// What `connect` found: the node id and the first command connection.
+/// What `connect` found: the node id, its lease, which leases are live, and the first command
+/// connection.
 pub struct Boot {
     pub node: NodeId,
+    lease: u64,
+    live: Live,
     cmds: Cmds,
 }
 
@@ -66,6 +70,7 @@ impl Boot {
         keys: &Keys,
         node: Option<NodeId>,
         root_cert: Option<Vec<u8>>,
+        ttl_secs: u64,
     ) -> RedisResult<(Target, Boot)> {
         let target = Target::find(url, timeout, root_cert).await?;
         let mut cmds = target.commands().await?;
@@ -79,7 +84,19 @@ impl Boot {
         cmds.set_name(&format!("{}-cmd-{node}", keys.prefix()))
             .await?;
         load_scripts(&mut cmds).await?;
-        Ok((target, Boot { node, cmds }))
+        // Before any entry is written: a lease whose figures others have not read is live to
+        // them only while it is above the counter they read.
+        let prefix = upkeep::figures(now_ms(), 0, 0);
+        let script = Scripts::new().lease;
+        let lease = upkeep::take_lease(&mut cmds, &script, keys, node, &prefix, 0).await?;
+        let live = upkeep::read_live(&mut cmds, keys, ttl_secs, lease).await?;
+        let boot = Boot {
+            node,
+            lease,
+            live,
+            cmds,
+        };
+        Ok((target, boot))
     }
 }
 
@@ -148,6 +165,16 @@ pub struct Node {
     state: RefCell<State>,
     /// When this node's own heartbeat last came back over pub/sub.
     beat: Cell<Instant>,
+    /// The score of this node's presence entries and sessions (see `upkeep`).
+    lease: Cell<u64>,
+    /// Which leases are live, as last read.
+    live: RefCell<Live>,
+    /// When (ms) this node's figures were last written: silent for a TTL, it takes a new lease.
+    beat_ts: Cell<u64>,
+    /// A new lease is due (the last attempt failed).
+    renew: Cell<bool>,
+    /// This node's entries are to be written again (new lease, or an upkeep script failed).
+    rewrite: Cell<bool>,
     /// When a command last succeeded.
     last_ok: Cell<Instant>,
 }
@@ -201,6 +228,11 @@ impl Node {
             subs: RefCell::new(None),
             state: RefCell::default(),
             beat: Cell::new(Instant::now()),
+            lease: Cell::new(boot.lease),
+            live: RefCell::new(boot.live),
+            beat_ts: Cell::new(now_ms()),
+            renew: Cell::new(false),
+            rewrite: Cell::new(false),
             last_ok: Cell::new(Instant::now()),
         }
     }
@@ -325,8 +357,9 @@ impl Node {
         self.send(shard, msg);
     }
 
-    fn expiry(&self) -> u64 {
-        now_ms() + self.config.presence_ttl_secs * 1000
+    /// The `dead` argument of the presence and session scripts (see `upkeep::Live`).
+    fn dead(&self) -> String {
+        self.live.borrow().dead()
     }
 
     /// The `list` argument of the presence scripts for a list room: "MAX EVENTS".
@@ -479,10 +512,14 @@ impl Node {
             }
             EngineMsg::UserInfo { user, reply } => self.spawn(async move {
                 let (conns, _) = me.keys.sessions(&user);
-                let mut cmd = redis::cmd("ZCOUNT");
-                cmd.arg(conns).arg(now_ms()).arg("+inf");
-                let answer = match me.query::<u64>(cmd).await {
-                    Some(n) => reply.user_info(&user, n),
+                let mut cmd = redis::cmd("ZRANGE");
+                cmd.arg(conns).arg(0).arg(-1).arg("WITHSCORES");
+                let answer = match me.query::<Vec<(String, f64)>>(cmd).await {
+                    Some(all) => {
+                        let live = me.live.borrow();
+                        let n = all.iter().filter(|(_, l)| live.alive(*l as u64)).count();
+                        reply.user_info(&user, n as u64)
+                    }
                     None => reply.fail(unavailable()),
                 };
                 me.answer(answer);

@@ -149,7 +149,14 @@ pub fn connect(config: &Config) -> Result<Started, ClusterError> {
         })?),
         None => None,
     };
-    let boot = engine::Boot::connect(&url, timeout, &keys, config.node_id, root_cert);
+    let boot = engine::Boot::connect(
+        &url,
+        timeout,
+        &keys,
+        config.node_id,
+        root_cert,
+        config.presence_ttl_secs,
+    );
     let (target, boot) = rt.block_on(boot).map_err(err)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = Handle {

@@ -554,9 +554,10 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_NODE_ID")]
     pub node_id: Option<u16>,
 
-    /// With the redis engine: seconds after which the presence and session entries of a node
-    /// that stopped refreshing them (killed, cut off) expire. Nodes refresh every third of it,
-    /// so a dead node's users are `left` within 4/3 of it. Default 10.
+    /// With the redis engine: seconds after which a node whose heartbeat stopped (killed, cut
+    /// off) is dead. Nodes beat and read each other's heartbeats every second, so a dead node's
+    /// users are `left` and its sessions stop counting within this and a second; its members of
+    /// `count` rooms are subtracted within it. Default 10.
     #[arg(long, env = "SHARDCAST_PRESENCE_TTL_SECS", default_value_t = 10)]
     pub presence_ttl_secs: u64,
 

@@ -63,7 +63,8 @@ impl Node {
             .arg(Self::new_epoch())
             .arg(key_text)
             .arg(self.config.idempotency_max_keys)
-            .arg(ts.saturating_sub(window));
+            .arg(ts.saturating_sub(window))
+            .arg(if inbox { self.dead() } else { String::new() });
         let (seq, _epoch, dup) = match self.script_or::<(u64, u64, u8)>(&inv).await {
             Ok(done) => done,
             Err(f) => return self.answer(reply.fail(failed(f))),

@@ -100,7 +100,7 @@ impl Node {
                 .key(self.keys.occupancy(&room))
                 .arg(format!("{user} {}", conn.raw()))
                 .arg(user.as_str())
-                .arg(self.expiry())
+                .arg(self.lease.get())
                 .arg(now_ms())
                 .arg(self.keys.channel(&stream))
                 .arg(self.publish_cmd())
@@ -112,7 +112,8 @@ impl Node {
                 .arg(self.node)
                 .arg(here)
                 .arg(rule.max_members)
-                .arg(u8::from(new_user));
+                .arg(u8::from(new_user))
+                .arg(self.dead());
             self.script::<(i64, u64, u64)>(&inv).await
         } else {
             None // left meanwhile: the client side has answered this join already
@@ -206,7 +207,7 @@ impl Node {
             .key(pu)
             .arg(format!("{user} {}", conn.raw()))
             .arg(user.as_str())
-            .arg(now_ms())
+            .arg(self.dead())
             .arg(self.keys.channel(&Stream::Room(room.clone())))
             .arg(self.publish_cmd())
             .arg(room.as_str())
@@ -239,7 +240,7 @@ impl Node {
         let mut inv = self.scripts.presence.prepare_invoke();
         inv.key(pz)
             .key(pu)
-            .arg(now_ms())
+            .arg(self.dead())
             .arg(self.keys.channel(&Stream::Room(room.clone())))
             .arg(self.publish_cmd())
             .arg(room.as_str())

@@ -18,6 +18,7 @@ pub(super) struct Scripts {
     pub(super) sessions: Script,
     pub(super) unregister: Script,
     pub(super) tail: Script,
+    pub(super) lease: Script,
 }
 
 /// Each script with the shared functions (`lua/common.lua`) in front.
@@ -39,9 +40,10 @@ const CURSOR: &str = lua!("../lua/cursor.lua");
 const SESSIONS: &str = lua!("../lua/sessions.lua");
 const UNREGISTER: &str = lua!("../lua/unregister.lua");
 const TAIL: &str = lua!("../lua/tail.lua");
-const ALL: [&str; 12] = [
+const LEASE: &str = include_str!("../lua/lease.lua");
+const ALL: [&str; 13] = [
     PUBLISH, JOIN, LEAVE, REFRESH, PRESENCE, OCCUPANCY, REGISTER, ONLINE, CURSOR, SESSIONS,
-    UNREGISTER, TAIL,
+    UNREGISTER, TAIL, LEASE,
 ];
 
 impl Scripts {
@@ -59,6 +61,7 @@ impl Scripts {
             sessions: Script::new(SESSIONS),
             unregister: Script::new(UNREGISTER),
             tail: Script::new(TAIL),
+            lease: Script::new(LEASE),
         }
     }
 }

@@ -54,8 +54,8 @@ impl Node {
             .key(online)
             .key(self.keys.meta(&stream))
             .arg(conn.raw())
-            .arg(self.expiry())
-            .arg(now_ms())
+            .arg(self.lease.get())
+            .arg(self.dead())
             .arg(policy)
             .arg(self.config.max_connections_per_user)
             .arg(self.keys.channel(&stream))
@@ -83,7 +83,7 @@ impl Node {
             .key(self.keys.meta(&stream))
             .key(self.keys.log(&stream))
             .arg(conn.raw())
-            .arg(self.expiry())
+            .arg(self.lease.get())
             .arg(Self::new_epoch());
         let to = ReplayTo::Conn { conn, jgen: 0 };
         let Some((seq, cursor, epoch)) = self.script::<(u64, u64, u64)>(&inv).await else {

@@ -1,7 +1,11 @@
 -- Shared by the presence scripts (prepended to each). A `list` room's presence entries are
--- members "USER CONNID" of a sorted set scored by their expiry (ms); a hash counts each user's
--- entries. A `count` or `off` room has none: each node keeps one count in the room's occupancy
--- hash instead (see `occupancy`).
+-- members "USER CONNID" of a sorted set scored by the lease of the node that holds them (a
+-- user's sessions too), so a node never refreshes them one by one: a lease lives while its
+-- node's heartbeat does. A hash counts each user's entries. A `count` or `off` room has none:
+-- each node keeps one count in the room's occupancy hash instead (see `occupancy`).
+--
+-- `dead` (an argument of the scripts): the scores of dead nodes' entries as ZRANGEBYSCORE
+-- bounds, "MIN MAX MIN MAX ..." (built by `Live` in engine/upkeep.rs).
 --
 -- `list` (an argument of the scripts): "MAX EVENTS", the room's `presence_list_max` and '1'
 -- when `joined`/`left` are sent. A list room of more than MAX users sends none; it publishes
@@ -39,17 +43,33 @@ local function drop_entry(pu, user, channel, pubcmd, room, list)
   return announce('left', users, list, channel, pubcmd, room, user)
 end
 
--- Removes entries that expired (their node stopped refreshing them), `left` for every user
--- whose last entry went; at most 256 per call, so a call after a node died does not hold
--- Redis for long: the rest go at the room's next calls. True as `announce`.
-local function purge(pz, pu, now, channel, pubcmd, room, list)
-  local gone = redis.call('ZRANGEBYSCORE', pz, '-inf', '(' .. now, 'LIMIT', 0, 256)
+-- The pairs of bounds in `dead`.
+local function bounds(dead)
+  local b = {}
+  for w in string.gmatch(dead, '%S+') do b[#b + 1] = w end
+  return b
+end
+
+-- Removes the entries of dead nodes; `left` for every user whose last entry went. True as
+-- `announce`.
+local function purge(pz, pu, dead, channel, pubcmd, room, list)
+  local b = bounds(dead)
   local past = false
-  for _, m in ipairs(gone) do
-    redis.call('ZREM', pz, m)
-    past = drop_entry(pu, string.match(m, '^(%S+)'), channel, pubcmd, room, list) or past
+  for i = 1, #b - 1, 2 do
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', pz, b[i], b[i + 1])) do
+      redis.call('ZREM', pz, m)
+      past = drop_entry(pu, string.match(m, '^(%S+)'), channel, pubcmd, room, list) or past
+    end
   end
   return past
+end
+
+-- Removes the entries of dead nodes from a user's sessions or attached connections.
+local function remove_dead(key, dead)
+  local b = bounds(dead)
+  for i = 1, #b - 1, 2 do
+    redis.call('ZREMRANGEBYSCORE', key, b[i], b[i + 1])
+  end
 end
 
 -- A count room's members: the sum of each live node's count in the occupancy hash (field: the

@@ -1,16 +1,17 @@
 -- A connection joins a room: its presence entry (a list room's), the room's seq and epoch,
 -- and its member count; `max_members` is checked here, where every node's members are seen.
 -- KEYS: meta, pz, pu, log, occ
--- ARGV: 1 member "USER CONNID", 2 user, 3 expiry (ms), 4 now, 5 channel, 6 publish command,
---       7 room, 8 list (see common.lua), 9 epoch if the room starts one, 10 the connection,
---       11 'list' or 'count' (a count or off room), 12 this node, 13 this node's users in the
---       room counting this one, 14 max_members (0: none), 15 '1' if the user is new on this node
+-- ARGV: 1 member "USER CONNID", 2 user, 3 this node's lease, 4 now (ms), 5 channel, 6 publish
+--       command, 7 room, 8 list (see common.lua), 9 epoch if the room starts one, 10 the
+--       connection, 11 'list' or 'count' (a count or off room), 12 this node, 13 this node's
+--       users in the room counting this one, 14 max_members (0: none), 15 '1' if the user is
+--       new on this node, 16 dead (see common.lua)
 -- Returns {seq, epoch, members}, or {-1, 0, members} when the room is full.
 local members
 local new_user
 local past = false
 if ARGV[11] == 'list' then
-  past = purge(KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+  past = purge(KEYS[2], KEYS[3], ARGV[16], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
   new_user = redis.call('HEXISTS', KEYS[3], ARGV[2]) == 0
   members = redis.call('HLEN', KEYS[3]) + (new_user and 1 or 0)
 else

@@ -1,6 +1,6 @@
 -- A connection left a list room (or ended). Returns the room's users now.
 -- KEYS: pz, pu
--- ARGV: 1 member "USER CONNID", 2 user, 3 now, 4 channel, 5 publish command, 6 room,
+-- ARGV: 1 member "USER CONNID", 2 user, 3 dead, 4 channel, 5 publish command, 6 room,
 --       7 list (see common.lua)
 local past = purge(KEYS[1], KEYS[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then

@@ -1,6 +1,6 @@
 -- A connection is attached: it gets the user's direct messages live from now on.
 -- KEYS: online, meta, log
--- ARGV: 1 connection id, 2 expiry (ms), 3 epoch if the inbox starts one
+-- ARGV: 1 connection id, 2 this node's lease, 3 epoch if the inbox starts one
 -- Returns {inbox seq, delivered cursor, epoch}.
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 local epoch = epoch_of(KEYS[2], KEYS[3], ARGV[3])

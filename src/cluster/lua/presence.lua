@@ -1,6 +1,6 @@
--- Who is in a list room, across the cluster (expired entries purged first).
+-- Who is in a list room, across the cluster (dead nodes' entries purged first).
 -- KEYS: pz, pu
--- ARGV: 1 now, 2 channel, 3 publish command, 4 room, 5 list (see common.lua)
+-- ARGV: 1 dead, 2 channel, 3 publish command, 4 room, 5 list (see common.lua)
 if purge(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]) then
   counted(KEYS[2], ARGV[2], ARGV[3])
 end

@@ -5,7 +5,8 @@
 --       6 excluded connection ('' for none), 7 max entries ('0': no limit), 8 oldest ts kept
 --       ('0': no limit), 9 '1' for an inbox, 10 now (ms), 11 epoch if the stream starts one,
 --       12 "SENDER KEY" ('' for an unkeyed message), 13 most keys kept, 14 keys written
---       before this ts are forgotten once their message is trimmed
+--       before this ts are forgotten once their message is trimmed, 15 an inbox's dead (see
+--       common.lua)
 -- Returns {seq, epoch, dup}: dup 1 when the key was stored before, with that message's seq
 -- (nothing is stored or published then).
 local meta, log, keys, keyz = KEYS[1], KEYS[2], KEYS[4], KEYS[5]
@@ -63,7 +64,8 @@ if key ~= '' then
     redis.call('ZREM', keyz, k)
   end
 end
-if ARGV[9] == '1' and redis.call('ZCOUNT', KEYS[3], ARGV[10], '+inf') > 0 then
+if ARGV[9] == '1' then remove_dead(KEYS[3], ARGV[15]) end
+if ARGV[9] == '1' and redis.call('ZCARD', KEYS[3]) > 0 then
   -- A connection of the user is attached, so it gets the message live: delivered.
   redis.call('HSET', meta, 'cursor', seq)
 end

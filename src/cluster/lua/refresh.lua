@@ -1,7 +1,8 @@
--- A node's periodic refresh of its members of one room, then the purge of expired entries.
--- An entry that had expired (the node was cut off longer than the TTL) comes back as a join.
+-- A node's members of one room under its lease (after the node took a new one), then the
+-- purge of dead nodes' entries; with no members, the purge alone (a node died). An entry
+-- that had been purged (the node was cut off and declared dead) comes back as a join.
 -- KEYS: pz, pu
--- ARGV: 1 expiry (ms), 2 now, 3 channel, 4 publish command, 5 room, 6 list (see common.lua),
+-- ARGV: 1 lease, 2 dead, 3 channel, 4 publish command, 5 room, 6 list (see common.lua),
 --       7.. members "USER CONNID"
 local past = false
 for i = 7, #ARGV do

@@ -1,10 +1,10 @@
 -- Admits a connection of a user under the session policy, across the cluster.
--- KEYS: conns (the user's sessions, scored by expiry), online, meta (the inbox)
--- ARGV: 1 connection id, 2 expiry (ms), 3 now, 4 policy, 5 max connections, 6 the user's
---       channel, 7 publish command
+-- KEYS: conns (the user's sessions, scored by their node's lease), online, meta (the inbox)
+-- ARGV: 1 connection id, 2 this node's lease, 3 dead (see common.lua), 4 policy, 5 max
+--       connections, 6 the user's channel, 7 publish command
 -- Returns {0, inbox seq} when admitted, {-1} over the maximum, {-2} refused by reject_new.
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3])
+remove_dead(KEYS[1], ARGV[3])
+remove_dead(KEYS[2], ARGV[3])
 local n = redis.call('ZCARD', KEYS[1])
 if ARGV[4] == 'reject_new' and n > 0 then return {-2} end
 if ARGV[4] == 'multi' and n >= tonumber(ARGV[5]) then return {-1} end
