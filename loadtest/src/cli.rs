@@ -354,6 +354,10 @@ pub struct LoadArgs {
     /// pause; bounds the queues so the server is not closing slow consumers.
     #[arg(long, default_value_t = 100_000)]
     pub max_in_flight: u64,
+    /// Every publish and send carries an idempotency `key` (`p<publisher>-<counter>`), unique
+    /// per sender: what keyed publishing costs the server.
+    #[arg(long, default_value_t = false)]
+    pub keyed: bool,
 }
 
 /// Target, pinning, timing and output options, the same for every scenario. Serialized, they

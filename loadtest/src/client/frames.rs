@@ -214,13 +214,15 @@ impl RequestBuf {
         &mut self.buf
     }
 
-    /// `{"type":"publish","room":R,"id":ID,"body":B}` or `{"type":"send","to":U,"id":ID,"body":B}`.
+    /// `{"type":"publish","room":R,"id":ID,"body":B}` or `{"type":"send","to":U,"id":ID,"body":B}`;
+    /// `keyed` adds `"key":"pPUBLISHER-COUNTER"` after the id.
     pub fn message(
         &mut self,
         dest: &Dest,
         id: u64,
         stamp: BodyStamp,
         body_size: usize,
+        keyed: bool,
     ) -> &mut [u8] {
         self.buf.clear();
         match dest {
@@ -236,6 +238,16 @@ impl RequestBuf {
         self.buf.extend_from_slice(br#"","id":"#);
         self.buf
             .extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+        if keyed {
+            let mut n = itoa::Buffer::new();
+            self.buf.extend_from_slice(br#","key":"p"#);
+            self.buf
+                .extend_from_slice(n.format(stamp.publisher).as_bytes());
+            self.buf.push(b'-');
+            self.buf
+                .extend_from_slice(n.format(stamp.counter).as_bytes());
+            self.buf.push(b'"');
+        }
         self.buf.extend_from_slice(br#","body":"#);
         encode_body(&mut self.buf, stamp, body_size);
         self.buf.push(b'}');
@@ -294,14 +306,19 @@ mod tests {
             counter: 2,
         };
         let v: serde_json::Value =
-            serde_json::from_slice(rb.message(&Dest::Room("r".into()), 3, stamp, 40)).unwrap();
+            serde_json::from_slice(rb.message(&Dest::Room("r".into()), 3, stamp, 40, false))
+                .unwrap();
         assert_eq!(v["type"], "publish");
         assert_eq!(v["id"], 3);
         assert_eq!(v["body"].as_str().unwrap().len(), 38);
+        assert!(v.get("key").is_none());
         let v: serde_json::Value =
-            serde_json::from_slice(rb.message(&Dest::User("bob".into()), 4, stamp, 0)).unwrap();
+            serde_json::from_slice(rb.message(&Dest::User("bob".into()), 4, stamp, 0, true))
+                .unwrap();
         assert_eq!(v["type"], "send");
         assert_eq!(v["to"], "bob");
+        assert_eq!(v["key"], "p1-2", "keyed: publisher and counter");
+        assert!(v["body"].is_string());
     }
 
     #[test]

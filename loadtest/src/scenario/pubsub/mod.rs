@@ -237,6 +237,7 @@ impl Engine {
     ) -> anyhow::Result<(Publishing, Vec<Option<SharedWriter>>)> {
         let shared = &ctx.shared;
         let body_size = load.map_or(64, |l| l.body_size);
+        let keyed = load.is_some_and(|l| l.keyed);
         let max_in_flight = load.map_or(u64::MAX, |l| l.max_in_flight);
         let mut writers = std::mem::take(&mut self.writers);
         let mut handles = Vec::new();
@@ -264,6 +265,7 @@ impl Engine {
                 plan,
                 end_ns: end_ns.clone(),
                 body_size,
+                keyed,
                 window: self.window,
                 max_in_flight,
             };

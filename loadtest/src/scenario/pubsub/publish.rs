@@ -62,6 +62,8 @@ pub(super) struct PublishJob {
     /// Nothing due at or after it is sent; it may be set while the publisher runs.
     pub(super) end_ns: Arc<AtomicU64>,
     pub(super) body_size: usize,
+    /// Each message carries an idempotency key.
+    pub(super) keyed: bool,
     pub(super) window: u64,
     pub(super) max_in_flight: u64,
 }
@@ -87,7 +89,13 @@ impl PublishJob {
             publisher: self.index,
             counter,
         };
-        let frame = rb.message(&self.plan.dest, counter + 1, stamp, self.body_size);
+        let frame = rb.message(
+            &self.plan.dest,
+            counter + 1,
+            stamp,
+            self.body_size,
+            self.keyed,
+        );
         if let Err(e) = client::send_text(&self.writer, frame).await {
             self.shared.problem(format!(
                 "connection {}: publish {counter} failed: {e}",
