@@ -4,7 +4,8 @@
 //! user gets a direct message at sign-in, markup in a message stays text, and the operator
 //! page's connection count moves; room rules: a count room shows how many watch, a room the
 //! user may not publish to shows why instead of a composer, and the operator page lists the
-//! rooms with their rule. Screenshots go to `target/screenshots/`.
+//! rooms with their rule; the outbox: messages typed while the server is away show greyed and
+//! go out once, also across a reload. Screenshots go to `target/screenshots/`.
 
 mod common;
 
@@ -518,4 +519,78 @@ async fn room_rules_on_the_chat_and_operator_pages() {
         .await
         .expect("close the operator's browser");
     b.close().await.expect("close alice's browser");
+}
+
+/// The outbox on the chat page (`outbox: "local"`): messages typed while the server cannot be
+/// reached show at once, greyed (`.msg.pending`), and each appears once, acknowledged, when it
+/// is back; one typed just before the page is closed is sent once by the page opened next,
+/// which rejoins its room for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_page_shows_unsent_messages_greyed_and_sends_them_once() {
+    let server = TestServer::start(|_| {});
+    // The page goes through the proxy: a restart drops it, and it stays out while refused.
+    let proxy = Proxy::start(server.addr()).await;
+    let base = format!("http://{}", proxy.addr());
+    let driver = Driver::start().await;
+    let profile = tempfile::tempdir().unwrap();
+    let b = driver.browser(&profile).await;
+    sign_in(&b, &base, "alice").await;
+    join(&b, "lobby").await;
+    say(&b, "online").await;
+    let acked = "return document.querySelectorAll('#list .msg[data-seq]').length";
+    wait_js(&b, "the first message acknowledged", acked, |v| v == 1).await;
+
+    proxy.refuse(true);
+    let server = server.restart(|_| {});
+    let status = "return document.getElementById('status').dataset.state";
+    wait_js(&b, "the page is reconnecting", status, |v| {
+        v == "reconnecting"
+    })
+    .await;
+    say(&b, "offline 1").await;
+    say(&b, "offline 2").await;
+    let pending =
+        "return [...document.querySelectorAll('#list .msg.pending .text')].map(e => e.textContent)";
+    wait_js(&b, "unsent messages greyed", pending, |v| {
+        v == &json!(["offline 1", "offline 2"])
+    })
+    .await;
+    screenshot(&b, "chat-pending.png").await;
+    proxy.refuse(false);
+    wait_js(&b, "nothing greyed once sent", pending, |v| v == &json!([])).await;
+    let want = ["online", "offline 1", "offline 2"];
+    let msgs = wait_texts(&b, "each message once", &want).await;
+    let seqs: Vec<Value> = msgs.iter().map(|m| m["seq"].clone()).collect();
+    assert_eq!(seqs, [json!(1), json!(2), json!(3)], "{msgs:?}");
+
+    // Typed while the server is away, then the page is closed before it is back.
+    proxy.refuse(true);
+    let server = server.restart(|_| {});
+    wait_js(&b, "reconnecting again", status, |v| v == "reconnecting").await;
+    say(&b, "before the reload").await;
+    wait_js(&b, "greyed before the reload", pending, |v| {
+        v == &json!(["before the reload"])
+    })
+    .await;
+    // The page goes away while unsent (its copy stays in localStorage), and opens again once
+    // the server can be reached (the page itself comes through the proxy too).
+    b.goto("about:blank").await.expect("leave the page");
+    proxy.refuse(false);
+    sign_in(&b, &base, "alice").await;
+    let want = ["online", "offline 1", "offline 2", "before the reload"];
+    wait_texts(&b, "the new page sends it", &want).await;
+    wait_js(&b, "nothing greyed on the new page", pending, |v| {
+        v == &json!([])
+    })
+    .await;
+
+    // Stored once each: a fresh page's history has the four, in order.
+    sign_in(&b, &base, "alice").await;
+    join(&b, "lobby").await;
+    let msgs = wait_texts(&b, "the history after another reload", &want).await;
+    let seqs: Vec<Value> = msgs.iter().map(|m| m["seq"].clone()).collect();
+    assert_eq!(seqs, [json!(1), json!(2), json!(3), json!(4)], "{msgs:?}");
+    b.close().await.expect("close the browser");
+    drop(proxy);
+    drop(server);
 }

@@ -13,7 +13,8 @@ const el = (tag, cls, text) => {
 
 let client = null;
 let me = null;
-/** key ("#room" or "@user") -> { kind, name, msgs: Map(seq or local id -> message), unread,
+/** key ("#room" or "@user") -> { kind, name, msgs: Map(seq or local id -> message), pending:
+ * Map(idempotency key -> message not acked yet, shown greyed after the others), unread,
  * users: Set (rooms), more: bool (older history retained), counted: bool (a room whose
  * presence is a count: `members` is shown, not `users`) } */
 const convs = new Map();
@@ -24,7 +25,7 @@ function conv(key) {
   let c = convs.get(key);
   if (!c) {
     const kind = key[0] === "#" ? "room" : "dm";
-    c = { key, kind, name: key.slice(1), msgs: new Map(), unread: 0, users: new Set(), more: false };
+    c = { key, kind, name: key.slice(1), msgs: new Map(), pending: new Map(), unread: 0, users: new Set(), more: false };
     convs.set(key, c);
   }
   return c;
@@ -45,7 +46,9 @@ $("signin-form").addEventListener("submit", (ev) => {
 });
 
 function start(credentials) {
-  const c = (client = connect(credentials));
+  // The outbox in localStorage: what was typed offline, or just before a reload, goes out
+  // once when the page is back.
+  const c = (client = connect({ ...credentials, outbox: "local" }));
   c.on("state", (e) => c === client && onState(e));
   client.on("message", onMessage);
   client.on("joined", (e) => presenceChange(e.room, e.user, true));
@@ -53,6 +56,9 @@ function start(credentials) {
   client.on("occupancy", onOccupancy);
   client.on("error", (e) => toast(e.message || e.code));
   client.on("recovery", onRecovery);
+  client.on("pending", onPending);
+  client.on("sent", onSent);
+  client.on("failed", onFailed);
 }
 
 function setStatus(state, text) {
@@ -118,6 +124,34 @@ function onMessage(m) {
   if (key !== active) c.unread += 1;
   renderSidebar();
   if (key === active) renderMessages(true);
+}
+
+// ---- the outbox: own messages, greyed until acked ---------------------------------------
+
+const outboxConv = (e) => conv(e.room !== undefined ? `#${e.room}` : `@${e.to}`);
+
+function onPending(e) {
+  const c = outboxConv(e);
+  c.pending.set(e.key, { ...e, from: client.user, ts: Date.now() });
+  // Restored from an earlier page: its room is joined again so that it can go out.
+  if (e.restored && e.room !== undefined && !client.room(e.room)) joinRoom(e.room, false);
+  renderSidebar();
+  if (c.key === active) renderMessages(true);
+}
+
+function onSent(e) {
+  const c = outboxConv(e);
+  const m = c.pending.get(e.key);
+  c.pending.delete(e.key);
+  if (m) add(c, { ...m, seq: e.seq });
+  if (c.key === active) renderMessages(true);
+}
+
+function onFailed(e) {
+  const c = outboxConv(e);
+  c.pending.delete(e.key);
+  if (c.key === active) renderMessages(true);
+  toast(`Not sent (${e.code}): ${bodyText(e.body)}`);
 }
 
 function add(c, m) {
@@ -191,18 +225,25 @@ $("join-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const room = $("join-room").value.trim();
   if (!room) return;
+  if (await joinRoom(room, true)) $("join-room").value = "";
+});
+
+/** Joins `room` and shows it (opens it when `open`); false when refused. */
+async function joinRoom(room, open) {
   try {
     await client.join(room);
   } catch (e) {
-    return toast(`Cannot join ${room}: ${e.message}`);
+    toast(`Cannot join ${room}: ${e.message}`);
+    return false;
   }
-  $("join-room").value = "";
   const c = conv(`#${room}`);
   c.counted = client.room(room)?.presence === "count";
-  select(c.key);
+  if (open || !active) select(c.key);
+  else renderSidebar();
   loadHistory(c);
   refreshPresence(c);
-});
+  return true;
+}
 
 $("dm-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
@@ -232,20 +273,9 @@ $("composer").addEventListener("submit", async (ev) => {
   const text = $("text").value;
   if (!c || !text.trim()) return;
   $("text").value = "";
-  const body = { text };
-  try {
-    if (c.kind === "room") {
-      const ack = await client.publish(c.name, body);
-      add(c, { room: c.name, from: me, seq: ack.seq, ts: Date.now(), body });
-    } else {
-      await client.send(c.name, body);
-      add(c, { to: c.name, from: me, ts: Date.now(), body });
-    }
-    renderMessages(true);
-  } catch (e) {
-    $("text").value = text;
-    toast(`Not sent: ${e.message}`);
-  }
+  // Shown at once, greyed, by the `pending` event; `sent` or `failed` settle it.
+  const sending = c.kind === "room" ? client.publish(c.name, { text }) : client.send(c.name, { text });
+  sending.catch(() => {});
 });
 
 // Scrolling to the top, or the button there, pages back through the room's history.
@@ -295,16 +325,18 @@ function renderMessages(toBottom) {
   list.replaceChildren();
   $("conv-title").textContent = c ? (c.kind === "room" ? `# ${c.name}` : `@ ${c.name}`) : "No conversation";
   $("leave").hidden = !c || c.kind !== "room";
-  $("empty").hidden = !!(c && c.msgs.size);
+  $("empty").hidden = !!(c && (c.msgs.size || c.pending.size));
   const readOnly = renderComposer();
   $("empty").textContent = c ? (readOnly ? "No messages yet." : "No messages yet. Say hello!") : "Join a room or open a direct message to start.";
   $("older").hidden = !c || !c.more;
   if (!c) return;
   const msgs = [...c.msgs.entries()];
   if (c.kind === "room") msgs.sort((a, b) => a[0] - b[0]);
+  for (const m of c.pending.values()) msgs.push([m.key, { ...m, pending: true }]);
   for (const [, m] of msgs) {
-    const li = el("li", m.from === me ? "msg mine" : "msg");
+    const li = el("li", m.pending ? "msg mine pending" : m.from === me ? "msg mine" : "msg");
     if (m.seq !== undefined) li.dataset.seq = m.seq;
+    if (m.pending) li.title = "Not sent yet: it goes out when the connection is back";
     const meta = el("div", "meta");
     meta.append(el("span", "from", m.from), el("span", "time", new Date(m.ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
     li.append(meta, el("div", "text", bodyText(m.body)));

@@ -30,6 +30,37 @@ export interface ConnectOptions {
   backoff?: Backoff;
   /** The random source for jitter. Default Math.random. */
   random?: () => number;
+  /** Where unacknowledged publish and send requests are kept: "memory" (default; lost with
+   * the page) or "local" (also in `storage`, so a new client of the same URL and user, after a
+   * reload, sends them). */
+  outbox?: "memory" | "local";
+  /** The storage of `outbox: "local"`. Default: localStorage when the platform has a working
+   * one (else the outbox stays in memory). */
+  storage?: OutboxStorage;
+}
+
+/** The part of the Web Storage API that `outbox: "local"` uses. */
+export interface OutboxStorage {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+  removeItem(key: string): void;
+}
+
+/** A publish or send in the outbox, as its events name it. */
+export interface OutboxRequest {
+  /** Its idempotency key: the app's, or one the client made (26 characters, ULID-like). */
+  key: string;
+  /** Set for a publish. */
+  room?: string;
+  /** Set for a send. */
+  to?: string;
+  body: Json;
+}
+
+export interface SendOptions {
+  /** The idempotency key: 1-64 printable ASCII characters, unique per message (docs/protocol.md,
+   * "Sending once"). Default: a fresh one. */
+  key?: string;
 }
 
 export interface Message {
@@ -41,6 +72,8 @@ export interface Message {
   from: string;
   /** The room's or the recipient's inbox sequence number (absent on a broadcast). */
   seq?: number;
+  /** The sender's idempotency key: only on the sender's own other connections, live. */
+  key?: string;
   ts: number;
   body: Json;
 }
@@ -88,6 +121,14 @@ export interface Events {
   state: StateEvent;
   recovery: Recovery;
   error: { code: string; message: string; room?: string };
+  /** A publish or send entered the outbox (`restored`: found in storage at the first
+   * connect). */
+  pending: OutboxRequest & { restored?: boolean };
+  /** It was acknowledged: stored with `seq` (`dup`: by an earlier send of it). */
+  sent: OutboxRequest & { seq: number; dup: boolean };
+  /** It was refused for good (`code`: forbidden, not_member, bad_request, too_large, ...):
+   * never sent again. */
+  failed: OutboxRequest & { code: string; message: string };
 }
 
 export interface Ack {
@@ -109,6 +150,8 @@ export interface Ack {
   rights?: Right[];
   /** A join's member count (absent when the connection was already in the room). */
   members?: number;
+  /** A publish or send ack: an earlier send with the same key was stored, with this seq. */
+  dup?: boolean;
 }
 
 /** Who may publish in a room: any member whose token allows it, only connections whose token
@@ -156,8 +199,13 @@ export class Client {
   on<K extends keyof Events>(type: K, fn: (event: Events[K]) => void): () => void;
   join(room: string): Promise<Ack>;
   leave(room: string): Promise<Ack>;
-  publish(room: string, body: Json): Promise<Ack>;
-  send(to: string, body: Json): Promise<Ack>;
+  /** Through the outbox: no timeout; sent again with its key after each reconnect until
+   * acked (resolves, a dup ack too) or refused for good (rejects). rate_limited and
+   * unavailable are retried after a backoff. */
+  publish(room: string, body: Json, options?: SendOptions): Promise<Ack>;
+  send(to: string, body: Json, options?: SendOptions): Promise<Ack>;
+  /** The unacknowledged publish and send requests, oldest first (read only). */
+  readonly outbox: ReadonlyArray<{ frame: OutboxRequest & { type: "publish" | "send" } }>;
   /** Every user in the room, sorted (paged from the server 1000 at a time); in a count room
    * none, and `members` says how many. */
   presence(room: string): Promise<Presence>;
@@ -173,4 +221,8 @@ export class Client {
 
 export function connect(options: ConnectOptions): Client;
 export function closeAction(code: number, reason?: string): "reconnect" | "token" | "stop";
+/** A fresh idempotency key (ULID-like: time, then 80 random bits). */
+export function newKey(random?: () => number): string;
+/** The reply codes after which the outbox sends a request again: rate_limited, unavailable. */
+export const RETRIED_CODES: ReadonlySet<string>;
 export function backoffDelay(attempt: number, backoff?: Backoff, random?: () => number): number;

@@ -3,7 +3,9 @@
 // One ES module, no dependencies, no build step. It runs in browsers and in Node (pass
 // `WebSocket` when the platform has none). It owns reconnection (jittered exponential backoff,
 // the close-code rules), recovery (rejoin with `since`, inbox `sync`, duplicates dropped by
-// seq), dead-connection detection and request ids. It holds no UI state.
+// seq), dead-connection detection, request ids, and the outbox: every `publish` and `send`
+// carries an idempotency key and is sent again, with it, until the server answers it, so each
+// is stored once (docs/protocol.md, "Sending once"). It holds no UI state.
 
 /** What a rejoin sends: the last seq seen, and the room's epoch when the server gave one.
  * Nothing when the last ack's rights leave out `history`: a `join` with `since` needs it, and
@@ -72,6 +74,62 @@ function requestError(f, frame) {
   return e;
 }
 
+/** Reply codes after which a `publish` or `send` is sent again (after a backoff): the server
+ * did not store it and may take it later. Any other error reply is a definite refusal. */
+export const RETRIED_CODES = new Set(["rate_limited", "unavailable"]);
+
+const CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/** A fresh idempotency key: 26 characters like a ULID (the time in ms, then 80 random bits),
+ * within the protocol's 1–64 printable ASCII. */
+export function newKey(random = Math.random) {
+  let out = "";
+  for (let t = Date.now(), i = 0; i < 10; i++, t = Math.floor(t / 32)) out = CROCKFORD[t % 32] + out;
+  const bytes = new Uint8Array(16);
+  if (globalThis.crypto?.getRandomValues) globalThis.crypto.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(random() * 256);
+  for (const b of bytes) out += CROCKFORD[b % 32];
+  return out;
+}
+
+/** The outbox's copy in `storage` (localStorage or the like), shared with the other clients of
+ * the same URL (another tab, the page after a reload). Every change is a read-modify-write of
+ * the whole list, so that two tabs do not drop each other's entries; a broken or full storage
+ * only costs the copy, never a send. */
+class StoredOutbox {
+  constructor(storage, name) {
+    this.storage = storage;
+    this.name = name;
+  }
+
+  read() {
+    try {
+      const list = JSON.parse(this.storage.getItem(this.name) || "[]");
+      return Array.isArray(list) ? list : [];
+    } catch {
+      return [];
+    }
+  }
+
+  write(list) {
+    try {
+      if (list.length) this.storage.setItem(this.name, JSON.stringify(list));
+      else this.storage.removeItem(this.name);
+    } catch {
+      // Full or unavailable: this instance still sends what it holds.
+    }
+  }
+
+  add(record) {
+    const list = this.read();
+    if (!list.some((r) => r.key === record.key && r.user === record.user)) this.write([...list, record]);
+  }
+
+  remove(key, user) {
+    this.write(this.read().filter((r) => !(r.key === key && (r.user ?? user) === user)));
+  }
+}
+
 /** Opens a client. It connects at once and keeps reconnecting until `close()`. */
 export function connect(options) {
   return new Client(options);
@@ -102,6 +160,18 @@ export class Client {
     this.inflight = new Map();
     /** Requests made while not connected: sent once recovery is done. */
     this.queue = [];
+    /** Unacknowledged `publish` and `send` requests, oldest first: each stays until its ack
+     * (sent again with its key after every reconnect) or a definite refusal. */
+    this.outbox = [];
+    /** Orders the queue and the outbox together: a request waiting for the connection goes
+     * out after the ones made before it, whichever list holds it. */
+    this.nextOrder = 1;
+    /** The timer that flushes the outbox when a retried request's backoff is over. */
+    this.wake = null;
+    const mode = options.outbox ?? "memory";
+    if (mode !== "memory" && mode !== "local") throw new Error(`options.outbox must be "memory" or "local", not ${JSON.stringify(mode)}`);
+    const storage = mode === "local" ? options.storage ?? storageOrNull() : null;
+    this.stored = storage ? new StoredOutbox(storage, `shardcast.outbox ${this.url}`) : null;
     this.attempt = 0;
     this.closed = false;
     this.ws = null;
@@ -110,7 +180,7 @@ export class Client {
   }
 
   /** `fn` is called with each event of `type`: message, joined, left, occupancy, removed,
-   * state, recovery, error. Returns a function that removes it. */
+   * state, recovery, error, pending, sent, failed. Returns a function that removes it. */
   on(type, fn) {
     (this.listeners[type] ||= new Set()).add(fn);
     return () => this.listeners[type].delete(fn);
@@ -144,6 +214,8 @@ export class Client {
     if (known) Object.assign(frame, position(known));
     const ack = await this.request(frame);
     this.joinedAck(room, ack);
+    // Outbox entries restored from storage wait for their room.
+    if (this.outbox.some((e) => e.restored)) this.flush();
     return ack;
   }
 
@@ -162,20 +234,137 @@ export class Client {
     return this.request({ type: "leave", room });
   }
 
-  /** Publishes `body` (any JSON value) to `room`; resolves with the ack ({room, seq}). */
-  async publish(room, body) {
-    const ack = await this.request({ type: "publish", room, body });
-    const r = this.rooms.get(room);
-    if (r && ack.seq > r.seq) {
-      r.own.add(ack.seq);
-      this.advance(r);
-    }
-    return ack;
+  /** Publishes `body` (any JSON value) to `room`; resolves with the ack ({room, seq}, and
+   * `dup: true` when an earlier send of it had been stored). It goes through the outbox: see
+   * `outboxRequest`. */
+  publish(room, body, { key } = {}) {
+    return this.outboxRequest({ type: "publish", room, key: key ?? newKey(this.random), body });
   }
 
-  /** Sends `body` to user `to`; resolves with the ack ({to, seq}). */
-  send(to, body) {
-    return this.request({ type: "send", to, body });
+  /** Sends `body` to user `to`; resolves with the ack ({to, seq}, and `dup: true` as above). */
+  send(to, body, { key } = {}) {
+    return this.outboxRequest({ type: "send", to, key: key ?? newKey(this.random), body });
+  }
+
+  /** Puts a `publish` or `send` in the outbox and resolves with its ack. It has no timeout: it
+   * waits through reconnects and is sent again with the same key after each recovery, in the
+   * order first sent, until it is acked (a `dup` ack included) or refused for good (rejects,
+   * `failed`). `rate_limited` and `unavailable` are retried after a backoff. */
+  outboxRequest(frame) {
+    if (this.closed) return Promise.reject(new ShardcastError("closed", "the client is closed"));
+    return new Promise((resolve, reject) => {
+      const entry = { isOutbox: true, frame, order: this.nextOrder++, resolve, reject, tries: 0, notBefore: 0, wire: null };
+      this.outbox.push(entry);
+      this.stored?.add({ ...frame, user: this.user });
+      this.emit("pending", outboxDetail(frame));
+      this.flush();
+    });
+  }
+
+  /** The outbox entries found in storage for this user (or for no user yet), ahead of any
+   * made by this instance: sent once their room is joined (a `send`: at once). */
+  adoptStored() {
+    if (!this.stored) return;
+    const mine = new Set(this.outbox.map((e) => e.frame.key));
+    const found = [];
+    const list = this.stored.read();
+    // Requests made before any welcome named no user: they are this user's now.
+    if (list.some((r) => r.user == null)) this.stored.write(list.map((r) => (r.user == null ? { ...r, user: this.user } : r)));
+    for (const r of list) {
+      if (mine.has(r.key) || (r.user != null && r.user !== this.user)) continue;
+      if (r.type !== "publish" && r.type !== "send") continue;
+      const frame = r.type === "publish" ? { type: "publish", room: r.room, key: r.key, body: r.body } : { type: "send", to: r.to, key: r.key, body: r.body };
+      found.push({ isOutbox: true, frame, order: 0, resolve() {}, reject() {}, tries: 0, notBefore: 0, wire: null, restored: true });
+      mine.add(r.key);
+    }
+    found.forEach((e, i) => (e.order = i - found.length));
+    this.outbox.unshift(...found);
+    for (const e of found) this.emit("pending", { ...outboxDetail(e.frame), restored: true });
+  }
+
+  /** Sends what can go now: queued requests and outbox entries, in the order they were made.
+   * An outbox entry holds back the later ones to its room or user while it waits (for its
+   * retry time, or, restored from storage, for its room to be joined), so they keep their
+   * order. Cost: a pass over the outbox and the queue. */
+  flush() {
+    if (this.state !== "connected" || !this.ws) return;
+    const queue = this.queue;
+    this.queue = [];
+    const waiting = this.outbox.filter((e) => e.wire === null);
+    const all = [...queue, ...waiting].sort((a, b) => a.order - b.order);
+    const held = new Set();
+    const now = Date.now();
+    let wake = Infinity;
+    for (const entry of all) {
+      if (!entry.isOutbox) {
+        this.transmit(entry);
+        continue;
+      }
+      const target = targetOf(entry.frame);
+      const unjoined = entry.restored && entry.frame.room !== undefined && !this.rooms.has(entry.frame.room);
+      if (entry.notBefore > now) wake = Math.min(wake, entry.notBefore);
+      if (held.has(target) || entry.notBefore > now || unjoined) {
+        held.add(target);
+        continue;
+      }
+      this.sendOutbox(entry);
+    }
+    if (wake < Infinity) this.flushAt(wake);
+  }
+
+  /** Flushes again at `at` (ms since the epoch); one timer, for the earliest. A timer that
+   * fires early just sets the next one. */
+  flushAt(at) {
+    if (this.wake && this.wake.at <= at) return;
+    if (this.wake) {
+      clearTimeout(this.wake.timer);
+      this.timers.delete(this.wake.timer);
+    }
+    const timer = this.timer(Math.max(0, at - Date.now()) + 1, () => {
+      this.wake = null;
+      this.flush();
+    });
+    this.wake = { at, timer };
+  }
+
+  sendOutbox(entry) {
+    const id = this.nextId++;
+    entry.wire = id;
+    entry.tries += 1;
+    // `outbox` marks a wire entry that a dropped connection sends again instead of failing.
+    const wire = { id, frame: { ...entry.frame, id }, outbox: entry };
+    wire.resolve = (ack) => this.outboxAcked(entry, ack);
+    wire.reject = (e) => this.outboxRefused(entry, e);
+    this.transmit(wire);
+  }
+
+  outboxAcked(entry, ack) {
+    this.settle(entry);
+    if (entry.frame.type === "publish") {
+      const r = this.rooms.get(entry.frame.room);
+      if (r && ack.seq > r.seq) {
+        r.own.add(ack.seq);
+        this.advance(r);
+      }
+    }
+    this.emit("sent", { ...outboxDetail(entry.frame), seq: ack.seq, dup: ack.dup === true });
+    entry.resolve(ack);
+  }
+
+  outboxRefused(entry, e) {
+    if (RETRIED_CODES.has(e.code)) {
+      entry.wire = null;
+      entry.notBefore = Date.now() + backoffDelay(entry.tries - 1, this.options.backoff, this.random);
+      return this.flush();
+    }
+    this.settle(entry);
+    this.emit("failed", { ...outboxDetail(entry.frame), code: e.code, message: e.message });
+    entry.reject(e);
+  }
+
+  settle(entry) {
+    this.outbox = this.outbox.filter((e) => e !== entry);
+    this.stored?.remove(entry.frame.key, this.user);
   }
 
   /** Resolves with the users online in `room`, sorted, as an array that also carries `mode`
@@ -233,7 +422,7 @@ export class Client {
     if (this.closed) return Promise.reject(new ShardcastError("closed", "the client is closed"));
     return new Promise((resolve, reject) => {
       const id = this.nextId++;
-      const entry = { id, frame: { ...frame, id }, resolve, reject };
+      const entry = { id, frame: { ...frame, id }, resolve, reject, order: this.nextOrder++ };
       entry.timer = this.timer(this.requestTimeout, () => {
         this.inflight.delete(id);
         this.queue = this.queue.filter((e) => e !== entry);
@@ -249,21 +438,30 @@ export class Client {
     this.ws.send(JSON.stringify(entry.frame));
   }
 
-  /** Closes the connection for good (close code 1000); pending requests reject. */
+  /** Closes the connection for good (close code 1000); pending requests reject, the outbox's
+   * with them (with `outbox: "local"` they stay in storage for the next client). */
   close() {
     this.closed = true;
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
     this.failAll(this.queue, "closed");
     this.queue = [];
-    this.failAll([...this.inflight.values()], "closed");
+    this.failAll([...this.inflight.values()].filter((e) => !e.outbox), "closed");
     this.inflight.clear();
+    this.dropOutbox();
     const ws = this.ws;
     if (ws) {
       this.detach(ws);
       ws.close(1000);
     }
     this.setState("disconnected", { code: 1000, reason: "closed by the client" });
+  }
+
+  /** The client stops: the outbox's promises reject with `closed`; their stored copies stay. */
+  dropOutbox() {
+    const outbox = this.outbox;
+    this.outbox = [];
+    for (const e of outbox) e.reject(new ShardcastError("closed", `${e.frame.type}: closed before it was acknowledged`));
   }
 
   failAll(entries, code) {
@@ -330,7 +528,9 @@ export class Client {
   async onClose(code, reason) {
     const ws = this.ws;
     this.detach(ws);
-    this.failAll([...this.inflight.values()], "disconnected");
+    // The outbox's requests are sent again after the next recovery; the others fail.
+    this.failAll([...this.inflight.values()].filter((e) => !e.outbox), "disconnected");
+    for (const e of this.inflight.values()) if (e.outbox) e.outbox.wire = null;
     this.inflight.clear();
     if (this.closed) return;
     let action = closeAction(code, reason);
@@ -387,6 +587,7 @@ export class Client {
     this.closed = true;
     this.failAll(this.queue, "closed");
     this.queue = [];
+    this.dropOutbox();
     this.setState("disconnected", { code, reason, reconnecting: false });
   }
 
@@ -436,6 +637,7 @@ export class Client {
     const first = this.inboxSeq === null;
     this.welcomed = true;
     this.user = w.user;
+    if (first) this.adoptStored();
     this.startHeartbeat(w.heartbeat_ms);
     // Direct messages are held until `sync` has answered: the offline replay, the sync reply
     // and live ones may overlap, and are merged by seq.
@@ -485,9 +687,7 @@ export class Client {
     const complete = Object.values(rooms).every((r) => r.recovered && !r.truncated);
     if (!first) this.emit("recovery", { complete, rooms });
     this.setState("connected", { user: this.user, recovery: first ? null : { complete, rooms } });
-    const queue = this.queue;
-    this.queue = [];
-    for (const entry of queue) this.transmit(entry);
+    this.flush();
   }
 
   /** A request on the current socket during recovery, before the queue is let through. */
@@ -581,6 +781,30 @@ export class Client {
     }
     // onClose detaches `ws`, so its own close event, whenever it comes, is ignored.
     this.onClose(1006, why);
+  }
+}
+
+/** What `pending`, `sent` and `failed` events carry: a publish has `room`, a send `to`. */
+function outboxDetail(frame) {
+  const target = frame.type === "publish" ? { room: frame.room } : { to: frame.to };
+  return { key: frame.key, ...target, body: frame.body };
+}
+
+/** The order domain of an outbox entry: its room, or its recipient. */
+function targetOf(frame) {
+  return frame.type === "publish" ? `#${frame.room}` : `@${frame.to}`;
+}
+
+/** `localStorage` where the platform has one that works (not in Node; not in a browser that
+ * blocks it). */
+function storageOrNull() {
+  try {
+    const s = globalThis.localStorage;
+    if (!s) return null;
+    s.getItem("shardcast.probe");
+    return s;
+  } catch {
+    return null;
   }
 }
 

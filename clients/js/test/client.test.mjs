@@ -382,3 +382,187 @@ test("reconnect: no history right rejoins without since; a room now full is drop
   assert.deepEqual(Object.keys((await again).rooms), ["live:a"]);
   assert.equal(errors.length, 1);
 });
+
+// ---- the outbox: idempotency keys, resends, storage -------------------------------------
+
+/** A WebSocket that records every frame the client sends. */
+function spyingWebSocket(frames) {
+  return class extends WebSocket {
+    send(data) {
+      frames.push(JSON.parse(data));
+      super.send(data);
+    }
+  };
+}
+
+/** The part of the Web Storage API the outbox uses, in memory (Node has no localStorage). */
+function memoryStorage() {
+  const map = new Map();
+  return {
+    map,
+    getItem: (k) => (map.has(k) ? map.get(k) : null),
+    setItem: (k, v) => map.set(k, String(v)),
+    removeItem: (k) => map.delete(k),
+  };
+}
+
+const stored = (storage) => [...storage.map.values()].flatMap((v) => JSON.parse(v));
+
+test("outbox: a connection cut before its acks: every message stored once, in order, every promise resolves", async () => {
+  const s = await server(noRateLimit);
+  const p = await proxy(s.addr);
+  const frames = [];
+  const alice = client({ url: p.url, user: "alice", WebSocket: spyingWebSocket(frames), backoff: { initial: 20, max: 50 } });
+  const events = record(alice, ["pending", "sent", "failed"]);
+  await connected(alice);
+  await alice.join("o");
+  const bob = client({ url: s.url, user: "bob" });
+  await connected(bob);
+  await bob.join("o");
+  const bobGot = record(bob, ["message"]);
+
+  // The replies are lost: 1-10 and the first direct message are stored, alice never hears.
+  p.mode = "mute";
+  const sends = [];
+  for (let n = 1; n <= 10; n++) sends.push(alice.publish("o", { n }));
+  sends.push(alice.send("bob", { dm: 1 }));
+  await until(() => bobGot.length === 11, "bob's first 11 messages");
+  // 11-13 and a direct message are on their way when the connection drops; 14-16 and another
+  // are made while alice is away.
+  for (let n = 11; n <= 13; n++) sends.push(alice.publish("o", { n }));
+  sends.push(alice.send("bob", { dm: 2 }));
+  p.mode = "refuse";
+  p.cut();
+  await until(() => alice.state !== "connected", "alice's disconnect");
+  for (let n = 14; n <= 16; n++) sends.push(alice.publish("o", { n }));
+  sends.push(alice.send("bob", { dm: 3 }));
+  p.mode = "pass";
+  const acks = await Promise.all(sends);
+
+  const roomAcks = acks.filter((a) => a.room === "o");
+  assert.deepEqual(roomAcks.map((a) => a.seq), [...Array(16).keys()].map((i) => i + 1), "each publish's own seq, in order");
+  assert.ok(roomAcks.slice(0, 10).every((a) => a.dup === true), "the lost acks come back as dups");
+  const dmAcks = acks.filter((a) => a.to === "bob");
+  assert.deepEqual(dmAcks.map((a) => a.seq), [1, 2, 3]);
+  assert.equal(dmAcks[0].dup, true);
+
+  const history = await bob.history("o", { limit: 100 });
+  assert.deepEqual(history.messages.map((m) => m.body.n).reverse(), [...Array(16).keys()].map((i) => i + 1), "stored once each, in order");
+  await until(() => bobGot.length === 19, "bob's 19 messages");
+  await sleep(200); // a duplicate would arrive now
+  assert.deepEqual(bobGot.filter((m) => m.room).map((m) => m.body.n), [...Array(16).keys()].map((i) => i + 1));
+  assert.deepEqual(bobGot.filter((m) => m.to).map((m) => m.body.dm), [1, 2, 3]);
+
+  // One key per request, the same on every resend; the events tell the whole story.
+  const keys = (type) => events.filter((e) => e.type === type).map((e) => e.key);
+  assert.equal(new Set(keys("pending")).size, 19);
+  assert.deepEqual(new Set(keys("sent")), new Set(keys("pending")));
+  assert.deepEqual(keys("failed"), []);
+  const first = events.find((e) => e.type === "pending");
+  assert.deepEqual(first, { type: "pending", key: first.key, room: "o", body: { n: 1 } });
+  assert.match(first.key, /^[0-9A-HJKMNP-TV-Z]{26}$/, "a ULID-like key");
+  assert.ok(frames.filter((f) => f.key === first.key).length === 2, "1 was sent twice, with one key");
+  assert.equal(alice.outbox.length, 0);
+});
+
+test("outbox: a definite refusal fails at once and is never resent; rate_limited is retried, in order", async () => {
+  const s = await server([...noRateLimit, "--jwt-secret", SECRET, "--api", "false"], RULES);
+  const exp = Math.floor(Date.now() / 1000) + 3600;
+  const p = await proxy(s.addr);
+  const frames = [];
+  const w = client({ url: p.url, token: mint({ sub: "w", exp }), WebSocket: spyingWebSocket(frames), backoff: { initial: 20, max: 50 } });
+  const failed = record(w, ["failed"]);
+  await connected(w);
+  await w.join("news:x");
+  await w.join("ok");
+  await assert.rejects(w.publish("news:x", "no", { key: "refused-1" }), { code: "forbidden", room: "news:x" });
+  await assert.rejects(w.publish("elsewhere", "no", { key: "refused-2" }), { code: "not_member" });
+  await assert.rejects(w.send("v", "no", { key: "a b" }), { code: "bad_request" });
+  assert.deepEqual(failed.map((e) => [e.key, e.code]), [["refused-1", "forbidden"], ["refused-2", "not_member"], ["a b", "bad_request"]]);
+  assert.deepEqual(failed[0], { type: "failed", key: "refused-1", room: "news:x", body: "no", code: "forbidden", message: failed[0].message });
+  assert.equal(failed[2].to, "v");
+  // A reconnect does not bring them back.
+  const recovery = waitFor(w, "recovery");
+  p.cut();
+  await recovery;
+  assert.equal((await w.publish("ok", "after")).seq, 1);
+  for (const key of ["refused-1", "refused-2", "a b"]) assert.equal(frames.filter((f) => f.key === key).length, 1, key);
+  assert.equal(w.outbox.length, 0);
+
+  // One request a second: the second and later are refused with rate_limited, and sent again.
+  const slow = await server(["--publish-rate", "1", "--publish-burst", "1"]);
+  const sent = [];
+  const u = client({ url: slow.url, user: "u", WebSocket: spyingWebSocket(sent), backoff: { initial: 100, max: 400 } });
+  await connected(u);
+  await u.join("r");
+  const acks = await Promise.all([1, 2, 3].map((n) => u.publish("r", n)));
+  assert.deepEqual(acks.map((a) => a.seq), [1, 2, 3], "stored in the order sent");
+  const tries = sent.filter((f) => f.type === "publish").length;
+  assert.ok(tries > 3, `some publishes were refused and sent again (${tries} sent)`);
+  // history takes a token of the same bucket: asked until one is free.
+  let history;
+  while (!history) history = await u.history("r").catch((e) => (e.code === "rate_limited" ? sleep(200) : Promise.reject(e)));
+  assert.deepEqual(history.messages.map((m) => m.body), [3, 2, 1]);
+});
+
+test("outbox local: sends made while the server is down go out once when it is back, across a reload", async () => {
+  const s = await server(noRateLimit);
+  const storage = memoryStorage();
+  const options = { url: s.url, user: "alice", outbox: "local", storage, backoff: { initial: 20, max: 100 } };
+  const first = client(options);
+  await connected(first);
+  await first.join("l");
+  assert.equal((await first.publish("l", { n: 1 })).seq, 1);
+  assert.deepEqual(stored(storage), [], "an acked request leaves storage");
+
+  // Down and back while the page stays: the promise resolves.
+  await s.stop();
+  await until(() => first.state !== "connected", "the disconnect");
+  const waiting = first.publish("l", { n: 2 });
+  assert.deepEqual(stored(storage).map((r) => r.body), [{ n: 2 }]);
+  await s.start();
+  assert.equal((await waiting).seq, 2);
+  assert.deepEqual(stored(storage), []);
+
+  // Down, and the page reloads before the server is back: the new page sends them.
+  await s.stop();
+  await until(() => first.state !== "connected", "the second disconnect");
+  const offline = [first.publish("l", { n: 3 }), first.send("bob", { dm: 1 }), first.publish("l", { n: 4 })];
+  assert.deepEqual(stored(storage).map((r) => r.body), [{ n: 3 }, { dm: 1 }, { n: 4 }]);
+  first.close();
+  for (const r of await Promise.allSettled(offline)) assert.equal(r.reason?.code, "closed");
+  assert.equal(stored(storage).length, 3, "closing keeps them in storage");
+
+  const second = client(options);
+  const events = record(second, ["pending", "sent", "failed"]);
+  await s.start();
+  await connected(second);
+  assert.deepEqual(events.map((e) => [e.type, e.restored, e.body]), [
+    ["pending", true, { n: 3 }],
+    ["pending", true, { dm: 1 }],
+    ["pending", true, { n: 4 }],
+  ]);
+  // The direct message goes at once; the publishes wait until the page is in the room again.
+  await until(() => events.some((e) => e.type === "sent"), "the direct message sent");
+  assert.deepEqual(events.filter((e) => e.type === "sent").map((e) => e.body), [{ dm: 1 }]);
+  await second.join("l");
+  await until(() => events.filter((e) => e.type === "sent").length === 3, "all 3 sent");
+  assert.deepEqual(events.filter((e) => e.type === "sent").map((e) => [e.body, e.seq]), [[{ dm: 1 }, 1], [{ n: 3 }, 3], [{ n: 4 }, 4]]);
+  assert.deepEqual(stored(storage), []);
+
+  // A third page with the same storage has nothing left to send.
+  second.close();
+  const third = client(options);
+  const more = record(third, ["pending"]);
+  await connected(third);
+  await third.join("l");
+  const history = await third.history("l");
+  assert.deepEqual(history.messages.map((m) => m.body.n), [4, 3, 2, 1], "each stored once");
+  assert.deepEqual(more, []);
+  const bob = client({ url: s.url, user: "bob" });
+  const got = record(bob, ["message"]);
+  await connected(bob);
+  await until(() => got.length === 1, "bob's direct message");
+  await sleep(200);
+  assert.deepEqual(got.map((m) => m.body), [{ dm: 1 }]);
+});

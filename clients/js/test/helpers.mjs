@@ -13,7 +13,7 @@ export const API_KEY = "js-test-key";
 
 /** `shardcast serve` on 127.0.0.1:0 with a temp data dir and `args`, and `config` (TOML, e.g.
  * `[[rooms]]` rules) as its config file when given; `restart()` brings it back on the same
- * port and data. */
+ * port and data, `stop()` then `start()` the same with time between. */
 export async function startServer(args = [], config) {
   const bin = process.env.SHARDCAST_BIN;
   if (!bin) throw new Error("SHARDCAST_BIN is not set: run these tests through `cargo test --test js_client`");
@@ -51,6 +51,7 @@ export async function startServer(args = [], config) {
     child.kill("SIGTERM");
     await exited;
   };
+  server.start = () => launch(server.addr);
   server.restart = async () => {
     await server.stop();
     await launch(server.addr);
@@ -64,7 +65,8 @@ export async function startServer(args = [], config) {
 }
 
 /** A TCP proxy in front of `target` ("host:port"). `mode`: "pass", "refuse" (new connections
- * are reset) or "freeze" (bytes stop flowing both ways; connections stay open). */
+ * are reset), "freeze" (bytes stop flowing both ways; connections stay open) or "mute" (the
+ * client's bytes reach the server, the server's replies are dropped: acks get lost). */
 export async function startProxy(target) {
   const [host, port] = target.split(":");
   const proxy = { mode: "pass", sockets: new Set(), accepted: 0 };
@@ -76,7 +78,8 @@ export async function startProxy(target) {
     proxy.sockets.add(pair);
     const forward = (from, to) =>
       from.on("data", (chunk) => {
-        if (proxy.mode !== "freeze") to.write(chunk);
+        if (proxy.mode === "freeze" || (proxy.mode === "mute" && from === upstream)) return;
+        to.write(chunk);
       });
     forward(client, upstream);
     forward(upstream, client);
