@@ -347,32 +347,23 @@ async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
         }
         Call::User(user) => ask_engine(ctx, |reply| EngineMsg::UserInfo { user, reply }).await,
         Call::Rooms(limit) => {
-            let (reply, rx) = oneshot::channel();
-            let call = NodesCall::Rooms { reply };
-            let rooms = if ctx
-                .with(|s| s.engine().call_nodes(call).is_ok())
-                .unwrap_or(false)
-            {
-                rx.await.ok().flatten().ok_or_else(redis_unavailable)?
-            } else {
-                let per_shard = ask_all(ctx, |reply| LocalMsg::Rooms { reply }).await?;
-                per_shard.into_iter().flatten().collect()
+            let rooms = match ask_nodes(ctx, |reply| NodesCall::Rooms { reply }).await? {
+                Some(rooms) => rooms,
+                None => {
+                    let per_shard = ask_all(ctx, |reply| LocalMsg::Rooms { reply }).await?;
+                    per_shard.into_iter().flatten().collect()
+                }
             };
             Ok(rooms_json(&ctx.config, rooms, limit))
         }
         Call::Stats => {
             let mine = crate::metrics::stats_json(ctx).await;
-            let (reply, rx) = oneshot::channel();
-            let call = NodesCall::Totals { reply };
-            if !ctx
-                .with(|s| s.engine().call_nodes(call).is_ok())
-                .unwrap_or(false)
-            {
+            let Some(cluster) = ask_nodes(ctx, |reply| NodesCall::Totals { reply }).await? else {
                 return Ok(mine);
-            }
+            };
             let mut body: serde_json::Value =
                 serde_json::from_slice(&mine).map_err(|_| ApiError::unavailable())?;
-            body["cluster"] = rx.await.ok().flatten().ok_or_else(redis_unavailable)?;
+            body["cluster"] = cluster;
             Ok(body.to_string().into())
         }
     }
@@ -508,13 +499,12 @@ async fn ask_engine(ctx: &Ctx, msg: impl FnOnce(ReplyTo) -> EngineMsg) -> Result
     .map_err(ApiError::from)
 }
 
-/// Sends `make(reply)` to every shard and adds up their answers.
-/// Asks the other nodes through the Redis engine (cluster mode): how many nodes got the
-/// request, or `None` on a single node.
-async fn ask_nodes(
+/// Asks the other nodes through the Redis engine (cluster mode): their answer (for a broadcast
+/// or a kick, how many nodes got it), or `None` on a single node.
+async fn ask_nodes<T>(
     ctx: &Ctx,
-    make: impl FnOnce(oneshot::Sender<Option<u64>>) -> NodesCall,
-) -> Result<Option<u64>, ApiError> {
+    make: impl FnOnce(oneshot::Sender<Option<T>>) -> NodesCall,
+) -> Result<Option<T>, ApiError> {
     let (reply, rx) = oneshot::channel();
     let call = make(reply);
     if !ctx
@@ -524,7 +514,7 @@ async fn ask_nodes(
         return Ok(None);
     }
     match rx.await {
-        Ok(Some(nodes)) => Ok(Some(nodes)),
+        Ok(Some(answer)) => Ok(Some(answer)),
         _ => Err(redis_unavailable()),
     }
 }
@@ -546,6 +536,7 @@ fn counted(connections: usize, nodes: Option<u64>) -> Bytes {
     .into()
 }
 
+/// Sends `make(reply)` to every shard and collects their answers, one per shard.
 async fn ask_all<T>(
     ctx: &Ctx,
     make: impl Fn(oneshot::Sender<T>) -> LocalMsg,
