@@ -15,6 +15,11 @@ use redis::{
 };
 use tokio::sync::mpsc::UnboundedSender;
 
+/// Commands queued for the connection's writer before a caller waits. Past the client
+/// library's 50, waiting callers could be let in out of order, and a burst of one
+/// connection's publishes sequenced out of order; its queue allocates as it fills.
+const PIPELINE_BUFFER: usize = 1 << 20;
+
 /// Where Redis is, as configured.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -105,6 +110,7 @@ impl Target {
         AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
+            .set_pipeline_buffer_size(PIPELINE_BUFFER)
     }
 
     /// The command connection.
