@@ -393,6 +393,9 @@ pub enum NodeMsg {
         result: Result<Bytes, ReplyError>,
         read: u32,
     },
+    /// Several of the above, in order: what the cluster engine handed this shard from one
+    /// read of pub/sub messages (one queue send and one wake-up instead of one each).
+    Batch(Vec<NodeMsg>),
 }
 
 /// A live room message's copy for its sender's other connections: the frame with the

@@ -36,6 +36,7 @@ use crate::protocol::encode::{self, Target as To};
 use crate::router::Router;
 use crate::ws;
 
+mod batch;
 mod messages;
 mod rooms;
 mod scripts;
@@ -177,6 +178,8 @@ pub struct Node {
     rewrite: Cell<bool>,
     /// When a command last succeeded.
     last_ok: Cell<Instant>,
+    /// Sends to shards kept while one read of pub/sub messages is handed on.
+    batch: RefCell<batch::Batch>,
 }
 
 /// Why a Redis call gave no answer.
@@ -234,6 +237,7 @@ impl Node {
             renew: Cell::new(false),
             rewrite: Cell::new(false),
             last_ok: Cell::new(Instant::now()),
+            batch: RefCell::default(),
         }
     }
 
@@ -349,10 +353,6 @@ impl Node {
         }
     }
 
-    fn send(&self, shard: ShardId, msg: impl Into<crate::msg::ShardMsg>) {
-        self.router.send(shard, msg);
-    }
-
     fn answer(&self, (shard, msg): (ShardId, NodeMsg)) {
         self.send(shard, msg);
     }
@@ -379,6 +379,7 @@ impl Node {
     fn take(self: &Rc<Self>, req: Req) {
         match req {
             Req::Engine(m) => self.serve(m),
+            Req::Batch(ms) => ms.into_iter().for_each(|m| self.serve(m)),
             Req::Nodes(NodesCall::Broadcast { json, reply }) => {
                 let me = self.clone();
                 self.spawn(async move {

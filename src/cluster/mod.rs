@@ -59,6 +59,9 @@ pub enum Req {
     Engine(EngineMsg),
     /// The API's call to every other node.
     Nodes(NodesCall),
+    /// A shard's publishes and direct messages of one pass, in order (one wake-up of the
+    /// engine thread for them all).
+    Batch(Vec<EngineMsg>),
 }
 
 /// How the shards reach the engine thread. Cheap to clone.
@@ -80,6 +83,7 @@ impl Handle {
         RedisEngine {
             handle: self.clone(),
             reads: StoreReads::new(persist),
+            kept: Vec::new(),
         }
     }
 }
@@ -88,16 +92,36 @@ impl Handle {
 pub struct RedisEngine {
     handle: Handle,
     reads: StoreReads,
+    /// Publishes and direct messages of this pass, sent together at `flush`.
+    kept: Vec<EngineMsg>,
+}
+
+impl RedisEngine {
+    fn send_kept(&mut self) {
+        match self.kept.len() {
+            0 => {}
+            1 => self.handle.send(Req::Engine(self.kept.pop().expect("one"))),
+            _ => self.handle.send(Req::Batch(std::mem::take(&mut self.kept))),
+        }
+    }
 }
 
 impl Engine for RedisEngine {
+    /// Publishes and direct messages wait for the pass's `flush` (every pass that takes input
+    /// ends with one); anything else goes at once, after them, so the order stays.
     fn request(&mut self, msg: EngineMsg, _out: &mut Outbox) {
-        if let Some(msg) = self.reads.take(msg) {
-            self.handle.send(Req::Engine(msg));
+        let Some(msg) = self.reads.take(msg) else {
+            return;
+        };
+        if matches!(msg, EngineMsg::Publish { .. } | EngineMsg::Direct { .. }) {
+            return self.kept.push(msg);
         }
+        self.send_kept();
+        self.handle.send(Req::Engine(msg));
     }
 
     fn flush(&mut self) {
+        self.send_kept();
         self.reads.flush();
     }
 

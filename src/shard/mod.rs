@@ -164,6 +164,7 @@ impl Shard {
                 exclude,
                 own,
             } => self.deliver(stream, seq, frame, exclude, own),
+            NodeMsg::Batch(msgs) => msgs.into_iter().for_each(|m| self.on_node(m)),
         }
     }
 

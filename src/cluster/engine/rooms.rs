@@ -179,7 +179,7 @@ impl Node {
                     exclude: *exclude,
                     own: None,
                 };
-                self.router.send(shard, msg);
+                self.send(shard, msg);
             }
         }
         r.pending -= 1;

@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// Pub/sub messages taken in one pass (one batch per shard): bounds a pass's length when
+/// Redis sends faster than the node takes them.
+const READ_BATCH: usize = 512;
+
 impl Node {
     // ----- the subscription ---------------------------------------------------------------------
 
@@ -87,7 +91,7 @@ impl Node {
                 tokio::select! {
                     push = rx.recv() => match push {
                         Some(p) if p.kind == PushKind::Disconnection => break,
-                        Some(p) => self.on_push(p),
+                        Some(p) => if !self.on_read(p, &mut rx) { break },
                         None => break,
                     },
                     _ = tick.tick() => {
@@ -173,6 +177,7 @@ impl Node {
         if self.epoch_changed(&stream, epoch) {
             return;
         }
+        self.begin_batch();
         for (seq, json) in log_entries(entries) {
             self.counters.gap_fills.fetch_add(1, Relaxed);
             let wire = Wire::Message {
@@ -184,6 +189,7 @@ impl Node {
             };
             self.hand_on(&stream, wire);
         }
+        self.end_batch();
     }
 
     /// Whether this node still has receivers of the stream.
@@ -227,6 +233,31 @@ impl Node {
         });
     }
 
+    /// One read's worth of pub/sub messages: `first` and what the connection queued with it
+    /// (at most `READ_BATCH`), handed to the shards as one batch each. False when the
+    /// connection dropped.
+    fn on_read(
+        self: &Rc<Self>,
+        first: PushInfo,
+        rx: &mut mpsc::UnboundedReceiver<PushInfo>,
+    ) -> bool {
+        self.begin_batch();
+        self.on_push(first);
+        let mut up = true;
+        for _ in 1..READ_BATCH {
+            match rx.try_recv() {
+                Ok(p) if p.kind == PushKind::Disconnection => {
+                    up = false;
+                    break;
+                }
+                Ok(p) => self.on_push(p),
+                Err(_) => break,
+            }
+        }
+        self.end_batch();
+        up
+    }
+
     pub(super) fn on_push(self: &Rc<Self>, p: PushInfo) {
         if !matches!(p.kind, PushKind::Message | PushKind::SMessage) {
             return;
@@ -256,10 +287,13 @@ impl Node {
                     && from != self.node
                 {
                     let frame = ws::text_frames(std::iter::once(&json[..]));
-                    self.router.broadcast(|| LocalMsg::Broadcast {
-                        frame: frame.clone(),
-                        reply: oneshot::channel().0,
-                    });
+                    for shard in 0..self.router.shards() {
+                        let msg = LocalMsg::Broadcast {
+                            frame: frame.clone(),
+                            reply: oneshot::channel().0,
+                        };
+                        self.send(shard, msg);
+                    }
                 }
             }
             Channel::Stream(stream) => self.hand_on(&stream, wire),
@@ -343,7 +377,7 @@ impl Node {
                                 except,
                                 code: CloseCode::Replaced,
                             };
-                            self.router.send(shard, msg);
+                            self.send(shard, msg);
                         }
                         return;
                     }
@@ -354,7 +388,7 @@ impl Node {
                                 reason: Some(reason.clone()).filter(|r| !r.is_empty()),
                                 reply: oneshot::channel().0,
                             };
-                            self.router.send(shard, msg);
+                            self.send(shard, msg);
                         }
                         return;
                     }
@@ -374,7 +408,7 @@ impl Node {
             let msg = NodeMsg::Lost {
                 stream: stream.clone(),
             };
-            self.router.send(shard, msg);
+            self.send(shard, msg);
         }
     }
 
@@ -397,7 +431,7 @@ impl Node {
                 exclude,
                 own: own.clone(),
             };
-            self.router.send(shard, msg);
+            self.send(shard, msg);
         }
     }
 }
