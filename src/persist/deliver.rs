@@ -193,21 +193,18 @@ async fn post(
     sig: &str,
 ) -> Result<(), String> {
     let reused = conn.is_some();
-    let first = tokio::time::timeout(target.timeout, post_once(target, conn, body.clone(), sig))
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {:?}", target.timeout)));
-    match first {
-        Err(e) => {
+    let timed = async |conn: &mut Option<SendRequest<Full<Bytes>>>, body| {
+        let sent = tokio::time::timeout(target.timeout, post_once(target, conn, body, sig));
+        let result =
+            (sent.await).unwrap_or_else(|_| Err(format!("no answer within {:?}", target.timeout)));
+        if result.is_err() {
             *conn = None;
-            if !reused || e.starts_with("status") {
-                return Err(e);
-            }
-            tokio::time::timeout(target.timeout, post_once(target, conn, body, sig))
-                .await
-                .unwrap_or_else(|_| Err(format!("no answer within {:?}", target.timeout)))
-                .inspect_err(|_| *conn = None)
         }
-        ok => ok,
+        result
+    };
+    match timed(conn, body.clone()).await {
+        Err(e) if reused && !e.starts_with("status") => timed(conn, body).await,
+        result => result,
     }
 }
 

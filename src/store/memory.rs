@@ -73,6 +73,19 @@ fn collect<'a>(
         .collect()
 }
 
+/// Removes the oldest entries (key → (ts, ..)) while `trimmed`; returns how many.
+fn trim_front(map: &mut BTreeMap<u64, (u64, Bytes)>, keep_from: u64, min_ts: u64) -> usize {
+    let mut removed = 0;
+    while let Some(entry) = map.first_entry() {
+        if !trimmed(*entry.key(), entry.get().0, keep_from, min_ts) {
+            break;
+        }
+        entry.remove();
+        removed += 1;
+    }
+    removed
+}
+
 impl Store for MemoryStore {
     fn write(
         &self,
@@ -152,15 +165,7 @@ impl Store for MemoryStore {
         let Some(e) = inner.get_mut(stream) else {
             return Ok(0);
         };
-        let mut removed = 0;
-        while let Some(entry) = e.messages.first_entry() {
-            if !trimmed(*entry.key(), entry.get().0, keep_from, min_ts) {
-                break;
-            }
-            entry.remove();
-            removed += 1;
-        }
-        Ok(removed)
+        Ok(trim_front(&mut e.messages, keep_from, min_ts))
     }
 
     fn keys(&self, stream: &Stream, limit: usize) -> Result<Vec<KeyEntry>, StoreError> {
@@ -211,16 +216,7 @@ impl Store for MemoryStore {
     }
 
     fn feed_trim(&self, keep_from: u64, min_ts: u64) -> Result<usize, StoreError> {
-        let mut f = self.feed();
-        let mut removed = 0;
-        while let Some(entry) = f.events.first_entry() {
-            if !trimmed(*entry.key(), entry.get().0, keep_from, min_ts) {
-                break;
-            }
-            entry.remove();
-            removed += 1;
-        }
-        Ok(removed)
+        Ok(trim_front(&mut self.feed().events, keep_from, min_ts))
     }
 
     fn set_feed_mark(&self, mark: u64) -> Result<(), StoreError> {
