@@ -28,7 +28,7 @@ DATA=$(mktemp -d /dev/shm/feedbench.XXXXXX)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$DATA"
+  rm -rf "$DATA" "$DATA.bot.log" "$DATA.log"
 }
 trap cleanup EXIT
 
@@ -54,11 +54,11 @@ sample() {
 
 taskset -c 1 target/release/shardcast-loadtest chat --url "ws://127.0.0.1:$PORT/ws" \
   --server-pid "$SERVER" --durability "$DURABILITY" --users "$USERS" --room-size 1 \
-  --rate "$PER_USER" --duration "$DURATION" > "$DATA.bot" 2>&1 &
+  --rate "$PER_USER" --duration "$DURATION" > "$DATA.bot.log" 2>&1 &
 BOT=$!
 pids+=("$BOT")
 start=$(date +%s.%N)
-first=""; max_backlog=0; stopped=""
+first=""; last=""; max_backlog=0; stopped=""
 echo "t recorded delivered backlog"
 while true; do
   sleep 1
@@ -78,7 +78,7 @@ while true; do
   fi
 done
 wait "$BOT" || true
-grep -E "server CPU|publishes|µs|delivered|exact|p99" "$DATA.bot" | head -20 || true
+cat "$DATA.bot.log"
 if [ "$FEED" = 1 ]; then
   read -r t0 d0 <<<"$first"; read -r t1 d1 <<<"$last"
   echo "delivered while the bot ran: $(echo "($d1 - $d0) / ($t1 - $t0)" | bc) events/s"

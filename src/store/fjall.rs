@@ -29,6 +29,9 @@ use crate::core::Stream;
 pub struct StoreMemory {
     pub cache_bytes: u64,
     pub memtable_bytes: u64,
+    /// Open the event feed's keyspaces (`event_feed` or `webhook_url` on). Without them the
+    /// store is the same as before the feed existed, and refuses feed records.
+    pub feed: bool,
 }
 
 impl Default for StoreMemory {
@@ -38,6 +41,7 @@ impl Default for StoreMemory {
         StoreMemory {
             cache_bytes: 16 << 20,
             memtable_bytes: 2 << 20,
+            feed: false,
         }
     }
 }
@@ -60,8 +64,8 @@ struct Db {
     keys: Keyspace,
     last: Keyspace,
     cursors: Keyspace,
-    feed: Keyspace,
-    feed_meta: Keyspace,
+    /// `feed` and `feed_meta`, when the feed is on.
+    feed: Option<(Keyspace, Keyspace)>,
     broken: bool,
 }
 
@@ -89,11 +93,19 @@ impl Db {
             keys: ks("keys", small)?,
             last: ks("last_seq", small)?,
             cursors: ks("cursors", small)?,
-            feed: ks("feed", memory.memtable_bytes)?,
-            feed_meta: ks("feed_meta", small)?,
+            feed: match memory.feed {
+                true => Some((ks("feed", memory.memtable_bytes)?, ks("feed_meta", small)?)),
+                false => None,
+            },
             db,
             broken: false,
         })
+    }
+
+    /// The feed's keyspaces, or an error when the store was opened without them.
+    fn feed(&self) -> Result<(&Keyspace, &Keyspace), StoreError> {
+        let no_feed = || StoreError::Write("the store was opened without the event feed".into());
+        self.feed.as_ref().map(|(e, m)| (e, m)).ok_or_else(no_feed)
     }
 
     fn u64_at(ks: &Keyspace, key: &[u8]) -> Result<u64, StoreError> {
@@ -109,14 +121,15 @@ impl Db {
         durable: bool,
     ) -> Result<(), StoreError> {
         let mut tx = self.db.batch();
-        for r in feed {
-            let mut value = Vec::with_capacity(8 + r.payload.len());
-            value.extend_from_slice(&r.ts.to_be_bytes());
-            value.extend_from_slice(&r.payload);
-            tx.insert(&self.feed, r.cursor.to_be_bytes(), value);
-        }
         if let Some(last) = feed.iter().map(|r| r.cursor).max() {
-            tx.insert(&self.feed_meta, FEED_LAST, last.to_be_bytes());
+            let (events, meta) = self.feed()?;
+            for r in feed {
+                let mut value = Vec::with_capacity(8 + r.payload.len());
+                value.extend_from_slice(&r.ts.to_be_bytes());
+                value.extend_from_slice(&r.payload);
+                tx.insert(events, r.cursor.to_be_bytes(), value);
+            }
+            tx.insert(meta, FEED_LAST, last.to_be_bytes());
         }
         for a in appends {
             let mut value = Vec::with_capacity(8 + a.payload.len());
@@ -221,7 +234,11 @@ impl FjallStore {
     /// Opens (or creates) the store in `dir`, with the default memory bounds (the unit tests').
     #[cfg(test)]
     pub fn open(dir: &Path) -> Result<FjallStore, StoreError> {
-        FjallStore::open_with(dir, StoreMemory::default())
+        let memory = StoreMemory {
+            feed: true,
+            ..StoreMemory::default()
+        };
+        FjallStore::open_with(dir, memory)
     }
 
     /// Opens (or creates) the store in `dir`, using at most `memory` for its cache and
@@ -273,7 +290,9 @@ impl FjallStore {
             for key in undo.iter() {
                 tx.remove(&db.messages, key.clone());
                 tx.remove(&db.keys, key.clone());
-                tx.remove(&db.feed, key.clone());
+                if let Some((feed, _)) = &db.feed {
+                    tx.remove(feed, key.clone());
+                }
             }
             // On failure `db` is dropped unused and the next call tries again.
             tx.commit()
@@ -399,15 +418,17 @@ impl Store for FjallStore {
 
     fn feed_state(&self) -> Result<FeedState, StoreError> {
         let guard = self.db()?;
-        let db = guard.as_ref().expect("checked");
-        let first = match db.feed.iter().next() {
+        let Some((feed, meta)) = &guard.as_ref().expect("checked").feed else {
+            return Ok(FeedState::default());
+        };
+        let first = match feed.iter().next() {
             Some(first) => be_u64(&first.key().map_err(read_err)?),
             None => 0,
         };
         Ok(FeedState {
             first,
-            last: Db::u64_at(&db.feed_meta, FEED_LAST)?,
-            mark: Db::u64_at(&db.feed_meta, FEED_MARK)?,
+            last: Db::u64_at(meta, FEED_LAST)?,
+            mark: Db::u64_at(meta, FEED_MARK)?,
         })
     }
 
@@ -416,9 +437,11 @@ impl Store for FjallStore {
             return Ok(Vec::new());
         };
         let guard = self.db()?;
-        let db = guard.as_ref().expect("checked");
+        let Some((feed, _)) = &guard.as_ref().expect("checked").feed else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
-        for guard in db.feed.range(from.to_be_bytes()..).take(limit) {
+        for guard in feed.range(from.to_be_bytes()..).take(limit) {
             let (key, value) = guard.into_inner().map_err(read_err)?;
             let (ts, payload) = split_value(&value)?;
             out.push(FeedRecord {
@@ -433,15 +456,18 @@ impl Store for FjallStore {
     fn feed_trim(&self, keep_from: u64, min_ts: u64) -> Result<usize, StoreError> {
         let guard = self.db()?;
         let db = guard.as_ref().expect("checked");
+        let Some((feed, _)) = &db.feed else {
+            return Ok(0);
+        };
         let mut tx = db.db.batch();
         let mut removed = 0;
-        for guard in db.feed.iter() {
+        for guard in feed.iter() {
             let (key, value) = guard.into_inner().map_err(read_err)?;
             let (ts, _) = split_value(&value)?;
             if !trimmed(be_u64(&key), ts, keep_from, min_ts) {
                 break;
             }
-            tx.remove(&db.feed, key);
+            tx.remove(feed, key);
             removed += 1;
         }
         if removed > 0 {
@@ -453,8 +479,9 @@ impl Store for FjallStore {
     fn set_feed_mark(&self, mark: u64) -> Result<(), StoreError> {
         let guard = self.db()?;
         let db = guard.as_ref().expect("checked");
+        let (_, meta) = db.feed()?;
         let mut tx = db.db.batch();
-        tx.insert(&db.feed_meta, FEED_MARK, mark.to_be_bytes());
+        tx.insert(meta, FEED_MARK, mark.to_be_bytes());
         tx.commit().map_err(write_err)?;
         // To the OS, not the disk: a kill -9 keeps it; a power cut may repeat a batch.
         db.db.persist(PersistMode::Buffer).map_err(write_err)
