@@ -190,6 +190,9 @@ pub enum Call {
     Stats,
     /// The rooms with members, the biggest first, at most this many.
     Rooms(usize),
+    /// `GET /api/events?after=C&limit=N` → `{"dropped","next","events":[..]}`: the event feed
+    /// after cursor `after` (docs/hooks.md).
+    Events { after: u64, limit: usize },
 }
 
 /// Parses a request: `path` is what follows `/api/`. It checks everything that can be checked
@@ -250,6 +253,12 @@ pub fn parse_call(
         (&Method::GET, ["users", user]) => Ok(Call::User(name("user", user)?)),
         (&Method::GET, ["stats"]) => Ok(Call::Stats),
         (&Method::GET, ["rooms"]) => Ok(Call::Rooms(rooms_query(query)?)),
+        (&Method::GET, ["events"]) => events_query(query),
+        (_, ["events"]) => Err(ApiError::new(
+            405,
+            "method_not_allowed",
+            format!("{method} is not allowed on /api/{path}"),
+        )),
         (_, ["publish" | "send" | "broadcast" | "disconnect"])
         | (_, ["rooms", _, "presence" | "history"])
         | (_, ["users", _] | ["stats"] | ["rooms"]) => Err(ApiError::new(
@@ -268,6 +277,27 @@ pub fn parse_call(
 /// Does what `call` asks, through the engine, the shards and the store writer.
 async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
     match call {
+        Call::Events { after, limit } => {
+            if ctx.persist.feed().is_none() {
+                return Err(ApiError::new(
+                    404,
+                    "not_found",
+                    "the event feed is off; start the server with --event-feed true (or a \
+                     webhook_url)",
+                ));
+            }
+            let (reply, rx) = oneshot::channel();
+            ctx.persist.send(vec![crate::persist::Op::FeedRead {
+                after,
+                limit,
+                reply,
+            }]);
+            match rx.await {
+                Ok(Ok(page)) => Ok(page.json()),
+                Ok(Err(e)) => Err(ApiError::new(503, "unavailable", e.to_string())),
+                Err(_) => Err(ApiError::unavailable()),
+            }
+        }
         Call::Publish {
             room,
             from,
@@ -629,6 +659,34 @@ fn rooms_query(query: &str) -> Result<usize, ApiError> {
         return Err(ApiError::bad("`limit` must be 1 to 1000"));
     }
     Ok(limit)
+}
+
+/// Most events one `GET /api/events` returns.
+const MAX_EVENTS_LIMIT: usize = 10_000;
+
+fn events_query(query: &str) -> Result<Call, ApiError> {
+    let (mut after, mut limit) = (0, 100);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = || {
+            value.parse::<u64>().map_err(|_| {
+                ApiError::bad(format!(
+                    "`{key}` must be a non-negative integer (a cursor from the feed)"
+                ))
+            })
+        };
+        match key {
+            "after" => after = number()?,
+            "limit" => limit = number()?.min(u64::from(u32::MAX)) as usize,
+            _ => {}
+        }
+    }
+    if !(1..=MAX_EVENTS_LIMIT).contains(&limit) {
+        return Err(ApiError::bad(format!(
+            "`limit` must be 1 to {MAX_EVENTS_LIMIT}"
+        )));
+    }
+    Ok(Call::Events { after, limit })
 }
 
 fn history_query(query: &str) -> Result<(Option<u64>, usize), ApiError> {

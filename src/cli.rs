@@ -20,14 +20,15 @@ pub const MASK: &str = "***";
 /// Width of the default file's comment lines, `# ` included.
 const WIDTH: usize = 80;
 
-/// The effective configuration as TOML, with `jwt_secret`, `api_key` and `metrics_key` replaced
-/// by [`MASK`] when set. Unset optional values are left out, as TOML has no null.
+/// The effective configuration as TOML, with `jwt_secret`, `api_key`, `metrics_key` and
+/// `webhook_secret` replaced by [`MASK`] when set. Unset optional values are left out, as TOML has no null.
 pub fn effective_toml(config: &Config) -> String {
     let mut shown = config.clone();
     for secret in [
         &mut shown.jwt_secret,
         &mut shown.api_key,
         &mut shown.metrics_key,
+        &mut shown.webhook_secret,
     ] {
         if secret.is_some() {
             *secret = Some(MASK.to_owned());

@@ -38,6 +38,8 @@ pub struct Snapshot {
     /// The writer's last reading of the data directory's disk, when it reads it
     /// (`min_free_disk_bytes` set, a store on disk).
     pub disk: Option<crate::core::health::Disk>,
+    /// The event feed's counters, when the feed is on.
+    pub feed: Option<std::sync::Arc<crate::persist::FeedShared>>,
 }
 
 /// Asks every shard and the writer for their counters and waits for the answers. A shard or
@@ -62,6 +64,7 @@ pub async fn gather(ctx: &Ctx) -> Snapshot {
         process: process(),
         redis: ctx.with(|s| s.engine().redis_counters()).flatten(),
         disk: ctx.health.disk(),
+        feed: ctx.persist.feed().cloned(),
     }
 }
 
@@ -259,6 +262,46 @@ impl Snapshot {
                 ),
             ] {
                 out.family(name, "counter", help);
+                out.sample(name, &[], value);
+            }
+        }
+        if let Some(f) = &self.feed {
+            let c = &f.counters;
+            let get =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            for (name, kind, help, value) in [
+                (
+                    "shardcast_feed_recorded_total",
+                    "counter",
+                    "Events written to the event feed.",
+                    get(&c.recorded),
+                ),
+                (
+                    "shardcast_feed_delivered_total",
+                    "counter",
+                    "Feed events the webhook acknowledged with a 2xx.",
+                    get(&c.delivered),
+                ),
+                (
+                    "shardcast_feed_failed_total",
+                    "counter",
+                    "Webhook POSTs that failed (no answer in time, or not 2xx); each is retried.",
+                    get(&c.failed),
+                ),
+                (
+                    "shardcast_feed_backlog",
+                    "gauge",
+                    "Feed events stored and not yet acknowledged by the webhook.",
+                    get(&c.backlog),
+                ),
+                (
+                    "shardcast_feed_dropped_total",
+                    "counter",
+                    "Feed events dropped by webhook_retention before they were delivered.",
+                    get(&c.dropped),
+                ),
+            ] {
+                out.family(name, kind, help);
                 out.sample(name, &[], value);
             }
         }

@@ -10,6 +10,11 @@ impl Config {
         self.jwt_secret.is_none() && self.jwt_public_key.is_none() && self.jwks_url.is_none()
     }
 
+    /// The event feed is recorded (`event_feed`, or a `webhook_url` to push it to).
+    pub fn feed_on(&self) -> bool {
+        self.event_feed || self.webhook_url.is_some()
+    }
+
     /// The number of shards to run: `shards`, or one per available core.
     pub fn shard_count(&self) -> usize {
         match self.shards {

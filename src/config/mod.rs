@@ -316,6 +316,59 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_METRICS_BIND")]
     pub metrics_bind: Option<SocketAddr>,
 
+    /// Record the event feed (docs/hooks.md): room messages, direct messages, presence,
+    /// occupied/vacated and connections, stored with what they tell of and served by
+    /// `GET /api/events`. webhook_url turns it on too. Embedded engine only. Default false.
+    #[arg(long, env = "SHARDCAST_EVENT_FEED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub event_feed: bool,
+
+    /// http:// URL the event feed is POSTed to, in batches, from a cursor kept in the store
+    /// (at least once, in order; docs/hooks.md). Needs webhook_secret. Default none: no push.
+    #[arg(long, env = "SHARDCAST_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Secret that signs each webhook batch (`Shardcast-Signature: t=..,v1=..`, HMAC-SHA256),
+    /// at least 16 bytes. Default none.
+    #[arg(long, env = "SHARDCAST_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Most events in one webhook POST, 1 to 10000. Default 100.
+    #[arg(long, env = "SHARDCAST_WEBHOOK_BATCH", default_value_t = 100)]
+    pub webhook_batch: usize,
+
+    /// How long a webhook POST may take, connect to answer, before it counts as failed, in
+    /// milliseconds. Default 5000.
+    #[arg(long, env = "SHARDCAST_WEBHOOK_TIMEOUT_MS", default_value_t = 5_000)]
+    pub webhook_timeout_ms: u64,
+
+    /// Longest wait between two tries of a failed webhook POST, in milliseconds: the first
+    /// retry is after 100 ms (or this, if less), each next one twice as late up to this.
+    /// Default 30000.
+    #[arg(
+        long,
+        env = "SHARDCAST_WEBHOOK_BACKOFF_MAX_MS",
+        default_value_t = 30_000
+    )]
+    pub webhook_backoff_max_ms: u64,
+
+    /// Events the feed keeps: past it the oldest are dropped, delivered or not, and the next
+    /// batch says how many were never delivered (`dropped`). 0 = no limit. Default 1000000.
+    #[arg(
+        long,
+        env = "SHARDCAST_WEBHOOK_RETENTION_EVENTS",
+        default_value_t = 1_000_000
+    )]
+    pub webhook_retention_events: u64,
+
+    /// Age after which feed events are dropped, delivered or not, in seconds (counted in
+    /// `dropped` like the above). 0 = no limit. Default 604800 (7 days).
+    #[arg(
+        long,
+        env = "SHARDCAST_WEBHOOK_RETENTION_SECS",
+        default_value_t = 604_800
+    )]
+    pub webhook_retention_secs: u64,
+
     /// Serve the web pages: the chat page at /, the operator page at /admin and the client
     /// library at /shardcast.js. Default true.
     #[arg(long, env = "SHARDCAST_WEB", default_value_t = true, action = clap::ArgAction::Set)]
@@ -613,6 +666,14 @@ impl Default for Config {
             api_body_timeout_ms: 10_000,
             metrics_key: None,
             metrics_bind: None,
+            event_feed: false,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_batch: 100,
+            webhook_timeout_ms: 5_000,
+            webhook_backoff_max_ms: 30_000,
+            webhook_retention_events: 1_000_000,
+            webhook_retention_secs: 604_800,
             web: true,
             log_format: LogFormat::Text,
             heartbeat_ms: 25_000,

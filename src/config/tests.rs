@@ -239,3 +239,38 @@ fn write_delay_is_at_most_100_ms() {
     let err = load(&["--write-delay-us", "100001"], None).unwrap_err();
     assert!(err.to_string().contains("write_delay_us"), "{err}");
 }
+
+#[test]
+fn the_webhook_needs_a_real_secret_an_http_url_and_the_embedded_engine() {
+    let url = ["--webhook-url", "http://127.0.0.1:9000/feed"];
+    let err = load(&url, None).unwrap_err();
+    assert!(err.to_string().contains("webhook_secret"), "{err}");
+    let short = load(&[&url[..], &["--webhook-secret", "short"]].concat(), None).unwrap_err();
+    assert!(short.to_string().contains("at least 16"), "{short}");
+    let ok = [&url[..], &["--webhook-secret", "0123456789abcdef"]].concat();
+    assert!(load(&ok, None).unwrap().feed_on());
+    let https = [
+        "--webhook-url",
+        "https://x",
+        "--webhook-secret",
+        "0123456789abcdef",
+    ];
+    assert!(
+        load(&https, None)
+            .unwrap_err()
+            .to_string()
+            .contains("http://")
+    );
+    let batch = load(&[&ok[..], &["--webhook-batch", "0"]].concat(), None).unwrap_err();
+    assert!(batch.to_string().contains("webhook_batch"), "{batch}");
+    let redis = [
+        "--event-feed",
+        "true",
+        "--engine",
+        "redis",
+        "--redis-url",
+        "redis://x",
+    ];
+    let err = load(&redis, None).unwrap_err();
+    assert!(err.to_string().contains("redis engine"), "{err}");
+}

@@ -66,6 +66,7 @@ impl Config {
         if self.jwks_ca_file.is_some() && self.jwks_url.is_none() {
             return invalid("jwks_ca_file is set but jwks_url is not");
         }
+        self.validate_feed()?;
         if self.jwks_refresh_secs == 0 {
             return invalid("jwks_refresh_secs must be greater than 0");
         }
@@ -185,6 +186,60 @@ impl Config {
             return invalid(
                 "max_total_queue_bytes divided by the shards must be at least max_queue_bytes \
                  (or 0 for no bound)",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The shortest `webhook_secret`: a signature is only as strong as its key.
+const MIN_WEBHOOK_SECRET_BYTES: usize = 16;
+
+impl Config {
+    /// The event feed's fields (`event_feed`, `webhook_*`).
+    fn validate_feed(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(url) = &self.webhook_url {
+            if !url.starts_with("http://") {
+                return invalid(format!(
+                    "webhook_url {url} is not an http:// URL (https is not supported yet: put \
+                     a TLS proxy on the same host in front of the backend)"
+                ));
+            }
+            match &self.webhook_secret {
+                None => {
+                    return invalid(
+                        "webhook_url is set but webhook_secret is not: every batch is signed; \
+                         make one with `openssl rand -hex 32`"
+                            .into(),
+                    );
+                }
+                Some(s) if s.len() < MIN_WEBHOOK_SECRET_BYTES => {
+                    return invalid(format!(
+                        "webhook_secret is {} bytes; give at least {MIN_WEBHOOK_SECRET_BYTES} \
+                         (`openssl rand -hex 32`)",
+                        s.len()
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if self.feed_on() && self.engine == Engine::Redis {
+            return invalid(
+                "the event feed (event_feed, webhook_url) is not available with the redis \
+                 engine yet; use the embedded engine or turn it off"
+                    .into(),
+            );
+        }
+        if !(1..=10_000).contains(&self.webhook_batch) {
+            return invalid(format!(
+                "webhook_batch is {}; give 1 to 10000",
+                self.webhook_batch
+            ));
+        }
+        if self.webhook_timeout_ms == 0 || self.webhook_backoff_max_ms == 0 {
+            return invalid(
+                "webhook_timeout_ms and webhook_backoff_max_ms must be greater than 0".into(),
             );
         }
         Ok(())

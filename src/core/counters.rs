@@ -2,8 +2,8 @@
 //! fixed label sets a scrape renders them with.
 //!
 //! Each is owned by the one thread that counts it (plain integers: an increment on the message
-//! path is one non-atomic add), except `RedisCounters`, shared atomics the engine thread adds
-//! to once per command. Gathering and rendering a scrape is `metrics`'s job, above.
+//! path is one non-atomic add), except `RedisCounters` and `FeedCounters`, shared atomics added
+//! to once per command or batch. Gathering and rendering a scrape is `metrics`'s job, above.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -221,4 +221,20 @@ impl RedisCounters {
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
     }
+}
+
+/// Counters of the event feed, read by a scrape: shared atomics, added to by the store writer
+/// (`recorded`, once per batch) and the feed's delivery thread (once per POST).
+#[derive(Debug, Default)]
+pub struct FeedCounters {
+    /// Events written to the feed.
+    pub recorded: AtomicU64,
+    /// Events the webhook acknowledged (2xx).
+    pub delivered: AtomicU64,
+    /// Webhook POSTs that failed (no answer in time, not 2xx).
+    pub failed: AtomicU64,
+    /// Events stored and not yet acknowledged, at the last look of the delivery thread.
+    pub backlog: AtomicU64,
+    /// Events dropped by retention before they were delivered.
+    pub dropped: AtomicU64,
 }

@@ -16,7 +16,7 @@ use crate::core::error::{ErrorCode, HandshakeError, ReplyError};
 use crate::core::{ConnId, MsgKey, Name, ShardId, Stream};
 use crate::engine::{Joined, Outbox};
 use crate::msg::{EngineMsg, NodeMsg, Own, Replay, ReplayTo, ReplyTo, WriteTarget, Written};
-use crate::persist::{Op, Read};
+use crate::persist::{FeedEvent, Op, Read};
 use crate::protocol::encode::{self, Target};
 use crate::store::Append;
 use crate::ws;
@@ -26,7 +26,15 @@ impl Embedded {
     pub(super) fn serve_here(&mut self, msg: EngineMsg, out: &mut Outbox) {
         match msg {
             EngineMsg::Register { user, conn } => self.admit(user, conn, out),
-            EngineMsg::Unregister { user, conn } => self.users.release(&user, conn),
+            EngineMsg::Unregister { user, conn } => {
+                if self.users.release(&user, conn) {
+                    self.store.feed(|| FeedEvent::Conn {
+                        connected: false,
+                        user,
+                        conn,
+                    });
+                }
+            }
             EngineMsg::Online { user, conn } => self.online(user, conn, out),
             EngineMsg::InboxHanded {
                 user,
@@ -55,7 +63,23 @@ impl Embedded {
             }
             EngineMsg::Leave { room, user, conn } => {
                 let rule = self.config.rule(&room);
+                let before = self.rooms.members(&room);
                 let event = self.rooms.leave(&room, &user, conn.shard(), &rule);
+                if event.is_some() {
+                    let (room, user) = (room.clone(), user.clone());
+                    self.store.feed(|| FeedEvent::Member {
+                        joined: false,
+                        room,
+                        user,
+                    });
+                }
+                if before > 0 && self.rooms.members(&room) == 0 {
+                    let room = room.clone();
+                    self.store.feed(|| FeedEvent::Room {
+                        occupied: false,
+                        room,
+                    });
+                }
                 if let (true, Some(event)) = (self.config.presence_events, event) {
                     self.spread(Stream::Room(room.clone()), None, event, None, None, out);
                 }
@@ -224,6 +248,14 @@ impl Embedded {
         } else {
             self.users.admit(&self.config, &user, conn)
         };
+        if verdict.is_ok() {
+            let user = user.clone();
+            self.store.feed(|| FeedEvent::Conn {
+                connected: true,
+                user,
+                conn,
+            });
+        }
         let (verdict, kick) = match verdict {
             Ok(kick) => (Ok(self.users.inbox_seq(&user)), kick),
             Err(e) => (Err(e), Vec::new()),
@@ -272,9 +304,25 @@ impl Embedded {
     fn register_join(&mut self, user: &Name, joined: Joined, out: &mut Outbox) {
         let (room, conn) = (&joined.room, joined.conn);
         let rule = self.config.rule(room);
+        let before = self.rooms.members(room);
         let Ok(m) = self.rooms.join(room, user, conn.shard(), &rule) else {
             return self.send(conn.shard(), joined.full(&rule), out);
         };
+        if before == 0 {
+            let room = room.clone();
+            self.store.feed(|| FeedEvent::Room {
+                occupied: true,
+                room,
+            });
+        }
+        if m.event.is_some() {
+            let (room, user) = (room.clone(), user.clone());
+            self.store.feed(|| FeedEvent::Member {
+                joined: true,
+                room,
+                user,
+            });
+        }
         if let (true, Some(event)) = (self.config.presence_events, m.event) {
             self.spread(Stream::Room(room.clone()), None, event, None, None, out);
         }
@@ -309,6 +357,10 @@ impl Embedded {
         out: &mut Outbox,
     ) {
         let stream = target.stream();
+        let offline = match &target {
+            WriteTarget::Inbox { to, .. } => self.users.online_count(to) == 0,
+            WriteTarget::Room(_) => false,
+        };
         let (key, text) = match key {
             Some(((id, text), own)) => {
                 self.keys.remember(&stream, id, seq);
@@ -323,6 +375,14 @@ impl Embedded {
             payload: ws::payload_of(&frame),
             key: text,
         };
+        // Queued right after its append: the writer commits both in one batch.
+        let event = self.store.persist().feed().map(|_| FeedEvent::Stream {
+            stream: append.stream.clone(),
+            seq,
+            ts,
+            offline,
+            payload: append.payload.clone(),
+        });
         let written = Written {
             target,
             seq,
@@ -336,8 +396,10 @@ impl Embedded {
             let done = Some((self.id, written));
             self.store_waits.push_back(sequenced);
             self.store.queue(Op::Append { append, done });
+            self.store.queue_all(event.map(Op::Feed));
         } else {
             self.store.queue(Op::Append { append, done: None });
+            self.store.queue_all(event.map(Op::Feed));
             self.delivered(written, out);
             self.counters.publish_latency.observe(sequenced.elapsed());
         }

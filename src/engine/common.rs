@@ -167,6 +167,20 @@ impl StoreReads {
         self.ops.push(op);
     }
 
+    /// Queues `ops` (none or some) in this pass's batch.
+    pub fn queue_all(&mut self, ops: impl IntoIterator<Item = Op>) {
+        self.ops.extend(ops);
+    }
+
+    /// Queues an event for the feed when it is on (`event_feed`, `webhook_url`); otherwise
+    /// `event` is not even built: one branch when off. Queued in this pass's batch, so an
+    /// event queued right after its append is committed with it.
+    pub fn feed(&mut self, event: impl FnOnce() -> crate::persist::FeedEvent) {
+        if self.persist.feed().is_some() {
+            self.ops.push(Op::Feed(event()));
+        }
+    }
+
     /// Sends what this pass queued.
     pub fn flush(&mut self) {
         if !self.ops.is_empty() {

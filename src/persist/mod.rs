@@ -13,6 +13,7 @@
 //! - `writer`: the writer thread: batches, group commit, answers to the homes.
 //! - `read`: replays, gaps and history pages, capped to what one reply may carry.
 //! - `disk`: the free-disk floor. `trim`: the trimmer thread.
+//! - `feed`: the event feed's records and pages; `deliver`: its webhook thread.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,7 +25,9 @@ use crate::core::health::Health;
 use crate::router::Router;
 use crate::store::Store;
 
+mod deliver;
 mod disk;
+mod feed;
 mod op;
 mod read;
 #[cfg(test)]
@@ -32,6 +35,8 @@ mod tests;
 mod trim;
 mod writer;
 
+pub use deliver::{SIGNATURE_HEADER, signature};
+pub use feed::{FeedEvent, FeedPage, FeedShared};
 pub use op::{Op, Read};
 
 /// How shards reach the writer. Cheap to clone.
@@ -40,6 +45,8 @@ pub struct Persist {
     tx: Sender<Vec<Op>>,
     /// Where the writer says whether the disk is below its floor.
     health: Arc<Health>,
+    /// The event feed's horizon and counters; `None` when the feed is off.
+    feed: Option<Arc<FeedShared>>,
 }
 
 impl Persist {
@@ -49,6 +56,7 @@ impl Persist {
         Persist {
             tx: crossbeam_channel::unbounded().0,
             health: Arc::default(),
+            feed: None,
         }
     }
 
@@ -56,6 +64,12 @@ impl Persist {
     /// `min_free_disk_bytes`: new messages must be refused. One relaxed atomic load.
     pub fn disk_low(&self) -> Option<u64> {
         self.health.disk_low()
+    }
+
+    /// The event feed, when it is on (`event_feed` or `webhook_url`): its counters, and
+    /// whether a home should queue `Op::Feed`s at all.
+    pub fn feed(&self) -> Option<&Arc<FeedShared>> {
+        self.feed.as_ref()
     }
 
     /// Queues `ops` in order. A shard sends what one scheduler pass produced at once: one
@@ -71,6 +85,8 @@ pub struct Threads {
     persist: Persist,
     writer: Option<JoinHandle<()>>,
     trimmer: Option<(Sender<()>, JoinHandle<()>)>,
+    /// The webhook thread, with `webhook_url`.
+    deliverer: Option<(Sender<()>, JoinHandle<()>)>,
 }
 
 impl Threads {
@@ -81,15 +97,34 @@ impl Threads {
         health: Arc<Health>,
     ) -> std::io::Result<Threads> {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let feed = match config.feed_on() {
+            true => {
+                let state = store.feed_state().map_err(std::io::Error::other)?;
+                Some(FeedShared::new(state.last.max(state.mark)))
+            }
+            false => None,
+        };
         let persist = Persist {
             tx,
             health: health.clone(),
+            feed: feed.clone(),
+        };
+        let deliverer = match (&feed, deliver::Target::from_config(&config)) {
+            (Some(feed), Some(target)) => {
+                let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+                let (store, feed) = (store.clone(), feed.clone());
+                let thread = std::thread::Builder::new()
+                    .name("feed-webhook".into())
+                    .spawn(move || deliver::deliver_loop(store, feed, target, stop_rx))?;
+                Some((stop_tx, thread))
+            }
+            _ => None,
         };
         let writer = {
             let (store, config) = (store.clone(), config.clone());
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || writer::Writer::new(store, router, &config, health).run(rx))?
+                .spawn(move || writer::Writer::new(store, router, &config, health, feed).run(rx))?
         };
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let trimmer = std::thread::Builder::new()
@@ -99,6 +134,7 @@ impl Threads {
             persist,
             writer: Some(writer),
             trimmer: None,
+            deliverer,
         };
         threads.trimmer = Some((stop_tx, trimmer?));
         Ok(threads)
@@ -111,6 +147,10 @@ impl Threads {
     /// Writes and syncs everything queued, then stops both threads. Call after the shards have
     /// stopped, so nothing is queued after the stop.
     pub fn stop(&mut self) {
+        if let Some((stop, deliverer)) = self.deliverer.take() {
+            drop(stop);
+            let _ = deliverer.join();
+        }
         if let Some(writer) = self.writer.take() {
             self.persist.send(vec![Op::Stop]);
             if writer.join().is_err() {

@@ -11,7 +11,9 @@ use crate::core::counters::WriterCounters;
 use crate::core::{Name, ReqId};
 use crate::msg::{ReplayTo, ReplyTo, Written};
 use crate::protocol::encode::RoomInfo;
-use crate::store::Append;
+use crate::store::{Append, StoreError};
+
+use super::feed::{FeedEvent, FeedPage};
 
 /// Work for the writer thread.
 pub enum Op {
@@ -27,6 +29,15 @@ pub enum Op {
         cursor: u64,
     },
     Read(Read),
+    /// Record an event in the feed (with `event_feed`). A home queues it in the same pass as
+    /// the append it tells of, so the writer commits both in one batch.
+    Feed(FeedEvent),
+    /// `GET /api/events`: up to `limit` durable events after cursor `after`.
+    FeedRead {
+        after: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<FeedPage, StoreError>>,
+    },
     /// Sync and stop, after everything queued before it.
     Stop,
     /// Answer a metrics scrape with the writer's counters, after the writes queued before it.

@@ -23,7 +23,7 @@ fn writer(store: Arc<dyn Store>, replay_limit: usize, reply_bytes: usize) -> Wri
         max_queue_bytes: reply_bytes * 2,
         ..Config::default()
     };
-    Writer::new(store, Router::new(1).0, &config, Arc::default())
+    Writer::new(store, Router::new(1).0, &config, Arc::default(), None)
 }
 
 fn filled(n: u64, payload: &'static [u8]) -> (Arc<dyn Store>, Stream) {
@@ -120,6 +120,7 @@ fn a_failed_write_makes_the_server_unready_until_one_succeeds() {
         Router::new(1).0,
         &Config::default(),
         health.clone(),
+        None,
     );
     let append = |seq| Op::Append {
         append: Append {

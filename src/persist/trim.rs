@@ -52,5 +52,10 @@ pub(super) fn trim_loop(store: &dyn Store, config: &Config, stop: Receiver<()>) 
         if removed > 0 {
             tracing::debug!(removed, "retention trimmed messages");
         }
+        if config.feed_on() {
+            // The webhook thread applies it after each batch too.
+            let age_ms = config.webhook_retention_secs.saturating_mul(1000);
+            super::deliver::apply_retention(store, config.webhook_retention_events, age_ms);
+        }
     }
 }

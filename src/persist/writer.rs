@@ -17,9 +17,10 @@ use crate::core::health::Health;
 use crate::core::pace::Pacer;
 use crate::msg::{LocalMsg, Written};
 use crate::router::Router;
-use crate::store::Store;
+use crate::store::{FeedRecord, Store};
 
 use super::disk::DiskFloor;
+use super::feed::{FeedShared, read_page};
 use super::op::Op;
 
 /// Most queued operations the writer takes into one commit.
@@ -52,6 +53,11 @@ pub(super) struct Writer {
     pub(super) counters: WriterCounters,
     /// The free-disk floor, when it applies (an embedded store on disk, a floor set).
     pub(super) disk: Option<DiskFloor>,
+    /// The event feed, when it is on: its horizon, the next cursor to give, and (async
+    /// durability) the last cursor written and not yet synced.
+    pub(super) feed: Option<Arc<FeedShared>>,
+    pub(super) feed_next: u64,
+    pub(super) feed_unsynced: u64,
     #[cfg(feature = "fault-injection")]
     pub(super) fail_next_read: bool,
     /// Test-only (`SHARDCAST_FAULT_ABORT_AFTER_KEYED_WRITE=1`): the process aborts right after
@@ -66,8 +72,13 @@ impl Writer {
         router: Router,
         config: &Config,
         health: Arc<Health>,
+        feed: Option<Arc<FeedShared>>,
     ) -> Writer {
+        let feed_next = feed.as_ref().map_or(1, |f| f.durable() + 1);
         Writer {
+            feed,
+            feed_next,
+            feed_unsynced: 0,
             store,
             router,
             durability: config.durability,
@@ -126,7 +137,9 @@ impl Writer {
             take_queued(&rx, &mut ops);
             if self.durability == Durability::Sync
                 && let Some(wait) = self.pacer.wait(Instant::now())
-                && ops.iter().any(|op| matches!(op, Op::Append { .. }))
+                && ops
+                    .iter()
+                    .any(|op| matches!(op, Op::Append { .. } | Op::Feed(_)))
             {
                 // A sleep, not a receive: what the shards send meanwhile must not wake this
                 // thread once per send. Whatever arrived by the end joins this commit.
@@ -156,6 +169,8 @@ impl Writer {
         let mut done: Vec<(ShardId, Written)> = Vec::new();
         let mut reads = Vec::new();
         let mut scrapes = Vec::new();
+        let mut feed: Vec<FeedRecord> = Vec::new();
+        let mut feed_reads = Vec::new();
         let mut stop = false;
         for op in ops {
             match op {
@@ -168,6 +183,17 @@ impl Writer {
                     *c = (*c).max(cursor);
                 }
                 Op::Read(r) => reads.push(r),
+                // Dropped when the feed is off (a home checks first; this is the backstop).
+                Op::Feed(event) if self.feed.is_some() => {
+                    feed.push(event.record(self.feed_next));
+                    self.feed_next += 1;
+                }
+                Op::Feed(_) => {}
+                Op::FeedRead {
+                    after,
+                    limit,
+                    reply,
+                } => feed_reads.push((after, limit, reply)),
                 Op::Stop => stop = true,
                 Op::Stats(reply) => scrapes.push(reply),
                 #[cfg(feature = "fault-injection")]
@@ -183,15 +209,19 @@ impl Writer {
         if !appends.is_empty() {
             self.check_disk(DISK_CHECK_BUSY);
         }
-        if !appends.is_empty() || !cursors.is_empty() {
+        if !appends.is_empty() || !cursors.is_empty() || !feed.is_empty() {
             // A cursor alone is not worth an fsync: losing it only repeats a delivery.
-            let durable = self.durability == Durability::Sync && !appends.is_empty();
+            let durable =
+                self.durability == Durability::Sync && (!appends.is_empty() || !feed.is_empty());
             let started = Instant::now();
             if durable {
                 self.pacer.started(started);
             }
             let cursors: Vec<(Stream, u64)> = cursors.into_iter().collect();
-            let ok = match self.store.write(&appends, &cursors, durable) {
+            let ok = match self
+                .store
+                .write_with_feed(&appends, &cursors, &feed, durable)
+            {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::error!(error = %e, messages = appends.len(), "store write failed");
@@ -206,6 +236,11 @@ impl Writer {
             self.counters.commit_latency.observe(started.elapsed());
             self.health.store_written(ok);
             self.answer_writes(done, ok);
+            self.feed_written(&feed, ok, durable);
+        }
+        for (after, limit, reply) in feed_reads {
+            let durable = self.feed.as_ref().map_or(0, |f| f.durable());
+            let _ = reply.send(read_page(&*self.store, after, limit, durable));
         }
         for r in reads {
             self.read(r);
@@ -230,9 +265,34 @@ impl Writer {
         }
     }
 
-    pub(super) fn sync(&self) {
-        if let Err(e) = self.store.sync() {
-            tracing::error!(error = %e, "store sync failed");
+    pub(super) fn sync(&mut self) {
+        match self.store.sync() {
+            Ok(()) => {
+                if let Some(feed) = &self.feed {
+                    feed.made_durable(self.feed_unsynced);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "store sync failed"),
+        }
+    }
+
+    /// After a commit holding `feed`: on success the events may be read out once durable;
+    /// on failure their cursors are given again (the store deleted them), so none is skipped.
+    fn feed_written(&mut self, feed: &[FeedRecord], ok: bool, durable: bool) {
+        let (Some(shared), Some(first), Some(last)) = (&self.feed, feed.first(), feed.last())
+        else {
+            return;
+        };
+        if !ok {
+            self.feed_next = first.cursor;
+            return;
+        }
+        let n = feed.len() as u64;
+        (shared.counters.recorded).fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        match self.durability {
+            Durability::Async => self.feed_unsynced = last.cursor,
+            Durability::Sync if !durable => self.feed_unsynced = last.cursor,
+            _ => shared.made_durable(last.cursor),
         }
     }
 }

@@ -84,6 +84,7 @@ impl Server {
                 let memory = StoreMemory {
                     cache_bytes: config.store_cache_bytes,
                     memtable_bytes: config.store_memtable_bytes,
+                    feed: config.feed_on(),
                 };
                 Arc::new(FjallStore::open_with(&config.data, memory)?)
             }

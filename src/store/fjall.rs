@@ -1,8 +1,9 @@
 //! `FjallStore`: the `Store` on fjall, an LSM-tree with a write-ahead journal. A commit appends
-//! to the journal; a durable commit adds one fsync (group commit). Four keyspaces, written in
+//! to the journal; a durable commit adds one fsync (group commit). Six keyspaces, written in
 //! one atomic batch: `messages` (stream prefix ++ seq → ts ++ payload), `keys` (the same key →
-//! ts ++ "SENDER KEY", for a keyed message), `last_seq` and `cursors` (stream prefix → u64), all
-//! integers big-endian.
+//! ts ++ "SENDER KEY", for a keyed message), `last_seq` and `cursors` (stream prefix → u64),
+//! `feed` (cursor → ts ++ event JSON) and `feed_meta` ("last" and "mark" → u64), all integers
+//! big-endian.
 //!
 //! After a failed write fjall refuses every later one ("poisoned": it cannot know what reached
 //! disk). The next call then reopens the database, which recovers from its journal, so a disk
@@ -16,7 +17,10 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::{Append, KeyEntry, Store, StoreError, StoredMessage, StreamInfo, last_seqs, trimmed};
+use super::{
+    Append, FeedRecord, FeedState, KeyEntry, Store, StoreError, StoredMessage, StreamInfo,
+    last_seqs, trimmed,
+};
 use crate::core::Stream;
 
 /// How much memory the store may use: its block cache, and unflushed messages (the memtable
@@ -25,6 +29,9 @@ use crate::core::Stream;
 pub struct StoreMemory {
     pub cache_bytes: u64,
     pub memtable_bytes: u64,
+    /// Open the event feed's keyspaces (`event_feed` or `webhook_url` on). Without them the
+    /// store is the same as before the feed existed, and refuses feed records.
+    pub feed: bool,
 }
 
 impl Default for StoreMemory {
@@ -34,6 +41,7 @@ impl Default for StoreMemory {
         StoreMemory {
             cache_bytes: 16 << 20,
             memtable_bytes: 2 << 20,
+            feed: false,
         }
     }
 }
@@ -56,8 +64,14 @@ struct Db {
     keys: Keyspace,
     last: Keyspace,
     cursors: Keyspace,
+    /// `feed` and `feed_meta`, when the feed is on.
+    feed: Option<(Keyspace, Keyspace)>,
     broken: bool,
 }
+
+/// `feed_meta` keys: the highest cursor written, and the delivery mark.
+const FEED_LAST: &[u8] = b"last";
+const FEED_MARK: &[u8] = b"mark";
 
 impl Db {
     fn open(dir: &Path, memory: StoreMemory) -> Result<Db, String> {
@@ -79,9 +93,19 @@ impl Db {
             keys: ks("keys", small)?,
             last: ks("last_seq", small)?,
             cursors: ks("cursors", small)?,
+            feed: match memory.feed {
+                true => Some((ks("feed", memory.memtable_bytes)?, ks("feed_meta", small)?)),
+                false => None,
+            },
             db,
             broken: false,
         })
+    }
+
+    /// The feed's keyspaces, or an error when the store was opened without them.
+    fn feed(&self) -> Result<(&Keyspace, &Keyspace), StoreError> {
+        let no_feed = || StoreError::Write("the store was opened without the event feed".into());
+        self.feed.as_ref().map(|(e, m)| (e, m)).ok_or_else(no_feed)
     }
 
     fn u64_at(ks: &Keyspace, key: &[u8]) -> Result<u64, StoreError> {
@@ -93,9 +117,20 @@ impl Db {
         &self,
         appends: &[Append],
         cursors: &[(Stream, u64)],
+        feed: &[FeedRecord],
         durable: bool,
     ) -> Result<(), StoreError> {
         let mut tx = self.db.batch();
+        if let Some(last) = feed.iter().map(|r| r.cursor).max() {
+            let (events, meta) = self.feed()?;
+            for r in feed {
+                let mut value = Vec::with_capacity(8 + r.payload.len());
+                value.extend_from_slice(&r.ts.to_be_bytes());
+                value.extend_from_slice(&r.payload);
+                tx.insert(events, r.cursor.to_be_bytes(), value);
+            }
+            tx.insert(meta, FEED_LAST, last.to_be_bytes());
+        }
         for a in appends {
             let mut value = Vec::with_capacity(8 + a.payload.len());
             value.extend_from_slice(&a.ts.to_be_bytes());
@@ -199,7 +234,11 @@ impl FjallStore {
     /// Opens (or creates) the store in `dir`, with the default memory bounds (the unit tests').
     #[cfg(test)]
     pub fn open(dir: &Path) -> Result<FjallStore, StoreError> {
-        FjallStore::open_with(dir, StoreMemory::default())
+        let memory = StoreMemory {
+            feed: true,
+            ..StoreMemory::default()
+        };
+        FjallStore::open_with(dir, memory)
     }
 
     /// Opens (or creates) the store in `dir`, using at most `memory` for its cache and
@@ -251,6 +290,9 @@ impl FjallStore {
             for key in undo.iter() {
                 tx.remove(&db.messages, key.clone());
                 tx.remove(&db.keys, key.clone());
+                if let Some((feed, _)) = &db.feed {
+                    tx.remove(feed, key.clone());
+                }
             }
             // On failure `db` is dropped unused and the next call tries again.
             tx.commit()
@@ -271,11 +313,21 @@ impl Store for FjallStore {
         cursors: &[(Stream, u64)],
         durable: bool,
     ) -> Result<(), StoreError> {
+        self.write_with_feed(appends, cursors, &[], durable)
+    }
+
+    fn write_with_feed(
+        &self,
+        appends: &[Append],
+        cursors: &[(Stream, u64)],
+        feed: &[FeedRecord],
+        durable: bool,
+    ) -> Result<(), StoreError> {
         let result = self
             .db()?
             .as_ref()
             .expect("checked")
-            .write(appends, cursors, durable);
+            .write(appends, cursors, feed, durable);
         if result.is_err() {
             let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
             if let Some(db) = slot.as_mut() {
@@ -283,6 +335,8 @@ impl Store for FjallStore {
             }
             let mut undo = self.undo.lock().unwrap_or_else(|p| p.into_inner());
             undo.extend(appends.iter().map(|a| a.stream.key(a.seq)));
+            // 8 bytes: never a message key (at least 11), so one list serves both.
+            undo.extend(feed.iter().map(|r| r.cursor.to_be_bytes().to_vec()));
         }
         result
     }
@@ -362,6 +416,77 @@ impl Store for FjallStore {
         db.trim_front(&db.keys, stream, |seq, ts| seq < kept && ts < before_ts)
     }
 
+    fn feed_state(&self) -> Result<FeedState, StoreError> {
+        let guard = self.db()?;
+        let Some((feed, meta)) = &guard.as_ref().expect("checked").feed else {
+            return Ok(FeedState::default());
+        };
+        let first = match feed.iter().next() {
+            Some(first) => be_u64(&first.key().map_err(read_err)?),
+            None => 0,
+        };
+        Ok(FeedState {
+            first,
+            last: Db::u64_at(meta, FEED_LAST)?,
+            mark: Db::u64_at(meta, FEED_MARK)?,
+        })
+    }
+
+    fn feed_after(&self, after: u64, limit: usize) -> Result<Vec<FeedRecord>, StoreError> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let guard = self.db()?;
+        let Some((feed, _)) = &guard.as_ref().expect("checked").feed else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for guard in feed.range(from.to_be_bytes()..).take(limit) {
+            let (key, value) = guard.into_inner().map_err(read_err)?;
+            let (ts, payload) = split_value(&value)?;
+            out.push(FeedRecord {
+                cursor: be_u64(&key),
+                ts,
+                payload: Bytes::copy_from_slice(payload),
+            });
+        }
+        Ok(out)
+    }
+
+    fn feed_trim(&self, keep_from: u64, min_ts: u64) -> Result<usize, StoreError> {
+        let guard = self.db()?;
+        let db = guard.as_ref().expect("checked");
+        let Some((feed, _)) = &db.feed else {
+            return Ok(0);
+        };
+        let mut tx = db.db.batch();
+        let mut removed = 0;
+        for guard in feed.iter() {
+            let (key, value) = guard.into_inner().map_err(read_err)?;
+            let (ts, _) = split_value(&value)?;
+            if !trimmed(be_u64(&key), ts, keep_from, min_ts) {
+                break;
+            }
+            tx.remove(feed, key);
+            removed += 1;
+        }
+        if removed > 0 {
+            tx.commit().map_err(write_err)?;
+        }
+        Ok(removed)
+    }
+
+    fn set_feed_mark(&self, mark: u64) -> Result<(), StoreError> {
+        let guard = self.db()?;
+        let db = guard.as_ref().expect("checked");
+        let (_, meta) = db.feed()?;
+        let mut tx = db.db.batch();
+        tx.insert(meta, FEED_MARK, mark.to_be_bytes());
+        tx.commit().map_err(write_err)?;
+        // To the OS, not the disk: a kill -9 keeps it; a power cut may repeat a batch.
+        db.db.persist(PersistMode::Buffer).map_err(write_err)
+    }
+
     fn sync(&self) -> Result<(), StoreError> {
         let guard = self.db()?;
         guard
@@ -382,6 +507,8 @@ mod tests {
     fn keeps_the_contract() {
         let dir = tempfile::tempdir().unwrap();
         super::super::tests::contract(&FjallStore::open(dir.path()).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        super::super::tests::feed_contract(&FjallStore::open(dir.path()).unwrap());
     }
 
     #[test]

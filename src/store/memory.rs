@@ -6,12 +6,24 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use super::{Append, KeyEntry, Store, StoreError, StoredMessage, StreamInfo, last_seqs, trimmed};
+use super::{
+    Append, FeedRecord, FeedState, KeyEntry, Store, StoreError, StoredMessage, StreamInfo,
+    last_seqs, trimmed,
+};
 use crate::core::Stream;
 
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<HashMap<Stream, Entry>>,
+    feed: Mutex<Feed>,
+}
+
+/// The event feed: cursor → (ts, JSON), the last cursor written and the delivery mark.
+#[derive(Default)]
+struct Feed {
+    events: BTreeMap<u64, (u64, Bytes)>,
+    last: u64,
+    mark: u64,
 }
 
 #[derive(Default)]
@@ -28,6 +40,10 @@ impl MemoryStore {
     fn inner(&self) -> std::sync::MutexGuard<'_, HashMap<Stream, Entry>> {
         // A panic elsewhere cannot leave the maps half-updated: every update is one insert.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn feed(&self) -> std::sync::MutexGuard<'_, Feed> {
+        self.feed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `pick` on the stream's messages; a stream never written has none.
@@ -57,13 +73,43 @@ fn collect<'a>(
         .collect()
 }
 
+/// Removes the oldest entries (key → (ts, ..)) while `trimmed`; returns how many.
+fn trim_front(map: &mut BTreeMap<u64, (u64, Bytes)>, keep_from: u64, min_ts: u64) -> usize {
+    let mut removed = 0;
+    while let Some(entry) = map.first_entry() {
+        if !trimmed(*entry.key(), entry.get().0, keep_from, min_ts) {
+            break;
+        }
+        entry.remove();
+        removed += 1;
+    }
+    removed
+}
+
 impl Store for MemoryStore {
     fn write(
         &self,
         appends: &[Append],
         cursors: &[(Stream, u64)],
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        self.write_with_feed(appends, cursors, &[], durable)
+    }
+
+    fn write_with_feed(
+        &self,
+        appends: &[Append],
+        cursors: &[(Stream, u64)],
+        feed: &[FeedRecord],
         _durable: bool,
     ) -> Result<(), StoreError> {
+        if !feed.is_empty() {
+            let mut f = self.feed();
+            for r in feed {
+                f.events.insert(r.cursor, (r.ts, r.payload.clone()));
+                f.last = f.last.max(r.cursor);
+            }
+        }
         let mut inner = self.inner();
         for a in appends {
             let e = inner.entry(a.stream.clone()).or_default();
@@ -119,15 +165,7 @@ impl Store for MemoryStore {
         let Some(e) = inner.get_mut(stream) else {
             return Ok(0);
         };
-        let mut removed = 0;
-        while let Some(entry) = e.messages.first_entry() {
-            if !trimmed(*entry.key(), entry.get().0, keep_from, min_ts) {
-                break;
-            }
-            entry.remove();
-            removed += 1;
-        }
-        Ok(removed)
+        Ok(trim_front(&mut e.messages, keep_from, min_ts))
     }
 
     fn keys(&self, stream: &Stream, limit: usize) -> Result<Vec<KeyEntry>, StoreError> {
@@ -154,6 +192,36 @@ impl Store for MemoryStore {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    fn feed_state(&self) -> Result<FeedState, StoreError> {
+        let f = self.feed();
+        Ok(FeedState {
+            first: f.events.keys().next().copied().unwrap_or(0),
+            last: f.last,
+            mark: f.mark,
+        })
+    }
+
+    fn feed_after(&self, after: u64, limit: usize) -> Result<Vec<FeedRecord>, StoreError> {
+        let f = self.feed();
+        let events = f.events.range(after.saturating_add(1)..).take(limit);
+        Ok(events
+            .map(|(&cursor, (ts, payload))| FeedRecord {
+                cursor,
+                ts: *ts,
+                payload: payload.clone(),
+            })
+            .collect())
+    }
+
+    fn feed_trim(&self, keep_from: u64, min_ts: u64) -> Result<usize, StoreError> {
+        Ok(trim_front(&mut self.feed().events, keep_from, min_ts))
+    }
+
+    fn set_feed_mark(&self, mark: u64) -> Result<(), StoreError> {
+        self.feed().mark = mark;
+        Ok(())
     }
 
     fn sync(&self) -> Result<(), StoreError> {

@@ -63,6 +63,24 @@ pub struct Append {
     pub key: Option<Bytes>,
 }
 
+/// One event of the feed (docs/hooks.md): its cursor (dense, from 1, never reused), its time
+/// (unix ms, for retention by age) and its JSON as the backend gets it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedRecord {
+    pub cursor: u64,
+    pub ts: u64,
+    pub payload: Bytes,
+}
+
+/// Where the feed stands: its oldest kept cursor (0: none kept), the highest ever written, and
+/// the mark (every event up to it was delivered to the webhook).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FeedState {
+    pub first: u64,
+    pub last: u64,
+    pub mark: u64,
+}
+
 /// A remembered idempotency key: the seq of the message it names and its "SENDER KEY".
 pub type KeyEntry = (u64, Bytes);
 
@@ -108,6 +126,43 @@ pub trait Store: Send + Sync + 'static {
         cursors: &[(Stream, u64)],
         durable: bool,
     ) -> Result<(), StoreError>;
+
+    /// `write`, with the feed's events in the same commit: an event is stored with the message
+    /// it tells of, or not at all. A store without a feed refuses events.
+    fn write_with_feed(
+        &self,
+        appends: &[Append],
+        cursors: &[(Stream, u64)],
+        feed: &[FeedRecord],
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        if !feed.is_empty() {
+            return Err(StoreError::Write("this store keeps no event feed".into()));
+        }
+        self.write(appends, cursors, durable)
+    }
+
+    /// The feed's bounds and delivery mark.
+    fn feed_state(&self) -> Result<FeedState, StoreError> {
+        Ok(FeedState::default())
+    }
+
+    /// Feed events with cursor > `after`, oldest first, at most `limit`.
+    fn feed_after(&self, _after: u64, _limit: usize) -> Result<Vec<FeedRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Deletes the feed's oldest events while their cursor is below `keep_from` or their ts
+    /// below `min_ts`. Returns how many.
+    fn feed_trim(&self, _keep_from: u64, _min_ts: u64) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
+    /// Records that every event up to `mark` was delivered. Survives a crash of the process
+    /// (not necessarily of the machine): a lost mark only repeats a delivery.
+    fn set_feed_mark(&self, _mark: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Every stream ever written, with its last seq and cursor.
     fn streams(&self) -> Result<Vec<StreamInfo>, StoreError>;
@@ -280,9 +335,57 @@ mod tests {
         assert!(store.keys(&room, 10).unwrap().is_empty());
     }
 
+    /// The feed's behaviour every `Store` with a feed must have.
+    pub(super) fn feed_contract(store: &dyn Store) {
+        let ev = |cursor, ts| FeedRecord {
+            cursor,
+            ts,
+            payload: Bytes::from(format!("{{\"c\":{cursor}}}")),
+        };
+        assert_eq!(store.feed_state().unwrap(), FeedState::default());
+        let room = Stream::Room(n("f"));
+        let batch = [append(&room, 1, 1, b"m")];
+        let events: Vec<_> = (1..=5).map(|c| ev(c, 100 + c)).collect();
+        store.write_with_feed(&batch, &[], &events, true).unwrap();
+        store
+            .write_with_feed(&[], &[], &[ev(6, 200)], false)
+            .unwrap();
+        let state = FeedState {
+            first: 1,
+            last: 6,
+            mark: 0,
+        };
+        assert_eq!(store.feed_state().unwrap(), state);
+        let cursors = |v: Vec<FeedRecord>| v.iter().map(|r| r.cursor).collect::<Vec<_>>();
+        assert_eq!(cursors(store.feed_after(0, 3).unwrap()), [1, 2, 3]);
+        assert_eq!(cursors(store.feed_after(4, 10).unwrap()), [5, 6]);
+        assert_eq!(store.feed_after(1, 1).unwrap(), [ev(2, 102)]);
+        assert_eq!(store.feed_trim(3, 0).unwrap(), 2, "by cursor");
+        assert_eq!(store.feed_trim(0, 104).unwrap(), 1, "by age");
+        store.set_feed_mark(4).unwrap();
+        let state = FeedState {
+            first: 4,
+            last: 6,
+            mark: 4,
+        };
+        assert_eq!(store.feed_state().unwrap(), state);
+        assert_eq!(store.feed_trim(7, 0).unwrap(), 3);
+        let state = FeedState {
+            first: 0,
+            last: 6,
+            mark: 4,
+        };
+        assert_eq!(
+            store.feed_state().unwrap(),
+            state,
+            "the last cursor outlives its event"
+        );
+    }
+
     #[test]
     fn memory_store_keeps_the_contract() {
         contract(&MemoryStore::default());
+        feed_contract(&MemoryStore::default());
     }
 
     #[test]

@@ -117,12 +117,16 @@ impl HomeUsers {
         self.inboxes.get(user).map_or(0, |i| i.seqs.committed)
     }
 
-    /// A connection of `user` ended.
-    pub fn release(&mut self, user: &Name, conn: ConnId) {
+    /// A connection of `user` ended. Returns whether it was admitted here.
+    pub fn release(&mut self, user: &Name, conn: ConnId) -> bool {
+        let mut had = false;
         if let Some(u) = self.users.get_mut(user) {
+            let before = u.conns.len();
             u.conns.retain(|(c, _)| *c != conn);
+            had = u.conns.len() < before;
         }
         self.evict_if_idle(user);
+        had
     }
 
     /// The next inbox sequence number of `user`, online or not.
