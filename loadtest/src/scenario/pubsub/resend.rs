@@ -44,19 +44,7 @@ pub(super) async fn recover(
     writer: &SharedWriter,
 ) -> anyhow::Result<Ws> {
     let shared = &common.shared;
-    shared.reconnecting.fetch_add(1, Relaxed);
-    let r = reconnect(common, env, out, writer).await;
-    shared.reconnecting.fetch_sub(1, Relaxed);
-    r
-}
-
-async fn reconnect(
-    common: &Common,
-    env: &ConnEnv,
-    out: &mut ConnOutcome,
-    writer: &SharedWriter,
-) -> anyhow::Result<Ws> {
-    let shared = &common.shared;
+    let _coming_back = Counted::new(&shared.reconnecting);
     let since = out.recv.last_seq.max(out.start_seq.unwrap_or(0));
     let src = client::source_ip(env.index as usize, common.source_ips);
     let endpoint = &common.endpoints[env.index as usize % common.endpoints.len()];
@@ -162,4 +150,20 @@ async fn resend(
         n += 1;
     }
     (n, Ok(()))
+}
+
+/// Counts one in `n` while it lives (the drain waits while connections are coming back).
+struct Counted<'a>(&'a AtomicU64);
+
+impl Counted<'_> {
+    fn new(n: &AtomicU64) -> Counted<'_> {
+        n.fetch_add(1, Relaxed);
+        Counted(n)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
