@@ -201,7 +201,8 @@ export class Client {
   leave(room: string): Promise<Ack>;
   /** Through the outbox: no timeout; sent again with its key after each reconnect until
    * acked (resolves, a dup ack too) or refused for good (rejects). rate_limited and
-   * unavailable are retried after a backoff. */
+   * unavailable are retried after a backoff. One request on the wire per room (per recipient
+   * for send): stored in the order made, one round trip each; other rooms go in parallel. */
   publish(room: string, body: Json, options?: SendOptions): Promise<Ack>;
   send(to: string, body: Json, options?: SendOptions): Promise<Ack>;
   /** The unacknowledged publish and send requests, oldest first (read only). */

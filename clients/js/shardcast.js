@@ -249,7 +249,8 @@ export class Client {
   /** Puts a `publish` or `send` in the outbox and resolves with its ack. It has no timeout: it
    * waits through reconnects and is sent again with the same key after each recovery, in the
    * order first sent, until it is acked (a `dup` ack included) or refused for good (rejects,
-   * `failed`). `rate_limited` and `unavailable` are retried after a backoff. */
+   * `failed`). `rate_limited` and `unavailable` are retried after a backoff. One at a time
+   * per room or recipient (see `flush`), so they are stored in the order made. */
   outboxRequest(frame) {
     if (this.closed) return Promise.reject(new ShardcastError("closed", "the client is closed"));
     return new Promise((resolve, reject) => {
@@ -285,7 +286,11 @@ export class Client {
   /** Sends what can go now: queued requests and outbox entries, in the order they were made.
    * An outbox entry holds back the later ones to its room or user while it waits (for its
    * retry time, or, restored from storage, for its room to be joined), so they keep their
-   * order. Cost: a pass over the outbox and the queue. */
+   * order. Each room and each recipient has at most one outbox request on the wire (different
+   * ones go in parallel): a request that the server refuses for now (`rate_limited`,
+   * `unavailable`) can then never be overtaken by a later one it takes meanwhile, which a
+   * pipeline could not prevent. Cost: a pass over the outbox and the queue, per flush and so
+   * per ack. */
   flush() {
     if (this.state !== "connected" || !this.ws) return;
     const queue = this.queue;
@@ -293,6 +298,7 @@ export class Client {
     const waiting = this.outbox.filter((e) => e.wire === null);
     const all = [...queue, ...waiting].sort((a, b) => a.order - b.order);
     const held = new Set();
+    for (const e of this.outbox) if (e.wire !== null) held.add(targetOf(e.frame));
     const now = Date.now();
     let wake = Infinity;
     for (const entry of all) {
@@ -308,6 +314,7 @@ export class Client {
         continue;
       }
       this.sendOutbox(entry);
+      held.add(target);
     }
     if (wake < Infinity) this.flushAt(wake);
   }
@@ -364,6 +371,8 @@ export class Client {
 
   settle(entry) {
     this.outbox = this.outbox.filter((e) => e !== entry);
+    // The next request to its room or user may go now.
+    if (this.outbox.length > 0) queueMicrotask(() => this.flush());
     this.stored?.remove(entry.frame.key, this.user);
   }
 

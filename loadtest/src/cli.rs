@@ -358,6 +358,12 @@ pub struct LoadArgs {
     /// per sender: what keyed publishing costs the server.
     #[arg(long, default_value_t = false)]
     pub keyed: bool,
+    /// Keyed as --keyed, and a connection that drops reconnects (rooms rejoined with `since`)
+    /// and sends again, with the same key, every publish not yet acked; a `dup` ack counts as
+    /// the ack, with the first seq. The exact check then proves once-only delivery. Open loop
+    /// only. With --kill-server, the server is killed under it.
+    #[arg(long, default_value_t = false)]
+    pub resend: bool,
 }
 
 /// Target, pinning, timing and output options, the same for every scenario. Serialized, they
@@ -458,6 +464,13 @@ pub struct CommonArgs {
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// With --spawn-server and --resend: kill the server with SIGKILL this many times during
+    /// the run, each time starting it again at once (same port, data dir and arguments).
+    #[arg(long, default_value_t = 0)]
+    pub kill_server: u32,
+    /// With --kill-server: kill k is this long after the measured window starts, times k.
+    #[arg(long, default_value_t = 4000)]
+    pub kill_interval_ms: u64,
 }
 
 /// How the server stores a message before acking it: the values of `shardcast serve

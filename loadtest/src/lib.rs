@@ -18,6 +18,7 @@
 //! cargo run --release -p shardcast-loadtest -- bigroom --members 5000 --rate 5 --spawn-server --presence-events true
 //! cargo run --release -p shardcast-loadtest -- bigroom --members 30000 --processes 2 --url ws://127.0.0.1:8080
 //! cargo run --release -p shardcast-loadtest -- fanout --spawn-cluster 3
+//! cargo run --release -p shardcast-loadtest -- chat --users 5000 --resend --kill-server 2 --spawn-server
 //! cargo run --release -p shardcast-loadtest -- chat --url ws://127.0.0.1:8001,ws://127.0.0.1:8002 --redis-url redis://127.0.0.1:6379
 //! ```
 //!
@@ -128,7 +129,10 @@ pub fn run(cli: &Cli) -> anyhow::Result<Report> {
         }
         None => None,
     };
-    let result = run_in_runtime(cli, &target, progress, threads);
+    let shared = Arc::new(Shared::new(Instant::now()));
+    let killer = target.start_kills(common, shared.clone());
+    let result = run_in_runtime(cli, &target, shared, progress, threads);
+    let kills = killer.map(|k| target.end_kills(k));
     if let Some(prev) = previous_affinity {
         let _ = sys::pin_current_thread(&prev);
     }
@@ -146,6 +150,11 @@ pub fn run(cli: &Cli) -> anyhow::Result<Report> {
     };
     let info = target.info.clone();
     let stop = target.stop();
+    let (kill_notes, kill_err) = match kills {
+        Some(Ok(notes)) => (notes, None),
+        Some(Err(e)) => (Vec::new(), Some(e)),
+        None => (Vec::new(), None),
+    };
 
     let mut report = match outcome {
         Outcome::Pubsub(r) => pubsub_report(scenario, common, r, &info),
@@ -174,6 +183,13 @@ pub fn run(cli: &Cli) -> anyhow::Result<Report> {
                  the bottleneck, so latency and throughput may understate the server"
             ));
         }
+    }
+    report.notes.extend(kill_notes);
+    if let Some(e) = kill_err {
+        report
+            .notes
+            .push(format!("killing and restarting the server: {e:#}"));
+        report.passed = false;
     }
     if let Err(e) = stop {
         report.notes.push(format!("stopping the server: {e:#}"));
@@ -253,6 +269,7 @@ fn bot_cpus(common: &cli::CommonArgs) -> anyhow::Result<(Option<Vec<usize>>, usi
 fn run_in_runtime(
     cli: &Cli,
     target: &Target,
+    shared: Arc<Shared>,
     progress: Arc<progress::Progress>,
     threads: usize,
 ) -> anyhow::Result<Outcome> {
@@ -260,7 +277,7 @@ fn run_in_runtime(
     let common = scenario.common();
     let rt = scenario::run::runtime(threads)?;
     let ctx = RunCtx {
-        shared: Arc::new(Shared::new(Instant::now())),
+        shared,
         endpoints: target.endpoints.clone(),
         common: common.clone(),
         tag: format!("lt{:06x}", fastrand::u32(..) & 0xff_ffff),
@@ -393,6 +410,16 @@ fn validate(scenario: &Scenario) -> anyhow::Result<()> {
                 bail!("soak needs chat users, rooms of at least 1 and an even --dm-users");
             }
         }
+    }
+    let resend = scenario.load().is_some_and(|l| l.resend);
+    if resend && !matches!(scenario, Scenario::Chat { .. } | Scenario::Fanout { .. }) {
+        bail!("--resend applies to chat and fanout (rooms, rejoined with since)");
+    }
+    if resend && scenario.load().is_some_and(|l| l.max) {
+        bail!("--resend is open loop: --max does not apply");
+    }
+    if c.kill_server > 0 && !(c.spawn_server && resend) {
+        bail!("--kill-server needs --spawn-server (a server the bot can start again) and --resend");
     }
     Ok(())
 }

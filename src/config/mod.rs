@@ -202,7 +202,7 @@ pub struct Config {
 
     /// Idempotency keys (`key` of `publish` and `send`) remembered per room or inbox: past it
     /// the oldest are forgotten first, even while their messages are kept, and a repeat of a
-    /// forgotten key is stored again. About 70 bytes of memory each (embedded engine). Default
+    /// forgotten key is stored again. About 30 bytes of memory each (embedded engine). Default
     /// 1000; at least 1.
     #[arg(long, env = "SHARDCAST_IDEMPOTENCY_MAX_KEYS", default_value_t = 1_000)]
     pub idempotency_max_keys: usize,

@@ -38,6 +38,9 @@ pub struct ServerFrame<'a> {
     pub replayed: Option<u64>,
     #[serde(default)]
     pub truncated: Option<bool>,
+    /// An ack of a key already stored: `seq` is the first message's.
+    #[serde(default)]
+    pub dup: Option<bool>,
     /// A join ack: the room's member count once this member was in (its place in the server's
     /// order of joins), and the room's presence mode (`list`, `count`, `off`).
     #[serde(default)]

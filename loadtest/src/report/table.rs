@@ -139,6 +139,15 @@ impl Report {
                 "  ack errors {}  server error frames {}  disconnects {}",
                 d.ack_errors, d.server_errors, d.disconnects
             );
+            if d.reconnects + d.resent + d.dup_acks > 0 {
+                let _ = writeln!(
+                    o,
+                    "  resend: {} reconnects, {} publishes sent again, {} acked as dup",
+                    thousands(d.reconnects),
+                    thousands(d.resent),
+                    thousands(d.dup_acks)
+                );
+            }
         }
         if let Some(d) = self
             .delivery

@@ -63,6 +63,16 @@ impl RecvState {
     }
 }
 
+impl RecvState {
+    /// One of the connection's own messages, which a replay after a reconnect brings (live,
+    /// the server never sends a connection its own): not a delivery, but the stream's position
+    /// moves past it, so the next rejoin's `since` does not ask for it again.
+    #[inline]
+    pub fn on_own(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
+    }
+}
+
 /// Everything a connection task hands back when the run ends. Serialized, it carries a child
 /// process's connections to the parent's check.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -87,6 +97,13 @@ pub struct ConnOutcome {
     pub other_frames: Vec<(String, u64)>,
     /// Why the connection ended early, if it did.
     pub ended: Option<String>,
+    /// `--resend`: reconnects after a drop, publishes sent again, and acks with `dup: true`.
+    #[serde(default)]
+    pub reconnects: u64,
+    #[serde(default)]
+    pub resent: u64,
+    #[serde(default)]
+    pub dup_acks: u64,
 }
 
 impl ConnOutcome {
@@ -133,6 +150,11 @@ pub struct DeliveryReport {
     /// connections together (e.g. `joined`, `left`): what a room sent besides its messages. Not
     /// part of the verdict.
     pub other_frames: BTreeMap<String, u64>,
+    /// `--resend`: reconnects after drops, publishes sent again with their key, and acks that
+    /// came with `dup: true` (the message had been stored before). Not part of the verdict.
+    pub reconnects: u64,
+    pub resent: u64,
+    pub dup_acks: u64,
     pub passed: bool,
     /// The first few problems, in words.
     pub problems: Vec<String>,
@@ -180,6 +202,9 @@ pub fn verify(
         if c.ended.is_some() {
             r.disconnects += 1;
         }
+        r.reconnects += c.reconnects;
+        r.resent += c.resent;
+        r.dup_acks += c.dup_acks;
         for (kind, n) in &c.other_frames {
             *r.other_frames.entry(kind.clone()).or_default() += n;
         }
@@ -437,5 +462,40 @@ mod tests {
         let r = verify(&[c], 1, vec![]);
         assert_eq!(r.unexpected, 1);
         assert!(!r.passed);
+    }
+
+    #[test]
+    fn a_publishers_own_messages_in_a_replay_are_not_deliveries() {
+        // 0 publishes seqs 1 and 2; after a reconnect its replay brings both back (own), then
+        // 1's message 3 arrives live.
+        let mut a = ConnOutcome {
+            index: 0,
+            recv_stream: 0,
+            pub_stream: Some(0),
+            start_seq: Some(0),
+            acks: vec![1, 2],
+            sent: 2,
+            ..Default::default()
+        };
+        let b = ConnOutcome {
+            index: 1,
+            recv_stream: 0,
+            pub_stream: Some(0),
+            start_seq: Some(0),
+            acks: vec![3],
+            sent: 1,
+            ..Default::default()
+        };
+        a.recv.on_own(1);
+        a.recv.on_own(2);
+        assert_eq!(a.recv.last_seq, 2, "the next since is past them");
+        a.recv.on_message(3, stamp(1, 0));
+        let mut b = b;
+        for k in 0..2 {
+            b.recv.on_message(k + 1, stamp(0, k));
+        }
+        let r = verify(&[a, b], 1, vec![]);
+        assert!(r.passed, "{r:?}");
+        assert_eq!((r.expected, r.delivered), (3, 3));
     }
 }

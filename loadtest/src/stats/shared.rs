@@ -45,6 +45,8 @@ pub struct Shared {
     pub server_errors: AtomicU64,
     /// Connections that ended before the run told them to.
     pub disconnects: AtomicU64,
+    /// `--resend`: connections reconnecting now (the drain waits for them).
+    pub reconnecting: AtomicU64,
     problems: Mutex<Vec<String>>,
 }
 
@@ -65,6 +67,7 @@ impl Shared {
             send_lag: Hist::default(),
             server_errors: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
+            reconnecting: AtomicU64::new(0),
             problems: Mutex::new(Vec::new()),
         }
     }

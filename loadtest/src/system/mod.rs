@@ -6,6 +6,7 @@
 //! Owns the processes' lifecycles and the facts the report states about them. It must not open
 //! WebSocket connections (that is `client`) or sample costs (`procfs`, `redis_info`).
 
+mod killer;
 mod node;
 mod process;
 mod redis;
@@ -20,6 +21,7 @@ use serde::Serialize;
 use crate::cli::{CommonArgs, Durability, RedisPersistence};
 use crate::client::Endpoint;
 use crate::redis_info::RedisProbe;
+pub use killer::Killer;
 use process::Process;
 
 /// Facts about the target, for the report.
@@ -220,6 +222,38 @@ impl Target {
 
     fn processes_mut(&mut self) -> impl Iterator<Item = &mut Process> {
         self.nodes.iter_mut().chain(self.redis.as_mut())
+    }
+
+    /// `--kill-server`: hands the spawned server to a [`Killer`] for the run;
+    /// [`Target::end_kills`] takes it back.
+    pub fn start_kills(
+        &mut self,
+        common: &CommonArgs,
+        shared: std::sync::Arc<crate::stats::Shared>,
+    ) -> Option<Killer> {
+        if common.kill_server == 0 || self.nodes.len() != 1 || self.redis.is_some() {
+            return None;
+        }
+        let server = self.nodes.pop()?;
+        let interval = Duration::from_millis(common.kill_interval_ms);
+        let addr = self.endpoints[0].addr;
+        Some(Killer::start(
+            server,
+            addr,
+            shared,
+            common.kill_server,
+            interval,
+        ))
+    }
+
+    /// Takes the server back from the killer; returns a line per kill.
+    pub fn end_kills(&mut self, killer: Killer) -> anyhow::Result<Vec<String>> {
+        let (server, notes, r) = killer.finish();
+        if let Some(n) = self.info.nodes.first_mut() {
+            n.pid = Some(server.pid());
+        }
+        self.nodes.push(server);
+        r.map(|()| notes)
     }
 
     /// Errs if a spawned process has exited.

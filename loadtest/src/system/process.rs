@@ -22,8 +22,18 @@ pub struct Process {
     pub name: String,
     child: Child,
     log: PathBuf,
+    /// How it was started, to start it again (`kill_and_restart`).
+    cmd: Cmd,
     // Removed (with the process's data and log) when dropped.
     _dir: TempDir,
+}
+
+/// A command line, with its environment and the CPUs it is pinned to.
+struct Cmd {
+    bin: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cpus: Option<String>,
 }
 
 impl Process {
@@ -38,8 +48,40 @@ impl Process {
         dir: TempDir,
     ) -> anyhow::Result<Process> {
         let log = dir.path().join(format!("{}.log", name.replace(' ', "-")));
-        let out = File::create(&log).with_context(|| format!("create the {name} log"))?;
+        let env: Vec<(String, String)> = (env.iter())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let cmd = Cmd {
+            bin: bin.to_path_buf(),
+            args: args.to_vec(),
+            env,
+            cpus: cpus.map(str::to_string),
+        };
+        let child = Self::launch(name, &cmd, &log)?;
+        Ok(Process {
+            name: name.to_string(),
+            child,
+            log,
+            cmd,
+            _dir: dir,
+        })
+    }
+
+    /// Starts the command, appending to its log.
+    fn launch(
+        name: &str,
+        Cmd {
+            bin,
+            args,
+            env,
+            cpus,
+        }: &Cmd,
+        log: &Path,
+    ) -> anyhow::Result<Child> {
+        let out = (File::options().create(true).append(true).open(log))
+            .with_context(|| format!("open the {name} log"))?;
         let err = out.try_clone()?;
+        let cpus = cpus.as_deref();
         let mut cmd = match cpus {
             Some(cpus) => {
                 crate::sys::parse_cpu_list(cpus).with_context(|| format!("{name} CPUs"))?;
@@ -50,7 +92,7 @@ impl Process {
             None => Command::new(bin),
         };
         cmd.args(args)
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -61,12 +103,17 @@ impl Process {
             ),
             None => format!("cannot run {}", bin.display()),
         })?;
-        Ok(Process {
-            name: name.to_string(),
-            child,
-            log,
-            _dir: dir,
-        })
+        Ok(child)
+    }
+
+    /// Kills it with SIGKILL, waits for it, and starts it again with the same command (and
+    /// so the same port and data). `ready` as in `wait_ready`.
+    pub fn kill_and_restart(&mut self, ready: impl Fn() -> bool) -> anyhow::Result<()> {
+        self.check_alive()?;
+        self.child.kill().context("SIGKILL")?;
+        self.child.wait().context("wait for the killed process")?;
+        self.child = Self::launch(&self.name, &self.cmd, &self.log)?;
+        self.wait_ready(ready)
     }
 
     /// The process id (taskset execs the program, so it is the program's).

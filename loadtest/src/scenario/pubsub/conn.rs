@@ -13,6 +13,7 @@ use fastwebsockets::OpCode;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::publish::PubShared;
+use super::resend;
 use crate::client::{self, BodyStamp, RequestBuf, ServerFrame, SharedWriter, Ws};
 use crate::scenario::catchup::{CatchUp, StormCtl};
 use crate::scenario::membership::{self, Member, RoomCtl};
@@ -46,6 +47,8 @@ pub(super) struct Common {
     pub(super) storm: Option<Arc<StormCtl>>,
     /// The room's membership counters, when connections have a `Member`.
     pub(super) room: Option<Arc<RoomCtl>>,
+    /// `--resend`: a dropped connection comes back and sends its unacked messages again.
+    pub(super) resend: bool,
 }
 
 pub(super) type Ready = Result<(u32, SharedWriter), (u32, anyhow::Error)>;
@@ -95,6 +98,8 @@ pub(super) async fn conn_task(
             return out;
         }
     };
+    // The writer the publisher holds; a reconnect (`--resend`) puts the new socket behind it.
+    let writer = ws.write.clone();
     if ready.send(Ok((env.index, ws.write.clone()))).is_err() {
         return out;
     }
@@ -120,12 +125,37 @@ pub(super) async fn conn_task(
             // After a reconnect, replayed messages would count the time away as latency.
             latency: !dropped,
             member,
+            resend: common.resend,
         };
-        tokio::select! {
+        let read_ended = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => break None,
-            why = read_loop(&mut ws, &mut out, &mut reader) => break Some(why),
-            () = drop_signal => {}
+            why = read_loop(&mut ws, &mut out, &mut reader) => Some(why),
+            () = drop_signal => None,
+        };
+        if let Some(why) = read_ended {
+            if !common.resend {
+                break Some(why);
+            }
+            // Replayed messages would count the time away as latency.
+            dropped = true;
+            drop(ws);
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {
+                    // A failure even though the run is ending: its unacked messages are lost.
+                    let why = format!("{why}; the run ended before it was back");
+                    shared.problem(format!("connection {}: {why}", env.index));
+                    out.ended = Some(why);
+                    break None;
+                }
+                r = resend::recover(&common, &env, &mut out, &writer) => match r {
+                    Ok(w) => {
+                        ws = w;
+                        continue;
+                    }
+                    Err(e) => break Some(format!("{why}; {e:#}")),
+                },
+            }
         }
         // The storm: drop the socket, wait, then reconnect and join with the last seq seen.
         dropped = true;
@@ -185,12 +215,19 @@ struct Reader<'a> {
     latency: bool,
     /// This connection's membership and the room's counters (bigroom).
     member: Option<(&'a Member, &'a RoomCtl)>,
+    /// `--resend`: a rejoin's replay brings the connection's own messages; a resend's ack may
+    /// be a dup.
+    resend: bool,
 }
 
 impl Reader<'_> {
     /// A bot message in this connection's stream, received at `now`.
     #[inline]
     fn on_message(&mut self, out: &mut ConnOutcome, seq: u64, stamp: BodyStamp, now: u64) {
+        if self.resend && stamp.publisher == out.index {
+            out.recv.on_own(seq);
+            return;
+        }
         out.recv.on_message(seq, stamp);
         self.shared.delivered.fetch_add(1, Relaxed);
         let conn = out.index as usize;
@@ -287,6 +324,12 @@ async fn read_loop(ws: &mut Ws, out: &mut ConnOutcome, r: &mut Reader<'_>) -> St
                     let k = counter as usize;
                     if k >= out.acks.len() {
                         out.acks.resize(k + 1, 0);
+                    }
+                    let dup = r.resend && f.dup == Some(true);
+                    out.dup_acks += u64::from(dup);
+                    if dup && out.acks[k] == seq {
+                        // Sent again (on a reconnect) after its first ack had come: no news.
+                        continue;
                     }
                     if out.acks[k] != 0 || seq == 0 {
                         out.bad_acks += 1;

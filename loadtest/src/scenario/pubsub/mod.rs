@@ -17,9 +17,11 @@
 //! `client` do) or judge delivery (`stats` does).
 //!
 //! `conn`: one connection's task and its read loop. `publish`: one connection's publisher.
+//! `resend`: `--resend`'s reconnect and resend of unacked messages.
 
 mod conn;
 mod publish;
+mod resend;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -126,6 +128,8 @@ impl Engine {
         let n = plan.conns.len();
         let closed_loop = load.is_some_and(|l| l.max);
         let window = load.map_or(1, |l| l.window.max(1));
+        let resend = load.is_some_and(|l| l.resend);
+        let body_size = load.map_or(64, |l| l.body_size);
         let common = Arc::new(Common {
             shared: shared.clone(),
             endpoints: ctx.endpoints.clone(),
@@ -136,6 +140,7 @@ impl Engine {
                 Arc::new(StormCtl::new(clients as u64))
             }),
             room: extras.members.as_ref().map(|(room, _)| room.clone()),
+            resend,
         });
         let members = extras.members.map(|(_, m)| m);
         let baseline = ctx.sample();
@@ -157,6 +162,11 @@ impl Engine {
                     ring: closed_loop.then(|| (0..window).map(|_| AtomicU64::new(0)).collect()),
                     closed_loop,
                     recipients: p.recipients,
+                    resend: resend.then(|| resend::Resend {
+                        dest: p.dest.clone(),
+                        body_size,
+                        written: AtomicU64::new(0),
+                    }),
                 })
             });
             let env = ConnEnv {
@@ -447,7 +457,8 @@ pub async fn drain(ctx: &RunCtx, notes: &mut Vec<String>) {
         if acked >= sent && delivered >= owed {
             return;
         }
-        if (acked, delivered) != last {
+        // A connection coming back (`--resend`) is progress to wait for.
+        if (acked, delivered) != last || shared.reconnecting.load(Relaxed) > 0 {
             last = (acked, delivered);
             last_move = Instant::now();
         }

@@ -16,6 +16,8 @@ use crate::scenario::pacer::{self, PACER_FALLBACK_NS};
 use crate::scenario::plan::PubPlan;
 use crate::stats::Shared;
 
+use super::resend::Resend;
+
 /// What a connection's reader and its publisher share.
 pub(super) struct PubShared {
     /// Messages answered, by an ack or an error reply.
@@ -32,6 +34,8 @@ pub(super) struct PubShared {
     pub(super) closed_loop: bool,
     /// Deliveries each of its messages owes.
     pub(super) recipients: u64,
+    /// `--resend`: what its connection needs to send unacked messages again after a reconnect.
+    pub(super) resend: Option<Resend>,
 }
 
 impl PubShared {
@@ -94,9 +98,14 @@ impl PublishJob {
             counter + 1,
             stamp,
             self.body_size,
-            self.keyed,
+            self.keyed || self.ps.resend.is_some(),
         );
-        if let Err(e) = client::send_text(&self.writer, frame).await {
+        if let Some(r) = &self.ps.resend {
+            r.written.fetch_add(1, Relaxed);
+        }
+        let wrote = client::send_text(&self.writer, frame).await;
+        // With --resend a failed write is a message its connection sends again once back.
+        if let (Err(e), None) = (wrote, &self.ps.resend) {
             self.shared.problem(format!(
                 "connection {}: publish {counter} failed: {e}",
                 self.index
