@@ -97,6 +97,14 @@ async fn publisher(mut c: Client, room: String, stop: Arc<AtomicBool>) -> Publis
 
 /// The numbers of `room`'s stored messages, in seq order (history pages go newest first).
 async fn stored_numbers(c: &mut Client, room: &str) -> Vec<u64> {
+    // The store thread's own connection may learn the new master from a failed read.
+    eventually(FAILOVER, "history readable", async || {
+        let reply = c
+            .call(json!({"type": "history", "room": room, "limit": 1}))
+            .await;
+        (reply["type"] == "history").then_some(())
+    })
+    .await;
     let mut all = c.history_all(room).await;
     all.sort_by_key(|m| m["seq"].as_u64());
     (all.iter())
@@ -173,26 +181,33 @@ async fn a_killed_master_fails_only_its_rooms_and_keeps_each_connections_order()
     let unready = watch.await.unwrap();
 
     let mut reader = dev(cluster.addr(0), "reader").await;
+    let mut wrong = Vec::new();
     for (p, (room, master)) in published.iter().zip(&rooms) {
         reader.join(room).await;
         let stored = stored_numbers(&mut reader, room).await;
         // One connection's messages in the order it sent them, each once.
         let inversions = stored.windows(2).filter(|w| w[0] >= w[1]).count();
-        assert_eq!(inversions, 0, "{room}: stored out of order: {stored:?}");
+        if inversions > 0 {
+            wrong.push(format!(
+                "{room}: {inversions} stored out of order: {stored:?}"
+            ));
+        }
         if *master != victim {
-            assert!(
-                p.errors.is_empty(),
-                "{room} (a healthy master): {} errors, first {}",
-                p.errors.len(),
-                p.errors[0]
-            );
-            assert_eq!(stored, (1..=p.acked).collect::<Vec<_>>(), "{room}");
+            if let Some(first) = p.errors.first() {
+                let n = p.errors.len();
+                wrong.push(format!(
+                    "{room} (a healthy master): {n} errors, first {first}"
+                ));
+            }
+            if stored != (1..=p.acked).collect::<Vec<_>>() {
+                wrong.push(format!("{room}: stored {stored:?}, sent 1..={}", p.acked));
+            }
         }
     }
-    assert!(
-        unready.is_empty(),
-        "/readyz flapped during the failover: {unready:?}"
-    );
+    if !unready.is_empty() {
+        wrong.push(format!("/readyz flapped during the failover: {unready:?}"));
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 /// `c`'s epoch in its join ack of `room`.

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Req;
 use super::keys::{Channel, Keys};
-use super::link::{Cmds, Subs, Target};
+use super::link::{Cmds, Subs, Target, slot};
 use super::wire::Wire;
 use crate::config::{Config, PresenceMode, Rule, SessionPolicy};
 use crate::core::Stream;
@@ -39,6 +39,7 @@ use crate::ws;
 mod failover;
 mod messages;
 mod order;
+mod replicas;
 mod rooms;
 mod scripts;
 mod sessions;
@@ -47,6 +48,7 @@ mod upkeep;
 
 use failover::Track;
 use order::{Lanes, Pending};
+use replicas::Waits;
 use scripts::{Scripts, load_scripts};
 use upkeep::Live;
 
@@ -192,6 +194,8 @@ pub struct Node {
     /// Until when the streams are read back every second after a Redis Cluster node dropped
     /// the subscription (`failover`).
     fill_until: Cell<Option<Instant>>,
+    /// Messages waiting for their replicas (`replicas`).
+    waits: RefCell<Waits>,
 }
 
 /// Why a Redis call gave no answer.
@@ -251,6 +255,7 @@ impl Node {
             last_ok: Cell::new(Instant::now()),
             lanes: RefCell::default(),
             fill_until: Cell::new(None),
+            waits: RefCell::default(),
         }
     }
 

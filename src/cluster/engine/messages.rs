@@ -115,29 +115,9 @@ impl Node {
         }
         true
     }
-
-    /// With `redis_wait_replicas`: waits (at most `redis_timeout_ms`) until that many replicas
-    /// of the stream's master have what this node wrote there. Cost: one more round trip per
-    /// message, plus the replicas' lag.
-    async fn replicated(self: &Rc<Self>, meta: &str) -> Result<(), ReplyError> {
-        let want = self.config.redis_wait_replicas;
-        if want == 0 {
-            return Ok(());
-        }
-        let Some(mut c) = self.cmds.borrow().clone() else {
-            return Err(unreplicated(0, want));
-        };
-        // Redis's own WAIT timeout, under ours, so a shortfall is answered rather than lost.
-        let wait = self.timeout() * 3 / 4;
-        match self.outcome(c.wait(meta, want, wait).await) {
-            Ok(n) if n >= u64::from(want) => Ok(()),
-            Ok(n) => Err(unreplicated(n, want)),
-            Err(_) => Err(unreplicated(0, want)),
-        }
-    }
 }
 
-fn unreplicated(got: u64, want: u32) -> ReplyError {
+pub(super) fn unreplicated(got: u64, want: u32) -> ReplyError {
     ReplyError::new(
         ErrorCode::Unavailable,
         format!(
