@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
-use common::redis::{RedisCluster, RedisServer};
+use common::redis::{REPLICATED, RedisCluster, RedisServer};
 use common::*;
 use serde_json::{Value, json};
 
@@ -326,15 +326,7 @@ async fn a_seq_below_the_delivered_one_after_a_resubscription_starts_a_new_epoch
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_wait_replicas_acks_only_what_a_replica_has() {
-    let master = RedisServer::start_with(&[
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--repl-diskless-sync-delay",
-        "0",
-    ])
-    .await;
+    let master = RedisServer::start_with(&REPLICATED).await;
     let port = master.port().to_string();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).await;
     eventually(TIMEOUT, "the replica in sync", async || {

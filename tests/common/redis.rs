@@ -313,7 +313,19 @@ async fn ping(port: u16) -> bool {
     )
 }
 
-/// A Redis Cluster of masters without replicas, each a [`RedisServer`].
+/// What a replicated Redis runs with here: AOF `always`, and a replica's first sync at once
+/// (Redis waits 5 s for more replicas by default).
+pub const REPLICATED: [&str; 6] = [
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "always",
+    "--repl-diskless-sync-delay",
+    "0",
+];
+
+/// A Redis Cluster of masters (with replicas, [`RedisCluster::start_with_replicas`]), each
+/// node a [`RedisServer`].
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
@@ -322,15 +334,40 @@ impl RedisCluster {
     /// `masters` servers with `--cluster-enabled yes`, joined with `redis-cli --cluster
     /// create`; returns once every node says `cluster_state:ok`.
     pub async fn start(masters: usize) -> RedisCluster {
-        let mut nodes = Vec::with_capacity(masters);
-        for _ in 0..masters {
-            let options = [
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-            ];
-            nodes.push(RedisServer::start_with(&options).await);
+        RedisCluster::create(masters, 0, &[]).await
+    }
+
+    /// `masters` masters, each with one replica (`--cluster-replicas 1`), every node with
+    /// [`REPLICATED`] and `cluster-node-timeout` 2000 (a killed master's replica is promoted in
+    /// about 3 to 5 s); returns once every node says `cluster_state:ok` and every replica is in
+    /// sync.
+    pub async fn start_with_replicas(masters: usize) -> RedisCluster {
+        let mut options = REPLICATED.to_vec();
+        options.extend([
+            "--cluster-node-timeout",
+            "2000",
+            // The healthy masters keep serving their slots while one range has no master (by
+            // default every master refuses every command then: CLUSTERDOWN).
+            "--cluster-require-full-coverage",
+            "no",
+        ]);
+        RedisCluster::create(masters, 1, &options).await
+    }
+
+    /// `masters * (1 + replicas)` cluster nodes with `options`, joined; returns once every node
+    /// is in an ok cluster of all of them and every replica is in sync.
+    async fn create(masters: usize, replicas: usize, options: &[&str]) -> RedisCluster {
+        let mut all = vec![
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ];
+        all.extend(options);
+        let n = masters * (1 + replicas);
+        let mut nodes = Vec::with_capacity(n);
+        for _ in 0..n {
+            nodes.push(RedisServer::start_with(&all).await);
         }
         let hosts: Vec<String> = nodes
             .iter()
@@ -338,14 +375,25 @@ impl RedisCluster {
             .collect();
         let mut args = vec!["--cluster", "create"];
         args.extend(hosts.iter().map(String::as_str));
-        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let per_master = replicas.to_string();
+        args.extend(["--cluster-replicas", &per_master, "--cluster-yes"]);
         nodes[0].cli(&args).await;
         for node in &nodes {
             let deadline = Instant::now() + START_WAIT;
             loop {
                 let info = node.cli(&["CLUSTER", "INFO"]).await;
-                let known = format!("cluster_known_nodes:{masters}");
-                if info.contains("cluster_state:ok") && info.contains(&known) {
+                let known = format!("cluster_known_nodes:{n}");
+                // Every node knows of all replicas, and this one, if a replica, is in sync.
+                let synced = replicas == 0 || {
+                    let replication = node.cli(&["INFO", "replication"]).await;
+                    let nodes = node.cli(&["CLUSTER", "NODES"]).await;
+                    let seen = nodes.lines().filter(|l| l.contains("slave")).count();
+                    seen == masters * replicas
+                        && (replication.contains("connected_slaves:")
+                            && !replication.contains("connected_slaves:0")
+                            || replication.contains("master_link_status:up"))
+                };
+                if info.contains("cluster_state:ok") && info.contains(&known) && synced {
                     break;
                 }
                 assert!(
@@ -357,67 +405,6 @@ impl RedisCluster {
             }
         }
         RedisCluster { nodes }
-    }
-
-    /// `masters` masters, each with one replica (`--cluster-replicas 1`), every node with AOF
-    /// `always` and `cluster-node-timeout` 2000 (a killed master's replica is promoted in about
-    /// 3 to 5 s); returns once every node says `cluster_state:ok` and every replica is in sync.
-    pub async fn start_with_replicas(masters: usize) -> RedisCluster {
-        let options = [
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-            "--cluster-node-timeout",
-            "2000",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--repl-diskless-sync-delay",
-            "0",
-            // The healthy masters keep serving their slots while one range has no master (by
-            // default every master refuses every command then: CLUSTERDOWN).
-            "--cluster-require-full-coverage",
-            "no",
-        ];
-        let mut nodes = Vec::with_capacity(2 * masters);
-        for _ in 0..2 * masters {
-            nodes.push(RedisServer::start_with(&options).await);
-        }
-        let hosts: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port()))
-            .collect();
-        let mut args = vec!["--cluster", "create"];
-        args.extend(hosts.iter().map(String::as_str));
-        args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
-        nodes[0].cli(&args).await;
-        let cluster = RedisCluster { nodes };
-        for node in &cluster.nodes {
-            let deadline = Instant::now() + START_WAIT;
-            loop {
-                let info = node.cli(&["CLUSTER", "INFO"]).await;
-                let known = format!("cluster_known_nodes:{}", 2 * masters);
-                let replication = node.cli(&["INFO", "replication"]).await;
-                // Every node knows of `masters` replicas, and this one, if a replica, is in sync.
-                let nodes = node.cli(&["CLUSTER", "NODES"]).await;
-                let replicas = nodes.lines().filter(|l| l.contains("slave")).count();
-                let synced = replicas == masters
-                    && (replication.contains("connected_slaves:1")
-                        || replication.contains("master_link_status:up"));
-                if info.contains("cluster_state:ok") && info.contains(&known) && synced {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "redis {} not in an ok cluster within {START_WAIT:?}:\n{info}{replication}",
-                    node.port()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        cluster
     }
 
     /// `CLUSTER NODES` as some running node sees it: per node, its port, whether it is a
