@@ -260,6 +260,11 @@ impl Snapshot {
                     "Messages received over Redis pub/sub.",
                     C::get(&r.received),
                 ),
+                (
+                    "shardcast_redis_rollbacks_total",
+                    "Streams whose seq went back in Redis (lost acked writes): each began a new epoch.",
+                    C::get(&r.rollbacks),
+                ),
             ] {
                 out.family(name, "counter", help);
                 out.sample(name, &[], value);

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Req;
 use super::keys::{Channel, Keys};
-use super::link::{Cmds, Subs, Target};
+use super::link::{Cmds, Subs, Target, slot};
 use super::wire::Wire;
 use crate::config::{Config, PresenceMode, Rule, SessionPolicy};
 use crate::core::Stream;
@@ -37,13 +37,19 @@ use crate::router::Router;
 use crate::ws;
 
 mod batch;
+mod failover;
 mod messages;
+mod order;
+mod replicas;
 mod rooms;
 mod scripts;
 mod sessions;
 mod subscription;
 mod upkeep;
 
+use failover::Track;
+use order::{Lanes, Pending};
+use replicas::Waits;
 use scripts::{Scripts, load_scripts};
 use upkeep::Live;
 
@@ -53,6 +59,9 @@ use std::sync::atomic::Ordering::Relaxed;
 /// The heartbeat a node publishes to itself; its subscription is dead after `SILENT`.
 const BEAT: Duration = Duration::from_secs(1);
 const SILENT: Duration = Duration::from_secs(3);
+/// On a Redis Cluster the heartbeat's master may be failing over: the subscription is replaced
+/// only after this long.
+const SILENT_CLUSTER: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// What `connect` found: the node id, its lease, which leases are live, and the first command
@@ -119,6 +128,8 @@ struct Room {
     last: Option<u64>,
     /// The room's epoch as this node knows it (0: not yet).
     epoch: u64,
+    /// The seqs and epoch that tell a rollback (see `failover`).
+    track: Track,
     subscribed: bool,
     /// Joins whose script has not answered yet; while any is out, frames handed on are kept
     /// in `recent`, and sent again after the join's `JoinDone` (see `joined`).
@@ -136,6 +147,7 @@ struct User {
     /// The inbox's newest seq this node knows; `None` before a connection came online.
     last: Option<u64>,
     epoch: u64,
+    track: Track,
     subscribed: bool,
 }
 
@@ -180,6 +192,13 @@ pub struct Node {
     last_ok: Cell<Instant>,
     /// Sends to shards kept while one read of pub/sub messages is handed on.
     batch: RefCell<batch::Batch>,
+    /// Each sender's order per stream (`order`).
+    lanes: RefCell<Lanes>,
+    /// Until when the streams are read back every second after a Redis Cluster node dropped
+    /// the subscription (`failover`).
+    fill_until: Cell<Option<Instant>>,
+    /// Messages waiting for their replicas (`replicas`).
+    waits: RefCell<Waits>,
 }
 
 /// Why a Redis call gave no answer.
@@ -238,6 +257,9 @@ impl Node {
             rewrite: Cell::new(false),
             last_ok: Cell::new(Instant::now()),
             batch: RefCell::default(),
+            lanes: RefCell::default(),
+            fill_until: Cell::new(None),
+            waits: RefCell::default(),
         }
     }
 
@@ -246,6 +268,10 @@ impl Node {
         tokio::task::spawn_local(me.clone().subscriber());
         tokio::task::spawn_local(me.clone().refresher());
         tokio::task::spawn_local(me.clone().occupier());
+        if me.target.cluster {
+            tokio::task::spawn_local(me.clone().check_coverage());
+            tokio::task::spawn_local(me.clone().prober());
+        }
         while let Some(req) = rx.recv().await {
             me.take(req);
         }
@@ -300,15 +326,20 @@ impl Node {
                 self.counters.errors.fetch_add(1, Relaxed);
                 // Other commands answered within the timeout: Redis is slow (overloaded), not
                 // gone; replacing the connection would fail every command in flight.
-                if self.last_ok.get().elapsed() > self.timeout() {
+                if self.last_ok.get().elapsed() > self.timeout() && !self.target.cluster {
                     self.link_lost(&e);
                 }
                 Err(Failure::Timeout)
             }
             Err(e) => {
                 self.counters.errors.fetch_add(1, Relaxed);
-                if lost_link(&e) {
+                if lost_link(&e) && !self.target.cluster {
                     self.link_lost(&e);
+                } else if self.target.cluster {
+                    // The client library reconnects to each Cluster node by itself: a failing
+                    // master fails its own slots only (`failover`).
+                    self.fill_soon();
+                    tracing::debug!(error = %e, "redis cluster command failed");
                 } else {
                     tracing::warn!(error = %e, "redis command failed");
                 }
@@ -432,6 +463,7 @@ impl Node {
                 self.spawn(async move { me.register(user, conn).await });
             }
             EngineMsg::Unregister { user, conn } => {
+                self.release(conn, None);
                 self.remove_session(&user, conn);
                 self.spawn(async move {
                     let (conns, online) = me.keys.sessions(&user);
@@ -477,6 +509,7 @@ impl Node {
                 self.spawn(async move { me.join(user, joined, epoch).await });
             }
             EngineMsg::Leave { room, user, conn } => {
+                self.release(conn, Some(&Stream::Room(room.clone())));
                 self.remove_member(&room, conn);
                 self.spawn(async move { me.leave(room, user, conn).await });
             }
@@ -486,16 +519,26 @@ impl Node {
                 body,
                 key,
                 reply,
-            } => self
-                .spawn(async move { me.message(Stream::Room(room), from, body, key, reply).await }),
+            } => self.enqueue(Pending {
+                stream: Stream::Room(room),
+                from,
+                body,
+                key,
+                reply,
+            }),
             EngineMsg::Direct {
                 to,
                 from,
                 body,
                 key,
                 reply,
-            } => self
-                .spawn(async move { me.message(Stream::Inbox(to), from, body, key, reply).await }),
+            } => self.enqueue(Pending {
+                stream: Stream::Inbox(to),
+                from,
+                body,
+                key,
+                reply,
+            }),
             EngineMsg::Forward {
                 user,
                 frame,

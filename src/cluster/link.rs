@@ -9,6 +9,9 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
 use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionLike, FromRedisValue, IntoConnectionInfo,
     ProtocolVersion, PushInfo, RedisResult, ScriptInvocation, TlsCertificates,
@@ -199,6 +202,54 @@ impl Cmds {
         }
     }
 
+    /// `WAIT replicas timeout` on the master that holds `key` (the writes this node sent it
+    /// so far): how many replicas have them. A Cluster routes it by the key's slot.
+    pub async fn wait(&mut self, key: &str, replicas: u32, timeout: Duration) -> RedisResult<u64> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(timeout.as_millis() as u64);
+        match self {
+            Cmds::Single(c) => cmd.query_async(c).await,
+            Cmds::Cluster(c) => {
+                let route = Route::new(slot(key.as_bytes()), SlotAddr::Master);
+                let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                Ok(u64::from_redis_value(c.route_command(cmd, to).await?)?)
+            }
+        }
+    }
+
+    /// A setting of one server (a Cluster's: of one master), if `CONFIG GET` is allowed.
+    pub async fn setting(&mut self, name: &str) -> RedisResult<Option<String>> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg(name);
+        let v = match self {
+            Cmds::Single(c) => cmd.query_async(c).await?,
+            Cmds::Cluster(c) => {
+                let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+                c.route_command(cmd, to).await?
+            }
+        };
+        let pair: Vec<String> = FromRedisValue::from_redis_value(v)?;
+        Ok(pair.into_iter().nth(1))
+    }
+
+    /// Whether Redis answers at all: one server's PING, or a Cluster's PING to every master,
+    /// answered when any one master answers (a failing master is only its slots).
+    pub async fn probe(&mut self) -> RedisResult<()> {
+        let cmd = redis::cmd("PING");
+        match self {
+            Cmds::Single(c) => cmd.query_async(c).await,
+            Cmds::Cluster(c) => {
+                let all = (
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::OneSucceeded),
+                );
+                c.route_command(cmd, RoutingInfo::MultiNode(all))
+                    .await
+                    .map(drop)
+            }
+        }
+    }
+
     /// Names the connection (CLIENT LIST shows it) on one server; a Cluster's connections
     /// are the client library's.
     pub async fn set_name(&mut self, name: &str) -> RedisResult<()> {
@@ -207,6 +258,29 @@ impl Cmds {
             Cmds::Cluster(_) => Ok(()),
         }
     }
+}
+
+/// The Redis Cluster slot of a key: CRC16 (XMODEM) of its hash tag, modulo 16384.
+pub fn slot(key: &[u8]) -> u16 {
+    let tag = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    let mut crc: u16 = 0;
+    for &b in tag {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
 }
 
 /// The subscription connection.
@@ -251,5 +325,17 @@ impl SyncConn {
             SyncConn::Single(c) => c.is_open(),
             SyncConn::Cluster(c) => c.is_open(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slots_are_redis_clusters() {
+        // CLUSTER KEYSLOT's answers.
+        assert_eq!(super::slot(b"123456789"), 0x31c3);
+        assert_eq!(super::slot(b"foo"), 12182);
+        assert_eq!(super::slot(b"sc:{r:lobby}:m"), super::slot(b"r:lobby"));
+        assert_eq!(super::slot(b"a{}b"), super::slot(b"a{}b"));
     }
 }

@@ -602,6 +602,13 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
     pub redis_timeout_ms: u64,
 
+    /// With the redis engine: after a publish or send is stored, wait (Redis `WAIT`, at most
+    /// redis_timeout_ms) until this many replicas of its master have it before acking, so an
+    /// acked message survives a failover. Fewer in time: the answer is `unavailable` (the
+    /// message is stored; a resend with the same key is answered `dup`). Default 0: no wait.
+    #[arg(long, env = "SHARDCAST_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
     /// This node's id in a cluster, 0 to 16383, unique among the nodes. Default: none, Redis
     /// hands out the next free one at start.
     #[arg(long, env = "SHARDCAST_NODE_ID")]
@@ -711,6 +718,7 @@ impl Default for Config {
             redis_ca_file: None,
             redis_prefix: "sc".to_owned(),
             redis_timeout_ms: 2_000,
+            redis_wait_replicas: 0,
             node_id: None,
             presence_ttl_secs: 10,
             rooms: Vec::new(),

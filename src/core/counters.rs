@@ -215,6 +215,9 @@ pub struct RedisCounters {
     pub gap_fills: AtomicU64,
     /// Messages received over pub/sub.
     pub received: AtomicU64,
+    /// Streams whose seq went back in Redis (a failover lost acked writes): each began a new
+    /// epoch.
+    pub rollbacks: AtomicU64,
 }
 
 impl RedisCounters {

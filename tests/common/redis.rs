@@ -2,7 +2,10 @@
 //!
 //! - [`RedisServer`]: one `redis-server` on a free loopback port in its own temp dir, which a
 //!   test can kill -9 and restart on the same port and dir (so AOF data comes back).
-//! - [`RedisCluster`]: three (or N) masters joined with `redis-cli --cluster create`.
+//! - [`RedisCluster`]: three (or N) masters joined with `redis-cli --cluster create`; with
+//!   [`RedisCluster::start_with_replicas`], a replica for each (AOF `always`,
+//!   `cluster-node-timeout` 2000), for failovers: which node holds a key's slot, which is its
+//!   replica, SIGSTOP/SIGCONT of one, and waiting for a promotion.
 //! - [`RedisServer::client_port`]: the port of a named connection in `CLIENT LIST`, for
 //!   [`super::proxy::Proxy`] to freeze or cut exactly that one.
 //!
@@ -238,6 +241,23 @@ impl RedisServer {
             .expect("wait for redis-server");
     }
 
+    /// Sends `signal` (e.g. `libc::SIGSTOP`, `libc::SIGCONT`) to the running server.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("redis is not running").id();
+        let pid = pid.expect("redis pid") as i32;
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "kill({pid}, {signal})"
+        );
+    }
+
+    /// Whether it runs (not killed).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// `redis-cli` against this server; returns its output.
     pub async fn cli(&self, args: &[&str]) -> String {
         cli_at(self.port, args).await
@@ -293,7 +313,19 @@ async fn ping(port: u16) -> bool {
     )
 }
 
-/// A Redis Cluster of masters without replicas, each a [`RedisServer`].
+/// What a replicated Redis runs with here: AOF `always`, and a replica's first sync at once
+/// (Redis waits 5 s for more replicas by default).
+pub const REPLICATED: [&str; 6] = [
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "always",
+    "--repl-diskless-sync-delay",
+    "0",
+];
+
+/// A Redis Cluster of masters (with replicas, [`RedisCluster::start_with_replicas`]), each
+/// node a [`RedisServer`].
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
@@ -302,15 +334,40 @@ impl RedisCluster {
     /// `masters` servers with `--cluster-enabled yes`, joined with `redis-cli --cluster
     /// create`; returns once every node says `cluster_state:ok`.
     pub async fn start(masters: usize) -> RedisCluster {
-        let mut nodes = Vec::with_capacity(masters);
-        for _ in 0..masters {
-            let options = [
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-            ];
-            nodes.push(RedisServer::start_with(&options).await);
+        RedisCluster::create(masters, 0, &[]).await
+    }
+
+    /// `masters` masters, each with one replica (`--cluster-replicas 1`), every node with
+    /// [`REPLICATED`] and `cluster-node-timeout` 2000 (a killed master's replica is promoted in
+    /// about 3 to 5 s); returns once every node says `cluster_state:ok` and every replica is in
+    /// sync.
+    pub async fn start_with_replicas(masters: usize) -> RedisCluster {
+        let mut options = REPLICATED.to_vec();
+        options.extend([
+            "--cluster-node-timeout",
+            "2000",
+            // The healthy masters keep serving their slots while one range has no master (by
+            // default every master refuses every command then: CLUSTERDOWN).
+            "--cluster-require-full-coverage",
+            "no",
+        ]);
+        RedisCluster::create(masters, 1, &options).await
+    }
+
+    /// `masters * (1 + replicas)` cluster nodes with `options`, joined; returns once every node
+    /// is in an ok cluster of all of them and every replica is in sync.
+    async fn create(masters: usize, replicas: usize, options: &[&str]) -> RedisCluster {
+        let mut all = vec![
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ];
+        all.extend(options);
+        let n = masters * (1 + replicas);
+        let mut nodes = Vec::with_capacity(n);
+        for _ in 0..n {
+            nodes.push(RedisServer::start_with(&all).await);
         }
         let hosts: Vec<String> = nodes
             .iter()
@@ -318,14 +375,25 @@ impl RedisCluster {
             .collect();
         let mut args = vec!["--cluster", "create"];
         args.extend(hosts.iter().map(String::as_str));
-        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let per_master = replicas.to_string();
+        args.extend(["--cluster-replicas", &per_master, "--cluster-yes"]);
         nodes[0].cli(&args).await;
         for node in &nodes {
             let deadline = Instant::now() + START_WAIT;
             loop {
                 let info = node.cli(&["CLUSTER", "INFO"]).await;
-                let known = format!("cluster_known_nodes:{masters}");
-                if info.contains("cluster_state:ok") && info.contains(&known) {
+                let known = format!("cluster_known_nodes:{n}");
+                // Every node knows of all replicas, and this one, if a replica, is in sync.
+                let synced = replicas == 0 || {
+                    let replication = node.cli(&["INFO", "replication"]).await;
+                    let nodes = node.cli(&["CLUSTER", "NODES"]).await;
+                    let seen = nodes.lines().filter(|l| l.contains("slave")).count();
+                    seen == masters * replicas
+                        && (replication.contains("connected_slaves:")
+                            && !replication.contains("connected_slaves:0")
+                            || replication.contains("master_link_status:up"))
+                };
+                if info.contains("cluster_state:ok") && info.contains(&known) && synced {
                     break;
                 }
                 assert!(
@@ -337,6 +405,123 @@ impl RedisCluster {
             }
         }
         RedisCluster { nodes }
+    }
+
+    /// `CLUSTER NODES` as some running node sees it: per node, its port, whether it is a
+    /// master, its master's id (a replica's), its id and its slot ranges.
+    async fn topology(&self) -> Vec<(u16, bool, String, String, Vec<(u16, u16)>)> {
+        let seen = self
+            .nodes
+            .iter()
+            .find(|n| n.running())
+            .expect("a running node");
+        let text = seen.cli(&["CLUSTER", "NODES"]).await;
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 || f[2].contains("fail") && !f[2].contains("fail?") {
+                continue;
+            }
+            let port = f[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok());
+            let Some(port) = port else { continue };
+            let ranges = (f[8..].iter())
+                .filter_map(|r| match r.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => r.parse().ok().map(|s| (s, s)),
+                })
+                .collect();
+            out.push((
+                port,
+                f[2].contains("master"),
+                f[3].to_string(),
+                f[0].to_string(),
+                ranges,
+            ));
+        }
+        out
+    }
+
+    fn index_of(&self, port: u16) -> usize {
+        (self.nodes.iter().position(|n| n.port() == port)).expect("a node of this cluster")
+    }
+
+    /// The index in `nodes` of the master that holds `tag`'s slot (a key `{tag}...`).
+    pub async fn master_of(&self, tag: &str) -> usize {
+        let seen = self
+            .nodes
+            .iter()
+            .find(|n| n.running())
+            .expect("a running node");
+        let slot: u16 = (seen
+            .cli(&["CLUSTER", "KEYSLOT", &format!("{{{tag}}}")])
+            .await)
+            .trim()
+            .parse()
+            .expect("a slot number");
+        let nodes = self.topology().await;
+        let (port, ..) = (nodes.iter())
+            .find(|n| n.1 && n.4.iter().any(|&(a, b)| a <= slot && slot <= b))
+            .unwrap_or_else(|| panic!("no master holds slot {slot}: {nodes:?}"));
+        self.index_of(*port)
+    }
+
+    /// The index in `nodes` of master `master`'s replica.
+    pub async fn replica_of(&self, master: usize) -> usize {
+        let nodes = self.topology().await;
+        let port = self.nodes[master].port();
+        let master = nodes.iter().find(|n| n.0 == port);
+        let id = &master
+            .unwrap_or_else(|| panic!("no node {port}: {nodes:?}"))
+            .3;
+        let (port, ..) = (nodes.iter())
+            .find(|n| !n.1 && &n.2 == id)
+            .unwrap_or_else(|| panic!("no replica of {id}: {nodes:?}"));
+        self.index_of(*port)
+    }
+
+    /// Waits until node `i` says it is a master (a replica promoted after its master died).
+    pub async fn wait_master(&self, i: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let role = self.nodes[i].cli(&["ROLE"]).await;
+            let ok = self.nodes[i].cli(&["CLUSTER", "INFO"]).await;
+            if role.starts_with("master") && ok.contains("cluster_state:ok") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis {} not promoted within {within:?}: {role}",
+                self.nodes[i].port()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until node `replica` has every write its master `master` has made.
+    pub async fn wait_synced(&self, master: usize, replica: usize) {
+        let offset = |info: String, field: &str| -> Option<u64> {
+            let line = info.lines().find(|l| l.starts_with(field))?;
+            line.split(':').nth(1)?.trim().parse().ok()
+        };
+        let deadline = Instant::now() + START_WAIT;
+        loop {
+            let m = offset(
+                self.nodes[master].cli(&["INFO", "replication"]).await,
+                "master_repl_offset",
+            );
+            let r = offset(
+                self.nodes[replica].cli(&["INFO", "replication"]).await,
+                "slave_repl_offset",
+            );
+            if m.is_some() && m == r {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica not in sync: {m:?} {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Every node as a seed: `redis://h:p,redis://h:p,...`.

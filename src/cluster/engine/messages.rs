@@ -1,18 +1,20 @@
 //! Room messages and direct messages: one script checks the key, assigns the seq, appends to
 //! the stream's log (and the key beside it) and publishes, then the sender is answered.
 
+use super::order::Pending;
 use super::*;
 
 impl Node {
-    /// Sequences, stores and publishes a room message or a direct message, and acks it.
-    pub(super) async fn message(
-        self: Rc<Self>,
-        stream: Stream,
-        from: Name,
-        body: Bytes,
-        key: Option<MsgKey>,
-        reply: ReplyTo,
-    ) {
+    /// Sequences, stores and publishes a room message or a direct message, and acks it. False
+    /// when Redis failed (the sender's later requests to the stream must not overtake it).
+    pub(super) async fn message(self: Rc<Self>, p: Pending) -> bool {
+        let Pending {
+            stream,
+            from,
+            body,
+            key,
+            reply,
+        } = p;
         let ts = now_ms();
         let target = match &stream {
             Stream::Room(room) => To::Room(room),
@@ -67,14 +69,23 @@ impl Node {
             .arg(if inbox { self.dead() } else { String::new() });
         let (seq, _epoch, dup) = match self.script_or::<(u64, u64, u8)>(&inv).await {
             Ok(done) => done,
-            Err(f) => return self.answer(reply.fail(failed(f))),
+            Err(f) => {
+                self.answer(reply.fail(failed(f)));
+                return false;
+            }
         };
         if dup == 1 {
             let ack = reply.answer(
                 |id| encode::dup_ack(id, target_of(&stream), seq),
                 || Bytes::from(format!("{{\"seq\":{seq},\"dup\":true}}")),
             );
-            return self.answer(ack);
+            self.answer(ack);
+            return true;
+        }
+        if let Err(error) = self.replicated(&meta).await {
+            // Stored and published; only its survival of a failover is in doubt.
+            self.answer(reply.fail(error));
+            return true;
         }
         let seq_json = || Bytes::from(format!("{{\"seq\":{seq}}}"));
         let ack = reply.answer(
@@ -102,5 +113,17 @@ impl Node {
             let cmd = self.publish(self.keys.channel(&Stream::Inbox(from)), &wire);
             self.query::<u64>(cmd).await;
         }
+        true
     }
+}
+
+pub(super) fn unreplicated(got: u64, want: u32) -> ReplyError {
+    ReplyError::new(
+        ErrorCode::Unavailable,
+        format!(
+            "the message was stored, but only {got} of the {want} replicas required \
+             (redis_wait_replicas) confirmed it in time, so a failover may lose it: send it \
+             again with the same `key` (it is answered `dup` if it survived)"
+        ),
+    )
 }

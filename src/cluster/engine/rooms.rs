@@ -83,6 +83,10 @@ impl Node {
                 == Some(jgen)
         };
         let rule = self.config.rule(&room);
+        // What this node knew before the script: a seq below it in the same epoch is a
+        // rollback (`failover`).
+        let (before, known) =
+            (self.state.borrow().rooms.get(&room)).map_or((None, 0), |r| (r.last, r.epoch));
         let result = if current(&self) {
             let (here, new_user) = {
                 let st = self.state.borrow();
@@ -144,6 +148,11 @@ impl Node {
             return;
         };
         let seq = seq as u64;
+        let mut now_epoch = now_epoch;
+        if known != 0 && known == now_epoch && before.is_some_and(|b| b > seq) {
+            self.rolled_back(&stream);
+            now_epoch = self.known_epoch(&stream).unwrap_or(now_epoch);
+        }
         let lost_here = (self.state.borrow_mut().rooms.get_mut(&room)).and_then(|r| {
             r.total = members;
             new_epoch_seen(&mut r.epoch, now_epoch).then(|| r.shards.clone())

@@ -2,6 +2,7 @@
 //! (replaced when it drops or goes silent, then the gap is read back from the logs), and what
 //! arrives: encoded into a frame once and handed to the shards with receivers.
 
+use super::failover::{Track, tracked};
 use super::*;
 
 /// Pub/sub messages taken in one pass (one batch per shard): bounds a pass's length when
@@ -83,20 +84,30 @@ impl Node {
             if !first {
                 self.counters.pubsub_reconnects.fetch_add(1, Relaxed);
                 tracing::info!("resubscribed to Redis; filling what was missed");
-                self.fill_all();
+                self.fill_all(true);
             }
             first = false;
             let mut tick = tokio::time::interval(BEAT);
             loop {
                 tokio::select! {
                     push = rx.recv() => match push {
+                        // One Cluster node dropped: the library resubscribes its slots by
+                        // itself; the streams are read back meanwhile (`failover`).
+                        Some(p) if p.kind == PushKind::Disconnection && self.target.cluster => {
+                            self.fill_soon();
+                        }
                         Some(p) if p.kind == PushKind::Disconnection => break,
                         Some(p) => if !self.on_read(p, &mut rx) { break },
                         None => break,
                     },
                     _ = tick.tick() => {
                         self.heartbeat();
-                        if self.beat.get().elapsed() > SILENT && self.cmds.borrow().is_some() {
+                        self.fill_due();
+                        let silent = self.beat.get().elapsed();
+                        if self.target.cluster && silent > SILENT && silent < SILENT_CLUSTER {
+                            // The heartbeat's master may be failing over.
+                            self.fill_soon();
+                        } else if silent > SILENT && self.cmds.borrow().is_some() {
                             tracing::warn!("the subscription connection went silent; replacing it");
                             break;
                         }
@@ -132,8 +143,9 @@ impl Node {
     }
 
     /// After a resubscription: every stream's messages after the last one this node knows,
-    /// read from Redis and handed on as if they had arrived (the hubs drop repeats).
-    pub(super) fn fill_all(self: &Rc<Self>) {
+    /// read from Redis and handed on as if they had arrived (the hubs drop repeats). `retry`:
+    /// each read is tried again with backoff (else once: `failover` reads every second).
+    pub(super) fn fill_all(self: &Rc<Self>, retry: bool) {
         let streams: Vec<(Stream, u64)> = {
             let st = self.state.borrow();
             let rooms = st
@@ -149,23 +161,27 @@ impl Node {
         };
         for (stream, last) in streams {
             let me = self.clone();
-            self.spawn(async move { me.fill(stream, last).await });
+            self.spawn(async move { me.fill(stream, last, retry).await });
         }
     }
 
     /// Reads what the stream had after `last` and hands it on; a stream that began a new epoch
-    /// meanwhile has its receivers closed instead. Retried (the command connection may be
-    /// reconnecting too) while the stream still has receivers here.
-    async fn fill(self: Rc<Self>, stream: Stream, last: u64) {
+    /// meanwhile, or whose seq went below `last` (`failover`), has its receivers closed
+    /// instead. Retried (the command connection may be reconnecting too) while the stream
+    /// still has receivers here.
+    async fn fill(self: Rc<Self>, stream: Stream, last: u64, retry: bool) {
         let mut wait = Duration::from_millis(100);
-        let (epoch, entries) = loop {
+        let (epoch, seq, entries) = loop {
             let mut inv = self.scripts.tail.prepare_invoke();
             inv.key(self.keys.meta(&stream))
                 .key(self.keys.log(&stream))
                 .arg(last)
                 .arg(self.config.replay_limit);
-            if let Some(tail) = self.script::<(u64, Value)>(&inv).await {
+            if let Some(tail) = self.script::<(u64, u64, Value)>(&inv).await {
                 break tail;
+            }
+            if !retry {
+                return;
             }
             if wait > BACKOFF_MAX || !self.serves(&stream) {
                 tracing::error!(?stream, "could not read what the subscription missed");
@@ -176,6 +192,9 @@ impl Node {
         };
         if self.epoch_changed(&stream, epoch) {
             return;
+        }
+        if seq < last && self.known_epoch(&stream) == Some(epoch) {
+            return self.rolled_back(&stream);
         }
         self.begin_batch();
         for (seq, json) in log_entries(entries) {
@@ -205,24 +224,25 @@ impl Node {
     /// the stream's local receivers (`lost`).
     fn epoch_changed(&self, stream: &Stream, epoch: u64) -> bool {
         let mut st = self.state.borrow_mut();
-        let (known, last, shards) = match stream {
-            Stream::Room(r) => match st.rooms.get_mut(r) {
-                Some(r) => (&mut r.epoch, &mut r.last, r.shards.clone()),
-                None => return false,
-            },
-            Stream::Inbox(u) => match st.users.get_mut(u) {
-                Some(u) => (&mut u.epoch, &mut u.last, u.shards.clone()),
-                None => return false,
-            },
+        let Some((known, last, track, shards)) = tracked(&mut st, stream) else {
+            return false;
         };
-        let changed = *known != 0 && *known != epoch;
+        // The epoch this node just left (`failover`) is not news.
+        let changed = *known != 0 && *known != epoch && epoch != track.prev;
         if changed {
             // Its receivers start again from their joins and connects.
-            (*known, *last) = (epoch, None);
+            (*known, *last, *track) = (epoch, None, Track::default());
+            let shards = shards.to_vec();
             drop(st);
             self.lost(&shards, stream);
         }
         changed
+    }
+
+    /// The stream's epoch as this node knows it.
+    pub(super) fn known_epoch(&self, stream: &Stream) -> Option<u64> {
+        let mut st = self.state.borrow_mut();
+        tracked(&mut st, stream).map(|(epoch, ..)| *epoch)
     }
 
     pub(super) fn heartbeat(self: &Rc<Self>) {
@@ -246,6 +266,10 @@ impl Node {
         let mut up = true;
         for _ in 1..READ_BATCH {
             match rx.try_recv() {
+                // As in the loop above: a Cluster node's drop is read back, not a break.
+                Ok(p) if p.kind == PushKind::Disconnection && self.target.cluster => {
+                    self.fill_soon();
+                }
                 Ok(p) if p.kind == PushKind::Disconnection => {
                     up = false;
                     break;
@@ -302,7 +326,29 @@ impl Node {
 
     /// A stream's message or event: encoded into a frame once, and handed to the shards with
     /// members (a room's) or sessions (a user's).
-    pub(super) fn hand_on(&self, stream: &Stream, wire: Wire) {
+    pub(super) fn hand_on(self: &Rc<Self>, stream: &Stream, wire: Wire) {
+        if let Wire::Message {
+            seq,
+            epoch: Some(e),
+            ..
+        } = &wire
+        {
+            let verdict = {
+                let mut st = self.state.borrow_mut();
+                match tracked(&mut st, stream) {
+                    Some((known, _, track, _)) => {
+                        let known = if *known == 0 { *e } else { *known };
+                        Node::rollback_seen(track, known, *e, *seq)
+                    }
+                    None => Some(false),
+                }
+            };
+            match verdict {
+                None => return,
+                Some(true) => return self.rolled_back(stream),
+                Some(false) => {}
+            }
+        }
         let mut st = self.state.borrow_mut();
         let (shards, seq, json, exclude) = match (stream, wire) {
             (Stream::Room(room), wire) => {
