@@ -38,6 +38,8 @@ pub struct Snapshot {
     /// The writer's last reading of the data directory's disk, when it reads it
     /// (`min_free_disk_bytes` set, a store on disk).
     pub disk: Option<crate::core::health::Disk>,
+    /// The hook client's counters, with `hook_url` set.
+    pub hooks: Option<crate::hooks::HookStats>,
 }
 
 /// Asks every shard and the writer for their counters and waits for the answers. A shard or
@@ -62,6 +64,7 @@ pub async fn gather(ctx: &Ctx) -> Snapshot {
         process: process(),
         redis: ctx.with(|s| s.engine().redis_counters()).flatten(),
         disk: ctx.health.disk(),
+        hooks: ctx.hooks.as_ref().map(|h| h.stats()),
     }
 }
 
@@ -228,6 +231,31 @@ impl Snapshot {
                 "1 while free disk space is below min_free_disk_bytes: publish and send are refused.",
             );
             out.sample(name, &[], u8::from(disk.low));
+        }
+        if let Some(h) = &self.hooks {
+            use crate::hooks::{HookEvent, Outcome};
+            let name = "shardcast_hook_calls_total";
+            out.family(
+                name,
+                "counter",
+                "Hook calls by event and outcome: allowed, refused, timeout, error (unreachable, \
+                 non-2xx, an answer that is not the expected JSON).",
+            );
+            for event in HookEvent::ALL {
+                for outcome in Outcome::ALL {
+                    let labels = [("event", event.as_str()), ("outcome", outcome.as_str())];
+                    out.sample(name, &labels, h.calls[event as usize][outcome as usize]);
+                }
+            }
+            let mut all = Histogram::default();
+            for l in &h.latency {
+                all.merge(l);
+            }
+            out.histogram(
+                "shardcast_hook_latency_seconds",
+                "From a hook call's start (waiting for a slot included) to its answer or failure.",
+                &all,
+            );
         }
         if let Some(r) = &self.redis {
             use crate::core::counters::RedisCounters as C;
