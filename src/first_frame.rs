@@ -48,7 +48,8 @@ pub(crate) async fn connect(ctx: Rc<Ctx>, up: http::Upgraded, slot: http::HttpSl
             .verify_token(&token, ctx.config.max_rooms_per_connection)?;
         if let Some(h) = ctx.hooks.as_ref().filter(|_| ctx.config.hook_connect) {
             let headers = hyper::HeaderMap::new();
-            identity = crate::hooks::connect(h, &ctx.config, Some(identity), None, &headers).await?;
+            identity =
+                crate::hooks::connect(h, &ctx.config, Some(identity), None, &headers).await?;
         }
         let (reservation, inbox_seq) = http::admit(&ctx, &identity).await?;
         Ok::<_, HandshakeError>((identity, reservation, inbox_seq, rest))

@@ -590,7 +590,12 @@ pub struct Config {
     /// expected JSON) decides: deny (the request is refused with `unavailable`, a connect with
     /// 503) or allow (it goes on unchanged). A `[[rooms]]` rule's `hook_on_error` overrides it
     /// for its rooms. Default deny.
-    #[arg(long, env = "SHARDCAST_HOOK_ON_ERROR", value_enum, default_value = "deny")]
+    #[arg(
+        long,
+        env = "SHARDCAST_HOOK_ON_ERROR",
+        value_enum,
+        default_value = "deny"
+    )]
     pub hook_on_error: HookOnError,
 
     /// Hook calls in flight at once, for the whole process; more wait for a slot (within their
@@ -604,7 +609,11 @@ pub struct Config {
     pub hook_max_waiting: usize,
 
     /// Most bytes of a hook's answer; a bigger one is a failed hook. Default 65536.
-    #[arg(long, env = "SHARDCAST_HOOK_MAX_ANSWER_BYTES", default_value_t = 65_536)]
+    #[arg(
+        long,
+        env = "SHARDCAST_HOOK_MAX_ANSWER_BYTES",
+        default_value_t = 65_536
+    )]
     pub hook_max_answer_bytes: usize,
 
     /// With hook_connect, the query parameters of an upgrade without a token that the connect

@@ -46,7 +46,9 @@ pub async fn connect(
     }
     let bad = |m: String| HandshakeError::HookFailed(format!("the connect hook's answer: {m}"));
     let user = match (answer.user, identity.as_ref()) {
-        (Some(user), _) => Name::new(&user).map_err(|_| bad(format!("{user:?} is not a user id")))?,
+        (Some(user), _) => {
+            Name::new(&user).map_err(|_| bad(format!("{user:?} is not a user id")))?
+        }
         (None, Some(identity)) => identity.user.clone(),
         (None, None) => {
             return Err(HandshakeError::Unauthorized(
@@ -57,9 +59,9 @@ pub async fn connect(
         }
     };
     let rooms = match answer.rooms {
-        Some(rooms) => Some(
-            auth::grants_of_json(rooms.get(), config.max_rooms_per_connection).map_err(bad)?,
-        ),
+        Some(rooms) => {
+            Some(auth::grants_of_json(rooms.get(), config.max_rooms_per_connection).map_err(bad)?)
+        }
         None => identity.as_ref().and_then(|i| i.rooms.clone()),
     };
     Ok(Identity {

@@ -193,7 +193,9 @@ impl Hooks {
             reply,
         };
         if let Err(mpsc::error::SendError(call)) = self.calls.send(call) {
-            (call.reply)(Err(HookError::Unreachable("the hooks thread has stopped".into())));
+            (call.reply)(Err(HookError::Unreachable(
+                "the hooks thread has stopped".into(),
+            )));
         }
     }
 
@@ -286,8 +288,8 @@ impl Worker {
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .expect("a POST with a parsed URI is a valid request");
-        let response = (client.request(request).await)
-            .map_err(|e| HookError::Unreachable(error_chain(&e)))?;
+        let response =
+            (client.request(request).await).map_err(|e| HookError::Unreachable(error_chain(&e)))?;
         let status = response.status();
         let answer = Limited::new(response.into_body(), self.max_answer)
             .collect()
@@ -345,7 +347,10 @@ mod tests {
             br#"[true]"#,
             b"",
         ] {
-            assert!(matches!(parse(bad), Err(HookError::BadAnswer(_))), "{bad:?}");
+            assert!(
+                matches!(parse(bad), Err(HookError::BadAnswer(_))),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -151,7 +151,16 @@ impl Shard {
         id: Option<ReqId>,
     ) {
         match self.room_hook(&room, RoomHook::Publish) {
-            Some(policy) => self.call_hook(conn, Hooked::Publish { room, body, key, id }, policy),
+            Some(policy) => self.call_hook(
+                conn,
+                Hooked::Publish {
+                    room,
+                    body,
+                    key,
+                    id,
+                },
+                policy,
+            ),
             None => self.to_engine(EngineMsg::Publish {
                 reply: reply_to(conn, &id),
                 room,
@@ -245,7 +254,11 @@ impl Shard {
     /// A hook has answered: its request goes on or is refused, then the frames that waited
     /// behind it are handled in order, until one of them waits for a hook in turn.
     pub fn hook_done(&mut self, done: HookDone) {
-        if self.hook_queues.get(&done.conn).is_none_or(|q| q.ticket != done.ticket) {
+        if self
+            .hook_queues
+            .get(&done.conn)
+            .is_none_or(|q| q.ticket != done.ticket)
+        {
             return;
         }
         let q = self.hook_queues.remove(&done.conn).expect("just found");
