@@ -190,7 +190,7 @@ async fn websocket(
                 .authenticate(query, bearer, ctx.config.max_rooms_per_connection)?,
         ),
     };
-    upgrade_check(&req)?;
+    // Before the upgrade check, as credentials are: a plain GET learns the hook's refusal.
     let identity = match (&hook, identity) {
         (Some(h), identity) => {
             crate::hooks::connect(h, &ctx.config, identity, query, req.headers()).await?
@@ -199,6 +199,7 @@ async fn websocket(
             "missing token: pass ?token= or Authorization: Bearer".into(),
         ))?,
     };
+    upgrade_check(&req)?;
     let (reservation, inbox_seq) = admit(&ctx, &identity).await?;
     let deflate = negotiate_deflate(&ctx.config, &req);
     upgrade(&mut req, deflate.map(|d| d.1), move |up| {

@@ -381,3 +381,46 @@ async fn connect_hook_refusal_after_a_first_frame_closes_with_its_code() {
         .await;
     assert_eq!(alice.recv_type("welcome").await["user"], "alice");
 }
+
+/// Frames sent behind a request whose hook is out are held, in order, up to hook_max_waiting;
+/// past it they are refused with `rate_limited` at once, and the held ones are served after the
+/// hook's answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_past_hook_max_waiting_are_refused() {
+    let backend = Backend::start().await;
+    let server = TestServer::start(|c| {
+        hooked(&backend.url, c);
+        c.hook_timeout_ms = 5_000;
+        c.hook_max_waiting = 2;
+    });
+    let mut alice = Client::connect_dev(server.addr(), "alice").await;
+    alice.join("mod:w").await;
+    let mut frames =
+        vec![json!({"type": "publish", "room": "mod:w", "id": 0, "body": {"delay": 1000}})];
+    frames.extend((1..=4).map(|i| json!({"type": "ping", "id": i})));
+    alice.send_batch(&frames).await;
+    let ids = |frames: &[Value]| {
+        frames
+            .iter()
+            .map(|f| (f["type"].clone(), f["id"].clone()))
+            .collect::<Vec<_>>()
+    };
+    let got = alice.recv_n(5).await;
+    // The two past the limit are refused at once; the held pings are answered once the hook
+    // has (a publish's ack comes from the engine, so it may follow them, as without hooks).
+    let mut rest = ids(&got[2..]);
+    rest.sort_by_key(|(_, id)| id.as_u64());
+    assert_eq!(
+        (ids(&got[..2]), rest),
+        (
+            vec![(json!("error"), json!(3)), (json!("error"), json!(4))],
+            vec![
+                (json!("ack"), json!(0)),
+                (json!("pong"), json!(1)),
+                (json!("pong"), json!(2)),
+            ]
+        ),
+        "{got:?}"
+    );
+    assert_error(&got[0], "rate_limited", Some(&json!(3)));
+}
