@@ -313,7 +313,9 @@ impl Worker {
 pub fn parse(answer: &[u8]) -> Result<Answer, HookError> {
     // serde would also read a struct from an array (`[true]`): only an object is an answer.
     if answer.trim_ascii_start().first() != Some(&b'{') {
-        return Err(HookError::BadAnswer("the answer is not a JSON object".into()));
+        return Err(HookError::BadAnswer(
+            "the answer is not a JSON object".into(),
+        ));
     }
     serde_json::from_slice(answer).map_err(|e| HookError::BadAnswer(e.to_string()))
 }
