@@ -16,6 +16,8 @@ missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 command -v node >/dev/null || missing+=(nodejs)
+# python3, for the hook backend of tests/hooks.rs (standard library only).
+command -v python3 >/dev/null || missing+=(python3)
 [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing what the tests need: ${missing[*]}"

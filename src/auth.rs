@@ -335,6 +335,30 @@ fn identity(claims: Claims, max_rooms: usize) -> Result<Identity, HandshakeError
     })
 }
 
+/// A `rooms` claim given as JSON (a connect hook's answer) as grants, read as a token's.
+pub fn grants_of_json(rooms: &str, max_rooms: usize) -> Result<Grants, String> {
+    let claims: Vec<RoomClaim> = serde_json::from_str(rooms)
+        .map_err(|e| format!("rooms is not a list of rooms or {{room, rights}}: {e}"))?;
+    if claims.len() > max_rooms {
+        return Err("rooms lists more rooms than allowed".into());
+    }
+    let mut grants: Vec<Grant> = Vec::with_capacity(claims.len());
+    for claim in claims {
+        let grant = grant_of(claim)?;
+        if !grants.contains(&grant) {
+            grants.push(grant);
+        }
+    }
+    Ok(Grants::new(grants))
+}
+
+/// An identity's `rooms` as a token would carry them, as JSON (`null`: no claim).
+pub fn rooms_json(identity: &Identity) -> String {
+    let claims: Option<Vec<RoomClaim>> =
+        (identity.rooms.as_ref()).map(|g| g.iter().map(claim_of).collect());
+    serde_json::to_string(&claims).expect("claims serialize")
+}
+
 /// A claim entry as a grant. A pattern is a room name, or a name's start followed by `*` (`*`
 /// alone: every room).
 fn grant_of(claim: RoomClaim) -> Result<Grant, String> {
@@ -390,7 +414,7 @@ fn claim_of(grant: &Grant) -> RoomClaim {
 }
 
 /// The percent-decoded value of `name` in a query string.
-fn query_param(query: &str, name: &str) -> Option<String> {
+pub fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then(|| percent_decode(v))

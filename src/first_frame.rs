@@ -43,9 +43,14 @@ pub(crate) async fn connect(ctx: Rc<Ctx>, up: http::Upgraded, slot: http::HttpSl
                     window.as_millis()
                 ))
             })??;
-        let identity = ctx
+        let mut identity = ctx
             .auth
             .verify_token(&token, ctx.config.max_rooms_per_connection)?;
+        if let Some(h) = ctx.hooks.as_ref().filter(|_| ctx.config.hook_connect) {
+            let headers = hyper::HeaderMap::new();
+            identity =
+                crate::hooks::connect(h, &ctx.config, Some(identity), None, &headers).await?;
+        }
         let (reservation, inbox_seq) = http::admit(&ctx, &identity).await?;
         Ok::<_, HandshakeError>((identity, reservation, inbox_seq, rest))
     }
@@ -63,7 +68,8 @@ pub(crate) async fn connect(ctx: Rc<Ctx>, up: http::Upgraded, slot: http::HttpSl
         }
         Err(e) => {
             tracing::debug!(error = %e, "first-frame authentication refused");
-            let close = ws::close_frame(HandshakeError::CLOSE_CODE, e.code());
+            let (code, reason) = e.close();
+            let close = ws::close_frame(code, reason);
             let refuse = async {
                 stream.write_all(&close).await?;
                 stream.shutdown().await

@@ -14,8 +14,8 @@
 //! 3. `auth`, `origin`, `store`, `cli`, `msg`: identities from tokens; browser origins; durable
 //!    history behind the `Store` trait; what the operator subcommands print; what a shard's
 //!    queue carries (`EngineMsg`, `NodeMsg`, `LocalMsg`).
-//! 4. `conn`, `router`: one connection's bytes; the placement hash and the queues between
-//!    shards.
+//! 4. `conn`, `router`, `hooks`: one connection's bytes; the placement hash and the queues
+//!    between shards; the hook client (HTTP calls to the application's backend, on its thread).
 //! 5. `persist`: the store threads (group commit, reads, retention), shared by both engines.
 //! 6. `engine`: the seam, `trait Engine`, and what both engines share.
 //! 7. `embedded`, `cluster`: the two engines, siblings: each stream's home shard with the store
@@ -46,6 +46,7 @@ mod echo;
 pub mod embedded;
 pub mod engine;
 mod first_frame;
+mod hooks;
 mod http;
 mod metrics;
 mod msg;

@@ -40,6 +40,8 @@ pub struct Snapshot {
     pub disk: Option<crate::core::health::Disk>,
     /// The event feed's counters, when the feed is on.
     pub feed: Option<std::sync::Arc<crate::persist::FeedShared>>,
+    /// The hook client's counters, with `hook_url` set.
+    pub hooks: Option<crate::hooks::HookStats>,
 }
 
 /// Asks every shard and the writer for their counters and waits for the answers. A shard or
@@ -65,6 +67,7 @@ pub async fn gather(ctx: &Ctx) -> Snapshot {
         redis: ctx.with(|s| s.engine().redis_counters()).flatten(),
         disk: ctx.health.disk(),
         feed: ctx.persist.feed().cloned(),
+        hooks: ctx.hooks.as_ref().map(|h| h.stats()),
     }
 }
 
@@ -231,6 +234,31 @@ impl Snapshot {
                 "1 while free disk space is below min_free_disk_bytes: publish and send are refused.",
             );
             out.sample(name, &[], u8::from(disk.low));
+        }
+        if let Some(h) = &self.hooks {
+            use crate::hooks::{HookEvent, Outcome};
+            let name = "shardcast_hook_calls_total";
+            out.family(
+                name,
+                "counter",
+                "Hook calls by event and outcome: allowed, refused, timeout, error (unreachable, \
+                 non-2xx, an answer that is not the expected JSON).",
+            );
+            for event in HookEvent::ALL {
+                for outcome in Outcome::ALL {
+                    let labels = [("event", event.as_str()), ("outcome", outcome.as_str())];
+                    out.sample(name, &labels, h.calls[event as usize][outcome as usize]);
+                }
+            }
+            let mut all = Histogram::default();
+            for l in &h.latency {
+                all.merge(l);
+            }
+            out.histogram(
+                "shardcast_hook_latency_seconds",
+                "From a hook call's start (waiting for a slot included) to its answer or failure.",
+                &all,
+            );
         }
         if let Some(r) = &self.redis {
             use crate::core::counters::RedisCounters as C;

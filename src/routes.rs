@@ -181,9 +181,24 @@ async fn websocket(
     }
     // Credentials are checked before the upgrade headers: a browser never sees why a handshake
     // was refused, so its client asks again with a plain GET, which answers 401 if they are bad.
-    let identity = ctx
-        .auth
-        .authenticate(query, bearer, ctx.config.max_rooms_per_connection)?;
+    let hook = ctx.hooks.clone().filter(|_| ctx.config.hook_connect);
+    let identity = match &hook {
+        // No credentials: the connect hook names the user from the listed query and headers.
+        Some(_) if !Authenticator::has_credentials(query, bearer) => None,
+        _ => Some(
+            ctx.auth
+                .authenticate(query, bearer, ctx.config.max_rooms_per_connection)?,
+        ),
+    };
+    // Before the upgrade check, as credentials are: a plain GET learns the hook's refusal.
+    let identity = match (&hook, identity) {
+        (Some(h), identity) => {
+            crate::hooks::connect(h, &ctx.config, identity, query, req.headers()).await?
+        }
+        (None, identity) => identity.ok_or(HandshakeError::Unauthorized(
+            "missing token: pass ?token= or Authorization: Bearer".into(),
+        ))?,
+    };
     upgrade_check(&req)?;
     let (reservation, inbox_seq) = admit(&ctx, &identity).await?;
     let deflate = negotiate_deflate(&ctx.config, &req);

@@ -439,6 +439,11 @@ pub struct CommonArgs {
     /// its temp dir).
     #[arg(long, default_value = "warn")]
     pub server_log: String,
+    /// Prefix of this run's user and room names (`TAG-chat0`, `TAG-u0`), so a `[[rooms]]` rule
+    /// of the server can match them (e.g. to run a hook for them). Default `lt` and six random
+    /// hex digits.
+    #[arg(long)]
+    pub tag: Option<String>,
     /// Length of the measured window, in seconds.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,

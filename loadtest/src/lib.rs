@@ -280,7 +280,8 @@ fn run_in_runtime(
         shared,
         endpoints: target.endpoints.clone(),
         common: common.clone(),
-        tag: format!("lt{:06x}", fastrand::u32(..) & 0xff_ffff),
+        tag: (common.tag.clone())
+            .unwrap_or_else(|| format!("lt{:06x}", fastrand::u32(..) & 0xff_ffff)),
         progress,
         server_pids: target.info.pids(),
         redis: target.redis_probe.clone(),

@@ -7,12 +7,14 @@
 //! It must not touch sockets or shard state.
 
 mod derived;
+mod hooks;
 mod load;
 mod rooms;
 #[cfg(test)]
 mod tests;
 mod validate;
 
+pub use hooks::{HookOnError, RoomHook, RoomHooks};
 pub use load::ConfigError;
 pub use rooms::{PRESENCE_LIST_MAX, PresenceMode, PublishMode, RoomRule, Rule};
 
@@ -621,9 +623,74 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_PRESENCE_TTL_SECS", default_value_t = 10)]
     pub presence_ttl_secs: u64,
 
+    /// URL the hooks POST their JSON to (http:// only; docs/hooks.md). The connect and send
+    /// hooks run when hook_connect and hook_send say so, the join and publish hooks where a
+    /// `[[rooms]]` rule lists them in `hooks`. Default none: no hooks.
+    #[arg(long, env = "SHARDCAST_HOOK_URL")]
+    pub hook_url: Option<String>,
+
+    /// Run the connect hook for every WebSocket connection before it is admitted: the backend
+    /// may refuse it, or set its user id, rooms, rights and presence info. Needs hook_url.
+    /// Default false.
+    #[arg(long, env = "SHARDCAST_HOOK_CONNECT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub hook_connect: bool,
+
+    /// Run the send hook for every direct message: the backend may refuse it or replace its
+    /// body. Needs hook_url. Default false.
+    #[arg(long, env = "SHARDCAST_HOOK_SEND", default_value_t = false, action = clap::ArgAction::Set)]
+    pub hook_send: bool,
+
+    /// How long a hook may take, queueing for a slot included, before it counts as failed, in
+    /// milliseconds; a `[[rooms]]` rule's `hook_timeout_ms` overrides it for its rooms.
+    /// Default 1000.
+    #[arg(long, env = "SHARDCAST_HOOK_TIMEOUT_MS", default_value_t = 1_000)]
+    pub hook_timeout_ms: u64,
+
+    /// What a failed hook (timeout, connection error, non-2xx status, an answer that is not the
+    /// expected JSON) decides: deny (the request is refused with `unavailable`, a connect with
+    /// 503) or allow (it goes on unchanged). A `[[rooms]]` rule's `hook_on_error` overrides it
+    /// for its rooms. Default deny.
+    #[arg(
+        long,
+        env = "SHARDCAST_HOOK_ON_ERROR",
+        value_enum,
+        default_value = "deny"
+    )]
+    pub hook_on_error: HookOnError,
+
+    /// Hook calls in flight at once, for the whole process; more wait for a slot (within their
+    /// timeout). Calls share keep-alive connections to hook_url. Default 256.
+    #[arg(long, env = "SHARDCAST_HOOK_MAX_CONCURRENCY", default_value_t = 256)]
+    pub hook_max_concurrency: usize,
+
+    /// Requests of one connection held behind its request whose hook is out (they keep their
+    /// order); past it a request is refused with `rate_limited`. Default 64.
+    #[arg(long, env = "SHARDCAST_HOOK_MAX_WAITING", default_value_t = 64)]
+    pub hook_max_waiting: usize,
+
+    /// Most bytes of a hook's answer; a bigger one is a failed hook. Default 65536.
+    #[arg(
+        long,
+        env = "SHARDCAST_HOOK_MAX_ANSWER_BYTES",
+        default_value_t = 65_536
+    )]
+    pub hook_max_answer_bytes: usize,
+
+    /// With hook_connect, the query parameters of an upgrade without a token that the connect
+    /// hook is sent (a session id, say), comma-separated; the hook then says who the user is.
+    /// Default none.
+    #[arg(long, env = "SHARDCAST_HOOK_CONNECT_QUERY", value_delimiter = ',')]
+    pub hook_connect_query: Vec<String>,
+
+    /// With hook_connect, the request headers of an upgrade without a token that the connect
+    /// hook is sent (`cookie`, say), comma-separated, case-insensitive. Default none.
+    #[arg(long, env = "SHARDCAST_HOOK_CONNECT_HEADERS", value_delimiter = ',')]
+    pub hook_connect_headers: Vec<String>,
+
     /// Room rules by name prefix, in the config file only: `[[rooms]]` tables with `prefix` and
     /// any of `publish` (members, granted, api), `presence` (list, count, off),
-    /// `presence_list_max`, `history_messages`, `history_secs`, `recover` and `max_members`.
+    /// `presence_list_max`, `history_messages`, `history_secs`, `recover`, `max_members`,
+    /// `hooks`, `hook_timeout_ms` and `hook_on_error`.
     /// The longest matching prefix wins; `prefix = ""` is the default rule. Default none.
     /// (Last: TOML writes tables after plain keys.)
     #[arg(skip)]
@@ -721,6 +788,16 @@ impl Default for Config {
             redis_wait_replicas: 0,
             node_id: None,
             presence_ttl_secs: 10,
+            hook_url: None,
+            hook_connect: false,
+            hook_send: false,
+            hook_timeout_ms: 1_000,
+            hook_on_error: HookOnError::Deny,
+            hook_max_concurrency: 256,
+            hook_max_waiting: 64,
+            hook_max_answer_bytes: 65_536,
+            hook_connect_query: Vec::new(),
+            hook_connect_headers: Vec::new(),
             rooms: Vec::new(),
             room_retention: Vec::new(),
         }

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Config;
+use super::hooks::{HookOnError, RoomHook, RoomHooks};
 
 /// Who may publish in a room.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +85,16 @@ pub struct RoomRule {
     /// Most members (users); a join past it gets `room_full`. Default 0 = no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_members: Option<u32>,
+    /// The hooks that run for the rule's rooms: `join`, `publish` (docs/hooks.md). Needs
+    /// hook_url. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<Vec<RoomHook>>,
+    /// How long the rule's hooks may take, in milliseconds. Default hook_timeout_ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_timeout_ms: Option<u64>,
+    /// What the rule's failed hooks decide: deny or allow. Default hook_on_error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_on_error: Option<HookOnError>,
 }
 
 /// The `presence_list_max` of a rule that does not set one, nor its default rule.
@@ -101,6 +112,10 @@ pub struct Rule<'a> {
     pub history_secs: u64,
     pub recover: bool,
     pub max_members: u32,
+    /// The hooks that run for the room (none without hook_url).
+    pub hooks: RoomHooks,
+    pub hook_timeout_ms: u64,
+    pub hook_on_error: HookOnError,
 }
 
 impl Rule<'_> {
@@ -156,6 +171,14 @@ impl Config {
                 .unwrap_or(self.room_retention_secs),
             recover: pick(&|r| r.recover.map(u64::from)).is_none_or(|r| r != 0),
             max_members: pick(&|r| r.max_members.map(u64::from)).map_or(0, |n| n as u32),
+            hooks: (rule.and_then(|r| r.hooks.as_deref()))
+                .or_else(|| default.and_then(|r| r.hooks.as_deref()))
+                .filter(|_| self.hook_url.is_some())
+                .map_or_else(RoomHooks::default, RoomHooks::of),
+            hook_timeout_ms: pick(&|r| r.hook_timeout_ms).unwrap_or(self.hook_timeout_ms),
+            hook_on_error: (rule.and_then(|r| r.hook_on_error))
+                .or_else(|| default.and_then(|r| r.hook_on_error))
+                .unwrap_or(self.hook_on_error),
         }
     }
 }

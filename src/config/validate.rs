@@ -188,6 +188,36 @@ impl Config {
                  (or 0 for no bound)",
             );
         }
+        self.validate_hooks()
+    }
+
+    fn validate_hooks(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if let Some(url) = &self.hook_url
+            && !url.starts_with("http://")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "hook_url {url} is not an http:// URL (hooks speak plain HTTP, to a backend on a \
+                 private network or behind a local proxy)"
+            )));
+        }
+        let rule_hooks = self.rooms.iter().any(|r| r.hooks.is_some());
+        if self.hook_url.is_none() && (self.hook_connect || self.hook_send || rule_hooks) {
+            return invalid(
+                "hook_connect, hook_send or a [[rooms]] rule's hooks is set but hook_url is not; \
+                 set --hook-url",
+            );
+        }
+        let rule_zero = self.rooms.iter().any(|r| r.hook_timeout_ms == Some(0));
+        if self.hook_timeout_ms == 0 || rule_zero {
+            return invalid("hook_timeout_ms must be greater than 0");
+        }
+        if self.hook_max_concurrency == 0 {
+            return invalid("hook_max_concurrency must be at least 1");
+        }
+        if self.hook_max_answer_bytes < 64 {
+            return invalid("hook_max_answer_bytes must be at least 64");
+        }
         Ok(())
     }
 }

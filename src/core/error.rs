@@ -143,6 +143,13 @@ pub enum HandshakeError {
     /// Cluster mode: Redis did not answer the admission.
     #[error("the server cannot reach Redis; retry shortly")]
     RedisUnreachable,
+    /// The connect hook refused: 403 with its reason, or after a first-frame upgrade a close
+    /// with its code (4000–4999, default 4403) and reason.
+    #[error("{reason}")]
+    HookRefused { code: u16, reason: String },
+    /// The connect hook failed and `hook_on_error` is deny.
+    #[error("{0}; retry shortly")]
+    HookFailed(String),
 }
 
 impl HandshakeError {
@@ -150,15 +157,26 @@ impl HandshakeError {
     /// frame under `first_frame_auth`); the close reason is the refusal's [`code`](Self::code).
     pub const CLOSE_CODE: u16 = 4002;
 
+    /// The close code and reason of this refusal after a first-frame upgrade: 4002 and the
+    /// refusal's code, or a connect hook's own code and reason.
+    pub fn close(&self) -> (u16, &str) {
+        match self {
+            HandshakeError::HookRefused { code, reason } => (*code, reason),
+            e => (HandshakeError::CLOSE_CODE, e.code()),
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             HandshakeError::BadRequest(_) => 400,
             HandshakeError::Unauthorized(_) | HandshakeError::TokenExpired(_) => 401,
-            HandshakeError::OriginNotAllowed(_) => 403,
+            HandshakeError::OriginNotAllowed(_) | HandshakeError::HookRefused { .. } => 403,
             HandshakeError::NotFound => 404,
             HandshakeError::SessionExists => 409,
             HandshakeError::ConnectionLimit(_) => 429,
-            HandshakeError::Unavailable | HandshakeError::RedisUnreachable => 503,
+            HandshakeError::Unavailable
+            | HandshakeError::RedisUnreachable
+            | HandshakeError::HookFailed(_) => 503,
         }
     }
 
@@ -171,7 +189,10 @@ impl HandshakeError {
             HandshakeError::NotFound => "not_found",
             HandshakeError::SessionExists => "session_exists",
             HandshakeError::ConnectionLimit(_) => "connection_limit",
-            HandshakeError::Unavailable | HandshakeError::RedisUnreachable => "unavailable",
+            HandshakeError::Unavailable
+            | HandshakeError::RedisUnreachable
+            | HandshakeError::HookFailed(_) => "unavailable",
+            HandshakeError::HookRefused { .. } => "forbidden",
         }
     }
 }

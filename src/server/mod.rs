@@ -147,6 +147,7 @@ impl Server {
             }
             None => None,
         };
+        let hooks = crate::hooks::Hooks::start(&config).map_err(StartError::Thread)?;
         let mut listener = Some(listener);
         let mut threads = Vec::with_capacity(shards);
         for ((id, inbox), seeds) in inboxes.into_iter().enumerate().zip(seeds) {
@@ -165,6 +166,7 @@ impl Server {
                 },
                 health: health.clone(),
                 auth: auth.clone(),
+                hooks: hooks.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{id}"))

@@ -40,6 +40,8 @@ pub struct ShardSetup {
     pub auth: Authenticator,
     /// This shard's handle on the engine.
     pub engine: Box<dyn Engine>,
+    /// The hook client, if `hook_url` is set.
+    pub hooks: Option<crate::hooks::Hooks>,
 }
 
 /// Runs a shard on the current thread until it has shut down.
@@ -64,9 +66,11 @@ async fn run(setup: ShardSetup) {
         health,
         auth,
         engine,
+        hooks,
     } = setup;
-    let shard = Shard::new(id, router.clone(), config.clone(), engine, auth.clone());
-    let ctx = Rc::new(Ctx::new(
+    let mut shard = Shard::new(id, router.clone(), config.clone(), engine, auth.clone());
+    let hook_answers = hooks.clone().map(|h| shard.set_hooks(h));
+    let mut ctx = Ctx::new(
         id,
         shard,
         auth,
@@ -74,7 +78,12 @@ async fn run(setup: ShardSetup) {
         router.clone(),
         persist,
         health,
-    ));
+    );
+    ctx.hooks = hooks;
+    let ctx = Rc::new(ctx);
+    if let Some(rx) = hook_answers {
+        tokio::task::spawn_local(crate::shard::hook_answers(ctx.clone(), rx));
+    }
     if let Some(listener) = listener {
         tokio::task::spawn_local(super::accept::accept_loop(ctx.clone(), listener, router));
     }

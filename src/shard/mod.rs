@@ -20,12 +20,14 @@
 
 mod budget;
 mod client;
+mod hooked;
 mod hub;
 mod limits;
 mod merge;
 mod policy;
 mod requests;
 pub mod runtime;
+pub use hooked::{HookDone, answers as hook_answers};
 #[cfg(test)]
 mod tests;
 
@@ -83,6 +85,11 @@ pub struct Shard {
     stats: ShardCounters,
     /// Checks `refresh` tokens.
     auth: Authenticator,
+    // ----- hooks ------------------------------------------------------------------------------
+    /// The hook client, if `hook_url` is set.
+    hooks: Option<hooked::ShardHooks>,
+    /// Connections with a request waiting for its hook, and what they sent behind it.
+    hook_queues: AHashMap<ConnId, hooked::HookQueue>,
 }
 
 impl Shard {
@@ -115,6 +122,8 @@ impl Shard {
             shutting_down: false,
             stats: ShardCounters::default(),
             auth,
+            hooks: None,
+            hook_queues: AHashMap::new(),
         }
     }
 

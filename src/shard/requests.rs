@@ -45,10 +45,7 @@ impl Shard {
                     "binary frames are not supported; send JSON in text frames",
                 ),
             ),
-            Event::Text(text) => match protocol::parse(text) {
-                Ok(req) => self.on_request(conn, req),
-                Err(e) => self.reply_error(conn, e.id.as_ref(), e.error),
-            },
+            Event::Text(text) => self.on_text(conn, text),
             Event::TooLarge => {
                 let limit = self.config.max_message_size;
                 self.reply_error(
@@ -67,7 +64,7 @@ impl Shard {
         }
     }
 
-    fn on_request(&mut self, conn: &Rc<Conn>, req: Request<'_>) {
+    pub(super) fn on_request(&mut self, conn: &Rc<Conn>, req: Request<'_>) {
         let id = req.id;
         if self.shutting_down {
             let err = ReplyError::new(ErrorCode::Unavailable, "server is shutting down");
@@ -86,7 +83,7 @@ impl Shard {
                 "already authenticated: connect is only valid as a connection's first frame",
             )),
             ClientMessage::Join { room, since, epoch } => {
-                self.join(conn, room, (since, epoch), id.clone())
+                self.join_or_hook(conn, room, (since, epoch), id.clone())
             }
             ClientMessage::Leave { room } => self.leave(conn, room, &id),
             ClientMessage::Publish { room, body, key } => self
@@ -96,26 +93,16 @@ impl Shard {
                 .and_then(|()| self.take_token(conn))
                 .and_then(|()| self.charge_store(conn, &room, body.get().len()))
                 .map(|()| {
-                    self.to_engine(EngineMsg::Publish {
-                        room,
-                        from: conn.user.clone(),
-                        body: Bytes::copy_from_slice(body.get().as_bytes()),
-                        key,
-                        reply: reply_to(conn, &id),
-                    })
+                    let body = Bytes::copy_from_slice(body.get().as_bytes());
+                    self.publish(conn, room, body, key, id.clone())
                 }),
             ClientMessage::Send { to, body, key } => {
                 protocol::check_body_depth(body.get(), self.config.max_body_depth)
                     .and_then(|()| self.take_token(conn))
                     .and_then(|()| self.charge_store(conn, &to, body.get().len()))
                     .map(|()| {
-                        self.to_engine(EngineMsg::Direct {
-                            to,
-                            from: conn.user.clone(),
-                            body: Bytes::copy_from_slice(body.get().as_bytes()),
-                            key,
-                            reply: reply_to(conn, &id),
-                        })
+                        let body = Bytes::copy_from_slice(body.get().as_bytes());
+                        self.send_direct(conn, to, body, key, id.clone())
                     })
             }
             ClientMessage::History {
@@ -166,7 +153,7 @@ impl Shard {
     /// written it up to; one whose join is still pending is acked right after that join, so a
     /// connection's join acks come in the order of its requests and one catch-up serves both.
     /// A `join`; `since` is the `since` and `epoch` of the request.
-    fn join(
+    pub(super) fn join(
         &mut self,
         conn: &Rc<Conn>,
         room: Name,

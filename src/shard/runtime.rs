@@ -36,6 +36,8 @@ pub struct Ctx {
     pub router: Router,
     pub persist: Persist,
     pub health: Arc<Health>,
+    /// The hook client, for the connect hook and a scrape's counters (`hook_url` set).
+    pub hooks: Option<crate::hooks::Hooks>,
     /// Connection tasks still running; shutdown waits for them.
     tasks: Cell<usize>,
     shutdown: watch::Sender<bool>,
@@ -62,6 +64,7 @@ impl Ctx {
             router,
             persist,
             health,
+            hooks: None,
             tasks: Cell::new(0),
             shutdown: watch::channel(false).0,
             flush_due: Cell::new(false),
