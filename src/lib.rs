@@ -9,8 +9,8 @@
 //! and `super::` path against this list):
 //! 1. `core`, `ws`, `web`: the shared types (ids, names, streams, the clock, every code, the
 //!    counters, health, the /proc parser); the RFC 6455 wire format; the embedded pages.
-//! 2. `config`, `protocol`, `deflate`: every limit; the JSON protocol (parse, encode once);
-//!    permessage-deflate.
+//! 2. `config`, `protocol`, `deflate`, `wire`: every limit; the JSON protocol (parse, encode
+//!    once); permessage-deflate; the binary protocol (proto/shardcast.proto) beside the JSON one.
 //! 3. `auth`, `origin`, `store`, `cli`, `msg`: identities from tokens; browser origins; durable
 //!    history behind the `Store` trait; what the operator subcommands print; what a shard's
 //!    queue carries (`EngineMsg`, `NodeMsg`, `LocalMsg`).
@@ -58,4 +58,5 @@ pub mod server;
 pub mod shard;
 mod store;
 mod web;
+pub mod wire;
 pub mod ws;
