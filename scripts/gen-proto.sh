@@ -8,6 +8,7 @@ target=$(pwd)/target/protogen
 if [[ "${1:-}" == "--check" ]]; then
   tmp=$(mktemp)
   CARGO_TARGET_DIR=$target cargo run -q --manifest-path proto/gen/Cargo.toml -- "$tmp"
+  rustfmt --edition 2024 "$tmp"
   if ! diff -u "$out" "$tmp"; then
     echo "src/wire/schema.rs is stale: run scripts/gen-proto.sh" >&2
     rm -f "$tmp"; exit 1
@@ -16,3 +17,4 @@ if [[ "${1:-}" == "--check" ]]; then
   exit 0
 fi
 CARGO_TARGET_DIR=$target cargo run -q --manifest-path proto/gen/Cargo.toml -- "$out"
+rustfmt --edition 2024 "$out"
