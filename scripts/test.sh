@@ -8,7 +8,9 @@
 #   newer and says so if it finds an older one);
 # - redis-server (Redis 7, with redis-cli), for the cluster tests (tests/cluster*.rs,
 #   tests/redis_cluster.rs, loadtest/tests/cluster.rs), which start their own Redis in a temp
-#   dir on a free port.
+#   dir on a free port;
+# - protobuf-compiler (protoc), for tests/proto.rs, which checks the binary protocol against
+#   it (it encodes and decodes frames of proto/shardcast.proto independently of the server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,7 @@ missing=()
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 command -v node >/dev/null || missing+=(nodejs)
 [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing what the tests need: ${missing[*]}"
   sudo=""
@@ -25,6 +28,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
 fi
 echo "node $(node --version)"
+echo "$(protoc --version)"
 
 # Integration tests open a few thousand sockets in one process.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -655,6 +655,18 @@ async fn mixed_rooms_get_the_same_messages_and_bodies_cross_both_ways() {
         (&m["message"]["from"], &m["message"]["body"]),
         (&json!("jo"), &json!("\u{1}\u{2}"))
     );
+
+    // The HTTP API takes a binary body as {"$b64": ..} too.
+    let body = r#"{"room":"mix","body":{"$b64":"/wAB"},"from":"shop"}"#;
+    let reply = api(addr, "POST", "/api/publish", Some(KEY), body).await;
+    assert_eq!((reply.status, &reply.body), (200, &json!({"seq": 9})));
+    let m = q.recv().await;
+    let expected = (&json!("shop"), &json!([255, 0, 1]));
+    assert_eq!((&m["message"]["from"], &m["message"]["body"]), expected);
+    assert_eq!(
+        recv_until(&mut j, "message").await["body"],
+        json!({"$b64": "/wAB"})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

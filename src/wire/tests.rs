@@ -118,3 +118,38 @@ fn every_server_frame_kind_translates() {
     assert_eq!(pong.id, Some(server_frame::Id::StrId("x".into())));
     assert_eq!(pong.frame, Some(server_frame::Frame::Pong(schema::Pong {})));
 }
+
+#[test]
+fn a_frame_is_translated_once_per_thread_and_compressed_once_per_form() {
+    use std::rc::Rc;
+    let name = |s: &str| crate::core::Name::new(s).unwrap();
+    let body = br#""a body long enough to be worth compressing, a body long enough""#;
+    let frame = Rc::new(crate::protocol::encode::message(
+        crate::protocol::encode::Target::Room(&name("lobby")),
+        &name("a"),
+        1,
+        2,
+        body,
+    ));
+    // Every binary member of the shard gets the very same bytes: one translation.
+    let first = variant(&frame);
+    assert!(Rc::ptr_eq(&first, &variant(&frame)));
+    // Members that compress, in both forms, alternating as a mixed room's are: one
+    // compression per form.
+    let json_packed = crate::deflate::variant(&frame, 16);
+    let proto_packed = crate::deflate::variant(&first, 16);
+    assert!(!Rc::ptr_eq(&json_packed, &frame) && !Rc::ptr_eq(&proto_packed, &first));
+    for _ in 0..3 {
+        assert!(Rc::ptr_eq(
+            &json_packed,
+            &crate::deflate::variant(&frame, 16)
+        ));
+        assert!(Rc::ptr_eq(
+            &proto_packed,
+            &crate::deflate::variant(&variant(&frame), 16)
+        ));
+    }
+    // Control frames pass as they are.
+    let ping = Rc::new(crate::ws::control_frame(crate::ws::OP_PING, b"x"));
+    assert!(Rc::ptr_eq(&ping, &variant(&ping)));
+}
