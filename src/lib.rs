@@ -9,11 +9,12 @@
 //! and `super::` path against this list):
 //! 1. `core`, `ws`, `web`: the shared types (ids, names, streams, the clock, every code, the
 //!    counters, health, the /proc parser); the RFC 6455 wire format; the embedded pages.
-//! 2. `config`, `protocol`, `deflate`, `wire`: every limit; the JSON protocol (parse, encode
-//!    once); permessage-deflate; the binary protocol (proto/shardcast.proto) beside the JSON one.
-//! 3. `auth`, `origin`, `store`, `cli`, `msg`: identities from tokens; browser origins; durable
-//!    history behind the `Store` trait; what the operator subcommands print; what a shard's
-//!    queue carries (`EngineMsg`, `NodeMsg`, `LocalMsg`).
+//! 2. `config`, `protocol`, `deflate`: every limit; the JSON protocol (parse, encode once);
+//!    permessage-deflate.
+//! 3. `auth`, `origin`, `store`, `cli`, `msg`, `wire`: identities from tokens; browser origins;
+//!    durable history behind the `Store` trait; what the operator subcommands print; what a
+//!    shard's queue carries (`EngineMsg`, `NodeMsg`, `LocalMsg`); the binary protocol
+//!    (proto/shardcast.proto), translated to and from the JSON one.
 //! 4. `conn`, `router`: one connection's bytes; the placement hash and the queues between
 //!    shards.
 //! 5. `persist`: the store threads (group commit, reads, retention), shared by both engines.
