@@ -69,7 +69,7 @@ fn a_b64_body_crosses_back_to_its_bytes_and_other_json_stays_text() {
         server::body_bytes(&raw(r#"{"$b64":"/wAB","x":1}"#)),
         (br#"{"$b64":"/wAB","x":1}"#.to_vec(), true)
     );
-    assert_eq!(server::body_bytes(&raw(r#"{"$b64":"!!"}"#)).1, true);
+    assert!(server::body_bytes(&raw(r#"{"$b64":"!!"}"#)).1);
     assert_eq!(
         server::body_bytes(&raw("\"hi\"")),
         (b"\"hi\"".to_vec(), true)
