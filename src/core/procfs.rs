@@ -17,9 +17,6 @@ pub struct ProcSample {
     pub cpu_seconds: f64,
     /// Resident set size, in bytes.
     pub rss_bytes: u64,
-    /// Bytes written by every thread so far (`wchar` of `/proc/PID/io`: what the sockets were
-    /// handed); 0 where that file cannot be read.
-    pub written_bytes: u64,
 }
 
 impl ProcSample {
@@ -42,7 +39,6 @@ pub fn sum(samples: &[ProcSample]) -> Option<ProcSample> {
         at: first.at,
         cpu_seconds: samples.iter().map(|s| s.cpu_seconds).sum(),
         rss_bytes: samples.iter().map(|s| s.rss_bytes).sum(),
-        written_bytes: samples.iter().map(|s| s.written_bytes).sum(),
     })
 }
 
@@ -65,18 +61,10 @@ pub fn sample(pid: u32) -> io::Result<ProcSample> {
     let at = Instant::now();
     let ticks = parse_stat_cpu_ticks(&stat).ok_or_else(|| bad(&dir, "stat"))?;
     let rss_kib = parse_status_rss_kib(&status).ok_or_else(|| bad(&dir, "status"))?;
-    let written_bytes = std::fs::read_to_string(format!("{dir}/io"))
-        .ok()
-        .and_then(|io| {
-            let line = io.lines().find_map(|l| l.strip_prefix("wchar:"))?;
-            line.trim().parse().ok()
-        })
-        .unwrap_or(0);
     Ok(ProcSample {
         at,
         cpu_seconds: ticks as f64 / clock_ticks_per_second(),
         rss_bytes: rss_kib * 1024,
-        written_bytes,
     })
 }
 

@@ -24,9 +24,6 @@ pub struct ServerCost {
     /// Server CPU per acked publish in the window, in microseconds: the cost of storing a
     /// message, plus its share of delivering it.
     pub cpu_us_per_publish: Option<f64>,
-    /// Bytes the server wrote per delivered message in the window (`wchar` of `/proc/PID/io`:
-    /// WebSocket frames with their headers, acks included; not TCP/IP headers).
-    pub bytes_per_delivery: Option<f64>,
     /// Server CPU per connection per second in the window, in microseconds (idle cost).
     pub cpu_us_per_connection_second: Option<f64>,
     /// RSS before the bot connected.
@@ -61,9 +58,6 @@ impl ServerCost {
             cpu_percent: if wall > 0.0 { 100.0 * cpu / wall } else { 0.0 },
             cpu_us_per_delivery: (deliveries > 0).then(|| cpu * 1e6 / deliveries as f64),
             cpu_us_per_publish: (publishes > 0).then(|| cpu * 1e6 / publishes as f64),
-            bytes_per_delivery: (deliveries > 0 && w1.written_bytes > 0).then(|| {
-                w1.written_bytes.saturating_sub(w0.written_bytes) as f64 / deliveries as f64
-            }),
             cpu_us_per_connection_second: (connections > 0 && wall > 0.0)
                 .then(|| cpu * 1e6 / connections as f64 / wall),
             rss_baseline_bytes: baseline.rss_bytes,
@@ -221,7 +215,6 @@ mod tests {
             at: t0 + std::time::Duration::from_secs(secs),
             cpu_seconds: cpu,
             rss_bytes: 1 << 20,
-            written_bytes: secs * 1000,
         };
         let (w0, w1) = (sample(1, 1.0), sample(3, 2.0));
         let work = WindowWork {
@@ -236,17 +229,6 @@ mod tests {
             "no deliveries: no per-delivery figure"
         );
         assert_eq!(c.cpu_us_per_publish, Some(10.0));
-        assert_eq!(c.bytes_per_delivery, None);
-        let work = WindowWork {
-            deliveries: 40,
-            ..work
-        };
-        let c = ServerCost::compute(vec![7], &w0, &w0, (&w0, &w1), work);
-        assert_eq!(
-            c.bytes_per_delivery,
-            Some(50.0),
-            "2000 bytes written for 40 deliveries"
-        );
     }
 
     #[test]

@@ -346,9 +346,6 @@ impl Report {
             if let Some(us) = s.cpu_us_per_delivery {
                 let _ = writeln!(o, "  CPU/delivery      {us:.3} µs");
             }
-            if let Some(b) = s.bytes_per_delivery {
-                let _ = writeln!(o, "  bytes/delivery    {b:.1} written");
-            }
             if let Some(us) = s.cpu_us_per_publish {
                 let _ = writeln!(o, "  CPU/publish       {us:.3} µs");
             }
