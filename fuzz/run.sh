@@ -17,7 +17,7 @@ seconds=${1:-20}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(frame_decoder protocol_parse token api_request)
+  targets=(frame_decoder protocol_parse token api_request proto_decode)
 fi
 profile=${FUZZ_PROFILE:-release}
 triple=$(rustc -vV | sed -n 's/^host: //p')

@@ -30,12 +30,16 @@ const LEVEL: u32 = 1;
 /// What a sync flush ends with; RFC 7692 strips it from each message and the reader adds it.
 const TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
 
+/// A frame and its compressed variant.
+type Variant = (Rc<Bytes>, Rc<Bytes>);
+
 thread_local! {
     static COMPRESS: RefCell<Compress> = RefCell::new(Compress::new(Compression::new(LEVEL), false));
     static INFLATE: RefCell<Decompress> = RefCell::new(Decompress::new(false));
-    /// The last frame compressed on this shard thread and its compressed variant: the hub
-    /// hands one `Rc` to every member, so all but the first member find it here.
-    static LAST: RefCell<Option<(Rc<Bytes>, Rc<Bytes>)>> = const { RefCell::new(None) };
+    /// The last two frames compressed on this shard thread and their compressed variants: the
+    /// hub hands one `Rc` to every member, so all but the first member find it here. Two, so a
+    /// room with JSON and binary members (`wire::variant`) compresses each form once.
+    static LAST: RefCell<[Option<Variant>; 2]> = const { RefCell::new([None, None]) };
 }
 
 /// The `Sec-WebSocket-Extensions` response to the client's offers (every value of the header),
@@ -96,13 +100,12 @@ pub fn variant(frame: &Rc<Bytes>, min: usize) -> Rc<Bytes> {
         return frame.clone();
     }
     LAST.with_borrow_mut(|last| {
-        if let Some((plain, packed)) = last
-            && Rc::ptr_eq(plain, frame)
-        {
+        if let Some((_, packed)) = last.iter().flatten().find(|(p, _)| Rc::ptr_eq(p, frame)) {
             return packed.clone();
         }
         let packed = compress_frames(frame, min).map_or_else(|| frame.clone(), Rc::new);
-        *last = Some((frame.clone(), packed.clone()));
+        last.rotate_right(1);
+        last[0] = Some((frame.clone(), packed.clone()));
         packed
     })
 }

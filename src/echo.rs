@@ -31,7 +31,7 @@ pub fn upgrade(ctx: Rc<Ctx>, mut req: Request<Incoming>) -> Response<Full<Bytes>
         return http::error(&HandshakeError::BadRequest(why.into()));
     }
     let deflate = http::negotiate_deflate(&ctx.config, &req);
-    let started = http::upgrade(&mut req, deflate.map(|d| d.1), move |up| {
+    let started = http::upgrade(&mut req, deflate.map(|d| d.1), None, move |up| {
         run(ctx, up, deflate.map(|d| d.0))
     });
     started.unwrap_or_else(|e| http::error(&e))

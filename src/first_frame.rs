@@ -17,12 +17,20 @@ use crate::core::error::HandshakeError;
 use crate::http;
 use crate::protocol::{self, ClientMessage};
 use crate::shard::runtime::Ctx;
+use crate::wire::{self, Format};
 use crate::ws;
 
 /// Reads the `connect` frame, authenticates and admits the connection, and runs it; or closes
 /// the socket with 4002. The 101 is sent first: the client sends `connect` once it has it.
 /// `slot` keeps the connection counted under `max_handshakes` until then.
-pub(crate) async fn connect(ctx: Rc<Ctx>, up: http::Upgraded, slot: http::HttpSlot) {
+/// `format` is the negotiated subprotocol's: under `shardcast.proto` the `connect` frame is a
+/// binary `ClientFrame`.
+pub(crate) async fn connect(
+    ctx: Rc<Ctx>,
+    up: http::Upgraded,
+    slot: http::HttpSlot,
+    format: Format,
+) {
     let http::Upgraded {
         mut stream,
         early,
@@ -35,14 +43,15 @@ pub(crate) async fn connect(ctx: Rc<Ctx>, up: http::Upgraded, slot: http::HttpSl
             .write_all(&head)
             .await
             .map_err(|_| HandshakeError::Unauthorized("the 101 could not be sent".into()))?;
-        let (token, rest) = tokio::time::timeout(window, read_connect(&mut stream, &early, max))
-            .await
-            .map_err(|_| {
-                HandshakeError::Unauthorized(format!(
-                    "no connect frame within {} ms",
-                    window.as_millis()
-                ))
-            })??;
+        let (token, rest) =
+            tokio::time::timeout(window, read_connect(&mut stream, &early, max, format))
+                .await
+                .map_err(|_| {
+                    HandshakeError::Unauthorized(format!(
+                        "no connect frame within {} ms",
+                        window.as_millis()
+                    ))
+                })??;
         let mut identity = ctx
             .auth
             .verify_token(&token, ctx.config.max_rooms_per_connection)?;
@@ -64,7 +73,7 @@ pub(crate) async fn connect(ctx: Rc<Ctx>, up: http::Upgraded, slot: http::HttpSl
                 early: rest,
                 head: Bytes::new(),
             };
-            http::start(ctx, conn, identity, inbox_seq, up, None);
+            http::start(ctx, conn, identity, inbox_seq, up, (None, format));
         }
         Err(e) => {
             tracing::debug!(error = %e, "first-frame authentication refused");
@@ -85,17 +94,25 @@ async fn read_connect(
     stream: &mut TcpStream,
     early: &[u8],
     max: usize,
+    format: Format,
 ) -> Result<(String, Bytes), HandshakeError> {
+    let opcode = match format {
+        Format::Json => ws::OP_TEXT,
+        Format::Proto => ws::OP_BINARY,
+    };
     let refused = |m: &str| HandshakeError::Unauthorized(m.to_owned());
     let mut buf = early.to_vec();
     loop {
         let header = ws::parse_header(&buf)
             .map_err(|e| HandshakeError::BadRequest(format!("malformed frame: {e}")))?;
         if let Some(h) = header {
-            if h.opcode != ws::OP_TEXT || !h.fin {
-                return Err(refused(
-                    r#"the first frame must be a text frame {"type":"connect","token":..}"#,
-                ));
+            if h.opcode != opcode || !h.fin {
+                return Err(refused(match format {
+                    Format::Json => {
+                        r#"the first frame must be a text frame {"type":"connect","token":..}"#
+                    }
+                    Format::Proto => "the first frame must be a binary ClientFrame with connect",
+                }));
             }
             if h.payload_len > max as u64 {
                 return Err(refused("the connect frame is over max_message_size"));
@@ -104,9 +121,13 @@ async fn read_connect(
             if buf.len() >= end {
                 let mut payload = buf[h.header_len..end].to_vec();
                 ws::unmask(&mut payload, h.mask);
-                let text = std::str::from_utf8(&payload)
-                    .map_err(|_| refused("the connect frame is not UTF-8"))?;
-                return match protocol::parse(text).map(|r| r.msg) {
+                let text = match format {
+                    Format::Json => String::from_utf8(payload)
+                        .map_err(|_| refused("the connect frame is not UTF-8"))?,
+                    Format::Proto => wire::client_to_json(&payload)
+                        .map_err(|_| refused("the connect frame is not a ClientFrame"))?,
+                };
+                return match protocol::parse(&text).map(|r| r.msg) {
                     Ok(ClientMessage::Connect { token }) => {
                         Ok((token.into_owned(), Bytes::copy_from_slice(&buf[end..])))
                     }

@@ -11,9 +11,10 @@
 //!    counters, health, the /proc parser); the RFC 6455 wire format; the embedded pages.
 //! 2. `config`, `protocol`, `deflate`: every limit; the JSON protocol (parse, encode once);
 //!    permessage-deflate.
-//! 3. `auth`, `origin`, `store`, `cli`, `msg`: identities from tokens; browser origins; durable
-//!    history behind the `Store` trait; what the operator subcommands print; what a shard's
-//!    queue carries (`EngineMsg`, `NodeMsg`, `LocalMsg`).
+//! 3. `auth`, `origin`, `store`, `cli`, `msg`, `wire`: identities from tokens; browser origins;
+//!    durable history behind the `Store` trait; what the operator subcommands print; what a
+//!    shard's queue carries (`EngineMsg`, `NodeMsg`, `LocalMsg`); the binary protocol
+//!    (proto/shardcast.proto), translated to and from the JSON one.
 //! 4. `conn`, `router`, `hooks`: one connection's bytes; the placement hash and the queues
 //!    between shards; the hook client (HTTP calls to the application's backend, on its thread).
 //! 5. `persist`: the store threads (group commit, reads, retention), shared by both engines.
@@ -59,4 +60,5 @@ pub mod server;
 pub mod shard;
 mod store;
 mod web;
+pub mod wire;
 pub mod ws;

@@ -24,7 +24,7 @@ use crate::shard::runtime::Ctx;
 
 use crate::http::{
     Body, HandshakeIo, HttpSlot, admit, error, handshakes_full, json_error, keepalive_full,
-    negotiate_deflate, start, upgrade,
+    negotiate_deflate, negotiate_protocol, start, upgrade,
 };
 
 /// Takes one of this shard's handshake slots for a TCP connection and returns the task that
@@ -171,12 +171,13 @@ async fn websocket(
         && !Authenticator::has_credentials(query, bearer)
     {
         upgrade_check(&req)?;
+        let (format, protocol) = negotiate_protocol(&req)?;
         // Until its `connect` frame is read the connection is still a handshake: it keeps a
         // slot under `max_handshakes`, so silent upgrades cannot pile up past the cap.
         let slot = HttpSlot::take();
         // Not negotiated here: the `connect` frame is read before the connection is a `Conn`.
-        return upgrade(&mut req, None, move |up| {
-            crate::first_frame::connect(ctx, up, slot)
+        return upgrade(&mut req, None, protocol, move |up| {
+            crate::first_frame::connect(ctx, up, slot, format)
         });
     }
     // Credentials are checked before the upgrade headers: a browser never sees why a handshake
@@ -200,11 +201,19 @@ async fn websocket(
         ))?,
     };
     upgrade_check(&req)?;
+    let (format, protocol) = negotiate_protocol(&req)?;
     let (reservation, inbox_seq) = admit(&ctx, &identity).await?;
     let deflate = negotiate_deflate(&ctx.config, &req);
-    upgrade(&mut req, deflate.map(|d| d.1), move |up| {
+    upgrade(&mut req, deflate.map(|d| d.1), protocol, move |up| {
         let conn = reservation.fulfil();
-        start(ctx, conn, identity, inbox_seq, up, deflate.map(|d| d.0));
+        start(
+            ctx,
+            conn,
+            identity,
+            inbox_seq,
+            up,
+            (deflate.map(|d| d.0), format),
+        );
         std::future::ready(())
     })
 }

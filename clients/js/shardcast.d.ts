@@ -2,6 +2,12 @@
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
+/** A message body: any JSON value, or bytes. Bytes go out as they are with `protocol:
+ * "proto"`, and as `{"$b64": "<base64>"}` with JSON; a binary client's body that is not JSON
+ * arrives as a Uint8Array with "proto" and as `{"$b64": ...}` with JSON (docs/protocol.md,
+ * "Bodies across formats"). */
+export type Body = Json | Uint8Array;
+
 export interface Backoff {
   /** First delay, in ms. Default 500. */
   initial?: number;
@@ -37,6 +43,9 @@ export interface ConnectOptions {
   /** The storage of `outbox: "local"`. Default: localStorage when the platform has a working
    * one (else the outbox stays in memory). */
   storage?: OutboxStorage;
+  /** The wire form: "json" (default; text frames) or "proto" (binary frames of
+   * proto/shardcast.proto, subprotocol shardcast.proto). The API and events are the same. */
+  protocol?: "json" | "proto";
 }
 
 /** The part of the Web Storage API that `outbox: "local"` uses. */
@@ -54,7 +63,7 @@ export interface OutboxRequest {
   room?: string;
   /** Set for a send. */
   to?: string;
-  body: Json;
+  body: Body;
 }
 
 export interface SendOptions {
@@ -75,7 +84,7 @@ export interface Message {
   /** The sender's idempotency key: only on the sender's own other connections, live. */
   key?: string;
   ts: number;
-  body: Json;
+  body: Body;
 }
 
 export interface RoomRecovery {
@@ -203,8 +212,8 @@ export class Client {
    * acked (resolves, a dup ack too) or refused for good (rejects). rate_limited and
    * unavailable are retried after a backoff. One request on the wire per room (per recipient
    * for send): stored in the order made, one round trip each; other rooms go in parallel. */
-  publish(room: string, body: Json, options?: SendOptions): Promise<Ack>;
-  send(to: string, body: Json, options?: SendOptions): Promise<Ack>;
+  publish(room: string, body: Body, options?: SendOptions): Promise<Ack>;
+  send(to: string, body: Body, options?: SendOptions): Promise<Ack>;
   /** The unacknowledged publish and send requests, oldest first (read only). */
   readonly outbox: ReadonlyArray<{ frame: OutboxRequest & { type: "publish" | "send" } }>;
   /** Every user in the room, sorted (paged from the server 1000 at a time); in a count room
@@ -227,3 +236,7 @@ export function newKey(random?: () => number): string;
 /** The reply codes after which the outbox sends a request again: rate_limited, unavailable. */
 export const RETRIED_CODES: ReadonlySet<string>;
 export function backoffDelay(attempt: number, backoff?: Backoff, random?: () => number): number;
+/** A client frame (its JSON form's object) as a binary `ClientFrame` of proto/shardcast.proto. */
+export function encodeClientFrame(frame: { type: string; [key: string]: unknown }): Uint8Array;
+/** A binary `ServerFrame` as the object its JSON form parses to (a non-JSON body as bytes). */
+export function decodeServerFrame(bytes: Uint8Array): { type: string; [key: string]: any };

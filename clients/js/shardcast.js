@@ -113,7 +113,7 @@ class StoredOutbox {
 
   write(list) {
     try {
-      if (list.length) this.storage.setItem(this.name, JSON.stringify(list));
+      if (list.length) this.storage.setItem(this.name, JSON.stringify(list, binaryAsB64));
       else this.storage.removeItem(this.name);
     } catch {
       // Full or unavailable: this instance still sends what it holds.
@@ -144,6 +144,10 @@ export class Client {
     this.token = options.token;
     this.requestTimeout = options.requestTimeout ?? 10000;
     this.random = options.random || Math.random;
+    const protocol = options.protocol ?? "json";
+    if (protocol !== "json" && protocol !== "proto") throw new Error(`options.protocol must be "json" or "proto", not ${JSON.stringify(protocol)}`);
+    /** Speaks the binary protocol (subprotocol shardcast.proto) rather than JSON. */
+    this.proto = protocol === "proto";
     /** "connecting", "connected" or "disconnected". */
     this.state = "disconnected";
     /** The user id from the server's welcome. */
@@ -444,7 +448,12 @@ export class Client {
 
   transmit(entry) {
     this.inflight.set(entry.id, entry);
-    this.ws.send(JSON.stringify(entry.frame));
+    this.ws.send(this.encode(entry.frame));
+  }
+
+  /** A frame in the connection's form: JSON text, or a binary `ClientFrame`. */
+  encode(frame) {
+    return this.proto ? encodeClientFrame(frame) : JSON.stringify(frame, binaryAsB64);
   }
 
   /** Closes the connection for good (close code 1000); pending requests reject, the outbox's
@@ -506,7 +515,8 @@ export class Client {
     const url = this.connectUrl();
     let ws;
     try {
-      ws = new this.WebSocket(url);
+      ws = this.proto ? new this.WebSocket(url, "shardcast.proto") : new this.WebSocket(url);
+      ws.binaryType = "arraybuffer";
     } catch (e) {
       this.emit("error", { code: "bad_url", message: String(e) });
       return this.stop({ code: 1006, reason: String(e) });
@@ -604,9 +614,9 @@ export class Client {
     this.lastInbound = Date.now();
     let f;
     try {
-      f = JSON.parse(data);
+      f = typeof data === "string" ? JSON.parse(data) : decodeServerFrame(new Uint8Array(data));
     } catch {
-      return this.emit("error", { code: "bad_frame", message: "the server sent invalid JSON" });
+      return this.emit("error", { code: "bad_frame", message: "the server sent a frame that does not decode" });
     }
     if (f.type === "welcome") return this.onWelcome(f);
     if (f.type === "message") return this.onMessage(f);
@@ -772,7 +782,7 @@ export class Client {
       if (this.lastInbound < previous) return this.abandon("no reply from the server within the heartbeat");
       previous = Date.now();
       try {
-        this.ws?.send('{"type":"ping"}');
+        this.ws?.send(this.encode({ type: "ping" }));
       } catch {
         // The close event follows.
       }
@@ -821,4 +831,200 @@ function defaultUrl() {
   const loc = globalThis.location;
   if (!loc) throw new Error("options.url is required outside a browser");
   return `${loc.protocol === "https:" ? "wss" : "ws"}://${loc.host}/ws`;
+}
+
+// ----- the binary protocol (shardcast.proto) -------------------------------------------------
+// A small codec for proto/shardcast.proto, written by hand so the client keeps no dependency:
+// client frames are encoded from the same objects the JSON form sends, and server frames are
+// decoded into the objects the JSON form parses to, so the rest of the client does not know
+// which form it speaks. Numbers are JavaScript numbers: seqs, times and epochs stay below
+// 2^53 (docs/protocol.md). Unknown fields and frame kinds are skipped, as protobuf requires.
+
+const S = "string", U = "uint", B = "bool", BODY = "body", LIST = "strings";
+
+/** Client frames: type -> [its arm's number in ClientFrame, { field: [number, kind] }]. */
+const CLIENT_FRAMES = {
+  join: [10, { room: [1, S], since: [2, U], epoch: [3, U] }],
+  leave: [11, { room: [1, S] }],
+  publish: [12, { room: [1, S], body: [2, BODY], key: [3, S] }],
+  send: [13, { to: [1, S], body: [2, BODY], key: [3, S] }],
+  presence: [14, { room: [1, S], after: [2, S], limit: [3, U] }],
+  history: [15, { room: [1, S], before: [2, U], limit: [3, U] }],
+  sync: [16, { since: [1, U] }],
+  ping: [17, {}],
+  refresh: [18, { token: [1, S] }],
+  connect: [19, { token: [1, S] }],
+};
+
+const MESSAGE = { 1: ["room", S], 2: ["to", S], 3: ["from", S], 4: ["seq", U], 5: ["ts", U], 6: ["key", S], 7: ["body", "bytes"], 8: ["body_json", B] };
+const MEMBERSHIP = { 1: ["room", S], 2: ["user", S] };
+const PAGE = { 1: ["room", S], 2: ["messages", "messages"], 3: ["more", B] };
+
+/** Server frames: ServerFrame arm number -> [type, { number: [field, kind] }]. */
+const SERVER_FRAMES = {
+  10: ["welcome", { 1: ["user", S], 2: ["rooms", LIST], 3: ["heartbeat_ms", U], 4: ["inbox_seq", U] }],
+  11: ["message", MESSAGE],
+  12: ["joined", MEMBERSHIP],
+  13: ["left", MEMBERSHIP],
+  14: ["occupancy", { 1: ["room", S], 2: ["members", U] }],
+  15: ["removed", { 1: ["room", S], 2: ["reason", S] }],
+  16: ["ack", { 1: ["room", S], 2: ["to", S], 3: ["seq", U], 4: ["dup", B], 5: ["publish", S], 6: ["presence", S], 7: ["rights", LIST], 8: ["members", U], 9: ["epoch", U], 10: ["recovered", B], 11: ["replayed", U], 12: ["truncated", B] }],
+  17: ["pong", {}],
+  18: ["presence", { 1: ["room", S], 2: ["mode", S], 3: ["users", LIST], 4: ["more", B], 5: ["members", U] }],
+  19: ["refreshed", { 1: ["exp", U] }],
+  20: ["error", { 1: ["code", S], 2: ["message", S] }],
+  21: ["history", PAGE],
+  22: ["sync", PAGE],
+};
+
+const utf8 = new TextEncoder();
+const fromUtf8 = new TextDecoder();
+
+class Writer {
+  constructor() {
+    this.bytes = [];
+  }
+  varint(n) {
+    // Numbers up to 2^53: the low 7 bits by arithmetic, not by 32-bit shifts.
+    while (n >= 0x80) {
+      this.bytes.push((n % 0x80) | 0x80);
+      n = Math.floor(n / 0x80);
+    }
+    this.bytes.push(n);
+  }
+  tag(field, wire) {
+    this.varint(field * 8 + wire);
+  }
+  lengthDelimited(field, bytes) {
+    this.tag(field, 2);
+    this.varint(bytes.length);
+    for (const b of bytes) this.bytes.push(b);
+  }
+  finish() {
+    return new Uint8Array(this.bytes);
+  }
+}
+
+/** A JSON.stringify replacer: a Uint8Array body as `{"$b64": ...}`, the JSON form of bytes. */
+function binaryAsB64(_key, v) {
+  if (!(v instanceof Uint8Array)) return v;
+  let s = "";
+  for (const b of v) s += String.fromCharCode(b);
+  return { $b64: btoa(s) };
+}
+
+/** A body's bytes: a Uint8Array as it is, anything else as its JSON text. */
+function bodyBytes(body) {
+  return body instanceof Uint8Array ? body : utf8.encode(JSON.stringify(body === undefined ? null : body));
+}
+
+/** A client frame (the object the JSON form would send) as a binary `ClientFrame`. */
+export function encodeClientFrame(frame) {
+  const spec = CLIENT_FRAMES[frame.type];
+  if (!spec) throw new Error(`no binary form for a ${JSON.stringify(frame.type)} frame`);
+  const [arm, fields] = spec;
+  const inner = new Writer();
+  for (const [name, [n, kind]] of Object.entries(fields)) {
+    const v = frame[name];
+    if (v === undefined || v === null) continue;
+    if (kind === U) {
+      inner.tag(n, 0);
+      inner.varint(v);
+    } else if (kind === BODY) inner.lengthDelimited(n, bodyBytes(v));
+    else inner.lengthDelimited(n, utf8.encode(String(v)));
+  }
+  const out = new Writer();
+  if (typeof frame.id === "number") {
+    out.tag(1, 0);
+    out.varint(frame.id);
+  } else if (frame.id !== undefined) out.lengthDelimited(2, utf8.encode(String(frame.id)));
+  out.lengthDelimited(arm, inner.finish());
+  return out.finish();
+}
+
+class Reader {
+  constructor(bytes, start = 0, end = bytes.length) {
+    this.b = bytes;
+    this.at = start;
+    this.end = end;
+  }
+  varint() {
+    let n = 0;
+    for (let scale = 1; ; scale *= 0x80) {
+      if (this.at >= this.end) throw new Error("truncated varint");
+      const b = this.b[this.at++];
+      n += (b & 0x7f) * scale;
+      if (b < 0x80) return n;
+    }
+  }
+  /** Each field: [number, wire type, a varint's value or a length-delimited [start, end]]. */
+  *fields() {
+    while (this.at < this.end) {
+      const tag = this.varint();
+      const field = Math.floor(tag / 8), wire = tag % 8;
+      if (wire === 0) yield [field, wire, this.varint()];
+      else if (wire === 2) {
+        const len = this.varint();
+        const start = this.at;
+        this.at += len;
+        if (this.at > this.end) throw new Error("truncated field");
+        yield [field, wire, [start, this.at]];
+      } else if (wire === 1) this.at += 8;
+      else if (wire === 5) this.at += 4;
+      else throw new Error(`unsupported wire type ${wire}`);
+    }
+  }
+}
+
+function decodeFields(bytes, [start, end], spec) {
+  const out = {};
+  for (const [n, wire, v] of new Reader(bytes, start, end).fields()) {
+    const f = spec[n];
+    if (!f) continue;
+    const [name, kind] = f;
+    if (kind === U) out[name] = v;
+    else if (kind === B) out[name] = v !== 0;
+    else if (wire !== 2) continue;
+    else if (kind === S) out[name] = fromUtf8.decode(bytes.subarray(v[0], v[1]));
+    else if (kind === LIST) (out[name] ??= []).push(fromUtf8.decode(bytes.subarray(v[0], v[1])));
+    else if (kind === "bytes") out[name] = bytes.slice(v[0], v[1]);
+    else if (kind === "messages") (out[name] ??= []).push(asMessage(decodeFields(bytes, v, MESSAGE)));
+  }
+  return out;
+}
+
+/** A decoded `Message` in its JSON shape: a JSON body as its value, other bytes as a
+ * Uint8Array (docs/protocol.md, "Bodies across formats"). */
+function asMessage(m) {
+  const body = m.body ?? new Uint8Array();
+  m.body = m.body_json ? JSON.parse(fromUtf8.decode(body)) : body;
+  delete m.body_json;
+  if (!m.seq) delete m.seq;
+  return { type: "message", ...m };
+}
+
+/** A binary `ServerFrame` as the object its JSON form parses to (proto3's unset defaults put
+ * back where the JSON form always has the field). */
+export function decodeServerFrame(bytes) {
+  let f = { type: undefined };
+  for (const [n, wire, v] of new Reader(bytes).fields()) {
+    if (n === 1 && wire === 0) f.id = v;
+    else if (n === 2 && wire === 2) f.id = fromUtf8.decode(bytes.subarray(v[0], v[1]));
+    else if (SERVER_FRAMES[n] && wire === 2) {
+      const [type, spec] = SERVER_FRAMES[n];
+      f = { ...f, ...decodeFields(bytes, v, spec), type };
+    }
+  }
+  if (f.type === "message") f = { ...asMessage(f), id: f.id };
+  if (f.type === "welcome") {
+    f.rooms ??= [];
+    f.inbox_seq ??= 0;
+  }
+  if (f.type === "history" || f.type === "sync") {
+    f.messages ??= [];
+    f.more ??= false;
+  }
+  if (f.type === "presence" && f.mode === "list") f.users ??= [];
+  if (f.id === undefined) delete f.id;
+  return f;
 }

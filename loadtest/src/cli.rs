@@ -336,6 +336,15 @@ pub struct SoakArgs {
     pub max_rss_growth: f64,
 }
 
+/// The form a bot connection speaks (`--protocol`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Protocol {
+    #[default]
+    Json,
+    Proto,
+    Mixed,
+}
+
 /// Options of the scenarios that publish (fanout, chat, dm).
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct LoadArgs {
@@ -394,6 +403,10 @@ pub struct CommonArgs {
     /// Pin the bot to these CPUs; the bot runs one worker thread per CPU listed.
     #[arg(long)]
     pub client_cpus: Option<String>,
+    /// The form the bot's connections speak: json (text frames), proto (binary frames,
+    /// subprotocol shardcast.proto) or mixed (about half of each, chosen by user name).
+    #[arg(long, value_enum, default_value_t = Protocol::Json)]
+    pub protocol: Protocol,
     /// With --url: the server's process id, to measure its CPU and memory. With several URLs,
     /// one pid per URL, in the same order (repeat it or separate with commas).
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["spawn_server", "spawn_cluster"])]

@@ -222,7 +222,12 @@ pub fn run_worker() -> anyhow::Result<()> {
             .common
             .url
             .iter()
-            .map(|u| client::Endpoint::parse(u))
+            .map(|u| {
+                client::Endpoint::parse(u).map(|mut e| {
+                    e.protocol = job.common.protocol;
+                    e
+                })
+            })
             .collect::<anyhow::Result<_>>()?,
         common: job.common.clone(),
         tag: job.tag.clone(),
@@ -278,7 +283,12 @@ fn run_in_runtime(
     let rt = scenario::run::runtime(threads)?;
     let ctx = RunCtx {
         shared,
-        endpoints: target.endpoints.clone(),
+        endpoints: (target.endpoints.iter().cloned())
+            .map(|mut e| {
+                e.protocol = common.protocol;
+                e
+            })
+            .collect(),
         common: common.clone(),
         tag: (common.tag.clone())
             .unwrap_or_else(|| format!("lt{:06x}", fastrand::u32(..) & 0xff_ffff)),

@@ -60,6 +60,9 @@ pub struct Conn {
     /// permessage-deflate was negotiated: data frames with at least this many payload bytes go
     /// out compressed (`deflate::variant`), and compressed client messages are inflated.
     deflate_min: Option<u32>,
+    /// The connection speaks `shardcast.proto`: text frames go out as binary `ServerFrame`s
+    /// (`wire::variant`), and binary client frames are requests.
+    proto: bool,
     out: RefCell<OutQueue>,
     read: RefCell<Decoder>,
     /// The client side's record of the rooms asked for (`shard::RoomEntry`), kept here for
@@ -161,6 +164,7 @@ impl Conn {
             exp: Cell::new(identity.exp.unwrap_or(0)),
             io,
             deflate_min: None,
+            proto: false,
             out: RefCell::default(),
             read: RefCell::new(Decoder::new(limits.max_message, limits.hard_limit)),
             rooms: RefCell::default(),
@@ -221,8 +225,25 @@ impl Conn {
         self
     }
 
-    /// What this connection is sent for `frame`: the frame, or its compressed variant.
+    /// The connection negotiated `shardcast.proto`.
+    pub fn speaking_proto(mut self) -> Conn {
+        self.proto = true;
+        self
+    }
+
+    /// Whether the connection speaks `shardcast.proto` (binary frames) rather than JSON.
+    pub fn proto(&self) -> bool {
+        self.proto
+    }
+
+    /// What this connection is sent for `frame`: the frame, or its binary and/or compressed
+    /// variant (each computed once per frame on this thread, whatever the number of members).
     fn outgoing(&self, frame: OutFrame) -> OutFrame {
+        let frame = if self.proto {
+            crate::wire::variant(&frame)
+        } else {
+            frame
+        };
         match self.deflate_min {
             None => frame,
             Some(min) => crate::deflate::variant(&frame, min as usize),

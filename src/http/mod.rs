@@ -17,4 +17,4 @@ mod upgrade;
 
 pub use io::{HandshakeIo, HttpSlot, handshakes_full, keepalive_full};
 pub use response::{Body, error, json, json_error};
-pub use upgrade::{Upgraded, admit, negotiate_deflate, start, upgrade};
+pub use upgrade::{Upgraded, admit, negotiate_deflate, negotiate_protocol, start, upgrade};

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, SEC_WEBSOCKET_EXTENSIONS};
+use hyper::header::{HeaderValue, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -19,6 +19,7 @@ use crate::conn::{Conn, FrameLimits};
 use crate::core::ConnId;
 use crate::core::error::HandshakeError;
 use crate::shard::runtime::{self, Ctx};
+use crate::wire::Format;
 
 use super::io::HandshakeIo;
 use super::response::Body;
@@ -88,11 +89,12 @@ pub async fn admit(
 
 /// Answers an upgrade request with 101, and once hyper lets go of the TCP stream runs `then`
 /// on it (`Upgraded`: the 101 is still to be sent). If the upgrade fails, `then` is dropped
-/// unrun (a reservation it holds is undone). `extensions` is the negotiated
-/// `Sec-WebSocket-Extensions` response, if any.
+/// unrun (a reservation it holds is undone). `extensions` and `protocol` are the negotiated
+/// `Sec-WebSocket-Extensions` and `Sec-WebSocket-Protocol` responses, if any.
 pub fn upgrade<F: Future<Output = ()> + 'static>(
     req: &mut Request<Incoming>,
     extensions: Option<&'static str>,
+    protocol: Option<&'static str>,
     then: impl FnOnce(Upgraded) -> F + 'static,
 ) -> Result<Response<Body>, HandshakeError> {
     let (mut response, upgrade) = fastwebsockets::upgrade::upgrade(req)
@@ -102,6 +104,10 @@ pub fn upgrade<F: Future<Output = ()> + 'static>(
         response
             .headers_mut()
             .insert(SEC_WEBSOCKET_EXTENSIONS, value);
+    }
+    if let Some(name) = protocol {
+        let value = HeaderValue::from_static(name);
+        response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, value);
     }
     tokio::task::spawn_local(async move {
         if let Some(up) = upgraded(upgrade).await {
@@ -120,6 +126,22 @@ pub fn negotiate_deflate(
     let min = config.compression_min_bytes?;
     let offers = req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS).iter();
     crate::deflate::negotiate(offers.filter_map(|v| v.to_str().ok())).map(|r| (min, r))
+}
+
+/// The subprotocol for this upgrade (`wire::negotiate`): JSON when none is asked, and a 400
+/// when only subprotocols this server does not speak are.
+pub fn negotiate_protocol(
+    req: &Request<Incoming>,
+) -> Result<(Format, Option<&'static str>), HandshakeError> {
+    let offers = req.headers().get_all(SEC_WEBSOCKET_PROTOCOL).iter();
+    crate::wire::negotiate(offers.filter_map(|v| v.to_str().ok())).map_err(|offered| {
+        HandshakeError::BadRequest(format!(
+            "unknown subprotocol {offered:?} (Sec-WebSocket-Protocol); this server speaks {} \
+             (JSON text frames, the default) and {} (binary frames)",
+            crate::wire::JSON,
+            crate::wire::PROTO
+        ))
+    })
 }
 
 /// A connection once hyper has let go of it.
@@ -158,14 +180,15 @@ async fn upgraded(upgrade: fastwebsockets::upgrade::UpgradeFut) -> Option<Upgrad
 
 /// Attaches the upgraded stream to the shard and starts its task. The held 101 leaves with
 /// `welcome`. `up.early` is a slice of hyper's 8 KiB read buffer, so it must not outlive this
-/// setup. `deflate` is `compression_min_bytes` if the handshake negotiated permessage-deflate.
+/// setup. `deflate` is `compression_min_bytes` if the handshake negotiated permessage-deflate;
+/// `format` is the negotiated subprotocol's.
 pub fn start(
     ctx: Rc<Ctx>,
     id: ConnId,
     identity: Identity,
     inbox_seq: u64,
     up: Upgraded,
-    deflate: Option<usize>,
+    (deflate, format): (Option<usize>, Format),
 ) {
     let Upgraded {
         stream,
@@ -175,9 +198,13 @@ pub fn start(
     let limits = FrameLimits::of(&ctx.config);
     let rates = ctx.config.rates();
     let conn = Conn::new(id, stream, &identity, &rates, limits);
-    let conn = Rc::new(match deflate {
+    let conn = match deflate {
         Some(min) => conn.deflating(min),
         None => conn,
+    };
+    let conn = Rc::new(match format {
+        Format::Proto => conn.speaking_proto(),
+        Format::Json => conn,
     });
     ctx.with(|s| {
         s.attach(&conn, &identity, inbox_seq, head);

@@ -37,12 +37,32 @@ impl Shard {
             self.stats.frames_in += 1;
         }
         match event {
+            Event::Binary(bytes) if conn.proto() => match crate::wire::client_to_json(bytes) {
+                Ok(text) => match protocol::parse(&text) {
+                    Ok(req) => self.on_request(conn, req),
+                    Err(e) => self.reply_error(conn, e.id.as_ref(), e.error),
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "undecodable binary frame");
+                    let reason = "binary message is not a shardcast.proto ClientFrame";
+                    self.close_conn_with(conn, CloseCode::InvalidPayload, Some(reason))
+                }
+            },
             Event::Binary(_) => self.reply_error(
                 conn,
                 None,
                 ReplyError::new(
                     ErrorCode::BadRequest,
-                    "binary frames are not supported; send JSON in text frames",
+                    "binary frames need the shardcast.proto subprotocol \
+                     (Sec-WebSocket-Protocol); send JSON in text frames",
+                ),
+            ),
+            Event::Text(_) if conn.proto() => self.reply_error(
+                conn,
+                None,
+                ReplyError::new(
+                    ErrorCode::BadRequest,
+                    "this connection speaks shardcast.proto: send ClientFrames in binary frames",
                 ),
             ),
             Event::Text(text) => self.on_text(conn, text),

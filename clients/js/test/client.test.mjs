@@ -593,3 +593,49 @@ test("outbox local: sends made while the server is down go out once when it is b
   await sleep(200);
   assert.deepEqual(got.map((m) => m.body), [{ dm: 1 }]);
 });
+
+test("protocol proto: binary and JSON clients share a room, and bodies cross formats both ways", async () => {
+  const s = await server(noRateLimit);
+  const p = client({ url: s.url, user: "pat", protocol: "proto" });
+  const j = client({ url: s.url, user: "jo" });
+  await connected(p);
+  await connected(j);
+  assert.equal(p.user, "pat");
+  assert.equal((await p.join("mix")).seq, 0);
+  await j.join("mix");
+  const pm = record(p, ["message"]);
+  const jm = record(j, ["message"]);
+  // From JSON: the binary client gets the same values; {"$b64"} arrives as the bytes.
+  await j.publish("mix", { text: "hi", n: [1, 2] });
+  await j.publish("mix", { $b64: "/wAB" });
+  // From binary: JSON values as values; a Uint8Array as bytes, and as {"$b64"} to JSON.
+  const ack = await p.publish("mix", "plain");
+  assert.equal(ack.seq, 3);
+  await p.publish("mix", new Uint8Array([1, 2, 250]));
+  await until(() => pm.length === 2 && jm.length === 2, "both clients' messages");
+  assert.deepEqual(pm.map((m) => m.seq), [1, 2]);
+  assert.deepEqual(pm[0].body, { text: "hi", n: [1, 2] });
+  assert.deepEqual(pm[1].body, new Uint8Array([255, 0, 1]));
+  assert.deepEqual(jm.map((m) => [m.seq, m.from, m.body]), [[3, "pat", "plain"], [4, "pat", { $b64: "AQL6" }]]);
+  // A JSON client's Uint8Array goes as {"$b64"} and reaches the binary client as bytes.
+  await j.send("pat", new Uint8Array([7]));
+  await until(() => pm.length === 3, "the direct message");
+  assert.deepEqual([pm[2].to, pm[2].body], ["pat", new Uint8Array([7])]);
+  // Requests and replies in the binary form: presence, history (with a binary body), errors.
+  const presence = await p.presence("mix");
+  assert.deepEqual([...presence], ["jo", "pat"]);
+  const page = await p.history("mix");
+  assert.deepEqual(page.messages.map((m) => m.seq), [4, 3, 2, 1]);
+  assert.deepEqual(page.messages[0].body, new Uint8Array([1, 2, 250]));
+  assert.equal(page.more, false);
+  await assert.rejects(p.publish("nowhere", 1), { code: "not_member" });
+  // Recovery after a restart, in the binary form.
+  await s.restart();
+  await waitFor(p, "recovery");
+  await j.publish("mix", 5).catch(async () => {
+    await connected(j);
+    return j.publish("mix", 5);
+  });
+  await until(() => pm.some((m) => m.seq === 5), "a message after the restart");
+  assert.deepEqual(pm.filter((m) => m.room === "mix").map((m) => m.seq), [1, 2, 5]);
+});

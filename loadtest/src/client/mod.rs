@@ -16,6 +16,7 @@
 //! `read_frame` is not cancel-safe and so cannot sit in a `select!` next to a send timer.
 
 mod frames;
+mod proto;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -26,6 +27,8 @@ use anyhow::{Context, anyhow, bail};
 use base64::Engine;
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead, WebSocketWrite};
 use sha1::{Digest, Sha1};
+
+use crate::cli::Protocol;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -39,7 +42,14 @@ pub type WsRead = WebSocketRead<OwnedReadHalf>;
 pub type WsWrite = WebSocketWrite<OwnedWriteHalf>;
 /// The write half, shared by a connection's reader (for pongs and the close reply) and its
 /// publisher. The lock is uncontended almost always.
-pub type SharedWriter = Arc<tokio::sync::Mutex<WsWrite>>;
+pub type SharedWriter = Arc<tokio::sync::Mutex<Writer>>;
+
+/// A connection's write half and the form it speaks.
+pub struct Writer {
+    ws: WsWrite,
+    /// `shardcast.proto`: requests go out as binary `ClientFrame`s.
+    proto: bool,
+}
 
 /// The largest server frame the bot accepts.
 const MAX_FRAME: usize = 16 << 20;
@@ -51,6 +61,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub path: String,
+    /// The form its connections speak (`--protocol`).
+    pub protocol: Protocol,
 }
 
 impl Endpoint {
@@ -74,6 +86,7 @@ impl Endpoint {
         Ok(Endpoint {
             addr,
             path: path.to_string(),
+            protocol: Protocol::Json,
         })
     }
 
@@ -81,6 +94,7 @@ impl Endpoint {
         Endpoint {
             addr,
             path: "/ws".to_string(),
+            protocol: Protocol::Json,
         }
     }
 }
@@ -117,6 +131,23 @@ pub fn source_ip(i: usize, spread: u8) -> Ipv4Addr {
 pub struct Ws {
     pub read: WsRead,
     pub write: SharedWriter,
+    /// `shardcast.proto`: binary server frames are read back as their JSON layout.
+    proto: bool,
+}
+
+/// Whether `user`'s connection speaks `shardcast.proto` under `protocol` (`mixed`: by a hash of
+/// the name, so about half, the same ones each run).
+pub fn speaks_proto(protocol: Protocol, user: &str) -> bool {
+    match protocol {
+        Protocol::Json => false,
+        Protocol::Proto => true,
+        Protocol::Mixed => {
+            let h = user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+            h & 1 == 1
+        }
+    }
 }
 
 impl Ws {
@@ -141,34 +172,47 @@ impl Ws {
             .await
             .with_context(|| format!("connect {src} -> {}", ep.addr))?;
         stream.set_nodelay(true).context("TCP_NODELAY")?;
-        handshake(&mut stream, ep, user).await?;
+        let proto = speaks_proto(ep.protocol, user);
+        handshake(&mut stream, ep, user, proto).await?;
         let (r, w) = stream.into_split();
         let (mut read, write) = fastwebsockets::after_handshake_split(r, w, Role::Client);
         read.set_max_message_size(MAX_FRAME);
         Ok(Ws {
             read,
-            write: Arc::new(tokio::sync::Mutex::new(write)),
+            write: Arc::new(tokio::sync::Mutex::new(Writer { ws: write, proto })),
+            proto,
         })
     }
 
-    /// Reads the next data or close frame. Pings are answered with pongs on the way.
+    /// Reads the next data or close frame. Pings are answered with pongs on the way. On a
+    /// `shardcast.proto` connection a binary frame comes back as the text frame of its JSON
+    /// layout (one decode and one JSON write, the bot's cost).
     pub async fn recv(&mut self) -> Result<Frame<'_>, WebSocketError> {
         let write = &self.write;
-        self.read
+        let frame = self
+            .read
             .read_frame(&mut |frame: Frame<'static>| {
                 let write = write.clone();
-                async move { write.lock().await.write_frame(frame).await }
+                async move { write.lock().await.ws.write_frame(frame).await }
             })
-            .await
+            .await?;
+        if self.proto && frame.opcode == OpCode::Binary {
+            let json = proto::server_frame(&frame.payload).ok_or(WebSocketError::InvalidValue)?;
+            return Ok(Frame::text(Payload::Owned(json)));
+        }
+        Ok(frame)
     }
 }
 
-/// Writes one text frame whose payload is `payload` (masked in place, so it is scrambled after).
+/// Writes one request, built as JSON in `payload` (masked in place, so it is scrambled after):
+/// a text frame, or on a `shardcast.proto` connection the binary `ClientFrame` it stands for.
 pub async fn send_text(write: &SharedWriter, payload: &mut [u8]) -> Result<(), WebSocketError> {
-    write
-        .lock()
-        .await
-        .write_frame(Frame::text(Payload::BorrowedMut(payload)))
+    let mut w = write.lock().await;
+    if w.proto {
+        let bin = proto::request(payload).map_err(|_| WebSocketError::InvalidValue)?;
+        return w.ws.write_frame(Frame::binary(Payload::Owned(bin))).await;
+    }
+    w.ws.write_frame(Frame::text(Payload::BorrowedMut(payload)))
         .await
 }
 
@@ -177,6 +221,7 @@ pub async fn send_close(write: &SharedWriter) -> Result<(), WebSocketError> {
     write
         .lock()
         .await
+        .ws
         .write_frame(Frame::close(1000, b""))
         .await
 }
@@ -243,13 +288,23 @@ const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// The RFC 6455 client handshake. The response is consumed exactly up to its blank line (found
 /// with `peek`), so a frame the server sends right behind the 101 stays in the socket for the
 /// WebSocket reader.
-async fn handshake(stream: &mut TcpStream, ep: &Endpoint, user: &str) -> anyhow::Result<()> {
+async fn handshake(
+    stream: &mut TcpStream,
+    ep: &Endpoint,
+    user: &str,
+    proto: bool,
+) -> anyhow::Result<()> {
     let key_bytes: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
     let b64 = base64::engine::general_purpose::STANDARD;
     let key = b64.encode(key_bytes);
+    let subprotocol = if proto {
+        "Sec-WebSocket-Protocol: shardcast.proto\r\n"
+    } else {
+        ""
+    };
     let request = format!(
         "GET {}?user={user} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{subprotocol}\r\n",
         ep.path, ep.addr
     );
     stream
