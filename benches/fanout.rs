@@ -69,6 +69,7 @@ fn room(members: u64, conn: impl Fn(Conn) -> Conn) -> (Shard, Vec<Rc<Conn>>, Vec
             config.clone(),
             Persist::discarding(),
             Vec::new(),
+            Vec::new(),
         );
         Shard::new(
             0,

@@ -297,6 +297,27 @@ pub enum EngineMsg {
         upto: u64,
         to: ReplayTo,
     },
+    /// A frame outside the stream (a `signal`, a `receipt`) for the room's members but
+    /// `exclude`: never stored, dropped for a member whose queue is long (`NodeMsg::Signal`).
+    Signal {
+        room: Name,
+        frame: Bytes,
+        exclude: Option<ConnId>,
+    },
+    /// The user has read `stream` up to `seq` (already clamped to the stream's last seq by
+    /// the asking shard): the position moves forward only, the user's other connections are
+    /// told, and with `receipts` the room's members get a coalesced `receipt`.
+    Read {
+        user: Name,
+        stream: Stream,
+        seq: u64,
+        conn: ConnId,
+        receipts: bool,
+        /// Answered with the position now held (a `read` with an `id`).
+        reply: Option<ReplyTo>,
+    },
+    /// The user's read positions with each stream's last seq (`GET /api/users/{user}/unread`).
+    Unread { user: Name, reply: ReplyTo },
 }
 
 impl EngineMsg {
@@ -309,7 +330,10 @@ impl EngineMsg {
             | EngineMsg::InboxHanded { user, .. }
             | EngineMsg::Forward { user, .. }
             | EngineMsg::UserInfo { user, .. }
+            | EngineMsg::Read { user, .. }
+            | EngineMsg::Unread { user, .. }
             | EngineMsg::Sync { user, .. } => user,
+            EngineMsg::Signal { room, .. } => room,
             EngineMsg::Join { room, .. }
             | EngineMsg::Leave { room, .. }
             | EngineMsg::Publish { room, .. }
@@ -392,6 +416,27 @@ pub enum NodeMsg {
         to: ReplyTo,
         result: Result<Bytes, ReplyError>,
         read: u32,
+    },
+    /// A frame outside the room's stream (`signal`, `receipt`) for its local members but
+    /// `exclude`; a member whose queue is over `signal_queue_bytes` does not get it.
+    Signal {
+        room: Name,
+        frame: Bytes,
+        exclude: Option<ConnId>,
+    },
+    /// The user's read positions, sent by the user's home before `Admitted` (for `welcome`
+    /// and join acks).
+    Reads {
+        user: Name,
+        reads: Vec<(Stream, u64)>,
+    },
+    /// The user's read position of `stream` moved to `seq`: the user's connections here but
+    /// `exclude` get a `read` frame.
+    ReadMoved {
+        user: Name,
+        stream: Stream,
+        seq: u64,
+        exclude: Option<ConnId>,
     },
 }
 

@@ -36,6 +36,7 @@ use crate::protocol::encode::{self, Target as To};
 use crate::router::Router;
 use crate::ws;
 
+mod chat;
 mod messages;
 mod rooms;
 mod scripts;
@@ -147,6 +148,8 @@ struct State {
     counted: AHashSet<Name>,
     /// Rooms whose total changed since their last `occupancy` event to local members.
     occupancy_due: AHashSet<Name>,
+    /// Receipts by (room, user): when the last left this node, and the newest seq waiting.
+    receipts: AHashMap<(Name, Name), (Instant, Option<u64>)>,
 }
 
 pub struct Node {
@@ -509,6 +512,24 @@ impl Node {
             }),
             EngineMsg::Presence { room, reply, page } => {
                 self.spawn(async move { me.presence(room, reply, page).await })
+            }
+            EngineMsg::Signal {
+                room,
+                frame,
+                exclude,
+            } => self.spawn(async move { me.signal(room, frame, exclude).await }),
+            EngineMsg::Read {
+                user,
+                stream,
+                seq,
+                conn,
+                receipts,
+                reply,
+            } => self.spawn(async move {
+                me.read(user, stream, seq, conn, receipts, reply).await
+            }),
+            EngineMsg::Unread { user, reply } => {
+                self.spawn(async move { me.unread(user, reply).await })
             }
             EngineMsg::UserInfo { user, reply } => self.spawn(async move {
                 let (conns, _) = me.keys.sessions(&user);

@@ -84,6 +84,12 @@ pub struct RoomRule {
     /// Most members (users); a join past it gets `room_full`. Default 0 = no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_members: Option<u32>,
+    /// Whether members may send `signal` frames (typing indicators). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signals: Option<bool>,
+    /// Whether members get coalesced `receipt` events when a member reads. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<bool>,
 }
 
 /// The `presence_list_max` of a rule that does not set one, nor its default rule.
@@ -101,6 +107,8 @@ pub struct Rule<'a> {
     pub history_secs: u64,
     pub recover: bool,
     pub max_members: u32,
+    pub signals: bool,
+    pub receipts: bool,
 }
 
 impl Rule<'_> {
@@ -156,6 +164,8 @@ impl Config {
                 .unwrap_or(self.room_retention_secs),
             recover: pick(&|r| r.recover.map(u64::from)).is_none_or(|r| r != 0),
             max_members: pick(&|r| r.max_members.map(u64::from)).map_or(0, |n| n as u32),
+            signals: pick(&|r| r.signals.map(u64::from)).is_none_or(|s| s != 0),
+            receipts: pick(&|r| r.receipts.map(u64::from)).is_some_and(|r| r != 0),
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct Conn {
     /// locality; this module never reads it.
     pub rooms: RefCell<Vec<RoomEntry>>,
     pub rate: Cell<Buckets>,
+    /// `signal` and `read` frames (`signal_rate`).
+    pub signals: Cell<crate::core::bucket::SignalMeter>,
     /// Set once the connection is being closed; nothing more is queued after the close frame.
     closing: Cell<Option<CloseCode>>,
     /// The socket failed or the peer went away; the task ends without a closing handshake.
@@ -165,6 +167,7 @@ impl Conn {
             read: RefCell::new(Decoder::new(limits.max_message, limits.hard_limit)),
             rooms: RefCell::default(),
             rate: Cell::new(Buckets::full(rates)),
+            signals: Cell::default(),
             closing: Cell::new(None),
             broken: Cell::new(false),
             detached: Cell::new(false),

@@ -81,8 +81,40 @@ impl Buckets {
     }
 }
 
+/// A connection's signal meter (`signal_rate`, `signal_burst`: `signal` and `read` frames), a
+/// token bucket of its own so typing never spends the publish budget. 8 bytes; zero is full.
+#[derive(Clone, Copy, Default)]
+pub struct SignalMeter {
+    /// Tokens spent and not yet earned back.
+    spent: f32,
+    /// Milliseconds since `epoch()`, wrapping (a gap of 49 days reads as a short one: harmless).
+    last_ms: u32,
+}
+
+impl SignalMeter {
+    /// Takes one token if there is one.
+    pub fn take(&mut self, rate: u32, burst: u32) -> bool {
+        let now = (micros_now() / 1000) as u32;
+        let secs = now.wrapping_sub(self.last_ms) as f32 / 1000.0;
+        self.last_ms = now;
+        self.spent = (self.spent - secs * rate as f32).max(0.0);
+        let ok = self.spent + 1.0 <= burst as f32;
+        if ok {
+            self.spent += 1.0;
+        }
+        ok
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn signals_have_a_burst_then_the_rate() {
+        let mut m = SignalMeter::default();
+        assert!((0..3).all(|_| m.take(1, 3)));
+        assert!(!m.take(1, 3));
+    }
+
     use super::*;
 
     #[test]

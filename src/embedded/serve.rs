@@ -140,6 +140,20 @@ impl Embedded {
                 upto,
                 to,
             })),
+            EngineMsg::Signal {
+                room,
+                frame,
+                exclude,
+            } => self.signal_here(room, frame, exclude, out),
+            EngineMsg::Read {
+                user,
+                stream,
+                seq,
+                conn,
+                receipts,
+                reply,
+            } => self.read_here(user, stream, seq, conn, receipts, reply, out),
+            EngineMsg::Unread { user, reply } => self.unread_here(user, reply, out),
         }
     }
 
@@ -210,7 +224,7 @@ impl Embedded {
     }
 
     /// Sends to shard `to`; an answer for this shard goes into `out`.
-    fn send(&self, to: ShardId, msg: NodeMsg, out: &mut Outbox) {
+    pub(super) fn send(&self, to: ShardId, msg: NodeMsg, out: &mut Outbox) {
         if to == self.id {
             out.push(msg);
         } else {
@@ -224,6 +238,9 @@ impl Embedded {
         } else {
             self.users.admit(&self.config, &user, conn)
         };
+        if verdict.is_ok() {
+            self.reads_for(&user, conn, out);
+        }
         let (verdict, kick) = match verdict {
             Ok(kick) => (Ok(self.users.inbox_seq(&user)), kick),
             Err(e) => (Err(e), Vec::new()),

@@ -156,6 +156,7 @@ impl Writer {
         let mut done: Vec<(ShardId, Written)> = Vec::new();
         let mut reads = Vec::new();
         let mut scrapes = Vec::new();
+        let mut positions = Vec::new();
         let mut stop = false;
         for op in ops {
             match op {
@@ -168,6 +169,7 @@ impl Writer {
                     *c = (*c).max(cursor);
                 }
                 Op::Read(r) => reads.push(r),
+                Op::Reads(p) => positions.extend(p),
                 Op::Stop => stop = true,
                 Op::Stats(reply) => scrapes.push(reply),
                 #[cfg(feature = "fault-injection")]
@@ -206,6 +208,16 @@ impl Writer {
             self.counters.commit_latency.observe(started.elapsed());
             self.health.store_written(ok);
             self.answer_writes(done, ok);
+        }
+        if !positions.is_empty() {
+            let durable = self.durability == Durability::Sync;
+            match self.store.write_reads(&positions, durable) {
+                Ok(()) => self.counters.read_position_writes += positions.len() as u64,
+                Err(e) => {
+                    tracing::error!(error = %e, "store write of read positions failed");
+                    self.counters.write_failures += 1;
+                }
+            }
         }
         for r in reads {
             self.read(r);

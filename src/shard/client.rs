@@ -97,6 +97,7 @@ impl Shard {
             .collect();
         self.stats.frames_out += 1;
         let welcome = encode::welcome(&conn.user, &rooms, self.config.heartbeat_ms, inbox_seq);
+        let welcome = self.welcome_reads(&conn.user, &rooms, &welcome);
         conn.push_behind(head, Rc::new(welcome));
         conn.hold.set(conn.hold.get() + 1);
         self.hub_attach(conn);

@@ -19,6 +19,7 @@
 //! and `protocol`), do HTTP (that is `http`) or know which engine runs.
 
 mod budget;
+mod chat;
 mod client;
 mod hub;
 mod limits;
@@ -72,6 +73,8 @@ pub struct Shard {
     next_call: u64,
     /// Each user's budget for stored bytes on this shard.
     budgets: budget::StoreBudgets,
+    /// This shard's copy of its users' read positions.
+    reads: chat::ReadCache,
     // ----- hub -----
     hub: hub::Hub,
     // ----- output ---------------------------------------------------------------------------
@@ -109,6 +112,7 @@ impl Shard {
             api_calls: AHashMap::new(),
             next_call: 0,
             budgets: budget::StoreBudgets::default(),
+            reads: chat::ReadCache::default(),
             hub: hub::Hub::default(),
             dirty: Vec::new(),
             ping: Rc::new(ws::control_frame(ws::OP_PING, b"")),
@@ -164,6 +168,18 @@ impl Shard {
                 exclude,
                 own,
             } => self.deliver(stream, seq, frame, exclude, own),
+            NodeMsg::Signal {
+                room,
+                frame,
+                exclude,
+            } => self.deliver_signal(&room, frame, exclude),
+            NodeMsg::Reads { user, reads } => self.reads_known(user, reads),
+            NodeMsg::ReadMoved {
+                user,
+                stream,
+                seq,
+                exclude,
+            } => self.read_moved(user, stream, seq, exclude),
         }
     }
 
@@ -224,6 +240,12 @@ impl Shard {
             self.on_node(msg);
         }
         self.draining = false;
+    }
+
+    /// Every `read_interval_ms`: the engine's coalesced read positions and receipts.
+    pub fn reads_tick(&mut self) {
+        self.engine.reads_tick(&mut self.outbox);
+        self.drain();
     }
 
     /// Every `occupancy_interval_ms`: the engine's coalesced events (`occupancy`).

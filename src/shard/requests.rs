@@ -145,6 +145,8 @@ impl Shard {
                         since,
                     })
                 }),
+            ClientMessage::Signal { room, body } => self.signal(conn, room, body, id.as_ref()),
+            ClientMessage::Read { room, seq } => self.read(conn, room, seq, id.clone()),
             ClientMessage::Presence { room, after, limit } => self
                 .member(conn, &room, "asking who is in")
                 .and_then(|()| self.may(conn, &room, Rights::PRESENCE))
@@ -286,7 +288,8 @@ impl Shard {
             rights: self.rights_in(conn, room),
             members: None,
         };
-        encode::with_room(&encode::ack(id, Target::Room(room), Some(seq)), &info)
+        let ack = encode::with_room(&encode::ack(id, Target::Room(room), Some(seq)), &info);
+        self.with_read(&conn.user, room, &ack)
     }
 
     /// A `leave`. A join still pending is cancelled: its request (and any repeat) is answered
@@ -421,7 +424,7 @@ impl Shard {
         }
     }
 
-    fn member(&self, conn: &Conn, room: &Name, doing: &str) -> Result<(), ReplyError> {
+    pub(super) fn member(&self, conn: &Conn, room: &Name, doing: &str) -> Result<(), ReplyError> {
         if conn.rooms.borrow().iter().any(|e| &e.room == room) {
             Ok(())
         } else {

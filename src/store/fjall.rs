@@ -16,7 +16,10 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::{Append, KeyEntry, Store, StoreError, StoredMessage, StreamInfo, last_seqs, trimmed};
+use super::{
+    Append, KeyEntry, ReadPosition, Store, StoreError, StoredMessage, StreamInfo, from_read_key,
+    last_seqs, read_key, trimmed,
+};
 use crate::core::Stream;
 
 /// How much memory the store may use: its block cache, and unflushed messages (the memtable
@@ -56,6 +59,8 @@ struct Db {
     keys: Keyspace,
     last: Keyspace,
     cursors: Keyspace,
+    /// Read positions: `read_key` → seq.
+    reads: Keyspace,
     broken: bool,
 }
 
@@ -79,6 +84,7 @@ impl Db {
             keys: ks("keys", small)?,
             last: ks("last_seq", small)?,
             cursors: ks("cursors", small)?,
+            reads: ks("reads", small)?,
             db,
             broken: false,
         })
@@ -360,6 +366,37 @@ impl Store for FjallStore {
             None => u64::MAX,
         };
         db.trim_front(&db.keys, stream, |seq, ts| seq < kept && ts < before_ts)
+    }
+
+    fn write_reads(&self, reads: &[ReadPosition], durable: bool) -> Result<(), StoreError> {
+        let guard = self.db()?;
+        let db = guard.as_ref().expect("checked");
+        let mut tx = db.db.batch();
+        for (user, stream, seq) in reads {
+            tx.insert(&db.reads, read_key(user, stream), seq.to_be_bytes());
+        }
+        tx.commit().map_err(write_err)?;
+        // Into the OS at least, so a kill -9 keeps them; to the disk under sync durability.
+        let mode = if durable { PersistMode::SyncAll } else { PersistMode::Buffer };
+        db.db.persist(mode).map_err(write_err)
+    }
+
+    fn last_seq(&self, stream: &Stream) -> Result<u64, StoreError> {
+        let guard = self.db()?;
+        Db::u64_at(&guard.as_ref().expect("checked").last, &stream.prefix())
+    }
+
+    fn reads(&self) -> Result<Vec<ReadPosition>, StoreError> {
+        let guard = self.db()?;
+        let db = guard.as_ref().expect("checked");
+        let mut out = Vec::new();
+        for guard in db.reads.iter() {
+            let (key, value) = guard.into_inner().map_err(read_err)?;
+            if let Some((user, stream)) = from_read_key(&key) {
+                out.push((user, stream, be_u64(&value)));
+            }
+        }
+        Ok(out)
     }
 
     fn sync(&self) -> Result<(), StoreError> {

@@ -6,12 +6,14 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use super::{Append, KeyEntry, Store, StoreError, StoredMessage, StreamInfo, last_seqs, trimmed};
+use super::{Append, ReadPosition, from_read_key, read_key, KeyEntry, Store, StoreError, StoredMessage, StreamInfo, last_seqs, trimmed};
 use crate::core::Stream;
 
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<HashMap<Stream, Entry>>,
+    /// Read positions by `read_key`.
+    reads: Mutex<BTreeMap<Vec<u8>, u64>>,
 }
 
 #[derive(Default)]
@@ -58,6 +60,21 @@ fn collect<'a>(
 }
 
 impl Store for MemoryStore {
+    fn write_reads(&self, reads: &[ReadPosition], _durable: bool) -> Result<(), StoreError> {
+        let mut map = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+        for (user, stream, seq) in reads {
+            map.insert(read_key(user, stream), *seq);
+        }
+        Ok(())
+    }
+
+    fn reads(&self) -> Result<Vec<ReadPosition>, StoreError> {
+        let map = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+        Ok((map.iter())
+            .filter_map(|(k, &seq)| from_read_key(k).map(|(u, s)| (u, s, seq)))
+            .collect())
+    }
+
     fn write(
         &self,
         appends: &[Append],

@@ -19,6 +19,7 @@ pub(super) struct Scripts {
     pub(super) unregister: Script,
     pub(super) tail: Script,
     pub(super) lease: Script,
+    pub(super) read: Script,
 }
 
 /// Each script with the shared functions (`lua/common.lua`) in front.
@@ -41,9 +42,10 @@ const SESSIONS: &str = lua!("../lua/sessions.lua");
 const UNREGISTER: &str = lua!("../lua/unregister.lua");
 const TAIL: &str = lua!("../lua/tail.lua");
 const LEASE: &str = include_str!("../lua/lease.lua");
-const ALL: [&str; 13] = [
+const READ: &str = include_str!("../lua/read.lua");
+const ALL: [&str; 14] = [
     PUBLISH, JOIN, LEAVE, REFRESH, PRESENCE, OCCUPANCY, REGISTER, ONLINE, CURSOR, SESSIONS,
-    UNREGISTER, TAIL, LEASE,
+    UNREGISTER, TAIL, LEASE, READ,
 ];
 
 impl Scripts {
@@ -62,6 +64,7 @@ impl Scripts {
             unregister: Script::new(UNREGISTER),
             tail: Script::new(TAIL),
             lease: Script::new(LEASE),
+            read: Script::new(READ),
         }
     }
 }
