@@ -35,6 +35,8 @@ const UNLIMITED: Rates = Rates {
     request_burst: u32::MAX,
     reads: u32::MAX,
     read_burst: u32::MAX,
+    signals: u32::MAX,
+    signal_burst: u32::MAX,
 };
 
 fn identity(user: &str) -> Identity {

@@ -110,17 +110,30 @@ async fn bad_signals_get_clear_errors() {
         assert_error(&reply, code, Some(&reply["id"]));
         reply["message"].as_str().unwrap().to_owned()
     };
-    let m = check(json!({"type": "signal", "room": "chat", "body": 1}), "not_member").await;
+    let m = check(
+        json!({"type": "signal", "room": "chat", "body": 1}),
+        "not_member",
+    )
+    .await;
     assert!(m.contains("join room chat"), "{m}");
-    check(json!({"type": "signal", "room": 5, "body": 1}), "bad_request").await;
+    check(
+        json!({"type": "signal", "room": 5, "body": 1}),
+        "bad_request",
+    )
+    .await;
     check(json!({"type": "signal", "room": "chat"}), "bad_request").await;
     check(json!({"type": "signal", "body": 1}), "bad_request").await;
-    drop(check);
+
     alice.join("chat").await;
     let big = json!({"type": "signal", "room": "chat", "body": "x".repeat(100)});
     let reply = alice.call(big).await;
     assert_error(&reply, "too_large", Some(&reply["id"]));
-    assert!(reply["message"].as_str().unwrap().contains("max_signal_bytes"));
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_signal_bytes")
+    );
 
     // The burst (3; the too-large one above was refused before the meter), then rate_limited.
     for _ in 0..3 {
@@ -167,7 +180,11 @@ async fn slow_consumer_drops_signals_first(e: Engine) {
             .request(json!({"type": "publish", "room": "chat", "body": big(n)}))
             .await;
         let types: Vec<&Value> = before.iter().map(|f| &f["type"]).collect();
-        assert!(before.is_empty(), "writer got {types:?} {:?}", before.first().map(|f| f.get("code")));
+        assert!(
+            before.is_empty(),
+            "writer got {types:?} {:?}",
+            before.first().map(|f| f.get("code"))
+        );
         assert_eq!(ack["seq"], n, "{ack}");
         assert_eq!(bob.recv_type("message").await["seq"], n);
         if n % 10 == 0 && e.metric(0, "shardcast_outbound_queue_bytes").await > 100_000.0 {
@@ -186,7 +203,12 @@ async fn slow_consumer_drops_signals_first(e: Engine) {
         assert_eq!(bob.recv_type("signal").await["body"]["i"], i);
     }
     let dropped = e.metric(0, "shardcast_signals_dropped_total").await - dropped_before;
-    assert_eq!(dropped, 5.0, "{}: every signal to the slow reader dropped", e.name());
+    assert_eq!(
+        dropped,
+        5.0,
+        "{}: every signal to the slow reader dropped",
+        e.name()
+    );
     // One more message after the signals, then the slow reader reads everything.
     n += 1;
     // (The writer got the signals too.)
@@ -213,12 +235,18 @@ async fn slow_consumer_drops_signals_first(e: Engine) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_consumer_loses_signals_not_messages_embedded() {
-    let flags = [("--max-queue-bytes", "268435456"), ("--signal-queue-bytes", "65536")];
+    let flags = [
+        ("--max-queue-bytes", "268435456"),
+        ("--signal-queue-bytes", "65536"),
+    ];
     slow_consumer_drops_signals_first(Engine::embedded(&flags).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_consumer_loses_signals_not_messages_redis() {
-    let flags = [("--max-queue-bytes", "268435456"), ("--signal-queue-bytes", "65536")];
+    let flags = [
+        ("--max-queue-bytes", "268435456"),
+        ("--signal-queue-bytes", "65536"),
+    ];
     slow_consumer_drops_signals_first(Engine::redis(&flags).await).await;
 }

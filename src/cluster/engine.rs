@@ -525,9 +525,7 @@ impl Node {
                 conn,
                 receipts,
                 reply,
-            } => self.spawn(async move {
-                me.read(user, stream, seq, conn, receipts, reply).await
-            }),
+            } => self.spawn(async move { me.read(user, stream, seq, conn, receipts, reply).await }),
             EngineMsg::Unread { user, reply } => {
                 self.spawn(async move { me.unread(user, reply).await })
             }

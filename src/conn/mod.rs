@@ -66,8 +66,6 @@ pub struct Conn {
     /// locality; this module never reads it.
     pub rooms: RefCell<Vec<RoomEntry>>,
     pub rate: Cell<Buckets>,
-    /// `signal` and `read` frames (`signal_rate`).
-    pub signals: Cell<crate::core::bucket::SignalMeter>,
     /// Set once the connection is being closed; nothing more is queued after the close frame.
     closing: Cell<Option<CloseCode>>,
     /// The socket failed or the peer went away; the task ends without a closing handshake.
@@ -167,7 +165,6 @@ impl Conn {
             read: RefCell::new(Decoder::new(limits.max_message, limits.hard_limit)),
             rooms: RefCell::default(),
             rate: Cell::new(Buckets::full(rates)),
-            signals: Cell::default(),
             closing: Cell::new(None),
             broken: Cell::new(false),
             detached: Cell::new(false),
@@ -257,6 +254,12 @@ impl Conn {
     pub fn push_after_first(&self, frame: OutFrame) {
         let frame = self.outgoing(frame);
         self.out.borrow_mut().push_after_first(frame);
+    }
+
+    /// Replaces the first frame (the `welcome`) while writes are held (`hold`).
+    pub fn replace_first(&self, frame: OutFrame) {
+        let frame = self.outgoing(frame);
+        self.out.borrow_mut().replace_first(&frame);
     }
 
     pub fn queued_bytes(&self) -> usize {

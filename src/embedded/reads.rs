@@ -19,6 +19,9 @@ use crate::persist::Op;
 use crate::protocol::encode;
 use crate::store::ReadPosition;
 
+/// A receipt due: (room, user, seq).
+type Receipt = (Name, Name, u64);
+
 /// The read positions of the users homed on one shard.
 pub struct HomeReads {
     /// Each user's positions (a user reads few streams: a short list beats a map).
@@ -75,7 +78,7 @@ impl HomeReads {
 
     /// Once per `every`: the positions to write and the receipts to send. So each user and
     /// stream costs at most one store write and one receipt per interval, however often read.
-    pub fn due(&mut self, every: Duration) -> Option<(Vec<ReadPosition>, Vec<(Name, Name, u64)>)> {
+    pub fn due(&mut self, every: Duration) -> Option<(Vec<ReadPosition>, Vec<Receipt>)> {
         if self.last_flush.elapsed() < every || (self.dirty.is_empty() && self.receipts.is_empty())
         {
             return None;
@@ -83,7 +86,9 @@ impl HomeReads {
         self.last_flush = Instant::now();
         Some((self.take_dirty(), {
             let r = std::mem::take(&mut self.receipts);
-            r.into_iter().map(|((room, user), seq)| (room, user, seq)).collect()
+            r.into_iter()
+                .map(|((room, user), seq)| (room, user, seq))
+                .collect()
         }))
     }
 

@@ -103,10 +103,14 @@ impl Writer {
     }
 
     /// The unread counts of a user: per room with a read position, and the inbox.
-    fn unread(&mut self, user: Name, positions: Vec<(Stream, u64)>, inbox_seq: u64, reply: ReplyTo) {
-        let entry = |seq: u64, read: u64| {
-            serde_json::json!({"seq": seq, "read": read, "unread": seq.saturating_sub(read)})
-        };
+    fn unread(
+        &mut self,
+        user: Name,
+        positions: Vec<(Stream, u64)>,
+        inbox_seq: u64,
+        reply: ReplyTo,
+    ) {
+        let entry = |seq: u64, read: u64| serde_json::json!({"seq": seq, "read": read, "unread": seq.saturating_sub(read)});
         let mut inbox_read = 0;
         let mut rooms = serde_json::Map::new();
         for (stream, read) in positions {

@@ -406,7 +406,11 @@ pub fn read_ack(id: Option<&ReqId>, room: Option<&Name>, read: u64) -> Bytes {
 pub fn receipt(room: &Name, user: &Name, seq: u64) -> Bytes {
     let mut j = Json::new(56 + room.len() + user.len());
     j.raw(r#"{"type":"receipt","room":"#).name(room);
-    j.raw(r#","user":"#).name(user).raw(r#","seq":"#).u64(seq).raw("}");
+    j.raw(r#","user":"#)
+        .name(user)
+        .raw(r#","seq":"#)
+        .u64(seq)
+        .raw("}");
     j.finish()
 }
 
@@ -419,18 +423,23 @@ pub fn with_read(ack: &Bytes, read: u64) -> Bytes {
     j.finish()
 }
 
-/// `welcome` with the read positions added: `"inbox_read":N,"reads":{"R":N,..}` (the inbox's,
-/// and each room joined at connect's, 0 where the user has read nothing).
-pub fn with_reads(welcome: &Bytes, inbox_read: u64, rooms: &[(Name, u64)]) -> Bytes {
+/// `welcome` with the read positions added: `"inbox_read":N,"reads":{"R":{"seq":S,"read":N}}`
+/// (the inbox's position, and each room joined at connect's last seq and position; 0 where
+/// the user has read nothing).
+pub fn with_reads(welcome: &Bytes, inbox_read: u64, rooms: &[(Name, u64, u64)]) -> Bytes {
     let json = crate::ws::payload_of(welcome);
-    let mut j = Json::new(json.len() + 32 + rooms.iter().map(|(r, _)| r.len() + 24).sum::<usize>());
+    let room_bytes = rooms.iter().map(|(r, _, _)| r.len() + 48).sum::<usize>();
+    let mut j = Json::new(json.len() + 32 + room_bytes);
     j.0.push(&json[..json.len().saturating_sub(1)]);
-    j.raw(r#","inbox_read":"#).u64(inbox_read).raw(r#","reads":{"#);
-    for (i, (room, read)) in rooms.iter().enumerate() {
+    j.raw(r#","inbox_read":"#)
+        .u64(inbox_read)
+        .raw(r#","reads":{"#);
+    for (i, (room, seq, read)) in rooms.iter().enumerate() {
         if i > 0 {
             j.raw(",");
         }
-        j.name(room).raw(":").u64(*read);
+        j.name(room).raw(r#":{"seq":"#).u64(*seq);
+        j.raw(r#","read":"#).u64(*read).raw("}");
     }
     j.raw("}}");
     j.finish()

@@ -238,7 +238,11 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
             .map_err(with_id)
             .and_then(|inbox| {
                 Ok(ClientMessage::Read {
-                    room: if inbox { None } else { Some(name("room", env.room)?) },
+                    room: if inbox {
+                        None
+                    } else {
+                        Some(name("room", env.room)?)
+                    },
                     seq: int("seq", env.seq)?.ok_or_else(|| with_id(missing("seq")))?,
                 })
             })?,
@@ -304,7 +308,12 @@ fn read_target(room: Option<&RawValue>, inbox: Option<&RawValue>) -> Result<bool
     let inbox = match inbox.map(|raw| raw.get()) {
         None | Some("false") => false,
         Some("true") => true,
-        Some(_) => return Err(ReplyError::new(ErrorCode::BadRequest, "`inbox` must be true or false")),
+        Some(_) => {
+            return Err(ReplyError::new(
+                ErrorCode::BadRequest,
+                "`inbox` must be true or false",
+            ));
+        }
     };
     match (inbox, room.is_some()) {
         (true, true) => Err(ReplyError::new(

@@ -133,7 +133,7 @@ impl Server {
                 .map_err(StartError::Thread)?;
         let handle = cluster.as_ref().map(|c| c.handle.clone());
         let mut engine_for = |id: usize,
-                          seeds: Vec<(StreamInfo, Vec<KeyEntry>)>|
+                              seeds: Vec<(StreamInfo, Vec<KeyEntry>)>|
          -> Box<dyn crate::engine::Engine> {
             let persist = store_threads.persist();
             match &handle {

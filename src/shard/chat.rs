@@ -19,9 +19,20 @@ use crate::core::{ConnId, Name, ReqId, Stream};
 use crate::msg::EngineMsg;
 use crate::protocol::encode::{self, Target};
 
-/// The read positions of the users with connections on this shard, as their engine last said.
+/// The read positions of the users with connections on this shard, as their engine last said,
+/// and the `welcome`s waiting for their token rooms' seqs.
 #[derive(Default)]
-pub(super) struct ReadCache(AHashMap<Name, Vec<(Stream, u64)>>);
+pub(super) struct ReadCache(
+    AHashMap<Name, Vec<(Stream, u64)>>,
+    AHashMap<ConnId, Welcome>,
+);
+
+/// A connection's `welcome`, rebuilt once each room joined at connect has its seq (its writes
+/// are held until then, so the client only ever sees the finished one).
+pub(super) struct Welcome {
+    inbox_seq: u64,
+    rooms: Vec<(Name, Option<u64>)>,
+}
 
 impl ReadCache {
     pub fn get(&self, user: &Name, stream: &Stream) -> u64 {
@@ -44,6 +55,10 @@ impl ReadCache {
     pub fn forget(&mut self, user: &Name) {
         self.0.remove(user);
     }
+
+    pub fn forget_conn(&mut self, conn: ConnId) {
+        self.1.remove(&conn);
+    }
 }
 
 impl Shard {
@@ -61,7 +76,10 @@ impl Shard {
         if !rule.signals {
             return Err(ReplyError::new(
                 ErrorCode::Forbidden,
-                format!("signals are off in {room} ({}: signals = false)", rule.describe()),
+                format!(
+                    "signals are off in {room} ({}: signals = false)",
+                    rule.describe()
+                ),
             ));
         }
         let max = self.config.max_signal_bytes;
@@ -133,9 +151,9 @@ impl Shard {
     }
 
     fn take_signal(&self, conn: &Conn) -> Result<(), ReplyError> {
-        let mut m = conn.signals.get();
-        let ok = m.take(self.config.signal_rate, self.config.signal_burst);
-        conn.signals.set(m);
+        let mut b = conn.rate.get();
+        let ok = b.take_signal(&self.config.rates());
+        conn.rate.set(b);
         if ok {
             return Ok(());
         }
@@ -201,12 +219,59 @@ impl Shard {
         encode::with_read(ack, read)
     }
 
-    /// `welcome` with the read positions of the inbox and of the rooms joined at connect.
-    pub(super) fn welcome_reads(&self, user: &Name, rooms: &[Name], welcome: &Bytes) -> Bytes {
+    /// The `welcome` of a new connection: with the inbox's read position, and each room joined
+    /// at connect's last seq and read position. The rooms' seqs come with their joins: until
+    /// then it says 0, and `token_room_joined` replaces it (writes are held meanwhile).
+    pub(super) fn welcome(&mut self, conn: &Conn, rooms: &[Name], inbox_seq: u64) -> Bytes {
+        if !rooms.is_empty() {
+            let wait = Welcome {
+                inbox_seq,
+                rooms: rooms.iter().map(|r| (r.clone(), None)).collect(),
+            };
+            self.reads.1.insert(conn.id, wait);
+        }
+        let seqs: Vec<(Name, u64)> = rooms.iter().map(|r| (r.clone(), 0)).collect();
+        self.encode_welcome(&conn.user, &seqs, inbox_seq)
+    }
+
+    fn encode_welcome(&self, user: &Name, rooms: &[(Name, u64)], inbox_seq: u64) -> Bytes {
+        let names: Vec<Name> = rooms.iter().map(|(r, _)| r.clone()).collect();
+        let welcome = encode::welcome(user, &names, self.config.heartbeat_ms, inbox_seq);
         let inbox = self.reads.get(user, &Stream::Inbox(user.clone()));
-        let rooms: Vec<(Name, u64)> = (rooms.iter())
-            .map(|r| (r.clone(), self.reads.get(user, &Stream::Room(r.clone()))))
+        let rooms: Vec<(Name, u64, u64)> = (rooms.iter())
+            .map(|(r, seq)| {
+                let read = self.reads.get(user, &Stream::Room(r.clone()));
+                (r.clone(), *seq, read)
+            })
             .collect();
-        encode::with_reads(welcome, inbox, &rooms)
+        encode::with_reads(&welcome, inbox, &rooms)
+    }
+
+    /// A room joined at connect is in at `seq` (0 if its join failed): once all are, the
+    /// connection's `welcome` is rebuilt with their seqs.
+    pub(super) fn token_room_joined(&mut self, conn: &Rc<Conn>, room: &Name, seq: u64) {
+        let Some(wait) = self.reads.1.get_mut(&conn.id) else {
+            return;
+        };
+        if let Some(entry) = wait
+            .rooms
+            .iter_mut()
+            .find(|(r, s)| r == room && s.is_none())
+        {
+            entry.1 = Some(seq);
+        }
+        if wait.rooms.iter().any(|(_, s)| s.is_none()) {
+            return;
+        }
+        let Some(wait) = self.reads.1.remove(&conn.id) else {
+            return;
+        };
+        let rooms: Vec<(Name, u64)> = (wait.rooms.into_iter())
+            .map(|(r, s)| (r, s.unwrap_or(0)))
+            .collect();
+        let welcome = self.encode_welcome(&conn.user, &rooms, wait.inbox_seq);
+        if conn.closing().is_none() {
+            conn.replace_first(Rc::new(welcome));
+        }
     }
 }

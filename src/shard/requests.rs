@@ -268,6 +268,7 @@ impl Shard {
             return;
         };
         if j.id.is_none() {
+            self.token_room_joined(conn, &j.room, seq);
             conn.hold.set(conn.hold.get().saturating_sub(1));
             self.mark_dirty(conn);
         }
@@ -336,6 +337,7 @@ impl Shard {
         self.hub_leave(conn, &entry);
         if let Some(j) = self.joins.remove(&entry.jgen) {
             if j.id.is_none() {
+                self.token_room_joined(conn, &j.room, 0);
                 conn.hold.set(conn.hold.get().saturating_sub(1));
                 self.mark_dirty(conn);
             }
@@ -415,6 +417,7 @@ impl Shard {
         self.hub_leave(&c, &entry);
         if let Some(j) = self.joins.remove(&jgen) {
             if j.id.is_none() {
+                self.token_room_joined(&c, &j.room, 0);
                 c.hold.set(c.hold.get().saturating_sub(1));
                 self.mark_dirty(&c);
             }

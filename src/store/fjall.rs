@@ -377,7 +377,11 @@ impl Store for FjallStore {
         }
         tx.commit().map_err(write_err)?;
         // Into the OS at least, so a kill -9 keeps them; to the disk under sync durability.
-        let mode = if durable { PersistMode::SyncAll } else { PersistMode::Buffer };
+        let mode = if durable {
+            PersistMode::SyncAll
+        } else {
+            PersistMode::Buffer
+        };
         db.db.persist(mode).map_err(write_err)
     }
 

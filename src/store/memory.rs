@@ -6,7 +6,10 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use super::{Append, ReadPosition, from_read_key, read_key, KeyEntry, Store, StoreError, StoredMessage, StreamInfo, last_seqs, trimmed};
+use super::{
+    Append, KeyEntry, ReadPosition, Store, StoreError, StoredMessage, StreamInfo, from_read_key,
+    last_seqs, read_key, trimmed,
+};
 use crate::core::Stream;
 
 #[derive(Default)]

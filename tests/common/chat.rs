@@ -21,8 +21,10 @@ pub enum Engine {
 impl Engine {
     /// An embedded server with `flags` (as `--name value` pairs, applied to the config).
     pub async fn embedded(flags: &[(&str, &str)]) -> Engine {
-        let flags: Vec<(String, String)> =
-            flags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let flags: Vec<(String, String)> = flags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Engine::Embedded(TestServer::start(|c| {
             super::fast(c);
             c.presence_events = false;
@@ -86,6 +88,8 @@ fn set(c: &mut shardcast::config::Config, flag: &str, v: &str) {
         "--signal-queue-bytes" => c.signal_queue_bytes = n() as usize,
         "--max-queue-bytes" => c.max_queue_bytes = n() as usize,
         "--read-interval-ms" => c.read_interval_ms = n(),
+        "--jwt-secret" => c.jwt_secret = Some(v.to_owned()),
+        "--api" => c.api = v == "true",
         "--config" => {
             let text = std::fs::read_to_string(v).expect("the config file");
             let file: toml::Table = toml::from_str(&text).expect("a config file");

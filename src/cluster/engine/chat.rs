@@ -60,7 +60,10 @@ impl Node {
     pub(super) async fn reads_of(self: &Rc<Self>, user: &Name) -> Vec<(Stream, u64)> {
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(self.keys.reads(user));
-        let all = self.query::<Vec<(String, u64)>>(cmd).await.unwrap_or_default();
+        let all = self
+            .query::<Vec<(String, u64)>>(cmd)
+            .await
+            .unwrap_or_default();
         all.into_iter()
             .filter_map(|(field, seq)| Some((stream_of(user, &field)?, seq)))
             .collect()
@@ -164,9 +167,7 @@ impl Node {
                 me.query::<Option<u64>>(cmd).await.flatten().unwrap_or(0)
             }
         };
-        let entry = |seq: u64, read: u64| {
-            serde_json::json!({"seq": seq, "read": read, "unread": seq.saturating_sub(read)})
-        };
+        let entry = |seq: u64, read: u64| serde_json::json!({"seq": seq, "read": read, "unread": seq.saturating_sub(read)});
         let mut inbox_read = 0;
         let mut rooms = serde_json::Map::new();
         for (stream, read) in reads {
