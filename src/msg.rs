@@ -304,18 +304,8 @@ pub enum EngineMsg {
         frame: Bytes,
         exclude: Option<ConnId>,
     },
-    /// The user has read `stream` up to `seq` (already clamped to the stream's last seq by
-    /// the asking shard): the position moves forward only, the user's other connections are
-    /// told, and with `receipts` the room's members get a coalesced `receipt`.
-    Read {
-        user: Name,
-        stream: Stream,
-        seq: u64,
-        conn: ConnId,
-        receipts: bool,
-        /// Answered with the position now held (a `read` with an `id`).
-        reply: Option<ReplyTo>,
-    },
+    /// A `read`: see `ReadMove`.
+    Read(ReadMove),
     /// The user's read positions with each stream's last seq (`GET /api/users/{user}/unread`).
     Unread { user: Name, reply: ReplyTo },
 }
@@ -330,7 +320,7 @@ impl EngineMsg {
             | EngineMsg::InboxHanded { user, .. }
             | EngineMsg::Forward { user, .. }
             | EngineMsg::UserInfo { user, .. }
-            | EngineMsg::Read { user, .. }
+            | EngineMsg::Read(ReadMove { user, .. })
             | EngineMsg::Unread { user, .. }
             | EngineMsg::Sync { user, .. } => user,
             EngineMsg::Signal { room, .. } => room,
@@ -342,6 +332,40 @@ impl EngineMsg {
             EngineMsg::Direct { to, .. } => to,
             EngineMsg::Fetch { stream, .. } => stream.name(),
         }
+    }
+}
+
+/// The user has read `stream` up to `seq` (a room's already clamped to its last seq by the
+/// asking shard): the position moves forward only, the user's other connections are told, and
+/// with `receipts` the room's members get a coalesced `receipt`.
+#[derive(Debug)]
+pub struct ReadMove {
+    pub user: Name,
+    pub stream: Stream,
+    pub seq: u64,
+    pub conn: ConnId,
+    pub receipts: bool,
+    /// Answered with the position now held (a `read` with an `id`).
+    pub reply: Option<ReplyTo>,
+}
+
+impl ReadMove {
+    /// The read's room (`None`: the inbox).
+    pub fn room(&self) -> Option<&Name> {
+        match &self.stream {
+            Stream::Room(r) => Some(r),
+            Stream::Inbox(_) => None,
+        }
+    }
+}
+
+impl ReplyTo {
+    /// The ack of a `read`: the position `at` now held in `room` (`None`: the inbox).
+    pub fn read_ack(self, room: Option<&Name>, at: u64) -> (ShardId, NodeMsg) {
+        self.answer(
+            |id| crate::protocol::encode::read_ack(id, room, at),
+            || Bytes::from(format!("{{\"read\":{at}}}")),
+        )
     }
 }
 

@@ -95,15 +95,12 @@ async fn room_positions(e: Engine) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn room_read_positions_embedded() {
-    room_positions(Engine::embedded(&[]).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn room_read_positions_redis() {
-    room_positions(Engine::redis(&[]).await).await;
-}
+on_both_engines!(
+    room_read_positions_embedded,
+    room_read_positions_redis,
+    room_positions,
+    &[]
+);
 
 // ---------------------------------------------------------------------------------------------
 // the inbox
@@ -147,15 +144,12 @@ async fn inbox_positions(e: Engine) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn inbox_read_positions_embedded() {
-    inbox_positions(Engine::embedded(&[]).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn inbox_read_positions_redis() {
-    inbox_positions(Engine::redis(&[]).await).await;
-}
+on_both_engines!(
+    inbox_read_positions_embedded,
+    inbox_read_positions_redis,
+    inbox_positions,
+    &[]
+);
 
 // ---------------------------------------------------------------------------------------------
 // bad input
@@ -209,11 +203,11 @@ async fn bad_reads_get_clear_errors() {
 // durable: a restart, a kill -9, a cluster node's kill
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread")]
-async fn positions_survive_a_restart() {
-    let server = TestServer::start(fast);
-    let mut bob = dev(server.addr(), "bob").await;
-    let mut a = dev(server.addr(), "alice").await;
+/// Four messages in chat and a direct message to alice; alice reads chat up to 3 and her inbox
+/// up to 1.
+async fn read_some(addr: std::net::SocketAddr) {
+    let mut bob = dev(addr, "bob").await;
+    let mut a = dev(addr, "alice").await;
     a.join("chat").await;
     bob.join("chat").await;
     for i in 1..=4 {
@@ -222,13 +216,24 @@ async fn positions_survive_a_restart() {
     bob.dm("alice", json!("hi")).await;
     assert_eq!(read(&mut a, json!({"room": "chat"}), 3).await["read"], 3);
     assert_eq!(read(&mut a, json!({"inbox": true}), 1).await["read"], 1);
-    drop((a, bob));
-    // At once: a graceful shutdown writes what is not written yet.
-    let server = server.restart(fast);
-    let mut a = dev(server.addr(), "alice").await;
+}
+
+/// A new connection of alice knows what `read_some` read.
+async fn check_read_some(addr: std::net::SocketAddr) -> Client {
+    let mut a = dev(addr, "alice").await;
     assert_eq!(a.welcome["inbox_read"], 1, "{}", a.welcome);
     let ack = a.call(json!({"type": "join", "room": "chat"})).await;
     assert_eq!((&ack["seq"], &ack["read"]), (&json!(4), &json!(3)), "{ack}");
+    a
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn positions_survive_a_restart() {
+    let server = TestServer::start(fast);
+    read_some(server.addr()).await;
+    // At once: a graceful shutdown writes what is not written yet.
+    let server = server.restart(fast);
+    let mut a = check_read_some(server.addr()).await;
     // Still forward only.
     assert_eq!(read(&mut a, json!({"room": "chat"}), 2).await["read"], 3);
 }
@@ -259,16 +264,7 @@ async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
 async fn positions_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, addr) = spawn(dir.path()).await;
-    let mut bob = dev(addr, "bob").await;
-    let mut a = dev(addr, "alice").await;
-    a.join("chat").await;
-    bob.join("chat").await;
-    for i in 1..=4 {
-        bob.publish("chat", json!(i)).await;
-    }
-    bob.dm("alice", json!("hi")).await;
-    assert_eq!(read(&mut a, json!({"room": "chat"}), 3).await["read"], 3);
-    assert_eq!(read(&mut a, json!({"inbox": true}), 1).await["read"], 1);
+    read_some(addr).await;
     eventually(
         Duration::from_secs(5),
         "both positions written",
@@ -280,12 +276,8 @@ async fn positions_survive_kill_9() {
     .await;
     server.child.start_kill().unwrap();
     server.wait_exit(TIMEOUT).await;
-    drop((a, bob));
     let (_server, addr) = spawn(dir.path()).await;
-    let mut a = dev(addr, "alice").await;
-    assert_eq!(a.welcome["inbox_read"], 1, "{}", a.welcome);
-    let ack = a.call(json!({"type": "join", "room": "chat"})).await;
-    assert_eq!((&ack["seq"], &ack["read"]), (&json!(4), &json!(3)), "{ack}");
+    check_read_some(addr).await;
 }
 
 /// Redis keeps them: a node killed and started again, and another node, both know them.
@@ -429,18 +421,10 @@ async fn welcome_carries_token_rooms(e: Engine) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn welcome_carries_the_token_rooms_seqs_and_reads_embedded() {
-    welcome_carries_token_rooms(
-        Engine::embedded(&[("--jwt-secret", SECRET), ("--api", "false")]).await,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn welcome_carries_the_token_rooms_seqs_and_reads_redis() {
-    welcome_carries_token_rooms(
-        Engine::redis(&[("--jwt-secret", SECRET), ("--api", "false")]).await,
-    )
-    .await;
-}
+const TOKENS: &[(&str, &str)] = &[("--jwt-secret", SECRET), ("--api", "false")];
+on_both_engines!(
+    welcome_carries_the_token_rooms_seqs_and_reads_embedded,
+    welcome_carries_the_token_rooms_seqs_and_reads_redis,
+    welcome_carries_token_rooms,
+    TOKENS
+);

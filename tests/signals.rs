@@ -57,15 +57,12 @@ async fn relayed_never_stored(e: Engine) {
     again.assert_silent(Duration::from_millis(300)).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn signals_are_relayed_and_never_stored_embedded() {
-    relayed_never_stored(Engine::embedded(&[]).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn signals_are_relayed_and_never_stored_redis() {
-    relayed_never_stored(Engine::redis(&[]).await).await;
-}
+on_both_engines!(
+    signals_are_relayed_and_never_stored_embedded,
+    signals_are_relayed_and_never_stored_redis,
+    relayed_never_stored,
+    &[]
+);
 
 // ---------------------------------------------------------------------------------------------
 // the room's rule, bad input, the rate limit
@@ -233,20 +230,14 @@ async fn slow_consumer_drops_signals_first(e: Engine) {
     assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "every message, in order");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_slow_consumer_loses_signals_not_messages_embedded() {
-    let flags = [
-        ("--max-queue-bytes", "268435456"),
-        ("--signal-queue-bytes", "65536"),
-    ];
-    slow_consumer_drops_signals_first(Engine::embedded(&flags).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_slow_consumer_loses_signals_not_messages_redis() {
-    let flags = [
-        ("--max-queue-bytes", "268435456"),
-        ("--signal-queue-bytes", "65536"),
-    ];
-    slow_consumer_drops_signals_first(Engine::redis(&flags).await).await;
-}
+/// A queue that may grow far (256 MiB), and signals dropped past 64 KiB of it.
+const SLOW: &[(&str, &str)] = &[
+    ("--max-queue-bytes", "268435456"),
+    ("--signal-queue-bytes", "65536"),
+];
+on_both_engines!(
+    a_slow_consumer_loses_signals_not_messages_embedded,
+    a_slow_consumer_loses_signals_not_messages_redis,
+    slow_consumer_drops_signals_first,
+    SLOW
+);

@@ -518,14 +518,7 @@ impl Node {
                 frame,
                 exclude,
             } => self.spawn(async move { me.signal(room, frame, exclude).await }),
-            EngineMsg::Read {
-                user,
-                stream,
-                seq,
-                conn,
-                receipts,
-                reply,
-            } => self.spawn(async move { me.read(user, stream, seq, conn, receipts, reply).await }),
+            EngineMsg::Read(read) => self.spawn(async move { me.read(read).await }),
             EngineMsg::Unread { user, reply } => {
                 self.spawn(async move { me.unread(user, reply).await })
             }

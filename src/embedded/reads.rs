@@ -14,7 +14,7 @@ use bytes::Bytes;
 use super::Embedded;
 use crate::core::{ConnId, Name, Stream};
 use crate::engine::Outbox;
-use crate::msg::{EngineMsg, NodeMsg, ReplyTo};
+use crate::msg::{EngineMsg, NodeMsg, ReadMove, ReplyTo};
 use crate::persist::Op;
 use crate::protocol::encode;
 use crate::store::ReadPosition;
@@ -120,43 +120,28 @@ impl Embedded {
 
     /// A `read` at the user's home: forward only (an inbox's clamped to its last seq here; a
     /// room's was clamped by the asking shard), told to the user's shards.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn read_here(
-        &mut self,
-        user: Name,
-        stream: Stream,
-        seq: u64,
-        conn: ConnId,
-        receipts: bool,
-        reply: Option<ReplyTo>,
-        out: &mut Outbox,
-    ) {
-        let seq = match &stream {
-            Stream::Inbox(_) => seq.min(self.users.inbox_seq(&user)),
-            Stream::Room(_) => seq,
-        };
-        if self.reads.advance(&user, &stream, seq, receipts) {
-            for shard in self.users.shards_of(&user).collect::<Vec<_>>() {
+    pub(super) fn read_here(&mut self, mut read: ReadMove, out: &mut Outbox) {
+        if let Stream::Inbox(_) = read.stream {
+            read.seq = read.seq.min(self.users.inbox_seq(&read.user));
+        }
+        let ReadMove {
+            user, stream, seq, ..
+        } = &read;
+        if self.reads.advance(user, stream, *seq, read.receipts) {
+            for shard in self.users.shards_of(user).collect::<Vec<_>>() {
                 let msg = NodeMsg::ReadMoved {
                     user: user.clone(),
                     stream: stream.clone(),
-                    seq,
-                    exclude: Some(conn),
+                    seq: *seq,
+                    exclude: Some(read.conn),
                 };
                 self.send(shard, msg, out);
             }
         }
-        if let Some(reply) = reply {
-            let at = self.reads.get(&user, &stream);
-            let room = match &stream {
-                Stream::Room(r) => Some(r),
-                Stream::Inbox(_) => None,
-            };
-            let answer = reply.answer(
-                |id| encode::read_ack(id, room, at),
-                || Bytes::from(format!("{{\"read\":{at}}}")),
-            );
-            self.send(answer.0, answer.1, out);
+        if let Some(reply) = read.reply.take() {
+            let at = self.reads.get(&read.user, &read.stream);
+            let (shard, msg) = reply.read_ack(read.room(), at);
+            self.send(shard, msg, out);
         }
     }
 

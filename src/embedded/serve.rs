@@ -145,14 +145,7 @@ impl Embedded {
                 frame,
                 exclude,
             } => self.signal_here(room, frame, exclude, out),
-            EngineMsg::Read {
-                user,
-                stream,
-                seq,
-                conn,
-                receipts,
-                reply,
-            } => self.read_here(user, stream, seq, conn, receipts, reply, out),
+            EngineMsg::Read(read) => self.read_here(read, out),
             EngineMsg::Unread { user, reply } => self.unread_here(user, reply, out),
         }
     }

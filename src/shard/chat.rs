@@ -16,7 +16,7 @@ use super::Shard;
 use crate::conn::Conn;
 use crate::core::error::{ErrorCode, ReplyError};
 use crate::core::{ConnId, Name, ReqId, Stream};
-use crate::msg::EngineMsg;
+use crate::msg::{EngineMsg, ReadMove};
 use crate::protocol::encode::{self, Target};
 
 /// The read positions of the users with connections on this shard, as their engine last said,
@@ -139,14 +139,14 @@ impl Shard {
         }
         self.reads.advance(&conn.user, stream.clone(), seq);
         let reply = id.is_some().then(|| super::reply_to(conn, &id));
-        self.to_engine(EngineMsg::Read {
+        self.to_engine(EngineMsg::Read(ReadMove {
             user: conn.user.clone(),
             stream,
             seq,
             conn: conn.id,
             receipts,
             reply,
-        });
+        }));
         Ok(())
     }
 

@@ -99,3 +99,20 @@ fn set(c: &mut shardcast::config::Config, flag: &str, v: &str) {
         other => panic!("no such flag in tests/common/chat.rs: {other}"),
     }
 }
+
+/// Two tests, `$embedded` and `$redis`, each running `$scenario(Engine)` on its engine started
+/// with `$flags`.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($embedded:ident, $redis:ident, $scenario:ident, $flags:expr) => {
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $embedded() {
+            $scenario(common::chat::Engine::embedded($flags).await).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $redis() {
+            $scenario(common::chat::Engine::redis($flags).await).await;
+        }
+    };
+}

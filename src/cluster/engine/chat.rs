@@ -5,6 +5,7 @@
 //! `read_interval_ms` leaves this node.
 
 use super::*;
+use crate::msg::ReadMove;
 
 impl Node {
     pub(super) async fn signal(self: Rc<Self>, room: Name, frame: Bytes, exclude: Option<ConnId>) {
@@ -69,47 +70,35 @@ impl Node {
             .collect()
     }
 
-    pub(super) async fn read(
-        self: Rc<Self>,
-        user: Name,
-        stream: Stream,
-        seq: u64,
-        conn: ConnId,
-        receipts: bool,
-        reply: Option<ReplyTo>,
-    ) {
-        let (field, room) = match &stream {
-            Stream::Room(r) => (format!("r:{r}"), Some(r.clone())),
-            Stream::Inbox(_) => ("i".to_owned(), None),
-        };
-        let inbox = Stream::Inbox(user.clone());
+    pub(super) async fn read(self: Rc<Self>, mut read: ReadMove) {
+        let room = read.room().cloned();
+        let field = room
+            .as_ref()
+            .map_or_else(|| "i".to_owned(), |r| format!("r:{r}"));
+        let inbox = Stream::Inbox(read.user.clone());
         let mut inv = self.scripts.read.prepare_invoke();
-        inv.key(self.keys.reads(&user))
+        inv.key(self.keys.reads(&read.user))
             .key(self.keys.meta(&inbox))
             .arg(&field)
-            .arg(seq)
+            .arg(read.seq)
             .arg(if room.is_none() { "1" } else { "0" })
             .arg(self.keys.channel(&inbox))
             .arg("")
-            .arg(conn.raw())
+            .arg(read.conn.raw())
             .arg(room.as_ref().map_or("", |r| r.as_str()))
             .arg(self.publish_cmd());
         let held = self.script::<u64>(&inv).await;
-        if let Some(reply) = reply {
-            let answer = match held {
-                Some(at) => reply.answer(
-                    |id| encode::read_ack(id, room.as_ref(), at),
-                    || Bytes::from(format!("{{\"read\":{at}}}")),
-                ),
+        if let Some(reply) = read.reply.take() {
+            self.answer(match held {
+                Some(at) => reply.read_ack(room.as_ref(), at),
                 None => reply.fail(ReplyError::new(
                     ErrorCode::Unavailable,
                     "Redis is unreachable; the read position was not kept, send it again",
                 )),
-            };
-            self.answer(answer);
+            });
         }
-        if let (true, Some(room), Some(at)) = (receipts, room, held) {
-            self.receipt(room, user, at);
+        if let (true, Some(room), Some(at)) = (read.receipts, room, held) {
+            self.receipt(room, read.user, at);
         }
     }
 
