@@ -129,14 +129,18 @@ async fn inbox_positions(e: Engine) {
     );
     let ack = read(&mut a, inbox.clone(), 50).await;
     assert_eq!(ack["read"], 3, "clamped to the inbox's last seq: {ack}");
+    // The clamped read left no higher position behind on the connection's node.
+    bob.dm("alice", json!(4)).await;
+    let ack = read(&mut a, inbox.clone(), 4).await;
+    assert_eq!(ack["read"], 4, "{}: {ack}", e.name());
 
     // A new device learns it from `welcome`.
     let c = dev(e.addr(1), "alice").await;
-    assert_eq!(c.welcome["inbox_seq"], 3, "{}", c.welcome);
-    assert_eq!(c.welcome["inbox_read"], 3, "{}", c.welcome);
+    assert_eq!(c.welcome["inbox_seq"], 4, "{}", c.welcome);
+    assert_eq!(c.welcome["inbox_read"], 4, "{}", c.welcome);
 
-    bob.dm("alice", json!(4)).await;
-    let want = json!({"seq": 4, "read": 3, "unread": 1});
+    bob.dm("alice", json!(5)).await;
+    let want = json!({"seq": 5, "read": 4, "unread": 1});
     eventually(TIMEOUT, "the inbox's unread count in the API", async || {
         let (_, body) = e.get(0, "/api/users/alice/unread").await;
         (body["inbox"] == want).then_some(())

@@ -137,7 +137,10 @@ impl Shard {
             }
             return Ok(());
         }
-        self.reads.advance(&conn.user, stream.clone(), seq);
+        // A room's seq is clamped here; an inbox's only at the engine, which tells this shard.
+        if let Stream::Room(_) = stream {
+            self.reads.advance(&conn.user, stream.clone(), seq);
+        }
         let reply = id.is_some().then(|| super::reply_to(conn, &id));
         self.to_engine(EngineMsg::Read(ReadMove {
             user: conn.user.clone(),

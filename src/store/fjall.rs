@@ -20,7 +20,7 @@ use super::{
     Append, KeyEntry, ReadPosition, Store, StoreError, StoredMessage, StreamInfo, from_read_key,
     last_seqs, read_key, trimmed,
 };
-use crate::core::Stream;
+use crate::core::{Name, Stream};
 
 /// How much memory the store may use: its block cache, and unflushed messages (the memtable
 /// of the `messages` keyspace; the small keyspaces take at most `SMALL_MEMTABLE_BYTES`).
@@ -41,6 +41,16 @@ impl Default for StoreMemory {
     }
 }
 
+/// Read positions live in the `cursors` keyspace under this first byte (a stream's cursor key
+/// starts with `r` or `i`), so the store keeps no keyspace more for them.
+const POSITIONS: u8 = b'p';
+
+fn positions_key(user: &Name, stream: &Stream) -> Vec<u8> {
+    let mut k = vec![POSITIONS];
+    k.extend_from_slice(&read_key(user, stream));
+    k
+}
+
 /// The memtable of the per-stream keyspaces (`last_seq`, `cursors`).
 const SMALL_MEMTABLE_BYTES: u64 = 1 << 20;
 
@@ -59,8 +69,6 @@ struct Db {
     keys: Keyspace,
     last: Keyspace,
     cursors: Keyspace,
-    /// Read positions: `read_key` → seq.
-    reads: Keyspace,
     broken: bool,
 }
 
@@ -84,7 +92,6 @@ impl Db {
             keys: ks("keys", small)?,
             last: ks("last_seq", small)?,
             cursors: ks("cursors", small)?,
-            reads: ks("reads", small)?,
             db,
             broken: false,
         })
@@ -373,7 +380,7 @@ impl Store for FjallStore {
         let db = guard.as_ref().expect("checked");
         let mut tx = db.db.batch();
         for (user, stream, seq) in reads {
-            tx.insert(&db.reads, read_key(user, stream), seq.to_be_bytes());
+            tx.insert(&db.cursors, positions_key(user, stream), seq.to_be_bytes());
         }
         tx.commit().map_err(write_err)?;
         // Into the OS at least, so a kill -9 keeps them; to the disk under sync durability.
@@ -394,9 +401,9 @@ impl Store for FjallStore {
         let guard = self.db()?;
         let db = guard.as_ref().expect("checked");
         let mut out = Vec::new();
-        for guard in db.reads.iter() {
+        for guard in db.cursors.prefix([POSITIONS]) {
             let (key, value) = guard.into_inner().map_err(read_err)?;
-            if let Some((user, stream)) = from_read_key(&key) {
+            if let Some((user, stream)) = from_read_key(&key[1..]) {
                 out.push((user, stream, be_u64(&value)));
             }
         }
