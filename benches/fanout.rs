@@ -35,6 +35,8 @@ const UNLIMITED: Rates = Rates {
     request_burst: u32::MAX,
     reads: u32::MAX,
     read_burst: u32::MAX,
+    signals: u32::MAX,
+    signal_burst: u32::MAX,
 };
 
 fn identity(user: &str) -> Identity {
@@ -68,6 +70,7 @@ fn room(members: u64, conn: impl Fn(Conn) -> Conn) -> (Shard, Vec<Rc<Conn>>, Vec
             router.clone(),
             config.clone(),
             Persist::discarding(),
+            Vec::new(),
             Vec::new(),
         );
         Shard::new(

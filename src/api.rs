@@ -186,6 +186,8 @@ pub enum Call {
     },
     /// `GET /api/users/{user}` → `{"user","online","connections"}`.
     User(Name),
+    /// `GET /api/users/{user}/unread` → `{"user","inbox":{seq,read,unread},"rooms":{R:{..}}}`.
+    Unread(Name),
     /// `GET /api/stats`.
     Stats,
     /// The rooms with members, the biggest first, at most this many.
@@ -251,6 +253,7 @@ pub fn parse_call(
             })
         }
         (&Method::GET, ["users", user]) => Ok(Call::User(name("user", user)?)),
+        (&Method::GET, ["users", user, "unread"]) => Ok(Call::Unread(name("user", user)?)),
         (&Method::GET, ["stats"]) => Ok(Call::Stats),
         (&Method::GET, ["rooms"]) => Ok(Call::Rooms(rooms_query(query)?)),
         (&Method::GET, ["events"]) => events_query(query),
@@ -261,7 +264,7 @@ pub fn parse_call(
         )),
         (_, ["publish" | "send" | "broadcast" | "disconnect"])
         | (_, ["rooms", _, "presence" | "history"])
-        | (_, ["users", _] | ["stats"] | ["rooms"]) => Err(ApiError::new(
+        | (_, ["users", _] | ["users", _, "unread"] | ["stats"] | ["rooms"]) => Err(ApiError::new(
             405,
             "method_not_allowed",
             format!("{method} is not allowed on /api/{path}"),
@@ -376,6 +379,7 @@ async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
             .await
         }
         Call::User(user) => ask_engine(ctx, |reply| EngineMsg::UserInfo { user, reply }).await,
+        Call::Unread(user) => ask_engine(ctx, |reply| EngineMsg::Unread { user, reply }).await,
         Call::Rooms(limit) => {
             let rooms = match ask_nodes(ctx, |reply| NodesCall::Rooms { reply }).await? {
                 Some(rooms) => rooms,

@@ -153,6 +153,20 @@ impl Snapshot {
         );
         per_shard(
             &mut out,
+            "shardcast_signals_total",
+            "counter",
+            "Signal frames (typing indicators) accepted from clients.",
+            |s| s.counters.signals_in,
+        );
+        per_shard(
+            &mut out,
+            "shardcast_signals_dropped_total",
+            "counter",
+            "Signals and receipts not queued for a member whose queue was over signal_queue_bytes.",
+            |s| s.counters.signals_dropped,
+        );
+        per_shard(
+            &mut out,
             "shardcast_outbound_queue_bytes",
             "gauge",
             "Bytes queued for clients and not yet written.",
@@ -217,6 +231,13 @@ impl Snapshot {
             let name = "shardcast_store_write_failures_total";
             out.family(name, "counter", "Store batch writes that failed.");
             out.sample(name, &[], w.write_failures);
+            let name = "shardcast_read_position_writes_total";
+            out.family(
+                name,
+                "counter",
+                "Read positions written to the store (coalesced per read_interval_ms).",
+            );
+            out.sample(name, &[], w.read_position_writes);
         }
         if let Some(disk) = self.disk {
             let name = "shardcast_store_disk_free_bytes";

@@ -297,6 +297,17 @@ pub enum EngineMsg {
         upto: u64,
         to: ReplayTo,
     },
+    /// A frame outside the stream (a `signal`, a `receipt`) for the room's members but
+    /// `exclude`: never stored, dropped for a member whose queue is long (`NodeMsg::Signal`).
+    Signal {
+        room: Name,
+        frame: Bytes,
+        exclude: Option<ConnId>,
+    },
+    /// A `read`: see `ReadMove`.
+    Read(ReadMove),
+    /// The user's read positions with each stream's last seq (`GET /api/users/{user}/unread`).
+    Unread { user: Name, reply: ReplyTo },
 }
 
 impl EngineMsg {
@@ -309,7 +320,10 @@ impl EngineMsg {
             | EngineMsg::InboxHanded { user, .. }
             | EngineMsg::Forward { user, .. }
             | EngineMsg::UserInfo { user, .. }
+            | EngineMsg::Read(ReadMove { user, .. })
+            | EngineMsg::Unread { user, .. }
             | EngineMsg::Sync { user, .. } => user,
+            EngineMsg::Signal { room, .. } => room,
             EngineMsg::Join { room, .. }
             | EngineMsg::Leave { room, .. }
             | EngineMsg::Publish { room, .. }
@@ -318,6 +332,40 @@ impl EngineMsg {
             EngineMsg::Direct { to, .. } => to,
             EngineMsg::Fetch { stream, .. } => stream.name(),
         }
+    }
+}
+
+/// The user has read `stream` up to `seq` (a room's already clamped to its last seq by the
+/// asking shard): the position moves forward only, the user's other connections are told, and
+/// with `receipts` the room's members get a coalesced `receipt`.
+#[derive(Debug)]
+pub struct ReadMove {
+    pub user: Name,
+    pub stream: Stream,
+    pub seq: u64,
+    pub conn: ConnId,
+    pub receipts: bool,
+    /// Answered with the position now held (a `read` with an `id`).
+    pub reply: Option<ReplyTo>,
+}
+
+impl ReadMove {
+    /// The read's room (`None`: the inbox).
+    pub fn room(&self) -> Option<&Name> {
+        match &self.stream {
+            Stream::Room(r) => Some(r),
+            Stream::Inbox(_) => None,
+        }
+    }
+}
+
+impl ReplyTo {
+    /// The ack of a `read`: the position `at` now held in `room` (`None`: the inbox).
+    pub fn read_ack(self, room: Option<&Name>, at: u64) -> (ShardId, NodeMsg) {
+        self.answer(
+            |id| crate::protocol::encode::read_ack(id, room, at),
+            || Bytes::from(format!("{{\"read\":{at}}}")),
+        )
     }
 }
 
@@ -396,6 +444,27 @@ pub enum NodeMsg {
     /// Several of the above, in order: what the cluster engine handed this shard from one
     /// read of pub/sub messages (one queue send and one wake-up instead of one each).
     Batch(Vec<NodeMsg>),
+    /// A frame outside the room's stream (`signal`, `receipt`) for its local members but
+    /// `exclude`; a member whose queue is over `signal_queue_bytes` does not get it.
+    Signal {
+        room: Name,
+        frame: Bytes,
+        exclude: Option<ConnId>,
+    },
+    /// The user's read positions, sent by the user's home before `Admitted` (for `welcome`
+    /// and join acks).
+    Reads {
+        user: Name,
+        reads: Vec<(Stream, u64)>,
+    },
+    /// The user's read position of `stream` moved to `seq`: the user's connections here but
+    /// `exclude` get a `read` frame.
+    ReadMoved {
+        user: Name,
+        stream: Stream,
+        seq: u64,
+        exclude: Option<ConnId>,
+    },
 }
 
 /// A live room message's copy for its sender's other connections: the frame with the

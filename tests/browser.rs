@@ -594,3 +594,79 @@ async fn chat_page_shows_unsent_messages_greyed_and_sends_them_once() {
     drop(proxy);
     drop(server);
 }
+
+/// The badge of `room` in the sidebar ("" when nothing is unread).
+async fn badge(b: &Client, what: &str, room: &str, want: &str) {
+    let script = format!(
+        "const li = document.querySelector('#rooms li[data-room=\"{room}\"]'); \
+         return li ? li.querySelector('.unread').textContent : null"
+    );
+    wait_js(b, what, &script, |v| v == want).await;
+}
+
+/// Issue 23 on the chat page: "bob is typing…" shows and goes away on its own; unread badges
+/// come from the server's read positions, so two pages of one user agree, and opening the room
+/// on one clears both; the read marker shows where the user had read up to.
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_page_shows_typing_and_server_unread_badges() {
+    let server = TestServer::start(|_| {});
+    let base = format!("http://{}", server.addr());
+    let driver = Driver::start().await;
+    let profiles = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let bob = driver.browser(&profiles[0]).await;
+    let a = driver.browser(&profiles[1]).await;
+    let a2 = driver.browser(&profiles[2]).await;
+    sign_in(&bob, &base, "bob").await;
+    join(&bob, "lobby").await;
+    sign_in(&a, &base, "alice").await;
+    join(&a, "lobby").await;
+
+    // Bob types: alice sees it, then it expires without a "stopped" signal.
+    let typing = "return document.getElementById('typing').textContent";
+    fill(&bob, "#text", "hel").await;
+    wait_js(&a, "bob is typing", typing, |v| v == "bob is typing…").await;
+    screenshot(&a, "chat-typing.png").await;
+    wait_js(&a, "the typing line expires", typing, |v| v == "").await;
+    fill(&bob, "#text", "").await;
+
+    // Alice's two pages look at another room; bob writes three messages in lobby.
+    join(&a, "other").await;
+    sign_in(&a2, &base, "alice").await;
+    join(&a2, "lobby").await;
+    join(&a2, "other").await;
+    for text in ["one", "two", "three"] {
+        say(&bob, text).await;
+    }
+    badge(&a, "three unread on the first page", "lobby", "3").await;
+    badge(&a2, "three unread on the second page", "lobby", "3").await;
+
+    // Opening lobby on one page reads it: both badges clear.
+    click(&a, "#rooms li[data-room=\"lobby\"]").await;
+    wait_texts(&a, "lobby's messages", &["one", "two", "three"]).await;
+    badge(&a, "read on the first page", "lobby", "").await;
+    badge(&a2, "read on the second page too", "lobby", "").await;
+
+    // One more while both look elsewhere: the marker on opening shows where reading stopped.
+    click(&a, "#rooms li[data-room=\"other\"]").await;
+    say(&bob, "four").await;
+    badge(&a, "one unread on the first page", "lobby", "1").await;
+    badge(&a2, "one unread on the second page", "lobby", "1").await;
+    click(&a2, "#rooms li[data-room=\"lobby\"]").await;
+    wait_texts(
+        &a2,
+        "lobby on the second page",
+        &["one", "two", "three", "four"],
+    )
+    .await;
+    let marker = "const m = document.querySelector('#list .read-marker'); \
+                  return m ? m.nextElementSibling.querySelector('.text').textContent : null";
+    wait_js(&a2, "the read marker before the new message", marker, |v| {
+        v == "four"
+    })
+    .await;
+    screenshot(&a2, "chat-read-marker.png").await;
+    badge(&a, "read on the other page", "lobby", "").await;
+    for b in [bob, a, a2] {
+        b.close().await.expect("close the browser");
+    }
+}

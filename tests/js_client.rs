@@ -28,6 +28,7 @@ fn js_client_library_tests_pass_against_the_real_server() {
             "--test",
             "--test-reporter=spec",
             "test/client.test.mjs",
+            "test/chat.test.mjs",
         ])
         .current_dir(dir)
         .env("SHARDCAST_BIN", env!("CARGO_BIN_EXE_shardcast"))
@@ -44,8 +45,8 @@ fn js_client_library_tests_pass_against_the_real_server() {
         "the client library's tests failed under node {version}:\n{report}"
     );
     assert!(
-        report.contains("pass 14") && report.contains("fail 0"),
-        "expected 14 passing tests:\n{report}"
+        report.contains("pass 17") && report.contains("fail 0"),
+        "expected 17 passing tests (15 in client.test.mjs, 2 in chat.test.mjs):\n{report}"
     );
 }
 

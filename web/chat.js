@@ -59,6 +59,8 @@ function start(credentials) {
   client.on("pending", onPending);
   client.on("sent", onSent);
   client.on("failed", onFailed);
+  client.on("typing", onTyping);
+  client.on("read", renderSidebar);
 }
 
 function setStatus(state, text) {
@@ -122,6 +124,7 @@ function onMessage(m) {
   const c = conv(key);
   add(c, m);
   if (key !== active) c.unread += 1;
+  else markRead(c);
   renderSidebar();
   if (key === active) renderMessages(true);
 }
@@ -267,12 +270,18 @@ $("leave").addEventListener("click", async () => {
   renderMessages(true);
 });
 
+$("text").addEventListener("input", () => {
+  const c = convs.get(active);
+  if (c?.kind === "room" && $("text").value) client.typing(c.name);
+});
+
 $("composer").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const c = convs.get(active);
   const text = $("text").value;
   if (!c || !text.trim()) return;
   $("text").value = "";
+  if (c.kind === "room") client.typing(c.name, false);
   // Shown at once, greyed, by the `pending` event; `sent` or `failed` settle it.
   const sending = c.kind === "room" ? client.publish(c.name, { text }) : client.send(c.name, { text });
   sending.catch(() => {});
@@ -292,6 +301,10 @@ function select(key) {
   active = key;
   const c = convs.get(key);
   c.unread = 0;
+  // The read marker: where this user had read up to when the room was opened.
+  if (c.kind === "room") c.marker = client.unread(c.name).read;
+  markRead(c);
+  renderTyping();
   document.body.classList.remove("show-sidebar");
   renderSidebar();
   renderMessages(true);
@@ -309,7 +322,8 @@ function renderSidebar() {
       if (c.kind !== kind) continue;
       const li = el("li", c.key === active ? "active" : "");
       li.dataset[kind === "room" ? "room" : "user"] = c.name;
-      li.append(el("span", "name", (kind === "room" ? "# " : "@ ") + c.name), el("span", "unread", c.unread ? String(c.unread) : ""));
+      const n = unreadOf(c);
+      li.append(el("span", "name", (kind === "room" ? "# " : "@ ") + c.name), el("span", "unread", n ? String(n) : ""));
       li.addEventListener("click", () => select(c.key));
       list.append(li);
     }
@@ -333,7 +347,12 @@ function renderMessages(toBottom) {
   const msgs = [...c.msgs.entries()];
   if (c.kind === "room") msgs.sort((a, b) => a[0] - b[0]);
   for (const m of c.pending.values()) msgs.push([m.key, { ...m, pending: true }]);
+  let marked = false;
   for (const [, m] of msgs) {
+    if (!marked && c.kind === "room" && c.marker !== undefined && m.seq > c.marker && !m.pending) {
+      marked = true;
+      if (c.marker > 0) list.append(el("li", "read-marker", "New"));
+    }
     const li = el("li", m.pending ? "msg mine pending" : m.from === me ? "msg mine" : "msg");
     if (m.seq !== undefined) li.dataset.seq = m.seq;
     if (m.pending) li.title = "Not sent yet: it goes out when the connection is back";
@@ -386,4 +405,43 @@ function toast(text) {
   t.hidden = false;
   clearTimeout(toastTimer);
   toastTimer = setTimeout(() => (t.hidden = true), 4000);
+}
+
+// ---- typing, read positions and unread badges (issue 23) ---------------------------------
+//
+// A room's badge is the server's count (its last seq minus this user's read position), so
+// every tab and device of the user shows the same number, after a reload too. Direct messages
+// keep a count per conversation on this page (the server keeps one position for the inbox).
+
+/** The badge of a conversation. */
+function unreadOf(c) {
+  if (c.kind !== "room" || !client) return c.unread;
+  return client.unread(c.name).unread;
+}
+
+/** Marks the open room read up to what it shows (at most one `read` per 300 ms). */
+function markRead(c) {
+  if (c.kind !== "room" || document.hidden) return;
+  clearTimeout(c.readTimer);
+  c.readTimer = setTimeout(() => {
+    client.read(c.name).then(renderSidebar, () => {});
+  }, 300);
+}
+
+document.addEventListener("visibilitychange", () => {
+  const c = convs.get(active);
+  if (c && !document.hidden) markRead(c);
+});
+
+function onTyping(e) {
+  if (`#${e.room}` === active) renderTyping();
+}
+
+/** "alice is typing…" under the open room's messages; it goes when the signals stop. */
+function renderTyping() {
+  const c = convs.get(active);
+  const who = c?.kind === "room" ? client.typists(c.name).filter((u) => u !== me) : [];
+  const t = $("typing");
+  if (!who.length) return (t.textContent = "");
+  t.textContent = who.length === 1 ? `${who[0]} is typing…` : `${who.slice(0, 3).join(", ")} are typing…`;
 }

@@ -40,6 +40,8 @@ export interface ConnectOptions {
    * the page) or "local" (also in `storage`, so a new client of the same URL and user, after a
    * reload, sends them). */
   outbox?: "memory" | "local";
+  /** How long a `typing` event lasts without a fresh signal, in ms. Default 5000. */
+  typingTimeout?: number;
   /** The storage of `outbox: "local"`. Default: localStorage when the platform has a working
    * one (else the outbox stays in memory). */
   storage?: OutboxStorage;
@@ -138,6 +140,22 @@ export interface Events {
   /** It was refused for good (`code`: forbidden, not_member, bad_request, too_large, ...):
    * never sent again. */
   failed: OutboxRequest & { code: string; message: string };
+  /** A member's signal (never stored, no seq; dropped first under back-pressure). */
+  signal: { room: string; from: string; body: Json };
+  /** A member started (a `{"typing":true}` signal) or stopped typing (`{"typing":false}`, or
+   * no fresh signal within `typingTimeout`). */
+  typing: { room: string; user: string; typing: boolean };
+  /** This user's read position moved (on another connection, or by `read()`). */
+  read: { room?: string; inbox?: true; seq: number };
+  /** A member read the room up to `seq` (rooms whose rule has `receipts = true`; coalesced). */
+  receipt: { room: string; user: string; seq: number };
+}
+
+/** A stream's unread count: its last seq seen, the user's read position, the difference. */
+export interface Unread {
+  seq: number;
+  read: number;
+  unread: number;
 }
 
 export interface Ack {
@@ -159,6 +177,10 @@ export interface Ack {
   rights?: Right[];
   /** A join's member count (absent when the connection was already in the room). */
   members?: number;
+  /** A join's (and a `read`'s) read position of the user in the room. */
+  read?: number;
+  /** A `read` of the inbox. */
+  inbox?: true;
   /** A publish or send ack: an earlier send with the same key was stored, with this seq. */
   dup?: boolean;
 }
@@ -226,6 +248,20 @@ export class Client {
   /** A new token for the same user; later reconnects use it too. */
   refresh(token: string): Promise<{ type: "refreshed"; exp?: number }>;
   request(frame: { type: string; [key: string]: Json }): Promise<any>;
+  /** A signal to the room's other members; false (not sent) while disconnected. */
+  signal(room: string, body: Json): boolean;
+  /** Call on each keystroke: at most one `{"typing":true}` signal per 2 s per room;
+   * `typing(room, false)` says the user stopped. */
+  typing(room: string, on?: boolean): boolean;
+  /** The users typing in the room now. */
+  typists(room: string): string[];
+  /** Marks the room read up to `seq` (default: the last seq seen); resolves with the ack
+   * (`read`: the position the server holds; positions only move forward). */
+  read(room: string, seq?: number): Promise<Ack>;
+  /** Marks the inbox read up to `seq` (default: the last inbox seq seen). */
+  readInbox(seq?: number): Promise<Ack>;
+  /** The room's (without a room: the inbox's) unread count, from the server's positions. */
+  unread(room?: string): Unread;
   close(): void;
 }
 

@@ -184,7 +184,8 @@ export class Client {
   }
 
   /** `fn` is called with each event of `type`: message, joined, left, occupancy, removed,
-   * state, recovery, error, pending, sent, failed. Returns a function that removes it. */
+   * state, recovery, error, pending, sent, failed, signal, typing, read, receipt. Returns a
+   * function that removes it. */
   on(type, fn) {
     (this.listeners[type] ||= new Set()).add(fn);
     return () => this.listeners[type].delete(fn);
@@ -620,6 +621,7 @@ export class Client {
     }
     if (f.type === "welcome") return this.onWelcome(f);
     if (f.type === "message") return this.onMessage(f);
+    if (f.type === "signal" || f.type === "receipt" || (f.type === "read" && f.id === undefined)) return this.onChatFrame(f);
     if (f.type === "joined" || f.type === "left") {
       const info = this.room(f.room);
       if (typeof info?.members === "number") info.members = Math.max(0, info.members + (f.type === "joined" ? 1 : -1));
@@ -656,6 +658,7 @@ export class Client {
     const first = this.inboxSeq === null;
     this.welcomed = true;
     this.user = w.user;
+    this.chatWelcome(w);
     if (first) this.adoptStored();
     this.startHeartbeat(w.heartbeat_ms);
     // Direct messages are held until `sync` has answered: the offline replay, the sync reply
@@ -736,6 +739,7 @@ export class Client {
     // With a truncated replay the gap below the replay is for the app to page back through.
     if (!ack.replayed && ack.seq > r.seq) r.seq = ack.seq;
     this.advance(r);
+    if (ack.read !== undefined) this.readMoved(`r:${room}`, ack.read, false);
   }
 
   /** Moves `seq` over our own publishes that directly follow it. */
@@ -1028,3 +1032,106 @@ export function decodeServerFrame(bytes) {
   if (f.id === undefined) delete f.id;
   return f;
 }
+
+// ----- signals, typing, read positions, receipts and unread counts (issue 23) -----------------
+//
+// Signals are fire-and-forget (never stored, dropped first under back-pressure), so a typing
+// indicator expires on the receiving side: `typing` events say `typing: false` after
+// `options.typingTimeout` (default 5000 ms) without a fresh signal. Read positions come from
+// the server (welcome, join acks, `read` frames from the user's other connections), so unread
+// counts agree across devices and reloads.
+
+/** How often `typing(room)` sends at most, per room, while the user keeps typing. */
+const TYPING_EVERY_MS = 2000;
+
+const chatMethods = {
+  chat() {
+    return (this.chatState ||= { reads: new Map(), typists: new Map(), lastTyping: new Map() });
+  },
+
+  /** Sends a signal (any JSON value) to the room's other members; never stored. Returns whether
+   * it was sent (not while disconnected: a signal is about now). */
+  signal(room, body) {
+    if (this.state !== "connected" || !this.ws) return false;
+    this.ws.send(JSON.stringify({ type: "signal", room, body }));
+    return true;
+  },
+
+  /** Says the user is typing in `room`: call it on each keystroke; it sends at most one
+   * `{"typing":true}` signal every 2 s per room. `typing(room, false)` says it stopped. */
+  typing(room, on = true) {
+    const last = this.chat().lastTyping;
+    const now = Date.now();
+    if (on && now - (last.get(room) ?? -Infinity) < TYPING_EVERY_MS) return false;
+    if (on) last.set(room, now);
+    else last.delete(room);
+    return this.signal(room, { typing: on });
+  },
+
+  /** The users typing in `room` now (by the signals received, expired after typingTimeout). */
+  typists(room) {
+    return [...this.chat().typists.keys()].filter((k) => k.startsWith(`${room}\n`)).map((k) => k.slice(room.length + 1));
+  },
+
+  /** Marks `room` read up to `seq` (by default, the last seq seen); resolves with the position
+   * the server holds ({room, read}). Positions only move forward. */
+  async read(room, seq) {
+    const r = this.rooms.get(room);
+    const upto = seq ?? r?.seq ?? 0;
+    const ack = await this.request({ type: "read", room, seq: upto });
+    this.readMoved(`r:${room}`, ack.read, true);
+    return ack;
+  },
+
+  /** Marks the inbox read up to `seq` (by default, the last inbox seq seen). */
+  async readInbox(seq) {
+    const ack = await this.request({ type: "read", inbox: true, seq: seq ?? this.inboxSeq ?? 0 });
+    this.readMoved("i", ack.read, true);
+    return ack;
+  },
+
+  /** What is unread: for `room`, {seq, read, unread}; without a room, the inbox's. `seq` is
+   * the last seq this client has seen (the join ack's, then each message's). */
+  unread(room) {
+    const seq = room === undefined ? this.inboxSeq ?? 0 : this.rooms.get(room)?.seq ?? 0;
+    const read = this.chat().reads.get(room === undefined ? "i" : `r:${room}`) ?? 0;
+    return { seq, read, unread: Math.max(0, seq - read) };
+  },
+
+  chatWelcome(w) {
+    if (w.inbox_read !== undefined) this.readMoved("i", w.inbox_read, false);
+    for (const [room, p] of Object.entries(w.reads || {})) this.readMoved(`r:${room}`, p.read, false);
+  },
+
+  /** A position the server gave; `emit` sends a `read` event when it moved. */
+  readMoved(key, seq, emit) {
+    const reads = this.chat().reads;
+    if ((reads.get(key) ?? -1) >= seq) return;
+    reads.set(key, seq);
+    if (emit) this.emit("read", key === "i" ? { inbox: true, seq } : { room: key.slice(2), seq });
+  },
+
+  onChatFrame(f) {
+    if (f.type === "read") return this.readMoved(f.inbox ? "i" : `r:${f.room}`, f.seq, true);
+    if (f.type === "receipt") return this.emit("receipt", { room: f.room, user: f.user, seq: f.seq });
+    this.emit("signal", { room: f.room, from: f.from, body: f.body });
+    const typing = f.body && typeof f.body === "object" ? f.body.typing : undefined;
+    if (typing !== true && typing !== false) return;
+    const typists = this.chat().typists;
+    const key = `${f.room}\n${f.from}`;
+    clearTimeout(typists.get(key));
+    if (!typing) {
+      if (typists.delete(key)) this.emit("typing", { room: f.room, user: f.from, typing: false });
+      return;
+    }
+    const fresh = !typists.has(key);
+    const expire = setTimeout(() => {
+      typists.delete(key);
+      this.emit("typing", { room: f.room, user: f.from, typing: false });
+    }, this.options.typingTimeout ?? 5000);
+    typists.set(key, expire);
+    if (fresh) this.emit("typing", { room: f.room, user: f.from, typing: true });
+  },
+};
+
+Object.assign(Client.prototype, chatMethods);

@@ -373,6 +373,17 @@ pub struct LoadArgs {
     /// only. With --kill-server, the server is killed under it.
     #[arg(long, default_value_t = false)]
     pub resend: bool,
+    /// Chat extras (issue 23): `signal` frames (`{"typing":true}`) per second per publishing
+    /// connection, to its room; not stored, not acked, counted by receivers as `signal`
+    /// frames. With --durability memory, compare the server's CPU per delivery with a run of
+    /// messages only.
+    #[arg(long, default_value_t = 0.0)]
+    pub signal_rate: f64,
+    /// Chat extras: `read` frames per second per publishing connection, for its room, at a
+    /// growing seq (clamped by the server): what read positions cost, and how the server
+    /// coalesces their store writes (`shardcast_read_position_writes_total`).
+    #[arg(long, default_value_t = 0.0)]
+    pub read_rate: f64,
 }
 
 /// Target, pinning, timing and output options, the same for every scenario. Serialized, they

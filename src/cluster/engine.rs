@@ -38,6 +38,7 @@ use crate::ws;
 
 mod batch;
 mod failover;
+mod chat;
 mod messages;
 mod order;
 mod replicas;
@@ -160,6 +161,8 @@ struct State {
     counted: AHashSet<Name>,
     /// Rooms whose total changed since their last `occupancy` event to local members.
     occupancy_due: AHashSet<Name>,
+    /// Receipts by (room, user): when the last left this node, and the newest seq waiting.
+    receipts: AHashMap<(Name, Name), (Instant, Option<u64>)>,
 }
 
 pub struct Node {
@@ -553,6 +556,15 @@ impl Node {
             }),
             EngineMsg::Presence { room, reply, page } => {
                 self.spawn(async move { me.presence(room, reply, page).await })
+            }
+            EngineMsg::Signal {
+                room,
+                frame,
+                exclude,
+            } => self.spawn(async move { me.signal(room, frame, exclude).await }),
+            EngineMsg::Read(read) => self.spawn(async move { me.read(read).await }),
+            EngineMsg::Unread { user, reply } => {
+                self.spawn(async move { me.unread(user, reply).await })
             }
             EngineMsg::UserInfo { user, reply } => self.spawn(async move {
                 let (conns, _) = me.keys.sessions(&user);

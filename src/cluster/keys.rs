@@ -74,6 +74,11 @@ impl Keys {
         (tag.clone() + ":conns", tag + ":online")
     }
 
+    /// A user's read positions: a hash, field `r:ROOM` or `i` (the inbox) → seq.
+    pub fn reads(&self, user: &Name) -> String {
+        self.tag(&Stream::Inbox(user.clone())) + ":reads"
+    }
+
     pub fn channel(&self, stream: &Stream) -> String {
         self.tag(stream)
     }

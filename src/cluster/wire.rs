@@ -12,6 +12,8 @@
 //! - `k` + reason: close the user's connections (the API's disconnect).
 //! - `b NODE` + JSON: a broadcast to every connection, sent by NODE.
 //! - `h`: a node's heartbeat to itself.
+//! - `s EXCL` + JSON: a signal or receipt for a room's members (no seq, never stored).
+//! - `r SEQ EXCL [ROOM]`: the user's read position of ROOM (or of the inbox) moved to SEQ.
 //!
 //! Owns the format only; it must not touch Redis or shard state.
 
@@ -46,6 +48,15 @@ pub enum Wire {
         json: Bytes,
     },
     Heartbeat,
+    Signal {
+        exclude: Option<ConnId>,
+        json: Bytes,
+    },
+    ReadMoved {
+        seq: u64,
+        exclude: Option<ConnId>,
+        room: Option<Name>,
+    },
 }
 
 impl Wire {
@@ -89,6 +100,16 @@ impl Wire {
                 json: body(),
             },
             "h" => Wire::Heartbeat,
+            "s" => Wire::Signal {
+                exclude: num().map(ConnId::from_raw),
+                json: body(),
+            },
+            "r" => {
+                let seq = num()?;
+                let exclude = num().map(ConnId::from_raw);
+                let room = words.next().and_then(|r| Name::new(r).ok());
+                Wire::ReadMoved { seq, exclude, room }
+            }
             _ => return None,
         })
     }
@@ -116,6 +137,11 @@ impl Wire {
             Wire::Kick(reason) => ("k".into(), reason.as_bytes()),
             Wire::Broadcast { from, json } => (format!("b {from}"), json),
             Wire::Heartbeat => ("h".into(), b""),
+            Wire::Signal { exclude, json } => (format!("s {}", excl(exclude)), json),
+            Wire::ReadMoved { seq, exclude, room } => {
+                let room = room.as_ref().map_or("", |r| r.as_str());
+                (format!("r {seq} {} {room}", excl(exclude)), b"")
+            }
         };
         let mut out = Vec::with_capacity(header.len() + 1 + body.len());
         out.extend_from_slice(header.as_bytes());

@@ -36,14 +36,16 @@ impl Config {
         idle.div_ceil(self.heartbeat_ms).max(1) as u32
     }
 
-    /// A connection's request and read rates (`publish_rate`/`publish_burst`,
-    /// `read_rate`/`read_burst`).
+    /// A connection's request, read and signal rates (`publish_rate`/`publish_burst`,
+    /// `read_rate`/`read_burst`, `signal_rate`/`signal_burst`).
     pub fn rates(&self) -> crate::core::bucket::Rates {
         crate::core::bucket::Rates {
             requests: self.publish_rate,
             request_burst: self.publish_burst,
             reads: self.read_rate,
             read_burst: self.read_burst,
+            signals: self.signal_rate,
+            signal_burst: self.signal_burst,
         }
     }
 

@@ -484,6 +484,31 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_MAX_TOTAL_QUEUE_BYTES", default_value_t = 1 << 30)]
     pub max_total_queue_bytes: usize,
 
+    /// Signals (`signal` frames: typing indicators) a connection may send per second,
+    /// sustained; `read` frames count here too. Over it, `rate_limited`. Default 20.
+    #[arg(long, env = "SHARDCAST_SIGNAL_RATE", default_value_t = 20)]
+    pub signal_rate: u32,
+
+    /// Signals and reads a connection may send in a burst above signal_rate. Default 40.
+    #[arg(long, env = "SHARDCAST_SIGNAL_BURST", default_value_t = 40)]
+    pub signal_burst: u32,
+
+    /// Largest `body` of a `signal`, in bytes of JSON: a typing indicator needs a few. Over
+    /// it, `too_large`. Default 1024.
+    #[arg(long, env = "SHARDCAST_MAX_SIGNAL_BYTES", default_value_t = 1_024)]
+    pub max_signal_bytes: usize,
+
+    /// A connection with more unsent bytes than this gets no signals or receipts (they are
+    /// dropped and counted), so a slow consumer loses signals before messages. Default 65536.
+    #[arg(long, env = "SHARDCAST_SIGNAL_QUEUE_BYTES", default_value_t = 65_536)]
+    pub signal_queue_bytes: usize,
+
+    /// Read positions: at most one store write and one `receipt` per user and stream per this
+    /// many milliseconds (positions moved in between are coalesced; a position acknowledged
+    /// less than this before a crash may be lost). Default 1000.
+    #[arg(long, env = "SHARDCAST_READ_INTERVAL_MS", default_value_t = 1_000)]
+    pub read_interval_ms: u64,
+
     /// Send `joined` / `left` events to the members of `list` rooms (see `[[rooms]]`). Default
     /// true.
     #[arg(long, env = "SHARDCAST_PRESENCE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -690,7 +715,7 @@ pub struct Config {
     /// Room rules by name prefix, in the config file only: `[[rooms]]` tables with `prefix` and
     /// any of `publish` (members, granted, api), `presence` (list, count, off),
     /// `presence_list_max`, `history_messages`, `history_secs`, `recover`, `max_members`,
-    /// `hooks`, `hook_timeout_ms` and `hook_on_error`.
+    /// `hooks`, `hook_timeout_ms`, `hook_on_error`, `signals` and `receipts`.
     /// The longest matching prefix wins; `prefix = ""` is the default rule. Default none.
     /// (Last: TOML writes tables after plain keys.)
     #[arg(skip)]
@@ -766,6 +791,11 @@ impl Default for Config {
             read_burst: 10_000,
             max_queue_bytes: 1 << 20,
             max_total_queue_bytes: 1 << 30,
+            signal_rate: 20,
+            signal_burst: 40,
+            max_signal_bytes: 1_024,
+            signal_queue_bytes: 65_536,
+            read_interval_ms: 1_000,
             presence_events: true,
             occupancy_interval_ms: 1_000,
             shutdown_timeout_ms: 3_000,

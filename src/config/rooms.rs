@@ -95,6 +95,12 @@ pub struct RoomRule {
     /// What the rule's failed hooks decide: deny or allow. Default hook_on_error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook_on_error: Option<HookOnError>,
+    /// Whether members may send `signal` frames (typing indicators). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signals: Option<bool>,
+    /// Whether members get coalesced `receipt` events when a member reads. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<bool>,
 }
 
 /// The `presence_list_max` of a rule that does not set one, nor its default rule.
@@ -116,6 +122,8 @@ pub struct Rule<'a> {
     pub hooks: RoomHooks,
     pub hook_timeout_ms: u64,
     pub hook_on_error: HookOnError,
+    pub signals: bool,
+    pub receipts: bool,
 }
 
 impl Rule<'_> {
@@ -179,6 +187,8 @@ impl Config {
             hook_on_error: (rule.and_then(|r| r.hook_on_error))
                 .or_else(|| default.and_then(|r| r.hook_on_error))
                 .unwrap_or(self.hook_on_error),
+            signals: pick(&|r| r.signals.map(u64::from)).is_none_or(|s| s != 0),
+            receipts: pick(&|r| r.receipts.map(u64::from)).is_some_and(|r| r != 0),
         }
     }
 }

@@ -126,6 +126,12 @@ impl Config {
         if self.max_queue_bytes < self.max_message_size {
             return invalid("max_queue_bytes must be at least max_message_size");
         }
+        if self.signal_rate == 0 || self.signal_burst == 0 {
+            return invalid("signal_rate and signal_burst must be greater than 0");
+        }
+        if self.read_interval_ms == 0 {
+            return invalid("read_interval_ms must be greater than 0");
+        }
         if self.publish_rate == 0 || self.publish_burst == 0 {
             return invalid("publish_rate and publish_burst must be greater than 0");
         }

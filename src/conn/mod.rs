@@ -277,6 +277,12 @@ impl Conn {
         self.out.borrow_mut().push_after_first(frame);
     }
 
+    /// Replaces the first frame (the `welcome`) while writes are held (`hold`).
+    pub fn replace_first(&self, frame: OutFrame) {
+        let frame = self.outgoing(frame);
+        self.out.borrow_mut().replace_first(&frame);
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.out.borrow().bytes()
     }

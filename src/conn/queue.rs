@@ -86,6 +86,25 @@ impl OutQueue {
         self.frames.insert(1, frame);
     }
 
+    /// Replaces the first queued frame (the `welcome`, behind an unsent 101 if there is one),
+    /// if nothing of it has been written.
+    pub fn replace_first(&mut self, frame: &[u8]) {
+        if self.head_sent > 0 {
+            return;
+        }
+        let Some(first) = self.frames.front() else {
+            return;
+        };
+        let head = unsent_101(first).unwrap_or_default();
+        let old = first.len();
+        let mut both = Vec::with_capacity(head.len() + frame.len());
+        both.extend_from_slice(&head);
+        both.extend_from_slice(frame);
+        self.grow(both.len());
+        self.shrink(old);
+        self.frames[0] = Rc::new(both.into());
+    }
+
     /// Drops the unsent frames, keeping a half-written one (so the stream stays well-formed)
     /// and an unsent 101 (the client cannot read what follows without it), then queues `last`.
     pub fn replace_with(&mut self, last: Bytes) {

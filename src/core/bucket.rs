@@ -1,20 +1,22 @@
-//! A connection's rate meter: two token buckets refilled from one clock reading, in 16 bytes.
+//! A connection's rate meter: three token buckets refilled from one clock reading, in 16 bytes.
 //!
 //! The mechanism only: what a request or a read costs, and what is refused with which error, is
 //! the client side's policy (`shard::client`). The rates come from `Config::rates`.
 
-/// A connection's two rate limits, refilled from one clock reading: a token bucket of requests
-/// (`publish_rate`: publish, send, history, sync, presence, refresh) and a budget of stored
-/// messages read (`read_rate`: join replays, history, sync, the inbox at connect). 16 bytes (an
-/// `Instant` alone is 16): it is in every `Conn`.
+/// A connection's three rate limits, refilled from one clock reading: a token bucket of
+/// requests (`publish_rate`: publish, send, history, sync, presence, refresh), a budget of
+/// stored messages read (`read_rate`: join replays, history, sync, the inbox at connect) and a
+/// bucket of signals (`signal_rate`: `signal` and `read` frames, so typing never spends the
+/// publish budget). 16 bytes (an `Instant` alone is 16): it is in every `Conn`.
 #[derive(Clone, Copy)]
 pub struct Buckets {
     requests: f32,
     /// Goes below zero: a read is charged when its answer comes, for what it returned, and
     /// the next one waits until this is back to zero (a debt, paid off at `read_rate`).
     reads: f32,
-    /// Microseconds since `epoch()`.
-    last: u64,
+    signals: f32,
+    /// Milliseconds since `epoch()`, wrapping (49 days; a wrapped gap reads as a short one).
+    last: u32,
 }
 
 /// The rates and bursts of a connection's `Buckets`.
@@ -25,6 +27,9 @@ pub struct Rates {
     /// Stored messages per second.
     pub reads: u32,
     pub read_burst: u32,
+    /// Signals and reads per second.
+    pub signals: u32,
+    pub signal_burst: u32,
 }
 
 /// The process's clock origin for `Buckets`.
@@ -33,8 +38,8 @@ fn epoch() -> std::time::Instant {
     *EPOCH.get_or_init(std::time::Instant::now)
 }
 
-fn micros_now() -> u64 {
-    epoch().elapsed().as_micros() as u64
+fn millis_now() -> u32 {
+    epoch().elapsed().as_millis() as u32
 }
 
 impl Buckets {
@@ -42,20 +47,32 @@ impl Buckets {
         Buckets {
             requests: rates.request_burst as f32,
             reads: rates.read_burst as f32,
-            last: micros_now(),
+            signals: rates.signal_burst as f32,
+            last: millis_now(),
         }
     }
 
-    /// Adds what both buckets earned since the last call (one clock read).
+    /// Adds what the buckets earned since the last call (one clock read).
     fn refill(&mut self, r: &Rates) {
-        let now = micros_now();
-        let secs = now.saturating_sub(self.last) as f64 / 1e6;
+        let now = millis_now();
+        let secs = now.wrapping_sub(self.last) as f64 / 1e3;
         let fill = |have: f32, rate: u32, burst: u32| {
             (have as f64 + secs * rate as f64).min(burst as f64) as f32
         };
         self.requests = fill(self.requests, r.requests, r.request_burst);
         self.reads = fill(self.reads, r.reads, r.read_burst);
+        self.signals = fill(self.signals, r.signals, r.signal_burst);
         self.last = now;
+    }
+
+    /// Takes one signal token if there is one.
+    pub fn take_signal(&mut self, r: &Rates) -> bool {
+        self.refill(r);
+        let ok = self.signals >= 1.0;
+        if ok {
+            self.signals -= 1.0;
+        }
+        ok
     }
 
     /// Takes one request token if there is one.
@@ -83,6 +100,17 @@ impl Buckets {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn signals_have_a_burst_then_the_rate_of_their_own() {
+        let mut r = rates(1, 1, 1, 1);
+        r.signals = 1;
+        r.signal_burst = 3;
+        let mut b = Buckets::full(&r);
+        assert!((0..3).all(|_| b.take_signal(&r)));
+        assert!(!b.take_signal(&r));
+        assert!(b.take_request(&r), "requests are a bucket of their own");
+    }
+
     use super::*;
 
     #[test]
@@ -99,6 +127,8 @@ mod tests {
             request_burst,
             reads,
             read_burst,
+            signals: 1,
+            signal_burst: 1,
         }
     }
 

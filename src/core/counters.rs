@@ -162,6 +162,10 @@ pub struct ShardCounters {
     pub(crate) disconnects: [u64; DISCONNECT_REASONS.len()],
     /// At the home: from sequencing a message to handing it to fan-out (see ARCHITECTURE.md).
     pub publish_latency: Histogram,
+    /// `signal` frames accepted from clients.
+    pub signals_in: u64,
+    /// Signals and receipts not queued for a member whose queue was over `signal_queue_bytes`.
+    pub signals_dropped: u64,
 }
 
 impl ShardCounters {
@@ -200,6 +204,8 @@ pub struct WriterCounters {
     pub write_failures: u64,
     /// History and sync reads that failed (each answered with `unavailable`).
     pub read_errors: u64,
+    /// Read positions written to the store (each one key, coalesced per `read_interval_ms`).
+    pub read_position_writes: u64,
 }
 
 /// Counters of the Redis engine, read by a scrape.

@@ -13,6 +13,7 @@
 
 mod home;
 mod keys;
+mod reads;
 mod serve;
 
 use std::collections::VecDeque;
@@ -26,7 +27,7 @@ use crate::engine::{Engine, Outbox, StoreReads};
 use crate::msg::{EngineMsg, ReplyTo, Written};
 use crate::persist::Persist;
 use crate::router::Router;
-use crate::store::{KeyEntry, StreamInfo};
+use crate::store::{KeyEntry, ReadPosition, StreamInfo};
 
 pub use home::{HomeRooms, HomeUsers};
 pub use keys::HomeKeys;
@@ -39,6 +40,8 @@ pub struct Embedded {
     rooms: HomeRooms,
     users: HomeUsers,
     keys: HomeKeys,
+    /// Read positions of the users homed here.
+    reads: reads::HomeReads,
     /// Repeats of a key whose first message is not stored yet (sync durability): answered
     /// once it is, with its seq (or its failure). Nearly always empty.
     repeats: Vec<(Stream, u64, ReplyTo)>,
@@ -69,7 +72,10 @@ impl Embedded {
         config: Arc<Config>,
         persist: Persist,
         seeds: Vec<(StreamInfo, Vec<KeyEntry>)>,
+        positions: Vec<ReadPosition>,
     ) -> Embedded {
+        let mut reads = reads::HomeReads::default();
+        positions.into_iter().for_each(|p| reads.seed(p));
         let mut rooms = HomeRooms::new(router.shards());
         let mut users = HomeUsers::default();
         let mut keys = HomeKeys::new(config.idempotency_max_keys);
@@ -89,6 +95,7 @@ impl Embedded {
             rooms,
             users,
             keys,
+            reads,
             repeats: Vec::new(),
             store: StoreReads::new(persist),
             store_waits: VecDeque::new(),
@@ -135,8 +142,13 @@ impl Engine for Embedded {
         self.occupancy(out);
     }
 
+    fn reads_tick(&mut self, out: &mut Outbox) {
+        self.reads_tick(out);
+    }
+
     fn shutdown(&mut self) {
         self.shutting_down = true;
+        self.reads_flush();
     }
 
     fn snapshot(&self, into: &mut ShardSnapshot) {

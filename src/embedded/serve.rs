@@ -164,6 +164,13 @@ impl Embedded {
                 upto,
                 to,
             })),
+            EngineMsg::Signal {
+                room,
+                frame,
+                exclude,
+            } => self.signal_here(room, frame, exclude, out),
+            EngineMsg::Read(read) => self.read_here(read, out),
+            EngineMsg::Unread { user, reply } => self.unread_here(user, reply, out),
         }
     }
 
@@ -234,7 +241,7 @@ impl Embedded {
     }
 
     /// Sends to shard `to`; an answer for this shard goes into `out`.
-    fn send(&self, to: ShardId, msg: NodeMsg, out: &mut Outbox) {
+    pub(super) fn send(&self, to: ShardId, msg: NodeMsg, out: &mut Outbox) {
         if to == self.id {
             out.push(msg);
         } else {
@@ -255,6 +262,7 @@ impl Embedded {
                 user,
                 conn,
             });
+            self.reads_for(&user, conn, out);
         }
         let (verdict, kick) = match verdict {
             Ok(kick) => (Ok(self.users.inbox_seq(&user)), kick),

@@ -52,6 +52,11 @@ pub trait Engine: Send {
         let _ = out;
     }
 
+    /// Every `read_interval_ms`: coalesced read positions to the store, and due receipts.
+    fn reads_tick(&mut self, out: &mut Outbox) {
+        let _ = out;
+    }
+
     /// The server is shutting down: new connections are refused.
     fn shutdown(&mut self);
 

@@ -38,6 +38,9 @@ pub enum Op {
         limit: usize,
         reply: oneshot::Sender<Result<FeedPage, StoreError>>,
     },
+    /// Set read positions (coalesced by the homes: at most one per user and stream per
+    /// `read_interval_ms`).
+    Reads(Vec<crate::store::ReadPosition>),
     /// Sync and stop, after everything queued before it.
     Stop,
     /// Answer a metrics scrape with the writer's counters, after the writes queued before it.
@@ -92,5 +95,13 @@ pub enum Read {
         user: Name,
         reply: ReplyTo,
         since: u64,
+    },
+    /// `GET /api/users/{user}/unread`: the user's positions with each stream's last seq (the
+    /// inbox's from its home; the rooms' as stored).
+    Unread {
+        user: Name,
+        positions: Vec<(Stream, u64)>,
+        inbox_seq: u64,
+        reply: ReplyTo,
     },
 }

@@ -93,7 +93,43 @@ impl Writer {
                     .map(|m| self.page(m, self.replay_limit));
                 self.answer_page(reply, None, page);
             }
+            Read::Unread {
+                user,
+                positions,
+                inbox_seq,
+                reply,
+            } => self.unread(user, positions, inbox_seq, reply),
         }
+    }
+
+    /// The unread counts of a user: per room with a read position, and the inbox.
+    fn unread(
+        &mut self,
+        user: Name,
+        positions: Vec<(Stream, u64)>,
+        inbox_seq: u64,
+        reply: ReplyTo,
+    ) {
+        let entry = |seq: u64, read: u64| serde_json::json!({"seq": seq, "read": read, "unread": seq.saturating_sub(read)});
+        let mut inbox_read = 0;
+        let mut rooms = serde_json::Map::new();
+        for (stream, read) in positions {
+            match &stream {
+                Stream::Inbox(_) => inbox_read = read,
+                Stream::Room(room) => {
+                    let seq = self.store.last_seq(&stream).unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "last seq read failed");
+                        read
+                    });
+                    rooms.insert(room.to_string(), entry(seq.max(read), read));
+                }
+            }
+        }
+        let body = serde_json::json!({
+            "user": &*user, "inbox": entry(inbox_seq, inbox_read), "rooms": rooms,
+        });
+        let (shard, msg) = reply.answer(|_| Bytes::new(), || body.to_string().into());
+        self.router.send(shard, msg);
     }
 
     /// Answers a `history` (with `room`) or `sync` read: the page frame to a connection, or its

@@ -171,6 +171,7 @@ impl Writer {
         let mut scrapes = Vec::new();
         let mut feed: Vec<FeedRecord> = Vec::new();
         let mut feed_reads = Vec::new();
+        let mut positions = Vec::new();
         let mut stop = false;
         for op in ops {
             match op {
@@ -194,6 +195,7 @@ impl Writer {
                     limit,
                     reply,
                 } => feed_reads.push((after, limit, reply)),
+                Op::Reads(p) => positions.extend(p),
                 Op::Stop => stop = true,
                 Op::Stats(reply) => scrapes.push(reply),
                 #[cfg(feature = "fault-injection")]
@@ -241,6 +243,16 @@ impl Writer {
         for (after, limit, reply) in feed_reads {
             let durable = self.feed.as_ref().map_or(0, |f| f.durable());
             let _ = reply.send(read_page(&*self.store, after, limit, durable));
+        }
+        if !positions.is_empty() {
+            let durable = self.durability == Durability::Sync;
+            match self.store.write_reads(&positions, durable) {
+                Ok(()) => self.counters.read_position_writes += positions.len() as u64,
+                Err(e) => {
+                    tracing::error!(error = %e, "store write of read positions failed");
+                    self.counters.write_failures += 1;
+                }
+            }
         }
         for r in reads {
             self.read(r);

@@ -365,6 +365,86 @@ pub fn error(id: Option<&ReqId>, err: &ReplyError) -> Bytes {
     j.finish()
 }
 
+// ----- signals, read positions and receipts (issue 23) -------------------------------------------
+
+/// `{"type":"signal","room":R,"from":U,"body":B}`, `body` spliced.
+pub fn signal(room: &Name, from: &Name, body: &[u8]) -> Bytes {
+    let mut j = Json::new(48 + room.len() + from.len() + body.len());
+    j.raw(r#"{"type":"signal","room":"#).name(room);
+    j.raw(r#","from":"#).name(from).raw(r#","body":"#);
+    j.0.push(body);
+    j.raw("}");
+    j.finish()
+}
+
+/// `{"type":"read","room":R,"seq":N}`, or `{"type":"read","inbox":true,"seq":N}` for the
+/// inbox (`room` is `None`): the user's read position moved.
+pub fn read_moved(room: Option<&Name>, seq: u64) -> Bytes {
+    let mut j = Json::new(48 + room.map_or(0, |r| r.len()));
+    match room {
+        Some(room) => j.raw(r#"{"type":"read","room":"#).name(room),
+        None => j.raw(r#"{"type":"read","inbox":true"#),
+    };
+    j.raw(r#","seq":"#).u64(seq).raw("}");
+    j.finish()
+}
+
+/// The ack of a `read`: `{"type":"ack","id":I,"room":R,"read":N}` (or `"inbox":true`), with
+/// the position now held.
+pub fn read_ack(id: Option<&ReqId>, room: Option<&Name>, read: u64) -> Bytes {
+    let mut j = Json::new(64 + room.map_or(0, |r| r.len()));
+    j.raw(r#"{"type":"ack","#).id(id);
+    match room {
+        Some(room) => j.raw(r#""room":"#).name(room),
+        None => j.raw(r#""inbox":true"#),
+    };
+    j.raw(r#","read":"#).u64(read).raw("}");
+    j.finish()
+}
+
+/// `{"type":"receipt","room":R,"user":U,"seq":N}`: a member has read the room up to N.
+pub fn receipt(room: &Name, user: &Name, seq: u64) -> Bytes {
+    let mut j = Json::new(56 + room.len() + user.len());
+    j.raw(r#"{"type":"receipt","room":"#).name(room);
+    j.raw(r#","user":"#)
+        .name(user)
+        .raw(r#","seq":"#)
+        .u64(seq)
+        .raw("}");
+    j.finish()
+}
+
+/// A join ack with the user's read position in the room added: `"read":N`.
+pub fn with_read(ack: &Bytes, read: u64) -> Bytes {
+    let json = crate::ws::payload_of(ack);
+    let mut j = Json::new(json.len() + 24);
+    j.0.push(&json[..json.len().saturating_sub(1)]);
+    j.raw(r#","read":"#).u64(read).raw("}");
+    j.finish()
+}
+
+/// `welcome` with the read positions added: `"inbox_read":N,"reads":{"R":{"seq":S,"read":N}}`
+/// (the inbox's position, and each room joined at connect's last seq and position; 0 where
+/// the user has read nothing).
+pub fn with_reads(welcome: &Bytes, inbox_read: u64, rooms: &[(Name, u64, u64)]) -> Bytes {
+    let json = crate::ws::payload_of(welcome);
+    let room_bytes = rooms.iter().map(|(r, _, _)| r.len() + 48).sum::<usize>();
+    let mut j = Json::new(json.len() + 32 + room_bytes);
+    j.0.push(&json[..json.len().saturating_sub(1)]);
+    j.raw(r#","inbox_read":"#)
+        .u64(inbox_read)
+        .raw(r#","reads":{"#);
+    for (i, (room, seq, read)) in rooms.iter().enumerate() {
+        if i > 0 {
+            j.raw(",");
+        }
+        j.name(room).raw(r#":{"seq":"#).u64(*seq);
+        j.raw(r#","read":"#).u64(*read).raw("}");
+    }
+    j.raw("}}");
+    j.finish()
+}
+
 #[cfg(test)]
 mod tests {
 

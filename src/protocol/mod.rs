@@ -80,6 +80,16 @@ pub enum ClientMessage<'a> {
     Connect {
         token: Cow<'a, str>,
     },
+    /// A signal (typing…) for the room's other members: not stored, no seq.
+    Signal {
+        room: Name,
+        body: &'a RawValue,
+    },
+    /// The user has read `room` (or, with `None`, the inbox) up to `seq`.
+    Read {
+        room: Option<Name>,
+        seq: u64,
+    },
 }
 
 /// A frame that could not be parsed; `id` is set when the frame had a valid one, to echo it.
@@ -117,6 +127,10 @@ struct Envelope<'a> {
     after: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     key: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    seq: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    inbox: Option<&'a RawValue>,
 }
 
 pub(crate) fn present<'de, D: serde::Deserializer<'de>>(
@@ -218,12 +232,28 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
         "ping" => ClientMessage::Ping,
         "refresh" => ClientMessage::Refresh { token: token()? },
         "connect" => ClientMessage::Connect { token: token()? },
+        "signal" => ClientMessage::Signal {
+            room: name("room", env.room)?,
+            body: body()?,
+        },
+        "read" => read_target(env.room, env.inbox)
+            .map_err(with_id)
+            .and_then(|inbox| {
+                Ok(ClientMessage::Read {
+                    room: if inbox {
+                        None
+                    } else {
+                        Some(name("room", env.room)?)
+                    },
+                    seq: int("seq", env.seq)?.ok_or_else(|| with_id(missing("seq")))?,
+                })
+            })?,
         other => {
             return Err(with_id(ReplyError::new(
                 ErrorCode::UnknownType,
                 format!(
                     "unknown type {:?}; expected join, leave, publish, send, presence, history, \
-                     sync, ping, refresh or connect",
+                     sync, signal, read, ping, refresh or connect",
                     truncate(other, 32)
                 ),
             )));
@@ -273,6 +303,28 @@ fn nests_deeper(json: &[u8], max: usize) -> bool {
         i += 1;
     }
     false
+}
+
+/// Whether a `read` is of the inbox (`"inbox":true`, no `room`) rather than of a room.
+fn read_target(room: Option<&RawValue>, inbox: Option<&RawValue>) -> Result<bool, ReplyError> {
+    let inbox = match inbox.map(|raw| raw.get()) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ReplyError::new(
+                ErrorCode::BadRequest,
+                "`inbox` must be true or false",
+            ));
+        }
+    };
+    match (inbox, room.is_some()) {
+        (true, true) => Err(ReplyError::new(
+            ErrorCode::BadRequest,
+            "a read is of a `room` or of the `inbox`, not both",
+        )),
+        (false, false) => Err(missing("room")),
+        (inbox, _) => Ok(inbox),
+    }
 }
 
 fn missing(field: &str) -> ReplyError {

@@ -120,13 +120,21 @@ impl Server {
             };
             seeds[router.home(name)].push((info, keys));
         }
+        // Read positions, at each user's home (the Redis engine keeps them in Redis).
+        let mut positions = vec![Vec::new(); shards];
+        if cluster.is_none() {
+            for p in store.reads()? {
+                positions[router.home(&p.0)].push(p);
+            }
+        }
+        let mut positions = positions.into_iter();
         let health = Arc::new(Health::default());
         let store_threads =
             persist::Threads::start(store, router.clone(), config.clone(), health.clone())
                 .map_err(StartError::Thread)?;
         let handle = cluster.as_ref().map(|c| c.handle.clone());
-        let engine_for = |id: usize,
-                          seeds: Vec<(StreamInfo, Vec<KeyEntry>)>|
+        let mut engine_for = |id: usize,
+                              seeds: Vec<(StreamInfo, Vec<KeyEntry>)>|
          -> Box<dyn crate::engine::Engine> {
             let persist = store_threads.persist();
             match &handle {
@@ -137,6 +145,7 @@ impl Server {
                     config.clone(),
                     persist,
                     seeds,
+                    positions.next().unwrap_or_default(),
                 )),
             }
         };

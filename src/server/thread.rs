@@ -92,6 +92,7 @@ async fn run(setup: ShardSetup) {
     }
     tokio::task::spawn_local(runtime::heartbeat(ctx.clone()));
     tokio::task::spawn_local(runtime::engine_timer(ctx.clone()));
+    tokio::task::spawn_local(runtime::reads_timer(ctx.clone()));
     tokio::task::spawn_local(runtime::flusher(ctx.clone()));
     inbox_loop(&ctx, inbox).await;
 

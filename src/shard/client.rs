@@ -96,7 +96,7 @@ impl Shard {
             .flat_map(|g| g.joined_at_connect().cloned())
             .collect();
         self.stats.frames_out += 1;
-        let welcome = encode::welcome(&conn.user, &rooms, self.config.heartbeat_ms, inbox_seq);
+        let welcome = self.welcome(conn, &rooms, inbox_seq);
         conn.push_behind(head, Rc::new(welcome));
         conn.hold.set(conn.hold.get() + 1);
         self.hub_attach(conn);
@@ -149,6 +149,7 @@ impl Shard {
             return;
         }
         self.conns.remove(&conn.id);
+        self.reads.forget_conn(conn.id);
         self.hub_detach(conn);
         let rooms = std::mem::take(&mut *conn.rooms.borrow_mut());
         for entry in rooms {

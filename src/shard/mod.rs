@@ -19,6 +19,7 @@
 //! and `protocol`), do HTTP (that is `http`) or know which engine runs.
 
 mod budget;
+mod chat;
 mod client;
 mod hooked;
 mod hub;
@@ -74,6 +75,8 @@ pub struct Shard {
     next_call: u64,
     /// Each user's budget for stored bytes on this shard.
     budgets: budget::StoreBudgets,
+    /// This shard's copy of its users' read positions.
+    reads: chat::ReadCache,
     // ----- hub -----
     hub: hub::Hub,
     // ----- output ---------------------------------------------------------------------------
@@ -116,6 +119,7 @@ impl Shard {
             api_calls: AHashMap::new(),
             next_call: 0,
             budgets: budget::StoreBudgets::default(),
+            reads: chat::ReadCache::default(),
             hub: hub::Hub::default(),
             dirty: Vec::new(),
             ping: Rc::new(ws::control_frame(ws::OP_PING, b"")),
@@ -174,6 +178,18 @@ impl Shard {
                 own,
             } => self.deliver(stream, seq, frame, exclude, own),
             NodeMsg::Batch(msgs) => msgs.into_iter().for_each(|m| self.on_node(m)),
+            NodeMsg::Signal {
+                room,
+                frame,
+                exclude,
+            } => self.deliver_signal(&room, frame, exclude),
+            NodeMsg::Reads { user, reads } => self.reads_known(user, reads),
+            NodeMsg::ReadMoved {
+                user,
+                stream,
+                seq,
+                exclude,
+            } => self.read_moved(user, stream, seq, exclude),
         }
     }
 
@@ -234,6 +250,12 @@ impl Shard {
             self.on_node(msg);
         }
         self.draining = false;
+    }
+
+    /// Every `read_interval_ms`: the engine's coalesced read positions and receipts.
+    pub fn reads_tick(&mut self) {
+        self.engine.reads_tick(&mut self.outbox);
+        self.drain();
     }
 
     /// Every `occupancy_interval_ms`: the engine's coalesced events (`occupancy`).

@@ -152,6 +152,8 @@ impl Shard {
                         since,
                     })
                 }),
+            ClientMessage::Signal { room, body } => self.signal(conn, room, body, id.as_ref()),
+            ClientMessage::Read { room, seq } => self.read(conn, room, seq, id.clone()),
             ClientMessage::Presence { room, after, limit } => self
                 .member(conn, &room, "asking who is in")
                 .and_then(|()| self.may(conn, &room, Rights::PRESENCE))
@@ -273,6 +275,7 @@ impl Shard {
             return;
         };
         if j.id.is_none() {
+            self.token_room_joined(conn, &j.room, seq);
             conn.hold.set(conn.hold.get().saturating_sub(1));
             self.mark_dirty(conn);
         }
@@ -293,7 +296,8 @@ impl Shard {
             rights: self.rights_in(conn, room),
             members: None,
         };
-        encode::with_room(&encode::ack(id, Target::Room(room), Some(seq)), &info)
+        let ack = encode::with_room(&encode::ack(id, Target::Room(room), Some(seq)), &info);
+        self.with_read(&conn.user, room, &ack)
     }
 
     /// A `leave`. A join still pending is cancelled: its request (and any repeat) is answered
@@ -340,6 +344,7 @@ impl Shard {
         self.hub_leave(conn, &entry);
         if let Some(j) = self.joins.remove(&entry.jgen) {
             if j.id.is_none() {
+                self.token_room_joined(conn, &j.room, 0);
                 conn.hold.set(conn.hold.get().saturating_sub(1));
                 self.mark_dirty(conn);
             }
@@ -419,6 +424,7 @@ impl Shard {
         self.hub_leave(&c, &entry);
         if let Some(j) = self.joins.remove(&jgen) {
             if j.id.is_none() {
+                self.token_room_joined(&c, &j.room, 0);
                 c.hold.set(c.hold.get().saturating_sub(1));
                 self.mark_dirty(&c);
             }
@@ -428,7 +434,7 @@ impl Shard {
         }
     }
 
-    fn member(&self, conn: &Conn, room: &Name, doing: &str) -> Result<(), ReplyError> {
+    pub(super) fn member(&self, conn: &Conn, room: &Name, doing: &str) -> Result<(), ReplyError> {
         if conn.rooms.borrow().iter().any(|e| &e.room == room) {
             Ok(())
         } else {

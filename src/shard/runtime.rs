@@ -170,6 +170,12 @@ pub async fn engine_timer(ctx: Rc<Ctx>) {
     periodic(ctx, period, Shard::engine_tick).await
 }
 
+/// Gives the engine its read-positions tick every `read_interval_ms`, until shutdown.
+pub async fn reads_timer(ctx: Rc<Ctx>) {
+    let period = Duration::from_millis(ctx.config.read_interval_ms);
+    periodic(ctx, period, Shard::reads_tick).await
+}
+
 /// Runs `f` on the shard every `period` (the first time after one period), flushing after
 /// each, until shutdown.
 async fn periodic(ctx: Rc<Ctx>, period: Duration, f: fn(&mut Shard)) {

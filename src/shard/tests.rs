@@ -35,6 +35,7 @@ fn shard_with(config: Config) -> Shard {
             config.clone(),
             Persist::discarding(),
             Vec::new(),
+            Vec::new(),
         );
         Shard::new(
             0,

@@ -18,10 +18,10 @@ use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::{
-    Append, FeedRecord, FeedState, KeyEntry, Store, StoreError, StoredMessage, StreamInfo,
-    last_seqs, trimmed,
+    Append, FeedRecord, FeedState, KeyEntry, ReadPosition, Store, StoreError, StoredMessage,
+    StreamInfo, from_read_key, last_seqs, read_key, trimmed,
 };
-use crate::core::Stream;
+use crate::core::{Name, Stream};
 
 /// How much memory the store may use: its block cache, and unflushed messages (the memtable
 /// of the `messages` keyspace; the small keyspaces take at most `SMALL_MEMTABLE_BYTES`).
@@ -44,6 +44,16 @@ impl Default for StoreMemory {
             feed: false,
         }
     }
+}
+
+/// Read positions live in the `cursors` keyspace under this first byte (a stream's cursor key
+/// starts with `r` or `i`), so the store keeps no keyspace more for them.
+const POSITIONS: u8 = b'p';
+
+fn positions_key(user: &Name, stream: &Stream) -> Vec<u8> {
+    let mut k = vec![POSITIONS];
+    k.extend_from_slice(&read_key(user, stream));
+    k
 }
 
 /// The memtable of the per-stream keyspaces (`last_seq`, `cursors`).
@@ -449,6 +459,41 @@ impl Store for FjallStore {
                 ts,
                 payload: Bytes::copy_from_slice(payload),
             });
+        }
+        Ok(out)
+    }
+
+    fn write_reads(&self, reads: &[ReadPosition], durable: bool) -> Result<(), StoreError> {
+        let guard = self.db()?;
+        let db = guard.as_ref().expect("checked");
+        let mut tx = db.db.batch();
+        for (user, stream, seq) in reads {
+            tx.insert(&db.cursors, positions_key(user, stream), seq.to_be_bytes());
+        }
+        tx.commit().map_err(write_err)?;
+        // Into the OS at least, so a kill -9 keeps them; to the disk under sync durability.
+        let mode = if durable {
+            PersistMode::SyncAll
+        } else {
+            PersistMode::Buffer
+        };
+        db.db.persist(mode).map_err(write_err)
+    }
+
+    fn last_seq(&self, stream: &Stream) -> Result<u64, StoreError> {
+        let guard = self.db()?;
+        Db::u64_at(&guard.as_ref().expect("checked").last, &stream.prefix())
+    }
+
+    fn reads(&self) -> Result<Vec<ReadPosition>, StoreError> {
+        let guard = self.db()?;
+        let db = guard.as_ref().expect("checked");
+        let mut out = Vec::new();
+        for guard in db.cursors.prefix([POSITIONS]) {
+            let (key, value) = guard.into_inner().map_err(read_err)?;
+            if let Some((user, stream)) = from_read_key(&key[1..]) {
+                out.push((user, stream, be_u64(&value)));
+            }
         }
         Ok(out)
     }

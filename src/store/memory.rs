@@ -7,14 +7,16 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 use super::{
-    Append, FeedRecord, FeedState, KeyEntry, Store, StoreError, StoredMessage, StreamInfo,
-    last_seqs, trimmed,
+    Append, FeedRecord, FeedState, KeyEntry, ReadPosition, Store, StoreError, StoredMessage,
+    StreamInfo, from_read_key, last_seqs, read_key, trimmed,
 };
 use crate::core::Stream;
 
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<HashMap<Stream, Entry>>,
+    /// Read positions by `read_key`.
+    reads: Mutex<BTreeMap<Vec<u8>, u64>>,
     feed: Mutex<Feed>,
 }
 
@@ -87,6 +89,21 @@ fn trim_front(map: &mut BTreeMap<u64, (u64, Bytes)>, keep_from: u64, min_ts: u64
 }
 
 impl Store for MemoryStore {
+    fn write_reads(&self, reads: &[ReadPosition], _durable: bool) -> Result<(), StoreError> {
+        let mut map = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+        for (user, stream, seq) in reads {
+            map.insert(read_key(user, stream), *seq);
+        }
+        Ok(())
+    }
+
+    fn reads(&self) -> Result<Vec<ReadPosition>, StoreError> {
+        let map = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+        Ok((map.iter())
+            .filter_map(|(k, &seq)| from_read_key(k).map(|(u, s)| (u, s, seq)))
+            .collect())
+    }
+
     fn write(
         &self,
         appends: &[Append],

@@ -81,6 +81,25 @@ pub struct FeedState {
     pub mark: u64,
 }
 
+/// A user's read position in a stream: every message up to the seq is read.
+pub type ReadPosition = (Name, Stream, u64);
+
+/// The key of a read position: `user ++ 0x00 ++ stream prefix` (names never hold 0x00).
+fn read_key(user: &Name, stream: &Stream) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.len() + stream.name().len() + 3);
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&stream.prefix());
+    k
+}
+
+/// The user and stream of a `read_key`.
+fn from_read_key(key: &[u8]) -> Option<(Name, Stream)> {
+    let nul = key.iter().position(|&b| b == 0)?;
+    let user = Name::new(std::str::from_utf8(&key[..nul]).ok()?).ok()?;
+    Some((user, Stream::from_prefix(&key[nul + 1..])?))
+}
+
 /// A remembered idempotency key: the seq of the message it names and its "SENDER KEY".
 pub type KeyEntry = (u64, Bytes);
 
@@ -201,6 +220,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything written so far durable.
     fn sync(&self) -> Result<(), StoreError>;
+
+    /// Sets read positions (user, stream → seq) in one commit; with `durable`, synced. A store
+    /// that keeps none (the cluster's reads) ignores them.
+    fn write_reads(&self, _reads: &[ReadPosition], _durable: bool) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The stream's last seq (0 if never written).
+    fn last_seq(&self, stream: &Stream) -> Result<u64, StoreError> {
+        let streams = self.streams()?;
+        Ok((streams.iter().find(|i| &i.stream == stream)).map_or(0, |i| i.last_seq))
+    }
+
+    /// Every stored read position.
+    fn reads(&self) -> Result<Vec<ReadPosition>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The highest seq per stream in a batch, for the last-seq records.

@@ -29,6 +29,7 @@
 // Each test binary compiles all of `common` and uses a part of it.
 #![allow(dead_code)]
 
+pub mod chat;
 pub mod cluster;
 pub mod keys;
 pub mod proxy;

@@ -20,6 +20,7 @@ pub(super) struct Scripts {
     pub(super) tail: Script,
     pub(super) lease: Script,
     pub(super) rollback: Script,
+    pub(super) read: Script,
 }
 
 /// Each script with the shared functions (`lua/common.lua`) in front.
@@ -43,9 +44,10 @@ const UNREGISTER: &str = lua!("../lua/unregister.lua");
 const TAIL: &str = lua!("../lua/tail.lua");
 const LEASE: &str = include_str!("../lua/lease.lua");
 const ROLLBACK: &str = include_str!("../lua/rollback.lua");
-const ALL: [&str; 14] = [
+const READ: &str = include_str!("../lua/read.lua");
+const ALL: [&str; 15] = [
     PUBLISH, JOIN, LEAVE, REFRESH, PRESENCE, OCCUPANCY, REGISTER, ONLINE, CURSOR, SESSIONS,
-    UNREGISTER, TAIL, LEASE, ROLLBACK,
+    UNREGISTER, TAIL, LEASE, ROLLBACK, READ,
 ];
 
 impl Scripts {
@@ -65,6 +67,7 @@ impl Scripts {
             tail: Script::new(TAIL),
             lease: Script::new(LEASE),
             rollback: Script::new(ROLLBACK),
+            read: Script::new(READ),
         }
     }
 }

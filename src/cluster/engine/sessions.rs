@@ -70,6 +70,9 @@ impl Node {
         };
         if verdict.is_err() {
             self.remove_session(&user, conn);
+        } else {
+            let reads = self.reads_of(&user).await;
+            self.send(conn.shard(), NodeMsg::Reads { user, reads });
         }
         self.send(conn.shard(), NodeMsg::Admitted { conn, verdict });
     }

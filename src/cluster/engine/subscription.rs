@@ -374,6 +374,11 @@ impl Node {
                         ..
                     } => (Some(seq), json, exclude, own),
                     Wire::Event { exclude, json } => (None, json, exclude, None),
+                    Wire::Signal { exclude, json } => {
+                        let shards = r.shards.clone();
+                        drop(st);
+                        return self.signal_heard(&shards, room, &json, exclude);
+                    }
                     Wire::Occupancy(total) => {
                         drop(st);
                         return self.heard(room, total);
@@ -416,6 +421,11 @@ impl Node {
                         (u.shards.clone(), Some(seq), json, exclude)
                     }
                     Wire::Forward { exclude, json } => (u.shards.clone(), None, json, exclude),
+                    Wire::ReadMoved { seq, exclude, room } => {
+                        let shards = u.shards.clone();
+                        drop(st);
+                        return self.read_heard(&shards, user, room, seq, exclude);
+                    }
                     Wire::CloseOthers(except) => {
                         for shard in shards_with(&u.shards) {
                             let msg = NodeMsg::CloseUser {

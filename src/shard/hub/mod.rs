@@ -89,6 +89,11 @@ impl Hub {
         self.rooms.get(room).map_or(0, HubRoom::last)
     }
 
+    /// The room's live members on this shard.
+    pub fn members(&self, room: &Name) -> &[Rc<Conn>] {
+        self.rooms.get(room).map_or(&[], |r| &r.members[..])
+    }
+
     /// The user's attached connections on this shard.
     pub fn conns_of(&self, user: &Name) -> Vec<Rc<Conn>> {
         self.users
@@ -116,6 +121,7 @@ impl Shard {
             && remove_conn(&mut u.conns, conn.id)
         {
             self.hub.users.remove(&conn.user);
+            self.reads.forget(&conn.user);
         }
         self.hub.inbox.remove(&conn.id);
         let rooms = conn.rooms.borrow();
@@ -163,6 +169,7 @@ impl Shard {
             return;
         }
         if let Some(ack) = ack {
+            let ack = self.with_read(&c.user, &room, &ack);
             self.enqueue(&c, &Rc::new(ack));
         }
         if !replay {

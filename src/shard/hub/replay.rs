@@ -47,6 +47,7 @@ impl Shard {
                 }
                 let acked = ack.is_some();
                 if let Some(ack) = ack {
+                    let ack = self.with_read(&c.user, &room, &ack);
                     self.enqueue(&c, &Rc::new(ack));
                 }
                 let Some(hr) = self.hub.rooms.get_mut(&room) else {

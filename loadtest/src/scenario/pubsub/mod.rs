@@ -20,6 +20,7 @@
 //! `resend`: `--resend`'s reconnect and resend of unacked messages.
 
 mod conn;
+pub mod extras;
 mod publish;
 mod resend;
 
@@ -109,7 +110,11 @@ impl Publishing {
     pub async fn join(self) -> anyhow::Result<Vec<(usize, u64)>> {
         let mut sent = Vec::with_capacity(self.handles.len());
         for h in self.handles {
-            sent.push(h.await.context("a publisher task panicked")?);
+            let (slot, n) = h.await.context("a publisher task panicked")?;
+            // A connection's chat extras (usize::MAX) send no messages.
+            if slot != usize::MAX {
+                sent.push((slot, n));
+            }
         }
         Ok(sent)
     }
@@ -249,6 +254,7 @@ impl Engine {
         let body_size = load.map_or(64, |l| l.body_size);
         let keyed = load.is_some_and(|l| l.keyed);
         let max_in_flight = load.map_or(u64::MAX, |l| l.max_in_flight);
+        let (signal_rate, read_rate) = load.map_or((0.0, 0.0), |l| (l.signal_rate, l.read_rate));
         let mut writers = std::mem::take(&mut self.writers);
         let mut handles = Vec::new();
         let mut beats = Vec::new();
@@ -265,6 +271,21 @@ impl Engine {
                     period_ns: ps.period_ns,
                     notify: ps.tick.clone(),
                 });
+            }
+            if let Some(room) = extras::Extras::for_room(&plan.dest, signal_rate, read_rate) {
+                let extras = extras::Extras {
+                    shared: shared.clone(),
+                    writer: writer.clone(),
+                    room,
+                    signal_rate,
+                    read_rate,
+                    end_ns: end_ns.clone(),
+                    phase: plan.phase,
+                };
+                handles.push(tokio::spawn(async move {
+                    extras.run().await;
+                    (usize::MAX, 0)
+                }));
             }
             let job = PublishJob {
                 shared: shared.clone(),
