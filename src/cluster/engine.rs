@@ -37,8 +37,8 @@ use crate::router::Router;
 use crate::ws;
 
 mod batch;
-mod failover;
 mod chat;
+mod failover;
 mod messages;
 mod order;
 mod replicas;

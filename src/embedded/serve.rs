@@ -256,13 +256,12 @@ impl Embedded {
             self.users.admit(&self.config, &user, conn)
         };
         if verdict.is_ok() {
-            let user = user.clone();
+            self.reads_for(&user, conn, out);
             self.store.feed(|| FeedEvent::Conn {
                 connected: true,
-                user,
+                user: user.clone(),
                 conn,
             });
-            self.reads_for(&user, conn, out);
         }
         let (verdict, kick) = match verdict {
             Ok(kick) => (Ok(self.users.inbox_seq(&user)), kick),
