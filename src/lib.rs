@@ -56,6 +56,6 @@ pub mod router;
 mod routes;
 pub mod server;
 pub mod shard;
-mod store;
+pub mod store;
 mod web;
 pub mod ws;

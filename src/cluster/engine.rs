@@ -36,6 +36,7 @@ use crate::protocol::encode::{self, Target as To};
 use crate::router::Router;
 use crate::ws;
 
+mod events;
 mod messages;
 mod rooms;
 mod scripts;
@@ -524,6 +525,18 @@ impl Node {
                 };
                 me.answer(answer);
             }),
+            EngineMsg::Event {
+                room,
+                from,
+                event,
+                api,
+                reply,
+            } => self.spawn(async move { me.event(room, (from, event, api), reply).await }),
+            // The embedded engine's store writer sends these; this engine checks in its script.
+            EngineMsg::Checked { reply, .. } => {
+                tracing::error!("an event check reached the Redis engine's thread");
+                self.answer(reply.fail(unavailable()));
+            }
             // Reads the shards hand to the store thread themselves (`StoreReads`).
             EngineMsg::History { .. } | EngineMsg::Sync { .. } => {
                 tracing::error!("a history or sync read reached the Redis engine's thread");

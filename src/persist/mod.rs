@@ -12,6 +12,7 @@
 //!   (`Joined`).
 //! - `writer`: the writer thread: batches, group commit, answers to the homes.
 //! - `read`: replays, gaps and history pages, capped to what one reply may carry.
+//! - `events`: checks of edits, deletes and reactions; folded history pages.
 //! - `disk`: the free-disk floor. `trim`: the trimmer thread.
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::router::Router;
 use crate::store::Store;
 
 mod disk;
+mod events;
 mod op;
 mod read;
 #[cfg(test)]

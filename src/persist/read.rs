@@ -77,6 +77,22 @@ impl Writer {
                 reply,
                 before,
                 limit,
+                fold: Some(fold),
+            } => self.fold_history(room, reply, (before, limit), fold),
+            Read::Check {
+                room,
+                from,
+                event,
+                api,
+                reply,
+                home,
+            } => self.check_event((room, from, event, api), reply, home),
+            Read::History {
+                room,
+                reply,
+                before,
+                limit,
+                fold: None,
             } => {
                 let stream = Stream::Room(room.clone());
                 let page = self

@@ -16,8 +16,12 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::{Append, KeyEntry, Store, StoreError, StoredMessage, StreamInfo, last_seqs, trimmed};
+use super::{
+    Append, KeyEntry, Store, StoreError, StoredMessage, StreamInfo, last_seqs, parse_folded,
+    trimmed,
+};
 use crate::core::Stream;
+use crate::core::event::Folded;
 
 /// How much memory the store may use: its block cache, and unflushed messages (the memtable
 /// of the `messages` keyspace; the small keyspaces take at most `SMALL_MEMTABLE_BYTES`).
@@ -54,6 +58,8 @@ struct Db {
     db: Database,
     messages: Keyspace,
     keys: Keyspace,
+    /// A changed message's folded state (`core::event::Folded` as JSON), by its message key.
+    folds: Keyspace,
     last: Keyspace,
     cursors: Keyspace,
     broken: bool,
@@ -77,6 +83,7 @@ impl Db {
         Ok(Db {
             messages: ks("messages", memory.memtable_bytes)?,
             keys: ks("keys", small)?,
+            folds: ks("folds", small)?,
             last: ks("last_seq", small)?,
             cursors: ks("cursors", small)?,
             db,
@@ -106,6 +113,15 @@ impl Db {
                 value.extend_from_slice(&a.ts.to_be_bytes());
                 value.extend_from_slice(key);
                 tx.insert(&self.keys, a.stream.key(a.seq), value);
+            }
+            if let Some(ev) = &a.event {
+                tx.insert(&self.folds, a.stream.key(ev.target), ev.state_json());
+                for (seq, ts, payload) in &ev.rewrites {
+                    let mut value = Vec::with_capacity(8 + payload.len());
+                    value.extend_from_slice(&ts.to_be_bytes());
+                    value.extend_from_slice(payload);
+                    tx.insert(&self.messages, a.stream.key(*seq), value);
+                }
             }
         }
         for (stream, seq) in last_seqs(appends) {
@@ -147,6 +163,29 @@ impl Db {
             tx.commit().map_err(write_err)?;
         }
         Ok(removed)
+    }
+
+    /// Deletes the folded states of messages no longer stored (below the first kept one):
+    /// a trimmed message's latest body must not outlive it.
+    fn trim_folds(&self, stream: &Stream) -> Result<(), StoreError> {
+        let kept = match self.messages.prefix(stream.prefix()).next() {
+            Some(first) => seq_of(&first.key().map_err(read_err)?)?,
+            None => u64::MAX,
+        };
+        let mut tx = self.db.batch();
+        let mut any = false;
+        for guard in self.folds.prefix(stream.prefix()) {
+            let key = guard.key().map_err(read_err)?;
+            if seq_of(&key)? >= kept {
+                break;
+            }
+            tx.remove(&self.folds, key);
+            any = true;
+        }
+        if any {
+            tx.commit().map_err(write_err)?;
+        }
+        Ok(())
     }
 
     fn read(
@@ -215,6 +254,34 @@ impl FjallStore {
             db: RwLock::new(Some(db)),
             undo: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Flushes every keyspace's memtable to disk, compacts each fully and drops the journal,
+    /// so overwritten and deleted values (a hard delete's erased body) leave the data
+    /// directory's files. The journal is only rotated at 64 MB, so it is removed here once
+    /// everything it holds is in tables (fjall starts a new one when it finds none; keyspace
+    /// names live in tables, not in the journal). Costs a rewrite of the whole store: for an
+    /// offline operator tool and tests, never while a server writes to it.
+    pub fn compact(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let Some(db) = slot.as_ref() else {
+            return Err(StoreError::Write("the store is not open".into()));
+        };
+        db.db.persist(PersistMode::SyncAll).map_err(write_err)?;
+        for ks in [&db.messages, &db.keys, &db.folds, &db.last, &db.cursors] {
+            ks.rotate_memtable_and_wait().map_err(write_err)?;
+            ks.major_compact().map_err(write_err)?;
+        }
+        drop(slot.take());
+        let io = |e: std::io::Error| StoreError::Write(e.to_string());
+        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.extension().is_some_and(|e| e == "jnl") {
+                std::fs::remove_file(&path).map_err(io)?;
+            }
+        }
+        *slot = Some(Db::open(&self.dir, self.memory).map_err(StoreError::Write)?);
+        Ok(())
     }
 
     /// The open database, reopened first if a write failed.
@@ -335,9 +402,24 @@ impl Store for FjallStore {
     fn trim(&self, stream: &Stream, keep_from: u64, min_ts: u64) -> Result<usize, StoreError> {
         let guard = self.db()?;
         let db = guard.as_ref().expect("checked");
-        db.trim_front(&db.messages, stream, |seq, ts| {
+        let removed = db.trim_front(&db.messages, stream, |seq, ts| {
             trimmed(seq, ts, keep_from, min_ts)
-        })
+        })?;
+        if removed > 0 {
+            db.trim_folds(stream)?;
+        }
+        Ok(removed)
+    }
+
+    fn folded(&self, stream: &Stream, seqs: &[u64]) -> Result<Vec<Option<Folded>>, StoreError> {
+        let guard = self.db()?;
+        let db = guard.as_ref().expect("checked");
+        let mut out = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            let value = db.folds.get(stream.key(seq)).map_err(read_err)?;
+            out.push(value.as_deref().map(parse_folded).transpose()?);
+        }
+        Ok(out)
     }
 
     fn keys(&self, stream: &Stream, limit: usize) -> Result<Vec<KeyEntry>, StoreError> {
@@ -397,6 +479,7 @@ mod tests {
                     ts: 1,
                     payload: Bytes::from_static(b"x"),
                     key: None,
+                    event: None,
                 })
                 .collect();
             store.write(&batch, &[], true).unwrap();

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::{Append, KeyEntry, Store, StoreError, StoredMessage, StreamInfo, last_seqs, trimmed};
 use crate::core::Stream;
+use crate::core::event::Folded;
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -22,6 +23,8 @@ struct Entry {
     cursor: u64,
     /// seq → (ts, "SENDER KEY").
     keys: BTreeMap<u64, (u64, Bytes)>,
+    /// seq → a changed message's folded state.
+    folds: BTreeMap<u64, Folded>,
 }
 
 impl MemoryStore {
@@ -70,6 +73,12 @@ impl Store for MemoryStore {
             e.messages.insert(a.seq, (a.ts, a.payload.clone()));
             if let Some(key) = &a.key {
                 e.keys.insert(a.seq, (a.ts, key.clone()));
+            }
+            if let Some(ev) = &a.event {
+                e.folds.insert(ev.target, ev.state.clone());
+                for (seq, ts, payload) in &ev.rewrites {
+                    e.messages.insert(*seq, (*ts, payload.clone()));
+                }
             }
         }
         for (stream, seq) in last_seqs(appends) {
@@ -127,7 +136,18 @@ impl Store for MemoryStore {
             entry.remove();
             removed += 1;
         }
+        let kept = e.messages.keys().next().copied().unwrap_or(u64::MAX);
+        e.folds = e.folds.split_off(&kept);
         Ok(removed)
+    }
+
+    fn folded(&self, stream: &Stream, seqs: &[u64]) -> Result<Vec<Option<Folded>>, StoreError> {
+        let inner = self.inner();
+        let folds = inner.get(stream).map(|e| &e.folds);
+        Ok(seqs
+            .iter()
+            .map(|s| folds.and_then(|f| f.get(s)).cloned())
+            .collect())
     }
 
     fn keys(&self, stream: &Stream, limit: usize) -> Result<Vec<KeyEntry>, StoreError> {

@@ -7,6 +7,7 @@ use super::super::link::Cmds;
 
 pub(super) struct Scripts {
     pub(super) publish: Script,
+    pub(super) event: Script,
     pub(super) join: Script,
     pub(super) leave: Script,
     pub(super) refresh: Script,
@@ -29,6 +30,7 @@ macro_rules! lua {
 }
 
 const PUBLISH: &str = lua!("../lua/publish.lua");
+const EVENT: &str = lua!("../lua/event.lua");
 const JOIN: &str = lua!("../lua/join.lua");
 const LEAVE: &str = lua!("../lua/leave.lua");
 const REFRESH: &str = lua!("../lua/refresh.lua");
@@ -41,8 +43,8 @@ const SESSIONS: &str = lua!("../lua/sessions.lua");
 const UNREGISTER: &str = lua!("../lua/unregister.lua");
 const TAIL: &str = lua!("../lua/tail.lua");
 const LEASE: &str = include_str!("../lua/lease.lua");
-const ALL: [&str; 13] = [
-    PUBLISH, JOIN, LEAVE, REFRESH, PRESENCE, OCCUPANCY, REGISTER, ONLINE, CURSOR, SESSIONS,
+const ALL: [&str; 14] = [
+    PUBLISH, EVENT, JOIN, LEAVE, REFRESH, PRESENCE, OCCUPANCY, REGISTER, ONLINE, CURSOR, SESSIONS,
     UNREGISTER, TAIL, LEASE,
 ];
 
@@ -50,6 +52,7 @@ impl Scripts {
     pub(super) fn new() -> Scripts {
         Scripts {
             publish: Script::new(PUBLISH),
+            event: Script::new(EVENT),
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
             refresh: Script::new(REFRESH),
