@@ -28,6 +28,7 @@ fn js_client_library_tests_pass_against_the_real_server() {
             "--test",
             "--test-reporter=spec",
             "test/client.test.mjs",
+            "test/edits.test.mjs",
         ])
         .current_dir(dir)
         .env("SHARDCAST_BIN", env!("CARGO_BIN_EXE_shardcast"))
