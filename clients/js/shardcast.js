@@ -441,22 +441,38 @@ export class Client {
 
   /** A new body for our own message `target`; resolves with the ack (`seq`: the edit's). */
   edit(room, target, body) {
-    return this.request({ type: "edit", room, target, body });
+    return this.eventRequest({ type: "edit", room, target, body });
   }
 
   /** Deletes our own message `target` (ack `noop: true` if it was deleted already). */
   delete(room, target) {
-    return this.request({ type: "delete", room, target });
+    return this.eventRequest({ type: "delete", room, target });
   }
 
   /** Adds our reaction `emoji` to message `target` (ack `noop: true` if we have it). */
   react(room, target, emoji) {
-    return this.request({ type: "react", room, target, emoji });
+    return this.eventRequest({ type: "react", room, target, emoji });
   }
 
   /** Takes our reaction back (ack `noop: true` if we had none). */
   unreact(room, target, emoji) {
-    return this.request({ type: "unreact", room, target, emoji });
+    return this.eventRequest({ type: "unreact", room, target, emoji });
+  }
+
+  /** The server does not send a connection its own events (as for publishes): once acked
+   * with a seq, the event is emitted here as the others get it (`ts` is this clock's), and
+   * its seq counts as seen. */
+  async eventRequest(frame) {
+    const ack = await this.request(frame);
+    if (ack.seq === undefined) return ack;
+    const r = this.rooms.get(frame.room);
+    if (r && ack.seq > r.seq) {
+      r.own.add(ack.seq);
+      this.advance(r);
+    }
+    const { type, ...fields } = frame;
+    this.emit(type, { body: null, ...fields, type: "message", kind: type, from: this.user, seq: ack.seq, ts: Date.now() });
+    return ack;
   }
 
   /** Resolves with {messages (newest first, each in its current state: latest body, `edited`,

@@ -40,8 +40,12 @@ test("edit, delete, react and unreact arrive as their own events and fold into h
   assert.deepEqual([...view.keys()], [second.seq, first.seq]);
 
   const edited = waitFor(bob, "edit");
+  const own = waitFor(alice, "edit");
   const ack = await alice.edit("r", first.seq, "one, fixed");
   const ev = await edited;
+  // The author's client emits its own event too, as the others get it.
+  const mine = await own;
+  assert.deepEqual([mine.seq, mine.kind, mine.target, mine.body, mine.from], [ack.seq, "edit", first.seq, "one, fixed", "alice"]);
   assert.equal(ev.seq, ack.seq);
   assert.equal(ev.target, first.seq);
   applyEvent(view, ev, "bob");
