@@ -97,14 +97,7 @@ impl Writer {
                     || crate::ws::payload_of(&encode::fold_page(None, &room, items(), more, next)),
                 )
             }
-            Err(e) => {
-                tracing::error!(error = %e, "history read failed");
-                self.counters.read_errors += 1;
-                reply.fail(ReplyError::new(
-                    ErrorCode::Unavailable,
-                    "the message store could not be read; try again",
-                ))
-            }
+            Err(e) => reply.fail(self.page_failed(&e)),
         };
         self.router.send(shard, msg);
     }
