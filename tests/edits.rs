@@ -188,6 +188,7 @@ async fn assert_bad_input(a: &mut Client, b: &mut Client) {
     // None of them reached b, and the room's seq did not move.
     b.assert_silent(std::time::Duration::from_millis(100)).await;
     assert_eq!(a.publish("r", json!("after")).await, 8);
+    assert_room_msg(&b.recv_json().await, "r", "a", &json!("after"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -395,8 +396,50 @@ fn rand_u128() -> u128 {
 
 async fn cluster() -> (RedisServer, Cluster) {
     let redis = RedisServer::start().await;
-    let cluster = Cluster::start(2, &redis.url(), &["--presence-events", "false"]).await;
+    let args = ["--presence-events", "false", "--max-reaction-emojis", "2"];
+    let cluster = Cluster::start(2, &redis.url(), &args).await;
     (redis, cluster)
+}
+
+/// `max_reaction_emojis` (2 here): a third different emoji on a message is `too_large`; the
+/// ones it has may still be added to.
+async fn assert_reaction_emoji_limit(a: &mut Client, b: &mut Client) {
+    let seq = a.publish("r", json!("popular")).await;
+    b.recv_json().await;
+    for emoji in ["a", "b"] {
+        acked(&a.call(react("r", seq, emoji)).await);
+        assert_event(
+            &b.recv_json().await,
+            seq + 1 + u64::from(emoji == "b"),
+            "a",
+            "react",
+            seq,
+        );
+    }
+    let refused = a.call(react("r", seq, "c")).await;
+    assert_error(&refused, "too_large", Some(&refused["id"]));
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains("max_reaction_emojis"), "{refused}");
+    acked(&b.call(react("r", seq, "a")).await);
+    a.recv_json().await;
+    // Taking one back makes room.
+    acked(&a.call(unreact("r", seq, "b")).await);
+    b.recv_json().await;
+    acked(&b.call(react("r", seq, "c")).await);
+    a.recv_json().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_holds_at_most_max_reaction_emojis_different_emoji() {
+    let server = TestServer::start(|c| {
+        quiet(c);
+        c.max_reaction_emojis = 2;
+    });
+    let mut a = dev(server.addr(), "a").await;
+    let mut b = dev(server.addr(), "b").await;
+    a.join("r").await;
+    b.join("r").await;
+    assert_reaction_emoji_limit(&mut a, &mut b).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -413,6 +456,7 @@ async fn cluster_edits_deletes_and_reactions_work_across_nodes() {
     assert_folded(&a.call(fold.clone()).await, true);
     assert_folded(&b.call(fold).await, false);
     assert_bad_input(&mut a, &mut b).await;
+    assert_reaction_emoji_limit(&mut a, &mut b).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

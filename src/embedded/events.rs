@@ -61,6 +61,7 @@ impl Embedded {
             api: w.api,
             reply: w.reply,
             home: self.id,
+            max_emojis: self.config.max_reaction_emojis,
         }));
     }
 

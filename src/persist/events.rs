@@ -4,7 +4,7 @@
 //!
 //! Served in order with the writes, so a check sees every event queued before it.
 
-use crate::core::error::{ErrorCode, ReplyError};
+use crate::core::error::ReplyError;
 use crate::core::event::{Event, EventKind};
 use crate::core::{Name, ShardId, Stream};
 use crate::msg::{EngineMsg, FoldFor, ReplyTo};
@@ -20,19 +20,11 @@ impl Writer {
         &mut self,
         (room, from, event, api): (Name, Name, Event, bool),
         reply: ReplyTo,
-        home: ShardId,
+        (home, max_emojis): (ShardId, usize),
     ) {
         let stream = Stream::Room(room.clone());
-        let verdict = self
-            .decide(&stream, &from, &event, api)
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "event check read failed");
-                self.counters.read_errors += 1;
-                Err(ReplyError::new(
-                    ErrorCode::Unavailable,
-                    "the message store could not be read; try again",
-                ))
-            });
+        let verdict = (self.decide(&stream, (&from, api), &event, max_emojis))
+            .unwrap_or_else(|e| Err(self.page_failed(&e)));
         let verdict = verdict.map(|v| match v {
             Verdict::Noop => None,
             Verdict::Write(w) => Some(w),
@@ -50,9 +42,9 @@ impl Writer {
     fn decide(
         &self,
         stream: &Stream,
-        from: &Name,
+        (from, api): (&Name, bool),
         event: &Event,
-        api: bool,
+        max_emojis: usize,
     ) -> Result<Result<Verdict, ReplyError>, StoreError> {
         let target = self.store.message(stream, event.target)?;
         let state = match &target {
@@ -68,10 +60,9 @@ impl Writer {
         }
         Ok(fold::decide(
             event,
-            from,
-            api,
-            target.as_ref(),
-            state,
+            (from, api),
+            (target.as_ref(), state),
+            max_emojis,
             |_| edits,
         ))
     }

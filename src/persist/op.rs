@@ -88,6 +88,8 @@ pub enum Read {
         api: bool,
         reply: ReplyTo,
         home: ShardId,
+        /// `max_reaction_emojis`.
+        max_emojis: usize,
     },
     Sync {
         user: Name,

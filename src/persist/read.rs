@@ -86,7 +86,8 @@ impl Writer {
                 api,
                 reply,
                 home,
-            } => self.check_event((room, from, event, api), reply, home),
+                max_emojis,
+            } => self.check_event((room, from, event, api), reply, (home, max_emojis)),
             Read::History {
                 room,
                 reply,

@@ -58,13 +58,13 @@ fn no_such(target: u64, why: &str) -> ReplyError {
 
 /// Checks `event` by `from` (`api`: the server API, which may edit or delete anyone's message)
 /// against its stored `target` and folded `state`, and says what to write. `edits` reads the
-/// stored entries of the target's edits (for a hard delete, which rewrites them).
+/// stored entries of the target's edits (for a hard delete, which rewrites them). A message
+/// holds at most `max_emojis` different emoji (`max_reaction_emojis`).
 pub fn decide(
     event: &Event,
-    from: &str,
-    api: bool,
-    target: Option<&StoredMessage>,
-    state: Option<Folded>,
+    (from, api): (&str, bool),
+    (target, state): (Option<&StoredMessage>, Option<Folded>),
+    max_emojis: usize,
     edits: impl FnOnce(&[u64]) -> Vec<StoredMessage>,
 ) -> Result<Verdict, ReplyError> {
     let n = event.target;
@@ -133,6 +133,15 @@ pub fn decide(
         EventKind::React(emoji) => {
             if state.deleted {
                 return Err(no_such(n, "was deleted; it cannot be reacted to"));
+            }
+            if !state.reactions.contains_key(emoji) && state.reactions.len() >= max_emojis {
+                return Err(ReplyError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "message {n} already has {max_emojis} different reactions \
+                         (max_reaction_emojis); react with one of them"
+                    ),
+                ));
             }
             let users = state.reactions.entry(emoji.clone()).or_default();
             if users.iter().any(|u| u == from) {
@@ -248,19 +257,31 @@ mod tests {
         let m = msg(1, M);
         let edit = ev(EventKind::Edit(Bytes::from_static(b"\"new\"")));
         let none = |_: &[u64]| Vec::new();
-        let err = decide(&edit, "b", false, Some(&m), None, none).unwrap_err();
+        let err = decide(&edit, ("b", false), (Some(&m), None), 32, none).unwrap_err();
         assert_eq!(err.code, ErrorCode::Forbidden);
         assert!(err.message.contains("only a"), "{}", err.message);
-        let w = write(decide(&edit, "b", true, Some(&m), None, none));
+        let w = write(decide(&edit, ("b", true), (Some(&m), None), 32, none));
         assert_eq!(w.state.body.as_deref(), Some("\"new\""));
         let react = ev(EventKind::React("+1".into()));
-        let w = write(decide(&react, "b", false, Some(&m), None, none));
-        let again = decide(&react, "b", false, Some(&m), Some(w.state.clone()), none);
+        let w = write(decide(&react, ("b", false), (Some(&m), None), 32, none));
+        let again = decide(
+            &react,
+            ("b", false),
+            (Some(&m), Some(w.state.clone())),
+            32,
+            none,
+        );
         assert_eq!(again.unwrap(), Verdict::Noop);
         let un = ev(EventKind::Unreact("+1".into()));
-        let w = write(decide(&un, "b", false, Some(&m), Some(w.state), none));
+        let w = write(decide(
+            &un,
+            ("b", false),
+            (Some(&m), Some(w.state)),
+            32,
+            none,
+        ));
         assert!(w.state.reactions.is_empty());
-        let err = decide(&edit, "a", false, None, None, none).unwrap_err();
+        let err = decide(&edit, ("a", false), (None, None), 32, none).unwrap_err();
         assert_eq!(err.code, ErrorCode::NoSuchMessage);
     }
 
@@ -279,9 +300,13 @@ mod tests {
             ..Folded::default()
         };
         let del = ev(EventKind::Delete { hard: true });
-        let w = write(decide(&del, "x", true, Some(&m), Some(state), |_| {
-            vec![e.clone()]
-        }));
+        let w = write(decide(
+            &del,
+            ("x", true),
+            (Some(&m), Some(state)),
+            32,
+            |_| vec![e.clone()],
+        ));
         assert!(w.state.erased && w.state.body.is_none());
         assert_eq!(w.rewrites.len(), 2);
         for (_, _, p) in &w.rewrites {

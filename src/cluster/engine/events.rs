@@ -40,7 +40,8 @@ impl Node {
             .arg(kind)
             .arg(&*from)
             .arg(if api { "1" } else { "0" })
-            .arg(arg);
+            .arg(arg)
+            .arg(self.config.max_reaction_emojis);
         let (status, seq, _epoch, why) =
             match self.script_or::<(String, u64, u64, String)>(&inv).await {
                 Ok(done) => done,
@@ -56,6 +57,14 @@ impl Node {
                 || Bytes::from_static(b"{\"noop\":true}"),
             ),
             "forbidden" => reply.fail(ReplyError::new(ErrorCode::Forbidden, why)),
+            "too_large" => reply.fail(ReplyError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "message {} already has {why} different reactions (max_reaction_emojis); \
+                     react with one of them",
+                    event.target
+                ),
+            )),
             _ => reply.fail(ReplyError::new(
                 ErrorCode::NoSuchMessage,
                 format!(

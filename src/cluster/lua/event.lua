@@ -8,9 +8,10 @@
 -- ARGV: 1 channel, 2 publish command, 3 JSON up to the seq, 4 JSON after the seq, 5 ts,
 --       6 excluded connection ('' for none), 7 max entries ('0': no limit), 8 epoch if the
 --       stream starts one, 9 target seq, 10 kind (edit, delete, hard, react, unreact),
---       11 from, 12 '1' for the server API, 13 the edit's body or the emoji
+--       11 from, 12 '1' for the server API, 13 the edit's body or the emoji, 14 most
+--       different emoji on a message
 -- Returns {status, seq, epoch, message}: status 'ok' (seq: the event's), 'noop',
--- 'no_such_message' or 'forbidden' (message: why).
+-- 'no_such_message', 'forbidden' (message: why) or 'too_large' (message: the limit).
 local meta, log, fold = KEYS[1], KEYS[2], KEYS[3]
 local epoch = redis.call('HGET', meta, 'epoch') or epoch_of(meta, log, ARGV[8])
 local target, kind, from, api = ARGV[9], ARGV[10], ARGV[11], ARGV[12] == '1'
@@ -59,7 +60,13 @@ elseif kind == 'delete' or kind == 'hard' then
   end
 elseif kind == 'react' then
   if state.deleted then return refuse('no_such_message', 'was deleted; it cannot be reacted to') end
-  local users = state.reactions[ARGV[13]] or {}
+  local users = state.reactions[ARGV[13]]
+  if not users then
+    local n = 0
+    for _ in pairs(state.reactions) do n = n + 1 end
+    if n >= tonumber(ARGV[14]) then return refuse('too_large', ARGV[14]) end
+    users = {}
+  end
   for _, u in ipairs(users) do
     if u == from then return {'noop', 0, epoch, ''} end
   end
