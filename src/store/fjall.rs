@@ -1,8 +1,8 @@
 //! `FjallStore`: the `Store` on fjall, an LSM-tree with a write-ahead journal. A commit appends
 //! to the journal; a durable commit adds one fsync (group commit). Four keyspaces, written in
 //! one atomic batch: `messages` (stream prefix ++ seq → ts ++ payload), `keys` (the same key →
-//! ts ++ "SENDER KEY", for a keyed message), `last_seq` and `cursors` (stream prefix → u64), all
-//! integers big-endian.
+//! ts ++ "SENDER KEY", for a keyed message; and `f` ++ that key → a changed message's folded
+//! state), `last_seq` and `cursors` (stream prefix → u64), all integers big-endian.
 //!
 //! After a failed write fjall refuses every later one ("poisoned": it cannot know what reached
 //! disk). The next call then reopens the database, which recovers from its journal, so a disk
@@ -58,8 +58,6 @@ struct Db {
     db: Database,
     messages: Keyspace,
     keys: Keyspace,
-    /// A changed message's folded state (`core::event::Folded` as JSON), by its message key.
-    folds: Keyspace,
     last: Keyspace,
     cursors: Keyspace,
     broken: bool,
@@ -83,7 +81,6 @@ impl Db {
         Ok(Db {
             messages: ks("messages", memory.memtable_bytes)?,
             keys: ks("keys", small)?,
-            folds: ks("folds", small)?,
             last: ks("last_seq", small)?,
             cursors: ks("cursors", small)?,
             db,
@@ -115,7 +112,7 @@ impl Db {
                 tx.insert(&self.keys, a.stream.key(a.seq), value);
             }
             if let Some(ev) = &a.event {
-                tx.insert(&self.folds, a.stream.key(ev.target), ev.state_json());
+                tx.insert(&self.keys, fold_key(&a.stream, ev.target), ev.state_json());
                 for (seq, ts, payload) in &ev.rewrites {
                     let mut value = Vec::with_capacity(8 + payload.len());
                     value.extend_from_slice(&ts.to_be_bytes());
@@ -174,12 +171,13 @@ impl Db {
         };
         let mut tx = self.db.batch();
         let mut any = false;
-        for guard in self.folds.prefix(stream.prefix()) {
+        let prefix = [&b"f"[..], &stream.prefix()].concat();
+        for guard in self.keys.prefix(prefix) {
             let key = guard.key().map_err(read_err)?;
             if seq_of(&key)? >= kept {
                 break;
             }
-            tx.remove(&self.folds, key);
+            tx.remove(&self.keys, key);
             any = true;
         }
         if any {
@@ -204,6 +202,15 @@ impl Db {
         }
         Ok(out)
     }
+}
+
+/// A changed message's folded state (`core::event::Folded` as JSON) lives in the `keys`
+/// keyspace under `f` ++ its message key: no stream prefix starts with `f`, so the keys of a
+/// stream never see it. (A keyspace of its own cost the disk-full recovery its margin.)
+fn fold_key(stream: &Stream, seq: u64) -> Vec<u8> {
+    let mut k = vec![b'f'];
+    k.extend_from_slice(&stream.key(seq));
+    k
 }
 
 fn read_err(e: fjall::Error) -> StoreError {
@@ -268,7 +275,7 @@ impl FjallStore {
             return Err(StoreError::Write("the store is not open".into()));
         };
         db.db.persist(PersistMode::SyncAll).map_err(write_err)?;
-        for ks in [&db.messages, &db.keys, &db.folds, &db.last, &db.cursors] {
+        for ks in [&db.messages, &db.keys, &db.last, &db.cursors] {
             ks.rotate_memtable_and_wait().map_err(write_err)?;
             ks.major_compact().map_err(write_err)?;
         }
@@ -416,7 +423,7 @@ impl Store for FjallStore {
         let db = guard.as_ref().expect("checked");
         let mut out = Vec::with_capacity(seqs.len());
         for &seq in seqs {
-            let value = db.folds.get(stream.key(seq)).map_err(read_err)?;
+            let value = db.keys.get(fold_key(stream, seq)).map_err(read_err)?;
             out.push(value.as_deref().map(parse_folded).transpose()?);
         }
         Ok(out)
