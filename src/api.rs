@@ -21,10 +21,11 @@ use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::core::error::{ErrorCode, ReplyError};
+use crate::core::event::{Event, EventKind};
 use crate::core::{MsgKey, Name};
 use crate::engine::NodesCall;
 use crate::http::{json, json_error};
-use crate::msg::{EngineMsg, LocalMsg, ReplyTo};
+use crate::msg::{EngineMsg, FoldFor, LocalMsg, ReplyTo};
 use crate::protocol::{DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, encode};
 use crate::shard::Shard;
 use crate::shard::runtime::Ctx;
@@ -183,6 +184,8 @@ pub enum Call {
         room: Name,
         before: Option<u64>,
         limit: usize,
+        /// `fold=true`: messages in their current state (docs/protocol.md).
+        fold: bool,
     },
     /// `GET /api/users/{user}` → `{"user","online","connections"}`.
     User(Name),
@@ -195,6 +198,15 @@ pub enum Call {
     /// `GET /api/events?after=C&limit=N` → `{"dropped","next","events":[..]}`: the event feed
     /// after cursor `after` (docs/hooks.md).
     Events { after: u64, limit: usize },
+    /// `POST /api/edit {"room","target","body","from"?}`, `POST /api/delete
+    /// {"room","target","hard"?,"from"?}`, `POST /api/react` and `/api/unreact`
+    /// `{"room","target","emoji","from"?}` → `{"seq":N}` (or `{"noop":true}`): an edit, delete
+    /// or reaction with the API's rights (any message; `hard` erases the body from the store).
+    Event {
+        room: Name,
+        from: Name,
+        event: Event,
+    },
 }
 
 /// Parses a request: `path` is what follows `/api/`. It checks everything that can be checked
@@ -243,13 +255,39 @@ pub fn parse_call(
                 reason: req.reason,
             })
         }
+        (&Method::POST, [kind @ ("edit" | "delete" | "react" | "unreact")]) => {
+            let req: EventRequest<'_> = parse(body)?;
+            let needed = |field: &str| ApiError::bad(format!("missing field `{field}`"));
+            let kind = match *kind {
+                "edit" => EventKind::Edit(size(req.body.ok_or_else(|| needed("body"))?)?),
+                "delete" => EventKind::Delete {
+                    hard: req.hard.unwrap_or(false),
+                },
+                "react" => EventKind::React(req.emoji.ok_or_else(|| needed("emoji"))?),
+                _ => EventKind::Unreact(req.emoji.ok_or_else(|| needed("emoji"))?),
+            };
+            if req.target == 0 {
+                return Err(ApiError::bad(
+                    "`target` must be the seq of a message (from 1)",
+                ));
+            }
+            Ok(Call::Event {
+                room: name("room", req.room)?,
+                from: sender(req.from)?,
+                event: Event {
+                    target: req.target,
+                    kind,
+                },
+            })
+        }
         (&Method::GET, ["rooms", room, "presence"]) => Ok(Call::Presence(name("room", room)?)),
         (&Method::GET, ["rooms", room, "history"]) => {
-            let (before, limit) = history_query(query)?;
+            let (before, limit, fold) = history_query(query)?;
             Ok(Call::History {
                 room: name("room", room)?,
                 before,
                 limit,
+                fold,
             })
         }
         (&Method::GET, ["users", user]) => Ok(Call::User(name("user", user)?)),
@@ -263,6 +301,7 @@ pub fn parse_call(
             format!("{method} is not allowed on /api/{path}"),
         )),
         (_, ["publish" | "send" | "broadcast" | "disconnect"])
+        | (_, ["edit" | "delete" | "react" | "unreact"])
         | (_, ["rooms", _, "presence" | "history"])
         | (_, ["users", _] | ["users", _, "unread"] | ["stats"] | ["rooms"]) => Err(ApiError::new(
             405,
@@ -369,17 +408,32 @@ async fn run(ctx: &Ctx, call: Call) -> Result<Bytes, ApiError> {
             room,
             before,
             limit,
+            fold,
         } => {
             ask_engine(ctx, |reply| EngineMsg::History {
                 room,
                 reply,
                 before,
                 limit,
+                fold: fold.then_some(FoldFor { reader: None }),
             })
             .await
         }
         Call::User(user) => ask_engine(ctx, |reply| EngineMsg::UserInfo { user, reply }).await,
         Call::Unread(user) => ask_engine(ctx, |reply| EngineMsg::Unread { user, reply }).await,
+        Call::Event { room, from, event } => {
+            if let EventKind::React(e) | EventKind::Unreact(e) = &event.kind {
+                crate::protocol::check_emoji(e, ctx.config.max_emoji_bytes)?;
+            }
+            ask_engine(ctx, |reply| EngineMsg::Event {
+                room,
+                from,
+                event,
+                api: true,
+                reply,
+            })
+            .await
+        }
         Call::Rooms(limit) => {
             let rooms = match ask_nodes(ctx, |reply| NodesCall::Rooms { reply }).await? {
                 Some(rooms) => rooms,
@@ -620,6 +674,17 @@ struct BroadcastRequest<'a> {
 }
 
 #[derive(Deserialize)]
+struct EventRequest<'a> {
+    room: &'a str,
+    target: u64,
+    #[serde(borrow)]
+    body: Option<&'a RawValue>,
+    emoji: Option<String>,
+    hard: Option<bool>,
+    from: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
 struct DisconnectRequest<'a> {
     user: &'a str,
     reason: Option<String>,
@@ -693,7 +758,8 @@ fn events_query(query: &str) -> Result<Call, ApiError> {
     Ok(Call::Events { after, limit })
 }
 
-fn history_query(query: &str) -> Result<(Option<u64>, usize), ApiError> {
+fn history_query(query: &str) -> Result<(Option<u64>, usize, bool), ApiError> {
+    let mut fold = false;
     let mut before = None;
     let mut limit = DEFAULT_HISTORY_LIMIT;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -706,6 +772,7 @@ fn history_query(query: &str) -> Result<(Option<u64>, usize), ApiError> {
         match key {
             "before" => before = Some(number()?),
             "limit" => limit = number()? as usize,
+            "fold" => fold = value == "true",
             _ => {}
         }
     }
@@ -714,5 +781,5 @@ fn history_query(query: &str) -> Result<(Option<u64>, usize), ApiError> {
             "`limit` must be 1 to {MAX_HISTORY_LIMIT}"
         )));
     }
-    Ok((before, limit))
+    Ok((before, limit, fold))
 }

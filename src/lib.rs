@@ -58,7 +58,7 @@ pub mod router;
 mod routes;
 pub mod server;
 pub mod shard;
-mod store;
+pub mod store;
 mod web;
 pub mod wire;
 pub mod ws;

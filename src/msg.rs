@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::core::counters::ShardSnapshot;
 use crate::core::error::{CloseCode, HandshakeError, ReplyError};
+use crate::core::event::{Event, EventWrite};
 use crate::core::rights::Rights;
 use crate::core::{ConnId, JoinGen, NodeId, ShardId, Stream};
 use crate::core::{MsgKey, Name, ReqId};
@@ -158,6 +159,13 @@ impl ReplyTo {
     }
 }
 
+/// A folded `history` read, for `reader` (to say which reactions are the reader's own; the API
+/// has none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoldFor {
+    pub reader: Option<Name>,
+}
+
 /// One page of a `presence` query: the users after `after` in byte order, at most `limit`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PresencePage {
@@ -282,6 +290,26 @@ pub enum EngineMsg {
         reply: ReplyTo,
         before: Option<u64>,
         limit: usize,
+        fold: Option<FoldFor>,
+    },
+    /// An edit, delete or reaction of a room message: checked against the stored target (by
+    /// the store writer, or the Lua script), then sequenced, stored and fanned out like a
+    /// message. `api`: the server API's (may edit or delete anyone's message, or erase it).
+    Event {
+        room: Name,
+        from: Name,
+        event: Event,
+        api: bool,
+        reply: ReplyTo,
+    },
+    /// The store writer's check of an `Event`, back at the room's home: what to write
+    /// (`None`: nothing changes, acked with `noop`), or why it is refused.
+    Checked {
+        room: Name,
+        from: Name,
+        event: Event,
+        reply: ReplyTo,
+        verdict: Result<Option<Box<EventWrite>>, ReplyError>,
     },
     /// A page of the user's direct messages after `since` (`sync`).
     Sync {
@@ -328,7 +356,9 @@ impl EngineMsg {
             | EngineMsg::Leave { room, .. }
             | EngineMsg::Publish { room, .. }
             | EngineMsg::Presence { room, .. }
-            | EngineMsg::History { room, .. } => room,
+            | EngineMsg::History { room, .. }
+            | EngineMsg::Event { room, .. }
+            | EngineMsg::Checked { room, .. } => room,
             EngineMsg::Direct { to, .. } => to,
             EngineMsg::Fetch { stream, .. } => stream.name(),
         }

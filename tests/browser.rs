@@ -5,7 +5,8 @@
 //! page's connection count moves; room rules: a count room shows how many watch, a room the
 //! user may not publish to shows why instead of a composer, and the operator page lists the
 //! rooms with their rule; the outbox: messages typed while the server is away show greyed and
-//! go out once, also across a reload. Screenshots go to `target/screenshots/`.
+//! go out once, also across a reload; edits, deletes and reactions show on the other side
+//! live and after a reload. Screenshots go to `target/screenshots/`.
 
 mod common;
 
@@ -669,4 +670,62 @@ async fn chat_page_shows_typing_and_server_unread_badges() {
     for b in [bob, a, a2] {
         b.close().await.expect("close the browser");
     }
+}
+
+/// Edits, deletes and reactions on the chat page (issue 23): alice edits and deletes her own
+/// messages and bob sees both live and after a reload; bob's reaction shows on alice's page;
+/// bob's page offers no edit or delete of alice's messages.
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_page_shows_edits_deletes_and_reactions_live_and_after_a_reload() {
+    let server = TestServer::start(|_| {});
+    let base = format!("http://{}", server.addr());
+    let driver = Driver::start().await;
+    let (pa, pb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = driver.browser(&pa).await;
+    let b = driver.browser(&pb).await;
+    sign_in(&a, &base, "alice").await;
+    join(&a, "lobby").await;
+    sign_in(&b, &base, "bob").await;
+    join(&b, "lobby").await;
+    say(&a, "first").await;
+    say(&a, "second").await;
+    wait_texts(&b, "bob sees both", &["first", "second"]).await;
+    let edit_buttons = "return document.querySelectorAll('#list .msg[data-seq] .edit-btn').length";
+    wait_js(&a, "alice may edit her two", edit_buttons, |v| v == 2).await;
+    let theirs = "return document.querySelectorAll('#list .edit-btn, #list .delete-btn').length";
+    wait_js(&b, "bob may not edit alice's", theirs, |v| v == 0).await;
+
+    click(&a, "#list .msg[data-seq=\"1\"] .edit-btn").await;
+    fill(&a, "#text", "first, fixed").await;
+    click(&a, "#send").await;
+    wait_texts(&b, "the edit, live", &["first, fixed", "second"]).await;
+    wait_texts(&a, "alice's own edit", &["first, fixed", "second"]).await;
+    let edited = "return !!document.querySelector('#list .msg[data-seq=\"1\"] .edited')";
+    wait_js(&b, "marked edited", edited, |v| v == true).await;
+    click(&a, "#list .msg[data-seq=\"2\"] .delete-btn").await;
+    let deleted = ["first, fixed", "This message was deleted."];
+    wait_texts(&b, "the delete, live", &deleted).await;
+    wait_texts(&a, "alice's own delete", &deleted).await;
+
+    click(&b, "#list .msg[data-seq=\"1\"] .react-btn").await;
+    let reactions = "return [...document.querySelectorAll('#list .msg[data-seq=\"1\"] \
+                     .reaction')].map(e => e.textContent + (e.classList.contains('mine') ? \
+                     ' mine' : ''))";
+    wait_js(&a, "bob's reaction at alice", reactions, |v| {
+        v == &json!(["👍 1"])
+    })
+    .await;
+    screenshot(&a, "chat-edits.png").await;
+
+    // A reload: the folded history shows the same.
+    sign_in(&b, &base, "bob").await;
+    join(&b, "lobby").await;
+    wait_texts(&b, "after a reload", &deleted).await;
+    wait_js(&b, "marked edited after a reload", edited, |v| v == true).await;
+    wait_js(&b, "bob's own reaction after a reload", reactions, |v| {
+        v == &json!(["👍 1 mine"])
+    })
+    .await;
+    a.close().await.expect("close alice's browser");
+    b.close().await.expect("close bob's browser");
 }

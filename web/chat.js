@@ -1,7 +1,7 @@
 // The chat page: plain DOM on the client library. Every piece of text from the server goes
 // in with textContent, never as HTML.
 
-import { connect } from "/shardcast.js";
+import { applyEvent, connect } from "/shardcast.js";
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, cls, text) => {
@@ -61,6 +61,7 @@ function start(credentials) {
   client.on("failed", onFailed);
   client.on("typing", onTyping);
   client.on("read", renderSidebar);
+  for (const kind of ["edit", "delete", "react", "unreact"]) client.on(kind, onRoomEvent);
 }
 
 function setStatus(state, text) {
@@ -109,6 +110,7 @@ function onRecovery(r) {
     }
     if (!info.recovered || info.truncated) {
       c.msgs.clear();
+      c.before = undefined;
       loadHistory(c);
     }
   }
@@ -176,11 +178,13 @@ function may(c, right) {
 async function loadHistory(c) {
   if (c.loading || !may(c, "history")) return;
   c.loading = true;
-  const before = c.msgs.size ? Math.min(...[...c.msgs.keys()]) : undefined;
+  const before = c.msgs.size ? (c.before ?? Math.min(...[...c.msgs.keys()])) : undefined;
   try {
-    const page = await client.history(c.name, { before, limit: 50 });
+    // Messages in their current state: edits, deletes and reactions folded in.
+    const page = await client.foldedHistory(c.name, { before, limit: 50 });
     for (const m of page.messages) c.msgs.set(m.seq, m);
     c.more = page.more;
+    c.before = page.before;
     if (c.key === active) renderMessages(before === undefined);
   } catch (e) {
     toast(`History: ${e.message}`);
@@ -282,6 +286,7 @@ $("composer").addEventListener("submit", async (ev) => {
   if (!c || !text.trim()) return;
   $("text").value = "";
   if (c.kind === "room") client.typing(c.name, false);
+  if (editing && editing.key === c.key) return saveEdit(c, text);
   // Shown at once, greyed, by the `pending` event; `sent` or `failed` settle it.
   const sending = c.kind === "room" ? client.publish(c.name, { text }) : client.send(c.name, { text });
   sending.catch(() => {});
@@ -358,7 +363,8 @@ function renderMessages(toBottom) {
     if (m.pending) li.title = "Not sent yet: it goes out when the connection is back";
     const meta = el("div", "meta");
     meta.append(el("span", "from", m.from), el("span", "time", new Date(m.ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
-    li.append(meta, el("div", "text", bodyText(m.body)));
+    if (c.kind === "room" && !m.pending) decorate(li, meta, c, m);
+    else li.append(meta, el("div", "text", bodyText(m.body)));
     list.append(li);
   }
   // Older messages arrive above: what the reader looks at stays put.
@@ -396,6 +402,81 @@ function renderComposer() {
   $("readonly").hidden = !why;
   $("readonly").textContent = why;
   return !!why;
+}
+
+// ---- edits, deletes and reactions ----------------------------------------------------
+
+/** The message being edited in the composer: {key (conversation), seq}. */
+let editing = null;
+const QUICK_REACTION = "👍";
+
+/** A live (or replayed) edit, delete or reaction: applied to the room's folded view. */
+function onRoomEvent(e) {
+  const c = convs.get(`#${e.room}`);
+  if (!c || !applyEvent(c.msgs, e, me)) return;
+  if (c.key === active) renderMessages(false);
+}
+
+/** A room message with its state: the text (or a tombstone), "(edited)", its reactions and,
+ * for one's own, edit and delete. */
+function decorate(li, meta, c, m) {
+  if (m.edited) meta.append(el("span", "edited", "(edited)"));
+  if (m.deleted) {
+    li.classList.add("deleted");
+    return li.append(meta, el("div", "text", "This message was deleted."));
+  }
+  li.append(meta, el("div", "text", bodyText(m.body)));
+  const row = el("div", "reactions");
+  for (const [emoji, r] of Object.entries(m.reactions || {})) {
+    const b = el("button", r.me ? "reaction mine" : "reaction", `${emoji} ${r.count}`);
+    b.type = "button";
+    b.dataset.emoji = emoji;
+    b.addEventListener("click", () => toggleReaction(c, m, emoji, r.me));
+    row.append(b);
+  }
+  if (may(c, "publish")) {
+    const mine = m.reactions?.[QUICK_REACTION]?.me;
+    const add = el("button", "action react-btn", `+${QUICK_REACTION}`);
+    add.type = "button";
+    add.hidden = !!mine;
+    add.addEventListener("click", () => toggleReaction(c, m, QUICK_REACTION, false));
+    row.append(add);
+    if (m.from === me) {
+      const edit = el("button", "action edit-btn", "Edit");
+      edit.type = "button";
+      edit.addEventListener("click", () => startEdit(c, m));
+      const del = el("button", "action delete-btn", "Delete");
+      del.type = "button";
+      del.addEventListener("click", () => client.delete(c.name, m.seq).catch((e) => toast(`Delete: ${e.message}`)));
+      row.append(edit, del);
+    }
+  }
+  li.append(row);
+}
+
+function toggleReaction(c, m, emoji, had) {
+  const req = had ? client.unreact(c.name, m.seq, emoji) : client.react(c.name, m.seq, emoji);
+  req.catch((e) => toast(`Reaction: ${e.message}`));
+}
+
+function startEdit(c, m) {
+  editing = { key: c.key, seq: m.seq };
+  $("text").value = bodyText(m.body);
+  $("composer").classList.add("editing");
+  $("send").textContent = "Save";
+  $("text").focus();
+}
+
+async function saveEdit(c, text) {
+  const { seq } = editing;
+  editing = null;
+  $("composer").classList.remove("editing");
+  $("send").textContent = "Send";
+  try {
+    await client.edit(c.name, seq, { text });
+  } catch (e) {
+    toast(`Edit: ${e.message}`);
+  }
 }
 
 let toastTimer;

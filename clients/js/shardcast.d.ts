@@ -87,6 +87,22 @@ export interface Message {
   key?: string;
   ts: number;
   body: Body;
+  /** An edit, delete or reaction of message `target` (emitted as its own event, not
+   * "message"). */
+  kind?: "edit" | "delete" | "react" | "unreact";
+  target?: number;
+  /** A reaction's emoji. */
+  emoji?: string;
+  /** A delete by the server API that erased the body. */
+  hard?: boolean;
+  /** Folded history: the seq of the latest edit. */
+  edited?: number;
+  /** Folded history: a tombstone (`body` null). */
+  deleted?: boolean;
+  /** The body was erased by a hard delete. */
+  erased?: boolean;
+  /** Folded history: per emoji, how many reacted and whether this user did. */
+  reactions?: Record<string, { count: number; me: boolean }>;
 }
 
 export interface RoomRecovery {
@@ -120,6 +136,11 @@ export interface StateEvent {
 
 export interface Events {
   message: Message;
+  /** Live (or replayed) events of a room's stream: a Message with `kind` and `target`. */
+  edit: Message;
+  delete: Message;
+  react: Message;
+  unreact: Message;
   joined: { room: string; user: string };
   left: { room: string; user: string };
   /** A count room's member count changed (coalesced by the server: at most one per
@@ -183,6 +204,8 @@ export interface Ack {
   inbox?: true;
   /** A publish or send ack: an earlier send with the same key was stored, with this seq. */
   dup?: boolean;
+  /** An edit, delete or reaction that changed nothing (no seq, no event). */
+  noop?: boolean;
 }
 
 /** Who may publish in a room: any member whose token allows it, only connections whose token
@@ -245,6 +268,15 @@ export class Client {
   room(room: string): RoomInfo | undefined;
   history(room: string, options?: { before?: number; limit?: number }): Promise<Page>;
   sync(since: number): Promise<Page>;
+  /** Our own message only; the ack's seq is the edit's. */
+  edit(room: string, target: number, body: Json): Promise<Ack>;
+  /** Our own message only; `noop` if it was deleted already. */
+  delete(room: string, target: number): Promise<Ack>;
+  /** One per user, emoji and message: `noop` if we have it. */
+  react(room: string, target: number, emoji: string): Promise<Ack>;
+  unreact(room: string, target: number, emoji: string): Promise<Ack>;
+  /** Messages in their current state; page on with the reply's `before` while `more`. */
+  foldedHistory(room: string, options?: { before?: number; limit?: number }): Promise<Page & { fold: true; before: number }>;
   /** A new token for the same user; later reconnects use it too. */
   refresh(token: string): Promise<{ type: "refreshed"; exp?: number }>;
   request(frame: { type: string; [key: string]: Json }): Promise<any>;
@@ -266,6 +298,9 @@ export class Client {
 }
 
 export function connect(options: ConnectOptions): Client;
+/** Applies a live edit, delete or reaction to a folded view (seq → message); returns the
+ * changed message, or undefined when its target is not in the view. */
+export function applyEvent(messages: Map<number, Message>, event: Message, me?: string): Message | undefined;
 export function closeAction(code: number, reason?: string): "reconnect" | "token" | "stop";
 /** A fresh idempotency key (ULID-like: time, then 80 random bits). */
 export function newKey(random?: () => number): string;

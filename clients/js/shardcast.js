@@ -131,6 +131,33 @@ class StoredOutbox {
 }
 
 /** Opens a client. It connects at once and keeps reconnecting until `close()`. */
+/** Applies a live event (`edit`, `delete`, `react`, `unreact`: a message with `kind`) to a
+ * folded view: `messages`, a Map from seq to message as `foldedHistory` gives them. `me` is
+ * this user, to keep each reaction's `me`. Returns the changed message, or undefined when its
+ * target is not in the view. */
+export function applyEvent(messages, event, me) {
+  const m = messages.get(event.target);
+  if (!m) return undefined;
+  if (event.kind === "edit") {
+    m.body = event.body;
+    m.edited = event.seq;
+  } else if (event.kind === "delete") {
+    m.body = null;
+    m.deleted = true;
+    if (event.hard) m.erased = true;
+    delete m.reactions;
+  } else if (event.kind === "react" || event.kind === "unreact") {
+    const reactions = (m.reactions = m.reactions || {});
+    const r = reactions[event.emoji] || { count: 0, me: false };
+    const add = event.kind === "react";
+    r.count = Math.max(0, r.count + (add ? 1 : -1));
+    if (event.from === me) r.me = add;
+    if (r.count === 0) delete reactions[event.emoji];
+    else reactions[event.emoji] = r;
+  }
+  return m;
+}
+
 export function connect(options) {
   return new Client(options);
 }
@@ -419,6 +446,53 @@ export class Client {
   /** Resolves with {messages (newest first), more}. */
   history(room, { before, limit } = {}) {
     const frame = { type: "history", room };
+    if (before !== undefined) frame.before = before;
+    if (limit !== undefined) frame.limit = limit;
+    return this.request(frame);
+  }
+
+  // ----- edits, deletes and reactions (docs/protocol.md) -----------------------------------
+
+  /** A new body for our own message `target`; resolves with the ack (`seq`: the edit's). */
+  edit(room, target, body) {
+    return this.eventRequest({ type: "edit", room, target, body });
+  }
+
+  /** Deletes our own message `target` (ack `noop: true` if it was deleted already). */
+  delete(room, target) {
+    return this.eventRequest({ type: "delete", room, target });
+  }
+
+  /** Adds our reaction `emoji` to message `target` (ack `noop: true` if we have it). */
+  react(room, target, emoji) {
+    return this.eventRequest({ type: "react", room, target, emoji });
+  }
+
+  /** Takes our reaction back (ack `noop: true` if we had none). */
+  unreact(room, target, emoji) {
+    return this.eventRequest({ type: "unreact", room, target, emoji });
+  }
+
+  /** The server does not send a connection its own events (as for publishes): once acked
+   * with a seq, the event is emitted here as the others get it (`ts` is this clock's), and
+   * its seq counts as seen. */
+  async eventRequest(frame) {
+    const ack = await this.request(frame);
+    if (ack.seq === undefined) return ack;
+    const r = this.rooms.get(frame.room);
+    if (r && ack.seq > r.seq) {
+      r.own.add(ack.seq);
+      this.advance(r);
+    }
+    const { type, ...fields } = frame;
+    this.emit(type, { body: null, ...fields, type: "message", kind: type, from: this.user, seq: ack.seq, ts: Date.now() });
+    return ack;
+  }
+
+  /** Resolves with {messages (newest first, each in its current state: latest body, `edited`,
+   * tombstones with `deleted`, `reactions`), more, before}: page on with `before`. */
+  foldedHistory(room, { before, limit } = {}) {
+    const frame = { type: "history", room, fold: true };
     if (before !== undefined) frame.before = before;
     if (limit !== undefined) frame.limit = limit;
     return this.request(frame);
@@ -759,7 +833,8 @@ export class Client {
         r.seq = m.seq;
         this.advance(r);
       }
-      return this.emit("message", m);
+      // An edit, delete or reaction is emitted as its kind, not as a new message.
+      return this.emit(m.kind || "message", m);
     }
     if (m.to !== undefined && m.to === this.user) {
       if (this.held) return void this.held.push(m);

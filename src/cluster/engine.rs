@@ -39,6 +39,7 @@ use crate::ws;
 mod batch;
 mod chat;
 mod failover;
+mod events;
 mod messages;
 mod order;
 mod replicas;
@@ -580,6 +581,18 @@ impl Node {
                 };
                 me.answer(answer);
             }),
+            EngineMsg::Event {
+                room,
+                from,
+                event,
+                api,
+                reply,
+            } => self.spawn(async move { me.event(room, (from, event, api), reply).await }),
+            // The embedded engine's store writer sends these; this engine checks in its script.
+            EngineMsg::Checked { reply, .. } => {
+                tracing::error!("an event check reached the Redis engine's thread");
+                self.answer(reply.fail(unavailable()));
+            }
             // Reads the shards hand to the store thread themselves (`StoreReads`).
             EngineMsg::History { .. } | EngineMsg::Sync { .. } => {
                 tracing::error!("a history or sync read reached the Redis engine's thread");

@@ -49,6 +49,11 @@ impl Keys {
         self.tag(stream) + ":log"
     }
 
+    /// A room's folded states of changed messages: a hash (seq → `core::event::Folded` JSON).
+    pub fn fold(&self, stream: &Stream) -> String {
+        self.tag(stream) + ":fold"
+    }
+
     /// The stream's idempotency keys: a hash ("SENDER KEY" → seq) and a sorted set of the
     /// same keys scored by when they were written, to forget the oldest.
     pub fn idempotency(&self, stream: &Stream) -> (String, String) {

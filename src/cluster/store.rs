@@ -11,6 +11,7 @@ use redis::Value;
 use super::keys::Keys;
 use super::link::{SyncConn, Target};
 use crate::core::Stream;
+use crate::core::event::Folded;
 use crate::store::{Append, Store, StoreError, StoredMessage, StreamInfo};
 
 pub struct RedisStore {
@@ -27,6 +28,17 @@ impl RedisStore {
             keys,
             conn: Mutex::new(None),
         }
+    }
+
+    /// One command on the store thread's connection (reconnected after a failure).
+    fn query(&self, c: &redis::Cmd) -> Result<Value, StoreError> {
+        let read = |e: redis::RedisError| StoreError::Read(format!("redis: {e}"));
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if !guard.as_ref().is_some_and(SyncConn::is_open) {
+            *guard = Some(self.target.blocking().map_err(read)?);
+        }
+        let conn = guard.as_mut().expect("connected above");
+        conn.query(c).inspect_err(|_| *guard = None).map_err(read)
     }
 
     /// XRANGE or XREVRANGE over the stream's log, parsed.
@@ -147,6 +159,28 @@ impl Store for RedisStore {
 
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// From the room's fold hash, written by `lua/event.lua`.
+    fn folded(&self, stream: &Stream, seqs: &[u64]) -> Result<Vec<Option<Folded>>, StoreError> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = redis::cmd("HMGET");
+        c.arg(self.keys.fold(stream));
+        for seq in seqs {
+            c.arg(seq);
+        }
+        let Value::Array(values) = self.query(&c)? else {
+            return Err(StoreError::Read("redis: unexpected HMGET answer".into()));
+        };
+        let parse = |v: &Value| match v {
+            Value::BulkString(b) => serde_json::from_slice(b)
+                .map(Some)
+                .map_err(|e| StoreError::Read(format!("corrupt folded state: {e}"))),
+            _ => Ok(None),
+        };
+        values.iter().map(parse).collect()
     }
 }
 

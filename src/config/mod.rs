@@ -415,6 +415,18 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_MAX_BODY_DEPTH", default_value_t = 64)]
     pub max_body_depth: usize,
 
+    /// Largest `emoji` of a `react` or `unreact`, in bytes (UTF-8; one emoji with modifiers is
+    /// up to ~35); longer ones get `bad_request`. Each reaction is kept per message with its
+    /// users, so this bounds what one costs. Default 64.
+    #[arg(long, env = "SHARDCAST_MAX_EMOJI_BYTES", default_value_t = 64)]
+    pub max_emoji_bytes: usize,
+
+    /// Most different emoji on one message; a `react` with another one gets `too_large`
+    /// (reacting with one already there still works). Bounds a message's folded state, which
+    /// every later edit, delete or reaction of it reads and rewrites. Default 32.
+    #[arg(long, env = "SHARDCAST_MAX_REACTION_EMOJIS", default_value_t = 32)]
+    pub max_reaction_emojis: usize,
+
     /// permessage-deflate (RFC 7692): when set, connections whose client offers it negotiate it
     /// (with no context takeover either way), and data frames with at least this many payload
     /// bytes go out compressed, each once per shard for all its members. Default none: not
@@ -781,6 +793,8 @@ impl Default for Config {
             max_connections_per_user: 16,
             max_message_size: 65_536,
             max_body_depth: 64,
+            max_emoji_bytes: 64,
+            max_reaction_emojis: 32,
             compression_min_bytes: None,
             max_rooms_per_connection: 256,
             publish_rate: 50,

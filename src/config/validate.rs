@@ -123,6 +123,9 @@ impl Config {
         if self.max_body_depth == 0 {
             return invalid("max_body_depth must be at least 1");
         }
+        if self.max_emoji_bytes == 0 || self.max_reaction_emojis == 0 {
+            return invalid("max_emoji_bytes and max_reaction_emojis must be at least 1");
+        }
         if self.max_queue_bytes < self.max_message_size {
             return invalid("max_queue_bytes must be at least max_message_size");
         }

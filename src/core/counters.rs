@@ -12,7 +12,7 @@ use super::error::{CloseCode, ErrorCode};
 use super::ids::ShardId;
 
 /// Every reply error code, in the order of `ShardCounters::errors`.
-pub const ERROR_CODES: [ErrorCode; 11] = [
+pub const ERROR_CODES: [ErrorCode; 12] = [
     ErrorCode::BadRequest,
     ErrorCode::UnknownType,
     ErrorCode::InvalidName,
@@ -24,6 +24,7 @@ pub const ERROR_CODES: [ErrorCode; 11] = [
     ErrorCode::Cancelled,
     ErrorCode::Unauthorized,
     ErrorCode::RoomFull,
+    ErrorCode::NoSuchMessage,
 ];
 
 pub(crate) fn error_index(code: ErrorCode) -> usize {
@@ -39,6 +40,7 @@ pub(crate) fn error_index(code: ErrorCode) -> usize {
         ErrorCode::Cancelled => 8,
         ErrorCode::Unauthorized => 9,
         ErrorCode::RoomFull => 10,
+        ErrorCode::NoSuchMessage => 11,
     }
 }
 

@@ -19,6 +19,8 @@ pub enum ErrorCode {
     Cancelled,
     Unauthorized,
     RoomFull,
+    /// The target of an edit, delete or reaction is not a stored message of the room.
+    NoSuchMessage,
 }
 
 impl ErrorCode {
@@ -35,6 +37,7 @@ impl ErrorCode {
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::RoomFull => "room_full",
+            ErrorCode::NoSuchMessage => "no_such_message",
         }
     }
 
@@ -48,6 +51,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Cancelled | ErrorCode::RoomFull => 409,
+            ErrorCode::NoSuchMessage => 404,
         }
     }
 }

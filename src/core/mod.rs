@@ -7,6 +7,7 @@
 //! - `stream`: `Stream`, the key of a room's history or a user's inbox.
 //! - `clock`: `now_ms`. `bucket`: a connection's rate meter (the mechanism; the policy is the
 //!   client side's).
+//! - `event`: edits, deletes and reactions, and a changed message's folded state.
 //! - `error`: every protocol error code, close code and handshake refusal (one table).
 //! - `counters`: what shards, the store writer and the Redis engine count.
 //! - `health`: the readiness flags behind `/readyz`.
@@ -19,6 +20,7 @@ pub mod bucket;
 pub mod clock;
 pub mod counters;
 pub mod error;
+pub mod event;
 pub mod health;
 pub mod ids;
 pub mod key;

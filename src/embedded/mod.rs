@@ -6,17 +6,19 @@
 //! - `home`: the bookkeeping (`HomeRooms`: seqs, members per user and per shard; `HomeUsers`:
 //!   connections, the session policy, each inbox's seqs and delivered cursor).
 //! - `keys`: idempotency keys (`HomeKeys`: per stream, each remembered key's seq).
-//! - `serve`: the handlers.
+//! - `serve`: the handlers; `events`: edits, deletes and reactions (checked by the store
+//!   writer, then sequenced like messages).
 //!
 //! It must not touch connections or the hub's state (it answers with `NodeMsg`s), and it does
 //! not know the Redis engine.
 
+mod events;
 mod home;
 mod keys;
 mod reads;
 mod serve;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -52,6 +54,9 @@ pub struct Embedded {
     store_waits: VecDeque<Instant>,
     counters: Counters,
     shutting_down: bool,
+    /// Rooms with an edit, delete or reaction being checked by the store writer, each with
+    /// the events waiting behind it (`events`). Empty unless such events are in flight.
+    checking: HashMap<Name, VecDeque<events::Waiting>>,
 }
 
 /// What the homes of one shard count (merged into the shard's scrape).
@@ -101,6 +106,7 @@ impl Embedded {
             store_waits: VecDeque::new(),
             counters: Counters::default(),
             shutting_down: false,
+            checking: HashMap::new(),
         }
     }
 

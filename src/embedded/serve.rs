@@ -13,6 +13,7 @@ use super::Embedded;
 use super::keys::Keyed;
 use crate::config::{Durability, PresenceMode};
 use crate::core::error::{ErrorCode, HandshakeError, ReplyError};
+use crate::core::event::EventWrite;
 use crate::core::{ConnId, MsgKey, Name, ShardId, Stream};
 use crate::engine::{Joined, Outbox};
 use crate::msg::{EngineMsg, NodeMsg, Own, Replay, ReplayTo, ReplyTo, WriteTarget, Written};
@@ -150,6 +151,20 @@ impl Embedded {
                 exclude,
             } => self.spread(Stream::Inbox(user), None, frame, exclude, None, out),
             // Reads a shard hands straight to the store threads; served here all the same.
+            EngineMsg::Event {
+                room,
+                from,
+                event,
+                api,
+                reply,
+            } => self.event(room, (from, event, api), reply, out),
+            EngineMsg::Checked {
+                room,
+                from,
+                event,
+                reply,
+                verdict,
+            } => self.checked(room, (from, event), reply, verdict, out),
             msg @ (EngineMsg::History { .. } | EngineMsg::Sync { .. }) => {
                 let _ = self.store.take(msg);
             }
@@ -222,7 +237,7 @@ impl Embedded {
     /// The error for a new message while the store writer says the disk is below
     /// `min_free_disk_bytes`: refused before it is sequenced, so it leaves no seq behind. Costs
     /// one relaxed atomic load per message when the disk is not low.
-    fn disk_refusal(&self) -> Option<ReplyError> {
+    pub(super) fn disk_refusal(&self) -> Option<ReplyError> {
         let free = self.store.persist().disk_low()?;
         let floor = self.config.min_free_disk_bytes;
         Some(ReplyError::new(
@@ -233,6 +248,11 @@ impl Embedded {
                  works; try sending again later"
             ),
         ))
+    }
+
+    /// `answer`, for the handlers in `events`.
+    pub(super) fn answer_to(&mut self, answer: (ShardId, NodeMsg), out: &mut Outbox) {
+        self.answer(answer, out);
     }
 
     /// Sends an answer to the shard that asked.
@@ -363,6 +383,30 @@ impl Embedded {
         reply: ReplyTo,
         out: &mut Outbox,
     ) {
+        self.store_with(target, (seq, ts, frame), key, None, reply, out);
+    }
+
+    /// `store` for an edit, delete or reaction: its target's new state goes in the same commit.
+    pub(super) fn store_event(
+        &mut self,
+        target: WriteTarget,
+        entry: (u64, u64, Bytes),
+        event: Box<EventWrite>,
+        reply: ReplyTo,
+        out: &mut Outbox,
+    ) {
+        self.store_with(target, entry, None, Some(event), reply, out);
+    }
+
+    fn store_with(
+        &mut self,
+        target: WriteTarget,
+        (seq, ts, frame): (u64, u64, Bytes),
+        key: Option<(Keyed, Box<Own>)>,
+        event: Option<Box<EventWrite>>,
+        reply: ReplyTo,
+        out: &mut Outbox,
+    ) {
         let stream = target.stream();
         let offline = match &target {
             WriteTarget::Inbox { to, .. } => self.users.online_count(to) == 0,
@@ -381,6 +425,7 @@ impl Embedded {
             ts,
             payload: ws::payload_of(&frame),
             key: text,
+            event,
         };
         // Queued right after its append: the writer commits both in one batch.
         let event = self.store.persist().feed().map(|_| FeedEvent::Stream {

@@ -149,11 +149,13 @@ impl StoreReads {
                 reply,
                 before,
                 limit,
+                fold,
             } => Read::History {
                 room,
                 reply,
                 before,
                 limit,
+                fold,
             },
             EngineMsg::Sync { user, reply, since } => Read::Sync { user, reply, since },
             msg => return Some(msg),

@@ -12,6 +12,7 @@
 //!   (`Joined`).
 //! - `writer`: the writer thread: batches, group commit, answers to the homes.
 //! - `read`: replays, gaps and history pages, capped to what one reply may carry.
+//! - `events`: checks of edits, deletes and reactions; folded history pages.
 //! - `disk`: the free-disk floor. `trim`: the trimmer thread.
 //! - `feed`: the event feed's records and pages; `deliver`: its webhook thread.
 
@@ -28,6 +29,7 @@ use crate::store::Store;
 mod deliver;
 mod disk;
 mod feed;
+mod events;
 mod op;
 mod read;
 #[cfg(test)]

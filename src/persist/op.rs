@@ -8,8 +8,9 @@ use tokio::sync::oneshot;
 use crate::core::ShardId;
 use crate::core::Stream;
 use crate::core::counters::WriterCounters;
+use crate::core::event::Event;
 use crate::core::{Name, ReqId};
-use crate::msg::{ReplayTo, ReplyTo, Written};
+use crate::msg::{FoldFor, ReplayTo, ReplyTo, Written};
 use crate::protocol::encode::RoomInfo;
 use crate::store::{Append, StoreError};
 
@@ -90,6 +91,19 @@ pub enum Read {
         reply: ReplyTo,
         before: Option<u64>,
         limit: usize,
+        fold: Option<FoldFor>,
+    },
+    /// An edit, delete or reaction to check against its stored target; the verdict goes back
+    /// to the room's home shard `home` (`EngineMsg::Checked`).
+    Check {
+        room: Name,
+        from: Name,
+        event: Event,
+        api: bool,
+        reply: ReplyTo,
+        home: ShardId,
+        /// `max_reaction_emojis`.
+        max_emojis: usize,
     },
     Sync {
         user: Name,

@@ -77,6 +77,23 @@ impl Writer {
                 reply,
                 before,
                 limit,
+                fold: Some(fold),
+            } => self.fold_history(room, reply, (before, limit), fold),
+            Read::Check {
+                room,
+                from,
+                event,
+                api,
+                reply,
+                home,
+                max_emojis,
+            } => self.check_event((room, from, event, api), reply, (home, max_emojis)),
+            Read::History {
+                room,
+                reply,
+                before,
+                limit,
+                fold: None,
             } => {
                 let stream = Stream::Room(room.clone());
                 let page = self
@@ -146,16 +163,19 @@ impl Writer {
                 |id| encode::page(id, room, payloads(&messages), more),
                 || crate::ws::payload_of(&encode::page(None, room, payloads(&messages), more)),
             ),
-            Err(e) => {
-                tracing::error!(error = %e, "history read failed");
-                self.counters.read_errors += 1;
-                reply.fail(ReplyError::new(
-                    ErrorCode::Unavailable,
-                    "the message store could not be read; try again",
-                ))
-            }
+            Err(e) => reply.fail(self.page_failed(&e)),
         };
         self.router.send(shard, msg);
+    }
+
+    /// A page read failed: logged and counted; the error to answer with.
+    pub(super) fn page_failed(&mut self, e: &StoreError) -> ReplyError {
+        tracing::error!(error = %e, "history read failed");
+        self.counters.read_errors += 1;
+        ReplyError::new(
+            ErrorCode::Unavailable,
+            "the message store could not be read; try again",
+        )
     }
 
     /// Sends a replay (or a gap's read) to the shard it is for. A failed read is sent as not

@@ -36,6 +36,7 @@ fn filled(n: u64, payload: &'static [u8]) -> (Arc<dyn Store>, Stream) {
             ts: seq,
             payload: Bytes::from_static(payload),
             key: None,
+            event: None,
         })
         .collect();
     store.write(&batch, &[], false).unwrap();
@@ -129,6 +130,7 @@ fn a_failed_write_makes_the_server_unready_until_one_succeeds() {
             ts: seq,
             payload: Bytes::from_static(b"{}"),
             key: None,
+            event: None,
         },
         done: None,
     };
@@ -204,6 +206,7 @@ fn an_idle_writer_commits_at_once_under_a_long_interval() {
             ts: 1,
             payload: Bytes::from_static(b"{}"),
             key: None,
+            event: None,
         },
         done: Some((0, written)),
     }]);

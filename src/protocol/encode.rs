@@ -7,6 +7,7 @@
 use bytes::Bytes;
 
 use crate::core::error::ReplyError;
+use crate::core::event::{Event, EventKind};
 use crate::core::rights::Rights;
 use crate::core::{Name, ReqId};
 use crate::ws::{FrameBuf, OP_TEXT};
@@ -94,6 +95,69 @@ pub fn message(target: Target<'_>, from: &Name, seq: u64, ts: u64, body: &[u8]) 
     j.raw(r#","body":"#);
     j.0.push(body);
     j.raw("}");
+    j.finish()
+}
+
+/// An edit, delete or reaction as its room's members get it: a `message` with `kind` and
+/// `target` (and `hard` for an erasing delete, `emoji` for a reaction) before its body, which
+/// is the new body of an edit and `null` otherwise:
+/// `{"type":"message","room":R,"from":F,"seq":N,"ts":T,"kind":K,"target":S,...,"body":B}`.
+pub fn event(room: &Name, from: &Name, seq: u64, ts: u64, event: &Event) -> Bytes {
+    let body: &[u8] = match &event.kind {
+        EventKind::Edit(body) => body,
+        _ => b"null",
+    };
+    let mut j = Json::new(128 + from.len() + body.len());
+    j.raw(r#"{"type":"message","room":"#).name(room);
+    j.raw(r#","from":"#).name(from);
+    j.raw(r#","seq":"#).u64(seq).raw(r#","ts":"#).u64(ts);
+    j.raw(r#","kind":""#).raw(event.kind.as_str());
+    j.raw(r#"","target":"#).u64(event.target);
+    match &event.kind {
+        EventKind::Delete { hard: true } => {
+            j.raw(r#","hard":true"#);
+        }
+        EventKind::React(emoji) | EventKind::Unreact(emoji) => {
+            j.raw(r#","emoji":"#).escaped(emoji);
+        }
+        _ => {}
+    }
+    j.raw(r#","body":"#);
+    j.0.push(body);
+    j.raw("}");
+    j.finish()
+}
+
+/// `event`'s JSON in two parts, before and after the seq (see `message_parts`).
+pub fn event_parts(room: &Name, from: &Name, ts: u64, ev: &Event) -> (Bytes, Bytes) {
+    let full = crate::ws::payload_of(&event(room, from, 0, ts, ev));
+    let at = seq_at(&full);
+    (full.slice(..at), full.slice(at + 1..))
+}
+
+/// `{"type":"ack","id":I,"room":R,"noop":true}`: an edit, delete or reaction that changed
+/// nothing (a repeated reaction), so no event was sequenced.
+pub fn noop_ack(id: Option<&ReqId>, room: &Name) -> Bytes {
+    let mut j = Json::new(96);
+    j.raw(r#"{"type":"ack","#).id(id);
+    j.raw(r#""room":"#).name(room).raw(r#","noop":true}"#);
+    j.finish()
+}
+
+/// A folded `history` page: `page`'s fields, then `"fold":true,"before":B`, where `B` is the
+/// `before` of the next page (the lowest seq the page read, events included).
+pub fn fold_page<'a>(
+    id: Option<&ReqId>,
+    room: &Name,
+    messages: impl Iterator<Item = &'a [u8]> + Clone,
+    more: bool,
+    next: u64,
+) -> Bytes {
+    let page = page(id, Some(room), messages, more);
+    let json = crate::ws::payload_of(&page);
+    let mut j = Json::new(json.len() + 32);
+    j.0.push(&json[..json.len().saturating_sub(1)]);
+    j.raw(r#","fold":true,"before":"#).u64(next).raw("}");
     j.finish()
 }
 

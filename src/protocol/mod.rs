@@ -66,6 +66,26 @@ pub enum ClientMessage<'a> {
         room: Name,
         before: Option<u64>,
         limit: usize,
+        /// Messages in their current state, edits, deletes and reactions folded in.
+        fold: bool,
+    },
+    /// A new body for message `target` (its author's only).
+    Edit {
+        room: Name,
+        target: u64,
+        body: &'a RawValue,
+    },
+    /// Delete message `target` (its author's only; the body is kept in the store).
+    Delete {
+        room: Name,
+        target: u64,
+    },
+    /// Add (`on`) or take back a reaction to message `target`.
+    React {
+        room: Name,
+        target: u64,
+        emoji: Cow<'a, str>,
+        on: bool,
     },
     /// The inbox's stored messages after `since`.
     Sync {
@@ -131,6 +151,12 @@ struct Envelope<'a> {
     seq: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     inbox: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    target: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    emoji: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    fold: Option<&'a RawValue>,
 }
 
 pub(crate) fn present<'de, D: serde::Deserializer<'de>>(
@@ -197,6 +223,16 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
         }
         Ok(limit as usize)
     };
+    let target = || {
+        int("target", env.target)?
+            .filter(|&t| t > 0)
+            .ok_or_else(|| {
+                with_id(ReplyError::new(
+                    ErrorCode::BadRequest,
+                    "`target` must be the seq of a message of the room (an integer from 1)",
+                ))
+            })
+    };
     let msg = match &*ty {
         "join" => ClientMessage::Join {
             room: name("room", env.room)?,
@@ -225,6 +261,34 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
             room: name("room", env.room)?,
             before: int("before", env.before)?,
             limit: limit(env.limit, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?,
+            fold: match env.fold.map(|f| f.get()) {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(_) => {
+                    return Err(with_id(ReplyError::new(
+                        ErrorCode::BadRequest,
+                        "`fold` must be true or false",
+                    )));
+                }
+            },
+        },
+        "edit" => ClientMessage::Edit {
+            room: name("room", env.room)?,
+            target: target()?,
+            body: body()?,
+        },
+        "delete" => ClientMessage::Delete {
+            room: name("room", env.room)?,
+            target: target()?,
+        },
+        "react" | "unreact" => ClientMessage::React {
+            room: name("room", env.room)?,
+            target: target()?,
+            emoji: {
+                let raw = env.emoji.ok_or_else(|| with_id(missing("emoji")))?;
+                string_field("emoji", raw).map_err(with_id)?
+            },
+            on: &*ty == "react",
         },
         "sync" => ClientMessage::Sync {
             since: int("since", env.since)?.ok_or_else(|| with_id(missing("since")))?,
@@ -253,7 +317,7 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
                 ErrorCode::UnknownType,
                 format!(
                     "unknown type {:?}; expected join, leave, publish, send, presence, history, \
-                     sync, signal, read, ping, refresh or connect",
+                     sync, signal, read, ping, refresh, connect, edit, delete, react or unreact",
                     truncate(other, 32)
                 ),
             )));
@@ -272,6 +336,20 @@ pub fn check_body_depth(body: &str, max: usize) -> Result<(), ReplyError> {
         return Err(ReplyError::new(
             ErrorCode::BadRequest,
             format!("body is nested more than {max} levels deep (max_body_depth); flatten it"),
+        ));
+    }
+    Ok(())
+}
+
+/// An emoji (or any short reaction name): 1 to `max` bytes, no control characters.
+pub fn check_emoji(emoji: &str, max: usize) -> Result<(), ReplyError> {
+    if emoji.is_empty() || emoji.len() > max || emoji.chars().any(char::is_control) {
+        return Err(ReplyError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "`emoji` must be 1 to {max} bytes (max_emoji_bytes) without control \
+                 characters, e.g. \"👍\""
+            ),
         ));
     }
     Ok(())

@@ -4,7 +4,7 @@
 //!
 //! - **client side**: `client.rs` (connections from handshake to close, and the replies they
 //!   get), `requests.rs` (each request checked and turned into an `EngineMsg`; joins and leaves),
-//!   `limits.rs` (the request and read rates) and `budget.rs` (each user's budget for stored
+//!   `events.rs` (edits, deletes and reactions), `limits.rs` (the request and read rates) and `budget.rs` (each user's budget for stored
 //!   bytes on this shard).
 //! - **hub**: `hub/` (this shard's local membership of rooms and users and the fan-out of each
 //!   frame to it; `hub/replay.rs`: replays and gap fills merged by seq with the live frames) and
@@ -22,6 +22,7 @@ mod budget;
 mod chat;
 mod client;
 mod hooked;
+mod events;
 mod hub;
 mod limits;
 mod merge;

@@ -14,7 +14,7 @@ use crate::core::error::{CloseCode, ErrorCode, ReplyError};
 use crate::core::rights::Rights;
 use crate::core::{ConnId, JoinGen};
 use crate::core::{Name, ReqId};
-use crate::msg::{EngineMsg, PresencePage};
+use crate::msg::{EngineMsg, FoldFor, PresencePage};
 use crate::protocol::encode::{self, RoomInfo, Target};
 use crate::protocol::{self, ClientMessage, Request};
 use crate::ws;
@@ -125,10 +125,14 @@ impl Shard {
                         self.send_direct(conn, to, body, key, id.clone())
                     })
             }
+            msg @ (ClientMessage::Edit { .. }
+            | ClientMessage::Delete { .. }
+            | ClientMessage::React { .. }) => self.event_request(conn, msg, &id),
             ClientMessage::History {
                 room,
                 before,
                 limit,
+                fold,
             } => self
                 .member(conn, &room, "reading the history of")
                 .and_then(|()| self.may(conn, &room, Rights::HISTORY))
@@ -140,6 +144,9 @@ impl Shard {
                         reply: reply_to(conn, &id),
                         before,
                         limit,
+                        fold: fold.then(|| FoldFor {
+                            reader: Some(conn.user.clone()),
+                        }),
                     })
                 }),
             ClientMessage::Sync { since } => self

@@ -1,9 +1,9 @@
 //! `FjallStore`: the `Store` on fjall, an LSM-tree with a write-ahead journal. A commit appends
 //! to the journal; a durable commit adds one fsync (group commit). Six keyspaces, written in
 //! one atomic batch: `messages` (stream prefix ++ seq → ts ++ payload), `keys` (the same key →
-//! ts ++ "SENDER KEY", for a keyed message), `last_seq` and `cursors` (stream prefix → u64),
-//! `feed` (cursor → ts ++ event JSON) and `feed_meta` ("last" and "mark" → u64), all integers
-//! big-endian.
+//! ts ++ "SENDER KEY", for a keyed message; and `f` ++ that key → a changed message's folded
+//! state), `last_seq` and `cursors` (stream prefix → u64), `feed` (cursor → ts ++ event JSON)
+//! and `feed_meta` ("last" and "mark" → u64), all integers big-endian.
 //!
 //! After a failed write fjall refuses every later one ("poisoned": it cannot know what reached
 //! disk). The next call then reopens the database, which recovers from its journal, so a disk
@@ -19,8 +19,9 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::{
     Append, FeedRecord, FeedState, KeyEntry, ReadPosition, Store, StoreError, StoredMessage,
-    StreamInfo, from_read_key, last_seqs, read_key, trimmed,
+    StreamInfo, from_read_key, last_seqs, parse_folded, read_key, trimmed,
 };
+use crate::core::event::Folded;
 use crate::core::{Name, Stream};
 
 /// How much memory the store may use: its block cache, and unflushed messages (the memtable
@@ -152,6 +153,15 @@ impl Db {
                 value.extend_from_slice(key);
                 tx.insert(&self.keys, a.stream.key(a.seq), value);
             }
+            if let Some(ev) = &a.event {
+                tx.insert(&self.keys, fold_key(&a.stream, ev.target), ev.state_json());
+                for (seq, ts, payload) in &ev.rewrites {
+                    let mut value = Vec::with_capacity(8 + payload.len());
+                    value.extend_from_slice(&ts.to_be_bytes());
+                    value.extend_from_slice(payload);
+                    tx.insert(&self.messages, a.stream.key(*seq), value);
+                }
+            }
         }
         for (stream, seq) in last_seqs(appends) {
             let prefix = stream.prefix();
@@ -194,6 +204,30 @@ impl Db {
         Ok(removed)
     }
 
+    /// Deletes the folded states of messages no longer stored (below the first kept one):
+    /// a trimmed message's latest body must not outlive it.
+    fn trim_folds(&self, stream: &Stream) -> Result<(), StoreError> {
+        let kept = match self.messages.prefix(stream.prefix()).next() {
+            Some(first) => seq_of(&first.key().map_err(read_err)?)?,
+            None => u64::MAX,
+        };
+        let mut tx = self.db.batch();
+        let mut any = false;
+        let prefix = [&b"f"[..], &stream.prefix()].concat();
+        for guard in self.keys.prefix(prefix) {
+            let key = guard.key().map_err(read_err)?;
+            if seq_of(&key)? >= kept {
+                break;
+            }
+            tx.remove(&self.keys, key);
+            any = true;
+        }
+        if any {
+            tx.commit().map_err(write_err)?;
+        }
+        Ok(())
+    }
+
     fn read(
         iter: impl Iterator<Item = fjall::Guard>,
         limit: usize,
@@ -210,6 +244,15 @@ impl Db {
         }
         Ok(out)
     }
+}
+
+/// A changed message's folded state (`core::event::Folded` as JSON) lives in the `keys`
+/// keyspace under `f` ++ its message key: no stream prefix starts with `f`, so the keys of a
+/// stream never see it. (A keyspace of its own cost the disk-full recovery its margin.)
+fn fold_key(stream: &Stream, seq: u64) -> Vec<u8> {
+    let mut k = vec![b'f'];
+    k.extend_from_slice(&stream.key(seq));
+    k
 }
 
 fn read_err(e: fjall::Error) -> StoreError {
@@ -264,6 +307,34 @@ impl FjallStore {
             db: RwLock::new(Some(db)),
             undo: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Flushes every keyspace's memtable to disk, compacts each fully and drops the journal,
+    /// so overwritten and deleted values (a hard delete's erased body) leave the data
+    /// directory's files. The journal is only rotated at 64 MB, so it is removed here once
+    /// everything it holds is in tables (fjall starts a new one when it finds none; keyspace
+    /// names live in tables, not in the journal). Costs a rewrite of the whole store: for an
+    /// offline operator tool and tests, never while a server writes to it.
+    pub fn compact(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let Some(db) = slot.as_ref() else {
+            return Err(StoreError::Write("the store is not open".into()));
+        };
+        db.db.persist(PersistMode::SyncAll).map_err(write_err)?;
+        for ks in [&db.messages, &db.keys, &db.last, &db.cursors] {
+            ks.rotate_memtable_and_wait().map_err(write_err)?;
+            ks.major_compact().map_err(write_err)?;
+        }
+        drop(slot.take());
+        let io = |e: std::io::Error| StoreError::Write(e.to_string());
+        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.extension().is_some_and(|e| e == "jnl") {
+                std::fs::remove_file(&path).map_err(io)?;
+            }
+        }
+        *slot = Some(Db::open(&self.dir, self.memory).map_err(StoreError::Write)?);
+        Ok(())
     }
 
     /// The open database, reopened first if a write failed.
@@ -399,9 +470,24 @@ impl Store for FjallStore {
     fn trim(&self, stream: &Stream, keep_from: u64, min_ts: u64) -> Result<usize, StoreError> {
         let guard = self.db()?;
         let db = guard.as_ref().expect("checked");
-        db.trim_front(&db.messages, stream, |seq, ts| {
+        let removed = db.trim_front(&db.messages, stream, |seq, ts| {
             trimmed(seq, ts, keep_from, min_ts)
-        })
+        })?;
+        if removed > 0 {
+            db.trim_folds(stream)?;
+        }
+        Ok(removed)
+    }
+
+    fn folded(&self, stream: &Stream, seqs: &[u64]) -> Result<Vec<Option<Folded>>, StoreError> {
+        let guard = self.db()?;
+        let db = guard.as_ref().expect("checked");
+        let mut out = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            let value = db.keys.get(fold_key(stream, seq)).map_err(read_err)?;
+            out.push(value.as_deref().map(parse_folded).transpose()?);
+        }
+        Ok(out)
     }
 
     fn keys(&self, stream: &Stream, limit: usize) -> Result<Vec<KeyEntry>, StoreError> {
@@ -569,6 +655,7 @@ mod tests {
                     ts: 1,
                     payload: Bytes::from_static(b"x"),
                     key: None,
+                    event: None,
                 })
                 .collect();
             store.write(&batch, &[], true).unwrap();

@@ -11,6 +11,7 @@ use super::{
     StreamInfo, from_read_key, last_seqs, read_key, trimmed,
 };
 use crate::core::Stream;
+use crate::core::event::Folded;
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -36,6 +37,8 @@ struct Entry {
     cursor: u64,
     /// seq → (ts, "SENDER KEY").
     keys: BTreeMap<u64, (u64, Bytes)>,
+    /// seq → a changed message's folded state.
+    folds: BTreeMap<u64, Folded>,
 }
 
 impl MemoryStore {
@@ -134,6 +137,12 @@ impl Store for MemoryStore {
             if let Some(key) = &a.key {
                 e.keys.insert(a.seq, (a.ts, key.clone()));
             }
+            if let Some(ev) = &a.event {
+                e.folds.insert(ev.target, ev.state.clone());
+                for (seq, ts, payload) in &ev.rewrites {
+                    e.messages.insert(*seq, (*ts, payload.clone()));
+                }
+            }
         }
         for (stream, seq) in last_seqs(appends) {
             let e = inner.entry(stream.clone()).or_default();
@@ -182,7 +191,19 @@ impl Store for MemoryStore {
         let Some(e) = inner.get_mut(stream) else {
             return Ok(0);
         };
-        Ok(trim_front(&mut e.messages, keep_from, min_ts))
+        let removed = trim_front(&mut e.messages, keep_from, min_ts);
+        let kept = e.messages.keys().next().copied().unwrap_or(u64::MAX);
+        e.folds = e.folds.split_off(&kept);
+        Ok(removed)
+    }
+
+    fn folded(&self, stream: &Stream, seqs: &[u64]) -> Result<Vec<Option<Folded>>, StoreError> {
+        let inner = self.inner();
+        let folds = inner.get(stream).map(|e| &e.folds);
+        Ok(seqs
+            .iter()
+            .map(|s| folds.and_then(|f| f.get(s)).cloned())
+            .collect())
     }
 
     fn keys(&self, stream: &Stream, limit: usize) -> Result<Vec<KeyEntry>, StoreError> {

@@ -7,6 +7,7 @@
 //! (`persist`), never on a shard's.
 
 mod fjall;
+pub mod fold;
 mod memory;
 
 pub use self::fjall::{FjallStore, StoreMemory};
@@ -14,6 +15,7 @@ pub use self::memory::MemoryStore;
 
 use bytes::Bytes;
 
+use crate::core::event::{EventWrite, Folded};
 use crate::core::{Name, Stream};
 
 impl Stream {
@@ -61,6 +63,8 @@ pub struct Append {
     pub payload: Bytes,
     /// "SENDER KEY" of a keyed message: stored in the same commit, read back by `keys`.
     pub key: Option<Bytes>,
+    /// An edit, delete or reaction: its target's new state (and rewrites), in the same commit.
+    pub event: Option<Box<EventWrite>>,
 }
 
 /// One event of the feed (docs/hooks.md): its cursor (dense, from 1, never reused), its time
@@ -237,6 +241,27 @@ pub trait Store: Send + Sync + 'static {
     fn reads(&self) -> Result<Vec<ReadPosition>, StoreError> {
         Ok(Vec::new())
     }
+
+    /// The folded state of each of `seqs` (messages changed by an edit, delete or reaction;
+    /// `None` for one never changed), in order.
+    fn folded(&self, _stream: &Stream, seqs: &[u64]) -> Result<Vec<Option<Folded>>, StoreError> {
+        Ok(vec![None; seqs.len()])
+    }
+
+    /// Message `seq`, if it is stored.
+    fn message(&self, stream: &Stream, seq: u64) -> Result<Option<StoredMessage>, StoreError> {
+        let Some(after) = seq.checked_sub(1) else {
+            return Ok(None);
+        };
+        let first = self.after(stream, after, 1)?.into_iter().next();
+        Ok(first.filter(|m| m.seq == seq))
+    }
+}
+
+/// Parses a stored folded state; a corrupt one reads as an error.
+fn parse_folded(bytes: &[u8]) -> Result<Folded, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Read(format!("corrupt folded state: {e}")))
 }
 
 /// The highest seq per stream in a batch, for the last-seq records.
@@ -275,6 +300,7 @@ mod tests {
             ts,
             payload: Bytes::from_static(payload),
             key: None,
+            event: None,
         }
     }
 

@@ -7,6 +7,7 @@ use super::super::link::Cmds;
 
 pub(super) struct Scripts {
     pub(super) publish: Script,
+    pub(super) event: Script,
     pub(super) join: Script,
     pub(super) leave: Script,
     pub(super) refresh: Script,
@@ -31,6 +32,7 @@ macro_rules! lua {
 }
 
 const PUBLISH: &str = lua!("../lua/publish.lua");
+const EVENT: &str = lua!("../lua/event.lua");
 const JOIN: &str = lua!("../lua/join.lua");
 const LEAVE: &str = lua!("../lua/leave.lua");
 const REFRESH: &str = lua!("../lua/refresh.lua");
@@ -45,8 +47,8 @@ const TAIL: &str = lua!("../lua/tail.lua");
 const LEASE: &str = include_str!("../lua/lease.lua");
 const ROLLBACK: &str = include_str!("../lua/rollback.lua");
 const READ: &str = include_str!("../lua/read.lua");
-const ALL: [&str; 15] = [
-    PUBLISH, JOIN, LEAVE, REFRESH, PRESENCE, OCCUPANCY, REGISTER, ONLINE, CURSOR, SESSIONS,
+const ALL: [&str; 16] = [
+    PUBLISH, EVENT, JOIN, LEAVE, REFRESH, PRESENCE, OCCUPANCY, REGISTER, ONLINE, CURSOR, SESSIONS,
     UNREGISTER, TAIL, LEASE, ROLLBACK, READ,
 ];
 
@@ -54,6 +56,7 @@ impl Scripts {
     pub(super) fn new() -> Scripts {
         Scripts {
             publish: Script::new(PUBLISH),
+            event: Script::new(EVENT),
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
             refresh: Script::new(REFRESH),
