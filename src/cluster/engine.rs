@@ -38,8 +38,8 @@ use crate::ws;
 
 mod batch;
 mod chat;
-mod failover;
 mod events;
+mod failover;
 mod messages;
 mod order;
 mod replicas;

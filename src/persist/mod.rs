@@ -28,8 +28,8 @@ use crate::store::Store;
 
 mod deliver;
 mod disk;
-mod feed;
 mod events;
+mod feed;
 mod op;
 mod read;
 #[cfg(test)]

@@ -21,8 +21,8 @@
 mod budget;
 mod chat;
 mod client;
-mod hooked;
 mod events;
+mod hooked;
 mod hub;
 mod limits;
 mod merge;
