@@ -46,8 +46,8 @@ fn js_client_library_tests_pass_against_the_real_server() {
         "the client library's tests failed under node {version}:\n{report}"
     );
     assert!(
-        report.contains("pass 18") && report.contains("fail 0"),
-        "expected 18 passing tests (15 in client.test.mjs, 2 in chat.test.mjs, 1 in edits.test.mjs):\n{report}"
+        report.contains("pass 19") && report.contains("fail 0"),
+        "expected 19 passing tests (15 in client.test.mjs, 2 in chat.test.mjs, 2 in edits.test.mjs):\n{report}"
     );
 }
 

@@ -280,11 +280,19 @@ fn server() -> TestServer {
         c.jwt_secret = Some(SECRET.into());
         c.api_key = Some(KEY.into());
         c.occupancy_interval_ms = 100;
-        c.rooms = vec![RoomRule {
-            prefix: "count:".into(),
-            presence: Some(PresenceMode::Count),
-            ..RoomRule::default()
-        }];
+        c.read_interval_ms = 100;
+        c.rooms = vec![
+            RoomRule {
+                prefix: "count:".into(),
+                presence: Some(PresenceMode::Count),
+                ..RoomRule::default()
+            },
+            RoomRule {
+                prefix: "rc:".into(),
+                receipts: Some(true),
+                ..RoomRule::default()
+            },
+        ];
     })
 }
 
@@ -519,6 +527,8 @@ async fn every_frame_kind_round_trips_in_the_binary_form() {
         (&json!(12), &json!("unknown_type"))
     );
 
+    issue_23_frames(&mut a, &mut b, addr).await;
+
     // refresh: removed for the room the new claim leaves out, then refreshed with its exp.
     let exp = now_secs() + 7200;
     let narrower = mint(
@@ -535,7 +545,184 @@ async fn every_frame_kind_round_trips_in_the_binary_form() {
     assert_eq!(r["refreshed"]["exp"], json!(exp));
 }
 
+/// The frames of signals, read positions, edits, deletes, reactions and folded history (issue
+/// 23) in the binary form: alice (`a`) speaks it, bob (`b`) JSON, in a room with receipts.
+async fn issue_23_frames(a: &mut Proto, b: &mut Client, addr: SocketAddr) {
+    let room = json!("rc:1");
+    let (_, ack) = a.call(20, r#"join { room: "rc:1" }"#).await;
+    assert_eq!(ack["ack"]["read"], json!(0), "{ack}");
+    jcall(b, json!({"type": "join", "room": "rc:1"})).await;
+    jcall(
+        b,
+        json!({"type": "publish", "room": "rc:1", "body": {"text": "hi"}}),
+    )
+    .await;
+    assert_eq!(a.recv_arm("message").await["seq"], json!(1));
+
+    // signal, both ways: acked without a seq, no seq on the wire.
+    let (_, ack) = a
+        .call(21, r#"signal { room: "rc:1" body: "{\"typing\":true}" }"#)
+        .await;
+    assert_eq!(ack["ack"], json!({"room": "rc:1"}));
+    assert_eq!(
+        recv_until(b, "signal").await,
+        json!({"type": "signal", "room": "rc:1", "from": "alice", "body": {"typing": true}})
+    );
+    b.send_json(&json!({"type": "signal", "room": "rc:1", "body": {"typing": false}}))
+        .await;
+    assert_eq!(
+        a.recv_arm("signal").await,
+        json!({"room": "rc:1", "from": "bob", "body": "{\"typing\":false}", "body_json": true})
+    );
+
+    // read with its ack, receipts both ways, the welcome's positions, an inbox read and the
+    // `read` frame the user's other connection gets.
+    let (_, ack) = a.call(22, r#"read { room: "rc:1" seq: 1 }"#).await;
+    assert_eq!(ack["ack"], json!({"room": "rc:1", "read": 1}));
+    let r = recv_until(b, "receipt").await;
+    assert_eq!((&r["user"], &r["seq"]), (&json!("alice"), &json!(1)));
+    jcall(b, json!({"type": "read", "room": "rc:1", "seq": 1})).await;
+    // Receipts go to every member, the reader's own connections too.
+    assert_eq!(
+        a.recv_arm("receipt").await,
+        json!({"room": "rc:1", "user": "alice", "seq": 1})
+    );
+    assert_eq!(
+        a.recv_arm("receipt").await,
+        json!({"room": "rc:1", "user": "bob", "seq": 1})
+    );
+    let mut a2 = proto(addr, "alice", &["rc:1"]).await;
+    let w = &a2.welcome["welcome"];
+    assert_eq!(w["inbox_seq"], json!(1));
+    assert!(w.get("inbox_read").is_none(), "0 is proto3's default: {w}");
+    assert_eq!(
+        list(&w["reads"]),
+        [json!({"room": "rc:1", "seq": 1, "read": 1})]
+    );
+    let (_, ack) = a2.call(1, "read { inbox: true seq: 1 }").await;
+    assert_eq!(ack["ack"], json!({"inbox": true, "read": 1}));
+    assert_eq!(a.recv_arm("read").await, json!({"inbox": true, "seq": 1}));
+
+    // edit, react (and its noop repeat), unreact, delete, and the API's hard delete.
+    let (_, ack) = a
+        .call(23, r#"publish { room: "rc:1" body: "\"mine\"" }"#)
+        .await;
+    assert_eq!(ack["ack"]["seq"], json!(2));
+    let (_, ack) = a
+        .call(24, r#"edit { room: "rc:1" target: 2 body: "\"fixed\"" }"#)
+        .await;
+    assert_eq!(ack["ack"]["seq"], json!(3));
+    let e = recv_until(b, "message").await;
+    assert_eq!(e["seq"], json!(2));
+    let e = recv_until(b, "message").await;
+    assert_eq!(
+        (&e["kind"], &e["target"], &e["body"]),
+        (&json!("edit"), &json!(2), &json!("fixed"))
+    );
+    jcall(
+        b,
+        json!({"type": "edit", "room": "rc:1", "target": 1, "body": "hi2"}),
+    )
+    .await;
+    let e = a.recv_arm("message").await;
+    assert_eq!(
+        (&e["kind"], &e["target"], &e["seq"], &e["body"]),
+        (&json!("edit"), &json!(1), &json!(4), &json!("\"hi2\""))
+    );
+    let (_, ack) = a
+        .call(25, r#"react { room: "rc:1" target: 1 emoji: "+1" }"#)
+        .await;
+    assert_eq!(ack["ack"]["seq"], json!(5));
+    let e = recv_until(b, "message").await;
+    assert_eq!((&e["kind"], &e["emoji"]), (&json!("react"), &json!("+1")));
+    let (_, ack) = a
+        .call(26, r#"react { room: "rc:1" target: 1 emoji: "+1" }"#)
+        .await;
+    assert_eq!(ack["ack"], json!({"room": "rc:1", "noop": true}));
+    jcall(
+        b,
+        json!({"type": "react", "room": "rc:1", "target": 1, "emoji": "ok"}),
+    )
+    .await;
+    let e = a.recv_arm("message").await;
+    assert_eq!(
+        e,
+        json!({"room": "rc:1", "from": "bob", "seq": 6, "ts": e["ts"], "body": "null",
+            "body_json": true, "kind": "react", "target": 1, "emoji": "ok"})
+    );
+    jcall(
+        b,
+        json!({"type": "unreact", "room": "rc:1", "target": 1, "emoji": "ok"}),
+    )
+    .await;
+    let e = a.recv_arm("message").await;
+    assert_eq!((&e["kind"], &e["emoji"]), (&json!("unreact"), &json!("ok")));
+    let (_, ack) = a.call(27, r#"delete { room: "rc:1" target: 2 }"#).await;
+    assert_eq!(ack["ack"]["seq"], json!(8));
+    let e = recv_until(b, "message").await;
+    assert_eq!((&e["kind"], &e["target"]), (&json!("delete"), &json!(2)));
+    let reply = api(
+        addr,
+        "POST",
+        "/api/delete",
+        Some(KEY),
+        r#"{"room":"rc:1","target":2,"hard":true}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let e = a.recv_arm("message").await;
+    assert_eq!(
+        (&e["kind"], &e["target"], &e["hard"]),
+        (&json!("delete"), &json!(2), &json!(true))
+    );
+
+    // history with fold: the current state, a tombstone, reactions, the next page's before.
+    let (_, h) = a.call(28, r#"history { room: "rc:1" fold: true }"#).await;
+    let h = &h["history"];
+    assert_eq!((&h["room"], &h["fold"]), (&room, &json!(true)), "{h}");
+    assert!(h["before"].as_u64().is_some(), "{h}");
+    let msgs = list(&h["messages"]);
+    assert_eq!(msgs.len(), 2, "{h}");
+    assert_eq!(
+        (
+            &msgs[0]["seq"],
+            &msgs[0]["deleted"],
+            &msgs[0]["erased"],
+            &msgs[0]["body"]
+        ),
+        (&json!(2), &json!(true), &json!(true), &json!("null"))
+    );
+    assert_eq!(
+        (&msgs[1]["seq"], &msgs[1]["edited"], &msgs[1]["body"]),
+        (&json!(1), &json!(4), &json!("\"hi2\""))
+    );
+    assert_eq!(
+        list(&msgs[1]["reactions"]),
+        [json!({"emoji": "+1", "count": 1, "me": true})]
+    );
+    let (_, ack) = a
+        .call(29, r#"unreact { room: "rc:1" target: 1 emoji: "+1" }"#)
+        .await;
+    assert!(ack["ack"]["seq"].as_u64().is_some(), "{ack}");
+    let mut e = recv_until(b, "message").await;
+    if e["hard"] == json!(true) {
+        e = recv_until(b, "message").await; // the API's hard delete came first
+    }
+    assert_eq!((&e["kind"], &e["emoji"]), (&json!("unreact"), &json!("+1")));
+    a.call(30, r#"leave { room: "rc:1" }"#).await;
+}
+
 impl Proto {
+    /// The next frame with arm `arm` (its fields), reading past others.
+    async fn recv_arm(&mut self, arm: &str) -> Value {
+        loop {
+            let mut f = self.recv().await;
+            if let Some(v) = f.get_mut(arm) {
+                return v.take();
+            }
+        }
+    }
+
     async fn call_str(&mut self, id: &str, text: &str) -> (Vec<Value>, Value) {
         self.send_text_form(&format!("str_id: {id:?} {text}")).await;
         loop {

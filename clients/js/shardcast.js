@@ -928,32 +928,49 @@ const CLIENT_FRAMES = {
   publish: [12, { room: [1, S], body: [2, BODY], key: [3, S] }],
   send: [13, { to: [1, S], body: [2, BODY], key: [3, S] }],
   presence: [14, { room: [1, S], after: [2, S], limit: [3, U] }],
-  history: [15, { room: [1, S], before: [2, U], limit: [3, U] }],
+  history: [15, { room: [1, S], before: [2, U], limit: [3, U], fold: [4, B] }],
   sync: [16, { since: [1, U] }],
   ping: [17, {}],
   refresh: [18, { token: [1, S] }],
   connect: [19, { token: [1, S] }],
+  signal: [20, { room: [1, S], body: [2, BODY] }],
+  read: [21, { room: [1, S], inbox: [2, B], seq: [3, U] }],
+  edit: [22, { room: [1, S], target: [2, U], body: [3, BODY] }],
+  delete: [23, { room: [1, S], target: [2, U] }],
+  react: [24, { room: [1, S], target: [2, U], emoji: [3, S] }],
+  unreact: [25, { room: [1, S], target: [2, U], emoji: [3, S] }],
 };
 
-const MESSAGE = { 1: ["room", S], 2: ["to", S], 3: ["from", S], 4: ["seq", U], 5: ["ts", U], 6: ["key", S], 7: ["body", "bytes"], 8: ["body_json", B] };
+// `reactions` and `reads` are JSON objects keyed by emoji and room: repeated messages whose
+// first field is the key (OBJECT: [key field, { number: [field, kind] } of the rest]).
+const OBJECT = "object";
+const REACTIONS = ["emoji", { 2: ["count", U], 3: ["me", B] }];
+const READS = ["room", { 2: ["seq", U], 3: ["read", U] }];
+const MESSAGE = {
+  1: ["room", S], 2: ["to", S], 3: ["from", S], 4: ["seq", U], 5: ["ts", U], 6: ["key", S], 7: ["body", "bytes"], 8: ["body_json", B],
+  9: ["kind", S], 10: ["target", U], 11: ["emoji", S], 12: ["hard", B], 13: ["edited", U], 14: ["deleted", B], 15: ["erased", B], 16: ["reactions", OBJECT, REACTIONS],
+};
 const MEMBERSHIP = { 1: ["room", S], 2: ["user", S] };
-const PAGE = { 1: ["room", S], 2: ["messages", "messages"], 3: ["more", B] };
+const PAGE = { 1: ["room", S], 2: ["messages", "messages"], 3: ["more", B], 4: ["fold", B], 5: ["before", U] };
 
 /** Server frames: ServerFrame arm number -> [type, { number: [field, kind] }]. */
 const SERVER_FRAMES = {
-  10: ["welcome", { 1: ["user", S], 2: ["rooms", LIST], 3: ["heartbeat_ms", U], 4: ["inbox_seq", U] }],
+  10: ["welcome", { 1: ["user", S], 2: ["rooms", LIST], 3: ["heartbeat_ms", U], 4: ["inbox_seq", U], 5: ["inbox_read", U], 6: ["reads", OBJECT, READS] }],
   11: ["message", MESSAGE],
   12: ["joined", MEMBERSHIP],
   13: ["left", MEMBERSHIP],
   14: ["occupancy", { 1: ["room", S], 2: ["members", U] }],
   15: ["removed", { 1: ["room", S], 2: ["reason", S] }],
-  16: ["ack", { 1: ["room", S], 2: ["to", S], 3: ["seq", U], 4: ["dup", B], 5: ["publish", S], 6: ["presence", S], 7: ["rights", LIST], 8: ["members", U], 9: ["epoch", U], 10: ["recovered", B], 11: ["replayed", U], 12: ["truncated", B] }],
+  16: ["ack", { 1: ["room", S], 2: ["to", S], 3: ["seq", U], 4: ["dup", B], 5: ["publish", S], 6: ["presence", S], 7: ["rights", LIST], 8: ["members", U], 9: ["epoch", U], 10: ["recovered", B], 11: ["replayed", U], 12: ["truncated", B], 13: ["noop", B], 14: ["read", U], 15: ["inbox", B] }],
   17: ["pong", {}],
   18: ["presence", { 1: ["room", S], 2: ["mode", S], 3: ["users", LIST], 4: ["more", B], 5: ["members", U] }],
   19: ["refreshed", { 1: ["exp", U] }],
   20: ["error", { 1: ["code", S], 2: ["message", S] }],
   21: ["history", PAGE],
   22: ["sync", PAGE],
+  23: ["signal", { 1: ["room", S], 2: ["from", S], 3: ["body", "bytes"], 4: ["body_json", B] }],
+  24: ["read", { 1: ["room", S], 2: ["inbox", B], 3: ["seq", U] }],
+  25: ["receipt", { 1: ["room", S], 2: ["user", S], 3: ["seq", U] }],
 };
 
 const utf8 = new TextEncoder();
@@ -1009,6 +1026,10 @@ export function encodeClientFrame(frame) {
     if (kind === U) {
       inner.tag(n, 0);
       inner.varint(v);
+    } else if (kind === B) {
+      if (!v) continue; // false is proto3's default: left unset
+      inner.tag(n, 0);
+      inner.varint(1);
     } else if (kind === BODY) inner.lengthDelimited(n, bodyBytes(v));
     else inner.lengthDelimited(n, utf8.encode(String(v)));
   }
@@ -1060,7 +1081,7 @@ function decodeFields(bytes, [start, end], spec) {
   for (const [n, wire, v] of new Reader(bytes, start, end).fields()) {
     const f = spec[n];
     if (!f) continue;
-    const [name, kind] = f;
+    const [name, kind, sub] = f;
     if (kind === U) out[name] = v;
     else if (kind === B) out[name] = v !== 0;
     else if (wire !== 2) continue;
@@ -1068,6 +1089,12 @@ function decodeFields(bytes, [start, end], spec) {
     else if (kind === LIST) (out[name] ??= []).push(fromUtf8.decode(bytes.subarray(v[0], v[1])));
     else if (kind === "bytes") out[name] = bytes.slice(v[0], v[1]);
     else if (kind === "messages") (out[name] ??= []).push(asMessage(decodeFields(bytes, v, MESSAGE)));
+    else if (kind === OBJECT) {
+      const [key, rest] = sub;
+      const { [key]: k = "", ...value } = decodeFields(bytes, v, { 1: [key, S], ...rest });
+      for (const [, [field, fk]] of Object.entries(rest)) value[field] ??= fk === B ? false : 0;
+      (out[name] ??= {})[k] = value;
+    }
   }
   return out;
 }
@@ -1075,11 +1102,17 @@ function decodeFields(bytes, [start, end], spec) {
 /** A decoded `Message` in its JSON shape: a JSON body as its value, other bytes as a
  * Uint8Array (docs/protocol.md, "Bodies across formats"). */
 function asMessage(m) {
+  withBody(m);
+  if (!m.seq) delete m.seq;
+  return { type: "message", ...m };
+}
+
+/** A decoded `body` and `body_json` as the JSON form's `body`. */
+function withBody(m) {
   const body = m.body ?? new Uint8Array();
   m.body = m.body_json ? JSON.parse(fromUtf8.decode(body)) : body;
   delete m.body_json;
-  if (!m.seq) delete m.seq;
-  return { type: "message", ...m };
+  return m;
 }
 
 /** A binary `ServerFrame` as the object its JSON form parses to (proto3's unset defaults put
@@ -1095,10 +1128,15 @@ export function decodeServerFrame(bytes) {
     }
   }
   if (f.type === "message") f = { ...asMessage(f), id: f.id };
+  if (f.type === "signal") withBody(f);
+  if (f.type === "read" || f.type === "receipt") f.seq ??= 0;
   if (f.type === "welcome") {
     f.rooms ??= [];
     f.inbox_seq ??= 0;
+    f.inbox_read ??= 0;
+    f.reads ??= {};
   }
+  if (f.type === "ack" && (f.read !== undefined || f.inbox)) f.read ??= 0;
   if (f.type === "history" || f.type === "sync") {
     f.messages ??= [];
     f.more ??= false;
@@ -1128,7 +1166,7 @@ const chatMethods = {
    * it was sent (not while disconnected: a signal is about now). */
   signal(room, body) {
     if (this.state !== "connected" || !this.ws) return false;
-    this.ws.send(JSON.stringify({ type: "signal", room, body }));
+    this.ws.send(this.encode({ type: "signal", room, body }));
     return true;
   },
 

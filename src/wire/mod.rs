@@ -88,6 +88,12 @@ pub fn client_to_json(bytes: &[u8]) -> Result<String, DecodeError> {
             Frame::Ping(_) => "ping",
             Frame::Refresh(_) => "refresh",
             Frame::Connect(_) => "connect",
+            Frame::Signal(_) => "signal",
+            Frame::Read(_) => "read",
+            Frame::Edit(_) => "edit",
+            Frame::Delete(_) => "delete",
+            Frame::React(_) => "react",
+            Frame::Unreact(_) => "unreact",
         },
     };
     j.str("type", ty);
@@ -123,10 +129,34 @@ pub fn client_to_json(bytes: &[u8]) -> Result<String, DecodeError> {
             j.str("room", &f.room);
             j.opt_num("before", f.before);
             j.opt_num("limit", f.limit);
+            j.flag("fold", f.fold);
         }
         Some(Frame::Sync(f)) => j.num("since", f.since),
         Some(Frame::Refresh(f)) => j.str("token", &f.token),
         Some(Frame::Connect(f)) => j.str("token", &f.token),
+        Some(Frame::Signal(f)) => {
+            j.str("room", &f.room);
+            j.body(&f.body);
+        }
+        Some(Frame::Read(f)) => {
+            j.str("room", &f.room);
+            j.flag("inbox", f.inbox);
+            j.num("seq", f.seq);
+        }
+        Some(Frame::Edit(f)) => {
+            j.str("room", &f.room);
+            j.num("target", f.target);
+            j.body(&f.body);
+        }
+        Some(Frame::Delete(f)) => {
+            j.str("room", &f.room);
+            j.num("target", f.target);
+        }
+        Some(Frame::React(f) | Frame::Unreact(f)) => {
+            j.str("room", &f.room);
+            j.num("target", f.target);
+            j.str("emoji", &f.emoji);
+        }
     }
     Ok(j.finish())
 }
@@ -174,6 +204,13 @@ impl Obj {
     fn opt_num(&mut self, k: &str, v: Option<u64>) {
         if let Some(v) = v {
             self.num(k, v);
+        }
+    }
+    /// `"k":true` when set; `false` is left out (unset in the binary form).
+    fn flag(&mut self, k: &str, v: bool) {
+        if v {
+            self.key(k);
+            self.0.push_str("true");
         }
     }
     fn body(&mut self, bytes: &[u8]) {

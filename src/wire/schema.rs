@@ -9,7 +9,7 @@ pub struct ClientFrame {
     /// What the client asks for: the JSON frame's `type`.
     #[prost(
         oneof = "client_frame::Frame",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25"
     )]
     pub frame: ::core::option::Option<client_frame::Frame>,
 }
@@ -59,6 +59,24 @@ pub mod client_frame {
         /// `connect`: the first frame under `first_frame_auth`.
         #[prost(message, tag = "19")]
         Connect(super::Connect),
+        /// `signal`: a signal (typing…) to the room's other members; never stored.
+        #[prost(message, tag = "20")]
+        Signal(super::SignalRequest),
+        /// `read`: move the user's read position in a room or the inbox.
+        #[prost(message, tag = "21")]
+        Read(super::ReadRequest),
+        /// `edit`: replace the body of one's own room message.
+        #[prost(message, tag = "22")]
+        Edit(super::Edit),
+        /// `delete`: delete one's own room message.
+        #[prost(message, tag = "23")]
+        Delete(super::Delete),
+        /// `react`: add the user's reaction to a room message.
+        #[prost(message, tag = "24")]
+        React(super::Reaction),
+        /// `unreact`: take the user's reaction back.
+        #[prost(message, tag = "25")]
+        Unreact(super::Reaction),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -127,6 +145,9 @@ pub struct HistoryRequest {
     /// Page size, 1-100 (default 50).
     #[prost(uint64, optional, tag = "3")]
     pub limit: ::core::option::Option<u64>,
+    /// Fold edits, deletes and reactions into the messages they change (`"fold":true`).
+    #[prost(bool, tag = "4")]
+    pub fold: bool,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SyncRequest {
@@ -148,6 +169,60 @@ pub struct Connect {
     #[prost(string, tag = "1")]
     pub token: ::prost::alloc::string::String,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SignalRequest {
+    /// The room (the connection must be in it).
+    #[prost(string, tag = "1")]
+    pub room: ::prost::alloc::string::String,
+    /// The body, as in `Publish`, at most `max_signal_bytes`.
+    #[prost(bytes = "vec", tag = "2")]
+    pub body: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReadRequest {
+    /// The room whose position moves (else empty, with `inbox` set).
+    #[prost(string, tag = "1")]
+    pub room: ::prost::alloc::string::String,
+    /// The inbox's position moves (`"inbox":true`), not a room's.
+    #[prost(bool, tag = "2")]
+    pub inbox: bool,
+    /// Every message up to this seq is read.
+    #[prost(uint64, tag = "3")]
+    pub seq: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Edit {
+    /// The room of the message.
+    #[prost(string, tag = "1")]
+    pub room: ::prost::alloc::string::String,
+    /// The seq of the message to edit (the sender must be its author).
+    #[prost(uint64, tag = "2")]
+    pub target: u64,
+    /// The new body, as in `Publish`.
+    #[prost(bytes = "vec", tag = "3")]
+    pub body: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Delete {
+    /// The room of the message.
+    #[prost(string, tag = "1")]
+    pub room: ::prost::alloc::string::String,
+    /// The seq of the message to delete (the sender must be its author).
+    #[prost(uint64, tag = "2")]
+    pub target: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Reaction {
+    /// The room of the message.
+    #[prost(string, tag = "1")]
+    pub room: ::prost::alloc::string::String,
+    /// The seq of the message reacted to.
+    #[prost(uint64, tag = "2")]
+    pub target: u64,
+    /// The reaction: 1 to `max_emoji_bytes` bytes of UTF-8 without control characters.
+    #[prost(string, tag = "3")]
+    pub emoji: ::prost::alloc::string::String,
+}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ServerFrame {
     /// The id of the request this frame answers (`ack`, `error`, `pong`, `presence`, `refreshed`,
@@ -157,7 +232,7 @@ pub struct ServerFrame {
     /// The JSON frame's `type`.
     #[prost(
         oneof = "server_frame::Frame",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25"
     )]
     pub frame: ::core::option::Option<server_frame::Frame>,
 }
@@ -216,9 +291,18 @@ pub mod server_frame {
         /// `sync`: one page of the inbox's stored messages.
         #[prost(message, tag = "22")]
         Sync(super::Page),
+        /// `signal`: another member's signal (typing…); no seq, never stored.
+        #[prost(message, tag = "23")]
+        Signal(super::Signal),
+        /// `read`: the user's read position moved on another connection.
+        #[prost(message, tag = "24")]
+        Read(super::Read),
+        /// `receipt`: a member has read a room up to a seq (rooms with `receipts = true`).
+        #[prost(message, tag = "25")]
+        Receipt(super::Receipt),
     }
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Welcome {
     /// The connection's user id.
     #[prost(string, tag = "1")]
@@ -232,8 +316,26 @@ pub struct Welcome {
     /// The user's inbox seq at connect (0 if none).
     #[prost(uint64, tag = "4")]
     pub inbox_seq: u64,
+    /// The user's read position in the inbox (0 if nothing read).
+    #[prost(uint64, tag = "5")]
+    pub inbox_read: u64,
+    /// For each room joined at connect: its last seq and the user's read position (`reads`).
+    #[prost(message, repeated, tag = "6")]
+    pub reads: ::prost::alloc::vec::Vec<RoomRead>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RoomRead {
+    /// The room (the key of the JSON `reads` object).
+    #[prost(string, tag = "1")]
+    pub room: ::prost::alloc::string::String,
+    /// The room's last seq.
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    /// The user's read position in it (0 if nothing read).
+    #[prost(uint64, tag = "3")]
+    pub read: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Message {
     /// The room, for a room message (else empty).
     #[prost(string, tag = "1")]
@@ -259,6 +361,81 @@ pub struct Message {
     /// The body is JSON text (the sender spoke JSON, or sent bytes that are valid JSON).
     #[prost(bool, tag = "8")]
     pub body_json: bool,
+    /// An event's kind (`edit`, `delete`, `react`, `unreact`); empty for a plain message.
+    #[prost(string, tag = "9")]
+    pub kind: ::prost::alloc::string::String,
+    /// An event's target: the seq of the message it changes.
+    #[prost(uint64, optional, tag = "10")]
+    pub target: ::core::option::Option<u64>,
+    /// A `react`/`unreact` event's emoji.
+    #[prost(string, tag = "11")]
+    pub emoji: ::prost::alloc::string::String,
+    /// A `delete` event of a hard delete (the server API's): the target's body is erased.
+    #[prost(bool, tag = "12")]
+    pub hard: bool,
+    /// Folded history: the seq of the latest edit of this message.
+    #[prost(uint64, optional, tag = "13")]
+    pub edited: ::core::option::Option<u64>,
+    /// Folded history: the message was deleted (a tombstone; its body is `null`).
+    #[prost(bool, tag = "14")]
+    pub deleted: bool,
+    /// The message was hard-deleted: its body is gone (`null`).
+    #[prost(bool, tag = "15")]
+    pub erased: bool,
+    /// Folded history: the reactions, one per emoji, in the JSON object's order.
+    #[prost(message, repeated, tag = "16")]
+    pub reactions: ::prost::alloc::vec::Vec<ReactionCount>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReactionCount {
+    /// The emoji (the key of the JSON `reactions` object).
+    #[prost(string, tag = "1")]
+    pub emoji: ::prost::alloc::string::String,
+    /// How many users reacted with it.
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
+    /// The reader is one of them.
+    #[prost(bool, tag = "3")]
+    pub me: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Signal {
+    /// The room.
+    #[prost(string, tag = "1")]
+    pub room: ::prost::alloc::string::String,
+    /// The sender's user id.
+    #[prost(string, tag = "2")]
+    pub from: ::prost::alloc::string::String,
+    /// The body's bytes, as in `Message`.
+    #[prost(bytes = "vec", tag = "3")]
+    pub body: ::prost::alloc::vec::Vec<u8>,
+    /// The body is JSON text, as in `Message`.
+    #[prost(bool, tag = "4")]
+    pub body_json: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Read {
+    /// The room whose position moved (else empty, with `inbox` set).
+    #[prost(string, tag = "1")]
+    pub room: ::prost::alloc::string::String,
+    /// The inbox's position moved (`"inbox":true`).
+    #[prost(bool, tag = "2")]
+    pub inbox: bool,
+    /// The position now: every message up to this seq is read.
+    #[prost(uint64, tag = "3")]
+    pub seq: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Receipt {
+    /// The room.
+    #[prost(string, tag = "1")]
+    pub room: ::prost::alloc::string::String,
+    /// The member who read.
+    #[prost(string, tag = "2")]
+    pub user: ::prost::alloc::string::String,
+    /// The member's position now.
+    #[prost(uint64, tag = "3")]
+    pub seq: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Membership {
@@ -325,6 +502,15 @@ pub struct Ack {
     /// `join` with `since`: more were missed than one replay carries.
     #[prost(bool, optional, tag = "12")]
     pub truncated: ::core::option::Option<bool>,
+    /// `edit`, `delete`, `react`, `unreact` that changed nothing (no seq, nothing sent).
+    #[prost(bool, tag = "13")]
+    pub noop: bool,
+    /// `join` and `read`: the user's read position in the room (or inbox) now.
+    #[prost(uint64, optional, tag = "14")]
+    pub read: ::core::option::Option<u64>,
+    /// `read` of the inbox (`"inbox":true`).
+    #[prost(bool, tag = "15")]
+    pub inbox: bool,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Pong {}
@@ -372,4 +558,10 @@ pub struct Page {
     /// More messages follow: ask again from the last seq of this page.
     #[prost(bool, tag = "3")]
     pub more: bool,
+    /// A folded `history` page (`"fold":true`).
+    #[prost(bool, tag = "4")]
+    pub fold: bool,
+    /// A folded page: the `before` to ask the next page with.
+    #[prost(uint64, optional, tag = "5")]
+    pub before: ::core::option::Option<u64>,
 }

@@ -77,6 +77,14 @@ pub fn encode(json: &[u8]) -> Option<Vec<u8>> {
             rooms: strings(f.rooms),
             heartbeat_ms: f.heartbeat_ms.unwrap_or_default(),
             inbox_seq: f.inbox_seq.unwrap_or_default(),
+            inbox_read: f.inbox_read.unwrap_or_default(),
+            reads: (f.reads.into_iter().flatten())
+                .map(|(room, r)| schema::RoomRead {
+                    room: room.into_owned(),
+                    seq: r.seq,
+                    read: r.read,
+                })
+                .collect(),
         }),
         "message" => Frame::Message(message(f)),
         "joined" | "left" => {
@@ -111,6 +119,9 @@ pub fn encode(json: &[u8]) -> Option<Vec<u8>> {
             recovered: f.recovered,
             replayed: f.replayed,
             truncated: f.truncated,
+            noop: f.noop.unwrap_or_default(),
+            read: f.read,
+            inbox: f.inbox.unwrap_or_default(),
         }),
         "pong" => Frame::Pong(schema::Pong {}),
         "presence" => Frame::Presence(schema::Presence {
@@ -130,6 +141,8 @@ pub fn encode(json: &[u8]) -> Option<Vec<u8>> {
                 room: s(&f.room),
                 messages: f.messages.into_iter().flatten().map(message).collect(),
                 more: f.more.unwrap_or_default(),
+                fold: f.fold.unwrap_or_default(),
+                before: f.before,
             };
             if f.ty == "history" {
                 Frame::History(page)
@@ -137,6 +150,25 @@ pub fn encode(json: &[u8]) -> Option<Vec<u8>> {
                 Frame::Sync(page)
             }
         }
+        "signal" => {
+            let (body, body_json) = f.body.map_or((Vec::new(), true), body_bytes);
+            Frame::Signal(schema::Signal {
+                room: s(&f.room),
+                from: s(&f.from),
+                body,
+                body_json,
+            })
+        }
+        "read" => Frame::Read(schema::Read {
+            room: s(&f.room),
+            inbox: f.inbox.unwrap_or_default(),
+            seq: f.seq.unwrap_or_default(),
+        }),
+        "receipt" => Frame::Receipt(schema::Receipt {
+            room: s(&f.room),
+            user: s(&f.user),
+            seq: f.seq.unwrap_or_default(),
+        }),
         _ => return None,
     };
     Some(
@@ -163,6 +195,20 @@ fn message(f: Json<'_>) -> schema::Message {
         key: f.key.map(Cow::into_owned),
         body,
         body_json,
+        kind: f.kind.map(Cow::into_owned).unwrap_or_default(),
+        target: f.target,
+        emoji: f.emoji.map(Cow::into_owned).unwrap_or_default(),
+        hard: f.hard.unwrap_or_default(),
+        edited: f.edited,
+        deleted: f.deleted.unwrap_or_default(),
+        erased: f.erased.unwrap_or_default(),
+        reactions: (f.reactions.into_iter().flatten())
+            .map(|(emoji, r)| schema::ReactionCount {
+                emoji: emoji.into_owned(),
+                count: r.count,
+                me: r.me,
+            })
+            .collect(),
     }
 }
 
@@ -248,4 +294,80 @@ struct Json<'a> {
     message: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     messages: Option<Vec<Json<'a>>>,
+    #[serde(default)]
+    inbox_read: Option<u64>,
+    /// `welcome`'s `reads`, in the JSON object's order.
+    #[serde(borrow, default, deserialize_with = "in_order")]
+    reads: Option<Vec<(Cow<'a, str>, RoomRead)>>,
+    #[serde(default)]
+    noop: Option<bool>,
+    #[serde(default)]
+    read: Option<u64>,
+    #[serde(default)]
+    inbox: Option<bool>,
+    #[serde(default)]
+    fold: Option<bool>,
+    #[serde(default)]
+    before: Option<u64>,
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    target: Option<u64>,
+    #[serde(borrow, default)]
+    emoji: Option<Cow<'a, str>>,
+    #[serde(default)]
+    hard: Option<bool>,
+    #[serde(default)]
+    edited: Option<u64>,
+    #[serde(default)]
+    deleted: Option<bool>,
+    #[serde(default)]
+    erased: Option<bool>,
+    /// A folded message's `reactions`, in the JSON object's order.
+    #[serde(borrow, default, deserialize_with = "in_order")]
+    reactions: Option<Vec<(Cow<'a, str>, ReactionCount)>>,
+}
+
+#[derive(Deserialize)]
+struct RoomRead {
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    read: u64,
+}
+
+#[derive(Deserialize)]
+struct ReactionCount {
+    #[serde(default)]
+    count: u64,
+    #[serde(default)]
+    me: bool,
+}
+
+/// A JSON object as its members in order (a map would sort them or lose the order).
+fn in_order<'de, K, V, D>(d: D) -> Result<Option<Vec<(K, V)>>, D::Error>
+where
+    K: Deserialize<'de>,
+    V: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    struct Members<K, V>(std::marker::PhantomData<(K, V)>);
+    impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> serde::de::Visitor<'de> for Members<K, V> {
+        type Value = Vec<(K, V)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(m.size_hint().unwrap_or(0));
+            while let Some(kv) = m.next_entry()? {
+                out.push(kv);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Members(std::marker::PhantomData))
+        .map(Some)
 }

@@ -95,7 +95,8 @@ fn every_server_frame_kind_translates() {
             user: "a".into(),
             rooms: vec!["lobby".into()],
             heartbeat_ms: 25000,
-            inbox_seq: 3
+            inbox_seq: 3,
+            ..Default::default()
         }))
     );
     let m = decode(&encode::message(
@@ -117,6 +118,108 @@ fn every_server_frame_kind_translates() {
     )));
     assert_eq!(pong.id, Some(server_frame::Id::StrId("x".into())));
     assert_eq!(pong.frame, Some(server_frame::Frame::Pong(schema::Pong {})));
+}
+
+#[test]
+fn issue_23_client_frames_read_as_their_json() {
+    use client_frame::Frame as F;
+    let j = |f: F| client_to_json(&client(None, f)).unwrap();
+    assert_eq!(
+        j(F::Signal(schema::SignalRequest {
+            room: "r".into(),
+            body: b"{\"typing\":true}".to_vec(),
+        })),
+        r#"{"type":"signal","room":"r","body":{"typing":true}}"#
+    );
+    assert_eq!(
+        j(F::Read(schema::ReadRequest {
+            inbox: true,
+            seq: 7,
+            ..Default::default()
+        })),
+        r#"{"type":"read","inbox":true,"seq":7}"#
+    );
+    assert_eq!(
+        j(F::Edit(schema::Edit {
+            room: "r".into(),
+            target: 41,
+            body: b"\"x\"".to_vec(),
+        })),
+        r#"{"type":"edit","room":"r","target":41,"body":"x"}"#
+    );
+    assert_eq!(
+        j(F::Delete(schema::Delete {
+            room: "r".into(),
+            target: 41,
+        })),
+        r#"{"type":"delete","room":"r","target":41}"#
+    );
+    let reaction = schema::Reaction {
+        room: "r".into(),
+        target: 41,
+        emoji: "👍".into(),
+    };
+    assert_eq!(
+        j(F::Unreact(reaction.clone())),
+        r#"{"type":"unreact","room":"r","target":41,"emoji":"👍"}"#
+    );
+    assert_eq!(
+        j(F::History(schema::HistoryRequest {
+            room: "r".into(),
+            fold: true,
+            ..Default::default()
+        })),
+        r#"{"type":"history","room":"r","fold":true}"#
+    );
+    // Each parses as the JSON client's frame would.
+    for f in [
+        F::React(reaction),
+        F::Read(schema::ReadRequest {
+            room: "r".into(),
+            seq: 1,
+            inbox: false,
+        }),
+    ] {
+        crate::protocol::parse(&j(f)).unwrap();
+    }
+}
+
+#[test]
+fn issue_23_server_fields_translate_in_order() {
+    let bin = server::encode(
+        br#"{"type":"history","id":3,"room":"r","messages":[{"type":"message","room":"r","from":"a","seq":40,"ts":1,"body":"v2","edited":47,"reactions":{"z":{"count":2,"me":true},"a":{"count":1,"me":false}}},{"type":"message","room":"r","from":"a","seq":39,"ts":1,"body":null,"deleted":true,"erased":true}],"more":true,"fold":true,"before":38}"#,
+    )
+    .unwrap();
+    let Some(server_frame::Frame::History(page)) =
+        schema::ServerFrame::decode(&bin[..]).unwrap().frame
+    else {
+        panic!("not a history page")
+    };
+    assert!(page.fold && page.more);
+    assert_eq!(page.before, Some(38));
+    let m = &page.messages[0];
+    assert_eq!(m.edited, Some(47));
+    let reactions: Vec<_> = (m.reactions.iter())
+        .map(|r| (r.emoji.as_str(), r.count, r.me))
+        .collect();
+    assert_eq!(reactions, [("z", 2, true), ("a", 1, false)]);
+    let t = &page.messages[1];
+    assert!(t.deleted && t.erased && t.body_json);
+    assert_eq!(t.body, b"null");
+    let bin = server::encode(
+        br#"{"type":"welcome","user":"u","rooms":["b","a"],"heartbeat_ms":1,"inbox_seq":9,"inbox_read":7,"reads":{"b":{"seq":44,"read":41},"a":{"seq":2,"read":0}}}"#,
+    )
+    .unwrap();
+    let Some(server_frame::Frame::Welcome(w)) =
+        schema::ServerFrame::decode(&bin[..]).unwrap().frame
+    else {
+        panic!("not a welcome")
+    };
+    assert_eq!(w.inbox_read, 7);
+    let reads: Vec<_> = (w.reads.iter())
+        .map(|r| (r.room.as_str(), r.seq, r.read))
+        .collect();
+    assert_eq!(reads, [("b", 44, 41), ("a", 2, 0)]);
 }
 
 #[test]

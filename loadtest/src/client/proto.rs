@@ -98,6 +98,16 @@ pub fn server_frame(bytes: &[u8]) -> Option<Vec<u8>> {
         server_frame::Frame::Refreshed(_) => ("refreshed", serde_json::json!({})),
         server_frame::Frame::History(_) => ("history", serde_json::json!({})),
         server_frame::Frame::Sync(_) => ("sync", serde_json::json!({})),
+        // The bot sends no signals or reads; a scenario that did would see these.
+        server_frame::Frame::Signal(g) => (
+            "signal",
+            serde_json::json!({"room": g.room, "from": g.from}),
+        ),
+        server_frame::Frame::Read(r) => ("read", serde_json::json!({"seq": r.seq})),
+        server_frame::Frame::Receipt(r) => (
+            "receipt",
+            serde_json::json!({"room": r.room, "user": r.user, "seq": r.seq}),
+        ),
     };
     // `type` first: the bot reads presence events' kind from the frame's start.
     let mut out = serde_json::Map::new();
