@@ -477,3 +477,44 @@ async fn kill_9_loses_no_event() {
     );
     backend.stop().await;
 }
+
+/// Issue 23 in the feed: an edit and a reaction are events of the room's stream (in the feed
+/// with their seqs, as messages with a `kind`); a signal and a read position are about now and
+/// never reach it.
+#[tokio::test(flavor = "multi_thread")]
+async fn edits_are_in_the_feed_and_signals_and_reads_are_not() {
+    let server = TestServer::start(|c| {
+        fast(c);
+        c.event_feed = true;
+    });
+    let addr = server.addr();
+    let mut a = dev(addr, "alice").await;
+    a.join("r").await;
+    let frames = [
+        json!({"type": "publish", "room": "r", "body": "hi"}),
+        json!({"type": "signal", "room": "r", "body": {"typing": true}}),
+        json!({"type": "edit", "room": "r", "target": 1, "body": "hi!"}),
+        json!({"type": "read", "room": "r", "seq": 2}),
+        json!({"type": "react", "room": "r", "target": 1, "emoji": "👍"}),
+    ];
+    for frame in frames {
+        let reply = a.call_past_own_presence(frame.clone()).await;
+        assert_eq!(reply["type"], "ack", "{frame} → {reply}");
+    }
+    let events = eventually(WAIT, "the three stream events", async || {
+        let events = pull_all(addr).await;
+        (of_kind(&events, "message").len() >= 3).then_some(events)
+    })
+    .await;
+    let messages = of_kind(&events, "message");
+    assert_eq!(seqs(&messages), [1, 2, 3]);
+    let kinds: Vec<_> = messages.iter().map(|m| m["data"]["kind"].clone()).collect();
+    assert_eq!(kinds, [Value::Null, json!("edit"), json!("react")]);
+    let names: HashSet<_> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    for never in ["signal", "read", "receipt"] {
+        assert!(!names.contains(never), "{never} in the feed: {events:?}");
+    }
+}
