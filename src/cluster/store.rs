@@ -12,7 +12,7 @@ use super::keys::Keys;
 use super::link::{SyncConn, Target};
 use crate::core::Stream;
 use crate::core::event::Folded;
-use crate::store::{Append, Store, StoreError, StoredMessage, StreamInfo};
+use crate::store::{Append, FeedRecord, Store, StoreError, StoredMessage, StreamInfo};
 
 pub struct RedisStore {
     target: Target,
@@ -107,7 +107,16 @@ fn parse_entries(value: Value) -> Option<Vec<StoredMessage>> {
 }
 
 impl Store for RedisStore {
-    fn write(&self, appends: &[Append], _: &[(Stream, u64)], _: bool) -> Result<(), StoreError> {
+    fn write_with_feed(
+        &self,
+        appends: &[Append],
+        _: &[(Stream, u64)],
+        feed: &[FeedRecord],
+        _: bool,
+    ) -> Result<(), StoreError> {
+        if !feed.is_empty() {
+            return Err(StoreError::Write("this store keeps no event feed".into()));
+        }
         match appends.is_empty() {
             true => Ok(()),
             false => Err(StoreError::Write(

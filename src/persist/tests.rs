@@ -89,11 +89,17 @@ struct Flaky {
 }
 
 impl Store for Flaky {
-    fn write(&self, a: &[Append], c: &[(Stream, u64)], d: bool) -> Result<(), StoreError> {
+    fn write_with_feed(
+        &self,
+        a: &[Append],
+        c: &[(Stream, u64)],
+        f: &[crate::store::FeedRecord],
+        d: bool,
+    ) -> Result<(), StoreError> {
         if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StoreError::Write("injected".into()));
         }
-        self.inner.write(a, c, d)
+        self.inner.write_with_feed(a, c, f, d)
     }
     fn streams(&self) -> Result<Vec<crate::store::StreamInfo>, StoreError> {
         self.inner.streams()

@@ -388,15 +388,6 @@ impl FjallStore {
 }
 
 impl Store for FjallStore {
-    fn write(
-        &self,
-        appends: &[Append],
-        cursors: &[(Stream, u64)],
-        durable: bool,
-    ) -> Result<(), StoreError> {
-        self.write_with_feed(appends, cursors, &[], durable)
-    }
-
     fn write_with_feed(
         &self,
         appends: &[Append],

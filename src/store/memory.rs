@@ -107,15 +107,6 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn write(
-        &self,
-        appends: &[Append],
-        cursors: &[(Stream, u64)],
-        durable: bool,
-    ) -> Result<(), StoreError> {
-        self.write_with_feed(appends, cursors, &[], durable)
-    }
-
     fn write_with_feed(
         &self,
         appends: &[Append],

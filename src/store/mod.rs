@@ -148,7 +148,9 @@ pub trait Store: Send + Sync + 'static {
         appends: &[Append],
         cursors: &[(Stream, u64)],
         durable: bool,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.write_with_feed(appends, cursors, &[], durable)
+    }
 
     /// `write`, with the feed's events in the same commit: an event is stored with the message
     /// it tells of, or not at all. A store without a feed refuses events.
@@ -158,12 +160,7 @@ pub trait Store: Send + Sync + 'static {
         cursors: &[(Stream, u64)],
         feed: &[FeedRecord],
         durable: bool,
-    ) -> Result<(), StoreError> {
-        if !feed.is_empty() {
-            return Err(StoreError::Write("this store keeps no event feed".into()));
-        }
-        self.write(appends, cursors, durable)
-    }
+    ) -> Result<(), StoreError>;
 
     /// The feed's bounds and delivery mark.
     fn feed_state(&self) -> Result<FeedState, StoreError> {
