@@ -181,7 +181,7 @@ impl Shard {
     /// A `join`. A room the connection is already in is acked here, at the seq the hub has
     /// written it up to; one whose join is still pending is acked right after that join, so a
     /// connection's join acks come in the order of its requests and one catch-up serves both.
-    /// A `join`; `since` is the `since` and `epoch` of the request.
+    /// `since` is the request's `since` and `epoch`.
     pub(super) fn join(
         &mut self,
         conn: &Rc<Conn>,
