@@ -10,8 +10,9 @@
 //! - The store thread reads history from Redis (`store`), with the embedded store's code.
 //!
 //! Layout: `keys` (names), `wire` (pub/sub format), `link` (connections), `engine` (the
-//! requests and the subscription), `store` (reads). The engine runs on its own thread; the
-//! shards reach it through `Handle`. It must not touch connections or hub state.
+//! requests and the subscription), `store` (reads). The engine runs on its own thread, or on
+//! the shard's thread when the node has one shard (`OnShard`); the shards reach it through
+//! `Handle`. It must not touch connections or hub state.
 
 mod engine;
 mod keys;
@@ -206,6 +207,21 @@ impl Started {
         persist: Persist,
         health: Arc<Health>,
     ) -> Result<std::thread::JoinHandle<()>, ClusterError> {
+        let on = self.on_shard(config, router, persist, health);
+        std::thread::Builder::new()
+            .name("redis-engine".into())
+            .spawn(move || on.run_with(std::future::ready(())))
+            .map_err(ClusterError::Thread)
+    }
+
+    /// The engine to run on a shard's own thread (`OnShard::run_with`) rather than its own.
+    pub fn on_shard(
+        self,
+        config: Arc<Config>,
+        router: Router,
+        persist: Persist,
+        health: Arc<Health>,
+    ) -> OnShard {
         let Started {
             target,
             boot,
@@ -214,16 +230,64 @@ impl Started {
             handle,
             ..
         } = self;
-        let counters = handle.counters.clone();
-        std::thread::Builder::new()
-            .name("redis-engine".into())
-            .spawn(move || {
-                let node =
-                    engine::Node::new(boot, target, config, router, persist, health, counters);
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, node.run(rx));
-            })
-            .map_err(ClusterError::Thread)
+        OnShard {
+            rt,
+            rx,
+            boot,
+            target,
+            config,
+            router,
+            persist,
+            health,
+            counters: handle.counters.clone(),
+        }
+    }
+}
+
+/// The engine, ready to run on the thread that calls `run_with`. On a node with one shard it
+/// runs on that shard's thread: a publish, its script's answer and a received message then
+/// never wake another thread (two wake-ups and context switches per message otherwise, most
+/// of a node's kernel time in the chat run; docs/performance-log.md).
+pub struct OnShard {
+    /// The runtime the Redis connections of `connect` were made on (their tasks live on it).
+    rt: tokio::runtime::Runtime,
+    rx: mpsc::UnboundedReceiver<Req>,
+    boot: engine::Boot,
+    target: Target,
+    config: Arc<Config>,
+    router: Router,
+    persist: Persist,
+    health: Arc<Health>,
+    counters: Arc<RedisCounters>,
+}
+
+impl OnShard {
+    /// Runs `shard` (a shard's whole life, or nothing) and the engine on this thread, on the
+    /// engine's runtime; returns once the shard has finished and the engine has taken every
+    /// request sent before the last `Handle` was dropped, as its own thread does.
+    pub fn run_with(self, shard: impl std::future::Future<Output = ()>) {
+        let OnShard {
+            rt,
+            rx,
+            boot,
+            target,
+            config,
+            router,
+            persist,
+            health,
+            counters,
+        } = self;
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async move {
+            let node = engine::Node::new(boot, target, config, router, persist, health, counters);
+            let engine = tokio::task::spawn_local(node.run(rx));
+            // The shard's tasks in a set of their own: dropping it once the shard has stopped
+            // drops their handles on the engine, so the engine's loop ends as on its thread.
+            let shard_set = tokio::task::LocalSet::new();
+            shard_set.run_until(shard).await;
+            drop(shard_set);
+            let _ = engine.await;
+        });
     }
 }
 

@@ -78,6 +78,7 @@ impl Server {
             (Some(c), _) => Arc::new(crate::cluster::RedisStore::new(
                 c.target.clone(),
                 crate::cluster::Keys::new(&config.redis_prefix),
+                Arc::new(config.clone()),
             )),
             (None, Durability::Memory) => Arc::new(MemoryStore::default()),
             (None, Durability::Sync | Durability::Async) => {
@@ -149,12 +150,19 @@ impl Server {
                 )),
             }
         };
-        let engine_thread = match cluster {
+        // One shard: the engine runs on its thread, so no message wakes a second thread.
+        let (engine_thread, mut engine_here) = match cluster {
+            Some(c) if shards == 1 => {
+                let persist = store_threads.persist();
+                let on = c.on_shard(config.clone(), router.clone(), persist, health.clone());
+                (None, Some(on))
+            }
             Some(c) => {
                 let persist = store_threads.persist();
-                Some(c.run(config.clone(), router.clone(), persist, health.clone())?)
+                let t = c.run(config.clone(), router.clone(), persist, health.clone())?;
+                (Some(t), None)
             }
-            None => None,
+            None => (None, None),
         };
         let hooks = crate::hooks::Hooks::start(&config).map_err(StartError::Thread)?;
         let mut listener = Some(listener);
@@ -177,9 +185,10 @@ impl Server {
                 auth: auth.clone(),
                 hooks: hooks.clone(),
             };
+            let engine = engine_here.take();
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
-                .spawn(move || thread::run_thread(setup));
+                .spawn(move || thread::run_thread(setup, engine));
             match thread {
                 Ok(t) => threads.push(t),
                 Err(e) => {

@@ -44,8 +44,12 @@ pub struct ShardSetup {
     pub hooks: Option<crate::hooks::Hooks>,
 }
 
-/// Runs a shard on the current thread until it has shut down.
-pub fn run_thread(setup: ShardSetup) {
+/// Runs a shard on the current thread until it has shut down; with `engine` (a node with one
+/// shard in cluster mode), the Redis engine runs on this thread too, on its own runtime.
+pub fn run_thread(setup: ShardSetup, engine: Option<crate::cluster::OnShard>) {
+    if let Some(engine) = engine {
+        return engine.run_with(run(setup));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

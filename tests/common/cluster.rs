@@ -39,20 +39,20 @@ impl Cluster {
         Cluster::start_with_urls(&vec![redis_url; n], extra).await
     }
 
-    /// One node per URL in `urls` (the same Redis, reached in different ways).
+    /// One node per URL in `urls` (the same Redis, reached in different ways). Nodes have
+    /// `--shards 2` (the engine on a thread of its own) unless `extra` says `--shards`;
+    /// `SHARDCAST_TEST_CLUSTER_SHARDS=1` runs a whole test file with one shard per node (the
+    /// engine on the shard's thread).
     pub async fn start_with_urls(urls: &[&str], extra: &[&str]) -> Cluster {
-        let mut args: Vec<String> = [
-            "--engine",
-            "redis",
-            "--bind",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-        ]
-        .iter()
-        .chain(&super::NO_RATE_LIMIT)
-        .map(|s| s.to_string())
-        .collect();
+        let shards = std::env::var("SHARDCAST_TEST_CLUSTER_SHARDS").unwrap_or_else(|_| "2".into());
+        let mut args: Vec<String> = ["--engine", "redis", "--bind", "127.0.0.1:0"]
+            .iter()
+            .chain(&super::NO_RATE_LIMIT)
+            .map(|s| s.to_string())
+            .collect();
+        if !extra.contains(&"--shards") {
+            args.extend(["--shards".to_owned(), shards]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut cluster = Cluster {
             nodes: Vec::with_capacity(urls.len()),
