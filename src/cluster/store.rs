@@ -3,13 +3,14 @@
 //! one node. Writes never come here: the engine's scripts sequence and append. Owns the
 //! blocking connection of the store thread; it must not write.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use redis::Value;
 
 use super::keys::Keys;
 use super::link::{SyncConn, Target};
+use crate::config::Config;
 use crate::core::Stream;
 use crate::core::event::Folded;
 use crate::store::{Append, FeedRecord, Store, StoreError, StoredMessage, StreamInfo};
@@ -17,15 +18,18 @@ use crate::store::{Append, FeedRecord, Store, StoreError, StoredMessage, StreamI
 pub struct RedisStore {
     target: Target,
     keys: Keys,
+    /// Each stream's retention: reads hide what the publish script has not trimmed yet.
+    config: Arc<Config>,
     /// Reconnected on the next read after a failure.
     conn: Mutex<Option<SyncConn>>,
 }
 
 impl RedisStore {
-    pub fn new(target: Target, keys: Keys) -> RedisStore {
+    pub fn new(target: Target, keys: Keys, config: Arc<Config>) -> RedisStore {
         RedisStore {
             target,
             keys,
+            config,
             conn: Mutex::new(None),
         }
     }
@@ -41,33 +45,42 @@ impl RedisStore {
         conn.query(c).inspect_err(|_| *guard = None).map_err(read)
     }
 
-    /// XRANGE or XREVRANGE over the stream's log, parsed.
+    /// XRANGE or XREVRANGE over the stream's log between seqs `lo` and `hi` (or `-`, `+`),
+    /// parsed; never an entry past the stream's `history_messages` (`lua/range.lua`).
     fn range(
         &self,
         cmd: &str,
         stream: &Stream,
-        from: String,
-        to: String,
+        lo: String,
+        hi: String,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        let read = |e: redis::RedisError| StoreError::Read(format!("redis: {e}"));
-        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if !guard.as_ref().is_some_and(SyncConn::is_open) {
-            *guard = Some(self.target.blocking().map_err(read)?);
-        }
-        let conn = guard.as_mut().expect("connected above");
-        let mut c = redis::cmd(cmd);
-        c.arg(self.keys.log(stream))
-            .arg(from)
-            .arg(to)
-            .arg("COUNT")
-            .arg(limit);
-        let value: Value = conn
-            .query(&c)
-            .inspect_err(|_| *guard = None)
-            .map_err(read)?;
-        parse_entries(value)
+        let mut c = redis::cmd("EVAL");
+        c.arg(RANGE)
+            .arg(1)
+            .arg(self.keys.log(stream))
+            .arg(cmd)
+            .arg(lo)
+            .arg(hi)
+            .arg(limit)
+            .arg(retention(&self.config, stream).0);
+        parse_entries(self.query(&c)?)
             .ok_or_else(|| StoreError::Read("redis: unexpected stream entry".into()))
+    }
+}
+
+/// The read script: sent whole with `EVAL` (Redis caches it by its hash), so the store
+/// thread's connection needs no script loaded.
+const RANGE: &str = include_str!("lua/range.lua");
+
+/// A stream's retention: (most messages, seconds), 0 for no limit.
+pub(super) fn retention(config: &Config, stream: &Stream) -> (u64, u64) {
+    match stream {
+        Stream::Room(room) => {
+            let rule = config.rule(room);
+            (rule.history_messages, rule.history_secs)
+        }
+        Stream::Inbox(_) => (config.inbox_retention_messages, config.inbox_retention_secs),
     }
 }
 
@@ -136,13 +149,8 @@ impl Store for RedisStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        self.range(
-            "XRANGE",
-            stream,
-            format!("{}-0", after.saturating_add(1)),
-            "+".into(),
-            limit,
-        )
+        let from = after.saturating_add(1).to_string();
+        self.range("XRANGE", stream, from, "+".into(), limit)
     }
 
     fn before(
@@ -156,9 +164,9 @@ impl Store for RedisStore {
         }
         let to = match before {
             u64::MAX => "+".to_owned(),
-            b => format!("{}-0", b - 1),
+            b => (b - 1).to_string(),
         };
-        self.range("XREVRANGE", stream, to, "-".into(), limit)
+        self.range("XREVRANGE", stream, "-".into(), to, limit)
     }
 
     /// Retention is applied by the publish script.

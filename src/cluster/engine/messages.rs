@@ -21,37 +21,17 @@ impl Node {
             Stream::Inbox(to) => To::User(to),
         };
         let (head, tail) = encode::message_parts(target, &from, ts, &body);
-        let (messages, secs) = match &stream {
-            Stream::Room(room) => {
-                let rule = self.config.rule(room);
-                (rule.history_messages, rule.history_secs)
-            }
-            Stream::Inbox(_) => (
-                self.config.inbox_retention_messages,
-                self.config.inbox_retention_secs,
-            ),
-        };
+        let (messages, secs) = super::super::store::retention(&self.config, &stream);
         let oldest = match secs {
             0 => 0,
             s => ts.saturating_sub(s * 1000).max(1),
         };
-        let inbox = matches!(stream, Stream::Inbox(_));
         let meta = self.keys.meta(&stream);
-        let online = match &stream {
-            Stream::Inbox(user) => self.keys.sessions(user).1,
-            Stream::Room(_) => meta.clone(),
-        };
         let publisher = reply.conn();
-        let key_text =
-            (key.as_ref()).map_or_else(String::new, |k| format!("{from} {}", k.as_str()));
-        let window = self.config.idempotency_window_secs.saturating_mul(1000);
-        let (keys, keyz) = self.keys.idempotency(&stream);
+        // Keys and arguments past the first nine only where needed (`lua/publish.lua`).
         let mut inv = self.scripts.publish.prepare_invoke();
         inv.key(&meta)
             .key(self.keys.log(&stream))
-            .key(online)
-            .key(keys)
-            .key(keyz)
             .arg(self.keys.channel(&stream))
             .arg(self.publish_cmd())
             .arg(&head[..])
@@ -60,13 +40,28 @@ impl Node {
             .arg(publisher.map(|c| c.raw().to_string()).unwrap_or_default())
             .arg(messages)
             .arg(oldest)
-            .arg(if inbox { "1" } else { "0" })
-            .arg(now_ms())
-            .arg(Self::new_epoch())
-            .arg(key_text)
-            .arg(self.config.idempotency_max_keys)
-            .arg(ts.saturating_sub(window))
-            .arg(if inbox { self.dead() } else { String::new() });
+            .arg(Self::new_epoch());
+        let inbox = match &stream {
+            Stream::Inbox(user) => Some(self.keys.sessions(user).1),
+            Stream::Room(_) => None,
+        };
+        if inbox.is_some() || key.is_some() {
+            inv.key(inbox.as_ref().unwrap_or(&meta))
+                .arg(if inbox.is_some() {
+                    self.dead()
+                } else {
+                    String::new()
+                });
+        }
+        if let Some(k) = &key {
+            let window = self.config.idempotency_window_secs.saturating_mul(1000);
+            let (keys, keyz) = self.keys.idempotency(&stream);
+            inv.key(keys)
+                .key(keyz)
+                .arg(format!("{from} {}", k.as_str()))
+                .arg(self.config.idempotency_max_keys)
+                .arg(ts.saturating_sub(window));
+        }
         let (seq, _epoch, dup) = match self.script_or::<(u64, u64, u8)>(&inv).await {
             Ok(done) => done,
             Err(f) => {

@@ -1,5 +1,5 @@
 //! The Lua scripts the engine runs (`../lua/`, each with the shared functions of
-//! `common.lua` in front), loaded into Redis's script cache at connect.
+//! `stream.lua` and, but for the per-message ones, `common.lua` in front), loaded into Redis's script cache at connect.
 
 use redis::{RedisResult, Script, Value};
 
@@ -24,15 +24,26 @@ pub(super) struct Scripts {
     pub(super) read: Script,
 }
 
-/// Each script with the shared functions (`lua/common.lua`) in front.
+/// Each script with the shared functions (`lua/stream.lua`, `lua/common.lua`) in front.
 macro_rules! lua {
     ($file:literal) => {
-        concat!(include_str!("../lua/common.lua"), include_str!($file))
+        concat!(
+            include_str!("../lua/stream.lua"),
+            include_str!("../lua/common.lua"),
+            include_str!($file)
+        )
     };
 }
 
-const PUBLISH: &str = lua!("../lua/publish.lua");
-const EVENT: &str = lua!("../lua/event.lua");
+/// A script run once per message: only `lua/stream.lua` in front.
+macro_rules! stream_lua {
+    ($file:literal) => {
+        concat!(include_str!("../lua/stream.lua"), include_str!($file))
+    };
+}
+
+const PUBLISH: &str = stream_lua!("../lua/publish.lua");
+const EVENT: &str = stream_lua!("../lua/event.lua");
 const JOIN: &str = lua!("../lua/join.lua");
 const LEAVE: &str = lua!("../lua/leave.lua");
 const REFRESH: &str = lua!("../lua/refresh.lua");

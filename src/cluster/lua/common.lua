@@ -43,13 +43,6 @@ local function drop_entry(pu, user, channel, pubcmd, room, list)
   return announce('left', users, list, channel, pubcmd, room, user)
 end
 
--- The pairs of bounds in `dead`.
-local function bounds(dead)
-  local b = {}
-  for w in string.gmatch(dead, '%S+') do b[#b + 1] = w end
-  return b
-end
-
 -- Removes the entries of dead nodes; `left` for every user whose last entry went. True as
 -- `announce`.
 local function purge(pz, pu, dead, channel, pubcmd, room, list)
@@ -62,14 +55,6 @@ local function purge(pz, pu, dead, channel, pubcmd, room, list)
     end
   end
   return past
-end
-
--- Removes the entries of dead nodes from a user's sessions or attached connections.
-local function remove_dead(key, dead)
-  local b = bounds(dead)
-  for i = 1, #b - 1, 2 do
-    redis.call('ZREMRANGEBYSCORE', key, b[i], b[i + 1])
-  end
 end
 
 -- A count room's members: the sum of each live node's count in the occupancy hash (field: the
@@ -89,16 +74,4 @@ local function others(occ, now, skip)
     end
   end
   return total
-end
-
--- The stream's epoch; a stream without one (new, or its meta was lost) starts a new epoch
--- and drops any log left from an older one.
-local function epoch_of(meta, log, candidate)
-  local e = redis.call('HGET', meta, 'epoch')
-  if not e then
-    redis.call('DEL', log)
-    redis.call('HSET', meta, 'epoch', candidate)
-    e = candidate
-  end
-  return e
 end

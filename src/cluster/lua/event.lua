@@ -92,10 +92,6 @@ if next(state.reactions) == nil then state.reactions = nil end
 if #state.edits == 0 then state.edits = nil end
 redis.call('HSET', fold, target, cjson.encode(state))
 local json = ARGV[3] .. seq .. ARGV[4]
-if ARGV[7] ~= '0' then
-  redis.call('XADD', log, 'MAXLEN', ARGV[7], seq .. '-0', 't', ARGV[5], 'd', json)
-else
-  redis.call('XADD', log, seq .. '-0', 't', ARGV[5], 'd', json)
-end
+append(log, seq, ARGV[7], ARGV[5], json)
 redis.call(ARGV[2], ARGV[1], 'm ' .. seq .. ' ' .. ARGV[6] .. ' ' .. epoch .. '\n' .. json)
 return {'ok', seq, epoch, ''}
