@@ -68,12 +68,16 @@ async fn history_and_replays_never_show_more_than_the_limit_between_trims() {
     );
 }
 
+/// One node of one shard on `redis`, keeping `KEPT` messages per stream of `flag`'s kind.
+async fn one_node(redis: &RedisServer, flag: &str) -> Cluster {
+    let kept = KEPT.to_string();
+    Cluster::start(1, &redis.url(), &["--shards", "1", flag, &kept]).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_trim_at_every_64th_seq_is_exact() {
     let redis = RedisServer::start().await;
-    let kept = KEPT.to_string();
-    let args = ["--shards", "1", "--room-retention-messages", &kept];
-    let cluster = Cluster::start(1, &redis.url(), &args).await;
+    let cluster = one_node(&redis, "--room-retention-messages").await;
     let mut b = dev(cluster.addr(0), "b").await;
     b.join("t").await;
     publish_numbered(&mut b, "t", 1..=63).await;
@@ -91,9 +95,7 @@ async fn the_trim_at_every_64th_seq_is_exact() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_inbox_replay_and_sync_never_show_more_than_its_limit() {
     let redis = RedisServer::start().await;
-    let kept = KEPT.to_string();
-    let args = ["--shards", "1", "--inbox-retention-messages", &kept];
-    let cluster = Cluster::start(1, &redis.url(), &args).await;
+    let cluster = one_node(&redis, "--inbox-retention-messages").await;
     let mut alice = dev(cluster.addr(0), "alice").await;
     for n in 1..=20u64 {
         assert_eq!(alice.dm("bob", json!(n)).await, n);

@@ -230,16 +230,13 @@ impl Started {
             handle,
             ..
         } = self;
+        let counters = handle.counters.clone();
+        let node =
+            move || engine::Node::new(boot, target, config, router, persist, health, counters);
         OnShard {
             rt,
             rx,
-            boot,
-            target,
-            config,
-            router,
-            persist,
-            health,
-            counters: handle.counters.clone(),
+            node: Box::new(node),
         }
     }
 }
@@ -252,13 +249,8 @@ pub struct OnShard {
     /// The runtime the Redis connections of `connect` were made on (their tasks live on it).
     rt: tokio::runtime::Runtime,
     rx: mpsc::UnboundedReceiver<Req>,
-    boot: engine::Boot,
-    target: Target,
-    config: Arc<Config>,
-    router: Router,
-    persist: Persist,
-    health: Arc<Health>,
-    counters: Arc<RedisCounters>,
+    /// Makes the engine's state on the thread that runs it (it is not `Send`).
+    node: Box<dyn FnOnce() -> engine::Node + Send>,
 }
 
 impl OnShard {
@@ -266,21 +258,10 @@ impl OnShard {
     /// engine's runtime; returns once the shard has finished and the engine has taken every
     /// request sent before the last `Handle` was dropped, as its own thread does.
     pub fn run_with(self, shard: impl std::future::Future<Output = ()>) {
-        let OnShard {
-            rt,
-            rx,
-            boot,
-            target,
-            config,
-            router,
-            persist,
-            health,
-            counters,
-        } = self;
+        let OnShard { rt, rx, node } = self;
         let local = tokio::task::LocalSet::new();
         local.block_on(&rt, async move {
-            let node = engine::Node::new(boot, target, config, router, persist, health, counters);
-            let engine = tokio::task::spawn_local(node.run(rx));
+            let engine = tokio::task::spawn_local(node().run(rx));
             // The shard's tasks in a set of their own: dropping it once the shard has stopped
             // drops their handles on the engine, so the engine's loop ends as on its thread.
             let shard_set = tokio::task::LocalSet::new();
