@@ -151,9 +151,10 @@ async fn a_dup_ack_is_an_ack() {
     }
 }
 
-/// The server restarts (same port, same data) while a publisher keeps publishing: every
-/// publish is acked once, and a receiver that comes back later than the publisher gets every
-/// message exactly once, in order, through `since`.
+/// The server restarts (same port, same data) while a publisher keeps publishing and sending:
+/// every publish and send is acked once, and a receiver that comes back later than the
+/// publisher gets every room message (through `since`) and direct message (through `sync`)
+/// exactly once, in order.
 #[tokio::test(flavor = "multi_thread")]
 async fn reconnect_after_a_restart_loses_nothing_and_duplicates_nothing() {
     let mut server = TestServer::start(fast);
@@ -162,20 +163,39 @@ async fn reconnect_after_a_restart_loses_nothing_and_duplicates_nothing() {
     // meanwhile and must recover it by seq.
     let r_opts = options(&server, "sub", Format::Proto).backoff(quick(Duration::from_millis(800)));
     let (receiver, mut r_ev) = Client::connect(r_opts);
+    // A second connection of the receiver's user, back as soon as the publisher: direct
+    // messages sent while it is up are not "offline" ones, so the receiver gets them only by
+    // its own `sync`.
+    let (_twin, mut t_ev) = Client::connect(options(&server, "sub", Format::Json));
     connected(&mut p_ev).await;
     connected(&mut r_ev).await;
+    connected(&mut t_ev).await;
     publisher.join("room").await.unwrap();
     receiver.join("room").await.unwrap();
 
     const N: usize = 60;
     let mut replies = Vec::new();
+    // Direct messages to the receiver go along: its inbox recovers with `sync`.
+    let mut dm_replies = Vec::new();
+    let mut dms = Vec::new();
+    let mut got = Vec::new();
     for i in 0..N {
         replies.push(publisher.publish("room", Body::json(&i).unwrap()));
+        if i % 6 == 0 {
+            dm_replies.push(publisher.send("sub", Body::json(&(1000 + i)).unwrap()));
+        }
         if i == 20 {
             // Let a few be acked and delivered before the restart, then restart while the
             // rest are being sent.
-            let m = message(&mut r_ev).await;
-            assert_eq!(m.body, Body::json(&0).unwrap());
+            while got.is_empty() {
+                let m = message(&mut r_ev).await;
+                let n = m.body.decode::<usize>().unwrap().unwrap();
+                if m.room.is_some() {
+                    got.push(n)
+                } else {
+                    dms.push(n)
+                }
+            }
             server = server.restart(fast);
         }
         if i == 40 {
@@ -195,24 +215,28 @@ async fn reconnect_after_a_restart_loses_nothing_and_duplicates_nothing() {
     // One seq per message, in the order published.
     let order: Vec<usize> = seqs.values().copied().collect();
     assert_eq!(order, (0..N).collect::<Vec<_>>(), "acked out of order");
+    let dm_count = dm_replies.len();
+    for r in dm_replies {
+        tokio::time::timeout(WAIT, r).await.unwrap().unwrap();
+    }
 
-    let rec = next(&mut r_ev, |e| match e {
-        Event::Connected { recovery, .. } => Some(recovery),
-        _ => None,
-    });
-    // The receiver's messages before its reconnect were read above up to the first; take the
-    // rest in order, the recovery report among them.
-    let mut got = vec![0usize];
+    // The rest of the receiver's messages, in order, the recovery report among them.
     let mut recovery = None;
     let deadline = tokio::time::Instant::now() + WAIT;
-    drop(rec);
-    while got.len() < N {
+    while got.len() < N || dms.len() < dm_count {
         let ev = tokio::time::timeout_at(deadline, r_ev.recv())
             .await
-            .unwrap_or_else(|_| panic!("the receiver has {} of {N}: {got:?}", got.len()))
+            .unwrap_or_else(|_| panic!("the receiver has {got:?} and direct {dms:?}"))
             .unwrap();
         match ev {
-            Event::Message(m) => got.push(m.body.decode::<usize>().unwrap().unwrap()),
+            Event::Message(m) => {
+                let n = m.body.decode::<usize>().unwrap().unwrap();
+                if m.room.is_some() {
+                    got.push(n)
+                } else {
+                    dms.push(n)
+                }
+            }
             Event::Connected { recovery: r, .. } => recovery = r,
             _ => {}
         }
@@ -222,6 +246,8 @@ async fn reconnect_after_a_restart_loses_nothing_and_duplicates_nothing() {
         (0..N).collect::<Vec<_>>(),
         "lost, duplicated or reordered"
     );
+    let sent: Vec<usize> = (0..N).filter(|i| i % 6 == 0).map(|i| 1000 + i).collect();
+    assert_eq!(dms, sent, "direct messages lost, duplicated or reordered");
     let recovery = recovery.expect("the receiver reconnected and says what it recovered");
     assert!(recovery.complete, "{recovery:?}");
     let room = &recovery.rooms[0];
@@ -283,4 +309,50 @@ async fn one_senders_order_holds_through_rate_limiting() {
         assert_eq!(bodies, (0..N).collect::<Vec<_>>(), "{format:?}");
         c.close();
     }
+}
+
+/// A JWT in the first frame (`first_frame_auth`) in the binary form, and on the URL in JSON; a
+/// refused token is a typed handshake refusal and the client stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_on_the_url_and_in_the_first_frame() {
+    let server = TestServer::start(|c| {
+        fast(c);
+        c.jwt_secret = Some(SECRET.to_string());
+        c.api = false;
+        c.first_frame_auth = true;
+    });
+    let url = format!("ws://{}/ws", server.addr());
+    for (auth, format) in [
+        (Auth::FirstFrame(token_for("ff")), Format::Proto),
+        (Auth::Token(token_for("url")), Format::Json),
+    ] {
+        let (c, mut ev) = Client::connect(Options::new(url.clone(), auth).format(format));
+        let user = next(&mut ev, |e| match e {
+            Event::Connected { user, .. } => Some(user),
+            _ => None,
+        })
+        .await;
+        assert_eq!(user, if format == Format::Proto { "ff" } else { "url" });
+        c.join("t").await.unwrap();
+        assert!(
+            c.publish("t", Body::text("ok"))
+                .await
+                .unwrap()
+                .seq
+                .is_some()
+        );
+        c.close();
+    }
+    let (c, mut ev) = Client::connect(Options::new(url, Auth::Token("not-a-jwt".into())));
+    let reason = next(&mut ev, |e| match e {
+        Event::Closed { reason } => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert!(
+        reason.contains("401") && reason.contains("unauthorized"),
+        "{reason}"
+    );
+    let err = c.join("t").await.unwrap_err();
+    assert!(matches!(err, shardcast_client::Error::Closed(_)), "{err}");
 }

@@ -138,6 +138,8 @@ pub(crate) struct Driver {
     inbox_seq: Option<u64>,
     /// Direct messages held while the reconnect's `sync` runs, merged by seq after it.
     held: Option<Vec<Message>>,
+    /// The first `welcome`'s `inbox_seq`: the inbox seq once its offline messages are out.
+    inbox_floor: u64,
     pending: HashMap<u64, Pending>,
     /// Requests waiting for the connection to be up (recovered).
     queue: VecDeque<(u64, Bytes, Option<Done>)>,
@@ -163,6 +165,7 @@ impl Driver {
             rooms: HashMap::new(),
             inbox_seq: None,
             held: None,
+            inbox_floor: 0,
             pending: HashMap::new(),
             queue: VecDeque::new(),
             outbox: VecDeque::new(),
@@ -314,15 +317,20 @@ impl Driver {
                 return dropped(None, e.to_string());
             }
         }
-        // The welcome comes first on every connection.
-        let welcome = tokio::time::timeout(self.opts.request_timeout, ws.next()).await;
+        // The welcome comes first on every connection (a ping may come before it).
         let first = self.inbox_seq.is_none();
-        let payload = match welcome {
-            Err(_) => return dropped(None, "no welcome in time".into()),
-            Ok(None) => return dropped(None, "closed before welcome".into()),
-            Ok(Some(Err(e))) => return dropped(None, e.to_string()),
-            Ok(Some(Ok(WsMessage::Close(c)))) => return closed(c),
-            Ok(Some(Ok(m))) => m.into_data(),
+        let deadline = Instant::now() + self.opts.request_timeout;
+        let payload = loop {
+            match tokio::time::timeout_at(deadline, ws.next()).await {
+                Err(_) => return dropped(None, "no welcome in time".into()),
+                Ok(None) => return dropped(None, "closed before welcome".into()),
+                Ok(Some(Err(e))) => return dropped(None, e.to_string()),
+                Ok(Some(Ok(WsMessage::Close(c)))) => return closed(c),
+                Ok(Some(Ok(m @ (WsMessage::Text(_) | WsMessage::Binary(_))))) => {
+                    break m.into_data();
+                }
+                Ok(Some(Ok(_))) => {}
+            }
         };
         match codec::decode(format, &payload) {
             Ok(f) if f.ty == "welcome" => {
@@ -330,9 +338,17 @@ impl Driver {
                 for room in f.rooms.into_iter().flatten() {
                     self.room_entry(room.into_owned());
                 }
-                if first {
-                    self.inbox_seq = f.inbox_seq;
-                } else if let Err(e) = self.sync(&mut ws).await {
+                // The direct messages stored while the user had no connection come right
+                // behind `welcome`, at or below its `inbox_seq`: on the first connection they
+                // are handed out, and the floor moves to `inbox_seq` once the sync is done.
+                let since = if first {
+                    self.inbox_seq = Some(0);
+                    self.inbox_floor = f.inbox_seq.unwrap_or(0);
+                    self.inbox_floor
+                } else {
+                    self.inbox_seq.unwrap_or(0)
+                };
+                if let Err(e) = self.sync(&mut ws, since).await {
                     return e;
                 }
             }
@@ -573,10 +589,11 @@ impl Driver {
         Ok(())
     }
 
-    /// The inbox's missed messages after a reconnect: live ones are held until it is done.
-    async fn sync(&mut self, ws: &mut Ws) -> Result<(), End> {
+    /// The inbox's missed messages after `since`: live ones are held until it is done, then
+    /// all are handed out in seq order, each once.
+    async fn sync(&mut self, ws: &mut Ws, since: u64) -> Result<(), End> {
         self.held = Some(Vec::new());
-        self.sync_page(ws, self.inbox_seq.unwrap_or(0)).await
+        self.sync_page(ws, since).await
     }
 
     async fn sync_page(&mut self, ws: &mut Ws, since: u64) -> Result<(), End> {
@@ -754,6 +771,8 @@ impl Driver {
                         for m in held {
                             self.on_message(m);
                         }
+                        let floor = std::mem::take(&mut self.inbox_floor);
+                        self.inbox_seq = Some(self.inbox_seq.unwrap_or(0).max(floor));
                     }
                 }
             }
