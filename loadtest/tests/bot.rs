@@ -400,3 +400,29 @@ fn joins_fails_when_a_member_hears_other_than_it_is_owed() {
     assert_eq!(j.joined, 60, "{j:#?}");
     assert!(j.joined_check.clients_wrong > 0, "{j:#?}");
 }
+
+/// The bot's connections in both wire forms (`--protocol proto|mixed`), encoded and decoded by
+/// the Rust client crate's codec: a codec that drops, misreads or misencodes a frame fails the
+/// exact check.
+#[test]
+fn fanout_and_chat_deliver_exactly_in_both_forms() {
+    for protocol in ["proto", "mixed"] {
+        for args in [
+            &[
+                "fanout",
+                "--subscribers",
+                "60",
+                "--publishers",
+                "2",
+                "--rate",
+                "10",
+            ][..],
+            &["chat", "--users", "60", "--room-size", "6", "--rate", "2"][..],
+        ] {
+            let mut argv = args.to_vec();
+            argv.extend_from_slice(&["--duration", "1.5", "--warmup", "0.5"]);
+            argv.extend_from_slice(&["--protocol", protocol]);
+            assert_exact(&run_against_server(Durability::Memory, &argv));
+        }
+    }
+}

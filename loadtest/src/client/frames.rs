@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use shardcast_client::BodyRef;
+use shardcast_client::codec::{Frame, Request};
 
 // ---------------------------------------------------------------------------------------------
 // Server frames
@@ -53,6 +55,31 @@ impl<'a> ServerFrame<'a> {
     pub fn parse(bytes: &'a [u8]) -> serde_json::Result<ServerFrame<'a>> {
         serde_json::from_slice(bytes)
     }
+
+    /// The same fields of a frame the client crate's codec decoded (a binary one), borrowed
+    /// from it. `body` is left out: the read loop takes a decoded message's body itself.
+    pub fn from_codec(f: &'a Frame<'_>) -> ServerFrame<'a> {
+        ServerFrame {
+            kind: &f.ty,
+            id: f.id,
+            seq: f.seq,
+            body: None,
+            code: f.code.as_deref(),
+            message: f.message.as_deref().map(Cow::Borrowed),
+            recovered: f.recovered,
+            replayed: f.replayed,
+            truncated: f.truncated,
+            dup: f.dup.then_some(true),
+            members: f.members,
+            presence: f.presence.as_deref(),
+        }
+    }
+}
+
+/// A decoded message's bot body, if it is one.
+pub fn stamp_of(f: &Frame<'_>) -> Option<BodyStamp> {
+    let body = f.body.as_ref().filter(|b| b.json)?;
+    decode_body(std::str::from_utf8(&body.bytes).ok()?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -175,92 +202,93 @@ pub enum Dest {
     User(Arc<str>),
 }
 
-/// A reusable buffer for client frames, so sending costs no allocation.
+/// A request with its id, ready for [`super::send`] to encode in the connection's form with
+/// the client crate's codec (`shardcast_client::codec`, what an application's client sends).
+#[derive(Clone, Copy, Debug)]
+pub struct Outgoing<'a> {
+    pub id: u64,
+    pub req: Request<'a>,
+}
+
+/// Reusable buffers for the parts of client frames the bot builds (a message's body and key),
+/// so building a request costs no allocation.
 #[derive(Default)]
 pub struct RequestBuf {
-    buf: Vec<u8>,
+    body: Vec<u8>,
+    key: String,
 }
 
 impl RequestBuf {
-    /// `{"type":"join","room":R,"id":ID}`.
-    pub fn join(&mut self, room: &str, id: u64) -> &mut [u8] {
-        self.join_since(room, None, id)
+    /// `join` `room`.
+    pub fn join<'a>(&'a mut self, room: &'a str, id: u64) -> Outgoing<'a> {
+        Self::join_at(room, None, id)
     }
 
-    /// `{"type":"join","room":R,"since":S,"id":ID}`, without `since` when it is `None`.
-    pub fn join_since(&mut self, room: &str, since: Option<u64>, id: u64) -> &mut [u8] {
-        self.buf.clear();
-        self.buf.extend_from_slice(br#"{"type":"join","room":""#);
-        self.buf.extend_from_slice(room.as_bytes());
-        self.buf.push(b'"');
-        if let Some(since) = since {
-            self.buf.extend_from_slice(br#","since":"#);
-            self.buf
-                .extend_from_slice(itoa::Buffer::new().format(since).as_bytes());
+    /// `join` `room`, with `since` when it is `Some`.
+    pub fn join_since<'a>(
+        &'a mut self,
+        room: &'a str,
+        since: Option<u64>,
+        id: u64,
+    ) -> Outgoing<'a> {
+        Self::join_at(room, since, id)
+    }
+
+    fn join_at(room: &str, since: Option<u64>, id: u64) -> Outgoing<'_> {
+        Outgoing {
+            id,
+            req: Request::Join {
+                room,
+                since,
+                epoch: None,
+            },
         }
-        self.buf.extend_from_slice(br#","id":"#);
-        self.buf
-            .extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
-        self.buf.push(b'}');
-        &mut self.buf
     }
 
-    /// `{"type":"leave","room":R,"id":ID}`.
-    pub fn leave(&mut self, room: &str, id: u64) -> &mut [u8] {
-        self.buf.clear();
-        self.buf.extend_from_slice(br#"{"type":"leave","room":""#);
-        self.buf.extend_from_slice(room.as_bytes());
-        self.buf.extend_from_slice(br#"","id":"#);
-        self.buf
-            .extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
-        self.buf.push(b'}');
-        &mut self.buf
+    /// `leave` `room`.
+    pub fn leave<'a>(&'a mut self, room: &'a str, id: u64) -> Outgoing<'a> {
+        Outgoing {
+            id,
+            req: Request::Leave { room },
+        }
     }
 
-    /// `{"type":"publish","room":R,"id":ID,"body":B}` or `{"type":"send","to":U,"id":ID,"body":B}`;
-    /// `keyed` adds `"key":"pPUBLISHER-COUNTER"` after the id.
-    pub fn message(
-        &mut self,
-        dest: &Dest,
+    /// A `publish` to a room or a `send` to a user with a bot body; `keyed` adds the key
+    /// `pPUBLISHER-COUNTER`.
+    pub fn message<'a>(
+        &'a mut self,
+        dest: &'a Dest,
         id: u64,
         stamp: BodyStamp,
         body_size: usize,
         keyed: bool,
-    ) -> &mut [u8] {
-        self.buf.clear();
-        match dest {
-            Dest::Room(room) => {
-                self.buf.extend_from_slice(br#"{"type":"publish","room":""#);
-                self.buf.extend_from_slice(room.as_bytes());
-            }
-            Dest::User(user) => {
-                self.buf.extend_from_slice(br#"{"type":"send","to":""#);
-                self.buf.extend_from_slice(user.as_bytes());
-            }
-        }
-        self.buf.extend_from_slice(br#"","id":"#);
-        self.buf
-            .extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
-        if keyed {
-            let mut n = itoa::Buffer::new();
-            self.buf.extend_from_slice(br#","key":"p"#);
-            self.buf
-                .extend_from_slice(n.format(stamp.publisher).as_bytes());
-            self.buf.push(b'-');
-            self.buf
-                .extend_from_slice(n.format(stamp.counter).as_bytes());
-            self.buf.push(b'"');
-        }
-        self.buf.extend_from_slice(br#","body":"#);
-        encode_body(&mut self.buf, stamp, body_size);
-        self.buf.push(b'}');
-        &mut self.buf
+    ) -> Outgoing<'a> {
+        self.body.clear();
+        encode_body(&mut self.body, stamp, body_size);
+        let key = if keyed {
+            use std::fmt::Write as _;
+            self.key.clear();
+            let _ = write!(self.key, "p{}-{}", stamp.publisher, stamp.counter);
+            Some(self.key.as_str())
+        } else {
+            None
+        };
+        let body = BodyRef {
+            bytes: &self.body,
+            json: true,
+        };
+        let req = match dest {
+            Dest::Room(room) => Request::Publish { room, body, key },
+            Dest::User(to) => Request::Send { to, body, key },
+        };
+        Outgoing { id, req }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shardcast_client::codec::{self, Format};
 
     #[test]
     fn body_round_trip_and_size() {
@@ -286,18 +314,24 @@ mod tests {
         assert_eq!(decode_body("17"), None);
     }
 
+    /// `r`'s JSON text, as the codec writes it.
+    fn json(r: Outgoing<'_>) -> serde_json::Value {
+        let mut out = Vec::new();
+        codec::encode(Format::Json, Some(r.id), &r.req, &mut out);
+        serde_json::from_slice(&out).unwrap()
+    }
+
     #[test]
     fn frames_are_json() {
         let mut rb = RequestBuf::default();
-        let v: serde_json::Value = serde_json::from_slice(rb.join("r-1", 0)).unwrap();
+        let v = json(rb.join("r-1", 0));
         assert_eq!(v["type"], "join");
         assert_eq!(v["room"], "r-1");
         assert_eq!(v["id"], 0);
         assert!(v.get("since").is_none());
-        let v: serde_json::Value =
-            serde_json::from_slice(rb.join_since("r-1", Some(41), 5)).unwrap();
+        let v = json(rb.join_since("r-1", Some(41), 5));
         assert_eq!((v["since"].as_u64(), v["id"].as_u64()), (Some(41), Some(5)));
-        let v: serde_json::Value = serde_json::from_slice(rb.leave("r-1", 6)).unwrap();
+        let v = json(rb.leave("r-1", 6));
         assert_eq!(
             (v["type"].as_str(), v["room"].as_str()),
             (Some("leave"), Some("r-1"))
@@ -308,16 +342,14 @@ mod tests {
             publisher: 1,
             counter: 2,
         };
-        let v: serde_json::Value =
-            serde_json::from_slice(rb.message(&Dest::Room("r".into()), 3, stamp, 40, false))
-                .unwrap();
+        let room = Dest::Room("r".into());
+        let v = json(rb.message(&room, 3, stamp, 40, false));
         assert_eq!(v["type"], "publish");
         assert_eq!(v["id"], 3);
         assert_eq!(v["body"].as_str().unwrap().len(), 38);
         assert!(v.get("key").is_none());
-        let v: serde_json::Value =
-            serde_json::from_slice(rb.message(&Dest::User("bob".into()), 4, stamp, 0, true))
-                .unwrap();
+        let bob = Dest::User("bob".into());
+        let v = json(rb.message(&bob, 4, stamp, 0, true));
         assert_eq!(v["type"], "send");
         assert_eq!(v["to"], "bob");
         assert_eq!(v["key"], "p1-2", "keyed: publisher and counter");

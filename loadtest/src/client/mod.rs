@@ -35,8 +35,10 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 pub use frames::{
-    BodyStamp, Dest, RequestBuf, ServerFrame, decode_body, event_kind, parse_message_fast,
+    BodyStamp, Dest, Outgoing, RequestBuf, ServerFrame, decode_body, event_kind,
+    parse_message_fast, stamp_of,
 };
+use shardcast_client::codec::{self, Format};
 
 pub type WsRead = WebSocketRead<OwnedReadHalf>;
 pub type WsWrite = WebSocketWrite<OwnedWriteHalf>;
@@ -44,11 +46,13 @@ pub type WsWrite = WebSocketWrite<OwnedWriteHalf>;
 /// publisher. The lock is uncontended almost always.
 pub type SharedWriter = Arc<tokio::sync::Mutex<Writer>>;
 
-/// A connection's write half and the form it speaks.
+/// A connection's write half, the form it speaks, and the buffer its requests are encoded in
+/// (reused: sending costs no allocation in either form).
 pub struct Writer {
     ws: WsWrite,
     /// `shardcast.proto`: requests go out as binary `ClientFrame`s.
-    proto: bool,
+    format: Format,
+    buf: Vec<u8>,
 }
 
 /// The largest server frame the bot accepts.
@@ -179,40 +183,79 @@ impl Ws {
         read.set_max_message_size(MAX_FRAME);
         Ok(Ws {
             read,
-            write: Arc::new(tokio::sync::Mutex::new(Writer { ws: write, proto })),
+            write: Arc::new(tokio::sync::Mutex::new(Writer {
+                ws: write,
+                format: if proto { Format::Proto } else { Format::Json },
+                buf: Vec::new(),
+            })),
             proto,
         })
     }
 
     /// Reads the next data or close frame. Pings are answered with pongs on the way. On a
     /// `shardcast.proto` connection a binary frame comes back as the text frame of its JSON
-    /// layout (one decode and one JSON write, the bot's cost).
+    /// layout (one decode and one JSON write, the bot's cost); the pub/sub read loop uses
+    /// [`Ws::recv_raw`] and the decoded frame instead.
     pub async fn recv(&mut self) -> Result<Frame<'_>, WebSocketError> {
-        let write = &self.write;
-        let frame = self
-            .read
-            .read_frame(&mut |frame: Frame<'static>| {
-                let write = write.clone();
-                async move { write.lock().await.ws.write_frame(frame).await }
-            })
-            .await?;
-        if self.proto && frame.opcode == OpCode::Binary {
-            let json = proto::server_frame(&frame.payload).ok_or(WebSocketError::InvalidValue)?;
+        let proto = self.proto;
+        let frame = self.recv_raw().await?;
+        if proto && frame.opcode == OpCode::Binary {
+            let f = codec::decode(Format::Proto, &frame.payload)
+                .map_err(|_| WebSocketError::InvalidValue)?;
+            let json = proto::json_view(&f).ok_or(WebSocketError::InvalidValue)?;
             return Ok(Frame::text(Payload::Owned(json)));
         }
         Ok(frame)
     }
+
+    /// [`Ws::recv`] without the translation: binary frames as they came.
+    pub async fn recv_raw(&mut self) -> Result<Frame<'_>, WebSocketError> {
+        let write = &self.write;
+        self.read
+            .read_frame(&mut |frame: Frame<'static>| {
+                let write = write.clone();
+                async move { write.lock().await.ws.write_frame(frame).await }
+            })
+            .await
+    }
+
+    /// The form this connection speaks.
+    pub fn format(&self) -> Format {
+        if self.proto {
+            Format::Proto
+        } else {
+            Format::Json
+        }
+    }
 }
 
-/// Writes one request, built as JSON in `payload` (masked in place, so it is scrambled after):
-/// a text frame, or on a `shardcast.proto` connection the binary `ClientFrame` it stands for.
+/// Writes one request, encoded by the client crate's codec in the connection's form.
+pub async fn send(write: &SharedWriter, out: Outgoing<'_>) -> Result<(), WebSocketError> {
+    let mut w = write.lock().await;
+    let Writer { ws, format, buf } = &mut *w;
+    buf.clear();
+    codec::encode(*format, Some(out.id), &out.req, buf);
+    let payload = Payload::BorrowedMut(buf);
+    match format {
+        Format::Json => ws.write_frame(Frame::text(payload)).await,
+        Format::Proto => ws.write_frame(Frame::binary(payload)).await,
+    }
+}
+
+/// Writes one request a scenario built as JSON text in `payload` (masked in place, so it is
+/// scrambled after): a text frame, or on a `shardcast.proto` connection the binary
+/// `ClientFrame` it stands for.
 pub async fn send_text(write: &SharedWriter, payload: &mut [u8]) -> Result<(), WebSocketError> {
     let mut w = write.lock().await;
-    if w.proto {
-        let bin = proto::request(payload).map_err(|_| WebSocketError::InvalidValue)?;
-        return w.ws.write_frame(Frame::binary(Payload::Owned(bin))).await;
+    let Writer { ws, format, buf } = &mut *w;
+    if *format == Format::Proto {
+        buf.clear();
+        proto::request(payload, buf).map_err(|_| WebSocketError::InvalidValue)?;
+        return ws
+            .write_frame(Frame::binary(Payload::BorrowedMut(buf)))
+            .await;
     }
-    w.ws.write_frame(Frame::text(Payload::BorrowedMut(payload)))
+    ws.write_frame(Frame::text(Payload::BorrowedMut(payload)))
         .await
 }
 

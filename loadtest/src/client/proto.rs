@@ -1,146 +1,112 @@
-//! The binary protocol (`shardcast.proto`) for a bot connection: each JSON request the bot
-//! builds is sent as a `ClientFrame`, and each binary `ServerFrame` is read back into the JSON
-//! layout the rest of the bot parses, so the scenarios do not know which form a connection
-//! speaks. The schema's Rust types are the server's (`shardcast::wire::schema`).
+//! The binary protocol (`shardcast.proto`) for the bot's scenarios that speak JSON text: the
+//! few requests a scenario writes by hand as JSON are sent as the `Request` they stand for, and
+//! each binary server frame is read back into the JSON layout those scenarios parse. Both ends
+//! are the client crate's codec (`shardcast_client::codec`); the pub/sub read loop skips this
+//! and reads the decoded frame itself.
 //!
 //! Owns the translation. Its cost is the bot's (its own core), never the server's.
 
-use prost::Message as _;
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use shardcast::wire::schema::{self, client_frame, server_frame};
+use shardcast_client::BodyRef;
+use shardcast_client::codec::{self, Format, Frame, Request};
 
-/// A request the bot built (`RequestBuf`) as a binary `ClientFrame`.
-pub fn request(json: &[u8]) -> anyhow::Result<Vec<u8>> {
+/// A request a scenario wrote as JSON text, appended to `out` as a binary `ClientFrame`.
+pub fn request(json: &[u8], out: &mut Vec<u8>) -> anyhow::Result<()> {
     #[derive(Deserialize)]
     struct Req<'a> {
         #[serde(rename = "type")]
         ty: &'a str,
         id: Option<u64>,
         room: Option<&'a str>,
-        to: Option<&'a str>,
         since: Option<u64>,
-        key: Option<&'a str>,
+        seq: Option<u64>,
+        limit: Option<u64>,
         #[serde(borrow)]
         body: Option<&'a RawValue>,
     }
     let r: Req<'_> = serde_json::from_slice(json)?;
-    let s = |v: Option<&str>| v.unwrap_or_default().to_owned();
-    let body = r
-        .body
-        .map(|b| b.get().as_bytes().to_vec())
-        .unwrap_or_default();
-    let frame = match r.ty {
-        "join" => client_frame::Frame::Join(schema::Join {
-            room: s(r.room),
+    let room = r.room.unwrap_or_default();
+    let body = BodyRef {
+        bytes: r.body.map_or(&b"null"[..], |b| b.get().as_bytes()),
+        json: true,
+    };
+    let req = match r.ty {
+        "join" => Request::Join {
+            room,
             since: r.since,
             epoch: None,
-        }),
-        "leave" => client_frame::Frame::Leave(schema::Leave { room: s(r.room) }),
-        "publish" => client_frame::Frame::Publish(schema::Publish {
-            room: s(r.room),
-            body,
-            key: r.key.map(str::to_owned),
-        }),
-        "send" => client_frame::Frame::Send(schema::Send {
-            to: s(r.to),
-            body,
-            key: r.key.map(str::to_owned),
-        }),
-        "ping" => client_frame::Frame::Ping(schema::Ping {}),
-        other => anyhow::bail!("the bot has no binary form for {other:?}"),
+        },
+        "history" => Request::History {
+            room,
+            before: None,
+            limit: r.limit,
+            fold: false,
+        },
+        "signal" => Request::Signal { room, body },
+        "read" => Request::Read {
+            room: Some(room),
+            seq: r.seq.unwrap_or(0),
+        },
+        other => anyhow::bail!("the bot has no binary form for a hand-written {other:?}"),
     };
-    Ok(schema::ClientFrame {
-        id: r.id.map(client_frame::Id::NumId),
-        frame: Some(frame),
-    }
-    .encode_to_vec())
+    codec::encode(Format::Proto, r.id, &req, out);
+    Ok(())
 }
 
-/// A binary `ServerFrame` in the JSON layout the bot reads (a message exactly as
-/// `parse_message_fast` expects it); `None` if it does not decode.
-pub fn server_frame(bytes: &[u8]) -> Option<Vec<u8>> {
-    let f = schema::ServerFrame::decode(bytes).ok()?;
+/// A decoded server frame in the JSON layout the bot reads (a message exactly as
+/// `parse_message_fast` expects it).
+pub fn json_view(f: &Frame<'_>) -> Option<Vec<u8>> {
+    if f.ty == "message" {
+        return Some(message(f));
+    }
+    let s = |v: &Option<Cow<'_, str>>| v.as_deref().map(str::to_owned);
     let mut v = serde_json::Map::new();
-    if let Some(server_frame::Id::NumId(id)) = f.id {
-        v.insert("id".into(), id.into());
+    v.insert("type".into(), f.ty.as_ref().into());
+    let fields = serde_json::json!({
+        "id": f.id, "room": s(&f.room), "user": s(&f.user), "from": s(&f.from), "seq": f.seq,
+        "members": f.members, "presence": s(&f.presence), "recovered": f.recovered,
+        "replayed": f.replayed, "truncated": f.truncated, "code": s(&f.code),
+        "message": s(&f.message), "heartbeat_ms": f.heartbeat_ms, "inbox_seq": f.inbox_seq,
+        "dup": f.dup.then_some(true), "more": f.more.then_some(true),
+        "messages": f.messages.as_ref().map(|m| m.iter().filter_map(|m| {
+            serde_json::from_slice::<serde_json::Value>(&message(m)).ok()
+        }).collect::<Vec<_>>()),
+    });
+    if let serde_json::Value::Object(rest) = fields {
+        // `type` first: the bot reads presence events' kind from the frame's start.
+        v.extend(rest.into_iter().filter(|(_, v)| !v.is_null()));
     }
-    let (ty, rest) = match f.frame? {
-        server_frame::Frame::Message(m) => return Some(message(&m)),
-        server_frame::Frame::Welcome(w) => (
-            "welcome",
-            serde_json::json!({"user": w.user, "rooms": w.rooms, "heartbeat_ms": w.heartbeat_ms, "inbox_seq": w.inbox_seq}),
-        ),
-        server_frame::Frame::Joined(m) => (
-            "joined",
-            serde_json::json!({"room": m.room, "user": m.user}),
-        ),
-        server_frame::Frame::Left(m) => {
-            ("left", serde_json::json!({"room": m.room, "user": m.user}))
-        }
-        server_frame::Frame::Occupancy(o) => (
-            "occupancy",
-            serde_json::json!({"room": o.room, "members": o.members}),
-        ),
-        server_frame::Frame::Removed(r) => ("removed", serde_json::json!({"room": r.room})),
-        server_frame::Frame::Ack(a) => (
-            "ack",
-            serde_json::json!({"room": a.room, "seq": a.seq, "members": a.members,
-                "presence": Some(a.presence).filter(|p| !p.is_empty()),
-                "recovered": a.recovered, "replayed": a.replayed, "truncated": a.truncated}),
-        ),
-        server_frame::Frame::Error(e) => (
-            "error",
-            serde_json::json!({"code": e.code, "message": e.message}),
-        ),
-        server_frame::Frame::Pong(_) => ("pong", serde_json::json!({})),
-        server_frame::Frame::Presence(_) => ("presence", serde_json::json!({})),
-        server_frame::Frame::Refreshed(_) => ("refreshed", serde_json::json!({})),
-        server_frame::Frame::History(_) => ("history", serde_json::json!({})),
-        server_frame::Frame::Sync(_) => ("sync", serde_json::json!({})),
-        // The bot sends no signals or reads; a scenario that did would see these.
-        server_frame::Frame::Signal(g) => (
-            "signal",
-            serde_json::json!({"room": g.room, "from": g.from}),
-        ),
-        server_frame::Frame::Read(r) => ("read", serde_json::json!({"seq": r.seq})),
-        server_frame::Frame::Receipt(r) => (
-            "receipt",
-            serde_json::json!({"room": r.room, "user": r.user, "seq": r.seq}),
-        ),
-    };
-    // `type` first: the bot reads presence events' kind from the frame's start.
-    let mut out = serde_json::Map::new();
-    out.insert("type".into(), ty.into());
-    out.extend(v);
-    if let serde_json::Value::Object(rest) = rest {
-        out.extend(rest.into_iter().filter(|(_, v)| !v.is_null()));
-    }
-    serde_json::to_vec(&out).ok()
+    serde_json::to_vec(&v).ok()
 }
 
 /// `{"type":"message","room":R|"to":U,"from":F,"seq":N,"ts":T,"body":B}`. The bot's bodies are
 /// JSON text, so `body` is spliced as it came.
-fn message(m: &schema::Message) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + m.body.len());
-    if m.to.is_empty() {
-        out.extend_from_slice(br#"{"type":"message","room":""#);
-        out.extend_from_slice(m.room.as_bytes());
-    } else {
-        out.extend_from_slice(br#"{"type":"message","to":""#);
-        out.extend_from_slice(m.to.as_bytes());
+fn message(m: &Frame<'_>) -> Vec<u8> {
+    let body = m.body.as_ref().filter(|b| b.json);
+    let mut out = Vec::with_capacity(64 + body.map_or(4, |b| b.bytes.len()));
+    match (&m.room, &m.to) {
+        (Some(room), _) => {
+            out.extend_from_slice(br#"{"type":"message","room":""#);
+            out.extend_from_slice(room.as_bytes());
+        }
+        (None, to) => {
+            out.extend_from_slice(br#"{"type":"message","to":""#);
+            out.extend_from_slice(to.as_deref().unwrap_or_default().as_bytes());
+        }
     }
     out.extend_from_slice(br#"","from":""#);
-    out.extend_from_slice(m.from.as_bytes());
+    out.extend_from_slice(m.from.as_deref().unwrap_or_default().as_bytes());
     out.extend_from_slice(br#"","seq":"#);
-    out.extend_from_slice(itoa::Buffer::new().format(m.seq).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(m.seq.unwrap_or(0)).as_bytes());
     out.extend_from_slice(br#","ts":"#);
-    out.extend_from_slice(itoa::Buffer::new().format(m.ts).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(m.ts.unwrap_or(0)).as_bytes());
     out.extend_from_slice(br#","body":"#);
-    if m.body_json {
-        out.extend_from_slice(&m.body);
-    } else {
-        out.extend_from_slice(b"null");
+    match body {
+        Some(b) => out.extend_from_slice(&b.bytes),
+        None => out.extend_from_slice(b"null"),
     }
     out.push(b'}');
     out
@@ -152,17 +118,16 @@ mod tests {
 
     #[test]
     fn requests_and_frames_translate() {
-        let bin = request(br#"{"type":"publish","room":"r","id":3,"key":"k","body":"x"}"#).unwrap();
+        let mut bin = Vec::new();
+        request(br#"{"type":"join","room":"r","id":3,"since":2}"#, &mut bin).unwrap();
         let text = shardcast::wire::client_to_json(&bin).unwrap();
-        assert_eq!(
-            text,
-            r#"{"type":"publish","id":3,"room":"r","body":"x","key":"k"}"#
-        );
+        assert_eq!(text, r#"{"type":"join","id":3,"room":"r","since":2}"#);
         let json = br#"{"type":"message","room":"r","from":"a","seq":4,"ts":5,"body":"x"}"#;
         let mut framed = Vec::new();
         shardcast::ws::push_frame(&mut framed, shardcast::ws::OP_TEXT, false, json);
         let bin = shardcast::wire::to_binary(&framed);
         let (_, payload, _) = shardcast::ws::split_server_frame(&bin).unwrap();
-        assert_eq!(server_frame(payload).unwrap(), json.to_vec());
+        let f = codec::decode(Format::Proto, payload).unwrap();
+        assert_eq!(json_view(&f).unwrap(), json.to_vec());
     }
 }

@@ -152,7 +152,7 @@ impl StormCtl {
             let signal = self.reconnect_ns.load(Relaxed);
             self.signal_to_welcome.record(i, now.saturating_sub(signal));
             let mut rb = RequestBuf::default();
-            client::send_text(&ws.write, rb.join_since(room, Some(since), 0)).await?;
+            client::send(&ws.write, rb.join_since(room, Some(since), 0)).await?;
             client::expect_frame(&mut ws, |f| {
                 (f.kind == "ack" && f.id == Some(0)).then(|| {
                     (

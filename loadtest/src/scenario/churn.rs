@@ -210,7 +210,7 @@ impl Cycle {
                 .record(self.index, now.saturating_sub(self.due));
         }
         let mut rb = RequestBuf::default();
-        client::send_text(&ws.write, rb.join(&self.room, 1)).await?;
+        client::send(&ws.write, rb.join(&self.room, 1)).await?;
         wait_for(&mut ws, |f| f.kind == "ack" && f.id == Some(1)).await?;
         if measured {
             self.counters

@@ -350,7 +350,7 @@ impl Driver {
             m.join_sent(due);
             let Some(w) = &self.writers[i] else { continue };
             let frame = rb.join(&self.names[i / self.room_size], JOIN_ID);
-            if let Err(e) = client::send_text(w, frame).await {
+            if let Err(e) = client::send(w, frame).await {
                 shared.problem(format!("client {i}: write failed: {e}"));
                 m.fail(&self.room, shared.now_ns());
             }

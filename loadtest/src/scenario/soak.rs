@@ -206,7 +206,7 @@ async fn cycle(env: &ChurnEnv, i: usize) -> anyhow::Result<()> {
     let mut ws = Ws::connect(&env.endpoint, client::source_ip(i, env.source_ips), &user).await?;
     wait_for(&mut ws, |f| f.kind == "welcome").await?;
     let mut rb = RequestBuf::default();
-    client::send_text(&ws.write, rb.join(room, 1)).await?;
+    client::send(&ws.write, rb.join(room, 1)).await?;
     wait_for(&mut ws, |f| f.kind == "ack" && f.id == Some(1)).await?;
     let mut req = format!(r#"{{"type":"history","room":"{room}","limit":50,"id":2}}"#).into_bytes();
     client::send_text(&ws.write, &mut req).await?;

@@ -386,12 +386,12 @@ impl Ops {
     }
 
     /// Writes a join or leave for the member in `slot`; a failed write fails the member.
-    async fn send(&self, slot: usize, frame: &mut [u8]) -> bool {
+    async fn send(&self, slot: usize, frame: client::Outgoing<'_>) -> bool {
         let m = &self.members[slot];
         let Some(w) = &self.writers[slot] else {
             return false;
         };
-        if let Err(e) = client::send_text(w, frame).await {
+        if let Err(e) = client::send(w, frame).await {
             self.shared
                 .problem(format!("member {}: write failed: {e}", self.first + slot));
             m.fail(&self.room, self.shared.now_ns());

@@ -18,6 +18,7 @@ use crate::client::{self, BodyStamp, RequestBuf, ServerFrame, SharedWriter, Ws};
 use crate::scenario::catchup::{CatchUp, StormCtl};
 use crate::scenario::membership::{self, Member, RoomCtl};
 use crate::stats::{ConnOutcome, Shared};
+use shardcast_client::codec::{self, Format};
 
 /// How long a new connection may take to get its `welcome` and join ack.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -195,7 +196,7 @@ async fn welcome_and_join(ws: &mut Ws, room: Option<&str>) -> anyhow::Result<Opt
     client::expect_frame(ws, |f| (f.kind == "welcome").then_some(())).await?;
     let Some(room) = room else { return Ok(None) };
     let mut rb = RequestBuf::default();
-    client::send_text(&ws.write, rb.join(room, 0)).await?;
+    client::send(&ws.write, rb.join(room, 0)).await?;
     let seq = client::expect_frame(ws, |f| {
         (f.kind == "ack" && f.id == Some(0)).then(|| f.seq.unwrap_or(0))
     })
@@ -252,6 +253,17 @@ impl Reader<'_> {
 }
 
 impl Reader<'_> {
+    /// A message that is not the bot's (`what` shows it).
+    fn foreign_message(&mut self, out: &mut ConnOutcome, what: &str) {
+        out.recv.count += 1;
+        out.recv.foreign += 1;
+        self.shared.delivered.fetch_add(1, Relaxed);
+        self.shared.problem(format!(
+            "connection {}: message that is not the bot's: {what:.200}",
+            out.index
+        ));
+    }
+
     /// A frame that is neither a message nor a reply (a presence event, say).
     #[inline]
     fn on_event(&mut self, out: &mut ConnOutcome, kind: &str) {
@@ -260,40 +272,67 @@ impl Reader<'_> {
     }
 }
 
-/// The per-message path. Returns why the connection ended.
+/// The per-message path. Returns why the connection ended. A JSON frame takes the bot's fast
+/// paths (no allocation); a binary one is decoded by the client crate's codec, as an
+/// application's would be (prost's owned strings and body: the form's own cost).
 async fn read_loop(ws: &mut Ws, out: &mut ConnOutcome, r: &mut Reader<'_>) -> String {
     let (shared, publisher) = (r.shared, r.publisher);
     let index = out.index as usize;
+    let proto = ws.format() == Format::Proto;
     loop {
-        let frame = match ws.recv().await {
+        let frame = match ws.recv_raw().await {
             Ok(f) => f,
             Err(e) => return format!("read error: {e}"),
         };
         match frame.opcode {
-            OpCode::Text => {}
+            OpCode::Text | OpCode::Binary => {}
             OpCode::Close => {
                 return format!("server sent {}", client::close_reason(&frame.payload));
             }
             _ => continue,
         }
         let now = shared.now_ns();
-        if let Some((seq, stamp)) = client::parse_message_fast(&frame.payload) {
-            r.on_message(out, seq, stamp, now);
-            continue;
-        }
-        if let Some(kind) = client::event_kind(&frame.payload) {
-            r.on_event(out, kind);
-            continue;
-        }
-        let f = match ServerFrame::parse(&frame.payload) {
-            Ok(f) => f,
-            Err(e) => {
-                out.recv.foreign += 1;
-                shared.problem(format!(
-                    "connection {index}: unparsable frame ({e}): {:.200}",
-                    String::from_utf8_lossy(&frame.payload)
-                ));
+        let decoded;
+        let f = if proto {
+            decoded = match codec::decode(Format::Proto, &frame.payload) {
+                Ok(f) => f,
+                Err(e) => {
+                    out.recv.foreign += 1;
+                    shared.problem(format!("connection {index}: {e}"));
+                    continue;
+                }
+            };
+            if decoded.ty == "message" {
+                match (decoded.seq, client::stamp_of(&decoded)) {
+                    (Some(seq), Some(stamp)) => r.on_message(out, seq, stamp, now),
+                    _ => r.foreign_message(out, &format!("{decoded:.200?}")),
+                }
                 continue;
+            }
+            if !matches!(&*decoded.ty, "ack" | "error") {
+                r.on_event(out, &decoded.ty);
+                continue;
+            }
+            ServerFrame::from_codec(&decoded)
+        } else {
+            if let Some((seq, stamp)) = client::parse_message_fast(&frame.payload) {
+                r.on_message(out, seq, stamp, now);
+                continue;
+            }
+            if let Some(kind) = client::event_kind(&frame.payload) {
+                r.on_event(out, kind);
+                continue;
+            }
+            match ServerFrame::parse(&frame.payload) {
+                Ok(f) => f,
+                Err(e) => {
+                    out.recv.foreign += 1;
+                    shared.problem(format!(
+                        "connection {index}: unparsable frame ({e}): {:.200}",
+                        String::from_utf8_lossy(&frame.payload)
+                    ));
+                    continue;
+                }
             }
         };
         match f.kind {
@@ -301,15 +340,7 @@ async fn read_loop(ws: &mut Ws, out: &mut ConnOutcome, r: &mut Reader<'_>) -> St
                 let stamp = f.body.and_then(|b| client::decode_body(b.get()));
                 match (f.seq, stamp) {
                     (Some(seq), Some(stamp)) => r.on_message(out, seq, stamp, now),
-                    _ => {
-                        out.recv.count += 1;
-                        out.recv.foreign += 1;
-                        shared.delivered.fetch_add(1, Relaxed);
-                        shared.problem(format!(
-                            "connection {index}: message that is not the bot's: {:.200}",
-                            String::from_utf8_lossy(&frame.payload)
-                        ));
-                    }
+                    _ => r.foreign_message(out, &String::from_utf8_lossy(&frame.payload)),
                 }
             }
             "ack" => match (f.id, f.seq, publisher) {

@@ -103,7 +103,7 @@ impl PublishJob {
         if let Some(r) = &self.ps.resend {
             r.written.fetch_add(1, Relaxed);
         }
-        let wrote = client::send_text(&self.writer, frame).await;
+        let wrote = client::send(&self.writer, frame).await;
         // With --resend a failed write is a message its connection sends again once back.
         if let (Err(e), None) = (wrote, &self.ps.resend) {
             self.shared.problem(format!(

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use anyhow::anyhow;
+use shardcast_client::Backoff;
 
 use super::conn::{Common, ConnEnv};
 use super::publish::PubShared;
@@ -24,6 +25,14 @@ use crate::stats::ConnOutcome;
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one attempt may take to get its `welcome` and join ack.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The delays between reconnect attempts while the server restarts.
+const RETRY: Backoff = Backoff {
+    initial: Duration::from_millis(50),
+    max: Duration::from_millis(400),
+    factor: 2.0,
+    jitter: 0.5,
+};
 
 /// What a publisher's connection needs to send its messages again.
 pub(super) struct Resend {
@@ -65,11 +74,9 @@ pub(super) async fn recover(
             Err(e) if tokio::time::Instant::now() >= give_up => {
                 return Err(e.context(format!("reconnect: {attempt} attempts")));
             }
-            // The server is restarting: try again soon, spread out.
-            Err(_) => {
-                let ms = (25u64 << attempt.min(4)) + fastrand::u64(..50);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-            }
+            // The server is restarting: try again soon, spread out (the client crate's
+            // jittered backoff, from 50 ms up to 400 ms).
+            Err(_) => tokio::time::sleep(RETRY.delay(attempt - 1)).await,
         }
     };
     out.reconnects += 1;
@@ -107,7 +114,7 @@ async fn rejoin(
         return Ok(());
     };
     let mut rb = RequestBuf::default();
-    client::send_text(&ws.write, rb.join_since(room, Some(since), 0)).await?;
+    client::send(&ws.write, rb.join_since(room, Some(since), 0)).await?;
     let recovered = client::expect_frame(ws, |f| {
         (f.kind == "ack" && f.id == Some(0)).then_some((f.recovered, f.truncated))
     })
@@ -144,7 +151,7 @@ async fn resend(
             counter,
         };
         let frame = rb.message(&r.dest, counter + 1, stamp, r.body_size, true);
-        if let Err(e) = client::send_text(writer, frame).await {
+        if let Err(e) = client::send(writer, frame).await {
             return (n, Err(anyhow!("resend message {counter}: {e}")));
         }
         n += 1;

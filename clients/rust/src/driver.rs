@@ -1,0 +1,969 @@
+//! The connection task: one per [`crate::Client`]. It connects, rejoins and recovers after
+//! every drop (backoff, `since`, inbox `sync`), runs the outbox, matches replies to requests,
+//! and turns server frames into [`Event`]s.
+//!
+//! Owns the socket and every piece of state about it; the [`crate::Client`] handles only send
+//! it commands. It must not block: the application reads events at its own pace from an
+//! unbounded channel.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::codec::{self, Format, Frame, Request};
+use crate::event::{Event, JoinAck, Message, Recovery, RoomRecovery};
+use crate::{Auth, Error, Options};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Completes a request with its reply frame (or why none came).
+pub(crate) type Done = Box<dyn for<'a> FnOnce(Result<Frame<'a>, Error>) + Send>;
+
+/// Reply codes after which an outbox entry is sent again after a backoff: the server did not
+/// store it and may take it later (the JS client's `RETRIED_CODES`).
+const RETRIED: [&str; 2] = ["rate_limited", "unavailable"];
+
+pub(crate) enum Command {
+    /// A request already encoded with its id.
+    Request {
+        id: u64,
+        frame: Bytes,
+        done: Done,
+    },
+    Join {
+        room: String,
+        done: oneshot::Sender<Result<JoinAck, Error>>,
+    },
+    Leave {
+        room: String,
+        id: u64,
+        frame: Bytes,
+        done: Done,
+    },
+    Outbox(Entry),
+    Close,
+}
+
+/// Where an outbox entry goes; entries to one target keep their order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Target {
+    Room(String),
+    User(String),
+}
+
+/// A `publish` or `send` with its key, encoded once with its id and sent as it is until it is
+/// answered.
+pub(crate) struct Entry {
+    pub(crate) id: u64,
+    pub(crate) target: Target,
+    pub(crate) frame: Bytes,
+    pub(crate) done: Option<oneshot::Sender<Result<crate::Ack, Error>>>,
+    tries: u32,
+    not_before: Option<Instant>,
+    on_wire: bool,
+}
+
+impl Entry {
+    pub(crate) fn new(
+        id: u64,
+        target: Target,
+        frame: Bytes,
+        done: oneshot::Sender<Result<crate::Ack, Error>>,
+    ) -> Entry {
+        Entry {
+            id,
+            target,
+            frame,
+            done: Some(done),
+            tries: 0,
+            not_before: None,
+            on_wire: false,
+        }
+    }
+}
+
+/// A room the application joined: rejoined after every reconnect.
+struct Room {
+    /// The last seq seen (`None`: never joined yet).
+    seq: Option<u64>,
+    epoch: Option<u64>,
+    /// The last ack's rights include `history` (a `join` with `since` needs it).
+    history: bool,
+    /// Joined on the current connection: its outbox entries may go.
+    live: bool,
+    /// Seqs of our own acked publishes above `seq` (the publisher gets no copy of its own).
+    own: BTreeSet<u64>,
+    waiters: Vec<oneshot::Sender<Result<JoinAck, Error>>>,
+}
+
+enum Pending {
+    Request(Done),
+    /// A join (first or rejoin) of a room.
+    Join {
+        room: String,
+        since: Option<u64>,
+        /// Sent by a reconnect's recovery.
+        rejoin: bool,
+    },
+    Outbox,
+    Sync,
+}
+
+/// How a connection ended.
+enum End {
+    /// The application closed the client.
+    Closed,
+    /// The connection dropped: reconnect unless the code says not to.
+    Dropped { code: Option<u16>, reason: String },
+}
+
+pub(crate) struct Driver {
+    pub(crate) opts: Options,
+    pub(crate) commands: mpsc::UnboundedReceiver<Command>,
+    pub(crate) events: mpsc::UnboundedSender<Event>,
+    /// Ids of the driver's own requests (rejoins, syncs) count down from the top, so they
+    /// never meet the client handles' ids, which count up.
+    next_id: u64,
+    rooms: HashMap<String, Room>,
+    /// The inbox seq handed out so far (`None` before the first welcome).
+    inbox_seq: Option<u64>,
+    /// Direct messages held while the reconnect's `sync` runs, merged by seq after it.
+    held: Option<Vec<Message>>,
+    /// The first `welcome`'s `inbox_seq`: the inbox seq once its offline messages are out.
+    inbox_floor: u64,
+    pending: HashMap<u64, Pending>,
+    /// Requests waiting for the connection to be up (recovered).
+    queue: VecDeque<(u64, Bytes, Option<Done>)>,
+    outbox: VecDeque<Entry>,
+    /// Rejoins and syncs still out; the connection is up when it reaches 0.
+    recovering: usize,
+    recovery: Vec<RoomRecovery>,
+    user: String,
+    attempt: u32,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        opts: Options,
+        commands: mpsc::UnboundedReceiver<Command>,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Driver {
+        Driver {
+            opts,
+            commands,
+            events,
+            next_id: u64::MAX / 2,
+            rooms: HashMap::new(),
+            inbox_seq: None,
+            held: None,
+            inbox_floor: 0,
+            pending: HashMap::new(),
+            queue: VecDeque::new(),
+            outbox: VecDeque::new(),
+            recovering: 0,
+            recovery: Vec::new(),
+            user: String::new(),
+            attempt: 0,
+        }
+    }
+
+    fn emit(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+
+    pub(crate) async fn run(mut self) {
+        let why = loop {
+            let (code, reason) = match connect(&self.opts).await {
+                Ok(ws) => match self.session(ws).await {
+                    End::Closed => break "closed by the application".to_string(),
+                    End::Dropped { code, reason } => (code, reason),
+                },
+                Err(e @ Error::Refused { status, .. }) if status != 503 => break e.to_string(),
+                Err(e) => (None, e.to_string()),
+            };
+            self.lost();
+            if let Some(c) = code
+                && !reconnects(c, &reason)
+            {
+                self.emit(Event::Disconnected {
+                    code,
+                    reason: reason.clone(),
+                    retry_in: None,
+                });
+                break format!("close {c} {reason}");
+            }
+            let delay = self.opts.backoff.delay(self.attempt);
+            self.attempt = self.attempt.saturating_add(1);
+            self.emit(Event::Disconnected {
+                code,
+                reason,
+                retry_in: Some(delay),
+            });
+            // Commands that come meanwhile wait for the connection (the outbox, joins, the
+            // queue); only a close ends the wait.
+            let wake = tokio::time::sleep(delay);
+            tokio::pin!(wake);
+            loop {
+                tokio::select! {
+                    () = &mut wake => break,
+                    cmd = self.commands.recv() => match cmd {
+                        Some(Command::Close) | None => {
+                            self.stop("closed by the application");
+                            return;
+                        }
+                        Some(cmd) => self.offline(cmd),
+                    },
+                }
+            }
+        };
+        self.stop(&why);
+    }
+
+    /// The client stops: everything waiting (commands not yet read included) fails with
+    /// `Closed`.
+    fn stop(&mut self, why: &str) {
+        self.commands.close();
+        while let Ok(cmd) = self.commands.try_recv() {
+            self.offline(cmd);
+        }
+        let err = || Error::Closed(why.to_string());
+        for (_, _, done) in self.queue.drain(..) {
+            if let Some(done) = done {
+                done(Err(err()));
+            }
+        }
+        for mut e in self.outbox.drain(..) {
+            if let Some(done) = e.done.take() {
+                let _ = done.send(Err(err()));
+            }
+        }
+        for (_, r) in self.rooms.drain() {
+            for w in r.waiters {
+                let _ = w.send(Err(err()));
+            }
+        }
+        self.emit(Event::Closed {
+            reason: why.to_string(),
+        });
+    }
+
+    /// The connection is gone: requests outside the outbox fail, the outbox's go again later.
+    fn lost(&mut self) {
+        for (_, p) in self.pending.drain() {
+            if let Pending::Request(done) = p {
+                done(Err(Error::Disconnected));
+            }
+        }
+        for e in &mut self.outbox {
+            e.on_wire = false;
+        }
+        for r in self.rooms.values_mut() {
+            r.live = false;
+        }
+        self.recovering = 0;
+        self.recovery.clear();
+        if let Some(held) = self.held.take() {
+            // Not handed out: the next sync brings them again.
+            drop(held);
+        }
+    }
+
+    /// A command while there is no connection: kept for the next one.
+    fn offline(&mut self, cmd: Command) {
+        match cmd {
+            Command::Request { id, frame, done } => self.queue.push_back((id, frame, Some(done))),
+            Command::Join { room, done } => self.room_entry(room).waiters.push(done),
+            Command::Leave { room, done, .. } => {
+                self.rooms.remove(&room);
+                done(Ok(Frame::default()));
+            }
+            Command::Outbox(e) => self.outbox.push_back(e),
+            Command::Close => {}
+        }
+    }
+
+    fn room_entry(&mut self, room: String) -> &mut Room {
+        self.rooms.entry(room).or_insert_with(|| Room {
+            seq: None,
+            epoch: None,
+            history: true,
+            live: false,
+            own: BTreeSet::new(),
+            waiters: Vec::new(),
+        })
+    }
+
+    fn own_id(&mut self) -> u64 {
+        self.next_id -= 1;
+        self.next_id
+    }
+
+    /// One connection, from `welcome` to its end.
+    async fn session(&mut self, mut ws: Ws) -> End {
+        let format = self.opts.format;
+        if let Auth::FirstFrame(token) = &self.opts.auth {
+            let mut buf = Vec::new();
+            codec::encode(format, None, &Request::Connect { token }, &mut buf);
+            if let Err(e) = ws.send(ws_message(format, buf.into())).await {
+                return dropped(None, e.to_string());
+            }
+        }
+        // The welcome comes first on every connection (a ping may come before it).
+        let first = self.inbox_seq.is_none();
+        let deadline = Instant::now() + self.opts.request_timeout;
+        let payload = loop {
+            match tokio::time::timeout_at(deadline, ws.next()).await {
+                Err(_) => return dropped(None, "no welcome in time".into()),
+                Ok(None) => return dropped(None, "closed before welcome".into()),
+                Ok(Some(Err(e))) => return dropped(None, e.to_string()),
+                Ok(Some(Ok(WsMessage::Close(c)))) => return closed(c),
+                Ok(Some(Ok(m @ (WsMessage::Text(_) | WsMessage::Binary(_))))) => {
+                    break m.into_data();
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        };
+        match codec::decode(format, &payload) {
+            Ok(f) if f.ty == "welcome" => {
+                self.user = f.user.as_deref().unwrap_or_default().to_string();
+                for room in f.rooms.into_iter().flatten() {
+                    self.room_entry(room.into_owned());
+                }
+                // The direct messages stored while the user had no connection come right
+                // behind `welcome`, at or below its `inbox_seq`: on the first connection they
+                // are handed out, and the floor moves to `inbox_seq` once the sync is done.
+                let since = if first {
+                    self.inbox_seq = Some(0);
+                    self.inbox_floor = f.inbox_seq.unwrap_or(0);
+                    self.inbox_floor
+                } else {
+                    self.inbox_seq.unwrap_or(0)
+                };
+                if let Err(e) = self.sync(&mut ws, since).await {
+                    return e;
+                }
+            }
+            Ok(f) => return dropped(None, format!("expected welcome, got {}", f.ty)),
+            Err(e) => return dropped(None, e.to_string()),
+        }
+        let reconnect = !first;
+        // Rejoin every room with the last seq seen.
+        let rooms: Vec<(String, Option<u64>, Option<u64>)> = self
+            .rooms
+            .iter()
+            .map(|(name, r)| {
+                let since = r.seq.filter(|_| r.history);
+                (name.clone(), since, r.epoch.filter(|_| since.is_some()))
+            })
+            .collect();
+        for (room, since, epoch) in rooms {
+            let id = self.own_id();
+            let mut buf = Vec::new();
+            let req = Request::Join {
+                room: &room,
+                since,
+                epoch,
+            };
+            codec::encode(format, Some(id), &req, &mut buf);
+            if let Err(e) = ws.send(ws_message(format, buf.into())).await {
+                return dropped(None, e.to_string());
+            }
+            let rejoin = reconnect && since.is_some();
+            self.pending.insert(
+                id,
+                Pending::Join {
+                    room,
+                    since,
+                    rejoin,
+                },
+            );
+            self.recovering += 1;
+        }
+        let mut first_ready = Some(reconnect);
+        if self.recovering == 0 {
+            first_ready = None;
+            if let Err(e) = self.ready(&mut ws, reconnect).await {
+                return e;
+            }
+        }
+        let hb = Duration::from_millis(self.opts.heartbeat_ms.max(100));
+        let mut tick = tokio::time::interval(hb);
+        let mut last_rx = Instant::now();
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                msg = ws.next() => {
+                    last_rx = Instant::now();
+                    let payload = match msg {
+                        None => return dropped(None, "connection closed".into()),
+                        Some(Err(e)) => return dropped(None, e.to_string()),
+                        Some(Ok(WsMessage::Close(c))) => return closed(c),
+                        Some(Ok(WsMessage::Text(t))) => Bytes::from(t),
+                        Some(Ok(WsMessage::Binary(b))) => b,
+                        Some(Ok(_)) => continue,
+                    };
+                    let frame = match codec::decode(format, &payload) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            self.emit(Event::ServerError { code: "bad_frame".into(), message: e.to_string() });
+                            continue;
+                        }
+                    };
+                    if let Err(e) = self.on_frame(&mut ws, frame).await {
+                        return e;
+                    }
+                    if self.recovering == 0
+                        && let Some(reconnect) = first_ready.take()
+                        && let Err(e) = self.ready(&mut ws, reconnect).await
+                    {
+                        return e;
+                    }
+                }
+                cmd = self.commands.recv() => {
+                    let Some(cmd) = cmd else {
+                        let _ = ws.close(None).await;
+                        return End::Closed;
+                    };
+                    if let Err(e) = self.command(&mut ws, cmd, first_ready.is_none()).await {
+                        return e;
+                    }
+                }
+                () = sleep_until(wake), if wake.is_some() => {
+                    if first_ready.is_none() && let Err(e) = self.flush(&mut ws).await {
+                        return e;
+                    }
+                }
+                _ = tick.tick() => {
+                    // The server pings every heartbeat: two without a frame mean a dead link.
+                    if last_rx.elapsed() > hb * 2 + Duration::from_secs(1) {
+                        return dropped(None, "no frame from the server for two heartbeats".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Recovery is over: the queue and the outbox go, and the application hears of it.
+    async fn ready(&mut self, ws: &mut Ws, reconnect: bool) -> Result<(), End> {
+        self.attempt = 0;
+        let recovery = reconnect.then(|| {
+            let rooms = std::mem::take(&mut self.recovery);
+            Recovery {
+                complete: rooms.iter().all(|r| r.recovered && !r.truncated),
+                rooms,
+            }
+        });
+        self.emit(Event::Connected {
+            user: self.user.clone(),
+            recovery,
+        });
+        while let Some((id, frame, done)) = self.queue.pop_front() {
+            send(ws, self.opts.format, frame).await?;
+            if let Some(done) = done {
+                self.pending.insert(id, Pending::Request(done));
+            }
+        }
+        self.flush(ws).await
+    }
+
+    async fn command(&mut self, ws: &mut Ws, cmd: Command, up: bool) -> Result<(), End> {
+        // Joins go at once (a rejoin may be out: the server answers both); the rest waits
+        // for recovery to end.
+        if !up && !matches!(cmd, Command::Join { .. }) {
+            self.offline(cmd);
+            return Ok(());
+        }
+        match cmd {
+            Command::Request { id, frame, done } => {
+                send(ws, self.opts.format, frame).await?;
+                self.pending.insert(id, Pending::Request(done));
+            }
+            Command::Join { room, done } => {
+                let r = self.room_entry(room.clone());
+                r.waiters.push(done);
+                if r.live || r.waiters.len() > 1 {
+                    // Already in, or its join is out: answered with that join's ack.
+                    if r.live {
+                        let ack = JoinAck {
+                            room: room.clone(),
+                            seq: r.seq.unwrap_or(0),
+                            ..JoinAck::default()
+                        };
+                        for w in r.waiters.drain(..) {
+                            let _ = w.send(Ok(ack.clone()));
+                        }
+                    }
+                    return Ok(());
+                }
+                let id = self.own_id();
+                let mut buf = Vec::new();
+                let req = Request::Join {
+                    room: &room,
+                    since: None,
+                    epoch: None,
+                };
+                codec::encode(self.opts.format, Some(id), &req, &mut buf);
+                send(ws, self.opts.format, buf.into()).await?;
+                let p = Pending::Join {
+                    room,
+                    since: None,
+                    rejoin: false,
+                };
+                self.pending.insert(id, p);
+            }
+            Command::Leave {
+                room,
+                id,
+                frame,
+                done,
+            } => {
+                let live = self.rooms.remove(&room).is_some_and(|r| r.live);
+                if live {
+                    send(ws, self.opts.format, frame).await?;
+                    self.pending.insert(id, Pending::Request(done));
+                } else {
+                    done(Ok(Frame::default()));
+                }
+            }
+            Command::Outbox(e) => {
+                self.outbox.push_back(e);
+                self.flush(ws).await?;
+            }
+            Command::Close => {
+                let _ = ws.close(None).await;
+                return Err(End::Closed);
+            }
+        }
+        Ok(())
+    }
+
+    /// The earliest retry time of a waiting outbox entry.
+    fn next_wake(&self) -> Option<Instant> {
+        self.outbox
+            .iter()
+            .filter(|e| !e.on_wire)
+            .filter_map(|e| e.not_before)
+            .min()
+    }
+
+    /// Sends the outbox entries that may go: in the order they were made, at most one on the
+    /// wire per room or user, none before its retry time or before its room is rejoined.
+    /// Cost: one pass over the outbox per flush (each ack, each new entry).
+    async fn flush(&mut self, ws: &mut Ws) -> Result<(), End> {
+        let now = Instant::now();
+        let mut held: Vec<&Target> = Vec::new();
+        let mut go = Vec::new();
+        for (i, e) in self.outbox.iter().enumerate() {
+            if held.contains(&&e.target) {
+                continue;
+            }
+            held.push(&e.target);
+            let joined = match &e.target {
+                // A room being (re)joined holds its entries; one never joined is the
+                // server's to refuse (`not_member`).
+                Target::Room(room) => self.rooms.get(room).is_none_or(|r| r.live),
+                Target::User(_) => true,
+            };
+            if !e.on_wire && joined && e.not_before.is_none_or(|t| t <= now) {
+                go.push(i);
+            }
+        }
+        for i in go {
+            let e = &mut self.outbox[i];
+            e.on_wire = true;
+            e.tries += 1;
+            e.not_before = None;
+            let (id, frame) = (e.id, e.frame.clone());
+            self.pending.insert(id, Pending::Outbox);
+            send(ws, self.opts.format, frame).await?;
+        }
+        Ok(())
+    }
+
+    /// The inbox's missed messages after `since`: live ones are held until it is done, then
+    /// all are handed out in seq order, each once.
+    async fn sync(&mut self, ws: &mut Ws, since: u64) -> Result<(), End> {
+        self.held = Some(Vec::new());
+        self.sync_page(ws, since).await
+    }
+
+    async fn sync_page(&mut self, ws: &mut Ws, since: u64) -> Result<(), End> {
+        let id = self.own_id();
+        let mut buf = Vec::new();
+        codec::encode(
+            self.opts.format,
+            Some(id),
+            &Request::Sync { since },
+            &mut buf,
+        );
+        send(ws, self.opts.format, buf.into()).await?;
+        self.pending.insert(id, Pending::Sync);
+        self.recovering += 1;
+        Ok(())
+    }
+
+    async fn on_frame(&mut self, ws: &mut Ws, f: Frame<'_>) -> Result<(), End> {
+        if let Some(id) = f.id
+            && f.ty != "message"
+        {
+            let Some(p) = self.pending.remove(&id) else {
+                return Ok(());
+            };
+            return self.reply(ws, id, p, f).await;
+        }
+        let s =
+            |v: Option<std::borrow::Cow<'_, str>>| v.map(|v| v.into_owned()).unwrap_or_default();
+        let event = match &*f.ty {
+            "message" => {
+                self.on_message(Message::from_frame(f));
+                return Ok(());
+            }
+            "joined" => Event::Joined {
+                room: s(f.room),
+                user: s(f.user),
+            },
+            "left" => Event::Left {
+                room: s(f.room),
+                user: s(f.user),
+            },
+            "occupancy" => Event::Occupancy {
+                room: s(f.room),
+                members: f.members.unwrap_or(0),
+            },
+            "signal" => Event::Signal {
+                room: s(f.room),
+                from: s(f.from),
+                body: f
+                    .body
+                    .map(crate::Body::from_wire)
+                    .unwrap_or_else(|| crate::Body::bytes(Vec::new())),
+            },
+            "read" => Event::Read {
+                room: f.room.map(|r| r.into_owned()),
+                seq: f.seq.unwrap_or(0),
+            },
+            "receipt" => Event::Receipt {
+                room: s(f.room),
+                user: s(f.user),
+                seq: f.seq.unwrap_or(0),
+            },
+            "removed" => {
+                let room = s(f.room);
+                self.rooms.remove(&room);
+                Event::Removed {
+                    room,
+                    reason: s(f.reason),
+                }
+            }
+            "error" => Event::ServerError {
+                code: s(f.code),
+                message: s(f.message),
+            },
+            _ => return Ok(()),
+        };
+        self.emit(event);
+        Ok(())
+    }
+
+    fn on_message(&mut self, m: Message) {
+        if let Some(room) = &m.room {
+            if let Some(r) = self.rooms.get_mut(room) {
+                let seen = r.seq.unwrap_or(0);
+                if m.seq <= seen || r.own.remove(&m.seq) {
+                    return;
+                }
+                r.seq = Some(m.seq);
+                advance(r);
+            }
+        } else if m.to.as_deref() == Some(self.user.as_str()) {
+            if let Some(held) = &mut self.held {
+                held.push(m);
+                return;
+            }
+            let seen = self.inbox_seq.unwrap_or(0);
+            if m.seq <= seen {
+                return;
+            }
+            self.inbox_seq = Some(m.seq);
+        }
+        self.emit(Event::Message(m));
+    }
+
+    async fn reply(&mut self, ws: &mut Ws, id: u64, p: Pending, f: Frame<'_>) -> Result<(), End> {
+        let err = (f.ty == "error").then(|| Error::Server {
+            code: f.code.as_deref().unwrap_or_default().to_string(),
+            message: f.message.as_deref().unwrap_or_default().to_string(),
+        });
+        match p {
+            Pending::Request(done) => done(err.map_or(Ok(f), Err)),
+            Pending::Join {
+                room,
+                since,
+                rejoin,
+            } => {
+                if self.recovering > 0 && (rejoin || !self.rooms.get(&room).is_some_and(|r| r.live))
+                {
+                    self.recovering -= 1;
+                }
+                self.join_answered(room, since, rejoin, err, &f);
+            }
+            Pending::Outbox => {
+                let Some(i) = self.outbox.iter().position(|e| e.id == id) else {
+                    return Ok(());
+                };
+                match err {
+                    Some(Error::Server { code, .. }) if RETRIED.contains(&code.as_str()) => {
+                        let e = &mut self.outbox[i];
+                        e.on_wire = false;
+                        e.not_before = Some(
+                            Instant::now() + self.opts.backoff.delay(e.tries.saturating_sub(1)),
+                        );
+                    }
+                    Some(err) => {
+                        let mut e = self.outbox.remove(i).expect("found above");
+                        if let Some(done) = e.done.take() {
+                            let _ = done.send(Err(err));
+                        }
+                    }
+                    None => {
+                        let mut e = self.outbox.remove(i).expect("found above");
+                        let ack = crate::Ack::from_frame(&f);
+                        if let (Target::Room(room), Some(seq)) = (&e.target, ack.seq)
+                            && let Some(r) = self.rooms.get_mut(room)
+                            && seq > r.seq.unwrap_or(0)
+                        {
+                            r.own.insert(seq);
+                            advance(r);
+                        }
+                        if let Some(done) = e.done.take() {
+                            let _ = done.send(Ok(ack));
+                        }
+                    }
+                }
+                self.flush(ws).await?;
+            }
+            Pending::Sync => {
+                self.recovering -= 1;
+                if err.is_some() {
+                    return Err(dropped(None, "the inbox sync was refused".into()));
+                }
+                let mut last = None;
+                for m in f.messages.into_iter().flatten() {
+                    last = m.seq.or(last);
+                    if let Some(held) = &mut self.held {
+                        held.push(Message::from_frame(m));
+                    }
+                }
+                match last {
+                    Some(after) if f.more => self.sync_page(ws, after).await?,
+                    _ => {
+                        let mut held = self.held.take().unwrap_or_default();
+                        held.sort_by_key(|m| m.seq);
+                        for m in held {
+                            self.on_message(m);
+                        }
+                        let floor = std::mem::take(&mut self.inbox_floor);
+                        self.inbox_seq = Some(self.inbox_seq.unwrap_or(0).max(floor));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn join_answered(
+        &mut self,
+        room: String,
+        since: Option<u64>,
+        rejoin: bool,
+        err: Option<Error>,
+        f: &Frame<'_>,
+    ) {
+        if let Some(err) = err {
+            if let Some(r) = self.rooms.remove(&room) {
+                for w in r.waiters {
+                    let _ = w.send(Err(err.clone()));
+                }
+            }
+            if rejoin {
+                self.recovery.push(RoomRecovery {
+                    room,
+                    since: since.unwrap_or(0),
+                    seq: 0,
+                    recovered: false,
+                    replayed: 0,
+                    truncated: false,
+                    error: err.code().map(str::to_string),
+                });
+            }
+            return;
+        }
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return; // left meanwhile
+        };
+        let seq = f.seq.unwrap_or(0);
+        if let Some(epoch) = f.epoch {
+            // A cluster room that began a new epoch restarts its seqs from what is replayed.
+            if r.epoch.is_some_and(|e| e != epoch) {
+                r.seq = Some(0);
+            }
+            r.epoch = Some(epoch);
+        }
+        if let Some(rights) = &f.rights {
+            r.history = rights.iter().any(|x| x == "history");
+        }
+        let replayed = f.replayed.unwrap_or(0);
+        // With a replay, the replayed messages move `seq`; without one, the ack's seq is where
+        // live delivery starts.
+        if replayed == 0 && seq > r.seq.unwrap_or(0) || r.seq.is_none() {
+            r.seq = Some(seq);
+        }
+        advance(r);
+        r.live = true;
+        let ack = JoinAck {
+            room: room.clone(),
+            seq,
+            publish: f.publish.as_ref().map(|s| s.to_string()),
+            presence: f.presence.as_ref().map(|s| s.to_string()),
+            rights: f
+                .rights
+                .as_ref()
+                .map(|v| v.iter().map(|s| s.to_string()).collect()),
+            members: f.members,
+            epoch: f.epoch,
+        };
+        for w in r.waiters.drain(..) {
+            let _ = w.send(Ok(ack.clone()));
+        }
+        if rejoin {
+            let since = since.unwrap_or(0);
+            self.recovery.push(RoomRecovery {
+                room,
+                since,
+                seq,
+                recovered: f.recovered.unwrap_or(seq == since),
+                replayed,
+                truncated: f.truncated.unwrap_or(false),
+                error: None,
+            });
+        }
+    }
+}
+
+/// Moves a room's seq over our own publishes that directly follow it.
+fn advance(r: &mut Room) {
+    let seq = r.seq.unwrap_or(0);
+    r.own.retain(|&s| s > seq);
+    let mut seq = seq;
+    while r.own.remove(&(seq + 1)) {
+        seq += 1;
+    }
+    if r.seq.is_some() {
+        r.seq = Some(seq);
+    }
+}
+
+/// Whether a close code says to reconnect (docs/protocol.md's table: 4000–4499 yes, 4500–4999
+/// no; 4001 only with a new token, which this client cannot fetch; 4002 on `unavailable`).
+pub(crate) fn reconnects(code: u16, reason: &str) -> bool {
+    match code {
+        1000 | 4001 => false,
+        4002 => reason == "unavailable",
+        4500..=4999 => false,
+        _ => true,
+    }
+}
+
+fn dropped(code: Option<u16>, reason: String) -> End {
+    End::Dropped { code, reason }
+}
+
+fn closed(c: Option<tungstenite::protocol::CloseFrame>) -> End {
+    match c {
+        Some(c) => dropped(Some(u16::from(c.code)), c.reason.to_string()),
+        None => dropped(Some(u16::from(CloseCode::Status)), String::new()),
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn ws_message(format: Format, frame: Bytes) -> WsMessage {
+    match format {
+        Format::Proto => WsMessage::Binary(frame),
+        // SAFETY-free: the JSON encoder writes UTF-8 only; checked anyway (cheap, and a
+        // broken frame must not reach the server as text).
+        Format::Json => match Utf8Bytes::try_from(frame) {
+            Ok(t) => WsMessage::Text(t),
+            Err(_) => WsMessage::Text(Utf8Bytes::from_static("{}")),
+        },
+    }
+}
+
+async fn send(ws: &mut Ws, format: Format, frame: Bytes) -> Result<(), End> {
+    ws.send(ws_message(format, frame))
+        .await
+        .map_err(|e| dropped(None, e.to_string()))
+}
+
+/// Opens the WebSocket: the URL with its credentials, the subprotocol asked for. A refused
+/// handshake comes back as [`Error::Refused`] with the server's code and message.
+async fn connect(opts: &Options) -> Result<Ws, Error> {
+    let mut url = opts.url.clone();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    match &opts.auth {
+        Auth::Dev(user) => url.push_str(&format!("{sep}user={user}")),
+        Auth::Token(token) => url.push_str(&format!("{sep}token={token}")),
+        Auth::FirstFrame(_) => {}
+    }
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .map_err(|_| Error::Url(opts.url.clone()))?;
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        opts.format
+            .subprotocol()
+            .parse()
+            .expect("a valid header value"),
+    );
+    let attempt = tokio_tungstenite::connect_async(req);
+    let (ws, _) = tokio::time::timeout(opts.request_timeout, attempt)
+        .await
+        .map_err(|_| Error::Timeout(opts.request_timeout))?
+        .map_err(|e| match e {
+            tungstenite::Error::Http(resp) => {
+                #[derive(serde::Deserialize, Default)]
+                #[serde(default)]
+                struct Refusal {
+                    code: String,
+                    message: String,
+                }
+                let body: Refusal = resp
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or_default();
+                Error::Refused {
+                    status: resp.status().as_u16(),
+                    code: body.code,
+                    message: body.message,
+                }
+            }
+            e => Error::WebSocket(e.to_string()),
+        })?;
+    Ok(ws)
+}
