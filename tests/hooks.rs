@@ -7,47 +7,11 @@
 
 mod common;
 
-use std::process::Stdio;
-
+use common::hook_backend::Backend;
 use common::redis::RedisServer;
 use common::*;
 use serde_json::{Value, json};
 use shardcast::config::{Config, Engine, HookOnError, RoomHook, RoomRule};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-/// The Python backend, killed when dropped.
-struct Backend {
-    _child: Child,
-    url: String,
-}
-
-impl Backend {
-    async fn start() -> Backend {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/hook_backend.py"
-        );
-        let mut child = Command::new("python3")
-            .arg(script)
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs the hook backend; scripts/test.sh installs it");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        tokio::time::timeout(TIMEOUT, BufReader::new(stdout).read_line(&mut line))
-            .await
-            .expect("the backend prints its port")
-            .expect("read the backend's port");
-        let port: u16 = line.trim().parse().expect("a port");
-        Backend {
-            _child: child,
-            url: format!("http://127.0.0.1:{port}/hook"),
-        }
-    }
-}
 
 const KEY: &str = "hooks-test-api-key";
 

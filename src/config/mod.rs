@@ -724,6 +724,16 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_HOOK_CONNECT_HEADERS", value_delimiter = ',')]
     pub hook_connect_headers: Vec<String>,
 
+    /// Most bytes of the `info` object a connect hook's answer gives a connection (shown to
+    /// other members in presence and `joined`); a bigger one, or one that is not a JSON
+    /// object, fails the hook. Default 1024.
+    #[arg(
+        long,
+        env = "SHARDCAST_MAX_PRESENCE_INFO_BYTES",
+        default_value_t = 1_024
+    )]
+    pub max_presence_info_bytes: usize,
+
     /// Room rules by name prefix, in the config file only: `[[rooms]]` tables with `prefix` and
     /// any of `publish` (members, granted, api), `presence` (list, count, off),
     /// `presence_list_max`, `history_messages`, `history_secs`, `recover`, `max_members`,
@@ -842,6 +852,7 @@ impl Default for Config {
             hook_max_answer_bytes: 65_536,
             hook_connect_query: Vec::new(),
             hook_connect_headers: Vec::new(),
+            max_presence_info_bytes: 1_024,
             rooms: Vec::new(),
             room_retention: Vec::new(),
         }

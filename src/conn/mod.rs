@@ -50,6 +50,8 @@ pub struct RoomEntry {
 pub struct Conn {
     pub id: ConnId,
     pub user: Name,
+    /// Shown to other members in presence (`Identity::info`); sent with each join.
+    pub info: Option<Bytes>,
     /// The token's `rooms` claim: what this connection may do in which rooms (`None`: no
     /// claim, every right). A `refresh` replaces it. A `Cell`, taken and put back to read: no
     /// borrow flag in every `Conn`.
@@ -160,6 +162,7 @@ impl Conn {
         Conn {
             id,
             user: identity.user.clone(),
+            info: identity.info.clone(),
             grants: Cell::new(identity.rooms.clone()),
             exp: Cell::new(identity.exp.unwrap_or(0)),
             io,
@@ -448,6 +451,7 @@ mod tests {
             user: Name::new("bo").unwrap(),
             rooms: None,
             exp: None,
+            info: None,
         };
         let limits = FrameLimits {
             max_message: 100,
@@ -475,6 +479,7 @@ mod tests {
             user: Name::new("bo").unwrap(),
             rooms: None,
             exp,
+            info: None,
         };
         let limits = FrameLimits {
             max_message: 100,

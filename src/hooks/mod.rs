@@ -75,6 +75,9 @@ pub struct Answer {
     /// `connect`: the rooms and rights, as a token's `rooms` claim.
     #[serde(default)]
     pub rooms: Option<Box<RawValue>>,
+    /// `connect`: a JSON object other members see in presence.
+    #[serde(default)]
+    pub info: Option<Box<RawValue>>,
 }
 
 /// Why a hook failed; its `hook_on_error` decides what follows.

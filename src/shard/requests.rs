@@ -265,6 +265,7 @@ impl Shard {
             since: since.filter(|_| id.is_some()),
             epoch,
             rights: self.rights_in(conn, &room),
+            info: conn.info.clone(),
         };
         let pending = PendingJoin {
             room,
