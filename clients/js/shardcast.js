@@ -414,23 +414,26 @@ export class Client {
    * request against the rate limit); this asks for 1000 at a time until the last. */
   async presence(room) {
     const users = [];
+    const info = {};
     let after;
     for (;;) {
       const frame = { type: "presence", room, limit: 1000 };
       if (after !== undefined) frame.after = after;
       const page = await this.request(frame);
-      if (page.mode === "count") return this.presenceAnswer(room, [], "count", page.members);
+      if (page.mode === "count") return this.presenceAnswer(room, [], "count", page.members, info);
       users.push(...(page.users || []));
-      if (!page.more || !page.users?.length) return this.presenceAnswer(room, users, "list", users.length);
+      Object.assign(info, page.info);
+      if (!page.more || !page.users?.length) return this.presenceAnswer(room, users, "list", users.length, info);
       after = page.users[page.users.length - 1];
     }
   }
 
-  presenceAnswer(room, users, mode, members) {
+  presenceAnswer(room, users, mode, members, userInfo) {
     const info = this.room(room);
     if (info && typeof members === "number") info.members = members;
     Object.defineProperty(users, "mode", { value: mode });
     Object.defineProperty(users, "members", { value: members });
+    Object.defineProperty(users, "info", { value: userInfo });
     return users;
   }
 
@@ -699,7 +702,9 @@ export class Client {
     if (f.type === "joined" || f.type === "left") {
       const info = this.room(f.room);
       if (typeof info?.members === "number") info.members = Math.max(0, info.members + (f.type === "joined" ? 1 : -1));
-      return this.emit(f.type, { room: f.room, user: f.user });
+      const event = { room: f.room, user: f.user };
+      if (f.info !== undefined) event.info = f.info;
+      return this.emit(f.type, event);
     }
     if (f.type === "occupancy") {
       // A count room (or a list room past its presence_list_max): the member count, coalesced

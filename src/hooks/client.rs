@@ -1,5 +1,5 @@
-//! One shard's HTTP/1.1 client for the hooks: keep-alive connections to `hook_url` opened and
-//! driven on the shard's own runtime, so a call is a few task wake-ups on the same thread and
+//! One shard's HTTP/1.1 client for the hooks: keep-alive connections to `hook_url` (plain or
+//! TLS, `outbound`) opened and driven on the shard's own runtime, so a call is a few task wake-ups on the same thread and
 //! the socket's syscalls, with no hop to another thread and back (docs/performance.md, "What a
 //! hook costs"). At most `slots` calls of the shard are in flight; idle connections are reused
 //! newest first, and at most `slots` are kept.
@@ -12,14 +12,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONTENT_TYPE, HOST};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 
-use super::{HookError, Target, error_chain};
+use super::{HookError, error_chain};
+use crate::outbound::Endpoint;
 
 /// A connection idle longer than this is closed rather than reused: a backend may have closed
 /// its end, and a request on it would fail.
@@ -47,7 +45,7 @@ impl Pool {
     /// of the answer.
     pub(super) async fn post(
         &self,
-        target: &Target,
+        target: &Endpoint,
         body: Bytes,
         max_answer: usize,
     ) -> Result<(hyper::StatusCode, Bytes), HookError> {
@@ -55,7 +53,10 @@ impl Pool {
         loop {
             let (mut sender, reused) = match self.take_idle().await {
                 Some(sender) => (sender, true),
-                None => (connect(target).await?, false),
+                None => {
+                    let sender = target.connect().await.map_err(HookError::Unreachable)?;
+                    (sender, false)
+                }
             };
             let request = hyper::Request::post(target.path.as_str())
                 .header(HOST, target.authority.as_str())
@@ -107,37 +108,4 @@ impl Pool {
             idle.push((sender, Instant::now()));
         }
     }
-}
-
-/// A new connection to `target`, its HTTP/1.1 driver spawned on this thread.
-async fn connect(target: &Target) -> Result<Sender, HookError> {
-    let unreachable = |e: &dyn std::error::Error| HookError::Unreachable(error_chain(e));
-    let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| unreachable(&e))?;
-    stream.set_nodelay(true).map_err(|e| unreachable(&e))?;
-    let Some(tls) = &target.tls else {
-        return handshake(stream).await;
-    };
-    let name = ServerName::try_from(target.host.clone())
-        .map_err(|e| HookError::Unreachable(format!("{}: {e}", target.host)))?;
-    let stream = (tls.connect(name, stream).await)
-        .map_err(|e| HookError::Unreachable(format!("TLS: {}", error_chain(&e))))?;
-    handshake(stream).await
-}
-
-async fn handshake<S>(io: S) -> Result<Sender, HookError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
-{
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| HookError::Unreachable(error_chain(&e)))?;
-    tokio::task::spawn_local(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "a hook connection ended");
-        }
-    });
-    Ok(sender)
 }

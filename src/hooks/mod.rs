@@ -24,6 +24,7 @@ use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::core::counters::Histogram;
+use crate::outbound::Endpoint;
 
 /// Which hook a call is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,42 +139,9 @@ pub struct HookStats {
     pub latency: [Histogram; HookEvent::ALL.len()],
 }
 
-/// Where hook calls go: `hook_url` taken apart, and its TLS client for https.
-pub(crate) struct Target {
-    pub host: String,
-    pub port: u16,
-    /// `host[:port]`, the `Host` header.
-    pub authority: String,
-    /// The path and query, the request's target.
-    pub path: String,
-    pub tls: Option<tokio_rustls::TlsConnector>,
-}
-
-impl Target {
-    fn parse(url: &str) -> Result<Target, String> {
-        let uri: hyper::Uri = url.parse().map_err(|e| format!("{e}"))?;
-        let https = match uri.scheme_str() {
-            Some("http") => false,
-            _ => return Err("not an http:// URL".into()),
-        };
-        let authority = uri.authority().ok_or("no host")?;
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        Ok(Target {
-            host: host.to_owned(),
-            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
-            authority: authority.as_str().to_owned(),
-            path: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
-            tls: None,
-        })
-    }
-}
-
 /// What every shard's hook client shares: the target, the limits and the counters.
 struct Shared {
-    target: Target,
+    target: Endpoint,
     max_answer: usize,
     /// Calls in flight per shard: `hook_max_concurrency` split between the shards.
     per_shard: usize,
@@ -190,11 +158,8 @@ impl HookSetup {
         let Some(url) = &config.hook_url else {
             return Ok(None);
         };
-        let target = Target::parse(url).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("hook_url {url}: {e}"),
-            )
+        let target = Endpoint::parse(url, config.hook_ca_file.as_deref()).map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("hook_url: {e}"))
         })?;
         Ok(Some(HookSetup(Arc::new(Shared {
             target,

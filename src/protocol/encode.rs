@@ -623,12 +623,36 @@ mod tests {
             json!({"type":"ack","room":"r"})
         );
         assert_eq!(
-            payload(&presence(None, &n("r"), [n("a"), n("b")].iter(), None)),
+            payload(&presence(None, &n("r"), [n("a"), n("b")].iter(), None, &[])),
             json!({"type":"presence","room":"r","mode":"list","users":["a","b"]})
         );
         assert_eq!(
-            payload(&presence(None, &n("r"), [n("a")].iter(), Some(true))),
+            payload(&presence(None, &n("r"), [n("a")].iter(), Some(true), &[])),
             json!({"type":"presence","room":"r","mode":"list","users":["a"],"more":true})
+        );
+        let (a, b) = (n("a"), n("b"));
+        let info = [
+            (&a, Bytes::from_static(br#"{"x":1}"#)),
+            (&b, Bytes::from_static(b"{}")),
+        ];
+        assert_eq!(
+            payload(&presence(
+                None,
+                &n("r"),
+                [n("a"), n("b")].iter(),
+                None,
+                &info
+            )),
+            json!({"type":"presence","room":"r","mode":"list","users":["a","b"],
+                   "info":{"a":{"x":1},"b":{}}})
+        );
+        assert_eq!(
+            payload(&joined(&a, &b, Some(&info[0].1))),
+            json!({"type":"joined","room":"a","user":"b","info":{"x":1}})
+        );
+        assert_eq!(
+            payload(&joined(&a, &b, None)),
+            payload(&membership(true, &a, &b))
         );
         assert_eq!(
             payload(&presence_count(None, &n("r"), "count", 7)),

@@ -14,14 +14,27 @@ pub struct Backend {
     pub url: String,
 }
 
+/// The test certificates: `ca.crt`, and `server.crt` (for 127.0.0.1) it signed.
+pub const TLS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/redis-tls");
+
 impl Backend {
     pub async fn start() -> Backend {
+        Backend::start_with(&[], "http").await
+    }
+
+    /// The backend over https, with the certificate in [`TLS_DIR`].
+    pub async fn start_tls() -> Backend {
+        Backend::start_with(&["--tls", TLS_DIR], "https").await
+    }
+
+    async fn start_with(args: &[&str], scheme: &str) -> Backend {
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/hook_backend.py"
         );
         let mut child = Command::new("python3")
             .arg(script)
+            .args(args)
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -36,7 +49,7 @@ impl Backend {
         let port: u16 = line.trim().parse().expect("a port");
         Backend {
             _child: child,
-            url: format!("http://127.0.0.1:{port}/hook"),
+            url: format!("{scheme}://127.0.0.1:{port}/hook"),
         }
     }
 }
