@@ -7,11 +7,11 @@
 
 mod common;
 
-use common::hook_backend::Backend;
+use common::hook_backend::{Backend, hook_rules};
 use common::redis::RedisServer;
 use common::*;
 use serde_json::{Value, json};
-use shardcast::config::{Config, Engine, HookOnError, RoomHook, RoomRule};
+use shardcast::config::{Config, Engine};
 
 const KEY: &str = "hooks-test-api-key";
 
@@ -24,19 +24,7 @@ fn hooked(url: &str, c: &mut Config) {
     c.hook_timeout_ms = 5_000;
     c.api_key = Some(KEY.into());
     c.presence_events = false;
-    c.rooms = vec![
-        RoomRule {
-            prefix: "mod:".into(),
-            hooks: Some(vec![RoomHook::Join, RoomHook::Publish]),
-            ..RoomRule::default()
-        },
-        RoomRule {
-            prefix: "lax:".into(),
-            hooks: Some(vec![RoomHook::Publish]),
-            hook_on_error: Some(HookOnError::Allow),
-            ..RoomRule::default()
-        },
-    ];
+    c.rooms = hook_rules();
 }
 
 fn text(t: &str) -> Value {

@@ -6,7 +6,28 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use shardcast::config::{HookOnError, RoomHook, RoomRule};
+
 use super::TIMEOUT;
+
+/// The tests' room rules: `mod:` rooms run the join and publish hooks (deny on error), `lax:`
+/// the publish hook (allow on error); other rooms none.
+pub fn hook_rules() -> Vec<RoomRule> {
+    vec![
+        RoomRule {
+            prefix: "mod:".into(),
+            hooks: Some(vec![RoomHook::Join, RoomHook::Publish]),
+            hook_on_error: Some(HookOnError::Deny),
+            ..RoomRule::default()
+        },
+        RoomRule {
+            prefix: "lax:".into(),
+            hooks: Some(vec![RoomHook::Publish]),
+            hook_on_error: Some(HookOnError::Allow),
+            ..RoomRule::default()
+        },
+    ]
+}
 
 /// The Python backend, killed when dropped.
 pub struct Backend {
