@@ -955,7 +955,9 @@ const MESSAGE = {
   1: ["room", S], 2: ["to", S], 3: ["from", S], 4: ["seq", U], 5: ["ts", U], 6: ["key", S], 7: ["body", "bytes"], 8: ["body_json", B],
   9: ["kind", S], 10: ["target", U], 11: ["emoji", S], 12: ["hard", B], 13: ["edited", U], 14: ["deleted", B], 15: ["erased", B], 16: ["reactions", OBJECT, REACTIONS],
 };
-const MEMBERSHIP = { 1: ["room", S], 2: ["user", S] };
+const MEMBERSHIP = { 1: ["room", S], 2: ["user", S], 3: ["info", "bytes"] };
+// `Presence.info`: map<string, bytes>, entries of key 1 and value 2 (a JSON object's text).
+const INFOS = ["user", { 2: ["value", "bytes"] }];
 const PAGE = { 1: ["room", S], 2: ["messages", "messages"], 3: ["more", B], 4: ["fold", B], 5: ["before", U] };
 
 /** Server frames: ServerFrame arm number -> [type, { number: [field, kind] }]. */
@@ -968,7 +970,7 @@ const SERVER_FRAMES = {
   15: ["removed", { 1: ["room", S], 2: ["reason", S] }],
   16: ["ack", { 1: ["room", S], 2: ["to", S], 3: ["seq", U], 4: ["dup", B], 5: ["publish", S], 6: ["presence", S], 7: ["rights", LIST], 8: ["members", U], 9: ["epoch", U], 10: ["recovered", B], 11: ["replayed", U], 12: ["truncated", B], 13: ["noop", B], 14: ["read", U], 15: ["inbox", B] }],
   17: ["pong", {}],
-  18: ["presence", { 1: ["room", S], 2: ["mode", S], 3: ["users", LIST], 4: ["more", B], 5: ["members", U] }],
+  18: ["presence", { 1: ["room", S], 2: ["mode", S], 3: ["users", LIST], 4: ["more", B], 5: ["members", U], 6: ["info", OBJECT, INFOS] }],
   19: ["refreshed", { 1: ["exp", U] }],
   20: ["error", { 1: ["code", S], 2: ["message", S] }],
   21: ["history", PAGE],
@@ -1147,6 +1149,15 @@ export function decodeServerFrame(bytes) {
     f.more ??= false;
   }
   if (f.type === "presence" && f.mode === "list") f.users ??= [];
+  // Presence info: JSON text in the binary form, the object in the JSON one.
+  const json = (b) => JSON.parse(fromUtf8.decode(b));
+  if (f.type === "joined" || f.type === "left") {
+    if (f.info?.length) f.info = json(f.info);
+    else delete f.info;
+  }
+  if (f.type === "presence" && f.info) {
+    f.info = Object.fromEntries(Object.entries(f.info).map(([u, v]) => [u, json(v.value)]));
+  }
   if (f.id === undefined) delete f.id;
   return f;
 }
