@@ -1,8 +1,8 @@
 //! One shard's HTTP/1.1 client for the hooks: keep-alive connections to `hook_url` (plain or
-//! TLS, `outbound`) opened and driven on the shard's own runtime, so a call is a few task wake-ups on the same thread and
-//! the socket's syscalls, with no hop to another thread and back (docs/performance.md, "What a
-//! hook costs"). At most `slots` calls of the shard are in flight; idle connections are reused
-//! newest first, and at most `slots` are kept.
+//! TLS, `outbound`) opened and driven on the shard's own runtime, so a call costs a few task
+//! wake-ups on the same thread and the socket's syscalls, with no hop to another thread and back
+//! (docs/performance.md, "What a hook costs"). At most `slots` calls of the shard are in
+//! flight; idle connections are reused newest first, and at most `slots` are kept.
 //!
 //! Owns the shard's connections and their pool. It must not parse answers or count calls
 //! (`hooks` does) or touch shard state.

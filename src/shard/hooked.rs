@@ -1,8 +1,8 @@
 //! Requests that wait for a hook (docs/hooks.md): a `join` or `publish` in a room whose rule
 //! lists that hook, a `send` with `hook_send`. The request is checked first (membership, rights,
 //! rates), then its hook is called from a task on the shard's thread; the answer comes back
-//! through the shard's hook channel (`answers`) and the request goes on, refused, or with its body
-//! replaced. A connection keeps its order: while one of its requests waits for a hook, every
+//! through the shard's hook channel (`answers`) and the request goes on, refused, or with its
+//! body replaced. A connection keeps its order: while one of its requests waits for a hook, every
 //! frame it sends after it waits too (`HookQueue`), unparsed, and is handled once the hook has
 //! answered. Other connections never wait.
 //!
