@@ -268,7 +268,7 @@ pub enum EngineMsg {
         epoch: Option<u64>,
         /// What the connection may do in the room (its token and the room's rule), for the ack.
         rights: Rights,
-        /// The connection's presence info (`Conn::info`).
+        /// The connection's presence info (the shard's `presence_info`).
         info: Option<Bytes>,
     },
     /// A connection left the room.

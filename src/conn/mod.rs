@@ -50,8 +50,6 @@ pub struct RoomEntry {
 pub struct Conn {
     pub id: ConnId,
     pub user: Name,
-    /// Shown to other members in presence (`Identity::info`); sent with each join.
-    pub info: Option<Bytes>,
     /// The token's `rooms` claim: what this connection may do in which rooms (`None`: no
     /// claim, every right). A `refresh` replaces it. A `Cell`, taken and put back to read: no
     /// borrow flag in every `Conn`.
@@ -162,7 +160,6 @@ impl Conn {
         Conn {
             id,
             user: identity.user.clone(),
-            info: identity.info.clone(),
             grants: Cell::new(identity.rooms.clone()),
             exp: Cell::new(identity.exp.unwrap_or(0)),
             io,
