@@ -44,6 +44,7 @@ fn identity(user: &str) -> Identity {
         user: Name::new(user).unwrap(),
         rooms: None,
         exp: None,
+        info: None,
     }
 }
 

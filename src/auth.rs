@@ -30,6 +30,9 @@ pub struct Identity {
     pub rooms: Option<Grants>,
     /// The token's `exp`, unix seconds.
     pub exp: Option<u64>,
+    /// What other members see of the user in presence: a JSON object the connect hook gave,
+    /// at most `max_presence_info_bytes`. `None`: nothing.
+    pub info: Option<bytes::Bytes>,
 }
 
 /// A token's claims, as read at the handshake and written by [`mint`]. `aud`, `iss` and `nbf`
@@ -160,6 +163,7 @@ impl Authenticator {
                 user,
                 rooms: None,
                 exp: None,
+                info: None,
             });
         };
         let token = param("token")
@@ -332,6 +336,7 @@ fn identity(claims: Claims, max_rooms: usize) -> Result<Identity, HandshakeError
         user: Name::new(&claims.sub).expect("validated above"),
         rooms,
         exp: claims.exp,
+        info: None,
     })
 }
 
@@ -556,6 +561,7 @@ mod tests {
                 },
             ])),
             exp: Some(now() + 60),
+            info: None,
         };
         let t = mint("s3cret", &id);
         assert_eq!(a.authenticate(None, Some(&t), 10).unwrap(), id);

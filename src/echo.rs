@@ -67,6 +67,7 @@ async fn run(ctx: Rc<Ctx>, up: http::Upgraded, deflate: Option<usize>) {
         user: Name::new("echo").expect("a valid name"),
         rooms: None,
         exp: None,
+        info: None,
     };
     let conn = Conn::new(
         ConnId::new(ctx.router.node(), ctx.id, 0),

@@ -7,8 +7,9 @@
 //! The modules, bottom to top, one layer a line. A module imports only modules on the lines
 //! above its own, never one on its own line or below (`tests/layers.rs` checks every `crate::`
 //! and `super::` path against this list):
-//! 1. `core`, `ws`, `web`: the shared types (ids, names, streams, the clock, every code, the
-//!    counters, health, the /proc parser); the RFC 6455 wire format; the embedded pages.
+//! 1. `core`, `ws`, `web`, `outbound`: the shared types (ids, names, streams, the clock, every
+//!    code, the counters, health, the /proc parser); the RFC 6455 wire format; the embedded
+//!    pages; outbound HTTP endpoints (a URL taken apart, a plain or TLS connection to it).
 //! 2. `config`, `protocol`, `deflate`: every limit; the JSON protocol (parse, encode once);
 //!    permessage-deflate.
 //! 3. `auth`, `origin`, `store`, `cli`, `msg`, `wire`: identities from tokens; browser origins;
@@ -16,7 +17,8 @@
 //!    shard's queue carries (`EngineMsg`, `NodeMsg`, `LocalMsg`); the binary protocol
 //!    (proto/shardcast.proto), translated to and from the JSON one.
 //! 4. `conn`, `router`, `hooks`: one connection's bytes; the placement hash and the queues
-//!    between shards; the hook client (HTTP calls to the application's backend, on its thread).
+//!    between shards; the hook client (HTTP calls to the application's backend, from each
+//!    shard's own runtime).
 //! 5. `persist`: the store threads (group commit, reads, retention), shared by both engines.
 //! 6. `engine`: the seam, `trait Engine`, and what both engines share.
 //! 7. `embedded`, `cluster`: the two engines, siblings: each stream's home shard with the store
@@ -52,6 +54,7 @@ mod http;
 mod metrics;
 mod msg;
 mod origin;
+mod outbound;
 pub mod persist;
 pub mod protocol;
 pub mod router;

@@ -188,6 +188,7 @@ fn token(args: TokenArgs) -> anyhow::Result<String> {
         user: args.user,
         rooms,
         exp,
+        info: None,
     };
     Ok(mint(&secret, &identity))
 }

@@ -90,25 +90,38 @@ impl ReplyTo {
 
     /// The answer to a `presence` query: the room's `users` (in any order), or the `page` of
     /// them a client asked for, within `max_bytes` of names (the API asks for all of them).
+    /// Each user's presence `info` (from the connect hook), if any, comes from `info`; it
+    /// counts toward `max_bytes`.
     pub fn presence<'a>(
         self,
         room: &Name,
         users: impl Iterator<Item = &'a Name>,
         page: Option<&PresencePage>,
         max_bytes: usize,
+        info: impl Fn(&Name) -> Option<Bytes>,
     ) -> (ShardId, NodeMsg) {
+        let weight = |u: &Name| info(u).map_or(0, |i| i.len() + u.len() + 4);
         let (users, more) = match page {
-            Some(page) => page.cut(users, max_bytes),
+            Some(page) => page.cut_weighted(users, max_bytes, weight),
             None => PresencePage::ALL.cut(users, usize::MAX),
         };
+        let infos: Vec<(&Name, Bytes)> =
+            (users.iter()).filter_map(|u| Some((u, info(u)?))).collect();
         self.answer(
             |id| {
                 let more = page.map(|_| more);
-                crate::protocol::encode::presence(id, room, users.iter(), more)
+                crate::protocol::encode::presence(id, room, users.iter(), more, &infos)
             },
             || {
                 let users: Vec<&str> = users.iter().map(|u| &**u).collect();
-                let body = serde_json::json!({ "room": &**room, "mode": "list", "users": users });
+                let mut body =
+                    serde_json::json!({ "room": &**room, "mode": "list", "users": users });
+                if !infos.is_empty() {
+                    let map: serde_json::Map<String, serde_json::Value> = (infos.iter())
+                        .filter_map(|(u, i)| Some((u.to_string(), serde_json::from_slice(i).ok()?)))
+                        .collect();
+                    body["info"] = map.into();
+                }
                 body.to_string().into()
             },
         )
@@ -188,6 +201,16 @@ impl PresencePage {
         users: impl Iterator<Item = &'a Name>,
         max_bytes: usize,
     ) -> (Vec<Name>, bool) {
+        self.cut_weighted(users, max_bytes, |_| 0)
+    }
+
+    /// `cut`, with `extra` bytes of each user's (its presence info) counted toward `max_bytes`.
+    pub fn cut_weighted<'a>(
+        &self,
+        users: impl Iterator<Item = &'a Name>,
+        max_bytes: usize,
+        extra: impl Fn(&Name) -> usize,
+    ) -> (Vec<Name>, bool) {
         let after = self.after.as_ref();
         let mut page: Vec<&Name> = users.filter(|u| after.is_none_or(|a| *u > a)).collect();
         let mut more = page.len() > self.limit;
@@ -199,7 +222,7 @@ impl PresencePage {
         let mut bytes = 0;
         let fit = (page.iter())
             .take_while(|u| {
-                bytes += u.len() + 3;
+                bytes += u.len() + 3 + extra(u);
                 bytes <= max_bytes
             })
             .count()
@@ -245,6 +268,8 @@ pub enum EngineMsg {
         epoch: Option<u64>,
         /// What the connection may do in the room (its token and the room's rule), for the ack.
         rights: Rights,
+        /// The connection's presence info (the shard's `presence_info`).
+        info: Option<Bytes>,
     },
     /// A connection left the room.
     Leave {

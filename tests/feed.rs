@@ -32,6 +32,10 @@ impl Backend {
     /// Starts the backend on `port` (0: any), writing batches to `out`; `fail`: answer 500 to
     /// that many batches first.
     async fn start(port: u16, out: &Path, fail: u32) -> (Backend, u16) {
+        Backend::start_with(port, out, fail, &[]).await
+    }
+
+    async fn start_with(port: u16, out: &Path, fail: u32, extra: &[&str]) -> (Backend, u16) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/feed_backend.py");
         let mut child = tokio::process::Command::new("python3")
             .arg(script)
@@ -39,6 +43,7 @@ impl Backend {
             .args(["--fail", &fail.to_string()])
             .arg("--out")
             .arg(out)
+            .args(extra)
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -517,4 +522,63 @@ async fn edits_are_in_the_feed_and_signals_and_reads_are_not() {
     for never in ["signal", "read", "receipt"] {
         assert!(!names.contains(never), "{never} in the feed: {events:?}");
     }
+}
+
+/// An https `webhook_url` whose certificate a private CA signed (tests/fixtures/redis-tls),
+/// trusted through `hook_ca_file`: the batches arrive. Without the CA file nothing does.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_webhook_trusted_through_hook_ca_file_gets_the_events() {
+    let tls = common::hook_backend::TLS_DIR;
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, port) =
+        Backend::start_with(0, &dir.path().join("b.jsonl"), 0, &["--tls", tls]).await;
+    let https = |c: &mut shardcast::config::Config| {
+        webhook(c, port);
+        c.webhook_url = Some(format!("https://127.0.0.1:{port}/feed"));
+    };
+    let untrusted = TestServer::start(https);
+    publish(untrusted.addr(), "plain", 1).await;
+    // Its POSTs fail at the TLS handshake: counted, and nothing reaches the backend.
+    eventually(
+        WAIT,
+        "the untrusted server counts failed POSTs",
+        async || {
+            let m = Http::connect(untrusted.addr())
+                .await
+                .get("/metrics", &[])
+                .await
+                .body;
+            let failed = (m.lines())
+                .find_map(|l| l.strip_prefix("shardcast_feed_failed_total "))
+                .and_then(|n| n.parse::<u64>().ok());
+            (failed >= Some(1)).then_some(())
+        },
+    )
+    .await;
+    let server = TestServer::start(|c| {
+        https(c);
+        c.hook_ca_file = Some(Path::new(tls).join("ca.crt"));
+    });
+    for n in 1..=3 {
+        publish(server.addr(), "tls", n).await;
+    }
+    let events = eventually(
+        WAIT,
+        "3 messages reach the backend over https",
+        async || {
+            let events = unique_events(&backend.batches());
+            let tls: Vec<Value> = (events.into_iter())
+                .filter(|e| e["event"] == "message" && e["room"] == "tls")
+                .collect();
+            (tls.len() >= 3).then_some(tls)
+        },
+    )
+    .await;
+    assert_eq!(events.len(), 3);
+    let batches = backend.batches();
+    let mut events = batches.iter().flat_map(|b| b["events"].as_array().unwrap());
+    assert!(
+        !events.any(|e| e["room"] == "plain"),
+        "the server without the CA file delivered nothing"
+    );
 }

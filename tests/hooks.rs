@@ -7,47 +7,11 @@
 
 mod common;
 
-use std::process::Stdio;
-
+use common::hook_backend::{Backend, hook_rules};
 use common::redis::RedisServer;
 use common::*;
 use serde_json::{Value, json};
-use shardcast::config::{Config, Engine, HookOnError, RoomHook, RoomRule};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-/// The Python backend, killed when dropped.
-struct Backend {
-    _child: Child,
-    url: String,
-}
-
-impl Backend {
-    async fn start() -> Backend {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/hook_backend.py"
-        );
-        let mut child = Command::new("python3")
-            .arg(script)
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs the hook backend; scripts/test.sh installs it");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        tokio::time::timeout(TIMEOUT, BufReader::new(stdout).read_line(&mut line))
-            .await
-            .expect("the backend prints its port")
-            .expect("read the backend's port");
-        let port: u16 = line.trim().parse().expect("a port");
-        Backend {
-            _child: child,
-            url: format!("http://127.0.0.1:{port}/hook"),
-        }
-    }
-}
+use shardcast::config::{Config, Engine};
 
 const KEY: &str = "hooks-test-api-key";
 
@@ -60,19 +24,7 @@ fn hooked(url: &str, c: &mut Config) {
     c.hook_timeout_ms = 5_000;
     c.api_key = Some(KEY.into());
     c.presence_events = false;
-    c.rooms = vec![
-        RoomRule {
-            prefix: "mod:".into(),
-            hooks: Some(vec![RoomHook::Join, RoomHook::Publish]),
-            ..RoomRule::default()
-        },
-        RoomRule {
-            prefix: "lax:".into(),
-            hooks: Some(vec![RoomHook::Publish]),
-            hook_on_error: Some(HookOnError::Allow),
-            ..RoomRule::default()
-        },
-    ];
+    c.rooms = hook_rules();
 }
 
 fn text(t: &str) -> Value {

@@ -30,6 +30,7 @@ fn js_client_library_tests_pass_against_the_real_server() {
             "test/client.test.mjs",
             "test/chat.test.mjs",
             "test/edits.test.mjs",
+            "test/info.test.mjs",
         ])
         .current_dir(dir)
         .env("SHARDCAST_BIN", env!("CARGO_BIN_EXE_shardcast"))
@@ -46,8 +47,8 @@ fn js_client_library_tests_pass_against_the_real_server() {
         "the client library's tests failed under node {version}:\n{report}"
     );
     assert!(
-        report.contains("pass 19") && report.contains("fail 0"),
-        "expected 19 passing tests (15 in client.test.mjs, 2 in chat.test.mjs, 2 in edits.test.mjs):\n{report}"
+        report.contains("pass 20") && report.contains("fail 0"),
+        "expected 20 passing tests (15 in client.test.mjs, 2 in chat.test.mjs, 2 in edits.test.mjs, 1 in info.test.mjs):\n{report}"
     );
 }
 

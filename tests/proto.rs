@@ -946,3 +946,31 @@ async fn first_frame_auth_reads_a_binary_connect() {
     let (_, pong) = p.call(1, "ping {}").await;
     assert!(pong["pong"].is_object());
 }
+
+/// The connect hook's presence info reaches a binary member: `Membership.info` on `joined`,
+/// `Presence.info` by user (both a JSON object's text), as a JSON member sees it.
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_info_in_joined_and_presence() {
+    let backend = common::hook_backend::Backend::start().await;
+    let server = TestServer::start(|c| {
+        c.hook_url = Some(backend.url.clone());
+        c.hook_connect = true;
+    });
+    let addr = server.addr();
+    let vip = json!({"name": "VIP vipkim", "tags": ["a", "b"]});
+    let mut p = Proto::connect(addr, "/ws?user=watcher").await;
+    p.call(1, r#"join { room: "lobby" }"#).await;
+    let mut kim = Client::connect_dev(addr, "vipkim").await;
+    kim.join("lobby").await;
+    let joined = p.recv().await;
+    assert_eq!(joined["joined"]["user"], "vipkim", "{joined}");
+    let info = joined["joined"]["info"].as_str().expect("info's text");
+    assert_eq!(serde_json::from_str::<Value>(info).unwrap(), vip);
+
+    let (_, reply) = p.call(2, r#"presence { room: "lobby" }"#).await;
+    let entries = list(&reply["presence"]["info"]);
+    assert_eq!(entries.len(), 1, "{reply}");
+    assert_eq!(entries[0]["key"], "vipkim", "{reply}");
+    let info = entries[0]["value"].as_str().expect("info's text");
+    assert_eq!(serde_json::from_str::<Value>(info).unwrap(), vip);
+}

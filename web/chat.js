@@ -51,7 +51,7 @@ function start(credentials) {
   const c = (client = connect({ ...credentials, outbox: "local" }));
   c.on("state", (e) => c === client && onState(e));
   client.on("message", onMessage);
-  client.on("joined", (e) => presenceChange(e.room, e.user, true));
+  client.on("joined", (e) => presenceChange(e.room, e.user, true, e.info));
   client.on("left", (e) => presenceChange(e.room, e.user, false));
   client.on("occupancy", onOccupancy);
   client.on("error", (e) => toast(e.message || e.code));
@@ -200,6 +200,7 @@ async function refreshPresence(c) {
   try {
     const users = await client.presence(c.name);
     c.users = new Set(users);
+    c.info = { ...users.info };
     // A list room past its presence_list_max answers with a count too.
     c.counted = users.mode === "count";
   } catch {
@@ -216,13 +217,16 @@ function onOccupancy(e) {
   if (c.key === active) renderPresence();
 }
 
-function presenceChange(room, user, online) {
+function presenceChange(room, user, online, info) {
   const c = convs.get(`#${room}`);
   if (!c) return;
   // Names again: a list room that had grown past its presence_list_max has shrunk back.
   if (c.counted) return refreshPresence(c);
+  c.info ??= {};
   if (online) c.users.add(user);
   else c.users.delete(user);
+  if (online && info) c.info[user] = info;
+  else if (!online) delete c.info[user];
   if (c.key === active) renderPresence();
 }
 
@@ -385,7 +389,9 @@ function renderPresence() {
   }
   const users = [...c.users].sort();
   p.append(el("span", "dot"), `${users.length} online: `);
-  p.append(el("span", "users", users.join(", ")));
+  // A display name from the connect hook's presence info, if it gave one.
+  const label = (u) => (typeof c.info?.[u]?.name === "string" ? `${c.info[u].name} (${u})` : u);
+  p.append(el("span", "users", users.map(label).join(", ")));
 }
 
 /** The composer, or why this user may not publish in the open room; true for the latter. */

@@ -141,7 +141,8 @@ export interface Events {
   delete: Message;
   react: Message;
   unreact: Message;
-  joined: { room: string; user: string };
+  /** `info`: the user's presence info from the connect hook, if it has one. */
+  joined: { room: string; user: string; info?: Record<string, unknown> };
   left: { room: string; user: string };
   /** A count room's member count changed (coalesced by the server: at most one per
    * `occupancy_interval_ms`); a list room past its `presence_list_max` sends these instead of
@@ -232,7 +233,12 @@ export interface RoomInfo {
 }
 
 /** `presence()`'s answer: the users, sorted (empty in count mode), with the mode and count. */
-export type Presence = string[] & { readonly mode: "list" | "count"; readonly members: number };
+export type Presence = string[] & {
+  readonly mode: "list" | "count";
+  readonly members: number;
+  /** The presence info (from the connect hook) of the users that have one, by user. */
+  readonly info: Record<string, Record<string, unknown>>;
+};
 
 export interface Page {
   messages: Message[];

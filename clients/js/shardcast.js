@@ -414,23 +414,26 @@ export class Client {
    * request against the rate limit); this asks for 1000 at a time until the last. */
   async presence(room) {
     const users = [];
+    const info = {};
     let after;
     for (;;) {
       const frame = { type: "presence", room, limit: 1000 };
       if (after !== undefined) frame.after = after;
       const page = await this.request(frame);
-      if (page.mode === "count") return this.presenceAnswer(room, [], "count", page.members);
+      if (page.mode === "count") return this.presenceAnswer(room, [], "count", page.members, info);
       users.push(...(page.users || []));
-      if (!page.more || !page.users?.length) return this.presenceAnswer(room, users, "list", users.length);
+      Object.assign(info, page.info);
+      if (!page.more || !page.users?.length) return this.presenceAnswer(room, users, "list", users.length, info);
       after = page.users[page.users.length - 1];
     }
   }
 
-  presenceAnswer(room, users, mode, members) {
+  presenceAnswer(room, users, mode, members, userInfo) {
     const info = this.room(room);
     if (info && typeof members === "number") info.members = members;
     Object.defineProperty(users, "mode", { value: mode });
     Object.defineProperty(users, "members", { value: members });
+    Object.defineProperty(users, "info", { value: userInfo });
     return users;
   }
 
@@ -699,7 +702,9 @@ export class Client {
     if (f.type === "joined" || f.type === "left") {
       const info = this.room(f.room);
       if (typeof info?.members === "number") info.members = Math.max(0, info.members + (f.type === "joined" ? 1 : -1));
-      return this.emit(f.type, { room: f.room, user: f.user });
+      const event = { room: f.room, user: f.user };
+      if (f.info !== undefined) event.info = f.info;
+      return this.emit(f.type, event);
     }
     if (f.type === "occupancy") {
       // A count room (or a list room past its presence_list_max): the member count, coalesced
@@ -950,7 +955,9 @@ const MESSAGE = {
   1: ["room", S], 2: ["to", S], 3: ["from", S], 4: ["seq", U], 5: ["ts", U], 6: ["key", S], 7: ["body", "bytes"], 8: ["body_json", B],
   9: ["kind", S], 10: ["target", U], 11: ["emoji", S], 12: ["hard", B], 13: ["edited", U], 14: ["deleted", B], 15: ["erased", B], 16: ["reactions", OBJECT, REACTIONS],
 };
-const MEMBERSHIP = { 1: ["room", S], 2: ["user", S] };
+const MEMBERSHIP = { 1: ["room", S], 2: ["user", S], 3: ["info", "bytes"] };
+// `Presence.info`: map<string, bytes>, entries of key 1 and value 2 (a JSON object's text).
+const INFOS = ["user", { 2: ["value", "bytes"] }];
 const PAGE = { 1: ["room", S], 2: ["messages", "messages"], 3: ["more", B], 4: ["fold", B], 5: ["before", U] };
 
 /** Server frames: ServerFrame arm number -> [type, { number: [field, kind] }]. */
@@ -963,7 +970,7 @@ const SERVER_FRAMES = {
   15: ["removed", { 1: ["room", S], 2: ["reason", S] }],
   16: ["ack", { 1: ["room", S], 2: ["to", S], 3: ["seq", U], 4: ["dup", B], 5: ["publish", S], 6: ["presence", S], 7: ["rights", LIST], 8: ["members", U], 9: ["epoch", U], 10: ["recovered", B], 11: ["replayed", U], 12: ["truncated", B], 13: ["noop", B], 14: ["read", U], 15: ["inbox", B] }],
   17: ["pong", {}],
-  18: ["presence", { 1: ["room", S], 2: ["mode", S], 3: ["users", LIST], 4: ["more", B], 5: ["members", U] }],
+  18: ["presence", { 1: ["room", S], 2: ["mode", S], 3: ["users", LIST], 4: ["more", B], 5: ["members", U], 6: ["info", OBJECT, INFOS] }],
   19: ["refreshed", { 1: ["exp", U] }],
   20: ["error", { 1: ["code", S], 2: ["message", S] }],
   21: ["history", PAGE],
@@ -1142,6 +1149,15 @@ export function decodeServerFrame(bytes) {
     f.more ??= false;
   }
   if (f.type === "presence" && f.mode === "list") f.users ??= [];
+  // Presence info: JSON text in the binary form, the object in the JSON one.
+  const json = (b) => JSON.parse(fromUtf8.decode(b));
+  if (f.type === "joined" || f.type === "left") {
+    if (f.info?.length) f.info = json(f.info);
+    else delete f.info;
+  }
+  if (f.type === "presence" && f.info) {
+    f.info = Object.fromEntries(Object.entries(f.info).map(([u, v]) => [u, json(v.value)]));
+  }
   if (f.id === undefined) delete f.id;
   return f;
 }

@@ -18,10 +18,11 @@ use hyper::header::HOST;
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
+
+use crate::outbound::OutboundError;
 
 /// Most bytes of a JWKS document; a bigger one is refused.
 const MAX_JWKS_BYTES: usize = 1 << 20;
@@ -49,35 +50,17 @@ pub enum JwksError {
     Thread(std::io::Error),
 }
 
-/// The TLS client for an https `jwks_url`: the public web roots (webpki-roots) plus the
-/// certificates in `ca_file`, for an identity provider behind a private CA.
+/// The TLS client for an https `jwks_url` (`outbound::tls_connector`), its errors named for
+/// `jwks_ca_file`.
 fn tls_client(ca_file: Option<&Path>) -> Result<TlsConnector, JwksError> {
-    let mut roots =
-        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let err = |message: String| JwksError::CaFile {
-            path: path.display().to_string(),
-            message,
-        };
-        let certs = CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))?;
-        let mut added = 0;
-        for cert in certs {
-            let cert = cert.map_err(|e| err(e.to_string()))?;
-            roots.add(cert).map_err(|e| err(e.to_string()))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(err("no PEM certificate in it".into()));
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(JwksError::Tls)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
+    crate::outbound::tls_connector(ca_file).map_err(|e| match e {
+        OutboundError::CaFile { path, message } => JwksError::CaFile { path, message },
+        OutboundError::Tls(e) => JwksError::Tls(e),
+        OutboundError::Url { url } => JwksError::Fetch {
+            url,
+            message: "not a URL".into(),
+        },
+    })
 }
 
 struct Shared {
@@ -316,17 +299,5 @@ mod tests {
         assert_eq!(split_authority("127.0.0.1:9"), ("127.0.0.1", Some(9)));
         assert_eq!(split_authority("[::1]:8443"), ("::1", Some(8443)));
         assert_eq!(split_authority("[::1]"), ("::1", None));
-    }
-
-    #[test]
-    fn a_ca_file_without_certificates_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ca.pem");
-        std::fs::write(&path, "not a certificate").unwrap();
-        let e = tls_client(Some(&path)).err().expect("refused");
-        assert!(e.to_string().contains("no PEM certificate"), "{e}");
-        let missing = dir.path().join("missing.pem");
-        assert!(tls_client(Some(&missing)).is_err());
-        assert!(tls_client(None).is_ok());
     }
 }

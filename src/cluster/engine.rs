@@ -507,10 +507,11 @@ impl Node {
                 since,
                 epoch,
                 rights,
+                info,
             } => {
                 self.add_member(&room, &user, conn, jgen);
                 let joined = Joined::new(room, conn, jgen, id, ack, since, rights);
-                self.spawn(async move { me.join(user, joined, epoch).await });
+                self.spawn(async move { me.join(user, joined, epoch, info).await });
             }
             EngineMsg::Leave { room, user, conn } => {
                 self.release(conn, Some(&Stream::Room(room.clone())));

@@ -324,8 +324,8 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_EVENT_FEED", default_value_t = false, action = clap::ArgAction::Set)]
     pub event_feed: bool,
 
-    /// http:// URL the event feed is POSTed to, in batches, from a cursor kept in the store
-    /// (at least once, in order; docs/hooks.md). Needs webhook_secret. Default none: no push.
+    /// http:// or https:// URL the event feed is POSTed to, in batches, from a cursor kept in
+    /// the store (at least once, in order; docs/hooks.md). Needs webhook_secret. Default none: no push.
     #[arg(long, env = "SHARDCAST_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
 
@@ -660,7 +660,7 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_PRESENCE_TTL_SECS", default_value_t = 10)]
     pub presence_ttl_secs: u64,
 
-    /// URL the hooks POST their JSON to (http:// only; docs/hooks.md). The connect and send
+    /// http:// or https:// URL the hooks POST their JSON to (docs/hooks.md). The connect and send
     /// hooks run when hook_connect and hook_send say so, the join and publish hooks where a
     /// `[[rooms]]` rule lists them in `hooks`. Default none: no hooks.
     #[arg(long, env = "SHARDCAST_HOOK_URL")]
@@ -695,8 +695,9 @@ pub struct Config {
     )]
     pub hook_on_error: HookOnError,
 
-    /// Hook calls in flight at once, for the whole process; more wait for a slot (within their
-    /// timeout). Calls share keep-alive connections to hook_url. Default 256.
+    /// Hook calls in flight at once, for the whole process, split evenly between the shards
+    /// (each at least one); more wait for a slot (within their timeout). Each shard keeps its
+    /// own keep-alive connections to hook_url. Default 256.
     #[arg(long, env = "SHARDCAST_HOOK_MAX_CONCURRENCY", default_value_t = 256)]
     pub hook_max_concurrency: usize,
 
@@ -723,6 +724,21 @@ pub struct Config {
     /// hook is sent (`cookie`, say), comma-separated, case-insensitive. Default none.
     #[arg(long, env = "SHARDCAST_HOOK_CONNECT_HEADERS", value_delimiter = ',')]
     pub hook_connect_headers: Vec<String>,
+
+    /// Most bytes of the `info` object a connect hook's answer gives a connection (shown to
+    /// other members in presence and `joined`); a bigger one, or one that is not a JSON
+    /// object, fails the hook. Default 1024.
+    #[arg(
+        long,
+        env = "SHARDCAST_MAX_PRESENCE_INFO_BYTES",
+        default_value_t = 1_024
+    )]
+    pub max_presence_info_bytes: usize,
+
+    /// PEM file of CA certificates trusted for an https hook_url or webhook_url besides the
+    /// public web roots (a backend behind a private CA). Default none.
+    #[arg(long, env = "SHARDCAST_HOOK_CA_FILE")]
+    pub hook_ca_file: Option<PathBuf>,
 
     /// Room rules by name prefix, in the config file only: `[[rooms]]` tables with `prefix` and
     /// any of `publish` (members, granted, api), `presence` (list, count, off),
@@ -842,6 +858,8 @@ impl Default for Config {
             hook_max_answer_bytes: 65_536,
             hook_connect_query: Vec::new(),
             hook_connect_headers: Vec::new(),
+            max_presence_info_bytes: 1_024,
+            hook_ca_file: None,
             rooms: Vec::new(),
             room_retention: Vec::new(),
         }

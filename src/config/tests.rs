@@ -241,7 +241,7 @@ fn write_delay_is_at_most_100_ms() {
 }
 
 #[test]
-fn the_webhook_needs_a_real_secret_an_http_url_and_the_embedded_engine() {
+fn the_webhook_needs_a_real_secret_an_http_or_https_url_and_the_embedded_engine() {
     let url = ["--webhook-url", "http://127.0.0.1:9000/feed"];
     let err = load(&url, None).unwrap_err();
     assert!(err.to_string().contains("webhook_secret"), "{err}");
@@ -255,12 +255,18 @@ fn the_webhook_needs_a_real_secret_an_http_url_and_the_embedded_engine() {
         "--webhook-secret",
         "0123456789abcdef",
     ];
-    assert!(
-        load(&https, None)
-            .unwrap_err()
-            .to_string()
-            .contains("http://")
-    );
+    assert!(load(&https, None).unwrap().feed_on());
+    let ftp = [
+        "--webhook-url",
+        "ftp://x",
+        "--webhook-secret",
+        "0123456789abcdef",
+    ];
+    let err = load(&ftp, None).unwrap_err();
+    assert!(err.to_string().contains("https://"), "{err}");
+    let ca = ["--hook-ca-file", "/tmp/ca.pem"];
+    let err = load(&ca, None).unwrap_err();
+    assert!(err.to_string().contains("hook_ca_file"), "{err}");
     let batch = load(&[&ok[..], &["--webhook-batch", "0"]].concat(), None).unwrap_err();
     assert!(batch.to_string().contains("webhook_batch"), "{batch}");
     let redis = [

@@ -204,11 +204,14 @@ impl Config {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if let Some(url) = &self.hook_url
             && !url.starts_with("http://")
+            && !url.starts_with("https://")
         {
             return Err(ConfigError::Invalid(format!(
-                "hook_url {url} is not an http:// URL (hooks speak plain HTTP, to a backend on a \
-                 private network or behind a local proxy)"
+                "hook_url {url} is not an http:// or https:// URL"
             )));
+        }
+        if self.hook_ca_file.is_some() && self.hook_url.is_none() && self.webhook_url.is_none() {
+            return invalid("hook_ca_file is set but neither hook_url nor webhook_url is");
         }
         let rule_hooks = self.rooms.iter().any(|r| r.hooks.is_some());
         if self.hook_url.is_none() && (self.hook_connect || self.hook_send || rule_hooks) {
@@ -239,10 +242,9 @@ impl Config {
     fn validate_feed(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if let Some(url) = &self.webhook_url {
-            if !url.starts_with("http://") {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
                 return invalid(format!(
-                    "webhook_url {url} is not an http:// URL (https is not supported yet: put \
-                     a TLS proxy on the same host in front of the backend)"
+                    "webhook_url {url} is not an http:// or https:// URL"
                 ));
             }
             match &self.webhook_secret {

@@ -448,6 +448,7 @@ mod tests {
             user: Name::new("bo").unwrap(),
             rooms: None,
             exp: None,
+            info: None,
         };
         let limits = FrameLimits {
             max_message: 100,
@@ -475,6 +476,7 @@ mod tests {
             user: Name::new("bo").unwrap(),
             rooms: None,
             exp,
+            info: None,
         };
         let limits = FrameLimits {
             max_message: 100,

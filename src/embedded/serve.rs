@@ -58,9 +58,10 @@ impl Embedded {
                 since,
                 epoch: _,
                 rights,
+                info,
             } => {
                 let joined = Joined::new(room, conn, jgen, id, ack, since, rights);
-                self.register_join(&user, joined, out)
+                self.register_join(&user, joined, info, out)
             }
             EngineMsg::Leave { room, user, conn } => {
                 let rule = self.config.rule(&room);
@@ -135,7 +136,8 @@ impl Embedded {
                     PresenceMode::List => {
                         let users = self.rooms.users(&room);
                         let max_bytes = self.config.max_queue_bytes / 2;
-                        reply.presence(&room, users, page.as_ref(), max_bytes)
+                        let info = |u: &Name| self.rooms.info(&room, u);
+                        reply.presence(&room, users, page.as_ref(), max_bytes, info)
                     }
                     mode => reply.presence_count(&room, mode.as_str(), members),
                 };
@@ -328,11 +330,20 @@ impl Embedded {
     /// Registers a join and answers it with its seq. A join with `since` behind that seq is
     /// answered `replay`, and the writer then sends the ack and the messages in (since, seq].
     /// A room at its `max_members` refuses a new member with `room_full`.
-    fn register_join(&mut self, user: &Name, joined: Joined, out: &mut Outbox) {
+    fn register_join(
+        &mut self,
+        user: &Name,
+        joined: Joined,
+        info: Option<Bytes>,
+        out: &mut Outbox,
+    ) {
         let (room, conn) = (&joined.room, joined.conn);
         let rule = self.config.rule(room);
         let before = self.rooms.members(room);
-        let Ok(m) = self.rooms.join(room, user, conn.shard(), &rule) else {
+        let Ok(m) = self
+            .rooms
+            .join(room, user, conn.shard(), &rule, info.as_ref())
+        else {
             return self.send(conn.shard(), joined.full(&rule), out);
         };
         if before == 0 {

@@ -64,11 +64,31 @@ pub async fn connect(
         }
         None => identity.as_ref().and_then(|i| i.rooms.clone()),
     };
+    let info = match answer.info {
+        Some(info) => Some(presence_info(info.get(), config.max_presence_info_bytes).map_err(bad)?),
+        None => None,
+    };
     Ok(Identity {
         user,
         rooms,
         exp: identity.and_then(|i| i.exp),
+        info,
     })
+}
+
+/// An answer's `info`: a JSON object within `max` bytes, kept as its text (already checked
+/// JSON: serde read it as a `RawValue`). `null` is no info.
+fn presence_info(info: &str, max: usize) -> Result<bytes::Bytes, String> {
+    if !info.starts_with('{') {
+        return Err("info is not a JSON object".into());
+    }
+    if info.len() > max {
+        return Err(format!(
+            "info is {} bytes, over max_presence_info_bytes ({max})",
+            info.len()
+        ));
+    }
+    Ok(bytes::Bytes::copy_from_slice(info.as_bytes()))
 }
 
 /// `{"event":"connect","user":..,"rooms":..,"exp":..,"query":{..},"headers":{..}}`.

@@ -1,32 +1,30 @@
-//! The hook client: each call an HTTP POST of JSON to `hook_url` (docs/hooks.md), made on the
-//! hooks thread, so neither the HTTP work nor the wait for an answer touches a shard's thread.
-//! Calls share a keep-alive pool; at most `hook_max_concurrency` are in flight, the rest wait
-//! for a slot within their timeout. Each call is counted by event and outcome, with its
-//! latency (`HookStats`, read by a scrape).
+//! The hook client: each call an HTTP POST of JSON to `hook_url` (docs/hooks.md), made from the
+//! calling shard's own runtime (`client.rs`: a keep-alive pool per shard), so a call waiting
+//! for its answer is a parked task and never blocks the shard. At most `hook_max_concurrency`
+//! calls are in flight (split between the shards), the rest wait for a slot within their
+//! timeout. Each call is counted by event and outcome, with its latency (`HookStats`, shared by
+//! the shards, read by a scrape).
 //!
-//! Owns the thread, the pool, the answer's parsing and its limits. It must not decide what an
-//! answer means for a request (the client side does, `shard::hooked`; a connect's in
-//! `connect.rs`) or touch shard state: an answer goes back through the caller's `reply`.
+//! Owns the pools, the answer's parsing and its limits. It must not decide what an answer means
+//! for a request (the client side does, `shard::hooked`; a connect's in `connect.rs`) or touch
+//! shard state: the caller awaits the answer.
 
+mod client;
 mod connect;
 
 pub use connect::connect;
 
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::CONTENT_TYPE;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::Config;
 use crate::core::counters::Histogram;
+use crate::outbound::Endpoint;
 
 /// Which hook a call is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +76,9 @@ pub struct Answer {
     /// `connect`: the rooms and rights, as a token's `rooms` claim.
     #[serde(default)]
     pub rooms: Option<Box<RawValue>>,
+    /// `connect`: a JSON object other members see in presence.
+    #[serde(default)]
+    pub info: Option<Box<RawValue>>,
 }
 
 /// Why a hook failed; its `hook_on_error` decides what follows.
@@ -138,137 +139,78 @@ pub struct HookStats {
     pub latency: [Histogram; HookEvent::ALL.len()],
 }
 
-/// What the caller is handed once a call is over, on the hooks thread.
-pub type Reply = Box<dyn FnOnce(Result<Answer, HookError>) + Send>;
-
-/// One call: the JSON to POST and where its answer goes.
-struct Call {
-    event: HookEvent,
-    body: Vec<u8>,
-    timeout: Duration,
-    reply: Reply,
+/// What every shard's hook client shares: the target, the limits and the counters.
+struct Shared {
+    target: Endpoint,
+    max_answer: usize,
+    /// Calls in flight per shard: `hook_max_concurrency` split between the shards.
+    per_shard: usize,
+    stats: Mutex<HookStats>,
 }
 
-/// The process's hook client; cheap to clone (every shard holds one).
+/// The process's hook settings and counters, handed to every shard; cheap to clone.
 #[derive(Clone)]
-pub struct Hooks {
-    calls: mpsc::UnboundedSender<Call>,
-    stats: Arc<Mutex<HookStats>>,
-}
+pub struct HookSetup(Arc<Shared>);
 
-impl Hooks {
-    /// Starts the hooks thread, if `hook_url` is set.
-    pub fn start(config: &Config) -> std::io::Result<Option<Hooks>> {
+impl HookSetup {
+    /// The hook settings, if `hook_url` is set, for `shards` shards.
+    pub fn new(config: &Config, shards: usize) -> std::io::Result<Option<HookSetup>> {
         let Some(url) = &config.hook_url else {
             return Ok(None);
         };
-        let uri: hyper::Uri = url.parse().map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("hook_url {url}: {e}"),
-            )
+        let target = Endpoint::parse(url, config.hook_ca_file.as_deref()).map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("hook_url: {e}"))
         })?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(Mutex::new(HookStats::default()));
-        let worker = Worker {
-            uri,
-            slots: Arc::new(Semaphore::new(config.hook_max_concurrency)),
+        Ok(Some(HookSetup(Arc::new(Shared {
+            target,
             max_answer: config.hook_max_answer_bytes,
-            stats: stats.clone(),
-        };
-        let idle = config.hook_max_concurrency;
-        std::thread::Builder::new()
-            .name("hooks".into())
-            .spawn(move || worker.run(rx, idle))?;
-        Ok(Some(Hooks { calls: tx, stats }))
+            per_shard: config.hook_max_concurrency.div_ceil(shards.max(1)).max(1),
+            stats: Mutex::new(HookStats::default()),
+        }))))
     }
 
-    /// POSTs `body` (a JSON object) and hands the answer to `reply` on the hooks thread. A
-    /// channel send: no I/O and no wait on the caller's thread.
-    pub fn call(&self, event: HookEvent, body: Vec<u8>, timeout: Duration, reply: Reply) {
-        let call = Call {
-            event,
-            body,
-            timeout,
-            reply,
-        };
-        if let Err(mpsc::error::SendError(call)) = self.calls.send(call) {
-            (call.reply)(Err(HookError::Unreachable(
-                "the hooks thread has stopped".into(),
-            )));
-        }
+    /// The hook client of the shard whose thread calls this.
+    pub fn for_shard(&self) -> Hooks {
+        Hooks(Rc::new(Local {
+            shared: self.0.clone(),
+            pool: client::Pool::new(self.0.per_shard),
+        }))
     }
+}
 
-    /// The same, for an async caller.
+struct Local {
+    shared: Arc<Shared>,
+    pool: client::Pool,
+}
+
+/// One shard's hook client; cheap to clone, used on the shard's thread only.
+#[derive(Clone)]
+pub struct Hooks(Rc<Local>);
+
+impl Hooks {
+    /// POSTs `body` (a JSON object) and returns the answer, or why the hook failed, within
+    /// `timeout` (waiting for a slot included). Runs on the caller's runtime: a hooked publish
+    /// costs its JSON, one local task's wake-ups and the socket's syscalls.
     pub async fn ask(
         &self,
         event: HookEvent,
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Answer, HookError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.call(
-            event,
-            body,
-            timeout,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        rx.await
-            .unwrap_or_else(|_| Err(HookError::Unreachable("the hooks thread stopped".into())))
-    }
-
-    pub fn stats(&self) -> HookStats {
-        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-/// The hooks thread's state.
-struct Worker {
-    uri: hyper::Uri,
-    slots: Arc<Semaphore>,
-    max_answer: usize,
-    stats: Arc<Mutex<HookStats>>,
-}
-
-impl Worker {
-    fn run(self, mut calls: mpsc::UnboundedReceiver<Call>, idle: usize) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("building a current-thread runtime only fails if the OS refuses epoll");
-        rt.block_on(async move {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .pool_max_idle_per_host(idle)
-                .build(connector);
-            let this = Arc::new(self);
-            while let Some(call) = calls.recv().await {
-                let (this, client) = (this.clone(), client.clone());
-                tokio::spawn(async move { this.serve(&client, call).await });
-            }
-        });
-    }
-
-    async fn serve(&self, client: &Client<HttpConnector, Full<Bytes>>, call: Call) {
-        let Call {
-            event,
-            body,
-            timeout,
-            reply,
-        } = call;
+        let shared = &self.0.shared;
         let started = Instant::now();
         let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let result = tokio::time::timeout(timeout, async {
-            let _slot = self.slots.acquire().await.expect("never closed");
-            self.post(client, body).await
-        })
-        .await
-        .unwrap_or(Err(HookError::Timeout(ms)));
-        if let Ok(mut stats) = self.stats.lock() {
+        let post = self
+            .0
+            .pool
+            .post(&shared.target, Bytes::from(body), shared.max_answer);
+        let result = match tokio::time::timeout(timeout, post).await {
+            Err(_) => Err(HookError::Timeout(ms)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((status, _))) if !status.is_success() => Err(HookError::Status(status.as_u16())),
+            Ok(Ok((_, answer))) => parse(&answer),
+        };
+        if let Ok(mut stats) = shared.stats.lock() {
             let e = event as usize;
             stats.calls[e][Outcome::of(&result) as usize] += 1;
             stats.latency[e].observe(started.elapsed());
@@ -276,36 +218,14 @@ impl Worker {
         if let Err(e) = &result {
             tracing::debug!(hook = event.as_str(), error = %e, "hook failed");
         }
-        reply(result);
+        result
     }
 
-    async fn post(
-        &self,
-        client: &Client<HttpConnector, Full<Bytes>>,
-        body: Vec<u8>,
-    ) -> Result<Answer, HookError> {
-        let request = hyper::Request::post(self.uri.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("a POST with a parsed URI is a valid request");
-        let response =
-            (client.request(request).await).map_err(|e| HookError::Unreachable(error_chain(&e)))?;
-        let status = response.status();
-        let answer = Limited::new(response.into_body(), self.max_answer)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    HookError::TooLarge(self.max_answer)
-                } else {
-                    HookError::Unreachable(e.to_string())
-                }
-            })?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(HookError::Status(status.as_u16()));
-        }
-        parse(&answer)
+    /// The calls of every shard so far.
+    pub fn stats(&self) -> HookStats {
+        (self.0.shared.stats.lock())
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 }
 

@@ -16,11 +16,11 @@ use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONTENT_TYPE, HOST};
-use hyper_util::rt::TokioIo;
 use sha2::Sha256;
 
 use super::feed::{FeedShared, read_page};
 use crate::config::Config;
+use crate::outbound::{Endpoint, OutboundError};
 use crate::store::Store;
 
 /// The first retry's wait (or `webhook_backoff_max_ms`, if less).
@@ -49,10 +49,7 @@ pub fn signature(secret: &[u8], t: u64, body: &[u8]) -> String {
 
 /// What the thread needs of the config.
 pub(super) struct Target {
-    host: String,
-    port: u16,
-    authority: String,
-    path: String,
+    endpoint: Endpoint,
     secret: Vec<u8>,
     batch: usize,
     timeout: Duration,
@@ -62,29 +59,23 @@ pub(super) struct Target {
 }
 
 impl Target {
-    /// `None` without a `webhook_url` (validated as http:// already).
-    pub(super) fn from_config(config: &Config) -> Option<Target> {
-        let url = config.webhook_url.as_deref()?;
-        let rest = url.strip_prefix("http://")?;
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h.trim_matches(['[', ']']).to_owned(), p.parse().ok()?)
-            }
-            _ => (authority.to_owned(), 80),
+    /// `None` without a `webhook_url`; an error if it (or `hook_ca_file`) cannot be used.
+    pub(super) fn from_config(config: &Config) -> Result<Option<Target>, OutboundError> {
+        let Some(url) = config.webhook_url.as_deref() else {
+            return Ok(None);
         };
-        Some(Target {
-            host,
-            port,
-            authority: authority.to_owned(),
-            path: if path.is_empty() { "/" } else { path }.to_owned(),
-            secret: config.webhook_secret.clone()?.into_bytes(),
+        let Some(secret) = config.webhook_secret.clone() else {
+            return Ok(None);
+        };
+        Ok(Some(Target {
+            endpoint: Endpoint::parse(url, config.hook_ca_file.as_deref())?,
+            secret: secret.into_bytes(),
             batch: config.webhook_batch,
             timeout: Duration::from_millis(config.webhook_timeout_ms),
             backoff_max: Duration::from_millis(config.webhook_backoff_max_ms),
             retention_events: config.webhook_retention_events,
             retention_ms: config.webhook_retention_secs.saturating_mul(1000),
-        })
+        }))
     }
 }
 
@@ -215,20 +206,12 @@ async fn post_once(
     sig: &str,
 ) -> Result<(), String> {
     if conn.as_ref().is_none_or(|c| c.is_closed()) {
-        let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| format!("connect to {}: {e}", target.authority))?;
-        let _ = stream.set_nodelay(true);
-        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(driver);
-        *conn = Some(sender);
+        *conn = Some(target.endpoint.connect().await?);
     }
     let sender = conn.as_mut().expect("set above");
     sender.ready().await.map_err(|e| e.to_string())?;
-    let request = hyper::Request::post(target.path.as_str())
-        .header(HOST, target.authority.as_str())
+    let request = hyper::Request::post(target.endpoint.path.as_str())
+        .header(HOST, target.endpoint.authority.as_str())
         .header(CONTENT_TYPE, "application/json")
         .header(SIGNATURE_HEADER, sig)
         .body(Full::new(body))
@@ -258,29 +241,6 @@ mod tests {
         assert_eq!(
             signature(b"key", 1, b"body"),
             "t=1,v1=91b5374b153842ad05b2c4eab9349b8321b14703165bd3fb8b034dfb8be98ae5"
-        );
-    }
-
-    #[test]
-    fn urls_split_into_host_port_and_path() {
-        let config = Config {
-            webhook_url: Some("http://127.0.0.1:9000/hooks/feed".into()),
-            webhook_secret: Some("0123456789abcdef".into()),
-            ..Config::default()
-        };
-        let t = Target::from_config(&config).unwrap();
-        assert_eq!(
-            (t.host.as_str(), t.port, t.path.as_str()),
-            ("127.0.0.1", 9000, "/hooks/feed")
-        );
-        let config = Config {
-            webhook_url: Some("http://backend".into()),
-            ..config
-        };
-        let t = Target::from_config(&config).unwrap();
-        assert_eq!(
-            (t.host.as_str(), t.port, t.path.as_str()),
-            ("backend", 80, "/")
         );
     }
 }

@@ -111,7 +111,13 @@ impl Threads {
             health: health.clone(),
             feed: feed.clone(),
         };
-        let deliverer = match (&feed, deliver::Target::from_config(&config)) {
+        let target = deliver::Target::from_config(&config).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("webhook_url: {e}"),
+            )
+        })?;
+        let deliverer = match (&feed, target) {
             (Some(feed), Some(target)) => {
                 let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
                 let (store, feed) = (store.clone(), feed.clone());

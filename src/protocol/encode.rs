@@ -262,6 +262,20 @@ pub fn broadcast(from: &Name, ts: u64, body: &[u8]) -> Bytes {
     j.finish()
 }
 
+/// `{"type":"joined","room":R,"user":U,"info":I}`: `membership`, with the user's presence
+/// info (a JSON object, spliced in as the connect hook gave it) when it has one.
+pub fn joined(room: &Name, user: &Name, info: Option<&Bytes>) -> Bytes {
+    let Some(info) = info else {
+        return membership(true, room, user);
+    };
+    let mut j = Json::new(56 + room.len() + user.len() + info.len());
+    j.raw(r#"{"type":"joined","room":"#).name(room);
+    j.raw(r#","user":"#).name(user).raw(r#","info":"#);
+    j.0.push(info);
+    j.raw("}");
+    j.finish()
+}
+
 /// `{"type":"joined"|"left","room":R,"user":U}`
 pub fn membership(joined: bool, room: &Name, user: &Name) -> Bytes {
     let mut j = Json::new(48 + room.len() + user.len());
@@ -372,9 +386,11 @@ pub fn presence<'a>(
     room: &Name,
     users: impl Iterator<Item = &'a Name> + Clone,
     more: Option<bool>,
+    info: &[(&Name, Bytes)],
 ) -> Bytes {
     let size: usize = users.clone().map(|u| u.len() + 3).sum();
-    let mut j = Json::new(64 + room.len() + size);
+    let info_size: usize = info.iter().map(|(u, i)| u.len() + i.len() + 4).sum();
+    let mut j = Json::new(64 + room.len() + size + info_size);
     j.raw(r#"{"type":"presence","#).id(id);
     j.raw(r#""room":"#)
         .name(room)
@@ -386,6 +402,14 @@ pub fn presence<'a>(
         j.name(user);
     }
     j.raw("]");
+    for (i, (user, info)) in info.iter().enumerate() {
+        j.raw(if i == 0 { r#","info":{"# } else { "," });
+        j.name(user).raw(":");
+        j.0.push(info);
+    }
+    if !info.is_empty() {
+        j.raw("}");
+    }
     if let Some(more) = more {
         j.raw(r#","more":"#).raw(bool_str(more));
     }
@@ -599,12 +623,36 @@ mod tests {
             json!({"type":"ack","room":"r"})
         );
         assert_eq!(
-            payload(&presence(None, &n("r"), [n("a"), n("b")].iter(), None)),
+            payload(&presence(None, &n("r"), [n("a"), n("b")].iter(), None, &[])),
             json!({"type":"presence","room":"r","mode":"list","users":["a","b"]})
         );
         assert_eq!(
-            payload(&presence(None, &n("r"), [n("a")].iter(), Some(true))),
+            payload(&presence(None, &n("r"), [n("a")].iter(), Some(true), &[])),
             json!({"type":"presence","room":"r","mode":"list","users":["a"],"more":true})
+        );
+        let (a, b) = (n("a"), n("b"));
+        let info = [
+            (&a, Bytes::from_static(br#"{"x":1}"#)),
+            (&b, Bytes::from_static(b"{}")),
+        ];
+        assert_eq!(
+            payload(&presence(
+                None,
+                &n("r"),
+                [n("a"), n("b")].iter(),
+                None,
+                &info
+            )),
+            json!({"type":"presence","room":"r","mode":"list","users":["a","b"],
+                   "info":{"a":{"x":1},"b":{}}})
+        );
+        assert_eq!(
+            payload(&joined(&a, &b, Some(&info[0].1))),
+            json!({"type":"joined","room":"a","user":"b","info":{"x":1}})
+        );
+        assert_eq!(
+            payload(&joined(&a, &b, None)),
+            payload(&membership(true, &a, &b))
         );
         assert_eq!(
             payload(&presence_count(None, &n("r"), "count", 7)),

@@ -164,7 +164,7 @@ impl Server {
             }
             None => (None, None),
         };
-        let hooks = crate::hooks::Hooks::start(&config).map_err(StartError::Thread)?;
+        let hooks = crate::hooks::HookSetup::new(&config, shards).map_err(StartError::Thread)?;
         let mut listener = Some(listener);
         let mut threads = Vec::with_capacity(shards);
         for ((id, inbox), seeds) in inboxes.into_iter().enumerate().zip(seeds) {

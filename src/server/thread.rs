@@ -41,7 +41,7 @@ pub struct ShardSetup {
     /// This shard's handle on the engine.
     pub engine: Box<dyn Engine>,
     /// The hook client, if `hook_url` is set.
-    pub hooks: Option<crate::hooks::Hooks>,
+    pub hooks: Option<crate::hooks::HookSetup>,
 }
 
 /// Runs a shard on the current thread until it has shut down; with `engine` (a node with one
@@ -73,6 +73,7 @@ async fn run(setup: ShardSetup) {
         hooks,
     } = setup;
     let mut shard = Shard::new(id, router.clone(), config.clone(), engine, auth.clone());
+    let hooks = hooks.map(|h| h.for_shard());
     let hook_answers = hooks.clone().map(|h| shard.set_hooks(h));
     let mut ctx = Ctx::new(
         id,

@@ -92,6 +92,9 @@ impl Shard {
     pub fn attach(&mut self, conn: &Rc<Conn>, identity: &Identity, inbox_seq: u64, head: Bytes) {
         let early_close = self.pending.remove(&conn.id).and_then(|p| p.close);
         self.conns.insert(conn.id, conn.clone());
+        if let Some(info) = &identity.info {
+            self.presence_info.insert(conn.id, info.clone());
+        }
         let rooms: Vec<Name> = (identity.rooms.iter())
             .flat_map(|g| g.joined_at_connect().cloned())
             .collect();
@@ -149,6 +152,7 @@ impl Shard {
             return;
         }
         self.conns.remove(&conn.id);
+        self.presence_info.remove(&conn.id);
         self.reads.forget_conn(conn.id);
         self.hub_detach(conn);
         let rooms = std::mem::take(&mut *conn.rooms.borrow_mut());

@@ -1,8 +1,8 @@
 //! Requests that wait for a hook (docs/hooks.md): a `join` or `publish` in a room whose rule
 //! lists that hook, a `send` with `hook_send`. The request is checked first (membership, rights,
-//! rates), then its hook is called on the hooks thread; the answer comes back through the
-//! shard's hook channel (`answers`) and the request goes on, refused, or with its body
-//! replaced. A connection keeps its order: while one of its requests waits for a hook, every
+//! rates), then its hook is called from a task on the shard's thread; the answer comes back
+//! through the shard's hook channel (`answers`) and the request goes on, refused, or with its
+//! body replaced. A connection keeps its order: while one of its requests waits for a hook, every
 //! frame it sends after it waits too (`HookQueue`), unparsed, and is handled once the hook has
 //! answered. Other connections never wait.
 //!
@@ -227,19 +227,21 @@ impl Shard {
         };
         h.next_ticket += 1;
         let ticket = h.next_ticket;
-        let tx = h.answers.clone();
+        let (hooks, answers) = (h.hooks.clone(), h.answers.clone());
         let event = pending.event();
         let body = request(&conn.user, &pending);
         let conn_id = conn.id;
-        let reply = Box::new(move |result| {
-            let _ = tx.send(HookDone {
+        // A local task: the call and its wait stay on this thread (no hop to another thread
+        // and back), and the answer joins the others in `answers`' batch.
+        tokio::task::spawn_local(async move {
+            let timeout = Duration::from_millis(timeout_ms);
+            let result = hooks.ask(event, body, timeout).await;
+            let _ = answers.send(HookDone {
                 conn: conn_id,
                 ticket,
                 result,
             });
         });
-        h.hooks
-            .call(event, body, Duration::from_millis(timeout_ms), reply);
         self.hook_queues.insert(
             conn.id,
             HookQueue {

@@ -221,6 +221,7 @@ mod tests {
             user: crate::core::Name::new("u").unwrap(),
             rooms: None,
             exp: None,
+            info: None,
         };
         let sink = crate::conn::MemorySink::default();
         let config = crate::config::Config::default();

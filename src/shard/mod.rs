@@ -94,6 +94,10 @@ pub struct Shard {
     hooks: Option<hooked::ShardHooks>,
     /// Connections with a request waiting for its hook, and what they sent behind it.
     hook_queues: AHashMap<ConnId, hooked::HookQueue>,
+    /// The presence info of connections whose connect hook gave one (`Identity::info`), sent
+    /// with each of their joins. Here, not in `Conn`: most connections have none, and every
+    /// byte of a `Conn` is paid by every idle connection.
+    presence_info: AHashMap<ConnId, Bytes>,
 }
 
 impl Shard {
@@ -129,6 +133,7 @@ impl Shard {
             auth,
             hooks: None,
             hook_queues: AHashMap::new(),
+            presence_info: AHashMap::new(),
         }
     }
 

@@ -265,6 +265,7 @@ impl Shard {
             since: since.filter(|_| id.is_some()),
             epoch,
             rights: self.rights_in(conn, &room),
+            info: self.presence_info.get(&conn.id).cloned(),
         };
         let pending = PendingJoin {
             room,

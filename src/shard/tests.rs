@@ -58,6 +58,7 @@ fn connect_with(shard: &mut Shard, user: &str, head: Bytes) -> Rc<Conn> {
         user: Name::new(user).unwrap(),
         rooms: None,
         exp: None,
+        info: None,
     };
     let sink = MemorySink {
         kept: Some(Default::default()),

@@ -445,6 +445,10 @@ pub struct Membership {
     /// The user who joined or left.
     #[prost(string, tag = "2")]
     pub user: ::prost::alloc::string::String,
+    /// `joined`: the user's presence info (a JSON object's text, from the connect hook); empty if
+    /// it has none.
+    #[prost(bytes = "vec", tag = "3")]
+    pub info: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Occupancy {
@@ -514,7 +518,7 @@ pub struct Ack {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Pong {}
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Presence {
     /// The room.
     #[prost(string, tag = "1")]
@@ -531,6 +535,10 @@ pub struct Presence {
     /// `count`: the member count.
     #[prost(uint64, optional, tag = "5")]
     pub members: ::core::option::Option<u64>,
+    /// `list`: the presence info (a JSON object's text) of the page's users that have one.
+    #[prost(map = "string, bytes", tag = "6")]
+    pub info:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::vec::Vec<u8>>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Refreshed {

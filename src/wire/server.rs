@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use base64::Engine as _;
@@ -91,6 +92,9 @@ pub fn encode(json: &[u8]) -> Option<Vec<u8>> {
             let m = schema::Membership {
                 room: s(&f.room),
                 user: s(&f.user),
+                info: f
+                    .info
+                    .map_or_else(Vec::new, |i| i.get().as_bytes().to_vec()),
             };
             if f.ty == "joined" {
                 Frame::Joined(m)
@@ -130,6 +134,12 @@ pub fn encode(json: &[u8]) -> Option<Vec<u8>> {
             users: strings(f.users),
             more: f.more,
             members: f.members,
+            info: f.info.map_or_else(Default::default, |i| {
+                (serde_json::from_str::<HashMap<String, &RawValue>>(i.get()).unwrap_or_default())
+                    .into_iter()
+                    .map(|(user, i)| (user, i.get().as_bytes().to_vec()))
+                    .collect()
+            }),
         }),
         "refreshed" => Frame::Refreshed(schema::Refreshed { exp: f.exp }),
         "error" => Frame::Error(schema::Error {
@@ -284,6 +294,9 @@ struct Json<'a> {
     mode: Option<Cow<'a, str>>,
     #[serde(default)]
     users: Option<Vec<Cow<'a, str>>>,
+    /// `joined`: the user's presence info; `presence`: each user's, by name.
+    #[serde(borrow, default)]
+    info: Option<&'a RawValue>,
     #[serde(default)]
     more: Option<bool>,
     #[serde(default)]

@@ -31,6 +31,7 @@
 
 pub mod chat;
 pub mod cluster;
+pub mod hook_backend;
 pub mod keys;
 pub mod proxy;
 pub mod redis;

@@ -68,8 +68,15 @@ impl Node {
     }
 
     /// A join: the presence entry and the room's seq and epoch from Redis, then the answer
-    /// (`Joined::answer`). `epoch` is the client's, for its `since`.
-    pub(super) async fn join(self: Rc<Self>, user: Name, mut joined: Joined, epoch: Option<u64>) {
+    /// (`Joined::answer`). `epoch` is the client's, for its `since`; `info` the connection's
+    /// presence info, kept with the user's presence entry.
+    pub(super) async fn join(
+        self: Rc<Self>,
+        user: Name,
+        mut joined: Joined,
+        epoch: Option<u64>,
+        info: Option<Bytes>,
+    ) {
         let (room, conn, jgen) = (joined.room.clone(), joined.conn, joined.jgen);
         let stream = Stream::Room(room.clone());
         self.subscribed(stream.clone()).await;
@@ -117,7 +124,8 @@ impl Node {
                 .arg(here)
                 .arg(rule.max_members)
                 .arg(u8::from(new_user))
-                .arg(self.dead());
+                .arg(self.dead())
+                .arg(info.as_deref().unwrap_or_default());
             self.script::<(i64, u64, u64)>(&inv).await
         } else {
             None // left meanwhile: the client side has answered this join already
@@ -254,14 +262,21 @@ impl Node {
             .arg(self.publish_cmd())
             .arg(room.as_str())
             .arg(self.list(&rule));
-        let Some(users) = self.script::<Vec<String>>(&inv).await else {
+        let Some((users, info)) = self
+            .script::<(Vec<String>, Vec<(String, String)>)>(&inv)
+            .await
+        else {
             return self.answer(reply.fail(unavailable()));
         };
         let users: Vec<Name> = users.iter().filter_map(|u| Name::new(u).ok()).collect();
+        let info: ahash::AHashMap<String, Bytes> = (info.into_iter())
+            .map(|(u, i)| (u, Bytes::from(i)))
+            .collect();
         let answer = match rule.presence_at(users.len()) {
             PresenceMode::List => {
                 let max_bytes = self.config.max_queue_bytes / 2;
-                reply.presence(&room, users.iter(), page.as_ref(), max_bytes)
+                let info = |u: &Name| info.get(u.as_str()).cloned();
+                reply.presence(&room, users.iter(), page.as_ref(), max_bytes, info)
             }
             mode => reply.presence_count(&room, mode.as_str(), users.len() as u64),
         };

@@ -14,18 +14,27 @@
 -- The `joined`/`left` event as published: "e EXCL", a newline, the frame's JSON (the same
 -- bytes as encode::membership; names are [A-Za-z0-9_.:@-], nothing to escape). EXCL: the
 -- connection that joined (it is not told of itself), or empty.
-local function event(kind, room, user, exclude)
+-- INFO: a `joined` user's presence info (a JSON object), spliced in as `encode::joined` does.
+local function event(kind, room, user, exclude, info)
+  local tail = '"}'
+  if info and info ~= '' then tail = '","info":' .. info .. '}' end
   return 'e ' .. (exclude or '') .. '\n{"type":"' .. kind .. '","room":"' .. room ..
-    '","user":"' .. user .. '"}'
+    '","user":"' .. user .. tail
+end
+
+-- The hash of users' presence info beside a list room's entry counts `pu` (same hash slot:
+-- the key starts with pu's tag). Only users whose connect hook gave info have a field.
+local function info_key(pu)
+  return pu .. ':i'
 end
 
 -- A user came or went (`kind`) in a list room of `users` users (counting the user): `joined` or
 -- `left` within the room's maximum. Past it, returns true: the caller then publishes the
 -- room's count once (`counted`), however many users came or went in the call.
-local function announce(kind, users, list, channel, pubcmd, room, user, exclude)
+local function announce(kind, users, list, channel, pubcmd, room, user, exclude, info)
   local max, events = string.match(list, '^(%d+) (%d)$')
   if users > tonumber(max) then return true end
-  if events == '1' then redis.call(pubcmd, channel, event(kind, room, user, exclude)) end
+  if events == '1' then redis.call(pubcmd, channel, event(kind, room, user, exclude, info)) end
   return false
 end
 
@@ -40,6 +49,7 @@ local function drop_entry(pu, user, channel, pubcmd, room, list)
   if redis.call('HINCRBY', pu, user, -1) > 0 then return false end
   local users = redis.call('HLEN', pu)
   redis.call('HDEL', pu, user)
+  redis.call('HDEL', info_key(pu), user)
   return announce('left', users, list, channel, pubcmd, room, user)
 end
 

@@ -14,6 +14,9 @@ struct HomeRoom {
     /// Connections in the room, per user. Its length is the member count: kept, never
     /// counted by walking members.
     users: AHashMap<Name, u32>,
+    /// The presence info of users that have one: their first connection's in the room (the
+    /// one whose join said `joined`), kept while they are in it.
+    info: AHashMap<Name, Bytes>,
     /// Connections in the room, per shard.
     per_shard: Box<[u32]>,
     /// The member count the last `occupancy` event said (`u32::MAX`: none sent yet), and
@@ -86,11 +89,13 @@ impl HomeRooms {
         user: &Name,
         shard: ShardId,
         rule: &Rule,
+        info: Option<&Bytes>,
     ) -> Result<Membership, Full> {
         let seq = self.committed_seq(room);
         let shards = self.shards;
         let r = self.rooms.entry(room.clone()).or_insert_with(|| HomeRoom {
             users: AHashMap::new(),
+            info: AHashMap::new(),
             per_shard: vec![0; shards].into(),
             told: u32::MAX,
             queued: false,
@@ -106,9 +111,12 @@ impl HomeRooms {
         let count = r.users.entry(user.clone()).or_insert(0);
         *count += 1;
         let first = *count == 1;
+        if let (true, Some(info)) = (first, info) {
+            r.info.insert(user.clone(), info.clone());
+        }
         let members = r.users.len();
         let event = match rule.presence_at(members) {
-            PresenceMode::List => first.then(|| encode::membership(true, room, user)),
+            PresenceMode::List => first.then(|| encode::joined(room, user, info)),
             PresenceMode::Count if first => {
                 queue(&mut self.counted, room, r);
                 None
@@ -145,6 +153,7 @@ impl HomeRooms {
                 PresenceMode::Off => {}
             }
             r.users.remove(user);
+            r.info.remove(user);
         }
         if r.users.is_empty() {
             self.rooms.remove(room);
@@ -205,6 +214,11 @@ impl HomeRooms {
             .flat_map(|r| r.users.keys())
     }
 
+    /// A member's presence info, if it has one.
+    pub fn info(&self, room: &Name, user: &Name) -> Option<Bytes> {
+        self.rooms.get(room)?.info.get(user).cloned()
+    }
+
     /// Shards with members in the room.
     pub fn shards_of(&self, room: &Name) -> impl Iterator<Item = ShardId> + '_ {
         shards_with(self.rooms.get(room).map_or(&[][..], |r| &r.per_shard[..]))
@@ -233,7 +247,8 @@ mod tests {
         let list = config.rule("r");
         let mut h = HomeRooms::new(2);
         let (r, a) = (n("r"), n("a"));
-        let joined = |h: &mut HomeRooms, u: &Name, shard| h.join(&r, u, shard, &list).ok().unwrap();
+        let joined =
+            |h: &mut HomeRooms, u: &Name, shard| h.join(&r, u, shard, &list, None).ok().unwrap();
         assert!(joined(&mut h, &a, 0).event.is_some());
         assert!(joined(&mut h, &a, 1).event.is_none());
         assert_eq!(h.shards_of(&r).collect::<Vec<_>>(), [0, 1]);
@@ -268,7 +283,7 @@ mod tests {
         let mut h = HomeRooms::new(1);
         let r = n("live:k");
         for u in ["a", "b", "b"] {
-            let m = h.join(&r, &n(u), 0, &rule).ok().unwrap();
+            let m = h.join(&r, &n(u), 0, &rule, None).ok().unwrap();
             assert!(m.event.is_none(), "no joined in a count room");
         }
         assert_eq!(h.occupancy_due(), [(r.clone(), 2)], "two joins, one event");
@@ -278,19 +293,19 @@ mod tests {
             "b has another connection"
         );
         assert!(h.occupancy_due().is_empty());
-        assert!(h.join(&r, &n("c"), 0, &rule).is_ok());
+        assert!(h.join(&r, &n("c"), 0, &rule, None).is_ok());
         assert!(h.leave(&r, &n("c"), 0, &rule).is_none(), "no left either");
         assert!(
             h.occupancy_due().is_empty(),
             "back to 2 members: nothing to say"
         );
-        assert!(h.join(&r, &n("c"), 0, &rule).is_ok());
+        assert!(h.join(&r, &n("c"), 0, &rule, None).is_ok());
         assert!(
-            matches!(h.join(&r, &n("d"), 0, &rule), Err(Full)),
+            matches!(h.join(&r, &n("d"), 0, &rule, None), Err(Full)),
             "max_members"
         );
         assert!(
-            h.join(&r, &n("a"), 0, &rule).is_ok(),
+            h.join(&r, &n("a"), 0, &rule, None).is_ok(),
             "a member's next connection is let in"
         );
         assert_eq!(h.members(&r), 3);
@@ -310,10 +325,26 @@ mod tests {
         let rule = config.rule("r");
         let mut h = HomeRooms::new(1);
         let r = n("r");
-        assert!(h.join(&r, &n("a"), 0, &rule).ok().unwrap().event.is_some());
-        assert!(h.join(&r, &n("b"), 0, &rule).ok().unwrap().event.is_some());
         assert!(
-            h.join(&r, &n("c"), 0, &rule).ok().unwrap().event.is_none(),
+            h.join(&r, &n("a"), 0, &rule, None)
+                .ok()
+                .unwrap()
+                .event
+                .is_some()
+        );
+        assert!(
+            h.join(&r, &n("b"), 0, &rule, None)
+                .ok()
+                .unwrap()
+                .event
+                .is_some()
+        );
+        assert!(
+            h.join(&r, &n("c"), 0, &rule, None)
+                .ok()
+                .unwrap()
+                .event
+                .is_none(),
             "3 > 2: counted"
         );
         assert_eq!(h.occupancy_due(), [(r.clone(), 3)]);

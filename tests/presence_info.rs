@@ -1,0 +1,96 @@
+//! The connect hook's `info` (docs/hooks.md, docs/protocol.md "Presence"): a JSON object the
+//! backend gives a connection, within `max_presence_info_bytes`, shown to the room's other
+//! members in `joined` and in the `presence` reply while the user is in the room, and gone
+//! once the user left. An info too large or not an object fails the connect hook. Through a
+//! real server and the Python backend (tests/fixtures/hook_backend.py), in both engines.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::hook_backend::Backend;
+use common::redis::RedisServer;
+use common::*;
+use serde_json::{Value, json};
+use shardcast::config::{Config, Engine};
+
+fn with_info(url: &str, c: &mut Config) {
+    c.hook_url = Some(url.to_owned());
+    c.hook_connect = true;
+    c.presence_events = true;
+}
+
+/// The `presence` reply of `c` for `room`.
+async fn presence(c: &mut Client, room: &str) -> Value {
+    let id = c.fresh_id();
+    c.send_json(&json!({"type": "presence", "room": room, "id": id}))
+        .await;
+    c.recv_type("presence").await
+}
+
+async fn info_in_presence(addr: SocketAddr) {
+    let vip = json!({"name": "VIP vipbob", "tags": ["a", "b"]});
+    let mut alice = Client::connect_dev(addr, "alice").await;
+    alice.join("lobby").await;
+
+    let mut bob = Client::connect_dev(addr, "vipbob").await;
+    bob.join("lobby").await;
+    let joined = alice.recv_type("joined").await;
+    assert_eq!(joined["user"], "vipbob", "{joined}");
+    assert_eq!(joined["info"], vip, "{joined}");
+
+    // Only users with info are in the reply's `info`; the users list is as before.
+    let p = presence(&mut alice, "lobby").await;
+    assert_eq!(p["users"], json!(["alice", "vipbob"]), "{p}");
+    assert_eq!(p["info"], json!({ "vipbob": vip }), "{p}");
+    let p = presence(&mut bob, "lobby").await;
+    assert_eq!(p["info"], json!({ "vipbob": vip }), "{p}");
+
+    // A user without info: its `joined` has none.
+    let mut carol = Client::connect_dev(addr, "carol").await;
+    carol.join("lobby").await;
+    let joined = alice.recv_type("joined").await;
+    assert_eq!(joined["user"], "carol");
+    assert!(joined.get("info").is_none(), "{joined}");
+
+    // Gone with the user.
+    bob.close().await;
+    let left = alice.recv_type("left").await;
+    assert_eq!(left["user"], "vipbob");
+    let p = presence(&mut alice, "lobby").await;
+    assert_eq!(p["users"], json!(["alice", "carol"]), "{p}");
+    assert!(p.get("info").is_none(), "{p}");
+
+    // Over max_presence_info_bytes, or not an object: the hook failed (deny: 503).
+    for user in ["biginfo", "badinfo"] {
+        let refusal = connect(addr, &format!("/ws?user={user}"), &[])
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{user} refused"));
+        refusal.assert(503, "unavailable");
+        assert!(
+            refusal.raw_body.contains("info"),
+            "the message names the info: {}",
+            refusal.raw_body
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn info_is_shown_in_presence_and_joined() {
+    let backend = Backend::start().await;
+    let server = TestServer::start(|c| with_info(&backend.url, c));
+    info_in_presence(server.addr()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn info_is_shown_in_presence_and_joined_in_the_redis_engine() {
+    let backend = Backend::start().await;
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(|c| {
+        with_info(&backend.url, c);
+        c.engine = Engine::Redis;
+        c.redis_url = Some(redis.url());
+    });
+    info_in_presence(server.addr()).await;
+}
