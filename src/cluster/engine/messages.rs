@@ -66,7 +66,9 @@ impl Node {
             .arg(key_text)
             .arg(self.config.idempotency_max_keys)
             .arg(ts.saturating_sub(window))
-            .arg(if inbox { self.dead() } else { String::new() });
+            .arg(if inbox { self.dead() } else { String::new() })
+            .arg(stream.name().as_str());
+        self.feed_keys(&mut inv);
         let (seq, _epoch, dup) = match self.script_or::<(u64, u64, u8)>(&inv).await {
             Ok(done) => done,
             Err(f) => {

@@ -118,6 +118,7 @@ impl Node {
                 .arg(rule.max_members)
                 .arg(u8::from(new_user))
                 .arg(self.dead());
+            self.feed_keys(&mut inv);
             self.script::<(i64, u64, u64)>(&inv).await
         } else {
             None // left meanwhile: the client side has answered this join already
@@ -221,6 +222,7 @@ impl Node {
             .arg(self.publish_cmd())
             .arg(room.as_str())
             .arg(self.list(&rule));
+        self.feed_keys(&mut inv);
         if let Some(users) = self.script::<u64>(&inv).await
             && let Some(r) = self.state.borrow_mut().rooms.get_mut(&room)
         {
@@ -254,6 +256,7 @@ impl Node {
             .arg(self.publish_cmd())
             .arg(room.as_str())
             .arg(self.list(&rule));
+        self.feed_keys(&mut inv);
         let Some(users) = self.script::<Vec<String>>(&inv).await else {
             return self.answer(reply.fail(unavailable()));
         };
@@ -281,7 +284,9 @@ impl Node {
             .arg(now_ms() + self.config.presence_ttl_secs * 2000 / 3)
             .arg(now_ms())
             .arg(self.keys.channel(&Stream::Room(room.clone())))
-            .arg(self.publish_cmd());
+            .arg(self.publish_cmd())
+            .arg(room.as_str());
+        self.feed_keys(&mut inv);
         let total = self.script::<u64>(&inv).await?;
         self.heard(room, total);
         Some(total)

@@ -11,6 +11,30 @@
 -- when `joined`/`left` are sent. A list room of more than MAX users sends none; it publishes
 -- "o USERS" instead, once per call, which the nodes pass on coalesced as `occupancy` events.
 
+-- The event feed (docs/hooks.md), when it is on: a script that writes events is passed the
+-- feed's stream and its meta hash after its own KEYS and calls `feed_from` with how many KEYS
+-- are its own, so an event is written by the script call that makes it happen. An entry's id
+-- is "CURSOR-0", the cursor dense from the meta's 'last'; its fields: t (ms), e (m message, d
+-- direct, j joined, l left, o occupied, v vacated, c connected, x disconnected) and what the
+-- event carries: n (room or user), u (user), s (seq), o (offline 0/1), c (connection), d (the
+-- frame's JSON). cluster/store.rs reads it back into persist::FeedEvent, which formats it.
+local feed_log, feed_meta
+local function feed_from(own)
+  if #KEYS >= own + 2 then feed_log, feed_meta = KEYS[own + 1], KEYS[own + 2] end
+end
+
+local function feed(...)
+  if not feed_log then return end
+  local c = redis.call('HINCRBY', feed_meta, 'last', 1)
+  redis.call('XADD', feed_log, c .. '-0', ...)
+end
+
+-- Now, in unix ms (a string: a number this large would be written in exponent form).
+local function feed_now()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+end
+
 -- The `joined`/`left` event as published: "e EXCL", a newline, the frame's JSON (the same
 -- bytes as encode::membership; names are [A-Za-z0-9_.:@-], nothing to escape). EXCL: the
 -- connection that joined (it is not told of itself), or empty.
@@ -25,6 +49,7 @@ end
 local function announce(kind, users, list, channel, pubcmd, room, user, exclude)
   local max, events = string.match(list, '^(%d+) (%d)$')
   if users > tonumber(max) then return true end
+  feed('t', feed_now(), 'e', kind == 'joined' and 'j' or 'l', 'n', room, 'u', user)
   if events == '1' then redis.call(pubcmd, channel, event(kind, room, user, exclude)) end
   return false
 end
@@ -40,7 +65,16 @@ local function drop_entry(pu, user, channel, pubcmd, room, list)
   if redis.call('HINCRBY', pu, user, -1) > 0 then return false end
   local users = redis.call('HLEN', pu)
   redis.call('HDEL', pu, user)
-  return announce('left', users, list, channel, pubcmd, room, user)
+  local past = announce('left', users, list, channel, pubcmd, room, user)
+  if users == 1 then feed('t', feed_now(), 'e', 'v', 'n', room) end
+  return past
+end
+
+-- A user's first entry in a list room was added: `occupied` if it is the room's first user,
+-- then `joined` (see `announce`).
+local function add_user(pu, users, list, channel, pubcmd, room, user, exclude)
+  if redis.call('HLEN', pu) == 1 then feed('t', feed_now(), 'e', 'o', 'n', room) end
+  return announce('joined', users, list, channel, pubcmd, room, user, exclude)
 end
 
 -- The pairs of bounds in `dead`.

@@ -6,9 +6,12 @@
 --       ('0': no limit), 9 '1' for an inbox, 10 now (ms), 11 epoch if the stream starts one,
 --       12 "SENDER KEY" ('' for an unkeyed message), 13 most keys kept, 14 keys written
 --       before this ts are forgotten once their message is trimmed, 15 an inbox's dead (see
---       common.lua)
+--       common.lua), 16 the room's or user's name
+-- KEYS 6, 7 with the event feed (see common.lua): a `message` or `direct` event, written
+-- with the message.
 -- Returns {seq, epoch, dup}: dup 1 when the key was stored before, with that message's seq
 -- (nothing is stored or published then).
+feed_from(5)
 local meta, log, keys, keyz = KEYS[1], KEYS[2], KEYS[4], KEYS[5]
 local m = redis.call('HMGET', meta, 'epoch', 'trim')
 local epoch = m[1] or epoch_of(meta, log, ARGV[11])
@@ -65,9 +68,15 @@ if key ~= '' then
   end
 end
 if ARGV[9] == '1' then remove_dead(KEYS[3], ARGV[15]) end
-if ARGV[9] == '1' and redis.call('ZCARD', KEYS[3]) > 0 then
+local attached = ARGV[9] == '1' and redis.call('ZCARD', KEYS[3]) > 0
+if attached then
   -- A connection of the user is attached, so it gets the message live: delivered.
   redis.call('HSET', meta, 'cursor', seq)
+end
+if ARGV[9] == '1' then
+  feed('t', ARGV[5], 'e', 'd', 'n', ARGV[16], 's', seq, 'o', attached and '0' or '1', 'd', json)
+else
+  feed('t', ARGV[5], 'e', 'm', 'n', ARGV[16], 's', seq, 'd', json)
 end
 -- A keyed message names its sender and key ("m SEQ EXCL EPOCH SENDER KEY"), for the sender's
 -- other connections.
