@@ -193,18 +193,7 @@ async fn presence_occupancy_and_connections_are_events() {
         (events.len() >= wanted.len()).then_some(events)
     })
     .await;
-    let got: Vec<(String, String, String)> = events
-        .iter()
-        .map(|e| {
-            let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
-            (s("event"), s("user"), s("room"))
-        })
-        .collect();
-    let wanted: Vec<_> = wanted
-        .iter()
-        .map(|(e, u, r)| (e.to_string(), u.to_string(), r.to_string()))
-        .collect();
-    assert_eq!(got, wanted);
+    assert_eq!(summary(&events), owned(&wanted));
     let ids: HashSet<_> = events.iter().map(|e| e["id"].clone()).collect();
     assert_eq!(ids.len(), events.len(), "ids are unique");
     assert!(events.iter().all(|e| e["time"].as_u64().unwrap() > 0));

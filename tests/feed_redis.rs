@@ -142,17 +142,7 @@ async fn every_event_kind_arrives_in_order() {
         (events.len() >= wanted.len()).then_some(events)
     })
     .await;
-    let got: Vec<(String, String, String)> = events
-        .iter()
-        .map(|e| {
-            let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
-            (s("event"), s("user") + &s("to"), s("room"))
-        })
-        .collect();
-    let wanted: Vec<_> = (wanted.iter())
-        .map(|(e, u, r)| (e.to_string(), u.to_string(), r.to_string()))
-        .collect();
-    assert_eq!(got, wanted);
+    assert_eq!(summary(&events), owned(&wanted));
     // Cursors are dense from 1, ids are the cursors, and each kind has the embedded fields.
     for (i, e) in events.iter().enumerate() {
         let c = (i + 1).to_string();

@@ -111,3 +111,22 @@ pub fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 pub fn event_seqs(events: &[&Value]) -> Vec<u64> {
     events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
 }
+
+/// Each event as (`event`, its `user` or `to`, its `room`), "" where it has none: what an
+/// order-of-events check compares.
+pub fn summary(events: &[Value]) -> Vec<(String, String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
+            (s("event"), s("user") + &s("to"), s("room"))
+        })
+        .collect()
+}
+
+/// `wanted` as [`summary`] gives it.
+pub fn owned(wanted: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+    (wanted.iter())
+        .map(|(e, u, r)| (e.to_string(), u.to_string(), r.to_string()))
+        .collect()
+}
