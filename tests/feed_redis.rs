@@ -17,9 +17,10 @@ use common::redis::{RedisCluster, RedisServer};
 use common::*;
 use serde_json::{Value, json};
 
-/// The flags every node here gets: the webhook on `port`, short backoff, and a 3 s lease (a
-/// dead node's is free again within 3 s).
-fn feed_args(port: u16, batch: u32) -> Vec<String> {
+/// The flags every node here gets: the webhook on `port`, short backoff, and `ttl` for
+/// `presence_ttl_secs` (the lease: a dead node's is free again within it). Only the kill test
+/// shortens it: on a loaded machine a short one can make a live node look dead.
+fn feed_args(port: u16, batch: u32, ttl: u64) -> Vec<String> {
     [
         "--webhook-url",
         &format!("http://127.0.0.1:{port}/feed"),
@@ -30,7 +31,7 @@ fn feed_args(port: u16, batch: u32) -> Vec<String> {
         "--webhook-batch",
         &batch.to_string(),
         "--presence-ttl-secs",
-        "3",
+        &ttl.to_string(),
         "--occupancy-interval-ms",
         "100",
         "--presence-events",
@@ -84,7 +85,7 @@ async fn every_event_kind_arrives_in_order() {
         "[[rooms]]\nprefix = \"big:\"\npresence = \"count\"\n",
     )
     .unwrap();
-    let mut args = feed_args(port, 100);
+    let mut args = feed_args(port, 100, 10);
     args.extend(["--config".into(), rules.to_string_lossy().into_owned()]);
     let cluster = nodes(1, &redis, &args).await;
     let addr = cluster.addr(0);
@@ -195,7 +196,7 @@ async fn every_event_kind_arrives_in_order() {
 async fn a_backend_down_then_up_gets_every_event_once() {
     let redis = RedisServer::start().await;
     let port = free_port();
-    let cluster = nodes(1, &redis, &feed_args(port, 7)).await;
+    let cluster = nodes(1, &redis, &feed_args(port, 7, 10)).await;
     for n in 1..=30 {
         assert_eq!(publish(&cluster, 0, "lobby", n).await, n);
     }
@@ -243,7 +244,7 @@ async fn a_killed_delivering_node_loses_no_event() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (backend, port) = Backend::start(0, &dir.path().join("b.jsonl"), 0).await;
-    let mut cluster = nodes(3, &redis, &feed_args(port, 10)).await;
+    let mut cluster = nodes(3, &redis, &feed_args(port, 10, 3)).await;
     for n in 1..=20 {
         publish(&cluster, n as usize % 3, "k", n).await;
     }
@@ -330,7 +331,7 @@ async fn the_pull_api_works_on_a_node_that_does_not_deliver() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (backend, port) = Backend::start(0, &dir.path().join("b.jsonl"), 0).await;
-    let cluster = nodes(2, &redis, &feed_args(port, 100)).await;
+    let cluster = nodes(2, &redis, &feed_args(port, 100, 10)).await;
     for n in 1..=5 {
         publish(&cluster, 0, "p", n).await;
         send(&cluster, 1, "dora", n).await;
@@ -369,7 +370,7 @@ async fn the_pull_api_works_on_a_node_that_does_not_deliver() {
 async fn retention_drops_the_oldest_and_says_how_many() {
     let redis = RedisServer::start().await;
     let port = free_port();
-    let mut args = feed_args(port, 100);
+    let mut args = feed_args(port, 100, 10);
     args.extend(["--webhook-retention-events".into(), "10".into()]);
     let cluster = nodes(1, &redis, &args).await;
     for n in 1..=30 {

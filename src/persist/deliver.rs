@@ -171,6 +171,15 @@ pub(super) fn deliver_loop(
             apply_retention(&*store, target.retention_events, target.retention_ms);
             retained = Some(Instant::now());
             if shared_feed && let Ok(s) = store.feed_state() {
+                if s.last < mark {
+                    // Redis lost the feed (restarted without persistence): it starts again.
+                    tracing::warn!(
+                        mark,
+                        last = s.last,
+                        "the event feed went back; from its start"
+                    );
+                    mark = s.mark.min(s.last);
+                }
                 c.backlog.store(s.last.saturating_sub(mark), Relaxed);
             }
         }
