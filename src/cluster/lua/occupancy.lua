@@ -6,9 +6,9 @@
 --       7 room
 -- KEYS 2, 3 with the event feed (see common.lua): `occupied` when the total leaves 0,
 -- `vacated` when it comes back to 0.
+-- Returns the total.
 feed_from(1)
 local told = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
--- Returns the total.
 local mine = tonumber(ARGV[2])
 if mine > 0 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
