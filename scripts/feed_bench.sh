@@ -7,6 +7,8 @@
 #   bash scripts/feed_bench.sh                 # 1000 users x 12 msg/s = 12,000 events/s, 20 s
 #   FEED=0 bash scripts/feed_bench.sh          # the same load without the feed (for the cost)
 #   USERS=1000 PER_USER=20 BATCH=100 DURATION=20 DURABILITY=sync bash scripts/feed_bench.sh
+#   ENGINE=redis bash scripts/feed_bench.sh    # one node on a redis-server (core REDIS_CPUS, 0)
+#                                              # the bot then reports Redis's CPU per publish
 #
 # Prints, per second, the feed's recorded / delivered counters and its backlog, then the
 # delivered rate over the run, the largest backlog, and how long the backlog took to drain
@@ -20,6 +22,8 @@ DURATION=${DURATION:-20}
 BATCH=${BATCH:-100}
 FEED=${FEED:-1}
 DURABILITY=${DURABILITY:-sync}
+ENGINE=${ENGINE:-embedded}
+REDIS_CPUS=${REDIS_CPUS:-0}
 SECRET=bench-secret-0123456789
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
@@ -33,13 +37,23 @@ cleanup() {
 trap cleanup EXIT
 
 feed_args=()
+engine_args=(--data "$DATA" --durability "$DURABILITY")
+bot_args=(--durability "$DURABILITY")
+if [ "$ENGINE" = redis ]; then
+  RPORT=$(free_port)
+  taskset -c "$REDIS_CPUS" redis-server --port "$RPORT" --save "" --appendonly no >/dev/null &
+  pids+=($!)
+  for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  engine_args=(--engine redis --redis-url "redis://127.0.0.1:$RPORT")
+  bot_args=(--redis-url "redis://127.0.0.1:$RPORT")
+fi
 if [ "$FEED" = 1 ]; then
   python3 tests/fixtures/feed_backend.py --port "$HOOK" --secret "$SECRET" --count-only >/dev/null &
   pids+=($!)
   feed_args=(--webhook-url "http://127.0.0.1:$HOOK/feed" --webhook-secret "$SECRET" --webhook-batch "$BATCH")
 fi
-taskset -c 0 target/release/shardcast serve --bind "127.0.0.1:$PORT" --data "$DATA" --shards 1 \
-  --durability "$DURABILITY" --publish-rate 1000000 --publish-burst 1000000 \
+taskset -c 0 target/release/shardcast serve --bind "127.0.0.1:$PORT" --shards 1 "${engine_args[@]}" \
+  --publish-rate 1000000 --publish-burst 1000000 \
   --user-store-rate-bytes 0 --presence-events false "${feed_args[@]}" 2>"$DATA.log" &
 SERVER=$!
 pids+=("$SERVER")
@@ -49,11 +63,15 @@ metric() { grep -E "^$1 " <<<"$2" | awk '{print $2}'; }
 sample() {
   local m
   m=$(curl -sf "http://127.0.0.1:$PORT/metrics" || true)
-  echo "$(metric shardcast_feed_recorded_total "$m") $(metric shardcast_feed_delivered_total "$m") $(metric shardcast_feed_backlog "$m")"
+  local rec
+  rec=$(metric shardcast_feed_recorded_total "$m")
+  # The redis engine's scripts write the feed: its last cursor is what was recorded.
+  [ "$ENGINE" = redis ] && rec=$(redis-cli -p "$RPORT" hget "sc:{feed}:meta" last)
+  echo "${rec:-0} $(metric shardcast_feed_delivered_total "$m") $(metric shardcast_feed_backlog "$m")"
 }
 
 taskset -c 1 target/release/shardcast-loadtest chat --url "ws://127.0.0.1:$PORT/ws" \
-  --server-pid "$SERVER" --durability "$DURABILITY" --users "$USERS" --room-size 1 \
+  --server-pid "$SERVER" "${bot_args[@]}" --users "$USERS" --room-size 1 \
   --rate "$PER_USER" --duration "$DURATION" > "$DATA.bot.log" 2>&1 &
 BOT=$!
 pids+=("$BOT")

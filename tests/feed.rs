@@ -7,94 +7,20 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::time::Duration;
 
+use common::feed::*;
 use common::*;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-const SECRET: &str = "feed-test-secret-0123456789";
-/// Generous: the machine these run on may be loaded; nothing waits this long when it passes.
-const WAIT: Duration = Duration::from_secs(60);
-
-/// The Python backend, killed on drop.
-struct Backend {
-    child: tokio::process::Child,
-    out: PathBuf,
-}
-
-impl Backend {
-    /// Starts the backend on `port` (0: any), writing batches to `out`; `fail`: answer 500 to
-    /// that many batches first.
-    async fn start(port: u16, out: &Path, fail: u32) -> (Backend, u16) {
-        Backend::start_with(port, out, fail, &[]).await
-    }
-
-    async fn start_with(port: u16, out: &Path, fail: u32, extra: &[&str]) -> (Backend, u16) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/feed_backend.py");
-        let mut child = tokio::process::Command::new("python3")
-            .arg(script)
-            .args(["--port", &port.to_string(), "--secret", SECRET])
-            .args(["--fail", &fail.to_string()])
-            .arg("--out")
-            .arg(out)
-            .args(extra)
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs the backend");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("the backend starts")
-            .unwrap()
-            .expect("the backend prints its port");
-        let port = line.strip_prefix("listening ").unwrap().parse().unwrap();
-        (
-            Backend {
-                child,
-                out: out.to_owned(),
-            },
-            port,
-        )
-    }
-
-    /// Every batch accepted so far.
-    fn batches(&self) -> Vec<Value> {
-        batches_in(&self.out)
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
-}
-
-fn batches_in(out: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(out).unwrap_or_default();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// A free port, for a backend that starts later.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn webhook(c: &mut shardcast::config::Config, port: u16) {
     fast(c);
     c.webhook_url = Some(format!("http://127.0.0.1:{port}/feed"));
-    c.webhook_secret = Some(SECRET.into());
+    c.webhook_secret = Some(FEED_SECRET.into());
     c.webhook_backoff_max_ms = 200;
 }
 
@@ -110,40 +36,6 @@ async fn send(addr: SocketAddr, to: &str, n: u64) -> u64 {
     let r = api(addr, "POST", "/api/send", None, &body).await;
     assert_eq!(r.status, 200, "{r:?}");
     r.body["seq"].as_u64().unwrap()
-}
-
-/// The events of `batches`, each id once (the first time), checking that a repeated id
-/// repeats the same event, and that cursors rise.
-fn unique_events(batches: &[Value]) -> Vec<Value> {
-    let mut seen: BTreeMap<String, Value> = BTreeMap::new();
-    let mut out = Vec::new();
-    for e in batches.iter().flat_map(|b| b["events"].as_array().unwrap()) {
-        let id = e["id"].as_str().unwrap().to_owned();
-        match seen.get(&id) {
-            Some(first) => assert_eq!(first, e, "a repeated id is the same event"),
-            None => {
-                seen.insert(id, e.clone());
-                out.push(e.clone());
-            }
-        }
-    }
-    let cursors: Vec<u64> = out
-        .iter()
-        .map(|e| e["cursor"].as_str().unwrap().parse().unwrap())
-        .collect();
-    assert!(
-        cursors.windows(2).all(|w| w[0] < w[1]),
-        "events arrive in cursor order: {cursors:?}"
-    );
-    out
-}
-
-fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["event"] == kind).collect()
-}
-
-fn seqs(events: &[&Value]) -> Vec<u64> {
-    events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
 }
 
 /// The backend is down while 30 room messages and 10 DMs are stored, then comes up (and
@@ -185,7 +77,7 @@ async fn a_backend_down_then_up_gets_every_event_once_in_order() {
         "no event twice without a crash"
     );
     let messages = of_kind(&events, "message");
-    assert_eq!(seqs(&messages), (1..=30).collect::<Vec<_>>());
+    assert_eq!(event_seqs(&messages), (1..=30).collect::<Vec<_>>());
     assert!(
         messages
             .iter()
@@ -193,7 +85,7 @@ async fn a_backend_down_then_up_gets_every_event_once_in_order() {
     );
     assert_eq!(messages[4]["data"]["body"]["n"], 5);
     let directs = of_kind(&events, "direct");
-    assert_eq!(seqs(&directs), (1..=10).collect::<Vec<_>>());
+    assert_eq!(event_seqs(&directs), (1..=10).collect::<Vec<_>>());
     assert!(
         directs
             .iter()
@@ -241,7 +133,7 @@ async fn direct_is_offline_only_without_a_connection() {
     bob.recv_type("message").await;
     let events = pull_all(addr).await;
     let directs = of_kind(&events, "direct");
-    assert_eq!(seqs(&directs), [1, 2]);
+    assert_eq!(event_seqs(&directs), [1, 2]);
     assert_eq!(directs[0]["offline"], true);
     assert_eq!(directs[1]["offline"], false);
 }
@@ -301,18 +193,7 @@ async fn presence_occupancy_and_connections_are_events() {
         (events.len() >= wanted.len()).then_some(events)
     })
     .await;
-    let got: Vec<(String, String, String)> = events
-        .iter()
-        .map(|e| {
-            let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
-            (s("event"), s("user"), s("room"))
-        })
-        .collect();
-    let wanted: Vec<_> = wanted
-        .iter()
-        .map(|(e, u, r)| (e.to_string(), u.to_string(), r.to_string()))
-        .collect();
-    assert_eq!(got, wanted);
+    assert_eq!(summary(&events), owned(&wanted));
     let ids: HashSet<_> = events.iter().map(|e| e["id"].clone()).collect();
     assert_eq!(ids.len(), events.len(), "ids are unique");
     assert!(events.iter().all(|e| e["time"].as_u64().unwrap() > 0));
@@ -337,7 +218,7 @@ async fn retention_drops_the_oldest_and_the_next_batch_says_how_many() {
     })
     .await;
     assert_eq!(
-        seqs(&of_kind(page["events"].as_array().unwrap(), "message")),
+        event_seqs(&of_kind(page["events"].as_array().unwrap(), "message")),
         (21..=30).collect::<Vec<_>>()
     );
     let dir = tempfile::tempdir().unwrap();
@@ -352,7 +233,7 @@ async fn retention_drops_the_oldest_and_the_next_batch_says_how_many() {
     assert_eq!(dropped, 20);
     let events = unique_events(&batches);
     assert_eq!(
-        seqs(&of_kind(&events, "message")),
+        event_seqs(&of_kind(&events, "message")),
         (21..=30).collect::<Vec<_>>()
     );
     eventually(WAIT, "the metrics count the drop", async || {
@@ -396,7 +277,7 @@ async fn kill_9_loses_no_event() {
         "--webhook-url",
         &url,
         "--webhook-secret",
-        SECRET,
+        FEED_SECRET,
         "--webhook-backoff-max-ms",
         "200",
         "--webhook-batch",
@@ -455,18 +336,18 @@ async fn kill_9_loses_no_event() {
     assert!(last > acked, "seqs go on after the restart");
     let events = eventually(WAIT, "every acknowledged message arrives", async || {
         let events = unique_events(&backend.batches());
-        let messages = seqs(&of_kind(&events, "message"));
+        let messages = event_seqs(&of_kind(&events, "message"));
         messages.contains(&last).then_some(events)
     })
     .await;
-    let messages = seqs(&of_kind(&events, "message"));
+    let messages = event_seqs(&of_kind(&events, "message"));
     assert_eq!(
         messages,
         (1..=last).collect::<Vec<_>>(),
         "none lost, in order"
     );
     assert_eq!(
-        seqs(&of_kind(&events, "direct")),
+        event_seqs(&of_kind(&events, "direct")),
         (1..=10).collect::<Vec<_>>()
     );
     // Repeats come only from the batch in flight at a kill: at most one batch per kill.
@@ -512,7 +393,7 @@ async fn edits_are_in_the_feed_and_signals_and_reads_are_not() {
     })
     .await;
     let messages = of_kind(&events, "message");
-    assert_eq!(seqs(&messages), [1, 2, 3]);
+    assert_eq!(event_seqs(&messages), [1, 2, 3]);
     let kinds: Vec<_> = messages.iter().map(|m| m["data"]["kind"].clone()).collect();
     assert_eq!(kinds, [Value::Null, json!("edit"), json!("react")]);
     let names: HashSet<_> = events

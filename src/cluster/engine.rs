@@ -40,6 +40,7 @@ mod batch;
 mod chat;
 mod events;
 mod failover;
+mod feed;
 mod messages;
 mod order;
 mod replicas;
@@ -472,7 +473,11 @@ impl Node {
                 self.spawn(async move {
                     let (conns, online) = me.keys.sessions(&user);
                     let mut inv = me.scripts.unregister.prepare_invoke();
-                    inv.key(conns).key(online).arg(conn.raw());
+                    inv.key(conns)
+                        .key(online)
+                        .arg(conn.raw())
+                        .arg(user.as_str());
+                    me.feed_keys(&mut inv);
                     me.script::<i64>(&inv).await;
                 });
             }

@@ -101,6 +101,14 @@ impl Keys {
         format!("{}:nodes", self.prefix)
     }
 
+    /// The event feed (docs/hooks.md): its stream (entry ids `CURSOR-0`, see `lua/common.lua`),
+    /// its meta hash (`last`: the highest cursor written; `mark`: delivered up to) and the
+    /// delivering node's lease (a string with a TTL). One hash tag for the three.
+    pub fn feed(&self) -> (String, String, String) {
+        let tag = format!("{}:{{feed}}", self.prefix);
+        (tag.clone() + ":log", tag.clone() + ":meta", tag + ":lease")
+    }
+
     /// The counter that hands out node ids.
     pub fn node_ids(&self) -> String {
         format!("{}:node-ids", self.prefix)

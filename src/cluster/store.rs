@@ -1,25 +1,28 @@
 //! History reads from Redis, behind the `Store` trait, so the store thread serves `join`
 //! replays, gaps, `history` and `sync` in cluster mode with the same code (and limits) as on
 //! one node. Writes never come here: the engine's scripts sequence and append. Owns the
-//! blocking connection of the store thread; it must not write.
+//! blocking connection of the store thread; it must not write messages. The event feed's
+//! reads, trimming, lease and mark go through it too (`feed`).
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use redis::Value;
 
+use super::feed::{self, FeedKeys};
 use super::keys::Keys;
 use super::link::{SyncConn, Target};
 use crate::config::Config;
 use crate::core::Stream;
 use crate::core::event::Folded;
-use crate::store::{Append, FeedRecord, Store, StoreError, StoredMessage, StreamInfo};
+use crate::store::{Append, FeedRecord, FeedState, Store, StoreError, StoredMessage, StreamInfo};
 
 pub struct RedisStore {
     target: Target,
     keys: Keys,
     /// Each stream's retention: reads hide what the publish script has not trimmed yet.
     config: Arc<Config>,
+    feed: FeedKeys,
     /// Reconnected on the next read after a failure.
     conn: Mutex<Option<SyncConn>>,
 }
@@ -28,6 +31,7 @@ impl RedisStore {
     pub fn new(target: Target, keys: Keys, config: Arc<Config>) -> RedisStore {
         RedisStore {
             target,
+            feed: FeedKeys::new(keys.feed()),
             keys,
             config,
             conn: Mutex::new(None),
@@ -136,6 +140,36 @@ impl Store for RedisStore {
                 "the redis engine appends in its scripts".into(),
             )),
         }
+    }
+
+    fn feed_state(&self) -> Result<FeedState, StoreError> {
+        let (meta, first) = self.feed.state_cmds();
+        feed::state(self.query(&meta)?, self.query(&first)?)
+    }
+
+    fn feed_after(&self, after: u64, limit: usize) -> Result<Vec<FeedRecord>, StoreError> {
+        feed::parse(self.query(&self.feed.after_cmd(after, limit))?)
+    }
+
+    fn feed_trim(&self, keep_from: u64, min_ts: u64) -> Result<usize, StoreError> {
+        self.feed.trim(keep_from, min_ts, &|c| self.query(c))
+    }
+
+    fn set_feed_mark(&self, mark: u64) -> Result<(), StoreError> {
+        match feed::held(&self.query(&self.feed.mark_cmd(mark))?) {
+            true => Ok(()),
+            false => Err(StoreError::Write(
+                "the event feed's lease passed to another node; it delivers from here".into(),
+            )),
+        }
+    }
+
+    fn feed_shared(&self) -> bool {
+        true
+    }
+
+    fn feed_lease(&self, ttl_ms: u64) -> Result<bool, StoreError> {
+        Ok(feed::held(&self.query(&self.feed.lease_cmd(ttl_ms))?))
     }
 
     /// Redis keeps each stream's seq; a node starts with none of them.

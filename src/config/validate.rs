@@ -265,13 +265,6 @@ impl Config {
                 Some(_) => {}
             }
         }
-        if self.feed_on() && self.engine == Engine::Redis {
-            return invalid(
-                "the event feed (event_feed, webhook_url) is not available with the redis \
-                 engine yet; use the embedded engine or turn it off"
-                    .into(),
-            );
-        }
         if !(1..=10_000).contains(&self.webhook_batch) {
             return invalid(format!(
                 "webhook_batch is {}; give 1 to 10000",

@@ -6,9 +6,14 @@
 //! one batch, whose events the backend recognises by `id`. It runs on its own thread with its
 //! own current-thread runtime, never on a shard's. It must not hold room, user or connection
 //! state.
+//!
+//! A shared feed (the Redis engine's, `Store::feed_shared`) has such a thread on every node;
+//! the one holding the lease (`Store::feed_lease`, renewed before each batch, for
+//! `presence_ttl_secs`) delivers, and takes the mark from the store each time it gains it, so a
+//! dead node's successor goes on from the last acknowledged batch.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, select};
@@ -27,6 +32,11 @@ use crate::store::Store;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// How often retention is applied and the backlog gauge read while nothing happens.
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// How often a shared feed is read for new events while it is idle (nothing wakes the thread:
+/// other nodes write it too).
+const SHARED_POLL: Duration = Duration::from_millis(50);
+/// How often a node without the lease tries to take it.
+const LEASE_POLL: Duration = Duration::from_millis(250);
 /// Most bytes of a webhook's answer read (and then ignored).
 const MAX_ANSWER_BYTES: usize = 64 << 10;
 
@@ -56,6 +66,8 @@ pub(super) struct Target {
     backoff_max: Duration,
     retention_events: u64,
     retention_ms: u64,
+    /// A shared feed's lease: a node silent this long is dead (`presence_ttl_secs`).
+    lease_ms: u64,
 }
 
 impl Target {
@@ -75,6 +87,7 @@ impl Target {
             backoff_max: Duration::from_millis(config.webhook_backoff_max_ms),
             retention_events: config.webhook_retention_events,
             retention_ms: config.webhook_retention_secs.saturating_mul(1000),
+            lease_ms: config.presence_ttl_secs.saturating_mul(1000),
         }))
     }
 }
@@ -114,15 +127,57 @@ pub(super) fn deliver_loop(
             return tracing::error!(error = %e, "cannot start the webhook thread; no push");
         }
     };
-    let mut mark = store.feed_state().map(|s| s.mark).unwrap_or(0);
+    let shared_feed = store.feed_shared();
+    // A shared feed's mark is read when the lease is gained.
+    let mut held = !shared_feed;
+    let mut mark = match shared_feed {
+        true => 0,
+        false => store.feed_state().map(|s| s.mark).unwrap_or(0),
+    };
+    let mut retained: Option<Instant> = None;
     let mut conn: Option<SendRequest<Full<Bytes>>> = None;
     let mut backoff = FIRST_BACKOFF.min(target.backoff_max);
     let c = &shared.counters;
     use std::sync::atomic::Ordering::Relaxed;
     loop {
-        apply_retention(&*store, target.retention_events, target.retention_ms);
+        if shared_feed {
+            match lease(&*store, &target, held) {
+                Ok(Some(stored)) => {
+                    (held, mark) = (true, stored);
+                    tracing::info!(mark, "this node delivers the event feed");
+                }
+                Ok(None) => {}
+                Err(pause) => {
+                    held = false;
+                    c.backlog.store(0, Relaxed);
+                    if wait(&stop, pause) {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        // A shared feed's retention and backlog cost round trips: once a second.
+        if !shared_feed || retained.is_none_or(|t| t.elapsed() >= IDLE_TICK) {
+            apply_retention(&*store, target.retention_events, target.retention_ms);
+            retained = Some(Instant::now());
+            if shared_feed && let Ok(s) = store.feed_state() {
+                if s.last < mark {
+                    // Redis lost the feed (restarted without persistence): it starts again.
+                    tracing::warn!(
+                        mark,
+                        last = s.last,
+                        "the event feed went back; from its start"
+                    );
+                    mark = s.mark.min(s.last);
+                }
+                c.backlog.store(s.last.saturating_sub(mark), Relaxed);
+            }
+        }
         let durable = shared.durable();
-        c.backlog.store(durable.saturating_sub(mark), Relaxed);
+        if !shared_feed {
+            c.backlog.store(durable.saturating_sub(mark), Relaxed);
+        }
         let page = match read_page(&*store, mark, target.batch, durable) {
             Ok(page) => page,
             Err(e) => {
@@ -135,10 +190,11 @@ pub(super) fn deliver_loop(
         };
         if page.next == mark {
             // Nothing new: wait for the writer, or the next retention tick.
+            let idle = if shared_feed { SHARED_POLL } else { IDLE_TICK };
             select! {
                 recv(shared.woken) -> _ => {}
                 recv(stop) -> _ => return,
-                default(IDLE_TICK) => {}
+                default(idle) => {}
             }
             continue;
         }
@@ -153,6 +209,8 @@ pub(super) fn deliver_loop(
                 mark = page.next;
                 if let Err(e) = store.set_feed_mark(mark) {
                     tracing::warn!(error = %e, "cannot store the event feed's mark");
+                    // Read it again with the lease: at worst this batch is repeated.
+                    held = !shared_feed;
                 }
                 c.delivered.fetch_add(page.events.len() as u64, Relaxed);
                 c.dropped.fetch_add(page.dropped, Relaxed);
@@ -166,6 +224,27 @@ pub(super) fn deliver_loop(
                 }
                 backoff = (backoff * 2).min(target.backoff_max);
             }
+        }
+    }
+}
+
+/// A shared feed's lease, taken or renewed: `Some(mark)` when it was just gained (the stored
+/// mark to deliver from), `None` when it was held already; `Err(pause)` while another node
+/// holds it or the store cannot be reached.
+fn lease(store: &dyn Store, target: &Target, held: bool) -> Result<Option<u64>, Duration> {
+    match store.feed_lease(target.lease_ms) {
+        Ok(true) if held => Ok(None),
+        Ok(true) => match store.feed_state() {
+            Ok(s) => Ok(Some(s.mark)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the event feed's mark");
+                Err(LEASE_POLL)
+            }
+        },
+        Ok(false) => Err(LEASE_POLL),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot take the event feed's lease");
+            Err(LEASE_POLL)
         }
     }
 }

@@ -58,7 +58,11 @@ impl FeedEvent {
     /// The stored record: `{"id","cursor","time","event",...}`. Names need no escaping and
     /// the payload is JSON already, so this is one allocation and a few copies.
     pub fn record(&self, cursor: u64) -> FeedRecord {
-        let ts = self.ts();
+        self.record_at(cursor, self.ts())
+    }
+
+    /// `record`, for an event that happened at `ts` (read back from where it was written).
+    pub fn record_at(&self, cursor: u64, ts: u64) -> FeedRecord {
         let mut j = Vec::with_capacity(128 + self.payload_len());
         let c = itoa::Buffer::new().format(cursor).to_owned();
         j.extend_from_slice(b"{\"id\":\"");
@@ -208,20 +212,29 @@ impl FeedPage {
     }
 }
 
-/// Reads up to `limit` durable events after `after` (at most up to `durable`).
+/// Reads up to `limit` durable events after `after` (at most up to `durable`; a shared
+/// feed's horizon is its last cursor: Redis wrote each event with its message).
 pub fn read_page(
     store: &dyn Store,
     after: u64,
     limit: usize,
     durable: u64,
 ) -> Result<FeedPage, StoreError> {
+    let shared = match store.feed_shared() {
+        true => Some(store.feed_state()?),
+        false => None,
+    };
+    let durable = shared.map_or(durable, |s| s.last);
     if after >= durable {
         return Ok(FeedPage {
             next: after,
             ..FeedPage::default()
         });
     }
-    let state = store.feed_state()?;
+    let state = match shared {
+        Some(s) => s,
+        None => store.feed_state()?,
+    };
     let first_kept = if state.first == 0 {
         state.last + 1
     } else {

@@ -100,6 +100,8 @@ impl Threads {
     ) -> std::io::Result<Threads> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let feed = match config.feed_on() {
+            // A shared feed (Redis) has no writer's horizon: it is read when a page is.
+            true if store.feed_shared() => Some(FeedShared::new(0)),
             true => {
                 let state = store.feed_state().map_err(std::io::Error::other)?;
                 Some(FeedShared::new(state.last.max(state.mark)))

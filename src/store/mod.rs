@@ -184,6 +184,19 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether the feed is written outside this process (the Redis engine's scripts) and
+    /// shared by several nodes: then everything up to its last cursor is readable (no writer's
+    /// horizon), and only the holder of `feed_lease` delivers it.
+    fn feed_shared(&self) -> bool {
+        false
+    }
+
+    /// Takes or renews the lease on delivering the shared feed for `ttl_ms`; false while
+    /// another node holds it. A store of one process always holds it.
+    fn feed_lease(&self, _ttl_ms: u64) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
     /// Every stream ever written, with its last seq and cursor.
     fn streams(&self) -> Result<Vec<StreamInfo>, StoreError>;
 

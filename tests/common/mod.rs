@@ -21,7 +21,7 @@
 //!
 //! Named by path (`common::keys::...`), not re-exported: [`keys`]: RS256 / ES256 tokens and a
 //! JWKS server; [`redis`]: real Redis servers and a Redis Cluster; [`cluster`]: shardcast nodes
-//! on the redis engine (the cluster tests); [`proxy`]: a TCP proxy that refuses, freezes or cuts.
+//! on the redis engine (the cluster tests); [`feed`]: the event feed's webhook backend; [`proxy`]: a TCP proxy that refuses, freezes or cuts.
 //!
 //! Every test that uses [`TestServer`] must run on a multi-thread runtime
 //! (`#[tokio::test(flavor = "multi_thread")]`): starting and stopping the server blocks, and is
@@ -31,6 +31,7 @@
 
 pub mod chat;
 pub mod cluster;
+pub mod feed;
 pub mod hook_backend;
 pub mod keys;
 pub mod proxy;

@@ -41,7 +41,9 @@ impl Node {
             .arg(&*from)
             .arg(if api { "1" } else { "0" })
             .arg(arg)
-            .arg(self.config.max_reaction_emojis);
+            .arg(self.config.max_reaction_emojis)
+            .arg(room.as_str());
+        self.feed_keys(&mut inv);
         let (status, seq, _epoch, why) =
             match self.script_or::<(String, u64, u64, String)>(&inv).await {
                 Ok(done) => done,

@@ -41,11 +41,14 @@ impl Node {
             .arg(messages)
             .arg(oldest)
             .arg(Self::new_epoch());
+        // With the event feed the script is passed every key and argument, and the stream's
+        // name (`lua/publish.lua`).
+        let feed = self.config.feed_on();
         let inbox = match &stream {
             Stream::Inbox(user) => Some(self.keys.sessions(user).1),
             Stream::Room(_) => None,
         };
-        if inbox.is_some() || key.is_some() {
+        if inbox.is_some() || key.is_some() || feed {
             inv.key(inbox.as_ref().unwrap_or(&meta))
                 .arg(if inbox.is_some() {
                     self.dead()
@@ -53,14 +56,20 @@ impl Node {
                     String::new()
                 });
         }
-        if let Some(k) = &key {
+        if key.is_some() || feed {
             let window = self.config.idempotency_window_secs.saturating_mul(1000);
             let (keys, keyz) = self.keys.idempotency(&stream);
+            let key_text =
+                (key.as_ref()).map_or_else(String::new, |k| format!("{from} {}", k.as_str()));
             inv.key(keys)
                 .key(keyz)
-                .arg(format!("{from} {}", k.as_str()))
+                .arg(key_text)
                 .arg(self.config.idempotency_max_keys)
                 .arg(ts.saturating_sub(window));
+        }
+        if feed {
+            inv.arg(stream.name().as_str());
+            self.feed_keys(&mut inv);
         }
         let (seq, _epoch, dup) = match self.script_or::<(u64, u64, u8)>(&inv).await {
             Ok(done) => done,

@@ -126,6 +126,7 @@ impl Node {
                 .arg(u8::from(new_user))
                 .arg(self.dead())
                 .arg(info.as_deref().unwrap_or_default());
+            self.feed_keys(&mut inv);
             self.script::<(i64, u64, u64)>(&inv).await
         } else {
             None // left meanwhile: the client side has answered this join already
@@ -229,6 +230,7 @@ impl Node {
             .arg(self.publish_cmd())
             .arg(room.as_str())
             .arg(self.list(&rule));
+        self.feed_keys(&mut inv);
         if let Some(users) = self.script::<u64>(&inv).await
             && let Some(r) = self.state.borrow_mut().rooms.get_mut(&room)
         {
@@ -262,6 +264,7 @@ impl Node {
             .arg(self.publish_cmd())
             .arg(room.as_str())
             .arg(self.list(&rule));
+        self.feed_keys(&mut inv);
         let Some((users, info)) = self
             .script::<(Vec<String>, Vec<(String, String)>)>(&inv)
             .await
@@ -296,7 +299,9 @@ impl Node {
             .arg(now_ms() + self.config.presence_ttl_secs * 2000 / 3)
             .arg(now_ms())
             .arg(self.keys.channel(&Stream::Room(room.clone())))
-            .arg(self.publish_cmd());
+            .arg(self.publish_cmd())
+            .arg(room.as_str());
+        self.feed_keys(&mut inv);
         let total = self.script::<u64>(&inv).await?;
         self.heard(room, total);
         Some(total)

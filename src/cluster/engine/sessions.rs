@@ -59,7 +59,9 @@ impl Node {
             .arg(policy)
             .arg(self.config.max_connections_per_user)
             .arg(self.keys.channel(&stream))
-            .arg(self.publish_cmd());
+            .arg(self.publish_cmd())
+            .arg(user.as_str());
+        self.feed_keys(&mut inv);
         let verdict = match self.script::<Vec<i64>>(&inv).await.as_deref() {
             Some([0, seq]) => Ok(*seq as u64),
             Some([-1]) => Err(HandshakeError::ConnectionLimit(

@@ -231,7 +231,7 @@ impl Node {
                     (r.members.iter()).map(|(conn, (user, _))| format!("{user} {}", conn.raw())),
                 );
             }
-            self.run_later(|s| &s.refresh, vec![pz, pu], args);
+            self.run_later(|s| &s.refresh, self.with_feed_keys(vec![pz, pu]), args);
         }
         if !mine {
             return;

@@ -34,6 +34,7 @@ end
 local function announce(kind, users, list, channel, pubcmd, room, user, exclude, info)
   local max, events = string.match(list, '^(%d+) (%d)$')
   if users > tonumber(max) then return true end
+  feed('t', feed_now(), 'e', kind == 'joined' and 'j' or 'l', 'n', room, 'u', user)
   if events == '1' then redis.call(pubcmd, channel, event(kind, room, user, exclude, info)) end
   return false
 end
@@ -50,7 +51,16 @@ local function drop_entry(pu, user, channel, pubcmd, room, list)
   local users = redis.call('HLEN', pu)
   redis.call('HDEL', pu, user)
   redis.call('HDEL', info_key(pu), user)
-  return announce('left', users, list, channel, pubcmd, room, user)
+  local past = announce('left', users, list, channel, pubcmd, room, user)
+  if users == 1 then feed('t', feed_now(), 'e', 'v', 'n', room) end
+  return past
+end
+
+-- A user's first entry in a list room was added: `occupied` if it is the room's first user,
+-- then `joined` (see `announce`).
+local function add_user(pu, users, list, channel, pubcmd, room, user, exclude, info)
+  if redis.call('HLEN', pu) == 1 then feed('t', feed_now(), 'e', 'o', 'n', room) end
+  return announce('joined', users, list, channel, pubcmd, room, user, exclude, info)
 end
 
 -- Removes the entries of dead nodes; `left` for every user whose last entry went. True as

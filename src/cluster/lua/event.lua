@@ -9,9 +9,11 @@
 --       6 excluded connection ('' for none), 7 max entries ('0': no limit), 8 epoch if the
 --       stream starts one, 9 target seq, 10 kind (edit, delete, hard, react, unreact),
 --       11 from, 12 '1' for the server API, 13 the edit's body or the emoji, 14 most
---       different emoji on a message
+--       different emoji on a message, 15 the room
+-- KEYS 4, 5 with the event feed (see common.lua).
 -- Returns {status, seq, epoch, message}: status 'ok' (seq: the event's), 'noop',
 -- 'no_such_message', 'forbidden' (message: why) or 'too_large' (message: the limit).
+feed_from(3)
 local meta, log, fold = KEYS[1], KEYS[2], KEYS[3]
 local epoch = redis.call('HGET', meta, 'epoch') or epoch_of(meta, log, ARGV[8])
 local target, kind, from, api = ARGV[9], ARGV[10], ARGV[11], ARGV[12] == '1'
@@ -93,5 +95,6 @@ if #state.edits == 0 then state.edits = nil end
 redis.call('HSET', fold, target, cjson.encode(state))
 local json = ARGV[3] .. seq .. ARGV[4]
 append(log, seq, ARGV[7], ARGV[5], json)
+feed('t', ARGV[5], 'e', 'm', 'n', ARGV[15], 's', seq, 'd', json)
 redis.call(ARGV[2], ARGV[1], 'm ' .. seq .. ' ' .. ARGV[6] .. ' ' .. epoch .. '\n' .. json)
 return {'ok', seq, epoch, ''}

@@ -7,7 +7,9 @@
 --       users in the room counting this one, 14 max_members (0: none), 15 '1' if the user is
 --       new on this node, 16 dead (see common.lua), 17 the connection's presence info (a JSON
 --       object, or empty: none)
+-- KEYS 6, 7 with the event feed (see common.lua).
 -- Returns {seq, epoch, members}, or {-1, 0, members} when the room is full.
+feed_from(5)
 local members
 local new_user
 local past = false
@@ -28,9 +30,9 @@ local epoch = epoch_of(KEYS[1], KEYS[4], ARGV[9])
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 if ARGV[11] == 'list' and redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1]) == 1 then
   if redis.call('HINCRBY', KEYS[3], ARGV[2], 1) == 1 then
-    if ARGV[17] ~= '' then redis.call('HSET', info_key(KEYS[3]), ARGV[2], ARGV[17]) end
-    past = announce('joined', members, ARGV[8], ARGV[5], ARGV[6], ARGV[7], ARGV[2], ARGV[10],
-      ARGV[17]) or past
+      if ARGV[17] ~= '' then redis.call('HSET', info_key(KEYS[3]), ARGV[2], ARGV[17]) end
+      past = add_user(KEYS[3], members, ARGV[8], ARGV[5], ARGV[6], ARGV[7], ARGV[2], ARGV[10],
+        ARGV[17]) or past
   end
 end
 if past then counted(KEYS[3], ARGV[5], ARGV[6]) end

@@ -9,8 +9,12 @@
 --       10 an inbox's dead (see common.lua; '' for a room); a keyed message: 11 "SENDER KEY",
 --       12 most keys kept, 13 keys written before this ts are forgotten once their message is
 --       trimmed
+-- With the event feed, all five KEYS and ARGV 10 to 13 are passed (unused ones empty), and
+-- 14 the room's or user's name, then KEYS 6, 7 (see common.lua): the `message` or `direct`
+-- event is written with the message.
 -- Returns {seq, epoch, dup}: dup 1 when the key was stored before, with that message's seq
 -- (nothing is stored or published then).
+feed_from(5)
 local meta, log, keys, keyz = KEYS[1], KEYS[2], KEYS[4], KEYS[5]
 local m = redis.call('HMGET', meta, 'epoch', 'trim')
 local epoch = m[1] or epoch_of(meta, log, ARGV[9])
@@ -64,9 +68,15 @@ if key ~= '' then
   end
 end
 if inbox then remove_dead(KEYS[3], ARGV[10]) end
-if inbox and redis.call('ZCARD', KEYS[3]) > 0 then
+local attached = inbox and redis.call('ZCARD', KEYS[3]) > 0
+if attached then
   -- A connection of the user is attached, so it gets the message live: delivered.
   redis.call('HSET', meta, 'cursor', seq)
+end
+if inbox then
+  feed('t', ARGV[5], 'e', 'd', 'n', ARGV[14], 's', seq, 'o', attached and '0' or '1', 'd', json)
+else
+  feed('t', ARGV[5], 'e', 'm', 'n', ARGV[14], 's', seq, 'd', json)
 end
 -- A keyed message names its sender and key ("m SEQ EXCL EPOCH SENDER KEY"), for the sender's
 -- other connections.

@@ -42,3 +42,27 @@ local function append(log, seq, max, ts, json)
     redis.call('XADD', log, seq .. '-0', 't', ts, 'd', json)
   end
 end
+
+-- The event feed (docs/hooks.md), when it is on: a script that writes events is passed the
+-- feed's stream and its meta hash after its own KEYS and calls `feed_from` with how many KEYS
+-- are its own, so an event is written by the script call that makes it happen. An entry's id
+-- is "CURSOR-0", the cursor dense from the meta's 'last'; its fields: t (ms), e (m message, d
+-- direct, j joined, l left, o occupied, v vacated, c connected, x disconnected) and what the
+-- event carries: n (room or user), u (user), s (seq), o (offline 0/1), c (connection), d (the
+-- frame's JSON). cluster/store.rs reads it back into persist::FeedEvent, which formats it.
+local feed_log, feed_meta
+local function feed_from(own)
+  if #KEYS >= own + 2 then feed_log, feed_meta = KEYS[own + 1], KEYS[own + 2] end
+end
+
+local function feed(...)
+  if not feed_log then return end
+  local c = redis.call('HINCRBY', feed_meta, 'last', 1)
+  redis.call('XADD', feed_log, c .. '-0', ...)
+end
+
+-- Now, in unix ms (a string: a number this large would be written in exponent form).
+local function feed_now()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+end
