@@ -121,16 +121,20 @@ async fn read_connect(
             if buf.len() >= end {
                 let mut payload = buf[h.header_len..end].to_vec();
                 ws::unmask(&mut payload, h.mask);
-                let text = match format {
-                    Format::Json => String::from_utf8(payload)
-                        .map_err(|_| refused("the connect frame is not UTF-8"))?,
-                    Format::Proto => wire::client_to_json(&payload)
-                        .map_err(|_| refused("the connect frame is not a ClientFrame"))?,
-                };
-                return match protocol::parse(&text).map(|r| r.msg) {
-                    Ok(ClientMessage::Connect { token }) => {
-                        Ok((token.into_owned(), Bytes::copy_from_slice(&buf[end..])))
+                let token = match format {
+                    Format::Json => {
+                        let text = String::from_utf8(payload)
+                            .map_err(|_| refused("the connect frame is not UTF-8"))?;
+                        connect_token(protocol::parse(&text).map(|r| r.msg))
                     }
+                    Format::Proto => {
+                        let frame = wire::decode(&payload)
+                            .map_err(|_| refused("the connect frame is not a ClientFrame"))?;
+                        connect_token(frame.request().map(|r| r.msg))
+                    }
+                };
+                return match token {
+                    Some(token) => Ok((token, Bytes::copy_from_slice(&buf[end..]))),
                     _ => Err(refused(
                         r#"the first frame must be {"type":"connect","token":..}"#,
                     )),
@@ -145,5 +149,13 @@ async fn read_connect(
         {
             return Err(refused("the connection closed before its connect frame"));
         }
+    }
+}
+
+/// The token of a parsed `connect` frame; `None` for any other frame or an error.
+fn connect_token(msg: Result<ClientMessage<'_>, protocol::ParseError>) -> Option<String> {
+    match msg {
+        Ok(ClientMessage::Connect { token }) => Some(token.into_owned()),
+        _ => None,
     }
 }

@@ -85,6 +85,13 @@ pub fn push_frame(buf: &mut Vec<u8>, opcode: u8, rsv1: bool, payload: &[u8]) {
     buf.extend_from_slice(payload);
 }
 
+/// Appends to `buf` the header of an unmasked, final frame with a `len`-byte payload, which
+/// the caller writes right after it.
+pub fn push_header(buf: &mut Vec<u8>, opcode: u8, len: usize) {
+    let (header, header_len) = header(opcode, len);
+    buf.extend_from_slice(&header[..header_len]);
+}
+
 /// The first server frame built here in `buf`: its first byte, its payload and what follows
 /// it; `None` if `buf` does not start with a whole frame.
 pub fn split_server_frame(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {

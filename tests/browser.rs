@@ -729,3 +729,66 @@ async fn chat_page_shows_edits_deletes_and_reactions_live_and_after_a_reload() {
     a.close().await.expect("close alice's browser");
     b.close().await.expect("close bob's browser");
 }
+
+/// The next `message` frame of a JSON session, reading past presence.
+async fn next_message(c: &mut common::Client) -> Value {
+    loop {
+        let f = c.recv_json().await;
+        if f["type"] == "message" {
+            return f;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_page_speaks_the_binary_protocol_with_protocol_proto() {
+    let server = TestServer::start(|_| {});
+    let base = format!("http://{}", server.addr());
+    let driver = Driver::start().await;
+    let profile = tempfile::tempdir().unwrap();
+    let b = driver.browser(&profile).await;
+    b.goto(&format!("{base}/?protocol=proto"))
+        .await
+        .expect("open the chat page in proto mode");
+    fill(&b, "#user", "alice").await;
+    click(&b, "#signin-btn").await;
+    let spoken = "return document.getElementById('status').dataset.protocol || ''";
+    wait_js(&b, "the page negotiated shardcast.proto", spoken, |v| {
+        v == "shardcast.proto"
+    })
+    .await;
+    join(&b, "lobby").await;
+    let mut bob = dev(server.addr(), "bob").await;
+    bob.join("lobby").await;
+
+    // Sent from the binary page, seen by the JSON session as the page's JSON body.
+    say(&b, "hello from proto").await;
+    let m = next_message(&mut bob).await;
+    assert_eq!(
+        (&m["from"], &m["body"]),
+        (&json!("alice"), &json!({"text": "hello from proto"})),
+        "{m}"
+    );
+    // And the other way.
+    bob.publish("lobby", json!({"text": "hello from json"}))
+        .await;
+    let msgs = wait_texts(
+        &b,
+        "the JSON session's message",
+        &["hello from proto", "hello from json"],
+    )
+    .await;
+    let seqs: Vec<Value> = msgs.iter().map(|m| m["seq"].clone()).collect();
+    assert_eq!(seqs, [json!(1), json!(2)], "{msgs:?}");
+    screenshot(&b, "chat-proto.png").await;
+    b.close().await.expect("close the browser");
+
+    // Without the parameter the page speaks JSON.
+    let b = driver.browser(&profile).await;
+    sign_in(&b, &base, "carol").await;
+    wait_js(&b, "the page speaks JSON", spoken, |v| {
+        v == "shardcast.json"
+    })
+    .await;
+    b.close().await.expect("close the browser");
+}

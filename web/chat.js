@@ -45,10 +45,13 @@ $("signin-form").addEventListener("submit", (ev) => {
   start(token ? { token } : { user });
 });
 
+// `?protocol=proto` speaks the binary protocol (shardcast.proto); JSON otherwise.
+const protocol = new URLSearchParams(location.search).get("protocol") === "proto" ? "proto" : "json";
+
 function start(credentials) {
   // The outbox in localStorage: what was typed offline, or just before a reload, goes out
   // once when the page is back.
-  const c = (client = connect({ ...credentials, outbox: "local" }));
+  const c = (client = connect({ ...credentials, outbox: "local", protocol }));
   c.on("state", (e) => c === client && onState(e));
   client.on("message", onMessage);
   client.on("joined", (e) => presenceChange(e.room, e.user, true, e.info));
@@ -83,6 +86,10 @@ function onState(e) {
     return;
   }
   if (e.state !== "connected") return;
+  // The subprotocol the server chose ("" for JSON without one), shown on hover.
+  const spoken = client?.ws?.protocol || "shardcast.json";
+  $("status").dataset.protocol = spoken;
+  $("status").title = `Speaking ${spoken}`;
   if (!me) {
     me = e.user;
     $("me").textContent = me;

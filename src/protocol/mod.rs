@@ -5,6 +5,7 @@
 //! state: parsing is a pure function of the bytes, encoding a pure function of the fields.
 
 pub mod encode;
+pub mod fields;
 
 use std::borrow::Cow;
 
@@ -13,6 +14,8 @@ use serde_json::value::RawValue;
 
 use crate::core::error::{ErrorCode, ReplyError};
 use crate::core::{MsgKey, Name, ReqId};
+
+use self::fields::{Field, Fields, missing};
 
 /// Most messages one `history` reply may carry (the contract's limit, not a tunable).
 pub const MAX_HISTORY_LIMIT: usize = 100;
@@ -188,142 +191,59 @@ pub fn parse(text: &str) -> Result<Request<'_>, ParseError> {
         .ty
         .ok_or_else(|| with_id(missing("type")))
         .and_then(|raw| string_field("type", raw).map_err(with_id))?;
-    let name = |field: &'static str, raw: Option<&RawValue>| -> Result<Name, ParseError> {
-        let raw = raw.ok_or_else(|| with_id(missing(field)))?;
-        Name::new(&string_field(field, raw).map_err(with_id)?).map_err(with_id)
-    };
-    let body = || env.body.ok_or_else(|| with_id(missing("body")));
-    let token = || {
-        let raw = env.token.ok_or_else(|| with_id(missing("token")))?;
-        string_field("token", raw).map_err(with_id)
-    };
-    let key = || -> Result<Option<MsgKey>, ParseError> {
-        let Some(raw) = env.key else { return Ok(None) };
-        let s = string_field("key", raw).map_err(with_id)?;
-        MsgKey::new(&s).map(Some).map_err(with_id)
-    };
-    let int = |field: &'static str, raw: Option<&RawValue>| -> Result<Option<u64>, ParseError> {
-        raw.map(|raw| {
-            serde_json::from_str::<u64>(raw.get()).map_err(|_| {
-                with_id(ReplyError::new(
-                    ErrorCode::BadRequest,
-                    format!("`{field}` must be a non-negative integer"),
-                ))
-            })
-        })
-        .transpose()
-    };
-    let limit = |raw: Option<&RawValue>, default: usize, max: usize| {
-        let limit = int("limit", raw)?.unwrap_or(default as u64);
-        if !(1..=max as u64).contains(&limit) {
-            return Err(with_id(ReplyError::new(
-                ErrorCode::BadRequest,
-                format!("`limit` must be 1 to {max}"),
-            )));
-        }
-        Ok(limit as usize)
-    };
-    let target = || {
-        int("target", env.target)?
-            .filter(|&t| t > 0)
-            .ok_or_else(|| {
-                with_id(ReplyError::new(
-                    ErrorCode::BadRequest,
-                    "`target` must be the seq of a message of the room (an integer from 1)",
-                ))
-            })
-    };
-    let msg = match &*ty {
-        "join" => ClientMessage::Join {
-            room: name("room", env.room)?,
-            since: int("since", env.since)?,
-            epoch: int("epoch", env.epoch)?,
-        },
-        "leave" => ClientMessage::Leave {
-            room: name("room", env.room)?,
-        },
-        "publish" => ClientMessage::Publish {
-            room: name("room", env.room)?,
-            body: body()?,
-            key: key()?,
-        },
-        "send" => ClientMessage::Send {
-            to: name("to", env.to)?,
-            body: body()?,
-            key: key()?,
-        },
-        "presence" => ClientMessage::Presence {
-            room: name("room", env.room)?,
-            after: env.after.map(|a| name("after", Some(a))).transpose()?,
-            limit: limit(env.limit, DEFAULT_PRESENCE_LIMIT, MAX_PRESENCE_LIMIT)?,
-        },
-        "history" => ClientMessage::History {
-            room: name("room", env.room)?,
-            before: int("before", env.before)?,
-            limit: limit(env.limit, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?,
-            fold: match env.fold.map(|f| f.get()) {
-                None | Some("false") => false,
-                Some("true") => true,
-                Some(_) => {
-                    return Err(with_id(ReplyError::new(
-                        ErrorCode::BadRequest,
-                        "`fold` must be true or false",
-                    )));
-                }
-            },
-        },
-        "edit" => ClientMessage::Edit {
-            room: name("room", env.room)?,
-            target: target()?,
-            body: body()?,
-        },
-        "delete" => ClientMessage::Delete {
-            room: name("room", env.room)?,
-            target: target()?,
-        },
-        "react" | "unreact" => ClientMessage::React {
-            room: name("room", env.room)?,
-            target: target()?,
-            emoji: {
-                let raw = env.emoji.ok_or_else(|| with_id(missing("emoji")))?;
-                string_field("emoji", raw).map_err(with_id)?
-            },
-            on: &*ty == "react",
-        },
-        "sync" => ClientMessage::Sync {
-            since: int("since", env.since)?.ok_or_else(|| with_id(missing("since")))?,
-        },
-        "ping" => ClientMessage::Ping,
-        "refresh" => ClientMessage::Refresh { token: token()? },
-        "connect" => ClientMessage::Connect { token: token()? },
-        "signal" => ClientMessage::Signal {
-            room: name("room", env.room)?,
-            body: body()?,
-        },
-        "read" => read_target(env.room, env.inbox)
-            .map_err(with_id)
-            .and_then(|inbox| {
-                Ok(ClientMessage::Read {
-                    room: if inbox {
-                        None
-                    } else {
-                        Some(name("room", env.room)?)
-                    },
-                    seq: int("seq", env.seq)?.ok_or_else(|| with_id(missing("seq")))?,
-                })
-            })?,
-        other => {
-            return Err(with_id(ReplyError::new(
-                ErrorCode::UnknownType,
-                format!(
-                    "unknown type {:?}; expected join, leave, publish, send, presence, history, \
-                     sync, signal, read, ping, refresh, connect, edit, delete, react or unreact",
-                    truncate(other, 32)
-                ),
-            )));
-        }
-    };
+    let msg = fields::message(&ty, &env).map_err(with_id)?;
     Ok(Request { id, msg })
+}
+
+impl<'a> Envelope<'a> {
+    fn raw(&self, f: Field) -> Option<&'a RawValue> {
+        match f {
+            Field::Room => self.room,
+            Field::To => self.to,
+            Field::Since => self.since,
+            Field::Epoch => self.epoch,
+            Field::Before => self.before,
+            Field::Limit => self.limit,
+            Field::Token => self.token,
+            Field::After => self.after,
+            Field::Key => self.key,
+            Field::Seq => self.seq,
+            Field::Inbox => self.inbox,
+            Field::Target => self.target,
+            Field::Emoji => self.emoji,
+            Field::Fold => self.fold,
+        }
+    }
+}
+
+/// A JSON frame's members, each read only when its type asks for it.
+impl<'a> Fields<'a> for Envelope<'a> {
+    fn has(&self, f: Field) -> bool {
+        self.raw(f).is_some()
+    }
+    fn string(&self, f: Field) -> Result<Option<Cow<'a, str>>, ReplyError> {
+        self.raw(f)
+            .map(|raw| string_field(f.name(), raw))
+            .transpose()
+    }
+    fn int(&self, f: Field) -> Result<Option<u64>, ReplyError> {
+        (self.raw(f))
+            .map(|raw| {
+                serde_json::from_str::<u64>(raw.get())
+                    .map_err(|_| fields::not_a(f, "a non-negative integer"))
+            })
+            .transpose()
+    }
+    fn flag(&self, f: Field) -> Result<bool, ReplyError> {
+        match self.raw(f).map(RawValue::get) {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(_) => Err(fields::not_a(f, "true or false")),
+        }
+    }
+    fn body(&self) -> Option<&'a RawValue> {
+        self.body
+    }
 }
 
 /// Checks that a `body` nests arrays and objects at most `max` deep (`max_body_depth`). The
@@ -381,32 +301,6 @@ fn nests_deeper(json: &[u8], max: usize) -> bool {
         i += 1;
     }
     false
-}
-
-/// Whether a `read` is of the inbox (`"inbox":true`, no `room`) rather than of a room.
-fn read_target(room: Option<&RawValue>, inbox: Option<&RawValue>) -> Result<bool, ReplyError> {
-    let inbox = match inbox.map(|raw| raw.get()) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => {
-            return Err(ReplyError::new(
-                ErrorCode::BadRequest,
-                "`inbox` must be true or false",
-            ));
-        }
-    };
-    match (inbox, room.is_some()) {
-        (true, true) => Err(ReplyError::new(
-            ErrorCode::BadRequest,
-            "a read is of a `room` or of the `inbox`, not both",
-        )),
-        (false, false) => Err(missing("room")),
-        (inbox, _) => Ok(inbox),
-    }
-}
-
-fn missing(field: &str) -> ReplyError {
-    ReplyError::new(ErrorCode::BadRequest, format!("missing field `{field}`"))
 }
 
 fn string_field<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, ReplyError> {

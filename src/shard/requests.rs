@@ -37,8 +37,8 @@ impl Shard {
             self.stats.frames_in += 1;
         }
         match event {
-            Event::Binary(bytes) if conn.proto() => match crate::wire::client_to_json(bytes) {
-                Ok(text) => match protocol::parse(&text) {
+            Event::Binary(bytes) if conn.proto() => match crate::wire::decode(bytes) {
+                Ok(frame) => match frame.request() {
                     Ok(req) => self.on_request(conn, req),
                     Err(e) => self.reply_error(conn, e.id.as_ref(), e.error),
                 },

@@ -48,21 +48,23 @@ pub fn to_binary(frames: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(frames.len());
     let mut rest = frames;
     while let Some((b0, payload, next)) = ws::split_server_frame(rest) {
-        let encoded = (b0 & 0x0F == ws::OP_TEXT)
-            .then(|| encode(payload))
-            .flatten();
-        match encoded {
-            Some(bin) => ws::push_frame(&mut out, ws::OP_BINARY, false, &bin),
-            None => out.extend_from_slice(&rest[..rest.len() - next.len()]),
+        let text = b0 & 0x0F == ws::OP_TEXT;
+        // A chat frame is written straight into `out`; others are encoded, then framed.
+        if !(text && super::native::write(payload, &mut out, true)) {
+            match text.then(|| general(payload)).flatten() {
+                Some(bin) => ws::push_frame(&mut out, ws::OP_BINARY, false, &bin),
+                None => out.extend_from_slice(&rest[..rest.len() - next.len()]),
+            }
         }
         rest = next;
     }
     Bytes::from(out)
 }
 
-/// One server frame's JSON as the bytes of a `ServerFrame`; `None` if it is not a frame of
-/// docs/protocol.md.
-pub fn encode(json: &[u8]) -> Option<Vec<u8>> {
+/// One server frame's JSON as the bytes of a `ServerFrame`, for any frame (`native` writes the
+/// chat frames faster); `None` if it is not a frame of docs/protocol.md. Cost: one JSON parse
+/// into every field a server frame may have, the fields' strings copied, then prost's encode.
+pub(super) fn general(json: &[u8]) -> Option<Vec<u8>> {
     let f: Json<'_> = serde_json::from_slice(json).ok()?;
     let id =
         f.id.map(|raw| match serde_json::from_str::<u64>(raw.get()) {
@@ -225,20 +227,28 @@ fn message(f: Json<'_>) -> schema::Message {
 /// A JSON body as a binary client gets it: `{"$b64":"..."}` (exactly that one member, valid
 /// standard base64) as the bytes it stands for, anything else as its JSON text, flagged JSON.
 pub fn body_bytes(raw: &RawValue) -> (Vec<u8>, bool) {
+    let (bytes, is_json) = body_cross(raw.get().as_bytes());
+    (bytes.into_owned(), is_json)
+}
+
+/// `body_bytes` borrowing what it can. Only an object that may name `$b64` (it holds a `$` or
+/// an escape) is read; anything else is passed as it is, without a JSON read.
+pub(super) fn body_cross(json: &[u8]) -> (Cow<'_, [u8]>, bool) {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct B64<'a> {
         #[serde(rename = "$b64", borrow)]
         b64: Cow<'a, str>,
     }
-    let text = raw.get();
-    if text.starts_with('{')
-        && let Ok(b) = serde_json::from_str::<B64<'_>>(text)
+    // `$b64` can only be named with a `$` or a `\u0024`.
+    if json.first() == Some(&b'{')
+        && json.iter().any(|&b| b == b'$' || b == b'\\')
+        && let Ok(b) = serde_json::from_slice::<B64<'_>>(json)
         && let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(&*b.b64)
     {
-        return (bytes, false);
+        return (bytes.into(), false);
     }
-    (text.as_bytes().to_vec(), true)
+    (json.into(), true)
 }
 
 /// Every field of every server frame; each frame has the ones docs/protocol.md gives it.

@@ -24,6 +24,16 @@ fn client(id: Option<client_frame::Id>, frame: client_frame::Frame) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// The binary frame is read as the JSON one: the same request, or the same error.
+#[track_caller]
+fn reads_as(bin: &[u8], json: &str) {
+    let frame = decode(bin).unwrap();
+    assert_eq!(
+        format!("{:?}", frame.request()),
+        format!("{:?}", crate::protocol::parse(json))
+    );
+}
+
 #[test]
 fn a_binary_publish_reads_as_the_json_one() {
     let publish = |body: &[u8]| {
@@ -36,26 +46,110 @@ fn a_binary_publish_reads_as_the_json_one() {
             }),
         )
     };
-    assert_eq!(
-        client_to_json(&publish(br#"{"text":"hi"}"#)).unwrap(),
-        r#"{"type":"publish","id":7,"room":"lobby","body":{"text":"hi"},"key":"k\"1"}"#
+    reads_as(
+        &publish(br#"{"text":"hi"}"#),
+        r#"{"type":"publish","id":7,"room":"lobby","body":{"text":"hi"},"key":"k\"1"}"#,
     );
-    assert_eq!(
-        client_to_json(&publish(&[0xff, 0, 1])).unwrap(),
-        r#"{"type":"publish","id":7,"room":"lobby","body":{"$b64":"/wAB"},"key":"k\"1"}"#
+    reads_as(
+        &publish(&[0xff, 0, 1]),
+        r#"{"type":"publish","id":7,"room":"lobby","body":{"$b64":"/wAB"},"key":"k\"1"}"#,
     );
+    // The JSON body is borrowed from the frame, as it is: no copy, no rewriting.
+    let bin = publish(b" [1, 2] ");
+    let frame = decode(&bin).unwrap();
+    let Ok(crate::protocol::Request {
+        msg: crate::protocol::ClientMessage::Publish { body, .. },
+        ..
+    }) = frame.request()
+    else {
+        panic!("not a publish")
+    };
+    assert_eq!(body.get(), "[1, 2]");
 }
 
 #[test]
-fn an_unknown_or_empty_frame_is_an_unknown_type_and_garbage_is_an_error() {
+fn binary_frames_get_the_json_forms_errors() {
+    use client_frame::{Frame as F, Id};
+    let str_id = Some(Id::StrId("a".into()));
+    // A frame of no known kind is an unknown type, its id echoed.
     let empty = schema::ClientFrame {
-        id: Some(client_frame::Id::StrId("a".into())),
+        id: str_id.clone(),
         frame: None,
     };
-    let text = client_to_json(&empty.encode_to_vec()).unwrap();
-    let err = crate::protocol::parse(&text).unwrap_err();
+    let err = decode(&empty.encode_to_vec())
+        .unwrap()
+        .request()
+        .unwrap_err();
     assert_eq!(err.error.code, crate::core::error::ErrorCode::UnknownType);
-    assert!(client_to_json(&[0x0a, 0xff]).is_err());
+    assert_eq!(err.id.unwrap().as_json(), r#""a""#);
+    assert!(decode(&[0x0a, 0xff]).is_err());
+    // An empty string is a missing field; a bad name, key or limit is the JSON form's error.
+    let publish = |room: &str, key: Option<&str>| {
+        client(
+            str_id.clone(),
+            F::Publish(schema::Publish {
+                room: room.into(),
+                body: b"1".to_vec(),
+                key: key.map(Into::into),
+            }),
+        )
+    };
+    reads_as(
+        &publish("", None),
+        r#"{"type":"publish","id":"a","body":1}"#,
+    );
+    reads_as(
+        &publish("a b", None),
+        r#"{"type":"publish","id":"a","room":"a b","body":1}"#,
+    );
+    reads_as(
+        &publish("r", Some("")),
+        r#"{"type":"publish","id":"a","room":"r","body":1,"key":""}"#,
+    );
+    let long_id = Some(Id::StrId("x".repeat(70)));
+    let ping = client(long_id, F::Ping(schema::Ping {}));
+    reads_as(
+        &ping,
+        &format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(70)),
+    );
+    let history = |limit| {
+        client(
+            None,
+            F::History(schema::HistoryRequest {
+                room: "r".into(),
+                limit: Some(limit),
+                ..Default::default()
+            }),
+        )
+    };
+    reads_as(&history(0), r#"{"type":"history","room":"r","limit":0}"#);
+    reads_as(
+        &history(101),
+        r#"{"type":"history","room":"r","limit":101}"#,
+    );
+    let read = |room: &str, inbox| {
+        client(
+            None,
+            F::Read(schema::ReadRequest {
+                room: room.into(),
+                inbox,
+                seq: 3,
+            }),
+        )
+    };
+    reads_as(
+        &read("r", true),
+        r#"{"type":"read","room":"r","inbox":true,"seq":3}"#,
+    );
+    reads_as(&read("", false), r#"{"type":"read","seq":3}"#);
+    let delete = client(
+        None,
+        F::Delete(schema::Delete {
+            room: "r".into(),
+            target: 0,
+        }),
+    );
+    reads_as(&delete, r#"{"type":"delete","room":"r","target":0}"#);
 }
 
 #[test]
@@ -123,70 +217,87 @@ fn every_server_frame_kind_translates() {
 #[test]
 fn issue_23_client_frames_read_as_their_json() {
     use client_frame::Frame as F;
-    let j = |f: F| client_to_json(&client(None, f)).unwrap();
-    assert_eq!(
-        j(F::Signal(schema::SignalRequest {
+    let j = |f: F, json: &str| reads_as(&client(None, f), json);
+    j(
+        F::Signal(schema::SignalRequest {
             room: "r".into(),
             body: b"{\"typing\":true}".to_vec(),
-        })),
-        r#"{"type":"signal","room":"r","body":{"typing":true}}"#
+        }),
+        r#"{"type":"signal","room":"r","body":{"typing":true}}"#,
     );
-    assert_eq!(
-        j(F::Read(schema::ReadRequest {
+    j(
+        F::Read(schema::ReadRequest {
             inbox: true,
             seq: 7,
             ..Default::default()
-        })),
-        r#"{"type":"read","inbox":true,"seq":7}"#
+        }),
+        r#"{"type":"read","inbox":true,"seq":7}"#,
     );
-    assert_eq!(
-        j(F::Edit(schema::Edit {
+    j(
+        F::Edit(schema::Edit {
             room: "r".into(),
             target: 41,
             body: b"\"x\"".to_vec(),
-        })),
-        r#"{"type":"edit","room":"r","target":41,"body":"x"}"#
+        }),
+        r#"{"type":"edit","room":"r","target":41,"body":"x"}"#,
     );
-    assert_eq!(
-        j(F::Delete(schema::Delete {
+    j(
+        F::Delete(schema::Delete {
             room: "r".into(),
             target: 41,
-        })),
-        r#"{"type":"delete","room":"r","target":41}"#
+        }),
+        r#"{"type":"delete","room":"r","target":41}"#,
     );
     let reaction = schema::Reaction {
         room: "r".into(),
         target: 41,
         emoji: "👍".into(),
     };
-    assert_eq!(
-        j(F::Unreact(reaction.clone())),
-        r#"{"type":"unreact","room":"r","target":41,"emoji":"👍"}"#
+    j(
+        F::Unreact(reaction.clone()),
+        r#"{"type":"unreact","room":"r","target":41,"emoji":"👍"}"#,
     );
-    assert_eq!(
-        j(F::History(schema::HistoryRequest {
+    j(
+        F::React(reaction),
+        r#"{"type":"react","room":"r","target":41,"emoji":"👍"}"#,
+    );
+    j(
+        F::History(schema::HistoryRequest {
             room: "r".into(),
             fold: true,
             ..Default::default()
-        })),
-        r#"{"type":"history","room":"r","fold":true}"#
+        }),
+        r#"{"type":"history","room":"r","fold":true}"#,
     );
-    // Each parses as the JSON client's frame would.
-    for f in [
-        F::React(reaction),
+    j(
         F::Read(schema::ReadRequest {
             room: "r".into(),
             seq: 1,
             inbox: false,
         }),
-    ] {
-        crate::protocol::parse(&j(f)).unwrap();
-    }
+        r#"{"type":"read","room":"r","seq":1}"#,
+    );
+    j(
+        F::Join(schema::Join {
+            room: "r".into(),
+            since: Some(4),
+            epoch: Some(9),
+        }),
+        r#"{"type":"join","room":"r","since":4,"epoch":9}"#,
+    );
+    j(
+        F::Sync(schema::SyncRequest { since: 0 }),
+        r#"{"type":"sync","since":0}"#,
+    );
+    j(
+        F::Connect(schema::Connect { token: "t".into() }),
+        r#"{"type":"connect","token":"t"}"#,
+    );
 }
 
 #[test]
 fn issue_23_server_fields_translate_in_order() {
-    let bin = server::encode(
+    let bin = server::general(
         br#"{"type":"history","id":3,"room":"r","messages":[{"type":"message","room":"r","from":"a","seq":40,"ts":1,"body":"v2","edited":47,"reactions":{"z":{"count":2,"me":true},"a":{"count":1,"me":false}}},{"type":"message","room":"r","from":"a","seq":39,"ts":1,"body":null,"deleted":true,"erased":true}],"more":true,"fold":true,"before":38}"#,
     )
     .unwrap();
@@ -206,7 +317,7 @@ fn issue_23_server_fields_translate_in_order() {
     let t = &page.messages[1];
     assert!(t.deleted && t.erased && t.body_json);
     assert_eq!(t.body, b"null");
-    let bin = server::encode(
+    let bin = server::general(
         br#"{"type":"welcome","user":"u","rooms":["b","a"],"heartbeat_ms":1,"inbox_seq":9,"inbox_read":7,"reads":{"b":{"seq":44,"read":41},"a":{"seq":2,"read":0}}}"#,
     )
     .unwrap();
@@ -255,4 +366,77 @@ fn a_frame_is_translated_once_per_thread_and_compressed_once_per_form() {
     // Control frames pass as they are.
     let ping = Rc::new(crate::ws::control_frame(crate::ws::OP_PING, b"x"));
     assert!(Rc::ptr_eq(&ping, &variant(&ping)));
+}
+
+fn native_encode(json: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    native::write(json, &mut out, false).then_some(out)
+}
+
+#[test]
+fn chat_frames_are_written_natively_as_prost_writes_them() {
+    use crate::core::{Name, ReqId};
+    use crate::protocol::encode::{self, Target};
+    let name = |s: &str| Name::new(s).unwrap();
+    let id = |s: &str| ReqId::parse(&RawValue::from_string(s.into()).unwrap()).unwrap();
+    let payload = |frame: bytes::Bytes| crate::ws::payload_of(&frame).to_vec();
+    let (lobby, bob) = (name("lobby"), name("bob"));
+    let message = |target, body: &[u8]| {
+        payload(encode::message(
+            target,
+            &name("a"),
+            42,
+            1_700_000_000_123,
+            body,
+        ))
+    };
+    let native = [
+        message(Target::Room(&lobby), br#"{"text":"see you at 6"}"#),
+        message(Target::User(&bob), b"\"hi\""),
+        message(Target::Room(&lobby), br#"{"$b64":"/wAB","x":1}"#),
+        message(Target::Room(&lobby), b"null"),
+        payload(encode::with_key(
+            &message(Target::Room(&lobby), b"[1]"),
+            "k-1",
+        )),
+        payload(encode::ack(Some(&id("7")), Target::Room(&lobby), Some(3))),
+        payload(encode::ack(Some(&id("\"p1\"")), Target::User(&bob), None)),
+        payload(encode::ack(None, Target::Room(&lobby), Some(0))),
+    ];
+    for json in &native {
+        let text = String::from_utf8_lossy(json);
+        let bin = native_encode(json).unwrap_or_else(|| panic!("not native: {text}"));
+        assert_eq!(Some(bin), server::general(json), "{text}");
+        // Framed, as `to_binary` writes it.
+        let mut framed = Vec::new();
+        crate::ws::push_frame(&mut framed, crate::ws::OP_TEXT, false, json);
+        let mut want = Vec::new();
+        let bin = server::general(json).unwrap();
+        crate::ws::push_frame(&mut want, crate::ws::OP_BINARY, false, &bin);
+        assert_eq!(to_binary(&framed), want, "{text}");
+    }
+    // Anything off the layout is left to the general path, which gives the same frame.
+    let general = [
+        payload(encode::dup_ack(None, Target::Room(&lobby), 9)),
+        payload(encode::with_key(
+            &message(Target::Room(&lobby), b"1"),
+            "k\"q",
+        )),
+        payload(encode::ack(Some(&id("\"a\\\"b\"")), Target::Room(&lobby), None)),
+        payload(encode::ack(Some(&id("-1")), Target::Room(&lobby), None)),
+        message(Target::Room(&lobby), br#"{"$b64":"/wAB"}"#),
+        message(Target::Room(&lobby), br#"{"\u0024b64":""}"#),
+        br#"{"type":"message","room":"r","from":"a","seq":4,"ts":1,"kind":"delete","target":3,"body":null}"#.to_vec(),
+    ];
+    for json in &general {
+        assert_eq!(
+            native_encode(json),
+            None,
+            "{}",
+            String::from_utf8_lossy(json)
+        );
+        assert!(server::general(json).is_some());
+        let mut out = Vec::new();
+        assert!(!native::write(json, &mut out, true) && out.is_empty());
+    }
 }
