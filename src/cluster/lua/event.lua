@@ -84,7 +84,7 @@ else
   table.remove(users, at)
   if #users == 0 then state.reactions[ARGV[13]] = nil end
 end
-local seq = redis.call('HINCRBY', meta, 'seq', 1)
+local seq, text = next_seq(meta)
 if kind == 'edit' then
   state.edited = seq
   state.edits[#state.edits + 1] = seq
@@ -93,8 +93,8 @@ end
 if next(state.reactions) == nil then state.reactions = nil end
 if #state.edits == 0 then state.edits = nil end
 redis.call('HSET', fold, target, cjson.encode(state))
-local json = ARGV[3] .. seq .. ARGV[4]
-append(log, seq, ARGV[7], ARGV[5], json)
-feed('t', ARGV[5], 'e', 'm', 'n', ARGV[15], 's', seq, 'd', json)
-redis.call(ARGV[2], ARGV[1], 'm ' .. seq .. ' ' .. ARGV[6] .. ' ' .. epoch .. '\n' .. json)
+local json = ARGV[3] .. text .. ARGV[4]
+append(log, seq, text, ARGV[7], ARGV[5], json)
+feed('t', ARGV[5], 'e', 'm', 'n', ARGV[15], 's', text, 'd', json)
+redis.call(ARGV[2], ARGV[1], 'm ' .. text .. ' ' .. ARGV[6] .. ' ' .. epoch .. '\n' .. json)
 return {'ok', seq, epoch, ''}

@@ -32,11 +32,13 @@ if key ~= '' then
     if first then return {tonumber(first), epoch, 1} end
   end
 end
-local seq = redis.call('HINCRBY', meta, 'seq', 1)
-local json = ARGV[3] .. seq .. ARGV[4]
-append(log, seq, ARGV[7], ARGV[5], json)
-if ARGV[8] ~= '0' and (not m[2] or tonumber(m[2]) <= tonumber(ARGV[5])) then
-  -- Age, only once the oldest entry may have expired: `trim` in meta says when that is.
+local seq, text = next_seq(meta)
+local json = ARGV[3] .. text .. ARGV[4]
+append(log, seq, text, ARGV[7], ARGV[5], json)
+-- Age, only once the oldest entry may have expired: `trim` in meta says when that is. Both are
+-- unix ms as integer text, compared as text (tonumber is a strtod, about 0.1 us each).
+local trim = m[2]
+if ARGV[8] ~= '0' and (not trim or #trim < #ARGV[5] or (#trim == #ARGV[5] and trim <= ARGV[5])) then
   local cut, oldest = nil, nil
   for _, e in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', 64)) do
     local ts = tonumber(e[2][2])
@@ -46,12 +48,12 @@ if ARGV[8] ~= '0' and (not m[2] or tonumber(m[2]) <= tonumber(ARGV[5])) then
   if cut then redis.call('XTRIM', log, 'MINID', cut) end
   -- The oldest kept expires at oldest + age; more than 64 expired: go on at the next publish.
   local due = ARGV[5]
-  if oldest then due = oldest + tonumber(ARGV[5]) - tonumber(ARGV[8]) end
+  if oldest then due = string.format('%d', oldest + tonumber(ARGV[5]) - tonumber(ARGV[8])) end
   redis.call('HSET', meta, 'trim', due)
 end
 if key ~= '' then
   -- With its message, in this script: a repeat is recognised from here on.
-  redis.call('HSET', keys, key, seq)
+  redis.call('HSET', keys, key, text)
   redis.call('ZADD', keyz, ARGV[5], key)
   local over = redis.call('ZCARD', keyz) - tonumber(ARGV[12])
   if over > 0 then
@@ -71,16 +73,16 @@ if inbox then remove_dead(KEYS[3], ARGV[10]) end
 local attached = inbox and redis.call('ZCARD', KEYS[3]) > 0
 if attached then
   -- A connection of the user is attached, so it gets the message live: delivered.
-  redis.call('HSET', meta, 'cursor', seq)
+  redis.call('HSET', meta, 'cursor', text)
 end
 if inbox then
-  feed('t', ARGV[5], 'e', 'd', 'n', ARGV[14], 's', seq, 'o', attached and '0' or '1', 'd', json)
+  feed('t', ARGV[5], 'e', 'd', 'n', ARGV[14], 's', text, 'o', attached and '0' or '1', 'd', json)
 else
-  feed('t', ARGV[5], 'e', 'm', 'n', ARGV[14], 's', seq, 'd', json)
+  feed('t', ARGV[5], 'e', 'm', 'n', ARGV[14], 's', text, 'd', json)
 end
 -- A keyed message names its sender and key ("m SEQ EXCL EPOCH SENDER KEY"), for the sender's
 -- other connections.
 local own = ''
 if key ~= '' then own = ' ' .. key end
-redis.call(ARGV[2], ARGV[1], 'm ' .. seq .. ' ' .. ARGV[6] .. ' ' .. epoch .. own .. '\n' .. json)
+redis.call(ARGV[2], ARGV[1], 'm ' .. text .. ' ' .. ARGV[6] .. ' ' .. epoch .. own .. '\n' .. json)
 return {seq, epoch, 0}

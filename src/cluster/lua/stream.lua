@@ -29,18 +29,26 @@ local function epoch_of(meta, log, candidate)
   return e
 end
 
--- Appends entry SEQ to a stream's log, which keeps at most MAX entries ('0': no limit). An exact
--- MAXLEN on every append costs Redis about 2 us more than the append (entries are marked
--- deleted one at a time), so the log is trimmed exactly only at every TRIM_EVERY-th seq: it
--- holds up to TRIM_EVERY - 1 entries past MAX in between, which no read returns (`range.lua`,
--- `RedisStore`, hide seqs MAX or more behind the newest).
+-- Appends entry SEQ (TEXT: the same, as text) to a stream's log, which keeps at most MAX
+-- entries ('0': no limit). An exact MAXLEN on every append costs Redis about 2 us more than
+-- the append (entries are marked deleted one at a time), so the log is trimmed exactly only at
+-- every TRIM_EVERY-th seq: it holds up to TRIM_EVERY - 1 entries past MAX in between, which no
+-- read returns (`range.lua`, `RedisStore`, hide seqs MAX or more behind the newest).
 local TRIM_EVERY = 64
-local function append(log, seq, max, ts, json)
+local function append(log, seq, text, max, ts, json)
   if max ~= '0' and seq % TRIM_EVERY == 0 then
-    redis.call('XADD', log, 'MAXLEN', max, seq .. '-0', 't', ts, 'd', json)
+    redis.call('XADD', log, 'MAXLEN', max, text .. '-0', 't', ts, 'd', json)
   else
-    redis.call('XADD', log, seq .. '-0', 't', ts, 'd', json)
+    redis.call('XADD', log, text .. '-0', 't', ts, 'd', json)
   end
+end
+
+-- The stream's next seq, as a number and as text. A Lua number turned into text (`..`, or an
+-- argument of redis.call) goes through sprintf('%.14g'): glibc's float printing, about 0.25 us
+-- each, so a seq is printed once, with '%d', and redis.call gets text.
+local function next_seq(meta)
+  local seq = redis.call('HINCRBY', meta, 'seq', '1')
+  return seq, string.format('%d', seq)
 end
 
 -- The event feed (docs/hooks.md), when it is on: a script that writes events is passed the
