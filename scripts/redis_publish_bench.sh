@@ -6,11 +6,13 @@
 # arguments; history limit 1000 and an age retention of an hour). WARMUP publishes first (the
 # log reaches its limit), then N measured: prints (used_cpu_sys + used_cpu_user) delta from
 # `INFO cpu` divided by the publishes counted (the stream's seq delta), and Redis's share of
-# its core during the run (100% is saturation; below it, the load generator was the limit).
+# its core during the run (100% is saturation; below it, the load generator was the limit) and
+# the publishes/s.
 #
 #   bash scripts/redis_publish_bench.sh                   # one run
 #   RUNS=3 bash scripts/redis_publish_bench.sh            # three runs and their median
-#   SCRIPT=/tmp/publish.lua bash scripts/redis_publish_bench.sh   # another publish.lua
+#   SCRIPT=/tmp/publish.lua PRELUDE=/tmp/stream.lua bash scripts/redis_publish_bench.sh  # others
+#   STATS=1 bash scripts/redis_publish_bench.sh           # and Redis's INFO commandstats
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-1}
@@ -51,7 +53,8 @@ for i in $(seq "$RUNS"); do
   c1=$(cpu); s1=$(seq_now); t1=$(date +%s.%N)
   us=$(python3 -c "print(f'{($c1-$c0)*1e6/($s1-$s0):.2f}')")
   busy=$(python3 -c "print(f'{($c1-$c0)*100/($t1-$t0):.0f}')")
-  echo "run $i: $((s1 - s0)) publishes, ${us} us of Redis CPU per publish, Redis at ${busy}% of its core"
+  rate=$(python3 -c "print(f'{($s1-$s0)/($t1-$t0):.0f}')")
+  echo "run $i: $((s1 - s0)) publishes, ${us} us of Redis CPU per publish, Redis at ${busy}% of its core, ${rate} publishes/s"
   results+=("$us")
 done
 if [ "$RUNS" -gt 1 ]; then
