@@ -187,6 +187,20 @@ pub struct ChatArgs {
     /// Messages per second per user (open loop).
     #[arg(long, default_value_t = 1.0)]
     pub rate: f64,
+    /// What each user is: `bot` (the bot's own connection: pipelined frames on fastwebsockets,
+    /// cheap to run) or `full` (a `shardcast_client::Client`: its transport, reconnect,
+    /// recovery and outbox, as an application would run it; the bot's CPU is then what an
+    /// application pays per message).
+    #[arg(long, value_enum, default_value_t = ClientKind::Bot)]
+    pub client: ClientKind,
+}
+
+/// Who a chat user is (`chat --client`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ClientKind {
+    #[default]
+    Bot,
+    Full,
 }
 
 #[derive(Args, Debug, Clone)]

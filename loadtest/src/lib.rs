@@ -305,6 +305,12 @@ fn run_in_runtime(
                 plan
             }
             Scenario::Fanout { args, .. } => scenario::plan::fanout_plan(&ctx, args),
+            Scenario::Chat { args, load, .. } if args.client == cli::ClientKind::Full => {
+                let plan = scenario::plan::chat_plan(&ctx, args);
+                return scenario::app::run(&ctx, plan, load)
+                    .await
+                    .map(Outcome::Pubsub);
+            }
             Scenario::Chat { args, .. } => scenario::plan::chat_plan(&ctx, args),
             Scenario::Dm { args, .. } => scenario::plan::dm_plan(&ctx, args),
             Scenario::Idle { args, .. } => scenario::plan::idle_plan(&ctx, args),

@@ -21,6 +21,7 @@
 //! This module only declares them; it must not parse frames (`client`) or judge delivery
 //! (`stats`).
 
+pub mod app;
 pub mod bigroom;
 pub mod catchup;
 pub mod churn;

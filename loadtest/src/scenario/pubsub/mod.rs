@@ -426,7 +426,7 @@ pub async fn run(
 }
 
 /// Sleeps until `deadline_ns`, updating the progress bar.
-async fn wait_with_progress(ctx: &RunCtx, deadline_ns: u64, phase_start: u64) {
+pub(crate) async fn wait_with_progress(ctx: &RunCtx, deadline_ns: u64, phase_start: u64) {
     let shared = &ctx.shared;
     let mut last = (shared.now_ns(), shared.counts());
     loop {
