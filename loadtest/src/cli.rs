@@ -197,6 +197,7 @@ pub struct ChatArgs {
 
 /// Who a chat user is (`chat --client`).
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ClientKind {
     #[default]
     Bot,

@@ -1,15 +1,19 @@
 //! A Rust client for shardcast (docs/protocol.md): on tokio, speaking `shardcast.json` or
 //! `shardcast.proto`, with what the JavaScript client does for an application:
 //!
+//! - `ws://` or `wss://` (rustls, webpki-roots and [`Options::extra_ca_pem`]);
 //! - **reconnect** with jittered exponential backoff, by the close-code table (4000–4499 and
-//!   1xxx reconnect; 1000, 4001 and 4500–4999 stop);
+//!   1xxx reconnect; 1000, 4001 and 4500–4999 stop, unless [`Options::get_token`] gives a new
+//!   token);
 //! - **recovery**: each room is rejoined with `since` = the last seq seen, the inbox is synced
 //!   from the last inbox seq, duplicates are dropped by seq, and [`Event::Connected`] says per
 //!   room whether it was `recovered`;
 //! - **the outbox**: every [`Client::publish`] and [`Client::send`] carries an idempotency key
 //!   and is sent again, with it, after each reconnect until it is answered; at most one per
 //!   room (per recipient) is on the wire, so a refusal (`rate_limited`, `unavailable`: retried
-//!   after a backoff) is never overtaken; a `dup` ack is an ack.
+//!   after a backoff) is never overtaken; a `dup` ack is an ack;
+//! - a **timeout** per request ([`Options::request_timeout`]): a reply that does not come
+//!   fails with [`Error::Timeout`] (the outbox's excepted).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), shardcast_client::Error> {

@@ -155,23 +155,11 @@ pub async fn run(ctx: &RunCtx, plan: Plan, load: &LoadArgs) -> anyhow::Result<Pu
     }
     ctx.progress.finish();
     let delivery = verify(&outcomes, plan.streams, shared.problems());
-    Ok(PubsubResult {
-        connections: n as u64,
-        connect_seconds,
-        baseline,
-        connected,
-        window_start: w0,
-        window_end: w1,
-        delivered_in_window: c1.delivered - c0.delivered,
-        sent_in_window: c1.sent - c0.sent,
-        acked_in_window: c1.acked - c0.acked,
-        delivery,
-        latency: shared.latency.summary(),
-        ack_latency: shared.ack_latency.summary(),
-        send_lag: shared.send_lag.summary(),
-        storm: None,
-        notes,
-    })
+    let opened = (n as u64, connect_seconds, baseline, connected);
+    let edges = ((w0, c0), (w1, c1));
+    Ok(PubsubResult::assemble(
+        &shared, opened, edges, delivery, None, notes,
+    ))
 }
 
 /// Reads one user's events until told to stop: room messages into its `RecvState` (and the
