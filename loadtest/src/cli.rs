@@ -508,8 +508,9 @@ pub struct CommonArgs {
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
-    /// With --spawn-server and --resend: kill the server with SIGKILL this many times during
-    /// the run, each time starting it again at once (same port, data dir and arguments).
+    /// With --spawn-server and --resend (or chat --client full, whose clients reconnect and
+    /// send again by themselves): kill the server with SIGKILL this many times during the run,
+    /// each time starting it again at once (same port, data dir and arguments).
     #[arg(long, default_value_t = 0)]
     pub kill_server: u32,
     /// With --kill-server: kill k is this long after the measured window starts, times k.

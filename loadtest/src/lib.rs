@@ -435,8 +435,14 @@ fn validate(scenario: &Scenario) -> anyhow::Result<()> {
     if resend && scenario.load().is_some_and(|l| l.max) {
         bail!("--resend is open loop: --max does not apply");
     }
-    if c.kill_server > 0 && !(c.spawn_server && resend) {
-        bail!("--kill-server needs --spawn-server (a server the bot can start again) and --resend");
+    // The full client reconnects and sends again by itself (its outbox keys every publish).
+    let full =
+        matches!(scenario, Scenario::Chat { args, .. } if args.client == cli::ClientKind::Full);
+    if c.kill_server > 0 && !(c.spawn_server && (resend || full)) {
+        bail!(
+            "--kill-server needs --spawn-server (a server the bot can start again) and --resend \
+             (or chat --client full)"
+        );
     }
     Ok(())
 }

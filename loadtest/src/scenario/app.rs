@@ -30,7 +30,7 @@ struct User {
     index: u32,
     plan: ConnPlan,
     start_seq: u64,
-    reader: JoinHandle<(RecvState, u64, u64)>,
+    reader: JoinHandle<Read>,
 }
 
 /// Runs `plan` (chat's) with a full client per user; see the module doc.
@@ -119,7 +119,7 @@ pub async fn run(ctx: &RunCtx, plan: Plan, load: &LoadArgs) -> anyhow::Result<Pu
     wait_with_progress(ctx, schedule.window_end, phase_start).await;
     let (w1, c1) = (ctx.sample(), shared.counts());
 
-    let mut sent = vec![(0u64, Vec::new()); n];
+    let mut sent = vec![(0u64, Acks::default()); n];
     let mut notes = Vec::new();
     // The acks come in while the drain waits: each publisher awaits its own in order.
     let drained = drain(ctx, &mut notes);
@@ -139,17 +139,19 @@ pub async fn run(ctx: &RunCtx, plan: Plan, load: &LoadArgs) -> anyhow::Result<Pu
     let mut outcomes = Vec::with_capacity(n);
     for (u, (written, acks)) in users.into_iter().zip(sent) {
         u.client.close();
-        let (recv, errors, reconnects) = u.reader.await.context("a reader task panicked")?;
+        let r = u.reader.await.context("a reader task panicked")?;
         outcomes.push(ConnOutcome {
             index: u.index,
             recv_stream: u.plan.recv_stream,
             pub_stream: u.plan.publish.as_ref().map(|p| p.stream),
             start_seq: Some(u.start_seq),
-            recv,
-            acks,
+            recv: r.recv,
+            acks: acks.seqs,
+            dup_acks: acks.dups,
             sent: written,
-            server_errors: errors,
-            reconnects,
+            server_errors: r.errors,
+            reconnects: r.reconnects,
+            ended: r.ended,
             ..ConnOutcome::default()
         });
     }
@@ -162,16 +164,27 @@ pub async fn run(ctx: &RunCtx, plan: Plan, load: &LoadArgs) -> anyhow::Result<Pu
     ))
 }
 
+/// What one user's events showed.
+#[derive(Default)]
+struct Read {
+    recv: RecvState,
+    errors: u64,
+    /// Reconnects the client made (and recovered from) by itself.
+    reconnects: u64,
+    /// Why the client stopped before the run's end, if it did.
+    ended: Option<String>,
+}
+
 /// Reads one user's events until told to stop: room messages into its `RecvState` (and the
-/// latency histogram), errors and reconnects counted. Returns (state, errors, reconnects).
+/// latency histogram until its first reconnect: replayed messages would count the time away),
+/// errors and reconnects counted.
 async fn read(
     shared: Arc<Shared>,
     index: u32,
     mut events: Events,
     mut stop: watch::Receiver<bool>,
-) -> (RecvState, u64, u64) {
-    let mut recv = RecvState::default();
-    let (mut errors, mut reconnects) = (0u64, 0u64);
+) -> Read {
+    let mut r = Read::default();
     loop {
         let event = tokio::select! {
             e = events.recv() => e,
@@ -183,39 +196,46 @@ async fn read(
                 let now = shared.now_ns();
                 match m.body.as_json().and_then(client::decode_body) {
                     Some(stamp) => {
-                        recv.on_message(m.seq, stamp);
+                        r.recv.on_message(m.seq, stamp);
                         shared.delivered.fetch_add(1, Relaxed);
-                        if shared.in_window(stamp.sched_ns) {
+                        if r.reconnects == 0 && shared.in_window(stamp.sched_ns) {
                             shared
                                 .latency
                                 .record(index as usize, now.saturating_sub(stamp.sched_ns));
                         }
                     }
-                    None => recv.foreign += 1,
+                    None => r.recv.foreign += 1,
                 }
             }
             Some(Event::Connected {
-                recovery: Some(_), ..
-            }) => reconnects += 1,
-            Some(Event::Disconnected { reason, .. }) => {
+                recovery: Some(rec),
+                ..
+            }) => {
+                r.reconnects += 1;
+                if !rec.complete {
+                    shared.problem(format!("connection {index}: recovery incomplete: {rec:?}"));
+                }
+            }
+            // The client reconnects by itself; a stop is what counts (below).
+            Some(Event::Disconnected { .. }) => {
                 shared.disconnects.fetch_add(1, Relaxed);
-                shared.problem(format!("connection {index}: disconnected: {reason}"));
             }
             Some(Event::ServerError { code, message }) => {
-                errors += 1;
+                r.errors += 1;
                 shared.server_errors.fetch_add(1, Relaxed);
                 shared.problem(format!("connection {index}: {code}: {message}"));
             }
             Some(Event::Closed { reason }) => {
                 if !*stop.borrow() {
                     shared.problem(format!("connection {index}: client stopped: {reason}"));
+                    r.ended = Some(reason);
                 }
                 break;
             }
             Some(_) => {}
         }
     }
-    (recv, errors, reconnects)
+    r
 }
 
 /// One user's open-loop publishing through `Client::publish`.
@@ -232,10 +252,10 @@ struct Publisher {
 }
 
 impl Publisher {
-    /// Returns (messages published, the seq acked for each by counter). The replies are
+    /// Returns (messages published, their acks). The replies are
     /// awaited in order by a second task (the outbox answers one room's publishes in order),
     /// so a slow ack never delays the next due publish.
-    async fn run(self) -> (u64, Vec<u64>) {
+    async fn run(self) -> (u64, Acks) {
         let (tx, rx) = mpsc::unbounded_channel::<(u64, Reply<shardcast_client::Ack>)>();
         let acks = tokio::spawn(collect_acks(
             self.shared.clone(),
@@ -283,6 +303,14 @@ impl Publisher {
     }
 }
 
+/// One publisher's acks: the seq acked for each message by counter (0: none), and how many
+/// were `dup` (sent again after a reconnect, stored the first time).
+#[derive(Clone, Default)]
+struct Acks {
+    seqs: Vec<u64>,
+    dups: u64,
+}
+
 /// Awaits one publisher's replies in order; records each ack (its seq by counter, its
 /// latency from the due time) or refusal.
 async fn collect_acks(
@@ -290,13 +318,14 @@ async fn collect_acks(
     index: u32,
     recipients: u64,
     mut rx: mpsc::UnboundedReceiver<(u64, Reply<shardcast_client::Ack>)>,
-) -> Vec<u64> {
-    let mut acks = Vec::new();
+) -> Acks {
+    let mut acks = Acks::default();
     while let Some((due, reply)) = rx.recv().await {
-        let counter = acks.len();
+        let counter = acks.seqs.len();
         match reply.await {
             Ok(ack) => {
-                acks.push(ack.seq.unwrap_or(0));
+                acks.seqs.push(ack.seq.unwrap_or(0));
+                acks.dups += u64::from(ack.dup);
                 if shared.in_window(due) {
                     shared
                         .ack_latency
@@ -305,7 +334,7 @@ async fn collect_acks(
                 shared.acked.fetch_add(1, Relaxed);
             }
             Err(e) => {
-                acks.push(0);
+                acks.seqs.push(0);
                 shared.rejected.fetch_add(1, Relaxed);
                 shared.owed.fetch_sub(recipients, Relaxed);
                 shared.server_errors.fetch_add(1, Relaxed);
