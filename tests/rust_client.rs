@@ -356,3 +356,145 @@ async fn tokens_on_the_url_and_in_the_first_frame() {
     let err = c.join("t").await.unwrap_err();
     assert!(matches!(err, shardcast_client::Error::Closed(_)), "{err}");
 }
+
+/// A reply that never comes (the server's answers held by a proxy, the connection left open)
+/// fails with the typed `Timeout` after `request_timeout`; the outbox's publish has no timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_that_never_comes_times_out() {
+    let server = TestServer::start(fast);
+    let proxy = common::proxy::Proxy::start(server.addr()).await;
+    let opts = Options::new(format!("ws://{}/ws", proxy.addr()), Auth::Dev("t".into()))
+        .request_timeout(Duration::from_millis(300));
+    let (c, mut ev) = Client::connect(opts);
+    connected(&mut ev).await;
+    c.join("r").await.unwrap();
+    proxy.mute(proxy.upstream_ports()[0]);
+    let err = tokio::time::timeout(WAIT, c.history("r", None, None))
+        .await
+        .expect("the reply should have timed out")
+        .unwrap_err();
+    assert_eq!(
+        err,
+        shardcast_client::Error::Timeout(Duration::from_millis(300))
+    );
+    let publish = c.publish("r", Body::text("later"));
+    tokio::pin!(publish);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), &mut publish)
+            .await
+            .is_err(),
+        "a publish waits in the outbox past request_timeout"
+    );
+}
+
+/// A token that expires on an open connection (4001) is replaced by `get_token`'s and the
+/// client reconnects and recovers instead of stopping; `refresh` answers with the new `exp`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_token_is_replaced_from_get_token() {
+    let server = TestServer::start(|c| {
+        fast(c);
+        c.jwt_secret = Some(SECRET.into());
+        c.api = false;
+        c.heartbeat_ms = 500;
+        c.token_grace_secs = 0;
+    });
+    let url = format!("ws://{}/ws", server.addr());
+    let short = mint(SECRET, &json!({"sub": "alice", "exp": now_secs() + 2}));
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let opts = Options::new(url.clone(), Auth::Token(short))
+        .backoff(quick(Duration::from_millis(20)))
+        .get_token(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Ok(token_for("alice")) }
+        });
+    let (alice, mut ev) = Client::connect(opts);
+    assert_eq!(connected(&mut ev).await, None);
+    alice.join("r").await.unwrap();
+    let (code, retry) = next(&mut ev, |e| match e {
+        Event::Disconnected { code, retry_in, .. } => Some((code, retry_in)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(code, Some(4001));
+    assert!(retry.is_some(), "a new token reconnects");
+    let recovery = connected(&mut ev).await.expect("a reconnect recovers");
+    assert!(recovery.complete, "{recovery:?}");
+    assert!(
+        alice
+            .publish("r", Body::text("back"))
+            .await
+            .unwrap()
+            .seq
+            .is_some()
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let exp = now_secs() + 600;
+    let (bob, mut b_ev) = Client::connect(Options::new(url, Auth::Token(token_for("bob"))));
+    connected(&mut b_ev).await;
+    let fresh = mint(SECRET, &json!({"sub": "bob", "exp": exp}));
+    assert_eq!(bob.refresh(&fresh).await.unwrap(), Some(exp));
+}
+
+/// `wss://` through a TLS terminator (the server serves plain WebSocket): the fixture CA
+/// given as `extra_ca_pem` is trusted and messages flow; without it the certificate is
+/// refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn wss_with_an_extra_ca() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let server = TestServer::start(fast);
+    let certs = CertificateDer::pem_file_iter(common::keys::fixture("redis-tls/server.crt"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(common::keys::fixture("redis-tls/server.key")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let target = server.addr();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut up = tokio::net::TcpStream::connect(target).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    let url = format!("wss://localhost:{port}/ws");
+    let ca = std::fs::read(common::keys::fixture("redis-tls/ca.crt")).unwrap();
+    let (a, mut a_ev) = Client::connect(
+        Options::new(url.clone(), Auth::Dev("a".into()))
+            .format(Format::Proto)
+            .extra_ca_pem(ca.clone()),
+    );
+    let (b, mut b_ev) =
+        Client::connect(Options::new(url.clone(), Auth::Dev("b".into())).extra_ca_pem(ca));
+    connected(&mut a_ev).await;
+    connected(&mut b_ev).await;
+    a.join("tls").await.unwrap();
+    b.join("tls").await.unwrap();
+    a.publish("tls", Body::text("secret")).await.unwrap();
+    let m = message(&mut b_ev).await;
+    assert_eq!(m.body.decode::<String>().unwrap().unwrap(), "secret");
+
+    let (_c, mut c_ev) = Client::connect(Options::new(url, Auth::Dev("c".into())));
+    let reason = next(&mut c_ev, |e| match e {
+        Event::Disconnected { reason, .. } => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert!(reason.to_lowercase().contains("certificate"), "{reason}");
+}

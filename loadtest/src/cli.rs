@@ -187,6 +187,21 @@ pub struct ChatArgs {
     /// Messages per second per user (open loop).
     #[arg(long, default_value_t = 1.0)]
     pub rate: f64,
+    /// What each user is: `bot` (the bot's own connection: pipelined frames on fastwebsockets,
+    /// cheap to run) or `full` (a `shardcast_client::Client`: its transport, reconnect,
+    /// recovery and outbox, as an application would run it; the bot's CPU is then what an
+    /// application pays per message).
+    #[arg(long, value_enum, default_value_t = ClientKind::Bot)]
+    pub client: ClientKind,
+}
+
+/// Who a chat user is (`chat --client`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientKind {
+    #[default]
+    Bot,
+    Full,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -493,8 +508,9 @@ pub struct CommonArgs {
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
-    /// With --spawn-server and --resend: kill the server with SIGKILL this many times during
-    /// the run, each time starting it again at once (same port, data dir and arguments).
+    /// With --spawn-server and --resend (or chat --client full, whose clients reconnect and
+    /// send again by themselves): kill the server with SIGKILL this many times during the run,
+    /// each time starting it again at once (same port, data dir and arguments).
     #[arg(long, default_value_t = 0)]
     pub kill_server: u32,
     /// With --kill-server: kill k is this long after the measured window starts, times k.

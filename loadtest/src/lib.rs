@@ -305,6 +305,12 @@ fn run_in_runtime(
                 plan
             }
             Scenario::Fanout { args, .. } => scenario::plan::fanout_plan(&ctx, args),
+            Scenario::Chat { args, load, .. } if args.client == cli::ClientKind::Full => {
+                let plan = scenario::plan::chat_plan(&ctx, args);
+                return scenario::app::run(&ctx, plan, load)
+                    .await
+                    .map(Outcome::Pubsub);
+            }
             Scenario::Chat { args, .. } => scenario::plan::chat_plan(&ctx, args),
             Scenario::Dm { args, .. } => scenario::plan::dm_plan(&ctx, args),
             Scenario::Idle { args, .. } => scenario::plan::idle_plan(&ctx, args),
@@ -429,8 +435,14 @@ fn validate(scenario: &Scenario) -> anyhow::Result<()> {
     if resend && scenario.load().is_some_and(|l| l.max) {
         bail!("--resend is open loop: --max does not apply");
     }
-    if c.kill_server > 0 && !(c.spawn_server && resend) {
-        bail!("--kill-server needs --spawn-server (a server the bot can start again) and --resend");
+    // The full client reconnects and sends again by itself (its outbox keys every publish).
+    let full =
+        matches!(scenario, Scenario::Chat { args, .. } if args.client == cli::ClientKind::Full);
+    if c.kill_server > 0 && !(c.spawn_server && (resend || full)) {
+        bail!(
+            "--kill-server needs --spawn-server (a server the bot can start again) and --resend \
+             (or chat --client full)"
+        );
     }
     Ok(())
 }

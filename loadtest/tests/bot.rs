@@ -426,3 +426,19 @@ fn fanout_and_chat_deliver_exactly_in_both_forms() {
         }
     }
 }
+
+/// `chat --client full`: every user a `shardcast_client::Client` (its socket, outbox and
+/// recovery), in both forms at once; delivery is exact as with the bot's own connections.
+#[test]
+fn chat_on_the_full_client_delivers_exactly() {
+    let args = "chat --client full --protocol mixed --users 60 --room-size 6 --rate 5 \
+                --duration 2 --warmup 0.5";
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let report = run_against_server(Durability::Sync, &args);
+    assert_exact(&report);
+    assert_eq!(report.params["client"], "full");
+    let d = report.delivery.as_ref().unwrap();
+    // 60 users at 5/s for 2.5 s, each message owed to the 5 others of its room.
+    assert!(d.published >= 600, "{d:#?}");
+    assert_eq!(d.expected, d.acked * 5, "{d:#?}");
+}

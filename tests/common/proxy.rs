@@ -82,6 +82,12 @@ impl Proxy {
         self.refuse.store(on, Ordering::SeqCst);
     }
 
+    /// The upstream local ports of the connections made so far, oldest first.
+    pub fn upstream_ports(&self) -> Vec<u16> {
+        let links = self.links.lock().unwrap();
+        links.iter().map(|l| l.upstream_port).collect()
+    }
+
     fn with_link(&self, upstream_port: u16, f: impl FnOnce(&Link)) {
         let links = self.links.lock().unwrap();
         let link = links

@@ -7,6 +7,7 @@
 //! unbounded channel.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,13 +18,27 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::codec::{self, Format, Frame, Request};
 use crate::event::{Event, JoinAck, Message, Recovery, RoomRecovery};
 use crate::{Auth, Error, Options};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The token that replaced [`Auth`]'s: from an accepted `refresh` or from `get_token`.
+#[derive(Clone, Default)]
+pub(crate) struct TokenCell(Arc<Mutex<Option<String>>>);
+
+impl TokenCell {
+    pub(crate) fn set(&self, token: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
 
 /// Completes a request with its reply frame (or why none came).
 pub(crate) type Done = Box<dyn for<'a> FnOnce(Result<Frame<'a>, Error>) + Send>;
@@ -149,6 +164,9 @@ pub(crate) struct Driver {
     recovery: Vec<RoomRecovery>,
     user: String,
     attempt: u32,
+    token: TokenCell,
+    /// The TLS settings of a `wss://` URL, made once.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Driver {
@@ -156,6 +174,7 @@ impl Driver {
         opts: Options,
         commands: mpsc::UnboundedReceiver<Command>,
         events: mpsc::UnboundedSender<Event>,
+        token: TokenCell,
     ) -> Driver {
         Driver {
             opts,
@@ -173,6 +192,38 @@ impl Driver {
             recovery: Vec::new(),
             user: String::new(),
             attempt: 0,
+            token,
+            tls: None,
+        }
+    }
+
+    /// The token to connect with: the last one refreshed, else [`Auth`]'s.
+    fn current_token(&self) -> Option<String> {
+        self.token.get().or_else(|| match &self.opts.auth {
+            Auth::Dev(_) => None,
+            Auth::Token(t) | Auth::FirstFrame(t) => Some(t.clone()),
+        })
+    }
+
+    /// Asks the application for a new token (`get_token`); true when it gave one that differs
+    /// from the last, which the next connection uses (the JS client's rule).
+    async fn new_token(&mut self) -> bool {
+        let (Some(get), Some(old)) = (self.opts.get_token.clone(), self.current_token()) else {
+            return false;
+        };
+        match get.call().await {
+            Ok(token) if token != old => {
+                self.token.set(token);
+                true
+            }
+            Ok(_) => false,
+            Err(message) => {
+                self.emit(Event::ServerError {
+                    code: "token".into(),
+                    message: format!("get_token failed: {message}"),
+                });
+                false
+            }
         }
     }
 
@@ -181,18 +232,32 @@ impl Driver {
     }
 
     pub(crate) async fn run(mut self) {
+        if self.opts.url.starts_with("wss://") {
+            match crate::tls::client_config(self.opts.extra_ca_pem.as_deref()) {
+                Ok(c) => self.tls = Some(c),
+                Err(e) => return self.stop(&e.to_string()),
+            }
+        }
         let why = loop {
-            let (code, reason) = match connect(&self.opts).await {
+            let token = self.current_token();
+            let (code, reason) = match connect(&self.opts, token, self.tls.clone()).await {
                 Ok(ws) => match self.session(ws).await {
                     End::Closed => break "closed by the application".to_string(),
                     End::Dropped { code, reason } => (code, reason),
                 },
-                Err(e @ Error::Refused { status, .. }) if status != 503 => break e.to_string(),
+                // A refused token is worth one more try with a new one.
+                Err(e @ Error::Refused { status, .. }) if status != 503 => {
+                    if !(status == 401 && self.new_token().await) {
+                        break e.to_string();
+                    }
+                    (None, e.to_string())
+                }
                 Err(e) => (None, e.to_string()),
             };
             self.lost();
             if let Some(c) = code
                 && !reconnects(c, &reason)
+                && !self.new_token().await
             {
                 self.emit(Event::Disconnected {
                     code,
@@ -310,9 +375,10 @@ impl Driver {
     /// One connection, from `welcome` to its end.
     async fn session(&mut self, mut ws: Ws) -> End {
         let format = self.opts.format;
-        if let Auth::FirstFrame(token) = &self.opts.auth {
+        if let Auth::FirstFrame(_) = &self.opts.auth {
+            let token = self.current_token().unwrap_or_default();
             let mut buf = Vec::new();
-            codec::encode(format, None, &Request::Connect { token }, &mut buf);
+            codec::encode(format, None, &Request::Connect { token: &token }, &mut buf);
             if let Err(e) = ws.send(ws_message(format, buf.into())).await {
                 return dropped(None, e.to_string());
             }
@@ -872,8 +938,8 @@ fn advance(r: &mut Room) {
     }
 }
 
-/// Whether a close code says to reconnect (docs/protocol.md's table: 4000–4499 yes, 4500–4999
-/// no; 4001 only with a new token, which this client cannot fetch; 4002 on `unavailable`).
+/// Whether a close code says to reconnect as it is (docs/protocol.md's table: 4000–4499 yes,
+/// 4500–4999 no; 4001 only with a new token, from `get_token`; 4002 on `unavailable`).
 pub(crate) fn reconnects(code: u16, reason: &str) -> bool {
     match code {
         1000 | 4001 => false,
@@ -921,12 +987,16 @@ async fn send(ws: &mut Ws, format: Format, frame: Bytes) -> Result<(), End> {
 
 /// Opens the WebSocket: the URL with its credentials, the subprotocol asked for. A refused
 /// handshake comes back as [`Error::Refused`] with the server's code and message.
-async fn connect(opts: &Options) -> Result<Ws, Error> {
+async fn connect(
+    opts: &Options,
+    token: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Ws, Error> {
     let mut url = opts.url.clone();
     let sep = if url.contains('?') { '&' } else { '?' };
     match &opts.auth {
         Auth::Dev(user) => url.push_str(&format!("{sep}user={user}")),
-        Auth::Token(token) => url.push_str(&format!("{sep}token={token}")),
+        Auth::Token(_) => url.push_str(&format!("{sep}token={}", token.unwrap_or_default())),
         Auth::FirstFrame(_) => {}
     }
     let mut req = url
@@ -940,7 +1010,12 @@ async fn connect(opts: &Options) -> Result<Ws, Error> {
             .parse()
             .expect("a valid header value"),
     );
-    let attempt = tokio_tungstenite::connect_async(req);
+    let attempt = tokio_tungstenite::connect_async_tls_with_config(
+        req,
+        None,
+        false,
+        tls.map(Connector::Rustls),
+    );
     let (ws, _) = tokio::time::timeout(opts.request_timeout, attempt)
         .await
         .map_err(|_| Error::Timeout(opts.request_timeout))?

@@ -29,9 +29,12 @@ pub enum Error {
     /// The WebSocket or the TCP connection failed.
     #[error("websocket: {0}")]
     WebSocket(String),
-    /// The URL given to [`crate::Options`] is not a `ws://` URL.
-    #[error("bad url {0:?}: it must be ws://host:port[/path]")]
+    /// The URL given to [`crate::Options`] is not a `ws://` or `wss://` URL.
+    #[error("bad url {0:?}: it must be ws://host:port[/path] or wss://…")]
     Url(String),
+    /// The TLS settings of a `wss://` URL could not be made (a bad `extra_ca_pem`).
+    #[error("tls: {0}")]
+    Tls(String),
     /// A body that is not what was claimed (text that is not JSON, say).
     #[error("body: {0}")]
     Body(String),

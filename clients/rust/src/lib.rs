@@ -1,15 +1,19 @@
 //! A Rust client for shardcast (docs/protocol.md): on tokio, speaking `shardcast.json` or
 //! `shardcast.proto`, with what the JavaScript client does for an application:
 //!
+//! - `ws://` or `wss://` (rustls, webpki-roots and [`Options::extra_ca_pem`]);
 //! - **reconnect** with jittered exponential backoff, by the close-code table (4000–4499 and
-//!   1xxx reconnect; 1000, 4001 and 4500–4999 stop);
+//!   1xxx reconnect; 1000, 4001 and 4500–4999 stop, unless [`Options::get_token`] gives a new
+//!   token);
 //! - **recovery**: each room is rejoined with `since` = the last seq seen, the inbox is synced
 //!   from the last inbox seq, duplicates are dropped by seq, and [`Event::Connected`] says per
 //!   room whether it was `recovered`;
 //! - **the outbox**: every [`Client::publish`] and [`Client::send`] carries an idempotency key
 //!   and is sent again, with it, after each reconnect until it is answered; at most one per
 //!   room (per recipient) is on the wire, so a refusal (`rate_limited`, `unavailable`: retried
-//!   after a backoff) is never overtaken; a `dup` ack is an ack.
+//!   after a backoff) is never overtaken; a `dup` ack is an ack;
+//! - a **timeout** per request ([`Options::request_timeout`]): a reply that does not come
+//!   fails with [`Error::Timeout`] (the outbox's excepted).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), shardcast_client::Error> {
@@ -38,6 +42,7 @@ pub mod codec;
 mod driver;
 mod error;
 mod event;
+mod tls;
 
 /// prost's code for `proto/shardcast.proto`: the server's committed file, included as it is.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -53,6 +58,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep};
 
 pub use body::{Body, BodyRef, RawBody};
 pub use codec::Format;
@@ -125,19 +131,48 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// What [`Options::get_token`] returns: a new token, or why there is none.
+pub type TokenFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+/// The application's way to get a new token (the JS client's `getToken`).
+#[derive(Clone)]
+pub struct GetToken(Arc<dyn Fn() -> TokenFuture + Send + Sync>);
+
+impl std::fmt::Debug for GetToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GetToken(..)")
+    }
+}
+
+impl GetToken {
+    pub(crate) async fn call(&self) -> Result<String, String> {
+        (self.0)().await
+    }
+}
+
 /// Where and how to connect.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// `ws://host:port/ws` (the credentials are added by [`Auth`]).
+    /// `ws://host:port/ws` or `wss://host:port/ws` (the credentials are added by [`Auth`]).
     pub url: String,
     pub auth: Auth,
     pub format: Format,
     pub backoff: Backoff,
-    /// How long a connect (TCP, handshake, `welcome`) may take.
+    /// How long a connect (TCP, TLS, handshake, `welcome`) may take, and how long a request
+    /// outside the outbox waits for its reply before it fails with [`Error::Timeout`] (the
+    /// JS client's `requestTimeout`; a `publish` or `send` has none: the outbox sends it until
+    /// it is answered).
     pub request_timeout: Duration,
     /// The server's heartbeat (its `heartbeat_ms`, default 25 s): a connection that hears
     /// nothing for two of them is taken for dead and reopened.
     pub heartbeat_ms: u64,
+    /// Called for a new token when the server closes with 4001 (the token expired), refuses
+    /// the handshake with 401, or closes with a code that says not to reconnect: a new token
+    /// (one that differs from the last) reconnects, else the client stops (as the JS client).
+    pub get_token: Option<GetToken>,
+    /// PEM certificates trusted for `wss://` besides the public web roots (webpki-roots): a
+    /// server behind a private CA.
+    pub extra_ca_pem: Option<Vec<u8>>,
 }
 
 impl Options {
@@ -150,7 +185,31 @@ impl Options {
             backoff: Backoff::default(),
             request_timeout: Duration::from_secs(10),
             heartbeat_ms: 25_000,
+            get_token: None,
+            extra_ca_pem: None,
         }
+    }
+
+    /// See [`Options::request_timeout`].
+    pub fn request_timeout(mut self, timeout: Duration) -> Options {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// See [`Options::get_token`]: `f` is called each time a new token is needed.
+    pub fn get_token<F, Fut>(mut self, f: F) -> Options
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, String>> + Send + 'static,
+    {
+        self.get_token = Some(GetToken(Arc::new(move || Box::pin(f()))));
+        self
+    }
+
+    /// See [`Options::extra_ca_pem`].
+    pub fn extra_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Options {
+        self.extra_ca_pem = Some(pem.into());
+        self
     }
 
     /// The wire form to ask for.
@@ -177,6 +236,9 @@ pub struct Client {
 struct Inner {
     commands: mpsc::UnboundedSender<Command>,
     format: Format,
+    timeout: Duration,
+    /// The token a `refresh` was accepted with: later reconnects use it.
+    token: driver::TokenCell,
     next_id: AtomicU64,
     /// Makes keys unique across clients of one process started in the same millisecond.
     key_seed: u64,
@@ -199,19 +261,46 @@ impl Events {
     }
 }
 
-/// The reply to a request: a future that resolves when the server answers. Dropping it does
-/// not cancel the request (an outbox entry is still sent until it is answered).
+/// The reply to a request: a future that resolves when the server answers, or with
+/// [`Error::Timeout`] once [`Options::request_timeout`] has passed since the call (outbox
+/// requests excepted). Dropping it does not cancel the request (an outbox entry is still sent
+/// until it is answered).
 pub struct Reply<T> {
     rx: oneshot::Receiver<Result<T, Error>>,
+    /// The timeout and when it ends; the timer is made at the first poll that needs it.
+    deadline: Option<(Duration, Instant)>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> Reply<T> {
+    fn new(rx: oneshot::Receiver<Result<T, Error>>, timeout: Option<Duration>) -> Reply<T> {
+        Reply {
+            rx,
+            deadline: timeout.map(|t| (t, Instant::now() + t)),
+            timer: None,
+        }
+    }
 }
 
 impl<T> Future for Reply<T> {
     type Output = Result<T, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
+        if let Poll::Ready(r) = Pin::new(&mut self.rx).poll(cx) {
+            return Poll::Ready(
+                r.unwrap_or_else(|_| Err(Error::Closed("the client stopped".into()))),
+            );
+        }
+        let Some((timeout, at)) = self.deadline else {
+            return Poll::Pending;
+        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        timer
+            .as_mut()
             .poll(cx)
-            .map(|r| r.unwrap_or_else(|_| Err(Error::Closed("the client stopped".into()))))
+            .map(|()| Err(Error::Timeout(timeout)))
     }
 }
 
@@ -222,11 +311,15 @@ impl Client {
         let (ctx, crx) = mpsc::unbounded_channel();
         let (etx, erx) = mpsc::unbounded_channel();
         let format = opts.format;
-        tokio::spawn(driver::Driver::new(opts, crx, etx).run());
+        let timeout = opts.request_timeout;
+        let token = driver::TokenCell::default();
+        tokio::spawn(driver::Driver::new(opts, crx, etx, token.clone()).run());
         let client = Client {
             inner: Arc::new(Inner {
                 commands: ctx,
                 format,
+                timeout,
+                token,
                 next_id: AtomicU64::new(1),
                 key_seed: random_unit().to_bits(),
             }),
@@ -242,7 +335,7 @@ impl Client {
             room: room.to_string(),
             done: tx,
         });
-        Reply { rx }
+        self.reply(rx)
     }
 
     /// Leaves `room`; it is no longer rejoined.
@@ -255,7 +348,7 @@ impl Client {
             frame,
             done,
         });
-        Reply { rx }
+        self.reply(rx)
     }
 
     /// Publishes `body` to `room` through the outbox, with a fresh key. Resolves with the ack
@@ -369,6 +462,18 @@ impl Client {
         })
     }
 
+    /// Sends a new `token` for this connection's user (docs/protocol.md, `refresh`); resolves
+    /// with its `exp`. On success it is also the token of later reconnects. Rooms its `rooms`
+    /// claim leaves out are left, each with an [`Event::Removed`].
+    pub fn refresh(&self, token: &str) -> Reply<Option<u64>> {
+        let cell = self.inner.token.clone();
+        let new = token.to_string();
+        self.request(&Request::Refresh { token }, move |f| {
+            cell.set(new);
+            Ok(f.exp)
+        })
+    }
+
     /// A `ping`, answered with `pong`.
     pub fn ping(&self) -> Reply<()> {
         self.request(&Request::Ping, |_| Ok(()))
@@ -403,14 +508,20 @@ impl Client {
         let (id, frame) = self.encode(req);
         let (done, rx) = reply(map);
         self.command(Command::Request { id, frame, done });
-        Reply { rx }
+        self.reply(rx)
     }
 
+    /// A reply that times out after [`Options::request_timeout`].
+    fn reply<T>(&self, rx: oneshot::Receiver<Result<T, Error>>) -> Reply<T> {
+        Reply::new(rx, Some(self.inner.timeout))
+    }
+
+    /// The outbox's: no timeout, it is sent until it is answered (as the JS client's).
     fn outbox(&self, target: Target, req: &Request<'_>) -> Reply<Ack> {
         let (id, frame) = self.encode(req);
         let (tx, rx) = oneshot::channel();
         self.command(Command::Outbox(Entry::new(id, target, frame, tx)));
-        Reply { rx }
+        Reply::new(rx, None)
     }
 
     /// A fresh key: 26 characters like a ULID (ms time, then random), unique per client.

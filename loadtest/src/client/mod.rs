@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 pub use frames::{
-    BodyStamp, Dest, Outgoing, RequestBuf, ServerFrame, decode_body, event_kind,
+    BodyStamp, Dest, Outgoing, RequestBuf, ServerFrame, decode_body, encode_body, event_kind,
     parse_message_fast, stamp_of,
 };
 use shardcast_client::codec::{self, Format};

@@ -24,6 +24,7 @@ fn params(scenario: &Scenario) -> serde_json::Map<String, serde_json::Value> {
         }),
         Scenario::Chat { args, .. } => json!({
             "users": args.users, "room_size": args.room_size, "rate": args.rate,
+            "client": args.client,
         }),
         Scenario::Dm { args, .. } => json!({ "users": args.users, "rate": args.rate }),
         Scenario::Idle { args, .. } => json!({

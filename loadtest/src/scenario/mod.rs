@@ -13,14 +13,16 @@
 //!    the storm's drop, rejoin with `since` and catch-up; a member's join, leave and rejoin
 //!    with `since` while connected (bigroom).
 //! 5. `pubsub`: the engine for every scenario whose connections stay open.
-//! 6. `storm`, `soak`, `churn`, `bigroom`, `joins`: the scenarios with code of their own: the
-//!    storm's plan; the engine with churn cycles and a resource sampler beside it; churn's own
-//!    loop; the engine through a big room's phases, as one process or several; the engine's
-//!    connections joining rooms of a given size at a given rate.
+//! 6. `storm`, `soak`, `churn`, `bigroom`, `joins`, `app`: the scenarios with code of their
+//!    own: the storm's plan; the engine with churn cycles and a resource sampler beside it;
+//!    churn's own loop; the engine through a big room's phases, as one process or several; the
+//!    engine's connections joining rooms of a given size at a given rate; chat's plan run on
+//!    the whole Rust client (`--client full`).
 //!
 //! This module only declares them; it must not parse frames (`client`) or judge delivery
 //! (`stats`).
 
+pub mod app;
 pub mod bigroom;
 pub mod catchup;
 pub mod churn;

@@ -51,6 +51,7 @@ pub fn plan(ctx: &RunCtx, a: &SoakArgs) -> Plan {
             users: a.users,
             room_size: a.room_size,
             rate: a.rate,
+            client: crate::cli::ClientKind::Bot,
         },
     );
     let (first, rooms) = (chat.conns.len(), chat.streams);

@@ -17,6 +17,6 @@ mod delivery;
 mod hist;
 mod shared;
 
-pub use delivery::{ConnOutcome, DeliveryReport, verify};
+pub use delivery::{ConnOutcome, DeliveryReport, RecvState, verify};
 pub use hist::{Hist, HistData, LatencySummary};
 pub use shared::{Counts, Shared};

@@ -39,7 +39,7 @@ use super::plan::{Plan, PubPlan};
 use super::run::{RunCtx, Samples, Schedule, secs_to_ns};
 use crate::cli::LoadArgs;
 use crate::client::SharedWriter;
-use crate::stats::{ConnOutcome, DeliveryReport, LatencySummary, verify};
+use crate::stats::{ConnOutcome, Counts, DeliveryReport, LatencySummary, Shared, verify};
 use conn::{Common, ConnEnv, Ready, conn_task};
 use publish::{PubShared, PublishJob};
 
@@ -406,27 +406,51 @@ pub async fn run(
     let outcomes = engine.finish(&sent).await?;
     ctx.progress.finish();
     let delivery = verify(&outcomes, streams, shared.problems());
-    Ok(PubsubResult {
-        connections: n as u64,
-        connect_seconds,
-        baseline,
-        connected,
-        window_start: w0,
-        window_end: w1,
-        delivered_in_window: c1.delivered - c0.delivered,
-        sent_in_window: c1.sent - c0.sent,
-        acked_in_window: c1.acked - c0.acked,
-        delivery,
-        latency: shared.latency.summary(),
-        ack_latency: shared.ack_latency.summary(),
-        send_lag: shared.send_lag.summary(),
-        storm,
-        notes,
-    })
+    let opened = (n as u64, connect_seconds, baseline, connected);
+    let edges = ((w0, c0), (w1, c1));
+    Ok(PubsubResult::assemble(
+        &shared, opened, edges, delivery, storm, notes,
+    ))
+}
+
+/// A window's edges: the costs and the counters at its start and at its end.
+pub(crate) type Edges = ((Samples, Counts), (Samples, Counts));
+
+impl PubsubResult {
+    /// The result of a run: `opened` is (connections, seconds to open them, the costs before
+    /// and once open), `edges` the measured window's.
+    pub(crate) fn assemble(
+        shared: &Shared,
+        opened: (u64, f64, Samples, Samples),
+        edges: Edges,
+        delivery: DeliveryReport,
+        storm: Option<(StormSamples, Arc<StormCtl>)>,
+        notes: Vec<String>,
+    ) -> PubsubResult {
+        let (connections, connect_seconds, baseline, connected) = opened;
+        let ((w0, c0), (w1, c1)) = edges;
+        PubsubResult {
+            connections,
+            connect_seconds,
+            baseline,
+            connected,
+            window_start: w0,
+            window_end: w1,
+            delivered_in_window: c1.delivered - c0.delivered,
+            sent_in_window: c1.sent - c0.sent,
+            acked_in_window: c1.acked - c0.acked,
+            delivery,
+            latency: shared.latency.summary(),
+            ack_latency: shared.ack_latency.summary(),
+            send_lag: shared.send_lag.summary(),
+            storm,
+            notes,
+        }
+    }
 }
 
 /// Sleeps until `deadline_ns`, updating the progress bar.
-async fn wait_with_progress(ctx: &RunCtx, deadline_ns: u64, phase_start: u64) {
+pub(crate) async fn wait_with_progress(ctx: &RunCtx, deadline_ns: u64, phase_start: u64) {
     let shared = &ctx.shared;
     let mut last = (shared.now_ns(), shared.counts());
     loop {
