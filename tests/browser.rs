@@ -154,8 +154,11 @@ async fn sign_in(b: &Client, base: &str, user: &str) {
 async fn join(b: &Client, room: &str) {
     fill(b, "#join-room", room).await;
     click(b, "#join-btn").await;
-    let script = format!("return !!document.querySelector('#rooms li[data-room=\"{room}\"]')");
-    wait_js(b, "room in the sidebar", &script, |v| v == true).await;
+    // Open, not only listed: the room can be listed (by an event of the join) while the page
+    // still shows the room before, which then reads what arrives there meanwhile.
+    let script =
+        format!("return !!document.querySelector('#rooms li.active[data-room=\"{room}\"]')");
+    wait_js(b, "room in the sidebar, open", &script, |v| v == true).await;
 }
 
 async fn say(b: &Client, text: &str) {
