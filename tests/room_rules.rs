@@ -137,35 +137,27 @@ async fn publish_rights_follow_the_rule_and_the_token() {
     let mut viewer = user(&server, "viewer", Some(viewer_claim)).await;
     let mut host = user(&server, "host", Some(host_claim)).await;
     let mut anyone = user(&server, "anyone", None).await;
-    // The count room last: from its join on, `occupancy` events may come between replies.
+    // The count room last: from its join on, `occupancy` events, sent on the room's own clock,
+    // may come before a reply.
+    let occupancy = |f: &Value| f["type"] == "occupancy";
     for c in [&mut viewer, &mut host, &mut anyone] {
         c.join("news:today").await;
         c.join("live:keynote").await;
     }
-    let refused = call_past_occupancy(
-        &mut viewer,
-        json!({"type": "publish", "id": "v", "room": "live:keynote", "body": 1}),
-    )
-    .await;
+    let publish_live = json!({"type": "publish", "room": "live:keynote", "body": 1});
+    let refused = viewer.call_past(publish_live.clone(), occupancy).await;
     assert_forbidden(&refused, &["publish", "live:"]);
-    let refused = call_past_occupancy(
-        &mut anyone,
-        json!({"type": "publish", "id": "a", "room": "live:keynote", "body": 1}),
-    )
-    .await;
+    let refused = anyone.call_past(publish_live, occupancy).await;
     assert_forbidden(&refused, &["granted"]);
-    let welcome = json!({"type": "publish", "id": "h", "room": "live:keynote", "body": "welcome"});
-    assert_eq!(call_past_occupancy(&mut host, welcome).await["seq"], 1);
+    let welcome = json!({"type": "publish", "room": "live:keynote", "body": "welcome"});
+    assert_eq!(host.call_past(welcome, occupancy).await["seq"], 1);
     for c in [&mut viewer, &mut anyone] {
         let got = c.recv_type("message").await;
         assert_room_msg(&got, "live:keynote", "host", &json!("welcome"));
     }
     for c in [&mut host, &mut anyone] {
-        let refused = call_past_occupancy(
-            c,
-            json!({"type": "publish", "id": "n", "room": "news:today", "body": 1}),
-        )
-        .await;
+        let publish_news = json!({"type": "publish", "room": "news:today", "body": 1});
+        let refused = c.call_past(publish_news, occupancy).await;
         assert_forbidden(&refused, &["server API", "news:"]);
     }
     let posted = api_publish(&server, "news:today", json!("from the newsroom")).await;
@@ -173,19 +165,6 @@ async fn publish_rights_follow_the_rule_and_the_token() {
     for c in [&mut viewer, &mut host, &mut anyone] {
         let got = c.recv_type("message").await;
         assert_room_msg(&got, "news:today", "system", &json!("from the newsroom"));
-    }
-}
-
-/// [`Client::call`] past the `occupancy` events that a `count` room sends on its own clock
-/// (every `occupancy_interval_ms`), which may come before the reply.
-async fn call_past_occupancy(c: &mut Client, frame: Value) -> Value {
-    c.send_json(&frame).await;
-    loop {
-        let got = c.recv_json().await;
-        if got["type"] != "occupancy" {
-            assert_eq!(got["id"], frame["id"], "the reply to {frame}, got {got}");
-            return got;
-        }
     }
 }
 

@@ -246,12 +246,11 @@ impl Client {
         reply
     }
 
-    /// [`Client::call`], letting presence events about this client's own user come before the
-    /// reply (whether a joiner sees its own `joined` is not specified).
-    pub async fn call_past_own_presence(&mut self, mut frame: Value) -> Value {
+    /// [`Client::call`], letting the frames `skip` passes over come before the reply.
+    pub async fn call_past(&mut self, mut frame: Value, skip: impl Fn(&Value) -> bool) -> Value {
         let id = self.id_of(&mut frame);
         self.send_json(&frame).await;
-        let got = self.recv_past_own_presence().await;
+        let got = self.recv_past(skip).await;
         assert_eq!(
             got["id"], id,
             "{}: the reply to {frame}, got {got}",
@@ -260,12 +259,24 @@ impl Client {
         got
     }
 
+    /// [`Client::call`], letting presence events about this client's own user come before the
+    /// reply (whether a joiner sees its own `joined` is not specified).
+    pub async fn call_past_own_presence(&mut self, frame: Value) -> Value {
+        let me = self.name.clone();
+        self.call_past(frame, |f| own_presence(f, &me)).await
+    }
+
     /// The next JSON frame that is not a presence event about this client's own user.
     pub async fn recv_past_own_presence(&mut self) -> Value {
+        let me = self.name.clone();
+        self.recv_past(|f| own_presence(f, &me)).await
+    }
+
+    /// The next frame that `skip` does not pass over.
+    pub async fn recv_past(&mut self, skip: impl Fn(&Value) -> bool) -> Value {
         loop {
             let got = self.recv_json().await;
-            let presence = got["type"] == "joined" || got["type"] == "left";
-            if !(presence && got["user"] == self.name.as_str()) {
+            if !skip(&got) {
                 return got;
             }
         }
@@ -517,4 +528,9 @@ impl Client {
             }
         }
     }
+}
+
+/// A `joined` or `left` event about `user`.
+fn own_presence(frame: &Value, user: &str) -> bool {
+    (frame["type"] == "joined" || frame["type"] == "left") && frame["user"] == user
 }
