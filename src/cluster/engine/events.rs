@@ -24,15 +24,10 @@ impl Node {
             EventKind::Unreact(e) => ("unreact", e.as_bytes()),
         };
         let publisher = reply.conn();
-        let mut inv = self.scripts.event.prepare_invoke();
-        inv.key(self.keys.meta(&stream))
-            .key(self.keys.log(&stream))
-            .key(self.keys.fold(&stream))
-            .arg(self.keys.channel(&stream))
-            .arg(self.publish_cmd())
-            .arg(&head[..])
-            .arg(&tail[..])
-            .arg(ts)
+        let meta = self.keys.meta(&stream);
+        let mut inv =
+            self.message_invocation(&self.scripts.event, (&meta, &stream), (&head, &tail), ts);
+        inv.key(self.keys.fold(&stream))
             .arg(publisher.map(|c| c.raw().to_string()).unwrap_or_default())
             .arg(self.config.rule(&room).history_messages)
             .arg(Self::new_epoch())

@@ -29,15 +29,9 @@ impl Node {
         let meta = self.keys.meta(&stream);
         let publisher = reply.conn();
         // Keys and arguments past the first nine only where needed (`lua/publish.lua`).
-        let mut inv = self.scripts.publish.prepare_invoke();
-        inv.key(&meta)
-            .key(self.keys.log(&stream))
-            .arg(self.keys.channel(&stream))
-            .arg(self.publish_cmd())
-            .arg(&head[..])
-            .arg(&tail[..])
-            .arg(ts)
-            .arg(publisher.map(|c| c.raw().to_string()).unwrap_or_default())
+        let mut inv =
+            self.message_invocation(&self.scripts.publish, (&meta, &stream), (&head, &tail), ts);
+        inv.arg(publisher.map(|c| c.raw().to_string()).unwrap_or_default())
             .arg(messages)
             .arg(oldest)
             .arg(Self::new_epoch());
@@ -118,6 +112,29 @@ impl Node {
             self.query::<u64>(cmd).await;
         }
         true
+    }
+}
+
+impl Node {
+    /// The start both per-message scripts share (`lua/publish.lua`, `lua/event.lua`): KEYS
+    /// `meta` (the stream's, passed in: a caller needs it again) and log; ARGV 1 the channel, 2 the publish command, 3 and 4 the JSON up to and after
+    /// the seq, 5 the ts.
+    pub(super) fn message_invocation<'a>(
+        &self,
+        script: &'a redis::Script,
+        (meta, stream): (&str, &Stream),
+        (head, tail): (&[u8], &[u8]),
+        ts: u64,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.key(meta)
+            .key(self.keys.log(stream))
+            .arg(self.keys.channel(stream))
+            .arg(self.publish_cmd())
+            .arg(head)
+            .arg(tail)
+            .arg(ts);
+        inv
     }
 }
 
