@@ -3,26 +3,11 @@
 // by a user's clients, receipts, and unread counts from the server's positions.
 
 import assert from "node:assert/strict";
-import { after, test } from "node:test";
+import { test } from "node:test";
 
-import { connect } from "../shardcast.js";
-import { startServer, until, waitFor } from "./helpers.mjs";
+import { connected, scoped, until, waitFor } from "./helpers.mjs";
 
-const cleanups = [];
-after(async () => {
-  for (const c of cleanups.reverse()) await c();
-});
-async function server(args = [], config) {
-  const s = await startServer(args, config);
-  cleanups.push(() => s.close());
-  return s;
-}
-function client(options) {
-  const c = connect({ WebSocket, requestTimeout: 3000, ...options });
-  cleanups.push(() => c.close());
-  return c;
-}
-const connected = (c) => (c.state === "connected" ? Promise.resolve() : waitFor(c, "state", (e) => e.state === "connected"));
+const { server, client } = scoped();
 
 test("typing: shown to the others, throttled on the sender, expiring on the receiver", async () => {
   const s = await server();

@@ -3,31 +3,12 @@
 // timeouts, dead connections and the close-code rules.
 
 import assert from "node:assert/strict";
-import { after, test } from "node:test";
+import { test } from "node:test";
 
-import { backoffDelay, closeAction, connect } from "../shardcast.js";
-import { API_KEY, SECRET, api, mint, record, sleep, startProxy, startServer, until, waitFor } from "./helpers.mjs";
+import { backoffDelay, closeAction } from "../shardcast.js";
+import { API_KEY, SECRET, api, connected, mint, record, scoped, sleep, until, waitFor } from "./helpers.mjs";
 
-const cleanups = [];
-after(async () => {
-  for (const c of cleanups.reverse()) await c();
-});
-async function server(args = [], config) {
-  const s = await startServer(args, config);
-  cleanups.push(() => s.close());
-  return s;
-}
-async function proxy(target) {
-  const p = await startProxy(target);
-  cleanups.push(() => p.close());
-  return p;
-}
-function client(options) {
-  const c = connect({ WebSocket, requestTimeout: 3000, ...options });
-  cleanups.push(() => c.close());
-  return c;
-}
-const connected = (c) => (c.state === "connected" ? Promise.resolve() : waitFor(c, "state", (e) => e.state === "connected"));
+const { server, proxy, client } = scoped();
 const noRateLimit = ["--publish-rate", "100000", "--publish-burst", "100000"];
 
 test("a server restart loses and duplicates nothing, in rooms and in the inbox", async () => {

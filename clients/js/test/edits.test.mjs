@@ -3,25 +3,15 @@
 // a folded history with applyEvent.
 
 import assert from "node:assert/strict";
-import { after, test } from "node:test";
+import { test } from "node:test";
 
-import { applyEvent, connect } from "../shardcast.js";
-import { startServer, until, waitFor } from "./helpers.mjs";
+import { applyEvent } from "../shardcast.js";
+import { connected, scoped, until, waitFor } from "./helpers.mjs";
 
-const cleanups = [];
-after(async () => {
-  for (const c of cleanups.reverse()) await c();
-});
-function client(options) {
-  const c = connect({ WebSocket, requestTimeout: 3000, ...options });
-  cleanups.push(() => c.close());
-  return c;
-}
-const connected = (c) => (c.state === "connected" ? Promise.resolve() : waitFor(c, "state", (e) => e.state === "connected"));
+const { server, client } = scoped();
 
 test("edit, delete, react and unreact arrive as their own events and fold into history", async () => {
-  const s = await startServer(["--presence-events", "false"]);
-  cleanups.push(() => s.close());
+  const s = await server(["--presence-events", "false"]);
   const alice = client({ url: s.url, user: "alice" });
   const bob = client({ url: s.url, user: "bob" });
   await Promise.all([connected(alice), connected(bob)]);
@@ -70,8 +60,7 @@ test("edit, delete, react and unreact arrive as their own events and fold into h
 });
 
 test("protocol proto: signals, read positions, edits, reactions and folded history in the binary form", async () => {
-  const s = await startServer(["--presence-events", "false"], '[[rooms]]\nprefix = "team:"\nreceipts = true\n');
-  cleanups.push(() => s.close());
+  const s = await server(["--presence-events", "false"], '[[rooms]]\nprefix = "team:"\nreceipts = true\n');
   const alice = client({ url: s.url, user: "alice", protocol: "proto" });
   const alice2 = client({ url: s.url, user: "alice", protocol: "proto" });
   const bob = client({ url: s.url, user: "bob" });

@@ -7,6 +7,9 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { after } from "node:test";
+
+import { connect } from "../shardcast.js";
 
 export const SECRET = "js-test-secret-0123456789abcdef01234";
 export const API_KEY = "js-test-key";
@@ -161,3 +164,23 @@ export async function api(server, path, body) {
   if (!res.ok) throw new Error(`POST /api/${path}: ${res.status} ${await res.text()}`);
   return res.json();
 }
+
+/**
+ * A test file's servers, proxies and clients, each closed after the file's tests (the newest
+ * first). Call it once, at the file's top level.
+ */
+export function scoped() {
+  const cleanups = [];
+  after(async () => {
+    for (const c of cleanups.reverse()) await c();
+  });
+  const kept = (x) => (cleanups.push(() => x.close()), x);
+  return {
+    server: async (args = [], config) => kept(await startServer(args, config)),
+    proxy: async (target) => kept(await startProxy(target)),
+    client: (options) => kept(connect({ WebSocket, requestTimeout: 3000, ...options })),
+  };
+}
+
+/** Resolves once `c` is connected. */
+export const connected = (c) => (c.state === "connected" ? Promise.resolve() : waitFor(c, "state", (e) => e.state === "connected"));
