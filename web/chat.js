@@ -516,9 +516,12 @@ function unreadOf(c) {
 /** Marks the open room read up to what it shows (at most one `read` per 300 ms). */
 function markRead(c) {
   if (c.kind !== "room" || document.hidden) return;
+  // Up to what it shows now: a message that comes during the wait may be for a room the user
+  // has left by then.
+  const seq = client.unread(c.name).seq;
   clearTimeout(c.readTimer);
   c.readTimer = setTimeout(() => {
-    client.read(c.name).then(renderSidebar, () => {});
+    client.read(c.name, seq).then(renderSidebar, () => {});
   }, 300);
 }
 
