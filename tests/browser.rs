@@ -121,19 +121,36 @@ async fn wait_js(b: &Client, what: &str, script: &str, ok: impl Fn(&Value) -> bo
     }
 }
 
+/// Finds `css` and acts on it, finding it again when the page re-rendered it in between (a
+/// stale element: the sidebar's list is rebuilt on every room event).
+async fn act<F, Fut>(b: &Client, css: &str, what: &str, f: F)
+where
+    F: Fn(fantoccini::elements::Element) -> Fut,
+    Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let e = b.find(Locator::Css(css)).await.expect(css);
+        match f(e).await {
+            Ok(()) => return,
+            Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("{what} {css}: {e}"),
+        }
+    }
+}
+
 async fn fill(b: &Client, css: &str, text: &str) {
-    let e = b.find(Locator::Css(css)).await.expect(css);
-    e.clear().await.expect("clear");
-    e.send_keys(text).await.expect("type");
+    act(b, css, "fill", |e| async move {
+        e.clear().await?;
+        e.send_keys(text).await
+    })
+    .await;
 }
 
 async fn click(b: &Client, css: &str) {
-    b.find(Locator::Css(css))
-        .await
-        .expect(css)
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    act(b, css, "click", |e| async move { e.click().await }).await;
 }
 
 async fn sign_in(b: &Client, base: &str, user: &str) {
