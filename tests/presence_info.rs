@@ -7,6 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use common::hook_backend::Backend;
 use common::redis::RedisServer;
@@ -93,4 +94,52 @@ async fn info_is_shown_in_presence_and_joined_in_the_redis_engine() {
         c.redis_url = Some(redis.url());
     });
     info_in_presence(server.addr()).await;
+}
+
+/// Redis lost a node's presence entries (purged when the node was thought dead, or lost with
+/// Redis's data): the node writes them back under a new lease, and its users' info with them.
+#[tokio::test(flavor = "multi_thread")]
+async fn info_is_written_back_with_a_nodes_entries() {
+    let backend = Backend::start().await;
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(|c| {
+        with_info(&backend.url, c);
+        c.engine = Engine::Redis;
+        c.redis_url = Some(redis.url());
+        c.presence_ttl_secs = 3;
+    });
+    let mut alice = Client::connect_dev(server.addr(), "alice").await;
+    alice.join("lobby").await;
+    let mut bob = Client::connect_dev(server.addr(), "vipbob").await;
+    bob.join("lobby").await;
+    let vip = json!({"name": "VIP vipbob", "tags": ["a", "b"]});
+    let joined = alice.recv_type("joined").await;
+    assert_eq!(joined["info"], vip, "{joined}");
+
+    // As a purge leaves them: the room's entries gone, then the node's figures, which the
+    // node's next beat notices (a new lease, and every entry of its written again).
+    redis
+        .cli(&[
+            "DEL",
+            "sc:{r:lobby}:pz",
+            "sc:{r:lobby}:pu",
+            "sc:{r:lobby}:pu:i",
+        ])
+        .await;
+    let fields = redis.cli(&["HKEYS", "sc:nodes"]).await;
+    for node in fields.lines().filter(|f| !f.is_empty() && *f != "lease") {
+        redis.cli(&["HDEL", "sc:nodes", node]).await;
+    }
+    let p = eventually(
+        Duration::from_secs(10),
+        "the node's entries written back",
+        async || {
+            // The write-back announces the users again (`joined`).
+            let ask = json!({"type": "presence", "room": "lobby"});
+            let p = alice.call_past(ask, |f| f["type"] == "joined").await;
+            (p["users"] == json!(["alice", "vipbob"])).then_some(p)
+        },
+    )
+    .await;
+    assert_eq!(p["info"], json!({ "vipbob": vip }), "{p}");
 }

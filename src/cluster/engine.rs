@@ -120,6 +120,9 @@ struct Room {
     members: AHashMap<ConnId, (Name, JoinGen)>,
     /// Local connections per user: this node's count of the room's users is its length.
     users: AHashMap<Name, u32>,
+    /// The presence info of local users that have one, for a rewrite of this node's entries
+    /// (`upkeep::write_entries`): Redis may have dropped them with a purge.
+    info: AHashMap<Name, Bytes>,
     /// The room's users across the cluster as last heard (a join's answer, an `o` message).
     total: u64,
     /// The count the last `occupancy` event to local members said (`None`: none sent).

@@ -54,6 +54,7 @@ impl Node {
                     *n -= 1;
                     if *n == 0 {
                         r.users.remove(&user);
+                        r.info.remove(&user);
                         if counted {
                             st.counted.insert(room.clone());
                         }
@@ -96,8 +97,12 @@ impl Node {
             (self.state.borrow().rooms.get(&room)).map_or((None, 0), |r| (r.last, r.epoch));
         let result = if current(&self) {
             let (here, new_user) = {
-                let st = self.state.borrow();
-                let r = st.rooms.get(&room);
+                let mut st = self.state.borrow_mut();
+                let mut r = st.rooms.get_mut(&room);
+                if let (Some(r), Some(info)) = (r.as_mut(), &info) {
+                    r.info.insert(user.clone(), info.clone());
+                }
+                let r = r.map(|r| &*r);
                 let users = r.map_or(0, |r| r.users.len() as u64);
                 let conns_of_user = r.and_then(|r| r.users.get(&user)).copied();
                 (users, conns_of_user == Some(1))

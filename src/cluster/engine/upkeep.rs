@@ -227,9 +227,13 @@ impl Node {
                 self.list(&rule),
             ];
             if mine {
-                args.extend(
-                    (r.members.iter()).map(|(conn, (user, _))| format!("{user} {}", conn.raw())),
-                );
+                args.extend((r.members.iter()).map(|(conn, (user, _))| {
+                    let info = r.info.get(user).map(|i| String::from_utf8_lossy(i));
+                    match info {
+                        Some(info) => format!("{user} {}\t{info}", conn.raw()),
+                        None => format!("{user} {}", conn.raw()),
+                    }
+                }));
             }
             self.run_later(|s| &s.refresh, self.with_feed_keys(vec![pz, pu]), args);
         }
