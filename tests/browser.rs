@@ -368,6 +368,8 @@ async fn chat_and_operator_pages_in_chromium() {
         ("Authorization", auth.as_str()),
         ("Content-Type", "application/json"),
     ];
+    // A new connection: the first may have idled past keepalive_timeout_ms (5 s) meanwhile.
+    let mut api = common::Http::connect(server.addr()).await;
     for n in 1..=60 {
         let body = format!(r#"{{"room":"lobby","body":{{"text":"filler {n}"}}}}"#);
         let r = api.request("POST", "/api/publish", &headers, &body).await;
