@@ -57,8 +57,9 @@ impl PipeBackend {
     }
 }
 
-/// One connection: reads requests, and once `wait_for` have arrived answers every one read.
-async fn serve(mut stream: TcpStream, index: usize, wait_for: usize, seen: Seen) {
+/// One connection: reads requests, and once `wait_for` have arrived answers every one read,
+/// then each as it comes.
+async fn serve(mut stream: TcpStream, index: usize, mut wait_for: usize, seen: Seen) {
     let mut buf = Vec::new();
     let mut queued: Vec<String> = Vec::new();
     let mut stalled = false;
@@ -68,6 +69,7 @@ async fn serve(mut stream: TcpStream, index: usize, wait_for: usize, seen: Seen)
             queued.push(text);
         }
         if !stalled && queued.len() >= wait_for {
+            wait_for = 1;
             let mut out = Vec::new();
             for text in queued.drain(..) {
                 match text.as_str() {
@@ -87,36 +89,6 @@ async fn serve(mut stream: TcpStream, index: usize, wait_for: usize, seen: Seen)
                     "spam" => answer(&mut out, r#"{"allow":false,"message":"no spam"}"#),
                     _ => answer(&mut out, r#"{"allow":true}"#),
                 }
-            }
-            if stream.write_all(&out).await.is_err() {
-                return;
-            }
-            // Later requests on this connection are answered as they come.
-            if !stalled {
-                return Box::pin(serve_rest(stream, index, buf, seen)).await;
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-async fn serve_rest(stream: TcpStream, index: usize, buf: Vec<u8>, seen: Seen) {
-    let mut stream = stream;
-    let mut buf = buf;
-    loop {
-        while let Some(text) = take_request(&mut buf) {
-            seen.lock().unwrap()[index].push(text.clone());
-            let mut out = Vec::new();
-            match text.as_str() {
-                "stall" => return std::future::pending().await,
-                "close" => return,
-                "garbage" => out.extend_from_slice(b"this is not http\r\n\r\n"),
-                "spam" => answer(&mut out, r#"{"allow":false,"message":"no spam"}"#),
-                _ => answer(&mut out, r#"{"allow":true}"#),
             }
             if stream.write_all(&out).await.is_err() {
                 return;
