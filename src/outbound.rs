@@ -1,5 +1,6 @@
 //! Outbound HTTP/1.1 to the application's backend (`hook_url`, `webhook_url`) and an identity
-//! provider (`jwks_url`): a URL taken apart once, and a new connection to it, plain or over TLS, as a byte stream or a hyper client connection.
+//! provider (`jwks_url`): a URL taken apart once, and a new connection to it, plain or over TLS,
+//! as a byte stream (`open`) or a hyper client connection (`connect`).
 //!
 //! TLS is rustls through tokio-rustls with the ring provider, trusting the public web roots of
 //! webpki-roots plus the certificates of an operator's CA file (a backend behind a private CA).

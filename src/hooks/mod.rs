@@ -2,8 +2,8 @@
 //! calling shard's own runtime (`client.rs`: keep-alive, pipelined connections per shard), so a
 //! call waiting for its answer never blocks the shard: its answer is handed to a callback. At
 //! most `hook_max_concurrency` calls are in flight (split between the shards), the rest wait
-//! for a slot within their timeout. Each call is counted by event and outcome, with its latency (`HookStats`, shared by
-//! the shards, read by a scrape).
+//! for a slot within their timeout. Each call is counted by event and outcome, with its latency
+//! (`HookStats`, shared by the shards, read by a scrape).
 //!
 //! Owns the pools, the answer's parsing and its limits. It must not decide what an answer means
 //! for a request (the client side does, `shard::hooked`; a connect's in `connect.rs`) or touch
