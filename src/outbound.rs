@@ -1,5 +1,6 @@
 //! Outbound HTTP/1.1 to the application's backend (`hook_url`, `webhook_url`) and an identity
-//! provider (`jwks_url`): a URL taken apart once, and a new connection to it, plain or over TLS.
+//! provider (`jwks_url`): a URL taken apart once, and a new connection to it, plain or over TLS,
+//! as a byte stream (`open`) or a hyper client connection (`connect`).
 //!
 //! TLS is rustls through tokio-rustls with the ring provider, trusting the public web roots of
 //! webpki-roots plus the certificates of an operator's CA file (a backend behind a private CA).
@@ -10,7 +11,9 @@
 //! do: `hooks::client`, `persist::deliver`, `auth::jwks`).
 
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -18,8 +21,10 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 /// Why an outbound endpoint cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -110,17 +115,72 @@ impl Endpoint {
     /// A new connection (TCP_NODELAY; TLS for https, the certificate checked against `host`),
     /// its HTTP/1.1 driver spawned on the current runtime. The error says what failed.
     pub async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+        match self.open().await? {
+            Stream::Plain(s) => handshake(s).await,
+            Stream::Tls(s) => handshake(s).await,
+        }
+    }
+
+    /// A new connection's byte stream (TCP_NODELAY; TLS for https, the certificate checked
+    /// against `host`), for a caller that speaks HTTP itself. The error says what failed.
+    pub async fn open(&self) -> Result<Stream, String> {
         let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| format!("connect to {}: {e}", self.authority))?;
         let _ = stream.set_nodelay(true);
         let Some(tls) = &self.tls else {
-            return handshake(stream).await;
+            return Ok(Stream::Plain(stream));
         };
         let name = ServerName::try_from(self.host.clone()).map_err(|e| e.to_string())?;
         let stream = (tls.connect(name, stream).await)
             .map_err(|e| format!("TLS with {}: {e}", self.authority))?;
-        handshake(stream).await
+        Ok(Stream::Tls(Box::new(stream)))
+    }
+}
+
+/// An open connection to an endpoint, plain or TLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

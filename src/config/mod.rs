@@ -741,6 +741,13 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_HOOK_CA_FILE")]
     pub hook_ca_file: Option<PathBuf>,
 
+    /// Hook calls in flight on one connection to hook_url (HTTP/1.1 pipelining): calls made in
+    /// the same scheduler pass leave in one write on one connection, and a shard opens another
+    /// connection only for a call that finds none idle. 1 sends one call at a time per
+    /// connection, for a backend that cannot take pipelined requests. Default 8.
+    #[arg(long, env = "SHARDCAST_HOOK_PIPELINE", default_value_t = 8)]
+    pub hook_pipeline: usize,
+
     /// Room rules by name prefix, in the config file only: `[[rooms]]` tables with `prefix` and
     /// any of `publish` (members, granted, api), `presence` (list, count, off),
     /// `presence_list_max`, `history_messages`, `history_secs`, `recover`, `max_members`,
@@ -861,6 +868,7 @@ impl Default for Config {
             hook_connect_headers: Vec::new(),
             max_presence_info_bytes: 1_024,
             hook_ca_file: None,
+            hook_pipeline: 8,
             rooms: Vec::new(),
             room_retention: Vec::new(),
         }

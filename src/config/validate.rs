@@ -230,6 +230,9 @@ impl Config {
         if self.hook_max_answer_bytes < 64 {
             return invalid("hook_max_answer_bytes must be at least 64");
         }
+        if self.hook_pipeline == 0 {
+            return invalid("hook_pipeline must be at least 1");
+        }
         Ok(())
     }
 }

@@ -1,9 +1,9 @@
 //! The hook client: each call an HTTP POST of JSON to `hook_url` (docs/hooks.md), made from the
-//! calling shard's own runtime (`client.rs`: a keep-alive pool per shard), so a call waiting
-//! for its answer is a parked task and never blocks the shard. At most `hook_max_concurrency`
-//! calls are in flight (split between the shards), the rest wait for a slot within their
-//! timeout. Each call is counted by event and outcome, with its latency (`HookStats`, shared by
-//! the shards, read by a scrape).
+//! calling shard's own runtime (`client.rs`: keep-alive, pipelined connections per shard), so a
+//! call waiting for its answer never blocks the shard: its answer is handed to a callback. At
+//! most `hook_max_concurrency` calls are in flight (split between the shards), the rest wait
+//! for a slot within their timeout. Each call is counted by event and outcome, with its latency
+//! (`HookStats`, shared by the shards, read by a scrape).
 //!
 //! Owns the pools, the answer's parsing and its limits. It must not decide what an answer means
 //! for a request (the client side does, `shard::hooked`; a connect's in `connect.rs`) or touch
@@ -18,7 +18,6 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -141,10 +140,12 @@ pub struct HookStats {
 
 /// What every shard's hook client shares: the target, the limits and the counters.
 struct Shared {
-    target: Endpoint,
+    target: Arc<Endpoint>,
     max_answer: usize,
     /// Calls in flight per shard: `hook_max_concurrency` split between the shards.
     per_shard: usize,
+    /// Calls in flight on one connection: `hook_pipeline`.
+    depth: usize,
     stats: Mutex<HookStats>,
 }
 
@@ -162,9 +163,10 @@ impl HookSetup {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("hook_url: {e}"))
         })?;
         Ok(Some(HookSetup(Arc::new(Shared {
-            target,
+            target: Arc::new(target),
             max_answer: config.hook_max_answer_bytes,
             per_shard: config.hook_max_concurrency.div_ceil(shards.max(1)).max(1),
+            depth: config.hook_pipeline,
             stats: Mutex::new(HookStats::default()),
         }))))
     }
@@ -173,7 +175,12 @@ impl HookSetup {
     pub fn for_shard(&self) -> Hooks {
         Hooks(Rc::new(Local {
             shared: self.0.clone(),
-            pool: client::Pool::new(self.0.per_shard),
+            pool: client::Pool::new(
+                self.0.target.clone(),
+                self.0.per_shard,
+                self.0.depth,
+                self.0.max_answer,
+            ),
         }))
     }
 }
@@ -188,37 +195,51 @@ struct Local {
 pub struct Hooks(Rc<Local>);
 
 impl Hooks {
-    /// POSTs `body` (a JSON object) and returns the answer, or why the hook failed, within
-    /// `timeout` (waiting for a slot included). Runs on the caller's runtime: a hooked publish
-    /// costs its JSON, one local task's wake-ups and the socket's syscalls.
+    /// POSTs `body` (a JSON object) and hands `done` the answer, or why the hook failed,
+    /// within `timeout` (waiting for a slot included), on this shard's thread. Costs the
+    /// request's copy into a connection's output and the answer's parse; the syscalls are
+    /// shared by the calls of a pass (`client.rs`).
+    pub fn call(
+        &self,
+        event: HookEvent,
+        body: &[u8],
+        timeout: Duration,
+        done: impl FnOnce(Result<Answer, HookError>) + 'static,
+    ) {
+        let shared = self.0.shared.clone();
+        let started = Instant::now();
+        let done = move |answer: Result<(u16, &[u8]), HookError>| {
+            let result = match answer {
+                Err(e) => Err(e),
+                Ok((status, _)) if !(200..300).contains(&status) => Err(HookError::Status(status)),
+                Ok((_, answer)) => parse(answer),
+            };
+            if let Ok(mut stats) = shared.stats.lock() {
+                let e = event as usize;
+                stats.calls[e][Outcome::of(&result) as usize] += 1;
+                stats.latency[e].observe(started.elapsed());
+            }
+            if let Err(e) = &result {
+                tracing::debug!(hook = event.as_str(), error = %e, "hook failed");
+            }
+            done(result);
+        };
+        self.0.pool.post(body, timeout, Box::new(done));
+    }
+
+    /// [`call`](Self::call), awaited.
     pub async fn ask(
         &self,
         event: HookEvent,
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Answer, HookError> {
-        let shared = &self.0.shared;
-        let started = Instant::now();
-        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let post = self
-            .0
-            .pool
-            .post(&shared.target, Bytes::from(body), shared.max_answer);
-        let result = match tokio::time::timeout(timeout, post).await {
-            Err(_) => Err(HookError::Timeout(ms)),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok((status, _))) if !status.is_success() => Err(HookError::Status(status.as_u16())),
-            Ok(Ok((_, answer))) => parse(&answer),
-        };
-        if let Ok(mut stats) = shared.stats.lock() {
-            let e = event as usize;
-            stats.calls[e][Outcome::of(&result) as usize] += 1;
-            stats.latency[e].observe(started.elapsed());
-        }
-        if let Err(e) = &result {
-            tracing::debug!(hook = event.as_str(), error = %e, "hook failed");
-        }
-        result
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.call(event, &body, timeout, move |result| {
+            let _ = tx.send(result);
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(HookError::Unreachable("the shard is stopping".into())))
     }
 
     /// The calls of every shard so far.
@@ -238,17 +259,6 @@ pub fn parse(answer: &[u8]) -> Result<Answer, HookError> {
         ));
     }
     serde_json::from_slice(answer).map_err(|e| HookError::BadAnswer(e.to_string()))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 /// Appends `s` to `out` as a JSON string.

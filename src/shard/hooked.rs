@@ -1,6 +1,6 @@
 //! Requests that wait for a hook (docs/hooks.md): a `join` or `publish` in a room whose rule
 //! lists that hook, a `send` with `hook_send`. The request is checked first (membership, rights,
-//! rates), then its hook is called from a task on the shard's thread; the answer comes back
+//! rates), then its hook is called on the shard's thread (no task per call); the answer comes back
 //! through the shard's hook channel (`answers`) and the request goes on, refused, or with its
 //! body replaced. A connection keeps its order: while one of its requests waits for a hook, every
 //! frame it sends after it waits too (`HookQueue`), unparsed, and is handled once the hook has
@@ -227,21 +227,23 @@ impl Shard {
         };
         h.next_ticket += 1;
         let ticket = h.next_ticket;
-        let (hooks, answers) = (h.hooks.clone(), h.answers.clone());
-        let event = pending.event();
+        let answers = h.answers.clone();
         let body = request(&conn.user, &pending);
         let conn_id = conn.id;
-        // A local task: the call and its wait stay on this thread (no hop to another thread
-        // and back), and the answer joins the others in `answers`' batch.
-        tokio::task::spawn_local(async move {
-            let timeout = Duration::from_millis(timeout_ms);
-            let result = hooks.ask(event, body, timeout).await;
-            let _ = answers.send(HookDone {
-                conn: conn_id,
-                ticket,
-                result,
-            });
-        });
+        // No task per call: the client hands the answer to this callback on this thread, and
+        // it joins the others in `answers`' batch.
+        h.hooks.call(
+            pending.event(),
+            &body,
+            Duration::from_millis(timeout_ms),
+            move |result| {
+                let _ = answers.send(HookDone {
+                    conn: conn_id,
+                    ticket,
+                    result,
+                });
+            },
+        );
         self.hook_queues.insert(
             conn.id,
             HookQueue {
