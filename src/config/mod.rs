@@ -741,11 +741,11 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_HOOK_CA_FILE")]
     pub hook_ca_file: Option<PathBuf>,
 
-    /// Hook calls in flight on one connection to hook_url (HTTP/1.1 pipelining): calls made in
-    /// the same scheduler pass leave in one write on one connection, and a shard opens another
-    /// connection only for a call that finds none idle. 1 sends one call at a time per
-    /// connection, for a backend that cannot take pipelined requests. Default 8.
-    #[arg(long, env = "SHARDCAST_HOOK_PIPELINE", default_value_t = 8)]
+    /// Hook calls in flight on one connection to hook_url (HTTP/1.1 pipelining). Default 1:
+    /// one call at a time per connection, so a slow answer delays no other call (most backends
+    /// answer a connection's requests one after another). Above 1, calls made in the same
+    /// scheduler pass leave in one write on one connection, for a fast backend.
+    #[arg(long, env = "SHARDCAST_HOOK_PIPELINE", default_value_t = 1)]
     pub hook_pipeline: usize,
 
     /// Room rules by name prefix, in the config file only: `[[rooms]]` tables with `prefix` and
@@ -868,7 +868,7 @@ impl Default for Config {
             hook_connect_headers: Vec::new(),
             max_presence_info_bytes: 1_024,
             hook_ca_file: None,
-            hook_pipeline: 8,
+            hook_pipeline: 1,
             rooms: Vec::new(),
             room_retention: Vec::new(),
         }
