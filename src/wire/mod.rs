@@ -15,11 +15,12 @@
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod schema;
 
+mod chat;
 mod client;
 mod native;
 mod server;
 
-pub use client::{Decoded, decode};
+pub use client::{Decoded, decode, decode_by_prost};
 pub use server::{to_binary, variant};
 
 /// The subprotocol of today's JSON frames, also what a client that names none gets.
