@@ -8,14 +8,13 @@
 
 use prost::encoding::decode_varint;
 
+use super::{LEN, VARINT};
+
 /// `ClientFrame`'s fields read here (proto/shardcast.proto).
 const NUM_ID: u64 = 1;
 const STR_ID: u64 = 2;
 const PUBLISH: u64 = 12;
 const SEND: u64 = 13;
-/// Protobuf wire types.
-const VARINT: u64 = 0;
-const LEN: u64 = 2;
 
 /// A request id as the frame carries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,9 +76,9 @@ pub fn read(bytes: &[u8]) -> Option<Chat<'_>> {
 }
 
 /// A field's key as (tag, wire type).
-fn key(buf: &mut &[u8]) -> Option<(u64, u64)> {
+fn key(buf: &mut &[u8]) -> Option<(u64, u32)> {
     let key = decode_varint(buf).ok()?;
-    Some((key >> 3, key & 7))
+    Some((key >> 3, (key & 7) as u32))
 }
 
 /// A length-delimited field's bytes.

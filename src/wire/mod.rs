@@ -23,6 +23,10 @@ mod server;
 pub use client::{Decoded, decode, decode_by_prost};
 pub use server::{to_binary, variant};
 
+/// Protobuf wire types, for the frames `chat` reads and `native` writes by hand.
+const VARINT: u32 = 0;
+const LEN: u32 = 2;
+
 /// The subprotocol of today's JSON frames, also what a client that names none gets.
 pub const JSON: &str = "shardcast.json";
 /// The subprotocol of binary frames: one `ClientFrame` or `ServerFrame` per message.

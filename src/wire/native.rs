@@ -7,6 +7,7 @@
 //! test checks.
 
 use super::server::body_cross;
+use super::{LEN, VARINT};
 use crate::ws;
 
 /// `ServerFrame`'s id arms and the frames written here (proto/shardcast.proto).
@@ -14,9 +15,6 @@ const NUM_ID: u32 = 1;
 const STR_ID: u32 = 2;
 const MESSAGE: u32 = 11;
 const ACK: u32 = 16;
-/// Protobuf wire types.
-const VARINT: u32 = 0;
-const LEN: u32 = 2;
 
 /// Appends `json` as a `ServerFrame` to `out` (as a binary WebSocket frame if `framed`), if it
 /// is a `message` or an `ack` in `protocol::encode`'s layout; `false` (and `out` untouched)
@@ -38,7 +36,7 @@ pub fn write(json: &[u8], out: &mut Vec<u8>, framed: bool) -> bool {
     let id = match id {
         None => F::Skip,
         Some(Id::Num(n)) => F::V(NUM_ID, n),
-        Some(Id::Str(s)) => F::B(STR_ID, s.as_bytes()),
+        Some(Id::Str(s)) => F::B(STR_ID, s),
     };
     let len = id.len() + varint_len(u64::from(tag << 3)) + varint_len(inner as u64) + inner;
     // Exactly: a frame written into an empty buffer becomes a `Bytes` without a second
@@ -66,7 +64,7 @@ fn message(mut c: Cur<'_>) -> Option<Frame<'_>> {
     let from = c.field(br#","from":"#)?.string()?;
     let seq = c.field(br#","seq":"#)?.num()?;
     let key = match c.lit(br#","key":"#) {
-        true => F::Always(6, c.string()?.as_bytes()),
+        true => F::Always(6, c.string()?),
         false => F::Skip,
     };
     let ts = c.field(br#","ts":"#)?.num()?;
@@ -78,9 +76,9 @@ fn message(mut c: Cur<'_>) -> Option<Frame<'_>> {
         std::borrow::Cow::Owned(_) => return None,
     };
     let m = [
-        F::B(1, room.as_bytes()),
-        F::B(2, to.as_bytes()),
-        F::B(3, from.as_bytes()),
+        F::B(1, room),
+        F::B(2, to),
+        F::B(3, from),
         F::V(4, seq),
         F::V(5, ts),
         key,
@@ -109,8 +107,8 @@ fn ack(mut c: Cur<'_>) -> Option<Frame<'_>> {
         return None;
     }
     let a = [
-        F::B(1, room.as_bytes()),
-        F::B(2, to.as_bytes()),
+        F::B(1, room),
+        F::B(2, to),
         seq,
         F::Skip,
         F::Skip,
@@ -123,7 +121,7 @@ fn ack(mut c: Cur<'_>) -> Option<Frame<'_>> {
 
 enum Id<'a> {
     Num(u64),
-    Str(&'a str),
+    Str(&'a [u8]),
 }
 
 /// One protobuf field: bytes (a string or bytes field) or a varint, left out at its default as
@@ -171,17 +169,13 @@ fn varint_len(n: u64) -> usize {
     (64 - (n | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-/// Appends `n` as a protobuf varint, in one copy.
+/// Appends `n` as a protobuf varint (into room `write` reserved: each push is a store).
 fn varint(mut n: u64, out: &mut Vec<u8>) {
-    let mut buf = [0u8; 10];
-    let mut i = 0;
     while n >= 0x80 {
-        buf[i] = (n as u8) | 0x80;
+        out.push((n as u8) | 0x80);
         n >>= 7;
-        i += 1;
     }
-    buf[i] = n as u8;
-    out.extend_from_slice(&buf[..=i]);
+    out.push(n as u8);
 }
 
 /// A reader of `protocol::encode`'s layout: literal field names, names and keys as strings
@@ -202,18 +196,18 @@ impl<'a> Cur<'a> {
         self.lit(name).then_some(self)
     }
     /// `"room":R` or `"to":U` as (room, to), the other one empty.
-    fn target(&mut self) -> Option<(&'a str, &'a str)> {
+    fn target(&mut self) -> Option<(&'a [u8], &'a [u8])> {
         if self.lit(br#""room":"#) {
-            Some((self.string()?, ""))
+            Some((self.string()?, b""))
         } else if self.lit(br#""to":"#) {
-            Some(("", self.string()?))
+            Some((b"", self.string()?))
         } else {
             None
         }
     }
     /// A JSON string of ASCII with no escapes in it (names, keys and most ids: anything else
-    /// is read the general way).
-    fn string(&mut self) -> Option<&'a str> {
+    /// is read the general way), as its bytes: ASCII is UTF-8, so no check is needed.
+    fn string(&mut self) -> Option<&'a [u8]> {
         let rest = self.0.strip_prefix(b"\"")?;
         let end = rest
             .iter()
@@ -222,7 +216,7 @@ impl<'a> Cur<'a> {
             return None;
         }
         self.0 = &rest[end + 1..];
-        std::str::from_utf8(&rest[..end]).ok()
+        Some(&rest[..end])
     }
     /// A non-negative integer in plain digits (no leading zero) that fits a u64.
     fn num(&mut self) -> Option<u64> {
