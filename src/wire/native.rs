@@ -138,8 +138,7 @@ enum F<'a> {
 impl F<'_> {
     fn len(&self) -> usize {
         match *self {
-            F::Skip | F::V(_, 0) => 0,
-            F::B(_, b) if b.is_empty() => 0,
+            F::Skip | F::V(_, 0) | F::B(_, []) => 0,
             F::B(tag, b) | F::Always(tag, b) => {
                 varint_len(u64::from(tag << 3)) + varint_len(b.len() as u64) + b.len()
             }
@@ -148,8 +147,7 @@ impl F<'_> {
     }
     fn write(&self, out: &mut Vec<u8>) {
         match *self {
-            F::Skip | F::V(_, 0) => {}
-            F::B(_, b) if b.is_empty() => {}
+            F::Skip | F::V(_, 0) | F::B(_, []) => {}
             F::B(tag, b) | F::Always(tag, b) => {
                 varint(u64::from(tag << 3 | LEN), out);
                 varint(b.len() as u64, out);
