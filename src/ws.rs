@@ -49,6 +49,15 @@ fn header(opcode: u8, len: usize) -> ([u8; MAX_HEADER], usize) {
     header_with(opcode, false, len)
 }
 
+/// The length of a server frame's header for a `len`-byte payload.
+pub fn header_len(len: usize) -> usize {
+    match len {
+        0..126 => 2,
+        126..=0xFFFF => 4,
+        _ => MAX_HEADER,
+    }
+}
+
 /// `header`, with RSV1 (a permessage-deflate compressed message) if `rsv1`.
 fn header_with(opcode: u8, rsv1: bool, len: usize) -> ([u8; MAX_HEADER], usize) {
     let mut header = [0u8; MAX_HEADER];

@@ -9,8 +9,8 @@ use base64::Engine as _;
 use prost::Message as _;
 use serde_json::value::RawValue;
 
-use super::DecodeError;
 use super::schema::{self, client_frame::Frame, client_frame::Id};
+use super::{DecodeError, chat};
 use crate::core::ReqId;
 use crate::core::error::{ErrorCode, ReplyError};
 use crate::protocol::fields::{self, Field, Fields};
@@ -18,36 +18,77 @@ use crate::protocol::{ParseError, Request};
 
 /// A decoded binary client frame, and room for its body's JSON form when the body's bytes are
 /// not JSON (`{"$b64":..}`, made only then).
-pub struct Decoded {
-    frame: schema::ClientFrame,
+pub struct Decoded<'a> {
+    frame: Whole<'a>,
     b64: OnceCell<Box<RawValue>>,
 }
 
-/// Decodes a binary client frame. Cost: one prost decode (the frame's strings and body copied
-/// out of the message once).
-pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+/// A frame read in place (`chat::read`: a plain `publish` or `send`), or by prost.
+enum Whole<'a> {
+    Chat(chat::Chat<'a>),
+    Prost(schema::ClientFrame),
+}
+
+/// Decodes a binary client frame. Cost: a plain `publish` or `send` is read in place (its
+/// strings and body borrowed from `bytes`, no allocation); any other frame is one prost decode
+/// (its strings and body copied out once).
+pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, DecodeError> {
+    let frame = match chat::read(bytes) {
+        Some(chat) => Whole::Chat(chat),
+        None => Whole::Prost(schema::ClientFrame::decode(bytes)?),
+    };
     Ok(Decoded {
-        frame: schema::ClientFrame::decode(bytes)?,
+        frame,
         b64: OnceCell::new(),
     })
 }
 
-impl Decoded {
+/// `decode` by prost alone, for tests and the fuzz target's oracle.
+#[doc(hidden)]
+pub fn decode_by_prost(bytes: &[u8]) -> Result<Decoded<'_>, DecodeError> {
+    Ok(Decoded {
+        frame: Whole::Prost(schema::ClientFrame::decode(bytes)?),
+        b64: OnceCell::new(),
+    })
+}
+
+impl<'b> Decoded<'b> {
     /// The request, checked as a JSON client's is. A body is one JSON check of its bytes,
     /// borrowed when they are JSON.
     pub fn request(&self) -> Result<Request<'_>, ParseError> {
-        let id = match &self.frame.id {
+        let (id, (ty, fields)) = match &self.frame {
+            Whole::Chat(c) => (c.id, self.chat_fields(c)),
+            Whole::Prost(f) => (
+                f.id.as_ref().map(chat::Id::from),
+                match &f.frame {
+                    None => ("(unknown binary frame)", Bin::default()),
+                    Some(f) => self.fields(f),
+                },
+            ),
+        };
+        let id = match id {
             None => None,
             Some(id) => Some(req_id(id).map_err(|error| ParseError { id: None, error })?),
-        };
-        let (ty, fields) = match &self.frame.frame {
-            None => ("(unknown binary frame)", Bin::default()),
-            Some(f) => self.fields(f),
         };
         match fields::message(ty, &fields) {
             Ok(msg) => Ok(Request { id, msg }),
             Err(error) => Err(ParseError { id, error }),
         }
+    }
+
+    fn chat_fields<'a>(&'a self, c: &chat::Chat<'a>) -> (&'static str, Bin<'a>) {
+        let (ty, room, to) = match c.send {
+            false => ("publish", c.target, ""),
+            true => ("send", "", c.target),
+        };
+        let bin = Bin {
+            room,
+            to,
+            body: Some(self.body(c.body)),
+            key: c.key,
+            ..Bin::default()
+        };
+        (ty, bin)
     }
 
     fn fields<'a>(&'a self, frame: &'a Frame) -> (&'static str, Bin<'a>) {
@@ -190,14 +231,27 @@ pub fn b64_json(bytes: &[u8]) -> Box<RawValue> {
         .unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
-/// A request id as its JSON text, checked by the JSON form's rule (`ReqId::parse`).
-fn req_id(id: &Id) -> Result<ReqId, ReplyError> {
-    let raw = match id {
-        Id::NumId(n) => serde_json::value::to_raw_value(n),
-        Id::StrId(s) => serde_json::value::to_raw_value(s),
-    };
+/// A request id as its JSON text, checked by the JSON form's rule (`ReqId::parse`). A number
+/// needs no allocation beyond the `ReqId`'s own.
+fn req_id(id: chat::Id<'_>) -> Result<ReqId, ReplyError> {
     let not_json = |_| ReplyError::new(ErrorCode::BadRequest, "id must be a number or a string");
-    ReqId::parse(&raw.map_err(not_json)?)
+    match id {
+        chat::Id::Num(n) => {
+            let mut digits = itoa::Buffer::new();
+            let raw: &RawValue = serde_json::from_str(digits.format(n)).map_err(not_json)?;
+            ReqId::parse(raw)
+        }
+        chat::Id::Str(s) => ReqId::parse(&serde_json::value::to_raw_value(s).map_err(not_json)?),
+    }
+}
+
+impl<'a> From<&'a Id> for chat::Id<'a> {
+    fn from(id: &'a Id) -> chat::Id<'a> {
+        match id {
+            Id::NumId(n) => chat::Id::Num(*n),
+            Id::StrId(s) => chat::Id::Str(s),
+        }
+    }
 }
 
 /// A binary frame's fields: an empty string is absent (proto3 cannot tell them apart), as is

@@ -15,12 +15,17 @@
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod schema;
 
+mod chat;
 mod client;
 mod native;
 mod server;
 
-pub use client::{Decoded, decode};
+pub use client::{Decoded, decode, decode_by_prost};
 pub use server::{to_binary, variant};
+
+/// Protobuf wire types, for the frames `chat` reads and `native` writes by hand.
+const VARINT: u32 = 0;
+const LEN: u32 = 2;
 
 /// The subprotocol of today's JSON frames, also what a client that names none gets.
 pub const JSON: &str = "shardcast.json";

@@ -45,6 +45,15 @@ pub fn variant(frame: &Rc<Bytes>) -> Rc<Bytes> {
 /// `frames` with every text frame translated (see `variant`); a frame that is not one of ours
 /// (never expected) is passed on as it is.
 pub fn to_binary(frames: &[u8]) -> Bytes {
+    // One chat frame (a message, an ack: the common case) in a buffer of exactly its size.
+    if let Some((b0, payload, [])) = ws::split_server_frame(frames)
+        && b0 & 0x0F == ws::OP_TEXT
+    {
+        let mut out = Vec::new();
+        if super::native::write(payload, &mut out, true) {
+            return Bytes::from(out);
+        }
+    }
     let mut out = Vec::with_capacity(frames.len());
     let mut rest = frames;
     while let Some((b0, payload, next)) = ws::split_server_frame(rest) {

@@ -440,3 +440,89 @@ fn chat_frames_are_written_natively_as_prost_writes_them() {
         assert!(!native::write(json, &mut out, true) && out.is_empty());
     }
 }
+
+/// What `decode` gives, as text: the request or its error, or the decode error.
+fn outcome(d: Result<Decoded<'_>, DecodeError>) -> String {
+    match d {
+        Ok(frame) => format!("{:?}", frame.request()),
+        Err(e) => format!("decode error: {e}"),
+    }
+}
+
+#[test]
+fn a_chat_frame_read_in_place_is_what_prost_reads() {
+    let publish = |id, room: &str, body: &[u8], key: Option<&str>| {
+        client(
+            id,
+            client_frame::Frame::Publish(schema::Publish {
+                room: room.into(),
+                body: body.to_vec(),
+                key: key.map(Into::into),
+            }),
+        )
+    };
+    let send = client(
+        Some(client_frame::Id::StrId("s\"1".into())),
+        client_frame::Frame::Send(schema::Send {
+            to: "bob".into(),
+            body: b"{}".to_vec(),
+            key: Some(String::new()),
+        }),
+    );
+    let plain = publish(Some(client_frame::Id::NumId(7)), "lobby", b"[1]", None);
+    let mut cases = vec![
+        plain.clone(),
+        send.clone(),
+        publish(None, "lobby", br#"{"t":1}"#, Some("k1")),
+        publish(Some(client_frame::Id::NumId(0)), "", b"", None),
+        publish(
+            Some(client_frame::Id::NumId(u64::MAX)),
+            "a b",
+            &[0xff],
+            Some(""),
+        ),
+        publish(
+            Some(client_frame::Id::StrId("x".repeat(80))),
+            "lobby",
+            b"1",
+            None,
+        ),
+        // The frame before the id, the body before the room.
+        [&plain[2..], &plain[..2]].concat(),
+        [&[0x62, 8, 0x12, 1, b'1', 0x0a, 3], &b"abc"[..]].concat(),
+        // A repeated id, frame or field; an unknown field; a field of the wrong wire type.
+        [&plain[..], &[0x08, 9]].concat(),
+        [&plain[..], &plain[2..]].concat(),
+        [&[0x62, 6, 0x0a, 1, b'a', 0x0a, 1], &b"b"[..]].concat(),
+        [&plain[..], &[0x18, 1]].concat(),
+        vec![0x62, 2, 0x08, 1],
+        vec![0x10, 1, 0x62, 0],
+        // Not UTF-8, truncated, an overlong length, an empty frame, an empty buffer.
+        vec![0x62, 3, 0x0a, 1, 0xff],
+        vec![0x12, 1, 0xc3, 0x62, 0],
+        plain[..plain.len() - 1].to_vec(),
+        vec![0x62, 0x80],
+        vec![0x62, 0xff, 0xff, 0xff, 0xff, 0x0f, 0],
+        vec![0x62, 0],
+        vec![0x6a, 0],
+        vec![],
+    ];
+    // Every cut of the plain frames.
+    for cut in 0..plain.len() {
+        cases.push(plain[..cut].to_vec());
+        cases.push(send[..send.len().min(cut)].to_vec());
+    }
+    let mut in_place = 0;
+    for bin in &cases {
+        in_place += usize::from(super::chat::read(bin).is_some());
+        assert_eq!(
+            outcome(decode(bin)),
+            outcome(decode_by_prost(bin)),
+            "frame {bin:?}"
+        );
+    }
+    assert!(
+        in_place >= 9,
+        "the plain frames are read in place ({in_place})"
+    );
+}

@@ -91,6 +91,7 @@ pub(super) fn empty_report(scenario: &Scenario, common: &CommonArgs) -> Report {
         window_seconds: 0.0,
         deliveries_in_window: 0,
         deliveries_per_sec: 0.0,
+        wire_bytes_per_delivery: None,
         publishes_per_sec: 0.0,
         acks_per_sec: 0.0,
         delivery: None,
@@ -126,6 +127,7 @@ pub(crate) fn pubsub_report(
         sent: r.sent_in_window,
         acked: r.acked_in_window,
         other_frames: 0,
+        bytes_in: r.bytes_in_window,
     };
     let edges = (&r.window_start, &r.window_end);
     window_figures(&mut rep, target, (&r.baseline, &r.connected), edges, counts);
@@ -214,6 +216,8 @@ pub(super) fn window_figures(
 ) {
     let wall = window(rep, target, w0, w1);
     rep.deliveries_in_window = c.delivered;
+    rep.wire_bytes_per_delivery =
+        (c.delivered > 0 && c.bytes_in > 0).then(|| c.bytes_in as f64 / c.delivered as f64);
     if wall > 0.0 {
         rep.deliveries_per_sec = c.delivered as f64 / wall;
         rep.publishes_per_sec = c.sent as f64 / wall;

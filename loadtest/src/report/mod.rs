@@ -37,6 +37,9 @@ pub struct Report {
     /// Message frames received during the window.
     pub deliveries_in_window: u64,
     pub deliveries_per_sec: f64,
+    /// WebSocket bytes the server sent per delivery in the window (data frames with their
+    /// headers: the messages, and the acks and other frames, shared out); pub/sub scenarios.
+    pub wire_bytes_per_delivery: Option<f64>,
     pub publishes_per_sec: f64,
     /// Acks received during the window: publishes the server stored (under its durability) and
     /// confirmed. The throughput figure of a closed-loop (`--max`) run.

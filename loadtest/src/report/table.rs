@@ -168,6 +168,12 @@ impl Report {
                 "  deliveries/s      {}",
                 thousands(self.deliveries_per_sec.round() as u64)
             );
+            if let Some(b) = self.wire_bytes_per_delivery {
+                let _ = writeln!(
+                    o,
+                    "  bytes/delivery    {b:.1}  (server to clients, WebSocket)"
+                );
+            }
             let _ = writeln!(o, "  publishes/s       {:.1}", self.publishes_per_sec);
             let _ = writeln!(
                 o,

@@ -47,6 +47,9 @@ pub struct Shared {
     pub disconnects: AtomicU64,
     /// `--resend`: connections reconnecting now (the drain waits for them).
     pub reconnecting: AtomicU64,
+    /// WebSocket bytes of the data frames the server sent (headers included), all connections
+    /// of the pub/sub read loop.
+    pub bytes_in: AtomicU64,
     problems: Mutex<Vec<String>>,
 }
 
@@ -68,6 +71,7 @@ impl Shared {
             server_errors: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
             reconnecting: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
             problems: Mutex::new(Vec::new()),
         }
     }
@@ -96,6 +100,7 @@ impl Shared {
             sent: self.sent.load(Relaxed),
             acked: self.acked.load(Relaxed),
             other_frames: self.other_frames.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
         }
     }
 
@@ -122,6 +127,9 @@ pub struct Counts {
     pub sent: u64,
     pub acked: u64,
     pub other_frames: u64,
+    /// `Shared::bytes_in`.
+    #[serde(default)]
+    pub bytes_in: u64,
 }
 
 impl Counts {
@@ -132,6 +140,7 @@ impl Counts {
             sent: self.sent + o.sent,
             acked: self.acked + o.acked,
             other_frames: self.other_frames + o.other_frames,
+            bytes_in: self.bytes_in + o.bytes_in,
         }
     }
 
@@ -142,6 +151,7 @@ impl Counts {
             sent: self.sent.saturating_sub(earlier.sent),
             acked: self.acked.saturating_sub(earlier.acked),
             other_frames: self.other_frames.saturating_sub(earlier.other_frames),
+            bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
         }
     }
 }

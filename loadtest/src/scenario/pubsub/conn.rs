@@ -291,6 +291,13 @@ async fn read_loop(ws: &mut Ws, out: &mut ConnOutcome, r: &mut Reader<'_>) -> St
             }
             _ => continue,
         }
+        let len = frame.payload.len();
+        let header = match len {
+            0..126 => 2,
+            126..65536 => 4,
+            _ => 10,
+        };
+        shared.bytes_in.fetch_add((header + len) as u64, Relaxed);
         let now = shared.now_ns();
         let decoded;
         let f = if proto {

@@ -58,6 +58,8 @@ pub struct PubsubResult {
     pub delivered_in_window: u64,
     pub sent_in_window: u64,
     pub acked_in_window: u64,
+    /// `Shared::bytes_in` in the window.
+    pub bytes_in_window: u64,
     pub delivery: DeliveryReport,
     pub latency: Option<LatencySummary>,
     pub ack_latency: Option<LatencySummary>,
@@ -439,6 +441,7 @@ impl PubsubResult {
             delivered_in_window: c1.delivered - c0.delivered,
             sent_in_window: c1.sent - c0.sent,
             acked_in_window: c1.acked - c0.acked,
+            bytes_in_window: c1.bytes_in - c0.bytes_in,
             delivery,
             latency: shared.latency.summary(),
             ack_latency: shared.ack_latency.summary(),
