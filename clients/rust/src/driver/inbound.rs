@@ -118,9 +118,11 @@ impl Driver {
                 room,
                 since,
                 rejoin,
+                counted,
             } => {
-                if self.recovering > 0 && (rejoin || !self.rooms.get(&room).is_some_and(|r| r.live))
-                {
+                // Only the session's own joins: a join the application asked for meanwhile
+                // must not end the recovery early (nor, counted off, underflow it).
+                if counted {
                     self.recovering -= 1;
                 }
                 self.join_answered(room, since, rejoin, err, &f);

@@ -135,6 +135,8 @@ enum Pending {
         since: Option<u64>,
         /// Sent by a reconnect's recovery.
         rejoin: bool,
+        /// Sent as the session began: `recovering` counts it until it is answered.
+        counted: bool,
     },
     Outbox,
     Sync,
@@ -457,6 +459,7 @@ impl Driver {
                     room,
                     since,
                     rejoin,
+                    counted: true,
                 },
             );
             self.recovering += 1;
@@ -590,6 +593,7 @@ impl Driver {
                     room,
                     since: None,
                     rejoin: false,
+                    counted: false,
                 };
                 self.pending.insert(id, p);
             }
