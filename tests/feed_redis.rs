@@ -479,6 +479,21 @@ async fn on_a_redis_cluster_every_event_kind_arrives() {
 async fn on_a_redis_cluster_a_backend_down_then_up_gets_every_event_once() {
     let redis = RedisCluster::start(3).await;
     backend_down_then_up(&redis.url()).await;
+    // The partitions were written (lobby's and bob's slots), then emptied as they were moved.
+    eventually(WAIT, "the partitions are emptied", async || {
+        let mut parts = 0;
+        for node in &redis.nodes {
+            let keys = node.cli(&["KEYS", "sc:{fp*}:log"]).await;
+            for key in keys.lines().filter(|k| !k.is_empty()) {
+                parts += 1;
+                if node.cli(&["XLEN", key]).await.trim() != "0" {
+                    return None;
+                }
+            }
+        }
+        (parts == 2).then_some(())
+    })
+    .await;
 }
 
 /// Publishes to rooms in different slots (and masters) while the node that moves and
@@ -493,4 +508,41 @@ async fn on_a_redis_cluster_a_killed_delivering_node_loses_no_event() {
 async fn on_a_redis_cluster_the_pull_api_works_on_a_node_that_does_not_deliver() {
     let redis = RedisCluster::start(3).await;
     pull_on_another_node(&redis.url()).await;
+}
+
+/// `lua/feed_collect.lua` moves a partition's events into the feed once: a second mover (or a
+/// retry after a crash) with events already moved adds nothing, a mover without the lease
+/// adds nothing, and a partition that went back restarts from where it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_move_script_moves_each_event_once() {
+    let redis = RedisServer::start().await;
+    let script = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/cluster/lua/feed_collect.lua"
+    ))
+    .unwrap();
+    let (lease, meta, log) = ("sc:{feed}:lease", "sc:{feed}:meta", "sc:{feed}:log");
+    redis.cli(&["SET", lease, "me"]).await;
+    let run = async |holder: &str, restart: &str, events: &[u64]| -> String {
+        let cursors: Vec<String> = events.iter().map(|c| c.to_string()).collect();
+        let n = events.len().to_string();
+        let mut args = vec!["EVAL", &script, "3", lease, meta, log, holder];
+        args.extend(["p7", restart, n.as_str()]);
+        for c in &cursors {
+            args.extend([c.as_str(), "4", "e", "v", "n", c.as_str()]);
+        }
+        redis.cli(&args).await.trim().to_owned()
+    };
+    assert_eq!(run("me", "", &[1, 2]).await, "2");
+    assert_eq!(run("me", "", &[2, 3]).await, "3", "2 was moved already");
+    assert_eq!(run("other", "", &[4]).await, "-1", "not the lease's holder");
+    assert_eq!(
+        run("me", "1", &[2]).await,
+        "2",
+        "the partition went back to 1"
+    );
+    let names = redis.cli(&["XRANGE", log, "-", "+"]).await;
+    let moved: Vec<&str> = names.lines().filter(|l| l.parse::<u64>().is_ok()).collect();
+    assert_eq!(moved, ["1", "2", "3", "2"], "{names}");
+    assert_eq!(redis.cli(&["HGET", meta, "last"]).await.trim(), "4");
 }

@@ -28,8 +28,10 @@ const SWEEP: Duration = Duration::from_secs(1);
 const HOT_FOR: Duration = Duration::from_secs(10);
 /// How often a node without the lease tries to take it (as the webhook thread).
 const LEASE_POLL: Duration = Duration::from_millis(250);
-/// Most events moved per script call.
-const CHUNK: usize = 500;
+/// Most events of one partition moved per round.
+const CHUNK: usize = 100;
+/// Most partitions moved per script call.
+const GROUP: usize = 16;
 
 /// The hash tag number `N` of slot `s`'s partition (`{fpN}` hashes to `s`): the smallest.
 /// Computed once, about 170,000 CRC16s of a few bytes.
@@ -154,21 +156,23 @@ impl Collect {
             false => self.hot.keys().copied().collect(),
         };
         let lasts = self.lasts(&due)?;
-        let mut moved = false;
+        let mut changed = Vec::new();
         for (s, last) in due.into_iter().zip(lasts) {
             let at = self.pos.get(&s).copied().unwrap_or(0);
-            if last == at {
-                continue;
+            // Unknown (a slot moving between masters): looked at again next round.
+            if let Some(last) = last.filter(|&l| l != at) {
+                self.hot.insert(s, now);
+                changed.push((s, at, last));
             }
-            self.hot.insert(s, now);
-            if !self.move_part(s, at, last)? {
+        }
+        self.hot.retain(|_, t| now - *t < HOT_FOR);
+        for group in changed.chunks(GROUP) {
+            if !self.move_parts(group)? {
                 self.held = false;
                 return Ok(false);
             }
-            moved = true;
         }
-        self.hot.retain(|_, t| now - *t < HOT_FOR);
-        Ok(moved)
+        Ok(!changed.is_empty())
     }
 
     /// The positions kept in the feed's meta hash (fields `pSLOT`).
@@ -182,8 +186,8 @@ impl Collect {
             .collect())
     }
 
-    /// Each partition's highest cursor written (0: none).
-    fn lasts(&mut self, slots: &[u16]) -> redis::RedisResult<Vec<u64>> {
+    /// Each partition's highest cursor written (0: none; `None`: its answer was an error).
+    fn lasts(&mut self, slots: &[u16]) -> redis::RedisResult<Vec<Option<u64>>> {
         let cmds = (slots.iter())
             .map(|&s| {
                 let mut c = redis::cmd("HGET");
@@ -193,48 +197,55 @@ impl Collect {
             .collect();
         let answers = self.conn()?.pipeline(cmds)?;
         Ok(answers
-            .iter()
-            .map(|v| redis::FromRedisValue::from_redis_value(v.clone()).unwrap_or(Some(0)))
-            .map(|v: Option<u64>| v.unwrap_or(0))
+            .into_iter()
+            .map(|v| redis::FromRedisValue::from_redis_value(v).ok())
+            .map(|v: Option<Option<u64>>| v.map(|l| l.unwrap_or(0)))
             .collect())
     }
 
-    /// Moves partition `s`'s events after `at` (up to `last`, as read) into the feed, then
-    /// trims what moved from the partition. False when the lease was lost meanwhile.
-    fn move_part(&mut self, s: u16, mut at: u64, last: u64) -> redis::RedisResult<bool> {
-        let (plog, _) = self.keys.feed_part(s);
-        let (_, meta, lease) = self.keys.feed();
-        let (field, log) = (format!("p{s}"), self.keys.feed().0);
-        let mut restart = String::new();
-        if last < at {
-            tracing::warn!(
-                slot = s,
-                at,
-                last,
-                "a feed partition went back (Redis lost writes); from its end"
-            );
-            (restart, at) = (last.to_string(), last);
-        }
-        loop {
-            let mut range = redis::cmd("XRANGE");
-            range
-                .arg(&plog)
-                .arg(format!("{}-0", at + 1))
-                .arg("+")
-                .arg("COUNT")
-                .arg(CHUNK);
-            let Value::Array(entries) = self.query(&range)? else {
+    /// Moves the events of partitions `(slot, position, last)` written after their position
+    /// into the feed (up to `CHUNK` each; the rest next round), in one script call, then trims
+    /// what moved from the partitions. Reads and trims are pipelined. False when the lease was
+    /// lost meanwhile.
+    fn move_parts(&mut self, parts: &[(u16, u64, u64)]) -> redis::RedisResult<bool> {
+        let ranges = (parts.iter())
+            .map(|&(s, at, last)| {
+                let mut range = redis::cmd("XRANGE");
+                range
+                    .arg(self.keys.feed_part(s).0)
+                    .arg(format!("{}-0", at.min(last) + 1))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(CHUNK);
+                range
+            })
+            .collect();
+        let ranges = self.conn()?.pipeline(ranges)?;
+        let (log, meta, lease) = self.keys.feed();
+        let mut c = redis::cmd("EVAL");
+        c.arg(COLLECT)
+            .arg(3)
+            .arg(&lease)
+            .arg(&meta)
+            .arg(&log)
+            .arg(self.feed.holder());
+        for (&(s, at, last), entries) in parts.iter().zip(ranges) {
+            let Value::Array(entries) = entries else {
                 return Err(corrupt("an unexpected range"));
             };
-            let mut c = redis::cmd("EVAL");
-            c.arg(COLLECT)
-                .arg(3)
-                .arg(&lease)
-                .arg(&meta)
-                .arg(&log)
-                .arg(self.feed.holder())
-                .arg(&field)
-                .arg(std::mem::take(&mut restart));
+            let restart = match last < at {
+                true => {
+                    tracing::warn!(
+                        slot = s,
+                        at,
+                        last,
+                        "a feed partition went back (Redis lost writes); from its end"
+                    );
+                    last.to_string()
+                }
+                false => String::new(),
+            };
+            c.arg(format!("p{s}")).arg(restart).arg(entries.len());
             for e in &entries {
                 let (cursor, fields) = entry(e).ok_or_else(|| corrupt("a malformed entry"))?;
                 c.arg(cursor).arg(fields.len());
@@ -246,21 +257,24 @@ impl Collect {
                     };
                 }
             }
-            let now: i64 = redis::FromRedisValue::from_redis_value(self.query(&c)?)?;
+        }
+        let done: Vec<i64> = redis::FromRedisValue::from_redis_value(self.query(&c)?)?;
+        let mut trims = Vec::new();
+        for (&(s, _, _), now) in parts.iter().zip(done) {
             let Ok(now) = u64::try_from(now) else {
                 return Ok(false);
             };
             self.pos.insert(s, now);
             if now > 0 {
                 let mut trim = redis::cmd("XTRIM");
-                trim.arg(&plog).arg("MINID").arg(format!("{}-0", now + 1));
-                self.query(&trim)?;
+                trim.arg(self.keys.feed_part(s).0)
+                    .arg("MINID")
+                    .arg(format!("{}-0", now + 1));
+                trims.push(trim);
             }
-            if entries.len() < CHUNK || now >= last {
-                return Ok(true);
-            }
-            at = now;
         }
+        self.conn()?.pipeline(trims)?;
+        Ok(true)
     }
 }
 
