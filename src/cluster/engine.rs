@@ -480,7 +480,7 @@ impl Node {
                         .key(online)
                         .arg(conn.raw())
                         .arg(user.as_str());
-                    me.feed_keys(&mut inv);
+                    me.feed_keys(&mut inv, &me.keys.channel(&Stream::Inbox(user.clone())));
                     me.script::<i64>(&inv).await;
                 });
             }

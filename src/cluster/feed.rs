@@ -18,6 +18,7 @@ const AGE_STEP: usize = 256;
 const AGE_STEPS: usize = 64;
 
 /// The feed's keys and this process's name as a lease holder.
+#[derive(Clone)]
 pub struct FeedKeys {
     log: String,
     meta: String,
@@ -37,6 +38,11 @@ impl FeedKeys {
             lease,
             holder: format!("{}-{nanos}", std::process::id()),
         }
+    }
+
+    /// This process's name as the lease's holder (the collector's too, `cluster::parts`).
+    pub fn holder(&self) -> &str {
+        &self.holder
     }
 
     pub fn state_cmds(&self) -> (Cmd, Cmd) {

@@ -109,6 +109,14 @@ impl Keys {
         (tag.clone() + ":log", tag.clone() + ":meta", tag + ":lease")
     }
 
+    /// A feed partition on a Redis Cluster (docs/hooks.md, "The feed on a Redis Cluster"):
+    /// the stream and meta hash of the same layout as `feed`'s, with a hash tag (`fpN`, from
+    /// `cluster::parts`) in `slot`, so the scripts of that slot's rooms and users write it.
+    pub fn feed_part(&self, slot: u16) -> (String, String) {
+        let tag = format!("{}:{{fp{}}}", self.prefix, super::parts::tag(slot));
+        (tag.clone() + ":log", tag + ":meta")
+    }
+
     /// The counter that hands out node ids.
     pub fn node_ids(&self) -> String {
         format!("{}:node-ids", self.prefix)

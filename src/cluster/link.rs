@@ -320,6 +320,26 @@ impl SyncConn {
         }
     }
 
+    /// Commands sent together, answered in order (a Cluster's: grouped by master).
+    pub fn pipeline(&mut self, cmds: Vec<Cmd>) -> RedisResult<Vec<redis::Value>> {
+        match self {
+            SyncConn::Single(c) => {
+                let mut p = redis::pipe();
+                for cmd in cmds {
+                    p.add_command(cmd);
+                }
+                p.query(c)
+            }
+            SyncConn::Cluster(c) => {
+                let mut p = redis::cluster::cluster_pipe();
+                for cmd in cmds {
+                    p.add_command(cmd);
+                }
+                p.query(c.as_mut())
+            }
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         match self {
             SyncConn::Single(c) => c.is_open(),

@@ -18,6 +18,7 @@ mod engine;
 mod feed;
 mod keys;
 mod link;
+mod parts;
 mod store;
 mod wire;
 
@@ -54,12 +55,6 @@ pub enum ClusterError {
     },
     #[error("cannot start the engine thread: {0}")]
     Thread(std::io::Error),
-    #[error(
-        "the event feed (event_feed, webhook_url) is not available on a Redis Cluster yet (a \
-         room's script cannot write one feed stream in another slot); use one Redis server \
-         (with replicas), or turn the feed off"
-    )]
-    FeedOnCluster,
 }
 
 /// What the shards and the API ask of the engine thread.
@@ -190,9 +185,6 @@ pub fn connect(config: &Config) -> Result<Started, ClusterError> {
         config.presence_ttl_secs,
     );
     let (target, boot) = rt.block_on(boot).map_err(err)?;
-    if target.cluster && config.feed_on() {
-        return Err(ClusterError::FeedOnCluster);
-    }
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = Handle {
         tx,

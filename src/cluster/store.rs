@@ -12,6 +12,7 @@ use redis::Value;
 use super::feed::{self, FeedKeys};
 use super::keys::Keys;
 use super::link::{SyncConn, Target};
+use super::parts;
 use crate::config::Config;
 use crate::core::Stream;
 use crate::core::event::Folded;
@@ -25,16 +26,30 @@ pub struct RedisStore {
     feed: FeedKeys,
     /// Reconnected on the next read after a failure.
     conn: Mutex<Option<SyncConn>>,
+    /// On a Redis Cluster with the feed on: moves the partitions into the feed (`parts`);
+    /// stops with the store.
+    _collector: Option<parts::Collector>,
 }
 
 impl RedisStore {
     pub fn new(target: Target, keys: Keys, config: Arc<Config>) -> RedisStore {
+        let feed = FeedKeys::new(keys.feed());
+        let collector = match target.cluster && config.feed_on() {
+            true => parts::start(
+                target.clone(),
+                keys.clone(),
+                feed.clone(),
+                config.presence_ttl_secs.saturating_mul(1000),
+            ),
+            false => None,
+        };
         RedisStore {
             target,
-            feed: FeedKeys::new(keys.feed()),
+            feed,
             keys,
             config,
             conn: Mutex::new(None),
+            _collector: collector,
         }
     }
 

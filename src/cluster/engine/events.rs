@@ -38,7 +38,7 @@ impl Node {
             .arg(arg)
             .arg(self.config.max_reaction_emojis)
             .arg(room.as_str());
-        self.feed_keys(&mut inv);
+        self.feed_keys(&mut inv, &meta);
         let (status, seq, _epoch, why) =
             match self.script_or::<(String, u64, u64, String)>(&inv).await {
                 Ok(done) => done,

@@ -63,7 +63,7 @@ impl Node {
         }
         if feed {
             inv.arg(stream.name().as_str());
-            self.feed_keys(&mut inv);
+            self.feed_keys(&mut inv, &meta);
         }
         let (seq, _epoch, dup) = match self.script_or::<(u64, u64, u8)>(&inv).await {
             Ok(done) => done,

@@ -131,7 +131,7 @@ impl Node {
                 .arg(u8::from(new_user))
                 .arg(self.dead())
                 .arg(info.as_deref().unwrap_or_default());
-            self.feed_keys(&mut inv);
+            self.feed_keys(&mut inv, &self.keys.channel(&Stream::Room(room.clone())));
             self.script::<(i64, u64, u64)>(&inv).await
         } else {
             None // left meanwhile: the client side has answered this join already
@@ -235,7 +235,7 @@ impl Node {
             .arg(self.publish_cmd())
             .arg(room.as_str())
             .arg(self.list(&rule));
-        self.feed_keys(&mut inv);
+        self.feed_keys(&mut inv, &self.keys.channel(&Stream::Room(room.clone())));
         if let Some(users) = self.script::<u64>(&inv).await
             && let Some(r) = self.state.borrow_mut().rooms.get_mut(&room)
         {
@@ -269,7 +269,7 @@ impl Node {
             .arg(self.publish_cmd())
             .arg(room.as_str())
             .arg(self.list(&rule));
-        self.feed_keys(&mut inv);
+        self.feed_keys(&mut inv, &self.keys.channel(&Stream::Room(room.clone())));
         let Some((users, info)) = self
             .script::<(Vec<String>, Vec<(String, String)>)>(&inv)
             .await
@@ -306,7 +306,7 @@ impl Node {
             .arg(self.keys.channel(&Stream::Room(room.clone())))
             .arg(self.publish_cmd())
             .arg(room.as_str());
-        self.feed_keys(&mut inv);
+        self.feed_keys(&mut inv, &self.keys.channel(&Stream::Room(room.clone())));
         let total = self.script::<u64>(&inv).await?;
         self.heard(room, total);
         Some(total)

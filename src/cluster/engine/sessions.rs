@@ -61,7 +61,7 @@ impl Node {
             .arg(self.keys.channel(&stream))
             .arg(self.publish_cmd())
             .arg(user.as_str());
-        self.feed_keys(&mut inv);
+        self.feed_keys(&mut inv, &self.keys.channel(&stream));
         let verdict = match self.script::<Vec<i64>>(&inv).await.as_deref() {
             Some([0, seq]) => Ok(*seq as u64),
             Some([-1]) => Err(HandshakeError::ConnectionLimit(
