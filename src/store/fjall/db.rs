@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Iter, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::StoreMemory;
 use crate::core::{Name, Stream};
@@ -143,12 +143,24 @@ impl Db {
         stream: &Stream,
         gone: impl Fn(u64, u64) -> bool,
     ) -> Result<usize, StoreError> {
+        self.remove_front(ks, ks.prefix(stream.prefix()), seq_of, gone)
+    }
+
+    /// Deletes `entries` of `ks` (key → ts ++ ...) from the front while `gone(seq, ts)`, the
+    /// seq read from the key by `seq`; stops at the first that is not. Returns how many.
+    pub(super) fn remove_front(
+        &self,
+        ks: &Keyspace,
+        entries: Iter,
+        seq: impl Fn(&[u8]) -> Result<u64, StoreError>,
+        gone: impl Fn(u64, u64) -> bool,
+    ) -> Result<usize, StoreError> {
         let mut tx = self.db.batch();
         let mut removed = 0;
-        for guard in ks.prefix(stream.prefix()) {
+        for guard in entries {
             let (key, value) = guard.into_inner().map_err(read_err)?;
             let (ts, _) = split_value(&value)?;
-            if !gone(seq_of(&key)?, ts) {
+            if !gone(seq(&key)?, ts) {
                 break;
             }
             tx.remove(ks, key);

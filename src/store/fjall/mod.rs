@@ -364,21 +364,12 @@ impl Store for FjallStore {
         let Some((feed, _)) = &db.feed else {
             return Ok(0);
         };
-        let mut tx = db.db.batch();
-        let mut removed = 0;
-        for guard in feed.iter() {
-            let (key, value) = guard.into_inner().map_err(read_err)?;
-            let (ts, _) = split_value(&value)?;
-            if !trimmed(be_u64(&key), ts, keep_from, min_ts) {
-                break;
-            }
-            tx.remove(feed, key);
-            removed += 1;
-        }
-        if removed > 0 {
-            tx.commit().map_err(write_err)?;
-        }
-        Ok(removed)
+        db.remove_front(
+            feed,
+            feed.iter(),
+            |key| Ok(be_u64(key)),
+            |cursor, ts| trimmed(cursor, ts, keep_from, min_ts),
+        )
     }
 
     fn set_feed_mark(&self, mark: u64) -> Result<(), StoreError> {
