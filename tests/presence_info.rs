@@ -21,6 +21,13 @@ fn with_info(url: &str, c: &mut Config) {
     c.presence_events = true;
 }
 
+/// [`with_info`] on the Redis engine.
+fn with_info_on_redis(url: &str, redis: &RedisServer, c: &mut Config) {
+    with_info(url, c);
+    c.engine = Engine::Redis;
+    c.redis_url = Some(redis.url());
+}
+
 /// The `presence` reply of `c` for `room`.
 async fn presence(c: &mut Client, room: &str) -> Value {
     let id = c.fresh_id();
@@ -88,11 +95,7 @@ async fn info_is_shown_in_presence_and_joined() {
 async fn info_is_shown_in_presence_and_joined_in_the_redis_engine() {
     let backend = Backend::start().await;
     let redis = RedisServer::start().await;
-    let server = TestServer::start(|c| {
-        with_info(&backend.url, c);
-        c.engine = Engine::Redis;
-        c.redis_url = Some(redis.url());
-    });
+    let server = TestServer::start(|c| with_info_on_redis(&backend.url, &redis, c));
     info_in_presence(server.addr()).await;
 }
 
@@ -103,9 +106,7 @@ async fn info_is_written_back_with_a_nodes_entries() {
     let backend = Backend::start().await;
     let redis = RedisServer::start().await;
     let server = TestServer::start(|c| {
-        with_info(&backend.url, c);
-        c.engine = Engine::Redis;
-        c.redis_url = Some(redis.url());
+        with_info_on_redis(&backend.url, &redis, c);
         c.presence_ttl_secs = 3;
     });
     let mut alice = Client::connect_dev(server.addr(), "alice").await;
