@@ -9,6 +9,7 @@
 //! for a request (the client side does, `shard::hooked`; a connect's in `connect.rs`) or touch
 //! shard state: the caller awaits the answer.
 
+mod answer;
 mod client;
 mod connect;
 
