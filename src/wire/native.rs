@@ -6,6 +6,8 @@
 //! bytes are prost's for the same frame (fields in tag order, defaults left out), which a unit
 //! test checks.
 
+use prost::encoding::encoded_len_varint;
+
 use super::server::body_cross;
 use super::{LEN, VARINT};
 use crate::ws;
@@ -38,7 +40,10 @@ pub fn write(json: &[u8], out: &mut Vec<u8>, framed: bool) -> bool {
         Some(Id::Num(n)) => F::V(NUM_ID, n),
         Some(Id::Str(s)) => F::B(STR_ID, s),
     };
-    let len = id.len() + varint_len(u64::from(tag << 3)) + varint_len(inner as u64) + inner;
+    let len = id.len()
+        + encoded_len_varint(u64::from(tag << 3))
+        + encoded_len_varint(inner as u64)
+        + inner;
     // Exactly: a frame written into an empty buffer becomes a `Bytes` without a second
     // allocation (`Bytes::from` a `Vec` with spare room allocates its shared header).
     out.reserve_exact(len + if framed { ws::header_len(len) } else { 0 });
@@ -140,9 +145,13 @@ impl F<'_> {
         match *self {
             F::Skip | F::V(_, 0) | F::B(_, []) => 0,
             F::B(tag, b) | F::Always(tag, b) => {
-                varint_len(u64::from(tag << 3)) + varint_len(b.len() as u64) + b.len()
+                encoded_len_varint(u64::from(tag << 3))
+                    + encoded_len_varint(b.len() as u64)
+                    + b.len()
             }
-            F::V(tag, n) | F::VAlways(tag, n) => varint_len(u64::from(tag << 3)) + varint_len(n),
+            F::V(tag, n) | F::VAlways(tag, n) => {
+                encoded_len_varint(u64::from(tag << 3)) + encoded_len_varint(n)
+            }
         }
     }
     fn write(&self, out: &mut Vec<u8>) {
@@ -159,12 +168,6 @@ impl F<'_> {
             }
         }
     }
-}
-
-/// Bytes of `n` as a protobuf varint.
-fn varint_len(n: u64) -> usize {
-    // 1 byte per started group of 7 bits, and 1 for zero.
-    (64 - (n | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Appends `n` as a protobuf varint (into room `write` reserved: each push is a store).
@@ -253,7 +256,8 @@ mod tests {
             super::varint(n, &mut ours);
             prost::encoding::encode_varint(n, &mut prost);
             assert_eq!(ours, prost, "{n}");
-            assert_eq!(super::varint_len(n), prost.len(), "{n}");
+            // The length the frame's buffer is sized by.
+            assert_eq!(prost::encoding::encoded_len_varint(n), ours.len(), "{n}");
         }
     }
 }
