@@ -36,7 +36,7 @@ impl Embedded {
         out: &mut Outbox,
     ) {
         if let Some(refused) = self.disk_refusal() {
-            return self.answer_to(reply.fail(refused), out);
+            return self.answer(reply.fail(refused), out);
         }
         let waiting = Waiting {
             from,
@@ -76,13 +76,13 @@ impl Embedded {
         out: &mut Outbox,
     ) {
         match verdict {
-            Err(e) => self.answer_to(reply.fail(e), out),
+            Err(e) => self.answer(reply.fail(e), out),
             Ok(None) => {
                 let ack = reply.answer(
                     |id| encode::noop_ack(id, &room),
                     || Bytes::from_static(b"{\"noop\":true}"),
                 );
-                self.answer_to(ack, out);
+                self.answer(ack, out);
             }
             Ok(Some(mut write)) => {
                 let seq = self.rooms.next_seq(&room);

@@ -6,8 +6,9 @@
 //! - `home`: the bookkeeping (`HomeRooms`: seqs, members per user and per shard; `HomeUsers`:
 //!   connections, the session policy, each inbox's seqs and delivered cursor).
 //! - `keys`: idempotency keys (`HomeKeys`: per stream, each remembered key's seq).
-//! - `serve`: the handlers; `events`: edits, deletes and reactions (checked by the store
-//!   writer, then sequenced like messages).
+//! - `serve`: the handlers; `write`: a new message sequenced, stored, acked and spread to the
+//!   shards; `events`: edits, deletes and reactions (checked by the store writer, then
+//!   sequenced like messages); `reads`: read positions and receipts.
 //!
 //! It must not touch connections or the hub's state (it answers with `NodeMsg`s), and it does
 //! not know the Redis engine.
@@ -17,6 +18,7 @@ mod home;
 mod keys;
 mod reads;
 mod serve;
+mod write;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
