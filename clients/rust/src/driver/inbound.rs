@@ -8,7 +8,7 @@
 use tokio::time::Instant;
 
 use super::socket::dropped;
-use super::{Driver, End, Pending, RETRIED, Room, Target, Ws};
+use super::{Driver, End, Pending, Room, Target, Ws};
 use crate::Error;
 use crate::codec::Frame;
 use crate::event::{Event, JoinAck, Message, RoomRecovery};
@@ -128,37 +128,15 @@ impl Driver {
                 self.join_answered(room, since, rejoin, err, &f);
             }
             Pending::Outbox => {
-                let Some(i) = self.outbox.iter().position(|e| e.id == id) else {
-                    return Ok(());
-                };
-                match err {
-                    Some(Error::Server { code, .. }) if RETRIED.contains(&code.as_str()) => {
-                        let e = &mut self.outbox[i];
-                        e.on_wire = false;
-                        e.not_before = Some(
-                            Instant::now() + self.opts.backoff.delay(e.tries.saturating_sub(1)),
-                        );
-                    }
-                    Some(err) => {
-                        let mut e = self.outbox.remove(i).expect("found above");
-                        if let Some(done) = e.done.take() {
-                            let _ = done.send(Err(err));
-                        }
-                    }
-                    None => {
-                        let mut e = self.outbox.remove(i).expect("found above");
-                        let ack = crate::Ack::from_frame(&f);
-                        if let (Target::Room(room), Some(seq)) = (&e.target, ack.seq)
-                            && let Some(r) = self.rooms.get_mut(room)
-                            && seq > r.seq.unwrap_or(0)
-                        {
-                            r.own.insert(seq);
-                            advance(r);
-                        }
-                        if let Some(done) = e.done.take() {
-                            let _ = done.send(Ok(ack));
-                        }
-                    }
+                let answer = err.map_or_else(|| Ok(crate::Ack::from_frame(&f)), Err);
+                let backoff = |tries| self.opts.backoff.delay(tries);
+                if let Some((Target::Room(room), Some(seq))) =
+                    self.outbox.answered(id, answer, Instant::now(), backoff)
+                    && let Some(r) = self.rooms.get_mut(&room)
+                    && seq > r.seq.unwrap_or(0)
+                {
+                    r.own.insert(seq);
+                    advance(r);
                 }
                 self.flush(ws).await?;
             }

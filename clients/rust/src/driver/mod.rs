@@ -7,7 +7,8 @@
 //! unbounded channel.
 //!
 //! [`inbound`] turns what the server sends into state and events; [`socket`] opens the
-//! WebSocket and sends frames; this file keeps the state, the session loop and the outbox.
+//! WebSocket and sends frames; [`outbox`] keeps the keyed requests until answered; this file
+//! keeps the state and the session loop.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,11 @@ use crate::event::{Event, JoinAck, Message, Recovery, RoomRecovery};
 use crate::{Auth, Error, Options};
 
 mod inbound;
+mod outbox;
 mod socket;
+
+use outbox::Outbox;
+pub(crate) use outbox::{Entry, Target};
 
 pub(crate) use socket::reconnects;
 use socket::{closed, connect, dropped, send, sleep_until, ws_message};
@@ -50,10 +55,6 @@ impl TokenCell {
 /// Completes a request with its reply frame (or why none came).
 pub(crate) type Done = Box<dyn for<'a> FnOnce(Result<Frame<'a>, Error>) + Send>;
 
-/// Reply codes after which an outbox entry is sent again after a backoff: the server did not
-/// store it and may take it later (the JS client's `RETRIED_CODES`).
-const RETRIED: [&str; 2] = ["rate_limited", "unavailable"];
-
 pub(crate) enum Command {
     /// A request already encoded with its id.
     Request {
@@ -73,44 +74,6 @@ pub(crate) enum Command {
     },
     Outbox(Entry),
     Close,
-}
-
-/// Where an outbox entry goes; entries to one target keep their order.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Target {
-    Room(String),
-    User(String),
-}
-
-/// A `publish` or `send` with its key, encoded once with its id and sent as it is until it is
-/// answered.
-pub(crate) struct Entry {
-    pub(crate) id: u64,
-    pub(crate) target: Target,
-    pub(crate) frame: Bytes,
-    pub(crate) done: Option<oneshot::Sender<Result<crate::Ack, Error>>>,
-    tries: u32,
-    not_before: Option<Instant>,
-    on_wire: bool,
-}
-
-impl Entry {
-    pub(crate) fn new(
-        id: u64,
-        target: Target,
-        frame: Bytes,
-        done: oneshot::Sender<Result<crate::Ack, Error>>,
-    ) -> Entry {
-        Entry {
-            id,
-            target,
-            frame,
-            done: Some(done),
-            tries: 0,
-            not_before: None,
-            on_wire: false,
-        }
-    }
 }
 
 /// A room the application joined: rejoined after every reconnect.
@@ -167,7 +130,7 @@ pub(crate) struct Driver {
     pending: HashMap<u64, Pending>,
     /// Requests waiting for the connection to be up (recovered).
     queue: VecDeque<(u64, Bytes, Option<Done>)>,
-    outbox: VecDeque<Entry>,
+    outbox: Outbox,
     /// Rejoins and syncs still out; the connection is up when it reaches 0.
     recovering: usize,
     recovery: Vec<RoomRecovery>,
@@ -196,7 +159,7 @@ impl Driver {
             inbox_floor: 0,
             pending: HashMap::new(),
             queue: VecDeque::new(),
-            outbox: VecDeque::new(),
+            outbox: Outbox::default(),
             recovering: 0,
             recovery: Vec::new(),
             user: String::new(),
@@ -315,11 +278,7 @@ impl Driver {
                 done(Err(err()));
             }
         }
-        for mut e in self.outbox.drain(..) {
-            if let Some(done) = e.done.take() {
-                let _ = done.send(Err(err()));
-            }
-        }
+        self.outbox.fail_all(err);
         for (_, r) in self.rooms.drain() {
             for w in r.waiters {
                 let _ = w.send(Err(err()));
@@ -337,9 +296,7 @@ impl Driver {
                 done(Err(Error::Disconnected));
             }
         }
-        for e in &mut self.outbox {
-            e.on_wire = false;
-        }
+        self.outbox.lost();
         for r in self.rooms.values_mut() {
             r.live = false;
         }
@@ -360,7 +317,7 @@ impl Driver {
                 self.rooms.remove(&room);
                 done(Ok(Frame::default()));
             }
-            Command::Outbox(e) => self.outbox.push_back(e),
+            Command::Outbox(e) => self.outbox.push(e),
             Command::Close => {}
         }
     }
@@ -475,7 +432,7 @@ impl Driver {
         let mut tick = tokio::time::interval(hb);
         let mut last_rx = Instant::now();
         loop {
-            let wake = self.next_wake();
+            let wake = self.outbox.next_wake();
             tokio::select! {
                 msg = ws.next() => {
                     last_rx = Instant::now();
@@ -612,7 +569,7 @@ impl Driver {
                 }
             }
             Command::Outbox(e) => {
-                self.outbox.push_back(e);
+                self.outbox.push(e);
                 self.flush(ws).await?;
             }
             Command::Close => {
@@ -623,43 +580,15 @@ impl Driver {
         Ok(())
     }
 
-    /// The earliest retry time of a waiting outbox entry.
-    fn next_wake(&self) -> Option<Instant> {
-        self.outbox
-            .iter()
-            .filter(|e| !e.on_wire)
-            .filter_map(|e| e.not_before)
-            .min()
-    }
-
-    /// Sends the outbox entries that may go: in the order they were made, at most one on the
-    /// wire per room or user, none before its retry time or before its room is rejoined.
-    /// Cost: one pass over the outbox per flush (each ack, each new entry).
+    /// Sends the outbox entries that may go (`Outbox::due`); a room's wait while it is being
+    /// rejoined (one never joined is the server's to refuse: `not_member`).
     async fn flush(&mut self, ws: &mut Ws) -> Result<(), End> {
-        let now = Instant::now();
-        let mut held: Vec<&Target> = Vec::new();
-        let mut go = Vec::new();
-        for (i, e) in self.outbox.iter().enumerate() {
-            if held.contains(&&e.target) {
-                continue;
-            }
-            held.push(&e.target);
-            let joined = match &e.target {
-                // A room being (re)joined holds its entries; one never joined is the
-                // server's to refuse (`not_member`).
-                Target::Room(room) => self.rooms.get(room).is_none_or(|r| r.live),
-                Target::User(_) => true,
-            };
-            if !e.on_wire && joined && e.not_before.is_none_or(|t| t <= now) {
-                go.push(i);
-            }
-        }
-        for i in go {
-            let e = &mut self.outbox[i];
-            e.on_wire = true;
-            e.tries += 1;
-            e.not_before = None;
-            let (id, frame) = (e.id, e.frame.clone());
+        let rooms = &self.rooms;
+        let held = |t: &Target| match t {
+            Target::Room(room) => rooms.get(room).is_some_and(|r| !r.live),
+            Target::User(_) => false,
+        };
+        for (id, frame) in self.outbox.due(Instant::now(), held) {
             self.pending.insert(id, Pending::Outbox);
             send(ws, self.opts.format, frame).await?;
         }
