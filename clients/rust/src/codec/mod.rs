@@ -8,16 +8,18 @@
 //!
 //! Cost: decoding a JSON frame borrows every string and the body from the frame (no allocation
 //! for a message); a proto frame is decoded by prost into owned strings and bytes.
+//!
+//! [`proto`] is the binary form; this file holds the JSON form and the shapes both share.
+
+mod proto;
 
 use std::borrow::Cow;
 use std::fmt;
 
-use prost::Message as _;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 use crate::body::{self, BodyRef, RawBody};
-use crate::schema::{self, client_frame as cf, server_frame as sf};
 
 /// Which form a connection speaks, negotiated with `Sec-WebSocket-Protocol`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -116,13 +118,7 @@ pub enum Request<'a> {
 pub fn encode(format: Format, id: Option<u64>, req: &Request<'_>, out: &mut Vec<u8>) {
     match format {
         Format::Json => encode_json(id, req, out),
-        Format::Proto => {
-            let frame = schema::ClientFrame {
-                id: id.map(cf::Id::NumId),
-                frame: Some(proto_frame(req)),
-            };
-            frame.encode(out).expect("a Vec grows as needed");
-        }
+        Format::Proto => proto::encode(id, req, out),
     }
 }
 
@@ -271,85 +267,6 @@ fn itoa_u64(mut v: u64, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[i..]).expect("ASCII digits")
 }
 
-fn proto_frame(req: &Request<'_>) -> cf::Frame {
-    let s = |v: &str| v.to_owned();
-    let b = |b: BodyRef<'_>| b.bytes.to_vec();
-    match *req {
-        Request::Join { room, since, epoch } => cf::Frame::Join(schema::Join {
-            room: s(room),
-            since,
-            epoch,
-        }),
-        Request::Leave { room } => cf::Frame::Leave(schema::Leave { room: s(room) }),
-        Request::Publish { room, body, key } => cf::Frame::Publish(schema::Publish {
-            room: s(room),
-            body: b(body),
-            key: key.map(s),
-        }),
-        Request::Send { to, body, key } => cf::Frame::Send(schema::Send {
-            to: s(to),
-            body: b(body),
-            key: key.map(s),
-        }),
-        Request::Presence { room, after, limit } => cf::Frame::Presence(schema::PresenceRequest {
-            room: s(room),
-            after: after.map(s),
-            limit,
-        }),
-        Request::History {
-            room,
-            before,
-            limit,
-            fold,
-        } => cf::Frame::History(schema::HistoryRequest {
-            room: s(room),
-            before,
-            limit,
-            fold,
-        }),
-        Request::Sync { since } => cf::Frame::Sync(schema::SyncRequest { since }),
-        Request::Ping => cf::Frame::Ping(schema::Ping {}),
-        Request::Refresh { token } => cf::Frame::Refresh(schema::Refresh { token: s(token) }),
-        Request::Connect { token } => cf::Frame::Connect(schema::Connect { token: s(token) }),
-        Request::Signal { room, body } => cf::Frame::Signal(schema::SignalRequest {
-            room: s(room),
-            body: b(body),
-        }),
-        Request::Read { room, seq } => cf::Frame::Read(schema::ReadRequest {
-            room: room.map(s).unwrap_or_default(),
-            inbox: room.is_none(),
-            seq,
-        }),
-        Request::Edit { room, target, body } => cf::Frame::Edit(schema::Edit {
-            room: s(room),
-            target,
-            body: b(body),
-        }),
-        Request::Delete { room, target } => cf::Frame::Delete(schema::Delete {
-            room: s(room),
-            target,
-        }),
-        Request::React {
-            room,
-            target,
-            emoji,
-        } => cf::Frame::React(schema::Reaction {
-            room: s(room),
-            target,
-            emoji: s(emoji),
-        }),
-        Request::Unreact {
-            room,
-            target,
-            emoji,
-        } => cf::Frame::Unreact(schema::Reaction {
-            room: s(room),
-            target,
-            emoji: s(emoji),
-        }),
-    }
-}
-
 /// A server frame of either form, with the JSON frame's field names (docs/protocol.md,
 /// "Server → client"). Fields a frame kind does not have are `None` / `false`. A folded
 /// history message's `reactions` and `welcome`'s `reads` are not kept.
@@ -428,10 +345,7 @@ pub struct DecodeError(String);
 pub fn decode(format: Format, payload: &[u8]) -> Result<Frame<'_>, DecodeError> {
     match format {
         Format::Json => serde_json::from_slice(payload).map_err(|e| DecodeError(e.to_string())),
-        Format::Proto => {
-            let f = schema::ServerFrame::decode(payload).map_err(|e| DecodeError(e.to_string()))?;
-            from_proto(f).ok_or_else(|| DecodeError("a ServerFrame with no frame".into()))
-        }
+        Format::Proto => proto::decode(payload),
     }
 }
 
@@ -460,157 +374,4 @@ fn num_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         }
     }
     d.deserialize_any(V)
-}
-
-fn opt(s: String) -> Option<Cow<'static, str>> {
-    (!s.is_empty()).then_some(Cow::Owned(s))
-}
-
-fn list(v: Vec<String>) -> Option<Vec<Cow<'static, str>>> {
-    Some(v.into_iter().map(Cow::Owned).collect())
-}
-
-fn message(m: schema::Message) -> Frame<'static> {
-    Frame {
-        ty: Cow::Borrowed("message"),
-        room: opt(m.room),
-        to: opt(m.to),
-        from: opt(m.from),
-        seq: Some(m.seq),
-        ts: Some(m.ts),
-        key: m.key.map(Cow::Owned),
-        kind: opt(m.kind),
-        target: m.target,
-        emoji: opt(m.emoji),
-        body: Some(RawBody {
-            bytes: Cow::Owned(m.body),
-            json: m.body_json,
-        }),
-        edited: m.edited,
-        deleted: m.deleted,
-        ..Frame::default()
-    }
-}
-
-fn membership(ty: &'static str, m: schema::Membership) -> Frame<'static> {
-    Frame {
-        ty: Cow::Borrowed(ty),
-        room: opt(m.room),
-        user: opt(m.user),
-        ..Frame::default()
-    }
-}
-
-fn page(ty: &'static str, p: schema::Page) -> Frame<'static> {
-    Frame {
-        ty: Cow::Borrowed(ty),
-        room: opt(p.room),
-        more: p.more,
-        messages: Some(p.messages.into_iter().map(message).collect()),
-        ..Frame::default()
-    }
-}
-
-fn from_proto(f: schema::ServerFrame) -> Option<Frame<'static>> {
-    let id = match f.id {
-        Some(sf::Id::NumId(n)) => Some(n),
-        _ => None,
-    };
-    let ty = |t: &'static str| Cow::Borrowed(t);
-    let mut out = match f.frame? {
-        sf::Frame::Message(m) => message(m),
-        sf::Frame::Welcome(w) => Frame {
-            ty: ty("welcome"),
-            user: opt(w.user),
-            rooms: list(w.rooms),
-            heartbeat_ms: Some(w.heartbeat_ms),
-            inbox_seq: Some(w.inbox_seq),
-            ..Frame::default()
-        },
-        sf::Frame::Joined(m) => membership("joined", m),
-        sf::Frame::Left(m) => membership("left", m),
-        sf::Frame::Occupancy(o) => Frame {
-            ty: ty("occupancy"),
-            room: opt(o.room),
-            members: Some(o.members),
-            ..Frame::default()
-        },
-        sf::Frame::Removed(r) => Frame {
-            ty: ty("removed"),
-            room: opt(r.room),
-            reason: opt(r.reason),
-            ..Frame::default()
-        },
-        sf::Frame::Ack(a) => Frame {
-            ty: ty("ack"),
-            room: opt(a.room),
-            to: opt(a.to),
-            seq: a.seq,
-            dup: a.dup,
-            publish: opt(a.publish),
-            presence: opt(a.presence),
-            rights: (!a.rights.is_empty()).then(|| list(a.rights)).flatten(),
-            members: a.members,
-            epoch: a.epoch,
-            recovered: a.recovered,
-            replayed: a.replayed,
-            truncated: a.truncated,
-            noop: a.noop,
-            read: a.read,
-            inbox: a.inbox,
-            ..Frame::default()
-        },
-        sf::Frame::Pong(_) => Frame {
-            ty: ty("pong"),
-            ..Frame::default()
-        },
-        sf::Frame::Presence(p) => Frame {
-            ty: ty("presence"),
-            room: opt(p.room),
-            mode: opt(p.mode),
-            users: list(p.users),
-            more: p.more.unwrap_or(false),
-            members: p.members,
-            ..Frame::default()
-        },
-        sf::Frame::Refreshed(r) => Frame {
-            ty: ty("refreshed"),
-            exp: r.exp,
-            ..Frame::default()
-        },
-        sf::Frame::Error(e) => Frame {
-            ty: ty("error"),
-            code: opt(e.code),
-            message: opt(e.message),
-            ..Frame::default()
-        },
-        sf::Frame::History(p) => page("history", p),
-        sf::Frame::Sync(p) => page("sync", p),
-        sf::Frame::Signal(g) => Frame {
-            ty: ty("signal"),
-            room: opt(g.room),
-            from: opt(g.from),
-            body: Some(RawBody {
-                bytes: Cow::Owned(g.body),
-                json: g.body_json,
-            }),
-            ..Frame::default()
-        },
-        sf::Frame::Read(r) => Frame {
-            ty: ty("read"),
-            room: opt(r.room),
-            inbox: r.inbox,
-            seq: Some(r.seq),
-            ..Frame::default()
-        },
-        sf::Frame::Receipt(r) => Frame {
-            ty: ty("receipt"),
-            room: opt(r.room),
-            user: opt(r.user),
-            seq: Some(r.seq),
-            ..Frame::default()
-        },
-    };
-    out.id = id;
-    Some(out)
 }
