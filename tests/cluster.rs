@@ -420,13 +420,19 @@ async fn three_users_on_three_nodes_chat() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_reach_redis_with_a_password_over_tcp_and_a_unix_socket() {
-    let redis = RedisServer::start_with(&["--requirepass", "s3cret"]).await;
+    // An ACL user besides the default one: the fourth node logs in with a username
+    // (`AUTH user password`, also on the subscription connection we read ourselves).
+    let acl = ["sc", "on", ">pw2", "~*", "&*", "+@all"];
+    let redis =
+        RedisServer::start_with(&[&["--requirepass", "s3cret", "--user"][..], &acl].concat()).await;
     let tcp = format!("redis://:s3cret@127.0.0.1:{}", redis.port());
     let unix = format!("redis+unix://{}?pass=s3cret", redis.unix_socket().display());
     let tcp_db0 = format!("{tcp}/0");
+    let user = format!("redis://sc:pw2@127.0.0.1:{}", redis.port());
     let args = ["--presence-events", "false"];
-    let cluster = Cluster::start_with_urls(&[&tcp, &unix, &tcp_db0], &args).await;
+    let cluster = Cluster::start_with_urls(&[&tcp, &unix, &tcp_db0, &user], &args).await;
     let mut clients = abc(&cluster).await;
+    clients.push(dev(cluster.addr(3), "d").await);
     for c in &mut clients {
         c.join("r").await;
     }

@@ -1,9 +1,11 @@
 //! The connections to Redis: finding out whether it is one server or a Redis Cluster, the
 //! command connection (scripts and commands, pipelined by the multiplexer), the subscription
-//! connection (RESP3 pushes: SUBSCRIBE on one server, SSUBSCRIBE on a Cluster) and a blocking
+//! connection (our own `pubsub` on one server over plain TCP; else the library's, RESP3
+//! pushes: SUBSCRIBE on one server, SSUBSCRIBE on a Cluster) and a blocking
 //! connection for the store thread's reads. Owns connecting and naming connections; it must
 //! not decide what a command means (`engine`) nor keep any stream state.
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -13,10 +15,12 @@ use redis::cluster_routing::{
     MultipleNodeRoutingInfo, ResponsePolicy, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
 };
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, ConnectionLike, FromRedisValue, IntoConnectionInfo,
-    ProtocolVersion, PushInfo, RedisResult, ScriptInvocation, TlsCertificates,
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionLike, FromRedisValue,
+    IntoConnectionInfo, ProtocolVersion, PushInfo, RedisResult, ScriptInvocation, TlsCertificates,
 };
 use tokio::sync::mpsc::UnboundedSender;
+
+use super::pubsub::{Outbox, Plain};
 
 /// Commands queued for the connection's writer before a caller waits. Past the client
 /// library's 50, waiting callers could be let in out of order, and a burst of one
@@ -129,7 +133,27 @@ impl Target {
         Ok(Cmds::Single(c))
     }
 
-    /// The subscription connection, whose messages arrive on `push`.
+    /// Where our own subscription connection (`pubsub`) goes: one server over plain TCP.
+    /// `None` for a Redis Cluster (sharded subscriptions follow slots and failovers), TLS
+    /// (`rediss://`) and a Unix socket: the library's connection (`subscriber`) serves those.
+    pub fn plain(&self) -> Option<Plain> {
+        if self.cluster {
+            return None;
+        }
+        let info = self.urls[0].as_str().into_connection_info().ok()?;
+        let ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return None;
+        };
+        let redis = info.redis_settings();
+        Some(Plain {
+            host: host.clone(),
+            port: *port,
+            username: redis.username().map(str::to_owned),
+            password: redis.password().map(str::to_owned),
+        })
+    }
+
+    /// The library's subscription connection, whose messages arrive on `push` (RESP3).
     pub async fn subscriber(
         &self,
         name: &str,
@@ -283,9 +307,11 @@ pub fn slot(key: &[u8]) -> u16 {
     crc % 16384
 }
 
-/// The subscription connection.
+/// The subscription connection: our own (`pubsub`) on one server over plain TCP, else the
+/// client library's.
 #[derive(Clone)]
 pub enum Subs {
+    Own(Rc<Outbox>),
     Single(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
@@ -293,6 +319,7 @@ pub enum Subs {
 impl Subs {
     pub async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
         match self {
+            Subs::Own(o) => o.subscribe(channel).await,
             Subs::Single(c) => c.subscribe(channel).await,
             Subs::Cluster(c) => c.ssubscribe(channel).await,
         }
@@ -300,6 +327,7 @@ impl Subs {
 
     pub async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
         match self {
+            Subs::Own(o) => o.unsubscribe(channel).await,
             Subs::Single(c) => c.unsubscribe(channel).await,
             Subs::Cluster(c) => c.sunsubscribe(channel).await,
         }
@@ -350,6 +378,39 @@ impl SyncConn {
 
 #[cfg(test)]
 mod tests {
+    use super::Target;
+
+    fn target(url: &str, cluster: bool) -> Target {
+        Target {
+            urls: vec![url.to_owned()],
+            cluster,
+            timeout: std::time::Duration::from_secs(1),
+            root_cert: None,
+        }
+    }
+
+    #[test]
+    fn our_subscription_connection_is_for_one_server_over_plain_tcp() {
+        let p = target("redis://u1:pw@10.0.0.1:7000/3", false)
+            .plain()
+            .unwrap();
+        let got = (
+            p.host.as_str(),
+            p.port,
+            p.username.as_deref(),
+            p.password.as_deref(),
+        );
+        assert_eq!(got, ("10.0.0.1", 7000, Some("u1"), Some("pw")));
+        let p = target("redis://:s3cret@h:1", false).plain().unwrap();
+        assert_eq!((p.username, p.password.as_deref()), (None, Some("s3cret")));
+        let p = target("redis://h:1", false).plain().unwrap();
+        assert_eq!((p.username, p.password), (None, None));
+        // The library's connection for TLS, a Unix socket and a Redis Cluster.
+        assert!(target("rediss://h:1", false).plain().is_none());
+        assert!(target("redis+unix:///tmp/r.sock", false).plain().is_none());
+        assert!(target("redis://h:1", true).plain().is_none());
+    }
+
     #[test]
     fn slots_are_redis_clusters() {
         // CLUSTER KEYSLOT's answers.

@@ -19,6 +19,8 @@ mod feed;
 mod keys;
 mod link;
 mod parts;
+mod pubsub;
+mod resp;
 mod store;
 mod wire;
 
