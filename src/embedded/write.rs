@@ -41,24 +41,17 @@ impl Embedded {
             return self.answer(reply.fail(refused), out);
         }
         let ts = crate::core::now_ms();
-        let (seq, frame) = match &target {
+        let (seq, to) = match &target {
             WriteTarget::Room(room) => {
                 self.counters.room_publishes += 1;
-                let seq = self.rooms.next_seq(room);
-                (
-                    seq,
-                    encode::message(Target::Room(room), &from, seq, ts, &body),
-                )
+                (self.rooms.next_seq(room), Target::Room(room))
             }
             WriteTarget::Inbox { to, .. } => {
                 self.counters.direct_publishes += 1;
-                let seq = self.users.next_inbox_seq(to);
-                (
-                    seq,
-                    encode::message(Target::User(to), &from, seq, ts, &body),
-                )
+                (self.users.next_inbox_seq(to), Target::User(to))
             }
         };
+        let frame = encode::message(to, &from, seq, ts, &body);
         let key = key.map(|(keyed, k)| (keyed, own_copy(&from, &k, &frame)));
         self.store(target, seq, ts, frame, key, reply, out);
     }
