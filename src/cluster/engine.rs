@@ -42,6 +42,7 @@ mod dispatch;
 mod events;
 mod failover;
 mod feed;
+mod listen;
 mod messages;
 mod order;
 mod replicas;
