@@ -67,7 +67,7 @@ mod redis_info;
 pub mod report;
 mod scenario;
 mod stats;
-mod sys;
+pub mod sys;
 mod system;
 
 use std::sync::Arc;
