@@ -153,6 +153,57 @@ async fn on_a_redis_cluster_a_dead_nodes_users_are_disconnected_once() {
     dead_node_users_are_disconnected(&redis.url(), &redis.nodes[master]).await;
 }
 
+/// A node stopped (SIGSTOP) for longer than the TTL is taken for dead: its user is
+/// `disconnected` by the sweep. Resumed, the node takes a new lease and writes its sessions
+/// again: its user, still connected, is `connected` again, and when she leaves, `disconnected`
+/// once more. The feed's pairs stay true to who is online.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_taken_for_dead_tells_its_users_connected_again() {
+    let redis = RedisServer::start().await;
+    let cluster = Cluster::start(2, &redis.url(), &ARGS).await;
+    let mut fay = Client::connect_dev(cluster.addr(1), "fay").await;
+    let kinds = async || -> Vec<(String, u64)> {
+        (feed(&cluster, 0).await.iter())
+            .filter(|e| e["user"] == "fay")
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap().to_owned(),
+                    e["conn"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let conn = eventually(WAIT, "fay's `connected`", async || {
+        kinds().await.first().map(|(_, c)| *c)
+    })
+    .await;
+    let c = |kind: &str| (kind.to_owned(), conn);
+    cluster.signal(1, "STOP");
+    eventually(WAIT, "fay is disconnected by the sweep", async || {
+        (kinds().await.len() == 2).then_some(())
+    })
+    .await;
+    cluster.signal(1, "CONT");
+    eventually(WAIT, "fay is connected again", async || {
+        (kinds().await.len() == 3).then_some(())
+    })
+    .await;
+    fay.ping().await;
+    fay.close().await;
+    let told = eventually(WAIT, "fay's close is told", async || {
+        let k = kinds().await;
+        (k.len() == 4).then_some(k)
+    })
+    .await;
+    let want = [
+        c("connected"),
+        c("disconnected"),
+        c("connected"),
+        c("disconnected"),
+    ];
+    assert_eq!(told, want);
+}
+
 /// `lua/reap.lua` (the sweep's purge of one user, with the shared functions in front as the
 /// engine loads it): a dead lease's sessions are told once and removed with its attached
 /// connections; a second pass (a sweep done again after its sweeper died) tells nothing; a

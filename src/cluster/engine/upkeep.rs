@@ -266,14 +266,22 @@ impl Node {
         }
         for (user, u) in &st.users {
             let (conns, online) = self.keys.sessions(user);
-            let mut args = vec![lease.clone(), u.sessions.len().to_string()];
+            let mut args = vec![
+                lease.clone(),
+                user.to_string(),
+                u.sessions.len().to_string(),
+            ];
             args.extend(
                 u.sessions
                     .iter()
                     .chain(u.online.iter())
                     .map(|c| c.raw().to_string()),
             );
-            self.run_later(|s| &s.sessions, vec![conns, online], args);
+            self.run_later(
+                |s| &s.sessions,
+                self.with_feed_keys(vec![conns, online]),
+                args,
+            );
         }
     }
 
