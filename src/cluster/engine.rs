@@ -50,6 +50,7 @@ mod rooms;
 mod scripts;
 mod sessions;
 mod subscription;
+mod sweep;
 mod upkeep;
 
 use failover::Track;
@@ -209,6 +210,12 @@ pub struct Node {
     fill_until: Cell<Option<Instant>>,
     /// Messages waiting for their replicas (`replicas`).
     waits: RefCell<Waits>,
+    /// The leases the last finished sweep of dead nodes' sessions left live, as last read
+    /// (`None`: not read yet), and whether this node's sweep task runs (`sweep`).
+    swept: RefCell<Option<Live>>,
+    sweeping: Cell<bool>,
+    /// This process's name as the sweep's lease holder.
+    holder: String,
 }
 
 /// Why a Redis call gave no answer.
@@ -270,6 +277,9 @@ impl Node {
             lanes: RefCell::default(),
             fill_until: Cell::new(None),
             waits: RefCell::default(),
+            swept: RefCell::default(),
+            sweeping: Cell::new(false),
+            holder: format!("{}-{}", boot.node, boot.lease),
         }
     }
 

@@ -117,6 +117,25 @@ impl Keys {
         (tag.clone() + ":log", tag + ":meta")
     }
 
+    /// The sweep of dead nodes' sessions (`engine/sweep.rs`): its lease (a string with a TTL,
+    /// the sweeping node's name) and the leases the last finished sweep left live (a string,
+    /// `Live::record`). One hash tag for both.
+    pub fn sweep(&self) -> (String, String) {
+        let tag = format!("{}:{{sweep}}", self.prefix);
+        (tag.clone() + ":lease", tag + ":done")
+    }
+
+    /// The pattern (`SCAN MATCH`) of every user's sessions key, and the user of one.
+    pub fn sessions_pattern(&self) -> String {
+        format!("{}:{{u:*}}:conns", glob_escaped(&self.prefix))
+    }
+
+    pub fn user_of_sessions(&self, key: &str) -> Option<Name> {
+        let rest = key.strip_prefix(self.prefix.as_str())?;
+        let name = rest.strip_prefix(":{u:")?.strip_suffix("}:conns")?;
+        Name::new(name).ok()
+    }
+
     /// The counter that hands out node ids.
     pub fn node_ids(&self) -> String {
         format!("{}:node-ids", self.prefix)
@@ -141,6 +160,18 @@ impl Keys {
     }
 }
 
+/// `s` matched literally by a Redis glob pattern.
+fn glob_escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +194,15 @@ mod tests {
         assert_eq!(k.parse(&k.node(7)), Some(Channel::Node(7)));
         assert_eq!(k.parse("other:{r:x}"), None);
         assert_eq!(k.parse("sc:{r:bad name}"), None);
+    }
+
+    #[test]
+    fn the_sweep_finds_users_by_their_sessions_key() {
+        let k = Keys::new("s*c");
+        assert_eq!(k.sessions_pattern(), "s\\*c:{u:*}:conns");
+        let (conns, _) = k.sessions(&Name::new("a:b").unwrap());
+        assert_eq!(k.user_of_sessions(&conns), Some(Name::new("a:b").unwrap()));
+        assert_eq!(k.user_of_sessions("s*c:{u:a}:online"), None);
+        assert_eq!(k.user_of_sessions("sc:{u:a}:conns"), None);
     }
 }

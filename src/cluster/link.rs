@@ -274,6 +274,61 @@ impl Cmds {
         }
     }
 
+    /// Where `scan` may go: one server (`None`), or a slot of each master of a Cluster (the
+    /// first of its first range, from `CLUSTER SLOTS`).
+    pub async fn masters(&mut self) -> RedisResult<Vec<Option<u16>>> {
+        let Cmds::Cluster(c) = self else {
+            return Ok(vec![None]);
+        };
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SLOTS");
+        let ranges: Vec<redis::Value> = cmd.query_async(c).await?;
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        for r in ranges {
+            // [start, end, [host, port, id, ...], replicas...]
+            let redis::Value::Array(r) = r else { continue };
+            let (Some(start), Some(redis::Value::Array(m))) = (r.first(), r.get(2)) else {
+                continue;
+            };
+            let start = u16::from_redis_value(start.clone())?;
+            let master = (m.first().cloned(), m.get(1).cloned());
+            if !seen.contains(&master) {
+                seen.push(master);
+                out.push(Some(start));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One `SCAN` step with `MATCH pattern COUNT count` on `at` (from `masters`): the next
+    /// cursor (0: done) and the keys.
+    pub async fn scan(
+        &mut self,
+        at: Option<u16>,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> RedisResult<(u64, Vec<String>)> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+        match (self, at) {
+            (Cmds::Cluster(c), Some(slot)) => {
+                let route = Route::new(slot, SlotAddr::Master);
+                let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                Ok(FromRedisValue::from_redis_value(
+                    c.route_command(cmd, to).await?,
+                )?)
+            }
+            (Cmds::Cluster(c), None) => cmd.query_async(c).await,
+            (Cmds::Single(c), _) => cmd.query_async(c).await,
+        }
+    }
+
     /// Names the connection (CLIENT LIST shows it) on one server; a Cluster's connections
     /// are the client library's.
     pub async fn set_name(&mut self, name: &str) -> RedisResult<()> {

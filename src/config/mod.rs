@@ -656,8 +656,9 @@ pub struct Config {
     /// With the redis engine: seconds after which a node whose heartbeat stopped (killed, cut
     /// off) is dead. Nodes beat and read each other's heartbeats every second, so a dead node's
     /// users are `left` and its sessions stop counting within this and a second; its members of
-    /// `count` rooms are subtracted within it. Also the event feed's delivery lease: another
-    /// node delivers within it when the delivering node dies. Default 10.
+    /// `count` rooms are subtracted within it. With the event feed, its connections are
+    /// `disconnected` then, by a sweep of one live node. Also the event feed's delivery lease:
+    /// another node delivers within it when the delivering node dies. Default 10.
     #[arg(long, env = "SHARDCAST_PRESENCE_TTL_SECS", default_value_t = 10)]
     pub presence_ttl_secs: u64,
 

@@ -99,6 +99,15 @@ impl Cluster {
         server.wait_exit(Duration::from_secs(5)).await;
     }
 
+    /// Sends node `i` signal `sig` (`STOP`, `CONT`...).
+    pub fn signal(&self, i: usize, sig: &str) {
+        self.nodes[i]
+            .server
+            .as_ref()
+            .expect("node killed")
+            .signal(sig);
+    }
+
     /// Starts node `i` again (same id and data dir, a new port) after [`Cluster::kill`].
     pub async fn restart(&mut self, i: usize) -> SocketAddr {
         assert!(self.nodes[i].server.is_none(), "node {i} is still running");

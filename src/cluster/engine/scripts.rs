@@ -22,6 +22,9 @@ pub(super) struct Scripts {
     pub(super) lease: Script,
     pub(super) rollback: Script,
     pub(super) read: Script,
+    pub(super) reap: Script,
+    pub(super) hold: Script,
+    pub(super) sweep_done: Script,
 }
 
 /// Each script with the shared functions (`lua/stream.lua`, `lua/common.lua`) in front.
@@ -58,9 +61,12 @@ const TAIL: &str = lua!("../lua/tail.lua");
 const LEASE: &str = include_str!("../lua/lease.lua");
 const ROLLBACK: &str = include_str!("../lua/rollback.lua");
 const READ: &str = include_str!("../lua/read.lua");
-const ALL: [&str; 16] = [
+const REAP: &str = lua!("../lua/reap.lua");
+const HOLD: &str = include_str!("../lua/feed_lease.lua");
+const SWEEP_DONE: &str = include_str!("../lua/sweep_done.lua");
+const ALL: [&str; 19] = [
     PUBLISH, EVENT, JOIN, LEAVE, REFRESH, PRESENCE, OCCUPANCY, REGISTER, ONLINE, CURSOR, SESSIONS,
-    UNREGISTER, TAIL, LEASE, ROLLBACK, READ,
+    UNREGISTER, TAIL, LEASE, ROLLBACK, READ, REAP, HOLD, SWEEP_DONE,
 ];
 
 impl Scripts {
@@ -82,6 +88,9 @@ impl Scripts {
             lease: Script::new(LEASE),
             rollback: Script::new(ROLLBACK),
             read: Script::new(READ),
+            reap: Script::new(REAP),
+            hold: Script::new(HOLD),
+            sweep_done: Script::new(SWEEP_DONE),
         }
     }
 }

@@ -48,6 +48,11 @@ impl Live {
                 }
             }
         }
+        Live::of(max, leases)
+    }
+
+    /// The leases up to `max` that are not in `leases` are dead.
+    fn of(max: u64, mut leases: Vec<u64>) -> Live {
         leases.sort_unstable();
         leases.dedup();
         // The gaps between live leases up to the counter (leases start at 1; an empty gap is
@@ -80,6 +85,24 @@ impl Live {
     /// The `dead` argument of the scripts: "MIN MAX ..." score ranges of dead nodes' entries.
     pub(super) fn dead(&self) -> String {
         self.dead.clone()
+    }
+
+    /// As the sweep records what it swept against: "MAX LEASE LEASE ...".
+    pub(super) fn record(&self) -> String {
+        let mut out = self.max.to_string();
+        for l in &self.leases {
+            let _ = write!(out, " {l}");
+        }
+        out
+    }
+
+    /// A `record` read back; none recorded (or unreadable): before any lease.
+    pub(super) fn from_record(record: Option<&str>) -> Live {
+        let mut words = record.unwrap_or("").split(' ').map(str::parse::<u64>);
+        match (words.next(), words.collect::<Result<Vec<u64>, _>>()) {
+            (Some(Ok(max)), Ok(leases)) => Live::of(max, leases),
+            _ => Live::of(0, Vec::new()),
+        }
     }
 
     /// Whether a lease live in `self`, or handed out since, is dead in `now`: a node died.
@@ -198,6 +221,7 @@ impl Node {
         };
         let lost = self.live.borrow().lost_in(&live);
         *self.live.borrow_mut() = live;
+        self.sweep_if_due();
         if self.rewrite.take() {
             self.write_entries(true);
         } else if lost {
@@ -242,14 +266,22 @@ impl Node {
         }
         for (user, u) in &st.users {
             let (conns, online) = self.keys.sessions(user);
-            let mut args = vec![lease.clone(), u.sessions.len().to_string()];
+            let mut args = vec![
+                lease.clone(),
+                user.to_string(),
+                u.sessions.len().to_string(),
+            ];
             args.extend(
                 u.sessions
                     .iter()
                     .chain(u.online.iter())
                     .map(|c| c.raw().to_string()),
             );
-            self.run_later(|s| &s.sessions, vec![conns, online], args);
+            self.run_later(
+                |s| &s.sessions,
+                self.with_feed_keys(vec![conns, online]),
+                args,
+            );
         }
     }
 
@@ -377,5 +409,26 @@ mod tests {
         ]);
         assert!(before.lost_in(&restarted));
         assert!(!restarted.lost_in(&restarted));
+    }
+
+    #[test]
+    fn a_sweeps_record_reads_back_as_the_leases_it_swept_against() {
+        let live = Live::read(
+            &nodes(&[("lease", "9"), ("0", r#"{"ts":100,"lease":4}"#)]),
+            90,
+            8,
+        );
+        assert_eq!(live.record(), "9 4 8");
+        assert_eq!(Live::from_record(Some(&live.record())), live);
+        // Nothing swept yet: every dead lease is a loss, none while every lease lives.
+        let none = Live::from_record(None);
+        assert!(none.lost_in(&live));
+        assert_eq!(Live::from_record(Some("junk")), none);
+        let all = Live::read(
+            &nodes(&[("lease", "2"), ("0", r#"{"ts":100,"lease":2}"#)]),
+            90,
+            1,
+        );
+        assert!(!none.lost_in(&all));
     }
 }

@@ -95,3 +95,28 @@ local function others(occ, now, skip)
   end
   return total
 end
+
+-- `disconnected` for connection `c` of `user`.
+local function gone(user, c)
+  feed('t', feed_now(), 'e', 'x', 'u', user, 'c', c)
+end
+
+-- Removes dead nodes' sessions and attached connections of a user, with `disconnected` for
+-- each session removed: at the user's next connect (`register.lua`) or in the sweep after a
+-- node died (`reap.lua`), whichever runs first; a second finds nothing, so each is told once.
+-- Returns how many were told.
+local function purge_sessions(conns, online, dead, user)
+  local told = 0
+  if feed_log then
+    local b = bounds(dead)
+    for i = 1, #b - 1, 2 do
+      for _, c in ipairs(redis.call('ZRANGEBYSCORE', conns, b[i], b[i + 1])) do
+        gone(user, c)
+        told = told + 1
+      end
+    end
+  end
+  remove_dead(conns, dead)
+  remove_dead(online, dead)
+  return told
+end

@@ -1,4 +1,5 @@
--- Takes or renews the lease on delivering the event feed (one node delivers it at a time).
+-- Takes or renews a lease: on delivering the event feed (one node delivers it at a time), and
+-- on the sweep after a node died (engine/sweep.rs).
 -- KEYS: lease; ARGV: 1 the holder, 2 its time to live (ms). Returns 1 when the holder has it.
 local h = redis.call('GET', KEYS[1])
 if not h then

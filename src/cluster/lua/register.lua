@@ -6,21 +6,15 @@
 -- connections of dead nodes purged here and for those `kick_old` closes.
 -- Returns {0, inbox seq} when admitted, {-1} over the maximum, {-2} refused by reject_new.
 feed_from(3)
-local function gone(conns)
-  for _, c in ipairs(conns) do feed('t', feed_now(), 'e', 'x', 'u', ARGV[8], 'c', c) end
-end
-if feed_log then
-  local b = bounds(ARGV[3])
-  for i = 1, #b - 1, 2 do gone(redis.call('ZRANGEBYSCORE', KEYS[1], b[i], b[i + 1])) end
-end
-remove_dead(KEYS[1], ARGV[3])
-remove_dead(KEYS[2], ARGV[3])
+purge_sessions(KEYS[1], KEYS[2], ARGV[3], ARGV[8])
 local n = redis.call('ZCARD', KEYS[1])
 if ARGV[4] == 'reject_new' and n > 0 then return {-2} end
 if ARGV[4] == 'multi' and n >= tonumber(ARGV[5]) then return {-1} end
 if ARGV[4] == 'kick_old' and n > 0 then
   -- Every node holding one of them closes it ("c": close all but this connection).
-  if feed_log then gone(redis.call('ZRANGE', KEYS[1], 0, -1)) end
+  if feed_log then
+    for _, c in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do gone(ARGV[8], c) end
+  end
   redis.call('DEL', KEYS[1])
   redis.call('DEL', KEYS[2])
   redis.call(ARGV[7], ARGV[6], 'c ' .. ARGV[1])
