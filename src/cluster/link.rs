@@ -20,7 +20,8 @@ use redis::{
 };
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::pubsub::{Outbox, Plain};
+use super::pubsub::Outbox;
+use super::sock::Plain;
 
 /// Commands queued for the connection's writer before a caller waits. Past the client
 /// library's 50, waiting callers could be let in out of order, and a burst of one

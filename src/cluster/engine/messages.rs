@@ -3,6 +3,7 @@
 
 use super::order::Pending;
 use super::*;
+use crate::cluster::calls::Invocation;
 
 impl Node {
     /// Sequences, stores and publishes a room message or a direct message, and acks it. False
@@ -29,8 +30,8 @@ impl Node {
         let meta = self.keys.meta(&stream);
         let publisher = reply.conn();
         // Keys and arguments past the first nine only where needed (`lua/publish.lua`).
-        let mut inv =
-            self.message_invocation(&self.scripts.publish, (&meta, &stream), (&head, &tail), ts);
+        let script = (&self.scripts.publish, scripts::PUBLISH);
+        let mut inv = self.message_invocation(script, (&meta, &stream), (&head, &tail), ts);
         inv.arg(publisher.map(|c| c.raw().to_string()).unwrap_or_default())
             .arg(messages)
             .arg(oldest)
@@ -65,7 +66,7 @@ impl Node {
             inv.arg(stream.name().as_str());
             self.feed_keys(&mut inv, &meta);
         }
-        let (seq, _epoch, dup) = match self.script_or::<(u64, u64, u8)>(&inv).await {
+        let (seq, _epoch, dup) = match self.publish_call(&inv).await {
             Ok(done) => done,
             Err(f) => {
                 self.answer(reply.fail(failed(f)));
@@ -121,12 +122,12 @@ impl Node {
     /// the seq, 5 the ts.
     pub(super) fn message_invocation<'a>(
         &self,
-        script: &'a redis::Script,
+        (script, source): (&'a redis::Script, &'static str),
         (meta, stream): (&str, &Stream),
         (head, tail): (&[u8], &[u8]),
         ts: u64,
-    ) -> redis::ScriptInvocation<'a> {
-        let mut inv = script.prepare_invoke();
+    ) -> Invocation<'a> {
+        let mut inv = Invocation::new(script, source);
         inv.key(meta)
             .key(self.keys.log(stream))
             .arg(self.keys.channel(stream))
