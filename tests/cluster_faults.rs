@@ -384,22 +384,13 @@ async fn proxied_with_three_messages() -> (RedisServer, Proxy, Cluster, Client, 
     (redis, proxy, cluster, a, b)
 }
 
-/// The ports of node 0's command connections: the library's (`sc-cmd-0`) and the publish
-/// scripts' own (`sc-pub-0`, `cluster::calls`), which a fault must both hit.
-async fn command_ports(redis: &RedisServer) -> Vec<u16> {
-    let mut ports = Vec::new();
-    for name in ["sc-cmd-0", "sc-pub-0"] {
-        let port = redis.client_port(name).await;
-        ports.push(port.unwrap_or_else(|| panic!("no Redis connection named {name}")));
-    }
-    ports
-}
-
-async fn command_connection_fault(fault: impl Fn(&Proxy, u16), timed_out_first: bool) {
+async fn command_connection_fault(fault: impl FnOnce(&Proxy, u16), timed_out_first: bool) {
     let (redis, proxy, _cluster, mut a, mut b) = proxied_with_three_messages().await;
-    for port in command_ports(&redis).await {
-        fault(&proxy, port);
-    }
+    let port = redis.client_port("sc-cmd-0").await;
+    fault(
+        &proxy,
+        port.expect("no Redis connection named sc-cmd-0 (CLIENT SETNAME)"),
+    );
     let mut attempt = 0;
     let (seq, body) = eventually(RECOVERY, "a publish acked after the fault", async || {
         attempt += 1;
@@ -444,9 +435,8 @@ async fn a_silent_command_connection_times_out_as_unavailable_and_is_replaced() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_keyed_publish_whose_reply_was_lost_is_stored_once_when_resent() {
     let (redis, proxy, _cluster, mut a, mut b) = proxied_with_three_messages().await;
-    for port in command_ports(&redis).await {
-        proxy.mute(port);
-    }
+    let port = redis.client_port("sc-cmd-0").await;
+    proxy.mute(port.expect("no Redis connection named sc-cmd-0 (CLIENT SETNAME)"));
     let publish = json!({"type": "publish", "room": "r", "key": "once", "body": "once"});
     let (_, reply) = a.request(publish.clone()).await;
     assert_error(&reply, "unavailable", Some(&reply["id"]));

@@ -17,7 +17,6 @@ use redis::{PushInfo, PushKind, RedisError, RedisResult, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Req;
-use super::calls::{CallError, Calls, Invocation};
 use super::keys::{Channel, Keys};
 use super::link::{Cmds, Subs, Target, slot};
 use super::wire::Wire;
@@ -186,8 +185,6 @@ pub struct Node {
     cmds: RefCell<Option<Cmds>>,
     reconnecting: Cell<bool>,
     subs: RefCell<Option<Subs>>,
-    /// The publish scripts' own connection (`calls`), on one server over plain TCP.
-    calls: Option<Rc<Calls>>,
     state: RefCell<State>,
     /// When this node's own heartbeat last came back over pub/sub.
     beat: Cell<Instant>,
@@ -221,8 +218,6 @@ enum Failure {
     Down,
     /// No answer within `redis_timeout_ms`: the request may still have been carried out.
     Timeout,
-    /// The connection dropped after the request was sent: it may have been carried out.
-    Dropped,
 }
 
 fn unavailable() -> ReplyError {
@@ -235,11 +230,6 @@ fn failed(f: Failure) -> ReplyError {
         Failure::Timeout => {
             "Redis did not answer in time; the message may still have been stored (send it \
              again with the same `key`, or look at history before sending it again)"
-        }
-        Failure::Dropped => {
-            "the connection to Redis dropped before it answered; the message may still have \
-             been stored (send it again with the same `key`, or look at history before sending \
-             it again)"
         }
     };
     ReplyError::new(ErrorCode::Unavailable, message)
@@ -255,11 +245,6 @@ impl Node {
         health: Arc<Health>,
         counters: Arc<RedisCounters>,
     ) -> Node {
-        let calls = target.plain().map(|to| {
-            let name = format!("{}-pub-{}", config.redis_prefix, boot.node);
-            let timeout = Duration::from_millis(config.redis_timeout_ms);
-            Rc::new(Calls::new(to, name, timeout, BACKOFF_MAX))
-        });
         Node {
             node: boot.node,
             keys: Keys::new(&config.redis_prefix),
@@ -273,7 +258,6 @@ impl Node {
             cmds: RefCell::new(Some(boot.cmds)),
             reconnecting: Cell::new(false),
             subs: RefCell::new(None),
-            calls,
             state: RefCell::default(),
             beat: Cell::new(Instant::now()),
             lease: Cell::new(boot.lease),
@@ -291,11 +275,6 @@ impl Node {
 
     pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Req>) {
         let me = Rc::new(self);
-        if let Some(calls) = &me.calls {
-            // Open before the first request is taken, so that no publish finds it closed.
-            let first = calls.open().await;
-            tokio::task::spawn_local(calls.clone().run(first));
-        }
         tokio::task::spawn_local(me.clone().subscriber());
         tokio::task::spawn_local(me.clone().refresher());
         tokio::task::spawn_local(me.clone().occupier());
@@ -338,45 +317,6 @@ impl Node {
         let mut c = self.cmds.borrow().clone().ok_or(Failure::Down)?;
         let r = c.run(inv).await;
         self.outcome(r)
-    }
-
-    /// A publish script's call (`lua/publish.lua`: seq, epoch, dup): on our own connection
-    /// where there is one (`calls`), else the library's.
-    async fn publish_call(
-        self: &Rc<Self>,
-        inv: &Invocation<'_>,
-    ) -> Result<(u64, u64, u8), Failure> {
-        let Some(calls) = &self.calls else {
-            return self.script_or(&inv.library()).await;
-        };
-        let r = calls.script::<3>(inv).await.and_then(|[seq, epoch, dup]| {
-            let n = |v: i64| u64::try_from(v).map_err(|_| CallError::Unexpected);
-            Ok((n(seq)?, n(epoch)?, n(dup)? as u8))
-        });
-        self.own_outcome(r)
-    }
-
-    /// Counts a call on our own connection (`calls`) and says why it failed. It does not
-    /// touch the library's connection: each is replaced on its own failures.
-    fn own_outcome<T>(&self, r: Result<T, CallError>) -> Result<T, Failure> {
-        match r {
-            Ok(v) => {
-                self.counters.round_trips.fetch_add(1, Relaxed);
-                Ok(v)
-            }
-            Err(e) => {
-                self.counters.errors.fetch_add(1, Relaxed);
-                Err(match e {
-                    CallError::Timeout => Failure::Timeout,
-                    CallError::Dropped => Failure::Dropped,
-                    CallError::Down => Failure::Down,
-                    CallError::Refused(_) | CallError::Unexpected => {
-                        tracing::warn!(error = %e, "redis command failed");
-                        Failure::Down
-                    }
-                })
-            }
-        }
     }
 
     async fn query<T: redis::FromRedisValue>(self: &Rc<Self>, cmd: redis::Cmd) -> Option<T> {

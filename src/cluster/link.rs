@@ -20,8 +20,7 @@ use redis::{
 };
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::pubsub::Outbox;
-use super::sock::Plain;
+use super::pubsub::{Outbox, Plain};
 
 /// Commands queued for the connection's writer before a caller waits. Past the client
 /// library's 50, waiting callers could be let in out of order, and a burst of one

@@ -14,7 +14,6 @@
 //! the shard's thread when the node has one shard (`OnShard`); the shards reach it through
 //! `Handle`. It must not touch connections or hub state.
 
-mod calls;
 mod engine;
 mod feed;
 mod keys;
@@ -22,7 +21,6 @@ mod link;
 mod parts;
 mod pubsub;
 mod resp;
-mod sock;
 mod store;
 mod wire;
 

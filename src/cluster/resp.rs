@@ -1,8 +1,7 @@
-//! A RESP2 reader and command writer for the connections we read ourselves (`pubsub`, the
-//! subscription; `calls`, the publish scripts): replies are found in one read buffer and a
-//! message's channel and payload are slices of it (`Bytes`, no copy, no generic value tree); a
-//! command's reply is an `Answer` (an error, or the few integers a script returns). Pure: owns
-//! the format only; it must not touch sockets, Redis state or the engine.
+//! A RESP2 reader and command writer for the subscription connection we read ourselves
+//! (`pubsub`): replies are found in one read buffer and a message's channel and payload are
+//! slices of it (`Bytes`, no copy, no generic value tree). Pure: owns the format only; it must
+//! not touch sockets, Redis state or the engine.
 //!
 //! Cost: a complete frame is scanned once to find its end (its bulk strings are skipped by
 //! length, not read), then its first elements are read again to tell what it is; a message
@@ -34,32 +33,6 @@ pub enum Reply {
     Other,
 }
 
-/// What a command's reply is, as the publish scripts and `WAIT` answer (`calls`).
-#[derive(Debug, PartialEq, Eq)]
-pub enum Answer {
-    /// An error reply (`-NOSCRIPT ...`), without its `-`.
-    Error(Bytes),
-    /// An integer, or an array of at most `MAX_INTS` integers: the first `n` of `v`. A bulk
-    /// string of decimal digits counts as an integer (a script returns a hash field as it is:
-    /// the publish script's epoch).
-    Ints { n: usize, v: [i64; MAX_INTS] },
-    /// Anything else (`+OK`, a string, a longer or nested array).
-    Other,
-}
-
-/// The most integers an `Answer::Ints` holds: the publish script returns three.
-pub const MAX_INTS: usize = 4;
-
-impl Answer {
-    /// The integers, if the reply is exactly `N` of them.
-    pub fn ints<const N: usize>(&self) -> Option<[i64; N]> {
-        match self {
-            Answer::Ints { n, v } if *n == N => v[..N].try_into().ok(),
-            _ => None,
-        }
-    }
-}
-
 /// Bytes that are not RESP: the connection cannot be read further.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RespError {
@@ -79,7 +52,7 @@ enum Elem {
     Bulk(usize, usize),
     Simple,
     Error(usize, usize),
-    Int(i64),
+    Int,
     Null,
     Array(usize),
 }
@@ -106,36 +79,20 @@ impl Reader {
         };
         Ok(Some(decode(self.buf.split_to(end).freeze())))
     }
-
-    /// Takes the next complete reply as a command's `Answer`, if the buffer holds one.
-    pub fn answer(&mut self) -> Result<Option<Answer>, RespError> {
-        let Some(end) = frame_end(&self.buf)? else {
-            return Ok(None);
-        };
-        Ok(Some(answer(self.buf.split_to(end).freeze())))
-    }
 }
 
 /// Appends a command (an array of bulk strings) to `out`.
 pub fn command(out: &mut BytesMut, args: &[&[u8]]) {
-    array(out, args.len());
-    args.iter().for_each(|a| bulk(out, a));
-}
-
-/// Appends an array's header: `n` elements follow.
-pub fn array(out: &mut BytesMut, n: usize) {
     out.put_u8(b'*');
-    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.put_slice(args.len().to_string().as_bytes());
     out.put_slice(b"\r\n");
-}
-
-/// Appends one bulk string.
-pub fn bulk(out: &mut BytesMut, s: &[u8]) {
-    out.put_u8(b'$');
-    out.put_slice(itoa::Buffer::new().format(s.len()).as_bytes());
-    out.put_slice(b"\r\n");
-    out.put_slice(s);
-    out.put_slice(b"\r\n");
+    for a in args {
+        out.put_u8(b'$');
+        out.put_slice(a.len().to_string().as_bytes());
+        out.put_slice(b"\r\n");
+        out.put_slice(a);
+        out.put_slice(b"\r\n");
+    }
 }
 
 /// Where the reply at the start of `buf` ends, if all of it is there. Nested arrays are
@@ -177,7 +134,10 @@ fn elem(buf: &[u8], pos: usize) -> Result<Option<(Elem, usize)>, RespError> {
     Ok(Some(match kind {
         b'+' => (Elem::Simple, next),
         b'-' => (Elem::Error(start, line_end), next),
-        b':' => (Elem::Int(number(line)?), next),
+        b':' => {
+            number(line)?;
+            (Elem::Int, next)
+        }
         b'$' => match number(line)? {
             -1 => (Elem::Null, next),
             n if n < 0 => return Err(RespError::Number),
@@ -218,37 +178,6 @@ fn number(line: &[u8]) -> Result<i64, RespError> {
     Ok(if neg { -n } else { n })
 }
 
-/// What a complete frame is as a command's reply (`frame_end` found it whole).
-fn answer(frame: Bytes) -> Answer {
-    let at = |pos| elem(&frame, pos).ok().flatten();
-    let mut v = [0i64; MAX_INTS];
-    match at(0) {
-        Some((Elem::Error(a, b), _)) => Answer::Error(frame.slice(a..b)),
-        Some((Elem::Int(i), _)) => {
-            v[0] = i;
-            Answer::Ints { n: 1, v }
-        }
-        Some((Elem::Array(n), mut pos)) if n <= MAX_INTS => {
-            for slot in v.iter_mut().take(n) {
-                let Some((e, next)) = at(pos) else {
-                    return Answer::Other;
-                };
-                *slot = match e {
-                    Elem::Int(i) => i,
-                    Elem::Bulk(a, b) => match number(&frame[a..b]) {
-                        Ok(i) => i,
-                        Err(_) => return Answer::Other,
-                    },
-                    _ => return Answer::Other,
-                };
-                pos = next;
-            }
-            Answer::Ints { n, v }
-        }
-        _ => Answer::Other,
-    }
-}
-
 /// What a complete frame is (`frame_end` found it whole, so every element is there).
 fn decode(frame: Bytes) -> Reply {
     let at = |pos| elem(&frame, pos).ok().flatten();
@@ -270,12 +199,12 @@ fn decode(frame: Bytes) -> Reply {
                         payload: frame.slice(e..f),
                     }
                 }
-                (b"subscribe" | b"ssubscribe", Elem::Bulk(c, d), Some(Elem::Int(_))) => {
+                (b"subscribe" | b"ssubscribe", Elem::Bulk(c, d), Some(Elem::Int)) => {
                     Reply::Subscribed {
                         channel: frame.slice(c..d),
                     }
                 }
-                (b"unsubscribe" | b"sunsubscribe", second, Some(Elem::Int(_))) => {
+                (b"unsubscribe" | b"sunsubscribe", second, Some(Elem::Int)) => {
                     Reply::Unsubscribed {
                         channel: match second {
                             Elem::Bulk(c, d) => Some(frame.slice(c..d)),
@@ -494,93 +423,6 @@ mod tests {
                     }
                 }
             }
-        }
-    }
-
-    fn ints(xs: &[i64]) -> Answer {
-        let mut v = [0; MAX_INTS];
-        v[..xs.len()].copy_from_slice(xs);
-        Answer::Ints { n: xs.len(), v }
-    }
-
-    /// Replies to commands, as the publish connection reads them.
-    fn answers() -> (Vec<u8>, Vec<Answer>) {
-        let mut input = Vec::new();
-        input.extend(b"*3\r\n:17\r\n:4503599627370495\r\n:0\r\n");
-        input.extend(b"-NOSCRIPT No matching script. Please use EVAL.\r\n");
-        input.extend(b":-2\r\n");
-        input.extend(b"+OK\r\n");
-        input.extend(b"*0\r\n");
-        input.extend(array(&[bulk(b"ok"), b":1\r\n".to_vec()]));
-        input.extend(b"*5\r\n:1\r\n:2\r\n:3\r\n:4\r\n:5\r\n");
-        input.extend(b"*2\r\n*1\r\n:1\r\n:2\r\n");
-        input.extend(b"$40\r\n0123456789012345678901234567890123456789\r\n");
-        input.extend(b"*3\r\n:1\r\n:1\r\n:1\r\n");
-        // The publish script's epoch: a hash field, so a bulk string.
-        input.extend(b"*3\r\n:9\r\n$16\r\n4503599627370495\r\n:1\r\n");
-        input.extend(b"*2\r\n:9\r\n$2\r\nab\r\n");
-        let expected = vec![
-            ints(&[17, 4503599627370495, 0]),
-            Answer::Error(Bytes::from_static(
-                b"NOSCRIPT No matching script. Please use EVAL.",
-            )),
-            ints(&[-2]),
-            Answer::Other,
-            ints(&[]),
-            Answer::Other,
-            Answer::Other,
-            Answer::Other,
-            Answer::Other,
-            ints(&[1, 1, 1]),
-            ints(&[9, 4503599627370495, 1]),
-            Answer::Other,
-        ];
-        (input, expected)
-    }
-
-    #[test]
-    fn answers_split_at_every_byte_boundary_read_the_same() {
-        let (input, expected) = answers();
-        for step in 1..=input.len() {
-            let mut r = Reader::default();
-            let mut out = Vec::new();
-            for chunk in input.chunks(step) {
-                r.spare().extend_from_slice(chunk);
-                while let Some(a) = r.answer().unwrap() {
-                    out.push(a);
-                }
-            }
-            assert_eq!(out, expected, "step {step}");
-            assert!(r.buf.is_empty());
-        }
-        for at in 0..=input.len() {
-            let mut r = Reader::default();
-            let mut out = Vec::new();
-            for part in [&input[..at], &input[at..]] {
-                r.spare().extend_from_slice(part);
-                while let Some(a) = r.answer().unwrap() {
-                    out.push(a);
-                }
-            }
-            assert_eq!(out, expected, "split at {at}");
-        }
-        assert_eq!(expected[0].ints::<3>(), Some([17, 4503599627370495, 0]));
-        assert_eq!(expected[0].ints::<1>(), None);
-        assert_eq!(expected[2].ints::<1>(), Some([-2]));
-        assert_eq!(expected[3].ints::<1>(), None);
-    }
-
-    #[test]
-    fn garbage_answers_are_errors_never_panics() {
-        for (input, err) in [
-            (&b"*3\r\n:1\r\n:x\r\n:0\r\n"[..], RespError::Number),
-            (b"*1\r\n!\r\n", RespError::Type(b'!')),
-            (b":99999999999999999999\r\n", RespError::Number),
-            (b"*3\r\n:1\r\r", RespError::Line),
-        ] {
-            let mut r = Reader::default();
-            r.spare().extend_from_slice(input);
-            assert_eq!(r.answer(), Err(err), "{:?}", String::from_utf8_lossy(input));
         }
     }
 

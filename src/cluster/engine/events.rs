@@ -25,8 +25,8 @@ impl Node {
         };
         let publisher = reply.conn();
         let meta = self.keys.meta(&stream);
-        let script = (&self.scripts.event, scripts::EVENT);
-        let mut inv = self.message_invocation(script, (&meta, &stream), (&head, &tail), ts);
+        let mut inv =
+            self.message_invocation(&self.scripts.event, (&meta, &stream), (&head, &tail), ts);
         inv.key(self.keys.fold(&stream))
             .arg(publisher.map(|c| c.raw().to_string()).unwrap_or_default())
             .arg(self.config.rule(&room).history_messages)
@@ -39,13 +39,11 @@ impl Node {
             .arg(self.config.max_reaction_emojis)
             .arg(room.as_str());
         self.feed_keys(&mut inv, &meta);
-        let (status, seq, _epoch, why) = match self
-            .script_or::<(String, u64, u64, String)>(&inv.library())
-            .await
-        {
-            Ok(done) => done,
-            Err(f) => return self.answer(reply.fail(failed(f))),
-        };
+        let (status, seq, _epoch, why) =
+            match self.script_or::<(String, u64, u64, String)>(&inv).await {
+                Ok(done) => done,
+                Err(f) => return self.answer(reply.fail(failed(f))),
+            };
         let answer = match &*status {
             "ok" => reply.answer(
                 |id| encode::ack(id, To::Room(&room), Some(seq)),

@@ -6,34 +6,15 @@
 use redis::ScriptInvocation;
 
 use super::*;
-use crate::cluster::calls::Invocation;
-
-/// A script call its keys are added to: the client library's, or ours (`calls`).
-pub(super) trait ScriptKeys {
-    fn add_key(&mut self, key: String);
-}
-
-impl ScriptKeys for ScriptInvocation<'_> {
-    fn add_key(&mut self, key: String) {
-        self.key(key);
-    }
-}
-
-impl ScriptKeys for Invocation<'_> {
-    fn add_key(&mut self, key: String) {
-        self.key(key);
-    }
-}
 
 impl Node {
     /// Adds the feed's stream and meta hash to `inv`'s keys when the feed is on. On one server
     /// they are the feed's own; on a Redis Cluster those of the partition in the slot of
     /// `tagged` (any of the script's keys), which the collector moves on (`cluster::parts`).
-    pub(super) fn feed_keys(&self, inv: &mut impl ScriptKeys, tagged: &str) {
+    pub(super) fn feed_keys(&self, inv: &mut ScriptInvocation<'_>, tagged: &str) {
         if self.config.feed_on() {
             let (log, meta) = self.feed_pair(tagged);
-            inv.add_key(log);
-            inv.add_key(meta);
+            inv.key(log).key(meta);
         }
     }
 

@@ -3,7 +3,6 @@
 
 use super::order::Pending;
 use super::*;
-use crate::cluster::calls::Invocation;
 
 impl Node {
     /// Sequences, stores and publishes a room message or a direct message, and acks it. False
@@ -30,8 +29,8 @@ impl Node {
         let meta = self.keys.meta(&stream);
         let publisher = reply.conn();
         // Keys and arguments past the first nine only where needed (`lua/publish.lua`).
-        let script = (&self.scripts.publish, scripts::PUBLISH);
-        let mut inv = self.message_invocation(script, (&meta, &stream), (&head, &tail), ts);
+        let mut inv =
+            self.message_invocation(&self.scripts.publish, (&meta, &stream), (&head, &tail), ts);
         inv.arg(publisher.map(|c| c.raw().to_string()).unwrap_or_default())
             .arg(messages)
             .arg(oldest)
@@ -66,7 +65,7 @@ impl Node {
             inv.arg(stream.name().as_str());
             self.feed_keys(&mut inv, &meta);
         }
-        let (seq, _epoch, dup) = match self.publish_call(&inv).await {
+        let (seq, _epoch, dup) = match self.script_or::<(u64, u64, u8)>(&inv).await {
             Ok(done) => done,
             Err(f) => {
                 self.answer(reply.fail(failed(f)));
@@ -122,12 +121,12 @@ impl Node {
     /// the seq, 5 the ts.
     pub(super) fn message_invocation<'a>(
         &self,
-        (script, source): (&'a redis::Script, &'static str),
+        script: &'a redis::Script,
         (meta, stream): (&str, &Stream),
         (head, tail): (&[u8], &[u8]),
         ts: u64,
-    ) -> Invocation<'a> {
-        let mut inv = Invocation::new(script, source);
+    ) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
         inv.key(meta)
             .key(self.keys.log(stream))
             .arg(self.keys.channel(stream))

@@ -81,20 +81,12 @@ impl Node {
 
     /// One `WAIT` on the master of `meta`: how many replicas confirmed (0 on a failure).
     async fn wait_one(self: &Rc<Self>, meta: &str) -> u64 {
-        // Redis's own timeout, under ours, so a shortfall is answered rather than lost.
-        let timeout = self.timeout() * 3 / 4;
-        let want = self.config.redis_wait_replicas;
-        if let Some(calls) = &self.calls {
-            // `WAIT` covers the writes of its own connection: the publishes' (`calls`).
-            let (want, ms) = (want.to_string(), timeout.as_millis().to_string());
-            let r = calls
-                .command::<1>(&[b"WAIT", want.as_bytes(), ms.as_bytes()])
-                .await;
-            return self.own_outcome(r).map_or(0, |[n]| n.max(0) as u64);
-        }
         let Some(mut c) = self.cmds.borrow().clone() else {
             return 0;
         };
+        // Redis's own timeout, under ours, so a shortfall is answered rather than lost.
+        let timeout = self.timeout() * 3 / 4;
+        let want = self.config.redis_wait_replicas;
         self.outcome(c.wait(meta, want, timeout).await).unwrap_or(0)
     }
 }

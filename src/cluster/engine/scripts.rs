@@ -42,8 +42,8 @@ macro_rules! stream_lua {
     };
 }
 
-pub(super) const PUBLISH: &str = stream_lua!("../lua/publish.lua");
-pub(super) const EVENT: &str = stream_lua!("../lua/event.lua");
+const PUBLISH: &str = stream_lua!("../lua/publish.lua");
+const EVENT: &str = stream_lua!("../lua/event.lua");
 const JOIN: &str = lua!("../lua/join.lua");
 const LEAVE: &str = lua!("../lua/leave.lua");
 const REFRESH: &str = lua!("../lua/refresh.lua");
