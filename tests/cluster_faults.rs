@@ -462,6 +462,44 @@ async fn a_keyed_publish_whose_reply_was_lost_is_stored_once_when_resent() {
     assert_eq!(seqs(&b.history_all("r").await), [5, 4, 3, 2, 1]);
 }
 
+/// Redis runs a publish, but the node's command connection drops before its reply comes back
+/// (muted, then cut): the publisher gets `unavailable` saying the message may have been stored
+/// (it was: b, on another node, got it), not that it was not carried out. A long
+/// `redis_timeout_ms`, so that only the drop can answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_whose_connection_dropped_after_it_ran_says_it_may_be_stored() {
+    let redis = RedisServer::start().await;
+    let proxy = Proxy::start(redis.addr()).await;
+    let url = format!("redis://{}", proxy.addr());
+    let extra = ["--presence-events", "false", "--redis-timeout-ms", "30000"];
+    let cluster = Cluster::start(2, &url, &extra).await;
+    let mut a = dev(cluster.addr(0), "a").await;
+    let mut b = dev(cluster.addr(1), "b").await;
+    join_all(&mut [&mut a, &mut b], "r").await;
+    let port = redis.client_port("sc-cmd-0").await;
+    let port = port.expect("no Redis connection named sc-cmd-0 (CLIENT SETNAME)");
+    proxy.mute(port);
+    a.send_json(&json!({"type": "publish", "id": 1, "room": "r", "body": "ran"}))
+        .await;
+    assert_room_msg(&b.recv_json().await, "r", "a", &json!("ran"));
+    proxy.cut(port);
+    // a may get its own message (the subscription is not muted) before the answer.
+    let reply = loop {
+        let f = a.recv_json().await;
+        if f["id"] == json!(1) {
+            break f;
+        }
+    };
+    assert_error(&reply, "unavailable", Some(&json!(1)));
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("may still have been stored"),
+        "a dropped connection cannot tell whether Redis ran the publish: {reply}"
+    );
+}
+
 /// A killed node's sessions stop counting within `presence_ttl_secs` and a second: under
 /// `reject_new` its users can connect to another node then.
 #[tokio::test(flavor = "multi_thread")]

@@ -221,8 +221,10 @@ pub struct Node {
 /// Why a Redis call gave no answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Failure {
-    /// Not connected, or the connection failed: the request was not carried out.
+    /// Not connected, or Redis refused the command: the request was not carried out.
     Down,
+    /// The connection dropped before the answer: Redis may have run the command already.
+    Dropped,
     /// No answer within `redis_timeout_ms`: the request may still have been carried out.
     Timeout,
 }
@@ -234,6 +236,11 @@ fn unavailable() -> ReplyError {
 fn failed(f: Failure) -> ReplyError {
     let message = match f {
         Failure::Down => "Redis is unreachable; the request was not carried out",
+        Failure::Dropped => {
+            "the connection to Redis dropped before it answered; the message may still have \
+             been stored (send it again with the same `key`, or look at history before sending \
+             it again)"
+        }
         Failure::Timeout => {
             "Redis did not answer in time; the message may still have been stored (send it \
              again with the same `key`, or look at history before sending it again)"
@@ -353,7 +360,8 @@ impl Node {
             }
             Err(e) => {
                 self.counters.errors.fetch_add(1, Relaxed);
-                if lost_link(&e) && !self.target.cluster {
+                let dropped = lost_link(&e);
+                if dropped && !self.target.cluster {
                     self.link_lost(&e);
                 } else if self.target.cluster {
                     // The client library reconnects to each Cluster node by itself: a failing
@@ -363,7 +371,13 @@ impl Node {
                 } else {
                     tracing::warn!(error = %e, "redis command failed");
                 }
-                Err(Failure::Down)
+                // A command sent on a connection that then failed may have run; one that
+                // Redis refused did not.
+                Err(if dropped {
+                    Failure::Dropped
+                } else {
+                    Failure::Down
+                })
             }
         }
     }
