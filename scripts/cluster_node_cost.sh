@@ -22,7 +22,7 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 export TMPDIR=${TMPDIR:-/dev/shm}
 OUT=$(mktemp -d)
 EVENTS=task-clock,context-switches,syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvfrom
-EVENTS=$EVENTS,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_writev
+EVENTS=$EVENTS,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_writev,syscalls:sys_enter_sendto
 counting=0
 if command -v perf >/dev/null && perf stat -e syscalls:sys_enter_sendmsg -- true >/dev/null 2>&1; then
   counting=1
