@@ -320,7 +320,8 @@ pub struct Config {
 
     /// Record the event feed (docs/hooks.md): room messages, direct messages, presence,
     /// occupied/vacated and connections, stored with what they tell of and served by
-    /// `GET /api/events`. webhook_url turns it on too. With --redis-url the feed lives in Redis. Default false.
+    /// `GET /api/events`. webhook_url turns it on too. With --redis-url the feed lives in
+    /// Redis. Default false.
     #[arg(long, env = "SHARDCAST_EVENT_FEED", default_value_t = false, action = clap::ArgAction::Set)]
     pub event_feed: bool,
 
